@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Postern needs to build and test. Idempotent: installs only
+# what is missing, so a second run is fast and needs no network.
+set -euo pipefail
+
+build_pkgs=(
+  build-essential cmake ninja-build pkg-config
+  libasio-dev          # standalone Asio: event loop, sockets, C++20 coroutines
+  libssl-dev           # OpenSSL 3
+  libcrypt-dev         # libxcrypt: crypt(3) schemes incl. yescrypt, bcrypt
+  libcli11-dev         # command line parsing
+  libfmt-dev           # formatting
+  libtomlplusplus-dev  # TOML config with source positions for error messages
+  libgtest-dev         # unit tests
+)
+test_pkgs=(
+  python3 curl fetchmail mpop getmail6 openssl procps
+)
+
+want=("${build_pkgs[@]}")
+if [[ "${1:-}" != "--build-only" ]]; then
+  want+=("${test_pkgs[@]}")
+fi
+
+missing=()
+for p in "${want[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if ((${#missing[@]} == 0)); then
+  exit 0
+fi
+
+if [[ $(id -u) -ne 0 ]]; then
+  if command -v sudo >/dev/null 2>&1; then
+    SUDO=sudo
+  else
+    echo "install-deps: missing packages: ${missing[*]}; run as root to install them" >&2
+    exit 1
+  fi
+else
+  SUDO=
+fi
+
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,0 +1,64 @@
+// Postern's configuration: parsed once from TOML into this immutable, validated struct and
+// handed down. Nothing below server/ reads the config file.
+#pragma once
+
+#include "common/result.hpp"
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace postern::server {
+
+enum class log_level { debug, info, notice, warning, error };
+enum class log_target { syslog, stderr_ };
+
+struct listen_address {
+  std::string host;        // numeric IPv4 or IPv6 address, without brackets (never a DNS name)
+  std::uint16_t port = 0;  // 0: the kernel picks one (tests); logged after bind
+};
+
+struct config {
+  std::string source_path;  // the file this came from, for messages
+
+  // [server]
+  std::vector<listen_address> listen{{"127.0.0.1", 110}, {"::1", 110}};
+  std::string user;   // run as this user after binding (when started as root); "" = stay
+  std::string group;  // and this group; "" = the user's primary group
+  std::uint32_t max_connections = 10000;
+  std::uint32_t max_connections_per_ip = 50;
+  std::chrono::seconds idle_timeout{600};     // RFC 1939 section 3: at least 10 minutes
+  std::uint32_t threads = 0;                  // I/O threads; 0 = one per core
+  std::uint32_t max_bad_commands = 20;        // then the client is disconnected
+  bool implementation_capability = true;      // CAPA IMPLEMENTATION line
+  std::string greeting = "Postern ready.";
+
+  // [mail]
+  std::string mail_location = "maildir:~/Maildir";
+
+  // [auth]
+  std::string passdb = "passwd-file:/etc/postern/users";
+  std::chrono::milliseconds failure_delay{2000};  // after each failed login
+  std::uint32_t worker_threads = 0;               // hashing / blocking work; 0 = 2 per core
+
+  // [log]
+  log_level level = log_level::info;
+  log_target target = log_target::syslog;
+  std::string syslog_ident = "posternd";
+};
+
+// Reads and validates `path`. Errors are errc::invalid with a message that names the file,
+// the line and the key ("postern.toml:12: server.idle_timeout: must be at least 1 second"),
+// or errc::not_found / errc::temporary when the file cannot be read.
+result<config> load_config(const std::string& path);
+
+// Same, from text already in memory; `name` is used in messages.
+result<config> parse_config(std::string_view text, const std::string& name);
+
+// The effective configuration as TOML, every key shown (posternd --check-config).
+std::string format_config(const config& cfg);
+
+const char* to_string(log_level l) noexcept;
+
+}  // namespace postern::server

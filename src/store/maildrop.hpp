@@ -1,0 +1,73 @@
+// The maildrop interface: what a POP3 session needs from a mail store.
+//
+// A maildrop is opened for one authenticated session and holds that maildrop's session lock
+// for its whole life (a second open of the same maildrop, in this process or another, fails
+// with errc::in_use until the first is destroyed). The message list is a snapshot taken at
+// open: mail delivered later is not listed and can never be touched by this session.
+//
+// Threading: a maildrop is used by one session at a time, from any one thread at a time.
+// Opening, committing and reading may block on the file system: callers run them off the
+// I/O threads.
+#pragma once
+
+#include "common/result.hpp"
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace postern::store {
+
+struct message_info {
+  // Octets on the wire: the message with CRLF line ends, before byte-stuffing and without
+  // the terminating ".CRLF" (RFC 1939 section 11, as mature servers count).
+  std::uint64_t size = 0;
+  // Unique-id listing value: 1 to 70 octets in 0x21..0x7E (RFC 1939 section 7), stable
+  // across sessions.
+  std::string uidl;
+};
+
+// Sequential reader of one message's stored bytes (line ends as stored; the pop3 dot
+// encoder converts them for the wire).
+class message_reader {
+ public:
+  virtual ~message_reader() = default;
+  // Reads up to buf.size() bytes. Returns 0 at end of message. On error the message cannot
+  // be streamed further: the caller must drop the connection (a partial reply cannot be
+  // taken back).
+  virtual result<std::size_t> read(std::span<char> buf) = 0;
+};
+
+// What happened at commit, for the session's log line.
+struct commit_stats {
+  std::size_t deleted = 0;
+  std::uint64_t deleted_bytes = 0;
+  std::size_t left = 0;
+  std::uint64_t left_bytes = 0;
+};
+
+class maildrop {
+ public:
+  virtual ~maildrop() = default;
+
+  // The snapshot listing; index i is message number i + 1. Valid for the maildrop's life.
+  virtual std::span<const message_info> messages() const = 0;
+
+  // Opens message `index` for reading. `retrieved` marks it as seen by the client (RETR, or
+  // TOP per store policy) so commit can record that (Maildir S flag). Errors: the file went
+  // away or cannot be read (errc::temporary / errc::not_found); the session answers -ERR.
+  virtual result<std::unique_ptr<message_reader>> open_message(std::size_t index,
+                                                               bool retrieved) = 0;
+
+  // The UPDATE state (RFC 1939 section 6): removes exactly the messages whose index has
+  // deleted[index] == true (deleted.size() == messages().size()) and records retrieval
+  // marks. Never touches mail delivered after open. Each removal is atomic; on error some
+  // removals may have happened and the rest have not, and every message not removed is
+  // intact. Called at most once.
+  virtual result<commit_stats> commit(std::span<const bool> deleted) = 0;
+};
+
+}  // namespace postern::store
