@@ -1,1 +1,428 @@
-// placeholder
+#include "pop3/session.hpp"
+
+#include "common/parse.hpp"
+
+#include <fmt/format.h>
+
+#include <iterator>
+
+namespace postern::pop3 {
+
+session::session(session_options opts) : opts_(std::move(opts)) {
+  out_.reserve(256);
+  reply_ok(opts_.greeting);
+}
+
+void session::feed(std::string_view bytes) { in_.append(bytes); }
+
+void session::reply_ok(std::string_view text) {
+  if (text.empty()) {
+    out_.append("+OK\r\n");
+    return;
+  }
+  out_.append("+OK ");
+  out_.append(text);
+  out_.append("\r\n");
+}
+
+void session::reply_err(std::string_view text) {
+  out_.append("-ERR ");
+  out_.append(text);
+  out_.append("\r\n");
+}
+
+void session::bad_command(std::string_view text) {
+  reply_err(text);
+  if (opts_.max_bad_commands > 0 && ++bad_commands_ >= opts_.max_bad_commands) {
+    reply_err("Too many bad commands, closing connection.");
+    close_ = true;
+  }
+}
+
+step session::next() {
+  if (pending_ != step::need_input) {
+    return pending_;
+  }
+  for (;;) {
+    if (close_ || state_ == session_state::closed) {
+      state_ = session_state::closed;
+      return step::close;
+    }
+    auto r = decoder_.decode(std::string_view(in_).substr(in_pos_), limits::max_command_line);
+    in_pos_ += r.consumed;
+    switch (r.st) {
+      case line_decoder::status::need_more:
+        in_.erase(0, in_pos_);
+        in_pos_ = 0;
+        if (in_.empty() && in_.capacity() > 4096) {
+          in_.shrink_to_fit();
+        }
+        if (eof_) {
+          close_ = true;
+          continue;
+        }
+        return step::need_input;
+      case line_decoder::status::too_long:
+        bad_command("Line too long.");
+        break;
+      case line_decoder::status::invalid:
+        bad_command("Invalid command.");
+        break;
+      case line_decoder::status::line:
+        handle_line(r.line);
+        if (pending_ != step::need_input) {
+          return pending_;
+        }
+        break;
+    }
+  }
+}
+
+void session::handle_line(std::string_view line) {
+  command cmd = parse_command(line);
+  if (state_ == session_state::authorization) {
+    handle_authorization(cmd);
+  } else if (state_ == session_state::transaction) {
+    handle_transaction(cmd);
+  }
+}
+
+bool session::expect_no_args(const command& cmd) {
+  if (!cmd.args.empty()) {
+    bad_command("Too many arguments.");
+    return false;
+  }
+  return true;
+}
+
+void session::send_capa() {
+  out_.append("+OK Capability list follows\r\n");
+  out_.append("CAPA\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nPIPELINING\r\nAUTH-RESP-CODE\r\n");
+  if (state_ == session_state::authorization && opts_.user_pass_allowed) {
+    out_.append("USER\r\n");
+  }
+  if (!opts_.implementation.empty()) {
+    out_.append("IMPLEMENTATION ");
+    out_.append(opts_.implementation);
+    out_.append("\r\n");
+  }
+  out_.append(".\r\n");
+}
+
+void session::handle_authorization(const command& cmd) {
+  switch (cmd.kind) {
+    case command_kind::capa:
+      if (expect_no_args(cmd)) {
+        send_capa();
+        bad_commands_ = 0;
+      }
+      return;
+    case command_kind::quit:
+      if (expect_no_args(cmd)) {
+        quit_received_ = true;
+        reply_ok("Logging out.");
+        close_ = true;
+      }
+      return;
+    case command_kind::user:
+      if (!opts_.user_pass_allowed) {
+        reply_err("[AUTH] Plaintext authentication disallowed on non-secure connections.");
+        return;
+      }
+      if (cmd.args.empty()) {
+        bad_command("USER needs a user name.");
+        return;
+      }
+      user_.assign(cmd.args);
+      reply_ok();
+      return;
+    case command_kind::pass:
+      if (!opts_.user_pass_allowed) {
+        reply_err("[AUTH] Plaintext authentication disallowed on non-secure connections.");
+        return;
+      }
+      if (user_.empty()) {
+        bad_command("No user name given, use USER first.");
+        return;
+      }
+      method_ = "USER";
+      password_ = secret_string(cmd.args);
+      pending_ = step::authenticate;
+      return;
+    case command_kind::apop:
+    case command_kind::auth:
+    case command_kind::stls:
+      bad_command("Command not available.");
+      return;
+    case command_kind::unknown:
+      bad_command("Unknown command.");
+      return;
+    default:
+      bad_command("Command not valid before login.");
+      return;
+  }
+}
+
+void session::auth_done(auth_status status) {
+  pending_ = step::need_input;
+  switch (status) {
+    case auth_status::ok:
+      pending_ = step::open_maildrop;
+      return;
+    case auth_status::bad_credentials:
+      reply_err("[AUTH] Authentication failed.");
+      break;
+    case auth_status::temporary_failure:
+      reply_err("[SYS/TEMP] Authentication temporarily unavailable, try again later.");
+      break;
+  }
+  user_.clear();
+}
+
+void session::open_done(open_status status, std::span<const store::message_info> messages) {
+  pending_ = step::need_input;
+  switch (status) {
+    case open_status::ok:
+      messages_ = messages;
+      deleted_ = std::make_unique<bool[]>(messages.size());
+      state_ = session_state::transaction;
+      bad_commands_ = 0;
+      reply_ok("Logged in.");
+      return;
+    case open_status::in_use:
+      reply_err("[IN-USE] Mailbox is locked by another POP3 session.");
+      break;
+    case open_status::temporary_failure:
+      reply_err("[SYS/TEMP] Unable to open the mailbox, try again later.");
+      break;
+    case open_status::permanent_failure:
+      reply_err("[SYS/PERM] Unable to open the mailbox.");
+      break;
+  }
+  user_.clear();
+}
+
+std::optional<std::size_t> session::message_arg(std::string_view arg, bool allow_deleted) {
+  auto n = parse_u64(arg);
+  if (!n) {
+    bad_command("Invalid message number.");
+    return std::nullopt;
+  }
+  if (*n == 0 || *n > messages_.size()) {
+    bad_command("No such message.");
+    return std::nullopt;
+  }
+  auto index = static_cast<std::size_t>(*n - 1);
+  if (!allow_deleted && deleted_[index]) {
+    bad_command("Message is deleted.");
+    return std::nullopt;
+  }
+  return index;
+}
+
+std::optional<std::size_t> session::message_arg_only(const command& cmd) {
+  std::string_view arg;
+  std::size_t n = split_args(cmd.args, &arg, 1);
+  if (n == 0) {
+    bad_command("Missing or empty argument.");
+    return std::nullopt;
+  }
+  if (n > 1) {
+    bad_command("Too many arguments.");
+    return std::nullopt;
+  }
+  return message_arg(arg);
+}
+
+void session::handle_transaction(const command& cmd) {
+  auto out = std::back_inserter(out_);
+  switch (cmd.kind) {
+    case command_kind::capa:
+      if (expect_no_args(cmd)) {
+        send_capa();
+        bad_commands_ = 0;
+      }
+      return;
+    case command_kind::noop:
+      if (expect_no_args(cmd)) {
+        reply_ok();
+        bad_commands_ = 0;
+      }
+      return;
+    case command_kind::stat: {
+      if (!expect_no_args(cmd)) {
+        return;
+      }
+      std::uint64_t count = 0, bytes = 0;
+      for (std::size_t i = 0; i < messages_.size(); ++i) {
+        if (!deleted_[i]) {
+          ++count;
+          bytes += messages_[i].size;
+        }
+      }
+      fmt::format_to(out, "+OK {} {}\r\n", count, bytes);
+      bad_commands_ = 0;
+      return;
+    }
+    case command_kind::list:
+    case command_kind::uidl: {
+      const bool is_list = cmd.kind == command_kind::list;
+      if (!cmd.args.empty()) {
+        auto index = message_arg_only(cmd);
+        if (!index) {
+          return;
+        }
+        if (is_list) {
+          fmt::format_to(out, "+OK {} {}\r\n", *index + 1, messages_[*index].size);
+        } else {
+          fmt::format_to(out, "+OK {} {}\r\n", *index + 1, messages_[*index].uidl);
+        }
+        bad_commands_ = 0;
+        return;
+      }
+      out_.append(is_list ? "+OK scan listing follows\r\n" : "+OK unique-id listing follows\r\n");
+      for (std::size_t i = 0; i < messages_.size(); ++i) {
+        if (deleted_[i]) {
+          continue;
+        }
+        if (is_list) {
+          fmt::format_to(out, "{} {}\r\n", i + 1, messages_[i].size);
+        } else {
+          fmt::format_to(out, "{} {}\r\n", i + 1, messages_[i].uidl);
+        }
+      }
+      out_.append(".\r\n");
+      bad_commands_ = 0;
+      return;
+    }
+    case command_kind::retr: {
+      auto index = message_arg_only(cmd);
+      if (!index) {
+        return;
+      }
+      retrieve_index_ = *index;
+      top_lines_.reset();
+      pending_ = step::retrieve;
+      return;
+    }
+    case command_kind::top: {
+      std::string_view args[2];
+      std::size_t n = split_args(cmd.args, args, 2);
+      if (n != 2) {
+        bad_command(n > 2 ? "Too many arguments." : "TOP needs a message number and a line count.");
+        return;
+      }
+      auto lines = parse_u64(args[1]);
+      if (!lines) {
+        bad_command("Invalid line count.");
+        return;
+      }
+      auto index = message_arg(args[0]);
+      if (!index) {
+        return;
+      }
+      retrieve_index_ = *index;
+      top_lines_ = *lines;
+      pending_ = step::retrieve;
+      return;
+    }
+    case command_kind::dele: {
+      auto index = message_arg_only(cmd);
+      if (!index) {
+        return;
+      }
+      deleted_[*index] = true;
+      fmt::format_to(out, "+OK Message {} deleted.\r\n", *index + 1);
+      bad_commands_ = 0;
+      return;
+    }
+    case command_kind::rset: {
+      if (!expect_no_args(cmd)) {
+        return;
+      }
+      std::uint64_t count = messages_.size(), bytes = 0;
+      for (std::size_t i = 0; i < messages_.size(); ++i) {
+        deleted_[i] = false;
+        bytes += messages_[i].size;
+      }
+      last_accessed_ = 0;
+      fmt::format_to(out, "+OK Maildrop has {} messages ({} octets).\r\n", count, bytes);
+      bad_commands_ = 0;
+      return;
+    }
+    case command_kind::last:
+      if (expect_no_args(cmd)) {
+        fmt::format_to(out, "+OK {}\r\n", last_accessed_);
+        bad_commands_ = 0;
+      }
+      return;
+    case command_kind::quit: {
+      if (!expect_no_args(cmd)) {
+        return;
+      }
+      quit_received_ = true;
+      for (std::size_t i = 0; i < messages_.size(); ++i) {
+        if (deleted_[i]) {
+          ++stats_.marked_count;
+          stats_.marked_bytes += messages_[i].size;
+        }
+      }
+      state_ = session_state::update;
+      pending_ = step::commit;
+      return;
+    }
+    case command_kind::user:
+    case command_kind::pass:
+    case command_kind::apop:
+    case command_kind::auth:
+      bad_command("Already logged in.");
+      return;
+    case command_kind::stls:
+      bad_command("STLS is not allowed after login.");
+      return;
+    case command_kind::unknown:
+      bad_command("Unknown command.");
+      return;
+  }
+}
+
+void session::retrieve_started(bool ok) {
+  if (!ok) {
+    pending_ = step::need_input;
+    reply_err("[SYS/TEMP] Unable to read the message, try again later.");
+    return;
+  }
+  const auto& msg = messages_[retrieve_index_];
+  if (top_lines_) {
+    ++stats_.top_count;
+    reply_ok();
+  } else {
+    ++stats_.retr_count;
+    fmt::format_to(std::back_inserter(out_), "+OK {} octets\r\n", msg.size);
+  }
+  if (retrieve_index_ + 1 > last_accessed_) {
+    last_accessed_ = retrieve_index_ + 1;
+  }
+}
+
+void session::retrieve_done(std::uint64_t sent) {
+  if (top_lines_) {
+    stats_.top_bytes += sent;
+  } else {
+    stats_.retr_bytes += messages_[retrieve_index_].size;
+  }
+  bad_commands_ = 0;
+  pending_ = step::need_input;
+}
+
+void session::commit_done(bool ok) {
+  pending_ = step::need_input;
+  if (ok) {
+    reply_ok("Logging out.");
+  } else {
+    reply_err("[SYS/TEMP] Some deleted messages were not removed.");
+  }
+  close_ = true;
+}
+
+}  // namespace postern::pop3

@@ -1,1 +1,322 @@
-// placeholder
+#include "pop3/session.hpp"
+
+#include "pop3/dot_encoder.hpp"
+
+#include <gtest/gtest.h>
+
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace postern::pop3 {
+namespace {
+
+// An in-memory driver: completes every request the engine makes against fake users and a
+// fake maildrop, the way net/session_driver does against real ones.
+struct fake_driver {
+  std::map<std::string, std::string> users{{"alice", "secret"}, {"bob", "pw with spaces "}};
+  std::set<std::string> locked;
+  std::set<std::string> broken;  // auth backend down for these
+  std::vector<std::string> bodies{"Subject: one\n\nhello\n", "Subject: two\n\n.dot\nline2\nline3\n",
+                                  "Subject: three\r\n\r\nbody"};
+  std::vector<store::message_info> infos;
+  std::vector<bool> committed;  // deletion marks seen at commit
+  bool commit_fails = false;
+  bool closed = false;
+  session s;
+
+  explicit fake_driver(session_options opts = {}) : s(std::move(opts)) {
+    for (std::size_t i = 0; i < bodies.size(); ++i) {
+      bool prev = false;
+      infos.push_back({count_wire_octets(bodies[i], prev), "uid-" + std::to_string(i + 1)});
+    }
+  }
+
+  // Runs until the engine needs input or closes; returns what it sent.
+  std::string run() {
+    std::string sent;
+    for (;;) {
+      step st = s.next();
+      sent += s.output();
+      s.output().clear();
+      switch (st) {
+        case step::need_input:
+          return sent;
+        case step::close:
+          closed = true;
+          return sent;
+        case step::authenticate: {
+          std::string user(s.login_user());
+          auto pw = s.take_password();
+          if (broken.count(user)) {
+            s.auth_done(auth_status::temporary_failure);
+          } else {
+            auto it = users.find(user);
+            s.auth_done(it != users.end() && it->second == pw.view() ? auth_status::ok
+                                                                     : auth_status::bad_credentials);
+          }
+          break;
+        }
+        case step::open_maildrop:
+          if (locked.count(std::string(s.login_user()))) {
+            s.open_done(open_status::in_use);
+          } else {
+            s.open_done(open_status::ok, infos);
+          }
+          break;
+        case step::retrieve: {
+          s.retrieve_started(true);
+          sent += s.output();
+          s.output().clear();
+          dot_encoder enc(s.retrieve_top_lines());
+          std::string body;
+          enc.encode(bodies[s.retrieve_index()], body);
+          enc.finish(body);
+          sent += body;
+          s.retrieve_done(body.size());
+          break;
+        }
+        case step::commit: {
+          auto marks = s.deletion_marks();
+          committed.assign(marks.begin(), marks.end());
+          s.commit_done(!commit_fails);
+          break;
+        }
+      }
+    }
+  }
+
+  std::string say(const std::string& in) {
+    s.feed(in);
+    return run();
+  }
+};
+
+const std::string greeting = "+OK Postern ready.\r\n";
+
+TEST(session, greeting_and_quit_in_authorization) {
+  fake_driver d;
+  EXPECT_EQ(d.run(), greeting);
+  EXPECT_EQ(d.say("QUIT\r\n"), "+OK Logging out.\r\n");
+  EXPECT_TRUE(d.closed);
+}
+
+TEST(session, login_and_stat) {
+  fake_driver d;
+  d.run();
+  EXPECT_EQ(d.say("USER alice\r\n"), "+OK\r\n");
+  EXPECT_EQ(d.say("PASS secret\r\n"), "+OK Logged in.\r\n");
+  EXPECT_EQ(d.s.state(), session_state::transaction);
+  EXPECT_EQ(d.say("STAT\r\n"), "+OK 3 " +
+                                   std::to_string(d.infos[0].size + d.infos[1].size + d.infos[2].size) +
+                                   "\r\n");
+}
+
+TEST(session, password_with_spaces_kept_verbatim) {
+  fake_driver d;
+  d.run();
+  d.say("USER bob\r\n");
+  EXPECT_EQ(d.say("PASS pw with spaces \r\n"), "+OK Logged in.\r\n");
+}
+
+TEST(session, failed_logins_look_the_same) {
+  fake_driver d;
+  d.run();
+  d.say("USER alice\r\n");
+  std::string wrong_pw = d.say("PASS nope\r\n");
+  d.say("USER nobody\r\n");
+  std::string unknown = d.say("PASS secret\r\n");
+  EXPECT_EQ(wrong_pw, "-ERR [AUTH] Authentication failed.\r\n");
+  EXPECT_EQ(unknown, wrong_pw);
+  EXPECT_EQ(d.s.state(), session_state::authorization);
+  // USER is needed again after a failure.
+  EXPECT_EQ(d.say("PASS secret\r\n"), "-ERR No user name given, use USER first.\r\n");
+}
+
+TEST(session, temporary_failure_and_in_use_codes) {
+  fake_driver d;
+  d.broken.insert("alice");
+  d.run();
+  d.say("USER alice\r\n");
+  EXPECT_EQ(d.say("PASS secret\r\n"),
+            "-ERR [SYS/TEMP] Authentication temporarily unavailable, try again later.\r\n");
+  d.broken.clear();
+  d.locked.insert("alice");
+  d.say("USER alice\r\n");
+  EXPECT_EQ(d.say("PASS secret\r\n"), "-ERR [IN-USE] Mailbox is locked by another POP3 session.\r\n");
+}
+
+TEST(session, capa_lists_exactly_what_works) {
+  fake_driver d;
+  d.run();
+  EXPECT_EQ(d.say("capa\r\n"),
+            "+OK Capability list follows\r\nCAPA\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nPIPELINING\r\n"
+            "AUTH-RESP-CODE\r\nUSER\r\nIMPLEMENTATION Postern\r\n.\r\n");
+  session_options opts;
+  opts.implementation.clear();
+  fake_driver quiet(opts);
+  quiet.run();
+  EXPECT_EQ(quiet.say("CAPA\r\n").find("IMPLEMENTATION"), std::string::npos);
+}
+
+class logged_in : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    d.run();
+    ASSERT_EQ(d.say("USER alice\r\nPASS secret\r\n"), "+OK\r\n+OK Logged in.\r\n");
+  }
+  fake_driver d;
+};
+
+TEST_F(logged_in, list_and_uidl) {
+  std::string list = d.say("LIST\r\n");
+  EXPECT_EQ(list, "+OK scan listing follows\r\n1 " + std::to_string(d.infos[0].size) + "\r\n2 " +
+                      std::to_string(d.infos[1].size) + "\r\n3 " + std::to_string(d.infos[2].size) +
+                      "\r\n.\r\n");
+  EXPECT_EQ(d.say("LIST 2\r\n"), "+OK 2 " + std::to_string(d.infos[1].size) + "\r\n");
+  EXPECT_EQ(d.say("UIDL\r\n"), "+OK unique-id listing follows\r\n1 uid-1\r\n2 uid-2\r\n3 uid-3\r\n.\r\n");
+  EXPECT_EQ(d.say("uidl 3\r\n"), "+OK 3 uid-3\r\n");
+}
+
+TEST_F(logged_in, retr_stuffs_and_counts) {
+  EXPECT_EQ(d.say("RETR 2\r\n"), "+OK 36 octets\r\nSubject: two\r\n\r\n..dot\r\nline2\r\nline3\r\n.\r\n");
+  EXPECT_EQ(d.say("RETR 3\r\n"), "+OK 22 octets\r\nSubject: three\r\n\r\nbody\r\n.\r\n");
+  EXPECT_EQ(d.say("LAST\r\n"), "+OK 3\r\n");
+  EXPECT_EQ(d.s.stats().retr_count, 2u);
+}
+
+TEST_F(logged_in, top) {
+  EXPECT_EQ(d.say("TOP 2 0\r\n"), "+OK\r\nSubject: two\r\n\r\n.\r\n");
+  EXPECT_EQ(d.say("TOP 2 1\r\n"), "+OK\r\nSubject: two\r\n\r\n..dot\r\n.\r\n");
+  EXPECT_EQ(d.say("TOP 2 99999999999\r\n"), "+OK\r\nSubject: two\r\n\r\n..dot\r\nline2\r\nline3\r\n.\r\n");
+  EXPECT_EQ(d.say("TOP 2\r\n"), "-ERR TOP needs a message number and a line count.\r\n");
+  EXPECT_EQ(d.say("TOP 2 -1\r\n"), "-ERR Invalid line count.\r\n");
+  EXPECT_EQ(d.say("TOP 2 1 1\r\n"), "-ERR Too many arguments.\r\n");
+}
+
+struct bad_arg_case {
+  std::string cmd;
+  std::string reply;
+};
+
+class bad_args : public logged_in, public ::testing::WithParamInterface<bad_arg_case> {};
+
+TEST_P(bad_args, answered_err_and_session_survives) {
+  EXPECT_EQ(d.say(GetParam().cmd + "\r\n"), "-ERR " + GetParam().reply + "\r\n");
+  EXPECT_EQ(d.say("NOOP\r\n"), "+OK\r\n");
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    table, bad_args,
+    ::testing::Values(bad_arg_case{"RETR 0", "No such message."},
+                      bad_arg_case{"RETR 4", "No such message."},
+                      bad_arg_case{"RETR -1", "Invalid message number."},
+                      bad_arg_case{"RETR +1", "Invalid message number."},
+                      bad_arg_case{"RETR abc", "Invalid message number."},
+                      bad_arg_case{"RETR 1x", "Invalid message number."},
+                      bad_arg_case{"RETR 99999999999999999999", "Invalid message number."},
+                      bad_arg_case{"RETR 18446744073709551615", "No such message."},
+                      bad_arg_case{"RETR", "Missing or empty argument."},
+                      bad_arg_case{"RETR 1 2", "Too many arguments."},
+                      bad_arg_case{"RETR  1", "Missing or empty argument."},
+                      bad_arg_case{"LIST 0", "No such message."},
+                      bad_arg_case{"UIDL x", "Invalid message number."},
+                      bad_arg_case{"DELE 7", "No such message."},
+                      bad_arg_case{"STAT 1", "Too many arguments."},
+                      bad_arg_case{"USER bob", "Already logged in."},
+                      bad_arg_case{"STLS", "STLS is not allowed after login."},
+                      bad_arg_case{"XYZZY", "Unknown command."},
+                      bad_arg_case{"", "Unknown command."}));
+
+TEST_F(logged_in, dele_hides_message_and_rset_restores) {
+  EXPECT_EQ(d.say("DELE 1\r\n"), "+OK Message 1 deleted.\r\n");
+  EXPECT_EQ(d.say("DELE 1\r\n"), "-ERR Message is deleted.\r\n");
+  EXPECT_EQ(d.say("RETR 1\r\n"), "-ERR Message is deleted.\r\n");
+  EXPECT_EQ(d.say("LIST 1\r\n"), "-ERR Message is deleted.\r\n");
+  EXPECT_EQ(d.say("UIDL\r\n"), "+OK unique-id listing follows\r\n2 uid-2\r\n3 uid-3\r\n.\r\n");
+  EXPECT_EQ(d.say("STAT\r\n"), "+OK 2 " + std::to_string(d.infos[1].size + d.infos[2].size) + "\r\n");
+  EXPECT_EQ(d.say("RSET\r\n").substr(0, 20), "+OK Maildrop has 3 m");
+  EXPECT_EQ(d.say("STAT\r\n").substr(0, 6), "+OK 3 ");
+}
+
+TEST_F(logged_in, quit_commits_exactly_the_marks) {
+  d.say("DELE 2\r\n");
+  EXPECT_EQ(d.say("QUIT\r\n"), "+OK Logging out.\r\n");
+  EXPECT_TRUE(d.closed);
+  EXPECT_EQ(d.committed, (std::vector<bool>{false, true, false}));
+  EXPECT_EQ(d.s.stats().marked_count, 1u);
+}
+
+TEST_F(logged_in, failed_commit_is_reported) {
+  d.commit_fails = true;
+  d.say("DELE 2\r\n");
+  EXPECT_EQ(d.say("QUIT\r\n"), "-ERR [SYS/TEMP] Some deleted messages were not removed.\r\n");
+  EXPECT_TRUE(d.closed);
+}
+
+TEST_F(logged_in, eof_commits_nothing) {
+  d.say("DELE 1\r\n");
+  d.s.feed_eof();
+  d.run();
+  EXPECT_TRUE(d.closed);
+  EXPECT_TRUE(d.committed.empty());
+}
+
+TEST_F(logged_in, pipelined_commands_answered_in_order) {
+  std::string all = "STAT\r\nLIST 1\r\nTOP 1 0\r\nDELE 1\r\nNOOP\r\nQUIT\r\n";
+  std::string whole;
+  {
+    whole = d.say(all);
+  }
+  fake_driver bytewise;
+  bytewise.run();
+  bytewise.say("USER alice\r\nPASS secret\r\n");
+  std::string sent;
+  for (char c : all) {
+    sent += bytewise.say(std::string(1, c));
+  }
+  EXPECT_EQ(sent, whole);
+  EXPECT_NE(whole.find("+OK Message 1 deleted.\r\n+OK\r\n+OK Logging out.\r\n"), std::string::npos);
+}
+
+TEST(session, commands_in_wrong_state) {
+  fake_driver d;
+  d.run();
+  EXPECT_EQ(d.say("STAT\r\n"), "-ERR Command not valid before login.\r\n");
+  EXPECT_EQ(d.say("PASS x\r\n"), "-ERR No user name given, use USER first.\r\n");
+  EXPECT_EQ(d.say("USER\r\n"), "-ERR USER needs a user name.\r\n");
+}
+
+TEST(session, too_many_bad_commands_disconnects) {
+  session_options opts;
+  opts.max_bad_commands = 3;
+  fake_driver d(opts);
+  d.run();
+  d.say("A\r\n");
+  d.say("B\r\n");
+  EXPECT_FALSE(d.closed);
+  EXPECT_EQ(d.say("C\r\n"), "-ERR Unknown command.\r\n-ERR Too many bad commands, closing connection.\r\n");
+  EXPECT_TRUE(d.closed);
+}
+
+TEST(session, overlong_line_answered_and_session_survives) {
+  fake_driver d;
+  d.run();
+  EXPECT_EQ(d.say(std::string(10000, 'A') + "\r\nNOOP\r\n"),
+            "-ERR Line too long.\r\n-ERR Command not valid before login.\r\n");
+  EXPECT_EQ(d.say("QUIT\r\n"), "+OK Logging out.\r\n");
+}
+
+TEST(session, plaintext_refused_when_disallowed) {
+  session_options opts;
+  opts.user_pass_allowed = false;
+  fake_driver d(opts);
+  d.run();
+  EXPECT_EQ(d.say("USER alice\r\n"),
+            "-ERR [AUTH] Plaintext authentication disallowed on non-secure connections.\r\n");
+  EXPECT_EQ(d.say("CAPA\r\n").find("USER\r\n"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace postern::pop3

@@ -1,0 +1,24 @@
+// Protocol limits, each with its reason. Config may override the ones marked so.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace postern::pop3::limits {
+
+// RFC 2449 section 4: "Commands MUST NOT exceed 255 octets in length including the
+// terminating CRLF". A longer line is discarded up to its LF and answered -ERR.
+inline constexpr std::size_t max_command_line = 255;
+
+// RFC 5034 section 4: the 255-octet limit does not apply to AUTH continuation lines; GSSAPI
+// tokens with Kerberos PACs can be large. Bounded all the same.
+inline constexpr std::size_t max_auth_line = 16384;
+
+// Dovecot disconnects after 20 bad commands (pop3-client.c); config may override.
+inline constexpr std::uint32_t default_max_bad_commands = 20;
+
+// Chunk size for streaming a message: one read and one write per chunk, so a message of
+// any size is served in constant memory.
+inline constexpr std::size_t stream_chunk = 64 * 1024;
+
+}  // namespace postern::pop3::limits

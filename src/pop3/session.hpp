@@ -1,0 +1,135 @@
+// session: the sans-I/O POP3 protocol engine (RFC 1939, 2449, 3206).
+//
+// The driver feeds the bytes the client sent (feed, feed_eof), sends whatever output()
+// holds, and pulls the next step with next(). A step other than need_input and close is a
+// request the driver must complete (auth_done, open_done, retrieve_started/retrieve_done,
+// commit_done) before calling next() again; until then next() returns the same step. The
+// engine holds no sockets, threads, clocks or files: delays, timeouts and I/O are the
+// driver's. Pipelined commands are answered strictly in order, since a pending request stops
+// command processing.
+//
+// Not thread-safe: one driver owns one session. Views returned by accessors stay valid until
+// the next call of a non-const member.
+#pragma once
+
+#include "common/secret_string.hpp"
+#include "pop3/command.hpp"
+#include "pop3/limits.hpp"
+#include "pop3/line_decoder.hpp"
+#include "store/maildrop.hpp"
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace postern::pop3 {
+
+enum class session_state { authorization, transaction, update, closed };
+
+enum class step {
+  need_input,     // send output(), then read more and feed() it (or feed_eof())
+  authenticate,   // check login_user() / take_password(), then auth_done()
+  open_maildrop,  // open and lock the maildrop of login_user(), then open_done()
+  retrieve,       // open message retrieve_index(), then retrieve_started(); if it succeeded,
+                  // send output(), stream the body through a dot_encoder made with
+                  // retrieve_top_lines(), then retrieve_done()
+  commit,         // apply deletion_marks() to the maildrop, then commit_done()
+  close,          // send output(), then close the connection
+};
+
+enum class auth_status { ok, bad_credentials, temporary_failure };
+enum class open_status { ok, in_use, temporary_failure, permanent_failure };
+
+struct session_options {
+  std::string greeting = "Postern ready.";
+  std::string implementation = "Postern";  // CAPA IMPLEMENTATION value; empty: not listed
+  std::uint32_t max_bad_commands = limits::default_max_bad_commands;
+  bool user_pass_allowed = true;  // USER/PASS offered on this connection
+};
+
+// Counters for the logout line (the Qualcomm pop3d -s statistics and more).
+struct session_stats {
+  std::uint64_t retr_count = 0, retr_bytes = 0;
+  std::uint64_t top_count = 0, top_bytes = 0;
+  std::uint64_t marked_count = 0, marked_bytes = 0;  // marked for deletion at QUIT time
+};
+
+class session {
+ public:
+  explicit session(session_options opts);
+
+  // Bytes to send. The driver sends them and then clears the string.
+  std::string& output() noexcept { return out_; }
+
+  void feed(std::string_view bytes);
+  void feed_eof() noexcept { eof_ = true; }
+  step next();
+
+  session_state state() const noexcept { return state_; }
+  const session_stats& stats() const noexcept { return stats_; }
+  bool quit_received() const noexcept { return quit_received_; }
+
+  // authenticate / open_maildrop
+  std::string_view login_user() const noexcept { return user_; }
+  std::string_view login_method() const noexcept { return method_; }
+  secret_string take_password() noexcept { return std::move(password_); }
+  void auth_done(auth_status status);
+  // `messages` must stay valid for the rest of the session (the maildrop owns them).
+  void open_done(open_status status, std::span<const store::message_info> messages = {});
+
+  // retrieve
+  std::size_t retrieve_index() const noexcept { return retrieve_index_; }
+  std::optional<std::uint64_t> retrieve_top_lines() const noexcept { return top_lines_; }
+  bool retrieve_is_top() const noexcept { return top_lines_.has_value(); }
+  void retrieve_started(bool ok);
+  // `sent` is the number of body octets sent (counted for TOP statistics).
+  void retrieve_done(std::uint64_t sent);
+
+  // commit: deletion_marks()[i] is true when message i + 1 is to be removed.
+  std::span<const bool> deletion_marks() const noexcept {
+    return {deleted_.get(), messages_.size()};
+  }
+  void commit_done(bool ok);
+
+ private:
+  void handle_line(std::string_view line);
+  void handle_authorization(const command& cmd);
+  void handle_transaction(const command& cmd);
+  void reply_ok(std::string_view text = {});
+  void reply_err(std::string_view text);
+  void bad_command(std::string_view text);
+  // Parses a message-number argument; replies -ERR and returns nullopt when it is unusable.
+  std::optional<std::size_t> message_arg(std::string_view arg, bool allow_deleted = false);
+  std::optional<std::size_t> message_arg_only(const command& cmd);
+  bool expect_no_args(const command& cmd);
+  void send_capa();
+
+  session_options opts_;
+  session_state state_ = session_state::authorization;
+  step pending_ = step::need_input;
+  line_decoder decoder_;
+  std::string in_;
+  std::size_t in_pos_ = 0;
+  std::string out_;
+  bool eof_ = false;
+  bool close_ = false;
+  bool quit_received_ = false;
+  std::uint32_t bad_commands_ = 0;
+
+  std::string user_;
+  std::string method_;
+  secret_string password_;
+
+  std::span<const store::message_info> messages_;
+  std::unique_ptr<bool[]> deleted_;
+  std::size_t last_accessed_ = 0;  // LAST (RFC 1460)
+  std::size_t retrieve_index_ = 0;
+  std::optional<std::uint64_t> top_lines_;
+  session_stats stats_;
+};
+
+}  // namespace postern::pop3
