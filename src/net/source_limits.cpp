@@ -1,1 +1,63 @@
-// placeholder
+#include "net/source_limits.hpp"
+
+#include <functional>
+#include <string_view>
+
+namespace postern::net {
+
+std::size_t source_limits::addr_hash::operator()(const asio::ip::address& a) const noexcept {
+  if (a.is_v4()) {
+    return std::hash<std::uint32_t>()(a.to_v4().to_uint());
+  }
+  auto bytes = a.to_v6().to_bytes();
+  return std::hash<std::string_view>()(
+      std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
+}
+
+std::optional<source_limits::slot> source_limits::try_acquire(const asio::ip::address& addr,
+                                                              refusal& why) {
+  std::lock_guard lock(mu_);
+  if (max_total_ > 0 && total_ >= max_total_) {
+    why = refusal::total;
+    return std::nullopt;
+  }
+  auto& count = per_source_[addr];
+  if (max_per_source_ > 0 && count >= max_per_source_) {
+    why = refusal::per_source;
+    return std::nullopt;
+  }
+  ++count;
+  ++total_;
+  why = refusal::none;
+  return slot(this, addr);
+}
+
+void source_limits::release(const asio::ip::address& addr) noexcept {
+  std::lock_guard lock(mu_);
+  auto it = per_source_.find(addr);
+  if (it != per_source_.end() && --it->second == 0) {
+    per_source_.erase(it);
+  }
+  --total_;
+}
+
+void source_limits::slot::release() noexcept {
+  if (owner_ != nullptr) {
+    owner_->release(addr_);
+    owner_ = nullptr;
+  }
+}
+
+std::uint32_t source_limits::active() const {
+  std::lock_guard lock(mu_);
+  return total_;
+}
+
+asio::ip::address canonical_address(const asio::ip::address& a) {
+  if (a.is_v6() && a.to_v6().is_v4_mapped()) {
+    return asio::ip::make_address_v4(asio::ip::v4_mapped, a.to_v6());
+  }
+  return a;
+}
+
+}  // namespace postern::net

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Builds Postern and runs every test: unit tests and integration tests with real clients,
+# first against the optimized build, then against an AddressSanitizer + UBSan build.
+# Usage: scripts/test.sh            (installs missing Debian packages first when run as root)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-deps.sh
+
+jobs=$(nproc)
+summary=()
+total_pass=0
+total_fail=0
+
+run_suite() {
+  local dir=$1 label=$2; shift 2
+  cmake -S . -B "$dir" -G Ninja "$@" >/dev/null
+  cmake --build "$dir" -j "$jobs"
+  local log="$dir/ctest.log" rc=0
+  (cd "$dir" && ctest --output-on-failure -j "$jobs" --timeout 900) 2>&1 | tee "$log" || rc=$?
+  local line pass fail
+  line=$(grep -E '^[0-9]+% tests passed, [0-9]+ tests failed out of [0-9]+' "$log" | tail -n 1 || true)
+  if [[ -z "$line" ]]; then
+    echo "test.sh: $label: ctest printed no summary" >&2
+    total_fail=$((total_fail + 1))
+    summary+=("$label: no summary")
+    return
+  fi
+  fail=$(sed -E 's/.* ([0-9]+) tests failed out of ([0-9]+).*/\1/' <<<"$line")
+  local all
+  all=$(sed -E 's/.* tests failed out of ([0-9]+).*/\1/' <<<"$line")
+  pass=$((all - fail))
+  total_pass=$((total_pass + pass))
+  total_fail=$((total_fail + fail))
+  summary+=("$label: $pass passed, $fail failed")
+  if [[ $rc -ne 0 && $fail -eq 0 ]]; then
+    total_fail=$((total_fail + 1))
+  fi
+}
+
+run_suite build "optimized build" -DCMAKE_BUILD_TYPE=RelWithDebInfo
+run_suite build-asan "ASan+UBSan build" -DCMAKE_BUILD_TYPE=Debug -DPOSTERN_SANITIZE=ON
+
+echo
+for s in "${summary[@]}"; do echo "$s"; done
+echo "total: $total_pass passed, $total_fail failed"
+[[ $total_fail -eq 0 ]]

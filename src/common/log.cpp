@@ -1,0 +1,93 @@
+#include "common/log.hpp"
+
+#include <syslog.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <atomic>
+
+namespace postern::log {
+namespace {
+
+std::atomic<int> min_level{static_cast<int>(level::info)};
+std::atomic<bool> use_syslog{false};
+std::string ident_name = "posternd";
+
+const char* level_name(level l) noexcept {
+  switch (l) {
+    case level::debug: return "debug";
+    case level::info: return "info";
+    case level::notice: return "notice";
+    case level::warning: return "warning";
+    case level::error: return "error";
+  }
+  return "?";
+}
+
+int syslog_priority(level l) noexcept {
+  switch (l) {
+    case level::debug: return LOG_DEBUG;
+    case level::info: return LOG_INFO;
+    case level::notice: return LOG_NOTICE;
+    case level::warning: return LOG_WARNING;
+    case level::error: return LOG_ERR;
+  }
+  return LOG_INFO;
+}
+
+}  // namespace
+
+void init(bool target_syslog, level min, const std::string& ident) {
+  min_level = static_cast<int>(min);
+  ident_name = ident;
+  use_syslog = target_syslog;
+  if (target_syslog) {
+    openlog(ident_name.c_str(), LOG_PID | LOG_NDELAY, LOG_MAIL);
+  }
+}
+
+bool enabled(level l) noexcept { return static_cast<int>(l) >= min_level.load(std::memory_order_relaxed); }
+
+void write(level l, std::string_view message) {
+  if (use_syslog.load(std::memory_order_relaxed)) {
+    syslog(syslog_priority(l), "%.*s", static_cast<int>(message.size()), message.data());
+    return;
+  }
+  timespec ts{};
+  clock_gettime(CLOCK_REALTIME, &ts);
+  tm utc{};
+  gmtime_r(&ts.tv_sec, &utc);
+  auto line = fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z {}[{}]: {}: {}\n",
+                          utc.tm_year + 1900, utc.tm_mon + 1, utc.tm_mday, utc.tm_hour, utc.tm_min,
+                          utc.tm_sec, ts.tv_nsec / 1000000, ident_name, getpid(), level_name(l),
+                          message);
+  std::string_view rest = line;
+  while (!rest.empty()) {
+    ssize_t n = ::write(STDERR_FILENO, rest.data(), rest.size());
+    if (n <= 0) {
+      break;  // nowhere left to report a logging failure
+    }
+    rest.remove_prefix(static_cast<std::size_t>(n));
+  }
+}
+
+std::string safe(std::string_view text) {
+  constexpr std::size_t max_len = 256;
+  std::string out;
+  out.reserve(text.size() < max_len ? text.size() : max_len);
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    if (out.size() >= max_len) {
+      out.append("...");
+      break;
+    }
+    auto c = static_cast<unsigned char>(text[i]);
+    if (c < 0x20 || c >= 0x7f || c == '\\') {
+      out.append(fmt::format("\\x{:02x}", c));
+    } else {
+      out.push_back(static_cast<char>(c));
+    }
+  }
+  return out;
+}
+
+}  // namespace postern::log

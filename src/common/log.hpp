@@ -1,0 +1,46 @@
+// Logging: one line per event to syslog (facility mail) or stderr.
+//
+// Thread-safe: each line is written with a single write(2) or syslog(3) call. init() is called
+// once at startup before other threads exist. Client-supplied text must go through
+// log::safe() so that control bytes cannot forge lines; secrets are never passed here.
+#pragma once
+
+#include <fmt/format.h>
+
+#include <string>
+#include <string_view>
+
+namespace postern::log {
+
+enum class level { debug = 0, info, notice, warning, error };
+
+// target_syslog: syslog with `ident`, facility mail; otherwise stderr.
+void init(bool target_syslog, level min_level, const std::string& ident);
+bool enabled(level l) noexcept;
+void write(level l, std::string_view message);
+
+// Escapes bytes outside printable ASCII (and '\\') as \xNN; truncates past 256 bytes.
+std::string safe(std::string_view client_text);
+
+template <typename... Args>
+void debug(fmt::format_string<Args...> f, Args&&... args) {
+  if (enabled(level::debug)) write(level::debug, fmt::format(f, std::forward<Args>(args)...));
+}
+template <typename... Args>
+void info(fmt::format_string<Args...> f, Args&&... args) {
+  if (enabled(level::info)) write(level::info, fmt::format(f, std::forward<Args>(args)...));
+}
+template <typename... Args>
+void notice(fmt::format_string<Args...> f, Args&&... args) {
+  if (enabled(level::notice)) write(level::notice, fmt::format(f, std::forward<Args>(args)...));
+}
+template <typename... Args>
+void warning(fmt::format_string<Args...> f, Args&&... args) {
+  if (enabled(level::warning)) write(level::warning, fmt::format(f, std::forward<Args>(args)...));
+}
+template <typename... Args>
+void error(fmt::format_string<Args...> f, Args&&... args) {
+  if (enabled(level::error)) write(level::error, fmt::format(f, std::forward<Args>(args)...));
+}
+
+}  // namespace postern::log

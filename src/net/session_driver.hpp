@@ -1,0 +1,72 @@
+// The session driver: runs one POP3 session, moving bytes between a transport and the
+// sans-I/O engine and completing the engine's requests against the password database and
+// the mail store.
+//
+// Blocking work (password hashing, opening and committing a maildrop) runs on the worker
+// pool; everything else runs on the session's I/O executor. A watchdog closes the transport
+// when the idle deadline passes. A session deletes mail only after QUIT in the TRANSACTION
+// state; a timeout, a dropped connection or a shutdown deletes nothing.
+#pragma once
+
+#include "auth/passdb.hpp"
+#include "net/transport.hpp"
+#include "pop3/session.hpp"
+#include "store/location.hpp"
+
+#include <asio/awaitable.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/thread_pool.hpp>
+
+#include <chrono>
+#include <list>
+#include <memory>
+#include <string>
+
+namespace postern::net {
+
+// Shared, read-only for the life of the server.
+struct session_env {
+  auth::passdb* passdb = nullptr;
+  store::location_template location;
+  asio::thread_pool* workers = nullptr;
+  pop3::session_options engine;
+  std::chrono::milliseconds failure_delay{2000};
+  std::chrono::milliseconds idle_timeout{600000};
+};
+
+// One session's control block, shared by its driver, its watchdog and the registry.
+struct session_control {
+  session_control(std::unique_ptr<transport> s, const asio::any_io_executor& ex)
+      : stream(std::move(s)), timer(ex) {}
+  // Closes the transport so the driver ends without committing.
+  void stop(bool for_shutdown) noexcept;
+
+  std::unique_ptr<transport> stream;
+  asio::steady_timer timer;
+  std::chrono::steady_clock::time_point deadline;
+  bool done = false;
+  bool timed_out = false;
+  bool shutting_down = false;
+};
+
+// Sessions living on one I/O thread, so shutdown can reach them. Used only on that thread.
+class session_registry {
+ public:
+  using handle = std::list<std::weak_ptr<session_control>>::iterator;
+  handle add(const std::shared_ptr<session_control>& s) { return sessions_.insert(sessions_.end(), s); }
+  void remove(handle h) { sessions_.erase(h); }
+  void stop_all() noexcept;
+  std::size_t size() const noexcept { return sessions_.size(); }
+
+ private:
+  std::list<std::weak_ptr<session_control>> sessions_;
+};
+
+// A short unique id for log lines.
+std::string new_session_id();
+
+// Runs the session to its end. `remote` is the client's address as logged.
+asio::awaitable<void> run_session(std::shared_ptr<session_control> ctl, const session_env& env,
+                                  std::string remote, std::string id);
+
+}  // namespace postern::net

@@ -1,0 +1,340 @@
+#include "server/daemon.hpp"
+
+#include "auth/passwd_file.hpp"
+#include "common/log.hpp"
+#include "net/session_driver.hpp"
+#include "net/source_limits.hpp"
+#include "server/privileges.hpp"
+
+#include <asio/co_spawn.hpp>
+#include <asio/detached.hpp>
+#include <asio/experimental/as_tuple.hpp>
+#include <asio/io_context.hpp>
+#include <asio/ip/tcp.hpp>
+#include <asio/ip/v6_only.hpp>
+#include <asio/post.hpp>
+#include <asio/signal_set.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/use_awaitable.hpp>
+#include <asio/write.hpp>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <cstring>
+#include <functional>
+#include <cstdio>
+#include <thread>
+
+namespace postern::server {
+namespace {
+
+constexpr auto use_tuple = asio::experimental::as_tuple(asio::use_awaitable);
+
+log::level to_log_level(log_level l) {
+  switch (l) {
+    case log_level::debug: return log::level::debug;
+    case log_level::info: return log::level::info;
+    case log_level::notice: return log::level::notice;
+    case log_level::warning: return log::level::warning;
+    case log_level::error: return log::level::error;
+  }
+  return log::level::info;
+}
+
+void init_logging(const config& cfg) {
+  log::init(cfg.target == log_target::syslog, to_log_level(cfg.level), cfg.syslog_ident);
+}
+
+// Everything a session needs that lives as long as the server.
+struct shared_state {
+  std::unique_ptr<auth::passdb> passdb;
+  std::unique_ptr<asio::thread_pool> workers;
+  net::session_env env;
+};
+
+result<void> prepare_shared(const config& cfg, shared_state& st) {
+  constexpr std::string_view prefix = "passwd-file:";
+  if (cfg.passdb.rfind(prefix, 0) != 0) {
+    return error(errc::invalid, "auth.passdb: unsupported passdb '" + cfg.passdb + "'");
+  }
+  auto pdb = auth::open_passwd_file(cfg.passdb.substr(prefix.size()));
+  if (!pdb) {
+    return std::move(pdb).err();
+  }
+  st.passdb = std::move(pdb).value();
+  auto loc = store::parse_location(cfg.mail_location);
+  if (!loc) {
+    return error(errc::invalid, "mail.location: " + loc.err().message());
+  }
+  unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  st.workers = std::make_unique<asio::thread_pool>(cfg.worker_threads ? cfg.worker_threads : 2 * cores);
+  st.env.passdb = st.passdb.get();
+  st.env.location = std::move(loc).value();
+  st.env.workers = st.workers.get();
+  st.env.engine.greeting = cfg.greeting;
+  st.env.engine.implementation =
+      cfg.implementation_capability ? std::string("Postern ") + POSTERN_VERSION : std::string();
+  st.env.engine.max_bad_commands = cfg.max_bad_commands;
+  st.env.failure_delay = cfg.failure_delay;
+  st.env.idle_timeout = cfg.idle_timeout;
+  return {};
+}
+
+// Runs a session and logs anything that escapes it; the session closes only itself.
+asio::awaitable<void> guarded_session(std::shared_ptr<net::session_control> ctl,
+                                      const net::session_env& env, std::string remote,
+                                      net::session_registry* registry) {
+  std::string id = net::new_session_id();
+  auto handle = registry ? registry->add(ctl) : net::session_registry::handle{};
+  try {
+    co_await net::run_session(ctl, env, remote, id);
+  } catch (const std::exception& e) {
+    log::error("session <{}> failed: {}", id, e.what());
+    ctl->done = true;
+    ctl->stream->close();
+  }
+  if (registry) {
+    registry->remove(handle);
+  }
+}
+
+std::string format_endpoint(const asio::ip::tcp::endpoint& ep) {
+  auto addr = net::canonical_address(ep.address());
+  if (addr.is_v6()) {
+    return "[" + addr.to_string() + "]:" + std::to_string(ep.port());
+  }
+  return addr.to_string() + ":" + std::to_string(ep.port());
+}
+
+// One I/O thread: its io_context, its acceptors (one per listen address, SO_REUSEPORT) and
+// the sessions it runs.
+struct io_worker {
+  asio::io_context ctx{1};
+  std::vector<asio::ip::tcp::acceptor> acceptors;
+  net::session_registry registry;
+};
+
+asio::awaitable<void> refuse(asio::ip::tcp::socket sock, std::string_view line) {
+  co_await asio::async_write(sock, asio::buffer(line), use_tuple);
+  std::error_code ignored;
+  sock.shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
+}
+
+asio::awaitable<void> serve_connection(asio::ip::tcp::socket sock, io_worker& w,
+                                       net::source_limits& limits, const net::session_env& env) {
+  std::error_code ec;
+  auto peer = sock.remote_endpoint(ec);
+  if (ec) {
+    co_return;  // already gone
+  }
+  auto addr = net::canonical_address(peer.address());
+  net::source_limits::refusal why{};
+  auto slot = limits.try_acquire(addr, why);
+  if (!slot) {
+    log::warning("connection refused: rip={}, reason={}", addr.to_string(),
+                 why == net::source_limits::refusal::total ? "max_connections" : "max_connections_per_ip");
+    co_await refuse(std::move(sock), "-ERR [SYS/TEMP] Too many connections, try again later.\r\n");
+    co_return;
+  }
+  sock.set_option(asio::ip::tcp::no_delay(true), ec);
+  auto ctl = std::make_shared<net::session_control>(
+      std::make_unique<net::tcp_transport>(std::move(sock)), w.ctx.get_executor());
+  co_await guarded_session(ctl, env, addr.to_string(), &w.registry);
+}
+
+asio::awaitable<void> accept_loop(asio::ip::tcp::acceptor& acc, io_worker& w,
+                                  net::source_limits& limits, const net::session_env& env) {
+  for (;;) {
+    auto [ec, sock] = co_await acc.async_accept(use_tuple);
+    if (ec) {
+      if (ec == asio::error::operation_aborted || !acc.is_open()) {
+        co_return;
+      }
+      // EMFILE, ENFILE, ENOBUFS: wait a moment instead of spinning.
+      log::warning("accept failed: {}", ec.message());
+      asio::steady_timer pause(w.ctx, std::chrono::milliseconds(100));
+      co_await pause.async_wait(use_tuple);
+      continue;
+    }
+    asio::co_spawn(w.ctx, serve_connection(std::move(sock), w, limits, env), asio::detached);
+  }
+}
+
+result<void> bind_listeners(const config& cfg, std::vector<std::unique_ptr<io_worker>>& workers) {
+  for (const auto& la : cfg.listen) {
+    std::error_code ec;
+    auto addr = asio::ip::make_address(la.host, ec);
+    if (ec) {
+      return error(errc::invalid, "server.listen: bad address '" + la.host + "'");
+    }
+    std::uint16_t port = la.port;
+    for (auto& w : workers) {
+      asio::ip::tcp::acceptor acc(w->ctx);
+      asio::ip::tcp::endpoint ep(addr, port);
+      acc.open(ep.protocol(), ec);
+      if (!ec) acc.set_option(asio::socket_base::reuse_address(true), ec);
+      if (!ec && addr.is_v6()) acc.set_option(asio::ip::v6_only(true), ec);
+      if (!ec) {
+        int one = 1;
+        if (setsockopt(acc.native_handle(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
+          ec = std::error_code(errno, std::generic_category());
+        }
+      }
+      if (!ec) acc.bind(ep, ec);
+      if (!ec) acc.listen(asio::socket_base::max_listen_connections, ec);
+      if (ec) {
+        return error(errc::permanent, "cannot listen on " + format_endpoint(ep), ec);
+      }
+      if (port == 0) {
+        port = acc.local_endpoint().port();  // the other threads join the port the kernel chose
+      }
+      w->acceptors.push_back(std::move(acc));
+    }
+    log::info("listening on {}", format_endpoint({addr, port}));
+  }
+  return {};
+}
+
+}  // namespace
+
+int run_daemon(const config& cfg) {
+  init_logging(cfg);
+  std::signal(SIGPIPE, SIG_IGN);
+  unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  unsigned n_threads = cfg.threads ? cfg.threads : cores;
+
+  std::vector<std::unique_ptr<io_worker>> workers;
+  for (unsigned i = 0; i < n_threads; ++i) {
+    workers.push_back(std::make_unique<io_worker>());
+  }
+  if (auto r = bind_listeners(cfg, workers); !r) {
+    log::error("{}", r.err().message());
+    std::fprintf(stderr, "posternd: %s\n", r.err().message().c_str());
+    return 1;
+  }
+  if (auto r = drop_privileges(cfg.user, cfg.group); !r) {
+    log::error("{}", r.err().message());
+    std::fprintf(stderr, "posternd: %s\n", r.err().message().c_str());
+    return 1;
+  }
+  if (geteuid() == 0) {
+    log::warning("running as root: set server.user to an unprivileged user");
+  }
+  shared_state st;
+  if (auto r = prepare_shared(cfg, st); !r) {
+    log::error("{}", r.err().message());
+    std::fprintf(stderr, "posternd: %s\n", r.err().message().c_str());
+    return 1;
+  }
+  net::source_limits limits(cfg.max_connections, cfg.max_connections_per_ip);
+
+  for (auto& w : workers) {
+    for (auto& acc : w->acceptors) {
+      asio::co_spawn(w->ctx, accept_loop(acc, *w, limits, st.env), asio::detached);
+    }
+  }
+
+  // Thread 0 owns the signal sets. After SIGTERM every acceptor and session closes and the
+  // signal waits are cancelled, so each io_context runs out of work and its thread ends.
+  asio::signal_set signals(workers[0]->ctx, SIGTERM, SIGINT);
+  asio::signal_set hup(workers[0]->ctx, SIGHUP);
+  std::function<void(const std::error_code&, int)> on_hup = [&](const std::error_code& ec, int) {
+    if (ec) {
+      return;
+    }
+    log::info("SIGHUP: the passwd-file is re-read when it changes; nothing else to reload");
+    hup.async_wait(on_hup);
+  };
+  hup.async_wait(on_hup);
+  signals.async_wait([&](const std::error_code& ec, int signo) {
+    if (ec) {
+      return;
+    }
+    log::info("signal {} received: shutting down, {} sessions open", signo, limits.active());
+    std::error_code ignored;
+    hup.cancel(ignored);
+    for (auto& w : workers) {
+      asio::post(w->ctx, [&w = *w] {
+        for (auto& acc : w.acceptors) {
+          std::error_code ignored_close;
+          acc.close(ignored_close);
+        }
+        w.registry.stop_all();
+      });
+    }
+  });
+
+  std::vector<std::thread> threads;
+  for (std::size_t i = 1; i < workers.size(); ++i) {
+    threads.emplace_back([&w = *workers[i]] { w.ctx.run(); });
+  }
+  workers[0]->ctx.run();
+  for (auto& t : threads) {
+    t.join();
+  }
+  st.workers->join();
+  log::info("stopped");
+  return 0;
+}
+
+int run_inetd(const config& cfg) {
+  init_logging(cfg);
+  std::signal(SIGPIPE, SIG_IGN);
+  if (auto r = drop_privileges(cfg.user, cfg.group); !r) {
+    log::error("{}", r.err().message());
+    return 1;
+  }
+  config one = cfg;
+  one.worker_threads = one.worker_threads ? one.worker_threads : 1;
+  shared_state st;
+  if (auto r = prepare_shared(one, st); !r) {
+    log::error("{}", r.err().message());
+    return 1;
+  }
+  std::string remote = "local";
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  if (getpeername(STDIN_FILENO, reinterpret_cast<sockaddr*>(&ss), &len) == 0) {
+    char text[INET6_ADDRSTRLEN] = {};
+    if (ss.ss_family == AF_INET) {
+      inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(&ss)->sin_addr, text, sizeof text);
+      remote = text;
+    } else if (ss.ss_family == AF_INET6) {
+      asio::ip::address_v6::bytes_type b;
+      std::memcpy(b.data(), &reinterpret_cast<sockaddr_in6*>(&ss)->sin6_addr, b.size());
+      remote = net::canonical_address(asio::ip::address_v6(b)).to_string();
+    }
+  }
+  asio::io_context ctx{1};
+  int in_fd = dup(STDIN_FILENO);
+  int out_fd = dup(STDOUT_FILENO);
+  if (in_fd < 0 || out_fd < 0) {
+    log::error("inetd mode: cannot use stdin/stdout");
+    return 1;
+  }
+  auto ctl = std::make_shared<net::session_control>(
+      std::make_unique<net::stdio_transport>(asio::posix::stream_descriptor(ctx, in_fd),
+                                             asio::posix::stream_descriptor(ctx, out_fd)),
+      ctx.get_executor());
+  asio::signal_set signals(ctx, SIGTERM, SIGINT);
+  signals.async_wait([&](const std::error_code& ec, int) {
+    if (!ec) {
+      ctl->stop(true);
+    }
+  });
+  asio::co_spawn(ctx,
+                 [&]() -> asio::awaitable<void> {
+                   co_await guarded_session(ctl, st.env, remote, nullptr);
+                   signals.cancel();
+                 },
+                 asio::detached);
+  ctx.run();
+  st.workers->join();
+  return 0;
+}
+
+}  // namespace postern::server
