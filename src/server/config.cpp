@@ -1,1 +1,813 @@
-// placeholder
+// Parses and validates postern.toml into server::config, and prints a config back as TOML.
+//
+// toml++ is built with exceptions; they are caught here and never leave this file. Validation
+// keeps going after the first problem so that the one reported is the earliest in the file
+// (toml++ tables iterate in key order, not file order).
+#include "server/config.hpp"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/stat.h>
+#include <toml++/toml.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstdint>
+#include <limits>
+#include <new>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+#include <utility>
+
+#include "common/parse.hpp"
+#include "common/unique_fd.hpp"
+#include "store/location.hpp"
+
+namespace postern::server {
+
+namespace {
+
+// A config file larger than this is certainly a mistake (a mail file, a log).
+constexpr std::size_t max_config_bytes = 1024 * 1024;
+
+constexpr std::chrono::seconds max_idle_timeout{24 * 3600};
+constexpr std::chrono::milliseconds max_failure_delay{60'000};
+
+// The greeting is sent as "+OK <greeting> <apop timestamp>"; RFC 2449 section 4 limits a
+// response line to 512 octets, so leave room for the timestamp.
+constexpr std::size_t max_greeting_bytes = 200;
+
+// ---------------------------------------------------------------------------------------------
+// Collecting problems
+
+class checker {
+ public:
+  explicit checker(const std::string& name) : name_(name) {}
+
+  // Records a problem at `where` for `key`; only the earliest in the file is kept.
+  void fail(const toml::source_region& where, std::string_view key, std::string_view message) {
+    auto pos = std::make_pair(where.begin.line, where.begin.column);
+    if (has_problem_ && pos >= first_pos_) {
+      return;
+    }
+    has_problem_ = true;
+    first_pos_ = pos;
+    first_ = name_ + ":" + std::to_string(where.begin.line) + ": " + std::string(key) + ": " +
+             std::string(message);
+  }
+
+  bool has_problem() const noexcept { return has_problem_; }
+  const std::string& first() const noexcept { return first_; }
+
+ private:
+  const std::string& name_;
+  bool has_problem_ = false;
+  std::pair<toml::source_index, toml::source_index> first_pos_{};
+  std::string first_;
+};
+
+std::string_view type_name(const toml::node& n) noexcept {
+  switch (n.type()) {
+    case toml::node_type::table: return "a table";
+    case toml::node_type::array: return "an array";
+    case toml::node_type::string: return "a string";
+    case toml::node_type::integer: return "an integer";
+    case toml::node_type::floating_point: return "a floating-point number";
+    case toml::node_type::boolean: return "a boolean";
+    case toml::node_type::date: return "a date";
+    case toml::node_type::time: return "a time";
+    case toml::node_type::date_time: return "a date-time";
+    case toml::node_type::none: break;
+  }
+  return "nothing";
+}
+
+std::string quoted(std::string_view s) {
+  std::string out = "\"";
+  for (unsigned char c : s) {
+    if (c < 0x20 || c == 0x7F) {
+      out += '?';  // messages are one line
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  out += '"';
+  return out;
+}
+
+// A value being checked: its node, dotted key name and the checker to report to.
+struct item {
+  checker& chk;
+  const toml::node& node;
+  std::string key;  // "server.idle_timeout"
+
+  void fail(std::string_view message) const { chk.fail(node.source(), key, message); }
+  void fail_type(std::string_view expected) const {
+    fail("expected " + std::string(expected) + ", got " + std::string(type_name(node)));
+  }
+};
+
+std::optional<std::string> get_string(const item& it) {
+  if (const auto* v = it.node.as_string()) {
+    return v->get();
+  }
+  it.fail_type("a string");
+  return std::nullopt;
+}
+
+std::optional<bool> get_bool(const item& it) {
+  if (const auto* v = it.node.as_boolean()) {
+    return v->get();
+  }
+  it.fail_type("a boolean (true or false)");
+  return std::nullopt;
+}
+
+std::optional<std::uint32_t> get_uint(const item& it, std::uint32_t min, std::uint32_t max) {
+  const auto* v = it.node.as_integer();
+  if (v == nullptr) {
+    it.fail_type("an integer");
+    return std::nullopt;
+  }
+  std::int64_t n = v->get();
+  if (n < static_cast<std::int64_t>(min) || n > static_cast<std::int64_t>(max)) {
+    it.fail("must be from " + std::to_string(min) + " to " + std::to_string(max) + ", not " +
+            std::to_string(n));
+    return std::nullopt;
+  }
+  return static_cast<std::uint32_t>(n);
+}
+
+// An integer (seconds) or a string "<digits><unit>" with unit ms, s, m or h.
+std::optional<std::chrono::milliseconds> get_duration(const item& it) {
+  constexpr std::int64_t max_ms = std::numeric_limits<std::int64_t>::max();
+  constexpr std::string_view forms =
+      "an integer (seconds) or a string such as \"500ms\", \"30s\", \"10m\" or \"1h\"";
+  if (const auto* v = it.node.as_integer()) {
+    std::int64_t n = v->get();
+    if (n < 0) {
+      it.fail("must not be negative");
+      return std::nullopt;
+    }
+    if (n > max_ms / 1000) {
+      it.fail("is too large");
+      return std::nullopt;
+    }
+    return std::chrono::milliseconds(n * 1000);
+  }
+  const auto* s = it.node.as_string();
+  if (s == nullptr) {
+    it.fail_type(forms);
+    return std::nullopt;
+  }
+  std::string_view text = s->get();
+  std::size_t digits = 0;
+  while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') {
+    ++digits;
+  }
+  std::string_view unit = text.substr(digits);
+  std::int64_t scale = 0;
+  if (unit == "ms") {
+    scale = 1;
+  } else if (unit == "s") {
+    scale = 1000;
+  } else if (unit == "m") {
+    scale = 60 * 1000;
+  } else if (unit == "h") {
+    scale = 3600 * 1000;
+  }
+  if (digits == 0 || scale == 0) {
+    it.fail(quoted(text) + " is not a duration; write " + std::string(forms));
+    return std::nullopt;
+  }
+  auto n = parse_u64(text.substr(0, digits));
+  if (!n || *n > static_cast<std::uint64_t>(max_ms / scale)) {
+    it.fail(quoted(text) + " is too large");
+    return std::nullopt;
+  }
+  return std::chrono::milliseconds(static_cast<std::int64_t>(*n) * scale);
+}
+
+bool is_printable_ascii(std::string_view s) {
+  return std::all_of(s.begin(), s.end(), [](char c) { return c >= 0x20 && c < 0x7F; });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Listen addresses
+
+std::string format_listen(const listen_address& a) {
+  std::string host = a.host.find(':') != std::string::npos ? "[" + a.host + "]" : a.host;
+  return host + ":" + std::to_string(a.port);
+}
+
+// "ADDR:PORT", "[ADDR6]:PORT", "*:PORT" (0.0.0.0). Numeric only: names are never resolved.
+// On success the host is in canonical form (inet_ntop), without brackets.
+result<listen_address> parse_listen(std::string_view s) {
+  auto bad = [&](std::string_view why) {
+    return error(errc::invalid, quoted(s) + ": " + std::string(why));
+  };
+  std::string_view host;
+  std::string_view rest;
+  bool v6 = false;
+  if (!s.empty() && s.front() == '[') {
+    auto close = s.find(']');
+    if (close == std::string_view::npos) {
+      return bad("missing ']' after an IPv6 address");
+    }
+    host = s.substr(1, close - 1);
+    rest = s.substr(close + 1);
+    if (rest.empty() || rest.front() != ':') {
+      return bad("expected ':' and a port after ']'");
+    }
+    v6 = true;
+  } else {
+    auto colon = s.rfind(':');
+    if (colon == std::string_view::npos) {
+      return bad("missing \":PORT\"; write ADDRESS:PORT, e.g. \"127.0.0.1:110\"");
+    }
+    host = s.substr(0, colon);
+    rest = s.substr(colon);
+    if (host.find(':') != std::string_view::npos) {
+      return bad("IPv6 addresses must be written in brackets, e.g. \"[::1]:110\"");
+    }
+  }
+  auto port = parse_u64(rest.substr(1));
+  if (!port || *port > 65535) {
+    return bad("the port must be a number from 0 to 65535");
+  }
+
+  listen_address out;
+  out.port = static_cast<std::uint16_t>(*port);
+  if (!v6 && host == "*") {
+    out.host = "0.0.0.0";
+    return out;
+  }
+  std::string h(host);
+  char text[INET6_ADDRSTRLEN] = {};
+  if (v6) {
+    in6_addr a6{};
+    if (host.empty() || ::inet_pton(AF_INET6, h.c_str(), &a6) != 1) {
+      return bad(quoted(host) + " is not a numeric IPv6 address");
+    }
+    ::inet_ntop(AF_INET6, &a6, text, sizeof text);
+  } else {
+    in_addr a4{};
+    if (host.empty()) {
+      return bad("missing address before the port; use \"*\" for all IPv4 addresses");
+    }
+    if (::inet_pton(AF_INET, h.c_str(), &a4) != 1) {
+      bool looks_like_name = std::any_of(host.begin(), host.end(), [](char c) {
+        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-';
+      });
+      return bad(quoted(host) +
+                 (looks_like_name
+                      ? " is a host name; use a numeric address (names are never resolved)"
+                      : " is not a numeric IPv4 address"));
+    }
+    ::inet_ntop(AF_INET, &a4, text, sizeof text);
+  }
+  out.host = text;
+  return out;
+}
+
+void set_listen(const item& it, config& cfg) {
+  const auto* arr = it.node.as_array();
+  if (arr == nullptr) {
+    it.fail_type("an array of strings such as [\"127.0.0.1:110\", \"[::1]:110\"]");
+    return;
+  }
+  if (arr->empty()) {
+    it.fail("must list at least one address");
+    return;
+  }
+  std::vector<listen_address> out;
+  std::set<std::pair<std::string, std::uint16_t>> seen;
+  bool ok = true;
+  for (const toml::node& el : *arr) {
+    item el_item{it.chk, el, it.key};
+    const auto* s = el.as_string();
+    if (s == nullptr) {
+      el_item.fail("expected an array of strings, found " + std::string(type_name(el)));
+      ok = false;
+      continue;
+    }
+    auto addr = parse_listen(s->get());
+    if (!addr) {
+      el_item.fail(addr.err().context());
+      ok = false;
+      continue;
+    }
+    // Port 0 twice is fine: the kernel gives each its own port.
+    if (addr->port != 0 && !seen.emplace(addr->host, addr->port).second) {
+      el_item.fail(quoted(format_listen(*addr)) + " is listed twice");
+      ok = false;
+      continue;
+    }
+    out.push_back(std::move(*addr));
+  }
+  if (ok) {
+    cfg.listen = std::move(out);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Other values
+
+// User and group names go to getpwnam/getgrnam later; reject what no system accepts.
+bool is_plausible_account_name(std::string_view s) {
+  if (s.empty() || s.size() > 255 || s.front() == '-') {
+    return false;
+  }
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    auto u = static_cast<unsigned char>(c);
+    return u > 0x20 && u != 0x7F && c != ':' && c != '/' && c != ',';
+  });
+}
+
+void set_account(const item& it, std::string& out) {
+  auto s = get_string(it);
+  if (!s) {
+    return;
+  }
+  if (!s->empty() && !is_plausible_account_name(*s)) {
+    it.fail(quoted(*s) +
+            " is not a valid name (no spaces, ':', '/', ',' or control characters; "
+            "\"\" keeps the current one)");
+    return;
+  }
+  out = std::move(*s);
+}
+
+void set_idle_timeout(const item& it, config& cfg) {
+  auto d = get_duration(it);
+  if (!d) {
+    return;
+  }
+  if (*d < std::chrono::seconds(1)) {
+    it.fail("must be at least 1 second");
+  } else if (*d > max_idle_timeout) {
+    it.fail("must be at most 24 hours");
+  } else if (d->count() % 1000 != 0) {
+    it.fail("must be a whole number of seconds");
+  } else {
+    cfg.idle_timeout = std::chrono::duration_cast<std::chrono::seconds>(*d);
+  }
+}
+
+void set_failure_delay(const item& it, config& cfg) {
+  auto d = get_duration(it);
+  if (!d) {
+    return;
+  }
+  if (*d > max_failure_delay) {
+    it.fail("must be at most 60 seconds");
+    return;
+  }
+  cfg.failure_delay = *d;
+}
+
+void set_greeting(const item& it, config& cfg) {
+  auto s = get_string(it);
+  if (!s) {
+    return;
+  }
+  if (s->empty()) {
+    it.fail("must not be empty");
+  } else if (s->size() > max_greeting_bytes) {
+    it.fail("must be at most " + std::to_string(max_greeting_bytes) + " characters");
+  } else if (!is_printable_ascii(*s)) {
+    it.fail("must be printable ASCII (no control characters or line breaks)");
+  } else {
+    cfg.greeting = std::move(*s);
+  }
+}
+
+void set_location(const item& it, config& cfg) {
+  auto s = get_string(it);
+  if (!s) {
+    return;
+  }
+  auto loc = store::parse_location(*s);
+  if (!loc) {
+    // The key already says what this is; drop the store's own "mail location: " prefix.
+    std::string why = loc.err().message();
+    constexpr std::string_view prefix = "mail location: ";
+    if (std::string_view(why).substr(0, prefix.size()) == prefix) {
+      why.erase(0, prefix.size());
+    }
+    it.fail(quoted(*s) + ": " + why);
+    return;
+  }
+  cfg.mail_location = std::move(*s);
+}
+
+void set_passdb(const item& it, config& cfg) {
+  auto s = get_string(it);
+  if (!s) {
+    return;
+  }
+  constexpr std::string_view passwd_file = "passwd-file:";
+  if (s->rfind(passwd_file, 0) != 0) {
+    it.fail(quoted(*s) + " is not a known password database (supported: \"passwd-file:PATH\")");
+    return;
+  }
+  std::string_view path = std::string_view(*s).substr(passwd_file.size());
+  if (path.empty()) {
+    it.fail("passwd-file needs a path, e.g. \"passwd-file:/etc/postern/users\"");
+    return;
+  }
+  // The server changes directory and may chroot; a relative path would silently change meaning.
+  if (path.front() != '/') {
+    it.fail(quoted(*s) + ": the passwd-file path must be absolute");
+    return;
+  }
+  if (!std::all_of(path.begin(), path.end(),
+                   [](char c) { return static_cast<unsigned char>(c) >= 0x20 && c != 0x7F; })) {
+    it.fail("the passwd-file path must not contain control characters");
+    return;
+  }
+  cfg.passdb = std::move(*s);
+}
+
+template <typename Enum, std::size_t N>
+void set_enum(const item& it, Enum& out,
+              const std::array<std::pair<std::string_view, Enum>, N>& names) {
+  auto s = get_string(it);
+  if (!s) {
+    return;
+  }
+  std::string choices;
+  for (const auto& [name, value] : names) {
+    if (*s == name) {
+      out = value;
+      return;
+    }
+    choices += (choices.empty() ? "" : ", ") + std::string("\"") + std::string(name) + "\"";
+  }
+  it.fail(quoted(*s) + " is not one of " + choices);
+}
+
+constexpr std::array<std::pair<std::string_view, log_level>, 5> level_names{{
+    {"debug", log_level::debug},
+    {"info", log_level::info},
+    {"notice", log_level::notice},
+    {"warning", log_level::warning},
+    {"error", log_level::error},
+}};
+
+constexpr std::array<std::pair<std::string_view, log_target>, 2> target_names{{
+    {"syslog", log_target::syslog},
+    {"stderr", log_target::stderr_},
+}};
+
+const char* to_string(log_target t) noexcept {
+  for (const auto& [name, value] : target_names) {
+    if (value == t) {
+      return name.data();
+    }
+  }
+  return "syslog";
+}
+
+void set_syslog_ident(const item& it, config& cfg) {
+  auto s = get_string(it);
+  if (!s) {
+    return;
+  }
+  bool ok = !s->empty() && s->size() <= 64 && std::all_of(s->begin(), s->end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == '-';
+  });
+  if (!ok) {
+    it.fail(quoted(*s) + " must be 1 to 64 letters, digits, '.', '_' or '-'");
+    return;
+  }
+  cfg.syslog_ident = std::move(*s);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The key table: every accepted key, in the order format_config prints them.
+
+using setter = void (*)(const item&, config&);
+
+struct key_rule {
+  std::string_view table;
+  std::string_view key;
+  setter set;
+};
+
+constexpr std::array<std::string_view, 4> table_names{"server", "mail", "auth", "log"};
+
+const std::array<key_rule, 17> key_rules{{
+    {"server", "listen", set_listen},
+    {"server", "user", [](const item& it, config& c) { set_account(it, c.user); }},
+    {"server", "group", [](const item& it, config& c) { set_account(it, c.group); }},
+    {"server", "max_connections",
+     [](const item& it, config& c) {
+       if (auto v = get_uint(it, 1, 1'000'000)) {
+         c.max_connections = *v;
+       }
+     }},
+    {"server", "max_connections_per_ip",
+     [](const item& it, config& c) {
+       if (auto v = get_uint(it, 1, 1'000'000)) {
+         c.max_connections_per_ip = *v;
+       }
+     }},
+    {"server", "idle_timeout", set_idle_timeout},
+    {"server", "threads",
+     [](const item& it, config& c) {
+       if (auto v = get_uint(it, 0, 1024)) {
+         c.threads = *v;
+       }
+     }},
+    {"server", "max_bad_commands",
+     [](const item& it, config& c) {
+       if (auto v = get_uint(it, 1, 10'000)) {
+         c.max_bad_commands = *v;
+       }
+     }},
+    {"server", "implementation_capability",
+     [](const item& it, config& c) {
+       if (auto v = get_bool(it)) {
+         c.implementation_capability = *v;
+       }
+     }},
+    {"server", "greeting", set_greeting},
+    {"mail", "location", set_location},
+    {"auth", "passdb", set_passdb},
+    {"auth", "failure_delay", set_failure_delay},
+    {"auth", "worker_threads",
+     [](const item& it, config& c) {
+       if (auto v = get_uint(it, 0, 1024)) {
+         c.worker_threads = *v;
+       }
+     }},
+    {"log", "level", [](const item& it, config& c) { set_enum(it, c.level, level_names); }},
+    {"log", "target", [](const item& it, config& c) { set_enum(it, c.target, target_names); }},
+    {"log", "syslog_ident", set_syslog_ident},
+}};
+
+std::size_t edit_distance(std::string_view a, std::string_view b) {
+  std::vector<std::size_t> row(b.size() + 1);
+  for (std::size_t j = 0; j <= b.size(); ++j) {
+    row[j] = j;
+  }
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    std::size_t diag = row[0];
+    row[0] = i;
+    for (std::size_t j = 1; j <= b.size(); ++j) {
+      std::size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diag = up;
+    }
+  }
+  return row[b.size()];
+}
+
+// "unknown key", plus where the key really belongs or the closest spelling.
+std::string unknown_key_message(std::string_view table, std::string_view key) {
+  std::string msg = "unknown key";
+  for (const auto& r : key_rules) {
+    if (r.key == key) {
+      return msg + "; " + std::string(key) + " belongs in [" + std::string(r.table) + "]";
+    }
+  }
+  std::string_view best;
+  std::size_t best_distance = 3;  // suggest only close misspellings
+  for (const auto& r : key_rules) {
+    if (r.table != table) {
+      continue;
+    }
+    std::size_t d = edit_distance(key, r.key);
+    if (d < best_distance) {
+      best_distance = d;
+      best = r.key;
+    }
+  }
+  if (!best.empty()) {
+    msg += "; did you mean " + std::string(best) + "?";
+  }
+  return msg;
+}
+
+void check_table(checker& chk, std::string_view table_name, const toml::table& tbl, config& cfg) {
+  for (auto&& [k, v] : tbl) {
+    std::string dotted = std::string(table_name) + "." + std::string(k.str());
+    const key_rule* rule = nullptr;
+    for (const auto& r : key_rules) {
+      if (r.table == table_name && r.key == k.str()) {
+        rule = &r;
+        break;
+      }
+    }
+    if (rule == nullptr) {
+      chk.fail(k.source(), dotted, unknown_key_message(table_name, k.str()));
+      continue;
+    }
+    rule->set(item{chk, v, std::move(dotted)}, cfg);
+  }
+}
+
+void check_root(checker& chk, const toml::table& root, config& cfg) {
+  for (auto&& [k, v] : root) {
+    std::string_view name = k.str();
+    bool known = std::find(table_names.begin(), table_names.end(), name) != table_names.end();
+    if (!known) {
+      auto rule = std::find_if(key_rules.begin(), key_rules.end(),
+                               [&](const key_rule& r) { return r.key == name; });
+      if (rule != key_rules.end()) {
+        chk.fail(k.source(), name,
+                 "unknown top-level key; " + std::string(name) + " belongs in [" +
+                     std::string(rule->table) + "]");
+      } else if (v.is_table()) {
+        chk.fail(k.source(), name,
+                 "unknown table; the tables are [server], [mail], [auth] and [log]");
+      } else {
+        chk.fail(k.source(), name,
+                 "unknown top-level key; settings go inside [server], [mail], [auth] or [log]");
+      }
+      continue;
+    }
+    const auto* tbl = v.as_table();
+    if (tbl == nullptr) {
+      chk.fail(k.source(), name,
+               "must be a table ([" + std::string(name) + "]), not " + std::string(type_name(v)));
+      continue;
+    }
+    check_table(chk, name, *tbl, cfg);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Printing
+
+// A TOML basic string. Strings that came from parse_config are valid UTF-8 and print back
+// unchanged; control characters are escaped.
+std::string toml_string(std::string_view s) {
+  std::string out = "\"";
+  for (char c : s) {
+    auto u = static_cast<unsigned char>(c);
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\b': out += "\\b"; break;
+      case '\t': out += "\\t"; break;
+      case '\n': out += "\\n"; break;
+      case '\f': out += "\\f"; break;
+      case '\r': out += "\\r"; break;
+      default:
+        if (u < 0x20 || u == 0x7F) {
+          static constexpr char hex[] = "0123456789ABCDEF";
+          out += "\\u00";
+          out += hex[u >> 4];
+          out += hex[u & 0xF];
+        } else {
+          out += c;
+        }
+    }
+  }
+  out += '"';
+  return out;
+}
+
+// The largest unit that represents `d` exactly: "1h", "10m", "30s", "500ms".
+std::string format_duration(std::chrono::milliseconds d) {
+  auto ms = d.count();
+  if (ms != 0 && ms % 3'600'000 == 0) {
+    return "\"" + std::to_string(ms / 3'600'000) + "h\"";
+  }
+  if (ms != 0 && ms % 60'000 == 0) {
+    return "\"" + std::to_string(ms / 60'000) + "m\"";
+  }
+  if (ms % 1000 == 0) {
+    return "\"" + std::to_string(ms / 1000) + "s\"";
+  }
+  return "\"" + std::to_string(ms) + "ms\"";
+}
+
+}  // namespace
+
+const char* to_string(log_level l) noexcept {
+  for (const auto& [name, value] : level_names) {
+    if (value == l) {
+      return name.data();
+    }
+  }
+  return "info";
+}
+
+result<config> parse_config(std::string_view text, const std::string& name) {
+  try {
+    toml::table root = toml::parse(text, name);
+    config cfg;
+    cfg.source_path = name;
+    checker chk(name);
+    check_root(chk, root, cfg);
+    if (chk.has_problem()) {
+      return error(errc::invalid, chk.first());
+    }
+    return cfg;
+  } catch (const toml::parse_error& e) {
+    const auto& where = e.source().begin;
+    return error(errc::invalid, name + ":" + std::to_string(where.line) + ":" +
+                                    std::to_string(where.column) + ": " +
+                                    std::string(e.description()));
+  } catch (const std::bad_alloc&) {
+    return error(errc::temporary, name + ": out of memory while parsing",
+                 std::make_error_code(std::errc::not_enough_memory));
+  } catch (const std::exception& e) {
+    return error(errc::invalid, name + ": " + e.what());
+  }
+}
+
+result<config> load_config(const std::string& path) {
+  auto fail = [&](int err) {
+    errc code = (err == ENOENT || err == ENOTDIR) ? errc::not_found : errc::temporary;
+    return error::from_errno(err, path, code);
+  };
+  unique_fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY));
+  if (!fd) {
+    return fail(errno);
+  }
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) {
+    return fail(errno);
+  }
+  if (S_ISDIR(st.st_mode)) {
+    return fail(EISDIR);
+  }
+  std::string text;
+  char buf[16384];
+  for (;;) {
+    ssize_t n = ::read(fd.get(), buf, sizeof buf);
+    if (n < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      return fail(errno);
+    }
+    if (n == 0) {
+      break;
+    }
+    if (text.size() + static_cast<std::size_t>(n) > max_config_bytes) {
+      return error(errc::invalid, path + ": larger than 1 MiB; is this the right file?");
+    }
+    text.append(buf, static_cast<std::size_t>(n));
+  }
+  return parse_config(text, path);
+}
+
+std::string format_config(const config& cfg) {
+  std::string out;
+  if (!cfg.source_path.empty()) {
+    std::string src;
+    for (char c : cfg.source_path) {
+      auto u = static_cast<unsigned char>(c);
+      src += (u < 0x20 || u == 0x7F) ? '?' : c;
+    }
+    out += "# Effective configuration, read from " + src + "\n";
+  }
+  auto line = [&](std::string_view key, const std::string& value) {
+    out += std::string(key) + " = " + value + "\n";
+  };
+  auto number = [](std::uint32_t v) { return std::to_string(v); };
+
+  out += "[server]\n";
+  std::string listen = "[";
+  for (std::size_t i = 0; i < cfg.listen.size(); ++i) {
+    listen += (i == 0 ? "" : ", ") + toml_string(format_listen(cfg.listen[i]));
+  }
+  listen += "]";
+  line("listen", listen);
+  line("user", toml_string(cfg.user));
+  line("group", toml_string(cfg.group));
+  line("max_connections", number(cfg.max_connections));
+  line("max_connections_per_ip", number(cfg.max_connections_per_ip));
+  line("idle_timeout", format_duration(cfg.idle_timeout));
+  line("threads", number(cfg.threads));
+  line("max_bad_commands", number(cfg.max_bad_commands));
+  line("implementation_capability", cfg.implementation_capability ? "true" : "false");
+  line("greeting", toml_string(cfg.greeting));
+
+  out += "\n[mail]\n";
+  line("location", toml_string(cfg.mail_location));
+
+  out += "\n[auth]\n";
+  line("passdb", toml_string(cfg.passdb));
+  line("failure_delay", format_duration(cfg.failure_delay));
+  line("worker_threads", number(cfg.worker_threads));
+
+  out += "\n[log]\n";
+  line("level", toml_string(to_string(cfg.level)));
+  line("target", toml_string(to_string(cfg.target)));
+  line("syslog_ident", toml_string(cfg.syslog_ident));
+  return out;
+}
+
+}  // namespace postern::server

@@ -1,1 +1,887 @@
-// placeholder
+// Tests for config parsing, validation and printing, and for the demo setup.
+#include "server/config.hpp"
+
+#include <crypt.h>
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "server/demo.hpp"
+
+namespace postern::server {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+// Every field but source_path (which names where the text came from).
+void expect_same_config(const config& a, const config& b) {
+  ASSERT_EQ(a.listen.size(), b.listen.size());
+  for (std::size_t i = 0; i < a.listen.size(); ++i) {
+    EXPECT_EQ(a.listen[i].host, b.listen[i].host) << i;
+    EXPECT_EQ(a.listen[i].port, b.listen[i].port) << i;
+  }
+  EXPECT_EQ(a.user, b.user);
+  EXPECT_EQ(a.group, b.group);
+  EXPECT_EQ(a.max_connections, b.max_connections);
+  EXPECT_EQ(a.max_connections_per_ip, b.max_connections_per_ip);
+  EXPECT_EQ(a.idle_timeout, b.idle_timeout);
+  EXPECT_EQ(a.threads, b.threads);
+  EXPECT_EQ(a.max_bad_commands, b.max_bad_commands);
+  EXPECT_EQ(a.implementation_capability, b.implementation_capability);
+  EXPECT_EQ(a.greeting, b.greeting);
+  EXPECT_EQ(a.mail_location, b.mail_location);
+  EXPECT_EQ(a.passdb, b.passdb);
+  EXPECT_EQ(a.failure_delay, b.failure_delay);
+  EXPECT_EQ(a.worker_threads, b.worker_threads);
+  EXPECT_EQ(a.level, b.level);
+  EXPECT_EQ(a.target, b.target);
+  EXPECT_EQ(a.syslog_ident, b.syslog_ident);
+}
+
+std::string error_of(std::string_view text) {
+  auto r = parse_config(text, "t.toml");
+  if (r.ok()) {
+    return "(no error)";
+  }
+  EXPECT_EQ(r.err().code(), errc::invalid);
+  return r.err().message();
+}
+
+// A scratch directory removed at the end of the test.
+class temp_dir {
+ public:
+  temp_dir() {
+    std::string tmpl = (fs::temp_directory_path() / "postern-config-test.XXXXXX").string();
+    char* p = ::mkdtemp(tmpl.data());
+    EXPECT_NE(p, nullptr);
+    path_ = tmpl;
+  }
+  ~temp_dir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+};
+
+std::string read_file(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+void write_file(const fs::path& p, std::string_view text) {
+  std::ofstream out(p, std::ios::binary);
+  out << text;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Defaults and every key
+
+TEST(config, empty_file_gives_defaults) {
+  auto r = parse_config("", "empty.toml");
+  ASSERT_TRUE(r.ok()) << r.err().message();
+  expect_same_config(*r, config{});
+  EXPECT_EQ(r->source_path, "empty.toml");
+}
+
+TEST(config, empty_tables_and_comments_give_defaults) {
+  auto r = parse_config("# nothing set\n[server]\n[mail]\n[auth]\n[log]\n", "t.toml");
+  ASSERT_TRUE(r.ok()) << r.err().message();
+  expect_same_config(*r, config{});
+}
+
+struct key_case {
+  const char* text;
+  std::function<void(const config&)> check;
+};
+
+TEST(config, every_key_is_read) {
+  const key_case cases[] = {
+      {"[server]\nlisten = [\"10.0.0.1:1110\"]",
+       [](const config& c) {
+         ASSERT_EQ(c.listen.size(), 1u);
+         EXPECT_EQ(c.listen[0].host, "10.0.0.1");
+         EXPECT_EQ(c.listen[0].port, 1110);
+       }},
+      {"[server]\nuser = \"postern\"", [](const config& c) { EXPECT_EQ(c.user, "postern"); }},
+      {"[server]\nuser = \"postern\"\ngroup = \"mail\"",
+       [](const config& c) { EXPECT_EQ(c.group, "mail"); }},
+      {"[server]\nmax_connections = 300",
+       [](const config& c) { EXPECT_EQ(c.max_connections, 300u); }},
+      {"[server]\nmax_connections_per_ip = 7",
+       [](const config& c) { EXPECT_EQ(c.max_connections_per_ip, 7u); }},
+      {"[server]\nidle_timeout = 900", [](const config& c) { EXPECT_EQ(c.idle_timeout, 900s); }},
+      {"[server]\nthreads = 4", [](const config& c) { EXPECT_EQ(c.threads, 4u); }},
+      {"[server]\nmax_bad_commands = 3",
+       [](const config& c) { EXPECT_EQ(c.max_bad_commands, 3u); }},
+      {"[server]\nimplementation_capability = false",
+       [](const config& c) { EXPECT_FALSE(c.implementation_capability); }},
+      {"[server]\ngreeting = \"POP3 at your service\"",
+       [](const config& c) { EXPECT_EQ(c.greeting, "POP3 at your service"); }},
+      {"[mail]\nlocation = \"maildir:/srv/mail/%u/Maildir\"",
+       [](const config& c) { EXPECT_EQ(c.mail_location, "maildir:/srv/mail/%u/Maildir"); }},
+      {"[mail]\nlocation = \"mbox:/var/mail/%u\"",
+       [](const config& c) { EXPECT_EQ(c.mail_location, "mbox:/var/mail/%u"); }},
+      {"[auth]\npassdb = \"passwd-file:/srv/users\"",
+       [](const config& c) { EXPECT_EQ(c.passdb, "passwd-file:/srv/users"); }},
+      {"[auth]\nfailure_delay = \"250ms\"",
+       [](const config& c) { EXPECT_EQ(c.failure_delay, 250ms); }},
+      {"[auth]\nworker_threads = 16", [](const config& c) { EXPECT_EQ(c.worker_threads, 16u); }},
+      {"[log]\nlevel = \"debug\"", [](const config& c) { EXPECT_EQ(c.level, log_level::debug); }},
+      {"[log]\nlevel = \"notice\"", [](const config& c) { EXPECT_EQ(c.level, log_level::notice); }},
+      {"[log]\nlevel = \"warning\"",
+       [](const config& c) { EXPECT_EQ(c.level, log_level::warning); }},
+      {"[log]\nlevel = \"error\"", [](const config& c) { EXPECT_EQ(c.level, log_level::error); }},
+      {"[log]\ntarget = \"stderr\"",
+       [](const config& c) { EXPECT_EQ(c.target, log_target::stderr_); }},
+      {"[log]\ntarget = \"syslog\"",
+       [](const config& c) { EXPECT_EQ(c.target, log_target::syslog); }},
+      {"[log]\nsyslog_ident = \"pop3d\"",
+       [](const config& c) { EXPECT_EQ(c.syslog_ident, "pop3d"); }},
+      // Other TOML spellings of the same tables.
+      {"server.threads = 2", [](const config& c) { EXPECT_EQ(c.threads, 2u); }},
+      {"log = { level = \"error\" }",
+       [](const config& c) { EXPECT_EQ(c.level, log_level::error); }},
+      // Boundaries.
+      {"[server]\nthreads = 0", [](const config& c) { EXPECT_EQ(c.threads, 0u); }},
+      {"[server]\nmax_connections = 1", [](const config& c) { EXPECT_EQ(c.max_connections, 1u); }},
+      {"[auth]\nfailure_delay = 0", [](const config& c) { EXPECT_EQ(c.failure_delay, 0ms); }},
+      {"[auth]\nfailure_delay = \"60s\"", [](const config& c) { EXPECT_EQ(c.failure_delay, 60s); }},
+      {"[server]\nidle_timeout = \"1s\"", [](const config& c) { EXPECT_EQ(c.idle_timeout, 1s); }},
+      {"[server]\nidle_timeout = \"24h\"", [](const config& c) { EXPECT_EQ(c.idle_timeout, 24h); }},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.text);
+    auto r = parse_config(c.text, "t.toml");
+    ASSERT_TRUE(r.ok()) << r.err().message();
+    c.check(*r);
+  }
+}
+
+TEST(config, missing_keys_keep_defaults) {
+  auto r = parse_config("[server]\nthreads = 3\n", "t.toml");
+  ASSERT_TRUE(r.ok()) << r.err().message();
+  config expected;
+  expected.threads = 3;
+  expect_same_config(*r, expected);
+}
+
+TEST(config, log_level_names) {
+  EXPECT_STREQ(to_string(log_level::debug), "debug");
+  EXPECT_STREQ(to_string(log_level::info), "info");
+  EXPECT_STREQ(to_string(log_level::notice), "notice");
+  EXPECT_STREQ(to_string(log_level::warning), "warning");
+  EXPECT_STREQ(to_string(log_level::error), "error");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Durations
+
+struct duration_case {
+  const char* value;  // TOML value text for auth.failure_delay
+  long long ms;       // expected, or -1 for an error
+};
+
+TEST(config, duration_forms) {
+  const duration_case cases[] = {
+      {"0", 0},
+      {"5", 5000},
+      {"\"0ms\"", 0},
+      {"\"500ms\"", 500},
+      {"\"1500ms\"", 1500},
+      {"\"30s\"", 30000},
+      {"\"1m\"", 60000},
+      {"\"0h\"", 0},
+      {"\"007s\"", 7000},
+      {"-1", -1},
+      {"1.5", -1},
+      {"true", -1},
+      {"\"\"", -1},
+      {"\"10\"", -1},
+      {"\"s\"", -1},
+      {"\"10x\"", -1},
+      {"\"10 s\"", -1},
+      {"\" 10s\"", -1},
+      {"\"10S\"", -1},
+      {"\"-5s\"", -1},
+      {"\"+5s\"", -1},
+      {"\"1.5s\"", -1},
+      {"\"1h30m\"", -1},
+      {"\"10sec\"", -1},
+      {"[10]", -1},
+      {"\"99999999999999999999999s\"", -1},
+      {"9223372036854775807", -1},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.value);
+    auto r = parse_config(std::string("[auth]\nfailure_delay = ") + c.value + "\n", "t.toml");
+    if (c.ms < 0) {
+      ASSERT_FALSE(r.ok());
+      EXPECT_EQ(r.err().code(), errc::invalid);
+      EXPECT_EQ(r.err().message().rfind("t.toml:2: auth.failure_delay: ", 0), 0u)
+          << r.err().message();
+    } else {
+      ASSERT_TRUE(r.ok()) << r.err().message();
+      EXPECT_EQ(r->failure_delay.count(), c.ms);
+    }
+  }
+}
+
+TEST(config, idle_timeout_units) {
+  const duration_case cases[] = {
+      {"1", 1000},         {"\"1000ms\"", 1000}, {"\"90s\"", 90000},
+      {"\"10m\"", 600000}, {"\"2h\"", 7200000},  {"0", -1},
+      {"\"999ms\"", -1},   {"\"1500ms\"", -1},   {"\"25h\"", -1},
+      {"86401", -1},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.value);
+    auto r = parse_config(std::string("[server]\nidle_timeout = ") + c.value + "\n", "t.toml");
+    if (c.ms < 0) {
+      ASSERT_FALSE(r.ok());
+      EXPECT_EQ(r.err().message().rfind("t.toml:2: server.idle_timeout: ", 0), 0u)
+          << r.err().message();
+    } else {
+      ASSERT_TRUE(r.ok()) << r.err().message();
+      EXPECT_EQ(std::chrono::milliseconds(r->idle_timeout).count(), c.ms);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Listen addresses
+
+struct listen_case {
+  const char* value;
+  const char* host;  // expected canonical host, or nullptr for an error
+  std::uint16_t port;
+  const char* error = "";  // a part of the expected message
+};
+
+TEST(config, listen_forms) {
+  const listen_case cases[] = {
+      {"127.0.0.1:110", "127.0.0.1", 110},
+      {"0.0.0.0:995", "0.0.0.0", 995},
+      {"*:110", "0.0.0.0", 110},
+      {"[::1]:110", "::1", 110},
+      {"[::]:110", "::", 110},
+      {"[2001:DB8:0:0::1]:2110", "2001:db8::1", 2110},
+      {"[::ffff:192.0.2.1]:110", "::ffff:192.0.2.1", 110},
+      {"127.0.0.1:0", "127.0.0.1", 0},
+      {"127.0.0.1:65535", "127.0.0.1", 65535},
+      {"localhost:110", nullptr, 0, "is a host name"},
+      {"mail.example.org:110", nullptr, 0, "is a host name"},
+      {"1.2.3.4", nullptr, 0, "missing \":PORT\""},
+      {"1.2.3.4:99999", nullptr, 0, "port must be a number from 0 to 65535"},
+      {"1.2.3.4:65536", nullptr, 0, "port must be"},
+      {"1.2.3.4:", nullptr, 0, "port must be"},
+      {"1.2.3.4:-1", nullptr, 0, "port must be"},
+      {"1.2.3.4:+110", nullptr, 0, "port must be"},
+      {"1.2.3.4: 110", nullptr, 0, "port must be"},
+      {"1.2.3.4:110 ", nullptr, 0, "port must be"},
+      {"[::1]110", nullptr, 0, "expected ':' and a port after ']'"},
+      {"[::1:110", nullptr, 0, "missing ']'"},
+      {"::1:110", nullptr, 0, "must be written in brackets"},
+      {"[]:110", nullptr, 0, "not a numeric IPv6 address"},
+      {"[1.2.3.4]:110", nullptr, 0, "not a numeric IPv6 address"},
+      {"[localhost]:110", nullptr, 0, "not a numeric IPv6 address"},
+      {"[fe80::1%eth0]:110", nullptr, 0, "not a numeric IPv6 address"},
+      {":110", nullptr, 0, "missing address"},
+      {"1.2.3:110", nullptr, 0, "not a numeric IPv4 address"},
+      {"256.1.1.1:110", nullptr, 0, "not a numeric IPv4 address"},
+      {"01.2.3.4:110", nullptr, 0, "not a numeric IPv4 address"},
+      {"", nullptr, 0, "missing \":PORT\""},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.value);
+    auto r = parse_config(std::string("[server]\nlisten = [\"") + c.value + "\"]\n", "t.toml");
+    if (c.host == nullptr) {
+      ASSERT_FALSE(r.ok());
+      const std::string& msg = r.err().message();
+      EXPECT_EQ(msg.rfind("t.toml:2: server.listen: ", 0), 0u) << msg;
+      EXPECT_NE(msg.find(c.error), std::string::npos) << msg;
+    } else {
+      ASSERT_TRUE(r.ok()) << r.err().message();
+      ASSERT_EQ(r->listen.size(), 1u);
+      EXPECT_EQ(r->listen[0].host, c.host);
+      EXPECT_EQ(r->listen[0].port, c.port);
+    }
+  }
+}
+
+TEST(config, listen_several_and_element_lines) {
+  auto r = parse_config(
+      "[server]\nlisten = [\n  \"127.0.0.1:110\",\n  \"[::1]:110\",\n  \"*:0\",\n  \"*:0\",\n]\n",
+      "t.toml");
+  ASSERT_TRUE(r.ok()) << r.err().message();
+  ASSERT_EQ(r->listen.size(), 4u);
+  EXPECT_EQ(r->listen[1].host, "::1");
+  EXPECT_EQ(r->listen[3].port, 0);
+
+  // The bad element's own line is reported.
+  EXPECT_EQ(error_of("[server]\nlisten = [\n  \"127.0.0.1:110\",\n  \"localhost:110\",\n]\n"),
+            "t.toml:4: server.listen: \"localhost:110\": \"localhost\" is a host name; use a "
+            "numeric address (names are never resolved)");
+  EXPECT_EQ(error_of("[server]\nlisten = [\n  \"127.0.0.1:110\",\n  \"127.0.0.1:110\",\n]\n"),
+            "t.toml:4: server.listen: \"127.0.0.1:110\" is listed twice");
+  EXPECT_EQ(error_of("[server]\nlisten = [\"*:110\", \"0.0.0.0:110\"]\n"),
+            "t.toml:2: server.listen: \"0.0.0.0:110\" is listed twice");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors: each names the file, the line and the key
+
+struct error_case {
+  const char* text;
+  const char* message;  // the whole expected message
+};
+
+TEST(config, errors_name_file_line_and_key) {
+  const error_case cases[] = {
+      // Structure.
+      {"[server]\nthreads = 1\n\n[srever]\n",
+       "t.toml:4: srever: unknown table; the tables are [server], [mail], [auth] and [log]"},
+      {"[server]\nlisen = [\"*:110\"]\n",
+       "t.toml:2: server.lisen: unknown key; did you mean listen?"},
+      {"[server]\nidle_timout = 5\n",
+       "t.toml:2: server.idle_timout: unknown key; did you mean idle_timeout?"},
+      {"[server]\ncolour = 5\n", "t.toml:2: server.colour: unknown key"},
+      {"[server]\npassdb = \"passwd-file:/x\"\n",
+       "t.toml:2: server.passdb: unknown key; passdb belongs in [auth]"},
+      {"[server.tls]\ncert = \"x\"\n", "t.toml:1: server.tls: unknown key"},
+      {"\n\nthreads = 4\n",
+       "t.toml:3: threads: unknown top-level key; threads belongs in [server]"},
+      {"colour = 4\n",
+       "t.toml:1: colour: unknown top-level key; settings go inside [server], [mail], [auth] or "
+       "[log]"},
+      {"server = 4\n", "t.toml:1: server: must be a table ([server]), not an integer"},
+      {"[[server]]\nthreads = 1\n", "t.toml:1: server: must be a table ([server]), not an array"},
+      // Types.
+      {"[server]\nthreads = \"4\"\n",
+       "t.toml:2: server.threads: expected an integer, got a string"},
+      {"[server]\nthreads = 4.0\n",
+       "t.toml:2: server.threads: expected an integer, got a floating-point number"},
+      {"[server]\nuser = 0\n", "t.toml:2: server.user: expected a string, got an integer"},
+      {"[server]\nimplementation_capability = \"yes\"\n",
+       "t.toml:2: server.implementation_capability: expected a boolean (true or false), got a "
+       "string"},
+      {"[server]\nlisten = \"127.0.0.1:110\"\n",
+       "t.toml:2: server.listen: expected an array of strings such as [\"127.0.0.1:110\", "
+       "\"[::1]:110\"], got a string"},
+      {"[server]\nlisten = [110]\n",
+       "t.toml:2: server.listen: expected an array of strings, found an integer"},
+      {"[server]\nlisten = []\n", "t.toml:2: server.listen: must list at least one address"},
+      {"[log]\nlevel = 1\n", "t.toml:2: log.level: expected a string, got an integer"},
+      {"[auth]\nfailure_delay = 1979-05-27\n",
+       "t.toml:2: auth.failure_delay: expected an integer (seconds) or a string such as \"500ms\", "
+       "\"30s\", \"10m\" or \"1h\", got a date"},
+      // Ranges.
+      {"[server]\nmax_connections = 0\n",
+       "t.toml:2: server.max_connections: must be from 1 to 1000000, not 0"},
+      {"[server]\nmax_connections = 1000001\n",
+       "t.toml:2: server.max_connections: must be from 1 to 1000000, not 1000001"},
+      {"[server]\nmax_connections_per_ip = -1\n",
+       "t.toml:2: server.max_connections_per_ip: must be from 1 to 1000000, not -1"},
+      {"[server]\nthreads = 1025\n", "t.toml:2: server.threads: must be from 0 to 1024, not 1025"},
+      {"[server]\nmax_bad_commands = 0\n",
+       "t.toml:2: server.max_bad_commands: must be from 1 to 10000, not 0"},
+      {"[auth]\nworker_threads = 5000\n",
+       "t.toml:2: auth.worker_threads: must be from 0 to 1024, not 5000"},
+      {"\n\n\n\n\n\n\n\n\n\n[server]\nidle_timeout = 0\n",
+       "t.toml:12: server.idle_timeout: must be at least 1 second"},
+      {"[server]\nidle_timeout = \"1500ms\"\n",
+       "t.toml:2: server.idle_timeout: must be a whole number of seconds"},
+      {"[server]\nidle_timeout = \"2d\"\n",
+       "t.toml:2: server.idle_timeout: \"2d\" is not a duration; write an integer (seconds) or a "
+       "string such as \"500ms\", \"30s\", \"10m\" or \"1h\""},
+      {"[server]\nidle_timeout = -5\n", "t.toml:2: server.idle_timeout: must not be negative"},
+      {"[auth]\nfailure_delay = \"61s\"\n",
+       "t.toml:2: auth.failure_delay: must be at most 60 seconds"},
+      {"[auth]\nfailure_delay = \"60001ms\"\n",
+       "t.toml:2: auth.failure_delay: must be at most 60 seconds"},
+      // Strings.
+      {"[server]\ngreeting = \"\"\n", "t.toml:2: server.greeting: must not be empty"},
+      {"[server]\ngreeting = \"two\\nlines\"\n",
+       "t.toml:2: server.greeting: must be printable ASCII (no control characters or line breaks)"},
+      {"[server]\ngreeting = \"caf\u00e9\"\n",
+       "t.toml:2: server.greeting: must be printable ASCII (no control characters or line breaks)"},
+      {"[server]\nuser = \"post ern\"\n",
+       "t.toml:2: server.user: \"post ern\" is not a valid name (no spaces, ':', '/', ',' or "
+       "control "
+       "characters; \"\" keeps the current one)"},
+      {"[server]\ngroup = \"-g\"\n",
+       "t.toml:2: server.group: \"-g\" is not a valid name (no spaces, ':', '/', ',' or control "
+       "characters; \"\" keeps the current one)"},
+      {"[log]\nlevel = \"verbose\"\n",
+       "t.toml:2: log.level: \"verbose\" is not one of \"debug\", \"info\", \"notice\", "
+       "\"warning\", "
+       "\"error\""},
+      {"[log]\nlevel = \"INFO\"\n",
+       "t.toml:2: log.level: \"INFO\" is not one of \"debug\", \"info\", \"notice\", \"warning\", "
+       "\"error\""},
+      {"[log]\ntarget = \"file\"\n",
+       "t.toml:2: log.target: \"file\" is not one of \"syslog\", \"stderr\""},
+      {"[log]\nsyslog_ident = \"\"\n",
+       "t.toml:2: log.syslog_ident: \"\" must be 1 to 64 letters, digits, '.', '_' or '-'"},
+      {"[log]\nsyslog_ident = \"pop 3\"\n",
+       "t.toml:2: log.syslog_ident: \"pop 3\" must be 1 to 64 letters, digits, '.', '_' or '-'"},
+      // passdb.
+      {"[auth]\npassdb = \"ldap:/etc/ldap.conf\"\n",
+       "t.toml:2: auth.passdb: \"ldap:/etc/ldap.conf\" is not a known password database "
+       "(supported: \"passwd-file:PATH\")"},
+      {"[auth]\npassdb = \"/etc/postern/users\"\n",
+       "t.toml:2: auth.passdb: \"/etc/postern/users\" is not a known password database "
+       "(supported: \"passwd-file:PATH\")"},
+      {"[auth]\npassdb = \"passwd-file:\"\n",
+       "t.toml:2: auth.passdb: passwd-file needs a path, e.g. \"passwd-file:/etc/postern/users\""},
+      {"[auth]\npassdb = \"passwd-file:users\"\n",
+       "t.toml:2: auth.passdb: \"passwd-file:users\": the passwd-file path must be absolute"},
+      {"[auth]\npassdb = \"passwd-file:/etc/\\tusers\"\n",
+       "t.toml:2: auth.passdb: the passwd-file path must not contain control characters"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.text);
+    EXPECT_EQ(error_of(c.text), c.message);
+  }
+}
+
+TEST(config, rejected_mail_location_names_key_and_line) {
+  for (const char* loc : {"nonsense", "imap:/srv/mail", "maildir:"}) {
+    SCOPED_TRACE(loc);
+    std::string msg = error_of(std::string("# mail\n[mail]\nlocation = \"") + loc + "\"\n");
+    EXPECT_EQ(msg.rfind("t.toml:3: mail.location: \"" + std::string(loc) + "\": ", 0), 0u) << msg;
+  }
+}
+
+TEST(config, earliest_problem_in_the_file_is_reported) {
+  // toml++ iterates keys alphabetically; the report must follow the file instead.
+  EXPECT_EQ(error_of("[server]\nthreads = -1\nmax_connections = 0\n[auth]\nfailure_delay = 99\n"),
+            "t.toml:2: server.threads: must be from 0 to 1024, not -1");
+  EXPECT_EQ(
+      error_of("[log]\nlevel = \"x\"\n[auth]\nworker_threads = -1\n"),
+      "t.toml:2: log.level: \"x\" is not one of \"debug\", \"info\", \"notice\", \"warning\", "
+      "\"error\"");
+}
+
+TEST(config, a_bad_value_keeps_the_parse_failing_even_if_later_keys_are_good) {
+  auto r = parse_config("[server]\nthreads = -1\n[log]\nlevel = \"debug\"\n", "t.toml");
+  EXPECT_FALSE(r.ok());
+}
+
+struct syntax_case {
+  const char* text;
+  const char* prefix;  // "file:line:column: "
+};
+
+TEST(config, syntax_errors_give_line_and_column) {
+  const syntax_case cases[] = {
+      {"[server]\nthreads = \n", "t.toml:2:"},
+      {"[server]\nthreads = 1\nthreads = 2\n", "t.toml:3:"},
+      {"[server\n", "t.toml:1:"},
+      {"[server]\ngreeting = \"unterminated\n", "t.toml:2:"},
+      {"[server]\n[server]\n", "t.toml:2:"},
+      {"\n\n  = 5\n", "t.toml:3:"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.text);
+    std::string msg = error_of(c.text);
+    EXPECT_EQ(msg.rfind(c.prefix, 0), 0u) << msg;
+    // line:column: description
+    std::size_t after = std::string_view(c.prefix).size();
+    ASSERT_GT(msg.size(), after);
+    EXPECT_TRUE(msg[after] >= '1' && msg[after] <= '9') << msg;
+    EXPECT_NE(msg.find(": ", after), std::string::npos) << msg;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files
+
+TEST(config, load_reads_a_file) {
+  temp_dir dir;
+  fs::path p = dir.path() / "postern.toml";
+  write_file(p, "[server]\nthreads = 2\n");
+  auto r = load_config(p.string());
+  ASSERT_TRUE(r.ok()) << r.err().message();
+  EXPECT_EQ(r->threads, 2u);
+  EXPECT_EQ(r->source_path, p.string());
+
+  write_file(p, "[server]\n\nthreads = -2\n");
+  auto bad = load_config(p.string());
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.err().code(), errc::invalid);
+  EXPECT_EQ(bad.err().message(), p.string() + ":3: server.threads: must be from 0 to 1024, not -2");
+}
+
+TEST(config, load_missing_or_unreadable) {
+  temp_dir dir;
+  std::string missing = (dir.path() / "nope.toml").string();
+  auto r = load_config(missing);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.err().code(), errc::not_found);
+  EXPECT_NE(r.err().message().find(missing), std::string::npos);
+  EXPECT_EQ(r.err().cause(), std::errc::no_such_file_or_directory);
+
+  auto d = load_config(dir.path().string());
+  ASSERT_FALSE(d.ok());
+  EXPECT_EQ(d.err().code(), errc::temporary);
+  EXPECT_NE(d.err().message().find(dir.path().string()), std::string::npos);
+
+  if (::geteuid() != 0) {  // root reads anything
+    fs::path p = dir.path() / "secret.toml";
+    write_file(p, "");
+    ::chmod(p.c_str(), 0);
+    auto u = load_config(p.string());
+    ASSERT_FALSE(u.ok());
+    EXPECT_EQ(u.err().code(), errc::temporary);
+    EXPECT_EQ(u.err().cause(), std::errc::permission_denied);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// format_config
+
+TEST(config, format_defaults_shows_every_key) {
+  std::string text = format_config(config{});
+  for (const char* key : {"[server]",
+                          "listen = [\"127.0.0.1:110\", \"[::1]:110\"]",
+                          "user = \"\"",
+                          "group = \"\"",
+                          "max_connections = 10000",
+                          "max_connections_per_ip = 50",
+                          "idle_timeout = \"10m\"",
+                          "threads = 0",
+                          "max_bad_commands = 20",
+                          "implementation_capability = true",
+                          "greeting = \"Postern ready.\"",
+                          "[mail]",
+                          "location = \"maildir:~/Maildir\"",
+                          "[auth]",
+                          "passdb = \"passwd-file:/etc/postern/users\"",
+                          "failure_delay = \"2s\"",
+                          "worker_threads = 0",
+                          "[log]",
+                          "level = \"info\"",
+                          "target = \"syslog\"",
+                          "syslog_ident = \"posternd\""}) {
+    EXPECT_NE(text.find(std::string(key) + "\n"), std::string::npos) << key << "\n" << text;
+  }
+  auto back = parse_config(text, "formatted.toml");
+  ASSERT_TRUE(back.ok()) << back.err().message() << "\n" << text;
+  expect_same_config(*back, config{});
+}
+
+TEST(config, format_round_trips) {
+  std::vector<config> configs(4);
+  {
+    config& c = configs[1];
+    c.source_path = "/etc/postern/postern.toml";
+    c.listen = {{"0.0.0.0", 110}, {"::", 995}, {"2001:db8::7", 0}, {"10.1.2.3", 65535}};
+    c.user = "postern";
+    c.group = "mail";
+    c.max_connections = 1;
+    c.max_connections_per_ip = 1000000;
+    c.idle_timeout = 90s;
+    c.threads = 1024;
+    c.max_bad_commands = 1;
+    c.implementation_capability = false;
+    c.greeting = "Say \"hi\" to C:\\POP3 { } [x] # not a comment";
+    c.mail_location = "mbox:/var/mail/%u \"quoted\" \\ päth";
+    c.passdb = "passwd-file:/etc/postern/us\"ers";
+    c.failure_delay = 1500ms;
+    c.worker_threads = 7;
+    c.level = log_level::warning;
+    c.target = log_target::stderr_;
+    c.syslog_ident = "pop3-d.x_y";
+  }
+  configs[2].idle_timeout = 7200s;
+  configs[2].failure_delay = 0ms;
+  configs[2].level = log_level::debug;
+  configs[3].idle_timeout = 61s;
+  configs[3].failure_delay = 60000ms;
+  configs[3].level = log_level::error;
+  configs[3].source_path = "odd\nname.toml";  // must not break the comment line
+
+  for (const config& c : configs) {
+    std::string text = format_config(c);
+    SCOPED_TRACE(text);
+    auto back = parse_config(text, "again.toml");
+    ASSERT_TRUE(back.ok()) << back.err().message();
+    expect_same_config(*back, c);
+    std::string again = format_config(*back);
+    EXPECT_EQ(again.substr(again.find("[server]")), text.substr(text.find("[server]")));
+  }
+}
+
+TEST(config, contrib_example_is_valid_and_all_defaults) {
+  // Found beside this source file; skipped when the tree is not where it was compiled.
+  fs::path example = fs::path(__FILE__).parent_path() / ".." / ".." / "contrib" / "postern.toml";
+  if (!fs::exists(example)) {
+    GTEST_SKIP() << example << " not found";
+  }
+  auto r = load_config(example.string());
+  ASSERT_TRUE(r.ok()) << r.err().message();
+  expect_same_config(*r, config{});
+  // It shows every key format_config prints.
+  std::string text = read_file(example);
+  std::istringstream formatted(format_config(config{}));
+  for (std::string line; std::getline(formatted, line);) {
+    if (!line.empty() && line[0] != '#') {
+      EXPECT_NE(text.find("\n" + line + "\n"), std::string::npos) << line;
+    }
+  }
+}
+
+TEST(config, format_escapes_control_characters) {
+  config c;
+  c.mail_location = "maildir:/tmp/a\tb\x01";
+  std::string text = format_config(c);
+  EXPECT_NE(text.find("location = \"maildir:/tmp/a\\tb\\u0001\""), std::string::npos) << text;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Demo
+
+std::vector<fs::path> files_in(const fs::path& dir) {
+  std::vector<fs::path> out;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    out.push_back(e.path());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::string header_of(const std::string& msg) { return msg.substr(0, msg.find("\n\n") + 1); }
+
+// The value of "S=" or "W=" in a Maildir file name.
+std::uintmax_t size_field(const std::string& name, const std::string& field) {
+  auto p = name.find("," + field + "=");
+  if (p == std::string::npos) {
+    return 0;
+  }
+  return std::stoull(name.substr(p + field.size() + 2));
+}
+
+std::string base64_decode(std::string_view in) {
+  std::string out;
+  std::uint32_t buf = 0;
+  int bits = 0;
+  for (char c : in) {
+    int v;
+    if (c >= 'A' && c <= 'Z') {
+      v = c - 'A';
+    } else if (c >= 'a' && c <= 'z') {
+      v = c - 'a' + 26;
+    } else if (c >= '0' && c <= '9') {
+      v = c - '0' + 52;
+    } else if (c == '+') {
+      v = 62;
+    } else if (c == '/') {
+      v = 63;
+    } else {
+      continue;
+    }
+    buf = (buf << 6) | static_cast<std::uint32_t>(v);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out += static_cast<char>((buf >> bits) & 0xFF);
+    }
+  }
+  return out;
+}
+
+// Decodes the "=?UTF-8?B?...?=" words of an unfolded header value.
+std::string decode_b_words(const std::string& value) {
+  std::string out;
+  std::size_t pos = 0;
+  while ((pos = value.find("=?UTF-8?B?", pos)) != std::string::npos) {
+    auto end = value.find("?=", pos + 10);
+    out += base64_decode(value.substr(pos + 10, end - pos - 10));
+    pos = end + 2;
+  }
+  return out;
+}
+
+TEST(demo, prepares_a_loadable_config_and_maildrop) {
+  temp_dir tmp;
+  fs::path dir = tmp.path() / "demo";
+  auto r = prepare_demo(dir.string(), 2110);
+  ASSERT_TRUE(r.ok()) << r.err().message();
+  EXPECT_EQ(*r, (dir / "postern.toml").string());
+
+  auto cfg = load_config(*r);
+  ASSERT_TRUE(cfg.ok()) << cfg.err().message();
+  ASSERT_EQ(cfg->listen.size(), 1u);
+  EXPECT_EQ(cfg->listen[0].host, "127.0.0.1");
+  EXPECT_EQ(cfg->listen[0].port, 2110);
+  EXPECT_EQ(cfg->target, log_target::stderr_);
+  EXPECT_EQ(cfg->level, log_level::info);
+  EXPECT_EQ(cfg->failure_delay, 1s);
+  EXPECT_EQ(cfg->passdb, "passwd-file:" + (dir / "users").string());
+  EXPECT_EQ(cfg->mail_location, "maildir:" + (dir / "mail").string() + "/%u/Maildir");
+
+  // users: one Dovecot passwd-file line whose hash verifies "demo".
+  std::string users = read_file(dir / "users");
+  const std::string prefix = "demo:{SHA512-CRYPT}$6$";
+  ASSERT_EQ(users.rfind(prefix, 0), 0u) << users;
+  ASSERT_EQ(users.back(), '\n');
+  std::string hash = users.substr(19, users.find(':', 19) - 19);
+  EXPECT_EQ(users.substr(19 + hash.size()), "::::::\n");
+  auto data = std::make_unique<crypt_data>();
+  const char* again = ::crypt_rn("demo", hash.c_str(), data.get(), sizeof(crypt_data));
+  ASSERT_NE(again, nullptr);
+  EXPECT_EQ(hash, again);
+  struct stat st {};
+  ASSERT_EQ(::stat((dir / "users").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+
+  fs::path maildir = dir / "mail" / "demo" / "Maildir";
+  EXPECT_TRUE(files_in(maildir / "tmp").empty());
+  auto fresh = files_in(maildir / "new");
+  auto seen = files_in(maildir / "cur");
+  ASSERT_EQ(fresh.size(), 4u);
+  ASSERT_EQ(seen.size(), 1u);
+  std::string seen_name = seen[0].filename().string();
+  EXPECT_EQ(seen_name.substr(seen_name.size() - 4), ":2,S");
+
+  std::vector<fs::path> all = seen;
+  all.insert(all.end(), fresh.begin(), fresh.end());
+  bool saw_dots = false, saw_big = false, saw_alternative = false, saw_utf8 = false;
+  std::set<std::string> ids;
+  for (const auto& p : all) {
+    SCOPED_TRACE(p.string());
+    std::string name = p.filename().string();
+    std::string text = read_file(p);
+    EXPECT_EQ(text.find('\r'), std::string::npos);
+    EXPECT_EQ(size_field(name, "S"), text.size());
+    EXPECT_EQ(size_field(name, "W"),
+              text.size() + static_cast<std::size_t>(std::count(text.begin(), text.end(), '\n')));
+    EXPECT_EQ(fs::last_write_time(p).time_since_epoch().count() != 0, true);
+    std::string h = header_of(text);
+    for (const char* field : {"\nDate: ", "\nFrom: ", "\nTo: ", "\nSubject: ", "\nMessage-ID: <",
+                              "\nMIME-Version: 1.0\n", "\nContent-Type: "}) {
+      EXPECT_NE(("\n" + h).find(field), std::string::npos) << field;
+    }
+    auto id_at = h.find("Message-ID: ");
+    ids.insert(h.substr(id_at, h.find('\n', id_at) - id_at));
+    if (text.find("\n.\n") != std::string::npos && text.find("\n..\n") != std::string::npos) {
+      saw_dots = true;
+      EXPECT_EQ(text.substr(text.size() - 3), "\n.\n");
+      EXPECT_NE(text.find("\n..This line"), std::string::npos);
+    }
+    if (text.size() >= 2 * 1024 * 1024) {
+      saw_big = true;
+      EXPECT_LT(text.size(), 3u * 1024 * 1024);
+      EXPECT_NE(h.find("multipart/mixed"), std::string::npos);
+      EXPECT_NE(text.find("Content-Transfer-Encoding: base64"), std::string::npos);
+    }
+    if (h.find("multipart/alternative") != std::string::npos) {
+      saw_alternative = true;
+      EXPECT_NE(text.find("text/plain"), std::string::npos);
+      EXPECT_NE(text.find("text/html"), std::string::npos);
+    }
+    auto subject_at = h.find("\nSubject: =?UTF-8?B?");
+    if (subject_at != std::string::npos) {
+      saw_utf8 = true;
+      std::string value = h.substr(subject_at + 10);
+      value = value.substr(0, value.find("\n", value.find("?=")));
+      EXPECT_EQ(decode_b_words(value), "Grüße aus Zürich ☕ – Café am Freitag?");
+    }
+  }
+  EXPECT_EQ(ids.size(), all.size());
+  EXPECT_TRUE(saw_dots);
+  EXPECT_TRUE(saw_big);
+  EXPECT_TRUE(saw_alternative);
+  EXPECT_TRUE(saw_utf8);
+}
+
+TEST(demo, refresh_resets_the_maildrop) {
+  temp_dir tmp;
+  fs::path dir = tmp.path() / "demo";
+  ASSERT_TRUE(prepare_demo(dir.string(), 0).ok());
+  fs::path maildir = dir / "mail" / "demo" / "Maildir";
+  auto before_new = files_in(maildir / "new");
+  auto before_cur = files_in(maildir / "cur");
+  std::string before_users = read_file(dir / "users");
+
+  // A client deleted a message, one arrived, the store left an index behind.
+  fs::remove(before_new[0]);
+  write_file(maildir / "new" / "1800000000.M9P9.host", "Subject: later\n\nhi\n");
+  write_file(maildir / "postern-uidlist", "x");
+  write_file(dir / "postern.toml", "garbage = [");
+
+  auto r = prepare_demo(dir.string(), 1995);
+  ASSERT_TRUE(r.ok()) << r.err().message();
+  EXPECT_EQ(files_in(maildir / "new"), before_new);
+  EXPECT_EQ(files_in(maildir / "cur"), before_cur);
+  EXPECT_FALSE(fs::exists(maildir / "postern-uidlist"));
+  auto cfg = load_config(*r);
+  ASSERT_TRUE(cfg.ok()) << cfg.err().message();
+  EXPECT_EQ(cfg->listen[0].port, 1995);
+  EXPECT_EQ(read_file(dir / "users").rfind("demo:{SHA512-CRYPT}$6$", 0), 0u);
+}
+
+TEST(demo, accepts_an_empty_directory_and_relative_paths) {
+  temp_dir tmp;
+  ASSERT_TRUE(prepare_demo(tmp.path().string() + "/", 0).ok());
+  EXPECT_TRUE(fs::exists(tmp.path() / "postern.toml"));
+
+  fs::path old_cwd = fs::current_path();
+  fs::current_path(tmp.path());
+  auto r = prepare_demo("sub/demo", 0);
+  fs::current_path(old_cwd);
+  ASSERT_TRUE(r.ok()) << r.err().message();
+  EXPECT_EQ(*r, (tmp.path() / "sub" / "demo" / "postern.toml").string());
+  auto cfg = load_config(*r);
+  ASSERT_TRUE(cfg.ok()) << cfg.err().message();
+  EXPECT_EQ(cfg->passdb, "passwd-file:" + (tmp.path() / "sub" / "demo" / "users").string());
+}
+
+TEST(demo, escapes_percent_and_colon_in_the_directory) {
+  temp_dir tmp;
+  fs::path dir = tmp.path() / "100%demo:x";
+  auto r = prepare_demo(dir.string(), 0);
+  ASSERT_TRUE(r.ok()) << r.err().message();
+  auto cfg = load_config(*r);
+  ASSERT_TRUE(cfg.ok()) << cfg.err().message();
+  EXPECT_EQ(cfg->mail_location, "maildir:" + tmp.path().string() + "/100%%demo::x/mail/%u/Maildir");
+  EXPECT_EQ(cfg->passdb, "passwd-file:" + (dir / "users").string());
+}
+
+TEST(demo, refuses_a_directory_that_is_not_a_demo) {
+  temp_dir tmp;
+  write_file(tmp.path() / "users", "someone:x:1000:1000::/home/someone:/bin/sh\n");
+  auto r = prepare_demo(tmp.path().string(), 0);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.err().code(), errc::invalid);
+  EXPECT_NE(r.err().message().find(".postern-demo"), std::string::npos);
+  EXPECT_EQ(read_file(tmp.path() / "users"), "someone:x:1000:1000::/home/someone:/bin/sh\n");
+  EXPECT_FALSE(fs::exists(tmp.path() / "postern.toml"));
+
+  write_file(tmp.path() / "file", "x");
+  auto f = prepare_demo((tmp.path() / "file").string(), 0);
+  ASSERT_FALSE(f.ok());
+  EXPECT_EQ(f.err().code(), errc::invalid);
+
+  EXPECT_FALSE(prepare_demo("", 0).ok());
+}
+
+}  // namespace
+}  // namespace postern::server
