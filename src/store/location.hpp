@@ -1,5 +1,11 @@
 // Mail locations written like Dovecot's mail_location: "maildir:~/Maildir",
 // "maildir:/srv/mail/%d/%n/Maildir". Expansion is pure string work, no file access.
+//
+// The expanded path is the one place where a peer-supplied string (the login name) meets the
+// file system, so expand_location trusts nothing: it re-checks the user name and refuses any
+// result with a "." or ".." component, NUL or control byte, or that is not absolute.
+//
+// Threading: pure functions on values; safe from any thread. Nothing is retained.
 #pragma once
 
 #include "common/result.hpp"
@@ -13,15 +19,25 @@ enum class store_kind { maildir, mbox };
 
 struct location_template {
   store_kind kind = store_kind::maildir;
-  std::string path;  // unexpanded, with %-variables and ~
+  std::string path;  // unexpanded, with %-variables and ~ ("::" escapes already undone)
 };
 
-// Parses "maildir:PATH" or "mbox:PATH". Errors: errc::invalid with a reason.
+// Parses "maildir:PATH" or "mbox:PATH". Like Dovecot, "::" in PATH stands for a literal ':'
+// and a ':' starts a parameter list "KEY=VALUE:KEY=VALUE". Only parameters that move
+// Dovecot's own index and control files, never the messages, are accepted and ignored:
+// INDEX, INDEXPVT, CONTROL, VOLATILEDIR and LAYOUT=maildir++|fs. Any other parameter
+// (notably INBOX=, which would move the maildrop itself) is refused, so a config copied from
+// Dovecot never silently reads the wrong place. PATH is checked here as far as it can be
+// without a user: it starts with '/', '~' or %h, holds no NUL or control byte, only known
+// %-variables, "~" only as a leading "~" or "~/", and no "." or ".." component. Errors:
+// errc::invalid with a reason; the caller reports it as a configuration error.
 result<location_template> parse_location(std::string_view spec);
 
 // True if `user` is safe to substitute into a path: non-empty, at most 255 bytes, no '/',
-// NUL or control bytes (< 0x20, 0x7F), not "." or "..", no ".." component in either the
-// local part or the domain.
+// NUL or control bytes (< 0x20, 0x7F), not "." or "..". The local part (before the first
+// '@') must be non-empty and neither "." nor ".."; when there is an '@', the domain (after
+// it) must be non-empty and neither "." nor "..". Since '/' is refused, no part can hold a
+// ".." path component.
 bool is_safe_user_name(std::string_view user);
 
 struct expand_input {
@@ -29,10 +45,12 @@ struct expand_input {
   std::string_view home;  // from the user database; may be empty
 };
 
-// Expands %u (user), %n (local part: before '@'), %d (domain: after '@', empty if none),
-// %h (home), %% (a literal %) and a leading "~/" (home). Errors (errc::invalid): an unknown
-// %-variable, "~" without a home, a result that is not absolute, or an expanded value that
-// contains "..", a NUL or a control byte.
+// Expands %u (user), %n (local part: before the first '@'), %d (domain: after the first
+// '@', empty if none), %h (home), %% (a literal %) and a leading "~" or "~/" (home).
+// Errors (errc::invalid): a user name that fails is_safe_user_name (checked again here), an
+// unknown %-variable, "~" or %h without a home, a result that is not absolute, or a result
+// that contains a "." or ".." path component, a NUL or a control byte. The caller refuses
+// the login with a temporary error and logs the reason.
 result<std::string> expand_location(const location_template& loc, const expand_input& in);
 
 }  // namespace postern::store

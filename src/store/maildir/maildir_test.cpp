@@ -1,1 +1,787 @@
-// placeholder
+#include "store/maildir/maildir.hpp"
+
+#include <gtest/gtest.h>
+
+#include <grp.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace postern::store::maildir {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::literals;
+
+// ---------------------------------------------------------------------------------------
+// I/O-free helpers.
+
+TEST(parse_name, table) {
+  struct row {
+    std::string_view name;
+    std::string_view base;
+    std::optional<std::string_view> info;
+    std::optional<std::uint64_t> timestamp;
+    std::optional<std::uint64_t> wire;
+    std::optional<std::uint64_t> physical;
+  };
+  const std::vector<row> rows = {
+      {"1700000000.M1P2.host", "1700000000.M1P2.host", std::nullopt, 1700000000, {}, {}},
+      {"1700000000.M1P2.host:2,S", "1700000000.M1P2.host", "2,S", 1700000000, {}, {}},
+      {"1700000000.M1P2.host,S=120,W=124:2,", "1700000000.M1P2.host,S=120,W=124", "2,",
+       1700000000, 124, 120},
+      {"1.x,W=5,S=4", "1.x,W=5,S=4", std::nullopt, 1, 5, 4},
+      {"1.x,W=0", "1.x,W=0", std::nullopt, 1, 0, {}},
+      {"1.x,W=12a,S=10", "1.x,W=12a,S=10", std::nullopt, 1, {}, 10},     // malformed W
+      {"1.x,W=,S=10", "1.x,W=,S=10", std::nullopt, 1, {}, 10},          // empty W
+      {"1.x,W=+5", "1.x,W=+5", std::nullopt, 1, {}, {}},                // sign
+      {"1.x,W= 5", "1.x,W= 5", std::nullopt, 1, {}, {}},                // space
+      {"1.x,W=5,W=5", "1.x,W=5,W=5", std::nullopt, 1, {}, {}},          // repeated
+      {"1.x,W=99999999999999999999", "1.x,W=99999999999999999999", std::nullopt, 1, {}, {}},
+      {"1.x,w=5", "1.x,w=5", std::nullopt, 1, {}, {}},                  // case matters
+      {"1.x,XW=5", "1.x,XW=5", std::nullopt, 1, {}, {}},
+      {"1.x:2,W=5", "1.x", "2,W=5", 1, {}, {}},                         // fields are in the base
+      {"abc.def", "abc.def", std::nullopt, {}, {}, {}},
+      {"123", "123", std::nullopt, {}, {}, {}},                         // no "SECONDS."
+      {".123.x", ".123.x", std::nullopt, {}, {}, {}},
+      {"12a.x", "12a.x", std::nullopt, {}, {}, {}},
+      {"-1.x", "-1.x", std::nullopt, {}, {}, {}},
+      {":2,S", "", "2,S", {}, {}, {}},
+      {"1.x:", "1.x", "", 1, {}, {}},
+      {"", "", std::nullopt, {}, {}, {}},
+  };
+  for (const auto& r : rows) {
+    SCOPED_TRACE(std::string(r.name));
+    const name_parts p = parse_name(r.name);
+    EXPECT_EQ(p.base, r.base);
+    EXPECT_EQ(p.info, r.info);
+    EXPECT_EQ(p.timestamp, r.timestamp);
+    EXPECT_EQ(p.wire_size, r.wire);
+    EXPECT_EQ(p.physical_size, r.physical);
+  }
+}
+
+TEST(cur_name, table) {
+  struct row {
+    std::string_view name;
+    bool seen;
+    std::string_view want;
+  };
+  const std::vector<row> rows = {
+      {"1.x", false, "1.x:2,"},
+      {"1.x", true, "1.x:2,S"},
+      {"1.x,S=3,W=4", true, "1.x,S=3,W=4:2,S"},
+      {"1.x:2,", false, "1.x:2,"},
+      {"1.x:2,", true, "1.x:2,S"},
+      {"1.x:2,F", true, "1.x:2,FS"},
+      {"1.x:2,T", true, "1.x:2,ST"},
+      {"1.x:2,DFRT", true, "1.x:2,DFRST"},
+      {"1.x:2,S", true, "1.x:2,S"},
+      {"1.x:2,RS", true, "1.x:2,RS"},
+      {"1.x:2,a", true, "1.x:2,Sa"},        // keywords (lower case) sort after
+      {"1.x:2,TF", false, "1.x:2,TF"},      // untouched when nothing is added
+      {"1.x:2,TFF", true, "1.x:2,FST"},     // rewritten sorted, without repeats
+      {"1.x:1,foo", true, "1.x:1,foo"},     // unknown info semantics: left alone
+      {"1.x:", true, "1.x:"},
+  };
+  for (const auto& r : rows) {
+    SCOPED_TRACE(std::string(r.name) + (r.seen ? " seen" : ""));
+    EXPECT_EQ(cur_name(r.name, r.seen), r.want);
+  }
+}
+
+TEST(uidl_for_base, table) {
+  EXPECT_EQ(*uidl_for_base("1700000000.M1P2.host,S=1,W=2"), "1700000000.M1P2.host,S=1,W=2");
+  EXPECT_EQ(*uidl_for_base("!~"), "!~");
+  EXPECT_EQ(*uidl_for_base(std::string(70, 'x')), std::string(70, 'x'));
+  // Hashed: too long, a space, a non-ASCII byte, empty, a control byte.
+  EXPECT_EQ(*uidl_for_base(std::string(71, '0')), "e82836a3ffb6686ac7273db7c9580dfee35b7589");
+  EXPECT_EQ(*uidl_for_base("hello world"), "2aae6c35c94fcfb415dbe95f408b9ce91ee846ed");
+  EXPECT_EQ(*uidl_for_base("caf\xc3\xa9.1"), "2aea54355e333193341242ddf4e3a61219f7f0df");
+  EXPECT_EQ(*uidl_for_base(""), "da39a3ee5e6b4b0d3255bfef95601890afd80709");
+  EXPECT_EQ(uidl_for_base("a\x7f").value().size(), 40U);
+}
+
+// ---------------------------------------------------------------------------------------
+// On a real file system.
+
+class maildir_test : public testing::Test {
+ protected:
+  void SetUp() override {
+    std::string tmpl = (fs::temp_directory_path() / "postern-maildir-test-XXXXXX").string();
+    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
+    root_ = tmpl;
+    md_ = root_ / "Maildir";
+  }
+
+  void TearDown() override {
+    std::error_code ec;
+    // Undo chmods made by tests so that everything can be removed.
+    fs::permissions(root_, fs::perms::owner_all, fs::perm_options::add, ec);
+    for (auto it = fs::recursive_directory_iterator(root_, ec);
+         !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+      if (!it->is_symlink()) {
+        fs::permissions(it->path(), fs::perms::owner_all, fs::perm_options::add, ec);
+      }
+    }
+    fs::remove_all(root_, ec);
+  }
+
+  void make_maildir() {
+    for (const char* sub : {"cur", "new", "tmp"}) {
+      fs::create_directories(md_ / sub);
+    }
+  }
+
+  void put(const std::string& rel, std::string_view content) {
+    make_maildir();
+    std::ofstream out(md_ / rel, std::ios::binary);
+    out.write(content.data(), static_cast<std::streamsize>(content.size()));
+    ASSERT_TRUE(out.good()) << rel;
+  }
+
+  std::unique_ptr<maildrop> must_open() {
+    auto r = open(md_.string());
+    EXPECT_TRUE(r.ok()) << r.err().message();
+    if (!r.ok()) {
+      return nullptr;
+    }
+    return std::move(r).value();
+  }
+
+  std::vector<std::string> names_in(const char* sub) const {
+    std::vector<std::string> out;
+    for (const auto& ent : fs::directory_iterator(md_ / sub)) {
+      out.push_back(ent.path().filename().string());
+    }
+    std::sort(out.begin(), out.end());
+    return out;
+  }
+
+  static std::string read_all(message_reader& reader, std::size_t chunk = 7) {
+    std::string out;
+    std::vector<char> buf(chunk);
+    for (;;) {
+      auto n = reader.read(buf);
+      EXPECT_TRUE(n.ok()) << n.err().message();
+      if (!n.ok() || *n == 0) {
+        return out;
+      }
+      out.append(buf.data(), *n);
+    }
+  }
+
+  static std::vector<std::string> uidls(const maildrop& drop) {
+    std::vector<std::string> out;
+    for (const auto& m : drop.messages()) {
+      out.push_back(m.uidl);
+    }
+    return out;
+  }
+
+  static std::vector<bool> marks(std::size_t n, std::initializer_list<std::size_t> deleted) {
+    std::vector<bool> out(n, false);
+    for (std::size_t i : deleted) {
+      out.at(i) = true;
+    }
+    return out;
+  }
+
+  static result<commit_stats> commit(maildrop& drop, const std::vector<bool>& deleted) {
+    // std::vector<bool> is packed: hand the maildrop a real array of bool.
+    const std::unique_ptr<bool[]> flags(new bool[deleted.size() + 1]);
+    std::copy(deleted.begin(), deleted.end(), flags.get());
+    return drop.commit(std::span<const bool>(flags.get(), deleted.size()));
+  }
+
+  // Runs `fn` without root's power to ignore permissions: in a child process as nobody when
+  // the tests run as root (the temp tree is handed to nobody first). True if `fn` did.
+  bool run_unprivileged(const std::function<bool()>& fn) {
+    if (::geteuid() != 0) {
+      return fn();
+    }
+    constexpr uid_t nobody = 65534;
+    for (const auto& ent : fs::recursive_directory_iterator(root_)) {
+      EXPECT_EQ(::lchown(ent.path().c_str(), nobody, nobody), 0);
+    }
+    EXPECT_EQ(::chown(root_.c_str(), nobody, nobody), 0);
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      if (::setgroups(0, nullptr) != 0 || ::setgid(nobody) != 0 || ::setuid(nobody) != 0) {
+        ::_exit(2);
+      }
+      ::_exit(fn() ? 0 : 1);
+    }
+    int status = 0;
+    EXPECT_EQ(::waitpid(pid, &status, 0), pid);
+    EXPECT_TRUE(WIFEXITED(status));
+    EXPECT_EQ(WEXITSTATUS(status), 0);
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  }
+
+  fs::path root_;
+  fs::path md_;
+};
+
+mode_t mode_of(const fs::path& p) {
+  struct stat st{};
+  EXPECT_EQ(::lstat(p.c_str(), &st), 0) << p;
+  return st.st_mode & 07777;
+}
+
+TEST_F(maildir_test, creates_missing_maildir_and_parents) {
+  md_ = root_ / "a" / "b" / "Maildir";
+  auto drop = must_open();
+  ASSERT_TRUE(drop);
+  EXPECT_TRUE(drop->messages().empty());
+  for (const char* sub : {"cur", "new", "tmp"}) {
+    EXPECT_TRUE(fs::is_directory(md_ / sub)) << sub;
+    EXPECT_EQ(mode_of(md_ / sub), 0700U) << sub;
+  }
+  EXPECT_EQ(mode_of(md_), 0700U);
+  EXPECT_EQ(mode_of(root_ / "a"), 0700U);
+  EXPECT_EQ(mode_of(md_ / std::string(lock_file_name)), 0600U);
+  auto stats = commit(*drop, {});
+  ASSERT_TRUE(stats.ok()) << stats.err().message();
+  EXPECT_EQ(stats->deleted, 0U);
+  EXPECT_EQ(stats->left, 0U);
+}
+
+TEST_F(maildir_test, completes_a_maildir_missing_subdirectories) {
+  fs::create_directories(md_ / "cur");
+  auto drop = must_open();
+  ASSERT_TRUE(drop);
+  EXPECT_TRUE(fs::is_directory(md_ / "new"));
+  EXPECT_TRUE(fs::is_directory(md_ / "tmp"));
+}
+
+TEST_F(maildir_test, existing_empty_maildir) {
+  make_maildir();
+  auto drop = must_open();
+  ASSERT_TRUE(drop);
+  EXPECT_TRUE(drop->messages().empty());
+}
+
+TEST_F(maildir_test, path_that_is_not_a_directory_is_a_permanent_error) {
+  { std::ofstream(root_ / "file") << "x"; }
+  auto r = open((root_ / "file").string());
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.err().code(), errc::permanent);
+  auto under = open((root_ / "file" / "Maildir").string());
+  ASSERT_FALSE(under.ok());
+  EXPECT_EQ(under.err().code(), errc::permanent);
+  auto empty = open("");
+  ASSERT_FALSE(empty.ok());
+  EXPECT_EQ(empty.err().code(), errc::invalid);
+}
+
+TEST_F(maildir_test, listing_order_and_what_is_skipped) {
+  put("cur/1700000002.b.host:2,S", "b\n");
+  put("new/1700000001.a.host", "a\n");
+  put("cur/1700000001.0.host:2,", "0\n");
+  put("cur/999.z.host:2,", "z\n");
+  put("new/10.m.host", "m\n");
+  put("new/9.m.host", "m\n");
+  put("new/noprefix", "n\n");
+  put("cur/abc.def:2,", "n\n");
+  put("new/.hidden", "h\n");
+  put("cur/.1.hidden:2,", "h\n");
+  put("tmp/1.tmp.host", "t\n");
+  fs::create_directories(md_ / "cur" / "1.subdir");
+  fs::create_symlink(md_ / "new" / "9.m.host", md_ / "new" / "1.symlink");
+  ASSERT_EQ(::mkfifo((md_ / "new" / "1.fifo").c_str(), 0600), 0);
+
+  auto drop = must_open();
+  ASSERT_TRUE(drop);
+  const std::vector<std::string> want = {
+      "9.m.host",          "10.m.host",          "999.z.host",  "1700000001.0.host",
+      "1700000001.a.host", "1700000002.b.host", "abc.def",     "noprefix",
+  };
+  EXPECT_EQ(uidls(*drop), want);
+  for (const auto& m : drop->messages()) {
+    EXPECT_EQ(m.size, 3U) << m.uidl;
+  }
+}
+
+TEST_F(maildir_test, wire_size_from_w_field_without_reading) {
+  // The contents disagree with W= on purpose: only W= can produce these sizes.
+  put("new/1700000000.M1P1.host,W=1234", "tiny\n");
+  put("cur/1700000001.M1P1.host,S=500,W=512:2,S", "short\n");
+  put("new/1700000002.M1P1.host,S=10,W=0", "a\n");          // W < S: read the file
+  put("new/1700000003.M1P1.host,S=10,W=21", "b\n");         // W > 2*S: read the file
+  put("new/1700000004.M1P1.host,W=12x", "c\n");            // malformed: read the file
+  put("new/1700000005.M1P1.host,S=99", "d\n");             // S alone: read the file
+  auto drop = must_open();
+  ASSERT_TRUE(drop);
+  const auto msgs = drop->messages();
+  ASSERT_EQ(msgs.size(), 6U);
+  EXPECT_EQ(msgs[0].size, 1234U);
+  EXPECT_EQ(msgs[1].size, 512U);
+  EXPECT_EQ(msgs[2].size, 3U);
+  EXPECT_EQ(msgs[3].size, 3U);
+  EXPECT_EQ(msgs[4].size, 3U);
+  EXPECT_EQ(msgs[5].size, 3U);
+}
+
+TEST_F(maildir_test, w_field_is_used_even_when_the_file_cannot_be_read) {
+  put("new/1700000000.M1P1.host,W=77", "x\n");
+  fs::permissions(md_ / "new" / "1700000000.M1P1.host,W=77", fs::perms::none);
+  const std::string path = md_.string();
+  EXPECT_TRUE(run_unprivileged([&path] {
+    auto r = open(path);
+    return r.ok() && (*r)->messages().size() == 1 && (*r)->messages()[0].size == 77;
+  }));
+}
+
+TEST_F(maildir_test, counts_bare_lfs) {
+  const std::string block(64 * 1024 - 1, 'x');
+  struct row {
+    std::string name;
+    std::string content;
+    std::uint64_t want;
+  };
+  const std::vector<row> rows = {
+      {"1.lf", "a\nb\n", 6},
+      {"2.crlf", "a\r\nb\r\n", 6},
+      {"3.mixed", "a\r\nb\nc\r\n", 9},
+      {"4.no-final-newline", "Subject: x\n\nbody", 18},
+      {"5.no-final-newline-crlf", "Subject: x\r\n\r\nbody", 18},
+      {"6.empty", "", 0},
+      {"7.only-lf", "\n", 2},
+      {"8.only-cr", "\r", 1},
+      {"9.cr-cr-lf", "\r\r\n", 3},
+      {"10.lf-cr", "\n\r", 3},
+      {"11.blank-lines", "a\n\n\n", 7},
+      {"12.dot-start", ".hello\n..\n.\n", 15},
+      // CR as the last byte of one 64 KiB read and LF as the first of the next.
+      {"13.cr-at-boundary", block + "\r\n", block.size() + 2},
+      {"14.lf-at-boundary", block + "x\n", block.size() + 3},
+      {"15.big", std::string(200000, 'y') + "\n" + std::string(70000, 'z') + "\r\n",
+       270000 + 2 + 2},
+  };
+  for (const auto& r : rows) {
+    put("new/" + r.name, r.content);
+  }
+  auto drop = must_open();
+  ASSERT_TRUE(drop);
+  const auto msgs = drop->messages();
+  ASSERT_EQ(msgs.size(), rows.size());
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    SCOPED_TRACE(rows[i].name);
+    EXPECT_EQ(msgs[i].uidl, rows[i].name);
+    EXPECT_EQ(msgs[i].size, rows[i].want);
+  }
+}
+
+TEST_F(maildir_test, message_starting_with_dot_is_stored_and_read_raw) {
+  const std::string content = ".hello\r\n..\r\n.\r\nend";
+  put("new/1700000000.dot.host", content);
+  auto drop = must_open();
+  ASSERT_TRUE(drop);
+  ASSERT_EQ(drop->messages().size(), 1U);
+  EXPECT_EQ(drop->messages()[0].size, content.size());  // no byte-stuffing counted
+  auto reader = drop->open_message(0, false);
+  ASSERT_TRUE(reader.ok()) << reader.err().message();
+  EXPECT_EQ(read_all(**reader), content);
+  EXPECT_EQ(read_all(**reader), "");  // stays at end
+}
+
+TEST_F(maildir_test, reads_in_chunks_of_any_size) {
+  std::string content;
+  for (int i = 0; i < 5000; ++i) {
+    content += "line " + std::to_string(i) + "\n";
+  }
+  put("cur/1.a:2,S", content);
+  auto drop = must_open();
+  ASSERT_TRUE(drop);
+  for (std::size_t chunk : {1UL, 3UL, 4096UL, 65536UL, 1UL << 20}) {
+    auto reader = drop->open_message(0, false);
+    ASSERT_TRUE(reader.ok());
+    EXPECT_EQ(read_all(**reader, chunk), content) << chunk;
+  }
+}
+
+TEST_F(maildir_test, uidl_from_base_name_and_hashed_fallback) {
+  put("cur/1700000000.M1P2.host,S=2,W=2:2,S", "a\n");
+  put("new/1700000001.M1P2.host,S=2,W=2", "b\n");
+  put("new/1700000002." + std::string(70, 'L'), "c\n");
+  put("new/1700000003.sp ace", "d\n");
+  auto drop = must_open();
+  ASSERT_TRUE(drop);
+  const auto u = uidls(*drop);
+  ASSERT_EQ(u.size(), 4U);
+  EXPECT_EQ(u[0], "1700000000.M1P2.host,S=2,W=2");  // flags are not part of the UIDL
+  EXPECT_EQ(u[1], "1700000001.M1P2.host,S=2,W=2");
+  EXPECT_EQ(u[2], *uidl_for_base("1700000002." + std::string(70, 'L')));
+  EXPECT_EQ(u[2].size(), 40U);
+  EXPECT_EQ(u[3], *uidl_for_base("1700000003.sp ace"));
+  EXPECT_EQ(u[3].size(), 40U);
+}
+
+TEST_F(maildir_test, uidls_are_stable_across_sessions_and_flag_changes) {
+  put("new/1700000000.a.host", "a\n");
+  put("new/1700000001." + std::string(80, 'b'), "b\n");
+  std::vector<std::string> before;
+  {
+    auto drop = must_open();
+    ASSERT_TRUE(drop);
+    before = uidls(*drop);
+    ASSERT_TRUE(drop->open_message(0, true).ok());
+    ASSERT_TRUE(drop->open_message(1, true).ok());
+    ASSERT_TRUE(commit(*drop, marks(2, {})).ok());
+  }
+  EXPECT_TRUE(names_in("new").empty());
+  auto drop = must_open();
+  ASSERT_TRUE(drop);
+  EXPECT_EQ(uidls(*drop), before);
+}
+
+TEST_F(maildir_test, duplicate_base_names_get_unique_uidls) {
+  put("cur/100.dup:2,S", "first\n");
+  put("new/100.dup", "second\n");
+  auto drop = must_open();
+  ASSERT_TRUE(drop);
+  const auto u = uidls(*drop);
+  ASSERT_EQ(u.size(), 2U);
+  // Same timestamp and base: ordered by full name, so new/100.dup comes first.
+  EXPECT_EQ(u[0], "100.dup");
+  EXPECT_EQ(u[1], "11a1a78b916e6d86fa709cf5dcd2b8e913aef0c8");  // SHA-1 of "cur/100.dup:2,S"
+  EXPECT_EQ(drop->messages()[0].size, 8U);
+  EXPECT_EQ(drop->messages()[1].size, 7U);
+}
+
+TEST_F(maildir_test, duplicate_base_names_are_never_confused_at_commit) {
+  put("cur/100.dup:2,", "cur copy\n");
+  put("new/100.dup", "new copy\n");
+  auto drop = must_open();
+  ASSERT_TRUE(drop);
+  ASSERT_EQ(drop->messages().size(), 2U);
+  // The kept new/ copy would be renamed onto cur/100.dup:2, which holds the other message:
+  // it must be left where it is instead of replacing it.
+  auto stats = commit(*drop, marks(2, {}));
+  ASSERT_TRUE(stats.ok()) << stats.err().message();
+  EXPECT_EQ(names_in("cur"), std::vector<std::string>{"100.dup:2,"});
+  EXPECT_EQ(names_in("new"), std::vector<std::string>{"100.dup"});
+  EXPECT_EQ(stats->left, 2U);
+}
+
+TEST_F(maildir_test, second_open_in_the_same_process_is_in_use) {
+  put("new/1.a", "a\n");
+  auto first = must_open();
+  ASSERT_TRUE(first);
+  auto second = open(md_.string());
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.err().code(), errc::in_use);
+  first.reset();
+  auto third = open(md_.string());
+  ASSERT_TRUE(third.ok()) << third.err().message();
+  EXPECT_EQ((*third)->messages().size(), 1U);
+}
+
+TEST_F(maildir_test, lock_held_by_another_process_is_released_by_kill_9) {
+  make_maildir();
+  int ready[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    ::close(ready[0]);
+    auto r = open(md_.string());
+    const char c = r.ok() ? '1' : '0';
+    if (::write(ready[1], &c, 1) != 1) {
+      ::_exit(1);
+    }
+    for (;;) {
+      ::pause();
+    }
+  }
+  // Kills and reaps the child on every way out of this test.
+  struct reaper {
+    pid_t pid;
+    ~reaper() {
+      if (pid > 0) {
+        ::kill(pid, SIGKILL);
+        ::waitpid(pid, nullptr, 0);
+      }
+    }
+  } child{pid};
+  ::close(ready[1]);
+  char c = 0;
+  ASSERT_EQ(::read(ready[0], &c, 1), 1);
+  ::close(ready[0]);
+  EXPECT_EQ(c, '1');
+  auto blocked = open(md_.string());
+  ASSERT_FALSE(blocked.ok());
+  EXPECT_EQ(blocked.err().code(), errc::in_use);
+  ASSERT_EQ(::kill(pid, SIGKILL), 0);
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  child.pid = -1;
+  EXPECT_TRUE(WIFSIGNALED(status));
+  auto after = open(md_.string());
+  EXPECT_TRUE(after.ok()) << after.err().message();
+}
+
+TEST_F(maildir_test, symlinked_lock_file_is_refused) {
+  make_maildir();
+  fs::create_symlink(root_ / "elsewhere", md_ / std::string(lock_file_name));
+  auto r = open(md_.string());
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.err().code(), errc::permanent);
+  EXPECT_FALSE(fs::exists(root_ / "elsewhere"));
+}
+
+TEST_F(maildir_test, commit_deletes_only_marked_messages) {
+  put("cur/1.a:2,S", "a\n");     // 3
+  put("cur/2.b:2,", "bb\r\n");   // 4
+  put("new/3.c", "ccc\n");       // 5
+  put("new/4.d", "dddd\n");      // 6
+  auto drop = must_open();
+  ASSERT_TRUE(drop);
+  ASSERT_EQ(drop->messages().size(), 4U);
+  auto stats = commit(*drop, marks(4, {1, 3}));
+  ASSERT_TRUE(stats.ok()) << stats.err().message();
+  EXPECT_EQ(stats->deleted, 2U);
+  EXPECT_EQ(stats->deleted_bytes, 4U + 6U);
+  EXPECT_EQ(stats->left, 2U);
+  EXPECT_EQ(stats->left_bytes, 3U + 5U);
+  EXPECT_EQ(names_in("cur"), (std::vector<std::string>{"1.a:2,S", "3.c:2,"}));
+  EXPECT_TRUE(names_in("new").empty());
+
+  auto again = commit(*drop, marks(4, {}));
+  ASSERT_FALSE(again.ok());
+  EXPECT_EQ(again.err().code(), errc::invalid);
+}
+
+TEST_F(maildir_test, commit_with_wrong_number_of_marks_changes_nothing) {
+  put("new/1.a", "a\n");
+  auto drop = must_open();
+  ASSERT_TRUE(drop);
+  auto r = commit(*drop, marks(2, {0}));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.err().code(), errc::invalid);
+  EXPECT_EQ(names_in("new"), std::vector<std::string>{"1.a"});
+}
+
+TEST_F(maildir_test, dropped_session_changes_nothing) {
+  put("new/1.a", "a\n");
+  put("cur/2.b:2,", "b\n");
+  {
+    auto drop = must_open();
+    ASSERT_TRUE(drop);
+    ASSERT_TRUE(drop->open_message(0, true).ok());
+  }  // destroyed without commit: a dropped connection
+  EXPECT_EQ(names_in("new"), std::vector<std::string>{"1.a"});
+  EXPECT_EQ(names_in("cur"), std::vector<std::string>{"2.b:2,"});
+}
+
+TEST_F(maildir_test, commit_moves_new_to_cur_with_s_only_when_retrieved) {
+  put("new/1.retr", "a\n");
+  put("new/2.top", "b\n");
+  put("new/3.untouched", "c\n");
+  put("new/4.retr-then-top", "d\n");
+  auto drop = must_open();
+  ASSERT_TRUE(drop);
+  ASSERT_TRUE(drop->open_message(0, true).ok());
+  ASSERT_TRUE(drop->open_message(1, false).ok());
+  ASSERT_TRUE(drop->open_message(3, true).ok());
+  ASSERT_TRUE(drop->open_message(3, false).ok());  // TOP later does not unmark
+  auto stats = commit(*drop, marks(4, {}));
+  ASSERT_TRUE(stats.ok()) << stats.err().message();
+  EXPECT_EQ(stats->left, 4U);
+  EXPECT_EQ(names_in("cur"), (std::vector<std::string>{"1.retr:2,S", "2.top:2,",
+                                                       "3.untouched:2,",
+                                                       "4.retr-then-top:2,S"}));
+  EXPECT_TRUE(names_in("new").empty());
+}
+
+TEST_F(maildir_test, commit_adds_s_to_retrieved_cur_messages_in_flag_order) {
+  put("cur/1.f:2,F", "1\n");
+  put("cur/2.t:2,T", "2\n");
+  put("cur/3.s:2,S", "3\n");
+  put("cur/4.kw:2,a", "4\n");
+  put("cur/5.not-retrieved:2,RT", "5\n");
+  put("cur/6.noinfo", "6\n");
+  auto drop = must_open();
+  ASSERT_TRUE(drop);
+  for (std::size_t i : {0, 1, 2, 3}) {
+    ASSERT_TRUE(drop->open_message(i, true).ok()) << i;
+  }
+  auto stats = commit(*drop, marks(6, {}));
+  ASSERT_TRUE(stats.ok()) << stats.err().message();
+  EXPECT_EQ(names_in("cur"),
+            (std::vector<std::string>{"1.f:2,FS", "2.t:2,ST", "3.s:2,S", "4.kw:2,Sa",
+                                      "5.not-retrieved:2,RT", "6.noinfo:2,"}));
+}
+
+TEST_F(maildir_test, mail_delivered_during_the_session_is_untouched) {
+  put("new/1.old", "old\n");
+  auto drop = must_open();
+  ASSERT_TRUE(drop);
+  ASSERT_EQ(drop->messages().size(), 1U);
+  put("new/2.late", "late\n");
+  put("cur/3.late:2,", "late too\n");
+  auto stats = commit(*drop, marks(1, {0}));
+  ASSERT_TRUE(stats.ok()) << stats.err().message();
+  EXPECT_EQ(stats->deleted, 1U);
+  EXPECT_EQ(stats->left, 0U);
+  EXPECT_EQ(names_in("new"), std::vector<std::string>{"2.late"});
+  EXPECT_EQ(names_in("cur"), std::vector<std::string>{"3.late:2,"});
+}
+
+TEST_F(maildir_test, open_message_after_an_external_flag_change) {
+  put("cur/1700000000.a.host:2,", "hello\n");
+  put("new/1700000001.b.host", "world\n");
+  auto drop = must_open();
+  ASSERT_TRUE(drop);
+  // Another MUA flags the first message and moves the second to cur/.
+  fs::rename(md_ / "cur" / "1700000000.a.host:2,", md_ / "cur" / "1700000000.a.host:2,F");
+  fs::rename(md_ / "new" / "1700000001.b.host", md_ / "cur" / "1700000001.b.host:2,T");
+  auto r0 = drop->open_message(0, true);
+  ASSERT_TRUE(r0.ok()) << r0.err().message();
+  EXPECT_EQ(read_all(**r0), "hello\n");
+  auto r1 = drop->open_message(1, false);
+  ASSERT_TRUE(r1.ok()) << r1.err().message();
+  EXPECT_EQ(read_all(**r1), "world\n");
+  auto stats = commit(*drop, marks(2, {}));
+  ASSERT_TRUE(stats.ok()) << stats.err().message();
+  EXPECT_EQ(names_in("cur"),
+            (std::vector<std::string>{"1700000000.a.host:2,FS", "1700000001.b.host:2,T"}));
+}
+
+TEST_F(maildir_test, commit_follows_external_renames) {
+  put("new/1.del", "a\n");
+  put("cur/2.del:2,", "b\n");
+  put("new/3.keep", "c\n");
+  auto drop = must_open();
+  ASSERT_TRUE(drop);
+  ASSERT_TRUE(drop->open_message(2, true).ok());
+  fs::rename(md_ / "new" / "1.del", md_ / "cur" / "1.del:2,S");
+  fs::rename(md_ / "cur" / "2.del:2,", md_ / "cur" / "2.del:2,F");
+  fs::rename(md_ / "new" / "3.keep", md_ / "cur" / "3.keep:2,");
+  auto stats = commit(*drop, marks(3, {0, 1}));
+  ASSERT_TRUE(stats.ok()) << stats.err().message();
+  EXPECT_EQ(stats->deleted, 2U);
+  EXPECT_EQ(stats->left, 1U);
+  EXPECT_EQ(names_in("cur"), std::vector<std::string>{"3.keep:2,S"});
+  EXPECT_TRUE(names_in("new").empty());
+}
+
+TEST_F(maildir_test, vanished_message) {
+  put("new/1.gone", "a\n");
+  put("new/2.gone-too", "b\n");
+  put("new/3.stays", "c\n");
+  auto drop = must_open();
+  ASSERT_TRUE(drop);
+  fs::remove(md_ / "new" / "1.gone");
+  fs::remove(md_ / "new" / "2.gone-too");
+  auto r = drop->open_message(0, true);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.err().code(), errc::not_found);
+  EXPECT_NE(r.err().context().find("1.gone"), std::string::npos) << r.err().context();
+  auto out_of_range = drop->open_message(3, false);
+  ASSERT_FALSE(out_of_range.ok());
+  EXPECT_EQ(out_of_range.err().code(), errc::invalid);
+  // Deleted by someone else counts as deleted; a vanished kept message is not "left".
+  auto stats = commit(*drop, marks(3, {0}));
+  ASSERT_TRUE(stats.ok()) << stats.err().message();
+  EXPECT_EQ(stats->deleted, 1U);
+  EXPECT_EQ(stats->left, 1U);
+  EXPECT_EQ(names_in("cur"), std::vector<std::string>{"3.stays:2,"});
+}
+
+TEST_F(maildir_test, message_replaced_by_a_fifo_is_an_error_not_a_hang) {
+  put("new/1.a", "a\n");
+  auto drop = must_open();
+  ASSERT_TRUE(drop);
+  fs::remove(md_ / "new" / "1.a");
+  ASSERT_EQ(::mkfifo((md_ / "new" / "1.a").c_str(), 0600), 0);
+  auto r = drop->open_message(0, true);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.err().code(), errc::temporary);
+}
+
+TEST_F(maildir_test, message_replaced_by_a_symlink_is_not_followed) {
+  put("new/1.a", "a\n");
+  { std::ofstream(root_ / "secret") << "secret\n"; }
+  auto drop = must_open();
+  ASSERT_TRUE(drop);
+  fs::remove(md_ / "new" / "1.a");
+  fs::create_symlink(root_ / "secret", md_ / "new" / "1.a");
+  auto r = drop->open_message(0, true);
+  ASSERT_FALSE(r.ok());
+}
+
+TEST_F(maildir_test, unreadable_message_is_a_temporary_error) {
+  put("new/1.a,W=3", "a\n");
+  fs::permissions(md_ / "new" / "1.a,W=3", fs::perms::none);
+  const std::string path = md_.string();
+  EXPECT_TRUE(run_unprivileged([&path] {
+    auto drop = open(path);
+    if (!drop.ok() || (*drop)->messages().size() != 1) {
+      return false;
+    }
+    auto r = (*drop)->open_message(0, true);
+    return !r.ok() && r.err().code() == errc::temporary &&
+           r.err().cause() == std::errc::permission_denied;
+  }));
+}
+
+TEST_F(maildir_test, unreadable_message_without_w_fails_the_open) {
+  put("new/1.a", "a\n");
+  fs::permissions(md_ / "new" / "1.a", fs::perms::none);
+  const std::string path = md_.string();
+  EXPECT_TRUE(run_unprivileged([&path] {
+    auto drop = open(path);
+    return !drop.ok() && drop.err().code() == errc::temporary &&
+           drop.err().cause() == std::errc::permission_denied;
+  }));
+}
+
+TEST_F(maildir_test, commit_error_reports_the_first_failure_and_keeps_going) {
+  put("cur/1.a:2,", "a\n");
+  put("new/2.b", "b\n");
+  put("new/3.c", "c\n");
+  const std::string path = md_.string();
+  const fs::path cur = md_ / "cur";
+  EXPECT_TRUE(run_unprivileged([&path, &cur] {
+    auto drop = open(path);
+    if (!drop.ok()) {
+      return false;
+    }
+    // cur/ becomes read-only: the unlink and every move into cur/ fail; new/3.c's removal
+    // still happens.
+    fs::permissions(cur, fs::perms::owner_read | fs::perms::owner_exec);
+    const bool del[3] = {true, false, true};
+    auto r = (*drop)->commit(del);
+    return !r.ok() && r.err().code() == errc::temporary &&
+           r.err().context().find("unlink cur/1.a:2,") != std::string::npos &&
+           fs::exists(cur / "1.a:2,") && fs::exists(fs::path(path) / "new" / "2.b") &&
+           !fs::exists(fs::path(path) / "new" / "3.c");
+  }));
+}
+
+TEST_F(maildir_test, unreadable_maildir_is_a_permanent_error) {
+  make_maildir();
+  fs::permissions(md_, fs::perms::none);
+  const std::string path = md_.string();
+  EXPECT_TRUE(run_unprivileged([&path] {
+    auto drop = open(path);
+    return !drop.ok() && drop.err().code() == errc::permanent;
+  }));
+}
+
+}  // namespace
+}  // namespace postern::store::maildir

@@ -1,0 +1,92 @@
+// Maildir store: a POP3 maildrop over one Maildir (cur/ new/ tmp/), laid out and named as
+// Dovecot and the Maildir specification do, safe to share with Dovecot IMAP and delivery
+// agents working on the same directory at the same time.
+//
+// Session lock. open() takes flock(LOCK_EX | LOCK_NB) on "<maildir>/postern-pop3.lock"
+// (created 0600, opened O_CLOEXEC | O_NOFOLLOW) and the maildrop holds it until it is
+// destroyed. flock locks belong to the open file description, so a second open() of the
+// same Maildir fails with errc::in_use whether it comes from this process or another, and
+// the kernel drops the lock when the holder dies, even by kill -9: there is no stale lock to
+// break. The lock file is never unlinked (unlinking would let a third opener lock a fresh
+// inode while the first still holds the old one). Trade-offs: the lock binds only Postern
+// sessions (Dovecot and MDAs do not take it; the code below tolerates their renames and
+// deliveries); a descriptor inherited over fork() without exec shares the lock; and on NFS,
+// Linux emulates flock with whole-file POSIX locks, which conflict across hosts but not
+// within one process, so in-process exclusion there rests on the callers.
+//
+// Snapshot. open() lists cur/ and new/ once (names starting with '.' and anything that is
+// not a regular file are skipped) and sorts by the leading "SECONDS." of the name, then by
+// base name; names without that prefix sort last. Mail delivered later is never listed and
+// never touched. Sizes come from Dovecot's ",W=<n>" field when present (no file read);
+// otherwise each file is read once to count bare LFs. UIDLs are the base name when it is a
+// legal UIDL, else its SHA-1 in hex, and are unique within the listing.
+//
+// Concurrent renames. Another MUA may rename a message (flag change, new/ -> cur/) at any
+// time; open_message and commit then look the message up again by its base name, once.
+// Files that share a base name (corrupt state) are never looked up that way, so one can
+// never be mistaken for the other.
+//
+// Commit. Marked messages are unlinked first (one already removed by someone else counts as
+// deleted). Then every kept message still in new/ moves to cur/<base>:2,<flags>, with S only
+// if it was retrieved in this session, and a retrieved message in cur/ gains S (flags sorted
+// in ASCII order, as the Maildir specification asks). Renames never replace an existing file
+// (RENAME_NOREPLACE): if the target name is taken the message stays where it is. Then cur/
+// and new/ are fsynced. Each unlink and rename is atomic, so a crash at any point leaves
+// every message either intact or gone. After a failure the remaining operations still run
+// and the first error is returned (errc::temporary, with the file in its context).
+//
+// Threading and ownership: a maildrop is used from one thread at a time; every call may
+// block on the file system. It owns its directory descriptors and the lock. Readers returned
+// by open_message own their own descriptor and may outlive the maildrop.
+#pragma once
+
+#include "common/result.hpp"
+#include "store/maildrop.hpp"
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace postern::store::maildir {
+
+// The session lock file, in the Maildir's root. No leading '.', so Maildir++ folder
+// listings (which are directories starting with '.') never mistake it for a folder.
+inline constexpr std::string_view lock_file_name = "postern-pop3.lock";
+
+// Opens the Maildir at `path` (absolute, or relative to the working directory), creating it
+// and any missing parents, cur/, new/ and tmp/ with mode 0700 when absent (an empty maildrop
+// results), takes the session lock and lists the messages.
+// Errors: errc::in_use when another session holds the lock (answer -ERR [IN-USE]);
+// errc::permanent when the path cannot be a Maildir (not a directory, symlink loop,
+// permission denied, lock file not a regular file); errc::invalid for an empty path;
+// errc::temporary for other file-system failures, including a message that exists but cannot
+// be read to size it (answer -ERR [SYS/TEMP]; nothing has been changed).
+[[nodiscard]] result<std::unique_ptr<store::maildrop>> open(const std::string& path);
+
+// What a Maildir file name says about its message. I/O-free; exposed for tests and fuzzing.
+struct name_parts {
+  std::string_view base;                 // up to the ':' info separator: the unique name
+  std::optional<std::string_view> info;  // after ':', e.g. "2,FS"; nullopt without ':'
+  std::optional<std::uint64_t> timestamp;      // the leading "SECONDS." of the base
+  std::optional<std::uint64_t> wire_size;      // Dovecot ",W=<n>": size with CRLF line ends
+  std::optional<std::uint64_t> physical_size;  // Dovecot ",S=<n>": size of the file
+};
+
+// Splits `file_name` (views into it). Fields after the first ',' of the base are KEY=VALUE;
+// W and S are read strictly with parse_u64, and a malformed or repeated W or S is treated as
+// absent.
+name_parts parse_name(std::string_view file_name) noexcept;
+
+// The name a kept message takes in cur/ at commit: a name without info gains ":2,"; with
+// `seen`, flag S is added to a "2," info and the flags are written sorted in ASCII order
+// without repeats. Returns `file_name` unchanged when nothing needs to change, and for an
+// info that is not "2,..." (whose meaning Postern does not know).
+std::string cur_name(std::string_view file_name, bool seen);
+
+// The UIDL for a base name: the base itself when it is 1..70 octets of 0x21..0x7E, else the
+// lowercase hex SHA-1 of the base. Errors: errc::temporary if the digest is unavailable.
+result<std::string> uidl_for_base(std::string_view base);
+
+}  // namespace postern::store::maildir
