@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 top=$PWD
 
 scripts/install-deps.sh --build-only
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPOSTERN_TESTS=OFF >/dev/null
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build --target posternd -j "$(nproc)"
 
 dir=${POSTERN_DEMO_DIR:-$top/demo-run}
@@ -20,7 +20,7 @@ if [[ -f "$dir/posternd.pid" ]] && kill -0 "$(cat "$dir/posternd.pid")" 2>/dev/n
   for _ in $(seq 50); do kill -0 "$(cat "$dir/posternd.pid")" 2>/dev/null || break; sleep 0.1; done
 fi
 : >"$dir/posternd.log"
-nohup "$top/build/posternd" --demo "$dir" --demo-port "$port" >>"$dir/posternd.log" 2>&1 </dev/null &
+nohup "$top/build/posternd" --demo "$dir/server" --demo-port "$port" >>"$dir/posternd.log" 2>&1 </dev/null &
 echo $! >"$dir/posternd.pid"
 for _ in $(seq 100); do
   grep -q "listening on" "$dir/posternd.log" && break
@@ -36,8 +36,8 @@ grep -q "listening on" "$dir/posternd.log" || { echo "demo: posternd did not sta
 cat <<EOT
 
 Postern demo server is running on 127.0.0.1:$port (pid $(cat "$dir/posternd.pid")).
-User: demo   Password: demo   Maildir: $dir/mail/demo/Maildir
-Log: $dir/posternd.log   Config: $dir/postern.toml
+User: demo   Password: demo   Maildir: $dir/server/mail/demo/Maildir
+Log: $dir/posternd.log   Config: $dir/server/postern.toml
 
 Read the mail with curl:
   curl -u demo:demo pop3://127.0.0.1:$port/          # list messages

@@ -38,8 +38,8 @@ run_suite() {
   fi
 }
 
-run_suite build "optimized build" -DCMAKE_BUILD_TYPE=RelWithDebInfo
-run_suite build-asan "ASan+UBSan build" -DCMAKE_BUILD_TYPE=Debug -DPOSTERN_SANITIZE=ON
+run_suite build "optimized build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPOSTERN_TESTS=ON
+run_suite build-asan "ASan+UBSan build" -DCMAKE_BUILD_TYPE=Debug -DPOSTERN_SANITIZE=ON -DPOSTERN_TESTS=ON
 
 echo
 for s in "${summary[@]}"; do echo "$s"; done
