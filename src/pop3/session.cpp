@@ -10,7 +10,11 @@ namespace postern::pop3 {
 
 session::session(session_options opts) : opts_(std::move(opts)) {
   out_.reserve(256);
-  reply_ok(opts_.greeting);
+  if (opts_.apop_timestamp.empty()) {
+    reply_ok(opts_.greeting);
+  } else {
+    reply_ok(opts_.greeting + " " + opts_.apop_timestamp);
+  }
 }
 
 void session::feed(std::string_view bytes) { in_.append(bytes); }
@@ -48,7 +52,7 @@ step session::next() {
       state_ = session_state::closed;
       return step::close;
     }
-    auto r = decoder_.decode(std::string_view(in_).substr(in_pos_), limits::max_command_line);
+    auto r = decoder_.decode(std::string_view(in_).substr(in_pos_), max_line());
     in_pos_ += r.consumed;
     switch (r.st) {
       case line_decoder::status::need_more:
@@ -78,7 +82,15 @@ step session::next() {
   }
 }
 
+std::size_t session::max_line() const noexcept {
+  return sasl_phase_ == sasl_phase::none ? limits::max_command_line : limits::max_auth_line;
+}
+
 void session::handle_line(std::string_view line) {
+  if (sasl_phase_ != sasl_phase::none) {
+    handle_sasl_line(line);
+    return;
+  }
   command cmd = parse_command(line);
   if (state_ == session_state::authorization) {
     handle_authorization(cmd);
@@ -98,8 +110,21 @@ bool session::expect_no_args(const command& cmd) {
 void session::send_capa() {
   out_.append("+OK Capability list follows\r\n");
   out_.append("CAPA\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nPIPELINING\r\nAUTH-RESP-CODE\r\n");
-  if (state_ == session_state::authorization && opts_.user_pass_allowed) {
-    out_.append("USER\r\n");
+  if (state_ == session_state::authorization) {
+    if (opts_.stls_offered) {
+      out_.append("STLS\r\n");
+    }
+    if (!opts_.sasl_mechanisms.empty() && !opts_.tls_required) {
+      out_.append("SASL");
+      for (const auto& m : opts_.sasl_mechanisms) {
+        out_.push_back(' ');
+        out_.append(m);
+      }
+      out_.append("\r\n");
+    }
+    if (opts_.user_pass_allowed && !opts_.tls_required) {
+      out_.append("USER\r\n");
+    }
   }
   if (!opts_.implementation.empty()) {
     out_.append("IMPLEMENTATION ");
@@ -110,6 +135,15 @@ void session::send_capa() {
 }
 
 void session::handle_authorization(const command& cmd) {
+  if (opts_.tls_required && cmd.kind != command_kind::capa && cmd.kind != command_kind::stls &&
+      cmd.kind != command_kind::quit) {
+    if (cmd.kind == command_kind::unknown) {
+      bad_command("Unknown command.");
+    } else {
+      reply_err("[AUTH] TLS is required: issue STLS first.");
+    }
+    return;
+  }
   switch (cmd.kind) {
     case command_kind::capa:
       if (expect_no_args(cmd)) {
@@ -138,6 +172,7 @@ void session::handle_authorization(const command& cmd) {
       return;
     case command_kind::pass:
       if (!opts_.user_pass_allowed) {
+        user_.clear();
         reply_err("[AUTH] Plaintext authentication disallowed on non-secure connections.");
         return;
       }
@@ -149,10 +184,31 @@ void session::handle_authorization(const command& cmd) {
       password_ = secret_string(cmd.args);
       pending_ = step::authenticate;
       return;
-    case command_kind::apop:
-    case command_kind::auth:
     case command_kind::stls:
-      bad_command("Command not available.");
+      if (!expect_no_args(cmd)) {
+        return;
+      }
+      if (tls_active_) {
+        bad_command("TLS is already active.");
+        return;
+      }
+      if (!opts_.stls_offered) {
+        bad_command("STLS is not available.");
+        return;
+      }
+      reply_ok("Begin TLS negotiation now.");
+      // RFC 2595 section 4 and the CVE-2011-0411 class: nothing the client sent before the
+      // handshake may be taken as a command after it.
+      in_.erase(in_pos_);
+      decoder_ = line_decoder();
+      user_.clear();
+      pending_ = step::start_tls;
+      return;
+    case command_kind::auth:
+      start_auth(cmd);
+      return;
+    case command_kind::apop:
+      start_apop(cmd);
       return;
     case command_kind::unknown:
       bad_command("Unknown command.");
@@ -161,6 +217,120 @@ void session::handle_authorization(const command& cmd) {
       bad_command("Command not valid before login.");
       return;
   }
+}
+
+void session::start_auth(const command& cmd) {
+  std::string_view args[2];
+  std::size_t n = split_args(cmd.args, args, 2);
+  if (cmd.args.empty()) {
+    // Not in RFC 5034, but many clients probe with a bare AUTH: list the mechanisms.
+    out_.append("+OK Mechanisms follow\r\n");
+    for (const auto& m : opts_.sasl_mechanisms) {
+      out_.append(m);
+      out_.append("\r\n");
+    }
+    out_.append(".\r\n");
+    return;
+  }
+  if (n == 0 || n > 2) {
+    bad_command("Syntax: AUTH mechanism [initial-response]");
+    return;
+  }
+  std::string mech(args[0]);
+  for (auto& c : mech) {
+    if (c >= 'a' && c <= 'z') {
+      c = static_cast<char>(c - 'a' + 'A');
+    }
+  }
+  bool usable = false;
+  for (const auto& m : opts_.sasl_mechanisms) {
+    usable = usable || m == mech;
+  }
+  if (!usable) {
+    if (!opts_.user_pass_allowed && (mech == "PLAIN" || mech == "LOGIN")) {
+      reply_err("[AUTH] Plaintext authentication disallowed on non-secure connections.");
+    } else {
+      bad_command("Unsupported authentication mechanism.");
+    }
+    return;
+  }
+  method_ = std::move(mech);
+  sasl_response_.assign(n == 2 ? args[1] : std::string_view());
+  user_.clear();
+  sasl_start_ = true;
+  pending_ = step::sasl;
+}
+
+void session::start_apop(const command& cmd) {
+  if (opts_.apop_timestamp.empty()) {
+    bad_command("APOP is not available.");
+    return;
+  }
+  std::string_view args[2];
+  if (split_args(cmd.args, args, 2) != 2) {
+    bad_command("Syntax: APOP name digest");
+    return;
+  }
+  user_.assign(args[0]);
+  apop_digest_.assign(args[1]);
+  method_ = "APOP";
+  pending_ = step::authenticate;
+}
+
+void session::handle_sasl_line(std::string_view line) {
+  if (line == "*") {
+    sasl_phase_ = sasl_phase::none;
+    reply_err("[AUTH] Authentication cancelled.");
+    return;
+  }
+  if (sasl_phase_ == sasl_phase::awaiting_final_ack) {
+    sasl_phase_ = sasl_phase::none;
+    if (!line.empty()) {
+      reply_err("[AUTH] Authentication failed.");
+      user_.clear();
+      return;
+    }
+    pending_ = step::open_maildrop;
+    return;
+  }
+  sasl_phase_ = sasl_phase::none;
+  sasl_response_.assign(line);
+  sasl_start_ = false;
+  pending_ = step::sasl;
+}
+
+void session::sasl_challenge(std::string_view challenge_b64) {
+  pending_ = step::need_input;
+  out_.append("+ ");
+  out_.append(challenge_b64);
+  out_.append("\r\n");
+  sasl_phase_ = sasl_phase::awaiting_response;
+}
+
+void session::sasl_done(auth_status status, std::string_view final_b64) {
+  sasl_response_.clear();
+  if (status == auth_status::ok && !final_b64.empty()) {
+    pending_ = step::need_input;
+    out_.append("+ ");
+    out_.append(final_b64);
+    out_.append("\r\n");
+    sasl_phase_ = sasl_phase::awaiting_final_ack;
+    return;
+  }
+  auth_done(status);
+}
+
+void session::tls_started(bool ok, connection_policy policy) {
+  pending_ = step::need_input;
+  if (!ok) {
+    close_ = true;
+    return;
+  }
+  tls_active_ = true;
+  opts_.stls_offered = false;
+  opts_.tls_required = false;
+  opts_.user_pass_allowed = policy.user_pass_allowed;
+  opts_.sasl_mechanisms = std::move(policy.sasl_mechanisms);
 }
 
 void session::auth_done(auth_status status) {

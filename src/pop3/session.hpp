@@ -34,6 +34,9 @@ enum class step {
   need_input,     // send output(), then read more and feed() it (or feed_eof())
   authenticate,   // check login_user() / take_password(), then auth_done()
   open_maildrop,  // open and lock the maildrop of login_user(), then open_done()
+  start_tls,      // send output() (the STLS +OK), run the TLS handshake, then tls_started()
+  sasl,           // feed sasl_mechanism() / sasl_response() to the SASL exchange, then
+                  // sasl_challenge() or sasl_done()
   retrieve,       // open message retrieve_index(), then retrieve_started(); if it succeeded,
                   // send output(), stream the body through a dot_encoder made with
                   // retrieve_top_lines(), then retrieve_done()
@@ -49,6 +52,16 @@ struct session_options {
   std::string implementation = "Postern";  // CAPA IMPLEMENTATION value; empty: not listed
   std::uint32_t max_bad_commands = limits::default_max_bad_commands;
   bool user_pass_allowed = true;  // USER/PASS offered on this connection
+  bool stls_offered = false;      // STLS available (a plain connection with TLS configured)
+  bool tls_required = false;      // before TLS only CAPA, STLS and QUIT (tls mode "required")
+  std::vector<std::string> sasl_mechanisms;  // usable on this connection, in CAPA order
+  std::string apop_timestamp;     // non-empty: APOP on, and the greeting carries it
+};
+
+// What changes on a connection once TLS is up (STLS): the driver recomputes it.
+struct connection_policy {
+  bool user_pass_allowed = true;
+  std::vector<std::string> sasl_mechanisms;
 };
 
 // Counters for the logout line (the Qualcomm pop3d -s statistics and more).
@@ -76,10 +89,28 @@ class session {
   // authenticate / open_maildrop
   std::string_view login_user() const noexcept { return user_; }
   std::string_view login_method() const noexcept { return method_; }
+  std::string_view apop_digest() const noexcept { return apop_digest_; }
+  std::string_view apop_timestamp() const noexcept { return opts_.apop_timestamp; }
   secret_string take_password() noexcept { return std::move(password_); }
   void auth_done(auth_status status);
   // `messages` must stay valid for the rest of the session (the maildrop owns them).
   void open_done(open_status status, std::span<const store::message_info> messages = {});
+
+  // start_tls: ok false means the handshake failed and the session ends.
+  void tls_started(bool ok, connection_policy policy);
+
+  // sasl: the mechanism (upper case) and the client's latest response (base64, "=" for an
+  // empty initial response, "" when the client gave no initial response).
+  std::string_view sasl_mechanism() const noexcept { return method_; }
+  std::string_view sasl_response() const noexcept { return sasl_response_; }
+  // True for the first step of an AUTH command: the driver starts a new exchange.
+  bool sasl_is_start() const noexcept { return sasl_start_; }
+  // Sends "+ challenge" and waits for the client's next line.
+  void sasl_challenge(std::string_view challenge_b64);
+  // Ends the exchange. With status ok and non-empty `final_b64` (SCRAM's server-final
+  // message), the data goes out as one more challenge that the client must answer with an
+  // empty line (RFC 5034 section 4) before the login completes.
+  void sasl_done(auth_status status, std::string_view final_b64 = {});
 
   // retrieve
   std::size_t retrieve_index() const noexcept { return retrieve_index_; }
@@ -107,6 +138,10 @@ class session {
   std::optional<std::size_t> message_arg_only(const command& cmd);
   bool expect_no_args(const command& cmd);
   void send_capa();
+  void handle_sasl_line(std::string_view line);
+  void start_auth(const command& cmd);
+  void start_apop(const command& cmd);
+  std::size_t max_line() const noexcept;
 
   session_options opts_;
   session_state state_ = session_state::authorization;
@@ -123,6 +158,11 @@ class session {
   std::string user_;
   std::string method_;
   secret_string password_;
+  std::string apop_digest_;
+  enum class sasl_phase { none, awaiting_response, awaiting_final_ack } sasl_phase_ = sasl_phase::none;
+  std::string sasl_response_;
+  bool sasl_start_ = false;
+  bool tls_active_ = false;
 
   std::span<const store::message_info> messages_;
   std::unique_ptr<bool[]> deleted_;

@@ -24,6 +24,10 @@ struct fake_driver {
   std::vector<bool> committed;  // deletion marks seen at commit
   bool commit_fails = false;
   bool closed = false;
+  bool tls_ok = true;
+  int tls_handshakes = 0;
+  std::vector<std::string> sasl_log;
+  std::string sasl_final = "Zmlu";
   session s;
 
   explicit fake_driver(session_options opts = {}) : s(std::move(opts)) {
@@ -48,6 +52,12 @@ struct fake_driver {
           return sent;
         case step::authenticate: {
           std::string user(s.login_user());
+          if (s.login_method() == "APOP") {
+            s.auth_done(user == "alice" && s.apop_digest() == "c4c9334bac560ecc979e58001b3e22fb"
+                            ? auth_status::ok
+                            : auth_status::bad_credentials);
+            break;
+          }
           auto pw = s.take_password();
           if (broken.count(user)) {
             s.auth_done(auth_status::temporary_failure);
@@ -75,6 +85,30 @@ struct fake_driver {
           enc.finish(body);
           sent += body;
           s.retrieve_done(body.size());
+          break;
+        }
+        case step::start_tls: {
+          ++tls_handshakes;
+          connection_policy p;
+          p.user_pass_allowed = true;
+          p.sasl_mechanisms = {"PLAIN"};
+          s.tls_started(tls_ok, p);
+          break;
+        }
+        case step::sasl: {
+          // A fake PLAIN-like mechanism: the first response must be "good", then one
+          // challenge "Y2g=" is answered with "ok" and the exchange ends with final data "Zmlu".
+          sasl_log.push_back((s.sasl_is_start() ? "start:" : "cont:") + std::string(s.sasl_mechanism()) +
+                             ":" + std::string(s.sasl_response()));
+          if (s.sasl_is_start() && s.sasl_response().empty()) {
+            s.sasl_challenge("");
+          } else if (s.sasl_response() == "good") {
+            s.sasl_challenge("Y2g=");
+          } else if (s.sasl_response() == "ok") {
+            s.sasl_done(auth_status::ok, sasl_final);
+          } else {
+            s.sasl_done(auth_status::bad_credentials);
+          }
           break;
         }
         case step::commit: {
@@ -316,6 +350,130 @@ TEST(session, plaintext_refused_when_disallowed) {
   EXPECT_EQ(d.say("USER alice\r\n"),
             "-ERR [AUTH] Plaintext authentication disallowed on non-secure connections.\r\n");
   EXPECT_EQ(d.say("CAPA\r\n").find("USER\r\n"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace postern::pop3
+
+namespace postern::pop3 {
+namespace {
+
+session_options tls_opts() {
+  session_options o;
+  o.stls_offered = true;
+  o.sasl_mechanisms = {"PLAIN", "SCRAM-SHA-256"};
+  return o;
+}
+
+TEST(session_tls, capa_offers_stls_and_sasl_until_tls) {
+  fake_driver d(tls_opts());
+  d.run();
+  std::string capa = d.say("CAPA\r\n");
+  EXPECT_NE(capa.find("STLS\r\n"), std::string::npos);
+  EXPECT_NE(capa.find("SASL PLAIN SCRAM-SHA-256\r\n"), std::string::npos);
+  EXPECT_EQ(d.say("STLS\r\n"), "+OK Begin TLS negotiation now.\r\n");
+  EXPECT_EQ(d.tls_handshakes, 1);
+  capa = d.say("CAPA\r\n");
+  EXPECT_EQ(capa.find("STLS"), std::string::npos);
+  EXPECT_NE(capa.find("SASL PLAIN\r\n"), std::string::npos);
+  EXPECT_EQ(d.say("STLS\r\n"), "-ERR TLS is already active.\r\n");
+}
+
+TEST(session_tls, bytes_pipelined_after_stls_are_discarded) {
+  fake_driver d(tls_opts());
+  d.run();
+  EXPECT_EQ(d.say("STLS\r\nCAPA\r\nUSER alice\r\n"), "+OK Begin TLS negotiation now.\r\n");
+  EXPECT_EQ(d.say("NOOP\r\n"), "-ERR Command not valid before login.\r\n");
+}
+
+TEST(session_tls, user_given_before_stls_is_forgotten) {
+  fake_driver d(tls_opts());
+  d.run();
+  d.say("USER alice\r\n");
+  d.say("STLS\r\n");
+  EXPECT_EQ(d.say("PASS secret\r\n"), "-ERR No user name given, use USER first.\r\n");
+}
+
+TEST(session_tls, failed_handshake_closes) {
+  fake_driver d(tls_opts());
+  d.tls_ok = false;
+  d.run();
+  d.say("STLS\r\n");
+  EXPECT_TRUE(d.closed);
+}
+
+TEST(session_tls, required_mode_allows_only_capa_stls_quit) {
+  auto o = tls_opts();
+  o.tls_required = true;
+  fake_driver d(o);
+  d.run();
+  EXPECT_EQ(d.say("USER alice\r\n"), "-ERR [AUTH] TLS is required: issue STLS first.\r\n");
+  EXPECT_EQ(d.say("AUTH PLAIN\r\n"), "-ERR [AUTH] TLS is required: issue STLS first.\r\n");
+  std::string capa = d.say("CAPA\r\n");
+  EXPECT_EQ(capa.find("USER"), std::string::npos);
+  EXPECT_EQ(capa.find("SASL"), std::string::npos);
+  d.say("STLS\r\n");
+  EXPECT_EQ(d.say("USER alice\r\nPASS secret\r\n"), "+OK\r\n+OK Logged in.\r\n");
+}
+
+TEST(session_tls, stls_not_offered) {
+  fake_driver d;
+  d.run();
+  EXPECT_EQ(d.say("STLS\r\n"), "-ERR STLS is not available.\r\n");
+}
+
+TEST(session_sasl, exchange_with_challenge_and_final_data) {
+  fake_driver d(tls_opts());
+  d.run();
+  EXPECT_EQ(d.say("AUTH plain good\r\n"), "+ Y2g=\r\n");
+  EXPECT_EQ(d.say("ok\r\n"), "+ Zmlu\r\n");
+  EXPECT_EQ(d.say("\r\n"), "+OK Logged in.\r\n");
+  EXPECT_EQ(d.sasl_log, (std::vector<std::string>{"start:PLAIN:good", "cont:PLAIN:ok"}));
+}
+
+TEST(session_sasl, no_initial_response_gets_empty_challenge) {
+  fake_driver d(tls_opts());
+  d.run();
+  EXPECT_EQ(d.say("AUTH PLAIN\r\n"), "+ \r\n");
+  EXPECT_EQ(d.say("good\r\n"), "+ Y2g=\r\n");
+}
+
+TEST(session_sasl, cancel_wrong_and_unknown) {
+  fake_driver d(tls_opts());
+  d.run();
+  d.say("AUTH PLAIN good\r\n");
+  EXPECT_EQ(d.say("*\r\n"), "-ERR [AUTH] Authentication cancelled.\r\n");
+  EXPECT_EQ(d.say("AUTH PLAIN bad\r\n"), "-ERR [AUTH] Authentication failed.\r\n");
+  EXPECT_EQ(d.say("AUTH CRAM-MD5\r\n"), "-ERR Unsupported authentication mechanism.\r\n");
+  EXPECT_EQ(d.say("AUTH\r\n"), "+OK Mechanisms follow\r\nPLAIN\r\nSCRAM-SHA-256\r\n.\r\n");
+  // a non-empty answer to the final data fails the login
+  d.say("AUTH PLAIN good\r\n");
+  d.say("ok\r\n");
+  EXPECT_EQ(d.say("junk\r\n"), "-ERR [AUTH] Authentication failed.\r\n");
+  EXPECT_EQ(d.s.state(), session_state::authorization);
+}
+
+TEST(session_sasl, long_continuation_lines_allowed) {
+  fake_driver d(tls_opts());
+  d.run();
+  d.say("AUTH PLAIN good\r\n");
+  EXPECT_EQ(d.say(std::string(5000, 'A') + "\r\n"), "-ERR [AUTH] Authentication failed.\r\n");
+}
+
+TEST(session_apop, greeting_and_login) {
+  session_options o;
+  o.apop_timestamp = "<1896.697170952@dbc.mtview.ca.us>";
+  fake_driver d(o);
+  EXPECT_EQ(d.run(), "+OK Postern ready. <1896.697170952@dbc.mtview.ca.us>\r\n");
+  EXPECT_EQ(d.say("APOP alice 00000000000000000000000000000000\r\n"),
+            "-ERR [AUTH] Authentication failed.\r\n");
+  EXPECT_EQ(d.say("APOP alice c4c9334bac560ecc979e58001b3e22fb\r\n"), "+OK Logged in.\r\n");
+}
+
+TEST(session_apop, not_available_without_timestamp) {
+  fake_driver d;
+  d.run();
+  EXPECT_EQ(d.say("APOP alice c4c9334bac560ecc979e58001b3e22fb\r\n"), "-ERR APOP is not available.\r\n");
 }
 
 }  // namespace

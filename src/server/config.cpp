@@ -26,6 +26,7 @@
 
 #include "common/parse.hpp"
 #include "common/unique_fd.hpp"
+#include "net/network.hpp"
 #include "store/location.hpp"
 
 namespace postern::server {
@@ -275,13 +276,13 @@ result<listen_address> parse_listen(std::string_view s) {
   return out;
 }
 
-void set_listen(const item& it, config& cfg) {
+void set_listen_list(const item& it, std::vector<listen_address>& out_list, bool allow_empty) {
   const auto* arr = it.node.as_array();
   if (arr == nullptr) {
     it.fail_type("an array of strings such as [\"127.0.0.1:110\", \"[::1]:110\"]");
     return;
   }
-  if (arr->empty()) {
+  if (arr->empty() && !allow_empty) {
     it.fail("must list at least one address");
     return;
   }
@@ -311,9 +312,11 @@ void set_listen(const item& it, config& cfg) {
     out.push_back(std::move(*addr));
   }
   if (ok) {
-    cfg.listen = std::move(out);
+    out_list = std::move(out);
   }
 }
+
+void set_listen(const item& it, config& cfg) { set_listen_list(it, cfg.listen, false); }
 
 // ---------------------------------------------------------------------------------------------
 // Other values
@@ -490,6 +493,142 @@ void set_syslog_ident(const item& it, config& cfg) {
   cfg.syslog_ident = std::move(*s);
 }
 
+void set_tls_listen(const item& it, config& cfg) { set_listen_list(it, cfg.tls_listen, true); }
+
+// A path to a file read at startup: absolute, no control characters.
+void set_path(const item& it, std::string& out) {
+  auto s = get_string(it);
+  if (!s) {
+    return;
+  }
+  if (!s->empty() && s->front() != '/') {
+    it.fail(quoted(*s) + ": the path must be absolute");
+    return;
+  }
+  if (!is_printable_ascii(*s) && !s->empty()) {
+    it.fail("the path must not contain control characters");
+    return;
+  }
+  out = std::move(*s);
+}
+
+// A free-form OpenSSL list (ciphers, groups): printable ASCII without spaces.
+void set_openssl_list(const item& it, std::string& out) {
+  auto s = get_string(it);
+  if (!s) {
+    return;
+  }
+  if (!is_printable_ascii(*s) || s->find(' ') != std::string::npos) {
+    it.fail(quoted(*s) + " must be an OpenSSL list without spaces, e.g. \"X25519:P-256\"");
+    return;
+  }
+  out = std::move(*s);
+}
+
+constexpr std::array<std::pair<std::string_view, tls_mode>, 4> tls_mode_names{{
+    {"none", tls_mode::none},
+    {"ondemand", tls_mode::ondemand},
+    {"required", tls_mode::required},
+    {"connection", tls_mode::connection},
+}};
+
+constexpr std::array<std::string_view, 8> known_mechanisms{
+    "PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-1", "SCRAM-SHA-256", "SCRAM-SHA-256-PLUS",
+    "EXTERNAL", "GSSAPI"};
+
+void set_mechanisms(const item& it, config& cfg) {
+  const auto* arr = it.node.as_array();
+  if (arr == nullptr) {
+    it.fail_type("an array of mechanism names such as [\"PLAIN\", \"SCRAM-SHA-256\"]");
+    return;
+  }
+  std::vector<std::string> out;
+  for (const toml::node& el : *arr) {
+    item el_item{it.chk, el, it.key};
+    const auto* s = el.as_string();
+    if (s == nullptr) {
+      el_item.fail("expected an array of strings, found " + std::string(type_name(el)));
+      return;
+    }
+    std::string name = s->get();
+    std::transform(name.begin(), name.end(), name.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::toupper(c)); });
+    if (std::find(known_mechanisms.begin(), known_mechanisms.end(), name) == known_mechanisms.end()) {
+      std::string choices;
+      for (auto m : known_mechanisms) {
+        choices += (choices.empty() ? "" : ", ") + std::string(m);
+      }
+      el_item.fail(quoted(s->get()) + " is not a supported mechanism (" + choices + ")");
+      return;
+    }
+    if (std::find(out.begin(), out.end(), name) != out.end()) {
+      el_item.fail(quoted(name) + " is listed twice");
+      return;
+    }
+    out.push_back(std::move(name));
+  }
+  cfg.mechanisms = std::move(out);
+}
+
+void set_trusted_networks(const item& it, config& cfg) {
+  const auto* arr = it.node.as_array();
+  if (arr == nullptr) {
+    it.fail_type("an array of networks such as [\"10.0.0.0/8\", \"::1/128\"]");
+    return;
+  }
+  std::vector<std::string> out;
+  for (const toml::node& el : *arr) {
+    item el_item{it.chk, el, it.key};
+    const auto* s = el.as_string();
+    if (s == nullptr) {
+      el_item.fail("expected an array of strings, found " + std::string(type_name(el)));
+      return;
+    }
+    if (!net::parse_network(s->get())) {
+      el_item.fail(quoted(s->get()) + " is not a numeric network (ADDRESS/PREFIX, e.g. \"192.0.2.0/24\")");
+      return;
+    }
+    out.push_back(s->get());
+  }
+  cfg.trusted_networks = std::move(out);
+}
+
+void set_tls_version(const item& it, config& cfg) {
+  auto s = get_string(it);
+  if (!s) {
+    return;
+  }
+  if (*s != "TLSv1.2" && *s != "TLSv1.3") {
+    it.fail(quoted(*s) + " is not one of \"TLSv1.2\", \"TLSv1.3\"");
+    return;
+  }
+  cfg.tls_min_version = std::move(*s);
+}
+
+void set_external_user(const item& it, config& cfg) {
+  auto s = get_string(it);
+  if (!s) {
+    return;
+  }
+  if (*s != "subject:CN" && *s != "subject:emailAddress" && *s != "san:email") {
+    it.fail(quoted(*s) + " is not one of \"subject:CN\", \"subject:emailAddress\", \"san:email\"");
+    return;
+  }
+  cfg.external_user = std::move(*s);
+}
+
+void set_word(const item& it, std::string& out) {
+  auto s = get_string(it);
+  if (!s) {
+    return;
+  }
+  if (!s->empty() && !is_plausible_account_name(*s)) {
+    it.fail(quoted(*s) + " must be a single word without spaces, ':' or '/'");
+    return;
+  }
+  out = std::move(*s);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The key table: every accepted key, in the order format_config prints them.
 
@@ -501,9 +640,18 @@ struct key_rule {
   setter set;
 };
 
-constexpr std::array<std::string_view, 4> table_names{"server", "mail", "auth", "log"};
+constexpr std::array<std::string_view, 5> table_names{"server", "mail", "auth", "tls", "log"};
 
-const std::array<key_rule, 17> key_rules{{
+#define POSTERN_BOOL_KEY(table, name)                 \
+  {                                                   \
+    table, #name, [](const item& it, config& c) {     \
+      if (auto v = get_bool(it)) {                    \
+        c.name = *v;                                  \
+      }                                               \
+    }                                                 \
+  }
+
+const std::array<key_rule, 38> key_rules{{
     {"server", "listen", set_listen},
     {"server", "user", [](const item& it, config& c) { set_account(it, c.user); }},
     {"server", "group", [](const item& it, config& c) { set_account(it, c.group); }},
@@ -539,6 +687,7 @@ const std::array<key_rule, 17> key_rules{{
        }
      }},
     {"server", "greeting", set_greeting},
+    {"server", "tls_listen", set_tls_listen},
     {"mail", "location", set_location},
     {"auth", "passdb", set_passdb},
     {"auth", "failure_delay", set_failure_delay},
@@ -548,6 +697,24 @@ const std::array<key_rule, 17> key_rules{{
          c.worker_threads = *v;
        }
      }},
+    {"auth", "mechanisms", set_mechanisms},
+    POSTERN_BOOL_KEY("auth", disable_plaintext_auth),
+    POSTERN_BOOL_KEY("auth", loopback_is_secure),
+    {"auth", "trusted_networks", set_trusted_networks},
+    POSTERN_BOOL_KEY("auth", apop),
+    {"auth", "gssapi_keytab", [](const item& it, config& c) { set_path(it, c.gssapi_keytab); }},
+    {"auth", "gssapi_service", [](const item& it, config& c) { set_word(it, c.gssapi_service); }},
+    {"auth", "gssapi_hostname", [](const item& it, config& c) { set_word(it, c.gssapi_hostname); }},
+    {"auth", "external_user", set_external_user},
+    {"tls", "cert", [](const item& it, config& c) { set_path(it, c.tls_cert); }},
+    {"tls", "key", [](const item& it, config& c) { set_path(it, c.tls_key); }},
+    {"tls", "chain", [](const item& it, config& c) { set_path(it, c.tls_chain); }},
+    {"tls", "mode", [](const item& it, config& c) { set_enum(it, c.tls, tls_mode_names); }},
+    {"tls", "min_version", set_tls_version},
+    {"tls", "ciphers", [](const item& it, config& c) { set_openssl_list(it, c.tls_ciphers); }},
+    {"tls", "ciphersuites", [](const item& it, config& c) { set_openssl_list(it, c.tls_ciphersuites); }},
+    {"tls", "groups", [](const item& it, config& c) { set_openssl_list(it, c.tls_groups); }},
+    {"tls", "client_ca", [](const item& it, config& c) { set_path(it, c.tls_client_ca); }},
     {"log", "level", [](const item& it, config& c) { set_enum(it, c.level, level_names); }},
     {"log", "target", [](const item& it, config& c) { set_enum(it, c.target, target_names); }},
     {"log", "syslog_ident", set_syslog_ident},
@@ -627,10 +794,10 @@ void check_root(checker& chk, const toml::table& root, config& cfg) {
                      std::string(rule->table) + "]");
       } else if (v.is_table()) {
         chk.fail(k.source(), name,
-                 "unknown table; the tables are [server], [mail], [auth] and [log]");
+                 "unknown table; the tables are [server], [mail], [auth], [tls] and [log]");
       } else {
         chk.fail(k.source(), name,
-                 "unknown top-level key; settings go inside [server], [mail], [auth] or [log]");
+                 "unknown top-level key; settings go inside [server], [mail], [auth], [tls] or [log]");
       }
       continue;
     }
@@ -691,6 +858,31 @@ std::string format_duration(std::chrono::milliseconds d) {
   return "\"" + std::to_string(ms) + "ms\"";
 }
 
+// Checks that need more than one key.
+result<void> check_combinations(const config& cfg, const std::string& name) {
+  auto fail = [&](const std::string& msg) { return error(errc::invalid, name + ": " + msg); };
+  if (cfg.tls_cert.empty() != cfg.tls_key.empty()) {
+    return fail("tls.cert and tls.key must be set together");
+  }
+  if (cfg.tls_cert.empty()) {
+    if (!cfg.tls_listen.empty()) {
+      return fail("server.tls_listen needs tls.cert and tls.key");
+    }
+    if (cfg.tls == tls_mode::required || cfg.tls == tls_mode::connection) {
+      return fail(std::string("tls.mode = \"") + (cfg.tls == tls_mode::required ? "required" : "connection") +
+                  "\" needs tls.cert and tls.key");
+    }
+    if (!cfg.tls_client_ca.empty() || !cfg.tls_chain.empty()) {
+      return fail("tls.chain and tls.client_ca need tls.cert and tls.key");
+    }
+  }
+  bool has_external = std::find(cfg.mechanisms.begin(), cfg.mechanisms.end(), "EXTERNAL") != cfg.mechanisms.end();
+  if (has_external && cfg.tls_client_ca.empty()) {
+    return fail("auth.mechanisms lists EXTERNAL, which needs tls.client_ca to verify client certificates");
+  }
+  return {};
+}
+
 }  // namespace
 
 const char* to_string(log_level l) noexcept {
@@ -711,6 +903,9 @@ result<config> parse_config(std::string_view text, const std::string& name) {
     check_root(chk, root, cfg);
     if (chk.has_problem()) {
       return error(errc::invalid, chk.first());
+    }
+    if (auto r = check_combinations(cfg, name); !r) {
+      return std::move(r).err();
     }
     return cfg;
   } catch (const toml::parse_error& e) {
@@ -794,6 +989,12 @@ std::string format_config(const config& cfg) {
   line("max_bad_commands", number(cfg.max_bad_commands));
   line("implementation_capability", cfg.implementation_capability ? "true" : "false");
   line("greeting", toml_string(cfg.greeting));
+  std::string tls_listen = "[";
+  for (std::size_t i = 0; i < cfg.tls_listen.size(); ++i) {
+    tls_listen += (i == 0 ? "" : ", ") + toml_string(format_listen(cfg.tls_listen[i]));
+  }
+  tls_listen += "]";
+  line("tls_listen", tls_listen);
 
   out += "\n[mail]\n";
   line("location", toml_string(cfg.mail_location));
@@ -802,6 +1003,40 @@ std::string format_config(const config& cfg) {
   line("passdb", toml_string(cfg.passdb));
   line("failure_delay", format_duration(cfg.failure_delay));
   line("worker_threads", number(cfg.worker_threads));
+  std::string mechs = "[";
+  for (std::size_t i = 0; i < cfg.mechanisms.size(); ++i) {
+    mechs += (i == 0 ? "" : ", ") + toml_string(cfg.mechanisms[i]);
+  }
+  line("mechanisms", mechs + "]");
+  line("disable_plaintext_auth", cfg.disable_plaintext_auth ? "true" : "false");
+  line("loopback_is_secure", cfg.loopback_is_secure ? "true" : "false");
+  std::string nets = "[";
+  for (std::size_t i = 0; i < cfg.trusted_networks.size(); ++i) {
+    nets += (i == 0 ? "" : ", ") + toml_string(cfg.trusted_networks[i]);
+  }
+  line("trusted_networks", nets + "]");
+  line("apop", cfg.apop ? "true" : "false");
+  line("gssapi_keytab", toml_string(cfg.gssapi_keytab));
+  line("gssapi_service", toml_string(cfg.gssapi_service));
+  line("gssapi_hostname", toml_string(cfg.gssapi_hostname));
+  line("external_user", toml_string(cfg.external_user));
+
+  out += "\n[tls]\n";
+  line("cert", toml_string(cfg.tls_cert));
+  line("key", toml_string(cfg.tls_key));
+  line("chain", toml_string(cfg.tls_chain));
+  std::string mode_name = "ondemand";
+  for (const auto& [n, v] : tls_mode_names) {
+    if (v == cfg.tls) {
+      mode_name = n;
+    }
+  }
+  line("mode", toml_string(mode_name));
+  line("min_version", toml_string(cfg.tls_min_version));
+  line("ciphers", toml_string(cfg.tls_ciphers));
+  line("ciphersuites", toml_string(cfg.tls_ciphersuites));
+  line("groups", toml_string(cfg.tls_groups));
+  line("client_ca", toml_string(cfg.tls_client_ca));
 
   out += "\n[log]\n";
   line("level", toml_string(to_string(cfg.level)));

@@ -13,6 +13,9 @@ namespace postern::server {
 
 enum class log_level { debug, info, notice, warning, error };
 enum class log_target { syslog, stderr_ };
+// GNU Mailutils' tls-mode: none = no STLS; ondemand = STLS offered; required = only CAPA,
+// STLS and QUIT before TLS; connection = the plain listeners speak implicit TLS too.
+enum class tls_mode { none, ondemand, required, connection };
 
 struct listen_address {
   std::string host;        // numeric IPv4 or IPv6 address, without brackets (never a DNS name)
@@ -33,6 +36,18 @@ struct config {
   std::uint32_t max_bad_commands = 20;        // then the client is disconnected
   bool implementation_capability = true;      // CAPA IMPLEMENTATION line
   std::string greeting = "Postern ready.";
+  std::vector<listen_address> tls_listen;     // implicit TLS (pop3s) listeners
+
+  // [tls]
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_chain;
+  tls_mode tls = tls_mode::ondemand;          // only in effect when a certificate is set
+  std::string tls_min_version = "TLSv1.2";    // "TLSv1.2" | "TLSv1.3"
+  std::string tls_ciphers;                    // TLS 1.2 list; "" = modern default
+  std::string tls_ciphersuites;               // TLS 1.3; "" = OpenSSL default
+  std::string tls_groups;                     // "" = X25519:P-256:P-384
+  std::string tls_client_ca;                  // request and verify client certificates
 
   // [mail]
   std::string mail_location = "maildir:~/Maildir";
@@ -41,6 +56,15 @@ struct config {
   std::string passdb = "passwd-file:/etc/postern/users";
   std::chrono::milliseconds failure_delay{2000};  // after each failed login
   std::uint32_t worker_threads = 0;               // hashing / blocking work; 0 = 2 per core
+  std::vector<std::string> mechanisms{"PLAIN", "LOGIN"};  // SASL mechanisms (RFC 5034)
+  bool disable_plaintext_auth = true;   // Dovecot's meaning: no cleartext passwords unencrypted
+  bool loopback_is_secure = true;       // loopback connections count as secure for that policy
+  std::vector<std::string> trusted_networks;  // CIDRs that count as secure too (TLS front ends)
+  bool apop = false;                    // APOP (RFC 1939 section 7); needs plaintext secrets
+  std::string gssapi_keytab;            // "" = the Kerberos default
+  std::string gssapi_service = "pop";
+  std::string gssapi_hostname;          // "" = gethostname()
+  std::string external_user = "subject:CN";  // client certificate field naming the user
 
   // [log]
   log_level level = log_level::info;
