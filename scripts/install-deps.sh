@@ -12,6 +12,7 @@ build_pkgs=(
   libfmt-dev           # formatting
   libtomlplusplus-dev  # TOML config with source positions for error messages
   libgtest-dev         # unit tests
+  libgsasl-dev         # GNU SASL: the SASL mechanisms
 )
 test_pkgs=(
   python3 curl fetchmail mpop getmail6 openssl procps

@@ -1,5 +1,6 @@
 #include "net/session_driver.hpp"
 
+#include "auth/apop.hpp"
 #include "common/log.hpp"
 #include "pop3/dot_encoder.hpp"
 #include "store/maildir/maildir.hpp"
@@ -12,6 +13,7 @@
 #include <asio/this_coro.hpp>
 #include <asio/use_awaitable.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <random>
 
@@ -78,6 +80,50 @@ result<std::string> maildrop_path(const auth::user_record& account, const sessio
   return store::expand_location(*loc, {account.name, account.home});
 }
 
+// The security facts of a connection that decide which logins it may offer.
+struct connection_security {
+  bool tls = false;
+  bool secure = false;             // TLS, or a trusted path (loopback, trusted network)
+  tls_transport* tls_stream = nullptr;
+};
+
+connection_security assess(const session_env& env, const connection_info& conn, transport* stream) {
+  connection_security sec;
+  sec.tls_stream = dynamic_cast<tls_transport*>(stream);
+  sec.tls = sec.tls_stream != nullptr;
+  bool trusted = !conn.address.is_unspecified() &&
+                 ((env.loopback_is_secure && conn.address.is_loopback()) ||
+                  std::any_of(env.trusted_networks.begin(), env.trusted_networks.end(),
+                              [&](const network& n) { return contains(n, conn.address); }));
+  sec.secure = sec.tls || trusted;
+  return sec;
+}
+
+auth::sasl_channel channel_for(const session_env& env, const connection_security& sec) {
+  auth::sasl_channel ch;
+  ch.secure = sec.secure;
+  ch.plaintext_allowed = !env.disable_plaintext_auth || sec.secure;
+  if (sec.tls_stream != nullptr) {
+    ch.tls_exporter = sec.tls_stream->channel_binding_tls_exporter();
+    ch.tls_unique = sec.tls_stream->channel_binding_tls_unique();
+    ch.client_cert_verified = sec.tls_stream->has_verified_client_certificate();
+    if (ch.client_cert_verified) {
+      ch.client_cert_identity = sec.tls_stream->client_certificate_field(env.external_user);
+    }
+  }
+  return ch;
+}
+
+pop3::connection_policy policy_for(const session_env& env, const connection_security& sec) {
+  pop3::connection_policy p;
+  auto ch = channel_for(env, sec);
+  p.user_pass_allowed = ch.plaintext_allowed;
+  if (env.sasl != nullptr) {
+    p.sasl_mechanisms = env.sasl->mechanisms_for(ch);
+  }
+  return p;
+}
+
 }  // namespace
 
 void session_control::stop(bool for_shutdown) noexcept {
@@ -117,13 +163,41 @@ std::string new_session_id() {
 }
 
 asio::awaitable<void> run_session(std::shared_ptr<session_control> ctl, const session_env& env,
-                                  std::string remote, std::string id) {
+                                  connection_info conn, std::string id) {
   auto ex = co_await asio::this_coro::executor;
+  const std::string& remote = conn.remote;
   auto touch = [&] { ctl->deadline = std::chrono::steady_clock::now() + env.idle_timeout; };
   touch();
   asio::co_spawn(ex, watchdog(ctl), asio::detached);
 
-  pop3::session engine(env.engine);
+  if (conn.implicit_tls) {
+    auto* tls = static_cast<tls_transport*>(ctl->stream.get());
+    std::string why = co_await tls->handshake();
+    if (!why.empty()) {
+      log::notice("TLS handshake failed: rip={}, session=<{}>, error={}", remote, id,
+                  ctl->timed_out ? std::string("timeout") : why);
+      ctl->done = true;
+      ctl->timer.cancel();
+      ctl->stream->close();
+      co_return;
+    }
+    log::debug("TLS established: rip={}, session=<{}>, {}", remote, id, tls->description());
+  }
+  connection_security sec = assess(env, conn, ctl->stream.get());
+  pop3::session_options opts = env.engine;
+  {
+    auto policy = policy_for(env, sec);
+    opts.user_pass_allowed = policy.user_pass_allowed;
+    opts.sasl_mechanisms = std::move(policy.sasl_mechanisms);
+    opts.stls_offered = !sec.tls && env.stls && env.tls != nullptr &&
+                        dynamic_cast<tcp_transport*>(ctl->stream.get()) != nullptr;
+    opts.tls_required = !sec.tls && env.tls_required;
+    if (env.apop) {
+      opts.apop_timestamp = auth::make_apop_timestamp(env.hostname);
+    }
+  }
+  pop3::session engine(std::move(opts));
+  std::unique_ptr<auth::sasl_exchange> exchange;
   std::unique_ptr<store::maildrop> drop;
   auth::user_record account;  // set by a successful authentication
   std::string user;           // set once the maildrop is open, for logs
@@ -144,6 +218,14 @@ asio::awaitable<void> run_session(std::shared_ptr<session_control> ctl, const se
       engine.output().shrink_to_fit();
     }
     co_return !ec;
+  };
+
+  // Costs a failed client time without blocking anyone else.
+  auto failure_delay = [&]() -> asio::awaitable<void> {
+    if (env.failure_delay.count() > 0) {
+      asio::steady_timer delay(ex, env.failure_delay);
+      co_await delay.async_wait(use_tuple);
+    }
   };
 
   bool running = true;
@@ -171,6 +253,11 @@ asio::awaitable<void> run_session(std::shared_ptr<session_control> ctl, const se
         if (!store::is_safe_user_name(login)) {
           vr.status = auth::verify_status::bad_credentials;
           vr.reason = "user name not allowed";
+        } else if (engine.login_method() == "APOP") {
+          std::string digest(engine.apop_digest());
+          std::string stamp(engine.apop_timestamp());
+          auto verify = [&] { vr = auth::verify_apop(*env.passdb, login, stamp, digest); };
+          co_await run_blocking(*env.workers, verify);
         } else {
           auto verify = [&] { vr = env.passdb->verify(login, password); };
           co_await run_blocking(*env.workers, verify);
@@ -186,14 +273,82 @@ asio::awaitable<void> run_session(std::shared_ptr<session_control> ctl, const se
         }
         log::notice("auth failed: user=<{}>, method={}, rip={}, session=<{}>, reason={}",
                     log::safe(login), engine.login_method(), remote, id, vr.reason);
-        if (env.failure_delay.count() > 0) {
-          // Costs the client time without blocking anyone else.
-          asio::steady_timer delay(ex, env.failure_delay);
-          co_await delay.async_wait(use_tuple);
-        }
+        co_await failure_delay();
         engine.auth_done(vr.status == auth::verify_status::temporary
                              ? pop3::auth_status::temporary_failure
                              : pop3::auth_status::bad_credentials);
+        break;
+      }
+      case pop3::step::start_tls: {
+        if (!co_await flush()) {
+          running = false;
+          break;
+        }
+        auto* tcp = dynamic_cast<tcp_transport*>(ctl->stream.get());
+        if (tcp == nullptr || env.tls == nullptr) {
+          engine.tls_started(false, {});
+          break;
+        }
+        ctl->stream = std::make_unique<tls_transport>(std::move(tcp->socket()), env.tls->current());
+        auto* tls = static_cast<tls_transport*>(ctl->stream.get());
+        touch();
+        std::string why = co_await tls->handshake();
+        if (!why.empty()) {
+          log::notice("TLS handshake failed: rip={}, session=<{}>, error={}", remote, id,
+                      ctl->timed_out ? std::string("timeout") : why);
+          engine.tls_started(false, {});
+          break;
+        }
+        log::debug("STLS established: rip={}, session=<{}>, {}", remote, id, tls->description());
+        sec = assess(env, conn, ctl->stream.get());
+        engine.tls_started(true, policy_for(env, sec));
+        break;
+      }
+      case pop3::step::sasl: {
+        std::string mech(engine.sasl_mechanism());
+        if (engine.sasl_is_start()) {
+          exchange.reset();
+          auto started = env.sasl ? env.sasl->start(mech, channel_for(env, sec))
+                                  : result<std::unique_ptr<auth::sasl_exchange>>(
+                                        error(errc::not_found, "no SASL"));
+          if (!started) {
+            log::notice("auth failed: user=<>, method={}, rip={}, session=<{}>, reason={}", mech,
+                        remote, id, started.err().message());
+            co_await failure_delay();
+            engine.sasl_done(pop3::auth_status::bad_credentials);
+            break;
+          }
+          exchange = std::move(started).value();
+        }
+        auth::sasl_step r;
+        std::string response(engine.sasl_response());
+        auto step_fn = [&] { r = exchange->step(response); };
+        co_await run_blocking(*env.workers, step_fn);
+        switch (r.status) {
+          case auth::sasl_status::challenge:
+            engine.sasl_challenge(r.server_data_b64);
+            break;
+          case auth::sasl_status::success:
+            account = std::move(r.user);
+            if (account.name.empty()) {
+              account.name = std::string(exchange->authenticated_user());
+            }
+            exchange.reset();
+            engine.sasl_done(pop3::auth_status::ok, r.server_data_b64);
+            break;
+          case auth::sasl_status::failure:
+          case auth::sasl_status::temporary_failure: {
+            std::string who(exchange->authenticated_user());
+            exchange.reset();
+            log::notice("auth failed: user=<{}>, method={}, rip={}, session=<{}>, reason={}",
+                        log::safe(who), mech, remote, id, r.reason);
+            co_await failure_delay();
+            engine.sasl_done(r.status == auth::sasl_status::temporary_failure
+                                 ? pop3::auth_status::temporary_failure
+                                 : pop3::auth_status::bad_credentials);
+            break;
+          }
+        }
         break;
       }
       case pop3::step::open_maildrop: {

@@ -9,6 +9,9 @@
 #pragma once
 
 #include "auth/passdb.hpp"
+#include "auth/sasl.hpp"
+#include "net/network.hpp"
+#include "net/tls.hpp"
 #include "net/transport.hpp"
 #include "pop3/session.hpp"
 #include "store/location.hpp"
@@ -24,14 +27,32 @@
 
 namespace postern::net {
 
-// Shared, read-only for the life of the server.
+// Shared, read-only for the life of the server (tls_server_context is itself thread-safe).
 struct session_env {
   auth::passdb* passdb = nullptr;
+  auth::sasl_server* sasl = nullptr;       // null: no SASL mechanisms
   store::location_template location;
   asio::thread_pool* workers = nullptr;
-  pop3::session_options engine;
+  pop3::session_options engine;            // the per-connection fields are filled per session
   std::chrono::milliseconds failure_delay{2000};
   std::chrono::milliseconds idle_timeout{600000};
+
+  std::shared_ptr<tls_server_context> tls;  // null: no TLS configured
+  bool stls = false;                       // STLS offered on plain connections
+  bool tls_required = false;               // tls mode "required"
+  bool disable_plaintext_auth = true;
+  bool loopback_is_secure = true;
+  std::vector<network> trusted_networks;   // count as secure (TLS-terminating front ends)
+  bool apop = false;
+  std::string hostname;                    // for APOP timestamps
+  std::string external_user = "subject:CN";
+};
+
+// How the client reached us.
+struct connection_info {
+  std::string remote;            // as logged
+  asio::ip::address address;     // unspecified for a non-IP stdin
+  bool implicit_tls = false;     // the transport is a tls_transport awaiting its handshake
 };
 
 // One session's control block, shared by its driver, its watchdog and the registry.
@@ -67,6 +88,6 @@ std::string new_session_id();
 
 // Runs the session to its end. `remote` is the client's address as logged.
 asio::awaitable<void> run_session(std::shared_ptr<session_control> ctl, const session_env& env,
-                                  std::string remote, std::string id);
+                                  connection_info conn, std::string id);
 
 }  // namespace postern::net

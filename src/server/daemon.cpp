@@ -52,11 +52,38 @@ void init_logging(const config& cfg) {
 // Everything a session needs that lives as long as the server.
 struct shared_state {
   std::unique_ptr<auth::passdb> passdb;
+  std::unique_ptr<auth::sasl_server> sasl;
   std::unique_ptr<asio::thread_pool> workers;
   net::session_env env;
 };
 
-result<void> prepare_shared(const config& cfg, shared_state& st) {
+std::string local_hostname() {
+  char name[256] = {};
+  if (gethostname(name, sizeof name - 1) != 0 || name[0] == '\0') {
+    return "localhost";
+  }
+  return name;
+}
+
+// TLS is set up before privileges are dropped: keys are often readable by root only.
+result<std::shared_ptr<net::tls_server_context>> make_tls(const config& cfg) {
+  if (cfg.tls_cert.empty()) {
+    return std::shared_ptr<net::tls_server_context>();
+  }
+  net::tls_settings ts;
+  ts.cert = cfg.tls_cert;
+  ts.key = cfg.tls_key;
+  ts.chain = cfg.tls_chain;
+  ts.min_version = cfg.tls_min_version;
+  ts.ciphers = cfg.tls_ciphers;
+  ts.ciphersuites = cfg.tls_ciphersuites;
+  ts.groups = cfg.tls_groups;
+  ts.client_ca = cfg.tls_client_ca;
+  return net::tls_server_context::create(std::move(ts));
+}
+
+result<void> prepare_shared(const config& cfg, shared_state& st,
+                            std::shared_ptr<net::tls_server_context> tls) {
   constexpr std::string_view prefix = "passwd-file:";
   if (cfg.passdb.rfind(prefix, 0) != 0) {
     return error(errc::invalid, "auth.passdb: unsupported passdb '" + cfg.passdb + "'");
@@ -81,17 +108,44 @@ result<void> prepare_shared(const config& cfg, shared_state& st) {
   st.env.engine.max_bad_commands = cfg.max_bad_commands;
   st.env.failure_delay = cfg.failure_delay;
   st.env.idle_timeout = cfg.idle_timeout;
+  st.env.hostname = cfg.gssapi_hostname.empty() ? local_hostname() : cfg.gssapi_hostname;
+  if (!cfg.mechanisms.empty()) {
+    auth::sasl_settings ss;
+    ss.mechanisms = cfg.mechanisms;
+    ss.service = cfg.gssapi_service;
+    ss.hostname = st.env.hostname;
+    ss.gssapi_keytab = cfg.gssapi_keytab;
+    ss.external_user = cfg.external_user;
+    auto sasl = auth::sasl_server::create(*st.passdb, std::move(ss));
+    if (!sasl) {
+      return error(errc::invalid, "auth.mechanisms: " + sasl.err().message());
+    }
+    st.sasl = std::move(sasl).value();
+    st.env.sasl = st.sasl.get();
+  }
+  st.env.tls = std::move(tls);
+  st.env.stls = st.env.tls != nullptr && cfg.tls != tls_mode::none;
+  st.env.tls_required = st.env.tls != nullptr && cfg.tls == tls_mode::required;
+  st.env.disable_plaintext_auth = cfg.disable_plaintext_auth;
+  st.env.loopback_is_secure = cfg.loopback_is_secure;
+  for (const auto& n : cfg.trusted_networks) {
+    if (auto parsed = net::parse_network(n)) {
+      st.env.trusted_networks.push_back(*parsed);
+    }
+  }
+  st.env.apop = cfg.apop;
+  st.env.external_user = cfg.external_user;
   return {};
 }
 
 // Runs a session and logs anything that escapes it; the session closes only itself.
 asio::awaitable<void> guarded_session(std::shared_ptr<net::session_control> ctl,
-                                      const net::session_env& env, std::string remote,
+                                      const net::session_env& env, net::connection_info conn,
                                       net::session_registry* registry) {
   std::string id = net::new_session_id();
   auto handle = registry ? registry->add(ctl) : net::session_registry::handle{};
   try {
-    co_await net::run_session(ctl, env, remote, id);
+    co_await net::run_session(ctl, env, std::move(conn), id);
   } catch (const std::exception& e) {
     log::error("session <{}> failed: {}", id, e.what());
     ctl->done = true;
@@ -112,9 +166,14 @@ std::string format_endpoint(const asio::ip::tcp::endpoint& ep) {
 
 // One I/O thread: its io_context, its acceptors (one per listen address, SO_REUSEPORT) and
 // the sessions it runs.
+struct listener {
+  asio::ip::tcp::acceptor acceptor;
+  bool implicit_tls = false;
+};
+
 struct io_worker {
   asio::io_context ctx{1};
-  std::vector<asio::ip::tcp::acceptor> acceptors;
+  std::vector<listener> listeners;
   net::session_registry registry;
 };
 
@@ -124,7 +183,7 @@ asio::awaitable<void> refuse(asio::ip::tcp::socket sock, std::string_view line) 
   sock.shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
 }
 
-asio::awaitable<void> serve_connection(asio::ip::tcp::socket sock, io_worker& w,
+asio::awaitable<void> serve_connection(asio::ip::tcp::socket sock, io_worker& w, bool implicit_tls,
                                        net::source_limits& limits, const net::session_env& env) {
   std::error_code ec;
   auto peer = sock.remote_endpoint(ec);
@@ -141,13 +200,19 @@ asio::awaitable<void> serve_connection(asio::ip::tcp::socket sock, io_worker& w,
     co_return;
   }
   sock.set_option(asio::ip::tcp::no_delay(true), ec);
-  auto ctl = std::make_shared<net::session_control>(
-      std::make_unique<net::tcp_transport>(std::move(sock)), w.ctx.get_executor());
-  co_await guarded_session(ctl, env, addr.to_string(), &w.registry);
+  std::unique_ptr<net::transport> stream;
+  if (implicit_tls) {
+    stream = std::make_unique<net::tls_transport>(std::move(sock), env.tls->current());
+  } else {
+    stream = std::make_unique<net::tcp_transport>(std::move(sock));
+  }
+  auto ctl = std::make_shared<net::session_control>(std::move(stream), w.ctx.get_executor());
+  co_await guarded_session(ctl, env, {addr.to_string(), addr, implicit_tls}, &w.registry);
 }
 
-asio::awaitable<void> accept_loop(asio::ip::tcp::acceptor& acc, io_worker& w,
-                                  net::source_limits& limits, const net::session_env& env) {
+asio::awaitable<void> accept_loop(listener& l, io_worker& w, net::source_limits& limits,
+                                  const net::session_env& env) {
+  auto& acc = l.acceptor;
   for (;;) {
     auto [ec, sock] = co_await acc.async_accept(use_tuple);
     if (ec) {
@@ -160,12 +225,14 @@ asio::awaitable<void> accept_loop(asio::ip::tcp::acceptor& acc, io_worker& w,
       co_await pause.async_wait(use_tuple);
       continue;
     }
-    asio::co_spawn(w.ctx, serve_connection(std::move(sock), w, limits, env), asio::detached);
+    asio::co_spawn(w.ctx, serve_connection(std::move(sock), w, l.implicit_tls, limits, env),
+                   asio::detached);
   }
 }
 
-result<void> bind_listeners(const config& cfg, std::vector<std::unique_ptr<io_worker>>& workers) {
-  for (const auto& la : cfg.listen) {
+result<void> bind_list(const std::vector<listen_address>& list, bool implicit_tls,
+                       std::vector<std::unique_ptr<io_worker>>& workers) {
+  for (const auto& la : list) {
     std::error_code ec;
     auto addr = asio::ip::make_address(la.host, ec);
     if (ec) {
@@ -192,11 +259,16 @@ result<void> bind_listeners(const config& cfg, std::vector<std::unique_ptr<io_wo
       if (port == 0) {
         port = acc.local_endpoint().port();  // the other threads join the port the kernel chose
       }
-      w->acceptors.push_back(std::move(acc));
+      w->listeners.push_back({std::move(acc), implicit_tls});
     }
-    log::info("listening on {}", format_endpoint({addr, port}));
+    log::info("listening on {}{}", format_endpoint({addr, port}), implicit_tls ? " (tls)" : "");
   }
   return {};
+}
+
+result<void> bind_listeners(const config& cfg, std::vector<std::unique_ptr<io_worker>>& workers) {
+  POSTERN_TRY(bind_list(cfg.listen, cfg.tls == tls_mode::connection && !cfg.tls_cert.empty(), workers));
+  return bind_list(cfg.tls_listen, true, workers);
 }
 
 }  // namespace
@@ -210,6 +282,12 @@ int run_daemon(const config& cfg) {
   std::vector<std::unique_ptr<io_worker>> workers;
   for (unsigned i = 0; i < n_threads; ++i) {
     workers.push_back(std::make_unique<io_worker>());
+  }
+  auto tls = make_tls(cfg);
+  if (!tls) {
+    log::error("{}", tls.err().message());
+    std::fprintf(stderr, "posternd: %s\n", tls.err().message().c_str());
+    return 1;
   }
   if (auto r = bind_listeners(cfg, workers); !r) {
     log::error("{}", r.err().message());
@@ -225,7 +303,7 @@ int run_daemon(const config& cfg) {
     log::warning("running as root: set server.user to an unprivileged user");
   }
   shared_state st;
-  if (auto r = prepare_shared(cfg, st); !r) {
+  if (auto r = prepare_shared(cfg, st, std::move(tls).value()); !r) {
     log::error("{}", r.err().message());
     std::fprintf(stderr, "posternd: %s\n", r.err().message().c_str());
     return 1;
@@ -233,8 +311,8 @@ int run_daemon(const config& cfg) {
   net::source_limits limits(cfg.max_connections, cfg.max_connections_per_ip);
 
   for (auto& w : workers) {
-    for (auto& acc : w->acceptors) {
-      asio::co_spawn(w->ctx, accept_loop(acc, *w, limits, st.env), asio::detached);
+    for (auto& l : w->listeners) {
+      asio::co_spawn(w->ctx, accept_loop(l, *w, limits, st.env), asio::detached);
     }
   }
 
@@ -246,7 +324,15 @@ int run_daemon(const config& cfg) {
     if (ec) {
       return;
     }
-    log::info("SIGHUP: the passwd-file is re-read when it changes; nothing else to reload");
+    if (st.env.tls) {
+      if (auto r = st.env.tls->reload(); r) {
+        log::info("SIGHUP: TLS certificate and key reloaded");
+      } else {
+        log::error("SIGHUP: TLS reload failed, keeping the old certificate: {}", r.err().message());
+      }
+    } else {
+      log::info("SIGHUP: nothing to reload (the passwd-file is re-read when it changes)");
+    }
     hup.async_wait(on_hup);
   };
   hup.async_wait(on_hup);
@@ -259,9 +345,9 @@ int run_daemon(const config& cfg) {
     hup.cancel(ignored);
     for (auto& w : workers) {
       asio::post(w->ctx, [&w = *w] {
-        for (auto& acc : w.acceptors) {
+        for (auto& l : w.listeners) {
           std::error_code ignored_close;
-          acc.close(ignored_close);
+          l.acceptor.close(ignored_close);
         }
         w.registry.stop_all();
       });
@@ -284,6 +370,11 @@ int run_daemon(const config& cfg) {
 int run_inetd(const config& cfg) {
   init_logging(cfg);
   std::signal(SIGPIPE, SIG_IGN);
+  auto tls = make_tls(cfg);
+  if (!tls) {
+    log::error("{}", tls.err().message());
+    return 1;
+  }
   if (auto r = drop_privileges(cfg.user, cfg.group); !r) {
     log::error("{}", r.err().message());
     return 1;
@@ -291,11 +382,12 @@ int run_inetd(const config& cfg) {
   config one = cfg;
   one.worker_threads = one.worker_threads ? one.worker_threads : 1;
   shared_state st;
-  if (auto r = prepare_shared(one, st); !r) {
+  if (auto r = prepare_shared(one, st, std::move(tls).value()); !r) {
     log::error("{}", r.err().message());
     return 1;
   }
   std::string remote = "local";
+  asio::ip::address remote_addr;
   sockaddr_storage ss{};
   socklen_t len = sizeof ss;
   if (getpeername(STDIN_FILENO, reinterpret_cast<sockaddr*>(&ss), &len) == 0) {
@@ -303,23 +395,51 @@ int run_inetd(const config& cfg) {
     if (ss.ss_family == AF_INET) {
       inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(&ss)->sin_addr, text, sizeof text);
       remote = text;
+      remote_addr = asio::ip::make_address_v4(text);
     } else if (ss.ss_family == AF_INET6) {
       asio::ip::address_v6::bytes_type b;
       std::memcpy(b.data(), &reinterpret_cast<sockaddr_in6*>(&ss)->sin6_addr, b.size());
-      remote = net::canonical_address(asio::ip::address_v6(b)).to_string();
+      remote_addr = net::canonical_address(asio::ip::address_v6(b));
+      remote = remote_addr.to_string();
     }
   }
   asio::io_context ctx{1};
-  int in_fd = dup(STDIN_FILENO);
-  int out_fd = dup(STDOUT_FILENO);
-  if (in_fd < 0 || out_fd < 0) {
-    log::error("inetd mode: cannot use stdin/stdout");
-    return 1;
+  // A TCP socket from inetd is driven as one (so STLS and implicit TLS work); anything else
+  // (pipes from a master process or a test) as a pair of descriptors.
+  std::unique_ptr<net::transport> stream;
+  bool implicit_tls = false;
+  if (!remote_addr.is_unspecified()) {
+    int fd = dup(STDIN_FILENO);
+    if (fd < 0) {
+      log::error("inetd mode: cannot use stdin");
+      return 1;
+    }
+    asio::ip::tcp::socket sock(ctx);
+    std::error_code ec;
+    sock.assign(ss.ss_family == AF_INET ? asio::ip::tcp::v4() : asio::ip::tcp::v6(), fd, ec);
+    if (ec) {
+      close(fd);
+      log::error("inetd mode: cannot use stdin as a socket: {}", ec.message());
+      return 1;
+    }
+    sock.set_option(asio::ip::tcp::no_delay(true), ec);
+    implicit_tls = st.env.tls != nullptr && cfg.tls == tls_mode::connection;
+    if (implicit_tls) {
+      stream = std::make_unique<net::tls_transport>(std::move(sock), st.env.tls->current());
+    } else {
+      stream = std::make_unique<net::tcp_transport>(std::move(sock));
+    }
+  } else {
+    int in_fd = dup(STDIN_FILENO);
+    int out_fd = dup(STDOUT_FILENO);
+    if (in_fd < 0 || out_fd < 0) {
+      log::error("inetd mode: cannot use stdin/stdout");
+      return 1;
+    }
+    stream = std::make_unique<net::stdio_transport>(asio::posix::stream_descriptor(ctx, in_fd),
+                                                    asio::posix::stream_descriptor(ctx, out_fd));
   }
-  auto ctl = std::make_shared<net::session_control>(
-      std::make_unique<net::stdio_transport>(asio::posix::stream_descriptor(ctx, in_fd),
-                                             asio::posix::stream_descriptor(ctx, out_fd)),
-      ctx.get_executor());
+  auto ctl = std::make_shared<net::session_control>(std::move(stream), ctx.get_executor());
   asio::signal_set signals(ctx, SIGTERM, SIGINT);
   signals.async_wait([&](const std::error_code& ec, int) {
     if (!ec) {
@@ -328,7 +448,8 @@ int run_inetd(const config& cfg) {
   });
   asio::co_spawn(ctx,
                  [&]() -> asio::awaitable<void> {
-                   co_await guarded_session(ctl, st.env, remote, nullptr);
+                   co_await guarded_session(ctl, st.env, {remote, remote_addr, implicit_tls},
+                                            nullptr);
                    signals.cancel();
                  },
                  asio::detached);

@@ -1,5 +1,7 @@
 // posternd: the Postern POP3 server. Wiring only: parse the command line, load the
 // configuration, hand over to a process mode.
+#include "auth/schemes.hpp"
+#include "common/secret_string.hpp"
 #include "server/config.hpp"
 #include "server/daemon.hpp"
 #include "server/demo.hpp"
@@ -8,6 +10,7 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -50,6 +53,57 @@ bool daemonize() {
   return true;
 }
 
+// Reads one line from stdin without echo when it is a terminal. The line end is not kept.
+bool read_password(const char* prompt, std::string& out) {
+  bool tty = isatty(STDIN_FILENO) != 0;
+  termios saved{};
+  if (tty) {
+    std::fputs(prompt, stderr);
+    tcgetattr(STDIN_FILENO, &saved);
+    termios quiet = saved;
+    quiet.c_lflag &= ~static_cast<tcflag_t>(ECHO);
+    tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet);
+  }
+  bool ok = static_cast<bool>(std::getline(std::cin, out));
+  if (tty) {
+    tcsetattr(STDIN_FILENO, TCSAFLUSH, &saved);
+    std::fputs("\n", stderr);
+  }
+  if (!out.empty() && out.back() == '\r') {
+    out.pop_back();
+  }
+  return ok;
+}
+
+// posternd --hash SCHEME: like `doveadm pw -s SCHEME`. Prints "{SCHEME}...".
+int hash_command(const std::string& scheme) {
+  std::string first, second;
+  if (!read_password("Password: ", first)) {
+    std::fprintf(stderr, "posternd: no password given\n");
+    return 2;
+  }
+  if (isatty(STDIN_FILENO) != 0) {
+    if (!read_password("Retype password: ", second) || first != second) {
+      std::fprintf(stderr, "posternd: passwords do not match\n");
+      return 2;
+    }
+  }
+  postern::secret_string pw(first);
+  std::fill(first.begin(), first.end(), '\0');
+  std::fill(second.begin(), second.end(), '\0');
+  if (pw.empty()) {
+    std::fprintf(stderr, "posternd: empty passwords are refused\n");
+    return 2;
+  }
+  auto hashed = postern::auth::hash_password(scheme, pw);
+  if (!hashed) {
+    std::fprintf(stderr, "posternd: %s\n", hashed.err().message().c_str());
+    return 2;
+  }
+  std::printf("%s\n", hashed->c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -68,12 +122,21 @@ int main(int argc, char** argv) {
                    ->expected(0, 1)
                    ->default_str("postern-demo");
   app.add_option("--demo-port", demo_port, "Port of the demo server on 127.0.0.1")->capture_default_str();
+  std::string hash_scheme;
+  auto* hash = app.add_option("--hash", hash_scheme,
+                              "Hash a password read from stdin for a passwd-file (SHA512-CRYPT, "
+                              "BLF-CRYPT, SCRAM-SHA-256, CRAM-MD5, PLAIN, ...) and exit")
+                   ->expected(0, 1)
+                   ->default_str("SHA512-CRYPT");
   app.get_formatter()->column_width(36);
   CLI11_PARSE(app, argc, argv);
 
   if (version) {
     std::printf("posternd %s\n", POSTERN_VERSION);
     return 0;
+  }
+  if (*hash) {
+    return hash_command(hash_scheme.empty() ? "SHA512-CRYPT" : hash_scheme);
   }
   if (inetd && (*demo || check)) {
     std::fprintf(stderr, "posternd: --inetd cannot be combined with --demo or --check-config\n");
