@@ -1,0 +1,956 @@
+"""Harness for Postern's integration tests: the real posternd, real clients, loopback only.
+
+Each test gets a `World`: a private temporary directory holding a config file, a Dovecot-style
+passwd-file and one Maildir per user, plus helpers to start `posternd` (daemon or inetd mode),
+talk POP3 to it over a raw socket, read its log and compare what came over the wire with what
+is stored. Nothing here sleeps blindly: every wait polls a condition with a deadline.
+
+Environment:
+  POSTERND            path to the binary (default: ../../build/posternd from this file)
+  POSTERN_SANITIZE    1 for the AddressSanitizer+UBSan build: every timeout is scaled up
+  POSTERN_TIME_SCALE  override the timeout scale factor
+  POSTERN_KEEP_TMP    1: keep each test's temporary directory (its path is printed)
+
+Only 127.0.0.1 and ::1 are ever contacted, always by numeric address.
+"""
+
+import fcntl
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+POSTERND = os.path.abspath(
+    os.environ.get("POSTERND") or os.path.join(HERE, "..", "..", "build", "posternd"))
+SANITIZE = os.environ.get("POSTERN_SANITIZE", "0").strip().lower() in ("1", "on", "true", "yes")
+TIME_SCALE = float(os.environ.get("POSTERN_TIME_SCALE") or (5.0 if SANITIZE else 1.0))
+KEEP_TMP = os.environ.get("POSTERN_KEEP_TMP", "") not in ("", "0")
+
+# Substrings that mean a sanitizer (or UBSan) reported something: never acceptable in a log.
+SANITIZER_MARKERS = ("AddressSanitizer", "LeakSanitizer", "runtime error:")
+
+
+def scaled(seconds):
+    """A timeout in seconds, stretched for slow (sanitizer) builds."""
+    return seconds * TIME_SCALE
+
+
+DEFAULT_TIMEOUT = scaled(10.0)
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+
+def have_binary():
+    return os.path.isfile(POSTERND) and os.access(POSTERND, os.X_OK)
+
+
+def wait_for(predicate, timeout=None, what="condition", interval=0.005):
+    """Polls predicate() until it returns a truthy value, which is returned.
+
+    Raises AssertionError naming `what` after `timeout` seconds (default DEFAULT_TIMEOUT).
+    The poll interval grows from `interval` to at most 50 ms.
+    """
+    timeout = DEFAULT_TIMEOUT if timeout is None else timeout
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
+        time.sleep(interval)
+        interval = min(interval * 2, 0.05)
+
+
+# ---------------------------------------------------------------------------------------------
+# Messages: stored form vs. wire form
+
+def crlf(data):
+    """Stored bytes with every line end as CRLF (a lone LF becomes CRLF; CRLF stays)."""
+    return re.sub(rb"(?<!\r)\n", b"\r\n", data)
+
+
+def octets(data):
+    """RFC 1939 octet count of a stored message: CRLF line ends, before dot-stuffing."""
+    return len(crlf(data))
+
+
+def wire_body(data):
+    """What a client receives for RETR once dot-stuffing is undone, without the terminator.
+
+    The message with CRLF line ends; a message whose last line has no line end gets a CRLF
+    so the terminating ".CRLF" starts a line."""
+    body = crlf(data)
+    if body and not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    return body
+
+
+def dot_stuff(body):
+    """Byte-stuffs a CRLF body (RFC 1939 section 3): lines beginning with '.' get one more."""
+    if body.startswith(b"."):
+        body = b"." + body
+    return body.replace(b"\r\n.", b"\r\n..")
+
+
+def retr_payload(data):
+    """The exact bytes after the RETR status line, terminator included."""
+    return dot_stuff(wire_body(data)) + b".\r\n"
+
+
+def top_body(data, lines):
+    """Unstuffed body of `TOP msg lines`: the header, the blank line, then `lines` body lines."""
+    body = wire_body(data)
+    parts = body.split(b"\r\n")[:-1]  # body ends with CRLF, so the last part is empty
+    out = []
+    in_body = False
+    count = 0
+    for line in parts:
+        if in_body:
+            if count >= lines:
+                break
+            count += 1
+        elif line == b"":
+            in_body = True
+        out.append(line)
+    return b"".join(line + b"\r\n" for line in out)
+
+
+def simple_message(subject, body_lines=("Hello.",), extra_headers=()):
+    """A small LF-terminated RFC 5322 message."""
+    head = [b"From: Sender <sender@example.org>", b"To: rcpt@example.org",
+            b"Date: Tue, 14 Nov 2023 22:13:20 +0000",
+            b"Message-ID: <%s@example.org>" % re.sub(rb"[^A-Za-z0-9]", b"-", _b(subject)),
+            b"Subject: " + _b(subject)]
+    head += [_b(h) for h in extra_headers]
+    return b"\n".join(head) + b"\n\n" + b"".join(_b(line) + b"\n" for line in body_lines)
+
+
+def _b(s):
+    return s if isinstance(s, bytes) else s.encode()
+
+
+# ---------------------------------------------------------------------------------------------
+# Maildirs
+
+_name_seq = [0]
+_name_lock = threading.Lock()
+
+
+def unique_base(timestamp=None, with_sizes_of=None):
+    """A unique Maildir base name like 1700000001.M1P123.test[,S=..,W=..]."""
+    with _name_lock:
+        _name_seq[0] += 1
+        seq = _name_seq[0]
+    ts = 1700000000 + seq if timestamp is None else timestamp
+    base = f"{ts}.M{seq}P{os.getpid()}.test"
+    if with_sizes_of is not None:
+        base += f",S={len(with_sizes_of)},W={octets(with_sizes_of)}"
+    return base
+
+
+class Msg:
+    """A message to put into a Maildir.
+
+    where: "new" or "cur"; flags: the Maildir info flags for cur ("" gives ":2,").
+    sizes: put Dovecot's ,S=<stored>,W=<wire> into the name.
+    """
+
+    def __init__(self, content, where="new", flags="", sizes=False, base=None, timestamp=None):
+        self.content = _b(content)
+        self.where = where
+        self.flags = flags
+        self.base = base or unique_base(timestamp, self.content if sizes else None)
+
+    @property
+    def uidl(self):
+        return self.base
+
+    @property
+    def filename(self):
+        return self.base if self.where == "new" else f"{self.base}:2,{self.flags}"
+
+
+class Mailbox:
+    """One user's Maildir and the messages the test put there."""
+
+    def __init__(self, path, user, password):
+        self.path = path
+        self.user = user
+        self.password = password
+        self.messages = []  # Msg, in the order the test stored them
+        for sub in ("tmp", "new", "cur"):
+            os.makedirs(os.path.join(path, sub), exist_ok=True)
+
+    def store(self, msg):
+        """Writes msg atomically (tmp/ then rename), sets its mtime from its timestamp."""
+        tmp = os.path.join(self.path, "tmp", msg.base)
+        with open(tmp, "wb") as f:
+            f.write(msg.content)
+        ts = _timestamp_of(msg.base)
+        if ts is not None:
+            os.utime(tmp, (ts, ts))
+        os.rename(tmp, os.path.join(self.path, msg.where, msg.filename))
+        self.messages.append(msg)
+        return msg
+
+    def deliver(self, content, timestamp=None):
+        """Delivers a new message into new/ like an MDA would (while a session may run)."""
+        return self.store(Msg(content, "new", timestamp=timestamp))
+
+    def by_uidl(self, uidl):
+        for m in self.messages:
+            if m.uidl == uidl:
+                return m
+        raise KeyError(uidl)
+
+    def files(self):
+        """{(subdir, filename): content} for everything in new/ and cur/."""
+        out = {}
+        for sub in ("new", "cur"):
+            d = os.path.join(self.path, sub)
+            for name in sorted(os.listdir(d)):
+                with open(os.path.join(d, name), "rb") as f:
+                    out[(sub, name)] = f.read()
+        return out
+
+    def state(self):
+        """{uidl: (subdir, flags or None, content)}; fails if a message is present twice."""
+        out = {}
+        for (sub, name), content in self.files().items():
+            base, _, info = name.partition(":")
+            if base in out:
+                raise AssertionError(f"message {base} present twice in {self.path}: "
+                                     f"{out[base][0]} and {sub}/{name}")
+            flags = info[2:] if info.startswith("2,") else None
+            out[base] = (sub, flags, content)
+        return out
+
+    def contents(self):
+        """{uidl: content} of every message now in the maildir."""
+        return {uidl: v[2] for uidl, v in self.state().items()}
+
+    def tmp_files(self):
+        return sorted(os.listdir(os.path.join(self.path, "tmp")))
+
+
+def _timestamp_of(base):
+    m = re.match(r"(\d+)\.", base)
+    return int(m.group(1)) if m else None
+
+
+# ---------------------------------------------------------------------------------------------
+# A raw POP3 connection
+
+class Closed(Exception):
+    """The peer closed the connection (EOF or reset) before a complete reply."""
+
+
+class Pop3Conn:
+    """A byte-exact POP3 client over one socket. Every read has a deadline.
+
+    Replies are returned as str status lines (CRLF removed) and raw bytes for multi-line
+    bodies (still dot-stuffed, terminator removed) so tests can compare exactly.
+    """
+
+    def __init__(self, port=None, host="127.0.0.1", timeout=None, sock=None):
+        self.timeout = DEFAULT_TIMEOUT if timeout is None else timeout
+        if sock is None:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            sock.connect((host, port))
+        self.sock = sock
+        self.sock.settimeout(self.timeout)
+        self.buf = bytearray()
+        self.eof = False
+        self.transcript = []  # (direction, bytes) for failure messages, bounded
+        self.greeting = None
+
+    # -- plumbing
+    def _note(self, direction, data):
+        if len(self.transcript) < 200:
+            self.transcript.append((direction, bytes(data[:300])))
+
+    def describe(self):
+        return "\n".join(f"{d} {b!r}" for d, b in self.transcript[-30:])
+
+    def _fill(self, deadline):
+        if self.eof:
+            raise Closed("connection closed by server\n" + self.describe())
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError("timed out waiting for the server\n" + self.describe())
+        self.sock.settimeout(remaining)
+        try:
+            data = self.sock.recv(1 << 20)
+        except socket.timeout:
+            raise AssertionError("timed out waiting for the server\n" + self.describe())
+        except (ConnectionResetError, BrokenPipeError):
+            data = b""
+        if not data:
+            self.eof = True
+            raise Closed("connection closed by server\n" + self.describe())
+        self.buf += data
+
+    def send(self, data):
+        data = _b(data)
+        self._note(">", data)
+        self.sock.settimeout(self.timeout)
+        self.sock.sendall(data)
+
+    def read_line(self, timeout=None):
+        """One reply line as bytes, CRLF included."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        scanned = 0
+        while True:
+            i = self.buf.find(b"\r\n", scanned)
+            if i >= 0:
+                line = bytes(self.buf[:i + 2])
+                del self.buf[:i + 2]
+                self._note("<", line)
+                return line
+            scanned = max(0, len(self.buf) - 1)
+            if len(self.buf) > 1 << 16:
+                raise AssertionError(f"reply line longer than 64 KiB: {bytes(self.buf[:100])!r}")
+            self._fill(deadline)
+
+    def status(self, timeout=None):
+        """One status line as str without CRLF."""
+        return self.read_line(timeout).decode("latin-1")[:-2]
+
+    def read_body(self, timeout=None):
+        """The rest of a multi-line reply: raw (dot-stuffed) bytes, terminator removed."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while len(self.buf) < 3:
+            self._fill(deadline)
+        if self.buf[:3] == b".\r\n":
+            del self.buf[:3]
+            self._note("<", b".\r\n")
+            return b""
+        scanned = 0
+        while True:
+            i = self.buf.find(b"\r\n.\r\n", scanned)
+            if i >= 0:
+                body = bytes(self.buf[:i + 2])
+                del self.buf[:i + 5]
+                self._note("<", body)
+                return body
+            scanned = max(0, len(self.buf) - 4)
+            self._fill(deadline)
+
+    # -- commands
+    def read_greeting(self):
+        self.greeting = self.status()
+        return self.greeting
+
+    def cmd(self, line, timeout=None):
+        """Sends one command line, returns the status line."""
+        self.send(_b(line) + b"\r\n")
+        return self.status(timeout)
+
+    def cmd_multi(self, line, timeout=None):
+        """Sends a command with a multi-line reply: returns (status, raw body or None)."""
+        st = self.cmd(line, timeout)
+        if not st.startswith("+OK"):
+            return st, None
+        return st, self.read_body(timeout)
+
+    def login(self, user, password):
+        """USER/PASS; raises AssertionError unless both answer +OK."""
+        st = self.cmd(f"USER {user}")
+        if not st.startswith("+OK"):
+            raise AssertionError(f"USER {user}: {st}")
+        st = self.cmd(f"PASS {password}")
+        if not st.startswith("+OK"):
+            raise AssertionError(f"PASS for {user}: {st}")
+        return st
+
+    def quit(self):
+        """QUIT; returns the status line and checks that the server then closes."""
+        st = self.cmd("QUIT")
+        self.expect_closed()
+        return st
+
+    def expect_closed(self, timeout=None, max_lines=1):
+        """Waits for EOF; returns the lines (at most max_lines) that came before it."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        lines = []
+        while True:
+            while b"\r\n" in self.buf:
+                i = self.buf.find(b"\r\n")
+                lines.append(bytes(self.buf[:i]).decode("latin-1"))
+                del self.buf[:i + 2]
+            if len(lines) > max_lines:
+                raise AssertionError(f"expected the server to close, got lines {lines!r}")
+            try:
+                self._fill(deadline)
+            except Closed:
+                if self.buf:
+                    lines.append(bytes(self.buf).decode("latin-1"))
+                return lines
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Config
+
+def toml_value(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    raise TypeError(v)
+
+
+def toml_text(sections):
+    """{section: {key: value}} as TOML text, in the given order."""
+    out = []
+    for section, keys in sections.items():
+        out.append(f"[{section}]")
+        for k, v in keys.items():
+            out.append(f"{k} = {toml_value(v)}")
+        out.append("")
+    return "\n".join(out)
+
+
+def parse_duration(v):
+    """Seconds (float) from an integer or "500ms"/"30s"/"10m"/"1h"."""
+    if isinstance(v, bool):
+        raise ValueError(v)
+    if isinstance(v, (int, float)):
+        return float(v)
+    m = re.fullmatch(r"\s*(\d+)\s*(ms|s|m|h)?\s*", str(v))
+    if not m:
+        raise ValueError(v)
+    return int(m.group(1)) * {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+def openssl_passwd(flag, password, salt="xyzsalt1"):
+    """crypt(3) hash via `openssl passwd -1|-5|-6`."""
+    out = subprocess.run(["openssl", "passwd", flag, "-salt", salt, password],
+                         capture_output=True, check=True, timeout=30)
+    return out.stdout.decode().strip()
+
+
+# ---------------------------------------------------------------------------------------------
+# Log parsing
+
+_FIELD = re.compile(r"(\w+)=(<[^>]*>|[^,\s]*)")
+
+
+def parse_fields(text):
+    """{key: value} from "key=<v>, key=v, ..." (angle brackets removed)."""
+    out = {}
+    for k, v in _FIELD.findall(text):
+        if v.startswith("<") and v.endswith(">"):
+            v = v[1:-1]
+        out.setdefault(k, v)
+    return out
+
+
+def log_events(text, kind):
+    """Parsed fields of every log line containing "<kind>: " (login, logout, auth failed)."""
+    events = []
+    for line in text.splitlines():
+        i = line.find(kind + ": ")
+        if i >= 0:
+            fields = parse_fields(line[i + len(kind) + 2:])
+            fields["_line"] = line
+            events.append(fields)
+    return events
+
+
+def counts(field):
+    """"N/BYTES" -> (N, BYTES)."""
+    n, _, b = field.partition("/")
+    return int(n), int(b)
+
+
+def sanitizer_findings(text):
+    return [m for m in SANITIZER_MARKERS if m in text]
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+
+LISTEN_RE = re.compile(r"listening on (\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:]*:[0-9A-Fa-f:]*|[0-9.]+):(\d+)")
+
+
+class Server:
+    """A running `posternd --foreground`, its stderr captured to a file.
+
+    With log_pipe=True, stderr is a small pipe relayed to the file by a thread, and
+    block_log() makes the server's next log write block (the pipe is filled and the relay
+    paused) until unblock_log(): a way to hold the server at a log statement and widen a race.
+    """
+
+    def __init__(self, world, config_path, log_path, args=(), log_pipe=False):
+        self.world = world
+        self.config_path = config_path
+        self.log_path = log_path
+        self.logf = open(log_path, "ab")
+        self._relay = None
+        self._stuffer = None
+        out = self.logf
+        if log_pipe:
+            r, w = os.pipe()
+            fcntl.fcntl(w, F_SETPIPE_SZ, 4096)
+            # A second open file description, so O_NONBLOCK here does not reach posternd.
+            self._stuffer = os.open(f"/proc/self/fd/{w}", os.O_WRONLY | os.O_NONBLOCK)
+            self._relay_go = threading.Event()
+            self._relay_go.set()
+            self._relay_parked = threading.Event()
+            self._relay = threading.Thread(target=self._relay_loop, args=(r,), daemon=True)
+            out = w
+        cmd = [POSTERND, "--config", config_path, "--foreground", *args]
+        try:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=out, close_fds=True, cwd=world.dir)
+        finally:
+            if log_pipe:
+                os.close(w)
+        if self._relay:
+            self._relay.start()
+        self.listeners = []  # [(host, port)] in log order
+        self.stopped = False
+        self.returncode = None
+
+    def _relay_loop(self, r):
+        try:
+            while True:
+                if not self._relay_go.is_set():
+                    self._relay_parked.set()
+                    self._relay_go.wait()
+                    self._relay_parked.clear()
+                data = os.read(r, 65536)
+                if not data:
+                    break
+                self.logf.write(data)
+                self.logf.flush()
+        finally:
+            os.close(r)
+
+    def block_log(self):
+        """Fills the log pipe: the server's next log write blocks until unblock_log()."""
+        self._relay_go.clear()
+        os.write(self._stuffer, b"\n")  # wakes the relay if it sits in read()
+        if not self._relay_parked.wait(DEFAULT_TIMEOUT):
+            raise AssertionError("log relay thread did not pause")
+        deadline = time.monotonic() + DEFAULT_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                os.write(self._stuffer, b"\n")
+            except BlockingIOError:
+                return
+        raise AssertionError("could not fill posternd's log pipe")
+
+    def unblock_log(self):
+        self._relay_go.set()
+
+    def _close_log(self):
+        if self._stuffer is not None:
+            os.close(self._stuffer)
+            self._stuffer = None
+        if self._relay is not None:
+            self._relay_go.set()
+            self._relay.join(DEFAULT_TIMEOUT)
+        if not self.logf.closed:
+            self.logf.close()
+
+    def wait_listening(self, count):
+        def ready():
+            found = LISTEN_RE.findall(self.log())
+            if len(found) >= count:
+                return found
+            if self.proc.poll() is not None:
+                raise AssertionError(f"posternd exited with {self.proc.returncode} before "
+                                     f"listening:\n{self.log()}")
+            return None
+        found = wait_for(ready, what=f"{count} 'listening on' log lines")
+        self.listeners = [(h.strip("[]"), int(p)) for h, p in found[:count]]
+        return self
+
+    @property
+    def port(self):
+        """The first IPv4 listener's port."""
+        for h, p in self.listeners:
+            if ":" not in h:
+                return p
+        return self.listeners[0][1]
+
+    def port_for(self, host):
+        for h, p in self.listeners:
+            if h == host:
+                return p
+        raise AssertionError(f"no listener on {host}: {self.listeners}")
+
+    def log(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def wait_log(self, pattern, timeout=None, count=1):
+        """Waits until `pattern` (regex) matches at least `count` times; returns the matches."""
+        rx = re.compile(pattern)
+
+        def found():
+            m = list(rx.finditer(self.log()))
+            return m if len(m) >= count else None
+        return wait_for(found, timeout, what=f"log line /{pattern}/ x{count}")
+
+    def events(self, kind):
+        return log_events(self.log(), kind)
+
+    def wait_events(self, kind, count=1, timeout=None, **match):
+        """Waits for `count` log events of `kind` whose fields equal `match`; returns them."""
+        def found():
+            ev = [e for e in self.events(kind)
+                  if all(e.get(k) == v for k, v in match.items())]
+            return ev if len(ev) >= count else None
+        return wait_for(found, timeout, what=f"{count} '{kind}' log events with {match}")
+
+    def connect(self, host="127.0.0.1", port=None, timeout=None, greet=True):
+        conn = Pop3Conn(port or (self.port if host == "127.0.0.1" else self.port_for(host)),
+                        host=host, timeout=timeout)
+        self.world.on_cleanup(conn.close)
+        if greet:
+            g = conn.read_greeting()
+            if not g.startswith("+OK"):
+                raise AssertionError(f"greeting: {g!r}")
+        return conn
+
+    def session(self, mailbox, **kw):
+        """A connection logged in as mailbox's user."""
+        conn = self.connect(**kw)
+        conn.login(mailbox.user, mailbox.password)
+        return conn
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def wait_exit(self, timeout=None):
+        timeout = DEFAULT_TIMEOUT if timeout is None else timeout
+        try:
+            self.returncode = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(DEFAULT_TIMEOUT)
+            raise AssertionError(f"posternd did not exit within {timeout:.1f}s; killed\n"
+                                 + self.world.tail(self.log()))
+        self.stopped = True
+        self._close_log()
+        return self.returncode
+
+    def stop(self, check=True):
+        """SIGTERM, bounded wait; with check, asserts exit status 0 and a clean log."""
+        if self.stopped:
+            return self.returncode
+        if self._relay is not None:
+            self.unblock_log()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        rc = self.wait_exit(scaled(15))
+        if check:
+            self.check_exit(rc)
+        return rc
+
+    def check_exit(self, rc):
+        log = self.log()
+        if rc != 0:
+            raise AssertionError(f"posternd exited with status {rc}, expected 0\n"
+                                 + self.world.tail(log))
+        self.check_log_clean()
+
+    def check_log_clean(self):
+        log = self.log()
+        bad = sanitizer_findings(log)
+        if bad:
+            raise AssertionError(f"sanitizer findings {bad} in posternd log:\n" + log[-20000:])
+
+    def kill(self):
+        """SIGKILL and reap (nothing more may be expected of the process)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(DEFAULT_TIMEOUT)
+        self.stopped = True
+        self.returncode = self.proc.returncode
+        self._close_log()
+
+
+class Inetd:
+    """`posternd --inetd` with one end of a socketpair as its stdin and stdout."""
+
+    def __init__(self, world, config_path, log_path):
+        self.world = world
+        self.log_path = log_path
+        self.logf = open(log_path, "ab")
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.proc = subprocess.Popen([POSTERND, "--config", config_path, "--inetd"],
+                                         stdin=child.fileno(), stdout=child.fileno(),
+                                         stderr=self.logf, close_fds=True, cwd=world.dir)
+        finally:
+            child.close()
+        self.conn = Pop3Conn(sock=parent)
+        world.on_cleanup(self.conn.close)
+        self.returncode = None
+
+    def log(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def wait_exit(self, timeout=None):
+        timeout = DEFAULT_TIMEOUT if timeout is None else timeout
+        try:
+            self.returncode = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(DEFAULT_TIMEOUT)
+            raise AssertionError(f"posternd --inetd did not exit within {timeout:.1f}s\n"
+                                 + self.world.tail(self.log()))
+        self.logf.close()
+        return self.returncode
+
+    def check_log_clean(self):
+        bad = sanitizer_findings(self.log())
+        if bad:
+            raise AssertionError(f"sanitizer findings {bad} in posternd log:\n" + self.log())
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(DEFAULT_TIMEOUT)
+        if not self.logf.closed:
+            self.logf.close()
+
+
+def run_posternd(args, timeout=None, cwd=None):
+    """Runs posternd to completion (--check-config, --version): CompletedProcess, text mode."""
+    res = subprocess.run([POSTERND, *args], capture_output=True, timeout=timeout or
+                         DEFAULT_TIMEOUT, stdin=subprocess.DEVNULL, cwd=cwd)
+    res.stdout = res.stdout.decode("utf-8", "replace")
+    res.stderr = res.stderr.decode("utf-8", "replace")
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+# One test's world
+
+class World:
+    """A temporary directory with users, maildirs, config and the processes of one test."""
+
+    def __init__(self, test):
+        self.test = test
+        self.dir = tempfile.mkdtemp(prefix="postern-it-")
+        os.chmod(self.dir, 0o755)
+        self.mail_root = os.path.join(self.dir, "mail")
+        os.makedirs(self.mail_root)
+        self.passwd_path = os.path.join(self.dir, "users")
+        self.passwd_lines = []
+        self.mailboxes = {}
+        self.servers = []
+        self.inetds = []
+        self._cleanups = []
+        self.config = {
+            "server": {
+                "listen": ["127.0.0.1:0"],
+                "idle_timeout": "60s",
+                "max_connections": 10000,
+                "max_connections_per_ip": 200,
+                "max_bad_commands": 20,
+            },
+            "mail": {"location": f"maildir:{self.mail_root}/%u/Maildir"},
+            "auth": {"passdb": f"passwd-file:{self.passwd_path}", "failure_delay": "200ms"},
+            "log": {"level": "debug", "target": "stderr"},
+        }
+        self._nconfig = 0
+        self._nlog = 0
+        test.addCleanup(self._cleanup)
+
+    # -- users and mail
+    def add_user(self, user, password="secret", messages=(), passwd_secret=None, home="",
+                 maildir=None):
+        """Adds a passwd-file line and a Maildir holding `messages` (Msg or bytes).
+
+        passwd_secret: the "{SCHEME}..." field (default {PLAIN}password).
+        maildir: where the Maildir goes (default mail/<user>/Maildir, matching the config).
+        """
+        secret = passwd_secret or "{PLAIN}" + password
+        self.passwd_lines.append(f"{user}:{secret}::::{home}::")
+        self.write_passwd()
+        path = maildir or os.path.join(self.mail_root, user, "Maildir")
+        box = Mailbox(path, user, password)
+        for m in messages:
+            box.store(m if isinstance(m, Msg) else Msg(m))
+        self.mailboxes[user] = box
+        return box
+
+    def add_passwd_line(self, line):
+        self.passwd_lines.append(line)
+        self.write_passwd()
+
+    def write_passwd(self):
+        with open(self.passwd_path, "w") as f:
+            f.write("".join(line + "\n" for line in self.passwd_lines))
+        os.chmod(self.passwd_path, 0o600)
+
+    # -- config and processes
+    def write_config(self, text=None, name=None):
+        """Writes the config (default: self.config as TOML); returns its path."""
+        self._nconfig += 1
+        path = os.path.join(self.dir, name or f"postern{self._nconfig}.toml")
+        with open(path, "w") as f:
+            f.write(toml_text(self.config) if text is None else text)
+        return path
+
+    def _log_path(self, stem):
+        self._nlog += 1
+        return os.path.join(self.dir, f"{stem}{self._nlog}.log")
+
+    def start(self, config_path=None, listeners=None, log_pipe=False):
+        """Starts posternd --foreground and waits until every listener is bound."""
+        config_path = config_path or self.write_config()
+        if listeners is None:
+            listeners = len(self.config["server"]["listen"])
+        srv = Server(self, config_path, self._log_path("posternd"), log_pipe=log_pipe)
+        self.servers.append(srv)
+        return srv.wait_listening(listeners)
+
+    def inetd(self, config_path=None):
+        config_path = config_path or self.write_config()
+        inetd = Inetd(self, config_path, self._log_path("inetd"))
+        self.inetds.append(inetd)
+        return inetd
+
+    def path(self, *parts):
+        return os.path.join(self.dir, *parts)
+
+    def on_cleanup(self, fn):
+        self._cleanups.append(fn)
+
+    def tail(self, text, lines=150):
+        return "\n".join(text.splitlines()[-lines:])
+
+    def _cleanup(self):
+        for fn in reversed(self._cleanups):
+            try:
+                fn()
+            except Exception:
+                pass
+        errors = []
+        for srv in self.servers:
+            if not srv.stopped:
+                try:
+                    srv.stop(check=True)
+                except AssertionError as e:
+                    errors.append(str(e))
+        for inetd in self.inetds:
+            inetd.stop()
+            bad = sanitizer_findings(inetd.log())
+            if bad:
+                errors.append(f"sanitizer findings {bad} in {inetd.log_path}:\n{inetd.log()}")
+        outcome = getattr(self.test, "_outcome", None)
+        failed = bool(errors) or (outcome is not None and not getattr(outcome, "success", True))
+        if failed:
+            for srv in self.servers:
+                sys.stderr.write(f"\n--- {srv.log_path} (tail) ---\n{self.tail(srv.log())}\n")
+            for inetd in self.inetds:
+                sys.stderr.write(f"\n--- {inetd.log_path} (tail) ---\n"
+                                 f"{self.tail(inetd.log())}\n")
+        if KEEP_TMP:
+            sys.stderr.write(f"\n[kept {self.dir}]\n")
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        if errors:
+            raise AssertionError("\n".join(errors))
+
+
+class PosternTestCase(unittest.TestCase):
+    """Base class: self.world is a fresh World for each test."""
+
+    maxDiff = 4000
+
+    @classmethod
+    def setUpClass(cls):
+        if not have_binary():
+            raise AssertionError(f"posternd not found or not executable: {POSTERND} "
+                                 "(build it, or set POSTERND)")
+
+    def setUp(self):
+        self.world = World(self)
+
+    # -- assertions shared by the test files
+    def assertOk(self, status, msg=None):
+        self.assertTrue(status.startswith("+OK"), msg or f"expected +OK, got {status!r}")
+
+    def assertErr(self, status, msg=None):
+        self.assertTrue(status == "-ERR" or status.startswith("-ERR "),
+                        msg or f"expected -ERR, got {status!r}")
+
+    def assertRetrieved(self, payload, content, what="message"):
+        """payload: raw bytes after the RETR status line, terminator removed."""
+        expected = dot_stuff(wire_body(content))
+        if payload != expected:
+            self.fail(f"{what}: retrieved bytes differ from the stored message\n"
+                      + describe_difference(expected, payload))
+
+    def assertSameBytes(self, actual, expected, what="bytes"):
+        if actual != expected:
+            self.fail(f"{what} differ\n" + describe_difference(expected, actual))
+
+
+def describe_difference(expected, actual):
+    n = min(len(expected), len(actual))
+    i = next((k for k in range(n) if expected[k] != actual[k]), n)
+    lo = max(0, i - 60)
+    return (f"lengths: expected {len(expected)}, actual {len(actual)}; first difference at "
+            f"byte {i}\n expected[{lo}:{i + 60}] = {expected[lo:i + 60]!r}\n"
+            f" actual  [{lo}:{i + 60}] = {actual[lo:i + 60]!r}")
+
+
+def parse_listing(body):
+    """LIST/UIDL body -> [(msgno, value)] (raw body, CRLF lines)."""
+    out = []
+    for line in body.decode("latin-1").split("\r\n")[:-1]:
+        parts = line.split(" ")
+        if len(parts) != 2 or not parts[0].isdigit():
+            raise AssertionError(f"malformed listing line {line!r}")
+        out.append((int(parts[0]), parts[1]))
+    return out
+
+
+def ipv6_loopback_available():
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
