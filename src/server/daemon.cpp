@@ -207,7 +207,10 @@ asio::awaitable<void> serve_connection(asio::ip::tcp::socket sock, io_worker& w,
     stream = std::make_unique<net::tcp_transport>(std::move(sock));
   }
   auto ctl = std::make_shared<net::session_control>(std::move(stream), w.ctx.get_executor());
-  co_await guarded_session(ctl, env, {addr.to_string(), addr, implicit_tls}, &w.registry);
+  // A named value, not a braced temporary: GCC 12 destroys braced temporaries inside a
+  // co_await expression twice.
+  net::connection_info info{addr.to_string(), addr, implicit_tls};
+  co_await guarded_session(ctl, env, std::move(info), &w.registry);
 }
 
 asio::awaitable<void> accept_loop(listener& l, io_worker& w, net::source_limits& limits,
@@ -448,8 +451,8 @@ int run_inetd(const config& cfg) {
   });
   asio::co_spawn(ctx,
                  [&]() -> asio::awaitable<void> {
-                   co_await guarded_session(ctl, st.env, {remote, remote_addr, implicit_tls},
-                                            nullptr);
+                   net::connection_info info{remote, remote_addr, implicit_tls};
+                   co_await guarded_session(ctl, st.env, std::move(info), nullptr);
                    signals.cancel();
                  },
                  asio::detached);
