@@ -91,10 +91,12 @@ connection_security assess(const session_env& env, const connection_info& conn, 
   connection_security sec;
   sec.tls_stream = dynamic_cast<tls_transport*>(stream);
   sec.tls = sec.tls_stream != nullptr;
-  bool trusted = !conn.address.is_unspecified() &&
-                 ((env.loopback_is_secure && conn.address.is_loopback()) ||
-                  std::any_of(env.trusted_networks.begin(), env.trusted_networks.end(),
-                              [&](const network& n) { return contains(n, conn.address); }));
+  // A session on stdin/stdout that is not an IP socket is a local pipe or UNIX socket from a
+  // master process: nobody on the network sees its bytes.
+  bool trusted = conn.address.is_unspecified() ||
+                 (env.loopback_is_secure && conn.address.is_loopback()) ||
+                 std::any_of(env.trusted_networks.begin(), env.trusted_networks.end(),
+                             [&](const network& n) { return contains(n, conn.address); });
   sec.secure = sec.tls || trusted;
   return sec;
 }
@@ -433,6 +435,15 @@ asio::awaitable<void> run_session(std::shared_ptr<session_control> ctl, const se
           log::error("commit failed: user=<{}>, session=<{}>, error={}", log::safe(user), id,
                      cr.err().message());
         }
+        // Release the maildrop lock before the client sees the reply, so that it can log in
+        // again at once.
+        if (!committed_ok) {
+          for (const auto& m : drop->messages()) {
+            ++committed.left;
+            committed.left_bytes += m.size;
+          }
+        }
+        drop.reset();
         engine.commit_done(cr.ok());
         reason = "QUIT";
         break;
@@ -458,10 +469,10 @@ asio::awaitable<void> run_session(std::shared_ptr<session_control> ctl, const se
   if (!user.empty()) {
     const auto& s = engine.stats();
     std::uint64_t left = 0, left_bytes = 0;
-    if (committed_ok) {
+    if (!drop) {
       left = committed.left;
       left_bytes = committed.left_bytes;
-    } else if (drop) {
+    } else {
       for (const auto& m : drop->messages()) {
         ++left;
         left_bytes += m.size;
