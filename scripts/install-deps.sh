@@ -16,6 +16,7 @@ build_pkgs=(
 )
 test_pkgs=(
   python3 curl fetchmail mpop getmail6 openssl procps
+  liblockfile-bin      # dotlockfile: a real delivery-agent lock in the mbox tests
 )
 
 want=("${build_pkgs[@]}")

@@ -61,9 +61,10 @@ pop3::open_status open_status_for(errc code) {
   }
 }
 
-// The maildrop path of an authenticated user: the userdb's own mail location if it has one,
-// else the configured one, expanded.
-result<std::string> maildrop_path(const auth::user_record& account, const session_env& env) {
+// The maildrop of an authenticated user: the userdb's own mail location if it has one, else
+// the configured one, expanded.
+result<std::pair<store::store_kind, std::string>> maildrop_path(const auth::user_record& account,
+                                                                const session_env& env) {
   const store::location_template* loc = &env.location;
   store::location_template per_user;
   if (!account.mail.empty()) {
@@ -74,10 +75,11 @@ result<std::string> maildrop_path(const auth::user_record& account, const sessio
     per_user = std::move(parsed).value();
     loc = &per_user;
   }
-  if (loc->kind != store::store_kind::maildir) {
-    return error(errc::permanent, "mbox storage is not available yet");
+  auto path = store::expand_location(*loc, {account.name, account.home});
+  if (!path) {
+    return std::move(path).err();
   }
-  return store::expand_location(*loc, {account.name, account.home});
+  return std::pair{loc->kind, std::move(path).value()};
 }
 
 // The security facts of a connection that decide which logins it may offer.
@@ -359,7 +361,10 @@ asio::awaitable<void> run_session(std::shared_ptr<session_control> ctl, const se
         if (!path) {
           opened = error(path.err());
         } else {
-          auto open = [&] { opened = store::maildir::open(*path); };
+          auto open = [&] {
+            opened = path->first == store::store_kind::mbox ? store::mbox::open(path->second, env.mbox)
+                                                           : store::maildir::open(path->second);
+          };
           co_await run_blocking(*env.workers, open);
         }
         if (opened) {

@@ -15,6 +15,7 @@
 #include "net/transport.hpp"
 #include "pop3/session.hpp"
 #include "store/location.hpp"
+#include "store/mbox/mbox.hpp"
 
 #include <asio/awaitable.hpp>
 #include <asio/steady_timer.hpp>
@@ -32,6 +33,7 @@ struct session_env {
   auth::passdb* passdb = nullptr;
   auth::sasl_server* sasl = nullptr;       // null: no SASL mechanisms
   store::location_template location;
+  store::mbox::options mbox;
   asio::thread_pool* workers = nullptr;
   pop3::session_options engine;            // the per-connection fields are filled per session
   std::chrono::milliseconds failure_delay{2000};

@@ -629,6 +629,50 @@ void set_word(const item& it, std::string& out) {
   out = std::move(*s);
 }
 
+void set_mbox_locking(const item& it, config& cfg) {
+  const auto* arr = it.node.as_array();
+  if (arr == nullptr) {
+    it.fail_type("an array such as [\"dotlock\", \"fcntl\"]");
+    return;
+  }
+  std::vector<std::string> out;
+  for (const toml::node& el : *arr) {
+    item el_item{it.chk, el, it.key};
+    const auto* str = el.as_string();
+    if (str == nullptr) {
+      el_item.fail("expected an array of strings, found " + std::string(type_name(el)));
+      return;
+    }
+    const std::string& m = str->get();
+    if (m != "dotlock" && m != "fcntl" && m != "flock") {
+      el_item.fail(quoted(m) + " is not one of \"dotlock\", \"fcntl\", \"flock\"");
+      return;
+    }
+    if (std::find(out.begin(), out.end(), m) != out.end()) {
+      el_item.fail(quoted(m) + " is listed twice");
+      return;
+    }
+    out.push_back(m);
+  }
+  if (out.empty()) {
+    it.fail("must name at least one locking method");
+    return;
+  }
+  cfg.mbox_locking = std::move(out);
+}
+
+void set_mbox_quoting(const item& it, config& cfg) {
+  auto s = get_string(it);
+  if (!s) {
+    return;
+  }
+  if (*s != "mboxo" && *s != "mboxrd" && *s != "none") {
+    it.fail(quoted(*s) + " is not one of \"mboxo\", \"mboxrd\", \"none\"");
+    return;
+  }
+  cfg.mbox_quoting = std::move(*s);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The key table: every accepted key, in the order format_config prints them.
 
@@ -651,7 +695,7 @@ constexpr std::array<std::string_view, 5> table_names{"server", "mail", "auth", 
     }                                                 \
   }
 
-const std::array<key_rule, 38> key_rules{{
+const std::array<key_rule, 42> key_rules{{
     {"server", "listen", set_listen},
     {"server", "user", [](const item& it, config& c) { set_account(it, c.user); }},
     {"server", "group", [](const item& it, config& c) { set_account(it, c.group); }},
@@ -689,6 +733,19 @@ const std::array<key_rule, 38> key_rules{{
     {"server", "greeting", set_greeting},
     {"server", "tls_listen", set_tls_listen},
     {"mail", "location", set_location},
+    {"mail", "mbox_locking", set_mbox_locking},
+    {"mail", "mbox_lock_timeout",
+     [](const item& it, config& c) {
+       if (auto d = get_duration(it)) {
+         if (*d < std::chrono::seconds(1) || *d > std::chrono::minutes(10) || d->count() % 1000 != 0) {
+           it.fail("must be whole seconds from 1s to 10m");
+           return;
+         }
+         c.mbox_lock_timeout = std::chrono::duration_cast<std::chrono::seconds>(*d);
+       }
+     }},
+    {"mail", "mbox_quoting", set_mbox_quoting},
+    POSTERN_BOOL_KEY("mail", mbox_content_length),
     {"auth", "passdb", set_passdb},
     {"auth", "failure_delay", set_failure_delay},
     {"auth", "worker_threads",
@@ -998,6 +1055,14 @@ std::string format_config(const config& cfg) {
 
   out += "\n[mail]\n";
   line("location", toml_string(cfg.mail_location));
+  std::string locking = "[";
+  for (std::size_t i = 0; i < cfg.mbox_locking.size(); ++i) {
+    locking += (i == 0 ? "" : ", ") + toml_string(cfg.mbox_locking[i]);
+  }
+  line("mbox_locking", locking + "]");
+  line("mbox_lock_timeout", format_duration(cfg.mbox_lock_timeout));
+  line("mbox_quoting", toml_string(cfg.mbox_quoting));
+  line("mbox_content_length", cfg.mbox_content_length ? "true" : "false");
 
   out += "\n[auth]\n";
   line("passdb", toml_string(cfg.passdb));

@@ -51,6 +51,10 @@ struct config {
 
   // [mail]
   std::string mail_location = "maildir:~/Maildir";
+  std::vector<std::string> mbox_locking{"dotlock", "fcntl"};  // as Debian's delivery agents
+  std::chrono::seconds mbox_lock_timeout{30};
+  std::string mbox_quoting = "mboxo";        // "mboxo" | "mboxrd" | "none"
+  bool mbox_content_length = false;          // honour Content-Length headers
 
   // [auth]
   std::string passdb = "passwd-file:/etc/postern/users";

@@ -101,6 +101,18 @@ result<void> prepare_shared(const config& cfg, shared_state& st,
   st.workers = std::make_unique<asio::thread_pool>(cfg.worker_threads ? cfg.worker_threads : 2 * cores);
   st.env.passdb = st.passdb.get();
   st.env.location = std::move(loc).value();
+  auto& mb = st.env.mbox;
+  mb.locking.methods = {};
+  for (const auto& m : cfg.mbox_locking) {
+    mb.locking.methods.dotlock = mb.locking.methods.dotlock || m == "dotlock";
+    mb.locking.methods.fcntl = mb.locking.methods.fcntl || m == "fcntl";
+    mb.locking.methods.flock = mb.locking.methods.flock || m == "flock";
+  }
+  mb.locking.timeout = cfg.mbox_lock_timeout;
+  mb.from_quoting = cfg.mbox_quoting == "mboxrd"  ? store::mbox::quoting::mboxrd
+                    : cfg.mbox_quoting == "none" ? store::mbox::quoting::none
+                                                 : store::mbox::quoting::mboxo;
+  mb.honour_content_length = cfg.mbox_content_length;
   st.env.workers = st.workers.get();
   st.env.engine.greeting = cfg.greeting;
   st.env.engine.implementation =

@@ -1,0 +1,118 @@
+// The crash-safe update of an mbox file, and its recovery. docs/mbox.md explains the
+// procedure and why every crash instant is safe; in short:
+//
+// An update removes messages by rewriting the file in place from `start` (the first deleted
+// message) on: the bytes to keep after `start` (kept messages and any mail appended since
+// the scan) are the payload T, the new size is N = start + |T| < A (the old size).
+//  1. The redo journal "<dir>/.<base>.postern-journal.new" receives a header and T, is
+//     preallocated first (a full disk fails here, before anything is touched), fsynced and
+//     renamed to ".postern-journal"; the directory is fsynced. This rename is the commit
+//     point: before it nothing happened, after it the update will be completed.
+//  2. T is written over the spool at `start`; the spool is fsynced.
+//  3. A small "trunc" journal (preallocated in step 1) replaces the redo journal, saying T is
+//     in place; then the spool is truncated to N and fsynced, and the journal removed.
+// Recovery, at the next open, under the same locks, completes an update left by a crash:
+// a redo journal is applied again (step 2 is idempotent); a trunc journal tells, by a digest
+// of the old bytes [N, A), whether the truncation happened. Mail appended by a delivery agent
+// after the crash (which may break our stale dotlock) is folded into a new redo journal
+// first, so it is never cut off. A journal whose spool was replaced, truncated or changed
+// before `start` by someone else is obsolete: it is renamed aside, logged, and not applied.
+//
+// Threading: called with the session lock and the spool locks held, from one thread.
+#pragma once
+
+#include "common/result.hpp"
+#include "store/lock/mailbox_lock.hpp"
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace postern::store::mbox {
+
+// The side files of the mailbox "<dir>/<base>", all in <dir>. Their names start with '.',
+// and none ends in ".lock", so none can be another user's spool or dotlock on a system
+// whose user names cannot start with '.'.
+struct side_files {
+  std::string session;        // .<base>.postern-session: the POP3 session lock (flock)
+  std::string journal;        // .<base>.postern-journal: a committed, unfinished update
+  std::string journal_new;    // .<base>.postern-journal.new: a redo journal being written
+  std::string journal_trunc;  // .<base>.postern-journal.trunc: the preallocated trunc journal
+};
+side_files side_files_for(std::string_view base);
+
+// The journal's fixed-size header block; the payload starts right after it.
+inline constexpr std::size_t journal_header_size = 1024;
+
+struct journal_header {
+  enum class state { redo, trunc };
+  state st = state::redo;
+  std::uint64_t ino = 0;           // the spool's inode
+  std::uint64_t start = 0;         // where the rewrite starts (the first deleted message)
+  std::uint64_t old_size = 0;      // A: the spool's size when the update was planned
+  std::uint64_t new_size = 0;      // N = start + payload_size
+  std::uint64_t payload_size = 0;  // |T|
+  std::string prefix_digest;       // SHA-256 of spool[max(0, start - 4096), start)
+  std::string gap_digest;          // SHA-256 of spool[N, A) before the update
+  std::string payload_digest;      // SHA-256 of T
+};
+
+// The header as stored (text, ending with a "check" line holding its own SHA-256 and an empty
+// line). Never longer than journal_header_size.
+result<std::string> format_journal_header(const journal_header& h);
+// Parses a header block. Errors: errc::invalid when it is not a complete, self-consistent
+// header with a matching check digest.
+result<journal_header> parse_journal_header(std::string_view block);
+
+struct plan_piece {
+  std::uint64_t from = 0;  // a byte range [from, to) of the spool to keep
+  std::uint64_t to = 0;
+  // Write a blank line ("\n") before it: a From_ line that needs a blank line before it to
+  // be a separator, and lost it with the message deleted before it, gets one back (the
+  // parser counts it as the mbox's, so the previous message's content does not change).
+  bool blank_line_before = false;
+};
+
+struct update_plan {
+  std::uint64_t start = 0;     // the first byte removed
+  std::uint64_t old_size = 0;  // the spool's current size (locked)
+  // What follows `start` in the new file, in file order. Ranges must lie within
+  // [start, old_size), in order, and the new tail must be shorter than the old one (an update
+  // always removes something).
+  std::vector<plan_piece> keep;
+};
+
+// Runs the update on the spool `spool_fd` (open read-write, locked), with the side files in
+// `dir_fd`; `display` names the spool in errors. `lock` is touched during long copies. Errors: errc::temporary; when returned
+// before the commit point (disk full included) the spool is untouched and no journal is
+// left; after it, the journal stays and the next open completes the update.
+result<void> run_update(int dir_fd, const side_files& names, int spool_fd,
+                        const std::string& display, const update_plan& plan,
+                        lock::mailbox_lock* lock);
+
+enum class recovery_outcome {
+  nothing,    // no journal
+  completed,  // an interrupted update was finished
+  obsolete,   // the journal did not match the spool and was set aside (logged)
+};
+
+// Cleans up after a crash: removes half-written journals and completes or sets aside a
+// committed one. `spool_fd` is -1 when the spool does not exist. `display` names the spool in
+// errors and logs. Errors: errc::temporary (I/O, disk full; retry at the next open, nothing
+// is lost); errc::permanent when the journal is damaged (an administrator must look; the
+// spool may be half updated and is not served).
+result<recovery_outcome> recover(int dir_fd, const side_files& names, int spool_fd,
+                                 const std::string& display, lock::mailbox_lock* lock);
+
+// Test hooks. set_fault_for_test(n): the n-th fault point passed from now on calls
+// _exit(fault_exit_code_for_test), or runs `action` instead when one is given (n = 0
+// disables). Fault points sit between every two externally visible steps of run_update and
+// recover, and after every chunk copied. Not thread-safe: tests only.
+inline constexpr int fault_exit_code_for_test = 86;
+void set_fault_for_test(int step, std::function<void()> action = {});
+// The copy buffer size (default 1 MiB); small values make more fault points.
+void set_copy_buffer_for_test(std::size_t bytes);
+
+}  // namespace postern::store::mbox

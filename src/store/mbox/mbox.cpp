@@ -1,0 +1,525 @@
+#include "store/mbox/mbox.hpp"
+
+#include "common/unique_fd.hpp"
+#include "store/mbox/journal.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <optional>
+#include <utility>
+#include <vector>
+
+namespace postern::store::mbox {
+
+namespace {
+
+constexpr std::size_t scan_buffer_size = std::size_t{1} << 20;
+constexpr std::size_t read_buffer_size = std::size_t{64} * 1024;
+constexpr std::uint64_t tail_window = 64;  // what scan_result::tail_fingerprint covers
+constexpr int reopen_attempts = 3;
+
+// Failures to reach the mailbox that will not pass by retrying.
+errc open_errc(int err) noexcept {
+  switch (err) {
+    case ENOTDIR:
+    case ELOOP:
+    case ENAMETOOLONG:
+    case EACCES:
+    case EPERM:
+    case EROFS:
+      return errc::permanent;
+    default:
+      return errc::temporary;
+  }
+}
+
+result<void> pread_full(int fd, char* buf, std::size_t n, std::uint64_t off,
+                        const std::string& what) {
+  while (n > 0) {
+    const ssize_t r = ::pread(fd, buf, n, static_cast<off_t>(off));
+    if (r < 0) {
+      const int err = errno;
+      if (err == EINTR) {
+        continue;
+      }
+      return error::from_errno(err, "mbox: read " + what);
+    }
+    if (r == 0) {
+      return error(errc::temporary, "mbox: " + what + " shrank while in use");
+    }
+    buf += r;
+    n -= static_cast<std::size_t>(r);
+    off += static_cast<std::uint64_t>(r);
+  }
+  return ok_result();
+}
+
+// Reads up to n bytes at off; fewer only at the end of the file.
+result<std::string> pread_some(int fd, std::uint64_t off, std::size_t n, const std::string& what) {
+  std::string out(n, '\0');
+  std::size_t got = 0;
+  while (got < n) {
+    const ssize_t r = ::pread(fd, out.data() + got, n - got, static_cast<off_t>(off + got));
+    if (r < 0) {
+      const int err = errno;
+      if (err == EINTR) {
+        continue;
+      }
+      return error::from_errno(err, "mbox: read " + what);
+    }
+    if (r == 0) {
+      break;
+    }
+    got += static_cast<std::size_t>(r);
+  }
+  out.resize(got);
+  return out;
+}
+
+result<bool> exists_at(int dir_fd, const std::string& name, const std::string& what,
+                       struct stat* st_out = nullptr) {
+  struct stat st{};
+  if (::fstatat(dir_fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
+    if (st_out != nullptr) {
+      *st_out = st;
+    }
+    return true;
+  }
+  const int err = errno;
+  if (err == ENOENT) {
+    return false;
+  }
+  return error::from_errno(err, "mbox: stat " + what, open_errc(err));
+}
+
+// One sequential pass over the first `size` bytes.
+result<scan_result> scan_file(int fd, std::uint64_t size, const parse_options& po,
+                              const std::string& what) {
+  scanner sc(po, size, [fd, size, &what](std::uint64_t off, std::size_t n) -> result<std::string> {
+    if (off >= size) {
+      return std::string();
+    }
+    return pread_some(fd, off, static_cast<std::size_t>(std::min<std::uint64_t>(n, size - off)),
+                      what);
+  });
+  std::vector<char> buf(static_cast<std::size_t>(std::min<std::uint64_t>(scan_buffer_size,
+                                                                       std::max<std::uint64_t>(size, 1))));
+  std::uint64_t pos = 0;
+  while (pos < size) {
+    const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), size - pos));
+    POSTERN_TRY(pread_full(fd, buf.data(), n, pos, what));
+    POSTERN_TRY(sc.feed(std::string_view(buf.data(), n)));
+    pos += n;
+  }
+  return sc.finish();
+}
+
+// ---------------------------------------------------------------------------------------
+
+class mbox_reader final : public message_reader {
+ public:
+  mbox_reader(unique_fd fd, std::uint64_t begin, std::uint64_t end, quoting q,
+              std::string display)
+      : fd_(std::move(fd)), pos_(begin), end_(end), display_(std::move(display)) {
+    if (q != quoting::none) {
+      unquote_.emplace(q);
+      raw_.resize(read_buffer_size);
+    }
+  }
+
+  result<std::size_t> read(std::span<char> buf) override {
+    if (buf.empty()) {
+      return std::size_t{0};
+    }
+    if (!unquote_) {
+      const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), end_ - pos_));
+      POSTERN_TRY(pread_full(fd_.get(), buf.data(), n, pos_, display_));
+      pos_ += n;
+      return n;
+    }
+    for (;;) {
+      if (out_pos_ < out_.size()) {
+        const std::size_t n = std::min(buf.size(), out_.size() - out_pos_);
+        std::copy_n(out_.data() + out_pos_, n, buf.data());
+        out_pos_ += n;
+        return n;
+      }
+      out_.clear();
+      out_pos_ = 0;
+      if (pos_ == end_) {
+        if (finished_) {
+          return std::size_t{0};
+        }
+        unquote_->finish(out_);
+        finished_ = true;
+        continue;
+      }
+      const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(raw_.size(), end_ - pos_));
+      POSTERN_TRY(pread_full(fd_.get(), raw_.data(), n, pos_, display_));
+      pos_ += n;
+      unquote_->filter(std::string_view(raw_.data(), n), out_);
+    }
+  }
+
+ private:
+  unique_fd fd_;
+  std::uint64_t pos_;
+  std::uint64_t end_;
+  std::string display_;
+  std::optional<unquoter> unquote_;
+  std::vector<char> raw_;
+  std::string out_;
+  std::size_t out_pos_ = 0;
+  bool finished_ = false;
+};
+
+class mbox_drop final : public maildrop {
+ public:
+  // An empty maildrop with no file behind it.
+  mbox_drop() = default;
+
+  mbox_drop(std::string path, std::string base, options opts, unique_fd dir, unique_fd session,
+            unique_fd spool, scan_result scan)
+      : path_(std::move(path)),
+        base_(std::move(base)),
+        opts_(opts),
+        names_(side_files_for(base_)),
+        dir_fd_(std::move(dir)),
+        session_fd_(std::move(session)),
+        spool_fd_(std::move(spool)),
+        scanned_size_(scan.scanned_size),
+        tail_fingerprint_(scan.tail_fingerprint),
+        spans_(std::move(scan.messages)) {
+    infos_.reserve(spans_.size());
+    for (auto& s : spans_) {
+      infos_.push_back(message_info{s.size, std::move(s.uidl)});
+      s.uidl.clear();
+      s.uidl.shrink_to_fit();
+    }
+  }
+
+  std::span<const message_info> messages() const override { return infos_; }
+
+  result<std::unique_ptr<message_reader>> open_message(std::size_t index,
+                                                       bool /*retrieved*/) override {
+    if (index >= spans_.size()) {
+      return error(errc::invalid, "mbox: no message " + std::to_string(index + 1));
+    }
+    const message_span& s = spans_[index];
+    POSTERN_TRY(check_from_line(s, index));
+    const int dup = ::fcntl(spool_fd_.get(), F_DUPFD_CLOEXEC, 0);
+    if (dup < 0) {
+      const int err = errno;
+      return error::from_errno(err, "mbox: duplicate descriptor of " + path_);
+    }
+    const quoting q = s.unquote ? opts_.from_quoting : quoting::none;
+    return std::unique_ptr<message_reader>(
+        std::make_unique<mbox_reader>(unique_fd(dup), s.content, s.end, q, path_));
+  }
+
+  result<commit_stats> commit(std::span<const bool> deleted) override {
+    if (committed_) {
+      return error(errc::invalid, "mbox: commit called twice");
+    }
+    if (deleted.size() != spans_.size()) {
+      return error(errc::invalid, "mbox: commit with " + std::to_string(deleted.size()) +
+                                      " marks for " + std::to_string(spans_.size()) +
+                                      " messages");
+    }
+    committed_ = true;
+    commit_stats stats;
+    std::optional<std::size_t> first;
+    for (std::size_t i = 0; i < spans_.size(); ++i) {
+      if (deleted[i]) {
+        first = first.value_or(i);
+        ++stats.deleted;
+        stats.deleted_bytes += infos_[i].size;
+      } else {
+        ++stats.left;
+        stats.left_bytes += infos_[i].size;
+      }
+    }
+    if (!first) {
+      return stats;  // nothing to write: no lock, no I/O
+    }
+    auto r = update(deleted, *first);
+    if (!r.ok()) {
+      error e = std::move(r).err();
+      // A lock timeout at QUIT is a temporary failure of the update, not "in use".
+      return error(errc::temporary, e.context() + " (update of " + path_ + ")", e.cause());
+    }
+    return stats;
+  }
+
+ private:
+  result<void> check_from_line(const message_span& s, std::size_t index) const {
+    const auto n = static_cast<std::size_t>(
+        std::min<std::uint64_t>(s.from_line_length, fingerprint_bytes));
+    auto bytes = pread_some(spool_fd_.get(), s.separator, n, path_);
+    if (!bytes.ok()) {
+      return std::move(bytes).err();
+    }
+    if (bytes->size() != n || fingerprint(*bytes) != s.from_fingerprint) {
+      return error(errc::temporary, "mbox: " + path_ + " was rewritten by another program "
+                                        "(message " + std::to_string(index + 1) + " moved)");
+    }
+    return ok_result();
+  }
+
+  // The scanned part must still be what we scanned, at least where the update relies on it.
+  result<void> check_unchanged(std::size_t first) const {
+    struct stat named{};
+    struct stat ours{};
+    if (::fstatat(dir_fd_.get(), base_.c_str(), &named, AT_SYMLINK_NOFOLLOW) != 0) {
+      const int err = errno;
+      return error::from_errno(err, "mbox: " + path_ + " vanished");
+    }
+    if (::fstat(spool_fd_.get(), &ours) != 0) {
+      const int err = errno;
+      return error::from_errno(err, "mbox: stat " + path_);
+    }
+    if (named.st_dev != ours.st_dev || named.st_ino != ours.st_ino) {
+      return error(errc::temporary, "mbox: " + path_ + " was replaced by another program");
+    }
+    if (static_cast<std::uint64_t>(ours.st_size) < scanned_size_) {
+      return error(errc::temporary, "mbox: " + path_ + " shrank since it was opened");
+    }
+    const std::uint64_t tail = std::min(scanned_size_, tail_window);
+    auto bytes = pread_some(spool_fd_.get(), scanned_size_ - tail, static_cast<std::size_t>(tail),
+                            path_);
+    if (!bytes.ok()) {
+      return std::move(bytes).err();
+    }
+    if (fingerprint(*bytes) != tail_fingerprint_) {
+      return error(errc::temporary, "mbox: " + path_ + " was changed since it was opened");
+    }
+    for (std::size_t i = first; i < spans_.size(); ++i) {
+      POSTERN_TRY(check_from_line(spans_[i], i));
+    }
+    return ok_result();
+  }
+
+  result<void> update(std::span<const bool> deleted, std::size_t first) {
+    auto lock = lock::mailbox_lock::acquire(path_, spool_fd_.get(), opts_.locking);
+    if (!lock.ok()) {
+      return std::move(lock).err();
+    }
+    // An unfinished update cannot exist: open() recovered it and the session lock kept every
+    // other Postern out. Refuse rather than guess if one does.
+    auto pending = exists_at(dir_fd_.get(), names_.journal, names_.journal);
+    if (!pending.ok()) {
+      return std::move(pending).err();
+    }
+    if (*pending) {
+      return error(errc::temporary, "mbox: an unfinished update journal appeared for " + path_);
+    }
+    POSTERN_TRY(check_unchanged(first));
+    struct stat st{};
+    if (::fstat(spool_fd_.get(), &st) != 0) {
+      const int err = errno;
+      return error::from_errno(err, "mbox: stat " + path_);
+    }
+    update_plan plan;
+    plan.start = spans_[first].separator;
+    plan.old_size = static_cast<std::uint64_t>(st.st_size);
+    const auto keep = [&plan](std::uint64_t from, std::uint64_t to, bool blank_line_before) {
+      if (from == to) {
+        return;
+      }
+      if (!blank_line_before && !plan.keep.empty() && plan.keep.back().to == from) {
+        plan.keep.back().to = to;
+      } else {
+        plan.keep.push_back(plan_piece{from, to, blank_line_before});
+      }
+    };
+    // A From_ line without a date is a separator only after a blank line (or first in the
+    // file, or after the garbage prefix). Where a deletion gives it a new predecessor that
+    // does not end with a blank line, the plan puts one back so that it stays a separator.
+    bool after_prefix = first == 0;  // what precedes is the garbage prefix or the file start
+    bool after_blank = first > 0 && spans_[first - 1].ends_with_blank_line;
+    bool joined = true;  // the predecessor changed: a deleted message was just skipped
+    for (std::size_t i = first + 1; i < spans_.size(); ++i) {
+      if (deleted[i]) {
+        joined = true;
+        continue;
+      }
+      const message_span& s = spans_[i];
+      keep(s.separator, s.extent_end, joined && !after_prefix && !after_blank && !s.dated_separator);
+      after_prefix = false;
+      after_blank = s.ends_with_blank_line;
+      joined = false;
+    }
+    if (plan.old_size > scanned_size_) {  // mail delivered since the scan
+      bool needs_blank = false;
+      if (joined && !after_prefix && !after_blank) {
+        auto head = pread_some(spool_fd_.get(), scanned_size_, line_head_bytes, path_);
+        if (!head.ok()) {
+          return std::move(head).err();
+        }
+        const std::string_view line = std::string_view(*head).substr(0, head->find('\n'));
+        needs_blank = line.starts_with("From ") && !looks_like_from_line(line);
+      }
+      keep(scanned_size_, plan.old_size, needs_blank);
+    }
+    POSTERN_TRY(run_update(dir_fd_.get(), names_, spool_fd_.get(), path_, plan, &*lock));
+    return lock->release();
+  }
+
+  std::string path_;
+  std::string base_;
+  options opts_;
+  side_files names_;
+  unique_fd dir_fd_;
+  unique_fd session_fd_;  // holds the session lock for the object's life
+  unique_fd spool_fd_;
+  std::uint64_t scanned_size_ = 0;
+  std::uint64_t tail_fingerprint_ = 0;
+  std::vector<message_span> spans_;
+  std::vector<message_info> infos_;
+  bool committed_ = false;
+};
+
+result<unique_fd> open_spool(int dir_fd, const std::string& base, const std::string& path) {
+  for (;;) {
+    const int fd = ::openat(dir_fd, base.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    if (fd >= 0) {
+      unique_fd out(fd);
+      struct stat st{};
+      if (::fstat(fd, &st) != 0) {
+        const int err = errno;
+        return error::from_errno(err, "mbox: stat " + path);
+      }
+      if (!S_ISREG(st.st_mode)) {
+        return error(errc::permanent, "mbox: " + path + " is not a regular file");
+      }
+      return out;
+    }
+    const int err = errno;
+    if (err == EINTR) {
+      continue;
+    }
+    if (err == ELOOP) {
+      return error::from_errno(err, "mbox: " + path + " is a symbolic link", errc::permanent);
+    }
+    return error::from_errno(err, "mbox: open " + path, open_errc(err));
+  }
+}
+
+bool same_inode(const struct stat& a, const struct stat& b) noexcept {
+  return a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+}
+
+}  // namespace
+
+result<std::unique_ptr<store::maildrop>> open(const std::string& path, const options& opts) {
+  if (path.empty() || path[0] != '/') {
+    return error(errc::invalid, "mbox: path must be absolute: \"" + path + "\"");
+  }
+  const std::size_t slash = path.rfind('/');
+  const std::string dir = slash == 0 ? "/" : path.substr(0, slash);
+  const std::string base = path.substr(slash + 1);
+  if (base.empty() || base == "." || base == "..") {
+    return error(errc::invalid, "mbox: path names no file: \"" + path + "\"");
+  }
+  const auto empty = [] { return std::unique_ptr<store::maildrop>(std::make_unique<mbox_drop>()); };
+
+  unique_fd dir_fd;
+  for (;;) {
+    const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+      dir_fd.reset(fd);
+      break;
+    }
+    const int err = errno;
+    if (err == ENOENT) {
+      return empty();  // no directory, no mail: create nothing
+    }
+    if (err != EINTR) {
+      return error::from_errno(err, "mbox: open directory " + dir, open_errc(err));
+    }
+  }
+  const side_files names = side_files_for(base);
+  auto spool_there = exists_at(dir_fd.get(), base, path);
+  if (!spool_there.ok()) {
+    return std::move(spool_there).err();
+  }
+  auto journal_there = exists_at(dir_fd.get(), names.journal, dir + "/" + names.journal);
+  if (!journal_there.ok()) {
+    return std::move(journal_there).err();
+  }
+  if (!*spool_there && !*journal_there) {
+    return empty();
+  }
+
+  auto session = lock::take_session_lock(dir_fd.get(), names.session, dir + "/" + names.session);
+  if (!session.ok()) {
+    return std::move(session).err();
+  }
+
+  // Open and lock the spool; if another program renamed a new file into place meanwhile,
+  // start again with that one.
+  unique_fd spool;
+  lock::mailbox_lock locked;
+  for (int attempt = 0;; ++attempt) {
+    auto fd = open_spool(dir_fd.get(), base, path);
+    if (!fd.ok()) {
+      if (fd.err().cause() == std::error_code(ENOENT, std::generic_category())) {
+        // Only a journal is left: recovery sets it aside. The maildrop is empty.
+        auto rec = recover(dir_fd.get(), names, -1, path, nullptr);
+        if (!rec.ok()) {
+          return std::move(rec).err();
+        }
+        return empty();
+      }
+      return std::move(fd).err();
+    }
+    auto l = lock::mailbox_lock::acquire(path, fd->get(), opts.locking);
+    if (!l.ok()) {
+      return std::move(l).err();
+    }
+    struct stat named{};
+    struct stat ours{};
+    if (::fstat(fd->get(), &ours) != 0) {
+      const int err = errno;
+      return error::from_errno(err, "mbox: stat " + path);
+    }
+    const bool still = ::fstatat(dir_fd.get(), base.c_str(), &named, AT_SYMLINK_NOFOLLOW) == 0 &&
+                       same_inode(named, ours);
+    if (still) {
+      spool = std::move(*fd);
+      locked = std::move(*l);
+      break;
+    }
+    if (attempt + 1 >= reopen_attempts) {
+      return error(errc::temporary, "mbox: " + path + " keeps being replaced");
+    }
+  }
+
+  auto rec = recover(dir_fd.get(), names, spool.get(), path, &locked);
+  if (!rec.ok()) {
+    return std::move(rec).err();
+  }
+  struct stat st{};
+  if (::fstat(spool.get(), &st) != 0) {
+    const int err = errno;
+    return error::from_errno(err, "mbox: stat " + path);
+  }
+  parse_options po;
+  po.from_quoting = opts.from_quoting;
+  po.honour_content_length = opts.honour_content_length;
+  po.use_x_uidl = opts.use_x_uidl;
+  auto scanned = scan_file(spool.get(), static_cast<std::uint64_t>(st.st_size), po, path);
+  if (!scanned.ok()) {
+    return std::move(scanned).err();
+  }
+  POSTERN_TRY(locked.release());
+  return std::unique_ptr<store::maildrop>(std::make_unique<mbox_drop>(
+      path, base, opts, std::move(dir_fd), std::move(*session), std::move(spool),
+      std::move(*scanned)));
+}
+
+}  // namespace postern::store::mbox

@@ -1,0 +1,73 @@
+// mbox store: a POP3 maildrop over one mbox file, such as a Debian mail spool
+// ("mbox:/var/mail/%u") or a user's "mbox:~/mbox", shared safely with the delivery agents
+// and MUAs that lock it the usual way. docs/mbox.md is the full account; in short:
+//
+// Locks. open() takes the session lock (flock on "<dir>/.<base>.postern-session", never
+// unlinked) for the maildrop's whole life, so a second session gets errc::in_use. The spool
+// locks that MDAs take (dotlock "<path>.lock", fcntl, flock: options.locking) are held only
+// while the file is scanned at open and while QUIT updates it, never while a client idles,
+// so deliveries are never stalled by POP3.
+//
+// Snapshot. open() completes any update a crash interrupted (see journal.hpp), then scans
+// the file once (parser.hpp: separators, quoting, Content-Length, sizes, UIDLs) and keeps
+// per-message offsets. Mail appended later is not listed and is never touched. A missing
+// file or an empty one is an empty maildrop; a missing file (with no journal left by a
+// crash) creates nothing and takes no lock, since there is nothing to protect.
+//
+// Reading. open_message reads the message's byte range with pread through its own
+// descriptor, unquoting ">From " lines on the fly with bounded memory. It first checks that
+// the message's From_ line is still where the scan saw it (errc::temporary otherwise: the
+// file was rewritten by someone else). `retrieved` is ignored: marking messages read
+// ("Status: RO") would mean rewriting the file from the first marked message on, so
+// Postern does not do it.
+//
+// Commit. With no deletion, nothing is written and no lock is taken. Otherwise the spool
+// locks are taken, the scanned part is checked to be unchanged (same inode, size not
+// smaller, the bytes at the end of the scanned part and every From_ line from the first
+// deleted message on as scanned: errc::temporary and nothing deleted otherwise), and the file
+// is rewritten in place from the first deleted message on, through a redo journal, so that
+// the cost grows with the bytes after the first deleted message, owner, group, mode, links
+// and ACLs stay as they are, mail appended after the scan is kept, and a crash at any
+// instant leaves every undeleted message exactly once after the next open. A full disk
+// fails before the spool is touched (errc::temporary). Where a deletion would leave an
+// undated From_ line right after a non-blank line, a blank line is put before it, so the
+// file parses the same afterwards.
+//
+// Privileges: the session must be able to create files in the spool's directory (the
+// dotlock, the session lock, the journal): on Debian, /var/mail is root:mail 2775, so the
+// post-login process needs group mail (Dovecot's mail_privileged_group).
+//
+// Threading and ownership: a maildrop is used from one thread at a time; every call may
+// block on the file system and on locks (up to options.locking.timeout). It owns its
+// descriptors and the session lock. Readers own a duplicate descriptor and may outlive it.
+#pragma once
+
+#include "common/result.hpp"
+#include "store/lock/mailbox_lock.hpp"
+#include "store/maildrop.hpp"
+#include "store/mbox/parser.hpp"
+
+#include <memory>
+#include <string>
+
+namespace postern::store::mbox {
+
+struct options {
+  lock::lock_options locking;  // dotlock + fcntl, 30 s, stale after 10 min
+  quoting from_quoting = quoting::mboxo;
+  bool honour_content_length = false;
+  bool use_x_uidl = true;  // an X-UIDL header (qpopper, UW) gives the UIDL when valid
+};
+
+// Opens the mbox file at `path` (absolute), taking the session lock, recovering an
+// interrupted update and scanning it.
+// Errors: errc::invalid for an empty or relative path; errc::in_use when another session
+// holds the maildrop, or when the spool stays locked by others past the lock timeout
+// (answer -ERR [IN-USE]); errc::permanent when the path cannot be used (not a regular file,
+// a symlink, no permission to open it read-write or to create the lock files, a damaged
+// journal); errc::temporary for other file-system failures (answer -ERR [SYS/TEMP]).
+// Nothing has been changed on error, apart from a completed crash recovery.
+[[nodiscard]] result<std::unique_ptr<store::maildrop>> open(const std::string& path,
+                                                            const options& opts = {});
+
+}  // namespace postern::store::mbox

@@ -1,0 +1,613 @@
+#include "store/mbox/parser.hpp"
+
+#include <openssl/evp.h>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <unordered_set>
+#include <utility>
+
+namespace postern::store::mbox {
+
+namespace {
+
+constexpr std::string_view from_space = "From ";
+constexpr std::size_t tail_window = 64;
+constexpr std::string_view uidl_domain = "postern-mbox-uidl-1\n";
+
+bool is_digit(char c) noexcept { return c >= '0' && c <= '9'; }
+
+char lower(char c) noexcept { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
+
+std::string_view trim(std::string_view s) noexcept {
+  const auto blank = [](char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; };
+  while (!s.empty() && blank(s.front())) {
+    s.remove_prefix(1);
+  }
+  while (!s.empty() && blank(s.back())) {
+    s.remove_suffix(1);
+  }
+  return s;
+}
+
+std::string_view strip_line_end(std::string_view s) noexcept {
+  if (!s.empty() && s.back() == '\n') {
+    s.remove_suffix(1);
+    if (!s.empty() && s.back() == '\r') {
+      s.remove_suffix(1);
+    }
+  }
+  return s;
+}
+
+// "Name: value" with Name compared case-insensitively to `lower_name`; the value trimmed.
+std::optional<std::string_view> header_value(std::string_view line,
+                                             std::string_view lower_name) noexcept {
+  if (line.size() <= lower_name.size() || line[lower_name.size()] != ':') {
+    return std::nullopt;
+  }
+  for (std::size_t i = 0; i < lower_name.size(); ++i) {
+    if (lower(line[i]) != lower_name[i]) {
+      return std::nullopt;
+    }
+  }
+  return trim(line.substr(lower_name.size() + 1));
+}
+
+bool one_of(std::string_view s, const std::array<std::string_view, 12>& names,
+            std::size_t count) noexcept {
+  for (std::size_t i = 0; i < count; ++i) {
+    if (s == names[i]) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// "Www Mmm dd hh:mm" at position i (day of month may be space-padded or one digit).
+bool date_at(std::string_view s, std::size_t i) noexcept {
+  static constexpr std::array<std::string_view, 12> days = {"Mon", "Tue", "Wed", "Thu",
+                                                           "Fri", "Sat", "Sun"};
+  static constexpr std::array<std::string_view, 12> months = {
+      "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+  if (i + 8 > s.size() || !one_of(s.substr(i, 3), days, 7) || s[i + 3] != ' ' ||
+      !one_of(s.substr(i + 4, 3), months, 12) || s[i + 7] != ' ') {
+    return false;
+  }
+  std::size_t j = i + 8;
+  while (j < s.size() && s[j] == ' ') {
+    ++j;
+  }
+  std::size_t digits = 0;
+  while (j < s.size() && is_digit(s[j]) && digits < 3) {
+    ++j;
+    ++digits;
+  }
+  if (digits == 0 || digits > 2 || j >= s.size() || s[j] != ' ') {
+    return false;
+  }
+  while (j < s.size() && s[j] == ' ') {
+    ++j;
+  }
+  return j + 5 <= s.size() && is_digit(s[j]) && is_digit(s[j + 1]) && s[j + 2] == ':' &&
+         is_digit(s[j + 3]) && is_digit(s[j + 4]);
+}
+
+result<std::string> sha1_hex(std::string_view data) {
+  std::array<unsigned char, EVP_MAX_MD_SIZE> md{};
+  unsigned int len = 0;
+  if (EVP_Digest(data.data(), data.size(), md.data(), &len, EVP_sha1(), nullptr) != 1) {
+    return error(errc::temporary, "mbox: SHA-1 digest unavailable");
+  }
+  static constexpr char digits[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(std::size_t{2} * len);
+  for (unsigned int i = 0; i < len; ++i) {
+    out += digits[md[i] >> 4];
+    out += digits[md[i] & 0x0F];
+  }
+  return out;
+}
+
+struct line_view {
+  std::uint64_t start = 0;
+  std::uint64_t len = 0;   // with its line end
+  std::string_view head;   // the first min(len, line_head_bytes) bytes
+  bool has_lf = false;
+  bool crlf = false;       // ends with CR LF
+  char last = '\0';        // the last byte (len > 0)
+};
+
+}  // namespace
+
+// -----------------------------------------------------------------------------------------
+
+bool is_quoted_from(std::string_view head, quoting q) noexcept {
+  if (head.size() > line_head_bytes) {
+    head = head.substr(0, line_head_bytes);
+  }
+  switch (q) {
+    case quoting::none:
+      return false;
+    case quoting::mboxo:
+      return head.size() >= 6 && head[0] == '>' && head.substr(1, 5) == from_space;
+    case quoting::mboxrd: {
+      std::size_t run = 0;
+      while (run < head.size() && head[run] == '>') {
+        ++run;
+      }
+      return run > 0 && run + from_space.size() <= head.size() &&
+             head.substr(run, from_space.size()) == from_space;
+    }
+  }
+  return false;
+}
+
+bool looks_like_from_line(std::string_view line) noexcept {
+  if (!line.starts_with(from_space)) {
+    return false;
+  }
+  for (std::size_t i = from_space.size(); i + 8 <= line.size(); ++i) {
+    if (line[i - 1] == ' ' && date_at(line, i)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+bool is_legal_uidl(std::string_view s) noexcept {
+  if (s.empty() || s.size() > 70) {
+    return false;
+  }
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    const auto u = static_cast<unsigned char>(c);
+    return u >= 0x21 && u <= 0x7E;
+  });
+}
+
+std::uint64_t fingerprint(std::string_view data) noexcept {
+  std::uint64_t h = 14695981039346656037ULL;
+  for (char c : data) {
+    h ^= static_cast<unsigned char>(c);
+    h *= 1099511628211ULL;
+  }
+  return h;
+}
+
+// -----------------------------------------------------------------------------------------
+// unquoter
+
+void unquoter::emit_held(std::string& out) {
+  out += '>';
+  out.append(from_space.substr(0, matched_));
+  checking_ = false;
+  matched_ = 0;
+  gt_run_ = 0;
+}
+
+void unquoter::filter(std::string_view in, std::string& out) {
+  std::size_t i = 0;
+  const std::size_t n = in.size();
+  while (i < n) {
+    if (checking_) {
+      const char c = in[i];
+      if (matched_ == 0 && c == '>' && q_ == quoting::mboxrd) {
+        if (gt_run_ + 1 + from_space.size() > line_head_bytes) {
+          emit_held(out);  // too long a run to be a quoted From line (the scanner agrees)
+          continue;        // c is processed as an ordinary byte below
+        }
+        ++gt_run_;
+        out += '>';  // every '>' but one is kept; which one is dropped does not matter
+        ++i;
+        continue;
+      }
+      if (c == from_space[matched_]) {
+        ++matched_;
+        ++i;
+        if (matched_ == from_space.size()) {
+          out.append(from_space);  // the held '>' is dropped
+          checking_ = false;
+          matched_ = 0;
+          gt_run_ = 0;
+          at_line_start_ = false;
+        }
+        continue;
+      }
+      emit_held(out);
+      at_line_start_ = false;
+      continue;  // c is processed as an ordinary byte
+    }
+    if (at_line_start_ && q_ != quoting::none && in[i] == '>') {
+      checking_ = true;
+      gt_run_ = 1;
+      matched_ = 0;
+      at_line_start_ = false;
+      ++i;
+      continue;
+    }
+    const void* lf = std::memchr(in.data() + i, '\n', n - i);
+    if (lf == nullptr) {
+      out.append(in.data() + i, n - i);
+      at_line_start_ = false;
+      return;
+    }
+    const std::size_t stop = static_cast<std::size_t>(static_cast<const char*>(lf) - in.data()) + 1;
+    out.append(in.data() + i, stop - i);
+    at_line_start_ = true;
+    i = stop;
+  }
+}
+
+void unquoter::finish(std::string& out) {
+  if (checking_) {
+    emit_held(out);
+  }
+}
+
+// -----------------------------------------------------------------------------------------
+// scanner
+
+struct scanner::impl {
+  enum class state { prefix, headers, body, trailer };
+
+  parse_options opts;
+  std::uint64_t total = 0;
+  peek_fn peek;
+
+  std::uint64_t pos = 0;  // bytes fed so far
+  std::string tail;
+
+  // The line being assembled across chunks.
+  bool partial = false;
+  std::uint64_t partial_start = 0;
+  std::uint64_t partial_len = 0;
+  std::string partial_head;
+  char partial_last = '\0';
+  char partial_before_last = '\0';
+
+  state st = state::prefix;
+  std::vector<message_span> msgs;
+  std::unordered_set<std::string> used_uidls;
+
+  // The current message.
+  message_span cur;
+  std::string from_line;
+  std::optional<std::string> message_id;
+  std::optional<std::string> date;
+  std::optional<std::string> x_uidl;
+  std::optional<std::uint64_t> content_length;
+  std::string sample;
+  std::uint64_t quoted_header_lines = 0;
+  bool cl_active = false;
+  std::uint64_t cl_end = 0;
+  bool last_blank = false;
+  std::uint64_t last_start = 0;
+  std::size_t sample_before_last = 0;
+  bool line_before_blank = false;  // the previous line of this extent, in any state
+
+  static bool is_blank(const line_view& l) noexcept {
+    return l.has_lf && (l.len == 1 || (l.len == 2 && l.crlf));
+  }
+
+  result<void> on_line(const line_view& l) {
+    POSTERN_TRY(dispatch(l));
+    line_before_blank = is_blank(l);
+    return ok_result();
+  }
+
+  result<void> dispatch(const line_view& l) {
+    if ((st == state::headers || st == state::body) && cl_active && l.start >= cl_end) {
+      st = state::trailer;
+    }
+    const bool from = l.head.starts_with(from_space);
+    switch (st) {
+      case state::prefix:
+        if (from) {
+          start_message(l);
+        }
+        return ok_result();
+      case state::trailer:
+        if (from) {
+          POSTERN_TRY(close_message(l.start));
+          start_message(l);
+        }
+        return ok_result();
+      case state::headers:
+      case state::body:
+        break;
+    }
+    if (from && !(cl_active && l.start < cl_end) &&
+        (last_blank || looks_like_from_line(l.head))) {
+      POSTERN_TRY(close_message(l.start));
+      start_message(l);
+      return ok_result();
+    }
+    return content_line(l);
+  }
+
+  void start_message(const line_view& l) {
+    cur = message_span{};
+    cur.separator = l.start;
+    cur.from_line_length = l.len;
+    cur.content = l.start + l.len;
+    cur.from_fingerprint =
+        fingerprint(l.head.substr(0, std::min<std::size_t>(l.head.size(), fingerprint_bytes)));
+    cur.unquote = opts.from_quoting != quoting::none;
+    cur.dated_separator = looks_like_from_line(l.head);
+    from_line.assign(strip_line_end(l.head));
+    message_id.reset();
+    date.reset();
+    x_uidl.reset();
+    content_length.reset();
+    sample.clear();
+    quoted_header_lines = 0;
+    cl_active = false;
+    cl_end = 0;
+    last_blank = false;
+    last_start = 0;
+    sample_before_last = 0;
+    st = state::headers;
+  }
+
+  result<void> content_line(const line_view& l) {
+    std::uint64_t wire = l.len + ((l.has_lf && !l.crlf) ? 1 : 0);
+    if (!l.has_lf && l.len > 0) {
+      wire += l.last == '\r' ? 1 : 2;  // what dot_encoder::finish adds
+    }
+    if (cur.unquote && is_quoted_from(l.head, opts.from_quoting)) {
+      --wire;
+      if (st == state::headers) {
+        ++quoted_header_lines;
+      }
+    }
+    cur.size += wire;
+    const bool blank = is_blank(l);
+    sample_before_last = sample.size();
+    if (st == state::headers) {
+      if (blank) {
+        st = state::body;
+        POSTERN_TRY(check_content_length(l.start + l.len));
+      } else {
+        note_header(l.head);
+      }
+    } else if (sample.size() < uidl_body_bytes) {
+      const std::size_t want = uidl_body_bytes - sample.size();
+      sample.append(l.head.substr(0, std::min<std::size_t>(want, l.head.size())));
+    }
+    last_blank = blank;
+    last_start = l.start;
+    return ok_result();
+  }
+
+  void note_header(std::string_view head) {
+    const std::string_view line = strip_line_end(head);
+    if (line.empty()) {
+      return;
+    }
+    const char c = lower(line[0]);
+    if (c == 'c' && !content_length) {
+      if (auto v = header_value(line, "content-length")) {
+        std::uint64_t n = 0;
+        bool ok = !v->empty() && v->size() <= 19;
+        for (char d : *v) {
+          ok = ok && is_digit(d);
+          n = n * 10 + static_cast<std::uint64_t>(d - '0');
+        }
+        if (ok) {
+          content_length = n;
+        }
+      }
+    } else if (c == 'x' && !x_uidl) {
+      if (auto v = header_value(line, "x-uidl")) {
+        x_uidl = std::string(*v);
+      }
+    } else if (c == 'm' && !message_id) {
+      if (auto v = header_value(line, "message-id")) {
+        message_id = std::string(*v);
+      }
+    } else if (c == 'd' && !date) {
+      if (auto v = header_value(line, "date")) {
+        date = std::string(*v);
+      }
+    }
+  }
+
+  // At the end of the headers: does Content-Length point exactly at a boundary?
+  result<void> check_content_length(std::uint64_t body_start) {
+    if (!opts.honour_content_length || !content_length || *content_length > total ||
+        body_start > total - *content_length) {
+      return ok_result();
+    }
+    const std::uint64_t e = body_start + *content_length;
+    bool valid = e == total;
+    if (!valid) {
+      auto bytes = peek(e - 1, 8);
+      if (!bytes.ok()) {
+        return std::move(bytes).err();
+      }
+      const std::string_view s = *bytes;
+      if (!s.empty() && s[0] == '\n') {
+        const std::string_view r = s.substr(1);
+        valid = r.starts_with(from_space) || r.starts_with("\nFrom ") ||
+                r.starts_with("\r\nFrom ") || (r == "\n" && e + 1 == total) ||
+                (r == "\r\n" && e + 2 == total);
+      }
+    }
+    if (valid) {
+      cl_active = true;
+      cl_end = e;
+      if (cur.unquote) {
+        cur.unquote = false;  // mboxcl2: delimited by length, never quoted
+        cur.size += quoted_header_lines;
+      }
+    }
+    return ok_result();
+  }
+
+  // Called before the separator line (or the end) is seen by on_line, so line_before_blank
+  // still describes the extent's last line.
+  result<void> close_message(std::uint64_t extent_end) {
+    cur.extent_end = extent_end;
+    cur.ends_with_blank_line = line_before_blank && extent_end > cur.content;
+    if (cur.content > extent_end) {
+      cur.content = extent_end;  // a From_ line without a line end at the end of the file
+    }
+    if (cl_active) {
+      cur.end = cl_end;
+    } else if (last_blank && last_start >= cur.content) {
+      cur.end = last_start;  // the blank line before the separator belongs to the mbox
+      cur.size -= 2;
+      sample.resize(sample_before_last);
+    } else {
+      cur.end = extent_end;
+    }
+    POSTERN_TRY(assign_uidl());
+    msgs.push_back(std::move(cur));
+    cur = message_span{};
+    return ok_result();
+  }
+
+  result<void> assign_uidl() {
+    if (opts.use_x_uidl && x_uidl && is_legal_uidl(*x_uidl) && !used_uidls.count(*x_uidl)) {
+      cur.uidl = *x_uidl;
+      used_uidls.insert(cur.uidl);
+      return ok_result();
+    }
+    std::string input(uidl_domain);
+    input += from_line;
+    input += '\n';
+    input += message_id.value_or("");
+    input += '\n';
+    input += date.value_or("");
+    input += '\n';
+    input += sample;
+    auto derived = sha1_hex(input);
+    if (!derived.ok()) {
+      return std::move(derived).err();
+    }
+    std::string uidl = *derived;
+    for (std::uint64_t n = 1; used_uidls.count(uidl) != 0; ++n) {
+      auto next = sha1_hex(*derived + "#" + std::to_string(n));
+      if (!next.ok()) {
+        return std::move(next).err();
+      }
+      uidl = std::move(*next);
+    }
+    cur.uidl = uidl;
+    used_uidls.insert(std::move(uidl));
+    return ok_result();
+  }
+
+  result<void> feed(std::string_view chunk) {
+    const char* p = chunk.data();
+    const std::size_t n = chunk.size();
+    std::size_t i = 0;
+    while (i < n) {
+      const void* lf = std::memchr(p + i, '\n', n - i);
+      const std::size_t stop =
+          lf != nullptr ? static_cast<std::size_t>(static_cast<const char*>(lf) - p) + 1 : n;
+      const std::string_view seg(p + i, stop - i);
+      if (!partial && lf != nullptr) {
+        line_view l;
+        l.start = pos + i;
+        l.len = seg.size();
+        l.head = seg.substr(0, std::min(seg.size(), line_head_bytes));
+        l.has_lf = true;
+        l.crlf = seg.size() >= 2 && seg[seg.size() - 2] == '\r';
+        l.last = '\n';
+        POSTERN_TRY(on_line(l));
+      } else {
+        if (!partial) {
+          partial = true;
+          partial_start = pos + i;
+          partial_len = 0;
+          partial_head.clear();
+          partial_last = '\0';
+          partial_before_last = '\0';
+        }
+        if (partial_head.size() < line_head_bytes) {
+          partial_head.append(seg.substr(0, line_head_bytes - partial_head.size()));
+        }
+        if (seg.size() >= 2) {
+          partial_before_last = seg[seg.size() - 2];
+        } else {
+          partial_before_last = partial_last;
+        }
+        partial_last = seg.back();
+        partial_len += seg.size();
+        if (lf != nullptr) {
+          partial = false;
+          line_view l;
+          l.start = partial_start;
+          l.len = partial_len;
+          l.head = partial_head;
+          l.has_lf = true;
+          l.crlf = partial_len >= 2 && partial_before_last == '\r';
+          l.last = '\n';
+          POSTERN_TRY(on_line(l));
+        }
+      }
+      i = stop;
+    }
+    pos += n;
+    if (n >= tail_window) {
+      tail.assign(chunk.substr(n - tail_window));
+    } else {
+      tail.append(chunk);
+      if (tail.size() > tail_window) {
+        tail.erase(0, tail.size() - tail_window);
+      }
+    }
+    return ok_result();
+  }
+
+  result<scan_result> finish() {
+    if (partial) {
+      partial = false;
+      line_view l;
+      l.start = partial_start;
+      l.len = partial_len;
+      l.head = partial_head;
+      l.has_lf = false;
+      l.crlf = false;
+      l.last = partial_last;
+      POSTERN_TRY(on_line(l));
+    }
+    if (st != state::prefix) {
+      POSTERN_TRY(close_message(pos));
+    }
+    st = state::prefix;
+    scan_result out;
+    out.messages = std::move(msgs);
+    out.scanned_size = pos;
+    out.tail_fingerprint = fingerprint(tail);
+    return out;
+  }
+};
+
+scanner::scanner(const parse_options& opts, std::uint64_t total_size, peek_fn peek)
+    : impl_(std::make_unique<impl>()) {
+  impl_->opts = opts;
+  impl_->total = total_size;
+  impl_->peek = std::move(peek);
+}
+
+scanner::~scanner() = default;
+
+result<void> scanner::feed(std::string_view chunk) { return impl_->feed(chunk); }
+
+result<scan_result> scanner::finish() { return impl_->finish(); }
+
+result<scan_result> scan(std::string_view data, const parse_options& opts) {
+  scanner s(opts, data.size(), [data](std::uint64_t offset, std::size_t n) -> result<std::string> {
+    if (offset >= data.size()) {
+      return std::string();
+    }
+    return std::string(data.substr(offset, n));
+  });
+  POSTERN_TRY(s.feed(data));
+  return s.finish();
+}
+
+}  // namespace postern::store::mbox
