@@ -252,6 +252,9 @@ std::optional<line_error> parse_line(std::string_view line, passwd_entry& entry)
   }
   if (!pass.empty()) {
     auto parsed = parse_stored_password(pass);
+    if (parsed) {
+      entry.stored.emplace(pass);
+    }
     OPENSSL_cleanse(prefixed.data(), prefixed.size());
     if (!parsed) {
       return line_error{parsed.err().context(), {}};
@@ -403,6 +406,33 @@ class passwd_file_db final : public passdb {
         out.status = verify_status::ok;
         out.user = entry->user;
       }
+    }
+    if (!stale.empty()) {
+      out.reason = out.reason.empty() ? stale : out.reason + "; " + stale;
+    }
+    return out;
+  }
+
+  lookup_result lookup(std::string_view user) override {
+    std::string stale = refresh();
+    std::shared_ptr<const snapshot> snap;
+    {
+      std::shared_lock lock(mutex_);
+      snap = current_;
+    }
+    lookup_result out;
+    out.status = verify_status::bad_credentials;
+    const passwd_entry* entry = snap->table.find(user);
+    if (entry == nullptr) {
+      out.reason = "unknown user";
+    } else if (!entry->password || !entry->stored || entry->password->data().empty()) {
+      out.reason = "no password set for user";
+    } else if (!entry->refusal.empty()) {
+      out.reason = std::string(entry->refusal);
+    } else {
+      out.status = verify_status::ok;
+      out.user = entry->user;
+      out.stored.emplace(entry->stored->view());
     }
     if (!stale.empty()) {
       out.reason = out.reason.empty() ? stale : out.reason + "; " + stale;

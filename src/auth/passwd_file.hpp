@@ -26,8 +26,15 @@
 // "path:line: reason" (never the secret). A typo should not silently lock a user out or leave
 // two passwords in force.
 //
+// lookup() (for CRAM-MD5, SCRAM, APOP, EXTERNAL and GSSAPI) answers from the same contents
+// and applies the same refusals as verify(): an unknown user, an empty password field and the
+// refusing extra fields (nologin, ...) all give bad_credentials, so an account with an empty
+// password field cannot log in at all, by any mechanism. An account that should log in only
+// with a client certificate or Kerberos holds a locked secret such as "{CRYPT}*": lookup()
+// succeeds and returns it, and no password mechanism can ever match it.
+//
 // Threading and ownership: open_passwd_file() returns a passdb whose verify() may be called
-// from any number of threads at once; the caller owns it. verify() stats the file on each call;
+// (and lookup()) from any number of threads at once; the caller owns it. Each call stats the file;
 // when its identity (device, inode, size, mtime, ctime) changed, one caller re-reads it while
 // the others go on with the previous contents (nobody waits for a reload). The contents are an
 // immutable snapshot shared by pointer, so the slow password hashing runs without a lock held.
@@ -61,6 +68,9 @@ result<std::unique_ptr<passdb>> open_passwd_file(std::string path);
 struct passwd_entry {
   user_record user;
   std::optional<stored_password> password;  // nullopt: empty password field, login impossible
+  // The password field as written (libpam-pwdfile's "hash[NN]" already rewritten to
+  // "{SCHEME}hash"), for passdb::lookup(). Set exactly when `password` is.
+  std::optional<secret_string> stored;
   // Non-empty when an extra field forbids this login even with the right password (static
   // storage). Refused rather than honoured:
   //   nologin      Dovecot refuses the login (and maybe redirects with reason=/proxy): same.
