@@ -46,7 +46,9 @@ asio::awaitable<void> watchdog(std::shared_ptr<session_control> ctl) {
     }
     if (std::chrono::steady_clock::now() >= ctl->deadline) {
       ctl->timed_out = true;
-      ctl->stream->close();
+      if (ctl->stream) {
+        ctl->stream->close();
+      }
       break;
     }
   }
@@ -131,7 +133,7 @@ pop3::connection_policy policy_for(const session_env& env, const connection_secu
 }  // namespace
 
 void session_control::stop(bool for_shutdown) noexcept {
-  if (done) {
+  if (done || !stream) {
     return;
   }
   shutting_down = shutting_down || for_shutdown;
@@ -174,7 +176,7 @@ asio::awaitable<void> run_session(std::shared_ptr<session_control> ctl, const se
   touch();
   asio::co_spawn(ex, watchdog(ctl), asio::detached);
 
-  if (conn.implicit_tls) {
+  if (conn.implicit_tls && !conn.resume) {
     auto* tls = static_cast<tls_transport*>(ctl->stream.get());
     std::string why = co_await tls->handshake();
     if (!why.empty()) {
@@ -199,12 +201,20 @@ asio::awaitable<void> run_session(std::shared_ptr<session_control> ctl, const se
     if (env.apop) {
       opts.apop_timestamp = auth::make_apop_timestamp(env.hostname);
     }
+    if (conn.resume) {
+      opts.resume_user = conn.resume->account.name;
+      opts.resume_method = conn.resume->method;
+    }
   }
   pop3::session engine(std::move(opts));
   std::unique_ptr<auth::sasl_exchange> exchange;
   std::unique_ptr<store::maildrop> drop;
   auth::user_record account;  // set by a successful authentication
   std::string user;           // set once the maildrop is open, for logs
+  if (conn.resume) {
+    account = std::move(conn.resume->account);
+    engine.feed(conn.resume->input);
+  }
   const char* reason = "disconnected";
   store::commit_stats committed;
   bool committed_ok = false;
@@ -356,6 +366,17 @@ asio::awaitable<void> run_session(std::shared_ptr<session_control> ctl, const se
         break;
       }
       case pop3::step::open_maildrop: {
+        if (env.on_authenticated) {
+          if (!co_await flush()) {
+            running = false;
+            break;
+          }
+          handoff h{account, engine.login_method(), engine.take_unprocessed_input(), *ctl, id};
+          co_await env.on_authenticated(h);
+          reason = "handoff";
+          running = false;
+          break;
+        }
         result<std::unique_ptr<store::maildrop>> opened = error(errc::permanent, "no mail location");
         auto path = maildrop_path(account, env);
         if (!path) {
@@ -470,7 +491,9 @@ asio::awaitable<void> run_session(std::shared_ptr<session_control> ctl, const se
   } else if (ctl->shutting_down) {
     reason = "shutdown";
   }
-  ctl->stream->close();
+  if (ctl->stream) {  // a handoff may have taken the transport
+    ctl->stream->close();
+  }
   if (!user.empty()) {
     const auto& s = engine.stats();
     std::uint64_t left = 0, left_bytes = 0;

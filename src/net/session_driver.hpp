@@ -22,11 +22,27 @@
 #include <asio/thread_pool.hpp>
 
 #include <chrono>
+#include <functional>
 #include <list>
+#include <optional>
 #include <memory>
 #include <string>
 
 namespace postern::net {
+
+struct session_control;
+
+// Privilege separation: what the unprivileged pre-authentication process hands to the session
+// process once the credentials are accepted.
+struct handoff {
+  const auth::user_record& account;
+  std::string_view method;      // USER, APOP or the SASL mechanism, for the login log line
+  std::string input;            // client bytes received but not yet processed (pipelining)
+  session_control& control;     // the client transport (plain or TLS); the hook may take
+                                // control.stream (leave it null) so the driver does not
+                                // shut the connection down
+  std::string_view session_id;
+};
 
 // Shared, read-only for the life of the server (tls_server_context is itself thread-safe).
 struct session_env {
@@ -48,6 +64,16 @@ struct session_env {
   bool apop = false;
   std::string hostname;                    // for APOP timestamps
   std::string external_user = "subject:CN";
+  // When set (fork mode, pre-auth process), called instead of opening the maildrop; the session
+  // ends here when it returns, and the session process answers the client from then on.
+  std::function<asio::awaitable<void>(handoff&)> on_authenticated;
+};
+
+// A session process taking over after a privilege-separated login.
+struct resume_state {
+  auth::user_record account;
+  std::string method;
+  std::string input;  // unprocessed client bytes from the pre-auth process
 };
 
 // How the client reached us.
@@ -55,6 +81,7 @@ struct connection_info {
   std::string remote;            // as logged
   asio::ip::address address;     // unspecified for a non-IP stdin
   bool implicit_tls = false;     // the transport is a tls_transport awaiting its handshake
+  std::optional<resume_state> resume;  // set: the login already happened in another process
 };
 
 // One session's control block, shared by its driver, its watchdog and the registry.

@@ -10,6 +10,12 @@ namespace postern::pop3 {
 
 session::session(session_options opts) : opts_(std::move(opts)) {
   out_.reserve(256);
+  if (!opts_.resume_user.empty()) {
+    user_ = opts_.resume_user;
+    method_ = opts_.resume_method;
+    pending_ = step::open_maildrop;
+    return;
+  }
   if (opts_.apop_timestamp.empty()) {
     reply_ok(opts_.greeting);
   } else {
@@ -18,6 +24,13 @@ session::session(session_options opts) : opts_(std::move(opts)) {
 }
 
 void session::feed(std::string_view bytes) { in_.append(bytes); }
+
+std::string session::take_unprocessed_input() {
+  std::string rest = in_.substr(in_pos_);
+  in_.clear();
+  in_pos_ = 0;
+  return rest;
+}
 
 void session::reply_ok(std::string_view text) {
   if (text.empty()) {

@@ -56,6 +56,11 @@ struct session_options {
   bool tls_required = false;      // before TLS only CAPA, STLS and QUIT (tls mode "required")
   std::vector<std::string> sasl_mechanisms;  // usable on this connection, in CAPA order
   std::string apop_timestamp;     // non-empty: APOP on, and the greeting carries it
+  // Privilege separation: a session process that takes over after another process checked
+  // the credentials starts here, with no greeting, at step::open_maildrop for this user; its
+  // reply to the maildrop open answers the client's PASS/APOP/AUTH.
+  std::string resume_user;
+  std::string resume_method;
 };
 
 // What changes on a connection once TLS is up (STLS): the driver recomputes it.
@@ -79,6 +84,9 @@ class session {
   std::string& output() noexcept { return out_; }
 
   void feed(std::string_view bytes);
+  // Input received but not yet processed (pipelined after the current command); handed to the
+  // session process at a privilege-separation handoff. Clears it here.
+  std::string take_unprocessed_input();
   void feed_eof() noexcept { eof_ = true; }
   step next();
 

@@ -478,3 +478,28 @@ TEST(session_apop, not_available_without_timestamp) {
 
 }  // namespace
 }  // namespace postern::pop3
+
+namespace postern::pop3 {
+namespace {
+
+TEST(session_resume, starts_authenticated_without_greeting) {
+  session_options o;
+  o.resume_user = "alice";
+  o.resume_method = "USER";
+  fake_driver d(o);
+  d.s.feed("STAT\r\n");
+  EXPECT_EQ(d.run(), "+OK Logged in.\r\n+OK 3 " +
+                         std::to_string(d.infos[0].size + d.infos[1].size + d.infos[2].size) + "\r\n");
+  EXPECT_EQ(d.s.login_method(), "USER");
+}
+
+TEST(session_resume, unprocessed_input_is_handed_over) {
+  fake_driver d;
+  d.run();
+  d.s.feed("USER alice\r\nPASS secret\r\nSTAT\r\nLIST\r\n");
+  EXPECT_EQ(d.s.next(), step::authenticate);
+  EXPECT_EQ(d.s.take_unprocessed_input(), "STAT\r\nLIST\r\n");
+}
+
+}  // namespace
+}  // namespace postern::pop3
