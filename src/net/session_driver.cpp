@@ -176,9 +176,16 @@ asio::awaitable<void> run_session(std::shared_ptr<session_control> ctl, const se
   touch();
   asio::co_spawn(ex, watchdog(ctl), asio::detached);
 
+  // A handshake gets at most a minute, whatever the idle timeout.
+  auto handshake_deadline = [&] {
+    ctl->deadline = std::chrono::steady_clock::now() +
+                    std::min<std::chrono::milliseconds>(env.idle_timeout, std::chrono::seconds(60));
+  };
   if (conn.implicit_tls && !conn.resume) {
     auto* tls = static_cast<tls_transport*>(ctl->stream.get());
+    handshake_deadline();
     std::string why = co_await tls->handshake();
+    touch();
     if (!why.empty()) {
       log::notice("TLS handshake failed: rip={}, session=<{}>, error={}", remote, id,
                   ctl->timed_out ? std::string("timeout") : why);
@@ -305,8 +312,9 @@ asio::awaitable<void> run_session(std::shared_ptr<session_control> ctl, const se
         }
         ctl->stream = std::make_unique<tls_transport>(std::move(tcp->socket()), env.tls->current());
         auto* tls = static_cast<tls_transport*>(ctl->stream.get());
-        touch();
+        handshake_deadline();
         std::string why = co_await tls->handshake();
+        touch();
         if (!why.empty()) {
           log::notice("TLS handshake failed: rip={}, session=<{}>, error={}", remote, id,
                       ctl->timed_out ? std::string("timeout") : why);

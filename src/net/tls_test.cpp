@@ -606,6 +606,13 @@ TEST_F(tls_test, client_closing_during_handshake_is_reported) {
   EXPECT_EQ(reason, "client closed the connection during the handshake");
 }
 
+TEST_F(tls_test, client_rejecting_the_certificate_is_reported) {
+  auto sctx = make_server();
+  auto out = try_handshake(io_, sctx, {.trust = the().client_ca.string()});  // the wrong CA
+  EXPECT_TRUE(out.client_ec);
+  EXPECT_NE(out.server_reason.find("unknown ca"), std::string::npos) << out.server_reason;
+}
+
 TEST_F(tls_test, strict_alpn) {
   auto sctx = make_server();
   auto bad = try_handshake(io_, sctx, {.alpn = {"http/1.1", "imap"}});

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -41,10 +42,37 @@ void expect_same_config(const config& a, const config& b) {
   EXPECT_EQ(a.max_bad_commands, b.max_bad_commands);
   EXPECT_EQ(a.implementation_capability, b.implementation_capability);
   EXPECT_EQ(a.greeting, b.greeting);
+  ASSERT_EQ(a.tls_listen.size(), b.tls_listen.size());
+  for (std::size_t i = 0; i < a.tls_listen.size(); ++i) {
+    EXPECT_EQ(a.tls_listen[i].host, b.tls_listen[i].host) << i;
+    EXPECT_EQ(a.tls_listen[i].port, b.tls_listen[i].port) << i;
+  }
+  EXPECT_EQ(a.tls_cert, b.tls_cert);
+  EXPECT_EQ(a.tls_key, b.tls_key);
+  EXPECT_EQ(a.tls_chain, b.tls_chain);
+  EXPECT_EQ(a.tls, b.tls);
+  EXPECT_EQ(a.tls_min_version, b.tls_min_version);
+  EXPECT_EQ(a.tls_ciphers, b.tls_ciphers);
+  EXPECT_EQ(a.tls_ciphersuites, b.tls_ciphersuites);
+  EXPECT_EQ(a.tls_groups, b.tls_groups);
+  EXPECT_EQ(a.tls_client_ca, b.tls_client_ca);
   EXPECT_EQ(a.mail_location, b.mail_location);
+  EXPECT_EQ(a.mbox_locking, b.mbox_locking);
+  EXPECT_EQ(a.mbox_lock_timeout, b.mbox_lock_timeout);
+  EXPECT_EQ(a.mbox_quoting, b.mbox_quoting);
+  EXPECT_EQ(a.mbox_content_length, b.mbox_content_length);
   EXPECT_EQ(a.passdb, b.passdb);
   EXPECT_EQ(a.failure_delay, b.failure_delay);
   EXPECT_EQ(a.worker_threads, b.worker_threads);
+  EXPECT_EQ(a.mechanisms, b.mechanisms);
+  EXPECT_EQ(a.disable_plaintext_auth, b.disable_plaintext_auth);
+  EXPECT_EQ(a.loopback_is_secure, b.loopback_is_secure);
+  EXPECT_EQ(a.trusted_networks, b.trusted_networks);
+  EXPECT_EQ(a.apop, b.apop);
+  EXPECT_EQ(a.gssapi_keytab, b.gssapi_keytab);
+  EXPECT_EQ(a.gssapi_service, b.gssapi_service);
+  EXPECT_EQ(a.gssapi_hostname, b.gssapi_hostname);
+  EXPECT_EQ(a.external_user, b.external_user);
   EXPECT_EQ(a.level, b.level);
   EXPECT_EQ(a.target, b.target);
   EXPECT_EQ(a.syslog_ident, b.syslog_ident);
@@ -101,13 +129,13 @@ TEST(config, empty_file_gives_defaults) {
 }
 
 TEST(config, empty_tables_and_comments_give_defaults) {
-  auto r = parse_config("# nothing set\n[server]\n[mail]\n[auth]\n[log]\n", "t.toml");
+  auto r = parse_config("# nothing set\n[server]\n[mail]\n[auth]\n[tls]\n[log]\n", "t.toml");
   ASSERT_TRUE(r.ok()) << r.err().message();
   expect_same_config(*r, config{});
 }
 
 struct key_case {
-  const char* text;
+  std::string text;
   std::function<void(const config&)> check;
 };
 
@@ -356,7 +384,8 @@ TEST(config, errors_name_file_line_and_key) {
   const error_case cases[] = {
       // Structure.
       {"[server]\nthreads = 1\n\n[srever]\n",
-       "t.toml:4: srever: unknown table; the tables are [server], [mail], [auth] and [log]"},
+       "t.toml:4: srever: unknown table; the tables are [server], [mail], [auth], [tls] and "
+       "[log]"},
       {"[server]\nlisen = [\"*:110\"]\n",
        "t.toml:2: server.lisen: unknown key; did you mean listen?"},
       {"[server]\nidle_timout = 5\n",
@@ -368,8 +397,8 @@ TEST(config, errors_name_file_line_and_key) {
       {"\n\nthreads = 4\n",
        "t.toml:3: threads: unknown top-level key; threads belongs in [server]"},
       {"colour = 4\n",
-       "t.toml:1: colour: unknown top-level key; settings go inside [server], [mail], [auth] or "
-       "[log]"},
+       "t.toml:1: colour: unknown top-level key; settings go inside [server], [mail], [auth], "
+       "[tls] or [log]"},
       {"server = 4\n", "t.toml:1: server: must be a table ([server]), not an integer"},
       {"[[server]]\nthreads = 1\n", "t.toml:1: server: must be a table ([server]), not an array"},
       // Types.
@@ -511,6 +540,533 @@ TEST(config, syntax_errors_give_line_and_column) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// TLS, SASL, the plaintext policy and mbox keys
+
+// A [tls] table with the certificate and key that tls_listen, the strict modes, chain and
+// client_ca need (three lines; the files are not read while parsing).
+const std::string tls_files =
+    "[tls]\ncert = \"/etc/postern/cert.pem\"\nkey = \"/etc/postern/key.pem\"\n";
+
+const std::string supported_mechanisms =
+    "(PLAIN, LOGIN, CRAM-MD5, SCRAM-SHA-1, SCRAM-SHA-256, SCRAM-SHA-256-PLUS, EXTERNAL, GSSAPI)";
+
+// What docs/configuration.md and contrib/postern.toml promise.
+TEST(config, defaults_of_tls_auth_and_mbox_keys) {
+  const config c;
+  EXPECT_TRUE(c.tls_listen.empty());
+  EXPECT_EQ(c.tls_cert, "");
+  EXPECT_EQ(c.tls_key, "");
+  EXPECT_EQ(c.tls_chain, "");
+  EXPECT_EQ(c.tls, tls_mode::ondemand);
+  EXPECT_EQ(c.tls_min_version, "TLSv1.2");
+  EXPECT_EQ(c.tls_ciphers, "");
+  EXPECT_EQ(c.tls_ciphersuites, "");
+  EXPECT_EQ(c.tls_groups, "");
+  EXPECT_EQ(c.tls_client_ca, "");
+  EXPECT_EQ(c.mechanisms, (std::vector<std::string>{"PLAIN", "LOGIN"}));
+  EXPECT_TRUE(c.disable_plaintext_auth);
+  EXPECT_TRUE(c.loopback_is_secure);
+  EXPECT_TRUE(c.trusted_networks.empty());
+  EXPECT_FALSE(c.apop);
+  EXPECT_EQ(c.gssapi_keytab, "");
+  EXPECT_EQ(c.gssapi_service, "pop");
+  EXPECT_EQ(c.gssapi_hostname, "");
+  EXPECT_EQ(c.external_user, "subject:CN");
+  EXPECT_EQ(c.mbox_locking, (std::vector<std::string>{"dotlock", "fcntl"}));
+  EXPECT_EQ(c.mbox_lock_timeout, 30s);
+  EXPECT_EQ(c.mbox_quoting, "mboxo");
+  EXPECT_FALSE(c.mbox_content_length);
+}
+
+TEST(config, tls_auth_and_mbox_keys_are_read) {
+  using strings = std::vector<std::string>;
+  const key_case cases[] = {
+      // [server] tls_listen
+      {"[server]\ntls_listen = []\n", [](const config& c) { EXPECT_TRUE(c.tls_listen.empty()); }},
+      {"[server]\ntls_listen = [\"*:995\", \"[::]:995\", \"127.0.0.1:0\", \"127.0.0.1:0\"]\n" +
+           tls_files,
+       [](const config& c) {
+         ASSERT_EQ(c.tls_listen.size(), 4u);
+         EXPECT_EQ(c.tls_listen[0].host, "0.0.0.0");
+         EXPECT_EQ(c.tls_listen[0].port, 995);
+         EXPECT_EQ(c.tls_listen[1].host, "::");
+         EXPECT_EQ(c.tls_listen[3].port, 0);
+         EXPECT_EQ(c.listen.size(), 2u);  // the plain listeners keep their default
+       }},
+      // The same address may be plain in one list and TLS in the other only on another port.
+      {"[server]\nlisten = [\"[2001:DB8::1]:110\"]\ntls_listen = [\"[2001:DB8::1]:995\"]\n" +
+           tls_files,
+       [](const config& c) {
+         ASSERT_EQ(c.tls_listen.size(), 1u);
+         EXPECT_EQ(c.tls_listen[0].host, "2001:db8::1");
+       }},
+      // [tls]
+      {tls_files,
+       [](const config& c) {
+         EXPECT_EQ(c.tls_cert, "/etc/postern/cert.pem");
+         EXPECT_EQ(c.tls_key, "/etc/postern/key.pem");
+         EXPECT_EQ(c.tls, tls_mode::ondemand);
+       }},
+      {tls_files + "chain = \"/etc/postern/chain.pem\"\n",
+       [](const config& c) { EXPECT_EQ(c.tls_chain, "/etc/postern/chain.pem"); }},
+      {tls_files + "client_ca = \"/etc/postern/clients.pem\"\n",
+       [](const config& c) { EXPECT_EQ(c.tls_client_ca, "/etc/postern/clients.pem"); }},
+      {"[tls]\ncert = \"\"\nkey = \"\"\nchain = \"\"\nclient_ca = \"\"\n",
+       [](const config& c) { EXPECT_EQ(c.tls_cert, ""); }},
+      {"[tls]\nmode = \"none\"\n", [](const config& c) { EXPECT_EQ(c.tls, tls_mode::none); }},
+      {"[tls]\nmode = \"ondemand\"\n",
+       [](const config& c) { EXPECT_EQ(c.tls, tls_mode::ondemand); }},
+      {tls_files + "mode = \"none\"\n", [](const config& c) { EXPECT_EQ(c.tls, tls_mode::none); }},
+      {tls_files + "mode = \"required\"\n",
+       [](const config& c) { EXPECT_EQ(c.tls, tls_mode::required); }},
+      {tls_files + "mode = \"connection\"\n",
+       [](const config& c) { EXPECT_EQ(c.tls, tls_mode::connection); }},
+      {"tls = { cert = \"/c.pem\", key = \"/k.pem\", mode = \"required\" }\n",
+       [](const config& c) { EXPECT_EQ(c.tls, tls_mode::required); }},
+      {"[tls]\nmin_version = \"TLSv1.2\"\n",
+       [](const config& c) { EXPECT_EQ(c.tls_min_version, "TLSv1.2"); }},
+      {"[tls]\nmin_version = \"TLSv1.3\"\n",
+       [](const config& c) { EXPECT_EQ(c.tls_min_version, "TLSv1.3"); }},
+      {"[tls]\nciphers = \"ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL\"\n",
+       [](const config& c) { EXPECT_EQ(c.tls_ciphers, "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL"); }},
+      {"[tls]\nciphersuites = \"TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256\"\n",
+       [](const config& c) {
+         EXPECT_EQ(c.tls_ciphersuites, "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256");
+       }},
+      {"[tls]\ngroups = \"X25519:P-256\"\n",
+       [](const config& c) { EXPECT_EQ(c.tls_groups, "X25519:P-256"); }},
+      // [auth]
+      {"[auth]\nmechanisms = [\"SCRAM-SHA-256\", \"PLAIN\"]\n",
+       [](const config& c) { EXPECT_EQ(c.mechanisms, (strings{"SCRAM-SHA-256", "PLAIN"})); }},
+      {"[auth]\nmechanisms = []\n", [](const config& c) { EXPECT_TRUE(c.mechanisms.empty()); }},
+      {"[auth]\ndisable_plaintext_auth = false\n",
+       [](const config& c) { EXPECT_FALSE(c.disable_plaintext_auth); }},
+      {"[auth]\nloopback_is_secure = false\n",
+       [](const config& c) { EXPECT_FALSE(c.loopback_is_secure); }},
+      {"[auth]\ntrusted_networks = [\"10.0.0.0/8\", \"2001:db8::/32\"]\n",
+       [](const config& c) {
+         EXPECT_EQ(c.trusted_networks, (strings{"10.0.0.0/8", "2001:db8::/32"}));
+       }},
+      {"[auth]\napop = true\n", [](const config& c) { EXPECT_TRUE(c.apop); }},
+      {"[auth]\ngssapi_keytab = \"/etc/postern/pop.keytab\"\n",
+       [](const config& c) { EXPECT_EQ(c.gssapi_keytab, "/etc/postern/pop.keytab"); }},
+      {"[auth]\ngssapi_service = \"pop3\"\n",
+       [](const config& c) { EXPECT_EQ(c.gssapi_service, "pop3"); }},
+      {"[auth]\ngssapi_hostname = \"mail.example.org\"\n",
+       [](const config& c) { EXPECT_EQ(c.gssapi_hostname, "mail.example.org"); }},
+      {"[auth]\nexternal_user = \"subject:CN\"\n",
+       [](const config& c) { EXPECT_EQ(c.external_user, "subject:CN"); }},
+      {"[auth]\nexternal_user = \"subject:emailAddress\"\n",
+       [](const config& c) { EXPECT_EQ(c.external_user, "subject:emailAddress"); }},
+      {"[auth]\nexternal_user = \"san:email\"\n",
+       [](const config& c) { EXPECT_EQ(c.external_user, "san:email"); }},
+      // [mail]
+      {"[mail]\nmbox_locking = [\"flock\"]\n",
+       [](const config& c) { EXPECT_EQ(c.mbox_locking, strings{"flock"}); }},
+      {"[mail]\nmbox_locking = [\"fcntl\", \"dotlock\"]\n",
+       [](const config& c) { EXPECT_EQ(c.mbox_locking, (strings{"fcntl", "dotlock"})); }},
+      {"[mail]\nmbox_locking = [\"dotlock\", \"fcntl\", \"flock\"]\n",
+       [](const config& c) {
+         EXPECT_EQ(c.mbox_locking, (strings{"dotlock", "fcntl", "flock"}));
+       }},
+      {"[mail]\nmbox_lock_timeout = 1\n", [](const config& c) { EXPECT_EQ(c.mbox_lock_timeout, 1s); }},
+      {"[mail]\nmbox_lock_timeout = \"1000ms\"\n",
+       [](const config& c) { EXPECT_EQ(c.mbox_lock_timeout, 1s); }},
+      {"[mail]\nmbox_lock_timeout = \"45s\"\n",
+       [](const config& c) { EXPECT_EQ(c.mbox_lock_timeout, 45s); }},
+      {"[mail]\nmbox_lock_timeout = 600\n",
+       [](const config& c) { EXPECT_EQ(c.mbox_lock_timeout, 600s); }},
+      {"[mail]\nmbox_lock_timeout = \"10m\"\n",
+       [](const config& c) { EXPECT_EQ(c.mbox_lock_timeout, 600s); }},
+      {"[mail]\nmbox_quoting = \"mboxo\"\n",
+       [](const config& c) { EXPECT_EQ(c.mbox_quoting, "mboxo"); }},
+      {"[mail]\nmbox_quoting = \"mboxrd\"\n",
+       [](const config& c) { EXPECT_EQ(c.mbox_quoting, "mboxrd"); }},
+      {"[mail]\nmbox_quoting = \"none\"\n",
+       [](const config& c) { EXPECT_EQ(c.mbox_quoting, "none"); }},
+      {"[mail]\nmbox_content_length = true\n",
+       [](const config& c) { EXPECT_TRUE(c.mbox_content_length); }},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.text);
+    auto r = parse_config(c.text, "t.toml");
+    ASSERT_TRUE(r.ok()) << r.err().message();
+    c.check(*r);
+  }
+}
+
+struct rejection_case {
+  std::string text;
+  std::string message;  // the whole expected message
+};
+
+TEST(config, tls_auth_and_mbox_rejections_name_line_and_key) {
+  const std::string path_chars = "the path must not contain control characters";
+  const std::string not_a_word = " must be a single word without spaces, ':' or '/'";
+  const std::string openssl_list = " must be an OpenSSL list without spaces, e.g. \"X25519:P-256\"";
+  const std::string bad_network =
+      " is not a numeric network (ADDRESS/PREFIX, e.g. \"192.0.2.0/24\")";
+  const rejection_case cases[] = {
+      // [server] tls_listen
+      {"[server]\ntls_listen = \"*:995\"\n",
+       "t.toml:2: server.tls_listen: expected an array of strings such as [\"127.0.0.1:110\", "
+       "\"[::1]:110\"], got a string"},
+      {"[server]\ntls_listen = [995]\n",
+       "t.toml:2: server.tls_listen: expected an array of strings, found an integer"},
+      {"[server]\ntls_listen = [\n  \"*:995\",\n  \"localhost:995\",\n]\n" + tls_files,
+       "t.toml:4: server.tls_listen: \"localhost:995\": \"localhost\" is a host name; use a "
+       "numeric address (names are never resolved)"},
+      {"[server]\ntls_listen = [\"*:995\", \"0.0.0.0:995\"]\n" + tls_files,
+       "t.toml:2: server.tls_listen: \"0.0.0.0:995\" is listed twice"},
+      {"[server]\ntls_listen = [\"*\"]\n",
+       "t.toml:2: server.tls_listen: \"*\": missing \":PORT\"; write ADDRESS:PORT, e.g. "
+       "\"127.0.0.1:110\""},
+      {"[server]\ntls_listen = [\"::1:995\"]\n",
+       "t.toml:2: server.tls_listen: \"::1:995\": IPv6 addresses must be written in brackets, "
+       "e.g. \"[::1]:110\""},
+      // [tls] files
+      {"[tls]\ncert = \"cert.pem\"\nkey = \"/k.pem\"\n",
+       "t.toml:2: tls.cert: \"cert.pem\": the path must be absolute"},
+      {"[tls]\ncert = \"/c.pem\"\nkey = \"./key.pem\"\n",
+       "t.toml:3: tls.key: \"./key.pem\": the path must be absolute"},
+      {tls_files + "chain = \"~/chain.pem\"\n",
+       "t.toml:4: tls.chain: \"~/chain.pem\": the path must be absolute"},
+      {tls_files + "\nclient_ca = \"ca.pem\"\n",
+       "t.toml:5: tls.client_ca: \"ca.pem\": the path must be absolute"},
+      {"[tls]\ncert = \"/etc/cert\\n.pem\"\n", "t.toml:2: tls.cert: " + path_chars},
+      {"[tls]\nkey = \"/etc/key\\u007f\"\n", "t.toml:2: tls.key: " + path_chars},
+      {"[tls]\nchain = 5\n", "t.toml:2: tls.chain: expected a string, got an integer"},
+      {"[tls]\nclient_ca = [\"/a.pem\"]\n",
+       "t.toml:2: tls.client_ca: expected a string, got an array"},
+      // [tls] mode and protocol
+      {tls_files + "mode = \"Required\"\n",
+       "t.toml:4: tls.mode: \"Required\" is not one of \"none\", \"ondemand\", \"required\", "
+       "\"connection\""},
+      {"[tls]\nmode = \"starttls\"\n",
+       "t.toml:2: tls.mode: \"starttls\" is not one of \"none\", \"ondemand\", \"required\", "
+       "\"connection\""},
+      {"[tls]\nmode = true\n", "t.toml:2: tls.mode: expected a string, got a boolean"},
+      {"[tls]\nmin_version = \"TLSv1.1\"\n",
+       "t.toml:2: tls.min_version: \"TLSv1.1\" is not one of \"TLSv1.2\", \"TLSv1.3\""},
+      {"[tls]\nmin_version = \"tlsv1.3\"\n",
+       "t.toml:2: tls.min_version: \"tlsv1.3\" is not one of \"TLSv1.2\", \"TLSv1.3\""},
+      {"[tls]\nmin_version = \"1.3\"\n",
+       "t.toml:2: tls.min_version: \"1.3\" is not one of \"TLSv1.2\", \"TLSv1.3\""},
+      {"[tls]\nmin_version = 1.3\n",
+       "t.toml:2: tls.min_version: expected a string, got a floating-point number"},
+      {"[tls]\nciphers = \"HIGH !aNULL\"\n", "t.toml:2: tls.ciphers: \"HIGH !aNULL\"" + openssl_list},
+      {"[tls]\nciphersuites = \"TLS_AES_128_GCM_SHA256\\t\"\n",
+       "t.toml:2: tls.ciphersuites: \"TLS_AES_128_GCM_SHA256?\"" + openssl_list},
+      {"[tls]\ngroups = \"X25519 P-256\"\n", "t.toml:2: tls.groups: \"X25519 P-256\"" + openssl_list},
+      {"[tls]\ngroups = [\"X25519\"]\n", "t.toml:2: tls.groups: expected a string, got an array"},
+      // [auth] mechanisms
+      {"[auth]\nmechanisms = \"PLAIN\"\n",
+       "t.toml:2: auth.mechanisms: expected an array of mechanism names such as [\"PLAIN\", "
+       "\"SCRAM-SHA-256\"], got a string"},
+      {"[auth]\nmechanisms = [\"PLAIN\", 1]\n",
+       "t.toml:2: auth.mechanisms: expected an array of strings, found an integer"},
+      {"[auth]\nmechanisms = [\n  \"PLAIN\",\n  \"XOAUTH2\",\n]\n",
+       "t.toml:4: auth.mechanisms: \"XOAUTH2\" is not a supported mechanism " +
+           supported_mechanisms},
+      {"[auth]\nmechanisms = [\"DIGEST-MD5\"]\n",
+       "t.toml:2: auth.mechanisms: \"DIGEST-MD5\" is not a supported mechanism " +
+           supported_mechanisms},
+      {"[auth]\nmechanisms = [\"\"]\n",
+       "t.toml:2: auth.mechanisms: \"\" is not a supported mechanism " + supported_mechanisms},
+      {"[auth]\nmechanisms = [\" PLAIN\"]\n",
+       "t.toml:2: auth.mechanisms: \" PLAIN\" is not a supported mechanism " +
+           supported_mechanisms},
+      {"[auth]\nmechanisms = [\n  \"login\",\n  \"LOGIN\",\n]\n",
+       "t.toml:4: auth.mechanisms: \"LOGIN\" is listed twice"},
+      // [auth] plaintext policy and APOP
+      {"[auth]\ndisable_plaintext_auth = \"yes\"\n",
+       "t.toml:2: auth.disable_plaintext_auth: expected a boolean (true or false), got a string"},
+      {"[auth]\nloopback_is_secure = 1\n",
+       "t.toml:2: auth.loopback_is_secure: expected a boolean (true or false), got an integer"},
+      {"[auth]\napop = \"true\"\n",
+       "t.toml:2: auth.apop: expected a boolean (true or false), got a string"},
+      {"[auth]\ntrusted_networks = \"10.0.0.0/8\"\n",
+       "t.toml:2: auth.trusted_networks: expected an array of networks such as [\"10.0.0.0/8\", "
+       "\"::1/128\"], got a string"},
+      {"[auth]\ntrusted_networks = [8]\n",
+       "t.toml:2: auth.trusted_networks: expected an array of strings, found an integer"},
+      {"[auth]\ntrusted_networks = [\n  \"10.0.0.0/8\",\n  \"192.168.1.1/24\",\n]\n",
+       "t.toml:4: auth.trusted_networks: \"192.168.1.1/24\"" + bad_network},
+      // [auth] GSSAPI and EXTERNAL
+      {"[auth]\ngssapi_keytab = \"pop.keytab\"\n",
+       "t.toml:2: auth.gssapi_keytab: \"pop.keytab\": the path must be absolute"},
+      {"[auth]\ngssapi_keytab = \"FILE:/etc/krb5.keytab\"\n",
+       "t.toml:2: auth.gssapi_keytab: \"FILE:/etc/krb5.keytab\": the path must be absolute"},
+      {"[auth]\ngssapi_service = \"pop 3\"\n", "t.toml:2: auth.gssapi_service: \"pop 3\"" + not_a_word},
+      {"[auth]\ngssapi_service = \"pop/mail\"\n",
+       "t.toml:2: auth.gssapi_service: \"pop/mail\"" + not_a_word},
+      {"[auth]\ngssapi_service = 110\n",
+       "t.toml:2: auth.gssapi_service: expected a string, got an integer"},
+      {"[auth]\ngssapi_hostname = \"mail.example.org:110\"\n",
+       "t.toml:2: auth.gssapi_hostname: \"mail.example.org:110\"" + not_a_word},
+      {"[auth]\ngssapi_hostname = \"-mail\"\n", "t.toml:2: auth.gssapi_hostname: \"-mail\"" + not_a_word},
+      {"[auth]\nexternal_user = \"subject:cn\"\n",
+       "t.toml:2: auth.external_user: \"subject:cn\" is not one of \"subject:CN\", "
+       "\"subject:emailAddress\", \"san:email\""},
+      {"[auth]\nexternal_user = \"CN\"\n",
+       "t.toml:2: auth.external_user: \"CN\" is not one of \"subject:CN\", "
+       "\"subject:emailAddress\", \"san:email\""},
+      {"[auth]\nexternal_user = \"\"\n",
+       "t.toml:2: auth.external_user: \"\" is not one of \"subject:CN\", "
+       "\"subject:emailAddress\", \"san:email\""},
+      // [mail] mbox
+      {"[mail]\nmbox_locking = \"dotlock\"\n",
+       "t.toml:2: mail.mbox_locking: expected an array such as [\"dotlock\", \"fcntl\"], got a "
+       "string"},
+      {"[mail]\nmbox_locking = []\n",
+       "t.toml:2: mail.mbox_locking: must name at least one locking method"},
+      {"[mail]\nmbox_locking = [true]\n",
+       "t.toml:2: mail.mbox_locking: expected an array of strings, found a boolean"},
+      {"[mail]\nmbox_locking = [\"lockf\"]\n",
+       "t.toml:2: mail.mbox_locking: \"lockf\" is not one of \"dotlock\", \"fcntl\", \"flock\""},
+      {"[mail]\nmbox_locking = [\"Dotlock\"]\n",
+       "t.toml:2: mail.mbox_locking: \"Dotlock\" is not one of \"dotlock\", \"fcntl\", \"flock\""},
+      {"[mail]\nmbox_locking = [\n  \"fcntl\",\n  \"dotlock\",\n  \"fcntl\",\n]\n",
+       "t.toml:5: mail.mbox_locking: \"fcntl\" is listed twice"},
+      {"[mail]\nmbox_lock_timeout = 0\n",
+       "t.toml:2: mail.mbox_lock_timeout: must be whole seconds from 1s to 10m"},
+      {"[mail]\nmbox_lock_timeout = \"999ms\"\n",
+       "t.toml:2: mail.mbox_lock_timeout: must be whole seconds from 1s to 10m"},
+      {"[mail]\nmbox_lock_timeout = \"1500ms\"\n",
+       "t.toml:2: mail.mbox_lock_timeout: must be whole seconds from 1s to 10m"},
+      {"[mail]\nmbox_lock_timeout = 601\n",
+       "t.toml:2: mail.mbox_lock_timeout: must be whole seconds from 1s to 10m"},
+      {"[mail]\nmbox_lock_timeout = \"1h\"\n",
+       "t.toml:2: mail.mbox_lock_timeout: must be whole seconds from 1s to 10m"},
+      {"[mail]\nmbox_lock_timeout = -1\n",
+       "t.toml:2: mail.mbox_lock_timeout: must not be negative"},
+      {"[mail]\nmbox_lock_timeout = \"5 s\"\n",
+       "t.toml:2: mail.mbox_lock_timeout: \"5 s\" is not a duration; write an integer (seconds) "
+       "or a string such as \"500ms\", \"30s\", \"10m\" or \"1h\""},
+      {"[mail]\nmbox_quoting = \"mboxcl2\"\n",
+       "t.toml:2: mail.mbox_quoting: \"mboxcl2\" is not one of \"mboxo\", \"mboxrd\", \"none\""},
+      {"[mail]\nmbox_quoting = \"MBOXRD\"\n",
+       "t.toml:2: mail.mbox_quoting: \"MBOXRD\" is not one of \"mboxo\", \"mboxrd\", \"none\""},
+      {"[mail]\nmbox_content_length = \"no\"\n",
+       "t.toml:2: mail.mbox_content_length: expected a boolean (true or false), got a string"},
+      // Keys in the wrong table, misspelt, or outside any table.
+      {"[server]\ncert = \"/c.pem\"\n", "t.toml:2: server.cert: unknown key; cert belongs in [tls]"},
+      {"[auth]\nclient_ca = \"/ca.pem\"\n",
+       "t.toml:2: auth.client_ca: unknown key; client_ca belongs in [tls]"},
+      {"[tls]\ntls_listen = []\n",
+       "t.toml:2: tls.tls_listen: unknown key; tls_listen belongs in [server]"},
+      {"[tls]\nmechanisms = []\n",
+       "t.toml:2: tls.mechanisms: unknown key; mechanisms belongs in [auth]"},
+      {"[mail]\ntrusted_networks = []\n",
+       "t.toml:2: mail.trusted_networks: unknown key; trusted_networks belongs in [auth]"},
+      {"[auth]\nmbox_quoting = \"mboxrd\"\n",
+       "t.toml:2: auth.mbox_quoting: unknown key; mbox_quoting belongs in [mail]"},
+      {"[tls]\nciphersuite = \"x\"\n",
+       "t.toml:2: tls.ciphersuite: unknown key; did you mean ciphersuites?"},
+      {"[tls]\nmin_versoin = \"TLSv1.3\"\n",
+       "t.toml:2: tls.min_versoin: unknown key; did you mean min_version?"},
+      {"[auth]\nmechanism = []\n", "t.toml:2: auth.mechanism: unknown key; did you mean mechanisms?"},
+      {"[mail]\nmbox_lock_timout = 5\n",
+       "t.toml:2: mail.mbox_lock_timout: unknown key; did you mean mbox_lock_timeout?"},
+      {"[tls]\nverify_client = true\n", "t.toml:2: tls.verify_client: unknown key"},
+      {"\ncert = \"/c.pem\"\n", "t.toml:2: cert: unknown top-level key; cert belongs in [tls]"},
+      {"tls = 4\n", "t.toml:1: tls: must be a table ([tls]), not an integer"},
+      {"[[tls]]\ncert = \"/c.pem\"\n", "t.toml:1: tls: must be a table ([tls]), not an array"},
+      {"[ssl]\ncert = \"/c.pem\"\n",
+       "t.toml:1: ssl: unknown table; the tables are [server], [mail], [auth], [tls] and [log]"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.text);
+    EXPECT_EQ(error_of(c.text), c.message);
+  }
+}
+
+struct network_case {
+  const char* value;
+  bool ok;
+};
+
+TEST(config, trusted_networks_forms) {
+  const network_case cases[] = {
+      {"10.0.0.0/8", true},
+      {"192.0.2.0/24", true},
+      {"192.0.2.7/32", true},
+      {"192.0.2.7", true},  // a bare address is one host
+      {"127.0.0.0/8", true},
+      {"0.0.0.0/0", true},
+      {"2001:db8::/32", true},
+      {"2001:DB8::/32", true},
+      {"fd00::/8", true},
+      {"::1/128", true},
+      {"::1", true},
+      {"::/0", true},
+      // Host bits set: almost always a typo for the network, so refused rather than masked.
+      {"10.0.0.1/8", false},
+      {"192.0.2.128/24", false},
+      {"192.0.2.7/31", false},
+      {"2001:db8::1/32", false},
+      {"::1/127", false},
+      // Prefix too long, missing or not a plain number.
+      {"10.0.0.0/33", false},
+      {"::/129", false},
+      {"10.0.0.0/", false},
+      {"10.0.0.0/-1", false},
+      {"10.0.0.0/+8", false},
+      {"10.0.0.0/8/8", false},
+      {"10.0.0.0/255.0.0.0", false},
+      // Names, ranges and other spellings.
+      {"localhost", false},
+      {"mail.example.org", false},
+      {"mail.example.org/32", false},
+      {"*", false},
+      {"", false},
+      {"10/8", false},
+      {"10.0.0.0 /8", false},
+      {" 10.0.0.0/8", false},
+      {"10.0.0.0/8 ", false},
+      {"10.0.0.0-10.0.0.255", false},
+      {"[::1]/128", false},
+      {"fe80::1%eth0", false},
+      {"fe80::%eth0/64", false},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.value);
+    auto r = parse_config(std::string("[auth]\n\ntrusted_networks = [\"") + c.value + "\"]\n",
+                          "t.toml");
+    if (c.ok) {
+      ASSERT_TRUE(r.ok()) << r.err().message();
+      // Kept as written; posternd parses it again when it starts.
+      EXPECT_EQ(r->trusted_networks, std::vector<std::string>{c.value});
+    } else {
+      ASSERT_FALSE(r.ok());
+      EXPECT_EQ(r.err().message(), "t.toml:3: auth.trusted_networks: \"" + std::string(c.value) +
+                                       "\" is not a numeric network (ADDRESS/PREFIX, e.g. "
+                                       "\"192.0.2.0/24\")");
+    }
+  }
+  auto several = parse_config(
+      "[auth]\ntrusted_networks = [\"10.0.0.0/8\", \"172.16.0.0/12\", \"fd00::/8\", \"::1\"]\n",
+      "t.toml");
+  ASSERT_TRUE(several.ok()) << several.err().message();
+  EXPECT_EQ(several->trusted_networks.size(), 4u);
+}
+
+TEST(config, mechanisms_are_case_insensitive_and_unique) {
+  auto r = parse_config(
+      "[auth]\nmechanisms = [\"scram-sha-256-plus\", \"Scram-Sha-256\", \"plain\", \"Login\", "
+      "\"cram-MD5\", \"gssapi\"]\n",
+      "t.toml");
+  ASSERT_TRUE(r.ok()) << r.err().message();
+  // Upper case, in the order given (CAPA lists them in this order).
+  EXPECT_EQ(r->mechanisms, (std::vector<std::string>{"SCRAM-SHA-256-PLUS", "SCRAM-SHA-256",
+                                                     "PLAIN", "LOGIN", "CRAM-MD5", "GSSAPI"}));
+  EXPECT_NE(format_config(*r).find("\nmechanisms = [\"SCRAM-SHA-256-PLUS\", \"SCRAM-SHA-256\", "
+                                   "\"PLAIN\", \"LOGIN\", \"CRAM-MD5\", \"GSSAPI\"]\n"),
+            std::string::npos);
+
+  // Every supported name, in any case.
+  const char* names[] = {"PLAIN",         "LOGIN",    "CRAM-MD5", "SCRAM-SHA-1",
+                         "SCRAM-SHA-256", "SCRAM-SHA-256-PLUS", "EXTERNAL", "GSSAPI"};
+  for (const char* name : names) {
+    for (bool lower : {false, true}) {
+      std::string written = name;
+      if (lower) {
+        std::transform(written.begin(), written.end(), written.begin(),
+                       [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
+      }
+      SCOPED_TRACE(written);
+      auto one = parse_config("[auth]\nmechanisms = [\"" + written + "\"]\n" + tls_files +
+                                  "client_ca = \"/etc/postern/clients.pem\"\n",
+                              "t.toml");
+      ASSERT_TRUE(one.ok()) << one.err().message();
+      EXPECT_EQ(one->mechanisms, std::vector<std::string>{name});
+    }
+  }
+
+  // Duplicates are found after upper-casing; the message names the upper-case form and the
+  // unknown-name message the client's own spelling.
+  EXPECT_EQ(error_of("[auth]\nmechanisms = [\"PLAIN\", \"plain\"]\n"),
+            "t.toml:2: auth.mechanisms: \"PLAIN\" is listed twice");
+  EXPECT_EQ(error_of("[auth]\nmechanisms = [\"Scram-Sha-1\", \"SCRAM-sha-1\"]\n"),
+            "t.toml:2: auth.mechanisms: \"SCRAM-SHA-1\" is listed twice");
+  EXPECT_EQ(error_of("[auth]\nmechanisms = [\"Xoauth2\"]\n"),
+            "t.toml:2: auth.mechanisms: \"Xoauth2\" is not a supported mechanism " +
+                supported_mechanisms);
+  // -PLUS is its own mechanism, not a duplicate of the plain one.
+  auto both = parse_config("[auth]\nmechanisms = [\"SCRAM-SHA-256-PLUS\", \"SCRAM-SHA-256\"]\n",
+                           "t.toml");
+  ASSERT_TRUE(both.ok()) << both.err().message();
+  EXPECT_EQ(both->mechanisms.size(), 2u);
+}
+
+TEST(config, cross_key_rules) {
+  const std::string external = "[auth]\nmechanisms = [\"PLAIN\", \"EXTERNAL\"]\n";
+  const rejection_case cases[] = {
+      // Implicit TLS listeners and the strict modes need a certificate.
+      {"[server]\ntls_listen = [\"*:995\"]\n",
+       "t.toml: server.tls_listen needs tls.cert and tls.key"},
+      {"[server]\ntls_listen = [\"*:995\"]\n" + tls_files, ""},
+      {"[server]\ntls_listen = []\n", ""},
+      {"[tls]\nmode = \"required\"\n", "t.toml: tls.mode = \"required\" needs tls.cert and tls.key"},
+      {"[tls]\nmode = \"connection\"\n",
+       "t.toml: tls.mode = \"connection\" needs tls.cert and tls.key"},
+      {tls_files + "mode = \"required\"\n", ""},
+      {tls_files + "mode = \"connection\"\n", ""},
+      {"[tls]\nmode = \"none\"\n", ""},
+      {"[tls]\nmode = \"ondemand\"\n", ""},  // the default: STLS appears once a cert is set
+      // A certificate needs its key and the other way round.
+      {"[tls]\ncert = \"/c.pem\"\n", "t.toml: tls.cert and tls.key must be set together"},
+      {"[tls]\nkey = \"/k.pem\"\n", "t.toml: tls.cert and tls.key must be set together"},
+      {"[tls]\ncert = \"/c.pem\"\nkey = \"\"\n", "t.toml: tls.cert and tls.key must be set together"},
+      // Chain and client CAs belong to a certificate.
+      {"[tls]\nchain = \"/chain.pem\"\n", "t.toml: tls.chain and tls.client_ca need tls.cert and tls.key"},
+      {"[tls]\nclient_ca = \"/ca.pem\"\n",
+       "t.toml: tls.chain and tls.client_ca need tls.cert and tls.key"},
+      {tls_files + "chain = \"/chain.pem\"\nclient_ca = \"/ca.pem\"\n", ""},
+      // EXTERNAL needs verified client certificates.
+      {external,
+       "t.toml: auth.mechanisms lists EXTERNAL, which needs tls.client_ca to verify client "
+       "certificates"},
+      {external + tls_files,
+       "t.toml: auth.mechanisms lists EXTERNAL, which needs tls.client_ca to verify client "
+       "certificates"},
+      {"[auth]\nmechanisms = [\"external\"]\n" + tls_files,
+       "t.toml: auth.mechanisms lists EXTERNAL, which needs tls.client_ca to verify client "
+       "certificates"},
+      {external + tls_files + "client_ca = \"/ca.pem\"\n", ""},
+      // client_ca without EXTERNAL is fine: certificates are asked for, never required.
+      {tls_files + "client_ca = \"/ca.pem\"\n", ""},
+      // With several problems, the first rule in this order wins.
+      {"[server]\ntls_listen = [\"*:995\"]\n[tls]\ncert = \"/c.pem\"\n",
+       "t.toml: tls.cert and tls.key must be set together"},
+      {"[server]\ntls_listen = [\"*:995\"]\n[tls]\nmode = \"required\"\nchain = \"/chain.pem\"\n",
+       "t.toml: server.tls_listen needs tls.cert and tls.key"},
+      {"[tls]\nmode = \"connection\"\nclient_ca = \"/ca.pem\"\n",
+       "t.toml: tls.mode = \"connection\" needs tls.cert and tls.key"},
+      {external + "[tls]\nclient_ca = \"/ca.pem\"\n",
+       "t.toml: tls.chain and tls.client_ca need tls.cert and tls.key"},
+      // A bad value is reported, with its line, before any rule across keys.
+      {"[server]\ntls_listen = [\"localhost:995\"]\n",
+       "t.toml:2: server.tls_listen: \"localhost:995\": \"localhost\" is a host name; use a "
+       "numeric address (names are never resolved)"},
+      {"[tls]\ncert = \"/c.pem\"\nmode = \"always\"\n",
+       "t.toml:3: tls.mode: \"always\" is not one of \"none\", \"ondemand\", \"required\", "
+       "\"connection\""},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.text);
+    auto r = parse_config(c.text, "t.toml");
+    if (c.message.empty()) {
+      EXPECT_TRUE(r.ok()) << r.err().message();
+    } else {
+      ASSERT_FALSE(r.ok());
+      EXPECT_EQ(r.err().code(), errc::invalid);
+      EXPECT_EQ(r.err().message(), c.message);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Files
 
 TEST(config, load_reads_a_file) {
@@ -570,18 +1126,50 @@ TEST(config, format_defaults_shows_every_key) {
                           "max_bad_commands = 20",
                           "implementation_capability = true",
                           "greeting = \"Postern ready.\"",
+                          "tls_listen = []",
                           "[mail]",
                           "location = \"maildir:~/Maildir\"",
+                          "mbox_locking = [\"dotlock\", \"fcntl\"]",
+                          "mbox_lock_timeout = \"30s\"",
+                          "mbox_quoting = \"mboxo\"",
+                          "mbox_content_length = false",
                           "[auth]",
                           "passdb = \"passwd-file:/etc/postern/users\"",
                           "failure_delay = \"2s\"",
                           "worker_threads = 0",
+                          "mechanisms = [\"PLAIN\", \"LOGIN\"]",
+                          "disable_plaintext_auth = true",
+                          "loopback_is_secure = true",
+                          "trusted_networks = []",
+                          "apop = false",
+                          "gssapi_keytab = \"\"",
+                          "gssapi_service = \"pop\"",
+                          "gssapi_hostname = \"\"",
+                          "external_user = \"subject:CN\"",
+                          "[tls]",
+                          "cert = \"\"",
+                          "key = \"\"",
+                          "chain = \"\"",
+                          "mode = \"ondemand\"",
+                          "min_version = \"TLSv1.2\"",
+                          "ciphers = \"\"",
+                          "ciphersuites = \"\"",
+                          "groups = \"\"",
+                          "client_ca = \"\"",
                           "[log]",
                           "level = \"info\"",
                           "target = \"syslog\"",
                           "syslog_ident = \"posternd\""}) {
-    EXPECT_NE(text.find(std::string(key) + "\n"), std::string::npos) << key << "\n" << text;
+    EXPECT_NE(("\n" + text).find("\n" + std::string(key) + "\n"), std::string::npos)
+        << key << "\n"
+        << text;
   }
+  // Tables in the order the documentation follows.
+  auto at = [&](const char* table) { return text.find(std::string(table) + "\n"); };
+  EXPECT_LT(at("[server]"), at("[mail]"));
+  EXPECT_LT(at("[mail]"), at("[auth]"));
+  EXPECT_LT(at("[auth]"), at("[tls]"));
+  EXPECT_LT(at("[tls]"), at("[log]"));
   auto back = parse_config(text, "formatted.toml");
   ASSERT_TRUE(back.ok()) << back.err().message() << "\n" << text;
   expect_same_config(*back, config{});
@@ -626,6 +1214,108 @@ TEST(config, format_round_trips) {
     expect_same_config(*back, c);
     std::string again = format_config(*back);
     EXPECT_EQ(again.substr(again.find("[server]")), text.substr(text.find("[server]")));
+  }
+}
+
+TEST(config, format_round_trips_tls_auth_and_mbox_keys) {
+  config base;
+  base.source_path = "/etc/postern/postern.toml";
+  base.tls_listen = {{"0.0.0.0", 995}, {"::", 995}, {"2001:db8::7", 0}};
+  base.tls_cert = "/etc/postern/tls/fullchain.pem";
+  base.tls_key = "/etc/postern/tls/privkey.pem";
+  base.tls_chain = "/etc/postern/tls/chain.pem";
+  base.tls = tls_mode::required;
+  base.tls_min_version = "TLSv1.3";
+  base.tls_ciphers = "ECDHE+AESGCM:!aNULL";
+  base.tls_ciphersuites = "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
+  base.tls_groups = "X25519:secp384r1";
+  base.tls_client_ca = "/etc/postern/tls/clients.pem";
+  base.mbox_locking = {"flock", "dotlock"};
+  base.mbox_lock_timeout = 90s;
+  base.mbox_quoting = "mboxrd";
+  base.mbox_content_length = true;
+  base.mechanisms = {"SCRAM-SHA-256-PLUS", "SCRAM-SHA-256", "SCRAM-SHA-1", "EXTERNAL",
+                     "GSSAPI",             "CRAM-MD5",      "LOGIN",       "PLAIN"};
+  base.disable_plaintext_auth = false;
+  base.loopback_is_secure = false;
+  base.trusted_networks = {"10.0.0.0/8", "2001:DB8::/32", "192.0.2.7"};
+  base.apop = true;
+  base.gssapi_keytab = "/etc/postern/pop.keytab";
+  base.gssapi_service = "pop3";
+  base.gssapi_hostname = "mail.example.org";
+  base.external_user = "san:email";
+
+  std::string text = format_config(base);
+  for (const char* line : {
+           "tls_listen = [\"0.0.0.0:995\", \"[::]:995\", \"[2001:db8::7]:0\"]",
+           "mbox_locking = [\"flock\", \"dotlock\"]",
+           "mbox_lock_timeout = \"90s\"",
+           "mbox_quoting = \"mboxrd\"",
+           "mbox_content_length = true",
+           "mechanisms = [\"SCRAM-SHA-256-PLUS\", \"SCRAM-SHA-256\", \"SCRAM-SHA-1\", "
+           "\"EXTERNAL\", \"GSSAPI\", \"CRAM-MD5\", \"LOGIN\", \"PLAIN\"]",
+           "disable_plaintext_auth = false",
+           "loopback_is_secure = false",
+           "trusted_networks = [\"10.0.0.0/8\", \"2001:DB8::/32\", \"192.0.2.7\"]",
+           "apop = true",
+           "gssapi_keytab = \"/etc/postern/pop.keytab\"",
+           "gssapi_service = \"pop3\"",
+           "gssapi_hostname = \"mail.example.org\"",
+           "external_user = \"san:email\"",
+           "cert = \"/etc/postern/tls/fullchain.pem\"",
+           "key = \"/etc/postern/tls/privkey.pem\"",
+           "chain = \"/etc/postern/tls/chain.pem\"",
+           "mode = \"required\"",
+           "min_version = \"TLSv1.3\"",
+           "ciphers = \"ECDHE+AESGCM:!aNULL\"",
+           "ciphersuites = \"TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256\"",
+           "groups = \"X25519:secp384r1\"",
+           "client_ca = \"/etc/postern/tls/clients.pem\"",
+       }) {
+    EXPECT_NE(text.find("\n" + std::string(line) + "\n"), std::string::npos) << line << "\n"
+                                                                            << text;
+  }
+
+  // Every mode, every certificate field, the other quoting and locking choices, the limits
+  // of the lock timeout and an empty mechanism list.
+  std::vector<config> configs;
+  for (tls_mode mode :
+       {tls_mode::none, tls_mode::ondemand, tls_mode::required, tls_mode::connection}) {
+    config c = base;
+    c.tls = mode;
+    configs.push_back(c);
+  }
+  for (const char* field : {"subject:CN", "subject:emailAddress", "san:email"}) {
+    config c = base;
+    c.external_user = field;
+    configs.push_back(c);
+  }
+  {
+    config c = base;
+    c.mbox_quoting = "none";
+    c.mbox_locking = {"fcntl"};
+    c.mbox_lock_timeout = 1s;
+    c.mechanisms = {};
+    c.tls_min_version = "TLSv1.2";
+    configs.push_back(c);
+  }
+  {
+    config c = base;
+    c.mbox_quoting = "mboxo";
+    c.mbox_locking = {"dotlock", "fcntl", "flock"};
+    c.mbox_lock_timeout = 600s;
+    c.tls_listen = {};
+    c.trusted_networks = {};
+    configs.push_back(c);
+  }
+  for (const config& c : configs) {
+    std::string formatted = format_config(c);
+    SCOPED_TRACE(formatted);
+    auto back = parse_config(formatted, "again.toml");
+    ASSERT_TRUE(back.ok()) << back.err().message();
+    expect_same_config(*back, c);
+    EXPECT_EQ(format_config(*back).substr(format_config(*back).find("[server]")),
+              formatted.substr(formatted.find("[server]")));
   }
 }
 

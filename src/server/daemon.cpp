@@ -291,6 +291,7 @@ result<void> bind_listeners(const config& cfg, std::vector<std::unique_ptr<io_wo
 int run_daemon(const config& cfg) {
   init_logging(cfg);
   std::signal(SIGPIPE, SIG_IGN);
+  std::signal(SIGHUP, SIG_IGN);  // until the reload handler is installed below
   unsigned cores = std::max(1u, std::thread::hardware_concurrency());
   unsigned n_threads = cfg.threads ? cfg.threads : cores;
 
@@ -303,6 +304,9 @@ int run_daemon(const config& cfg) {
     log::error("{}", tls.err().message());
     std::fprintf(stderr, "posternd: %s\n", tls.err().message().c_str());
     return 1;
+  }
+  if (*tls) {
+    log::info("TLS certificate: {}", (*tls)->certificate_info());
   }
   if (auto r = bind_listeners(cfg, workers); !r) {
     log::error("{}", r.err().message());
@@ -341,7 +345,7 @@ int run_daemon(const config& cfg) {
     }
     if (st.env.tls) {
       if (auto r = st.env.tls->reload(); r) {
-        log::info("SIGHUP: TLS certificate and key reloaded");
+        log::info("SIGHUP: TLS certificate and key reloaded: {}", st.env.tls->certificate_info());
       } else {
         log::error("SIGHUP: TLS reload failed, keeping the old certificate: {}", r.err().message());
       }
