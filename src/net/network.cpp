@@ -64,7 +64,14 @@ std::optional<network> parse_network(std::string_view text) {
   if (!zero) {
     return std::nullopt;
   }
-  return network{unmap(addr), prefix};
+  if (addr.is_v6() && addr.to_v6().is_v4_mapped()) {
+    // ::ffff:a.b.c.d/p is the IPv4 network a.b.c.d/(p - 96).
+    if (prefix < 96) {
+      return std::nullopt;
+    }
+    return network{unmap(addr), prefix - 96};
+  }
+  return network{addr, prefix};
 }
 
 bool contains(const network& net, const asio::ip::address& addr) {

@@ -6,7 +6,7 @@
 namespace postern::pop3 {
 namespace {
 
-constexpr std::array<std::pair<std::string_view, command_kind>, 16> verbs{{
+constexpr std::array<std::pair<std::string_view, command_kind>, 17> verbs{{
     {"USER", command_kind::user}, {"PASS", command_kind::pass},
     {"APOP", command_kind::apop}, {"AUTH", command_kind::auth},
     {"STLS", command_kind::stls}, {"CAPA", command_kind::capa},
@@ -15,6 +15,7 @@ constexpr std::array<std::pair<std::string_view, command_kind>, 16> verbs{{
     {"DELE", command_kind::dele}, {"NOOP", command_kind::noop},
     {"RSET", command_kind::rset}, {"TOP", command_kind::top},
     {"UIDL", command_kind::uidl}, {"LAST", command_kind::last},
+    {"XTND", command_kind::xtnd},
 }};
 
 bool iequals(std::string_view a, std::string_view upper) noexcept {

@@ -14,6 +14,10 @@ inline constexpr std::size_t max_command_line = 255;
 // tokens with Kerberos PACs can be large. Bounded all the same.
 inline constexpr std::size_t max_auth_line = 16384;
 
+// XTND XMIT message lines: RFC 5322 section 2.1.1 allows 998 octets plus CRLF; longer lines
+// from sloppy clients are tolerated up to this bound.
+inline constexpr std::size_t max_message_line = 8192;
+
 // Dovecot disconnects after 20 bad commands (pop3-client.c); config may override.
 inline constexpr std::uint32_t default_max_bad_commands = 20;
 

@@ -96,10 +96,17 @@ step session::next() {
 }
 
 std::size_t session::max_line() const noexcept {
+  if (xmit_receiving_) {
+    return limits::max_message_line;
+  }
   return sasl_phase_ == sasl_phase::none ? limits::max_command_line : limits::max_auth_line;
 }
 
 void session::handle_line(std::string_view line) {
+  if (xmit_receiving_) {
+    handle_xmit_line(line);
+    return;
+  }
   if (sasl_phase_ != sasl_phase::none) {
     handle_sasl_line(line);
     return;
@@ -138,6 +145,18 @@ void session::send_capa() {
     if (opts_.user_pass_allowed && !opts_.tls_required) {
       out_.append("USER\r\n");
     }
+  }
+  for (const std::string* cap : {&opts_.login_delay_capability, &opts_.expire_capability}) {
+    if (!cap->empty()) {
+      out_.append(*cap);
+      out_.append("\r\n");
+    }
+  }
+  if (opts_.xtnd_xlist || opts_.xtnd_xmit) {
+    out_.append("XTND");
+    out_.append(opts_.xtnd_xlist ? " XLIST" : "");
+    out_.append(opts_.xtnd_xmit ? " XMIT" : "");
+    out_.append("\r\n");
   }
   if (!opts_.implementation.empty()) {
     out_.append("IMPLEMENTATION ");
@@ -381,6 +400,9 @@ void session::open_done(open_status status, std::span<const store::message_info>
     case open_status::permanent_failure:
       reply_err("[SYS/PERM] Unable to open the mailbox.");
       break;
+    case open_status::login_delay:
+      reply_err("[LOGIN-DELAY] Logged in too recently, try again later.");
+      break;
   }
   user_.clear();
 }
@@ -554,6 +576,9 @@ void session::handle_transaction(const command& cmd) {
       pending_ = step::commit;
       return;
     }
+    case command_kind::xtnd:
+      handle_xtnd(cmd);
+      return;
     case command_kind::user:
     case command_kind::pass:
     case command_kind::apop:
@@ -566,6 +591,122 @@ void session::handle_transaction(const command& cmd) {
     case command_kind::unknown:
       bad_command("Unknown command.");
       return;
+  }
+}
+
+void session::handle_xtnd(const command& cmd) {
+  std::string_view args[3];
+  std::size_t n = split_args(cmd.args, args, 3);
+  auto is = [](std::string_view a, std::string_view upper) {
+    if (a.size() != upper.size()) {
+      return false;
+    }
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      char c = a[i] >= 'a' && a[i] <= 'z' ? static_cast<char>(a[i] - 'a' + 'A') : a[i];
+      if (c != upper[i]) {
+        return false;
+      }
+    }
+    return true;
+  };
+  if (n >= 1 && n <= 3 && is(args[0], "XLIST") && opts_.xtnd_xlist) {
+    if (n < 2) {
+      bad_command("Syntax: XTND XLIST header [message]");
+      return;
+    }
+    for (char c : args[1]) {
+      // RFC 5322 field names: printable ASCII except ':'.
+      if (c <= 0x20 || c >= 0x7F || c == ':') {
+        bad_command("Invalid header name.");
+        return;
+      }
+    }
+    xlist_indexes_.clear();
+    if (n == 3) {
+      auto index = message_arg(args[2]);
+      if (!index) {
+        return;
+      }
+      xlist_indexes_.push_back(*index);
+    } else {
+      for (std::size_t i = 0; i < messages_.size(); ++i) {
+        if (!deleted_[i]) {
+          xlist_indexes_.push_back(i);
+        }
+      }
+    }
+    xlist_header_.assign(args[1]);
+    pending_ = step::xlist;
+    return;
+  }
+  if (n == 1 && is(args[0], "XMIT") && opts_.xtnd_xmit) {
+    reply_ok("Start sending the message, end with a line holding only \".\".");
+    xmit_receiving_ = true;
+    xmit_too_big_ = false;
+    xmit_buffer_.clear();
+    return;
+  }
+  bad_command("Unknown or disabled XTND command.");
+}
+
+void session::handle_xmit_line(std::string_view line) {
+  if (line == ".") {
+    xmit_receiving_ = false;
+    if (xmit_too_big_) {
+      xmit_buffer_.clear();
+      xmit_buffer_.shrink_to_fit();
+      reply_err("Message too large, not sent.");
+      return;
+    }
+    pending_ = step::xmit;
+    return;
+  }
+  if (xmit_too_big_) {
+    return;
+  }
+  if (!line.empty() && line[0] == '.') {
+    line.remove_prefix(1);
+  }
+  if (xmit_buffer_.size() + line.size() + 2 > opts_.xmit_max_size) {
+    xmit_too_big_ = true;
+    return;
+  }
+  xmit_buffer_.append(line);
+  xmit_buffer_.append("\r\n");
+}
+
+void session::xlist_done(bool ok, const std::vector<std::string>& values) {
+  pending_ = step::need_input;
+  if (!ok || values.size() != xlist_indexes_.size()) {
+    reply_err("[SYS/TEMP] Unable to read the messages, try again later.");
+    return;
+  }
+  auto out = std::back_inserter(out_);
+  out_.append("+OK Header list follows\r\n");
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    if (values[i].empty()) {
+      continue;
+    }
+    std::string_view v = values[i];
+    fmt::format_to(out, "{} ", xlist_indexes_[i] + 1);
+    if (!v.empty() && v[0] == '.') {
+      out_.push_back('.');
+    }
+    out_.append(v);
+    out_.append("\r\n");
+  }
+  out_.append(".\r\n");
+  bad_commands_ = 0;
+}
+
+void session::xmit_done(bool ok) {
+  pending_ = step::need_input;
+  xmit_buffer_.clear();
+  xmit_buffer_.shrink_to_fit();
+  if (ok) {
+    reply_ok("Message sent.");
+  } else {
+    reply_err("[SYS/TEMP] The message could not be submitted.");
   }
 }
 

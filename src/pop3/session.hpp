@@ -41,11 +41,13 @@ enum class step {
                   // send output(), stream the body through a dot_encoder made with
                   // retrieve_top_lines(), then retrieve_done()
   commit,         // apply deletion_marks() to the maildrop, then commit_done()
+  xlist,          // collect header xlist_header() of xlist_messages(), then xlist_done()
+  xmit,           // submit xmit_message() through the local mail submission, then xmit_done()
   close,          // send output(), then close the connection
 };
 
 enum class auth_status { ok, bad_credentials, temporary_failure };
-enum class open_status { ok, in_use, temporary_failure, permanent_failure };
+enum class open_status { ok, in_use, temporary_failure, permanent_failure, login_delay };
 
 struct session_options {
   std::string greeting = "Postern ready.";
@@ -61,6 +63,13 @@ struct session_options {
   // reply to the maildrop open answers the client's PASS/APOP/AUTH.
   std::string resume_user;
   std::string resume_method;
+  // RFC 2449 capabilities with values, e.g. "LOGIN-DELAY 900", "EXPIRE 30", "EXPIRE NEVER";
+  // empty: not listed.
+  std::string login_delay_capability;
+  std::string expire_capability;
+  bool xtnd_xlist = true;            // XTND XLIST (read-only, always safe)
+  bool xtnd_xmit = false;            // XTND XMIT: submit a message (off by default)
+  std::uint64_t xmit_max_size = 10 * 1024 * 1024;
 };
 
 // What changes on a connection once TLS is up (STLS): the driver recomputes it.
@@ -134,6 +143,17 @@ class session {
   }
   void commit_done(bool ok);
 
+  // xlist: the header name as the client gave it and the 0-based messages to look at (all
+  // undeleted ones, or one). `values[i]` is the header line ("Name: value", unfolded) of
+  // xlist_messages()[i], or empty when the message has no such header.
+  std::string_view xlist_header() const noexcept { return xlist_header_; }
+  const std::vector<std::size_t>& xlist_messages() const noexcept { return xlist_indexes_; }
+  void xlist_done(bool ok, const std::vector<std::string>& values);
+
+  // xmit: the message the client sent, dot-unstuffed, with CRLF line ends.
+  std::string_view xmit_message() const noexcept { return xmit_buffer_; }
+  void xmit_done(bool ok);
+
  private:
   void handle_line(std::string_view line);
   void handle_authorization(const command& cmd);
@@ -147,6 +167,8 @@ class session {
   bool expect_no_args(const command& cmd);
   void send_capa();
   void handle_sasl_line(std::string_view line);
+  void handle_xmit_line(std::string_view line);
+  void handle_xtnd(const command& cmd);
   void start_auth(const command& cmd);
   void start_apop(const command& cmd);
   std::size_t max_line() const noexcept;
@@ -171,6 +193,11 @@ class session {
   std::string sasl_response_;
   bool sasl_start_ = false;
   bool tls_active_ = false;
+  std::string xlist_header_;
+  std::vector<std::size_t> xlist_indexes_;
+  bool xmit_receiving_ = false;
+  bool xmit_too_big_ = false;
+  std::string xmit_buffer_;
 
   std::span<const store::message_info> messages_;
   std::unique_ptr<bool[]> deleted_;

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <array>
 #include <cerrno>
 #include <cstdint>
@@ -27,6 +28,7 @@
 #include "common/parse.hpp"
 #include "common/unique_fd.hpp"
 #include "net/network.hpp"
+#include "net/tls.hpp"
 #include "store/location.hpp"
 
 namespace postern::server {
@@ -505,7 +507,10 @@ void set_path(const item& it, std::string& out) {
     it.fail(quoted(*s) + ": the path must be absolute");
     return;
   }
-  if (!is_printable_ascii(*s) && !s->empty()) {
+  if (std::any_of(s->begin(), s->end(), [](char c) {
+        auto u = static_cast<unsigned char>(c);
+        return u < 0x20 || u == 0x7F;
+      })) {
     it.fail("the path must not contain control characters");
     return;
   }
@@ -532,9 +537,9 @@ constexpr std::array<std::pair<std::string_view, tls_mode>, 4> tls_mode_names{{
     {"connection", tls_mode::connection},
 }};
 
-constexpr std::array<std::string_view, 8> known_mechanisms{
-    "PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-1", "SCRAM-SHA-256", "SCRAM-SHA-256-PLUS",
-    "EXTERNAL", "GSSAPI"};
+constexpr std::array<std::string_view, 9> known_mechanisms{
+    "PLAIN",    "LOGIN",    "CRAM-MD5", "SCRAM-SHA-1", "SCRAM-SHA-1-PLUS", "SCRAM-SHA-256",
+    "SCRAM-SHA-256-PLUS", "EXTERNAL", "GSSAPI"};
 
 void set_mechanisms(const item& it, config& cfg) {
   const auto* arr = it.node.as_array();
@@ -610,8 +615,10 @@ void set_external_user(const item& it, config& cfg) {
   if (!s) {
     return;
   }
-  if (*s != "subject:CN" && *s != "subject:emailAddress" && *s != "san:email") {
-    it.fail(quoted(*s) + " is not one of \"subject:CN\", \"subject:emailAddress\", \"san:email\"");
+  if (!net::tls_transport::is_valid_certificate_field_spec(*s)) {
+    it.fail(quoted(*s) +
+            " is not a certificate field: \"subject:ATTRIBUTE\" (e.g. \"subject:CN\"), "
+            "\"san:email\", \"san:dns\" or \"san:uri\"");
     return;
   }
   cfg.external_user = std::move(*s);
@@ -673,6 +680,97 @@ void set_mbox_quoting(const item& it, config& cfg) {
   cfg.mbox_quoting = std::move(*s);
 }
 
+void set_string_list(const item& it, std::vector<std::string>& out_list, bool allow_empty) {
+  const auto* arr = it.node.as_array();
+  if (arr == nullptr) {
+    it.fail_type("an array of strings");
+    return;
+  }
+  std::vector<std::string> out;
+  for (const toml::node& el : *arr) {
+    item el_item{it.chk, el, it.key};
+    const auto* str = el.as_string();
+    if (str == nullptr) {
+      el_item.fail("expected an array of strings, found " + std::string(type_name(el)));
+      return;
+    }
+    if (!is_printable_ascii(str->get()) || str->get().empty()) {
+      el_item.fail("entries must be non-empty printable text");
+      return;
+    }
+    out.push_back(str->get());
+  }
+  if (out.empty() && !allow_empty) {
+    it.fail("must not be empty");
+    return;
+  }
+  out_list = std::move(out);
+}
+
+void set_expire(const item& it, config& cfg) {
+  if (const auto* str = it.node.as_string()) {
+    if (str->get() == "never") {
+      cfg.expire_days = -1;
+      return;
+    }
+    it.fail(quoted(str->get()) + " is not \"never\" or a number of days");
+    return;
+  }
+  if (auto v = get_uint(it, 0, 36500)) {
+    cfg.expire_days = static_cast<std::int32_t>(*v);
+  }
+}
+
+void set_acl(const item& it, config& cfg) {
+  std::vector<std::string> rules;
+  set_string_list(it, rules, true);
+  for (const auto& r : rules) {
+    auto sp = r.find(' ');
+    std::string verb = r.substr(0, sp);
+    std::string what = sp == std::string::npos ? "" : r.substr(sp + 1);
+    if ((verb != "allow" && verb != "deny") ||
+        (what != "any" && !net::parse_network(what))) {
+      it.fail(quoted(r) + " is not \"allow NETWORK\", \"deny NETWORK\" or \"allow/deny any\"");
+      return;
+    }
+  }
+  cfg.acl = std::move(rules);
+}
+
+void set_uidl_format(const item& it, config& cfg) {
+  auto s = get_string(it);
+  if (!s) {
+    return;
+  }
+  for (std::size_t i = 0; i < s->size(); ++i) {
+    char c = (*s)[i];
+    if (c <= 0x20 || c >= 0x7F) {
+      it.fail("must be printable ASCII without spaces");
+      return;
+    }
+    if (c != '%') {
+      continue;
+    }
+    std::size_t j = i + 1;
+    if (j < s->size() && (*s)[j] == 'X') {
+      ++j;  // %X: upper-case hex form
+    } else if (j < s->size() && (*s)[j] >= '0' && (*s)[j] <= '9') {
+      while (j < s->size() && (*s)[j] >= '0' && (*s)[j] <= '9') {
+        ++j;  // a width, as in %08Xu
+      }
+      if (j < s->size() && (*s)[j] == 'X') {
+        ++j;
+      }
+    }
+    if (j >= s->size() || std::string_view("vumfg%").find((*s)[j]) == std::string_view::npos) {
+      it.fail(quoted(*s) + ": unknown variable; use %v, %u, %m, %f, %g (with optional width and X)");
+      return;
+    }
+    i = j;
+  }
+  cfg.uidl_format = std::move(*s);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The key table: every accepted key, in the order format_config prints them.
 
@@ -684,7 +782,7 @@ struct key_rule {
   setter set;
 };
 
-constexpr std::array<std::string_view, 5> table_names{"server", "mail", "auth", "tls", "log"};
+constexpr std::array<std::string_view, 6> table_names{"server", "mail", "auth", "tls", "pop3", "log"};
 
 #define POSTERN_BOOL_KEY(table, name)                 \
   {                                                   \
@@ -695,7 +793,7 @@ constexpr std::array<std::string_view, 5> table_names{"server", "mail", "auth", 
     }                                                 \
   }
 
-const std::array<key_rule, 42> key_rules{{
+const auto key_rules = std::to_array<key_rule>({
     {"server", "listen", set_listen},
     {"server", "user", [](const item& it, config& c) { set_account(it, c.user); }},
     {"server", "group", [](const item& it, config& c) { set_account(it, c.group); }},
@@ -760,7 +858,14 @@ const std::array<key_rule, 42> key_rules{{
     {"auth", "trusted_networks", set_trusted_networks},
     POSTERN_BOOL_KEY("auth", apop),
     {"auth", "gssapi_keytab", [](const item& it, config& c) { set_path(it, c.gssapi_keytab); }},
-    {"auth", "gssapi_service", [](const item& it, config& c) { set_word(it, c.gssapi_service); }},
+    {"auth", "gssapi_service",
+     [](const item& it, config& c) {
+       if (const auto* v = it.node.as_string(); v != nullptr && v->get().empty()) {
+         it.fail("must not be empty (the Kerberos service name, usually \"pop\")");
+         return;
+       }
+       set_word(it, c.gssapi_service);
+     }},
     {"auth", "gssapi_hostname", [](const item& it, config& c) { set_word(it, c.gssapi_hostname); }},
     {"auth", "external_user", set_external_user},
     {"tls", "cert", [](const item& it, config& c) { set_path(it, c.tls_cert); }},
@@ -772,10 +877,64 @@ const std::array<key_rule, 42> key_rules{{
     {"tls", "ciphersuites", [](const item& it, config& c) { set_openssl_list(it, c.tls_ciphersuites); }},
     {"tls", "groups", [](const item& it, config& c) { set_openssl_list(it, c.tls_groups); }},
     {"tls", "client_ca", [](const item& it, config& c) { set_path(it, c.tls_client_ca); }},
+    {"pop3", "login_delay",
+     [](const item& it, config& c) {
+       if (auto d = get_duration(it)) {
+         if (d->count() % 1000 != 0 || *d > std::chrono::hours(24 * 30)) {
+           it.fail("must be whole seconds up to 30 days");
+           return;
+         }
+         c.login_delay = std::chrono::duration_cast<std::chrono::seconds>(*d);
+       }
+     }},
+    {"pop3", "stat_file", [](const item& it, config& c) { set_path(it, c.stat_file); }},
+    {"pop3", "expire", set_expire},
+    POSTERN_BOOL_KEY("pop3", delete_expired),
+    {"pop3", "bulletin_source",
+     [](const item& it, config& c) {
+       auto s = get_string(it);
+       if (!s) {
+         return;
+       }
+       if (!s->empty()) {
+         auto loc = store::parse_location(*s);
+         if (!loc) {
+           it.fail(quoted(*s) + ": " + loc.err().context());
+           return;
+         }
+       }
+       c.bulletin_source = std::move(*s);
+     }},
+    {"pop3", "bulletin_db", [](const item& it, config& c) { set_path(it, c.bulletin_db); }},
+    POSTERN_BOOL_KEY("pop3", undelete),
+    POSTERN_BOOL_KEY("pop3", xtnd_xlist),
+    POSTERN_BOOL_KEY("pop3", xtnd_xmit),
+    {"pop3", "xmit_command",
+     [](const item& it, config& c) {
+       std::vector<std::string> v;
+       set_string_list(it, v, false);
+       if (!v.empty() && v[0].front() != '/') {
+         it.fail("the program must be an absolute path");
+         return;
+       }
+       if (!v.empty()) {
+         c.xmit_command = std::move(v);
+       }
+     }},
+    {"pop3", "xmit_max_size",
+     [](const item& it, config& c) {
+       if (auto v = get_uint(it, 1024, 1024u * 1024 * 1024)) {
+         c.xmit_max_size = *v;
+       }
+     }},
+    {"pop3", "uidl_format", set_uidl_format},
+    {"pop3", "acl", set_acl},
     {"log", "level", [](const item& it, config& c) { set_enum(it, c.level, level_names); }},
     {"log", "target", [](const item& it, config& c) { set_enum(it, c.target, target_names); }},
     {"log", "syslog_ident", set_syslog_ident},
-}};
+    {"log", "trace_file", [](const item& it, config& c) { set_path(it, c.trace_file); }},
+    {"log", "telemetry_dir", [](const item& it, config& c) { set_path(it, c.telemetry_dir); }},
+});
 
 std::size_t edit_distance(std::string_view a, std::string_view b) {
   std::vector<std::size_t> row(b.size() + 1);
@@ -851,10 +1010,10 @@ void check_root(checker& chk, const toml::table& root, config& cfg) {
                      std::string(rule->table) + "]");
       } else if (v.is_table()) {
         chk.fail(k.source(), name,
-                 "unknown table; the tables are [server], [mail], [auth], [tls] and [log]");
+                 "unknown table; the tables are [server], [mail], [auth], [tls], [pop3] and [log]");
       } else {
         chk.fail(k.source(), name,
-                 "unknown top-level key; settings go inside [server], [mail], [auth], [tls] or [log]");
+                 "unknown top-level key; settings go inside [server], [mail], [auth], [tls], [pop3] or [log]");
       }
       continue;
     }
@@ -1103,10 +1262,34 @@ std::string format_config(const config& cfg) {
   line("groups", toml_string(cfg.tls_groups));
   line("client_ca", toml_string(cfg.tls_client_ca));
 
+  out += "\n[pop3]\n";
+  line("login_delay", format_duration(cfg.login_delay));
+  line("stat_file", toml_string(cfg.stat_file));
+  line("expire", cfg.expire_days < 0 ? std::string("\"never\"") : std::to_string(cfg.expire_days));
+  line("delete_expired", cfg.delete_expired ? "true" : "false");
+  line("bulletin_source", toml_string(cfg.bulletin_source));
+  line("bulletin_db", toml_string(cfg.bulletin_db));
+  line("undelete", cfg.undelete ? "true" : "false");
+  line("xtnd_xlist", cfg.xtnd_xlist ? "true" : "false");
+  line("xtnd_xmit", cfg.xtnd_xmit ? "true" : "false");
+  auto list = [&](const std::vector<std::string>& v) {
+    std::string r = "[";
+    for (std::size_t i = 0; i < v.size(); ++i) {
+      r += (i == 0 ? "" : ", ") + toml_string(v[i]);
+    }
+    return r + "]";
+  };
+  line("xmit_command", list(cfg.xmit_command));
+  line("xmit_max_size", number(cfg.xmit_max_size));
+  line("uidl_format", toml_string(cfg.uidl_format));
+  line("acl", list(cfg.acl));
+
   out += "\n[log]\n";
   line("level", toml_string(to_string(cfg.level)));
   line("target", toml_string(to_string(cfg.target)));
   line("syslog_ident", toml_string(cfg.syslog_ident));
+  line("trace_file", toml_string(cfg.trace_file));
+  line("telemetry_dir", toml_string(cfg.telemetry_dir));
   return out;
 }
 

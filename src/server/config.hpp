@@ -70,10 +70,27 @@ struct config {
   std::string gssapi_hostname;          // "" = gethostname()
   std::string external_user = "subject:CN";  // client certificate field naming the user
 
+  // [pop3]: the seed manuals' features
+  std::chrono::seconds login_delay{0};        // RFC 2449 LOGIN-DELAY; 0 = off
+  std::string stat_file = "/var/lib/postern/login-stats.sqlite";  // last login per user
+  std::int32_t expire_days = -1;              // RFC 2449 EXPIRE; -1 = NEVER, 0 = no leaving mail
+  bool delete_expired = false;                // remove expired messages at QUIT
+  std::string bulletin_source;                // a mail location holding bulletins; "" = off
+  std::string bulletin_db;                    // SQLite file; "" = ~/.popbull per user
+  bool undelete = false;                      // clear deletion marks when a maildrop opens
+  bool xtnd_xlist = true;
+  bool xtnd_xmit = false;
+  std::vector<std::string> xmit_command{"/usr/sbin/sendmail", "-t", "-i"};
+  std::uint32_t xmit_max_size = 10 * 1024 * 1024;
+  std::string uidl_format;                    // Dovecot's pop3_uidl_format; "" = native
+  std::vector<std::string> acl;               // "allow NET" / "deny NET", first match wins
+
   // [log]
   log_level level = log_level::info;
   log_target target = log_target::syslog;
   std::string syslog_ident = "posternd";
+  std::string trace_file;      // every session's exchange, secrets redacted; "" = off
+  std::string telemetry_dir;   // per-user session logs when <dir>/<user> exists; "" = off
 };
 
 // Reads and validates `path`. Errors are errc::invalid with a message that names the file,
