@@ -17,6 +17,7 @@ build_pkgs=(
 test_pkgs=(
   python3 curl fetchmail mpop getmail6 openssl procps
   liblockfile-bin      # dotlockfile: a real delivery-agent lock in the mbox tests
+  krb5-kdc krb5-admin-server krb5-user python3-gssapi  # a loopback KDC for the GSSAPI tests
 )
 
 want=("${build_pkgs[@]}")

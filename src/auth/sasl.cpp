@@ -472,7 +472,7 @@ struct sasl_server::impl {
   std::string derived_salt(scram_hash h, std::string_view user) const {
     std::string msg = h == scram_hash::sha1 ? "SCRAM-SHA-1:" : "SCRAM-SHA-256:";
     msg += user;
-    unsigned char out[EVP_MAX_MD_SIZE];
+    unsigned char out[EVP_MAX_MD_SIZE] = {};
     unsigned int len = 0;
     HMAC(EVP_sha256(), salt_key.data(), static_cast<int>(salt_key.size()),
          reinterpret_cast<const unsigned char*>(msg.data()), msg.size(), out, &len);
@@ -912,8 +912,9 @@ class gsasl_exchange final : public exchange_base {
       source_ = scram_source::password;
       password_.s = std::string(parsed->data());
     } else {
-      reason_ = std::string("no ") + std::string(h == scram_hash::sha1 ? "SCRAM-SHA-1" : "SCRAM-SHA-256") +
-                " or plaintext secret for " + std::string(mech_label());
+      std::string_view wanted = h == scram_hash::sha1 ? "SCRAM-SHA-1" : "SCRAM-SHA-256";
+      reason_ = "no " + std::string(wanted) + " or plaintext secret for " +
+                std::string(mech_label());
       return;
     }
     user_record_ = with_name(std::move(found.user), user);
@@ -1219,10 +1220,11 @@ result<std::unique_ptr<sasl_exchange>> sasl_server::start(std::string_view mecha
     rc = gsasl_server_start(impl_->ctx, name.c_str(), &sctx);
   }
   if (rc != GSASL_OK) {
-    return error(errc::temporary,
-                 std::string("GNU SASL cannot start ") + name + " (" + gsasl_strerror_name(rc) + ")");
+    return error(errc::temporary, std::string("GNU SASL cannot start ") + name + " (" +
+                                      gsasl_strerror_name(rc) + ")");
   }
-  return std::unique_ptr<sasl_exchange>(std::make_unique<gsasl_exchange>(*impl_, m->kind, ch, sctx));
+  return std::unique_ptr<sasl_exchange>(
+      std::make_unique<gsasl_exchange>(*impl_, m->kind, ch, sctx));
 }
 
 }  // namespace postern::auth

@@ -64,7 +64,8 @@ struct sasl_settings {
   // listed and matched in upper case).
   std::vector<std::string> mechanisms;
   std::string service = "pop";  // GSSAPI: the acceptor is service/hostname@REALM
-  std::string hostname;         // GSSAPI acceptor host; CRAM-MD5 challenge domain. "" = gethostname()
+  // GSSAPI acceptor host, and the domain of CRAM-MD5 challenges. "" = gethostname().
+  std::string hostname;
   // GSSAPI keytab (a path, or "FILE:path"); "" = $KRB5_KTNAME, else /etc/krb5.keytab. It is
   // read at every GSSAPI login, by the user the server runs as.
   std::string gssapi_keytab;

@@ -21,6 +21,12 @@
 #include "auth/passwd_file.hpp"
 #include "auth/schemes.hpp"
 
+// MIT's GSS-API library, loaded by libgssglue on the first GSSAPI call, keeps a 16-byte OID
+// set it never frees (once per process). Not ours to fix; LeakSanitizer is told so.
+extern "C" const char* __lsan_default_suppressions() {
+  return "leak:libgssapi_krb5.so\nleak:libgssglue.so\n";
+}
+
 namespace postern::auth {
 namespace {
 
@@ -327,7 +333,7 @@ TEST_F(SaslTest, GssapiNeedsAReadableKeytabWithTheAcceptorKey) {
   ASSERT_FALSE(srv.ok());
   EXPECT_NE(srv.err().message().find("not a Kerberos keytab"), std::string::npos);
 
-  // A well-formed keytab holding only host/localhost@EXAMPLE.TEST: no key for pop/localhost.
+  // Well-formed keytabs, one entry each.
   auto u16 = [](std::string& o, std::size_t v) {
     o.push_back(static_cast<char>(v >> 8));
     o.push_back(static_cast<char>(v));
@@ -340,29 +346,55 @@ TEST_F(SaslTest, GssapiNeedsAReadableKeytabWithTheAcceptorKey) {
     u16(o, v.size());
     o += v;
   };
-  std::string entry;
-  u16(entry, 2);
-  counted(entry, "EXAMPLE.TEST");
-  counted(entry, "host");
-  counted(entry, "localhost");
-  u32(entry, 1);           // KRB5_NT_PRINCIPAL
-  u32(entry, 1700000000);  // timestamp
-  entry.push_back('\x02');
-  u16(entry, 18);  // aes256-cts-hmac-sha1-96
-  counted(entry, std::string(32, '\x11'));
-  u32(entry, 2);
-  std::string keytab = "\x05\x02";
-  u32(keytab, static_cast<std::uint32_t>(entry.size()));
-  keytab += entry;
-  {
-    std::ofstream kt(dir_ / "host.keytab", std::ios::binary);
+  auto write_keytab = [&](const std::string& name, std::string_view service) {
+    std::string entry;
+    u16(entry, 2);
+    counted(entry, "EXAMPLE.TEST");
+    counted(entry, service);
+    counted(entry, "localhost");
+    u32(entry, 1);           // KRB5_NT_PRINCIPAL
+    u32(entry, 1700000000);  // timestamp
+    entry.push_back('\x02');
+    u16(entry, 18);  // aes256-cts-hmac-sha1-96
+    counted(entry, std::string(32, '\x11'));
+    u32(entry, 2);
+    std::string keytab = "\x05\x02";
+    u32(keytab, static_cast<std::uint32_t>(-12));  // a hole left by a deleted entry
+    keytab += std::string(12, '\0');
+    u32(keytab, static_cast<std::uint32_t>(entry.size()));
+    keytab += entry;
+    std::ofstream kt(dir_ / name, std::ios::binary);
     kt << keytab;
-  }
-  s.gssapi_keytab = (dir_ / "host.keytab").string();
+    return (dir_ / name).string();
+  };
+  s.gssapi_keytab = write_keytab("host.keytab", "host");
   srv = sasl_server::create(*db_, s);
   ASSERT_FALSE(srv.ok());
   EXPECT_NE(srv.err().message().find("holds no key for pop/localhost"), std::string::npos)
       << srv.err().message();
+
+  // The realm named must be the key's.
+  s.gssapi_keytab = write_keytab("pop.keytab", "pop");
+  s.realm = "OTHER.TEST";
+  srv = sasl_server::create(*db_, s);
+  ASSERT_FALSE(srv.ok());
+  EXPECT_NE(srv.err().message().find("pop/localhost@OTHER.TEST"), std::string::npos);
+
+  // With the key (a made-up one: the GSS-API library only checks that it is there), GSSAPI
+  // starts and turns a junk token down.
+  s.realm.clear();
+  srv = sasl_server::create(*db_, s);
+  ASSERT_TRUE(srv.ok()) << srv.err().message();
+  sasl_channel ch;
+  EXPECT_EQ((*srv)->mechanisms_for(ch), std::vector<std::string>{"GSSAPI"});
+  auto x = (*srv)->start("GSSAPI", ch);
+  ASSERT_TRUE(x.ok());
+  auto r = (*x)->step("");
+  ASSERT_EQ(r.status, sasl_status::challenge);
+  EXPECT_EQ(r.server_data_b64, "");
+  r = (*x)->step(b64("not a Kerberos token"));
+  EXPECT_EQ(r.status, sasl_status::failure);
+  EXPECT_NE(r.reason.find("GSSAPI failed"), std::string::npos) << r.reason;
 }
 
 TEST_F(SaslTest, MechanismsForFollowsTheConnection) {

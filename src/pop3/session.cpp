@@ -80,10 +80,19 @@ step session::next() {
         }
         return step::need_input;
       case line_decoder::status::too_long:
-        bad_command("Line too long.");
-        break;
       case line_decoder::status::invalid:
-        bad_command("Invalid command.");
+        if (xmit_receiving_) {
+          xmit_too_big_ = true;  // the message is refused when its end arrives
+          break;
+        }
+        if (sasl_phase_ != sasl_phase::none) {
+          // An unusable response ends the exchange: the next line is a command again.
+          sasl_phase_ = sasl_phase::none;
+          sasl_response_.wipe();
+          reply_err("[AUTH] Authentication failed: response too long or invalid.");
+          break;
+        }
+        bad_command(r.st == line_decoder::status::too_long ? "Line too long." : "Invalid command.");
         break;
       case line_decoder::status::line:
         handle_line(r.line);
@@ -287,7 +296,7 @@ void session::start_auth(const command& cmd) {
     return;
   }
   method_ = std::move(mech);
-  sasl_response_.assign(n == 2 ? args[1] : std::string_view());
+  sasl_response_ = secret_string(n == 2 ? args[1] : std::string_view());
   user_.clear();
   sasl_start_ = true;
   pending_ = step::sasl;
@@ -326,13 +335,14 @@ void session::handle_sasl_line(std::string_view line) {
     return;
   }
   sasl_phase_ = sasl_phase::none;
-  sasl_response_.assign(line);
+  sasl_response_ = secret_string(line);
   sasl_start_ = false;
   pending_ = step::sasl;
 }
 
 void session::sasl_challenge(std::string_view challenge_b64) {
   pending_ = step::need_input;
+  sasl_response_.wipe();
   out_.append("+ ");
   out_.append(challenge_b64);
   out_.append("\r\n");
@@ -340,7 +350,7 @@ void session::sasl_challenge(std::string_view challenge_b64) {
 }
 
 void session::sasl_done(auth_status status, std::string_view final_b64) {
-  sasl_response_.clear();
+  sasl_response_.wipe();
   if (status == auth_status::ok && !final_b64.empty()) {
     pending_ = step::need_input;
     out_.append("+ ");

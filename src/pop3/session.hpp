@@ -119,7 +119,7 @@ class session {
   // sasl: the mechanism (upper case) and the client's latest response (base64, "=" for an
   // empty initial response, "" when the client gave no initial response).
   std::string_view sasl_mechanism() const noexcept { return method_; }
-  std::string_view sasl_response() const noexcept { return sasl_response_; }
+  std::string_view sasl_response() const noexcept { return sasl_response_.view(); }
   // True for the first step of an AUTH command: the driver starts a new exchange.
   bool sasl_is_start() const noexcept { return sasl_start_; }
   // Sends "+ challenge" and waits for the client's next line.
@@ -190,7 +190,7 @@ class session {
   secret_string password_;
   std::string apop_digest_;
   enum class sasl_phase { none, awaiting_response, awaiting_final_ack } sasl_phase_ = sasl_phase::none;
-  std::string sasl_response_;
+  secret_string sasl_response_;  // base64 credentials for PLAIN and LOGIN
   bool sasl_start_ = false;
   bool tls_active_ = false;
   std::string xlist_header_;

@@ -453,6 +453,15 @@ TEST(session_sasl, cancel_wrong_and_unknown) {
   EXPECT_EQ(d.s.state(), session_state::authorization);
 }
 
+TEST(session_sasl, overlong_response_ends_the_exchange) {
+  fake_driver d(tls_opts());
+  d.run();
+  d.say("AUTH PLAIN good\r\n");
+  EXPECT_EQ(d.say(std::string(20000, 'A') + "\r\n"),
+            "-ERR [AUTH] Authentication failed: response too long or invalid.\r\n");
+  EXPECT_EQ(d.say("AUTH PLAIN good\r\n"), "+ Y2g=\r\n");
+}
+
 TEST(session_sasl, long_continuation_lines_allowed) {
   fake_driver d(tls_opts());
   d.run();
