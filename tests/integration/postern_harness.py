@@ -496,7 +496,8 @@ def sanitizer_findings(text):
 # ---------------------------------------------------------------------------------------------
 # Processes
 
-LISTEN_RE = re.compile(r"listening on (\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:]*:[0-9A-Fa-f:]*|[0-9.]+):(\d+)")
+LISTEN_RE = re.compile(
+    r"listening on (\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:]*:[0-9A-Fa-f:]*|[0-9.]+):(\d+)")
 
 
 class Server:
@@ -857,37 +858,56 @@ class World:
         return "\n".join(text.splitlines()[-lines:])
 
     def _cleanup(self):
-        for fn in reversed(self._cleanups):
-            try:
-                fn()
-            except Exception:
-                pass
         errors = []
-        for srv in self.servers:
-            if not srv.stopped:
+        try:
+            for fn in reversed(self._cleanups):
                 try:
-                    srv.stop(check=True)
-                except AssertionError as e:
-                    errors.append(str(e))
-        for inetd in self.inetds:
-            inetd.stop()
-            bad = sanitizer_findings(inetd.log())
-            if bad:
-                errors.append(f"sanitizer findings {bad} in {inetd.log_path}:\n{inetd.log()}")
-        outcome = getattr(self.test, "_outcome", None)
-        failed = bool(errors) or (outcome is not None and not getattr(outcome, "success", True))
-        if failed:
+                    fn()
+                except Exception:  # a client socket already gone, etc.
+                    pass
             for srv in self.servers:
-                sys.stderr.write(f"\n--- {srv.log_path} (tail) ---\n{self.tail(srv.log())}\n")
+                if not srv.stopped:
+                    try:
+                        srv.stop(check=True)
+                    except Exception as e:
+                        errors.append(str(e))
             for inetd in self.inetds:
-                sys.stderr.write(f"\n--- {inetd.log_path} (tail) ---\n"
-                                 f"{self.tail(inetd.log())}\n")
-        if KEEP_TMP:
-            sys.stderr.write(f"\n[kept {self.dir}]\n")
-        else:
-            shutil.rmtree(self.dir, ignore_errors=True)
+                try:
+                    inetd.stop()
+                except Exception as e:
+                    errors.append(str(e))
+                bad = sanitizer_findings(inetd.log())
+                if bad:
+                    errors.append(f"sanitizer findings {bad} in {inetd.log_path}:\n"
+                                  f"{inetd.log()}")
+            if errors or _has_failed(self.test):
+                for srv in self.servers:
+                    sys.stderr.write(f"\n--- {srv.log_path} (tail) ---\n"
+                                     f"{self.tail(srv.log())}\n")
+                for inetd in self.inetds:
+                    sys.stderr.write(f"\n--- {inetd.log_path} (tail) ---\n"
+                                     f"{self.tail(inetd.log())}\n")
+        finally:
+            if KEEP_TMP:
+                sys.stderr.write(f"\n[kept {self.dir}]\n")
+            else:
+                shutil.rmtree(self.dir, ignore_errors=True)
         if errors:
             raise AssertionError("\n".join(errors))
+
+
+def _has_failed(test):
+    """True if the running test (or one of its subtests) has recorded a failure or error.
+
+    Cleanups run inside their own unittest "test part", so the outcome's success flag says
+    nothing about the test body; the result's lists do."""
+    result = getattr(getattr(test, "_outcome", None), "result", None)
+    if result is None:
+        return False
+    for t, _ in list(getattr(result, "failures", [])) + list(getattr(result, "errors", [])):
+        if t is test or getattr(t, "test_case", None) is test:
+            return True
+    return False
 
 
 class PosternTestCase(unittest.TestCase):

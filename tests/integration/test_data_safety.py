@@ -442,6 +442,8 @@ class Resources(Base):
                 conn.cmd("DELE 1")
                 close(conn)
                 sessions += 1
+                # The next login to bob must wait until the server has seen the drop.
+                srv.wait_events("logout", count=sessions)
         for _ in range(3):  # failed logins
             conn = srv.connect()
             conn.cmd("USER alice")

@@ -817,7 +817,8 @@ class Pipelining(Base):
     def test_pipelined_failed_login_then_success(self):
         self.start()
         conn = self.srv.connect()
-        conn.send(b"USER alice\r\nPASS nope\r\nUSER alice\r\nPASS " + ALICE_PW.encode() + b"\r\nSTAT\r\n")
+        conn.send(b"USER alice\r\nPASS nope\r\nUSER alice\r\nPASS " + ALICE_PW.encode()
+                  + b"\r\nSTAT\r\n")
         self.assertOk(conn.status())
         self.assertTrue(conn.status().startswith("-ERR [AUTH]"))
         self.assertOk(conn.status())
