@@ -13,6 +13,9 @@ build_pkgs=(
   libtomlplusplus-dev  # TOML config with source positions for error messages
   libgtest-dev         # unit tests
   libgsasl-dev         # GNU SASL: the SASL mechanisms
+  libpam0g-dev         # PAM: system users
+  libwrap0-dev         # TCP wrappers: hosts.allow / hosts.deny
+  libsqlite3-dev       # login statistics and bulletin databases
 )
 test_pkgs=(
   python3 curl fetchmail mpop getmail6 openssl procps

@@ -2,6 +2,7 @@
 
 #include "auth/apop.hpp"
 #include "common/log.hpp"
+#include "net/extensions.hpp"
 #include "pop3/dot_encoder.hpp"
 #include "store/maildir/maildir.hpp"
 
@@ -124,7 +125,9 @@ pop3::connection_policy policy_for(const session_env& env, const connection_secu
   pop3::connection_policy p;
   auto ch = channel_for(env, sec);
   p.user_pass_allowed = ch.plaintext_allowed;
-  if (env.sasl != nullptr) {
+  if (env.remote_auth != nullptr) {
+    p.sasl_mechanisms = env.remote_auth->mechanisms_for(ch);
+  } else if (env.sasl != nullptr) {
     p.sasl_mechanisms = env.sasl->mechanisms_for(ch);
   }
   return p;
@@ -205,7 +208,9 @@ asio::awaitable<void> run_session(std::shared_ptr<session_control> ctl, const se
     opts.stls_offered = !sec.tls && env.stls && env.tls != nullptr &&
                         dynamic_cast<tcp_transport*>(ctl->stream.get()) != nullptr;
     opts.tls_required = !sec.tls && env.tls_required;
-    if (env.apop) {
+    if (env.remote_auth != nullptr) {
+      opts.apop_timestamp = conn.resume ? std::string() : env.remote_auth->apop_timestamp();
+    } else if (env.apop) {
       opts.apop_timestamp = auth::make_apop_timestamp(env.hostname);
     }
     if (conn.resume) {
@@ -274,6 +279,14 @@ asio::awaitable<void> run_session(std::shared_ptr<session_control> ctl, const se
         if (!store::is_safe_user_name(login)) {
           vr.status = auth::verify_status::bad_credentials;
           vr.reason = "user name not allowed";
+        } else if (env.remote_auth != nullptr) {
+          std::string digest(engine.apop_digest());
+          bool apop = engine.login_method() == "APOP";
+          auto verify = [&] {
+            vr = apop ? env.remote_auth->verify_apop(login, digest)
+                      : env.remote_auth->verify_password(login, password);
+          };
+          co_await run_blocking(*env.workers, verify);
         } else if (engine.login_method() == "APOP") {
           std::string digest(engine.apop_digest());
           std::string stamp(engine.apop_timestamp());
@@ -330,9 +343,10 @@ asio::awaitable<void> run_session(std::shared_ptr<session_control> ctl, const se
         std::string mech(engine.sasl_mechanism());
         if (engine.sasl_is_start()) {
           exchange.reset();
-          auto started = env.sasl ? env.sasl->start(mech, channel_for(env, sec))
-                                  : result<std::unique_ptr<auth::sasl_exchange>>(
-                                        error(errc::not_found, "no SASL"));
+          auto started = env.remote_auth ? env.remote_auth->start_sasl(mech, channel_for(env, sec))
+                         : env.sasl ? env.sasl->start(mech, channel_for(env, sec))
+                                    : result<std::unique_ptr<auth::sasl_exchange>>(
+                                          error(errc::not_found, "no SASL"));
           if (!started) {
             log::notice("auth failed: user=<>, method={}, rip={}, session=<{}>, reason={}", mech,
                         remote, id, started.err().message());
@@ -480,6 +494,43 @@ asio::awaitable<void> run_session(std::shared_ptr<session_control> ctl, const se
         drop.reset();
         engine.commit_done(cr.ok());
         reason = "QUIT";
+        break;
+      }
+      case pop3::step::xlist: {
+        std::vector<std::string> values;
+        bool ok = true;
+        std::string header(engine.xlist_header());
+        auto collect = [&] {
+          for (std::size_t index : engine.xlist_messages()) {
+            auto reader = drop->open_message(index, false);
+            if (!reader) {
+              ok = false;
+              return;
+            }
+            auto field = read_header_field(**reader, header);
+            if (!field) {
+              ok = false;
+              return;
+            }
+            values.push_back(std::move(field).value());
+          }
+        };
+        co_await run_blocking(*env.workers, collect);
+        engine.xlist_done(ok, values);
+        break;
+      }
+      case pop3::step::xmit: {
+        result<void> sent = error(errc::temporary, "not sent");
+        std::string message(engine.xmit_message());
+        auto submit = [&] { sent = submit_message(env.xmit_command, message); };
+        co_await run_blocking(*env.workers, submit);
+        if (sent) {
+          log::info("xmit: user=<{}>, session=<{}>, size={}", log::safe(user), id, message.size());
+        } else {
+          log::error("xmit failed: user=<{}>, session=<{}>, error={}", log::safe(user), id,
+                     sent.err().message());
+        }
+        engine.xmit_done(sent.ok());
         break;
       }
       case pop3::step::close:

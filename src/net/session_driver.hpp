@@ -31,6 +31,23 @@
 namespace postern::net {
 
 struct session_control;
+class tcp_wrappers;
+
+// Privilege separation (fork mode's pre-auth process): every credential check is forwarded to
+// the privileged process. When session_env::remote_auth is set it replaces passdb, sasl and
+// APOP; its calls block (a round trip to the privileged process) and the pre-auth process
+// serves one session, so they may run on its I/O thread.
+class auth_proxy {
+ public:
+  virtual ~auth_proxy() = default;
+  // The APOP timestamp for the greeting, chosen by the privileged process; "" = no APOP.
+  virtual std::string apop_timestamp() = 0;
+  virtual std::vector<std::string> mechanisms_for(const auth::sasl_channel& ch) = 0;
+  virtual auth::verify_result verify_password(std::string_view user, const secret_string& password) = 0;
+  virtual auth::verify_result verify_apop(std::string_view user, std::string_view digest) = 0;
+  virtual result<std::unique_ptr<auth::sasl_exchange>> start_sasl(std::string_view mechanism,
+                                                                  const auth::sasl_channel& ch) = 0;
+};
 
 // Privilege separation: what the unprivileged pre-authentication process hands to the session
 // process once the credentials are accepted.
@@ -64,9 +81,12 @@ struct session_env {
   bool apop = false;
   std::string hostname;                    // for APOP timestamps
   std::string external_user = "subject:CN";
+  std::vector<std::string> xmit_command;   // XTND XMIT submission program and arguments
   // When set (fork mode, pre-auth process), called instead of opening the maildrop; the session
   // ends here when it returns, and the session process answers the client from then on.
   std::function<asio::awaitable<void>(handoff&)> on_authenticated;
+  auth_proxy* remote_auth = nullptr;       // see auth_proxy
+  const tcp_wrappers* access = nullptr;    // hosts.allow/deny, checked by the listeners
 };
 
 // A session process taking over after a privilege-separated login.

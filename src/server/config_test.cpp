@@ -384,8 +384,8 @@ TEST(config, errors_name_file_line_and_key) {
   const error_case cases[] = {
       // Structure.
       {"[server]\nthreads = 1\n\n[srever]\n",
-       "t.toml:4: srever: unknown table; the tables are [server], [mail], [auth], [tls] and "
-       "[log]"},
+       "t.toml:4: srever: unknown table; the tables are [server], [mail], [auth], [tls], [pop3] "
+       "and [log]"},
       {"[server]\nlisen = [\"*:110\"]\n",
        "t.toml:2: server.lisen: unknown key; did you mean listen?"},
       {"[server]\nidle_timout = 5\n",
@@ -398,7 +398,7 @@ TEST(config, errors_name_file_line_and_key) {
        "t.toml:3: threads: unknown top-level key; threads belongs in [server]"},
       {"colour = 4\n",
        "t.toml:1: colour: unknown top-level key; settings go inside [server], [mail], [auth], "
-       "[tls] or [log]"},
+       "[tls], [pop3] or [log]"},
       {"server = 4\n", "t.toml:1: server: must be a table ([server]), not an integer"},
       {"[[server]]\nthreads = 1\n", "t.toml:1: server: must be a table ([server]), not an array"},
       // Types.
@@ -548,7 +548,8 @@ const std::string tls_files =
     "[tls]\ncert = \"/etc/postern/cert.pem\"\nkey = \"/etc/postern/key.pem\"\n";
 
 const std::string supported_mechanisms =
-    "(PLAIN, LOGIN, CRAM-MD5, SCRAM-SHA-1, SCRAM-SHA-256, SCRAM-SHA-256-PLUS, EXTERNAL, GSSAPI)";
+    "(PLAIN, LOGIN, CRAM-MD5, SCRAM-SHA-1, SCRAM-SHA-1-PLUS, SCRAM-SHA-256, SCRAM-SHA-256-PLUS, "
+    "EXTERNAL, GSSAPI)";
 
 // What docs/configuration.md and contrib/postern.toml promise.
 TEST(config, defaults_of_tls_auth_and_mbox_keys) {
@@ -815,14 +816,14 @@ TEST(config, tls_auth_and_mbox_rejections_name_line_and_key) {
       {"[auth]\ngssapi_hostname = \"-mail\"\n",
        "t.toml:2: auth.gssapi_hostname: \"-mail\"" + not_a_word},
       {"[auth]\nexternal_user = \"subject:cn\"\n",
-       "t.toml:2: auth.external_user: \"subject:cn\" is not one of \"subject:CN\", "
-       "\"subject:emailAddress\", \"san:email\""},
+       "t.toml:2: auth.external_user: \"subject:cn\" is not a certificate field: "
+       "\"subject:ATTRIBUTE\" (e.g. \"subject:CN\"), \"san:email\", \"san:dns\" or \"san:uri\""},
       {"[auth]\nexternal_user = \"CN\"\n",
-       "t.toml:2: auth.external_user: \"CN\" is not one of \"subject:CN\", "
-       "\"subject:emailAddress\", \"san:email\""},
+       "t.toml:2: auth.external_user: \"CN\" is not a certificate field: "
+       "\"subject:ATTRIBUTE\" (e.g. \"subject:CN\"), \"san:email\", \"san:dns\" or \"san:uri\""},
       {"[auth]\nexternal_user = \"\"\n",
-       "t.toml:2: auth.external_user: \"\" is not one of \"subject:CN\", "
-       "\"subject:emailAddress\", \"san:email\""},
+       "t.toml:2: auth.external_user: \"\" is not a certificate field: "
+       "\"subject:ATTRIBUTE\" (e.g. \"subject:CN\"), \"san:email\", \"san:dns\" or \"san:uri\""},
       // [mail] mbox
       {"[mail]\nmbox_locking = \"dotlock\"\n",
        "t.toml:2: mail.mbox_locking: expected an array such as [\"dotlock\", \"fcntl\"], got a "

@@ -1,10 +1,10 @@
 #include "server/daemon.hpp"
 
-#include "auth/passwd_file.hpp"
 #include "common/log.hpp"
 #include "net/session_driver.hpp"
 #include "net/source_limits.hpp"
 #include "server/privileges.hpp"
+#include "server/setup.hpp"
 
 #include <asio/co_spawn.hpp>
 #include <asio/detached.hpp>
@@ -33,140 +33,6 @@ namespace postern::server {
 namespace {
 
 constexpr auto use_tuple = asio::experimental::as_tuple(asio::use_awaitable);
-
-log::level to_log_level(log_level l) {
-  switch (l) {
-    case log_level::debug: return log::level::debug;
-    case log_level::info: return log::level::info;
-    case log_level::notice: return log::level::notice;
-    case log_level::warning: return log::level::warning;
-    case log_level::error: return log::level::error;
-  }
-  return log::level::info;
-}
-
-void init_logging(const config& cfg) {
-  log::init(cfg.target == log_target::syslog, to_log_level(cfg.level), cfg.syslog_ident);
-}
-
-// Everything a session needs that lives as long as the server.
-struct shared_state {
-  std::unique_ptr<auth::passdb> passdb;
-  std::unique_ptr<auth::sasl_server> sasl;
-  std::unique_ptr<asio::thread_pool> workers;
-  net::session_env env;
-};
-
-std::string local_hostname() {
-  char name[256] = {};
-  if (gethostname(name, sizeof name - 1) != 0 || name[0] == '\0') {
-    return "localhost";
-  }
-  return name;
-}
-
-// TLS is set up before privileges are dropped: keys are often readable by root only.
-result<std::shared_ptr<net::tls_server_context>> make_tls(const config& cfg) {
-  if (cfg.tls_cert.empty()) {
-    return std::shared_ptr<net::tls_server_context>();
-  }
-  net::tls_settings ts;
-  ts.cert = cfg.tls_cert;
-  ts.key = cfg.tls_key;
-  ts.chain = cfg.tls_chain;
-  ts.min_version = cfg.tls_min_version;
-  ts.ciphers = cfg.tls_ciphers;
-  ts.ciphersuites = cfg.tls_ciphersuites;
-  ts.groups = cfg.tls_groups;
-  ts.client_ca = cfg.tls_client_ca;
-  return net::tls_server_context::create(std::move(ts));
-}
-
-result<void> prepare_shared(const config& cfg, shared_state& st,
-                            std::shared_ptr<net::tls_server_context> tls) {
-  constexpr std::string_view prefix = "passwd-file:";
-  if (cfg.passdb.rfind(prefix, 0) != 0) {
-    return error(errc::invalid, "auth.passdb: unsupported passdb '" + cfg.passdb + "'");
-  }
-  auto pdb = auth::open_passwd_file(cfg.passdb.substr(prefix.size()));
-  if (!pdb) {
-    return std::move(pdb).err();
-  }
-  st.passdb = std::move(pdb).value();
-  auto loc = store::parse_location(cfg.mail_location);
-  if (!loc) {
-    return error(errc::invalid, "mail.location: " + loc.err().message());
-  }
-  unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-  st.workers = std::make_unique<asio::thread_pool>(cfg.worker_threads ? cfg.worker_threads : 2 * cores);
-  st.env.passdb = st.passdb.get();
-  st.env.location = std::move(loc).value();
-  auto& mb = st.env.mbox;
-  mb.locking.methods = {};
-  for (const auto& m : cfg.mbox_locking) {
-    mb.locking.methods.dotlock = mb.locking.methods.dotlock || m == "dotlock";
-    mb.locking.methods.fcntl = mb.locking.methods.fcntl || m == "fcntl";
-    mb.locking.methods.flock = mb.locking.methods.flock || m == "flock";
-  }
-  mb.locking.timeout = cfg.mbox_lock_timeout;
-  mb.from_quoting = cfg.mbox_quoting == "mboxrd"  ? store::mbox::quoting::mboxrd
-                    : cfg.mbox_quoting == "none" ? store::mbox::quoting::none
-                                                 : store::mbox::quoting::mboxo;
-  mb.honour_content_length = cfg.mbox_content_length;
-  st.env.workers = st.workers.get();
-  st.env.engine.greeting = cfg.greeting;
-  st.env.engine.implementation =
-      cfg.implementation_capability ? std::string("Postern ") + POSTERN_VERSION : std::string();
-  st.env.engine.max_bad_commands = cfg.max_bad_commands;
-  st.env.failure_delay = cfg.failure_delay;
-  st.env.idle_timeout = cfg.idle_timeout;
-  st.env.hostname = cfg.gssapi_hostname.empty() ? local_hostname() : cfg.gssapi_hostname;
-  if (!cfg.mechanisms.empty()) {
-    auth::sasl_settings ss;
-    ss.mechanisms = cfg.mechanisms;
-    ss.service = cfg.gssapi_service;
-    ss.hostname = st.env.hostname;
-    ss.gssapi_keytab = cfg.gssapi_keytab;
-    ss.external_user = cfg.external_user;
-    auto sasl = auth::sasl_server::create(*st.passdb, std::move(ss));
-    if (!sasl) {
-      return error(errc::invalid, "auth.mechanisms: " + sasl.err().message());
-    }
-    st.sasl = std::move(sasl).value();
-    st.env.sasl = st.sasl.get();
-  }
-  st.env.tls = std::move(tls);
-  st.env.stls = st.env.tls != nullptr && cfg.tls != tls_mode::none;
-  st.env.tls_required = st.env.tls != nullptr && cfg.tls == tls_mode::required;
-  st.env.disable_plaintext_auth = cfg.disable_plaintext_auth;
-  st.env.loopback_is_secure = cfg.loopback_is_secure;
-  for (const auto& n : cfg.trusted_networks) {
-    if (auto parsed = net::parse_network(n)) {
-      st.env.trusted_networks.push_back(*parsed);
-    }
-  }
-  st.env.apop = cfg.apop;
-  st.env.external_user = cfg.external_user;
-  return {};
-}
-
-// Runs a session and logs anything that escapes it; the session closes only itself.
-asio::awaitable<void> guarded_session(std::shared_ptr<net::session_control> ctl,
-                                      const net::session_env& env, net::connection_info conn,
-                                      net::session_registry* registry) {
-  std::string id = net::new_session_id();
-  auto handle = registry ? registry->add(ctl) : net::session_registry::handle{};
-  try {
-    co_await net::run_session(ctl, env, std::move(conn), id);
-  } catch (const std::exception& e) {
-    log::error("session <{}> failed: {}", id, e.what());
-    ctl->done = true;
-    ctl->stream->close();
-  }
-  if (registry) {
-    registry->remove(handle);
-  }
-}
 
 std::string format_endpoint(const asio::ip::tcp::endpoint& ep) {
   auto addr = net::canonical_address(ep.address());
@@ -209,6 +75,11 @@ asio::awaitable<void> serve_connection(asio::ip::tcp::socket sock, io_worker& w,
     log::warning("connection refused: rip={}, reason={}", addr.to_string(),
                  why == net::source_limits::refusal::total ? "max_connections" : "max_connections_per_ip");
     co_await refuse(std::move(sock), "-ERR [SYS/TEMP] Too many connections, try again later.\r\n");
+    co_return;
+  }
+  if (env.access != nullptr && !co_await net::async_allowed(*env.access, *env.workers, addr)) {
+    log::warning("connection refused: rip={}, reason=tcp_wrappers", addr.to_string());
+    co_await refuse(std::move(sock), "-ERR [SYS/PERM] Access denied.\r\n");
     co_return;
   }
   sock.set_option(asio::ip::tcp::no_delay(true), ec);
@@ -421,6 +292,13 @@ int run_inetd(const config& cfg) {
       remote_addr = net::canonical_address(asio::ip::address_v6(b));
       remote = remote_addr.to_string();
     }
+  }
+  if (st.env.access != nullptr && !remote_addr.is_unspecified() && !st.env.access->allowed(remote_addr)) {
+    log::warning("connection refused: rip={}, reason=tcp_wrappers", remote);
+    constexpr std::string_view denied = "-ERR [SYS/PERM] Access denied.\r\n";
+    (void)!::write(STDOUT_FILENO, denied.data(), denied.size());
+    st.workers->join();
+    return 0;
   }
   asio::io_context ctx{1};
   // A TCP socket from inetd is driven as one (so STLS and implicit TLS work); anything else

@@ -5,6 +5,8 @@
 #include "server/config.hpp"
 #include "server/daemon.hpp"
 #include "server/demo.hpp"
+#include "server/fork_mode.hpp"
+#include "server/unix_settings.hpp"
 
 #include <CLI/CLI.hpp>
 
@@ -128,6 +130,14 @@ int main(int argc, char** argv) {
                               "BLF-CRYPT, SCRAM-SHA-256, CRAM-MD5, PLAIN, ...) and exit")
                    ->expected(0, 1)
                    ->default_str("SHA512-CRYPT");
+  std::uint32_t daemon_children = 0;
+  auto* daemon_opt = app.add_option("--daemon", daemon_children,
+                                    "Fork mode (system users, privilege separation), at most N sessions "
+                                    "at once (like Mailutils' --daemon[=N])")
+                         ->expected(0, 1);
+  bool only_v4 = false, only_v6 = false;
+  app.add_flag("-4", only_v4, "Listen on the IPv4 addresses of server.listen only");
+  app.add_flag("-6", only_v6, "Listen on the IPv6 addresses of server.listen only");
   app.get_formatter()->column_width(36);
   CLI11_PARSE(app, argc, argv);
 
@@ -160,16 +170,43 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "posternd: %s\n", cfg.err().message().c_str());
     return 1;
   }
+  auto unix_settings = postern::server::unix_settings_from(*cfg);
+  if (!unix_settings) {
+    std::fprintf(stderr, "posternd: %s\n", unix_settings.err().message().c_str());
+    return 1;
+  }
+  auto us = std::move(unix_settings).value();
+  if (*daemon_opt) {
+    us.model = postern::server::process_model::fork;
+    if (daemon_children > 0) {
+      us.max_children = daemon_children;
+    }
+  }
+  if (only_v4 && only_v6) {
+    std::fprintf(stderr, "posternd: -4 and -6 exclude each other\n");
+    return 2;
+  }
+  if (only_v4 || only_v6) {
+    us.family = only_v4 ? postern::server::address_family::ipv4 : postern::server::address_family::ipv6;
+  }
+  if (auto r = postern::server::apply_address_family(*cfg, us.family); !r) {
+    std::fprintf(stderr, "posternd: %s\n", r.err().message().c_str());
+    return 1;
+  }
   if (check) {
     std::cout << postern::server::format_config(*cfg);
     return 0;
   }
   if (inetd) {
-    return postern::server::run_inetd(*cfg);
+    return us.model == postern::server::process_model::fork ? postern::server::run_privsep_inetd(*cfg, us)
+                                                            : postern::server::run_inetd(*cfg);
   }
   if (!foreground && !daemonize()) {
     std::perror("posternd: cannot detach");
     return 1;
+  }
+  if (us.model == postern::server::process_model::fork) {
+    return postern::server::run_fork_daemon(*cfg, us);
   }
   return postern::server::run_daemon(*cfg);
 }

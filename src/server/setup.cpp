@@ -1,0 +1,182 @@
+#include "server/setup.hpp"
+
+#include "auth/pam.hpp"
+#include "auth/passwd_file.hpp"
+#include "common/log.hpp"
+
+#include <unistd.h>
+
+#include <thread>
+
+namespace postern::server {
+namespace {
+
+log::level to_log_level(log_level l) {
+  switch (l) {
+    case log_level::debug: return log::level::debug;
+    case log_level::info: return log::level::info;
+    case log_level::notice: return log::level::notice;
+    case log_level::warning: return log::level::warning;
+    case log_level::error: return log::level::error;
+  }
+  return log::level::info;
+}
+
+}  // namespace
+
+void init_logging(const config& cfg) {
+  log::init(cfg.target == log_target::syslog, to_log_level(cfg.level), cfg.syslog_ident);
+}
+
+std::string local_hostname() {
+  char name[256] = {};
+  if (gethostname(name, sizeof name - 1) != 0 || name[0] == '\0') {
+    return "localhost";
+  }
+  return name;
+}
+
+result<std::shared_ptr<net::tls_server_context>> make_tls(const config& cfg) {
+  if (cfg.tls_cert.empty()) {
+    return std::shared_ptr<net::tls_server_context>();
+  }
+  net::tls_settings ts;
+  ts.cert = cfg.tls_cert;
+  ts.key = cfg.tls_key;
+  ts.chain = cfg.tls_chain;
+  ts.min_version = cfg.tls_min_version;
+  ts.ciphers = cfg.tls_ciphers;
+  ts.ciphersuites = cfg.tls_ciphersuites;
+  ts.groups = cfg.tls_groups;
+  ts.client_ca = cfg.tls_client_ca;
+  return net::tls_server_context::create(std::move(ts));
+}
+
+result<std::unique_ptr<auth::passdb>> open_passdb(const config& cfg, const unix_settings& us) {
+  std::string spec = us.effective_passdb(cfg);
+  if (spec == "pam") {
+    auth::pam_settings ps;
+    ps.service = us.pam_service;
+    ps.account_check = us.pam_account_check;
+    return auth::open_pam_passdb(std::move(ps));
+  }
+  constexpr std::string_view prefix = "passwd-file:";
+  if (spec.rfind(prefix, 0) != 0) {
+    return error(errc::invalid, "auth.passdb: unsupported passdb '" + spec + "'");
+  }
+  return auth::open_passwd_file(spec.substr(prefix.size()));
+}
+
+result<void> prepare_env(const config& cfg, const unix_settings& us, shared_state& st,
+                         std::shared_ptr<net::tls_server_context> tls) {
+  auto loc = store::parse_location(cfg.mail_location);
+  if (!loc) {
+    return error(errc::invalid, "mail.location: " + loc.err().message());
+  }
+  st.env.location = std::move(loc).value();
+  auto& mb = st.env.mbox;
+  mb.locking.methods = {};
+  for (const auto& m : cfg.mbox_locking) {
+    mb.locking.methods.dotlock = mb.locking.methods.dotlock || m == "dotlock";
+    mb.locking.methods.fcntl = mb.locking.methods.fcntl || m == "fcntl";
+    mb.locking.methods.flock = mb.locking.methods.flock || m == "flock";
+  }
+  mb.locking.timeout = cfg.mbox_lock_timeout;
+  mb.from_quoting = cfg.mbox_quoting == "mboxrd"  ? store::mbox::quoting::mboxrd
+                    : cfg.mbox_quoting == "none" ? store::mbox::quoting::none
+                                                 : store::mbox::quoting::mboxo;
+  mb.honour_content_length = cfg.mbox_content_length;
+  st.env.engine.greeting = cfg.greeting;
+  st.env.engine.implementation =
+      cfg.implementation_capability ? std::string("Postern ") + POSTERN_VERSION : std::string();
+  st.env.engine.max_bad_commands = cfg.max_bad_commands;
+  st.env.failure_delay = cfg.failure_delay;
+  st.env.idle_timeout = cfg.idle_timeout;
+  st.env.hostname = cfg.gssapi_hostname.empty() ? local_hostname() : cfg.gssapi_hostname;
+  st.env.tls = std::move(tls);
+  st.env.stls = st.env.tls != nullptr && cfg.tls != tls_mode::none;
+  st.env.tls_required = st.env.tls != nullptr && cfg.tls == tls_mode::required;
+  st.env.disable_plaintext_auth = cfg.disable_plaintext_auth;
+  st.env.loopback_is_secure = cfg.loopback_is_secure;
+  for (const auto& n : cfg.trusted_networks) {
+    if (auto parsed = net::parse_network(n)) {
+      st.env.trusted_networks.push_back(*parsed);
+    }
+  }
+  st.env.apop = cfg.apop;
+  st.env.xmit_command = cfg.xmit_command;
+  st.env.engine.xtnd_xlist = cfg.xtnd_xlist;
+  st.env.engine.xtnd_xmit = cfg.xtnd_xmit;
+  st.env.engine.xmit_max_size = cfg.xmit_max_size;
+  st.env.external_user = cfg.external_user;
+  if (us.tcp_wrappers) {
+    net::access_settings as;
+    as.daemon = us.tcp_wrappers_daemon;
+    as.allow_table = us.hosts_allow;
+    as.deny_table = us.hosts_deny;
+    st.access = std::make_unique<net::tcp_wrappers>(std::move(as));
+    st.env.access = st.access.get();
+  }
+  return {};
+}
+
+result<void> prepare_auth(const config& cfg, const unix_settings& us, shared_state& st) {
+  auto pdb = open_passdb(cfg, us);
+  if (!pdb) {
+    return std::move(pdb).err();
+  }
+  st.passdb = std::move(pdb).value();
+  st.env.passdb = st.passdb.get();
+  if (!cfg.mechanisms.empty()) {
+    auth::sasl_settings ss;
+    ss.mechanisms = cfg.mechanisms;
+    ss.service = cfg.gssapi_service;
+    ss.hostname = st.env.hostname;
+    ss.gssapi_keytab = cfg.gssapi_keytab;
+    ss.external_user = cfg.external_user;
+    auto sasl = auth::sasl_server::create(*st.passdb, std::move(ss));
+    if (!sasl) {
+      return error(errc::invalid, "auth.mechanisms: " + sasl.err().message());
+    }
+    st.sasl = std::move(sasl).value();
+    st.env.sasl = st.sasl.get();
+  }
+  return {};
+}
+
+result<void> prepare_shared(const config& cfg, shared_state& st,
+                            std::shared_ptr<net::tls_server_context> tls) {
+  auto us = unix_settings_from(cfg);
+  if (!us) {
+    return std::move(us).err();
+  }
+  POSTERN_TRY(prepare_env(cfg, *us, st, std::move(tls)));
+  POSTERN_TRY(prepare_auth(cfg, *us, st));
+  unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  st.workers = std::make_unique<asio::thread_pool>(cfg.worker_threads ? cfg.worker_threads : 2 * cores);
+  st.env.workers = st.workers.get();
+  return {};
+}
+
+asio::awaitable<void> guarded_session(std::shared_ptr<net::session_control> ctl,
+                                      const net::session_env& env, net::connection_info conn,
+                                      net::session_registry* registry, std::string id) {
+  if (id.empty()) {
+    id = net::new_session_id();
+  }
+  auto handle = registry ? registry->add(ctl) : net::session_registry::handle{};
+  try {
+    co_await net::run_session(ctl, env, std::move(conn), id);
+  } catch (const std::exception& e) {
+    log::error("session <{}> failed: {}", id, e.what());
+    ctl->done = true;
+    if (ctl->stream) {
+      ctl->stream->close();
+    }
+  }
+  if (registry) {
+    registry->remove(handle);
+  }
+}
+
+}  // namespace postern::server

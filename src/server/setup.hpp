@@ -1,0 +1,60 @@
+// What every process mode builds at startup: logging, the TLS context, the password database,
+// SASL, the worker pool, TCP wrappers and the session environment. Shared by event mode and
+// inetd mode (daemon.cpp) and fork mode (fork_mode.cpp), which builds the pieces separately
+// so that no secret is loaded before the unprivileged pre-auth process is forked off.
+//
+// Called at startup only, from one thread; the results are immutable afterwards apart from
+// what their own headers say (the TLS context reloads, the passdb re-reads its file).
+#pragma once
+
+#include "auth/passdb.hpp"
+#include "auth/sasl.hpp"
+#include "net/access_control.hpp"
+#include "net/session_driver.hpp"
+#include "server/config.hpp"
+#include "server/unix_settings.hpp"
+
+#include <asio/awaitable.hpp>
+#include <asio/thread_pool.hpp>
+
+#include <memory>
+#include <string>
+
+namespace postern::server {
+
+// Everything a session needs that lives as long as the server (or the process).
+struct shared_state {
+  std::unique_ptr<auth::passdb> passdb;
+  std::unique_ptr<auth::sasl_server> sasl;
+  std::unique_ptr<asio::thread_pool> workers;
+  std::unique_ptr<net::tcp_wrappers> access;
+  net::session_env env;
+};
+
+void init_logging(const config& cfg);
+std::string local_hostname();
+
+// TLS is set up before privileges are dropped: keys are often readable by root only. Null
+// when no certificate is configured.
+result<std::shared_ptr<net::tls_server_context>> make_tls(const config& cfg);
+
+// Event and inetd modes: everything below, plus a worker pool of cfg.worker_threads.
+result<void> prepare_shared(const config& cfg, shared_state& st,
+                            std::shared_ptr<net::tls_server_context> tls);
+
+// The session environment without passdb, SASL and workers; TCP wrappers when configured.
+result<void> prepare_env(const config& cfg, const unix_settings& us, shared_state& st,
+                         std::shared_ptr<net::tls_server_context> tls);
+// The password database (passwd-file or PAM) and the SASL server over it; sets env.passdb
+// and env.sasl. Loads secrets: in fork mode only the privileged per-connection process calls it.
+result<void> prepare_auth(const config& cfg, const unix_settings& us, shared_state& st);
+// Just the password database named by us.effective_passdb(cfg).
+result<std::unique_ptr<auth::passdb>> open_passdb(const config& cfg, const unix_settings& us);
+
+// Runs a session and logs anything that escapes it; the session closes only itself.
+// `registry` may be null. `id` empty: a new session id is made.
+asio::awaitable<void> guarded_session(std::shared_ptr<net::session_control> ctl,
+                                      const net::session_env& env, net::connection_info conn,
+                                      net::session_registry* registry, std::string id = {});
+
+}  // namespace postern::server
