@@ -417,8 +417,12 @@ void set_passdb(const item& it, config& cfg) {
     return;
   }
   constexpr std::string_view passwd_file = "passwd-file:";
+  if (*s == "pam") {
+    cfg.passdb = std::move(*s);
+    return;
+  }
   if (s->rfind(passwd_file, 0) != 0) {
-    it.fail(quoted(*s) + " is not a known password database (supported: \"passwd-file:PATH\")");
+    it.fail(quoted(*s) + " is not a known password database (supported: \"passwd-file:PATH\", \"pam\")");
     return;
   }
   std::string_view path = std::string_view(*s).substr(passwd_file.size());
@@ -771,6 +775,57 @@ void set_uidl_format(const item& it, config& cfg) {
   cfg.uidl_format = std::move(*s);
 }
 
+// A plain name for accounts, PAM services and libwrap daemon names.
+bool is_plain_name(std::string_view s) {
+  return !s.empty() && s.size() <= 64 && s.front() != '-' && s != "." && s != ".." &&
+         std::all_of(s.begin(), s.end(), [](char c) {
+           return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '.' || c == '_' || c == '-';
+         });
+}
+
+void set_plain_name(const item& it, std::string& out, bool allow_empty) {
+  auto s = get_string(it);
+  if (!s) {
+    return;
+  }
+  if (!(allow_empty && s->empty()) && !is_plain_name(*s)) {
+    it.fail(quoted(*s) + " must be 1 to 64 letters, digits, '.', '_' or '-'");
+    return;
+  }
+  out = std::move(*s);
+}
+
+void set_process_model(const item& it, config& cfg) {
+  auto s = get_string(it);
+  if (!s) {
+    return;
+  }
+  if (*s == "event") {
+    cfg.unix.model = process_model::event;
+  } else if (*s == "fork") {
+    cfg.unix.model = process_model::fork;
+  } else {
+    it.fail(quoted(*s) + " is not one of \"event\", \"fork\"");
+  }
+}
+
+void set_address_family(const item& it, config& cfg) {
+  auto s = get_string(it);
+  if (!s) {
+    return;
+  }
+  if (*s == "any") {
+    cfg.unix.family = address_family::any;
+  } else if (*s == "ipv4") {
+    cfg.unix.family = address_family::ipv4;
+  } else if (*s == "ipv6") {
+    cfg.unix.family = address_family::ipv6;
+  } else {
+    it.fail(quoted(*s) + " is not one of \"any\", \"ipv4\", \"ipv6\"");
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The key table: every accepted key, in the order format_config prints them.
 
@@ -830,8 +885,65 @@ const auto key_rules = std::to_array<key_rule>({
      }},
     {"server", "greeting", set_greeting},
     {"server", "tls_listen", set_tls_listen},
+    {"server", "process_model", set_process_model},
+    {"server", "max_children",
+     [](const item& it, config& c) {
+       if (auto v = get_uint(it, 1, 100'000)) {
+         c.unix.max_children = *v;
+       }
+     }},
+    {"server", "min_connection_interval",
+     [](const item& it, config& c) {
+       if (auto d = get_duration(it)) {
+         if (*d > std::chrono::hours(1)) {
+           it.fail("must be at most 1h");
+           return;
+         }
+         c.unix.min_connection_interval = *d;
+       }
+     }},
+    {"server", "listen_backlog",
+     [](const item& it, config& c) {
+       if (auto v = get_uint(it, 1, 65535)) {
+         c.unix.listen_backlog = *v;
+       }
+     }},
+    {"server", "address_family", set_address_family},
+    {"server", "login_user", [](const item& it, config& c) { set_plain_name(it, c.unix.login_user, true); }},
+    {"server", "login_chroot",
+     [](const item& it, config& c) {
+       std::string path;
+       set_path(it, path);
+       if (path == "/") {
+         it.fail("must not be /");
+         return;
+       }
+       c.unix.login_chroot = std::move(path);
+     }},
+    {"server", "shutdown_grace",
+     [](const item& it, config& c) {
+       if (auto d = get_duration(it)) {
+         if (*d < std::chrono::seconds(1) || *d > std::chrono::minutes(10) || d->count() % 1000 != 0) {
+           it.fail("must be whole seconds from 1s to 10m");
+           return;
+         }
+         c.unix.shutdown_grace = std::chrono::duration_cast<std::chrono::seconds>(*d);
+       }
+     }},
+    {"server", "tcp_wrappers",
+     [](const item& it, config& c) {
+       if (auto v = get_bool(it)) {
+         c.unix.tcp_wrappers = *v;
+       }
+     }},
+    {"server", "tcp_wrappers_daemon",
+     [](const item& it, config& c) { set_plain_name(it, c.unix.tcp_wrappers_daemon, false); }},
+    {"server", "hosts_allow", [](const item& it, config& c) { set_path(it, c.unix.hosts_allow); }},
+    {"server", "hosts_deny", [](const item& it, config& c) { set_path(it, c.unix.hosts_deny); }},
     {"mail", "location", set_location},
     {"mail", "mbox_locking", set_mbox_locking},
+    {"mail", "privileged_group",
+     [](const item& it, config& c) { set_plain_name(it, c.unix.privileged_group, true); }},
     {"mail", "mbox_lock_timeout",
      [](const item& it, config& c) {
        if (auto d = get_duration(it)) {
@@ -845,6 +957,13 @@ const auto key_rules = std::to_array<key_rule>({
     {"mail", "mbox_quoting", set_mbox_quoting},
     POSTERN_BOOL_KEY("mail", mbox_content_length),
     {"auth", "passdb", set_passdb},
+    {"auth", "pam_service", [](const item& it, config& c) { set_plain_name(it, c.unix.pam_service, false); }},
+    {"auth", "pam_account_check",
+     [](const item& it, config& c) {
+       if (auto v = get_bool(it)) {
+         c.unix.pam_account_check = *v;
+       }
+     }},
     {"auth", "failure_delay", set_failure_delay},
     {"auth", "worker_threads",
      [](const item& it, config& c) {
@@ -1211,6 +1330,20 @@ std::string format_config(const config& cfg) {
   }
   tls_listen += "]";
   line("tls_listen", tls_listen);
+  line("process_model", toml_string(cfg.unix.model == process_model::fork ? "fork" : "event"));
+  line("max_children", number(cfg.unix.max_children));
+  line("min_connection_interval", format_duration(cfg.unix.min_connection_interval));
+  line("listen_backlog", number(cfg.unix.listen_backlog));
+  line("address_family", toml_string(cfg.unix.family == address_family::ipv4   ? "ipv4"
+                                     : cfg.unix.family == address_family::ipv6 ? "ipv6"
+                                                                               : "any"));
+  line("login_user", toml_string(cfg.unix.login_user));
+  line("login_chroot", toml_string(cfg.unix.login_chroot));
+  line("shutdown_grace", format_duration(cfg.unix.shutdown_grace));
+  line("tcp_wrappers", cfg.unix.tcp_wrappers ? "true" : "false");
+  line("tcp_wrappers_daemon", toml_string(cfg.unix.tcp_wrappers_daemon));
+  line("hosts_allow", toml_string(cfg.unix.hosts_allow));
+  line("hosts_deny", toml_string(cfg.unix.hosts_deny));
 
   out += "\n[mail]\n";
   line("location", toml_string(cfg.mail_location));
@@ -1222,10 +1355,13 @@ std::string format_config(const config& cfg) {
   line("mbox_lock_timeout", format_duration(cfg.mbox_lock_timeout));
   line("mbox_quoting", toml_string(cfg.mbox_quoting));
   line("mbox_content_length", cfg.mbox_content_length ? "true" : "false");
+  line("privileged_group", toml_string(cfg.unix.privileged_group));
 
   out += "\n[auth]\n";
   line("passdb", toml_string(cfg.passdb));
   line("failure_delay", format_duration(cfg.failure_delay));
+  line("pam_service", toml_string(cfg.unix.pam_service));
+  line("pam_account_check", cfg.unix.pam_account_check ? "true" : "false");
   line("worker_threads", number(cfg.worker_threads));
   std::string mechs = "[";
   for (std::size_t i = 0; i < cfg.mechanisms.size(); ++i) {

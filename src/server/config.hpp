@@ -17,6 +17,34 @@ enum class log_target { syslog, stderr_ };
 // STLS and QUIT before TLS; connection = the plain listeners speak implicit TLS too.
 enum class tls_mode { none, ondemand, required, connection };
 
+enum class process_model { event, fork };
+enum class address_family { any, ipv4, ipv6 };
+
+// The classic-Unix settings (fork mode, PAM, TCP wrappers); see docs/unix.md.
+struct unix_settings {
+  // [server]
+  process_model model = process_model::event;            // process_model = "event" | "fork"
+  std::uint32_t max_children = 500;                      // fork mode: sessions at once
+  std::chrono::milliseconds min_connection_interval{0};  // per source; 0 = off
+  std::uint32_t listen_backlog = 128;
+  address_family family = address_family::any;           // "any" | "ipv4" | "ipv6"
+  std::string login_user;    // pre-auth user; "" = "postern" if it exists, else "nobody"
+  std::string login_chroot;  // pre-auth root; "" = /run/postern/empty (created 0555 root)
+  std::chrono::seconds shutdown_grace{10};               // SIGTERM: then SIGKILL what is left
+  bool tcp_wrappers = false;
+  std::string tcp_wrappers_daemon = "posternd";
+  std::string hosts_allow;  // "" = /etc/hosts.allow
+  std::string hosts_deny;   // "" = /etc/hosts.deny
+  // [auth]
+  std::string passdb;            // mirrors config::passdb; "pam" selects PAM
+  std::string pam_service = "pop3";
+  bool pam_account_check = true;
+  // [mail]
+  std::string privileged_group = "mail";  // fork mode: kept by the session for /var/mail locks
+};
+
+struct config;
+
 struct listen_address {
   std::string host;        // numeric IPv4 or IPv6 address, without brackets (never a DNS name)
   std::uint16_t port = 0;  // 0: the kernel picks one (tests); logged after bind
@@ -89,6 +117,7 @@ struct config {
   log_level level = log_level::info;
   log_target target = log_target::syslog;
   std::string syslog_ident = "posternd";
+  unix_settings unix;          // [server], [auth] and [mail] keys of the classic-Unix mode
   std::string trace_file;      // every session's exchange, secrets redacted; "" = off
   std::string telemetry_dir;   // per-user session logs when <dir>/<user> exists; "" = off
 };

@@ -473,10 +473,10 @@ TEST(config, errors_name_file_line_and_key) {
       // passdb.
       {"[auth]\npassdb = \"ldap:/etc/ldap.conf\"\n",
        "t.toml:2: auth.passdb: \"ldap:/etc/ldap.conf\" is not a known password database "
-       "(supported: \"passwd-file:PATH\")"},
+       "(supported: \"passwd-file:PATH\", \"pam\")"},
       {"[auth]\npassdb = \"/etc/postern/users\"\n",
        "t.toml:2: auth.passdb: \"/etc/postern/users\" is not a known password database "
-       "(supported: \"passwd-file:PATH\")"},
+       "(supported: \"passwd-file:PATH\", \"pam\")"},
       {"[auth]\npassdb = \"passwd-file:\"\n",
        "t.toml:2: auth.passdb: passwd-file needs a path, e.g. \"passwd-file:/etc/postern/users\""},
       {"[auth]\npassdb = \"passwd-file:users\"\n",

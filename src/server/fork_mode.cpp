@@ -164,7 +164,7 @@ result<void> common_startup(const config& cfg, const unix_settings& us, shared_s
   std::string chroot_dir = us.login_chroot.empty() ? default_chroot : us.login_chroot;
   POSTERN_TRY(privsep::ensure_empty_root(chroot_dir));
   // The password database is opened per connection, in the supervisor; check the spec now.
-  std::string spec = us.effective_passdb(cfg);
+  std::string spec = cfg.passdb;
   if (spec != "pam" && spec.rfind("passwd-file:", 0) != 0) {
     return error(errc::invalid, "auth.passdb: unsupported passdb '" + spec + "'");
   }

@@ -53,7 +53,7 @@ result<std::shared_ptr<net::tls_server_context>> make_tls(const config& cfg) {
 }
 
 result<std::unique_ptr<auth::passdb>> open_passdb(const config& cfg, const unix_settings& us) {
-  std::string spec = us.effective_passdb(cfg);
+  std::string spec = cfg.passdb;
   if (spec == "pam") {
     auth::pam_settings ps;
     ps.service = us.pam_service;

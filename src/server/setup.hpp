@@ -48,7 +48,7 @@ result<void> prepare_env(const config& cfg, const unix_settings& us, shared_stat
 // The password database (passwd-file or PAM) and the SASL server over it; sets env.passdb
 // and env.sasl. Loads secrets: in fork mode only the privileged per-connection process calls it.
 result<void> prepare_auth(const config& cfg, const unix_settings& us, shared_state& st);
-// Just the password database named by us.effective_passdb(cfg).
+// Just the password database named by cfg.passdb.
 result<std::unique_ptr<auth::passdb>> open_passdb(const config& cfg, const unix_settings& us);
 
 // Runs a session and logs anything that escapes it; the session closes only itself.

@@ -8,7 +8,7 @@ removed in cleanups, which run even when a test fails. Needs root: skipped other
 
 The keys these tests set ([server] process_model, login_*, [auth] passdb = "pam", ...) go into
 postern.toml when posternd accepts them there; until then into the interim settings file named
-by POSTERN_UNIX_CONFIG (see docs/unix.md).
+in postern.toml (see docs/unix.md).
 """
 
 import base64
@@ -98,14 +98,6 @@ class SystemUsersBase(PosternTestCase):
         }
         self.world.config["mail"]["location"] = f"mbox:{self.spool}/%u"
         self.world.config["auth"]["failure_delay"] = "50ms"
-        self._saved_env = os.environ.get("POSTERN_UNIX_CONFIG")
-        self.addCleanup(self._restore_env)
-
-    def _restore_env(self):
-        if self._saved_env is None:
-            os.environ.pop("POSTERN_UNIX_CONFIG", None)
-        else:
-            os.environ["POSTERN_UNIX_CONFIG"] = self._saved_env
 
     # -- users
     def add_system_user(self, password="Pt-pass-1", messages=(), uid0=False, empty_password=False):
@@ -134,16 +126,9 @@ class SystemUsersBase(PosternTestCase):
 
     # -- config and processes
     def write_unix(self):
-        """Puts the unix keys where posternd reads them; returns the main config path."""
-        if config_has_unix_keys(self.world):
-            for table, keys in self.unix.items():
-                self.world.config.setdefault(table, {}).update(keys)
-            os.environ.pop("POSTERN_UNIX_CONFIG", None)
-        else:
-            path = self.world.path(f"unix-{secrets.token_hex(3)}.toml")
-            with open(path, "w") as f:
-                f.write(toml_text(self.unix))
-            os.environ["POSTERN_UNIX_CONFIG"] = path
+        """Adds the unix keys to postern.toml; returns the config path."""
+        for table, keys in self.unix.items():
+            self.world.config.setdefault(table, {}).update(keys)
         return self.world.write_config()
 
     def start(self, listeners=None, args=()):
