@@ -357,9 +357,10 @@ asio::awaitable<void> run_session(std::shared_ptr<session_control> ctl, const se
           exchange = std::move(started).value();
         }
         auth::sasl_step r;
-        std::string response(engine.sasl_response());
-        auto step_fn = [&] { r = exchange->step(response); };
+        secret_string response(engine.sasl_response());  // PLAIN/LOGIN carry passwords
+        auto step_fn = [&] { r = exchange->step(response.view()); };
         co_await run_blocking(*env.workers, step_fn);
+        response.wipe();
         switch (r.status) {
           case auth::sasl_status::challenge:
             engine.sasl_challenge(r.server_data_b64);
