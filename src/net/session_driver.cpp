@@ -199,14 +199,23 @@ asio::awaitable<void> run_session(std::shared_ptr<session_control> ctl, const se
     }
     log::debug("TLS established: rip={}, session=<{}>, {}", remote, id, tls->description());
   }
-  connection_security sec = assess(env, conn, ctl->stream.get());
+  traced_transport* traced = nullptr;
+  if (trace_enabled(env.trace)) {
+    trace_settings ts = env.trace;
+    ts.session_id = id;
+    ts.expect_greeting = !conn.resume;
+    auto wrapped = std::make_unique<traced_transport>(std::move(ctl->stream), std::move(ts));
+    traced = wrapped.get();
+    ctl->stream = std::move(wrapped);
+  }
+  connection_security sec = assess(env, conn, traced_transport::unwrap(ctl->stream.get()));
   pop3::session_options opts = env.engine;
   {
     auto policy = policy_for(env, sec);
     opts.user_pass_allowed = policy.user_pass_allowed;
     opts.sasl_mechanisms = std::move(policy.sasl_mechanisms);
     opts.stls_offered = !sec.tls && env.stls && env.tls != nullptr &&
-                        dynamic_cast<tcp_transport*>(ctl->stream.get()) != nullptr;
+                        dynamic_cast<tcp_transport*>(traced_transport::unwrap(ctl->stream.get())) != nullptr;
     opts.tls_required = !sec.tls && env.tls_required;
     if (env.remote_auth != nullptr) {
       opts.apop_timestamp = conn.resume ? std::string() : env.remote_auth->apop_timestamp();
@@ -221,6 +230,7 @@ asio::awaitable<void> run_session(std::shared_ptr<session_control> ctl, const se
   pop3::session engine(std::move(opts));
   std::unique_ptr<auth::sasl_exchange> exchange;
   std::unique_ptr<store::maildrop> drop;
+  store::decorated_maildrop* decorated = nullptr;  // drop, when decorated (note_top, logs)
   auth::user_record account;  // set by a successful authentication
   std::string user;           // set once the maildrop is open, for logs
   if (conn.resume) {
@@ -318,13 +328,18 @@ asio::awaitable<void> run_session(std::shared_ptr<session_control> ctl, const se
           running = false;
           break;
         }
-        auto* tcp = dynamic_cast<tcp_transport*>(ctl->stream.get());
+        auto* tcp = dynamic_cast<tcp_transport*>(traced_transport::unwrap(ctl->stream.get()));
         if (tcp == nullptr || env.tls == nullptr) {
           engine.tls_started(false, {});
           break;
         }
-        ctl->stream = std::make_unique<tls_transport>(std::move(tcp->socket()), env.tls->current());
-        auto* tls = static_cast<tls_transport*>(ctl->stream.get());
+        auto tls_owner = std::make_unique<tls_transport>(std::move(tcp->socket()), env.tls->current());
+        auto* tls = tls_owner.get();
+        if (traced != nullptr) {
+          traced->replace_inner(std::move(tls_owner));
+        } else {
+          ctl->stream = std::move(tls_owner);
+        }
         handshake_deadline();
         std::string why = co_await tls->handshake();
         touch();
@@ -335,7 +350,7 @@ asio::awaitable<void> run_session(std::shared_ptr<session_control> ctl, const se
           break;
         }
         log::debug("STLS established: rip={}, session=<{}>, {}", remote, id, tls->description());
-        sec = assess(env, conn, ctl->stream.get());
+        sec = assess(env, conn, traced_transport::unwrap(ctl->stream.get()));
         engine.tls_started(true, policy_for(env, sec));
         break;
       }
@@ -401,19 +416,43 @@ asio::awaitable<void> run_session(std::shared_ptr<session_control> ctl, const se
           break;
         }
         result<std::unique_ptr<store::maildrop>> opened = error(errc::permanent, "no mail location");
+        bool delayed = false;
         auto path = maildrop_path(account, env);
         if (!path) {
           opened = error(path.err());
         } else {
           auto open = [&] {
+            if (env.login_allowed && !env.login_allowed(account.name)) {
+              delayed = true;
+              return;
+            }
+            if (env.before_open) {
+              env.before_open(account, path->first, path->second, id);
+            }
             opened = path->first == store::store_kind::mbox ? store::mbox::open(path->second, env.mbox)
                                                            : store::maildir::open(path->second);
+            if (opened && store::needs_decoration(env.decoration)) {
+              store::decoration_options d = env.decoration;
+              d.kind = path->first;
+              d.path = path->second;
+              d.reuse_x_uidl = env.mbox.use_x_uidl;
+              opened = store::decorate(std::move(opened).value(), std::move(d), &decorated);
+            }
           };
           co_await run_blocking(*env.workers, open);
+        }
+        if (delayed) {
+          engine.open_done(pop3::open_status::login_delay);
+          log::notice("login refused, login delay: user=<{}>, rip={}, session=<{}>",
+                      log::safe(account.name), remote, id);
+          break;
         }
         if (opened) {
           drop = std::move(opened).value();
           user = account.name;
+          if (traced != nullptr) {
+            traced->set_user(account.name);
+          }
           engine.open_done(pop3::open_status::ok, drop->messages());
           log::info("login: user=<{}>, method={}, rip={}, session=<{}>, messages={}",
                     log::safe(user), engine.login_method(), remote, id, drop->messages().size());
@@ -437,6 +476,9 @@ asio::awaitable<void> run_session(std::shared_ptr<session_control> ctl, const se
                      log::safe(user), id, engine.retrieve_index() + 1, reader.err().message());
           engine.retrieve_started(false);
           break;
+        }
+        if (decorated != nullptr && engine.retrieve_is_top()) {
+          decorated->note_top(engine.retrieve_index());
         }
         engine.retrieve_started(true);
         pop3::dot_encoder enc(engine.retrieve_top_lines());
@@ -477,9 +519,17 @@ asio::awaitable<void> run_session(std::shared_ptr<session_control> ctl, const se
         result<store::commit_stats> cr = error(errc::temporary, "not committed");
         auto commit = [&] { cr = drop->commit(engine.deletion_marks()); };
         co_await run_blocking(*env.workers, commit);
+        if (decorated != nullptr && decorated->stamp_error()) {
+          log::error("expire stamps not saved: user=<{}>, session=<{}>, error={}", log::safe(user),
+                     id, decorated->stamp_error()->message());
+        }
         if (cr) {
           committed = *cr;
           committed_ok = true;
+          if (decorated != nullptr && decorated->expired_deleted() > 0) {
+            log::info("expired: user=<{}>, session=<{}>, messages={}", log::safe(user), id,
+                      decorated->expired_deleted());
+          }
         } else {
           log::error("commit failed: user=<{}>, session=<{}>, error={}", log::safe(user), id,
                      cr.err().message());
@@ -492,6 +542,7 @@ asio::awaitable<void> run_session(std::shared_ptr<session_control> ctl, const se
             committed.left_bytes += m.size;
           }
         }
+        decorated = nullptr;
         drop.reset();
         engine.commit_done(cr.ok());
         reason = "QUIT";

@@ -10,10 +10,13 @@
 
 #include "auth/passdb.hpp"
 #include "auth/sasl.hpp"
+#include "net/acl.hpp"
 #include "net/network.hpp"
 #include "net/tls.hpp"
+#include "net/trace.hpp"
 #include "net/transport.hpp"
 #include "pop3/session.hpp"
+#include "store/decorated_maildrop.hpp"
 #include "store/location.hpp"
 #include "store/mbox/mbox.hpp"
 
@@ -86,6 +89,18 @@ struct session_env {
   // ends here when it returns, and the session process answers the client from then on.
   std::function<asio::awaitable<void>(handoff&)> on_authenticated;
   auth_proxy* remote_auth = nullptr;       // see auth_proxy
+  // Seed features (issue 6). Both hooks run on a worker thread after a successful
+  // authentication, before the maildrop is opened.
+  // LOGIN-DELAY: false refuses the login with -ERR [LOGIN-DELAY]. Null: no delay.
+  std::function<bool(std::string_view user)> login_allowed;
+  // Bulletins: deliver into the maildrop about to be opened. Null: none.
+  std::function<void(const auth::user_record& account, store::store_kind kind,
+                     const std::string& path, std::string_view session_id)>
+      before_open;
+  // uidl_format and expire; kind, path and clock are filled per session.
+  store::decoration_options decoration;
+  const acl* access_list = nullptr;        // [pop3] acl, checked by the listeners
+  trace_settings trace;                    // trace file and telemetry; session_id per session
   const tcp_wrappers* access = nullptr;    // hosts.allow/deny, checked by the listeners
 };
 

@@ -77,6 +77,11 @@ asio::awaitable<void> serve_connection(asio::ip::tcp::socket sock, io_worker& w,
     co_await refuse(std::move(sock), "-ERR [SYS/TEMP] Too many connections, try again later.\r\n");
     co_return;
   }
+  if (env.access_list != nullptr && !env.access_list->allows(addr)) {
+    log::warning("connection refused: rip={}, reason=acl", addr.to_string());
+    co_await refuse(std::move(sock), "-ERR [SYS/PERM] Access denied.\r\n");
+    co_return;
+  }
   if (env.access != nullptr && !co_await net::async_allowed(*env.access, *env.workers, addr)) {
     log::warning("connection refused: rip={}, reason=tcp_wrappers", addr.to_string());
     co_await refuse(std::move(sock), "-ERR [SYS/PERM] Access denied.\r\n");
@@ -162,7 +167,14 @@ result<void> bind_listeners(const config& cfg, std::vector<std::unique_ptr<io_wo
 int run_daemon(const config& cfg) {
   init_logging(cfg);
   std::signal(SIGPIPE, SIG_IGN);
-  std::signal(SIGHUP, SIG_IGN);  // until the reload handler is installed below
+  // SIGTERM, SIGINT and SIGHUP wait (blocked, pending) until their handlers exist below: a
+  // signal that arrives right after "listening on" must stop or reload, not kill.
+  sigset_t deferred;
+  sigemptyset(&deferred);
+  sigaddset(&deferred, SIGTERM);
+  sigaddset(&deferred, SIGINT);
+  sigaddset(&deferred, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &deferred, nullptr);
   unsigned cores = std::max(1u, std::thread::hardware_concurrency());
   unsigned n_threads = cfg.threads ? cfg.threads : cores;
 
@@ -244,6 +256,7 @@ int run_daemon(const config& cfg) {
     }
   });
 
+  pthread_sigmask(SIG_UNBLOCK, &deferred, nullptr);
   std::vector<std::thread> threads;
   for (std::size_t i = 1; i < workers.size(); ++i) {
     threads.emplace_back([&w = *workers[i]] { w.ctx.run(); });
@@ -292,6 +305,14 @@ int run_inetd(const config& cfg) {
       remote_addr = net::canonical_address(asio::ip::address_v6(b));
       remote = remote_addr.to_string();
     }
+  }
+  if (st.env.access_list != nullptr && !remote_addr.is_unspecified() &&
+      !st.env.access_list->allows(remote_addr)) {
+    log::warning("connection refused: rip={}, reason=acl", remote);
+    constexpr std::string_view denied = "-ERR [SYS/PERM] Access denied.\r\n";
+    (void)!::write(STDOUT_FILENO, denied.data(), denied.size());
+    st.workers->join();
+    return 0;
   }
   if (st.env.access != nullptr && !remote_addr.is_unspecified() && !st.env.access->allowed(remote_addr)) {
     log::warning("connection refused: rip={}, reason=tcp_wrappers", remote);

@@ -3,6 +3,7 @@
 #include "auth/pam.hpp"
 #include "auth/passwd_file.hpp"
 #include "common/log.hpp"
+#include "store/expire.hpp"
 
 #include <unistd.h>
 
@@ -67,6 +68,93 @@ result<std::unique_ptr<auth::passdb>> open_passdb(const config& cfg, const unix_
   return auth::open_passwd_file(spec.substr(prefix.size()));
 }
 
+// LOGIN-DELAY, EXPIRE, bulletins, uidl_format, acl, trace file and telemetry.
+result<void> prepare_seed_features(const config& cfg, shared_state& st) {
+  if (cfg.login_delay.count() > 0) {
+    st.stats = login_stats::open_or_warn(cfg.stat_file);
+    if (st.stats) {
+      st.env.engine.login_delay_capability = login_delay_capability(cfg.login_delay);
+      auto* stats = st.stats.get();
+      auto delay = cfg.login_delay;
+      st.env.login_allowed = [stats, delay](std::string_view user) {
+        auto r = stats->check_and_record(user, std::chrono::system_clock::now(), delay);
+        if (!r) {
+          log::error("login statistics: user=<{}>, error={}", log::safe(user), r.err().message());
+          return true;  // the delay limits load; it never keeps a user out by error
+        }
+        return *r;
+      };
+    }
+  }
+  store::expire_policy ex{cfg.expire_days, cfg.delete_expired};
+  st.env.engine.expire_capability = store::expire_capability(ex);
+  st.env.decoration.expire = ex;
+  st.env.decoration.uidl_format = cfg.uidl_format;
+  if (!cfg.bulletin_source.empty()) {
+    auto loc = store::parse_location(cfg.bulletin_source);
+    if (!loc) {
+      return error(errc::invalid, "pop3.bulletin_source: " + loc.err().message());
+    }
+    if (!cfg.bulletin_db.empty()) {
+      auto db = bulletin_db::open(cfg.bulletin_db);
+      if (!db) {
+        log::warning("Unable to open bulletin db: {}; bulletins are off", db.err().message());
+      } else {
+        st.bulletins = std::move(db).value();
+      }
+    }
+    if (cfg.bulletin_db.empty() || st.bulletins) {
+      auto source = std::move(loc).value();
+      auto* db = st.bulletins.get();
+      auto locking = st.env.mbox.locking;
+      auto quoting = st.env.mbox.from_quoting;
+      st.env.before_open = [source, db, locking, quoting](const auth::user_record& account,
+                                                          store::store_kind kind,
+                                                          const std::string& path,
+                                                          std::string_view id) {
+        auto src = store::expand_location(source, {account.name, account.home});
+        if (!src) {
+          log::error("bulletins: user=<{}>, session=<{}>, error={}", log::safe(account.name), id,
+                     src.err().message());
+          return;
+        }
+        bulletin_settings bs;
+        bs.source_kind = source.kind;
+        bs.source_path = *src;
+        bs.db = db;
+        bs.locking = locking;
+        bs.quoting = quoting;
+        auto n = deliver_bulletins(bs, bulletin_target{kind, path, account.name, account.home});
+        if (!n) {
+          log::error("bulletins: user=<{}>, session=<{}>, error={}", log::safe(account.name), id,
+                     n.err().message());
+        } else if (*n > 0) {
+          log::info("bulletins: user=<{}>, session=<{}>, delivered={}", log::safe(account.name),
+                    id, *n);
+        }
+      };
+    }
+  }
+  if (!cfg.acl.empty()) {
+    auto a = net::acl::parse(cfg.acl);
+    if (!a) {
+      return error(errc::invalid, "pop3.acl: " + a.err().message());
+    }
+    st.access_list = std::make_unique<net::acl>(std::move(a).value());
+    st.env.access_list = st.access_list.get();
+  }
+  if (!cfg.trace_file.empty()) {
+    auto sink = net::trace_sink::open(cfg.trace_file);
+    if (!sink) {
+      log::warning("{}; running without the trace file", sink.err().message());
+    } else {
+      st.env.trace.shared = std::move(sink).value();
+    }
+  }
+  st.env.trace.telemetry_dir = cfg.telemetry_dir;
+  return ok_result();
+}
+
 result<void> prepare_env(const config& cfg, const unix_settings& us, shared_state& st,
                          std::shared_ptr<net::tls_server_context> tls) {
   auto loc = store::parse_location(cfg.mail_location);
@@ -109,6 +197,7 @@ result<void> prepare_env(const config& cfg, const unix_settings& us, shared_stat
   st.env.engine.xtnd_xmit = cfg.xtnd_xmit;
   st.env.engine.xmit_max_size = cfg.xmit_max_size;
   st.env.external_user = cfg.external_user;
+  POSTERN_TRY(prepare_seed_features(cfg, st));
   if (us.tcp_wrappers) {
     net::access_settings as;
     as.daemon = us.tcp_wrappers_daemon;

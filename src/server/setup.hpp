@@ -11,7 +11,9 @@
 #include "auth/sasl.hpp"
 #include "net/access_control.hpp"
 #include "net/session_driver.hpp"
+#include "server/bulletins.hpp"
 #include "server/config.hpp"
+#include "server/login_stats.hpp"
 #include "server/unix_settings.hpp"
 
 #include <asio/awaitable.hpp>
@@ -28,6 +30,10 @@ struct shared_state {
   std::unique_ptr<auth::sasl_server> sasl;
   std::unique_ptr<asio::thread_pool> workers;
   std::unique_ptr<net::tcp_wrappers> access;
+  // Seed features (issue 6): owned here, reached through env's hooks and pointers.
+  std::unique_ptr<login_stats> stats;        // null: no LOGIN-DELAY
+  std::unique_ptr<bulletin_db> bulletins;    // null: ~/.popbull (or no bulletins)
+  std::unique_ptr<net::acl> access_list;
   net::session_env env;
 };
 
