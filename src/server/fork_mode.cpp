@@ -207,6 +207,16 @@ void send_refusal(int fd, std::string_view line) {
   c.implicit_tls = implicit_tls;
   c.address = address_of(peer);
   c.remote = c.address.to_string();
+  if (params.st->access_list != nullptr && !params.st->access_list->allows(c.address)) {
+    log::warning("connection refused: rip={}, reason=acl", c.remote);
+    send_refusal(fd, "-ERR [SYS/PERM] Access denied.\r\n");
+    _exit(0);
+  }
+  if (auto r = reopen_after_fork(*params.cfg, *params.st); !r) {
+    log::error("connection supervisor: {}", r.err().message());
+    send_refusal(fd, "-ERR [SYS/TEMP] Server error, try again later.\r\n");
+    _exit(1);
+  }
   if (params.st->access != nullptr && !params.st->access->allowed(c.address)) {
     log::warning("connection refused: rip={}, reason=tcp_wrappers", c.remote);
     send_refusal(fd, "-ERR [SYS/PERM] Access denied.\r\n");
@@ -227,6 +237,7 @@ int run_fork_daemon(const config& cfg, const unix_settings& us) {
   if (auto r = common_startup(cfg, us, st, params); !r) {
     return startup_error(r.err().message());
   }
+  close_before_fork(st);  // each connection's supervisor opens its own (reopen_after_fork)
   std::vector<bound_listener> listeners;
   bool tls_on_plain = cfg.tls == tls_mode::connection && st.env.tls != nullptr;
   for (const auto& la : cfg.listen) {
@@ -459,6 +470,11 @@ int run_privsep_inetd(const config& cfg, const unix_settings& us) {
     ::dup2(devnull, STDIN_FILENO);
     ::dup2(devnull, STDOUT_FILENO);
     ::close(devnull);
+  }
+  if (c.is_tcp && st.access_list != nullptr && !st.access_list->allows(c.address)) {
+    log::warning("connection refused: rip={}, reason=acl", c.remote);
+    send_refusal(c.in.get(), "-ERR [SYS/PERM] Access denied.\r\n");
+    return 0;
   }
   if (c.is_tcp && st.access != nullptr && !st.access->allowed(c.address)) {
     log::warning("connection refused: rip={}, reason=tcp_wrappers", c.remote);

@@ -68,6 +68,19 @@ result<std::unique_ptr<auth::passdb>> open_passdb(const config& cfg, const unix_
   return auth::open_passwd_file(spec.substr(prefix.size()));
 }
 
+result<void> reopen_after_fork(const config& cfg, shared_state& st) {
+  (void)st.stats.release();      // abandoned on purpose: see the header
+  (void)st.bulletins.release();
+  return prepare_seed_features(cfg, st);
+}
+
+void close_before_fork(shared_state& st) {
+  st.env.login_allowed = nullptr;
+  st.env.before_open = nullptr;
+  st.stats.reset();
+  st.bulletins.reset();
+}
+
 // LOGIN-DELAY, EXPIRE, bulletins, uidl_format, acl, trace file and telemetry.
 result<void> prepare_seed_features(const config& cfg, shared_state& st) {
   if (cfg.login_delay.count() > 0) {

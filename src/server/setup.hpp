@@ -49,6 +49,20 @@ result<void> prepare_shared(const config& cfg, shared_state& st,
                             std::shared_ptr<net::tls_server_context> tls);
 
 // The session environment without passdb, SASL and workers; TCP wrappers when configured.
+// The seed-manual features (LOGIN-DELAY, EXPIRE, bulletins, uidl_format, acl, trace). Fork
+// mode calls it again in each connection's supervisor, so that no SQLite connection crosses a
+// fork(): see reopen_after_fork().
+result<void> prepare_seed_features(const config& cfg, shared_state& st);
+
+// Fork mode: in a new connection supervisor (still root), replaces the database connections
+// and the trace sink inherited from the master with the process's own. The inherited objects
+// are abandoned, never closed: closing a SQLite connection opened by another process would
+// touch the master's locks and WAL files.
+result<void> reopen_after_fork(const config& cfg, shared_state& st);
+
+// Fork mode: in the master, before any fork(), closes what reopen_after_fork() reopens.
+void close_before_fork(shared_state& st);
+
 result<void> prepare_env(const config& cfg, const unix_settings& us, shared_state& st,
                          std::shared_ptr<net::tls_server_context> tls);
 // The password database (passwd-file or PAM) and the SASL server over it; sets env.passdb

@@ -42,6 +42,30 @@ class ForkMode(SystemUsersBase):
         self.refused(srv, "max_connections_per_ip")
         a.quit()
 
+    def test_acl_refuses_in_the_supervisor(self):
+        self.world.config.setdefault("pop3", {})["acl"] = ["deny 127.0.0.0/8", "allow any"]
+        srv = self.start()
+        self.refused(srv, "acl", text="-ERR [SYS/PERM] Access denied.")
+
+    def test_login_delay_with_a_database_per_supervisor(self):
+        name, _, _ = self.add_system_user(messages=[MSG1])
+        pop3 = self.world.config.setdefault("pop3", {})
+        pop3["login_delay"] = "1h"
+        pop3["stat_file"] = self.world.path("login-stats.sqlite")
+        srv = self.start()
+        first = srv.connect()
+        self.assertIn(b"\r\nLOGIN-DELAY 3600\r\n", first.cmd_multi("CAPA")[1])
+        first.login(name, "Pt-pass-1")
+        first.quit()
+        second = srv.connect()
+        second.cmd(f"USER {name}")
+        self.assertTrue(second.cmd("PASS Pt-pass-1").startswith("-ERR [LOGIN-DELAY]"))
+        # A wrong password still says [AUTH]: the delay never reveals an account. (In fork mode
+        # the supervisor has become the user by then, so it ends that connection; use another.)
+        third = srv.connect()
+        third.cmd(f"USER {name}")
+        self.assertTrue(third.cmd("PASS wrong").startswith("-ERR [AUTH]"))
+
     def test_min_connection_interval(self):
         self.unix["server"]["min_connection_interval"] = "30s"
         srv = self.start()
