@@ -264,12 +264,14 @@ asio::awaitable<void> run_session(std::shared_ptr<session_control> ctl, const se
     }
   };
 
+  // Note: co_await results are bound to a named const before they are tested. GCC 12.2
+  // miscompiles `if (!co_await f())` in Asio coroutines (a garbage frame, SIGILL/SIGSEGV).
   bool running = true;
   while (running) {
     pop3::step st = engine.next();
     switch (st) {
       case pop3::step::need_input: {
-        if (!co_await flush()) {
+        if (const bool flushed = co_await flush(); !flushed) {
           running = false;
           break;
         }
@@ -324,7 +326,7 @@ asio::awaitable<void> run_session(std::shared_ptr<session_control> ctl, const se
         break;
       }
       case pop3::step::start_tls: {
-        if (!co_await flush()) {
+        if (const bool flushed = co_await flush(); !flushed) {
           running = false;
           break;
         }
@@ -405,7 +407,7 @@ asio::awaitable<void> run_session(std::shared_ptr<session_control> ctl, const se
       }
       case pop3::step::open_maildrop: {
         if (env.on_authenticated) {
-          if (!co_await flush()) {
+          if (const bool flushed = co_await flush(); !flushed) {
             running = false;
             break;
           }
@@ -499,7 +501,9 @@ asio::awaitable<void> run_session(std::shared_ptr<session_control> ctl, const se
           std::size_t before = out.size();
           bool more = enc.encode(std::string_view(buf, *n), out);
           sent += out.size() - before;
-          if (out.size() >= pop3::limits::stream_chunk && !co_await flush()) {
+          if (out.size() < pop3::limits::stream_chunk) {
+            // keep filling the buffer
+          } else if (const bool flushed = co_await flush(); !flushed) {
             ok = false;
             break;
           }

@@ -1,0 +1,430 @@
+#include "pop3_connection.hpp"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <array>
+#include <charconv>
+#include <cstring>
+
+namespace postern::bench {
+namespace {
+
+constexpr auto use_tuple = asio::experimental::as_tuple(asio::use_awaitable);
+
+constexpr std::array<std::string_view, fault_count> fault_names = {
+    "none",         "connect_refused", "connect",        "timeout",         "eof",
+    "reset",        "io",              "tls",            "greeting",        "in_use",
+    "auth",         "sys_temp",        "sys_perm",       "err_reply",       "protocol",
+    "line_too_long", "bare_lf",        "octet_mismatch", "size_mismatch",   "count_mismatch",
+    "bad_uidl",     "empty_maildrop",  "data_after_quit", "stls_injection",
+};
+
+bool iequals(std::string_view a, std::string_view b) noexcept {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return (x | 0x20) == (y | 0x20);
+         });
+}
+
+// The fault a -ERR line names through its RFC 2449/3206 response code, else `fallback`.
+fault fault_of_error_reply(std::string_view line, fault fallback) noexcept {
+  std::string_view text = line.substr(std::min<std::size_t>(line.size(), 4));  // after "-ERR"
+  if (text.empty() || text[0] != ' ') {
+    return fallback;
+  }
+  text.remove_prefix(1);
+  if (text.empty() || text[0] != '[') {
+    return fallback;
+  }
+  const auto close = text.find(']');
+  if (close == std::string_view::npos) {
+    return fallback;
+  }
+  const std::string_view code = text.substr(1, close - 1);
+  if (iequals(code, "IN-USE")) {
+    return fault::in_use;
+  }
+  if (iequals(code, "AUTH")) {
+    return fault::auth;
+  }
+  if (iequals(code, "SYS/TEMP")) {
+    return fault::sys_temp;
+  }
+  if (iequals(code, "SYS/PERM")) {
+    return fault::sys_perm;
+  }
+  return fallback;
+}
+
+// Parses a whole decimal number: digits only, no sign, no overflow.
+bool parse_number(std::string_view s, std::uint64_t& out) noexcept {
+  if (s.empty() || s[0] < '0' || s[0] > '9') {
+    return false;
+  }
+  const auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
+  return ec == std::errc() && ptr == s.data() + s.size();
+}
+
+// RFC 1939 section 7: a unique-id is 1 to 70 characters in the range 0x21 to 0x7E.
+bool is_valid_uid(std::string_view uid) noexcept {
+  return !uid.empty() && uid.size() <= 70 &&
+         std::all_of(uid.begin(), uid.end(), [](char c) { return c >= 0x21 && c <= 0x7e; });
+}
+
+}  // namespace
+
+std::string_view fault_name(fault f) noexcept {
+  return fault_names[static_cast<std::size_t>(f)];
+}
+
+std::size_t connection_registry::sweep(bench_clock::time_point now) noexcept {
+  std::size_t closed = 0;
+  for (pop3_connection* c = head_; c != nullptr; c = c->next_) {
+    if (c->deadline_ <= now && c->is_open()) {
+      c->timed_out_ = true;
+      c->close();
+      ++closed;
+    }
+  }
+  return closed;
+}
+
+void connection_registry::close_all() noexcept {
+  for (pop3_connection* c = head_; c != nullptr; c = c->next_) {
+    c->close();
+  }
+}
+
+pop3_connection::pop3_connection(asio::any_io_executor ex, connection_registry& registry,
+                                 std::size_t buffer_size)
+    : socket_(std::move(ex)), buf_(std::max<std::size_t>(buffer_size, 1024)), registry_(registry) {
+  next_ = registry_.head_;
+  if (next_ != nullptr) {
+    next_->prev_ = this;
+  }
+  registry_.head_ = this;
+  ++registry_.size_;
+}
+
+pop3_connection::~pop3_connection() {
+  if (prev_ != nullptr) {
+    prev_->next_ = next_;
+  } else {
+    registry_.head_ = next_;
+  }
+  if (next_ != nullptr) {
+    next_->prev_ = prev_;
+  }
+  --registry_.size_;
+}
+
+bool pop3_connection::fail(fault f) noexcept {
+  if (fault_ == fault::none) {
+    fault_ = f;
+  }
+  return false;
+}
+
+void pop3_connection::close() noexcept {
+  std::error_code ignored;
+  socket_.close(ignored);
+}
+
+fault pop3_connection::classify(const std::error_code& ec, bool in_tls) const noexcept {
+  if (timed_out_) {
+    return fault::timeout;
+  }
+  if (ec == asio::error::eof || ec == asio::ssl::error::stream_truncated) {
+    return fault::eof;
+  }
+  if (ec == asio::error::connection_reset || ec == asio::error::broken_pipe) {
+    return fault::reset;
+  }
+  if (in_tls && ec.category() == asio::error::get_ssl_category()) {
+    return fault::tls;
+  }
+  return fault::io;
+}
+
+asio::awaitable<bool> pop3_connection::connect(const tcp::endpoint& to,
+                                               const asio::ip::address& source) {
+  std::error_code ec;
+  socket_.open(to.protocol(), ec);
+  if (ec) {
+    co_return fail(fault::connect);
+  }
+  if (!source.is_unspecified()) {
+#ifdef IP_BIND_ADDRESS_NO_PORT
+    // Pick the port at connect time, so ports are unique per 4-tuple, not per source address.
+    const int one = 1;
+    ::setsockopt(socket_.native_handle(), IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+#endif
+    socket_.bind(tcp::endpoint(source, 0), ec);
+    if (ec) {
+      co_return fail(fault::connect);
+    }
+  }
+  socket_.set_option(tcp::no_delay(true), ec);
+  auto [err] = co_await socket_.async_connect(to, use_tuple);
+  if (err) {
+    co_return fail(timed_out_                                   ? fault::timeout
+                   : err == asio::error::connection_refused ? fault::connect_refused
+                                                              : fault::connect);
+  }
+  co_return true;
+}
+
+asio::awaitable<bool> pop3_connection::handshake(asio::ssl::context& ctx) {
+  if (begin_ != end_) {
+    // RFC 2595 section 4 / CVE-2011-0411: nothing may follow the STLS reply in clear text.
+    co_return fail(fault::stls_injection);
+  }
+  tls_ = std::make_unique<asio::ssl::stream<tcp::socket&>>(socket_, ctx);
+  tls_->set_verify_mode(asio::ssl::verify_none);
+  auto [err] = co_await tls_->async_handshake(asio::ssl::stream_base::client, use_tuple);
+  if (err) {
+    co_return fail(timed_out_ ? fault::timeout : fault::tls);
+  }
+  co_return true;
+}
+
+asio::awaitable<bool> pop3_connection::send(std::string_view line) {
+  out_.assign(line);
+  out_.append("\r\n");
+  if (tls_) {
+    auto [err, n] = co_await asio::async_write(*tls_, asio::buffer(out_), use_tuple);
+    if (err) {
+      co_return fail(classify(err, true));
+    }
+  } else {
+    auto [err, n] = co_await asio::async_write(socket_, asio::buffer(out_), use_tuple);
+    if (err) {
+      co_return fail(classify(err, false));
+    }
+  }
+  co_return true;
+}
+
+asio::awaitable<bool> pop3_connection::fill() {
+  if (begin_ == end_) {
+    begin_ = end_ = 0;
+  } else if (begin_ > 0) {
+    std::memmove(buf_.data(), buf_.data() + begin_, end_ - begin_);
+    end_ -= begin_;
+    begin_ = 0;
+  }
+  if (end_ == buf_.size()) {
+    co_return fail(fault::line_too_long);
+  }
+  const auto space = asio::buffer(buf_.data() + end_, buf_.size() - end_);
+  std::error_code err;
+  std::size_t n = 0;
+  if (tls_) {
+    auto [e, k] = co_await tls_->async_read_some(space, use_tuple);
+    err = e;
+    n = k;
+  } else {
+    auto [e, k] = co_await socket_.async_read_some(space, use_tuple);
+    err = e;
+    n = k;
+  }
+  end_ += n;
+  if (err && n == 0) {
+    co_return fail(classify(err, tls_ != nullptr));
+  }
+  co_return true;
+}
+
+asio::awaitable<bool> pop3_connection::read_line(std::string_view& line) {
+  for (;;) {
+    const char* p = buf_.data() + begin_;
+    const std::size_t avail = end_ - begin_;
+    if (const auto* lf = static_cast<const char*>(std::memchr(p, '\n', avail))) {
+      const auto n = static_cast<std::size_t>(lf - p);
+      begin_ += n + 1;
+      if (n == 0 || p[n - 1] != '\r') {
+        co_return fail(fault::bare_lf);
+      }
+      line = std::string_view(p, n - 1);
+      co_return true;
+    }
+    if (const bool ok = co_await fill(); !ok) {
+      co_return false;
+    }
+  }
+}
+
+asio::awaitable<bool> pop3_connection::read_status() {
+  std::string_view line;
+  if (const bool ok = co_await read_line(line); !ok) {
+    co_return false;
+  }
+  status_ = line;
+  auto starts = [&](std::string_view word) {
+    return line.substr(0, word.size()) == word &&
+           (line.size() == word.size() || line[word.size()] == ' ');
+  };
+  if (starts("+OK")) {
+    ok_ = true;
+  } else if (starts("-ERR")) {
+    ok_ = false;
+  } else {
+    co_return fail(fault::protocol);
+  }
+  co_return true;
+}
+
+asio::awaitable<bool> pop3_connection::command(std::string_view line, fault on_err) {
+  if (const bool ok = co_await send(line); !ok) {
+    co_return false;
+  }
+  if (const bool ok = co_await read_status(); !ok) {
+    co_return false;
+  }
+  if (!ok_) {
+    co_return fail(fault_of_error_reply(status_, on_err));
+  }
+  co_return true;
+}
+
+bool pop3_connection::status_number(std::uint64_t& out, std::size_t index) const noexcept {
+  std::string_view rest = status_.substr(std::min<std::size_t>(status_.size(), 3));  // "+OK"
+  for (std::size_t i = 0;; ++i) {
+    if (rest.empty() || rest[0] != ' ') {
+      return false;
+    }
+    rest.remove_prefix(1);
+    const auto end = std::min(rest.find(' '), rest.size());
+    if (i == index) {
+      return parse_number(rest.substr(0, end), out);
+    }
+    rest.remove_prefix(end);
+  }
+}
+
+asio::awaitable<bool> pop3_connection::read_body(body_result& out, octet_sink sink) {
+  bool at_line_start = true;
+  bool prev_cr = false;  // the byte before begin_ (in an earlier chunk) was CR
+  std::uint64_t reported = out.octets;
+  for (;;) {
+    if (begin_ == end_) {
+      sink.add(out.octets - reported);
+      reported = out.octets;
+      if (const bool ok = co_await fill(); !ok) {
+        co_return false;
+      }
+    }
+    const char* p = buf_.data() + begin_;
+    const std::size_t avail = end_ - begin_;
+    if (at_line_start) {
+      at_line_start = false;
+      prev_cr = false;
+      if (p[0] == '.') {
+        // Either the terminator ".CRLF" or a stuffed line: undo the stuffing.
+        if (avail >= 2 && p[1] == '\n') {
+          out.bare_lf = true;
+          begin_ += 2;
+          break;
+        }
+        if (avail >= 3 && p[1] == '\r' && p[2] == '\n') {
+          begin_ += 3;
+          break;
+        }
+        if (avail < 3 && (avail == 1 || p[1] == '\r')) {
+          at_line_start = true;  // cannot tell yet: wait for more
+          sink.add(out.octets - reported);
+          reported = out.octets;
+          if (const bool ok = co_await fill(); !ok) {
+            co_return false;
+          }
+          continue;
+        }
+        ++begin_;
+        continue;
+      }
+    }
+    const auto* lf = static_cast<const char*>(std::memchr(p, '\n', avail));
+    if (lf != nullptr) {
+      const auto n = static_cast<std::size_t>(lf - p) + 1;
+      if (!(n >= 2 ? lf[-1] == '\r' : prev_cr)) {
+        out.bare_lf = true;
+      }
+      out.octets += n;
+      ++out.lines;
+      begin_ += n;
+      at_line_start = true;
+    } else {
+      out.octets += avail;
+      prev_cr = p[avail - 1] == '\r';
+      begin_ = end_;
+    }
+  }
+  sink.add(out.octets - reported);
+  co_return true;
+}
+
+asio::awaitable<bool> pop3_connection::read_listing(std::vector<listing_entry>& out,
+                                                    bool with_uid) {
+  out.clear();
+  std::uint64_t last = 0;
+  for (;;) {
+    std::string_view line;
+    if (const bool ok = co_await read_line(line); !ok) {
+      co_return false;
+    }
+    if (!line.empty() && line[0] == '.') {
+      if (line.size() == 1) {
+        co_return true;
+      }
+      line.remove_prefix(1);
+    }
+    const auto space = line.find(' ');
+    listing_entry e;
+    if (space == std::string_view::npos || !parse_number(line.substr(0, space), e.number) ||
+        e.number <= last) {
+      co_return fail(fault::protocol);
+    }
+    last = e.number;
+    std::string_view rest = line.substr(space + 1);
+    if (with_uid) {
+      if (!is_valid_uid(rest)) {
+        co_return fail(fault::bad_uidl);
+      }
+      e.uid.assign(rest);
+    } else {
+      // RFC 1939 section 5, LIST: whatever follows the size after a space is not ours to judge.
+      const auto end = std::min(rest.find(' '), rest.size());
+      if (!parse_number(rest.substr(0, end), e.size)) {
+        co_return fail(fault::protocol);
+      }
+    }
+    out.push_back(std::move(e));
+  }
+}
+
+asio::awaitable<bool> pop3_connection::listing(std::string_view line,
+                                               std::vector<listing_entry>& out, bool with_uid) {
+  if (const bool ok = co_await command(line, fault::err_reply); !ok) {
+    co_return false;
+  }
+  const bool ok = co_await read_listing(out, with_uid);
+  co_return ok;
+}
+
+asio::awaitable<bool> pop3_connection::read_to_eof() {
+  if (begin_ != end_) {
+    co_return fail(fault::data_after_quit);
+  }
+  if (const bool ok = co_await fill(); ok) {
+    co_return fail(fault::data_after_quit);
+  }
+  if (fault_ == fault::eof || fault_ == fault::reset) {
+    fault_ = fault::none;
+    co_return true;
+  }
+  co_return false;
+}
+
+}  // namespace postern::bench

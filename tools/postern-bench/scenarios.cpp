@@ -1,0 +1,825 @@
+// The load scenarios of postern-bench. Each builds one io_context, spawns its clients as
+// coroutines, and runs them on the calling thread until the run is over.
+#include "bench.hpp"
+#include "system.hpp"
+
+#include <fmt/core.h>
+
+#include <algorithm>
+#include <exception>
+#include <memory>
+
+namespace postern::bench {
+namespace {
+
+constexpr auto use_tuple = asio::experimental::as_tuple(asio::use_awaitable);
+
+constexpr std::size_t small_buffer = 16 * 1024;   // sessions: replies and small messages
+constexpr std::size_t large_buffer = 256 * 1024;  // RETR throughput and huge listings
+constexpr std::size_t idle_buffer = 1024;         // held sessions: status lines only
+// Connections beyond what one source address can hold in the ephemeral port range.
+constexpr std::uint64_t connections_per_source = 25000;
+// File descriptors kept for stdio, epoll, timers and the like.
+constexpr std::uint64_t reserved_fds = 32;
+
+double ms_between(bench_clock::time_point a, bench_clock::time_point b) {
+  return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
+// What a client needs to run sessions against the target.
+struct client_env {
+  run_control& run;
+  const options& o;
+  const user_set& users;
+  tcp::endpoint target;
+  std::vector<asio::ip::address> sources;  // empty: let the kernel choose
+  asio::ssl::context* ssl = nullptr;       // set for pop3s and STLS
+  std::size_t buffer_size = small_buffer;
+  std::uint64_t clients = 1;
+
+  asio::ip::address source_for(std::uint64_t n) const {
+    return sources.empty() ? asio::ip::address() : sources[n % sources.size()];
+  }
+  octet_sink payload_sink(stats& st) const { return {run.measuring_flag(), &st.payload_octets}; }
+};
+
+struct stat_reply {
+  std::uint64_t messages = 0;
+  std::uint64_t octets = 0;
+};
+
+// Where a session is, for error messages.
+struct session_trace {
+  std::string user;
+  const char* step = "connect";
+};
+
+// Counts the connection's failure with a message naming the user, the step and, for a reply
+// the server gave, the reply itself.
+void count_failure(run_control& run, const pop3_connection& c, const session_trace& trace) {
+  const fault f = c.failure();
+  switch (f) {
+    case fault::greeting:
+    case fault::in_use:
+    case fault::auth:
+    case fault::sys_temp:
+    case fault::sys_perm:
+    case fault::err_reply:
+    case fault::protocol:
+      run.count_error(f, fmt::format("{} at {}: server said \"{}\"", trace.user, trace.step,
+                                     c.status_line().substr(0, 200)));
+      break;
+    default:
+      run.count_error(f, fmt::format("{} at {}", trace.user, trace.step));
+  }
+}
+
+std::vector<asio::ip::address> source_addresses(const options& o, const tcp::endpoint& target,
+                                                std::uint64_t connections, run_control& run) {
+  unsigned n = o.source_ips;
+  if (n == 0) {
+    n = static_cast<unsigned>((connections + connections_per_source - 1) / connections_per_source);
+  }
+  if (n <= 1) {
+    return {};
+  }
+  if (!target.address().is_v4()) {
+    run.warn("several source addresses need an IPv4 loopback target; using one");
+    return {};
+  }
+  n = std::min(n, 250u);
+  std::vector<asio::ip::address> out;
+  for (unsigned i = 0; i < n; ++i) {
+    out.emplace_back(asio::ip::address_v4((127u << 24) | (i + 1)));
+  }
+  return out;
+}
+
+bool has_unique_uids(const std::vector<listing_entry>& listing) {
+  std::vector<std::string_view> uids;
+  uids.reserve(listing.size());
+  for (const auto& e : listing) {
+    uids.emplace_back(e.uid);
+  }
+  std::sort(uids.begin(), uids.end());
+  return std::adjacent_find(uids.begin(), uids.end()) == uids.end();
+}
+
+// Connects, reads the greeting (starting TLS as the options say), logs in and runs STAT.
+// Records connect, tls, stls, user, pass, stat and login_stat from t0.
+asio::awaitable<bool> login(client_env& e, pop3_connection& c, std::uint64_t user,
+                            asio::ip::address source, bench_clock::time_point t0,
+                            stat_reply& stat, session_trace& trace) {
+  run_control& run = e.run;
+  auto t = t0;
+  // Records the operation that just ended and gives the next one its own deadline.
+  auto lap = [&](op o) {
+    const auto now = bench_clock::now();
+    run.record(o, t, now);
+    t = now;
+    c.arm(run.timeout());
+  };
+  c.arm(run.timeout());
+  trace.user = e.users.name(user);
+  trace.step = "connect";
+  if (const bool ok = co_await c.connect(e.target, source); !ok) {
+    co_return false;
+  }
+  if (e.o.tls == tls_mode::pop3s) {
+    trace.step = "TLS handshake";
+    const auto th = bench_clock::now();
+    if (const bool ok = co_await c.handshake(*e.ssl); !ok) {
+      co_return false;
+    }
+    run.record(op::tls, th, bench_clock::now());
+  }
+  trace.step = "greeting";
+  if (const bool ok = co_await c.read_status(); !ok) {
+    co_return false;
+  }
+  if (!c.is_ok()) {
+    co_return c.fail(fault::greeting);
+  }
+  lap(op::connect);
+  if (e.o.tls == tls_mode::stls) {
+    trace.step = "STLS";
+    if (const bool ok = co_await c.command("STLS", fault::err_reply); !ok) {
+      co_return false;
+    }
+    lap(op::stls);
+    trace.step = "TLS handshake";
+    if (const bool ok = co_await c.handshake(*e.ssl); !ok) {
+      co_return false;
+    }
+    lap(op::tls);
+  }
+  trace.step = "USER";
+  const std::string user_command = "USER " + trace.user;
+  if (const bool ok = co_await c.command(user_command, fault::auth); !ok) {
+    co_return false;
+  }
+  lap(op::user);
+  trace.step = "PASS";
+  const std::string pass_command = "PASS " + e.users.password(user);
+  if (const bool ok = co_await c.command(pass_command, fault::auth); !ok) {
+    co_return false;
+  }
+  lap(op::pass);
+  trace.step = "STAT";
+  if (const bool ok = co_await c.command("STAT", fault::err_reply); !ok) {
+    co_return false;
+  }
+  if (!c.status_number(stat.messages, 0) || !c.status_number(stat.octets, 1)) {
+    co_return c.fail(fault::protocol);
+  }
+  lap(op::stat);
+  run.record(op::login_stat, t0, t);
+  co_return true;
+}
+
+// QUIT, then wait for the server to close. Records quit (and session from t0 when given).
+asio::awaitable<bool> quit(client_env& e, pop3_connection& c, session_trace& trace,
+                           const bench_clock::time_point* t0) {
+  c.arm(e.run.timeout());
+  trace.step = "QUIT";
+  const auto t = bench_clock::now();
+  if (const bool ok = co_await c.command("QUIT", fault::err_reply); !ok) {
+    co_return false;
+  }
+  const auto now = bench_clock::now();
+  e.run.record(op::quit, t, now);
+  if (t0 != nullptr) {
+    e.run.record(op::session, *t0, now);
+  }
+  trace.step = "close after QUIT";
+  const bool ok = co_await c.read_to_eof();
+  co_return ok;
+}
+
+// RETR n, checking the octets against the status line and, when known, the LIST size.
+// Returns false with a fault on I/O or reply failures; a size disagreement is counted here
+// (with details) and sets `clean` to false, and the session goes on.
+asio::awaitable<bool> retrieve(client_env& e, stats& st, pop3_connection& c, std::uint64_t n,
+                               const std::uint64_t* listed, session_trace& trace, bool& clean) {
+  const std::string command = fmt::format("RETR {}", n);
+  trace.step = "RETR";
+  c.arm(e.run.timeout());
+  const auto t = bench_clock::now();
+  if (const bool ok = co_await c.command(command, fault::err_reply); !ok) {
+    co_return false;
+  }
+  std::uint64_t declared = 0;
+  const bool has_declared = c.status_number(declared, 0);
+  body_result body;
+  if (const bool ok = co_await c.read_body(body, e.payload_sink(st)); !ok) {
+    co_return false;
+  }
+  e.run.record(op::retr, t, bench_clock::now());
+  if (body.bare_lf) {
+    clean = false;
+    e.run.count_error(fault::bare_lf, fmt::format("{} RETR {}: a line ended in a bare LF",
+                                                  trace.user, n));
+  }
+  if (has_declared && declared != body.octets) {
+    clean = false;
+    e.run.count_error(fault::octet_mismatch,
+                      fmt::format("{} RETR {}: the server said {} octets and sent {}",
+                                  trace.user, n, declared, body.octets));
+  }
+  if (listed != nullptr && *listed != body.octets) {
+    clean = false;
+    e.run.count_error(fault::size_mismatch,
+                      fmt::format("{} RETR {}: LIST said {} octets, RETR sent {}", trace.user,
+                                  n, *listed, body.octets));
+  }
+  co_return true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// session and tls: clients loop over full sessions.
+
+asio::awaitable<bool> full_session(client_env& e, stats& st, pop3_connection& c,
+                                   std::uint64_t user, asio::ip::address source,
+                                   std::vector<listing_entry>& listing, session_trace& trace) {
+  const auto t0 = bench_clock::now();
+  stat_reply stat;
+  if (const bool ok = co_await login(e, c, user, source, t0, stat, trace); !ok) {
+    co_return false;
+  }
+  trace.step = "UIDL";
+  auto t = bench_clock::now();
+  c.arm(e.run.timeout());
+  if (const bool ok = co_await c.listing("UIDL", listing, true); !ok) {
+    co_return false;
+  }
+  e.run.record(op::uidl, t, bench_clock::now());
+  if (listing.size() != stat.messages) {
+    e.run.count_error(fault::count_mismatch,
+                      fmt::format("{}: STAT said {} messages, UIDL listed {}", trace.user,
+                                  stat.messages, listing.size()));
+    co_return false;
+  }
+  if (!has_unique_uids(listing)) {
+    e.run.count_error(fault::bad_uidl, fmt::format("{}: UIDL repeated a unique-id", trace.user));
+    co_return false;
+  }
+  if (stat.messages == 0) {
+    co_return c.fail(fault::empty_maildrop);
+  }
+  bool clean = true;
+  if (const bool ok = co_await retrieve(e, st, c, 1, nullptr, trace, clean); !ok) {
+    co_return false;
+  }
+  if (const bool ok = co_await quit(e, c, trace, &t0); !ok) {
+    co_return false;
+  }
+  co_return clean;
+}
+
+// Sleeps after a failure, longer after each one in a row (1 ms doubling up to 100 ms), so a
+// server that refuses connections is not spun against.
+asio::awaitable<void> back_off(unsigned failures_in_a_row) {
+  auto ex = co_await asio::this_coro::executor;
+  asio::steady_timer timer(ex);
+  const unsigned ms = std::min(100u, 1u << std::min(failures_in_a_row, 7u));
+  timer.expires_after(std::chrono::milliseconds(ms));
+  co_await timer.async_wait(use_tuple);
+}
+
+asio::awaitable<void> session_client(client_env& e, stats& st, std::uint64_t index) {
+  auto ex = co_await asio::this_coro::executor;
+  std::vector<listing_entry> listing;
+  unsigned failures = 0;
+  try {
+    for (std::uint64_t round = 0; e.run.may_start(); ++round) {
+      // Client i takes users i, i + clients, i + 2 * clients, ...: when the user count is a
+      // multiple of the client count, no two clients ever share a maildrop.
+      const std::uint64_t user = (index + round * e.clients) % e.users.size();
+      session_trace trace;
+      bool ok = false;
+      {
+        pop3_connection c(ex, e.run.connections(), e.buffer_size);
+        ok = co_await full_session(e, st, c, user, e.source_for(index + round), listing, trace);
+        if (!ok) {
+          count_failure(e.run, c, trace);
+        }
+      }
+      if (ok) {
+        e.run.complete_unit();
+        failures = 0;
+      } else {
+        e.run.unit_failed();
+        co_await back_off(failures++);
+      }
+    }
+  } catch (const std::exception& x) {
+    e.run.count_error(fault::io, fmt::format("client {}: {}", index, x.what()));
+  }
+  e.run.client_finished();
+}
+
+// ---------------------------------------------------------------------------------------------
+// retr: clients log in once and RETR one message, or every message in turn, until the end.
+
+asio::awaitable<void> retr_client(client_env& e, stats& st, std::uint64_t index) {
+  auto ex = co_await asio::this_coro::executor;
+  std::vector<listing_entry> listing;
+  unsigned failures = 0;
+  try {
+    while (e.run.may_start()) {
+      const std::uint64_t user = index % e.users.size();
+      session_trace trace;
+      bool finished = false;
+      pop3_connection c(ex, e.run.connections(), e.buffer_size);
+      do {
+        stat_reply stat;
+        const auto source = e.source_for(index);
+        if (const bool ok = co_await login(e, c, user, source, bench_clock::now(), stat, trace);
+            !ok) {
+          break;
+        }
+        trace.step = "LIST";
+        const auto t = bench_clock::now();
+        c.arm(e.run.timeout());
+        if (const bool ok = co_await c.listing("LIST", listing, false); !ok) {
+          break;
+        }
+        e.run.record(op::list, t, bench_clock::now());
+        std::uint64_t sum = 0;
+        for (const auto& l : listing) {
+          sum += l.size;
+        }
+        if (listing.size() != stat.messages || sum != stat.octets) {
+          e.run.count_error(fault::count_mismatch,
+                            fmt::format("{}: STAT said {} messages ({} octets), LIST listed {} "
+                                        "({} octets)",
+                                        trace.user, stat.messages, stat.octets, listing.size(),
+                                        sum));
+          break;
+        }
+        if (listing.empty() || (e.o.message != 0 && e.o.message > listing.size())) {
+          c.fail(fault::empty_maildrop);
+          break;
+        }
+        // Cycling clients start spread over the maildrop.
+        std::size_t next =
+            e.o.message == 0 ? static_cast<std::size_t>(index * listing.size() / e.clients) : 0;
+        bool clean = true;
+        bool broken = false;
+        while (e.run.may_start()) {
+          const listing_entry& m =
+              e.o.message == 0 ? listing[next++ % listing.size()] : listing[e.o.message - 1];
+          if (const bool ok = co_await retrieve(e, st, c, m.number, &m.size, trace, clean); !ok) {
+            broken = true;
+            break;
+          }
+          e.run.complete_unit();
+        }
+        if (broken) {
+          break;
+        }
+        if (const bool ok = co_await quit(e, c, trace, nullptr); !ok) {
+          break;
+        }
+        finished = clean;
+      } while (false);
+      if (!finished) {
+        count_failure(e.run, c, trace);
+        c.close();
+        e.run.unit_failed();
+        co_await back_off(failures++);
+      } else {
+        failures = 0;
+      }
+    }
+  } catch (const std::exception& x) {
+    e.run.count_error(fault::io, fmt::format("client {}: {}", index, x.what()));
+  }
+  e.run.client_finished();
+}
+
+// ---------------------------------------------------------------------------------------------
+// idle: open many authenticated sessions, hold them, measure the server, let them go.
+
+// Counts down outstanding coroutines; wait() returns when the count reaches zero.
+class wait_group {
+ public:
+  explicit wait_group(asio::any_io_executor ex) : timer_(std::move(ex)) {
+    timer_.expires_at(bench_clock::time_point::max());
+  }
+  void add(std::size_t n) noexcept { pending_ += n; }
+  void done() noexcept {
+    if (--pending_ == 0) {
+      timer_.cancel();
+    }
+  }
+  asio::awaitable<void> wait() {
+    while (pending_ > 0) {
+      co_await timer_.async_wait(use_tuple);
+    }
+  }
+
+ private:
+  asio::steady_timer timer_;
+  std::size_t pending_ = 0;
+};
+
+struct idle_state {
+  client_env& env;
+  stats& st;
+  std::vector<std::unique_ptr<pop3_connection>> held;
+  std::uint64_t next = 0;
+  // Failures since the last success: when every opener has failed in a row the server is
+  // full (out of descriptors, at its connection limit), and waiting out more timeouts
+  // would only make the run longer.
+  std::uint64_t failures_in_a_row = 0;
+  std::uint64_t give_up_after = 64;
+  bool gave_up = false;
+};
+
+asio::awaitable<void> idle_opener(idle_state& s, wait_group& wg) {
+  auto ex = co_await asio::this_coro::executor;
+  client_env& e = s.env;
+  try {
+    while (s.next < s.held.size() && !s.gave_up && !e.run.interrupted()) {
+      const std::uint64_t i = s.next++;
+      auto c = std::make_unique<pop3_connection>(ex, e.run.connections(), idle_buffer);
+      session_trace trace;
+      stat_reply stat;
+      const auto source = e.source_for(i);
+      const std::uint64_t user = i % e.users.size();
+      if (const bool ok = co_await login(e, *c, user, source, bench_clock::now(), stat, trace);
+          ok) {
+        c->disarm();
+        s.held[i] = std::move(c);
+        e.run.complete_unit();
+        s.failures_in_a_row = 0;
+      } else {
+        count_failure(e.run, *c, trace);
+        if (++s.failures_in_a_row >= s.give_up_after && !s.gave_up) {
+          s.gave_up = true;
+          e.run.warn(fmt::format("stopped opening sessions after {} failures in a row, with "
+                                 "{} sessions open",
+                                 s.failures_in_a_row, e.run.connections().size()));
+        }
+      }
+    }
+  } catch (const std::exception& x) {
+    e.run.count_error(fault::io, x.what());
+  }
+  wg.done();
+}
+
+// NOOP (probe) or QUIT (release) every held session, `concurrency` at a time.
+asio::awaitable<void> idle_sweeper(idle_state& s, std::uint64_t& cursor, bool release,
+                                   std::uint64_t& alive, wait_group& wg) {
+  client_env& e = s.env;
+  try {
+    while (cursor < s.held.size()) {
+      auto& c = s.held[cursor];
+      const std::uint64_t i = cursor++;
+      if (!c) {
+        continue;
+      }
+      session_trace trace{e.users.name(i % e.users.size()), release ? "QUIT" : "NOOP"};
+      bool ok = false;
+      if (release) {
+        ok = co_await quit(e, *c, trace, nullptr);
+      } else {
+        c->arm(e.run.timeout());
+        const auto t = bench_clock::now();
+        ok = co_await c->command("NOOP", fault::err_reply);
+        e.run.record(op::noop, t, bench_clock::now());
+        c->disarm();
+      }
+      if (ok) {
+        ++alive;
+      } else {
+        count_failure(e.run, *c, trace);
+      }
+      if (release || !ok) {
+        c.reset();
+      }
+    }
+  } catch (const std::exception& x) {
+    e.run.count_error(fault::io, x.what());
+  }
+  wg.done();
+}
+
+asio::awaitable<void> idle_main(idle_state& s, idle_result& r) {
+  auto ex = co_await asio::this_coro::executor;
+  client_env& e = s.env;
+  const options& o = e.o;
+  const std::uint64_t workers =
+      std::max<std::uint64_t>(1, std::min<std::uint64_t>(o.concurrency, s.held.size()));
+
+  const auto t0 = bench_clock::now();
+  {
+    wait_group wg(ex);
+    wg.add(workers);
+    for (std::uint64_t w = 0; w < workers; ++w) {
+      asio::co_spawn(ex, idle_opener(s, wg), asio::detached);
+    }
+    co_await wg.wait();
+  }
+  const auto t1 = bench_clock::now();
+  r.setup_s = std::chrono::duration<double>(t1 - t0).count();
+  r.established = static_cast<std::uint64_t>(
+      std::count_if(s.held.begin(), s.held.end(), [](const auto& c) { return c != nullptr; }));
+
+  asio::steady_timer hold(ex);
+  hold.expires_after(std::chrono::duration_cast<bench_clock::duration>(
+      std::chrono::duration<double>(o.duration_s)));
+  e.run.on_interrupt([&hold] { hold.cancel(); });
+  if (!e.run.interrupted()) {
+    co_await hold.async_wait(use_tuple);
+  }
+  e.run.on_interrupt(nullptr);
+  r.hold_s = std::chrono::duration<double>(bench_clock::now() - t1).count();
+  if (o.server_pid) {
+    if (auto pss = read_pss(*o.server_pid, o.server_children)) {
+      r.pss_after_kib = pss->kib;
+      r.processes_after = pss->processes;
+    } else {
+      e.run.warn(fmt::format("cannot read the PSS of pid {} after the hold", *o.server_pid));
+    }
+  }
+
+  for (bool release : {false, true}) {
+    std::uint64_t cursor = 0;
+    std::uint64_t alive = 0;
+    wait_group wg(ex);
+    wg.add(workers);
+    for (std::uint64_t w = 0; w < workers; ++w) {
+      asio::co_spawn(ex, idle_sweeper(s, cursor, release, alive, wg), asio::detached);
+    }
+    co_await wg.wait();
+    if (!release) {
+      r.alive = alive;
+    }
+  }
+  e.run.finish();
+}
+
+asio::ssl::context make_tls_context() {
+  asio::ssl::context ctx(asio::ssl::context::tls_client);
+  // Loopback benchmarking only: the server's certificate is not verified.
+  ctx.set_verify_mode(asio::ssl::verify_none);
+  return ctx;
+}
+
+struct prepared {
+  asio::io_context io{1};
+  stats& st;
+  run_control run;
+  user_set users;
+  asio::ssl::context ssl;
+  client_env env;
+
+  prepared(const options& o, result& out, std::uint64_t clients, std::size_t buffer)
+      : st(out.st),
+        run(io, o, out.st),
+        users(o),
+        ssl(make_tls_context()),
+        env{run, o, users, target_endpoint(o), {}, nullptr, buffer, clients} {
+    if (o.tls != tls_mode::none) {
+      env.ssl = &ssl;
+    }
+    env.sources = source_addresses(o, env.target, clients, run);
+    out.clients = clients;
+    out.users = users.size();
+  }
+
+  void finish(result& out) {
+    out.window_s = run.window_s();
+    out.cpu_user_s = run.cpu_user_s();
+    out.cpu_sys_s = run.cpu_sys_s();
+  }
+};
+
+std::uint64_t clients_or(const options& o, std::uint64_t fallback) {
+  return o.clients > 0 ? o.clients : fallback;
+}
+
+}  // namespace
+
+std::optional<tcp::endpoint> parse_target(const options& o, std::string& error) {
+  std::error_code ec;
+  // Numeric only: make_address never consults DNS.
+  const auto addr = asio::ip::make_address(o.host, ec);
+  if (ec) {
+    error = fmt::format("--host {}: not a numeric IPv4 or IPv6 address", o.host);
+    return std::nullopt;
+  }
+  if (!addr.is_loopback()) {
+    error = fmt::format("--host {}: only loopback targets (127.0.0.0/8, ::1) are allowed",
+                        o.host);
+    return std::nullopt;
+  }
+  std::uint16_t port = o.port;
+  if (port == 0) {
+    port = o.tls == tls_mode::pop3s ? 995 : 110;
+  }
+  return tcp::endpoint(addr, port);
+}
+
+tcp::endpoint target_endpoint(const options& o) {
+  std::string error;
+  auto ep = parse_target(o, error);
+  if (!ep) {
+    throw std::invalid_argument(error);
+  }
+  return *ep;
+}
+
+void run_session(const options& o, result& out) {
+  const std::uint64_t clients = clients_or(o, 32);
+  prepared p(o, out, clients, small_buffer);
+  if (p.users.size() < clients || p.users.size() % clients != 0) {
+    p.run.warn(fmt::format("{} users for {} clients: clients may share a maildrop and get "
+                           "[IN-USE]; use a multiple of the client count",
+                           p.users.size(), clients));
+  }
+  for (std::uint64_t i = 0; i < clients; ++i) {
+    p.run.client_started();
+    asio::co_spawn(p.io, session_client(p.env, p.st, i), asio::detached);
+  }
+  p.run.start();
+  p.io.run();
+  p.finish(out);
+}
+
+void run_retr(const options& o, result& out) {
+  const std::uint64_t clients = clients_or(o, 1);
+  prepared p(o, out, clients, large_buffer);
+  if (p.users.size() < clients) {
+    p.run.warn("fewer users than clients: clients share a maildrop");
+  }
+  for (std::uint64_t i = 0; i < clients; ++i) {
+    p.run.client_started();
+    asio::co_spawn(p.io, retr_client(p.env, p.st, i), asio::detached);
+  }
+  p.run.start();
+  p.io.run();
+  p.finish(out);
+}
+
+void run_idle(const options& o, result& out) {
+  std::uint64_t sessions = clients_or(o, 1000);
+  idle_result r;
+  r.requested = sessions;
+  const std::uint64_t fds = raise_open_file_limit();
+  if (fds != UINT64_MAX && sessions + reserved_fds > fds) {
+    sessions = fds > reserved_fds ? fds - reserved_fds : 1;
+    r.limit_by_fds = sessions;
+  }
+  prepared p(o, out, sessions, idle_buffer);
+  if (r.limit_by_fds != 0) {
+    p.run.warn(fmt::format("RLIMIT_NOFILE is {}: holding at most {} sessions, not {}", fds,
+                           sessions, r.requested));
+  }
+  if (p.users.size() < sessions) {
+    p.run.warn(fmt::format("{} users for {} sessions: servers that lock maildrops answer "
+                           "[IN-USE] to the extra ones",
+                           p.users.size(), sessions));
+  }
+  if (o.server_pid) {
+    if (auto pss = read_pss(*o.server_pid, o.server_children)) {
+      r.pss_before_kib = pss->kib;
+      r.processes_before = pss->processes;
+    } else {
+      throw std::runtime_error(fmt::format("--server-pid {}: cannot read /proc/{}/smaps_rollup",
+                                           *o.server_pid, *o.server_pid));
+    }
+  }
+  idle_state s{p.env, p.st, {}, 0};
+  s.held.resize(sessions);
+  s.give_up_after = std::max<std::uint64_t>(16, std::min<std::uint64_t>(o.concurrency, sessions));
+  p.run.begin_unwindowed();
+  asio::co_spawn(p.io, idle_main(s, r), asio::detached);
+  p.io.run();
+  p.finish(out);
+  out.idle = r;
+}
+
+namespace {
+
+asio::awaitable<void> bigbox_main(client_env& e, std::vector<bigbox_iteration>& out) {
+  auto ex = co_await asio::this_coro::executor;
+  const std::uint64_t iterations = e.o.count.value_or(3);
+  std::vector<listing_entry> uids;
+  std::vector<listing_entry> sizes;
+  try {
+    for (std::uint64_t it = 1; it <= iterations && !e.run.interrupted(); ++it) {
+      pop3_connection c(ex, e.run.connections(), e.buffer_size);
+      session_trace trace;
+      bigbox_iteration r;
+      bool finished = false;
+      do {
+        const auto t0 = bench_clock::now();
+        stat_reply stat;
+        if (const bool ok = co_await login(e, c, 0, e.source_for(0), t0, stat, trace); !ok) {
+          break;
+        }
+        auto t = bench_clock::now();
+        r.login_stat_ms = ms_between(t0, t);
+        r.messages = stat.messages;
+        r.octets = stat.octets;
+
+        trace.step = "UIDL";
+        c.arm(e.run.timeout());
+        if (const bool ok = co_await c.listing("UIDL", uids, true); !ok) {
+          break;
+        }
+        auto now = bench_clock::now();
+        e.run.record(op::uidl, t, now);
+        r.uidl_ms = ms_between(t, now);
+
+        trace.step = "LIST";
+        t = bench_clock::now();
+        c.arm(e.run.timeout());
+        if (const bool ok = co_await c.listing("LIST", sizes, false); !ok) {
+          break;
+        }
+        now = bench_clock::now();
+        e.run.record(op::list, t, now);
+        r.list_ms = ms_between(t, now);
+
+        // Checked once the clocks are stopped: the server's numbers must agree.
+        std::uint64_t sum = 0;
+        for (const auto& l : sizes) {
+          sum += l.size;
+        }
+        if (uids.size() != stat.messages || sizes.size() != stat.messages || sum != stat.octets) {
+          e.run.count_error(fault::count_mismatch,
+                            fmt::format("STAT said {} messages ({} octets), UIDL listed {}, "
+                                        "LIST {} ({} octets)",
+                                        stat.messages, stat.octets, uids.size(), sizes.size(),
+                                        sum));
+        }
+        if (!has_unique_uids(uids)) {
+          e.run.count_error(fault::bad_uidl, "UIDL repeated a unique-id");
+        }
+
+        if (it == iterations && e.o.delete_last > 0 && !sizes.empty()) {
+          trace.step = "DELE";
+          t = bench_clock::now();
+          const std::size_t k = std::min<std::size_t>(e.o.delete_last, sizes.size());
+          bool deleted = true;
+          for (std::size_t i = sizes.size() - k; i < sizes.size(); ++i) {
+            c.arm(e.run.timeout());
+            const std::string dele = fmt::format("DELE {}", sizes[i].number);
+            if (const bool ok = co_await c.command(dele, fault::err_reply); !ok) {
+              deleted = false;
+              break;
+            }
+          }
+          if (!deleted) {
+            break;
+          }
+          now = bench_clock::now();
+          e.run.record(op::dele, t, now);
+          r.dele_ms = ms_between(t, now);
+          r.deleted = k;
+        }
+
+        trace.step = "QUIT";
+        t = bench_clock::now();
+        c.arm(e.run.timeout());
+        if (const bool ok = co_await c.command("QUIT", fault::err_reply); !ok) {
+          break;
+        }
+        now = bench_clock::now();
+        e.run.record(op::quit, t, now);
+        r.quit_ms = ms_between(t, now);
+        trace.step = "close after QUIT";
+        if (const bool ok = co_await c.read_to_eof(); !ok) {
+          break;
+        }
+        finished = true;
+      } while (false);
+      if (finished) {
+        out.push_back(r);
+        e.run.complete_unit();
+      } else {
+        count_failure(e.run, c, trace);
+      }
+    }
+  } catch (const std::exception& x) {
+    e.run.count_error(fault::io, x.what());
+  }
+  e.run.finish();
+}
+
+}  // namespace
+
+void run_bigbox(const options& o, result& out) {
+  prepared p(o, out, 1, large_buffer);
+  p.run.begin_unwindowed();
+  asio::co_spawn(p.io, bigbox_main(p.env, out.bigbox), asio::detached);
+  p.io.run();
+  p.finish(out);
+}
+
+}  // namespace postern::bench
