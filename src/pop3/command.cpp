@@ -18,7 +18,9 @@ constexpr std::array<std::pair<std::string_view, command_kind>, 17> verbs{{
     {"XTND", command_kind::xtnd},
 }};
 
-bool iequals(std::string_view a, std::string_view upper) noexcept {
+}  // namespace
+
+bool keyword_equals(std::string_view a, std::string_view upper) noexcept {
   if (a.size() != upper.size()) {
     return false;
   }
@@ -34,8 +36,6 @@ bool iequals(std::string_view a, std::string_view upper) noexcept {
   return true;
 }
 
-}  // namespace
-
 command parse_command(std::string_view line) noexcept {
   command cmd;
   auto sp = line.find(' ');
@@ -44,7 +44,7 @@ command parse_command(std::string_view line) noexcept {
     cmd.args = line.substr(sp + 1);
   }
   for (const auto& [name, kind] : verbs) {
-    if (iequals(cmd.verb, name)) {
+    if (keyword_equals(cmd.verb, name)) {
       cmd.kind = kind;
       break;
     }

@@ -607,19 +607,7 @@ void session::handle_transaction(const command& cmd) {
 void session::handle_xtnd(const command& cmd) {
   std::string_view args[3];
   std::size_t n = split_args(cmd.args, args, 3);
-  auto is = [](std::string_view a, std::string_view upper) {
-    if (a.size() != upper.size()) {
-      return false;
-    }
-    for (std::size_t i = 0; i < a.size(); ++i) {
-      char c = a[i] >= 'a' && a[i] <= 'z' ? static_cast<char>(a[i] - 'a' + 'A') : a[i];
-      if (c != upper[i]) {
-        return false;
-      }
-    }
-    return true;
-  };
-  if (n >= 1 && n <= 3 && is(args[0], "XLIST") && opts_.xtnd_xlist) {
+  if (n >= 1 && n <= 3 && keyword_equals(args[0], "XLIST") && opts_.xtnd_xlist) {
     if (n < 2) {
       bad_command("Syntax: XTND XLIST header [message]");
       return;
@@ -649,7 +637,7 @@ void session::handle_xtnd(const command& cmd) {
     pending_ = step::xlist;
     return;
   }
-  if (n == 1 && is(args[0], "XMIT") && opts_.xtnd_xmit) {
+  if (n == 1 && keyword_equals(args[0], "XMIT") && opts_.xtnd_xmit) {
     reply_ok("Start sending the message, end with a line holding only \".\".");
     xmit_receiving_ = true;
     xmit_too_big_ = false;

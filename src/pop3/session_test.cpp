@@ -111,6 +111,12 @@ struct fake_driver {
           }
           break;
         }
+        case step::xlist:
+          s.xlist_done(true, std::vector<std::string>(s.xlist_messages().size()));
+          break;
+        case step::xmit:
+          s.xmit_done(true);
+          break;
         case step::commit: {
           auto marks = s.deletion_marks();
           committed.assign(marks.begin(), marks.end());
