@@ -1,5 +1,7 @@
 #include "auth/apop.hpp"
 
+#include "common/encoding.hpp"
+
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
@@ -19,19 +21,6 @@ namespace postern::auth {
 namespace {
 
 constexpr char hex_digits[] = "0123456789abcdef";
-
-int hex_value(char c) noexcept {
-  if (c >= '0' && c <= '9') {
-    return c - '0';
-  }
-  if (c >= 'a' && c <= 'f') {
-    return c - 'a' + 10;
-  }
-  if (c >= 'A' && c <= 'F') {
-    return c - 'A' + 10;
-  }
-  return -1;
-}
 
 // MD5(a || b) into `out`; false if OpenSSL fails.
 bool md5_of(std::string_view a, std::string_view b, std::array<unsigned char, 16>& out) {

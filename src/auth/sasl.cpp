@@ -1,5 +1,7 @@
 #include "auth/sasl.hpp"
 
+#include "common/encoding.hpp"
+
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <gsasl.h>
@@ -156,25 +158,6 @@ std::string b64_encode(std::string_view in) {
   return out;
 }
 
-int b64_value(char c) noexcept {
-  if (c >= 'A' && c <= 'Z') {
-    return c - 'A';
-  }
-  if (c >= 'a' && c <= 'z') {
-    return c - 'a' + 26;
-  }
-  if (c >= '0' && c <= '9') {
-    return c - '0' + 52;
-  }
-  if (c == '+') {
-    return 62;
-  }
-  if (c == '/') {
-    return 63;
-  }
-  return -1;
-}
-
 // Standard base64 (RFC 4648 section 4). Padding is accepted when complete and may be left out;
 // blanks, line breaks and other characters are refused, as are non-zero trailing bits.
 // `out` must be empty and have room reserved (it may receive a password).
@@ -195,7 +178,7 @@ bool b64_decode(std::string_view in, std::string& out) {
   std::uint32_t acc = 0;
   int bits = 0;
   for (char c : body) {
-    int v = b64_value(c);
+    int v = base64_value(c);
     if (v < 0) {
       return false;
     }
@@ -208,19 +191,6 @@ bool b64_decode(std::string_view in, std::string& out) {
   }
   // Leftover bits must be zero (a canonical encoding).
   return bits == 0 || (acc & ((1u << bits) - 1)) == 0;
-}
-
-int hex_value(char c) noexcept {
-  if (c >= '0' && c <= '9') {
-    return c - '0';
-  }
-  if (c >= 'a' && c <= 'f') {
-    return c - 'a' + 10;
-  }
-  if (c >= 'A' && c <= 'F') {
-    return c - 'A' + 10;
-  }
-  return -1;
 }
 
 std::string hex_encode(std::string_view in) {

@@ -1,5 +1,7 @@
 #include "auth/schemes.hpp"
 
+#include "common/encoding.hpp"
+
 #include <crypt.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -160,25 +162,6 @@ struct wiped_bytes {
 
 constexpr char base64_chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-int base64_value(char c) noexcept {
-  if (c >= 'A' && c <= 'Z') {
-    return c - 'A';
-  }
-  if (c >= 'a' && c <= 'z') {
-    return c - 'a' + 26;
-  }
-  if (c >= '0' && c <= '9') {
-    return c - '0' + 52;
-  }
-  if (c == '+') {
-    return 62;
-  }
-  if (c == '/') {
-    return 63;
-  }
-  return -1;
-}
-
 // Standard base64 with or without '=' padding (padding, when present, must complete the last
 // quantum). Appends to `out`; false on any other character or an impossible length.
 bool base64_decode(std::string_view in, std::string& out) {
@@ -237,19 +220,6 @@ std::string base64_encode(std::string_view in) {
     out.push_back('=');
   }
   return out;
-}
-
-int hex_value(char c) noexcept {
-  if (c >= '0' && c <= '9') {
-    return c - '0';
-  }
-  if (c >= 'a' && c <= 'f') {
-    return c - 'a' + 10;
-  }
-  if (c >= 'A' && c <= 'F') {
-    return c - 'A' + 10;
-  }
-  return -1;
 }
 
 // Hex digits in either case, even length. Appends to `out`.
