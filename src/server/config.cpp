@@ -810,6 +810,28 @@ void set_process_model(const item& it, config& cfg) {
   }
 }
 
+// Event mode worker processes: a number, or "auto" for one per CPU.
+constexpr std::uint32_t max_processes = 256;
+
+void set_processes(const item& it, config& cfg) {
+  if (const auto* str = it.node.as_string()) {
+    if (str->get() == "auto") {
+      cfg.processes = 0;
+      return;
+    }
+    it.fail(quoted(str->get()) + " is not \"auto\" or a number of processes from 1 to " +
+            std::to_string(max_processes));
+    return;
+  }
+  if (it.node.as_integer() == nullptr) {
+    it.fail_type("an integer from 1 to " + std::to_string(max_processes) + " or \"auto\"");
+    return;
+  }
+  if (auto v = get_uint(it, 1, max_processes)) {
+    cfg.processes = *v;
+  }
+}
+
 void set_address_family(const item& it, config& cfg) {
   auto s = get_string(it);
   if (!s) {
@@ -871,6 +893,7 @@ const auto key_rules = std::to_array<key_rule>({
          c.threads = *v;
        }
      }},
+    {"server", "processes", set_processes},
     {"server", "max_bad_commands",
      [](const item& it, config& c) {
        if (auto v = get_uint(it, 1, 10'000)) {
@@ -1211,6 +1234,10 @@ result<void> check_combinations(const config& cfg, const std::string& name) {
       return fail("tls.chain and tls.client_ca need tls.cert and tls.key");
     }
   }
+  if (cfg.processes != 1 && cfg.unix.model == process_model::fork) {
+    return fail("server.processes applies to event mode only; fork mode (server.process_model = "
+                "\"fork\") runs one process per session, limited by server.max_children");
+  }
   bool has_external = std::find(cfg.mechanisms.begin(), cfg.mechanisms.end(), "EXTERNAL") != cfg.mechanisms.end();
   if (has_external && cfg.tls_client_ca.empty()) {
     return fail("auth.mechanisms lists EXTERNAL, which needs tls.client_ca to verify client certificates");
@@ -1321,6 +1348,7 @@ std::string format_config(const config& cfg) {
   line("max_connections_per_ip", number(cfg.max_connections_per_ip));
   line("idle_timeout", format_duration(cfg.idle_timeout));
   line("threads", number(cfg.threads));
+  line("processes", cfg.processes == 0 ? std::string("\"auto\"") : number(cfg.processes));
   line("max_bad_commands", number(cfg.max_bad_commands));
   line("implementation_capability", cfg.implementation_capability ? "true" : "false");
   line("greeting", toml_string(cfg.greeting));

@@ -39,6 +39,7 @@ void expect_same_config(const config& a, const config& b) {
   EXPECT_EQ(a.max_connections_per_ip, b.max_connections_per_ip);
   EXPECT_EQ(a.idle_timeout, b.idle_timeout);
   EXPECT_EQ(a.threads, b.threads);
+  EXPECT_EQ(a.processes, b.processes);
   EXPECT_EQ(a.max_bad_commands, b.max_bad_commands);
   EXPECT_EQ(a.implementation_capability, b.implementation_capability);
   EXPECT_EQ(a.greeting, b.greeting);
@@ -156,6 +157,12 @@ TEST(config, every_key_is_read) {
        [](const config& c) { EXPECT_EQ(c.max_connections_per_ip, 7u); }},
       {"[server]\nidle_timeout = 900", [](const config& c) { EXPECT_EQ(c.idle_timeout, 900s); }},
       {"[server]\nthreads = 4", [](const config& c) { EXPECT_EQ(c.threads, 4u); }},
+      {"[server]\nprocesses = 3", [](const config& c) { EXPECT_EQ(c.processes, 3u); }},
+      {"[server]\nprocesses = \"auto\"", [](const config& c) { EXPECT_EQ(c.processes, 0u); }},
+      {"[server]\nprocesses = 256", [](const config& c) { EXPECT_EQ(c.processes, 256u); }},
+      {"[server]\nprocesses = 1\nprocess_model = \"fork\"",
+       [](const config& c) { EXPECT_EQ(c.processes, 1u); }},
+      {"", [](const config& c) { EXPECT_EQ(c.processes, 1u); }},
       {"[server]\nmax_bad_commands = 3",
        [](const config& c) { EXPECT_EQ(c.max_bad_commands, 3u); }},
       {"[server]\nimplementation_capability = false",
@@ -428,6 +435,16 @@ TEST(config, errors_name_file_line_and_key) {
       {"[server]\nmax_connections_per_ip = -1\n",
        "t.toml:2: server.max_connections_per_ip: must be from 1 to 1000000, not -1"},
       {"[server]\nthreads = 1025\n", "t.toml:2: server.threads: must be from 0 to 1024, not 1025"},
+      {"[server]\nprocesses = 0\n", "t.toml:2: server.processes: must be from 1 to 256, not 0"},
+      {"[server]\nprocesses = -4\n", "t.toml:2: server.processes: must be from 1 to 256, not -4"},
+      {"[server]\nprocesses = 257\n", "t.toml:2: server.processes: must be from 1 to 256, not 257"},
+      {"[server]\nprocesses = \"many\"\n",
+       "t.toml:2: server.processes: \"many\" is not \"auto\" or a number of processes from 1 to 256"},
+      {"[server]\nprocesses = 2.0\n",
+       "t.toml:2: server.processes: expected an integer from 1 to 256 or \"auto\", got a floating-point "
+       "number"},
+      {"[server]\nprocesses = [2]\n",
+       "t.toml:2: server.processes: expected an integer from 1 to 256 or \"auto\", got an array"},
       {"[server]\nmax_bad_commands = 0\n",
        "t.toml:2: server.max_bad_commands: must be from 1 to 10000, not 0"},
       {"[auth]\nworker_threads = 5000\n",
@@ -1036,6 +1053,14 @@ TEST(config, cross_key_rules) {
        "t.toml: tls.mode = \"connection\" needs tls.cert and tls.key"},
       {tls_files + "mode = \"required\"\n", ""},
       {tls_files + "mode = \"connection\"\n", ""},
+      // Worker processes are event mode's; fork mode has a process per session.
+      {"[server]\nprocesses = 2\nprocess_model = \"fork\"\n",
+       "t.toml: server.processes applies to event mode only; fork mode (server.process_model = "
+       "\"fork\") runs one process per session, limited by server.max_children"},
+      {"[server]\nprocesses = \"auto\"\nprocess_model = \"fork\"\n",
+       "t.toml: server.processes applies to event mode only; fork mode (server.process_model = "
+       "\"fork\") runs one process per session, limited by server.max_children"},
+      {"[server]\nprocesses = 2\nprocess_model = \"event\"\n", ""},
       {"[tls]\nmode = \"none\"\n", ""},
       {"[tls]\nmode = \"ondemand\"\n", ""},  // the default: STLS appears once a cert is set
       // A certificate needs its key and the other way round.

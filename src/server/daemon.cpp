@@ -5,6 +5,9 @@
 #include "net/source_limits.hpp"
 #include "server/privileges.hpp"
 #include "server/setup.hpp"
+#include "server/shared_limits.hpp"
+#include "server/workers.hpp"
+#include "common/unique_fd.hpp"
 
 #include <asio/co_spawn.hpp>
 #include <asio/detached.hpp>
@@ -26,6 +29,7 @@
 #include <csignal>
 #include <cstring>
 #include <functional>
+#include <optional>
 #include <cstdio>
 #include <thread>
 
@@ -55,6 +59,27 @@ struct io_worker {
   net::session_registry registry;
 };
 
+// A listening socket bound before any io_context exists (in the master, before fork()), so
+// that each process builds its own epoll set around the sockets it serves.
+struct bound_socket {
+  unique_fd fd;
+  asio::ip::tcp protocol = asio::ip::tcp::v4();
+  bool implicit_tls = false;
+};
+using thread_sockets = std::vector<bound_socket>;        // one per listen address
+using process_sockets = std::vector<thread_sockets>;     // one per I/O thread
+using all_sockets = std::vector<process_sockets>;        // one per process
+
+// The connection limits of this process: in-process with one process, the shared table of
+// every worker with several.
+struct connection_limits {
+  net::source_limits* local = nullptr;
+  shared_limits* shared = nullptr;
+  std::uint32_t slot = 0;
+
+  std::uint32_t active() const { return local ? local->active() : shared->active(slot); }
+};
+
 asio::awaitable<void> refuse(asio::ip::tcp::socket sock, std::string_view line) {
   co_await asio::async_write(sock, asio::buffer(line), use_tuple);
   std::error_code ignored;
@@ -62,18 +87,32 @@ asio::awaitable<void> refuse(asio::ip::tcp::socket sock, std::string_view line) 
 }
 
 asio::awaitable<void> serve_connection(asio::ip::tcp::socket sock, io_worker& w, bool implicit_tls,
-                                       net::source_limits& limits, const net::session_env& env) {
+                                       connection_limits& limits, const net::session_env& env) {
   std::error_code ec;
   auto peer = sock.remote_endpoint(ec);
   if (ec) {
     co_return;  // already gone
   }
   auto addr = net::canonical_address(peer.address());
-  net::source_limits::refusal why{};
-  auto slot = limits.try_acquire(addr, why);
-  if (!slot) {
+  // Held until the session ends; exactly one of them counts this connection.
+  std::optional<net::source_limits::slot> local_slot;
+  std::optional<shared_limits::slot> shared_slot;
+  bool refused = false;
+  bool refused_total = false;
+  if (limits.local != nullptr) {
+    net::source_limits::refusal why{};
+    local_slot = limits.local->try_acquire(addr, why);
+    refused = !local_slot;
+    refused_total = why == net::source_limits::refusal::total;
+  } else {
+    shared_limits::refusal why{};
+    shared_slot = limits.shared->try_acquire(limits.slot, addr, why);
+    refused = !shared_slot;
+    refused_total = why == shared_limits::refusal::total;
+  }
+  if (refused) {
     log::warning("connection refused: rip={}, reason={}", addr.to_string(),
-                 why == net::source_limits::refusal::total ? "max_connections" : "max_connections_per_ip");
+                 refused_total ? "max_connections" : "max_connections_per_ip");
     co_await refuse(std::move(sock), "-ERR [SYS/TEMP] Too many connections, try again later.\r\n");
     co_return;
   }
@@ -101,7 +140,7 @@ asio::awaitable<void> serve_connection(asio::ip::tcp::socket sock, io_worker& w,
   co_await guarded_session(ctl, env, std::move(info), &w.registry);
 }
 
-asio::awaitable<void> accept_loop(listener& l, io_worker& w, net::source_limits& limits,
+asio::awaitable<void> accept_loop(listener& l, io_worker& w, connection_limits& limits,
                                   const net::session_env& env) {
   auto& acc = l.acceptor;
   for (;;) {
@@ -121,8 +160,9 @@ asio::awaitable<void> accept_loop(listener& l, io_worker& w, net::source_limits&
   }
 }
 
-result<void> bind_list(const std::vector<listen_address>& list, bool implicit_tls,
-                       std::vector<std::unique_ptr<io_worker>>& workers) {
+// Binds every address of `list` once per I/O thread of every process, all in one
+// SO_REUSEPORT group per address: the kernel spreads connections over them.
+result<void> bind_list(const std::vector<listen_address>& list, bool implicit_tls, all_sockets& out) {
   for (const auto& la : list) {
     std::error_code ec;
     auto addr = asio::ip::make_address(la.host, ec);
@@ -130,88 +170,90 @@ result<void> bind_list(const std::vector<listen_address>& list, bool implicit_tl
       return error(errc::invalid, "server.listen: bad address '" + la.host + "'");
     }
     std::uint16_t port = la.port;
-    for (auto& w : workers) {
-      asio::ip::tcp::acceptor acc(w->ctx);
-      asio::ip::tcp::endpoint ep(addr, port);
-      acc.open(ep.protocol(), ec);
-      if (!ec) acc.set_option(asio::socket_base::reuse_address(true), ec);
-      if (!ec && addr.is_v6()) acc.set_option(asio::ip::v6_only(true), ec);
-      if (!ec) {
-        int one = 1;
-        if (setsockopt(acc.native_handle(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
-          ec = std::error_code(errno, std::generic_category());
+    for (auto& process : out) {
+      for (auto& thread : process) {
+        asio::ip::tcp::endpoint ep(addr, port);
+        auto fail = [&](int err) {
+          return error(errc::permanent, "cannot listen on " + format_endpoint(ep),
+                       std::error_code(err, std::generic_category()));
+        };
+        unique_fd fd(::socket(ep.protocol().family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
+        if (!fd) {
+          return fail(errno);
         }
+        int one = 1;
+        if (setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+            (addr.is_v6() && setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) != 0) ||
+            setsockopt(fd.get(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
+          return fail(errno);
+        }
+        if (::bind(fd.get(), ep.data(), static_cast<socklen_t>(ep.size())) != 0 ||
+            ::listen(fd.get(), SOMAXCONN) != 0) {
+          return fail(errno);
+        }
+        if (port == 0) {
+          // The other threads and processes join the port the kernel chose.
+          sockaddr_storage ss{};
+          socklen_t len = sizeof ss;
+          if (getsockname(fd.get(), reinterpret_cast<sockaddr*>(&ss), &len) != 0) {
+            return fail(errno);
+          }
+          port = ntohs(ss.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port
+                                                : reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+        }
+        thread.push_back({std::move(fd), ep.protocol(), implicit_tls});
       }
-      if (!ec) acc.bind(ep, ec);
-      if (!ec) acc.listen(asio::socket_base::max_listen_connections, ec);
-      if (ec) {
-        return error(errc::permanent, "cannot listen on " + format_endpoint(ep), ec);
-      }
-      if (port == 0) {
-        port = acc.local_endpoint().port();  // the other threads join the port the kernel chose
-      }
-      w->listeners.push_back({std::move(acc), implicit_tls});
     }
     log::info("listening on {}{}", format_endpoint({addr, port}), implicit_tls ? " (tls)" : "");
   }
   return {};
 }
 
-result<void> bind_listeners(const config& cfg, std::vector<std::unique_ptr<io_worker>>& workers) {
-  POSTERN_TRY(bind_list(cfg.listen, cfg.tls == tls_mode::connection && !cfg.tls_cert.empty(), workers));
-  return bind_list(cfg.tls_listen, true, workers);
+result<all_sockets> bind_listeners(const config& cfg, std::uint32_t processes, std::uint32_t threads) {
+  all_sockets out(processes);
+  for (auto& p : out) {
+    p.resize(threads);
+  }
+  POSTERN_TRY(bind_list(cfg.listen, cfg.tls == tls_mode::connection && !cfg.tls_cert.empty(), out));
+  POSTERN_TRY(bind_list(cfg.tls_listen, true, out));
+  return out;
 }
 
-}  // namespace
+int startup_failure(const error& e) {
+  log::error("{}", e.message());
+  std::fprintf(stderr, "posternd: %s\n", e.message().c_str());
+  return 1;
+}
 
-int run_daemon(const config& cfg) {
-  init_logging(cfg);
-  std::signal(SIGPIPE, SIG_IGN);
-  // SIGTERM, SIGINT and SIGHUP wait (blocked, pending) until their handlers exist below: a
-  // signal that arrives right after "listening on" must stop or reload, not kill.
-  sigset_t deferred;
-  sigemptyset(&deferred);
-  sigaddset(&deferred, SIGTERM);
-  sigaddset(&deferred, SIGINT);
-  sigaddset(&deferred, SIGHUP);
-  pthread_sigmask(SIG_BLOCK, &deferred, nullptr);
-  unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-  unsigned n_threads = cfg.threads ? cfg.threads : cores;
-
-  std::vector<std::unique_ptr<io_worker>> workers;
-  for (unsigned i = 0; i < n_threads; ++i) {
-    workers.push_back(std::make_unique<io_worker>());
-  }
-  auto tls = make_tls(cfg);
-  if (!tls) {
-    log::error("{}", tls.err().message());
-    std::fprintf(stderr, "posternd: %s\n", tls.err().message().c_str());
-    return 1;
-  }
-  if (*tls) {
-    log::info("TLS certificate: {}", (*tls)->certificate_info());
-  }
-  if (auto r = bind_listeners(cfg, workers); !r) {
-    log::error("{}", r.err().message());
-    std::fprintf(stderr, "posternd: %s\n", r.err().message().c_str());
-    return 1;
-  }
-  if (auto r = drop_privileges(cfg.user, cfg.group); !r) {
-    log::error("{}", r.err().message());
-    std::fprintf(stderr, "posternd: %s\n", r.err().message().c_str());
-    return 1;
-  }
-  if (geteuid() == 0) {
-    log::warning("running as root: set server.user to an unprivileged user");
-  }
+// The event loop of one process: its I/O threads serve `sockets` until SIGTERM or SIGINT.
+// Expects SIGTERM, SIGINT and SIGHUP blocked (`deferred`); unblocks them once the handlers
+// exist. Runs with privileges already dropped. Returns `setup_failure` when the shared state
+// cannot be built.
+int run_event_loop(const config& cfg, std::shared_ptr<net::tls_server_context> tls, process_sockets sockets,
+                   connection_limits& limits, const sigset_t& deferred, int setup_failure) {
   shared_state st;
-  if (auto r = prepare_shared(cfg, st, std::move(tls).value()); !r) {
+  if (auto r = prepare_shared(cfg, st, std::move(tls)); !r) {
     log::error("{}", r.err().message());
     std::fprintf(stderr, "posternd: %s\n", r.err().message().c_str());
-    return 1;
+    return setup_failure;
   }
-  net::source_limits limits(cfg.max_connections, cfg.max_connections_per_ip);
-
+  std::vector<std::unique_ptr<io_worker>> workers;
+  for (auto& thread : sockets) {
+    auto w = std::make_unique<io_worker>();
+    for (auto& bs : thread) {
+      asio::ip::tcp::acceptor acc(w->ctx);
+      std::error_code ec;
+      int fd = bs.fd.release();
+      acc.assign(bs.protocol, fd, ec);
+      if (ec) {
+        ::close(fd);
+        log::error("cannot use a listening socket: {}", ec.message());
+        return setup_failure;
+      }
+      w->listeners.push_back({std::move(acc), bs.implicit_tls});
+    }
+    workers.push_back(std::move(w));
+  }
   for (auto& w : workers) {
     for (auto& l : w->listeners) {
       asio::co_spawn(w->ctx, accept_loop(l, *w, limits, st.env), asio::detached);
@@ -268,6 +310,85 @@ int run_daemon(const config& cfg) {
   st.workers->join();
   log::info("stopped");
   return 0;
+}
+
+}  // namespace
+
+int run_daemon(const config& cfg) {
+  init_logging(cfg);
+  std::signal(SIGPIPE, SIG_IGN);
+  // SIGTERM, SIGINT and SIGHUP wait (blocked, pending) until their handlers exist: a signal
+  // that arrives right after "listening on" must stop or reload, not kill. With several
+  // processes the master waits for them (and SIGCHLD) with sigtimedwait.
+  sigset_t deferred;
+  sigemptyset(&deferred);
+  sigaddset(&deferred, SIGTERM);
+  sigaddset(&deferred, SIGINT);
+  sigaddset(&deferred, SIGHUP);
+  sigset_t master_set = deferred;
+  sigaddset(&master_set, SIGCHLD);
+  pthread_sigmask(SIG_BLOCK, &deferred, nullptr);
+
+  unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  const std::uint32_t processes = effective_processes(cfg.processes, cores);
+  const std::uint32_t n_threads = threads_per_process(cfg.threads, processes, cores);
+
+  // Idle sessions cost descriptors: take every one the hard limit allows.
+  if (auto limit = raise_descriptor_limit(); !limit) {
+    log::warning("{}", limit.err().message());
+  } else if (auto warning = descriptor_warning(cfg.max_connections, processes, *limit); !warning.empty()) {
+    log::warning("{}", warning);
+  }
+
+  auto tls = make_tls(cfg);
+  if (!tls) {
+    return startup_failure(tls.err());
+  }
+  if (*tls) {
+    log::info("TLS certificate: {}", (*tls)->certificate_info());
+  }
+  auto sockets = bind_listeners(cfg, processes, n_threads);
+  if (!sockets) {
+    return startup_failure(sockets.err());
+  }
+  if (auto r = drop_privileges(cfg.user, cfg.group); !r) {
+    return startup_failure(r.err());
+  }
+  if (geteuid() == 0) {
+    log::warning("running as root: set server.user to an unprivileged user");
+  }
+
+  if (processes == 1) {
+    net::source_limits local(cfg.max_connections, cfg.max_connections_per_ip);
+    connection_limits limits{&local, nullptr, 0};
+    return run_event_loop(cfg, std::move(tls).value(), std::move(sockets->front()), limits, deferred, 1);
+  }
+
+  // Several processes: the counts every worker checks live in memory they all share.
+  auto shared = shared_limits::create(processes, cfg.max_connections, cfg.max_connections_per_ip);
+  if (!shared) {
+    return startup_failure(shared.err());
+  }
+  pthread_sigmask(SIG_BLOCK, &master_set, nullptr);
+  log::info("event mode: {} worker processes, {} I/O threads each", processes, n_threads);
+  auto tls_context = std::move(tls).value();
+  all_sockets& all = *sockets;
+  supervisor_hooks hooks;
+  hooks.run_worker = [&](std::uint32_t slot) {
+    // Keep only this worker's sockets: the others belong to the other workers.
+    process_sockets mine = std::move(all[slot]);
+    all.clear();
+    config worker_cfg = cfg;
+    worker_cfg.threads = n_threads;
+    if (worker_cfg.worker_threads == 0) {
+      worker_cfg.worker_threads = std::max(2u, 2 * cores / processes);
+    }
+    connection_limits limits{nullptr, &*shared, slot};
+    return run_event_loop(worker_cfg, tls_context, std::move(mine), limits, deferred, worker_setup_failed);
+  };
+  hooks.worker_gone = [&](std::uint32_t slot) { shared->release_slot(slot); };
+  hooks.close_listeners = [&] { all.clear(); };
+  return supervise_workers(processes, cfg.unix.shutdown_grace, hooks);
 }
 
 int run_inetd(const config& cfg) {

@@ -177,6 +177,13 @@ int main(int argc, char** argv) {
   }
   auto us = std::move(unix_settings).value();
   if (*daemon_opt) {
+    if (cfg->processes != 1) {
+      std::fprintf(stderr,
+                   "posternd: --daemon selects fork mode, which runs one process per session; "
+                   "server.processes (set in %s) applies to event mode only: remove one of them\n",
+                   config_path.c_str());
+      return 1;
+    }
     us.model = postern::server::process_model::fork;
     if (daemon_children > 0) {
       us.max_children = daemon_children;

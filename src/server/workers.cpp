@@ -1,0 +1,257 @@
+#include "server/workers.hpp"
+
+#include "common/log.hpp"
+
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+namespace postern::server {
+
+std::uint32_t effective_processes(std::uint32_t processes, unsigned cpus) {
+  return processes != 0 ? processes : std::max(1u, cpus);
+}
+
+std::uint32_t threads_per_process(std::uint32_t threads, std::uint32_t processes, unsigned cpus) {
+  if (threads != 0) {
+    return threads;
+  }
+  return std::max(1u, std::max(1u, cpus) / std::max(1u, processes));
+}
+
+result<std::uint64_t> raise_descriptor_limit() {
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+    return error::from_errno(errno, "getrlimit(RLIMIT_NOFILE)");
+  }
+  if (rl.rlim_cur != rl.rlim_max) {
+    rlimit raised = rl;
+    raised.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &raised) != 0) {
+      return error::from_errno(errno, "setrlimit(RLIMIT_NOFILE)");
+    }
+    rl = raised;
+  }
+  return rl.rlim_cur == RLIM_INFINITY ? UINT64_MAX : static_cast<std::uint64_t>(rl.rlim_cur);
+}
+
+std::string descriptor_warning(std::uint32_t max_connections, std::uint32_t processes, std::uint64_t limit) {
+  // Every session holds its socket and, once logged in, its maildrop lock.
+  std::uint64_t needed = 2ull * max_connections;
+  std::uint64_t available = limit == UINT64_MAX ? UINT64_MAX : limit * std::max(1u, processes);
+  if (needed <= available) {
+    return {};
+  }
+  std::uint64_t per_process = limit == 0 ? 1 : limit;
+  std::uint64_t enough = (needed + per_process - 1) / per_process;
+  return "server.max_connections = " + std::to_string(max_connections) + " needs about " +
+         std::to_string(needed) + " descriptors (socket and maildrop lock per session), but " +
+         std::to_string(processes) + (processes == 1 ? " process" : " processes") + " of " +
+         std::to_string(limit) + " (RLIMIT_NOFILE) hold " + std::to_string(available) +
+         "; raise the hard limit or set server.processes to at least " + std::to_string(enough);
+}
+
+std::chrono::milliseconds restart_backoff::next_delay(std::chrono::steady_clock::duration uptime) {
+  if (uptime >= stable_uptime) {
+    quick_exits_ = 1;
+    return std::chrono::milliseconds(0);
+  }
+  ++quick_exits_;
+  if (quick_exits_ <= 1) {
+    return std::chrono::milliseconds(0);
+  }
+  unsigned shift = std::min(quick_exits_ - 2, 16u);
+  auto delay = std::chrono::milliseconds(1000) * (1u << shift);
+  return std::min<std::chrono::milliseconds>(delay, max_delay);
+}
+
+namespace {
+
+using steady = std::chrono::steady_clock;
+
+struct worker_state {
+  pid_t pid = 0;
+  steady::time_point started{};
+  std::optional<steady::time_point> restart_at;
+  restart_backoff backoff;
+  unsigned starts = 0;
+};
+
+std::string describe_exit(int status) {
+  if (WIFSIGNALED(status)) {
+    return "killed by signal " + std::to_string(WTERMSIG(status)) +
+           (WCOREDUMP(status) ? " (core dumped)" : "");
+  }
+  if (WIFEXITED(status)) {
+    return "exited with status " + std::to_string(WEXITSTATUS(status));
+  }
+  return "ended";
+}
+
+pid_t start_worker(std::uint32_t slot, worker_state& w, const supervisor_hooks& hooks) {
+  pid_t master = getpid();
+  pid_t pid = fork();
+  if (pid < 0) {
+    return -1;
+  }
+  if (pid == 0) {
+    // A worker ends with its master (SIGTERM: the usual graceful stop), so that a killed
+    // master never leaves workers accepting on its sockets.
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != master) {
+      _exit(0);
+    }
+    sigset_t chld;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    sigprocmask(SIG_UNBLOCK, &chld, nullptr);
+    int status = 1;
+    try {
+      status = hooks.run_worker(slot);
+    } catch (const std::exception& e) {
+      log::error("worker {}: {}", slot + 1, e.what());
+    }
+    _exit(status);
+  }
+  w.pid = pid;
+  w.started = steady::now();
+  w.restart_at.reset();
+  ++w.starts;
+  log::info("worker {} started: pid {}", slot + 1, pid);
+  return pid;
+}
+
+}  // namespace
+
+int supervise_workers(std::uint32_t processes, std::chrono::seconds grace, const supervisor_hooks& hooks) {
+  std::vector<worker_state> workers(processes);
+  bool stopping = false;
+  int exit_status = 0;
+  // time_point::max(): not armed.
+  steady::time_point kill_at = steady::time_point::max();
+
+  auto live = [&] {
+    return static_cast<std::size_t>(
+        std::count_if(workers.begin(), workers.end(), [](const worker_state& w) { return w.pid > 0; }));
+  };
+  auto signal_all = [&](int signo) {
+    for (const auto& w : workers) {
+      if (w.pid > 0) {
+        kill(w.pid, signo);
+      }
+    }
+  };
+  auto begin_stop = [&](int status) {
+    if (stopping) {
+      return;
+    }
+    stopping = true;
+    exit_status = status;
+    if (hooks.close_listeners) {
+      hooks.close_listeners();
+    }
+    signal_all(SIGTERM);
+    kill_at = steady::now() + grace;
+    for (auto& w : workers) {
+      w.restart_at.reset();
+    }
+  };
+
+  for (std::uint32_t i = 0; i < processes && !stopping; ++i) {
+    if (start_worker(i, workers[i], hooks) < 0) {
+      log::error("cannot start worker {}: {}", i + 1, std::strerror(errno));
+      begin_stop(1);
+    }
+  }
+
+  sigset_t waited;
+  sigemptyset(&waited);
+  sigaddset(&waited, SIGTERM);
+  sigaddset(&waited, SIGINT);
+  sigaddset(&waited, SIGHUP);
+  sigaddset(&waited, SIGCHLD);
+
+  while (!(stopping && live() == 0)) {
+    // Sleep until a signal, the next restart or the end of the grace period.
+    steady::time_point wake = kill_at;
+    for (const auto& w : workers) {
+      if (w.restart_at && *w.restart_at < wake) {
+        wake = *w.restart_at;
+      }
+    }
+    siginfo_t info{};
+    int signo;
+    if (wake != steady::time_point::max()) {
+      auto left = std::max(steady::duration::zero(), wake - steady::now());
+      auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(left).count();
+      timespec ts{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
+      signo = sigtimedwait(&waited, &info, &ts);
+    } else {
+      signo = sigwaitinfo(&waited, &info);
+    }
+    if (signo == SIGTERM || signo == SIGINT) {
+      log::info("signal {} received: stopping {} workers", signo, live());
+      begin_stop(0);
+    } else if (signo == SIGHUP) {
+      if (!stopping) {
+        log::info("SIGHUP: reloading {} workers", live());
+        signal_all(SIGHUP);
+      }
+    } else if (signo == SIGCHLD) {
+      int status = 0;
+      pid_t pid;
+      while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        auto it = std::find_if(workers.begin(), workers.end(), [&](const worker_state& w) { return w.pid == pid; });
+        if (it == workers.end()) {
+          continue;
+        }
+        auto slot = static_cast<std::uint32_t>(it - workers.begin());
+        it->pid = 0;
+        if (hooks.worker_gone) {
+          hooks.worker_gone(slot);
+        }
+        if (stopping) {
+          log::info("worker {} (pid {}) {}", slot + 1, pid, describe_exit(status));
+          continue;
+        }
+        if (WIFEXITED(status) && WEXITSTATUS(status) == worker_setup_failed && it->starts == 1) {
+          log::error("worker {} (pid {}) could not start; stopping", slot + 1, pid);
+          begin_stop(1);
+          continue;
+        }
+        auto delay = it->backoff.next_delay(steady::now() - it->started);
+        log::error("worker {} (pid {}) {} unexpectedly; restarting it{}", slot + 1, pid,
+                   describe_exit(status),
+                   delay.count() == 0 ? std::string()
+                                      : " in " + std::to_string(delay.count() / 1000) + "s (it keeps dying)");
+        it->restart_at = steady::now() + delay;
+      }
+    }
+    auto now = steady::now();
+    if (stopping && now >= kill_at && live() > 0) {
+      log::warning("{} workers still running {}s after SIGTERM: killing them", live(), grace.count());
+      signal_all(SIGKILL);
+      kill_at = steady::time_point::max();
+    }
+    for (std::uint32_t i = 0; i < processes && !stopping; ++i) {
+      auto& w = workers[i];
+      if (w.pid == 0 && w.restart_at && now >= *w.restart_at) {
+        if (start_worker(i, w, hooks) < 0) {
+          log::error("cannot restart worker {}: {}; trying again", i + 1, std::strerror(errno));
+          w.restart_at = now + std::chrono::seconds(1);
+        }
+      }
+    }
+  }
+  log::info("stopped");
+  return exit_status;
+}
+
+}  // namespace postern::server

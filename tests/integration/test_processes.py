@@ -1,0 +1,277 @@
+"""Event mode with several worker processes (`[server] processes = N`): the master binds the
+listeners and supervises N workers; sessions are spread over them, a killed worker is
+replaced, SIGTERM and SIGHUP reach every worker, and the connection limits hold across them.
+"""
+
+import os
+import poplib
+import re
+import signal
+import subprocess
+import time
+import unittest
+
+from postern_harness import (DEFAULT_TIMEOUT, POSTERND, Closed, Msg, PosternTestCase,
+                             run_posternd, scaled, simple_message, toml_text, wait_for)
+
+PASSWORD = "W0rkers-pw"
+PROCESSES = 3
+
+
+def children(pid):
+    """The pids whose parent is `pid` (the master's workers)."""
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...: comm may hold spaces and parentheses.
+        fields = stat[stat.rfind(")") + 2:].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(name))
+    return sorted(out)
+
+
+def socket_count(pid):
+    """Sockets a process holds: its listeners and its connections."""
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            n += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+        except OSError:
+            pass
+    return n
+
+
+def busiest(pids):
+    """The worker holding the most connections."""
+    return max(pids, key=socket_count)
+
+
+def session_pids(log):
+    """Pids of the processes that logged a login."""
+    return {int(m.group(1)) for m in re.finditer(r"\[(\d+)\]: \w+: login: user=<", log)}
+
+
+class ProcessesBase(PosternTestCase):
+    processes = PROCESSES
+
+    def setUp(self):
+        super().setUp()
+        self.box = self.world.add_user("alice", PASSWORD, [Msg(simple_message(f"m{i}"))
+                                                           for i in range(3)])
+        self.world.config["server"]["processes"] = self.processes
+        self.world.config["server"]["threads"] = 1
+        self.configure()
+        self.srv = self.world.start()
+        self.master = self.srv.proc.pid
+        self.workers = wait_for(lambda: (c := children(self.master)) and len(c) == self.processes and c,
+                                what=f"{self.processes} worker processes")
+
+    def configure(self):
+        pass
+
+    def poplib_session(self):
+        p = poplib.POP3("127.0.0.1", self.srv.port, timeout=DEFAULT_TIMEOUT)
+        self.addCleanup(p.close)
+        self.assertTrue(p.getwelcome().startswith(b"+OK"))
+        p.user("alice")
+        p.pass_(PASSWORD)
+        return p
+
+    def full_session(self):
+        """Logs in, checks every message byte for byte, quits without deleting."""
+        p = self.poplib_session()
+        count, size = p.stat()
+        self.assertEqual(count, 3)
+        self.assertEqual(size, sum(len(m.content.replace(b"\n", b"\r\n")) for m in self.box.messages))
+        _, lines, _ = p.uidl()
+        uidls = sorted(line.decode().split(" ")[1] for line in lines)
+        self.assertEqual(uidls, sorted(m.uidl for m in self.box.messages))
+        for n in range(1, count + 1):
+            _, body, _ = p.retr(n)
+            self.assertIn(b"".join(line + b"\r\n" for line in body),
+                          [m.content.replace(b"\n", b"\r\n") for m in self.box.messages])
+        self.assertTrue(p.quit().startswith(b"+OK"))
+
+
+class Workers(ProcessesBase):
+    def test_sessions_are_spread_over_the_workers(self):
+        for _ in range(24):
+            self.full_session()
+        pids = session_pids(self.srv.log())
+        self.assertNotIn(self.master, pids)
+        self.assertTrue(pids <= set(self.workers), f"{pids} not among {self.workers}")
+        self.assertGreater(len(pids), 1, f"every session served by {pids}")
+        self.assertEqual(len(self.box.files()), 3)
+
+    def test_a_killed_worker_is_replaced_and_others_keep_their_sessions(self):
+        conns = [self.srv.session(self.box) for _ in range(1)]
+        # Idle sessions spread over the workers (no login: the maildrop allows one session).
+        idle = [self.srv.connect() for _ in range(15)]
+        victim = busiest(self.workers)
+        os.kill(victim, signal.SIGKILL)
+        self.srv.wait_log(rf"worker \d+ \(pid {victim}\) killed by signal 9 unexpectedly; restarting")
+        fresh = wait_for(lambda: (c := children(self.master)) and len(c) == self.processes
+                         and victim not in c and c, what="a replacement worker")
+        self.assertEqual(len(set(fresh) & set(self.workers)), self.processes - 1)
+        survivors = 0
+        for c in idle + conns:
+            try:
+                if c.cmd("NOOP").startswith("+OK"):
+                    survivors += 1
+            except (Closed, OSError):
+                pass
+        self.assertGreater(survivors, 0, "every session ended with one worker")
+        # Service continues on every worker, the replacement included.
+        for c in conns:
+            c.close()
+        for _ in range(24):
+            self.full_session()
+        replacement = set(fresh) - set(self.workers)
+        self.assertTrue(replacement <= session_pids(self.srv.log()),
+                        f"the replacement {replacement} served no session")
+        self.assertTrue(self.srv.alive())
+
+    def test_sigterm_stops_master_and_workers(self):
+        idle = [self.srv.connect() for _ in range(6)]
+        s = self.srv.session(self.box)
+        s.cmd("DELE 1")
+        started = time.monotonic()
+        self.srv.signal(signal.SIGTERM)
+        rc = self.srv.wait_exit(scaled(10))
+        self.assertEqual(rc, 0, self.world.tail(self.srv.log()))
+        self.assertLess(time.monotonic() - started, scaled(10))
+        wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in self.workers),
+                 what="every worker gone")
+        # The session was cut, not committed: nothing was deleted.
+        self.assertEqual(len(self.box.files()), 3)
+        self.srv.check_log_clean()
+        del idle
+
+    def test_sighup_reaches_every_worker(self):
+        self.srv.signal(signal.SIGHUP)
+        self.srv.wait_log(r"SIGHUP: reloading 3 workers")
+        matches = self.srv.wait_log(r"\[(\d+)\]: \w+: SIGHUP: nothing to reload", count=3)
+        self.assertEqual(sorted(int(m.group(1)) for m in matches), self.workers)
+        self.full_session()
+
+    def test_descriptors_of_a_worker_are_its_own(self):
+        # Each worker holds its own listening sockets (one thread, one address), not every
+        # worker's.
+        for pid in self.workers:
+            self.assertEqual(socket_count(pid), 1, f"worker {pid}")
+        # The master keeps one per worker, to hand to a replacement.
+        self.assertEqual(socket_count(self.master), self.processes)
+
+
+class PerSourceLimitAcrossWorkers(ProcessesBase):
+    def configure(self):
+        self.world.config["server"]["max_connections_per_ip"] = 4
+
+    def refused(self):
+        conn = self.srv.connect(greet=False)
+        line = conn.status()
+        conn.close()
+        return line.startswith("-ERR [SYS/TEMP]")
+
+    def try_connect(self):
+        """A greeted connection, or None when the server refused it."""
+        conn = self.srv.connect(greet=False)
+        if conn.status().startswith("+OK"):
+            return conn
+        conn.close()
+        return None
+
+    def test_limit_holds_across_workers_and_dead_workers_release(self):
+        held = [self.srv.connect() for _ in range(4)]
+        # Whichever worker the kernel hands them to, every further connection is refused.
+        for _ in range(9):
+            self.assertTrue(self.refused())
+        held.pop().close()
+        held.append(wait_for(self.try_connect, what="the slot of a closed session"))
+        self.assertTrue(self.refused())
+        # Kill a worker: the master forgets what it held.
+        victim = busiest(self.workers)
+        os.kill(victim, signal.SIGKILL)
+        self.srv.wait_log(rf"\(pid {victim}\) killed by signal 9")
+        wait_for(lambda: (c := children(self.master)) and len(c) == self.processes and victim not in c,
+                 what="a replacement worker")
+        live = []
+        for c in held:
+            try:
+                if c.cmd("NOOP").startswith("+OK"):
+                    live.append(c)
+            except (Closed, OSError):
+                pass
+        self.assertLess(len(live), 4, "the killed worker held none of the sessions")
+        more = [wait_for(self.try_connect, what="a slot released for the dead worker")
+                for _ in range(4 - len(live))]
+        self.assertEqual(len(live) + len(more), 4)
+        self.assertTrue(self.refused())
+
+
+class BadSettings(PosternTestCase):
+    def check(self, value, expect):
+        cfg = dict(self.world.config)
+        cfg["server"] = dict(cfg["server"], processes=value)
+        path = self.world.write_config(toml_text(cfg), name="p.toml")
+        res = run_posternd(["--check-config", "--config", path])
+        self.assertNotEqual(res.returncode, 0, f"accepted processes = {value!r}")
+        self.assertIn("server.processes", res.stderr)
+        self.assertIn(expect, res.stderr)
+
+    def test_bad_values(self):
+        self.check(0, "must be from 1 to 256, not 0")
+        self.check(-1, "must be from 1 to 256, not -1")
+        self.check(100000, "must be from 1 to 256, not 100000")
+        self.check("many", '"many" is not "auto"')
+        self.check(2.5, "expected an integer from 1 to 256 or \"auto\", got a floating-point number")
+        self.check(True, "got a boolean")
+
+    def test_auto_and_number_are_shown(self):
+        for value, shown in (("auto", 'processes = "auto"'), (4, "processes = 4")):
+            cfg = dict(self.world.config)
+            cfg["server"] = dict(cfg["server"], processes=value)
+            path = self.world.write_config(toml_text(cfg), name="p.toml")
+            res = run_posternd(["--check-config", "--config", path])
+            self.assertEqual(res.returncode, 0, res.stderr)
+            self.assertIn(shown, res.stdout)
+
+    def test_fork_mode_contradiction(self):
+        cfg = dict(self.world.config)
+        cfg["server"] = dict(cfg["server"], processes=2, process_model="fork")
+        path = self.world.write_config(toml_text(cfg), name="p.toml")
+        res = run_posternd(["--check-config", "--config", path])
+        self.assertNotEqual(res.returncode, 0)
+        self.assertIn("server.processes applies to event mode only", res.stderr)
+        cfg["server"] = dict(cfg["server"], processes=2)
+        del cfg["server"]["process_model"]
+        path = self.world.write_config(toml_text(cfg), name="q.toml")
+        res = run_posternd(["--daemon", "--foreground", "--config", path])
+        self.assertNotEqual(res.returncode, 0)
+        self.assertIn("--daemon selects fork mode", res.stderr)
+
+
+class OneProcessIsUnchanged(ProcessesBase):
+    processes = 1
+
+    def setUp(self):
+        super(ProcessesBase, self).setUp()
+        self.box = self.world.add_user("alice", PASSWORD, [Msg(simple_message(f"m{i}"))
+                                                           for i in range(3)])
+        self.srv = self.world.start()
+        self.master = self.srv.proc.pid
+
+    def test_no_worker_processes(self):
+        self.full_session()
+        self.assertEqual(children(self.master), [])
+        self.assertEqual(session_pids(self.srv.log()), {self.master})
+
+
+if __name__ == "__main__":
+    unittest.main()
