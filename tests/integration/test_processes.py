@@ -6,6 +6,7 @@ replaced, SIGTERM and SIGHUP reach every worker, and the connection limits hold 
 import os
 import poplib
 import re
+import resource
 import signal
 import subprocess
 import time
@@ -169,6 +170,50 @@ class Workers(ProcessesBase):
             wait_for(lambda: socket_count(pid) == 1, what=f"worker {pid} with one socket")
         # The master keeps one per worker, to hand to a replacement.
         self.assertEqual(socket_count(self.master), self.processes)
+
+
+    def test_a_worker_that_keeps_dying_is_restarted_with_a_delay(self):
+        first = busiest(self.workers)
+        os.kill(first, signal.SIGKILL)
+        self.srv.wait_log(rf"\(pid {first}\) killed by signal 9 unexpectedly; restarting it\n")
+        second = wait_for(lambda: (c := set(children(self.master)) - set(self.workers)) and c,
+                          what="the first replacement").pop()
+        os.kill(second, signal.SIGKILL)
+        killed = time.monotonic()
+        self.srv.wait_log(rf"\(pid {second}\) killed by signal 9 unexpectedly; restarting it in 1s")
+        third = wait_for(lambda: (c := set(children(self.master)) - set(self.workers) - {second}) and c,
+                         what="the second replacement", timeout=scaled(5)).pop()
+        self.assertGreaterEqual(time.monotonic() - killed, 0.9)
+        self.assertNotIn(third, (first, second))
+        for _ in range(6):
+            self.full_session()
+
+
+class Descriptors(ProcessesBase):
+    def configure(self):
+        self.world.config["server"]["max_connections"] = 1_000_000
+
+    def test_soft_limit_raised_and_capacity_warning(self):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        for pid in self.workers:
+            with open(f"/proc/{pid}/limits") as f:
+                line = next(l for l in f if l.startswith("Max open files"))
+            self.assertEqual(line.split()[3], line.split()[4], line)
+            self.assertEqual(line.split()[4], "unlimited" if hard == resource.RLIM_INFINITY else str(hard))
+        if hard != resource.RLIM_INFINITY and 2_000_000 > 3 * hard:
+            self.srv.wait_log(r"server\.max_connections = 1000000 needs about 2000000 descriptors.*"
+                              r"set server\.processes to at least \d+")
+
+
+class SetupFailure(PosternTestCase):
+    def test_master_stops_when_workers_cannot_start(self):
+        self.world.config["server"]["processes"] = 3
+        self.world.config["auth"]["passdb"] = f"passwd-file:{self.world.path('no-such-users')}"
+        srv = self.world.start()
+        rc = srv.wait_exit(scaled(10))
+        self.assertNotEqual(rc, 0)
+        self.assertRegex(srv.log(), r"worker \d \(pid \d+\) could not start; stopping")
+        srv.check_log_clean()
 
 
 class PerSourceLimitAcrossWorkers(ProcessesBase):
