@@ -1101,7 +1101,9 @@ result<std::unique_ptr<sasl_server>> sasl_server::create(passdb& db, sasl_settin
       st.hostname = "localhost";
     }
   }
-  p->salt_key = random_bytes(32);
+  p->salt_key = st.salt_key.empty() ? random_bytes(32) : st.salt_key;
+  OPENSSL_cleanse(st.salt_key.data(), st.salt_key.size());
+  st.salt_key.clear();
 
   if (any_gsasl) {
     int rc = gsasl_init(&p->ctx);

@@ -76,6 +76,11 @@ struct sasl_settings {
   // "" = the realm of the acceptor's key in the keytab (create() fails when the keytab holds
   // keys for service/hostname in several realms and none is named here).
   std::string realm;
+  // HMAC key for the salts SCRAM shows for unknown users and for derived secrets; "" = a
+  // random one. Processes that answer the same clients (event mode workers, fork mode's
+  // per-connection processes) must share one, or a salt that changes between connections
+  // tells that a user does not exist.
+  std::string salt_key;
 };
 
 // What the transport knows about one connection.

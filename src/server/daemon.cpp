@@ -230,8 +230,10 @@ int startup_failure(const error& e) {
 // exist. Runs with privileges already dropped. Returns `setup_failure` when the shared state
 // cannot be built.
 int run_event_loop(const config& cfg, std::shared_ptr<net::tls_server_context> tls, process_sockets sockets,
-                   connection_limits& limits, const sigset_t& deferred, int setup_failure) {
+                   connection_limits& limits, const sigset_t& deferred, int setup_failure,
+                   const std::string& scram_salt_key) {
   shared_state st;
+  st.scram_salt_key = scram_salt_key;
   if (auto r = prepare_shared(cfg, st, std::move(tls)); !r) {
     log::error("{}", r.err().message());
     std::fprintf(stderr, "posternd: %s\n", r.err().message().c_str());
@@ -361,13 +363,18 @@ int run_daemon(const config& cfg) {
   if (processes == 1) {
     net::source_limits local(cfg.max_connections, cfg.max_connections_per_ip);
     connection_limits limits{&local, nullptr, 0};
-    return run_event_loop(cfg, std::move(tls).value(), std::move(sockets->front()), limits, deferred, 1);
+    return run_event_loop(cfg, std::move(tls).value(), std::move(sockets->front()), limits, deferred, 1, {});
   }
 
   // Several processes: the counts every worker checks live in memory they all share.
   auto shared = shared_limits::create(processes, cfg.max_connections, cfg.max_connections_per_ip);
   if (!shared) {
     return startup_failure(shared.err());
+  }
+  // Every worker must show an unknown SCRAM user the same salt, whichever one answers.
+  auto salt_key = make_salt_key();
+  if (!salt_key) {
+    return startup_failure(salt_key.err());
   }
   pthread_sigmask(SIG_BLOCK, &master_set, nullptr);
   log::info("event mode: {} worker processes, {} I/O threads each", processes, n_threads);
@@ -384,7 +391,8 @@ int run_daemon(const config& cfg) {
       worker_cfg.worker_threads = std::max(2u, 2 * cores / processes);
     }
     connection_limits limits{nullptr, &*shared, slot};
-    return run_event_loop(worker_cfg, tls_context, std::move(mine), limits, deferred, worker_setup_failed);
+    return run_event_loop(worker_cfg, tls_context, std::move(mine), limits, deferred, worker_setup_failed,
+                          *salt_key);
   };
   hooks.worker_gone = [&](std::uint32_t slot) { shared->release_slot(slot); };
   hooks.close_listeners = [&] { all.clear(); };

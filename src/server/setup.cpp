@@ -5,7 +5,10 @@
 #include "common/log.hpp"
 #include "store/expire.hpp"
 
+#include <sys/random.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include <thread>
 
@@ -66,6 +69,22 @@ result<std::unique_ptr<auth::passdb>> open_passdb(const config& cfg, const unix_
     return error(errc::invalid, "auth.passdb: unsupported passdb '" + spec + "'");
   }
   return auth::open_passwd_file(spec.substr(prefix.size()));
+}
+
+result<std::string> make_salt_key() {
+  std::string key(32, '\0');
+  std::size_t got = 0;
+  while (got < key.size()) {
+    ssize_t n = ::getrandom(key.data() + got, key.size() - got, 0);
+    if (n < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      return error::from_errno(errno, "getrandom");
+    }
+    got += static_cast<std::size_t>(n);
+  }
+  return key;
 }
 
 result<void> reopen_after_fork(const config& cfg, shared_state& st) {
@@ -236,6 +255,7 @@ result<void> prepare_auth(const config& cfg, const unix_settings& us, shared_sta
     ss.hostname = st.env.hostname;
     ss.gssapi_keytab = cfg.gssapi_keytab;
     ss.external_user = cfg.external_user;
+    ss.salt_key = st.scram_salt_key;
     auto sasl = auth::sasl_server::create(*st.passdb, std::move(ss));
     if (!sasl) {
       return error(errc::invalid, "auth.mechanisms: " + sasl.err().message());

@@ -34,8 +34,14 @@ struct shared_state {
   std::unique_ptr<login_stats> stats;        // null: no LOGIN-DELAY
   std::unique_ptr<bulletin_db> bulletins;    // null: ~/.popbull (or no bulletins)
   std::unique_ptr<net::acl> access_list;
+  // Made once before the first fork() (make_salt_key) so that every process shows an unknown
+  // SCRAM user the same salt; "" = each SASL server makes its own.
+  std::string scram_salt_key;
   net::session_env env;
 };
+
+// 32 random bytes for shared_state::scram_salt_key.
+result<std::string> make_salt_key();
 
 void init_logging(const config& cfg);
 std::string local_hostname();

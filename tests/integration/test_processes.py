@@ -3,6 +3,7 @@ listeners and supervises N workers; sessions are spread over them, a killed work
 replaced, SIGTERM and SIGHUP reach every worker, and the connection limits hold across them.
 """
 
+import base64
 import os
 import poplib
 import re
@@ -203,6 +204,29 @@ class Descriptors(ProcessesBase):
         if hard != resource.RLIM_INFINITY and 2_000_000 > 3 * hard:
             self.srv.wait_log(r"server\.max_connections = 1000000 needs about 2000000 descriptors.*"
                               r"set server\.processes to at least \d+")
+
+
+class ScramAcrossWorkers(ProcessesBase):
+    def configure(self):
+        self.world.config["auth"]["mechanisms"] = ["PLAIN", "SCRAM-SHA-256"]
+
+    def test_unknown_user_gets_one_salt_from_every_worker(self):
+        # A salt that depended on the worker would tell an unknown user from a real one.
+        first = base64.b64encode(b"n,,n=nobody,r=0123456789abcdef").decode()
+        salts = set()
+        before = set(session_pids(self.srv.log()))
+        for _ in range(12):
+            conn = self.srv.connect()
+            st = conn.cmd(f"AUTH SCRAM-SHA-256 {first}")
+            self.assertTrue(st.startswith("+ "), st)
+            attrs = dict(p.split("=", 1) for p in base64.b64decode(st[2:]).decode().split(","))
+            salts.add((attrs["s"], attrs["i"]))
+            conn.close()
+        self.assertEqual(len(salts), 1, salts)
+        # And the connections did reach more than one worker.
+        for _ in range(12):
+            self.full_session()
+        self.assertGreater(len(session_pids(self.srv.log()) - before), 1)
 
 
 class SetupFailure(PosternTestCase):
