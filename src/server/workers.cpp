@@ -51,7 +51,7 @@ std::string descriptor_warning(std::uint32_t max_connections, std::uint32_t proc
   }
   std::uint64_t per_process = limit == 0 ? 1 : limit;
   std::uint64_t enough = (needed + per_process - 1) / per_process;
-  return "server.max_connections = " + std::to_string(max_connections) + " needs about " +
+  return "server.max_connections = " + std::to_string(max_connections) + " needs at least " +
          std::to_string(needed) + " descriptors (socket and maildrop lock per session), but " +
          std::to_string(processes) + (processes == 1 ? " process" : " processes") + " of " +
          std::to_string(limit) + " (RLIMIT_NOFILE) hold " + std::to_string(available) +

@@ -202,7 +202,7 @@ class Descriptors(ProcessesBase):
             self.assertEqual(line.split()[3], line.split()[4], line)
             self.assertEqual(line.split()[4], "unlimited" if hard == resource.RLIM_INFINITY else str(hard))
         if hard != resource.RLIM_INFINITY and 2_000_000 > 3 * hard:
-            self.srv.wait_log(r"server\.max_connections = 1000000 needs about 2000000 descriptors.*"
+            self.srv.wait_log(r"server\.max_connections = 1000000 needs at least 2000000 descriptors.*"
                               r"set server\.processes to at least \d+")
 
 
