@@ -53,8 +53,8 @@ std::string descriptor_warning(std::uint32_t max_connections, std::uint32_t proc
   std::uint64_t enough = (needed + per_process - 1) / per_process;
   return "server.max_connections = " + std::to_string(max_connections) + " needs at least " +
          std::to_string(needed) + " descriptors (socket and maildrop lock per session), but " +
-         std::to_string(processes) + (processes == 1 ? " process" : " processes") + " of " +
-         std::to_string(limit) + " (RLIMIT_NOFILE) hold " + std::to_string(available) +
+         std::to_string(processes) + (processes == 1 ? " process" : " processes") +
+         " with RLIMIT_NOFILE = " + std::to_string(limit) + " have " + std::to_string(available) +
          "; raise the hard limit or set server.processes to at least " + std::to_string(enough);
 }
 
