@@ -7,7 +7,8 @@ namespace postern::server {
 
 // Binds every listener, drops privileges, serves until SIGTERM or SIGINT, then stops
 // accepting, closes every session without deleting anything, and returns the exit status.
-// Startup failures are printed as one line and return non-zero.
+// Startup failures are printed as one line and return non-zero. With cfg.processes other
+// than 1 this process becomes the master of that many worker processes (server/workers.hpp).
 int run_daemon(const config& cfg);
 
 // Serves exactly one session on stdin/stdout (inetd, xinetd, systemd socket activation with
