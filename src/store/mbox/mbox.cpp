@@ -1,6 +1,7 @@
 #include "store/mbox/mbox.hpp"
 
 #include "common/unique_fd.hpp"
+#include "store/mbox/index.hpp"
 #include "store/mbox/journal.hpp"
 
 #include <fcntl.h>
@@ -10,6 +11,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <optional>
+#include <string_view>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -17,10 +20,17 @@ namespace postern::store::mbox {
 
 namespace {
 
+thread_local open_source g_last_source = open_source::none;
+
 constexpr std::size_t scan_buffer_size = std::size_t{1} << 20;
 constexpr std::size_t read_buffer_size = std::size_t{64} * 1024;
 constexpr std::uint64_t tail_window = 64;  // what scan_result::tail_fingerprint covers
 constexpr int reopen_attempts = 3;
+// After an update, how long to wait for the file system's clock to tick past the file's new
+// timestamps (a Linux clock tick is 1 to 10 ms; a coarser file system gives up and writes
+// an index that is trusted only once the file grows).
+constexpr int stable_wait_attempts = 12;
+constexpr useconds_t stable_wait_step_us = 1000;
 
 // Failures to reach the mailbox that will not pass by retrying.
 errc open_errc(int err) noexcept {
@@ -96,19 +106,23 @@ result<bool> exists_at(int dir_fd, const std::string& name, const std::string& w
   return error::from_errno(err, "mbox: stat " + what, open_errc(err));
 }
 
-// One sequential pass over the first `size` bytes.
+// One sequential pass over the bytes [from.offset, size).
 result<scan_result> scan_file(int fd, std::uint64_t size, const parse_options& po,
-                              const std::string& what) {
-  scanner sc(po, size, [fd, size, &what](std::uint64_t off, std::size_t n) -> result<std::string> {
-    if (off >= size) {
-      return std::string();
-    }
-    return pread_some(fd, off, static_cast<std::size_t>(std::min<std::uint64_t>(n, size - off)),
-                      what);
-  });
-  std::vector<char> buf(static_cast<std::size_t>(std::min<std::uint64_t>(scan_buffer_size,
-                                                                       std::max<std::uint64_t>(size, 1))));
-  std::uint64_t pos = 0;
+                              const std::string& what, resume_point from = {}) {
+  const std::uint64_t start = from.offset;
+  scanner sc(po, size,
+             [fd, size, &what](std::uint64_t off, std::size_t n) -> result<std::string> {
+               if (off >= size) {
+                 return std::string();
+               }
+               return pread_some(fd, off,
+                                 static_cast<std::size_t>(std::min<std::uint64_t>(n, size - off)),
+                                 what);
+             },
+             std::move(from));
+  std::vector<char> buf(static_cast<std::size_t>(
+      std::min<std::uint64_t>(scan_buffer_size, std::max<std::uint64_t>(size - start, 1))));
+  std::uint64_t pos = start;
   while (pos < size) {
     const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), size - pos));
     POSTERN_TRY(pread_full(fd, buf.data(), n, pos, what));
@@ -116,6 +130,91 @@ result<scan_result> scan_file(int fd, std::uint64_t size, const parse_options& p
     pos += n;
   }
   return sc.finish();
+}
+
+// fingerprint() of the last <= tail_window bytes before `end`, as scan_result records it.
+result<std::uint64_t> tail_fingerprint_at(int fd, std::uint64_t end, const std::string& what) {
+  const std::uint64_t tail = std::min(end, tail_window);
+  auto bytes = pread_some(fd, end - tail, static_cast<std::size_t>(tail), what);
+  if (!bytes.ok()) {
+    return std::move(bytes).err();
+  }
+  if (bytes->size() != tail) {
+    return error(errc::temporary, "mbox: " + what + " shrank while in use");
+  }
+  return fingerprint(*bytes);
+}
+
+// True if the From_ line of `s` is still where a scan saw it.
+result<bool> from_line_in_place(int fd, const message_span& s, const std::string& what) {
+  const auto n =
+      static_cast<std::size_t>(std::min<std::uint64_t>(s.from_line_length, fingerprint_bytes));
+  auto bytes = pread_some(fd, s.separator, n, what);
+  if (!bytes.ok()) {
+    return std::move(bytes).err();
+  }
+  return bytes->size() == n && fingerprint(*bytes) == s.from_fingerprint;
+}
+
+// The cheap check that the scanned part of the file is still what the index describes: the
+// first and last From_ lines and the bytes just before the scanned end. (Data safety does
+// not rest on it: open_message and commit check every From_ line they rely on.)
+result<bool> spot_check(int fd, const scan_result& scan, const std::string& what) {
+  if (!scan.messages.empty()) {
+    for (const message_span* m : {&scan.messages.front(), &scan.messages.back()}) {
+      auto in_place = from_line_in_place(fd, *m, what);
+      if (!in_place.ok()) {
+        return std::move(in_place).err();
+      }
+      if (!*in_place) {
+        return false;
+      }
+    }
+  }
+  auto tail = tail_fingerprint_at(fd, scan.scanned_size, what);
+  if (!tail.ok()) {
+    return std::move(tail).err();
+  }
+  return *tail == scan.tail_fingerprint;
+}
+
+file_stamp stamp_of(const struct stat& st) noexcept {
+  file_stamp s;
+  s.dev = static_cast<std::uint64_t>(st.st_dev);
+  s.ino = static_cast<std::uint64_t>(st.st_ino);
+  s.size = static_cast<std::uint64_t>(st.st_size);
+  s.mtime_s = st.st_mtim.tv_sec;
+  s.mtime_ns = st.st_mtim.tv_nsec;
+  s.ctime_s = st.st_ctim.tv_sec;
+  s.ctime_ns = st.st_ctim.tv_nsec;
+  return s;
+}
+
+bool before(std::int64_t s, std::int64_t ns, const struct timespec& t) noexcept {
+  return s < t.tv_sec || (s == t.tv_sec && ns < t.tv_nsec);
+}
+
+// The file system's clock: the session lock file (ours, in the spool's directory, so on the
+// same file system) is touched and its new mtime read. Comparing the mbox's timestamps with
+// it, rather than with the system clock, is exact whatever the file system's timestamp
+// granularity (a second on some NFS servers, two on FAT, a clock tick on Linux).
+std::optional<struct timespec> file_system_now(int session_fd) noexcept {
+  struct stat st{};
+  if (::futimens(session_fd, nullptr) != 0 || ::fstat(session_fd, &st) != 0) {
+    return std::nullopt;
+  }
+  return st.st_mtim;
+}
+
+// A scan's stamp can be trusted later only if the file's timestamps were strictly older
+// than the file system's clock when the scan started: any change after that moves them.
+bool stamp_is_stable(const file_stamp& s, const std::optional<struct timespec>& now) noexcept {
+  return now && before(s.mtime_s, s.mtime_ns, *now) && before(s.ctime_s, s.ctime_ns, *now);
+}
+
+bool same_options(const parse_options& a, const parse_options& b) noexcept {
+  return a.from_quoting == b.from_quoting && a.honour_content_length == b.honour_content_length &&
+         a.use_x_uidl == b.use_x_uidl;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -342,13 +441,48 @@ class mbox_drop final : public maildrop {
     bool after_prefix = first == 0;  // what precedes is the garbage prefix or the file start
     bool after_blank = first > 0 && spans_[first - 1].ends_with_blank_line;
     bool joined = true;  // the predecessor changed: a deleted message was just skipped
+    // The messages of the new file, for the index: those before `first` stay where they are,
+    // the kept ones after it move down. Not derived where a deletion can change more than
+    // offsets: a UIDL that yielded to an earlier message's, or Content-Length boundaries.
+    bool derivable = !opts_.honour_content_length;
+    std::vector<message_span> next;
+    std::vector<std::size_t> origin;  // next[k] is spans_[origin[k]]
+    if (derivable) {
+      next.reserve(spans_.size());
+      origin.reserve(spans_.size());
+      next.assign(spans_.begin(), spans_.begin() + static_cast<std::ptrdiff_t>(first));
+      for (std::size_t i = 0; i < first; ++i) {
+        origin.push_back(i);
+      }
+    }
+    std::uint64_t cursor = plan.start;  // the end of the kept messages in the new file
     for (std::size_t i = first + 1; i < spans_.size(); ++i) {
       if (deleted[i]) {
         joined = true;
         continue;
       }
       const message_span& s = spans_[i];
-      keep(s.separator, s.extent_end, joined && !after_prefix && !after_blank && !s.dated_separator);
+      const bool blank =
+          joined && !after_prefix && !after_blank && !s.dated_separator;
+      keep(s.separator, s.extent_end, blank);
+      if (s.uidl_collided) {
+        derivable = false;
+      }
+      if (derivable) {
+        if (blank) {  // the blank line ends the previous kept message's extent
+          next.back().extent_end += 1;
+          next.back().ends_with_blank_line = true;
+          cursor += 1;
+        }
+        message_span m = s;
+        m.separator = cursor;
+        m.content = cursor + (s.content - s.separator);
+        m.end = cursor + (s.end - s.separator);
+        m.extent_end = cursor + (s.extent_end - s.separator);
+        cursor = m.extent_end;
+        next.push_back(std::move(m));
+        origin.push_back(i);
+      }
       after_prefix = false;
       after_blank = s.ends_with_blank_line;
       joined = false;
@@ -366,7 +500,61 @@ class mbox_drop final : public maildrop {
       keep(scanned_size_, plan.old_size, needs_blank);
     }
     POSTERN_TRY(run_update(dir_fd_.get(), names_, spool_fd_.get(), path_, plan, &*lock));
-    return lock->release();
+    // The update is done: from here on nothing may fail the commit.
+    std::optional<index_contents> idx;
+    if (derivable) {
+      auto described = describe(std::move(next), origin, cursor);
+      if (described.ok()) {
+        idx = std::move(*described);
+      }
+    }
+    POSTERN_TRY(lock->release());
+    // A cache: failing to write it costs the next login a scan, nothing else.
+    if (idx) {
+      static_cast<void>(save_index(dir_fd_.get(), names_, *idx));
+    } else {
+      static_cast<void>(remove_index(dir_fd_.get(), names_));
+    }
+    return ok_result();
+  }
+
+  // The index of the file just rewritten (still locked): `msgs` end at `scanned`, the stamp
+  // and the tail are read now. Waits a little for the file system's clock to pass the file's
+  // timestamps, so that the index can be trusted when nothing changes (see stamp_is_stable).
+  result<index_contents> describe(std::vector<message_span> msgs,
+                                  const std::vector<std::size_t>& origin, std::uint64_t scanned) {
+    index_contents c;
+    c.opts.from_quoting = opts_.from_quoting;
+    c.opts.honour_content_length = opts_.honour_content_length;
+    c.opts.use_x_uidl = opts_.use_x_uidl;
+    struct stat st{};
+    for (int attempt = 0;; ++attempt) {
+      const std::optional<struct timespec> now = file_system_now(session_fd_.get());
+      if (::fstat(spool_fd_.get(), &st) != 0) {
+        const int err = errno;
+        return error::from_errno(err, "mbox: stat " + path_);
+      }
+      c.stamp = stamp_of(st);
+      c.stable = stamp_is_stable(c.stamp, now);
+      if (c.stable || !now || attempt >= stable_wait_attempts) {
+        break;
+      }
+      ::usleep(stable_wait_step_us);
+    }
+    if (scanned > c.stamp.size) {
+      return error(errc::temporary, "mbox: " + path_ + " shrank during the update");
+    }
+    auto tail = tail_fingerprint_at(spool_fd_.get(), scanned, path_);
+    if (!tail.ok()) {
+      return std::move(tail).err();
+    }
+    for (std::size_t k = 0; k < msgs.size(); ++k) {
+      msgs[k].uidl = infos_[origin[k]].uidl;
+    }
+    c.scan.messages = std::move(msgs);
+    c.scan.scanned_size = scanned;
+    c.scan.tail_fingerprint = *tail;
+    return c;
   }
 
   std::string path_;
@@ -413,9 +601,94 @@ bool same_inode(const struct stat& a, const struct stat& b) noexcept {
   return a.st_dev == b.st_dev && a.st_ino == b.st_ino;
 }
 
+struct known_result {
+  index_contents index;  // index.scan: the messages of the file
+  bool save = false;     // the index file should be (re)written with it
+};
+
+// The messages of the spool (locked; `stamp` is its state now), from the index when the
+// file is provably the one it describes, by scanning only the mail appended since when the
+// file only grew, and by a full scan otherwise.
+result<known_result> known_messages(int dir_fd, const side_files& names, int spool_fd,
+                                    const file_stamp& stamp,
+                                    const std::optional<struct timespec>& now,
+                                    const parse_options& po, const std::string& path) {
+  known_result out;
+  out.index.stamp = stamp;
+  out.index.opts = po;
+  out.index.stable = stamp_is_stable(stamp, now);
+  out.save = true;
+  std::optional<index_contents> idx = load_index(dir_fd, names);
+  if (idx && same_options(idx->opts, po) && idx->stamp.dev == stamp.dev &&
+      idx->stamp.ino == stamp.ino) {
+    const bool unchanged = idx->stamp == stamp && idx->stable &&
+                           idx->scan.scanned_size == stamp.size;
+    // Mail appended since: every message but the last one ends as it did (a Content-Length
+    // could reach into the new bytes, so not with honour_content_length).
+    const bool grown = !unchanged && stamp.size > idx->scan.scanned_size &&
+                       !idx->scan.messages.empty() && !po.honour_content_length;
+    if (unchanged || grown) {
+      auto same = spot_check(spool_fd, idx->scan, path);
+      if (!same.ok()) {
+        return std::move(same).err();
+      }
+      if (*same && unchanged) {
+        out.index.scan = std::move(idx->scan);
+        out.save = false;
+        g_last_source = open_source::index;
+        return out;
+      }
+      if (*same) {
+        std::vector<message_span> msgs = std::move(idx->scan.messages);
+        const std::uint64_t resume_at = msgs.back().separator;
+        msgs.pop_back();
+        // UIDLs of the messages before the resume point, looked up only if a new message
+        // needs it; views into `msgs`, which does not change until the scan is done.
+        std::unordered_set<std::string_view> taken;
+        const auto is_taken = [&taken, &msgs](std::string_view uidl) {
+          if (taken.empty() && !msgs.empty()) {
+            taken.reserve(msgs.size());
+            for (const auto& m : msgs) {
+              taken.insert(m.uidl);
+            }
+          }
+          return taken.count(uidl) != 0;
+        };
+        auto tail = scan_file(spool_fd, stamp.size, po, path, resume_point{resume_at, is_taken});
+        if (!tail.ok()) {
+          return std::move(tail).err();
+        }
+        auto fp = tail_fingerprint_at(spool_fd, stamp.size, path);
+        if (!fp.ok()) {
+          return std::move(fp).err();
+        }
+        msgs.reserve(msgs.size() + tail->messages.size());
+        for (auto& m : tail->messages) {
+          msgs.push_back(std::move(m));
+        }
+        out.index.scan.messages = std::move(msgs);
+        out.index.scan.scanned_size = stamp.size;
+        out.index.scan.tail_fingerprint = *fp;
+        g_last_source = open_source::appended_scan;
+        return out;
+      }
+    }
+  }
+  auto scanned = scan_file(spool_fd, stamp.size, po, path);
+  if (!scanned.ok()) {
+    return std::move(scanned).err();
+  }
+  out.index.scan = std::move(*scanned);
+  g_last_source = open_source::full_scan;
+  return out;
+}
+
 }  // namespace
 
+open_source last_open_source_for_test() noexcept { return g_last_source; }
+
 result<std::unique_ptr<store::maildrop>> open(const std::string& path, const options& opts) {
+  g_last_source = open_source::none;
   if (path.empty() || path[0] != '/') {
     return error(errc::invalid, "mbox: path must be absolute: \"" + path + "\"");
   }
@@ -503,6 +776,7 @@ result<std::unique_ptr<store::maildrop>> open(const std::string& path, const opt
   if (!rec.ok()) {
     return std::move(rec).err();
   }
+  const std::optional<struct timespec> now = file_system_now(session->get());
   struct stat st{};
   if (::fstat(spool.get(), &st) != 0) {
     const int err = errno;
@@ -512,14 +786,18 @@ result<std::unique_ptr<store::maildrop>> open(const std::string& path, const opt
   po.from_quoting = opts.from_quoting;
   po.honour_content_length = opts.honour_content_length;
   po.use_x_uidl = opts.use_x_uidl;
-  auto scanned = scan_file(spool.get(), static_cast<std::uint64_t>(st.st_size), po, path);
-  if (!scanned.ok()) {
-    return std::move(scanned).err();
+  auto known = known_messages(dir_fd.get(), names, spool.get(), stamp_of(st), now, po, path);
+  if (!known.ok()) {
+    return std::move(known).err();
   }
   POSTERN_TRY(locked.release());
+  if (known->save) {
+    // A cache: failing to write it costs the next login a scan, nothing else.
+    static_cast<void>(save_index(dir_fd.get(), names, known->index));
+  }
   return std::unique_ptr<store::maildrop>(std::make_unique<mbox_drop>(
       path, base, opts, std::move(dir_fd), std::move(*session), std::move(spool),
-      std::move(*scanned)));
+      std::move(known->index.scan)));
 }
 
 }  // namespace postern::store::mbox
