@@ -128,6 +128,12 @@ std::vector<parse_options> all_options() {
   return out;
 }
 
+// A subset for the file tests, each option changed once.
+std::vector<parse_options> some_options() {
+  return {parse_options{quoting::mboxo, false, true}, parse_options{quoting::mboxrd, false, true},
+          parse_options{quoting::none, false, false}, parse_options{quoting::mboxo, true, true}};
+}
+
 void expect_same_scan(const scan_result& a, const scan_result& b) {
   ASSERT_EQ(a.messages.size(), b.messages.size());
   EXPECT_EQ(a.scanned_size, b.scanned_size);
@@ -328,7 +334,7 @@ class mbox_index_files : public ::testing::Test {
 
 TEST_F(mbox_index_files, unchanged_file_opens_from_the_index_with_a_full_scans_list) {
   for (const auto& [name, data] : inputs()) {
-    for (const auto& po : all_options()) {
+    for (const auto& po : some_options()) {
       SCOPED_TRACE(name);
       ::unlink(index_path().c_str());
       write_file(box_, data);
@@ -341,17 +347,16 @@ TEST_F(mbox_index_files, unchanged_file_opens_from_the_index_with_a_full_scans_l
 
 TEST_F(mbox_index_files, appended_mail_scans_only_the_new_part) {
   for (const auto& [name, data] : inputs()) {
-    for (const auto& po : all_options()) {
+    for (const auto& po : some_options()) {
       const std::size_t step = std::max<std::size_t>(1, data.size() / 23);
-      for (std::size_t split = 0; split <= data.size(); split += step) {
+      for (std::size_t split = 0; split < data.size(); split += step) {
         SCOPED_TRACE(name + " split at " + std::to_string(split));
         ::unlink(index_path().c_str());
         write_file(box_, data.substr(0, split));
         open_and_check(po, open_source::full_scan, data.substr(0, split));
         append_file(box_, data.substr(split));
         const auto prefix = scan(data.substr(0, split), po);
-        const bool resumable = split < data.size() && !prefix->messages.empty() &&
-                               !po.honour_content_length;
+        const bool resumable = !prefix->messages.empty() && !po.honour_content_length;
         open_and_check(po, resumable ? open_source::appended_scan : open_source::full_scan,
                        data);
       }
@@ -361,7 +366,7 @@ TEST_F(mbox_index_files, appended_mail_scans_only_the_new_part) {
 
 TEST_F(mbox_index_files, commit_writes_the_index_of_the_new_file) {
   for (const auto& [name, data] : inputs()) {
-    for (const auto& po : all_options()) {
+    for (const auto& po : some_options()) {
       const auto full = scan(data, po);
       const std::size_t n = full->messages.size();
       if (n < 2) {
