@@ -25,6 +25,7 @@
 #include "store/mbox/parser.hpp"
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -57,9 +58,12 @@ inline constexpr std::uint32_t index_format_version = 1;
 // A larger file is not an index Postern wrote (a 100,000-message mbox needs about 4 MB).
 inline constexpr std::uint64_t max_index_bytes = std::uint64_t{1} << 30;
 
+// Where encode_index takes each message's UIDL from when not from scan.messages[i].uidl.
+using uidl_source = std::function<std::string_view(std::size_t message)>;
+
 // The file's bytes. Errors: errc::invalid when a message does not fit the format (a UIDL
 // that is not legal, offsets out of order), errc::temporary when SHA-256 is unavailable.
-result<std::string> encode_index(const index_contents& c);
+result<std::string> encode_index(const index_contents& c, const uidl_source& uidl_of = {});
 
 // Parses and checks a whole index file. Errors: errc::invalid for any anomaly.
 result<index_contents> decode_index(std::string_view bytes);
@@ -72,7 +76,8 @@ std::optional<index_contents> load_index(int dir_fd, const side_files& names);
 // Writes the index through names.index_new and renames it into place (no fsync: a torn file
 // after a power loss fails its checksum and is ignored). Errors: errc::temporary; the caller
 // may ignore them (the next open scans).
-result<void> save_index(int dir_fd, const side_files& names, const index_contents& c);
+result<void> save_index(int dir_fd, const side_files& names, const index_contents& c,
+                        const uidl_source& uidl_of = {});
 
 // Removes the index (an update that cannot describe its result). ENOENT is not an error.
 result<void> remove_index(int dir_fd, const side_files& names);

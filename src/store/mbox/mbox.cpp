@@ -12,6 +12,8 @@
 #include <cerrno>
 #include <optional>
 #include <string_view>
+#include <system_error>
+#include <thread>
 #include <unordered_set>
 #include <utility>
 #include <vector>
@@ -26,6 +28,8 @@ constexpr std::size_t scan_buffer_size = std::size_t{1} << 20;
 constexpr std::size_t read_buffer_size = std::size_t{64} * 1024;
 constexpr std::uint64_t tail_window = 64;  // what scan_result::tail_fingerprint covers
 constexpr int reopen_attempts = 3;
+// From this many messages on, a maildrop's listing is freed off the caller's thread.
+constexpr std::size_t deferred_free_messages = 10000;
 // After an update, how long to wait for the file system's clock to tick past the file's new
 // timestamps (a Linux clock tick is 1 to 10 ms; a coarser file system gives up and writes
 // an index that is trusted only once the file grows).
@@ -301,6 +305,23 @@ class mbox_drop final : public maildrop {
     }
   }
 
+  // Freeing the listing of a large maildrop (100,000 UIDL strings and offsets) takes
+  // milliseconds, and the QUIT reply waits for this destructor; the descriptors (and so the
+  // session lock) go at once, the memory on a short-lived thread of its own. If no thread
+  // can be started, it is freed here.
+  ~mbox_drop() override {
+    if (infos_.size() < deferred_free_messages) {
+      return;
+    }
+    try {
+      std::thread([spans = std::move(spans_), infos = std::move(infos_)] {}).detach();
+    } catch (const std::system_error&) {
+      // The vectors were not moved out, or were destroyed with the failed thread's state.
+    }
+  }
+  mbox_drop(const mbox_drop&) = delete;
+  mbox_drop& operator=(const mbox_drop&) = delete;
+
   std::span<const message_info> messages() const override { return infos_; }
 
   result<std::unique_ptr<message_reader>> open_message(std::size_t index,
@@ -503,7 +524,7 @@ class mbox_drop final : public maildrop {
     // The update is done: from here on nothing may fail the commit.
     std::optional<index_contents> idx;
     if (derivable) {
-      auto described = describe(std::move(next), origin, cursor);
+      auto described = describe(std::move(next), cursor);
       if (described.ok()) {
         idx = std::move(*described);
       }
@@ -511,18 +532,21 @@ class mbox_drop final : public maildrop {
     POSTERN_TRY(lock->release());
     // A cache: failing to write it costs the next login a scan, nothing else.
     if (idx) {
-      static_cast<void>(save_index(dir_fd_.get(), names_, *idx));
+      const auto uidl_of = [this, &origin](std::size_t k) -> std::string_view {
+        return infos_[origin[k]].uidl;
+      };
+      static_cast<void>(save_index(dir_fd_.get(), names_, *idx, uidl_of));
     } else {
       static_cast<void>(remove_index(dir_fd_.get(), names_));
     }
     return ok_result();
   }
 
-  // The index of the file just rewritten (still locked): `msgs` end at `scanned`, the stamp
+  // The index of the file just rewritten (still locked; the UIDLs are left to the caller):
+  // `msgs` end at `scanned`, the stamp
   // and the tail are read now. Waits a little for the file system's clock to pass the file's
   // timestamps, so that the index can be trusted when nothing changes (see stamp_is_stable).
-  result<index_contents> describe(std::vector<message_span> msgs,
-                                  const std::vector<std::size_t>& origin, std::uint64_t scanned) {
+  result<index_contents> describe(std::vector<message_span> msgs, std::uint64_t scanned) {
     index_contents c;
     c.opts.from_quoting = opts_.from_quoting;
     c.opts.honour_content_length = opts_.honour_content_length;
@@ -547,9 +571,6 @@ class mbox_drop final : public maildrop {
     auto tail = tail_fingerprint_at(spool_fd_.get(), scanned, path_);
     if (!tail.ok()) {
       return std::move(tail).err();
-    }
-    for (std::size_t k = 0; k < msgs.size(); ++k) {
-      msgs[k].uidl = infos_[origin[k]].uidl;
     }
     c.scan.messages = std::move(msgs);
     c.scan.scanned_size = scanned;
