@@ -326,6 +326,9 @@ class mbox_drop final : public maildrop {
 
   result<std::unique_ptr<message_reader>> open_message(std::size_t index,
                                                        bool /*retrieved*/) override {
+    if (committed_) {
+      return error(errc::invalid, "mbox: the maildrop was committed");
+    }
     if (index >= spans_.size()) {
       return error(errc::invalid, "mbox: no message " + std::to_string(index + 1));
     }
@@ -466,43 +469,18 @@ class mbox_drop final : public maildrop {
     // the kept ones after it move down. Not derived where a deletion can change more than
     // offsets: a UIDL that yielded to an earlier message's, or Content-Length boundaries.
     bool derivable = !opts_.honour_content_length;
-    std::vector<message_span> next;
-    std::vector<std::size_t> origin;  // next[k] is spans_[origin[k]]
-    if (derivable) {
-      next.reserve(spans_.size());
-      origin.reserve(spans_.size());
-      next.assign(spans_.begin(), spans_.begin() + static_cast<std::ptrdiff_t>(first));
-      for (std::size_t i = 0; i < first; ++i) {
-        origin.push_back(i);
-      }
-    }
-    std::uint64_t cursor = plan.start;  // the end of the kept messages in the new file
+    std::vector<std::pair<std::size_t, bool>> moved;  // kept after `first`; blank line before
     for (std::size_t i = first + 1; i < spans_.size(); ++i) {
       if (deleted[i]) {
         joined = true;
         continue;
       }
       const message_span& s = spans_[i];
-      const bool blank =
-          joined && !after_prefix && !after_blank && !s.dated_separator;
+      const bool blank = joined && !after_prefix && !after_blank && !s.dated_separator;
       keep(s.separator, s.extent_end, blank);
-      if (s.uidl_collided) {
-        derivable = false;
-      }
+      derivable = derivable && !s.uidl_collided;
       if (derivable) {
-        if (blank) {  // the blank line ends the previous kept message's extent
-          next.back().extent_end += 1;
-          next.back().ends_with_blank_line = true;
-          cursor += 1;
-        }
-        message_span m = s;
-        m.separator = cursor;
-        m.content = cursor + (s.content - s.separator);
-        m.end = cursor + (s.end - s.separator);
-        m.extent_end = cursor + (s.extent_end - s.separator);
-        cursor = m.extent_end;
-        next.push_back(std::move(m));
-        origin.push_back(i);
+        moved.emplace_back(i, blank);
       }
       after_prefix = false;
       after_blank = s.ends_with_blank_line;
@@ -521,10 +499,34 @@ class mbox_drop final : public maildrop {
       keep(scanned_size_, plan.old_size, needs_blank);
     }
     POSTERN_TRY(run_update(dir_fd_.get(), names_, spool_fd_.get(), path_, plan, &*lock));
-    // The update is done: from here on nothing may fail the commit.
+    // The update is done: from here on nothing may fail the commit. spans_ now describes the
+    // new file (the session reads no message after its commit): messages before `first`
+    // are unchanged; the kept ones after it move down in place, so the cost grows with the
+    // messages after the first deleted one, like the update's.
     std::optional<index_contents> idx;
+    std::vector<std::size_t> origin;  // spans_[first + k] was message origin[k]
     if (derivable) {
-      auto described = describe(std::move(next), cursor);
+      std::size_t w = first;
+      std::uint64_t cursor = plan.start;  // the end of the kept messages in the new file
+      origin.reserve(moved.size());
+      for (const auto& [i, blank] : moved) {
+        if (blank) {  // the blank line ends the previous kept message's extent
+          spans_[w - 1].extent_end += 1;
+          spans_[w - 1].ends_with_blank_line = true;
+          cursor += 1;
+        }
+        message_span m = std::move(spans_[i]);
+        const std::uint64_t from = m.separator;
+        m.separator = cursor;
+        m.content = cursor + (m.content - from);
+        m.end = cursor + (m.end - from);
+        m.extent_end = cursor + (m.extent_end - from);
+        cursor = m.extent_end;
+        spans_[w++] = std::move(m);
+        origin.push_back(i);
+      }
+      spans_.resize(w);
+      auto described = describe(cursor);
       if (described.ok()) {
         idx = std::move(*described);
       }
@@ -532,21 +534,23 @@ class mbox_drop final : public maildrop {
     POSTERN_TRY(lock->release());
     // A cache: failing to write it costs the next login a scan, nothing else.
     if (idx) {
-      const auto uidl_of = [this, &origin](std::size_t k) -> std::string_view {
-        return infos_[origin[k]].uidl;
+      idx->scan.messages = std::move(spans_);
+      const auto uidl_of = [this, first, &origin](std::size_t k) -> std::string_view {
+        return infos_[k < first ? k : origin[k - first]].uidl;
       };
       static_cast<void>(save_index(dir_fd_.get(), names_, *idx, uidl_of));
+      spans_ = std::move(idx->scan.messages);  // freed with the maildrop (see the destructor)
     } else {
       static_cast<void>(remove_index(dir_fd_.get(), names_));
     }
     return ok_result();
   }
 
-  // The index of the file just rewritten (still locked; the UIDLs are left to the caller):
-  // `msgs` end at `scanned`, the stamp
-  // and the tail are read now. Waits a little for the file system's clock to pass the file's
-  // timestamps, so that the index can be trusted when nothing changes (see stamp_is_stable).
-  result<index_contents> describe(std::vector<message_span> msgs, std::uint64_t scanned) {
+  // The index of the file just rewritten (still locked), without its messages: the kept
+  // messages end at `scanned`; the stamp and the tail are read now. Waits a little for the
+  // file system's clock to pass the file's timestamps, so that the index can be trusted when
+  // nothing changes (see stamp_is_stable).
+  result<index_contents> describe(std::uint64_t scanned) {
     index_contents c;
     c.opts.from_quoting = opts_.from_quoting;
     c.opts.honour_content_length = opts_.honour_content_length;
@@ -572,7 +576,6 @@ class mbox_drop final : public maildrop {
     if (!tail.ok()) {
       return std::move(tail).err();
     }
-    c.scan.messages = std::move(msgs);
     c.scan.scanned_size = scanned;
     c.scan.tail_fingerprint = *tail;
     return c;
