@@ -97,6 +97,10 @@ std::vector<std::pair<std::string, std::string>> inputs() {
                          msg("c@d", "other", "x")},
       {"x-uidl dup", "From a\nX-UIDL: u1\n\nx\n\nFrom b\nX-UIDL: u1\n\ny\n\nFrom c\n\nz\n"},
       {"8-bit", "From a\n\n\0\xff\xfe\n"s},
+      // Deleting b gives "From weak" a non-blank predecessor: the update inserts a blank line.
+      {"undated after deletion",
+       "From a Mon Jan  1 00:00:00 2024\nS: 1\n\nx\nFrom b Mon Jan  1 00:00:01 2024\nS: 2\n\n"
+       "y\n\nFrom weak\nS: 3\n\nz\nFrom c Mon Jan  1 00:00:02 2024\nS: 4\n\nw\n"},
   };
   std::string many;
   for (int i = 1; i <= 12; ++i) {
