@@ -338,7 +338,7 @@ class mbox_index_files : public ::testing::Test {
 
 TEST_F(mbox_index_files, unchanged_file_opens_from_the_index_with_a_full_scans_list) {
   for (const auto& [name, data] : inputs()) {
-    for (const auto& po : some_options()) {
+    for (const auto& po : all_options()) {
       SCOPED_TRACE(name);
       ::unlink(index_path().c_str());
       write_file(box_, data);
