@@ -306,6 +306,8 @@ result<index_contents> decode_index(std::string_view bytes) {
   if (count == 0 && first != c.scan.scanned_size) {
     return bad("empty index with a separator");
   }
+  // Room for a few appended messages, so that a resumed scan does not copy the list.
+  c.scan.messages.reserve(static_cast<std::size_t>(count) + 64);
   c.scan.messages.resize(static_cast<std::size_t>(count));
   std::uint64_t pos = first;
   for (std::size_t i = 0; i < count; ++i) {

@@ -667,16 +667,32 @@ result<known_result> known_messages(int dir_fd, const side_files& names, int spo
         const std::uint64_t resume_at = msgs.back().separator;
         msgs.pop_back();
         // UIDLs of the messages before the resume point, looked up only if a new message
-        // needs it; views into `msgs`, which does not change until the scan is done.
-        std::unordered_set<std::string_view> taken;
-        const auto is_taken = [&taken, &msgs](std::string_view uidl) {
-          if (taken.empty() && !msgs.empty()) {
-            taken.reserve(msgs.size());
-            for (const auto& m : msgs) {
-              taken.insert(m.uidl);
+        // needs it: an open-addressing table of indexes into `msgs` (which does not change
+        // until the scan is done), a quarter or less full.
+        std::vector<std::uint32_t> slots;  // message index + 1; 0 is free
+        const auto is_taken = [&slots, &msgs](std::string_view uidl) {
+          const std::hash<std::string_view> hash;
+          if (slots.empty()) {
+            std::size_t n = 16;
+            while (n < msgs.size() * 4) {
+              n *= 2;
+            }
+            slots.assign(n, 0);
+            for (std::size_t i = 0; i < msgs.size(); ++i) {
+              std::size_t h = hash(msgs[i].uidl) & (n - 1);
+              while (slots[h] != 0) {
+                h = (h + 1) & (n - 1);
+              }
+              slots[h] = static_cast<std::uint32_t>(i + 1);
             }
           }
-          return taken.count(uidl) != 0;
+          for (std::size_t h = hash(uidl) & (slots.size() - 1); slots[h] != 0;
+               h = (h + 1) & (slots.size() - 1)) {
+            if (msgs[slots[h] - 1].uidl == uidl) {
+              return true;
+            }
+          }
+          return false;
         };
         auto tail = scan_file(spool_fd, stamp.size, po, path, resume_point{resume_at, is_taken});
         if (!tail.ok()) {
