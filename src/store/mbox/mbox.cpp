@@ -30,9 +30,9 @@ constexpr std::uint64_t tail_window = 64;  // what scan_result::tail_fingerprint
 constexpr int reopen_attempts = 3;
 // From this many messages on, a maildrop's listing is freed off the caller's thread.
 constexpr std::size_t deferred_free_messages = 10000;
-// After an update, how long to wait for the file system's clock to tick past the file's new
-// timestamps (a Linux clock tick is 1 to 10 ms; a coarser file system gives up and writes
-// an index that is trusted only once the file grows).
+// How long to wait, spool locked, for the file system's clock to tick past timestamps the
+// spool got within the current tick (read_stamp): a Linux clock tick is 1 to 10 ms; on a
+// coarser file system the wait gives up and the index is trusted only from the next scan on.
 constexpr int stable_wait_attempts = 12;
 constexpr useconds_t stable_wait_step_us = 1000;
 
@@ -214,6 +214,33 @@ std::optional<struct timespec> file_system_now(int session_fd) noexcept {
 // than the file system's clock when the scan started: any change after that moves them.
 bool stamp_is_stable(const file_stamp& s, const std::optional<struct timespec>& now) noexcept {
   return now && before(s.mtime_s, s.mtime_ns, *now) && before(s.ctime_s, s.ctime_ns, *now);
+}
+
+struct current_stamp {
+  file_stamp stamp;
+  bool stable = false;
+};
+
+// The spool's stamp (call with the spool locked), read after the file system's clock. A
+// spool changed within the clock's current tick (just written, or copied into place right
+// before the login) waits up to stable_wait_attempts ms for the tick to pass, so that the
+// stamp is stable and the index written with it can be trusted next time.
+result<current_stamp> read_stamp(int session_fd, int spool_fd, const std::string& path) {
+  current_stamp out;
+  for (int attempt = 0;; ++attempt) {
+    const std::optional<struct timespec> now = file_system_now(session_fd);
+    struct stat st{};
+    if (::fstat(spool_fd, &st) != 0) {
+      const int err = errno;
+      return error::from_errno(err, "mbox: stat " + path);
+    }
+    out.stamp = stamp_of(st);
+    out.stable = stamp_is_stable(out.stamp, now);
+    if (out.stable || !now || attempt >= stable_wait_attempts) {
+      return out;
+    }
+    ::usleep(stable_wait_step_us);
+  }
 }
 
 bool same_options(const parse_options& a, const parse_options& b) noexcept {
@@ -555,20 +582,12 @@ class mbox_drop final : public maildrop {
     c.opts.from_quoting = opts_.from_quoting;
     c.opts.honour_content_length = opts_.honour_content_length;
     c.opts.use_x_uidl = opts_.use_x_uidl;
-    struct stat st{};
-    for (int attempt = 0;; ++attempt) {
-      const std::optional<struct timespec> now = file_system_now(session_fd_.get());
-      if (::fstat(spool_fd_.get(), &st) != 0) {
-        const int err = errno;
-        return error::from_errno(err, "mbox: stat " + path_);
-      }
-      c.stamp = stamp_of(st);
-      c.stable = stamp_is_stable(c.stamp, now);
-      if (c.stable || !now || attempt >= stable_wait_attempts) {
-        break;
-      }
-      ::usleep(stable_wait_step_us);
+    auto now = read_stamp(session_fd_.get(), spool_fd_.get(), path_);
+    if (!now.ok()) {
+      return std::move(now).err();
     }
+    c.stamp = now->stamp;
+    c.stable = now->stable;
     if (scanned > c.stamp.size) {
       return error(errc::temporary, "mbox: " + path_ + " shrank during the update");
     }
@@ -630,17 +649,17 @@ struct known_result {
   bool save = false;     // the index file should be (re)written with it
 };
 
-// The messages of the spool (locked; `stamp` is its state now), from the index when the
+// The messages of the spool (locked; `now` is its state), from the index when the
 // file is provably the one it describes, by scanning only the mail appended since when the
 // file only grew, and by a full scan otherwise.
 result<known_result> known_messages(int dir_fd, const side_files& names, int spool_fd,
-                                    const file_stamp& stamp,
-                                    const std::optional<struct timespec>& now,
-                                    const parse_options& po, const std::string& path) {
+                                    const current_stamp& now, const parse_options& po,
+                                    const std::string& path) {
+  const file_stamp& stamp = now.stamp;
   known_result out;
   out.index.stamp = stamp;
   out.index.opts = po;
-  out.index.stable = stamp_is_stable(stamp, now);
+  out.index.stable = now.stable;
   out.save = true;
   std::optional<index_contents> idx = load_index(dir_fd, names);
   if (idx && same_options(idx->opts, po) && idx->stamp.dev == stamp.dev &&
@@ -816,17 +835,15 @@ result<std::unique_ptr<store::maildrop>> open(const std::string& path, const opt
   if (!rec.ok()) {
     return std::move(rec).err();
   }
-  const std::optional<struct timespec> now = file_system_now(session->get());
-  struct stat st{};
-  if (::fstat(spool.get(), &st) != 0) {
-    const int err = errno;
-    return error::from_errno(err, "mbox: stat " + path);
+  auto now = read_stamp(session->get(), spool.get(), path);
+  if (!now.ok()) {
+    return std::move(now).err();
   }
   parse_options po;
   po.from_quoting = opts.from_quoting;
   po.honour_content_length = opts.honour_content_length;
   po.use_x_uidl = opts.use_x_uidl;
-  auto known = known_messages(dir_fd.get(), names, spool.get(), stamp_of(st), now, po, path);
+  auto known = known_messages(dir_fd.get(), names, spool.get(), *now, po, path);
   if (!known.ok()) {
     return std::move(known).err();
   }
