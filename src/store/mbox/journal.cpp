@@ -449,8 +449,8 @@ result<recovery_outcome> set_aside(const update_context& c, const journal_header
 
 side_files side_files_for(std::string_view base) {
   const std::string stem = "." + std::string(base) + ".postern-";
-  return side_files{stem + "session", stem + "journal", stem + "journal.new",
-                    stem + "journal.trunc"};
+  return side_files{stem + "session",       stem + "journal", stem + "journal.new",
+                    stem + "journal.trunc", stem + "index",   stem + "index.new"};
 }
 
 result<std::string> format_journal_header(const journal_header& h) {

@@ -40,6 +40,8 @@ struct side_files {
   std::string journal;        // .<base>.postern-journal: a committed, unfinished update
   std::string journal_new;    // .<base>.postern-journal.new: a redo journal being written
   std::string journal_trunc;  // .<base>.postern-journal.trunc: the preallocated trunc journal
+  std::string index;          // .<base>.postern-index: the scan cache (index.hpp)
+  std::string index_new;      // .<base>.postern-index.new: an index being written
 };
 side_files side_files_for(std::string_view base);
 

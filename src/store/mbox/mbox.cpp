@@ -1,6 +1,7 @@
 #include "store/mbox/mbox.hpp"
 
 #include "common/unique_fd.hpp"
+#include "store/mbox/index.hpp"
 #include "store/mbox/journal.hpp"
 
 #include <fcntl.h>
@@ -10,6 +11,10 @@
 #include <algorithm>
 #include <cerrno>
 #include <optional>
+#include <string_view>
+#include <system_error>
+#include <thread>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -17,10 +22,19 @@ namespace postern::store::mbox {
 
 namespace {
 
+thread_local open_source g_last_source = open_source::none;
+
 constexpr std::size_t scan_buffer_size = std::size_t{1} << 20;
 constexpr std::size_t read_buffer_size = std::size_t{64} * 1024;
 constexpr std::uint64_t tail_window = 64;  // what scan_result::tail_fingerprint covers
 constexpr int reopen_attempts = 3;
+// From this many messages on, a maildrop's listing is freed off the caller's thread.
+constexpr std::size_t deferred_free_messages = 10000;
+// How long to wait, spool locked, for the file system's clock to tick past timestamps the
+// spool got within the current tick (read_stamp): a Linux clock tick is 1 to 10 ms; on a
+// coarser file system the wait gives up and the index is trusted only from the next scan on.
+constexpr int stable_wait_attempts = 12;
+constexpr useconds_t stable_wait_step_us = 1000;
 
 // Failures to reach the mailbox that will not pass by retrying.
 errc open_errc(int err) noexcept {
@@ -96,19 +110,23 @@ result<bool> exists_at(int dir_fd, const std::string& name, const std::string& w
   return error::from_errno(err, "mbox: stat " + what, open_errc(err));
 }
 
-// One sequential pass over the first `size` bytes.
+// One sequential pass over the bytes [from.offset, size).
 result<scan_result> scan_file(int fd, std::uint64_t size, const parse_options& po,
-                              const std::string& what) {
-  scanner sc(po, size, [fd, size, &what](std::uint64_t off, std::size_t n) -> result<std::string> {
-    if (off >= size) {
-      return std::string();
-    }
-    return pread_some(fd, off, static_cast<std::size_t>(std::min<std::uint64_t>(n, size - off)),
-                      what);
-  });
-  std::vector<char> buf(static_cast<std::size_t>(std::min<std::uint64_t>(scan_buffer_size,
-                                                                       std::max<std::uint64_t>(size, 1))));
-  std::uint64_t pos = 0;
+                              const std::string& what, resume_point from = {}) {
+  const std::uint64_t start = from.offset;
+  scanner sc(po, size,
+             [fd, size, &what](std::uint64_t off, std::size_t n) -> result<std::string> {
+               if (off >= size) {
+                 return std::string();
+               }
+               return pread_some(fd, off,
+                                 static_cast<std::size_t>(std::min<std::uint64_t>(n, size - off)),
+                                 what);
+             },
+             std::move(from));
+  std::vector<char> buf(static_cast<std::size_t>(
+      std::min<std::uint64_t>(scan_buffer_size, std::max<std::uint64_t>(size - start, 1))));
+  std::uint64_t pos = start;
   while (pos < size) {
     const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), size - pos));
     POSTERN_TRY(pread_full(fd, buf.data(), n, pos, what));
@@ -116,6 +134,118 @@ result<scan_result> scan_file(int fd, std::uint64_t size, const parse_options& p
     pos += n;
   }
   return sc.finish();
+}
+
+// fingerprint() of the last <= tail_window bytes before `end`, as scan_result records it.
+result<std::uint64_t> tail_fingerprint_at(int fd, std::uint64_t end, const std::string& what) {
+  const std::uint64_t tail = std::min(end, tail_window);
+  auto bytes = pread_some(fd, end - tail, static_cast<std::size_t>(tail), what);
+  if (!bytes.ok()) {
+    return std::move(bytes).err();
+  }
+  if (bytes->size() != tail) {
+    return error(errc::temporary, "mbox: " + what + " shrank while in use");
+  }
+  return fingerprint(*bytes);
+}
+
+// True if the From_ line of `s` is still where a scan saw it.
+result<bool> from_line_in_place(int fd, const message_span& s, const std::string& what) {
+  const auto n =
+      static_cast<std::size_t>(std::min<std::uint64_t>(s.from_line_length, fingerprint_bytes));
+  auto bytes = pread_some(fd, s.separator, n, what);
+  if (!bytes.ok()) {
+    return std::move(bytes).err();
+  }
+  return bytes->size() == n && fingerprint(*bytes) == s.from_fingerprint;
+}
+
+// The cheap check that the scanned part of the file is still what the index describes: the
+// first and last From_ lines and the bytes just before the scanned end. (Data safety does
+// not rest on it: open_message and commit check every From_ line they rely on.)
+result<bool> spot_check(int fd, const scan_result& scan, const std::string& what) {
+  if (!scan.messages.empty()) {
+    for (const message_span* m : {&scan.messages.front(), &scan.messages.back()}) {
+      auto in_place = from_line_in_place(fd, *m, what);
+      if (!in_place.ok()) {
+        return std::move(in_place).err();
+      }
+      if (!*in_place) {
+        return false;
+      }
+    }
+  }
+  auto tail = tail_fingerprint_at(fd, scan.scanned_size, what);
+  if (!tail.ok()) {
+    return std::move(tail).err();
+  }
+  return *tail == scan.tail_fingerprint;
+}
+
+file_stamp stamp_of(const struct stat& st) noexcept {
+  file_stamp s;
+  s.dev = static_cast<std::uint64_t>(st.st_dev);
+  s.ino = static_cast<std::uint64_t>(st.st_ino);
+  s.size = static_cast<std::uint64_t>(st.st_size);
+  s.mtime_s = st.st_mtim.tv_sec;
+  s.mtime_ns = st.st_mtim.tv_nsec;
+  s.ctime_s = st.st_ctim.tv_sec;
+  s.ctime_ns = st.st_ctim.tv_nsec;
+  return s;
+}
+
+bool before(std::int64_t s, std::int64_t ns, const struct timespec& t) noexcept {
+  return s < t.tv_sec || (s == t.tv_sec && ns < t.tv_nsec);
+}
+
+// The file system's clock: the session lock file (ours, in the spool's directory, so on the
+// same file system) is touched and its new mtime read. Comparing the mbox's timestamps with
+// it, rather than with the system clock, is exact whatever the file system's timestamp
+// granularity (a second on some NFS servers, two on FAT, a clock tick on Linux).
+std::optional<struct timespec> file_system_now(int session_fd) noexcept {
+  struct stat st{};
+  if (::futimens(session_fd, nullptr) != 0 || ::fstat(session_fd, &st) != 0) {
+    return std::nullopt;
+  }
+  return st.st_mtim;
+}
+
+// A scan's stamp can be trusted later only if the file's timestamps were strictly older
+// than the file system's clock when the scan started: any change after that moves them.
+bool stamp_is_stable(const file_stamp& s, const std::optional<struct timespec>& now) noexcept {
+  return now && before(s.mtime_s, s.mtime_ns, *now) && before(s.ctime_s, s.ctime_ns, *now);
+}
+
+struct current_stamp {
+  file_stamp stamp;
+  bool stable = false;
+};
+
+// The spool's stamp (call with the spool locked), read after the file system's clock. A
+// spool changed within the clock's current tick (just written, or copied into place right
+// before the login) waits up to stable_wait_attempts ms for the tick to pass, so that the
+// stamp is stable and the index written with it can be trusted next time.
+result<current_stamp> read_stamp(int session_fd, int spool_fd, const std::string& path) {
+  current_stamp out;
+  for (int attempt = 0;; ++attempt) {
+    const std::optional<struct timespec> now = file_system_now(session_fd);
+    struct stat st{};
+    if (::fstat(spool_fd, &st) != 0) {
+      const int err = errno;
+      return error::from_errno(err, "mbox: stat " + path);
+    }
+    out.stamp = stamp_of(st);
+    out.stable = stamp_is_stable(out.stamp, now);
+    if (out.stable || !now || attempt >= stable_wait_attempts) {
+      return out;
+    }
+    ::usleep(stable_wait_step_us);
+  }
+}
+
+bool same_options(const parse_options& a, const parse_options& b) noexcept {
+  return a.from_quoting == b.from_quoting && a.honour_content_length == b.honour_content_length &&
+         a.use_x_uidl == b.use_x_uidl;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -202,10 +332,30 @@ class mbox_drop final : public maildrop {
     }
   }
 
+  // Freeing the listing of a large maildrop (100,000 UIDL strings and offsets) takes
+  // milliseconds, and the QUIT reply waits for this destructor; the descriptors (and so the
+  // session lock) go at once, the memory on a short-lived thread of its own. If no thread
+  // can be started, it is freed here.
+  ~mbox_drop() override {
+    if (infos_.size() < deferred_free_messages) {
+      return;
+    }
+    try {
+      std::thread([spans = std::move(spans_), infos = std::move(infos_)] {}).detach();
+    } catch (const std::system_error&) {
+      // The vectors were not moved out, or were destroyed with the failed thread's state.
+    }
+  }
+  mbox_drop(const mbox_drop&) = delete;
+  mbox_drop& operator=(const mbox_drop&) = delete;
+
   std::span<const message_info> messages() const override { return infos_; }
 
   result<std::unique_ptr<message_reader>> open_message(std::size_t index,
                                                        bool /*retrieved*/) override {
+    if (committed_) {
+      return error(errc::invalid, "mbox: the maildrop was committed");
+    }
     if (index >= spans_.size()) {
       return error(errc::invalid, "mbox: no message " + std::to_string(index + 1));
     }
@@ -342,13 +492,23 @@ class mbox_drop final : public maildrop {
     bool after_prefix = first == 0;  // what precedes is the garbage prefix or the file start
     bool after_blank = first > 0 && spans_[first - 1].ends_with_blank_line;
     bool joined = true;  // the predecessor changed: a deleted message was just skipped
+    // The messages of the new file, for the index: those before `first` stay where they are,
+    // the kept ones after it move down. Not derived where a deletion can change more than
+    // offsets: a UIDL that yielded to an earlier message's, or Content-Length boundaries.
+    bool derivable = !opts_.honour_content_length;
+    std::vector<std::pair<std::size_t, bool>> moved;  // kept after `first`; blank line before
     for (std::size_t i = first + 1; i < spans_.size(); ++i) {
       if (deleted[i]) {
         joined = true;
         continue;
       }
       const message_span& s = spans_[i];
-      keep(s.separator, s.extent_end, joined && !after_prefix && !after_blank && !s.dated_separator);
+      const bool blank = joined && !after_prefix && !after_blank && !s.dated_separator;
+      keep(s.separator, s.extent_end, blank);
+      derivable = derivable && !s.uidl_collided;
+      if (derivable) {
+        moved.emplace_back(i, blank);
+      }
       after_prefix = false;
       after_blank = s.ends_with_blank_line;
       joined = false;
@@ -366,7 +526,78 @@ class mbox_drop final : public maildrop {
       keep(scanned_size_, plan.old_size, needs_blank);
     }
     POSTERN_TRY(run_update(dir_fd_.get(), names_, spool_fd_.get(), path_, plan, &*lock));
-    return lock->release();
+    // The update is done: from here on nothing may fail the commit. spans_ now describes the
+    // new file (the session reads no message after its commit): messages before `first`
+    // are unchanged; the kept ones after it move down in place, so the cost grows with the
+    // messages after the first deleted one, like the update's.
+    std::optional<index_contents> idx;
+    std::vector<std::size_t> origin;  // spans_[first + k] was message origin[k]
+    if (derivable) {
+      std::size_t w = first;
+      std::uint64_t cursor = plan.start;  // the end of the kept messages in the new file
+      origin.reserve(moved.size());
+      for (const auto& [i, blank] : moved) {
+        if (blank) {  // the blank line ends the previous kept message's extent
+          spans_[w - 1].extent_end += 1;
+          spans_[w - 1].ends_with_blank_line = true;
+          cursor += 1;
+        }
+        message_span m = std::move(spans_[i]);
+        const std::uint64_t from = m.separator;
+        m.separator = cursor;
+        m.content = cursor + (m.content - from);
+        m.end = cursor + (m.end - from);
+        m.extent_end = cursor + (m.extent_end - from);
+        cursor = m.extent_end;
+        spans_[w++] = std::move(m);
+        origin.push_back(i);
+      }
+      spans_.resize(w);
+      auto described = describe(cursor);
+      if (described.ok()) {
+        idx = std::move(*described);
+      }
+    }
+    POSTERN_TRY(lock->release());
+    // A cache: failing to write it costs the next login a scan, nothing else.
+    if (idx) {
+      idx->scan.messages = std::move(spans_);
+      const auto uidl_of = [this, first, &origin](std::size_t k) -> std::string_view {
+        return infos_[k < first ? k : origin[k - first]].uidl;
+      };
+      static_cast<void>(save_index(dir_fd_.get(), names_, *idx, uidl_of));
+      spans_ = std::move(idx->scan.messages);  // freed with the maildrop (see the destructor)
+    } else {
+      static_cast<void>(remove_index(dir_fd_.get(), names_));
+    }
+    return ok_result();
+  }
+
+  // The index of the file just rewritten (still locked), without its messages: the kept
+  // messages end at `scanned`; the stamp and the tail are read now. Waits a little for the
+  // file system's clock to pass the file's timestamps, so that the index can be trusted when
+  // nothing changes (see stamp_is_stable).
+  result<index_contents> describe(std::uint64_t scanned) {
+    index_contents c;
+    c.opts.from_quoting = opts_.from_quoting;
+    c.opts.honour_content_length = opts_.honour_content_length;
+    c.opts.use_x_uidl = opts_.use_x_uidl;
+    auto now = read_stamp(session_fd_.get(), spool_fd_.get(), path_);
+    if (!now.ok()) {
+      return std::move(now).err();
+    }
+    c.stamp = now->stamp;
+    c.stable = now->stable;
+    if (scanned > c.stamp.size) {
+      return error(errc::temporary, "mbox: " + path_ + " shrank during the update");
+    }
+    auto tail = tail_fingerprint_at(spool_fd_.get(), scanned, path_);
+    if (!tail.ok()) {
+      return std::move(tail).err();
+    }
+    c.scan.scanned_size = scanned;
+    c.scan.tail_fingerprint = *tail;
+    return c;
   }
 
   std::string path_;
@@ -413,9 +644,110 @@ bool same_inode(const struct stat& a, const struct stat& b) noexcept {
   return a.st_dev == b.st_dev && a.st_ino == b.st_ino;
 }
 
+struct known_result {
+  index_contents index;  // index.scan: the messages of the file
+  bool save = false;     // the index file should be (re)written with it
+};
+
+// The messages of the spool (locked; `now` is its state), from the index when the
+// file is provably the one it describes, by scanning only the mail appended since when the
+// file only grew, and by a full scan otherwise.
+result<known_result> known_messages(int dir_fd, const side_files& names, int spool_fd,
+                                    const current_stamp& now, const parse_options& po,
+                                    const std::string& path) {
+  const file_stamp& stamp = now.stamp;
+  known_result out;
+  out.index.stamp = stamp;
+  out.index.opts = po;
+  out.index.stable = now.stable;
+  out.save = true;
+  std::optional<index_contents> idx = load_index(dir_fd, names);
+  if (idx && same_options(idx->opts, po) && idx->stamp.dev == stamp.dev &&
+      idx->stamp.ino == stamp.ino) {
+    const bool unchanged = idx->stamp == stamp && idx->stable &&
+                           idx->scan.scanned_size == stamp.size;
+    // Mail appended since: every message but the last one ends as it did (a Content-Length
+    // could reach into the new bytes, so not with honour_content_length).
+    const bool grown = !unchanged && stamp.size > idx->scan.scanned_size &&
+                       !idx->scan.messages.empty() && !po.honour_content_length;
+    if (unchanged || grown) {
+      auto same = spot_check(spool_fd, idx->scan, path);
+      if (!same.ok()) {
+        return std::move(same).err();
+      }
+      if (*same && unchanged) {
+        out.index.scan = std::move(idx->scan);
+        out.save = false;
+        g_last_source = open_source::index;
+        return out;
+      }
+      if (*same) {
+        std::vector<message_span> msgs = std::move(idx->scan.messages);
+        const std::uint64_t resume_at = msgs.back().separator;
+        msgs.pop_back();
+        // UIDLs of the messages before the resume point, looked up only if a new message
+        // needs it: an open-addressing table of indexes into `msgs` (which does not change
+        // until the scan is done), a quarter or less full.
+        std::vector<std::uint32_t> slots;  // message index + 1; 0 is free
+        const auto is_taken = [&slots, &msgs](std::string_view uidl) {
+          const std::hash<std::string_view> hash;
+          if (slots.empty()) {
+            std::size_t n = 16;
+            while (n < msgs.size() * 4) {
+              n *= 2;
+            }
+            slots.assign(n, 0);
+            for (std::size_t i = 0; i < msgs.size(); ++i) {
+              std::size_t h = hash(msgs[i].uidl) & (n - 1);
+              while (slots[h] != 0) {
+                h = (h + 1) & (n - 1);
+              }
+              slots[h] = static_cast<std::uint32_t>(i + 1);
+            }
+          }
+          for (std::size_t h = hash(uidl) & (slots.size() - 1); slots[h] != 0;
+               h = (h + 1) & (slots.size() - 1)) {
+            if (msgs[slots[h] - 1].uidl == uidl) {
+              return true;
+            }
+          }
+          return false;
+        };
+        auto tail = scan_file(spool_fd, stamp.size, po, path, resume_point{resume_at, is_taken});
+        if (!tail.ok()) {
+          return std::move(tail).err();
+        }
+        auto fp = tail_fingerprint_at(spool_fd, stamp.size, path);
+        if (!fp.ok()) {
+          return std::move(fp).err();
+        }
+        msgs.reserve(msgs.size() + tail->messages.size());
+        for (auto& m : tail->messages) {
+          msgs.push_back(std::move(m));
+        }
+        out.index.scan.messages = std::move(msgs);
+        out.index.scan.scanned_size = stamp.size;
+        out.index.scan.tail_fingerprint = *fp;
+        g_last_source = open_source::appended_scan;
+        return out;
+      }
+    }
+  }
+  auto scanned = scan_file(spool_fd, stamp.size, po, path);
+  if (!scanned.ok()) {
+    return std::move(scanned).err();
+  }
+  out.index.scan = std::move(*scanned);
+  g_last_source = open_source::full_scan;
+  return out;
+}
+
 }  // namespace
 
+open_source last_open_source_for_test() noexcept { return g_last_source; }
+
 result<std::unique_ptr<store::maildrop>> open(const std::string& path, const options& opts) {
+  g_last_source = open_source::none;
   if (path.empty() || path[0] != '/') {
     return error(errc::invalid, "mbox: path must be absolute: \"" + path + "\"");
   }
@@ -503,23 +835,26 @@ result<std::unique_ptr<store::maildrop>> open(const std::string& path, const opt
   if (!rec.ok()) {
     return std::move(rec).err();
   }
-  struct stat st{};
-  if (::fstat(spool.get(), &st) != 0) {
-    const int err = errno;
-    return error::from_errno(err, "mbox: stat " + path);
+  auto now = read_stamp(session->get(), spool.get(), path);
+  if (!now.ok()) {
+    return std::move(now).err();
   }
   parse_options po;
   po.from_quoting = opts.from_quoting;
   po.honour_content_length = opts.honour_content_length;
   po.use_x_uidl = opts.use_x_uidl;
-  auto scanned = scan_file(spool.get(), static_cast<std::uint64_t>(st.st_size), po, path);
-  if (!scanned.ok()) {
-    return std::move(scanned).err();
+  auto known = known_messages(dir_fd.get(), names, spool.get(), *now, po, path);
+  if (!known.ok()) {
+    return std::move(known).err();
   }
   POSTERN_TRY(locked.release());
+  if (known->save) {
+    // A cache: failing to write it costs the next login a scan, nothing else.
+    static_cast<void>(save_index(dir_fd.get(), names, known->index));
+  }
   return std::unique_ptr<store::maildrop>(std::make_unique<mbox_drop>(
       path, base, opts, std::move(dir_fd), std::move(*session), std::move(spool),
-      std::move(*scanned)));
+      std::move(known->index.scan)));
 }
 
 }  // namespace postern::store::mbox

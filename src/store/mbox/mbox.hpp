@@ -8,11 +8,31 @@
 // while the file is scanned at open and while QUIT updates it, never while a client idles,
 // so deliveries are never stalled by POP3.
 //
-// Snapshot. open() completes any update a crash interrupted (see journal.hpp), then scans
-// the file once (parser.hpp: separators, quoting, Content-Length, sizes, UIDLs) and keeps
+// Snapshot. open() completes any update a crash interrupted (see journal.hpp), then learns
+// the messages (parser.hpp: separators, quoting, Content-Length, sizes, UIDLs) and keeps
 // per-message offsets. Mail appended later is not listed and is never touched. A missing
 // file or an empty one is an empty maildrop; a missing file (with no journal left by a
 // crash) creates nothing and takes no lock, since there is nothing to protect.
+//
+// Index. What a scan found is cached in "<dir>/.<base>.postern-index" (index.hpp: 0600,
+// written to a temporary name and renamed, checksummed, strictly parsed, ignored unless
+// owned by us and writable by nobody else). Under the spool locks, open() first reads the
+// file system's clock (it touches the session lock file), then the spool's stamp (device,
+// inode, size, mtime and ctime to the nanosecond), and:
+//  - same stamp, the recorded scan "stable" (its mtime and ctime strictly older than the
+//    file system's clock read before that scan, so no later change can have kept them),
+//    same parse options, and the first and last From_ lines and the 64 bytes before the
+//    scanned end as recorded: the index is the listing; nothing else is read;
+//  - same inode, larger than the scanned part, same spot checks, no honour_content_length
+//    (a Content-Length could reach into the new bytes): only the last indexed message and
+//    what follows it are scanned (scanner's resume_point), with the earlier UIDLs taken;
+//  - anything else (another inode, smaller, same size but another mtime or ctime, a
+//    damaged or foreign index): a full scan.
+// After a scan the index is rewritten, after the spool locks are released. A commit writes
+// the index of the file it produced (kept messages moved down; the scanned part ends before
+// any mail appended meanwhile) unless a deletion can change more than offsets (a UIDL that
+// yielded to an earlier equal one, honour_content_length): then the index is removed. Data
+// safety never rests on the index: open_message and commit check the From_ lines they use.
 //
 // Reading. open_message reads the message's byte range with pread through its own
 // descriptor, unquoting ">From " lines on the fly with bounded memory. It first checks that
@@ -34,8 +54,8 @@
 // file parses the same afterwards.
 //
 // Privileges: the session must be able to create files in the spool's directory (the
-// dotlock, the session lock, the journal): on Debian, /var/mail is root:mail 2775, so the
-// post-login process needs group mail (Dovecot's mail_privileged_group).
+// dotlock, the session lock, the journal, the index): on Debian, /var/mail is root:mail
+// 2775, so the post-login process needs group mail (Dovecot's mail_privileged_group).
 //
 // Threading and ownership: a maildrop is used from one thread at a time; every call may
 // block on the file system and on locks (up to options.locking.timeout). It owns its
@@ -69,5 +89,9 @@ struct options {
 // Nothing has been changed on error, apart from a completed crash recovery.
 [[nodiscard]] result<std::unique_ptr<store::maildrop>> open(const std::string& path,
                                                             const options& opts = {});
+
+// Test hook: how the last open() on this thread found the messages.
+enum class open_source { none, full_scan, index, appended_scan };
+open_source last_open_source_for_test() noexcept;
 
 }  // namespace postern::store::mbox

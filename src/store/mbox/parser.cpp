@@ -269,6 +269,11 @@ struct scanner::impl {
   state st = state::prefix;
   std::vector<message_span> msgs;
   std::unordered_set<std::string> used_uidls;
+  std::function<bool(std::string_view)> taken_before;  // UIDLs of messages before the resume
+
+  bool is_taken(const std::string& uidl) const {
+    return used_uidls.count(uidl) != 0 || (taken_before && taken_before(uidl));
+  }
 
   // The current message.
   message_span cur;
@@ -469,10 +474,13 @@ struct scanner::impl {
   }
 
   result<void> assign_uidl() {
-    if (opts.use_x_uidl && x_uidl && is_legal_uidl(*x_uidl) && !used_uidls.count(*x_uidl)) {
-      cur.uidl = *x_uidl;
-      used_uidls.insert(cur.uidl);
-      return ok_result();
+    if (opts.use_x_uidl && x_uidl && is_legal_uidl(*x_uidl)) {
+      if (!is_taken(*x_uidl)) {
+        cur.uidl = *x_uidl;
+        used_uidls.insert(cur.uidl);
+        return ok_result();
+      }
+      cur.uidl_collided = true;
     }
     std::string input(uidl_domain);
     input += from_line;
@@ -487,7 +495,8 @@ struct scanner::impl {
       return std::move(derived).err();
     }
     std::string uidl = *derived;
-    for (std::uint64_t n = 1; used_uidls.count(uidl) != 0; ++n) {
+    for (std::uint64_t n = 1; is_taken(uidl); ++n) {
+      cur.uidl_collided = true;
       auto next = sha1_hex(*derived + "#" + std::to_string(n));
       if (!next.ok()) {
         return std::move(next).err();
@@ -586,11 +595,14 @@ struct scanner::impl {
   }
 };
 
-scanner::scanner(const parse_options& opts, std::uint64_t total_size, peek_fn peek)
+scanner::scanner(const parse_options& opts, std::uint64_t total_size, peek_fn peek,
+                 resume_point from)
     : impl_(std::make_unique<impl>()) {
   impl_->opts = opts;
   impl_->total = total_size;
   impl_->peek = std::move(peek);
+  impl_->pos = from.offset;
+  impl_->taken_before = std::move(from.taken);
 }
 
 scanner::~scanner() = default;

@@ -84,23 +84,39 @@ struct message_span {
   bool dated_separator = false;
   // The last line of the extent (just before the next separator or the end) is blank.
   bool ends_with_blank_line = false;
+  // The UIDL is not the message's own value (its X-UIDL or plain derived digest): an earlier
+  // message held that value. Deleting earlier messages can change such a UIDL.
+  bool uidl_collided = false;
   std::string uidl;
 };
 
 struct scan_result {
   std::vector<message_span> messages;
-  std::uint64_t scanned_size = 0;      // bytes fed
+  std::uint64_t scanned_size = 0;      // the end of the bytes fed (absolute)
   std::uint64_t tail_fingerprint = 0;  // fingerprint() of the last <= 64 bytes fed
+                                       // (of the last 64 bytes scanned when they were fed)
 };
 
 // Reads up to n bytes at offset (fewer only at the end of the data). Used to check a
 // Content-Length boundary that lies ahead of the bytes fed so far.
 using peek_fn = std::function<result<std::string>(std::uint64_t offset, std::size_t n)>;
 
+// Where a scan of a grown file resumes instead of starting at byte 0: at the From_ line of
+// the last message an earlier scan of the same bytes found (a scan of the earlier bytes ends
+// every message but the last one exactly as a scan of the grown file does; see mbox.hpp for
+// when this holds). `taken` answers whether an earlier message (one before `offset`) holds a
+// UIDL, so that the messages from `offset` on get the UIDLs a full scan would give them.
+struct resume_point {
+  std::uint64_t offset = 0;
+  std::function<bool(std::string_view)> taken;
+};
+
 class scanner {
  public:
-  // total_size: the number of bytes that will be fed (the file size at the scan).
-  scanner(const parse_options& opts, std::uint64_t total_size, peek_fn peek);
+  // total_size: the size of the data (the file size at the scan); bytes are fed from
+  // `from.offset` (0 by default) to total_size, and offsets in the result are absolute.
+  scanner(const parse_options& opts, std::uint64_t total_size, peek_fn peek,
+          resume_point from = {});
   ~scanner();
   scanner(const scanner&) = delete;
   scanner& operator=(const scanner&) = delete;
