@@ -1,8 +1,6 @@
 #include "store/maildir/index.hpp"
 
-#include <openssl/evp.h>
-
-#include <array>
+#include <bit>
 #include <cstring>
 
 namespace postern::store::maildir {
@@ -12,20 +10,95 @@ namespace {
 constexpr std::string_view head_magic = "PSTNIDX1";
 constexpr std::string_view tail_magic = "PSTNEND1";
 constexpr std::uint32_t format_version = 1;
-constexpr std::size_t digest_size = 32;  // SHA-256
+constexpr std::size_t digest_size = 8;  // XXH64
 constexpr std::size_t stamp_size = 7 * 8;
 constexpr std::size_t header_size = 8 + 4 + 4 + 2 * stamp_size + 16 + 8;
 constexpr std::size_t record_fixed_size = 8 + 8 + 1 + 2;
 constexpr std::size_t trailer_size = 8 + digest_size + 8;
 constexpr std::int64_t ns_per_sec = 1'000'000'000;
 
-using digest = std::array<unsigned char, digest_size>;
-
-bool sha256(std::string_view data, digest& out) noexcept {
-  unsigned int len = 0;
-  return EVP_Digest(data.data(), data.size(), out.data(), &len, EVP_sha256(), nullptr) == 1 &&
-         len == digest_size;
+std::uint64_t load_u64(const unsigned char* p) noexcept {
+  std::uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) {
+    v = (v << 8) | p[i];
+  }
+  return v;
 }
+
+std::uint32_t load_u32(const unsigned char* p) noexcept {
+  return static_cast<std::uint32_t>(p[0]) | static_cast<std::uint32_t>(p[1]) << 8 |
+         static_cast<std::uint32_t>(p[2]) << 16 | static_cast<std::uint32_t>(p[3]) << 24;
+}
+
+}  // namespace
+
+// XXH64 (Yann Collet's public-domain-style algorithm, seed 0): four 64-bit lanes over
+// 32-byte stripes, then the tail and a final avalanche.
+std::uint64_t index_checksum(std::string_view data) noexcept {
+  constexpr std::uint64_t p1 = 0x9E3779B185EBCA87ULL;
+  constexpr std::uint64_t p2 = 0xC2B2AE3D27D4EB4FULL;
+  constexpr std::uint64_t p3 = 0x165667B19E3779F9ULL;
+  constexpr std::uint64_t p4 = 0x85EBCA77C2B2AE63ULL;
+  constexpr std::uint64_t p5 = 0x27D4EB2F165667C5ULL;
+  const auto round = [](std::uint64_t acc, std::uint64_t input) noexcept {
+    acc += input * p2;
+    acc = std::rotl(acc, 31);
+    return acc * p1;
+  };
+  const auto merge = [&round](std::uint64_t acc, std::uint64_t val) noexcept {
+    acc ^= round(0, val);
+    return acc * p1 + p4;
+  };
+  const auto* p = reinterpret_cast<const unsigned char*>(data.data());
+  const std::size_t len = data.size();
+  const unsigned char* const end = p + len;
+  std::uint64_t h = 0;
+  if (len >= 32) {
+    std::uint64_t v1 = p1 + p2;
+    std::uint64_t v2 = p2;
+    std::uint64_t v3 = 0;
+    std::uint64_t v4 = 0 - p1;
+    const unsigned char* const limit = end - 32;
+    do {
+      v1 = round(v1, load_u64(p));
+      v2 = round(v2, load_u64(p + 8));
+      v3 = round(v3, load_u64(p + 16));
+      v4 = round(v4, load_u64(p + 24));
+      p += 32;
+    } while (p <= limit);
+    h = std::rotl(v1, 1) + std::rotl(v2, 7) + std::rotl(v3, 12) + std::rotl(v4, 18);
+    h = merge(h, v1);
+    h = merge(h, v2);
+    h = merge(h, v3);
+    h = merge(h, v4);
+  } else {
+    h = p5;
+  }
+  h += static_cast<std::uint64_t>(len);
+  while (end - p >= 8) {
+    h ^= round(0, load_u64(p));
+    h = std::rotl(h, 27) * p1 + p4;
+    p += 8;
+  }
+  if (end - p >= 4) {
+    h ^= static_cast<std::uint64_t>(load_u32(p)) * p1;
+    h = std::rotl(h, 23) * p2 + p3;
+    p += 4;
+  }
+  while (p < end) {
+    h ^= static_cast<std::uint64_t>(*p) * p5;
+    h = std::rotl(h, 11) * p1;
+    ++p;
+  }
+  h ^= h >> 33;
+  h *= p2;
+  h ^= h >> 29;
+  h *= p3;
+  h ^= h >> 32;
+  return h;
+}
+
+namespace {
 
 void put_u64(std::string& out, std::uint64_t v) {
   char b[8];
@@ -73,10 +146,12 @@ class cursor {
     if (remaining() < 8) {
       return false;
     }
-    v = 0;
-    for (int i = 7; i >= 0; --i) {
-      v = (v << 8) | static_cast<unsigned char>(s_[pos_ + static_cast<std::size_t>(i)]);
-    }
+    unsigned char b[8];
+    std::memcpy(b, s_.data() + pos_, sizeof b);
+    v = static_cast<std::uint64_t>(b[0]) | static_cast<std::uint64_t>(b[1]) << 8 |
+        static_cast<std::uint64_t>(b[2]) << 16 | static_cast<std::uint64_t>(b[3]) << 24 |
+        static_cast<std::uint64_t>(b[4]) << 32 | static_cast<std::uint64_t>(b[5]) << 40 |
+        static_cast<std::uint64_t>(b[6]) << 48 | static_cast<std::uint64_t>(b[7]) << 56;
     pos_ += 8;
     return true;
   }
@@ -173,35 +248,30 @@ std::string encode_index(const index_contents& c) {
     out.append(r.name);
   }
   const std::size_t body = out.size();
-  digest d{};
-  if (!sha256(out, d)) {
-    d.fill(0);  // decodes as a mismatch: the file is then ignored, never trusted
-  }
+  const std::uint64_t sum = index_checksum(out);
   put_u64(out, body);
-  out.append(reinterpret_cast<const char*>(d.data()), d.size());
+  put_u64(out, sum);
   out.append(tail_magic);
   return out;
 }
 
-std::optional<index_contents> decode_index(std::string_view bytes) {
+bool decode_index(std::string_view bytes, index_contents& head,
+                  const std::function<bool(const index_record&)>& visit) {
+  head.records.clear();
   if (bytes.size() < header_size + trailer_size) {
-    return std::nullopt;
+    return false;
   }
   const std::size_t body_size = bytes.size() - trailer_size;
   const std::string_view body = bytes.substr(0, body_size);
   {
     cursor t(bytes.substr(body_size));
     std::uint64_t recorded_body = 0;
-    std::string_view recorded_digest;
+    std::uint64_t recorded_sum = 0;
     std::string_view magic;
-    if (!t.get_u64(recorded_body) || recorded_body != body_size ||
-        !t.get_bytes(digest_size, recorded_digest) || !t.get_bytes(tail_magic.size(), magic) ||
-        magic != tail_magic) {
-      return std::nullopt;
-    }
-    digest d{};
-    if (!sha256(body, d) || std::memcmp(d.data(), recorded_digest.data(), digest_size) != 0) {
-      return std::nullopt;
+    if (!t.get_u64(recorded_body) || recorded_body != body_size || !t.get_u64(recorded_sum) ||
+        !t.get_bytes(tail_magic.size(), magic) || magic != tail_magic ||
+        index_checksum(body) != recorded_sum) {
+      return false;
     }
   }
 
@@ -209,20 +279,18 @@ std::optional<index_contents> decode_index(std::string_view bytes) {
   std::string_view magic;
   std::uint32_t version = 0;
   std::uint32_t reserved = 0;
-  index_contents out;
   std::uint64_t count = 0;
   if (!c.get_bytes(head_magic.size(), magic) || magic != head_magic || !c.get_u32(version) ||
       version != format_version || !c.get_u32(reserved) || reserved != 0 ||
-      !c.get_stamp(out.new_dir) || !c.get_stamp(out.cur_dir) || !c.get_time(out.listed_at) ||
+      !c.get_stamp(head.new_dir) || !c.get_stamp(head.cur_dir) || !c.get_time(head.listed_at) ||
       !c.get_u64(count)) {
-    return std::nullopt;
+    return false;
   }
   // Every record takes at least record_fixed_size + 1 octets: a count the rest of the body
   // cannot hold is rejected before anything is allocated for it.
   if (count > c.remaining() / (record_fixed_size + 1)) {
-    return std::nullopt;
+    return false;
   }
-  out.records.reserve(static_cast<std::size_t>(count));
   for (std::uint64_t i = 0; i < count; ++i) {
     index_record r;
     std::uint8_t dir = 0;
@@ -230,14 +298,26 @@ std::optional<index_contents> decode_index(std::string_view bytes) {
     if (!c.get_u64(r.wire_size) || r.wire_size > max_index_wire_size || !c.get_u64(r.ino) ||
         !c.get_u8(dir) || dir > 1 || !c.get_u16(name_size) ||
         !c.get_bytes(name_size, r.name) || !is_valid_name(r.name)) {
-      return std::nullopt;
+      return false;
     }
     r.in_new = dir == 1;
-    out.records.push_back(r);
+    if (!visit(r)) {
+      return false;
+    }
   }
-  if (c.remaining() != 0) {
+  return c.remaining() == 0;
+}
+
+std::optional<index_contents> decode_index(std::string_view bytes) {
+  index_contents out;
+  std::vector<index_record> records;
+  if (!decode_index(bytes, out, [&records](const index_record& r) {
+        records.push_back(r);
+        return true;
+      })) {
     return std::nullopt;
   }
+  out.records = std::move(records);
   return out;
 }
 

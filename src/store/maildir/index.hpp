@@ -9,7 +9,7 @@
 //
 // The file is untrusted input (anyone who can write the Maildir can write it, and a crash
 // can leave anything in it): decode_index checks every length, count and field, and a
-// SHA-256 of the body in a fixed trailer, and returns nullopt on any anomaly; the caller
+// checksum of the body in a fixed trailer, and returns nullopt on any anomaly; the caller
 // then ignores the file and lists and sizes the Maildir itself.
 //
 // Layout (all integers little-endian):
@@ -18,14 +18,17 @@
 //                                  i64 ctime sec, i64 ctime ns
 //   i64 listed_at sec, i64 listed_at ns      u64 record count
 //   records: u64 wire size, u64 inode, u8 directory (0 cur, 1 new), u16 name length, name
-//   trailer: u64 body length (every byte before the trailer), 32-byte SHA-256 of the body,
+//   trailer: u64 body length (every byte before the trailer), u64 XXH64 of the body,
 //            "PSTNEND1"
+// The checksum detects truncation and corruption, not forgery: whoever can write the file
+// can write a matching checksum, and could as well write the messages themselves.
 //
 // Threading: pure functions, safe from any thread.
 #pragma once
 
 #include <compare>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -87,5 +90,15 @@ std::string encode_index(const index_contents& c);
 // field outside 0..999,999,999, or bytes left over. The records' names view `bytes`, which
 // must outlive the result. Record order is not checked here (the caller knows the order).
 std::optional<index_contents> decode_index(std::string_view bytes);
+
+// The same checks without collecting the records: fills `head` (leaving head.records empty)
+// and calls `visit` for each record in file order (its name views `bytes`). Returns false on
+// any anomaly, or as soon as `visit` returns false; records visited before a failure must
+// then be discarded by the caller.
+bool decode_index(std::string_view bytes, index_contents& head,
+                  const std::function<bool(const index_record&)>& visit);
+
+// The trailer's checksum: XXH64 with seed 0.
+std::uint64_t index_checksum(std::string_view data) noexcept;
 
 }  // namespace postern::store::maildir

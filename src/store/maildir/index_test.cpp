@@ -2,9 +2,6 @@
 
 #include <gtest/gtest.h>
 
-#include <openssl/evp.h>
-
-#include <array>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -15,7 +12,7 @@ namespace {
 
 using namespace std::literals;
 
-constexpr std::size_t trailer_size = 8 + 32 + 8;
+constexpr std::size_t trailer_size = 8 + 8 + 8;
 
 index_contents sample() {
   index_contents c;
@@ -33,15 +30,14 @@ index_contents sample() {
 // Recomputes the trailer after a test edits the body, so the edit reaches the field checks
 // instead of stopping at the checksum.
 std::string reseal(std::string body) {
-  std::array<unsigned char, 32> md{};
-  unsigned int len = 0;
-  EXPECT_EQ(EVP_Digest(body.data(), body.size(), md.data(), &len, EVP_sha256(), nullptr), 1);
+  const std::uint64_t sum = index_checksum(body);
   const std::uint64_t n = body.size();
   std::string out = std::move(body);
-  for (int i = 0; i < 8; ++i) {
-    out += static_cast<char>(static_cast<unsigned char>(n >> (8 * i)));
+  for (const std::uint64_t v : {n, sum}) {
+    for (int i = 0; i < 8; ++i) {
+      out += static_cast<char>(static_cast<unsigned char>(v >> (8 * i)));
+    }
   }
-  out.append(reinterpret_cast<const char*>(md.data()), md.size());
   out += "PSTNEND1";
   return out;
 }
@@ -157,6 +153,29 @@ TEST(maildir_index, name_limits) {
   const std::string too_long(max_index_name_size + 1, 'a');
   c.records = {index_record{too_long, 1, 1, false}};
   EXPECT_FALSE(decode_index(encode_index(c)));
+}
+
+TEST(maildir_index, checksum_is_xxh64) {
+  // Reference values of XXH64 with seed 0.
+  EXPECT_EQ(index_checksum(""), 0xEF46DB3751D8E999ULL);
+  EXPECT_EQ(index_checksum("a"), 0xD24EC4F1A98C6E5BULL);
+  EXPECT_EQ(index_checksum("abc"), 0x44BC2CF5AD770999ULL);
+  // Lengths that take every path: stripes, 8-byte, 4-byte and 1-byte tails.
+  const std::string text = "Nobody inspects the spammish repetition";
+  EXPECT_EQ(index_checksum(text), 0xFBCEA83C8A378BF1ULL);
+}
+
+TEST(maildir_index, visitor_can_stop_the_decoding) {
+  const std::string bytes = encode_index(sample());
+  index_contents head;
+  int seen = 0;
+  EXPECT_FALSE(decode_index(bytes, head, [&seen](const index_record&) { return ++seen < 2; }));
+  EXPECT_EQ(seen, 2);
+  seen = 0;
+  EXPECT_TRUE(decode_index(bytes, head, [&seen](const index_record&) { return ++seen > 0; }));
+  EXPECT_EQ(seen, 3);
+  EXPECT_TRUE(head.records.empty());
+  EXPECT_EQ(head.listed_at, sample().listed_at);
 }
 
 TEST(maildir_index, fs_time_order) {

@@ -607,10 +607,11 @@ std::optional<loaded_index> load_index(int root_fd) {
     return std::nullopt;
   }
   const auto size = static_cast<std::size_t>(st.st_size);
-  std::vector<char> bytes(size + 1);  // one more: a file grown since fstat is not trusted
+  const std::size_t want = size + 1;  // one more: a file grown since fstat is not trusted
+  const std::unique_ptr<char[]> bytes(new char[want]);
   std::size_t have = 0;
-  while (have < bytes.size()) {
-    const ssize_t n = ::read(fd.get(), bytes.data() + have, bytes.size() - have);
+  while (have < want) {
+    const ssize_t n = ::read(fd.get(), bytes.get() + have, want - have);
     if (n < 0 && errno == EINTR) {
       continue;
     }
@@ -622,30 +623,35 @@ std::optional<loaded_index> load_index(int root_fd) {
   if (have != size) {
     return std::nullopt;
   }
-  auto contents = decode_index(std::string_view(bytes.data(), size));
-  if (!contents) {
+  loaded_index out;
+  index_contents head;
+  // About 50 octets a record: reserve so the entries are not copied as they grow.
+  out.entries.reserve(size / 48);
+  const bool ok = decode_index(std::string_view(bytes.get(), size), head,
+                               [&out](const index_record& r) {
+                                 const name_parts p = parse_name(r.name);
+                                 entry e;
+                                 e.name = std::string(r.name);
+                                 e.base_len = p.base.size();
+                                 e.in_new = r.in_new;
+                                 e.timestamp = p.timestamp;
+                                 e.size = r.wire_size;
+                                 e.ino = r.ino;
+                                 // Written in listing order, each file once: anything else
+                                 // is not our file.
+                                 if (!out.entries.empty() &&
+                                     !listing_order(out.entries.back(), e)) {
+                                   return false;
+                                 }
+                                 out.entries.push_back(std::move(e));
+                                 return true;
+                               });
+  if (!ok) {
     return std::nullopt;
   }
-  loaded_index out;
-  out.new_dir = contents->new_dir;
-  out.cur_dir = contents->cur_dir;
-  out.listed_at = contents->listed_at;
-  out.entries.reserve(contents->records.size());
-  for (const auto& r : contents->records) {
-    const name_parts p = parse_name(r.name);
-    entry e;
-    e.name = std::string(r.name);
-    e.base_len = p.base.size();
-    e.in_new = r.in_new;
-    e.timestamp = p.timestamp;
-    e.size = r.wire_size;
-    e.ino = r.ino;
-    // Written in listing order, each file once: anything else is not our file.
-    if (!out.entries.empty() && !listing_order(out.entries.back(), e)) {
-      return std::nullopt;
-    }
-    out.entries.push_back(std::move(e));
-  }
+  out.new_dir = head.new_dir;
+  out.cur_dir = head.cur_dir;
+  out.listed_at = head.listed_at;
   return out;
 }
 
@@ -727,7 +733,9 @@ result<std::vector<entry>> build_listing(int root_fd, const dirs& d, int lock_fd
 
   size_counter counter;
   std::vector<entry> entries;
-  entries.reserve(items.size() + (idx ? idx->entries.size() : 0));
+  if (any_read) {
+    entries.reserve(items.size() + (idx ? idx->entries.size() : 0));
+  }
   std::vector<dir_item> missing;
   {
     // Files of new/ come only from new/ (deliveries); files of cur/ may come from either.
@@ -753,7 +761,9 @@ result<std::vector<entry>> build_listing(int root_fd, const dirs& d, int lock_fd
     }
   }
   std::sort(entries.begin(), entries.end(), listing_order);
-  if (idx && (from_index[0] || from_index[1])) {
+  if (!any_read) {
+    entries = std::move(idx->entries);  // the whole listing, in order: nothing to merge
+  } else if (idx && (from_index[0] || from_index[1])) {
     // The index's entries are in listing order already: append those of the directories
     // taken from it and merge the two sorted runs.
     const auto middle = static_cast<std::ptrdiff_t>(entries.size());
@@ -802,7 +812,9 @@ result<std::vector<entry>> build_listing(int root_fd, const dirs& d, int lock_fd
     const fs_time listed_at = now.value_or(fs_time{});
     const bool settled =
         now && is_settled(stamps[0], listed_at) && is_settled(stamps[1], listed_at);
-    if (settled || !idx || !same_listing(entries, idx->entries)) {
+    // (When one directory came from the index its entries were moved out of idx above.)
+    const bool partial = from_index[0] || from_index[1];
+    if (settled || !idx || partial || !same_listing(entries, idx->entries)) {
       index_contents c;
       c.new_dir = stamps[1];
       c.cur_dir = stamps[0];
