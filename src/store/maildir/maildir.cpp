@@ -17,7 +17,6 @@
 
 #include <algorithm>
 #include <array>
-#include <bit>
 #include <cerrno>
 #include <climits>
 #include <cstdio>  // renameat2, RENAME_NOREPLACE (glibc >= 2.28)
@@ -1249,16 +1248,26 @@ std::uint64_t count_bare_lfs(std::string_view chunk, bool after_cr) noexcept {
   }
   std::uint64_t bare = (p[0] == '\n' && !after_cr) ? 1 : 0;
   std::size_t i = 1;
-#if defined(__SSE2__)
-  // 16 bytes at a time: LF positions, minus those whose previous byte is CR.
+#if defined(__SSE2__) && defined(__x86_64__)
+  // 16 bytes at a time: a byte is a bare LF when it is LF and the byte before it (loaded
+  // one position back) is not CR. Each such byte compares to 0xFF (-1); subtracting counts
+  // it in a per-byte counter, summed (SAD against zero) before any counter can pass 255.
   const __m128i lf = _mm_set1_epi8('\n');
   const __m128i cr = _mm_set1_epi8('\r');
-  for (; i + 16 <= n; i += 16) {
-    const __m128i cur = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
-    const __m128i prev = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i - 1));
-    const auto lf_bits = static_cast<unsigned>(_mm_movemask_epi8(_mm_cmpeq_epi8(cur, lf)));
-    const auto cr_bits = static_cast<unsigned>(_mm_movemask_epi8(_mm_cmpeq_epi8(prev, cr)));
-    bare += static_cast<std::uint64_t>(std::popcount(lf_bits & ~cr_bits));
+  const __m128i zero = _mm_setzero_si128();
+  while (n - i >= 16) {
+    const std::size_t blocks = std::min<std::size_t>((n - i) / 16, 255);
+    __m128i counts = zero;
+    for (std::size_t b = 0; b < blocks; ++b, i += 16) {
+      const __m128i cur = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
+      const __m128i prev = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i - 1));
+      const __m128i bare_lf =
+          _mm_andnot_si128(_mm_cmpeq_epi8(prev, cr), _mm_cmpeq_epi8(cur, lf));
+      counts = _mm_sub_epi8(counts, bare_lf);
+    }
+    const __m128i sums = _mm_sad_epu8(counts, zero);
+    bare += static_cast<std::uint64_t>(_mm_cvtsi128_si64(sums)) +
+            static_cast<std::uint64_t>(_mm_cvtsi128_si64(_mm_unpackhi_epi64(sums, sums)));
   }
 #endif
   for (; i < n; ++i) {

@@ -823,6 +823,22 @@ TEST(count_bare_lfs, table) {
   }
 }
 
+TEST(count_bare_lfs, long_inputs_past_the_per_byte_counters) {
+  // More than 255 blocks of 16 bytes with bare LFs, CRLFs and CR LF pairs falling across
+  // block boundaries (the pattern is 18 bytes): the per-byte counters must be summed before
+  // they overflow.
+  std::string s;
+  for (int i = 0; i < 2000; ++i) {
+    s += "\n\n\r\nabc\n\rxyz0123\r";  // 3 bare LFs, then a CR
+    s += "\n";                            // LF after that CR: not bare
+  }
+  EXPECT_EQ(count_bare_lfs(s, false), naive_bare_lfs(s, false));
+  EXPECT_EQ(count_bare_lfs(s, false), 2000u * 3);
+  const std::string all_lf(70000, '\n');
+  EXPECT_EQ(count_bare_lfs(all_lf, false), 70000u);
+  EXPECT_EQ(count_bare_lfs(all_lf, true), 69999u);
+}
+
 TEST(count_bare_lfs, matches_a_byte_loop_for_any_split) {
   std::mt19937 rng(12345);
   const char alphabet[] = {'\r', '\n', 'a', '.'};
