@@ -581,7 +581,11 @@ bool is_settled(const dir_stamp& s, const fs_time& listed_at) noexcept {
   return s.mtime < listed_at && s.ctime < listed_at;
 }
 
-constexpr std::uint64_t max_index_file_size = std::uint64_t{1} << 30;
+// An index larger than this (about five million messages) is ignored and the Maildir read.
+constexpr std::uint64_t max_index_file_size = std::uint64_t{256} << 20;
+// Entries reserved up front from the file's size (about 50 octets a record), bounded so that
+// a large hostile file costs no more than its own size before it is checked.
+constexpr std::size_t max_index_reserve = std::size_t{1} << 18;
 
 // The index as last written, its entries in listing order. nullopt when there is none or it
 // is unusable in any way (see decode_index), which is never an error: the caller scans.
@@ -625,7 +629,7 @@ std::optional<loaded_index> load_index(int root_fd) {
   loaded_index out;
   index_contents head;
   // About 50 octets a record: reserve so the entries are not copied as they grow.
-  out.entries.reserve(size / 48);
+  out.entries.reserve(std::min(size / 48, max_index_reserve));
   const bool ok = decode_index(std::string_view(bytes.get(), size), head,
                                [&out](const index_record& r) {
                                  const name_parts p = parse_name(r.name);
