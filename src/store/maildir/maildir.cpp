@@ -1045,6 +1045,10 @@ class maildir_drop final : public maildrop {
         continue;
       }
       entry& e = entries_[i];
+      if (!e.in_new && !e.retrieved && e.name.find(':') != std::string::npos) {
+        left(e);  // cur_name would keep the name: no string built for the common case
+        continue;
+      }
       for (int attempt = 0;; ++attempt) {
         const std::string target = cur_name(e.name, e.retrieved);
         if (!e.in_new && target == e.name) {

@@ -1027,6 +1027,21 @@ TEST_F(maildir_index_test, commit_then_reopen_lists_what_is_left) {
   EXPECT_EQ(names_in("cur"), (std::vector<std::string>{"2.b:2,", "3.c:2,"}));
 }
 
+TEST_F(maildir_index_test, commit_keeps_cur_names_and_completes_a_missing_info) {
+  put("cur/1.a:2,F", "a\n");   // kept as it is
+  put("cur/2.b", "b\n");       // no info: gains ":2,"
+  put("cur/3.c:1,x", "c\n");   // an info Postern does not know: left alone
+  put("cur/4.d:2,", "d\n");    // retrieved: gains S
+  auto drop = must_open();
+  ASSERT_TRUE(drop);
+  ASSERT_TRUE(drop->open_message(3, true).ok());
+  auto r = commit(*drop, marks(4, {}));
+  ASSERT_TRUE(r.ok()) << r.err().message();
+  EXPECT_EQ(r->left, 4u);
+  EXPECT_EQ(names_in("cur"),
+            (std::vector<std::string>{"1.a:2,F", "2.b:2,", "3.c:1,x", "4.d:2,S"}));
+}
+
 TEST_F(maildir_index_test, corrupt_or_hostile_index_files_are_ignored) {
   put("cur/1.a:2,", "a\nb\n");
   put("new/2.b", "b\n");
