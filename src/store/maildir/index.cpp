@@ -18,11 +18,10 @@ constexpr std::size_t trailer_size = 8 + digest_size + 8;
 constexpr std::int64_t ns_per_sec = 1'000'000'000;
 
 std::uint64_t load_u64(const unsigned char* p) noexcept {
-  std::uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) {
-    v = (v << 8) | p[i];
-  }
-  return v;
+  return static_cast<std::uint64_t>(p[0]) | static_cast<std::uint64_t>(p[1]) << 8 |
+         static_cast<std::uint64_t>(p[2]) << 16 | static_cast<std::uint64_t>(p[3]) << 24 |
+         static_cast<std::uint64_t>(p[4]) << 32 | static_cast<std::uint64_t>(p[5]) << 40 |
+         static_cast<std::uint64_t>(p[6]) << 48 | static_cast<std::uint64_t>(p[7]) << 56;
 }
 
 std::uint32_t load_u32(const unsigned char* p) noexcept {
@@ -146,12 +145,7 @@ class cursor {
     if (remaining() < 8) {
       return false;
     }
-    unsigned char b[8];
-    std::memcpy(b, s_.data() + pos_, sizeof b);
-    v = static_cast<std::uint64_t>(b[0]) | static_cast<std::uint64_t>(b[1]) << 8 |
-        static_cast<std::uint64_t>(b[2]) << 16 | static_cast<std::uint64_t>(b[3]) << 24 |
-        static_cast<std::uint64_t>(b[4]) << 32 | static_cast<std::uint64_t>(b[5]) << 40 |
-        static_cast<std::uint64_t>(b[6]) << 48 | static_cast<std::uint64_t>(b[7]) << 56;
+    v = load_u64(reinterpret_cast<const unsigned char*>(s_.data()) + pos_);
     pos_ += 8;
     return true;
   }

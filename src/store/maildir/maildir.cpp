@@ -587,6 +587,33 @@ constexpr std::uint64_t max_index_file_size = std::uint64_t{256} << 20;
 // a large hostile file costs no more than its own size before it is checked.
 constexpr std::size_t max_index_reserve = std::size_t{1} << 18;
 
+// What parse_name says of a name's base length and leading timestamp, without the ",W=" and
+// ",S=" fields (an index record carries its size).
+void base_and_timestamp(std::string_view name, std::size_t& base_len,
+                        std::optional<std::uint64_t>& timestamp) noexcept {
+  const std::size_t colon = name.find(':');
+  const std::string_view base = name.substr(0, colon);
+  base_len = base.size();
+  timestamp.reset();
+  const std::size_t dot = base.find('.');
+  if (dot == std::string_view::npos) {
+    return;
+  }
+  const std::string_view digits = base.substr(0, dot);
+  if (digits.empty() || digits.size() >= 20) {  // 20 digits can overflow: the strict parser
+    timestamp = parse_u64(digits);
+    return;
+  }
+  std::uint64_t v = 0;
+  for (const char c : digits) {
+    if (c < '0' || c > '9') {
+      return;
+    }
+    v = v * 10 + static_cast<std::uint64_t>(c - '0');
+  }
+  timestamp = v;
+}
+
 // The index as last written, its entries in listing order. nullopt when there is none or it
 // is unusable in any way (see decode_index), which is never an error: the caller scans.
 struct loaded_index {
@@ -632,12 +659,10 @@ std::optional<loaded_index> load_index(int root_fd) {
   out.entries.reserve(std::min(size / 48, max_index_reserve));
   const bool ok = decode_index(std::string_view(bytes.get(), size), head,
                                [&out](const index_record& r) {
-                                 const name_parts p = parse_name(r.name);
                                  entry e;
                                  e.name = std::string(r.name);
-                                 e.base_len = p.base.size();
+                                 base_and_timestamp(r.name, e.base_len, e.timestamp);
                                  e.in_new = r.in_new;
-                                 e.timestamp = p.timestamp;
                                  e.size = r.wire_size;
                                  e.ino = r.ino;
                                  // Written in listing order, each file once: anything else
