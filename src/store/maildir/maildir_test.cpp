@@ -1011,6 +1011,39 @@ TEST_F(maildir_index_test, delivery_and_external_changes_are_seen_on_the_next_op
   EXPECT_EQ(sizes(*drop), (std::vector<std::uint64_t>{3, 4}));
 }
 
+TEST_F(maildir_index_test, change_right_after_a_listing_is_never_missed) {
+  // Deliveries, flag changes and removals made at once after each open, within the same
+  // clock tick as the listing more often than not: every next open must see them.
+  put("cur/1.a:2,", "a\n");
+  std::vector<std::string> want = {"1.a"};
+  for (int i = 2; i < 150; ++i) {
+    must_open().reset();
+    const std::string base = std::to_string(i) + ".m";
+    switch (i % 3) {
+      case 0:
+        put("new/" + base, "x\n");
+        want.push_back(base);
+        break;
+      case 1:
+        put("cur/" + base + ":2,", "x\n");
+        want.push_back(base);
+        break;
+      default:
+        fs::remove(md_ / "cur" / (want.back() + ":2,"));
+        fs::remove(md_ / "new" / want.back());
+        want.pop_back();
+        break;
+    }
+    auto drop = must_open();
+    ASSERT_TRUE(drop);
+    std::vector<std::string> got = uidls(*drop);
+    std::vector<std::string> expected = want;
+    std::sort(got.begin(), got.end());
+    std::sort(expected.begin(), expected.end());
+    ASSERT_EQ(got, expected) << "after step " << i;
+  }
+}
+
 TEST_F(maildir_index_test, commit_then_reopen_lists_what_is_left) {
   put("cur/1.a:2,", "a\n");
   put("new/2.b", "b\n");
