@@ -19,6 +19,7 @@
 #include <array>
 #include <cerrno>
 #include <climits>
+#include <cstring>
 #include <cstdio>  // renameat2, RENAME_NOREPLACE (glibc >= 2.28)
 #include <unordered_map>
 #include <unordered_set>
@@ -161,20 +162,21 @@ result<unique_fd> take_lock(int root_fd, const std::string& path) {
 // Renames without ever replacing an existing target (a rename over a different message would
 // destroy it). File systems without RENAME_NOREPLACE get a check-then-rename whose window is
 // a few microseconds; every Linux local file system and NFSv4 support the flag.
-result<void> rename_noreplace(int from_dir, const std::string& from, int to_dir,
-                              const std::string& to, std::string_view what) {
-  if (::renameat2(from_dir, from.c_str(), to_dir, to.c_str(), RENAME_NOREPLACE) == 0) {
+// `from` and `to` are NUL-terminated names.
+result<void> rename_noreplace(int from_dir, const char* from, int to_dir, const char* to,
+                              std::string_view what) {
+  if (::renameat2(from_dir, from, to_dir, to, RENAME_NOREPLACE) == 0) {
     return ok_result();
   }
   int err = errno;
   if (err == EINVAL || err == ENOSYS) {
     struct stat st{};
-    if (::fstatat(to_dir, to.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
+    if (::fstatat(to_dir, to, &st, AT_SYMLINK_NOFOLLOW) == 0) {
       err = EEXIST;
     } else {
       err = errno;
       if (err == ENOENT) {
-        if (::renameat(from_dir, from.c_str(), to_dir, to.c_str()) == 0) {
+        if (::renameat(from_dir, from, to_dir, to) == 0) {
           return ok_result();
         }
         err = errno;
@@ -191,9 +193,23 @@ bool is_legal_uidl(std::string_view s) noexcept {
   if (s.empty() || s.size() > max_uidl_size) {
     return false;
   }
-  for (char c : s) {
-    const auto u = static_cast<unsigned char>(c);
-    if (u < 0x21 || u > 0x7E) {
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  std::size_t i = 0;
+#if defined(__SSE2__)
+  // 16 bytes at a time, compared as signed: 0x21..0x7E are exactly the bytes greater than
+  // 0x20 and less than 0x7F (0x80..0xFF are negative).
+  const __m128i above = _mm_set1_epi8(0x20);
+  const __m128i below = _mm_set1_epi8(0x7F);
+  for (; s.size() - i >= 16; i += 16) {
+    const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
+    const __m128i legal = _mm_and_si128(_mm_cmpgt_epi8(x, above), _mm_cmplt_epi8(x, below));
+    if (_mm_movemask_epi8(legal) != 0xFFFF) {
+      return false;
+    }
+  }
+#endif
+  for (; i < s.size(); ++i) {
+    if (p[i] < 0x21 || p[i] > 0x7E) {
       return false;
     }
   }
@@ -415,8 +431,39 @@ std::optional<std::uint64_t> trusted_wire_size(const name_parts& p) noexcept {
   return p.wire_size;
 }
 
+// Stable storage for file names: each name added is copied once, NUL-terminated, into blocks
+// that never move, so the views handed out stay valid for the arena's life (moving the arena
+// moves only the block pointers). One allocation per quarter megabyte instead of one per
+// name: a 100,000-message listing costs a few allocations, not 100,000.
+class name_arena {
+ public:
+  // A view of the copy; view.data()[view.size()] is '\0', so data() can go to a system call.
+  std::string_view add(std::string_view s) {
+    const std::size_t need = s.size() + 1;
+    if (blocks_.empty() || capacity_ - used_ < need) {
+      const std::size_t size = std::max(need, block_bytes);
+      blocks_.emplace_back(new char[size]);
+      capacity_ = size;
+      used_ = 0;
+    }
+    char* p = blocks_.back().get() + used_;
+    std::memcpy(p, s.data(), s.size());
+    p[s.size()] = '\0';
+    used_ += need;
+    return std::string_view(p, s.size());
+  }
+
+ private:
+  static constexpr std::size_t block_bytes = std::size_t{256} * 1024;
+  std::vector<std::unique_ptr<char[]>> blocks_;
+  std::size_t capacity_ = 0;
+  std::size_t used_ = 0;
+};
+
 struct entry {
-  std::string name;  // file name in cur/ or new/, updated when the file is found renamed
+  // File name in cur/ or new/, in the listing's name_arena (NUL-terminated there); replaced
+  // by a new arena copy when the file is found renamed.
+  std::string_view name;
   std::size_t base_len = 0;
   bool in_new = false;
   bool retrieved = false;
@@ -445,7 +492,8 @@ const entry* find_known(const known_sizes* known, std::string_view base) {
 // The size comes from a trusted ",W=", else from the index when it knows the base name with
 // the same inode, else from reading the file.
 result<std::optional<entry>> make_entry(const dirs& d, const dir_item& item,
-                                        size_counter& counter, const known_sizes* known) {
+                                        size_counter& counter, const known_sizes* known,
+                                        name_arena& names) {
   const name_parts p = parse_name(item.name);
   entry e;
   e.base_len = p.base.size();
@@ -468,7 +516,7 @@ result<std::optional<entry>> make_entry(const dirs& d, const dir_item& item,
     e.size = **size;
     e.ino = ino;
   }
-  e.name = item.name;
+  e.name = names.add(item.name);
   return std::optional<entry>(std::move(e));
 }
 
@@ -502,7 +550,7 @@ result<void> prune_vanished_duplicates(const dirs& d, std::vector<entry>& entrie
       continue;
     }
     struct stat st{};
-    if (::fstatat(d.of(e.in_new), e.name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+    if (::fstatat(d.of(e.in_new), e.name.data(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
       const int err = errno;
       if (err != ENOENT) {
         return error::from_errno(err, "maildir: stat " + e.relative());
@@ -623,7 +671,7 @@ struct loaded_index {
   std::vector<entry> entries;
 };
 
-std::optional<loaded_index> load_index(int root_fd) {
+std::optional<loaded_index> load_index(int root_fd, name_arena& names) {
   const std::string name(index_file_name);
   const int fd_raw =
       ::openat(root_fd, name.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
@@ -658,9 +706,9 @@ std::optional<loaded_index> load_index(int root_fd) {
   // About 50 octets a record: reserve so the entries are not copied as they grow.
   out.entries.reserve(std::min(size / 48, max_index_reserve));
   const bool ok = decode_index(std::string_view(bytes.get(), size), head,
-                               [&out](const index_record& r) {
+                               [&out, &names](const index_record& r) {
                                  entry e;
-                                 e.name = std::string(r.name);
+                                 e.name = names.add(r.name);
                                  base_and_timestamp(r.name, e.base_len, e.timestamp);
                                  e.in_new = r.in_new;
                                  e.size = r.wire_size;
@@ -736,9 +784,10 @@ bool same_listing(const std::vector<entry>& a, const std::vector<entry>& b) {
 // the index without being read; any other is read with readdir, and each file in it is
 // sized from ,W=, else from the index by base name and inode (Maildir message files never
 // change content, only name), else by reading it.
-result<std::vector<entry>> build_listing(int root_fd, const dirs& d, int lock_fd) {
+result<std::vector<entry>> build_listing(int root_fd, const dirs& d, int lock_fd,
+                                         name_arena& names) {
   const std::optional<fs_time> now = file_system_now(lock_fd);
-  std::optional<loaded_index> idx = load_index(root_fd);
+  std::optional<loaded_index> idx = load_index(root_fd, names);
 
   std::vector<dir_item> items;
   bool from_index[2] = {false, false};  // [in_new]
@@ -777,7 +826,7 @@ result<std::vector<entry>> build_listing(int root_fd, const dirs& d, int lock_fd
       }
     }
     for (auto& item : items) {
-      auto e = make_entry(d, item, counter, idx ? &known : nullptr);
+      auto e = make_entry(d, item, counter, idx ? &known : nullptr, names);
       if (!e.ok()) {
         return std::move(e).err();
       }
@@ -822,7 +871,7 @@ result<std::vector<entry>> build_listing(int root_fd, const dirs& d, int lock_fd
       if (it == index->end() || listed.count(relative_path(it->second.in_new, it->second.name))) {
         continue;  // gone, or already listed under its new name
       }
-      auto e = make_entry(d, it->second, counter, nullptr);
+      auto e = make_entry(d, it->second, counter, nullptr, names);
       if (!e.ok()) {
         return std::move(e).err();
       }
@@ -954,10 +1003,11 @@ result<open_dirs> open_maildir_dirs(const std::string& path) {
 
 class maildir_drop final : public maildrop {
  public:
-  maildir_drop(std::string path, unique_fd lock, std::vector<entry> entries,
+  maildir_drop(std::string path, unique_fd lock, name_arena names, std::vector<entry> entries,
                std::vector<message_info> infos)
       : path_(std::move(path)),
         lock_fd_(std::move(lock)),
+        names_(std::move(names)),
         entries_(std::move(entries)),
         infos_(std::move(infos)) {}
 
@@ -1070,7 +1120,7 @@ class maildir_drop final : public maildrop {
         continue;
       }
       entry& e = entries_[i];
-      if (!e.in_new && !e.retrieved && e.name.find(':') != std::string::npos) {
+      if (!e.in_new && !e.retrieved && e.name.find(':') != std::string_view::npos) {
         left(e);  // cur_name would keep the name: no string built for the common case
         continue;
       }
@@ -1080,11 +1130,12 @@ class maildir_drop final : public maildrop {
           left(e);
           break;
         }
-        auto r = rename_noreplace(dir_fds().of(e.in_new), e.name, dir_fds().cur, target,
+        auto r = rename_noreplace(dir_fds().of(e.in_new), e.name.data(), dir_fds().cur,
+                                  target.c_str(),
                                   e.relative() + " to cur/" + target);
         if (r.ok()) {
           changed = true;
-          e.name = target;
+          e.name = names_.add(target);
           e.in_new = false;
           left(e);
           break;
@@ -1144,7 +1195,7 @@ class maildir_drop final : public maildrop {
   };
 
   result<void> unlink_entry(const entry& e) {
-    if (::unlinkat(dir_fds().of(e.in_new), e.name.c_str(), 0) == 0) {
+    if (::unlinkat(dir_fds().of(e.in_new), e.name.data(), 0) == 0) {
       return ok_result();
     }
     const int err = errno;
@@ -1168,7 +1219,7 @@ class maildir_drop final : public maildrop {
       const auto it = by_base_->find(std::string(e.base()));
       if (it != by_base_->end() &&
           (it->second.name != e.name || it->second.in_new != e.in_new)) {
-        e.name = it->second.name;
+        e.name = names_.add(it->second.name);
         e.in_new = it->second.in_new;
         return true;
       }
@@ -1199,6 +1250,7 @@ class maildir_drop final : public maildrop {
 
   std::string path_;
   unique_fd lock_fd_;  // holds the session lock for the object's life
+  name_arena names_;   // every entry's name; declared before entries_, destroyed after
   std::optional<open_dirs> dirs_;  // open only while commit runs
   std::vector<entry> entries_;
   std::vector<message_info> infos_;
@@ -1352,7 +1404,8 @@ result<std::unique_ptr<store::maildrop>> open(const std::string& path) {
     }
     (in_new ? d.new_ : d.cur) = std::move(*fd);
   }
-  auto entries = build_listing(d.root.get(), d.view(), lock->get());
+  name_arena names;
+  auto entries = build_listing(d.root.get(), d.view(), lock->get(), names);
   if (!entries.ok()) {
     error e = std::move(entries).err();
     return error(e.code(), e.context() + " in " + path, e.cause());
@@ -1362,7 +1415,8 @@ result<std::unique_ptr<store::maildrop>> open(const std::string& path) {
     return std::move(infos).err();
   }
   return std::unique_ptr<store::maildrop>(std::make_unique<maildir_drop>(
-      std::move(absolute), std::move(*lock), std::move(*entries), std::move(*infos)));
+      std::move(absolute), std::move(*lock), std::move(names), std::move(*entries),
+      std::move(*infos)));
 }
 
 }  // namespace postern::store::maildir

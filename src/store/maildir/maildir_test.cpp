@@ -117,6 +117,21 @@ TEST(uidl_for_base, table) {
   EXPECT_EQ(uidl_for_base("a\x7f").value().size(), 40U);
 }
 
+TEST(uidl_for_base, every_byte_at_every_position) {
+  // 40 octets: two 16-byte blocks and a tail, so every position of the block check and of
+  // the byte loop sees every byte value.
+  for (std::size_t pos = 0; pos < 40; ++pos) {
+    for (int b = 0; b < 256; ++b) {
+      std::string base(40, 'x');
+      base[pos] = static_cast<char>(b);
+      const bool legal = b >= 0x21 && b <= 0x7E;
+      const auto uidl = uidl_for_base(base);
+      ASSERT_TRUE(uidl.ok());
+      ASSERT_EQ(*uidl == base, legal) << "byte " << b << " at " << pos;
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // On a real file system.
 
