@@ -1,7 +1,6 @@
 #include "store/maildir/index.hpp"
 
 #include <bit>
-#include <cstring>
 
 namespace postern::store::maildir {
 
