@@ -37,9 +37,12 @@
 // lengths, fields or order) is ignored and the Maildir is read; it is never fsynced, and a
 // failure to write it is ignored. Commit does not rewrite it: our own unlinks and renames
 // move the directories' stamps, so the next open lists the changed directories once
-// (sizes from the index, no file read) and records them again. Directories are opened only
-// for the listing, a commit or a lookup by base name: between calls a maildrop holds only
-// its lock file descriptor.
+// (sizes from the index, no file read) and records them again. Trade-off: the index relies
+// on the file system updating a directory's mtime and ctime whenever an entry is added,
+// removed or renamed (POSIX local file systems and NFS do; the directories are opened afresh
+// at each open, which makes NFS revalidate their attributes); a file system that does not
+// would serve a stale listing. Directories are opened only for the listing, a commit or a
+// lookup by base name: between calls a maildrop holds only its lock file descriptor.
 //
 // Concurrent renames. Another MUA may rename a message (flag change, new/ -> cur/) at any
 // time; open_message and commit then look the message up again by its base name, once.
@@ -53,7 +56,9 @@
 // (RENAME_NOREPLACE): if the target name is taken the message stays where it is. Then cur/
 // and new/ are fsynced. Each unlink and rename is atomic, so a crash at any point leaves
 // every message either intact or gone. After a failure the remaining operations still run
-// and the first error is returned (errc::temporary, with the file in its context).
+// and the first error is returned (errc::temporary, with the file in its context). Commit
+// reopens the Maildir by path first; when that fails it returns errc::temporary having
+// changed nothing.
 //
 // Threading and ownership: a maildrop is used from one thread at a time; every call may
 // block on the file system. It owns the lock descriptor and reopens the Maildir by its
