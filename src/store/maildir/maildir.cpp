@@ -2,6 +2,7 @@
 
 #include "common/parse.hpp"
 #include "common/unique_fd.hpp"
+#include "store/maildir/index.hpp"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -10,9 +11,15 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <climits>
+#include <cstring>
 #include <cstdio>  // renameat2, RENAME_NOREPLACE (glibc >= 2.28)
 #include <unordered_map>
 #include <unordered_set>
@@ -23,7 +30,6 @@ namespace postern::store::maildir {
 
 namespace {
 
-constexpr std::size_t read_buffer_size = std::size_t{64} * 1024;
 constexpr std::size_t max_uidl_size = 70;  // RFC 1939 section 7
 constexpr mode_t dir_mode = 0700;
 constexpr mode_t lock_mode = 0600;
@@ -156,20 +162,21 @@ result<unique_fd> take_lock(int root_fd, const std::string& path) {
 // Renames without ever replacing an existing target (a rename over a different message would
 // destroy it). File systems without RENAME_NOREPLACE get a check-then-rename whose window is
 // a few microseconds; every Linux local file system and NFSv4 support the flag.
-result<void> rename_noreplace(int from_dir, const std::string& from, int to_dir,
-                              const std::string& to, std::string_view what) {
-  if (::renameat2(from_dir, from.c_str(), to_dir, to.c_str(), RENAME_NOREPLACE) == 0) {
+// `from` and `to` are NUL-terminated names.
+result<void> rename_noreplace(int from_dir, const char* from, int to_dir, const char* to,
+                              std::string_view what) {
+  if (::renameat2(from_dir, from, to_dir, to, RENAME_NOREPLACE) == 0) {
     return ok_result();
   }
   int err = errno;
   if (err == EINVAL || err == ENOSYS) {
     struct stat st{};
-    if (::fstatat(to_dir, to.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
+    if (::fstatat(to_dir, to, &st, AT_SYMLINK_NOFOLLOW) == 0) {
       err = EEXIST;
     } else {
       err = errno;
       if (err == ENOENT) {
-        if (::renameat(from_dir, from.c_str(), to_dir, to.c_str()) == 0) {
+        if (::renameat(from_dir, from, to_dir, to) == 0) {
           return ok_result();
         }
         err = errno;
@@ -186,9 +193,23 @@ bool is_legal_uidl(std::string_view s) noexcept {
   if (s.empty() || s.size() > max_uidl_size) {
     return false;
   }
-  for (char c : s) {
-    const auto u = static_cast<unsigned char>(c);
-    if (u < 0x21 || u > 0x7E) {
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  std::size_t i = 0;
+#if defined(__SSE2__)
+  // 16 bytes at a time, compared as signed: 0x21..0x7E are exactly the bytes greater than
+  // 0x20 and less than 0x7F (0x80..0xFF are negative).
+  const __m128i above = _mm_set1_epi8(0x20);
+  const __m128i below = _mm_set1_epi8(0x7F);
+  for (; s.size() - i >= 16; i += 16) {
+    const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
+    const __m128i legal = _mm_and_si128(_mm_cmpgt_epi8(x, above), _mm_cmplt_epi8(x, below));
+    if (_mm_movemask_epi8(legal) != 0xFFFF) {
+      return false;
+    }
+  }
+#endif
+  for (; i < s.size(); ++i) {
+    if (p[i] < 0x21 || p[i] > 0x7E) {
       return false;
     }
   }
@@ -213,6 +234,7 @@ result<std::string> sha1_hex(std::string_view data) {
 
 struct dir_item {
   std::string name;
+  std::uint64_t ino = 0;
   bool in_new = false;
 };
 
@@ -223,10 +245,11 @@ std::string relative_path(bool in_new, std::string_view name) {
   return out;
 }
 
-// Appends the regular files of cur/ or new/ (names not starting with '.') to `out`.
-result<void> scan_sub(int root_fd, bool in_new, std::vector<dir_item>& out) {
-  auto fd = open_at(root_fd, sub_name(in_new), O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0,
-                    sub_name(in_new));
+// Appends the regular files of the directory `sub_fd` (cur/ or new/; names not starting with
+// '.') to `out`. Lists through a new open file description of the same directory, so the
+// caller's descriptor keeps its offset and the listing is of the inode the caller stat'ed.
+result<void> scan_sub(int sub_fd, bool in_new, std::vector<dir_item>& out) {
+  auto fd = open_at(sub_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0, sub_name(in_new));
   if (!fd.ok()) {
     return std::move(fd).err();
   }
@@ -263,19 +286,25 @@ result<void> scan_sub(int root_fd, bool in_new, std::vector<dir_item>& out) {
       regular = S_ISREG(st.st_mode);
     }
     if (regular) {
-      out.push_back(dir_item{ent->d_name, in_new});
+      out.push_back(dir_item{ent->d_name, static_cast<std::uint64_t>(ent->d_ino), in_new});
     }
   }
 }
+
+struct dirs {
+  int cur = -1;
+  int new_ = -1;
+  int of(bool in_new) const noexcept { return in_new ? new_ : cur; }
+};
 
 // Every message file now in cur/ and new/, by base name. When one base name appears twice
 // the cur/ file wins (it was listed first).
 using base_index = std::unordered_map<std::string, dir_item>;
 
-result<base_index> index_by_base(int root_fd) {
+result<base_index> index_by_base(const dirs& d) {
   std::vector<dir_item> items;
-  POSTERN_TRY(scan_sub(root_fd, false, items));
-  POSTERN_TRY(scan_sub(root_fd, true, items));
+  POSTERN_TRY(scan_sub(d.cur, false, items));
+  POSTERN_TRY(scan_sub(d.new_, true, items));
   base_index index;
   index.reserve(items.size());
   for (auto& item : items) {
@@ -285,9 +314,11 @@ result<base_index> index_by_base(int root_fd) {
   return index;
 }
 
-// Opens a message file for reading and checks it is (still) a regular file.
-result<unique_fd> open_message_file(int dir_fd, const std::string& name, bool in_new) {
-  auto fd = open_at(dir_fd, name.c_str(), message_open_flags, 0, relative_path(in_new, name));
+// Opens a message file (`path`, relative to `dir_fd`) for reading and checks it is (still) a
+// regular file. `in_new` and `name` say which message it is, for error context.
+result<unique_fd> open_message_file(int dir_fd, const char* path, bool in_new,
+                                    std::string_view name) {
+  auto fd = open_at(dir_fd, path, message_open_flags, 0, relative_path(in_new, name));
   if (!fd.ok()) {
     return fd;
   }
@@ -304,27 +335,58 @@ result<unique_fd> open_message_file(int dir_fd, const std::string& name, bool in
 }
 
 // Counts a message's wire size by reading it once: file bytes plus one CR for every LF not
-// preceded by CR. Owns one 64 KiB buffer, reused for every file.
+// preceded by CR. Per file: one openat on the directory descriptor (O_NOATIME where the
+// kernel permits it, so sizing does not dirty every inode), one fstat, and normally one read
+// of st_size + 1 bytes into a buffer reused for every file (a read shorter than asked for,
+// once st_size bytes have arrived, ends the file without a second read returning 0).
 class size_counter {
  public:
   // nullopt: the file is no longer there (renamed or removed since the listing).
+  // `ino` receives the file's inode number.
   result<std::optional<std::uint64_t>> wire_size(int dir_fd, const std::string& name,
-                                                 bool in_new) {
-    auto fd = open_message_file(dir_fd, name, in_new);
-    if (!fd.ok()) {
-      if (is_errno(fd.err(), ENOENT) || is_errno(fd.err(), ELOOP)) {
+                                                 bool in_new, std::uint64_t& ino) {
+    int fd_raw = -1;
+    for (;;) {
+      fd_raw = ::openat(dir_fd, name.c_str(), message_open_flags | noatime_, 0);
+      if (fd_raw >= 0) {
+        break;
+      }
+      const int err = errno;
+      if (err == EINTR) {
+        continue;
+      }
+      if (err == EPERM && noatime_ != 0) {
+        noatime_ = 0;  // not the files' owner: O_NOATIME is refused, open without it
+        continue;
+      }
+      if (err == ENOENT || err == ELOOP) {
         return std::optional<std::uint64_t>();
       }
-      return std::move(fd).err();
+      return error::from_errno(err, "maildir: open " + relative_path(in_new, name));
     }
-    if (!buf_) {
-      buf_ = std::make_unique<char[]>(read_buffer_size);
+    const unique_fd fd(fd_raw);
+    struct stat st{};
+    if (::fstat(fd.get(), &st) != 0) {
+      const int err = errno;
+      return error::from_errno(err, "maildir: stat " + relative_path(in_new, name));
+    }
+    if (!S_ISREG(st.st_mode)) {
+      return error(errc::temporary,
+                   "maildir: " + relative_path(in_new, name) + " is not a regular file");
+    }
+    ino = static_cast<std::uint64_t>(st.st_ino);
+    const std::uint64_t file_size = st.st_size > 0 ? static_cast<std::uint64_t>(st.st_size) : 0;
+    const std::size_t want = file_size < max_read_size
+                                 ? static_cast<std::size_t>(file_size) + 1
+                                 : static_cast<std::size_t>(max_read_size);
+    if (buf_.size() < want) {
+      buf_.resize(std::max(want, min_buffer_size));
     }
     std::uint64_t bytes = 0;
     std::uint64_t bare_lfs = 0;
-    char prev = '\0';  // the last byte of the previous read
+    bool after_cr = false;
     for (;;) {
-      const ssize_t n = ::read(fd->get(), buf_.get(), read_buffer_size);
+      const ssize_t n = ::read(fd.get(), buf_.data(), want);
       if (n < 0) {
         const int err = errno;
         if (err == EINTR) {
@@ -335,20 +397,22 @@ class size_counter {
       if (n == 0) {
         break;
       }
-      const char* p = buf_.get();
-      for (ssize_t i = 0; i < n; ++i) {
-        if (p[i] == '\n' && prev != '\r') {
-          ++bare_lfs;
-        }
-        prev = p[i];
-      }
+      const std::string_view chunk(buf_.data(), static_cast<std::size_t>(n));
+      bare_lfs += count_bare_lfs(chunk, after_cr);
+      after_cr = chunk.back() == '\r';
       bytes += static_cast<std::uint64_t>(n);
+      if (static_cast<std::size_t>(n) < want && bytes >= file_size) {
+        break;
+      }
     }
     return std::optional<std::uint64_t>(bytes + bare_lfs);
   }
 
  private:
-  std::unique_ptr<char[]> buf_;
+  static constexpr std::uint64_t max_read_size = std::uint64_t{1} << 20;
+  static constexpr std::size_t min_buffer_size = std::size_t{64} * 1024;
+  std::vector<char> buf_;
+  int noatime_ = O_NOATIME;
 };
 
 // ,W= is trusted unless ,S= shows it cannot be right: the wire size is at least the file
@@ -367,37 +431,82 @@ std::optional<std::uint64_t> trusted_wire_size(const name_parts& p) noexcept {
   return p.wire_size;
 }
 
+// Stable storage for file names: each name added is copied once, NUL-terminated, into blocks
+// that never move, so the views handed out stay valid for the arena's life (moving the arena
+// moves only the block pointers). One allocation per quarter megabyte instead of one per
+// name: a 100,000-message listing costs a few allocations, not 100,000.
+class name_arena {
+ public:
+  // A view of the copy; view.data()[view.size()] is '\0', so data() can go to a system call.
+  std::string_view add(std::string_view s) {
+    const std::size_t need = s.size() + 1;
+    if (blocks_.empty() || capacity_ - used_ < need) {
+      const std::size_t size = std::max(need, block_bytes);
+      blocks_.emplace_back(new char[size]);
+      capacity_ = size;
+      used_ = 0;
+    }
+    char* p = blocks_.back().get() + used_;
+    std::memcpy(p, s.data(), s.size());
+    p[s.size()] = '\0';
+    used_ += need;
+    return std::string_view(p, s.size());
+  }
+
+ private:
+  static constexpr std::size_t block_bytes = std::size_t{256} * 1024;
+  std::vector<std::unique_ptr<char[]>> blocks_;
+  std::size_t capacity_ = 0;
+  std::size_t used_ = 0;
+};
+
 struct entry {
-  std::string name;  // file name in cur/ or new/, updated when the file is found renamed
+  // File name in cur/ or new/, in the listing's name_arena (NUL-terminated there); replaced
+  // by a new arena copy when the file is found renamed.
+  std::string_view name;
   std::size_t base_len = 0;
   bool in_new = false;
   bool retrieved = false;
   bool shared_base = false;  // another listed file has the same base name (corrupt state)
   std::optional<std::uint64_t> timestamp;
   std::uint64_t size = 0;
+  std::uint64_t ino = 0;  // for the index: a file with the same name but another inode is
+                          // a different file, sized again
 
   std::string_view base() const noexcept { return std::string_view(name).substr(0, base_len); }
   std::string relative() const { return relative_path(in_new, name); }
 };
 
-struct dirs {
-  int cur = -1;
-  int new_ = -1;
-  int of(bool in_new) const noexcept { return in_new ? new_ : cur; }
-};
+// Sizes of files recorded in the index, by base name (views into the index's entries).
+using known_sizes = std::unordered_map<std::string_view, const entry*>;
+
+const entry* find_known(const known_sizes* known, std::string_view base) {
+  if (known == nullptr) {
+    return nullptr;
+  }
+  const auto it = known->find(base);
+  return it == known->end() ? nullptr : it->second;
+}
 
 // Builds the entry for one listed file; nullopt when it vanished before it could be sized.
+// The size comes from a trusted ",W=", else from the index when it knows the base name with
+// the same inode, else from reading the file.
 result<std::optional<entry>> make_entry(const dirs& d, const dir_item& item,
-                                        size_counter& counter) {
+                                        size_counter& counter, const known_sizes* known,
+                                        name_arena& names) {
   const name_parts p = parse_name(item.name);
   entry e;
   e.base_len = p.base.size();
   e.in_new = item.in_new;
   e.timestamp = p.timestamp;
+  e.ino = item.ino;
   if (auto w = trusted_wire_size(p)) {
     e.size = *w;
+  } else if (const entry* k = find_known(known, p.base); k != nullptr && k->ino == item.ino) {
+    e.size = k->size;
   } else {
-    auto size = counter.wire_size(d.of(item.in_new), item.name, item.in_new);
+    std::uint64_t ino = item.ino;
+    auto size = counter.wire_size(d.of(item.in_new), item.name, item.in_new, ino);
     if (!size.ok()) {
       return std::move(size).err();
     }
@@ -405,8 +514,9 @@ result<std::optional<entry>> make_entry(const dirs& d, const dir_item& item,
       return std::optional<entry>();
     }
     e.size = **size;
+    e.ino = ino;
   }
-  e.name = item.name;
+  e.name = names.add(item.name);
   return std::optional<entry>(std::move(e));
 }
 
@@ -428,33 +538,28 @@ bool listing_order(const entry& a, const entry& b) {
 
 // A message moved from new/ to cur/ by another MUA while we listed can show up under both
 // names. Entries that share a base name are checked once more, and those whose file is gone
-// are dropped; true duplicates (two files, corrupt state) stay.
+// are dropped; true duplicates (two files, corrupt state) stay. `entries` is in listing
+// order, where entries with one base name are adjacent.
 result<void> prune_vanished_duplicates(const dirs& d, std::vector<entry>& entries) {
-  std::vector<bool> drop(entries.size(), false);
-  bool any = false;
-  {
-    std::unordered_map<std::string_view, std::size_t> base_count;
-    base_count.reserve(entries.size());
-    for (const auto& e : entries) {
-      ++base_count[e.base()];
+  std::vector<bool> drop;
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    const entry& e = entries[i];
+    const bool shared = (i > 0 && entries[i - 1].base() == e.base()) ||
+                        (i + 1 < entries.size() && entries[i + 1].base() == e.base());
+    if (!shared) {
+      continue;
     }
-    for (std::size_t i = 0; i < entries.size(); ++i) {
-      const entry& e = entries[i];
-      if (base_count[e.base()] < 2) {
-        continue;
+    struct stat st{};
+    if (::fstatat(d.of(e.in_new), e.name.data(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+      const int err = errno;
+      if (err != ENOENT) {
+        return error::from_errno(err, "maildir: stat " + e.relative());
       }
-      struct stat st{};
-      if (::fstatat(d.of(e.in_new), e.name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
-        const int err = errno;
-        if (err != ENOENT) {
-          return error::from_errno(err, "maildir: stat " + e.relative());
-        }
-        drop[i] = true;
-        any = true;
-      }
+      drop.resize(entries.size(), false);
+      drop[i] = true;
     }
-  }  // base_count's views into entries end here, before entries move
-  if (any) {
+  }
+  if (!drop.empty()) {
     std::size_t out = 0;
     for (std::size_t i = 0; i < entries.size(); ++i) {
       if (!drop[i]) {
@@ -469,28 +574,283 @@ result<void> prune_vanished_duplicates(const dirs& d, std::vector<entry>& entrie
   return ok_result();
 }
 
-// Lists, sizes and orders the messages of cur/ and new/. new/ is read first: a message that
-// another MUA moves to cur/ meanwhile is then seen at least once (possibly twice, which
-// prune_vanished_duplicates resolves) instead of possibly not at all.
-result<std::vector<entry>> build_listing(int root_fd, const dirs& d) {
+// ---------------------------------------------------------------------------------------
+// The index file (see index.hpp for its format and the header for when it is trusted).
+
+dir_stamp stamp_of(const struct stat& st) noexcept {
+  dir_stamp s;
+  s.dev = static_cast<std::uint64_t>(st.st_dev);
+  s.ino = static_cast<std::uint64_t>(st.st_ino);
+  s.size = static_cast<std::uint64_t>(st.st_size);
+  s.mtime = fs_time{st.st_mtim.tv_sec, st.st_mtim.tv_nsec};
+  s.ctime = fs_time{st.st_ctim.tv_sec, st.st_ctim.tv_nsec};
+  return s;
+}
+
+result<dir_stamp> stamp_fd(int fd, bool in_new) {
+  struct stat st{};
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    return error::from_errno(err, std::string("maildir: stat ") + sub_name(in_new));
+  }
+  return stamp_of(st);
+}
+
+// The file system's current time, read by setting the lock file's timestamps to "now" and
+// reading them back: the same clock, granularity and (on NFS) host that stamp the
+// directories. nullopt when that fails; the listing is then never taken from the index.
+std::optional<fs_time> file_system_now(int lock_fd) noexcept {
+  if (::futimens(lock_fd, nullptr) != 0) {
+    return std::nullopt;
+  }
+  struct stat st{};
+  if (::fstat(lock_fd, &st) != 0) {
+    return std::nullopt;
+  }
+  return fs_time{st.st_mtim.tv_sec, st.st_mtim.tv_nsec};
+}
+
+// A directory's recorded listing may stand in for reading it only when its stamp is what
+// the index recorded AND that stamp was strictly older than the file-system time taken
+// before the recorded listing was read. Why that is enough: every change to a directory's
+// entries sets its mtime and ctime to the file system's current time, which never runs
+// backwards in one file system's clock (the kernel clamps to a monotonic floor and
+// truncates to the file system's granularity). A change made after the recorded time
+// therefore gets a stamp >= that time > the recorded stamp, so it cannot leave the stamp as
+// recorded; a change made before it was already in the directory when the recorded listing
+// was read (the stamp was taken first). Without the strict inequality, a change in the same
+// clock tick as the recorded stamp could go unseen. Comparing against the file system's own
+// time rather than this host's clock keeps this true on NFS with skewed clocks and on file
+// systems with one-second or two-second timestamps. What it does not survive is the
+// system clock being stepped backwards to the very nanosecond (or, on coarse file systems,
+// the very second) of a recorded stamp: then a change could reproduce both the recorded
+// mtime and ctime exactly. Every mtime-based Maildir cache (Dovecot's too) shares that.
+bool is_settled(const dir_stamp& s, const fs_time& listed_at) noexcept {
+  return s.mtime < listed_at && s.ctime < listed_at;
+}
+
+// An index larger than this (about five million messages) is ignored and the Maildir read.
+constexpr std::uint64_t max_index_file_size = std::uint64_t{256} << 20;
+// Entries reserved up front from the file's size (about 50 octets a record), bounded so that
+// a large hostile file costs no more than its own size before it is checked.
+constexpr std::size_t max_index_reserve = std::size_t{1} << 18;
+
+// What parse_name says of a name's base length and leading timestamp, without the ",W=" and
+// ",S=" fields (an index record carries its size).
+void base_and_timestamp(std::string_view name, std::size_t& base_len,
+                        std::optional<std::uint64_t>& timestamp) noexcept {
+  const std::size_t colon = name.find(':');
+  const std::string_view base = name.substr(0, colon);
+  base_len = base.size();
+  timestamp.reset();
+  const std::size_t dot = base.find('.');
+  if (dot == std::string_view::npos) {
+    return;
+  }
+  const std::string_view digits = base.substr(0, dot);
+  if (digits.empty() || digits.size() >= 20) {  // 20 digits can overflow: the strict parser
+    timestamp = parse_u64(digits);
+    return;
+  }
+  std::uint64_t v = 0;
+  for (const char c : digits) {
+    if (c < '0' || c > '9') {
+      return;
+    }
+    v = v * 10 + static_cast<std::uint64_t>(c - '0');
+  }
+  timestamp = v;
+}
+
+// The index as last written, its entries in listing order. nullopt when there is none or it
+// is unusable in any way (see decode_index), which is never an error: the caller scans.
+struct loaded_index {
+  dir_stamp new_dir;
+  dir_stamp cur_dir;
+  fs_time listed_at;
+  std::vector<entry> entries;
+};
+
+std::optional<loaded_index> load_index(int root_fd, name_arena& names) {
+  const std::string name(index_file_name);
+  const int fd_raw =
+      ::openat(root_fd, name.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+  if (fd_raw < 0) {
+    return std::nullopt;
+  }
+  const unique_fd fd(fd_raw);
+  struct stat st{};
+  if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode) || st.st_size <= 0 ||
+      static_cast<std::uint64_t>(st.st_size) > max_index_file_size) {
+    return std::nullopt;
+  }
+  const auto size = static_cast<std::size_t>(st.st_size);
+  const std::size_t want = size + 1;  // one more: a file grown since fstat is not trusted
+  const std::unique_ptr<char[]> bytes(new char[want]);
+  std::size_t have = 0;
+  while (have < want) {
+    const ssize_t n = ::read(fd.get(), bytes.get() + have, want - have);
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n <= 0) {
+      break;
+    }
+    have += static_cast<std::size_t>(n);
+  }
+  if (have != size) {
+    return std::nullopt;
+  }
+  loaded_index out;
+  index_contents head;
+  // About 50 octets a record: reserve so the entries are not copied as they grow.
+  out.entries.reserve(std::min(size / 48, max_index_reserve));
+  const bool ok = decode_index(std::string_view(bytes.get(), size), head,
+                               [&out, &names](const index_record& r) {
+                                 entry e;
+                                 e.name = names.add(r.name);
+                                 base_and_timestamp(r.name, e.base_len, e.timestamp);
+                                 e.in_new = r.in_new;
+                                 e.size = r.wire_size;
+                                 e.ino = r.ino;
+                                 // Written in listing order, each file once: anything else
+                                 // is not our file.
+                                 if (!out.entries.empty() &&
+                                     !listing_order(out.entries.back(), e)) {
+                                   return false;
+                                 }
+                                 out.entries.push_back(std::move(e));
+                                 return true;
+                               });
+  if (!ok) {
+    return std::nullopt;
+  }
+  out.new_dir = head.new_dir;
+  out.cur_dir = head.cur_dir;
+  out.listed_at = head.listed_at;
+  return out;
+}
+
+// Replaces the index with `c`, written under a temporary name (created 0600, O_EXCL and
+// O_NOFOLLOW, in the Maildir root) and renamed over the old one, so a reader sees the old
+// file or the new one, never a mix. The session lock keeps two Postern sessions from
+// writing at once. No fsync: the index is a cache, a crash can at worst leave a file whose
+// checksum fails (then ignored) or the previous one (whose stamps no longer match). Failure
+// (read-only Maildir, full disk) is ignored for the same reason.
+void write_index(int root_fd, const index_contents& c) {
+  const std::string tmp(index_temp_name);
+  const std::string name(index_file_name);
+  const std::string bytes = encode_index(c);
+  ::unlinkat(root_fd, tmp.c_str(), 0);  // left by a crash; we hold the session lock
+  const int fd_raw = ::openat(root_fd, tmp.c_str(),
+                              O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, lock_mode);
+  if (fd_raw < 0) {
+    return;
+  }
+  bool ok = true;
+  {
+    const unique_fd fd(fd_raw);
+    std::size_t done = 0;
+    while (done < bytes.size()) {
+      const ssize_t n = ::write(fd.get(), bytes.data() + done, bytes.size() - done);
+      if (n < 0 && errno == EINTR) {
+        continue;
+      }
+      if (n <= 0) {
+        ok = false;
+        break;
+      }
+      done += static_cast<std::size_t>(n);
+    }
+  }
+  if (!ok || ::renameat(root_fd, tmp.c_str(), root_fd, name.c_str()) != 0) {
+    ::unlinkat(root_fd, tmp.c_str(), 0);
+  }
+}
+
+bool same_listing(const std::vector<entry>& a, const std::vector<entry>& b) {
+  return std::equal(a.begin(), a.end(), b.begin(), b.end(), [](const entry& x, const entry& y) {
+    return x.in_new == y.in_new && x.size == y.size && x.ino == y.ino && x.name == y.name;
+  });
+}
+
+// Lists, sizes and orders the messages of cur/ and new/, using and refreshing the index.
+//
+// new/ is dealt with first and cur/ is stat'ed only after new/ has been listed: a message
+// that another MUA moves from new/ to cur/ meanwhile is then seen at least once (possibly
+// twice, which prune_vanished_duplicates resolves) instead of possibly not at all; when new/
+// comes from the index, such a move changes cur/'s stamp after new/'s stamp was checked, so
+// cur/ is read. A directory whose stamp matches a settled record (is_settled) is taken from
+// the index without being read; any other is read with readdir, and each file in it is
+// sized from ,W=, else from the index by base name and inode (Maildir message files never
+// change content, only name), else by reading it.
+result<std::vector<entry>> build_listing(int root_fd, const dirs& d, int lock_fd,
+                                         name_arena& names) {
+  const std::optional<fs_time> now = file_system_now(lock_fd);
+  std::optional<loaded_index> idx = load_index(root_fd, names);
+
   std::vector<dir_item> items;
-  POSTERN_TRY(scan_sub(root_fd, true, items));
-  POSTERN_TRY(scan_sub(root_fd, false, items));
+  bool from_index[2] = {false, false};  // [in_new]
+  dir_stamp stamps[2];
+  for (const bool in_new : {true, false}) {
+    auto stamp = stamp_fd(d.of(in_new), in_new);
+    if (!stamp.ok()) {
+      return std::move(stamp).err();
+    }
+    stamps[in_new] = *stamp;
+    if (idx) {
+      const dir_stamp& recorded = in_new ? idx->new_dir : idx->cur_dir;
+      from_index[in_new] = recorded == *stamp && is_settled(recorded, idx->listed_at);
+    }
+    if (!from_index[in_new]) {
+      POSTERN_TRY(scan_sub(d.of(in_new), in_new, items));
+    }
+  }
+  const bool any_read = !from_index[0] || !from_index[1];
 
   size_counter counter;
   std::vector<entry> entries;
-  entries.reserve(items.size());
+  if (any_read) {
+    entries.reserve(items.size() + (idx ? idx->entries.size() : 0));
+  }
   std::vector<dir_item> missing;
-  for (auto& item : items) {
-    auto e = make_entry(d, item, counter);
-    if (!e.ok()) {
-      return std::move(e).err();
+  {
+    // Files of new/ come only from new/ (deliveries); files of cur/ may come from either.
+    known_sizes known;
+    if (idx && !items.empty()) {
+      known.reserve(from_index[0] ? 64 : idx->entries.size());
+      for (const auto& e : idx->entries) {
+        if (e.in_new || !from_index[0]) {
+          known.emplace(e.base(), &e);
+        }
+      }
     }
-    if (*e) {
-      entries.push_back(std::move(**e));
-    } else {
-      missing.push_back(std::move(item));
+    for (auto& item : items) {
+      auto e = make_entry(d, item, counter, idx ? &known : nullptr, names);
+      if (!e.ok()) {
+        return std::move(e).err();
+      }
+      if (*e) {
+        entries.push_back(std::move(**e));
+      } else {
+        missing.push_back(std::move(item));
+      }
     }
+  }
+  std::sort(entries.begin(), entries.end(), listing_order);
+  if (!any_read) {
+    entries = std::move(idx->entries);  // the whole listing, in order: nothing to merge
+  } else if (idx && (from_index[0] || from_index[1])) {
+    // The index's entries are in listing order already: append those of the directories
+    // taken from it and merge the two sorted runs.
+    const auto middle = static_cast<std::ptrdiff_t>(entries.size());
+    for (auto& e : idx->entries) {
+      if (from_index[e.in_new]) {
+        entries.push_back(std::move(e));
+      }
+    }
+    std::inplace_merge(entries.begin(), entries.begin() + middle, entries.end(),
+                       listing_order);
   }
 
   POSTERN_TRY(prune_vanished_duplicates(d, entries));
@@ -502,7 +862,7 @@ result<std::vector<entry>> build_listing(int root_fd, const dirs& d) {
     for (const auto& e : entries) {
       listed.insert(e.relative());
     }
-    auto index = index_by_base(root_fd);
+    auto index = index_by_base(d);
     if (!index.ok()) {
       return std::move(index).err();
     }
@@ -511,7 +871,7 @@ result<std::vector<entry>> build_listing(int root_fd, const dirs& d) {
       if (it == index->end() || listed.count(relative_path(it->second.in_new, it->second.name))) {
         continue;  // gone, or already listed under its new name
       }
-      auto e = make_entry(d, it->second, counter);
+      auto e = make_entry(d, it->second, counter, nullptr, names);
       if (!e.ok()) {
         return std::move(e).err();
       }
@@ -520,31 +880,65 @@ result<std::vector<entry>> build_listing(int root_fd, const dirs& d) {
         entries.push_back(std::move(**e));
       }
     }
+    std::sort(entries.begin(), entries.end(), listing_order);
   }
 
-  std::sort(entries.begin(), entries.end(), listing_order);
+  // Record what was read, unless that would change nothing: the same listing under stamps
+  // that still cannot be trusted.
+  if (any_read) {
+    const fs_time listed_at = now.value_or(fs_time{});
+    const bool settled =
+        now && is_settled(stamps[0], listed_at) && is_settled(stamps[1], listed_at);
+    // (When one directory came from the index its entries were moved out of idx above.)
+    const bool partial = from_index[0] || from_index[1];
+    if (settled || !idx || partial || !same_listing(entries, idx->entries)) {
+      index_contents c;
+      c.new_dir = stamps[1];
+      c.cur_dir = stamps[0];
+      c.listed_at = listed_at;
+      c.records.reserve(entries.size());
+      for (const auto& e : entries) {
+        if (e.name.size() <= max_index_name_size) {
+          c.records.push_back(index_record{e.name, e.size, e.ino, e.in_new});
+        }
+      }
+      if (c.records.size() != entries.size()) {
+        c.new_dir = dir_stamp{};  // a name the format cannot hold: never a complete listing
+        c.cur_dir = dir_stamp{};
+      }
+      write_index(root_fd, c);
+    }
+  }
   return entries;
 }
 
-// Assigns UIDLs in listing order and marks entries that share a base name. The first file
-// of a base name gets uidl_for_base; a later one (corrupt state) gets the hash of its
-// relative path, and any remaining collision is broken with a counter.
+// Assigns UIDLs in listing order and marks entries that share a base name (adjacent, in
+// listing order). The first file of a base name gets uidl_for_base; a later one (corrupt
+// state) gets the hash of its relative path, and any remaining collision is broken with a
+// counter. When every base name is distinct and a legal UIDL (the common case), the UIDLs
+// are the base names and are unique without further checks.
 result<std::vector<message_info>> make_infos(std::vector<entry>& entries) {
-  std::unordered_map<std::string_view, std::size_t> base_count;
-  base_count.reserve(entries.size());
-  for (const auto& e : entries) {
-    ++base_count[e.base()];
+  bool plain = true;
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    entry& e = entries[i];
+    e.shared_base = (i > 0 && entries[i - 1].base() == e.base()) ||
+                    (i + 1 < entries.size() && entries[i + 1].base() == e.base());
+    plain = plain && !e.shared_base && is_legal_uidl(e.base());
   }
   std::vector<message_info> infos;
   infos.reserve(entries.size());
+  if (plain) {
+    for (const auto& e : entries) {
+      infos.push_back(message_info{e.size, std::string(e.base())});
+    }
+    return infos;
+  }
   std::unordered_set<std::string> used;
   used.reserve(entries.size());
-  std::unordered_set<std::string_view> seen_base;
-  seen_base.reserve(entries.size());
-  for (auto& e : entries) {
-    e.shared_base = base_count[e.base()] > 1;
-    auto uidl = seen_base.insert(e.base()).second ? uidl_for_base(e.base())
-                                                  : sha1_hex(e.relative());
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    const entry& e = entries[i];
+    const bool first_of_base = i == 0 || entries[i - 1].base() != e.base();
+    auto uidl = first_of_base ? uidl_for_base(e.base()) : sha1_hex(e.relative());
     for (std::size_t n = 1; uidl.ok() && used.count(*uidl) != 0; ++n) {
       uidl = sha1_hex(e.relative() + "#" + std::to_string(n));
     }
@@ -556,8 +950,6 @@ result<std::vector<message_info>> make_infos(std::vector<entry>& entries) {
   }
   return infos;
 }
-
-// ---------------------------------------------------------------------------------------
 
 class file_reader final : public message_reader {
  public:
@@ -581,15 +973,41 @@ class file_reader final : public message_reader {
   std::string name_;  // relative path, for error context
 };
 
+// The Maildir's root, cur/ and new/ opened for one piece of work (the listing at open, a
+// commit, a lookup by base name); closed when it ends, so an idle session holds nothing
+// but its lock.
+struct open_dirs {
+  unique_fd root;
+  unique_fd cur;
+  unique_fd new_;
+  dirs view() const noexcept { return dirs{cur.get(), new_.get()}; }
+};
+
+result<open_dirs> open_maildir_dirs(const std::string& path) {
+  open_dirs d;
+  auto root = open_dir(path);
+  if (!root.ok()) {
+    return std::move(root).err();
+  }
+  d.root = std::move(*root);
+  for (const bool in_new : {false, true}) {
+    auto fd = open_at(d.root.get(), sub_name(in_new), O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0,
+                      path + "/" + sub_name(in_new), open_errc);
+    if (!fd.ok()) {
+      return std::move(fd).err();
+    }
+    (in_new ? d.new_ : d.cur) = std::move(*fd);
+  }
+  return d;
+}
+
 class maildir_drop final : public maildrop {
  public:
-  maildir_drop(std::string path, unique_fd root, unique_fd lock, unique_fd cur, unique_fd new_,
-               std::vector<entry> entries, std::vector<message_info> infos)
+  maildir_drop(std::string path, unique_fd lock, name_arena names, std::vector<entry> entries,
+               std::vector<message_info> infos)
       : path_(std::move(path)),
         lock_fd_(std::move(lock)),
-        root_fd_(std::move(root)),
-        cur_fd_(std::move(cur)),
-        new_fd_(std::move(new_)),
+        names_(std::move(names)),
         entries_(std::move(entries)),
         infos_(std::move(infos)) {}
 
@@ -603,7 +1021,8 @@ class maildir_drop final : public maildrop {
     entry& e = entries_[index];
     by_base_.reset();  // state may have changed since any earlier scan
     for (int attempt = 0;; ++attempt) {
-      auto fd = open_message_file(dir_fds().of(e.in_new), e.name, e.in_new);
+      const std::string file = path_ + "/" + e.relative();
+      auto fd = open_message_file(AT_FDCWD, file.c_str(), e.in_new, e.name);
       if (fd.ok()) {
         e.retrieved = e.retrieved || retrieved;
         return std::unique_ptr<message_reader>(
@@ -636,8 +1055,15 @@ class maildir_drop final : public maildrop {
                                       " marks for " + std::to_string(entries_.size()) +
                                       " messages");
     }
+    auto opened = open_maildir_dirs(path_);
+    if (!opened.ok()) {
+      error e = std::move(opened).err();
+      return error(errc::temporary, e.context() + " (commit of " + path_ + ")", e.cause());
+    }
     committed_ = true;
     by_base_.reset();
+    dirs_ = std::move(*opened);
+    const scope_close close_dirs{dirs_};
     commit_stats stats;
     std::optional<error> first_error;
     const auto note = [&first_error](error e) {
@@ -694,17 +1120,22 @@ class maildir_drop final : public maildrop {
         continue;
       }
       entry& e = entries_[i];
+      if (!e.in_new && !e.retrieved && e.name.find(':') != std::string_view::npos) {
+        left(e);  // cur_name would keep the name: no string built for the common case
+        continue;
+      }
       for (int attempt = 0;; ++attempt) {
         const std::string target = cur_name(e.name, e.retrieved);
         if (!e.in_new && target == e.name) {
           left(e);
           break;
         }
-        auto r = rename_noreplace(dir_fds().of(e.in_new), e.name, cur_fd_.get(), target,
+        auto r = rename_noreplace(dir_fds().of(e.in_new), e.name.data(), dir_fds().cur,
+                                  target.c_str(),
                                   e.relative() + " to cur/" + target);
         if (r.ok()) {
           changed = true;
-          e.name = target;
+          e.name = names_.add(target);
           e.in_new = false;
           left(e);
           break;
@@ -754,10 +1185,17 @@ class maildir_drop final : public maildrop {
   }
 
  private:
-  dirs dir_fds() const noexcept { return dirs{cur_fd_.get(), new_fd_.get()}; }
+  // The directories opened for the commit in progress.
+  dirs dir_fds() const noexcept { return dirs_ ? dirs_->view() : dirs{}; }
+
+  // Closes the commit's directories however commit returns.
+  struct scope_close {
+    std::optional<open_dirs>& d;
+    ~scope_close() { d.reset(); }
+  };
 
   result<void> unlink_entry(const entry& e) {
-    if (::unlinkat(dir_fds().of(e.in_new), e.name.c_str(), 0) == 0) {
+    if (::unlinkat(dir_fds().of(e.in_new), e.name.data(), 0) == 0) {
       return ok_result();
     }
     const int err = errno;
@@ -781,7 +1219,7 @@ class maildir_drop final : public maildrop {
       const auto it = by_base_->find(std::string(e.base()));
       if (it != by_base_->end() &&
           (it->second.name != e.name || it->second.in_new != e.in_new)) {
-        e.name = it->second.name;
+        e.name = names_.add(it->second.name);
         e.in_new = it->second.in_new;
         return true;
       }
@@ -794,7 +1232,15 @@ class maildir_drop final : public maildrop {
   }
 
   result<void> rescan() {
-    auto index = index_by_base(root_fd_.get());
+    std::optional<open_dirs> temporary;
+    if (!dirs_) {
+      auto opened = open_maildir_dirs(path_);
+      if (!opened.ok()) {
+        return std::move(opened).err();
+      }
+      temporary = std::move(*opened);
+    }
+    auto index = index_by_base(dirs_ ? dirs_->view() : temporary->view());
     if (!index.ok()) {
       return std::move(index).err();
     }
@@ -804,9 +1250,8 @@ class maildir_drop final : public maildrop {
 
   std::string path_;
   unique_fd lock_fd_;  // holds the session lock for the object's life
-  unique_fd root_fd_;
-  unique_fd cur_fd_;
-  unique_fd new_fd_;
+  name_arena names_;   // every entry's name; declared before entries_, destroyed after
+  std::optional<open_dirs> dirs_;  // open only while commit runs
   std::vector<entry> entries_;
   std::vector<message_info> infos_;
   std::optional<base_index> by_base_;  // the last rescan, reused within one commit
@@ -880,6 +1325,42 @@ std::string cur_name(std::string_view file_name, bool seen) {
   return out;
 }
 
+std::uint64_t count_bare_lfs(std::string_view chunk, bool after_cr) noexcept {
+  const auto* p = reinterpret_cast<const unsigned char*>(chunk.data());
+  const std::size_t n = chunk.size();
+  if (n == 0) {
+    return 0;
+  }
+  std::uint64_t bare = (p[0] == '\n' && !after_cr) ? 1 : 0;
+  std::size_t i = 1;
+#if defined(__SSE2__) && defined(__x86_64__)
+  // 16 bytes at a time: a byte is a bare LF when it is LF and the byte before it (loaded
+  // one position back) is not CR. Each such byte compares to 0xFF (-1); subtracting counts
+  // it in a per-byte counter, summed (SAD against zero) before any counter can pass 255.
+  const __m128i lf = _mm_set1_epi8('\n');
+  const __m128i cr = _mm_set1_epi8('\r');
+  const __m128i zero = _mm_setzero_si128();
+  while (n - i >= 16) {
+    const std::size_t blocks = std::min<std::size_t>((n - i) / 16, 255);
+    __m128i counts = zero;
+    for (std::size_t b = 0; b < blocks; ++b, i += 16) {
+      const __m128i cur = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
+      const __m128i prev = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i - 1));
+      const __m128i bare_lf =
+          _mm_andnot_si128(_mm_cmpeq_epi8(prev, cr), _mm_cmpeq_epi8(cur, lf));
+      counts = _mm_sub_epi8(counts, bare_lf);
+    }
+    const __m128i sums = _mm_sad_epu8(counts, zero);
+    bare += static_cast<std::uint64_t>(_mm_cvtsi128_si64(sums)) +
+            static_cast<std::uint64_t>(_mm_cvtsi128_si64(_mm_unpackhi_epi64(sums, sums)));
+  }
+#endif
+  for (; i < n; ++i) {
+    bare += (p[i] == '\n' && p[i - 1] != '\r') ? 1 : 0;
+  }
+  return bare;
+}
+
 result<std::string> uidl_for_base(std::string_view base) {
   if (is_legal_uidl(base)) {
     return std::string(base);
@@ -902,17 +1383,29 @@ result<std::unique_ptr<store::maildrop>> open(const std::string& path) {
   for (const char* sub : {"cur", "new", "tmp"}) {
     POSTERN_TRY(make_dir_at(root->get(), sub, path + "/" + sub));
   }
-  auto cur = open_at(root->get(), "cur", O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0, path + "/cur",
-                     open_errc);
-  if (!cur.ok()) {
-    return std::move(cur).err();
+  // Later calls reopen files by path: make it absolute now, so it keeps naming this Maildir
+  // whatever the working directory becomes.
+  std::string absolute = path;
+  if (absolute.front() != '/') {
+    char cwd[PATH_MAX];
+    if (::getcwd(cwd, sizeof cwd) == nullptr) {
+      const int err = errno;
+      return error::from_errno(err, "maildir: working directory for " + path);
+    }
+    absolute = std::string(cwd) + "/" + path;
   }
-  auto new_ = open_at(root->get(), "new", O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0, path + "/new",
-                      open_errc);
-  if (!new_.ok()) {
-    return std::move(new_).err();
+  open_dirs d;
+  d.root = std::move(*root);
+  for (const bool in_new : {false, true}) {
+    auto fd = open_at(d.root.get(), sub_name(in_new), O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0,
+                      path + "/" + sub_name(in_new), open_errc);
+    if (!fd.ok()) {
+      return std::move(fd).err();
+    }
+    (in_new ? d.new_ : d.cur) = std::move(*fd);
   }
-  auto entries = build_listing(root->get(), dirs{cur->get(), new_->get()});
+  name_arena names;
+  auto entries = build_listing(d.root.get(), d.view(), lock->get(), names);
   if (!entries.ok()) {
     error e = std::move(entries).err();
     return error(e.code(), e.context() + " in " + path, e.cause());
@@ -922,8 +1415,8 @@ result<std::unique_ptr<store::maildrop>> open(const std::string& path) {
     return std::move(infos).err();
   }
   return std::unique_ptr<store::maildrop>(std::make_unique<maildir_drop>(
-      path, std::move(*root), std::move(*lock), std::move(*cur), std::move(*new_),
-      std::move(*entries), std::move(*infos)));
+      std::move(absolute), std::move(*lock), std::move(names), std::move(*entries),
+      std::move(*infos)));
 }
 
 }  // namespace postern::store::maildir

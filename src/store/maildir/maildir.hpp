@@ -18,8 +18,31 @@
 // not a regular file are skipped) and sorts by the leading "SECONDS." of the name, then by
 // base name; names without that prefix sort last. Mail delivered later is never listed and
 // never touched. Sizes come from Dovecot's ",W=<n>" field when present (no file read);
-// otherwise each file is read once to count bare LFs. UIDLs are the base name when it is a
-// legal UIDL, else its SHA-1 in hex, and are unique within the listing.
+// otherwise from the index (below), and failing that each file is read once to count bare
+// LFs. UIDLs are the base name when it is a legal UIDL, else its SHA-1 in hex, and are
+// unique within the listing.
+//
+// Index. "<maildir>/postern-pop3.index" (format in index.hpp; created 0600 with O_NOFOLLOW
+// under a temporary name in the Maildir root, then renamed over the old one) records the
+// last listing: each file's name, directory, inode and wire size, plus each directory's
+// device, inode, size, mtime and ctime, and the file system's time just before they were
+// stat'ed (read by touching the lock file: the file system's own clock, granularity and,
+// on NFS, host). At open, a directory whose stamp equals the recorded one, recorded while
+// strictly older than that time, is taken from the index without readdir; see is_settled
+// in maildir.cpp for why no change can hide behind that. Any other directory is listed,
+// and a file the index knows by base name with the same inode takes its recorded size
+// (Maildir content never changes, only names). The index is rewritten after a listing that
+// read a directory, unless it would record the same listing under stamps that still cannot
+// be trusted. It is a cache: a missing, unreadable, truncated or corrupt file (checksum,
+// lengths, fields or order) is ignored and the Maildir is read; it is never fsynced, and a
+// failure to write it is ignored. Commit does not rewrite it: our own unlinks and renames
+// move the directories' stamps, so the next open lists the changed directories once
+// (sizes from the index, no file read) and records them again. Trade-off: the index relies
+// on the file system updating a directory's mtime and ctime whenever an entry is added,
+// removed or renamed (POSIX local file systems and NFS do; the directories are opened afresh
+// at each open, which makes NFS revalidate their attributes); a file system that does not
+// would serve a stale listing. Directories are opened only for the listing, a commit or a
+// lookup by base name: between calls a maildrop holds only its lock file descriptor.
 //
 // Concurrent renames. Another MUA may rename a message (flag change, new/ -> cur/) at any
 // time; open_message and commit then look the message up again by its base name, once.
@@ -33,11 +56,14 @@
 // (RENAME_NOREPLACE): if the target name is taken the message stays where it is. Then cur/
 // and new/ are fsynced. Each unlink and rename is atomic, so a crash at any point leaves
 // every message either intact or gone. After a failure the remaining operations still run
-// and the first error is returned (errc::temporary, with the file in its context).
+// and the first error is returned (errc::temporary, with the file in its context). Commit
+// reopens the Maildir by path first; when that fails it returns errc::temporary having
+// changed nothing.
 //
 // Threading and ownership: a maildrop is used from one thread at a time; every call may
-// block on the file system. It owns its directory descriptors and the lock. Readers returned
-// by open_message own their own descriptor and may outlive the maildrop.
+// block on the file system. It owns the lock descriptor and reopens the Maildir by its
+// absolute path (made absolute at open) for each call. Readers returned by open_message own
+// their own descriptor and may outlive the maildrop.
 #pragma once
 
 #include "common/result.hpp"
@@ -84,6 +110,11 @@ name_parts parse_name(std::string_view file_name) noexcept;
 // without repeats. Returns `file_name` unchanged when nothing needs to change, and for an
 // info that is not "2,..." (whose meaning Postern does not know).
 std::string cur_name(std::string_view file_name, bool seen);
+
+// The number of bare LFs (LF not preceded by CR) in `chunk`; `after_cr` says whether the
+// byte before the chunk (the end of the previous chunk of the same file) was a CR. A file's
+// wire size is its length plus its bare LFs. I/O-free; exposed for tests and fuzzing.
+std::uint64_t count_bare_lfs(std::string_view chunk, bool after_cr) noexcept;
 
 // The UIDL for a base name: the base itself when it is 1..70 octets of 0x21..0x7E, else the
 // lowercase hex SHA-1 of the base. Errors: errc::temporary if the digest is unavailable.

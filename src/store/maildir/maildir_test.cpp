@@ -1,5 +1,7 @@
 #include "store/maildir/maildir.hpp"
 
+#include "store/maildir/index.hpp"
+
 #include <gtest/gtest.h>
 
 #include <grp.h>
@@ -15,6 +17,7 @@
 #include <fstream>
 #include <functional>
 #include <optional>
+#include <random>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -112,6 +115,21 @@ TEST(uidl_for_base, table) {
   EXPECT_EQ(*uidl_for_base("caf\xc3\xa9.1"), "2aea54355e333193341242ddf4e3a61219f7f0df");
   EXPECT_EQ(*uidl_for_base(""), "da39a3ee5e6b4b0d3255bfef95601890afd80709");
   EXPECT_EQ(uidl_for_base("a\x7f").value().size(), 40U);
+}
+
+TEST(uidl_for_base, every_byte_at_every_position) {
+  // 40 octets: two 16-byte blocks and a tail, so every position of the block check and of
+  // the byte loop sees every byte value.
+  for (std::size_t pos = 0; pos < 40; ++pos) {
+    for (int b = 0; b < 256; ++b) {
+      std::string base(40, 'x');
+      base[pos] = static_cast<char>(b);
+      const bool legal = b >= 0x21 && b <= 0x7E;
+      const auto uidl = uidl_for_base(base);
+      ASSERT_TRUE(uidl.ok());
+      ASSERT_EQ(*uidl == base, legal) << "byte " << b << " at " << pos;
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -781,6 +799,382 @@ TEST_F(maildir_test, unreadable_maildir_is_a_permanent_error) {
     auto drop = open(path);
     return !drop.ok() && drop.err().code() == errc::permanent;
   }));
+}
+
+// ---------------------------------------------------------------------------------------
+// Bare LF counting and the index.
+
+std::uint64_t naive_bare_lfs(std::string_view s, bool after_cr) {
+  std::uint64_t n = 0;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    const bool prev_cr = i == 0 ? after_cr : s[i - 1] == '\r';
+    n += (s[i] == '\n' && !prev_cr) ? 1 : 0;
+  }
+  return n;
+}
+
+TEST(count_bare_lfs, table) {
+  struct row {
+    std::string_view data;
+    bool after_cr;
+    std::uint64_t want;
+  };
+  const std::vector<row> rows = {
+      {"", false, 0},
+      {"", true, 0},
+      {"\n", false, 1},
+      {"\n", true, 0},
+      {"\r\n", false, 0},
+      {"\r\r\n\n", false, 1},
+      {"a\nb\r\nc\n", false, 2},
+      {"\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n", false, 17},
+      {"\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\n", false, 0},
+      {"0123456789abcde\r\n0123456789abcdef\n", false, 1},  // CR and LF across a 16-byte block
+      {"0123456789abcdef\r", false, 0},
+  };
+  for (const auto& r : rows) {
+    SCOPED_TRACE(testing::PrintToString(std::string(r.data)));
+    EXPECT_EQ(count_bare_lfs(r.data, r.after_cr), r.want);
+  }
+}
+
+TEST(count_bare_lfs, long_inputs_past_the_per_byte_counters) {
+  // More than 255 blocks of 16 bytes with bare LFs, CRLFs and CR LF pairs falling across
+  // block boundaries (the pattern is 18 bytes): the per-byte counters must be summed before
+  // they overflow.
+  std::string s;
+  for (int i = 0; i < 2000; ++i) {
+    s += "\n\n\r\nabc\n\rxyz0123\r";  // 3 bare LFs, then a CR
+    s += "\n";                            // LF after that CR: not bare
+  }
+  EXPECT_EQ(count_bare_lfs(s, false), naive_bare_lfs(s, false));
+  EXPECT_EQ(count_bare_lfs(s, false), 2000u * 3);
+  const std::string all_lf(70000, '\n');
+  EXPECT_EQ(count_bare_lfs(all_lf, false), 70000u);
+  EXPECT_EQ(count_bare_lfs(all_lf, true), 69999u);
+}
+
+TEST(count_bare_lfs, matches_a_byte_loop_for_any_split) {
+  std::mt19937 rng(12345);
+  const char alphabet[] = {'\r', '\n', 'a', '.'};
+  for (int round = 0; round < 300; ++round) {
+    std::string s(rng() % 200, 'x');
+    for (auto& c : s) {
+      c = alphabet[rng() % 4];
+    }
+    const std::uint64_t want = naive_bare_lfs(s, false);
+    // Whole, and split at a random point with the CR state carried over, as a reader does.
+    EXPECT_EQ(count_bare_lfs(s, false), want);
+    const std::size_t cut = s.empty() ? 0 : rng() % s.size();
+    const std::string_view a = std::string_view(s).substr(0, cut);
+    const std::string_view b = std::string_view(s).substr(cut);
+    EXPECT_EQ(count_bare_lfs(a, false) + count_bare_lfs(b, !a.empty() && a.back() == '\r'), want)
+        << s;
+  }
+}
+
+std::string read_file(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+void write_file(const fs::path& p, std::string_view bytes) {
+  std::ofstream out(p, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+dir_stamp stamp_path(const fs::path& p) {
+  struct stat st{};
+  EXPECT_EQ(::stat(p.c_str(), &st), 0) << p;
+  return dir_stamp{static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino),
+                   static_cast<std::uint64_t>(st.st_size),
+                   fs_time{st.st_mtim.tv_sec, st.st_mtim.tv_nsec},
+                   fs_time{st.st_ctim.tv_sec, st.st_ctim.tv_nsec}};
+}
+
+std::uint64_t inode_of(const fs::path& p) {
+  struct stat st{};
+  EXPECT_EQ(::stat(p.c_str(), &st), 0) << p;
+  return static_cast<std::uint64_t>(st.st_ino);
+}
+
+std::size_t open_fds() {
+  std::size_t n = 0;
+  for ([[maybe_unused]] const auto& e : fs::directory_iterator("/proc/self/fd")) {
+    ++n;
+  }
+  return n;
+}
+
+std::vector<std::uint64_t> sizes(const maildrop& drop) {
+  std::vector<std::uint64_t> out;
+  for (const auto& m : drop.messages()) {
+    out.push_back(m.size);
+  }
+  return out;
+}
+
+class maildir_index_test : public maildir_test {
+ protected:
+  fs::path index_path() const { return md_ / std::string(index_file_name); }
+
+  // Writes an index recording `records` under the directories' current stamps, listed at
+  // `listed_after` nanoseconds after the later of their mtimes and ctimes.
+  void write_index_now(const std::vector<index_record>& records, std::int64_t listed_after) {
+    index_contents c;
+    c.new_dir = stamp_path(md_ / "new");
+    c.cur_dir = stamp_path(md_ / "cur");
+    fs_time latest = std::max({c.new_dir.mtime, c.new_dir.ctime, c.cur_dir.mtime, c.cur_dir.ctime});
+    latest.nsec += listed_after;
+    latest.sec += latest.nsec / 1'000'000'000;
+    latest.nsec %= 1'000'000'000;
+    c.listed_at = latest;
+    c.records = records;
+    write_file(index_path(), encode_index(c));
+  }
+};
+
+TEST_F(maildir_index_test, open_writes_an_index_with_every_message) {
+  put("cur/1.a:2,S", "a\nb\n");
+  put("new/2.b", "bb\r\n");
+  must_open();
+  ASSERT_TRUE(fs::exists(index_path()));
+  EXPECT_EQ(mode_of(index_path()), 0600u);
+  EXPECT_FALSE(fs::exists(md_ / std::string(index_temp_name)));
+  const std::string bytes = read_file(index_path());
+  const auto c = decode_index(bytes);
+  ASSERT_TRUE(c);
+  ASSERT_EQ(c->records.size(), 2u);
+  EXPECT_EQ(c->records[0].name, "1.a:2,S");
+  EXPECT_EQ(c->records[0].wire_size, 6u);
+  EXPECT_FALSE(c->records[0].in_new);
+  EXPECT_EQ(c->records[0].ino, inode_of(md_ / "cur" / "1.a:2,S"));
+  EXPECT_EQ(c->records[1].name, "2.b");
+  EXPECT_EQ(c->records[1].wire_size, 4u);
+  EXPECT_TRUE(c->records[1].in_new);
+  EXPECT_EQ(c->new_dir, stamp_path(md_ / "new"));
+  EXPECT_EQ(c->cur_dir, stamp_path(md_ / "cur"));
+}
+
+TEST_F(maildir_index_test, settled_record_is_used_without_listing) {
+  put("cur/1.a:2,", "a\n");
+  put("cur/2.b:2,", "b\n");
+  const std::uint64_t ino = inode_of(md_ / "cur" / "1.a:2,");
+  // A record that lists only 1.a, with a size no file has: taken as it is, the directories
+  // were not read.
+  write_index_now({index_record{"1.a:2,", 99, ino, false}}, 1);
+  auto drop = must_open();
+  ASSERT_TRUE(drop);
+  EXPECT_EQ(uidls(*drop), (std::vector<std::string>{"1.a"}));
+  EXPECT_EQ(sizes(*drop), (std::vector<std::uint64_t>{99}));
+}
+
+TEST_F(maildir_index_test, record_not_older_than_its_listing_is_not_trusted) {
+  put("cur/1.a:2,", "a\n");
+  put("cur/2.b:2,", "b\n");
+  const std::uint64_t ino = inode_of(md_ / "cur" / "1.a:2,");
+  // Same stamps, but listed in the same clock tick as the last change: the directory is
+  // read (2.b appears); 1.a's size still comes from the index (same base name and inode).
+  write_index_now({index_record{"1.a:2,", 99, ino, false}}, 0);
+  auto drop = must_open();
+  ASSERT_TRUE(drop);
+  EXPECT_EQ(uidls(*drop), (std::vector<std::string>{"1.a", "2.b"}));
+  EXPECT_EQ(sizes(*drop), (std::vector<std::uint64_t>{99, 3}));
+}
+
+TEST_F(maildir_index_test, changed_directory_is_read_and_sizes_need_the_same_inode) {
+  put("cur/1.a:2,", "a\n");
+  put("cur/2.b:2,", "b\n");
+  const std::uint64_t ino1 = inode_of(md_ / "cur" / "1.a:2,");
+  const std::uint64_t ino2 = inode_of(md_ / "cur" / "2.b:2,");
+  write_index_now({index_record{"1.a:2,S", 50, ino1, false},   // renamed since: same base
+                   index_record{"2.b:2,", 60, ino2 + 1, false}},  // another inode
+                  1);
+  put("new/3.c", "c\n");  // a delivery: new/ changes
+  // cur/ too: its recorded stamp is cleared so it does not match.
+  {
+    const std::string bytes = read_file(index_path());
+    auto d = decode_index(bytes);
+    ASSERT_TRUE(d);
+    d->cur_dir = dir_stamp{};
+    write_file(index_path(), encode_index(*d));
+  }
+  auto drop = must_open();
+  ASSERT_TRUE(drop);
+  EXPECT_EQ(uidls(*drop), (std::vector<std::string>{"1.a", "2.b", "3.c"}));
+  EXPECT_EQ(sizes(*drop), (std::vector<std::uint64_t>{50, 3, 3}));
+  // And the index now records what was read.
+  const std::string bytes = read_file(index_path());
+  const auto c = decode_index(bytes);
+  ASSERT_TRUE(c);
+  ASSERT_EQ(c->records.size(), 3u);
+  EXPECT_EQ(c->records[0].name, "1.a:2,");
+  EXPECT_EQ(c->records[1].wire_size, 3u);
+  EXPECT_EQ(c->records[2].name, "3.c");
+}
+
+TEST_F(maildir_index_test, delivery_and_external_changes_are_seen_on_the_next_open) {
+  put("cur/1.a:2,", "a\n");
+  put("new/2.b", "b\n");
+  must_open().reset();
+  put("new/3.c", "cc\n");
+  fs::rename(md_ / "cur" / "1.a:2,", md_ / "cur" / "1.a:2,S");
+  fs::remove(md_ / "new" / "2.b");
+  auto drop = must_open();
+  ASSERT_TRUE(drop);
+  EXPECT_EQ(uidls(*drop), (std::vector<std::string>{"1.a", "3.c"}));
+  EXPECT_EQ(sizes(*drop), (std::vector<std::uint64_t>{3, 4}));
+}
+
+TEST_F(maildir_index_test, change_right_after_a_listing_is_never_missed) {
+  // Deliveries, flag changes and removals made at once after each open, within the same
+  // clock tick as the listing more often than not: every next open must see them.
+  put("cur/1.a:2,", "a\n");
+  std::vector<std::string> want = {"1.a"};
+  for (int i = 2; i < 150; ++i) {
+    must_open().reset();
+    const std::string base = std::to_string(i) + ".m";
+    switch (i % 3) {
+      case 0:
+        put("new/" + base, "x\n");
+        want.push_back(base);
+        break;
+      case 1:
+        put("cur/" + base + ":2,", "x\n");
+        want.push_back(base);
+        break;
+      default:
+        fs::remove(md_ / "cur" / (want.back() + ":2,"));
+        fs::remove(md_ / "new" / want.back());
+        want.pop_back();
+        break;
+    }
+    auto drop = must_open();
+    ASSERT_TRUE(drop);
+    std::vector<std::string> got = uidls(*drop);
+    std::vector<std::string> expected = want;
+    std::sort(got.begin(), got.end());
+    std::sort(expected.begin(), expected.end());
+    ASSERT_EQ(got, expected) << "after step " << i;
+  }
+}
+
+TEST_F(maildir_index_test, commit_then_reopen_lists_what_is_left) {
+  put("cur/1.a:2,", "a\n");
+  put("new/2.b", "b\n");
+  put("new/3.c", "c\n");
+  {
+    auto drop = must_open();
+    ASSERT_TRUE(drop);
+    auto r = commit(*drop, marks(3, {0}));
+    ASSERT_TRUE(r.ok()) << r.err().message();
+  }
+  auto drop = must_open();
+  ASSERT_TRUE(drop);
+  EXPECT_EQ(uidls(*drop), (std::vector<std::string>{"2.b", "3.c"}));
+  EXPECT_EQ(names_in("cur"), (std::vector<std::string>{"2.b:2,", "3.c:2,"}));
+}
+
+TEST_F(maildir_index_test, commit_keeps_cur_names_and_completes_a_missing_info) {
+  put("cur/1.a:2,F", "a\n");   // kept as it is
+  put("cur/2.b", "b\n");       // no info: gains ":2,"
+  put("cur/3.c:1,x", "c\n");   // an info Postern does not know: left alone
+  put("cur/4.d:2,", "d\n");    // retrieved: gains S
+  auto drop = must_open();
+  ASSERT_TRUE(drop);
+  ASSERT_TRUE(drop->open_message(3, true).ok());
+  auto r = commit(*drop, marks(4, {}));
+  ASSERT_TRUE(r.ok()) << r.err().message();
+  EXPECT_EQ(r->left, 4u);
+  EXPECT_EQ(names_in("cur"),
+            (std::vector<std::string>{"1.a:2,F", "2.b:2,", "3.c:1,x", "4.d:2,S"}));
+}
+
+TEST_F(maildir_index_test, corrupt_or_hostile_index_files_are_ignored) {
+  put("cur/1.a:2,", "a\nb\n");
+  put("new/2.b", "b\n");
+  must_open().reset();
+  const std::string good = read_file(index_path());
+  ASSERT_FALSE(good.empty());
+  const std::vector<std::string> bad = {
+      "",
+      good.substr(0, good.size() / 2),
+      good.substr(0, good.size() - 1),
+      good + "x",
+      std::string(good.size(), '\0'),
+      [&] {
+        std::string s = good;
+        s[s.size() / 2] = static_cast<char>(s[s.size() / 2] ^ 0x40);
+        return s;
+      }(),
+  };
+  for (const auto& b : bad) {
+    write_file(index_path(), b);
+    auto drop = must_open();
+    ASSERT_TRUE(drop);
+    EXPECT_EQ(uidls(*drop), (std::vector<std::string>{"1.a", "2.b"}));
+    EXPECT_EQ(sizes(*drop), (std::vector<std::uint64_t>{6, 3}));
+  }
+  // A validly sealed index whose records are out of order is not ours either.
+  write_index_now({index_record{"2.b", 7, inode_of(md_ / "new" / "2.b"), true},
+                   index_record{"1.a:2,", 7, inode_of(md_ / "cur" / "1.a:2,"), false}},
+                  1);
+  auto drop = must_open();
+  ASSERT_TRUE(drop);
+  EXPECT_EQ(sizes(*drop), (std::vector<std::uint64_t>{6, 3}));
+}
+
+TEST_F(maildir_index_test, index_that_is_a_symlink_or_directory_is_not_followed) {
+  put("cur/1.a:2,", "a\n");
+  const fs::path target = root_ / "elsewhere";
+  write_file(target, "keep");
+  fs::create_symlink(target, index_path());
+  {
+    auto drop = must_open();
+    ASSERT_TRUE(drop);
+    EXPECT_EQ(sizes(*drop), (std::vector<std::uint64_t>{3}));
+  }
+  EXPECT_EQ(read_file(target), "keep");
+  EXPECT_FALSE(fs::is_symlink(index_path()));  // replaced by rename, target untouched
+
+  fs::remove(index_path());
+  fs::create_directory(index_path());
+  auto drop = must_open();
+  ASSERT_TRUE(drop);
+  EXPECT_EQ(sizes(*drop), (std::vector<std::uint64_t>{3}));
+}
+
+TEST_F(maildir_index_test, idle_maildrop_holds_only_its_lock) {
+  put("cur/1.a:2,", "a\n");
+  put("new/2.b", "b\n");
+  const std::size_t before = open_fds();
+  auto drop = must_open();
+  ASSERT_TRUE(drop);
+  EXPECT_EQ(open_fds(), before + 1);
+  {
+    auto reader = drop->open_message(1, true);
+    ASSERT_TRUE(reader.ok());
+    EXPECT_EQ(read_all(**reader), "b\n");
+  }
+  EXPECT_EQ(open_fds(), before + 1);
+  auto r = commit(*drop, marks(2, {0}));
+  ASSERT_TRUE(r.ok()) << r.err().message();
+  EXPECT_EQ(open_fds(), before + 1);
+  drop.reset();
+  EXPECT_EQ(open_fds(), before);
+}
+
+TEST_F(maildir_index_test, relative_path_keeps_naming_the_same_maildir) {
+  put("new/1.a", "a\n");
+  const fs::path old_cwd = fs::current_path();
+  fs::current_path(root_);
+  auto r = open("Maildir");
+  fs::current_path("/");
+  ASSERT_TRUE(r.ok()) << r.err().message();
+  auto reader = (*r)->open_message(0, true);
+  fs::current_path(old_cwd);
+  ASSERT_TRUE(reader.ok()) << reader.err().message();
+  EXPECT_EQ(read_all(**reader), "a\n");
 }
 
 }  // namespace
