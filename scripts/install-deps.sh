@@ -16,6 +16,7 @@ build_pkgs=(
   libpam0g-dev         # PAM: system users
   libwrap0-dev         # TCP wrappers: hosts.allow / hosts.deny
   libsqlite3-dev       # login statistics and bulletin databases
+  libxxhash-dev        # xxHash: checksums of the Maildir index
 )
 test_pkgs=(
   python3 curl fetchmail mpop getmail6 openssl procps
