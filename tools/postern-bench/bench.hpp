@@ -71,21 +71,23 @@ struct options {
 };
 
 // The user names and passwords clients log in with: pattern "user%d" and a count, %d running
-// from first_user. A pattern without %d names one user.
+// from first_user. A pattern without %d names one user. The names and the USER and PASS
+// commands are built once, up front, so a session formats nothing.
 class user_set {
  public:
   explicit user_set(const options& o);
-  std::uint64_t size() const noexcept { return count_; }
-  // Name and password of user i, 0 <= i < size().
-  std::string name(std::uint64_t i) const;
-  std::string password(std::uint64_t i) const;
+  std::uint64_t size() const noexcept { return names_.size(); }
+  // Of user i, 0 <= i < size(); valid as long as the set.
+  std::string_view name(std::uint64_t i) const noexcept { return names_[i]; }
+  const command_line& user_command(std::uint64_t i) const noexcept { return user_[i]; }
+  const command_line& pass_command(std::uint64_t i) const noexcept { return pass_[i]; }
+
+  static std::string expand(const std::string& pattern, std::uint64_t n);
 
  private:
-  static std::string expand(const std::string& pattern, std::uint64_t n);
-  std::string pattern_;
-  std::string password_;
-  std::uint64_t first_;
-  std::uint64_t count_;
+  std::vector<std::string> names_;
+  std::vector<command_line> user_;
+  std::vector<command_line> pass_;
 };
 
 // Everything a run measured.

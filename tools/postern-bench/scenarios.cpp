@@ -6,6 +6,8 @@
 #include <fmt/core.h>
 
 #include <algorithm>
+#include <charconv>
+#include <cstring>
 #include <exception>
 #include <memory>
 
@@ -50,9 +52,30 @@ struct stat_reply {
 
 // Where a session is, for error messages.
 struct session_trace {
-  std::string user;
+  std::string_view user;  // a name in the run's user_set
   const char* step = "connect";
 };
+
+// Commands without arguments, in wire form.
+constexpr std::string_view stat_wire = "STAT\r\n";
+constexpr std::string_view uidl_wire = "UIDL\r\n";
+constexpr std::string_view list_wire = "LIST\r\n";
+constexpr std::string_view noop_wire = "NOOP\r\n";
+constexpr std::string_view quit_wire = "QUIT\r\n";
+constexpr std::string_view stls_wire = "STLS\r\n";
+
+// "VERB n\r\n" in `buf`, formatted without allocating; valid as long as buf.
+template <std::size_t N>
+std::string_view numbered_command(char (&buf)[N], std::string_view verb, std::uint64_t n) {
+  static_assert(N >= 32);
+  std::memcpy(buf, verb.data(), verb.size());
+  char* p = buf + verb.size();
+  *p++ = ' ';
+  p = std::to_chars(p, buf + N - 2, n).ptr;
+  *p++ = '\r';
+  *p++ = '\n';
+  return std::string_view(buf, static_cast<std::size_t>(p - buf));
+}
 
 // Counts the connection's failure with a message naming the user, the step and, for a reply
 // the server gave, the reply itself.
@@ -95,37 +118,29 @@ std::vector<asio::ip::address> source_addresses(const options& o, const tcp::end
   return out;
 }
 
-bool has_unique_uids(const std::vector<listing_entry>& listing) {
-  std::vector<std::string_view> uids;
-  uids.reserve(listing.size());
-  for (const auto& e : listing) {
-    uids.emplace_back(e.uid);
-  }
-  std::sort(uids.begin(), uids.end());
-  return std::adjacent_find(uids.begin(), uids.end()) == uids.end();
-}
-
 // Connects, reads the greeting (starting TLS as the options say), logs in and runs STAT.
-// Records connect, tls, stls, user, pass, stat and login_stat from t0.
+// Records connect, tls, stls, user, pass, stat and login_stat from t, which comes in as the
+// session's start and goes out as the time of the STAT reply: one clock read per operation.
 asio::awaitable<bool> login(client_env& e, pop3_connection& c, std::uint64_t user,
-                            asio::ip::address source, bench_clock::time_point t0,
+                            asio::ip::address source, bench_clock::time_point& t,
                             stat_reply& stat, session_trace& trace) {
   run_control& run = e.run;
-  auto t = t0;
+  const auto t0 = t;
   // Records the operation that just ended and gives the next one its own deadline.
   auto lap = [&](op o) {
     const auto now = bench_clock::now();
     run.record(o, t, now);
     t = now;
-    c.arm(run.timeout());
+    c.arm(now, run.timeout());
   };
-  c.arm(run.timeout());
+  c.arm(t, run.timeout());
   trace.user = e.users.name(user);
   trace.step = "connect";
-  if (const bool ok = co_await c.connect(e.target, source); !ok) {
+  const bool tls_first = e.o.tls == tls_mode::pop3s;
+  if (const bool ok = co_await c.connect(e.target, source, tls_first); !ok) {
     co_return false;
   }
-  if (e.o.tls == tls_mode::pop3s) {
+  if (tls_first) {
     trace.step = "TLS handshake";
     const auto th = bench_clock::now();
     if (const bool ok = co_await c.handshake(*e.ssl); !ok) {
@@ -143,7 +158,7 @@ asio::awaitable<bool> login(client_env& e, pop3_connection& c, std::uint64_t use
   lap(op::connect);
   if (e.o.tls == tls_mode::stls) {
     trace.step = "STLS";
-    if (const bool ok = co_await c.command("STLS", fault::err_reply); !ok) {
+    if (const bool ok = co_await c.command(stls_wire, fault::err_reply); !ok) {
       co_return false;
     }
     lap(op::stls);
@@ -154,19 +169,17 @@ asio::awaitable<bool> login(client_env& e, pop3_connection& c, std::uint64_t use
     lap(op::tls);
   }
   trace.step = "USER";
-  const std::string user_command = "USER " + trace.user;
-  if (const bool ok = co_await c.command(user_command, fault::auth); !ok) {
+  if (const bool ok = co_await c.command(e.users.user_command(user), fault::auth); !ok) {
     co_return false;
   }
   lap(op::user);
   trace.step = "PASS";
-  const std::string pass_command = "PASS " + e.users.password(user);
-  if (const bool ok = co_await c.command(pass_command, fault::auth); !ok) {
+  if (const bool ok = co_await c.command(e.users.pass_command(user), fault::auth); !ok) {
     co_return false;
   }
   lap(op::pass);
   trace.step = "STAT";
-  if (const bool ok = co_await c.command("STAT", fault::err_reply); !ok) {
+  if (const bool ok = co_await c.command(stat_wire, fault::err_reply); !ok) {
     co_return false;
   }
   if (!c.status_number(stat.messages, 0) || !c.status_number(stat.octets, 1)) {
@@ -177,13 +190,15 @@ asio::awaitable<bool> login(client_env& e, pop3_connection& c, std::uint64_t use
   co_return true;
 }
 
-// QUIT, then wait for the server to close. Records quit (and session from t0 when given).
+// QUIT, then wait for the server to close. Records quit from t (the end of the previous
+// operation, or now when null) and session from t0 when given.
 asio::awaitable<bool> quit(client_env& e, pop3_connection& c, session_trace& trace,
+                           const bench_clock::time_point* since,
                            const bench_clock::time_point* t0) {
-  c.arm(e.run.timeout());
+  const auto t = since != nullptr ? *since : bench_clock::now();
+  c.arm(t, e.run.timeout());
   trace.step = "QUIT";
-  const auto t = bench_clock::now();
-  if (const bool ok = co_await c.command("QUIT", fault::err_reply); !ok) {
+  if (const bool ok = co_await c.command(quit_wire, fault::err_reply); !ok) {
     co_return false;
   }
   const auto now = bench_clock::now();
@@ -197,14 +212,16 @@ asio::awaitable<bool> quit(client_env& e, pop3_connection& c, session_trace& tra
 }
 
 // RETR n, checking the octets against the status line and, when known, the LIST size.
-// Returns false with a fault on I/O or reply failures; a size disagreement is counted here
-// (with details) and sets `clean` to false, and the session goes on.
+// t comes in as the start of the RETR and goes out as its end. Returns false with a fault on
+// I/O or reply failures; a size disagreement is counted here (with details) and sets `clean`
+// to false, and the session goes on.
 asio::awaitable<bool> retrieve(client_env& e, stats& st, pop3_connection& c, std::uint64_t n,
-                               const std::uint64_t* listed, session_trace& trace, bool& clean) {
-  const std::string command = fmt::format("RETR {}", n);
+                               const std::uint64_t* listed, session_trace& trace, bool& clean,
+                               bench_clock::time_point& t) {
+  char buf[32];
+  const std::string_view command = numbered_command(buf, "RETR", n);
   trace.step = "RETR";
-  c.arm(e.run.timeout());
-  const auto t = bench_clock::now();
+  c.arm(t, e.run.timeout());
   if (const bool ok = co_await c.command(command, fault::err_reply); !ok) {
     co_return false;
   }
@@ -214,7 +231,9 @@ asio::awaitable<bool> retrieve(client_env& e, stats& st, pop3_connection& c, std
   if (const bool ok = co_await c.read_body(body, e.payload_sink(st)); !ok) {
     co_return false;
   }
-  e.run.record(op::retr, t, bench_clock::now());
+  const auto end = bench_clock::now();
+  e.run.record(op::retr, t, end);
+  t = end;
   if (body.bare_lf) {
     clean = false;
     e.run.count_error(fault::bare_lf, fmt::format("{} RETR {}: a line ended in a bare LF",
@@ -240,26 +259,29 @@ asio::awaitable<bool> retrieve(client_env& e, stats& st, pop3_connection& c, std
 
 asio::awaitable<bool> full_session(client_env& e, stats& st, pop3_connection& c,
                                    std::uint64_t user, asio::ip::address source,
-                                   std::vector<listing_entry>& listing, session_trace& trace) {
+                                   listing& uids, std::vector<std::string_view>& scratch,
+                                   session_trace& trace) {
   const auto t0 = bench_clock::now();
+  auto t = t0;
   stat_reply stat;
-  if (const bool ok = co_await login(e, c, user, source, t0, stat, trace); !ok) {
+  if (const bool ok = co_await login(e, c, user, source, t, stat, trace); !ok) {
     co_return false;
   }
   trace.step = "UIDL";
-  auto t = bench_clock::now();
-  c.arm(e.run.timeout());
-  if (const bool ok = co_await c.listing("UIDL", listing, true); !ok) {
+  c.arm(t, e.run.timeout());
+  if (const bool ok = co_await c.listing_command(uidl_wire, uids, true); !ok) {
     co_return false;
   }
-  e.run.record(op::uidl, t, bench_clock::now());
-  if (listing.size() != stat.messages) {
+  const auto now = bench_clock::now();
+  e.run.record(op::uidl, t, now);
+  t = now;
+  if (uids.size() != stat.messages) {
     e.run.count_error(fault::count_mismatch,
                       fmt::format("{}: STAT said {} messages, UIDL listed {}", trace.user,
-                                  stat.messages, listing.size()));
+                                  stat.messages, uids.size()));
     co_return false;
   }
-  if (!has_unique_uids(listing)) {
+  if (!uids.has_unique_uids(scratch)) {
     e.run.count_error(fault::bad_uidl, fmt::format("{}: UIDL repeated a unique-id", trace.user));
     co_return false;
   }
@@ -267,10 +289,10 @@ asio::awaitable<bool> full_session(client_env& e, stats& st, pop3_connection& c,
     co_return c.fail(fault::empty_maildrop);
   }
   bool clean = true;
-  if (const bool ok = co_await retrieve(e, st, c, 1, nullptr, trace, clean); !ok) {
+  if (const bool ok = co_await retrieve(e, st, c, 1, nullptr, trace, clean, t); !ok) {
     co_return false;
   }
-  if (const bool ok = co_await quit(e, c, trace, &t0); !ok) {
+  if (const bool ok = co_await quit(e, c, trace, &t, &t0); !ok) {
     co_return false;
   }
   co_return clean;
@@ -288,26 +310,27 @@ asio::awaitable<void> back_off(unsigned failures_in_a_row) {
 
 asio::awaitable<void> session_client(client_env& e, stats& st, std::uint64_t index) {
   auto ex = co_await asio::this_coro::executor;
-  std::vector<listing_entry> listing;
+  listing uids;
+  std::vector<std::string_view> scratch;
   unsigned failures = 0;
   try {
+    // One connection object for every session of this client: its buffer is allocated once.
+    pop3_connection c(ex, e.run.connections(), e.buffer_size);
     for (std::uint64_t round = 0; e.run.may_start(); ++round) {
       // Client i takes users i, i + clients, i + 2 * clients, ...: when the user count is a
       // multiple of the client count, no two clients ever share a maildrop.
       const std::uint64_t user = (index + round * e.clients) % e.users.size();
       session_trace trace;
-      bool ok = false;
-      {
-        pop3_connection c(ex, e.run.connections(), e.buffer_size);
-        ok = co_await full_session(e, st, c, user, e.source_for(index + round), listing, trace);
-        if (!ok) {
-          count_failure(e.run, c, trace);
-        }
-      }
+      c.reset();
+      const bool ok = co_await full_session(e, st, c, user, e.source_for(index + round), uids,
+                                            scratch, trace);
       if (ok) {
+        c.close();
         e.run.complete_unit();
         failures = 0;
       } else {
+        count_failure(e.run, c, trace);
+        c.close();
         e.run.unit_failed();
         co_await back_off(failures++);
       }
@@ -323,53 +346,58 @@ asio::awaitable<void> session_client(client_env& e, stats& st, std::uint64_t ind
 
 asio::awaitable<void> retr_client(client_env& e, stats& st, std::uint64_t index) {
   auto ex = co_await asio::this_coro::executor;
-  std::vector<listing_entry> listing;
+  listing sizes;
   unsigned failures = 0;
   try {
+    pop3_connection c(ex, e.run.connections(), e.buffer_size);
     while (e.run.may_start()) {
       const std::uint64_t user = index % e.users.size();
       session_trace trace;
       bool finished = false;
-      pop3_connection c(ex, e.run.connections(), e.buffer_size);
+      c.reset();
       do {
         stat_reply stat;
         const auto source = e.source_for(index);
-        if (const bool ok = co_await login(e, c, user, source, bench_clock::now(), stat, trace);
-            !ok) {
+        auto t = bench_clock::now();
+        if (const bool ok = co_await login(e, c, user, source, t, stat, trace); !ok) {
           break;
         }
         trace.step = "LIST";
-        const auto t = bench_clock::now();
-        c.arm(e.run.timeout());
-        if (const bool ok = co_await c.listing("LIST", listing, false); !ok) {
+        c.arm(t, e.run.timeout());
+        if (const bool ok = co_await c.listing_command(list_wire, sizes, false); !ok) {
           break;
         }
-        e.run.record(op::list, t, bench_clock::now());
+        const auto listed = bench_clock::now();
+        e.run.record(op::list, t, listed);
+        t = listed;
         std::uint64_t sum = 0;
-        for (const auto& l : listing) {
+        for (const auto& l : sizes) {
           sum += l.size;
         }
-        if (listing.size() != stat.messages || sum != stat.octets) {
+        if (sizes.size() != stat.messages || sum != stat.octets) {
           e.run.count_error(fault::count_mismatch,
                             fmt::format("{}: STAT said {} messages ({} octets), LIST listed {} "
                                         "({} octets)",
-                                        trace.user, stat.messages, stat.octets, listing.size(),
+                                        trace.user, stat.messages, stat.octets, sizes.size(),
                                         sum));
           break;
         }
-        if (listing.empty() || (e.o.message != 0 && e.o.message > listing.size())) {
+        if (sizes.empty() || (e.o.message != 0 && e.o.message > sizes.size())) {
           c.fail(fault::empty_maildrop);
           break;
         }
         // Cycling clients start spread over the maildrop.
         std::size_t next =
-            e.o.message == 0 ? static_cast<std::size_t>(index * listing.size() / e.clients) : 0;
+            e.o.message == 0 ? static_cast<std::size_t>(index * sizes.size() / e.clients) : 0;
         bool clean = true;
         bool broken = false;
         while (e.run.may_start()) {
-          const listing_entry& m =
-              e.o.message == 0 ? listing[next++ % listing.size()] : listing[e.o.message - 1];
-          if (const bool ok = co_await retrieve(e, st, c, m.number, &m.size, trace, clean); !ok) {
+          if (next == sizes.size()) {
+            next = 0;
+          }
+          const listing::entry& m = e.o.message == 0 ? sizes[next++] : sizes[e.o.message - 1];
+          if (const bool ok = co_await retrieve(e, st, c, m.number, &m.size, trace, clean, t);
+              !ok) {
             broken = true;
             break;
           }
@@ -378,7 +406,7 @@ asio::awaitable<void> retr_client(client_env& e, stats& st, std::uint64_t index)
         if (broken) {
           break;
         }
-        if (const bool ok = co_await quit(e, c, trace, nullptr); !ok) {
+        if (const bool ok = co_await quit(e, c, trace, nullptr, nullptr); !ok) {
           break;
         }
         finished = clean;
@@ -448,8 +476,8 @@ asio::awaitable<void> idle_opener(idle_state& s, wait_group& wg) {
       stat_reply stat;
       const auto source = e.source_for(i);
       const std::uint64_t user = i % e.users.size();
-      if (const bool ok = co_await login(e, *c, user, source, bench_clock::now(), stat, trace);
-          ok) {
+      auto t = bench_clock::now();
+      if (const bool ok = co_await login(e, *c, user, source, t, stat, trace); ok) {
         c->disarm();
         s.held[i] = std::move(c);
         e.run.complete_unit();
@@ -484,11 +512,11 @@ asio::awaitable<void> idle_sweeper(idle_state& s, std::uint64_t& cursor, bool re
       session_trace trace{e.users.name(i % e.users.size()), release ? "QUIT" : "NOOP"};
       bool ok = false;
       if (release) {
-        ok = co_await quit(e, *c, trace, nullptr);
+        ok = co_await quit(e, *c, trace, nullptr, nullptr);
       } else {
-        c->arm(e.run.timeout());
         const auto t = bench_clock::now();
-        ok = co_await c->command("NOOP", fault::err_reply);
+        c->arm(t, e.run.timeout());
+        ok = co_await c->command(noop_wire, fault::err_reply);
         e.run.record(op::noop, t, bench_clock::now());
         c->disarm();
       }
@@ -570,7 +598,7 @@ asio::ssl::context make_tls_context() {
 }
 
 struct prepared {
-  asio::io_context io{1};
+  asio::io_context io{ASIO_CONCURRENCY_HINT_UNSAFE};
   stats& st;
   run_control run;
   user_set users;
@@ -708,8 +736,9 @@ namespace {
 asio::awaitable<void> bigbox_main(client_env& e, std::vector<bigbox_iteration>& out) {
   auto ex = co_await asio::this_coro::executor;
   const std::uint64_t iterations = e.o.count.value_or(3);
-  std::vector<listing_entry> uids;
-  std::vector<listing_entry> sizes;
+  listing uids;
+  listing sizes;
+  std::vector<std::string_view> scratch;
   try {
     for (std::uint64_t it = 1; it <= iterations && !e.run.interrupted(); ++it) {
       pop3_connection c(ex, e.run.connections(), e.buffer_size);
@@ -718,18 +747,18 @@ asio::awaitable<void> bigbox_main(client_env& e, std::vector<bigbox_iteration>& 
       bool finished = false;
       do {
         const auto t0 = bench_clock::now();
+        auto t = t0;
         stat_reply stat;
-        if (const bool ok = co_await login(e, c, 0, e.source_for(0), t0, stat, trace); !ok) {
+        if (const bool ok = co_await login(e, c, 0, e.source_for(0), t, stat, trace); !ok) {
           break;
         }
-        auto t = bench_clock::now();
         r.login_stat_ms = ms_between(t0, t);
         r.messages = stat.messages;
         r.octets = stat.octets;
 
         trace.step = "UIDL";
         c.arm(e.run.timeout());
-        if (const bool ok = co_await c.listing("UIDL", uids, true); !ok) {
+        if (const bool ok = co_await c.listing_command(uidl_wire, uids, true); !ok) {
           break;
         }
         auto now = bench_clock::now();
@@ -739,7 +768,7 @@ asio::awaitable<void> bigbox_main(client_env& e, std::vector<bigbox_iteration>& 
         trace.step = "LIST";
         t = bench_clock::now();
         c.arm(e.run.timeout());
-        if (const bool ok = co_await c.listing("LIST", sizes, false); !ok) {
+        if (const bool ok = co_await c.listing_command(list_wire, sizes, false); !ok) {
           break;
         }
         now = bench_clock::now();
@@ -758,7 +787,7 @@ asio::awaitable<void> bigbox_main(client_env& e, std::vector<bigbox_iteration>& 
                                         stat.messages, stat.octets, uids.size(), sizes.size(),
                                         sum));
         }
-        if (!has_unique_uids(uids)) {
+        if (!uids.has_unique_uids(scratch)) {
           e.run.count_error(fault::bad_uidl, "UIDL repeated a unique-id");
         }
 
@@ -769,7 +798,8 @@ asio::awaitable<void> bigbox_main(client_env& e, std::vector<bigbox_iteration>& 
           bool deleted = true;
           for (std::size_t i = sizes.size() - k; i < sizes.size(); ++i) {
             c.arm(e.run.timeout());
-            const std::string dele = fmt::format("DELE {}", sizes[i].number);
+            char buf[32];
+            const std::string_view dele = numbered_command(buf, "DELE", sizes[i].number);
             if (const bool ok = co_await c.command(dele, fault::err_reply); !ok) {
               deleted = false;
               break;
@@ -787,7 +817,7 @@ asio::awaitable<void> bigbox_main(client_env& e, std::vector<bigbox_iteration>& 
         trace.step = "QUIT";
         t = bench_clock::now();
         c.arm(e.run.timeout());
-        if (const bool ok = co_await c.command("QUIT", fault::err_reply); !ok) {
+        if (const bool ok = co_await c.command(quit_wire, fault::err_reply); !ok) {
           break;
         }
         now = bench_clock::now();
