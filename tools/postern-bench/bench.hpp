@@ -68,6 +68,7 @@ struct options {
   bool server_children = true;    // idle: add the PSS of the server's descendants
   std::uint64_t concurrency = 64;  // idle: sessions being set up at once
   std::uint64_t delete_last = 0;   // bigbox: DELE the last k messages in the last iteration
+  std::uint64_t processes = 0;     // idle: client processes (0: as many as RLIMIT_NOFILE needs)
 };
 
 // The user names and passwords clients log in with: pattern "user%d" and a count, %d running
@@ -83,6 +84,8 @@ class user_set {
   const command_line& pass_command(std::uint64_t i) const noexcept { return pass_[i]; }
 
   static std::string expand(const std::string& pattern, std::uint64_t n);
+  // How many users the options name, without building them.
+  static std::uint64_t count_of(const options& o) noexcept;
 
  private:
   std::vector<std::string> names_;
@@ -113,6 +116,7 @@ struct idle_result {
   std::optional<std::uint64_t> pss_after_kib;
   std::uint64_t processes_before = 0;
   std::uint64_t processes_after = 0;
+  std::uint64_t client_processes = 1;  // postern-bench processes that held the sessions
 };
 
 struct bigbox_iteration {

@@ -90,6 +90,10 @@ int main(int argc, char** argv) {
   idle->add_option("--concurrency", o.concurrency, "sessions being opened at once")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  idle->add_option("--processes", o.processes,
+                    "client processes holding the sessions (default: as many as the "
+                    "open-file limit needs), each from its own source addresses")
+      ->check(CLI::PositiveNumber);
   idle->add_option("--hold", o.duration_s, "seconds to hold the sessions (same as --duration)")
       ->check(CLI::PositiveNumber);
   auto* bigbox = app.add_subcommand(

@@ -30,12 +30,15 @@ bench_clock::duration seconds(double s) {
 
 std::string_view op_name(op o) noexcept { return op_names[static_cast<std::size_t>(o)]; }
 
-user_set::user_set(const options& o) {
-  std::uint64_t count = o.users;
+std::uint64_t user_set::count_of(const options& o) noexcept {
   if (o.user_pattern.find("%d") == std::string::npos) {
-    count = 1;
+    return 1;
   }
-  count = std::max<std::uint64_t>(count, 1);
+  return std::max<std::uint64_t>(o.users, 1);
+}
+
+user_set::user_set(const options& o) {
+  const std::uint64_t count = count_of(o);
   names_.reserve(count);
   user_.reserve(count);
   pass_.reserve(count);

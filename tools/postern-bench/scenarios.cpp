@@ -1,11 +1,18 @@
 // The load scenarios of postern-bench. Each builds one io_context, spawns its clients as
 // coroutines, and runs them on the calling thread until the run is over.
 #include "bench.hpp"
+#include "idle_report.hpp"
 #include "system.hpp"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <fmt/core.h>
 
 #include <algorithm>
+#include <csignal>
 #include <charconv>
 #include <cstring>
 #include <exception>
@@ -452,11 +459,19 @@ class wait_group {
   std::size_t pending_ = 0;
 };
 
+// A child process of a forked `idle` run: where it reports and waits for its parent.
+struct child_link {
+  int report_fd = -1;   // frames up to the parent
+  int control_fd = -1;  // end of file (or a byte) from the parent: release the sessions
+};
+
 struct idle_state {
   client_env& env;
   stats& st;
   std::vector<std::unique_ptr<pop3_connection>> held;
   std::uint64_t next = 0;
+  std::uint64_t first = 0;  // session i of this process is session first + i of the run
+  const child_link* link = nullptr;
   // Failures since the last success: when every opener has failed in a row the server is
   // full (out of descriptors, at its connection limit), and waiting out more timeouts
   // would only make the run longer.
@@ -475,7 +490,7 @@ asio::awaitable<void> idle_opener(idle_state& s, wait_group& wg) {
       session_trace trace;
       stat_reply stat;
       const auto source = e.source_for(i);
-      const std::uint64_t user = i % e.users.size();
+      const std::uint64_t user = (s.first + i) % e.users.size();
       auto t = bench_clock::now();
       if (const bool ok = co_await login(e, *c, user, source, t, stat, trace); ok) {
         c->disarm();
@@ -509,7 +524,7 @@ asio::awaitable<void> idle_sweeper(idle_state& s, std::uint64_t& cursor, bool re
       if (!c) {
         continue;
       }
-      session_trace trace{e.users.name(i % e.users.size()), release ? "QUIT" : "NOOP"};
+      session_trace trace{e.users.name((s.first + i) % e.users.size()), release ? "QUIT" : "NOOP"};
       bool ok = false;
       if (release) {
         ok = co_await quit(e, *c, trace, nullptr, nullptr);
@@ -556,16 +571,32 @@ asio::awaitable<void> idle_main(idle_state& s, idle_result& r) {
   r.established = static_cast<std::uint64_t>(
       std::count_if(s.held.begin(), s.held.end(), [](const auto& c) { return c != nullptr; }));
 
-  asio::steady_timer hold(ex);
-  hold.expires_after(std::chrono::duration_cast<bench_clock::duration>(
-      std::chrono::duration<double>(o.duration_s)));
-  e.run.on_interrupt([&hold] { hold.cancel(); });
-  if (!e.run.interrupted()) {
-    co_await hold.async_wait(use_tuple);
+  if (s.link != nullptr) {
+    // A child: tell the parent, which holds every child's sessions at once and measures the
+    // server, then wait for its word (or its end) to let them go.
+    report_writer w;
+    w.u64(r.established);
+    w.f64(r.setup_s);
+    if (!write_frame(s.link->report_fd, frame_established, w.bytes())) {
+      e.run.warn("cannot report to the parent process");
+    }
+    asio::posix::stream_descriptor control(ex, ::dup(s.link->control_fd));
+    char byte = 0;
+    const auto word = co_await control.async_read_some(asio::buffer(&byte, 1), use_tuple);
+    static_cast<void>(word);
+    r.hold_s = std::chrono::duration<double>(bench_clock::now() - t1).count();
+  } else {
+    asio::steady_timer hold(ex);
+    hold.expires_after(std::chrono::duration_cast<bench_clock::duration>(
+        std::chrono::duration<double>(o.duration_s)));
+    e.run.on_interrupt([&hold] { hold.cancel(); });
+    if (!e.run.interrupted()) {
+      co_await hold.async_wait(use_tuple);
+    }
+    e.run.on_interrupt(nullptr);
+    r.hold_s = std::chrono::duration<double>(bench_clock::now() - t1).count();
   }
-  e.run.on_interrupt(nullptr);
-  r.hold_s = std::chrono::duration<double>(bench_clock::now() - t1).count();
-  if (o.server_pid) {
+  if (o.server_pid && s.link == nullptr) {
     if (auto pss = read_pss(*o.server_pid, o.server_children)) {
       r.pss_after_kib = pss->kib;
       r.processes_after = pss->processes;
@@ -693,24 +724,70 @@ void run_retr(const options& o, result& out) {
   p.finish(out);
 }
 
-void run_idle(const options& o, result& out) {
-  std::uint64_t sessions = clients_or(o, 1000);
-  idle_result r;
-  r.requested = sessions;
-  const std::uint64_t fds = raise_open_file_limit();
-  if (fds != UINT64_MAX && sessions + reserved_fds > fds) {
-    sessions = fds > reserved_fds ? fds - reserved_fds : 1;
-    r.limit_by_fds = sessions;
+namespace {
+
+// Holds sessions [first, first + count) of the run in this process. With a link, this is a
+// child of a forked run: it reports to its parent instead of measuring the server itself.
+void run_idle_share(const options& o, result& out, idle_result& r, std::uint64_t first,
+                    std::uint64_t count, const std::vector<asio::ip::address>* sources,
+                    const child_link* link) {
+  prepared p(o, out, count, idle_buffer);
+  if (sources != nullptr) {
+    p.env.sources = *sources;
   }
-  prepared p(o, out, sessions, idle_buffer);
   if (r.limit_by_fds != 0) {
-    p.run.warn(fmt::format("RLIMIT_NOFILE is {}: holding at most {} sessions, not {}", fds,
-                           sessions, r.requested));
+    p.run.warn(fmt::format("RLIMIT_NOFILE allows {} sessions per process: holding {}, not {} "
+                           "(--processes spreads them over more)",
+                           r.limit_by_fds, count, r.requested));
   }
-  if (p.users.size() < sessions) {
+  if (link == nullptr && p.users.size() < count) {
     p.run.warn(fmt::format("{} users for {} sessions: servers that lock maildrops answer "
                            "[IN-USE] to the extra ones",
-                           p.users.size(), sessions));
+                           p.users.size(), count));
+  }
+  if (o.server_pid && link == nullptr) {
+    if (auto pss = read_pss(*o.server_pid, o.server_children)) {
+      r.pss_before_kib = pss->kib;
+      r.processes_before = pss->processes;
+    } else {
+      throw std::runtime_error(fmt::format("--server-pid {}: cannot read /proc/{}/smaps_rollup",
+                                           *o.server_pid, *o.server_pid));
+    }
+  }
+  idle_state s{p.env, p.st, {}, 0, first, link};
+  s.held.resize(count);
+  s.give_up_after = std::max<std::uint64_t>(16, std::min<std::uint64_t>(o.concurrency, count));
+  p.run.begin_unwindowed();
+  asio::co_spawn(p.io, idle_main(s, r), asio::detached);
+  p.io.run();
+  p.finish(out);
+}
+
+volatile std::sig_atomic_t parent_signal = 0;
+extern "C" void note_parent_signal(int sig) { parent_signal = sig; }
+
+// The sessions of process k of n: as even as it gets.
+std::uint64_t share_of(std::uint64_t sessions, std::uint64_t n, std::uint64_t k) {
+  return sessions / n + (k < sessions % n ? 1 : 0);
+}
+
+// `idle` over several client processes: each holds its share of the sessions from its own
+// source addresses, so neither descriptors nor ephemeral ports run out. The parent forks them
+// before it touches Asio, waits until every one has its sessions open, holds, reads the
+// server's PSS, tells them to let go and adds up their reports.
+void run_idle_forked(const options& o, result& out, idle_result& r, std::uint64_t sessions,
+                     std::uint64_t processes, std::uint64_t per_process) {
+  struct child {
+    pid_t pid = -1;
+    int report_fd = -1;   // parent's read end
+    int control_fd = -1;  // parent's write end
+    bool established = false;
+    bool reported = false;
+  };
+  std::string error;
+  const auto target = parse_target(o, error);
+  if (!target) {
+    throw std::invalid_argument(error);
   }
   if (o.server_pid) {
     if (auto pss = read_pss(*o.server_pid, o.server_children)) {
@@ -721,13 +798,217 @@ void run_idle(const options& o, result& out) {
                                            *o.server_pid, *o.server_pid));
     }
   }
-  idle_state s{p.env, p.st, {}, 0};
-  s.held.resize(sessions);
-  s.give_up_after = std::max<std::uint64_t>(16, std::min<std::uint64_t>(o.concurrency, sessions));
-  p.run.begin_unwindowed();
-  asio::co_spawn(p.io, idle_main(s, r), asio::detached);
-  p.io.run();
-  p.finish(out);
+  std::vector<child> children(processes);
+  std::uint64_t first = 0;
+  unsigned next_address = 1;  // 127.0.0.next_address
+  const auto start = bench_clock::now();
+  const auto cpu_start = children_cpu_time();
+  struct sigaction sa {};
+  sa.sa_handler = note_parent_signal;  // no SA_RESTART: a signal interrupts the waits below
+  sigemptyset(&sa.sa_mask);
+  struct sigaction old_int {}, old_term {};
+  ::sigaction(SIGINT, &sa, &old_int);
+  ::sigaction(SIGTERM, &sa, &old_term);
+  for (std::uint64_t k = 0; k < processes; ++k) {
+    const std::uint64_t count = share_of(sessions, processes, k);
+    // Own source addresses for every child, one per 25,000 of its sessions.
+    std::vector<asio::ip::address> sources;
+    if (target->address().is_v4()) {
+      const auto n = std::max<std::uint64_t>(
+          1, (count + connections_per_source - 1) / connections_per_source);
+      for (std::uint64_t i = 0; i < n && next_address < 255; ++i) {
+        sources.emplace_back(asio::ip::address_v4((127u << 24) | next_address++));
+      }
+    }
+    int up[2];
+    int down[2];
+    if (::pipe2(up, O_CLOEXEC) != 0 || ::pipe2(down, O_CLOEXEC) != 0) {
+      throw std::runtime_error("pipe: " + std::string(std::strerror(errno)));
+    }
+    std::fflush(stdout);
+    std::fflush(stderr);
+    const pid_t pid = ::fork();
+    if (pid < 0) {
+      throw std::runtime_error("fork: " + std::string(std::strerror(errno)));
+    }
+    if (pid == 0) {
+      ::sigaction(SIGINT, &old_int, nullptr);
+      ::sigaction(SIGTERM, &old_term, nullptr);
+      for (std::uint64_t j = 0; j < k; ++j) {
+        ::close(children[j].report_fd);
+        ::close(children[j].control_fd);
+      }
+      ::close(up[0]);
+      ::close(down[1]);
+      const child_link link{up[1], down[0]};
+      int rc = 0;
+      try {
+        result mine;
+        idle_result ri;
+        ri.requested = count;
+        if (count > per_process) {
+          ri.limit_by_fds = per_process;
+        }
+        run_idle_share(o, mine, ri, first, std::min(count, per_process), &sources, &link);
+        child_report report;
+        report.st = std::move(mine.st);
+        report.established = ri.established;
+        report.alive = ri.alive;
+        report.setup_s = ri.setup_s;
+        report.cpu_user_s = mine.cpu_user_s;
+        report.cpu_sys_s = mine.cpu_sys_s;
+        rc = write_frame(up[1], frame_report, encode_report(report)) ? 0 : 2;
+      } catch (const std::exception& x) {
+        fmt::print(stderr, "postern-bench idle (child {}): {}\n", k, x.what());
+        rc = 2;
+      }
+      std::fflush(stdout);
+      std::fflush(stderr);
+      ::_exit(rc);
+    }
+    ::close(up[1]);
+    ::close(down[0]);
+    children[k] = child{pid, up[0], down[1]};
+    first += count;
+  }
+
+  auto forward_signal = [&] {
+    if (parent_signal != 0) {
+      for (const auto& c : children) {
+        ::kill(c.pid, parent_signal);
+      }
+      parent_signal = 0;
+      return true;
+    }
+    return false;
+  };
+  bool interrupted = false;
+  stats& st = out.st;
+  auto child_failed = [&](std::uint64_t k, const char* what) {
+    ++st.errors[static_cast<std::size_t>(fault::io)];
+    if (st.warnings.size() < 20) {
+      st.warnings.push_back(fmt::format("client process {} (pid {}): {}", k, children[k].pid, what));
+    }
+  };
+  // Setup: every child opens its sessions.
+  for (std::uint64_t k = 0; k < processes; ++k) {
+    char type = 0;
+    std::string payload;
+    for (;;) {
+      const frame_status got = read_frame(children[k].report_fd, type, payload);
+      if (got == frame_status::interrupted) {
+        interrupted = forward_signal() || interrupted;
+        continue;
+      }
+      if (got == frame_status::ok && type == frame_established) {
+        report_reader in(payload);
+        const std::uint64_t established = in.u64();
+        in.f64();
+        if (in.ok()) {
+          r.established += established;
+          children[k].established = true;
+        }
+      } else {
+        child_failed(k, "ended before its sessions were open");
+      }
+      break;
+    }
+  }
+  const auto held = bench_clock::now();
+  r.setup_s = std::chrono::duration<double>(held - start).count();
+  // Hold: everything is open at once.
+  const auto hold_end = held + std::chrono::duration_cast<bench_clock::duration>(
+                                   std::chrono::duration<double>(o.duration_s));
+  while (!interrupted) {
+    const auto now = bench_clock::now();
+    if (now >= hold_end) {
+      break;
+    }
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(hold_end - now);
+    ::poll(nullptr, 0, static_cast<int>(std::max<std::int64_t>(1, left.count())));
+    interrupted = forward_signal() || interrupted;
+  }
+  r.hold_s = std::chrono::duration<double>(bench_clock::now() - held).count();
+  if (o.server_pid) {
+    if (auto pss = read_pss(*o.server_pid, o.server_children)) {
+      r.pss_after_kib = pss->kib;
+      r.processes_after = pss->processes;
+    } else {
+      st.warnings.push_back(fmt::format("cannot read the PSS of pid {} after the hold", *o.server_pid));
+    }
+  }
+  // Release: closing the control pipes is the word.
+  for (auto& c : children) {
+    ::close(c.control_fd);
+    c.control_fd = -1;
+  }
+  for (std::uint64_t k = 0; k < processes; ++k) {
+    char type = 0;
+    std::string payload;
+    for (;;) {
+      const frame_status got = read_frame(children[k].report_fd, type, payload);
+      if (got == frame_status::interrupted) {
+        forward_signal();
+        continue;
+      }
+      child_report report;
+      if (got == frame_status::ok && type == frame_report && decode_report(payload, report)) {
+        merge_stats(st, report.st, 20);
+        r.alive += report.alive;
+        children[k].reported = true;
+      } else {
+        child_failed(k, "sent no report");
+      }
+      break;
+    }
+    ::close(children[k].report_fd);
+  }
+  for (std::uint64_t k = 0; k < processes; ++k) {
+    int status = 0;
+    while (::waitpid(children[k].pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    if (children[k].reported && !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
+      child_failed(k, "did not exit cleanly");
+    }
+  }
+  ::sigaction(SIGINT, &old_int, nullptr);
+  ::sigaction(SIGTERM, &old_term, nullptr);
+  const auto cpu_end = children_cpu_time();
+  out.cpu_user_s = cpu_end.user_s - cpu_start.user_s;
+  out.cpu_sys_s = cpu_end.sys_s - cpu_start.sys_s;
+  out.window_s = std::chrono::duration<double>(bench_clock::now() - start).count();
+  out.clients = sessions;
+  out.users = user_set::count_of(o);
+}
+
+}  // namespace
+
+void run_idle(const options& o, result& out) {
+  const std::uint64_t sessions = clients_or(o, 1000);
+  idle_result r;
+  r.requested = sessions;
+  const std::uint64_t fds = raise_open_file_limit();
+  const std::uint64_t per_process =
+      fds == UINT64_MAX ? UINT64_MAX : (fds > reserved_fds ? fds - reserved_fds : 1);
+  std::uint64_t processes = o.processes;
+  if (processes == 0) {
+    processes = per_process == UINT64_MAX ? 1 : (sessions + per_process - 1) / per_process;
+  }
+  processes = std::clamp<std::uint64_t>(processes, 1, std::max<std::uint64_t>(sessions, 1));
+  r.client_processes = processes;
+  if (processes == 1) {
+    std::uint64_t count = sessions;
+    if (count > per_process) {
+      count = per_process;
+      r.limit_by_fds = count;
+    }
+    run_idle_share(o, out, r, 0, count, nullptr, nullptr);
+  } else {
+    if (share_of(sessions, processes, 0) > per_process) {
+      r.limit_by_fds = per_process;  // the children hit RLIMIT_NOFILE and say so
+    }
+    run_idle_forked(o, out, r, sessions, processes, per_process);
+  }
   out.idle = r;
 }
 
