@@ -235,8 +235,10 @@ void run_idle(const options& o, result& out);
 void run_bigbox(const options& o, result& out);
 
 // `serve`: a POP3 server that does no work (null_server.cpp), `messages` messages of
-// `message_size` octets in every maildrop. Returns the process exit status.
-int run_null_server(const options& o, std::uint64_t messages, std::uint64_t message_size);
+// `message_size` octets in every maildrop, in `processes` worker processes (1: no fork).
+// Returns the process exit status.
+int run_null_server(const options& o, std::uint64_t messages, std::uint64_t message_size,
+                    std::uint64_t processes);
 
 // Output: human-readable text or one JSON line.
 void print_text(const options& o, const result& r);

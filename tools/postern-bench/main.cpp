@@ -116,6 +116,12 @@ int main(int argc, char** argv) {
   serve->add_option("--message-size", null_size, "octets of each message, CRLF line ends")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  std::uint64_t null_processes = 1;
+  serve->add_option("--processes", null_processes,
+                    "worker processes, each with its own SO_REUSEPORT listener and descriptor "
+                    "limit (for holding more idle sessions than one process can)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   for (auto* sub : {session, retr, idle, bigbox, tls, serve}) {
     sub->fallthrough();
   }
@@ -137,7 +143,7 @@ int main(int argc, char** argv) {
         return 2;
       }
     }
-    return run_null_server(o, null_messages, null_size);
+    return run_null_server(o, null_messages, null_size, null_processes);
   }
   if (session->parsed()) {
     o.kind = scenario::session;

@@ -26,8 +26,10 @@ constexpr auto use_tuple = asio::experimental::as_tuple(asio::use_awaitable);
 constexpr std::size_t small_buffer = 16 * 1024;   // sessions: replies and small messages
 constexpr std::size_t large_buffer = 256 * 1024;  // RETR throughput and huge listings
 constexpr std::size_t idle_buffer = 1024;         // held sessions: status lines only
-// Connections beyond what one source address can hold in the ephemeral port range.
-constexpr std::uint64_t connections_per_source = 25000;
+// Connections per source address. Linux's ephemeral range holds about 28,000 ports, and
+// connect() takes the even half of it first, searching port by port: past about half full,
+// every new connection scans longer (quadratic setup time). 5,000 keeps the search short.
+constexpr std::uint64_t connections_per_source = 5000;
 // File descriptors kept for stdio, epoll, timers and the like.
 constexpr std::uint64_t reserved_fds = 32;
 
