@@ -249,29 +249,38 @@ asio::awaitable<bool> pop3_connection::handshake(asio::ssl::context& ctx) {
   co_return true;
 }
 
-asio::awaitable<bool> pop3_connection::send(std::string_view wire) {
-  if (!tls_) {
-    // Commands are short: one send() nearly always takes all of it, and the reactor is only
-    // involved when it does not.
-    const ssize_t n = ::send(socket_.native_handle(), wire.data(), wire.size(), MSG_NOSIGNAL);
-    if (n == static_cast<ssize_t>(wire.size())) {
-      co_return true;
-    }
-    if (n > 0) {
-      wire.remove_prefix(static_cast<std::size_t>(n));
-    } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-      co_return fail(classify(std::error_code(errno, asio::error::get_system_category()),
-                              false));
-    }
-    auto [err, k] = co_await asio::async_write(socket_, asio::buffer(wire), use_tuple);
+pop3_connection::send_status pop3_connection::send_now(std::string_view& wire) noexcept {
+  if (tls_) {
+    return send_status::partial;  // the TLS stream writes through the reactor
+  }
+  // Commands are short: one send() nearly always takes all of it, and the reactor (and a
+  // coroutine frame) is only involved when it does not.
+  const ssize_t n = ::send(socket_.native_handle(), wire.data(), wire.size(), MSG_NOSIGNAL);
+  if (n == static_cast<ssize_t>(wire.size())) {
+    return send_status::sent;
+  }
+  if (n > 0) {
+    wire.remove_prefix(static_cast<std::size_t>(n));
+    return send_status::partial;
+  }
+  if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+    return send_status::partial;
+  }
+  fail(classify(std::error_code(errno, asio::error::get_system_category()), false));
+  return send_status::failed;
+}
+
+asio::awaitable<bool> pop3_connection::send_rest(std::string_view wire) {
+  if (tls_) {
+    auto [err, n] = co_await asio::async_write(*tls_, asio::buffer(wire), use_tuple);
     if (err) {
-      co_return fail(classify(err, false));
+      co_return fail(classify(err, true));
     }
     co_return true;
   }
-  auto [err, n] = co_await asio::async_write(*tls_, asio::buffer(wire), use_tuple);
+  auto [err, n] = co_await asio::async_write(socket_, asio::buffer(wire), use_tuple);
   if (err) {
-    co_return fail(classify(err, true));
+    co_return fail(classify(err, false));
   }
   co_return true;
 }
@@ -355,8 +364,12 @@ asio::awaitable<bool> pop3_connection::read_status() {
 }
 
 asio::awaitable<bool> pop3_connection::command(std::string_view wire, fault on_err) {
-  if (const bool ok = co_await send(wire); !ok) {
+  if (const send_status sent = send_now(wire); sent == send_status::failed) {
     co_return false;
+  } else if (sent == send_status::partial) {
+    if (const bool ok = co_await send_rest(wire); !ok) {
+      co_return false;
+    }
   }
   for (;;) {
     std::string_view line;

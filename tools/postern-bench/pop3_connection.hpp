@@ -222,7 +222,10 @@ class pop3_connection {
   line_status take_line(std::string_view& line) noexcept;
   // Checks the status line in `line`; false (fault::protocol) when it is neither +OK nor -ERR.
   bool parse_status(std::string_view line) noexcept;
-  asio::awaitable<bool> send(std::string_view wire);
+  enum class send_status { sent, partial, failed };
+  // Sends what the socket takes at once; `wire` keeps what is left (partial).
+  send_status send_now(std::string_view& wire) noexcept;
+  asio::awaitable<bool> send_rest(std::string_view wire);
   asio::awaitable<bool> fill();
   fault classify(const std::error_code& ec, bool in_tls) const noexcept;
 

@@ -24,7 +24,7 @@ namespace {
 constexpr auto use_tuple = asio::experimental::as_tuple(asio::use_awaitable);
 
 constexpr std::size_t small_buffer = 16 * 1024;   // sessions: replies and small messages
-constexpr std::size_t large_buffer = 256 * 1024;  // RETR throughput and huge listings
+constexpr std::size_t large_buffer = 1024 * 1024;  // RETR throughput and huge listings
 constexpr std::size_t idle_buffer = 1024;         // held sessions: status lines only
 // Connections per source address. Linux's ephemeral range holds about 28,000 ports, and
 // connect() takes the even half of it first, searching port by port: past about half full,
