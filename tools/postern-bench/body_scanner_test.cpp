@@ -159,9 +159,58 @@ void random_bodies(const std::string& alphabet, int max_len, int rounds) {
   }
 }
 
-TEST(BodyScanner, RandomBodiesInRandomChunks) {
+// Bodies whose every line ends in CRLF, so a scanner that sees a bare LF where there is none
+// is caught (random bytes nearly always hold a real bare LF somewhere).
+void clean_random_bodies(int rounds) {
+  std::mt19937 rng(1122);
+  for (int round = 0; round < rounds; ++round) {
+    std::string wire;
+    const int lines = std::uniform_int_distribution<int>(0, 12)(rng);
+    for (int l = 0; l < lines; ++l) {
+      const int len = std::uniform_int_distribution<int>(0, 100)(rng);
+      for (int i = 0; i < len; ++i) {
+        wire += "ab.\r"[std::uniform_int_distribution<int>(0, 3)(rng)];
+      }
+      wire += "\r\n";
+    }
+    wire += ".\r\n";
+    const expected want = reference(wire);
+    ASSERT_FALSE(want.bare_lf);
+    for (int k = 0; k < 4; ++k) {
+      const expected got = scan(wire, 0, &rng);
+      ASSERT_EQ(got.octets, want.octets) << wire;
+      ASSERT_EQ(got.lines, want.lines) << wire;
+      ASSERT_EQ(got.bare_lf, want.bare_lf) << wire;
+      ASSERT_EQ(got.consumed, want.consumed) << wire;
+    }
+    ASSERT_FALSE(scan(wire, wire.size()).bare_lf) << wire;
+  }
+}
+
+void all_random_bodies() {
+  clean_random_bodies(2000);
   random_bodies("ab.\r\n", 40, 3000);         // short lines, dots and CRs everywhere
   random_bodies("abcdefghij.\r\n", 400, 1000);  // longer lines, several per chunk
+  random_bodies("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.\r\n", 900,
+                1000);  // lines around the 32-octet steps of the vector loop
+}
+
+TEST(BodyScanner, RandomBodiesInRandomChunks) { all_random_bodies(); }
+
+TEST(BodyScanner, PortableLoopAgreesToo) {
+  body_scanner::use_portable_for_test(true);
+  all_random_bodies();
+  expect_same(std::string(100, 'x') + "\r\n" + std::string(31, 'y') + "\n..z\r\n.\r\n");
+  body_scanner::use_portable_for_test(false);
+}
+
+TEST(BodyScanner, LongLinesAcrossVectorSteps) {
+  for (std::size_t len : {30u, 31u, 32u, 33u, 63u, 64u, 65u, 100u}) {
+    const std::string line(len, 'x');
+    expect_same(line + "\r\n" + line + "\n" + "." + line + "\r\n\r\n.\r\n");
+    expect_same(line + "\r" + line + "\r\n.\r\n");
+    expect_same(line + "\r\n" + line + "\r\n." + line + "\r\n\r\n.\r\n");
+  }
 }
 
 }  // namespace
