@@ -96,64 +96,92 @@ class body_scanner {
   };
   using hot_loop_fn = hot_result (*)(const char*, const char*, bool&, bool&, std::uint64_t&);
 
-  static hot_result hot_loop_portable(const char* s, const char* end, bool& prev_cr,
-                                      bool& bare_lf, std::uint64_t& lines) noexcept {
+  static hot_result hot_loop_portable(const char* s, const char* end, bool& prev_cr_io,
+                                      bool& bare_lf_io, std::uint64_t& lines_io) noexcept {
+    bool prev_cr = prev_cr_io;  // locals: see hot_loop_avx2
+    bool bare = false;
+    std::uint64_t lines = 0;
+    hot_result out{end, true};
     for (;;) {
       const auto* lf =
           static_cast<const char*>(std::memchr(s, '\n', static_cast<std::size_t>(end - s)));
       if (lf == nullptr) {
         prev_cr = end[-1] == '\r';
-        return {end, true};
+        break;
       }
       if (!(lf > s ? lf[-1] == '\r' : prev_cr)) {
-        bare_lf = true;
+        bare = true;
       }
       ++lines;
       s = lf + 1;
       prev_cr = false;
       if (s == end || *s == '.') {
-        return {s, false};
+        out = {s, false};
+        break;
       }
     }
+    prev_cr_io = prev_cr;
+    bare_lf_io = bare_lf_io || bare;
+    lines_io += lines;
+    return out;
   }
 
 #if defined(__x86_64__) && defined(__GNUC__)
   // 32 octets per step, and per line only the LF's position and the octet before it: the
   // per-call cost of memchr on 80-octet lines is most of what a large RETR costs the client.
   __attribute__((target("avx2"))) static hot_result hot_loop_avx2(
-      const char* s, const char* end, bool& prev_cr, bool& bare_lf,
-      std::uint64_t& lines) noexcept {
+      const char* s, const char* end, bool& prev_cr_io, bool& bare_lf_io,
+      std::uint64_t& lines_io) noexcept {
+    // Locals, not the references: the buffer is char, which may alias anything, and the
+    // compiler would otherwise store and reload them for every line.
+    bool prev_cr = prev_cr_io;
+    bool bare = false;
+    std::uint64_t lines = 0;
     const __m256i nl = _mm256_set1_epi8('\n');
     const char* line = s;  // start of the current line
     const char* b = s;
-    while (end - b >= 32) {
+    hot_result out{end, true};
+    for (;;) {
+      if (end - b < 32) {
+        if (b == end) {  // the chunk ended mid-line on a block boundary
+          prev_cr = end[-1] == '\r';
+          break;
+        }
+        // The last few octets: the portable loop from the current line's unscanned part,
+        // with prev_cr standing for the octet before b when b is past the line's start.
+        if (b > line) {
+          prev_cr = b[-1] == '\r';
+        }
+        out = hot_loop_portable(b, end, prev_cr, bare, lines);
+        break;
+      }
       auto m = static_cast<std::uint32_t>(_mm256_movemask_epi8(
           _mm256_cmpeq_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b)), nl)));
+      bool stop = false;
       while (m != 0) {
         const char* lf = b + __builtin_ctz(m);
         m &= m - 1;
         if (!(lf > line ? lf[-1] == '\r' : prev_cr)) {
-          bare_lf = true;
+          bare = true;
         }
         ++lines;
         line = lf + 1;
         prev_cr = false;
         if (line == end || *line == '.') {
-          return {line, false};
+          stop = true;
+          break;
         }
+      }
+      if (stop) {
+        out = {line, false};
+        break;
       }
       b += 32;
     }
-    if (b == end) {  // the chunk ended mid-line on a block boundary
-      prev_cr = line < end ? end[-1] == '\r' : prev_cr;
-      return {end, true};
-    }
-    // Fewer than 32 octets left: the portable loop from the current line's unscanned part,
-    // with prev_cr standing for the octet before b when b starts past the line's start.
-    if (b > line) {
-      prev_cr = b[-1] == '\r';
-    }
-    return hot_loop_portable(b, end, prev_cr, bare_lf, lines);
+    prev_cr_io = prev_cr;
+    bare_lf_io = bare_lf_io || bare;
+    lines_io += lines;
+    return out;
   }
 #endif
 
