@@ -267,9 +267,10 @@ own() { [[ -z $MAILUSER ]] || chown -R "$MAILUSER:$MAILUSER" "$@"; }
 
 IDLE_USERS=$IDLE
 POSTERN_IDLE_USERS=$IDLE
-if [[ $IDLE_MAX -gt 0 ]]; then
-  POSTERN_IDLE_USERS=$((IDLE_MAX < FD_LIMIT ? IDLE_MAX : FD_LIMIT))
-  ((POSTERN_IDLE_USERS > IDLE_USERS)) || POSTERN_IDLE_USERS=$IDLE_USERS
+if [[ $IDLE_MAX -gt 0 ]] && wanted_row idle-max; then
+  # Every session of the idle-max row has a maildrop of its own: postern-bench forks client
+  # processes past its descriptor limit, and Postern runs worker processes for that row.
+  ((IDLE_MAX > POSTERN_IDLE_USERS)) && POSTERN_IDLE_USERS=$IDLE_MAX
 fi
 
 # One tree per server: maildirs hard-linked to the content, a passwd-file, mbox copies.
@@ -302,15 +303,18 @@ chmod 640 "$RUN/tls/key.pem"
 
 POSTERN_TLS=0
 POSTERN_PID=""
+POSTERN_PROCESSES=""  # worker processes ([server] processes) for the next start; "" for one
+IDLE_MAX_PROCESSES=6  # the idle-max row: 2 descriptors a session, 20,000 a process
+postern_config() {  # OUT TLS(0|1) PROCESSES("" for none)
+  local tls_sed="/# @tls\$/d" proc_sed="/# @processes\$/d"
+  [[ $2 == 1 ]] && tls_sed="s|  # @tls\$||"
+  [[ -n $3 ]] && proc_sed="s|@PROCESSES@|$3|g; s|  # @processes\$||"
+  sed -e "s|@RUN@|$RUN|g; s|@PORT@|$P_POSTERN|g; s|@TLS_PORT@|$P_POSTERN_TLS|g" \
+    -e "s|@USER@|$MAILUSER|g" -e "$tls_sed" -e "$proc_sed" "$HERE/postern.toml" >"$1"
+}
 start_postern() {
   local cfg=$RUN/postern/postern.toml
-  if [[ $POSTERN_TLS == 1 ]]; then
-    sed -e "s|@RUN@|$RUN|g; s|@PORT@|$P_POSTERN|g; s|@TLS_PORT@|$P_POSTERN_TLS|g" \
-      -e "s|@USER@|$MAILUSER|g; s|  # @tls\$||" "$HERE/postern.toml" >"$cfg"
-  else
-    sed -e "s|@RUN@|$RUN|g; s|@PORT@|$P_POSTERN|g; s|@USER@|$MAILUSER|g; /# @tls\$/d" \
-      "$HERE/postern.toml" >"$cfg"
-  fi
+  postern_config "$cfg" "$POSTERN_TLS" "$POSTERN_PROCESSES"
   taskset -c "$SERVER_CPU" "$POSTERND" --config "$cfg" --foreground >>"$OUT/postern.log" 2>&1 &
   POSTERN_PID=$!
   PIDS+=("$POSTERN_PID")
@@ -329,12 +333,20 @@ setup_postern() {
   own "$RUN/postern"
   # TLS rows run only when this posternd accepts the TLS settings.
   local probe=$RUN/postern/probe.toml
-  sed -e "s|@RUN@|$RUN|g; s|@PORT@|$P_POSTERN|g; s|@TLS_PORT@|$P_POSTERN_TLS|g" \
-    -e "s|@USER@|$MAILUSER|g; s|  # @tls\$||" "$HERE/postern.toml" >"$probe"
+  postern_config "$probe" 1 ""
   if "$POSTERND" --check-config --config "$probe" >/dev/null 2>"$RUN/postern/probe.err"; then
     POSTERN_TLS=1
   else
     log "Postern: no TLS rows ($(head -n 1 "$RUN/postern/probe.err"))"
+  fi
+  # Worker processes for the idle-max row, when this posternd knows the setting.
+  if [[ $IDLE_MAX -gt 0 ]]; then
+    postern_config "$probe" "$POSTERN_TLS" "$IDLE_MAX_PROCESSES"
+    if ! "$POSTERND" --check-config --config "$probe" >/dev/null 2>"$RUN/postern/probe.err"
+    then
+      log "Postern: idle-max in one process ($(head -n 1 "$RUN/postern/probe.err"))"
+      IDLE_MAX_PROCESSES=""
+    fi
   fi
   start_postern
   log "Postern $("$POSTERND" --version 2>&1 | head -n 1) ($POSTERND_ID, from $POSTERND_SOURCE)" \
@@ -709,11 +721,16 @@ for ((round = 1; round <= ROUNDS; round++)); do
 done
 
 if [[ $IDLE_MAX -gt 0 ]] && wanted_row idle-max && [[ " ${SERVERS[*]} " == *" postern "* ]]; then
-  log "idle-max: asking Postern to hold $IDLE_MAX sessions (RLIMIT_NOFILE here: $FD_LIMIT)"
+  log "idle-max: asking Postern to hold $IDLE_MAX sessions (RLIMIT_NOFILE here: $FD_LIMIT;" \
+    "Postern processes: ${IDLE_MAX_PROCESSES:-1})"
+  POSTERN_PROCESSES=$IDLE_MAX_PROCESSES
   restart_server postern
+  # postern-bench forks client processes by itself past its own descriptor limit, and the
+  # PSS it reads covers Postern's worker processes (the descendants of its pid).
   bench idle-max postern 1 idle --port "$P_POSTERN" --user 'idle%d' \
     --users "$POSTERN_IDLE_USERS" --password 'pw%d' --clients "$IDLE_MAX" \
     --concurrency 256 --timeout 5 --server-pid "$POSTERN_PID"
+  POSTERN_PROCESSES=""
 fi
 
 printf '{"row":"meta-end","load_end":"%s"}\n' "$(cut -d' ' -f1-3 /proc/loadavg)" >>"$RESULTS"

@@ -161,16 +161,19 @@ def write_mbox(root, name, messages):
 
 def make_maildirs(root, prefix, count, source, passwd_file, password_prefix):
     names = sorted(os.listdir(os.path.join(source, "cur")))
+    sources = [(name, os.path.join(source, "cur", name)) for name in names]
     with open(passwd_file, "a") as passwd:
         for i in range(1, count + 1):
             user = f"{prefix}{i}"
             md = os.path.join(root, user, "Maildir")
             for sub in ("cur", "new", "tmp"):
                 os.makedirs(os.path.join(md, sub), exist_ok=True)
-            for name in names:
-                dst = os.path.join(md, "cur", name)
-                if not os.path.exists(dst):
-                    os.link(os.path.join(source, "cur", name), dst)
+            cur = os.path.join(md, "cur")
+            for name, src in sources:  # 50,000 users for the idle-max row: no extra stat
+                try:
+                    os.link(src, os.path.join(cur, name))
+                except FileExistsError:
+                    pass
             passwd.write(f"{user}:{{PLAIN}}{password_prefix}{i}::::::\n")
 
 

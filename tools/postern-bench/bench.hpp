@@ -68,24 +68,29 @@ struct options {
   bool server_children = true;    // idle: add the PSS of the server's descendants
   std::uint64_t concurrency = 64;  // idle: sessions being set up at once
   std::uint64_t delete_last = 0;   // bigbox: DELE the last k messages in the last iteration
+  std::uint64_t processes = 0;     // idle: client processes (0: as many as RLIMIT_NOFILE needs)
 };
 
 // The user names and passwords clients log in with: pattern "user%d" and a count, %d running
-// from first_user. A pattern without %d names one user.
+// from first_user. A pattern without %d names one user. The names and the USER and PASS
+// commands are built once, up front, so a session formats nothing.
 class user_set {
  public:
   explicit user_set(const options& o);
-  std::uint64_t size() const noexcept { return count_; }
-  // Name and password of user i, 0 <= i < size().
-  std::string name(std::uint64_t i) const;
-  std::string password(std::uint64_t i) const;
+  std::uint64_t size() const noexcept { return names_.size(); }
+  // Of user i, 0 <= i < size(); valid as long as the set.
+  std::string_view name(std::uint64_t i) const noexcept { return names_[i]; }
+  const command_line& user_command(std::uint64_t i) const noexcept { return user_[i]; }
+  const command_line& pass_command(std::uint64_t i) const noexcept { return pass_[i]; }
+
+  static std::string expand(const std::string& pattern, std::uint64_t n);
+  // How many users the options name, without building them.
+  static std::uint64_t count_of(const options& o) noexcept;
 
  private:
-  static std::string expand(const std::string& pattern, std::uint64_t n);
-  std::string pattern_;
-  std::string password_;
-  std::uint64_t first_;
-  std::uint64_t count_;
+  std::vector<std::string> names_;
+  std::vector<command_line> user_;
+  std::vector<command_line> pass_;
 };
 
 // Everything a run measured.
@@ -111,6 +116,7 @@ struct idle_result {
   std::optional<std::uint64_t> pss_after_kib;
   std::uint64_t processes_before = 0;
   std::uint64_t processes_after = 0;
+  std::uint64_t client_processes = 1;  // postern-bench processes that held the sessions
 };
 
 struct bigbox_iteration {
@@ -229,8 +235,10 @@ void run_idle(const options& o, result& out);
 void run_bigbox(const options& o, result& out);
 
 // `serve`: a POP3 server that does no work (null_server.cpp), `messages` messages of
-// `message_size` octets in every maildrop. Returns the process exit status.
-int run_null_server(const options& o, std::uint64_t messages, std::uint64_t message_size);
+// `message_size` octets in every maildrop, in `processes` worker processes (1: no fork).
+// Returns the process exit status.
+int run_null_server(const options& o, std::uint64_t messages, std::uint64_t message_size,
+                    std::uint64_t processes);
 
 // Output: human-readable text or one JSON line.
 void print_text(const options& o, const result& r);

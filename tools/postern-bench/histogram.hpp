@@ -27,6 +27,44 @@ class histogram {
     max_ = std::max(max_, v);
   }
 
+  // Adds every value `other` recorded (the maxima combine exactly).
+  void merge(const histogram& other) {
+    if (other.count_ == 0) {
+      return;
+    }
+    if (counts_.empty()) {
+      counts_.assign(bucket_count, 0);
+    }
+    for (std::size_t i = 0; i < bucket_count; ++i) {
+      counts_[i] += other.counts_[i];
+    }
+    count_ += other.count_;
+    max_ = std::max(max_, other.max_);
+  }
+
+  // For sending a histogram to another process: f(index, count) for every non-empty bucket.
+  template <typename F>
+  void for_each_bucket(F&& f) const {
+    for (std::size_t i = 0; i < counts_.size(); ++i) {
+      if (counts_[i] != 0) {
+        f(i, counts_[i]);
+      }
+    }
+  }
+  // The receiving side: adds `n` values to bucket `index`; false when there is no such bucket.
+  bool add_bucket(std::size_t index, std::uint64_t n) {
+    if (index >= bucket_count) {
+      return false;
+    }
+    if (counts_.empty()) {
+      counts_.assign(bucket_count, 0);
+    }
+    counts_[index] += n;
+    count_ += n;
+    return true;
+  }
+  void raise_max(std::uint64_t v) noexcept { max_ = std::max(max_, v); }
+
   std::uint64_t count() const noexcept { return count_; }
   std::uint64_t max_ns() const noexcept { return max_; }
 

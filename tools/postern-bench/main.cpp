@@ -90,6 +90,10 @@ int main(int argc, char** argv) {
   idle->add_option("--concurrency", o.concurrency, "sessions being opened at once")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  idle->add_option("--processes", o.processes,
+                    "client processes holding the sessions (default: as many as the "
+                    "open-file limit needs), each from its own source addresses")
+      ->check(CLI::PositiveNumber);
   idle->add_option("--hold", o.duration_s, "seconds to hold the sessions (same as --duration)")
       ->check(CLI::PositiveNumber);
   auto* bigbox = app.add_subcommand(
@@ -110,6 +114,12 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   serve->add_option("--message-size", null_size, "octets of each message, CRLF line ends")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  std::uint64_t null_processes = 1;
+  serve->add_option("--processes", null_processes,
+                    "worker processes, each with its own SO_REUSEPORT listener and descriptor "
+                    "limit (for holding more idle sessions than one process can)")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   for (auto* sub : {session, retr, idle, bigbox, tls, serve}) {
@@ -133,7 +143,7 @@ int main(int argc, char** argv) {
         return 2;
       }
     }
-    return run_null_server(o, null_messages, null_size);
+    return run_null_server(o, null_messages, null_size, null_processes);
   }
   if (session->parsed()) {
     o.kind = scenario::session;

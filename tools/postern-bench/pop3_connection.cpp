@@ -1,12 +1,16 @@
 #include "pop3_connection.hpp"
 
+#include "body_scanner.hpp"
+
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
 #include <charconv>
+#include <cerrno>
 #include <cstring>
 
 namespace postern::bench {
@@ -97,9 +101,21 @@ void connection_registry::close_all() noexcept {
   }
 }
 
+bool listing::has_unique_uids(std::vector<std::string_view>& scratch) const {
+  scratch.clear();
+  for (const auto& e : entries_) {
+    scratch.push_back(uid(e));
+  }
+  std::sort(scratch.begin(), scratch.end());
+  return std::adjacent_find(scratch.begin(), scratch.end()) == scratch.end();
+}
+
 pop3_connection::pop3_connection(asio::any_io_executor ex, connection_registry& registry,
                                  std::size_t buffer_size)
-    : socket_(std::move(ex)), buf_(std::max<std::size_t>(buffer_size, 1024)), registry_(registry) {
+    : socket_(std::move(ex)),
+      buf_(new char[std::max<std::size_t>(buffer_size, 1024)]),
+      capacity_(std::max<std::size_t>(buffer_size, 1024)),
+      registry_(registry) {
   next_ = registry_.head_;
   if (next_ != nullptr) {
     next_->prev_ = this;
@@ -120,6 +136,18 @@ pop3_connection::~pop3_connection() {
   --registry_.size_;
 }
 
+void pop3_connection::reset() noexcept {
+  close();
+  tls_.reset();
+  begin_ = end_ = 0;
+  status_ = {};
+  ok_ = false;
+  connecting_ = false;
+  fault_ = fault::none;
+  timed_out_ = false;
+  deadline_ = bench_clock::time_point::max();
+}
+
 bool pop3_connection::fail(fault f) noexcept {
   if (fault_ == fault::none) {
     fault_ = f;
@@ -136,11 +164,18 @@ fault pop3_connection::classify(const std::error_code& ec, bool in_tls) const no
   if (timed_out_) {
     return fault::timeout;
   }
+  // The first read after connect(wait = false) is where a failed connect shows.
+  if (connecting_ && ec == asio::error::connection_refused) {
+    return fault::connect_refused;
+  }
   if (ec == asio::error::eof || ec == asio::ssl::error::stream_truncated) {
     return fault::eof;
   }
   if (ec == asio::error::connection_reset || ec == asio::error::broken_pipe) {
     return fault::reset;
+  }
+  if (connecting_) {
+    return fault::connect;
   }
   if (in_tls && ec.category() == asio::error::get_ssl_category()) {
     return fault::tls;
@@ -149,29 +184,53 @@ fault pop3_connection::classify(const std::error_code& ec, bool in_tls) const no
 }
 
 asio::awaitable<bool> pop3_connection::connect(const tcp::endpoint& to,
-                                               const asio::ip::address& source) {
+                                               const asio::ip::address& source, bool wait) {
+  // Connected by hand rather than with async_connect: no reactor round trip and no SO_ERROR
+  // query. Asio opens the socket (so closing it later needs no epoll_ctl of its own) and
+  // marks it non-blocking once (one ioctl, which it would otherwise make at the first read).
   std::error_code ec;
   socket_.open(to.protocol(), ec);
+  if (!ec) {
+    socket_.non_blocking(true, ec);
+  }
   if (ec) {
+    close();
     co_return fail(fault::connect);
   }
+  const int fd = socket_.native_handle();
+  const int one = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   if (!source.is_unspecified()) {
 #ifdef IP_BIND_ADDRESS_NO_PORT
     // Pick the port at connect time, so ports are unique per 4-tuple, not per source address.
-    const int one = 1;
-    ::setsockopt(socket_.native_handle(), IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+    ::setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
 #endif
-    socket_.bind(tcp::endpoint(source, 0), ec);
-    if (ec) {
+    const tcp::endpoint from(source, 0);
+    if (::bind(fd, from.data(), static_cast<socklen_t>(from.size())) != 0) {
+      close();
       co_return fail(fault::connect);
     }
   }
-  socket_.set_option(tcp::no_delay(true), ec);
-  auto [err] = co_await socket_.async_connect(to, use_tuple);
-  if (err) {
-    co_return fail(timed_out_                                   ? fault::timeout
-                   : err == asio::error::connection_refused ? fault::connect_refused
-                                                              : fault::connect);
+  const int rc = ::connect(fd, to.data(), static_cast<socklen_t>(to.size()));
+  const int err = rc == 0 ? 0 : errno;
+  if (rc != 0 && err != EINPROGRESS) {
+    close();
+    co_return fail(err == ECONNREFUSED ? fault::connect_refused : fault::connect);
+  }
+  if (rc == 0 || !wait) {
+    connecting_ = true;  // until the first read: where a refused connection shows
+    co_return true;
+  }
+  auto [werr] = co_await socket_.async_wait(tcp::socket::wait_write, use_tuple);
+  if (werr) {
+    co_return fail(timed_out_ ? fault::timeout : fault::connect);
+  }
+  int so_error = 0;
+  socklen_t len = sizeof so_error;
+  if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &so_error, &len) != 0 || so_error != 0) {
+    co_return fail(timed_out_                       ? fault::timeout
+                   : so_error == ECONNREFUSED ? fault::connect_refused
+                                                : fault::connect);
   }
   co_return true;
 }
@@ -190,19 +249,38 @@ asio::awaitable<bool> pop3_connection::handshake(asio::ssl::context& ctx) {
   co_return true;
 }
 
-asio::awaitable<bool> pop3_connection::send(std::string_view line) {
-  out_.assign(line);
-  out_.append("\r\n");
+pop3_connection::send_status pop3_connection::send_now(std::string_view& wire) noexcept {
   if (tls_) {
-    auto [err, n] = co_await asio::async_write(*tls_, asio::buffer(out_), use_tuple);
+    return send_status::partial;  // the TLS stream writes through the reactor
+  }
+  // Commands are short: one send() nearly always takes all of it, and the reactor (and a
+  // coroutine frame) is only involved when it does not.
+  const ssize_t n = ::send(socket_.native_handle(), wire.data(), wire.size(), MSG_NOSIGNAL);
+  if (n == static_cast<ssize_t>(wire.size())) {
+    return send_status::sent;
+  }
+  if (n > 0) {
+    wire.remove_prefix(static_cast<std::size_t>(n));
+    return send_status::partial;
+  }
+  if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+    return send_status::partial;
+  }
+  fail(classify(std::error_code(errno, asio::error::get_system_category()), false));
+  return send_status::failed;
+}
+
+asio::awaitable<bool> pop3_connection::send_rest(std::string_view wire) {
+  if (tls_) {
+    auto [err, n] = co_await asio::async_write(*tls_, asio::buffer(wire), use_tuple);
     if (err) {
       co_return fail(classify(err, true));
     }
-  } else {
-    auto [err, n] = co_await asio::async_write(socket_, asio::buffer(out_), use_tuple);
-    if (err) {
-      co_return fail(classify(err, false));
-    }
+    co_return true;
+  }
+  auto [err, n] = co_await asio::async_write(socket_, asio::buffer(wire), use_tuple);
+  if (err) {
+    co_return fail(classify(err, false));
   }
   co_return true;
 }
@@ -211,14 +289,14 @@ asio::awaitable<bool> pop3_connection::fill() {
   if (begin_ == end_) {
     begin_ = end_ = 0;
   } else if (begin_ > 0) {
-    std::memmove(buf_.data(), buf_.data() + begin_, end_ - begin_);
+    std::memmove(buf_.get(), buf_.get() + begin_, end_ - begin_);
     end_ -= begin_;
     begin_ = 0;
   }
-  if (end_ == buf_.size()) {
+  if (end_ == capacity_) {
     co_return fail(fault::line_too_long);
   }
-  const auto space = asio::buffer(buf_.data() + end_, buf_.size() - end_);
+  const auto space = asio::buffer(buf_.get() + end_, capacity_ - end_);
   std::error_code err;
   std::size_t n = 0;
   if (tls_) {
@@ -234,33 +312,28 @@ asio::awaitable<bool> pop3_connection::fill() {
   if (err && n == 0) {
     co_return fail(classify(err, tls_ != nullptr));
   }
+  connecting_ = false;
   co_return true;
 }
 
-asio::awaitable<bool> pop3_connection::read_line(std::string_view& line) {
-  for (;;) {
-    const char* p = buf_.data() + begin_;
-    const std::size_t avail = end_ - begin_;
-    if (const auto* lf = static_cast<const char*>(std::memchr(p, '\n', avail))) {
-      const auto n = static_cast<std::size_t>(lf - p);
-      begin_ += n + 1;
-      if (n == 0 || p[n - 1] != '\r') {
-        co_return fail(fault::bare_lf);
-      }
-      line = std::string_view(p, n - 1);
-      co_return true;
-    }
-    if (const bool ok = co_await fill(); !ok) {
-      co_return false;
-    }
+pop3_connection::line_status pop3_connection::take_line(std::string_view& line) noexcept {
+  const char* p = buf_.get() + begin_;
+  const std::size_t avail = end_ - begin_;
+  const auto* lf = static_cast<const char*>(std::memchr(p, '\n', avail));
+  if (lf == nullptr) {
+    return line_status::need_more;
   }
+  const auto n = static_cast<std::size_t>(lf - p);
+  begin_ += n + 1;
+  if (n == 0 || p[n - 1] != '\r') {
+    fail(fault::bare_lf);
+    return line_status::bad;
+  }
+  line = std::string_view(p, n - 1);
+  return line_status::line;
 }
 
-asio::awaitable<bool> pop3_connection::read_status() {
-  std::string_view line;
-  if (const bool ok = co_await read_line(line); !ok) {
-    co_return false;
-  }
+bool pop3_connection::parse_status(std::string_view line) noexcept {
   status_ = line;
   auto starts = [&](std::string_view word) {
     return line.substr(0, word.size()) == word &&
@@ -271,17 +344,48 @@ asio::awaitable<bool> pop3_connection::read_status() {
   } else if (starts("-ERR")) {
     ok_ = false;
   } else {
-    co_return fail(fault::protocol);
+    return fail(fault::protocol);
   }
-  co_return true;
+  return true;
 }
 
-asio::awaitable<bool> pop3_connection::command(std::string_view line, fault on_err) {
-  if (const bool ok = co_await send(line); !ok) {
-    co_return false;
+asio::awaitable<bool> pop3_connection::read_status() {
+  for (;;) {
+    std::string_view line;
+    switch (take_line(line)) {
+      case line_status::line: co_return parse_status(line);
+      case line_status::bad: co_return false;
+      case line_status::need_more: break;
+    }
+    if (const bool ok = co_await fill(); !ok) {
+      co_return false;
+    }
   }
-  if (const bool ok = co_await read_status(); !ok) {
+}
+
+asio::awaitable<bool> pop3_connection::command(std::string_view wire, fault on_err) {
+  if (const send_status sent = send_now(wire); sent == send_status::failed) {
     co_return false;
+  } else if (sent == send_status::partial) {
+    if (const bool ok = co_await send_rest(wire); !ok) {
+      co_return false;
+    }
+  }
+  for (;;) {
+    std::string_view line;
+    const line_status got = take_line(line);
+    if (got == line_status::bad) {
+      co_return false;
+    }
+    if (got == line_status::line) {
+      if (!parse_status(line)) {
+        co_return false;
+      }
+      break;
+    }
+    if (const bool ok = co_await fill(); !ok) {
+      co_return false;
+    }
   }
   if (!ok_) {
     co_return fail(fault_of_error_reply(status_, on_err));
@@ -305,74 +409,41 @@ bool pop3_connection::status_number(std::uint64_t& out, std::size_t index) const
 }
 
 asio::awaitable<bool> pop3_connection::read_body(body_result& out, octet_sink sink) {
-  bool at_line_start = true;
-  bool prev_cr = false;  // the byte before begin_ (in an earlier chunk) was CR
-  std::uint64_t reported = out.octets;
+  body_scanner scan;
   for (;;) {
-    if (begin_ == end_) {
-      sink.add(out.octets - reported);
-      reported = out.octets;
-      if (const bool ok = co_await fill(); !ok) {
-        co_return false;
+    if (begin_ != end_) {
+      const std::uint64_t before = scan.octets();
+      begin_ += scan.feed(buf_.get() + begin_, end_ - begin_);
+      sink.add(scan.octets() - before);
+      if (scan.done()) {
+        break;
       }
     }
-    const char* p = buf_.data() + begin_;
-    const std::size_t avail = end_ - begin_;
-    if (at_line_start) {
-      at_line_start = false;
-      prev_cr = false;
-      if (p[0] == '.') {
-        // Either the terminator ".CRLF" or a stuffed line: undo the stuffing.
-        if (avail >= 2 && p[1] == '\n') {
-          out.bare_lf = true;
-          begin_ += 2;
-          break;
-        }
-        if (avail >= 3 && p[1] == '\r' && p[2] == '\n') {
-          begin_ += 3;
-          break;
-        }
-        if (avail < 3 && (avail == 1 || p[1] == '\r')) {
-          at_line_start = true;  // cannot tell yet: wait for more
-          sink.add(out.octets - reported);
-          reported = out.octets;
-          if (const bool ok = co_await fill(); !ok) {
-            co_return false;
-          }
-          continue;
-        }
-        ++begin_;
-        continue;
-      }
-    }
-    const auto* lf = static_cast<const char*>(std::memchr(p, '\n', avail));
-    if (lf != nullptr) {
-      const auto n = static_cast<std::size_t>(lf - p) + 1;
-      if (!(n >= 2 ? lf[-1] == '\r' : prev_cr)) {
-        out.bare_lf = true;
-      }
-      out.octets += n;
-      ++out.lines;
-      begin_ += n;
-      at_line_start = true;
-    } else {
-      out.octets += avail;
-      prev_cr = p[avail - 1] == '\r';
-      begin_ = end_;
+    begin_ = end_ = 0;  // everything in the buffer was body
+    if (const bool ok = co_await fill(); !ok) {
+      co_return false;
     }
   }
-  sink.add(out.octets - reported);
+  out.octets += scan.octets();
+  out.lines += scan.lines();
+  out.bare_lf = out.bare_lf || scan.bare_lf();
   co_return true;
 }
 
-asio::awaitable<bool> pop3_connection::read_listing(std::vector<listing_entry>& out,
-                                                    bool with_uid) {
+asio::awaitable<bool> pop3_connection::read_listing(listing& out, bool with_uid) {
   out.clear();
   std::uint64_t last = 0;
   for (;;) {
     std::string_view line;
-    if (const bool ok = co_await read_line(line); !ok) {
+    const line_status got = take_line(line);
+    if (got == line_status::bad) {
       co_return false;
+    }
+    if (got == line_status::need_more) {
+      if (const bool ok = co_await fill(); !ok) {
+        co_return false;
+      }
+      continue;
     }
     if (!line.empty() && line[0] == '.') {
       if (line.size() == 1) {
@@ -381,32 +452,33 @@ asio::awaitable<bool> pop3_connection::read_listing(std::vector<listing_entry>& 
       line.remove_prefix(1);
     }
     const auto space = line.find(' ');
-    listing_entry e;
-    if (space == std::string_view::npos || !parse_number(line.substr(0, space), e.number) ||
-        e.number <= last) {
+    std::uint64_t number = 0;
+    if (space == std::string_view::npos || !parse_number(line.substr(0, space), number) ||
+        number <= last) {
       co_return fail(fault::protocol);
     }
-    last = e.number;
+    last = number;
     std::string_view rest = line.substr(space + 1);
     if (with_uid) {
       if (!is_valid_uid(rest)) {
         co_return fail(fault::bad_uidl);
       }
-      e.uid.assign(rest);
+      out.add_uid(number, rest);
     } else {
       // RFC 1939 section 5, LIST: whatever follows the size after a space is not ours to judge.
       const auto end = std::min(rest.find(' '), rest.size());
-      if (!parse_number(rest.substr(0, end), e.size)) {
+      std::uint64_t size = 0;
+      if (!parse_number(rest.substr(0, end), size)) {
         co_return fail(fault::protocol);
       }
+      out.add_size(number, size);
     }
-    out.push_back(std::move(e));
   }
 }
 
-asio::awaitable<bool> pop3_connection::listing(std::string_view line,
-                                               std::vector<listing_entry>& out, bool with_uid) {
-  if (const bool ok = co_await command(line, fault::err_reply); !ok) {
+asio::awaitable<bool> pop3_connection::listing_command(std::string_view wire, listing& out,
+                                                       bool with_uid) {
+  if (const bool ok = co_await command(wire, fault::err_reply); !ok) {
     co_return false;
   }
   const bool ok = co_await read_listing(out, with_uid);

@@ -100,43 +100,98 @@ class connection_registry {
   std::size_t size_ = 0;
 };
 
-// A message number and its size or UIDL from a LIST or UIDL listing.
-struct listing_entry {
-  std::uint64_t number = 0;
-  std::uint64_t size = 0;  // LIST only
-  std::string uid;         // UIDL only
+// A LIST or UIDL listing. Unique-ids live in one string, so reading a listing again into the
+// same object allocates nothing once it has grown to size.
+class listing {
+ public:
+  struct entry {
+    std::uint64_t number = 0;
+    std::uint64_t size = 0;         // LIST only
+    std::uint32_t uid_offset = 0;  // UIDL only: where the unique-id starts in the pool
+    std::uint32_t uid_length = 0;
+  };
+  void clear() noexcept {
+    entries_.clear();
+    uids_.clear();
+  }
+  std::size_t size() const noexcept { return entries_.size(); }
+  bool empty() const noexcept { return entries_.empty(); }
+  const entry& operator[](std::size_t i) const noexcept { return entries_[i]; }
+  auto begin() const noexcept { return entries_.begin(); }
+  auto end() const noexcept { return entries_.end(); }
+  // Valid until the listing is cleared or added to.
+  std::string_view uid(const entry& e) const noexcept {
+    return std::string_view(uids_).substr(e.uid_offset, e.uid_length);
+  }
+  void add_size(std::uint64_t number, std::uint64_t size) { entries_.push_back({number, size, 0, 0}); }
+  void add_uid(std::uint64_t number, std::string_view uid) {
+    entries_.push_back({number, 0, static_cast<std::uint32_t>(uids_.size()),
+                        static_cast<std::uint32_t>(uid.size())});
+    uids_.append(uid);
+  }
+  // Whether no unique-id appears twice; `scratch` is reused between calls.
+  bool has_unique_uids(std::vector<std::string_view>& scratch) const;
+
+ private:
+  std::vector<entry> entries_;
+  std::string uids_;
+};
+
+// The wire form of a command: the line and its CRLF, built once and sent as it is.
+class command_line {
+ public:
+  command_line() = default;
+  explicit command_line(std::string_view line) { set(line); }
+  void set(std::string_view line) {
+    wire_.assign(line);
+    wire_.append("\r\n");
+  }
+  std::string_view wire() const noexcept { return wire_; }
+
+ private:
+  std::string wire_;
 };
 
 class pop3_connection {
  public:
   // buffer_size: the read buffer, which also bounds the longest reply line (at least 1 KiB).
+  // It is allocated once and kept across reset(): a client reuses one connection object for
+  // every session it runs.
   pop3_connection(asio::any_io_executor ex, connection_registry& registry,
                   std::size_t buffer_size);
   ~pop3_connection();
   pop3_connection(const pop3_connection&) = delete;
   pop3_connection& operator=(const pop3_connection&) = delete;
 
-  // Connects to `to`, from `source` when it is not unspecified. Sets TCP_NODELAY.
-  asio::awaitable<bool> connect(const tcp::endpoint& to, const asio::ip::address& source);
+  // Closes the socket and forgets everything about the last connection but the buffer.
+  void reset() noexcept;
+
+  // Connects to `to`, from `source` when it is not unspecified, with TCP_NODELAY set.
+  // wait false: the connection is started and the call returns at once; the first read then
+  // waits for it, and a refused connection fails that read with fault::connect_refused (a
+  // POP3 client waits for the greeting anyway, so this saves the reactor round trip and the
+  // SO_ERROR query). wait true: returns once the connection is established (TLS first).
+  asio::awaitable<bool> connect(const tcp::endpoint& to, const asio::ip::address& source,
+                                bool wait);
   // Starts TLS as a client without verifying the server's certificate (loopback benchmarking
   // only). Fails with fault::stls_injection if bytes were already buffered after the STLS reply.
   asio::awaitable<bool> handshake(asio::ssl::context& ctx);
 
-  // Sends one command line; CRLF is appended.
-  asio::awaitable<bool> send(std::string_view line);
   // Reads one status line. True when it was +OK or -ERR (see is_ok()); any other line fails
   // with fault::protocol.
   asio::awaitable<bool> read_status();
-  // send() then read_status(); a -ERR reply fails with the fault named by its response code,
-  // else with on_err.
-  asio::awaitable<bool> command(std::string_view line, fault on_err);
+  // Sends `wire` (a whole command, CRLF included) and reads the status line; a -ERR reply
+  // fails with the fault named by its response code, else with on_err.
+  asio::awaitable<bool> command(std::string_view wire, fault on_err);
+  asio::awaitable<bool> command(const command_line& c, fault on_err) {
+    return command(c.wire(), on_err);
+  }
   // Reads a multi-line body up to the terminating ".CRLF", unstuffing and counting it.
   asio::awaitable<bool> read_body(body_result& out, octet_sink sink);
   // Reads a LIST (with_uid false) or UIDL listing into out, checking every line's syntax.
-  asio::awaitable<bool> read_listing(std::vector<listing_entry>& out, bool with_uid);
-  // command() then read_listing(): "LIST" or "UIDL" in full.
-  asio::awaitable<bool> listing(std::string_view line, std::vector<listing_entry>& out,
-                                bool with_uid);
+  asio::awaitable<bool> read_listing(listing& out, bool with_uid);
+  // command() then read_listing(): "LIST\r\n" or "UIDL\r\n" in full.
+  asio::awaitable<bool> listing_command(std::string_view wire, listing& out, bool with_uid);
   // Reads until the server closes; any byte received fails with fault::data_after_quit.
   asio::awaitable<bool> read_to_eof();
 
@@ -149,8 +204,12 @@ class pop3_connection {
   fault failure() const noexcept { return fault_; }
   bool fail(fault f) noexcept;
 
-  // Sets the deadline of the operations that follow; disarm() removes it.
-  void arm(bench_clock::duration timeout) noexcept { deadline_ = bench_clock::now() + timeout; }
+  // Sets the deadline of the operations that follow, from a clock reading the caller already
+  // has (one clock read per operation); disarm() removes it.
+  void arm(bench_clock::time_point now, bench_clock::duration timeout) noexcept {
+    deadline_ = now + timeout;
+  }
+  void arm(bench_clock::duration timeout) noexcept { arm(bench_clock::now(), timeout); }
   void disarm() noexcept { deadline_ = bench_clock::time_point::max(); }
   void close() noexcept;
   bool is_open() const noexcept { return socket_.is_open(); }
@@ -158,18 +217,27 @@ class pop3_connection {
  private:
   friend class connection_registry;
 
+  enum class line_status { line, need_more, bad };
+  // Takes the next CRLF-terminated line out of the buffer, if one is there.
+  line_status take_line(std::string_view& line) noexcept;
+  // Checks the status line in `line`; false (fault::protocol) when it is neither +OK nor -ERR.
+  bool parse_status(std::string_view line) noexcept;
+  enum class send_status { sent, partial, failed };
+  // Sends what the socket takes at once; `wire` keeps what is left (partial).
+  send_status send_now(std::string_view& wire) noexcept;
+  asio::awaitable<bool> send_rest(std::string_view wire);
   asio::awaitable<bool> fill();
-  asio::awaitable<bool> read_line(std::string_view& line);
   fault classify(const std::error_code& ec, bool in_tls) const noexcept;
 
   tcp::socket socket_;
   std::unique_ptr<asio::ssl::stream<tcp::socket&>> tls_;
-  std::vector<char> buf_;
+  std::unique_ptr<char[]> buf_;  // not zeroed: only bytes the socket wrote are read
+  std::size_t capacity_ = 0;
   std::size_t begin_ = 0;  // unread bytes are buf_[begin_, end_)
   std::size_t end_ = 0;
-  std::string out_;
   std::string_view status_;
   bool ok_ = false;
+  bool connecting_ = false;  // connect(wait = false) started a connection nothing has read yet
   fault fault_ = fault::none;
   bool timed_out_ = false;
   bench_clock::time_point deadline_ = bench_clock::time_point::max();

@@ -109,8 +109,13 @@ void print_text(const options& o, const result& r) {
                "answering NOOP after {:.1f} s held\n",
                i.requested, i.established, i.setup_s,
                per_second(static_cast<double>(i.established), i.setup_s), i.alive, i.hold_s);
+    if (i.client_processes > 1) {
+      fmt::print("  clients     {} processes, each from its own source "
+                 "addresses\n",
+                 i.client_processes);
+    }
     if (i.limit_by_fds != 0) {
-      fmt::print("  limited     by RLIMIT_NOFILE to {} sessions\n", i.limit_by_fds);
+      fmt::print("  limited     by RLIMIT_NOFILE to {} sessions per process\n", i.limit_by_fds);
     }
     if (i.pss_before_kib && i.pss_after_kib) {
       fmt::print("  server PSS  {} KiB before ({} processes), {} KiB held ({} processes)\n",
@@ -218,9 +223,9 @@ void print_json(const options& o, const result& r) {
   if (r.idle) {
     const idle_result& i = *r.idle;
     j += fmt::format(",\"idle\":{{\"requested\":{},\"established\":{},\"alive\":{},"
-                     "\"setup_s\":{},\"hold_s\":{},\"fd_limited\":{}",
+                     "\"setup_s\":{},\"hold_s\":{},\"fd_limited\":{},\"client_processes\":{}",
                      i.requested, i.established, i.alive, num(i.setup_s), num(i.hold_s),
-                     i.limit_by_fds);
+                     i.limit_by_fds, i.client_processes);
     if (i.pss_before_kib && i.pss_after_kib) {
       j += fmt::format(",\"pss_before_kib\":{},\"pss_after_kib\":{},\"processes_before\":{},"
                        "\"processes_after\":{}",

@@ -30,12 +30,23 @@ bench_clock::duration seconds(double s) {
 
 std::string_view op_name(op o) noexcept { return op_names[static_cast<std::size_t>(o)]; }
 
-user_set::user_set(const options& o)
-    : pattern_(o.user_pattern), password_(o.password), first_(o.first_user), count_(o.users) {
-  if (pattern_.find("%d") == std::string::npos) {
-    count_ = 1;
+std::uint64_t user_set::count_of(const options& o) noexcept {
+  if (o.user_pattern.find("%d") == std::string::npos) {
+    return 1;
   }
-  count_ = std::max<std::uint64_t>(count_, 1);
+  return std::max<std::uint64_t>(o.users, 1);
+}
+
+user_set::user_set(const options& o) {
+  const std::uint64_t count = count_of(o);
+  names_.reserve(count);
+  user_.reserve(count);
+  pass_.reserve(count);
+  for (std::uint64_t i = 0; i < count; ++i) {
+    names_.push_back(expand(o.user_pattern, o.first_user + i));
+    user_.emplace_back("USER " + names_.back());
+    pass_.emplace_back("PASS " + expand(o.password, o.first_user + i));
+  }
 }
 
 std::string user_set::expand(const std::string& pattern, std::uint64_t n) {
@@ -53,9 +64,6 @@ std::string user_set::expand(const std::string& pattern, std::uint64_t n) {
   }
   return out;
 }
-
-std::string user_set::name(std::uint64_t i) const { return expand(pattern_, first_ + i); }
-std::string user_set::password(std::uint64_t i) const { return expand(password_, first_ + i); }
 
 std::uint64_t stats::error_total() const noexcept {
   std::uint64_t n = 0;

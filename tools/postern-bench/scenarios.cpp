@@ -1,11 +1,20 @@
 // The load scenarios of postern-bench. Each builds one io_context, spawns its clients as
 // coroutines, and runs them on the calling thread until the run is over.
 #include "bench.hpp"
+#include "idle_report.hpp"
 #include "system.hpp"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <fmt/core.h>
 
 #include <algorithm>
+#include <csignal>
+#include <charconv>
+#include <cstring>
 #include <exception>
 #include <memory>
 
@@ -15,10 +24,12 @@ namespace {
 constexpr auto use_tuple = asio::experimental::as_tuple(asio::use_awaitable);
 
 constexpr std::size_t small_buffer = 16 * 1024;   // sessions: replies and small messages
-constexpr std::size_t large_buffer = 256 * 1024;  // RETR throughput and huge listings
+constexpr std::size_t large_buffer = 1024 * 1024;  // RETR throughput and huge listings
 constexpr std::size_t idle_buffer = 1024;         // held sessions: status lines only
-// Connections beyond what one source address can hold in the ephemeral port range.
-constexpr std::uint64_t connections_per_source = 25000;
+// Connections per source address. Linux's ephemeral range holds about 28,000 ports, and
+// connect() takes the even half of it first, searching port by port: past about half full,
+// every new connection scans longer (quadratic setup time). 5,000 keeps the search short.
+constexpr std::uint64_t connections_per_source = 5000;
 // File descriptors kept for stdio, epoll, timers and the like.
 constexpr std::uint64_t reserved_fds = 32;
 
@@ -50,9 +61,30 @@ struct stat_reply {
 
 // Where a session is, for error messages.
 struct session_trace {
-  std::string user;
+  std::string_view user;  // a name in the run's user_set
   const char* step = "connect";
 };
+
+// Commands without arguments, in wire form.
+constexpr std::string_view stat_wire = "STAT\r\n";
+constexpr std::string_view uidl_wire = "UIDL\r\n";
+constexpr std::string_view list_wire = "LIST\r\n";
+constexpr std::string_view noop_wire = "NOOP\r\n";
+constexpr std::string_view quit_wire = "QUIT\r\n";
+constexpr std::string_view stls_wire = "STLS\r\n";
+
+// "VERB n\r\n" in `buf`, formatted without allocating; valid as long as buf.
+template <std::size_t N>
+std::string_view numbered_command(char (&buf)[N], std::string_view verb, std::uint64_t n) {
+  static_assert(N >= 32);
+  std::memcpy(buf, verb.data(), verb.size());
+  char* p = buf + verb.size();
+  *p++ = ' ';
+  p = std::to_chars(p, buf + N - 2, n).ptr;
+  *p++ = '\r';
+  *p++ = '\n';
+  return std::string_view(buf, static_cast<std::size_t>(p - buf));
+}
 
 // Counts the connection's failure with a message naming the user, the step and, for a reply
 // the server gave, the reply itself.
@@ -95,37 +127,29 @@ std::vector<asio::ip::address> source_addresses(const options& o, const tcp::end
   return out;
 }
 
-bool has_unique_uids(const std::vector<listing_entry>& listing) {
-  std::vector<std::string_view> uids;
-  uids.reserve(listing.size());
-  for (const auto& e : listing) {
-    uids.emplace_back(e.uid);
-  }
-  std::sort(uids.begin(), uids.end());
-  return std::adjacent_find(uids.begin(), uids.end()) == uids.end();
-}
-
 // Connects, reads the greeting (starting TLS as the options say), logs in and runs STAT.
-// Records connect, tls, stls, user, pass, stat and login_stat from t0.
+// Records connect, tls, stls, user, pass, stat and login_stat from t, which comes in as the
+// session's start and goes out as the time of the STAT reply: one clock read per operation.
 asio::awaitable<bool> login(client_env& e, pop3_connection& c, std::uint64_t user,
-                            asio::ip::address source, bench_clock::time_point t0,
+                            asio::ip::address source, bench_clock::time_point& t,
                             stat_reply& stat, session_trace& trace) {
   run_control& run = e.run;
-  auto t = t0;
+  const auto t0 = t;
   // Records the operation that just ended and gives the next one its own deadline.
   auto lap = [&](op o) {
     const auto now = bench_clock::now();
     run.record(o, t, now);
     t = now;
-    c.arm(run.timeout());
+    c.arm(now, run.timeout());
   };
-  c.arm(run.timeout());
+  c.arm(t, run.timeout());
   trace.user = e.users.name(user);
   trace.step = "connect";
-  if (const bool ok = co_await c.connect(e.target, source); !ok) {
+  const bool tls_first = e.o.tls == tls_mode::pop3s;
+  if (const bool ok = co_await c.connect(e.target, source, tls_first); !ok) {
     co_return false;
   }
-  if (e.o.tls == tls_mode::pop3s) {
+  if (tls_first) {
     trace.step = "TLS handshake";
     const auto th = bench_clock::now();
     if (const bool ok = co_await c.handshake(*e.ssl); !ok) {
@@ -143,7 +167,7 @@ asio::awaitable<bool> login(client_env& e, pop3_connection& c, std::uint64_t use
   lap(op::connect);
   if (e.o.tls == tls_mode::stls) {
     trace.step = "STLS";
-    if (const bool ok = co_await c.command("STLS", fault::err_reply); !ok) {
+    if (const bool ok = co_await c.command(stls_wire, fault::err_reply); !ok) {
       co_return false;
     }
     lap(op::stls);
@@ -154,19 +178,17 @@ asio::awaitable<bool> login(client_env& e, pop3_connection& c, std::uint64_t use
     lap(op::tls);
   }
   trace.step = "USER";
-  const std::string user_command = "USER " + trace.user;
-  if (const bool ok = co_await c.command(user_command, fault::auth); !ok) {
+  if (const bool ok = co_await c.command(e.users.user_command(user), fault::auth); !ok) {
     co_return false;
   }
   lap(op::user);
   trace.step = "PASS";
-  const std::string pass_command = "PASS " + e.users.password(user);
-  if (const bool ok = co_await c.command(pass_command, fault::auth); !ok) {
+  if (const bool ok = co_await c.command(e.users.pass_command(user), fault::auth); !ok) {
     co_return false;
   }
   lap(op::pass);
   trace.step = "STAT";
-  if (const bool ok = co_await c.command("STAT", fault::err_reply); !ok) {
+  if (const bool ok = co_await c.command(stat_wire, fault::err_reply); !ok) {
     co_return false;
   }
   if (!c.status_number(stat.messages, 0) || !c.status_number(stat.octets, 1)) {
@@ -177,13 +199,15 @@ asio::awaitable<bool> login(client_env& e, pop3_connection& c, std::uint64_t use
   co_return true;
 }
 
-// QUIT, then wait for the server to close. Records quit (and session from t0 when given).
+// QUIT, then wait for the server to close. Records quit from t (the end of the previous
+// operation, or now when null) and session from t0 when given.
 asio::awaitable<bool> quit(client_env& e, pop3_connection& c, session_trace& trace,
+                           const bench_clock::time_point* since,
                            const bench_clock::time_point* t0) {
-  c.arm(e.run.timeout());
+  const auto t = since != nullptr ? *since : bench_clock::now();
+  c.arm(t, e.run.timeout());
   trace.step = "QUIT";
-  const auto t = bench_clock::now();
-  if (const bool ok = co_await c.command("QUIT", fault::err_reply); !ok) {
+  if (const bool ok = co_await c.command(quit_wire, fault::err_reply); !ok) {
     co_return false;
   }
   const auto now = bench_clock::now();
@@ -197,14 +221,16 @@ asio::awaitable<bool> quit(client_env& e, pop3_connection& c, session_trace& tra
 }
 
 // RETR n, checking the octets against the status line and, when known, the LIST size.
-// Returns false with a fault on I/O or reply failures; a size disagreement is counted here
-// (with details) and sets `clean` to false, and the session goes on.
+// t comes in as the start of the RETR and goes out as its end. Returns false with a fault on
+// I/O or reply failures; a size disagreement is counted here (with details) and sets `clean`
+// to false, and the session goes on.
 asio::awaitable<bool> retrieve(client_env& e, stats& st, pop3_connection& c, std::uint64_t n,
-                               const std::uint64_t* listed, session_trace& trace, bool& clean) {
-  const std::string command = fmt::format("RETR {}", n);
+                               const std::uint64_t* listed, session_trace& trace, bool& clean,
+                               bench_clock::time_point& t) {
+  char buf[32];
+  const std::string_view command = numbered_command(buf, "RETR", n);
   trace.step = "RETR";
-  c.arm(e.run.timeout());
-  const auto t = bench_clock::now();
+  c.arm(t, e.run.timeout());
   if (const bool ok = co_await c.command(command, fault::err_reply); !ok) {
     co_return false;
   }
@@ -214,7 +240,9 @@ asio::awaitable<bool> retrieve(client_env& e, stats& st, pop3_connection& c, std
   if (const bool ok = co_await c.read_body(body, e.payload_sink(st)); !ok) {
     co_return false;
   }
-  e.run.record(op::retr, t, bench_clock::now());
+  const auto end = bench_clock::now();
+  e.run.record(op::retr, t, end);
+  t = end;
   if (body.bare_lf) {
     clean = false;
     e.run.count_error(fault::bare_lf, fmt::format("{} RETR {}: a line ended in a bare LF",
@@ -240,26 +268,29 @@ asio::awaitable<bool> retrieve(client_env& e, stats& st, pop3_connection& c, std
 
 asio::awaitable<bool> full_session(client_env& e, stats& st, pop3_connection& c,
                                    std::uint64_t user, asio::ip::address source,
-                                   std::vector<listing_entry>& listing, session_trace& trace) {
+                                   listing& uids, std::vector<std::string_view>& scratch,
+                                   session_trace& trace) {
   const auto t0 = bench_clock::now();
+  auto t = t0;
   stat_reply stat;
-  if (const bool ok = co_await login(e, c, user, source, t0, stat, trace); !ok) {
+  if (const bool ok = co_await login(e, c, user, source, t, stat, trace); !ok) {
     co_return false;
   }
   trace.step = "UIDL";
-  auto t = bench_clock::now();
-  c.arm(e.run.timeout());
-  if (const bool ok = co_await c.listing("UIDL", listing, true); !ok) {
+  c.arm(t, e.run.timeout());
+  if (const bool ok = co_await c.listing_command(uidl_wire, uids, true); !ok) {
     co_return false;
   }
-  e.run.record(op::uidl, t, bench_clock::now());
-  if (listing.size() != stat.messages) {
+  const auto now = bench_clock::now();
+  e.run.record(op::uidl, t, now);
+  t = now;
+  if (uids.size() != stat.messages) {
     e.run.count_error(fault::count_mismatch,
                       fmt::format("{}: STAT said {} messages, UIDL listed {}", trace.user,
-                                  stat.messages, listing.size()));
+                                  stat.messages, uids.size()));
     co_return false;
   }
-  if (!has_unique_uids(listing)) {
+  if (!uids.has_unique_uids(scratch)) {
     e.run.count_error(fault::bad_uidl, fmt::format("{}: UIDL repeated a unique-id", trace.user));
     co_return false;
   }
@@ -267,10 +298,10 @@ asio::awaitable<bool> full_session(client_env& e, stats& st, pop3_connection& c,
     co_return c.fail(fault::empty_maildrop);
   }
   bool clean = true;
-  if (const bool ok = co_await retrieve(e, st, c, 1, nullptr, trace, clean); !ok) {
+  if (const bool ok = co_await retrieve(e, st, c, 1, nullptr, trace, clean, t); !ok) {
     co_return false;
   }
-  if (const bool ok = co_await quit(e, c, trace, &t0); !ok) {
+  if (const bool ok = co_await quit(e, c, trace, &t, &t0); !ok) {
     co_return false;
   }
   co_return clean;
@@ -288,26 +319,27 @@ asio::awaitable<void> back_off(unsigned failures_in_a_row) {
 
 asio::awaitable<void> session_client(client_env& e, stats& st, std::uint64_t index) {
   auto ex = co_await asio::this_coro::executor;
-  std::vector<listing_entry> listing;
+  listing uids;
+  std::vector<std::string_view> scratch;
   unsigned failures = 0;
   try {
+    // One connection object for every session of this client: its buffer is allocated once.
+    pop3_connection c(ex, e.run.connections(), e.buffer_size);
     for (std::uint64_t round = 0; e.run.may_start(); ++round) {
       // Client i takes users i, i + clients, i + 2 * clients, ...: when the user count is a
       // multiple of the client count, no two clients ever share a maildrop.
       const std::uint64_t user = (index + round * e.clients) % e.users.size();
       session_trace trace;
-      bool ok = false;
-      {
-        pop3_connection c(ex, e.run.connections(), e.buffer_size);
-        ok = co_await full_session(e, st, c, user, e.source_for(index + round), listing, trace);
-        if (!ok) {
-          count_failure(e.run, c, trace);
-        }
-      }
+      c.reset();
+      const bool ok = co_await full_session(e, st, c, user, e.source_for(index + round), uids,
+                                            scratch, trace);
       if (ok) {
+        c.close();
         e.run.complete_unit();
         failures = 0;
       } else {
+        count_failure(e.run, c, trace);
+        c.close();
         e.run.unit_failed();
         co_await back_off(failures++);
       }
@@ -323,53 +355,58 @@ asio::awaitable<void> session_client(client_env& e, stats& st, std::uint64_t ind
 
 asio::awaitable<void> retr_client(client_env& e, stats& st, std::uint64_t index) {
   auto ex = co_await asio::this_coro::executor;
-  std::vector<listing_entry> listing;
+  listing sizes;
   unsigned failures = 0;
   try {
+    pop3_connection c(ex, e.run.connections(), e.buffer_size);
     while (e.run.may_start()) {
       const std::uint64_t user = index % e.users.size();
       session_trace trace;
       bool finished = false;
-      pop3_connection c(ex, e.run.connections(), e.buffer_size);
+      c.reset();
       do {
         stat_reply stat;
         const auto source = e.source_for(index);
-        if (const bool ok = co_await login(e, c, user, source, bench_clock::now(), stat, trace);
-            !ok) {
+        auto t = bench_clock::now();
+        if (const bool ok = co_await login(e, c, user, source, t, stat, trace); !ok) {
           break;
         }
         trace.step = "LIST";
-        const auto t = bench_clock::now();
-        c.arm(e.run.timeout());
-        if (const bool ok = co_await c.listing("LIST", listing, false); !ok) {
+        c.arm(t, e.run.timeout());
+        if (const bool ok = co_await c.listing_command(list_wire, sizes, false); !ok) {
           break;
         }
-        e.run.record(op::list, t, bench_clock::now());
+        const auto listed = bench_clock::now();
+        e.run.record(op::list, t, listed);
+        t = listed;
         std::uint64_t sum = 0;
-        for (const auto& l : listing) {
+        for (const auto& l : sizes) {
           sum += l.size;
         }
-        if (listing.size() != stat.messages || sum != stat.octets) {
+        if (sizes.size() != stat.messages || sum != stat.octets) {
           e.run.count_error(fault::count_mismatch,
                             fmt::format("{}: STAT said {} messages ({} octets), LIST listed {} "
                                         "({} octets)",
-                                        trace.user, stat.messages, stat.octets, listing.size(),
+                                        trace.user, stat.messages, stat.octets, sizes.size(),
                                         sum));
           break;
         }
-        if (listing.empty() || (e.o.message != 0 && e.o.message > listing.size())) {
+        if (sizes.empty() || (e.o.message != 0 && e.o.message > sizes.size())) {
           c.fail(fault::empty_maildrop);
           break;
         }
         // Cycling clients start spread over the maildrop.
         std::size_t next =
-            e.o.message == 0 ? static_cast<std::size_t>(index * listing.size() / e.clients) : 0;
+            e.o.message == 0 ? static_cast<std::size_t>(index * sizes.size() / e.clients) : 0;
         bool clean = true;
         bool broken = false;
         while (e.run.may_start()) {
-          const listing_entry& m =
-              e.o.message == 0 ? listing[next++ % listing.size()] : listing[e.o.message - 1];
-          if (const bool ok = co_await retrieve(e, st, c, m.number, &m.size, trace, clean); !ok) {
+          if (next == sizes.size()) {
+            next = 0;
+          }
+          const listing::entry& m = e.o.message == 0 ? sizes[next++] : sizes[e.o.message - 1];
+          if (const bool ok = co_await retrieve(e, st, c, m.number, &m.size, trace, clean, t);
+              !ok) {
             broken = true;
             break;
           }
@@ -378,7 +415,7 @@ asio::awaitable<void> retr_client(client_env& e, stats& st, std::uint64_t index)
         if (broken) {
           break;
         }
-        if (const bool ok = co_await quit(e, c, trace, nullptr); !ok) {
+        if (const bool ok = co_await quit(e, c, trace, nullptr, nullptr); !ok) {
           break;
         }
         finished = clean;
@@ -424,11 +461,19 @@ class wait_group {
   std::size_t pending_ = 0;
 };
 
+// A child process of a forked `idle` run: where it reports and waits for its parent.
+struct child_link {
+  int report_fd = -1;   // frames up to the parent
+  int control_fd = -1;  // end of file (or a byte) from the parent: release the sessions
+};
+
 struct idle_state {
   client_env& env;
   stats& st;
   std::vector<std::unique_ptr<pop3_connection>> held;
   std::uint64_t next = 0;
+  std::uint64_t first = 0;  // session i of this process is session first + i of the run
+  const child_link* link = nullptr;
   // Failures since the last success: when every opener has failed in a row the server is
   // full (out of descriptors, at its connection limit), and waiting out more timeouts
   // would only make the run longer.
@@ -447,9 +492,9 @@ asio::awaitable<void> idle_opener(idle_state& s, wait_group& wg) {
       session_trace trace;
       stat_reply stat;
       const auto source = e.source_for(i);
-      const std::uint64_t user = i % e.users.size();
-      if (const bool ok = co_await login(e, *c, user, source, bench_clock::now(), stat, trace);
-          ok) {
+      const std::uint64_t user = (s.first + i) % e.users.size();
+      auto t = bench_clock::now();
+      if (const bool ok = co_await login(e, *c, user, source, t, stat, trace); ok) {
         c->disarm();
         s.held[i] = std::move(c);
         e.run.complete_unit();
@@ -481,14 +526,14 @@ asio::awaitable<void> idle_sweeper(idle_state& s, std::uint64_t& cursor, bool re
       if (!c) {
         continue;
       }
-      session_trace trace{e.users.name(i % e.users.size()), release ? "QUIT" : "NOOP"};
+      session_trace trace{e.users.name((s.first + i) % e.users.size()), release ? "QUIT" : "NOOP"};
       bool ok = false;
       if (release) {
-        ok = co_await quit(e, *c, trace, nullptr);
+        ok = co_await quit(e, *c, trace, nullptr, nullptr);
       } else {
-        c->arm(e.run.timeout());
         const auto t = bench_clock::now();
-        ok = co_await c->command("NOOP", fault::err_reply);
+        c->arm(t, e.run.timeout());
+        ok = co_await c->command(noop_wire, fault::err_reply);
         e.run.record(op::noop, t, bench_clock::now());
         c->disarm();
       }
@@ -528,16 +573,32 @@ asio::awaitable<void> idle_main(idle_state& s, idle_result& r) {
   r.established = static_cast<std::uint64_t>(
       std::count_if(s.held.begin(), s.held.end(), [](const auto& c) { return c != nullptr; }));
 
-  asio::steady_timer hold(ex);
-  hold.expires_after(std::chrono::duration_cast<bench_clock::duration>(
-      std::chrono::duration<double>(o.duration_s)));
-  e.run.on_interrupt([&hold] { hold.cancel(); });
-  if (!e.run.interrupted()) {
-    co_await hold.async_wait(use_tuple);
+  if (s.link != nullptr) {
+    // A child: tell the parent, which holds every child's sessions at once and measures the
+    // server, then wait for its word (or its end) to let them go.
+    report_writer w;
+    w.u64(r.established);
+    w.f64(r.setup_s);
+    if (!write_frame(s.link->report_fd, frame_established, w.bytes())) {
+      e.run.warn("cannot report to the parent process");
+    }
+    asio::posix::stream_descriptor control(ex, ::dup(s.link->control_fd));
+    char byte = 0;
+    const auto word = co_await control.async_read_some(asio::buffer(&byte, 1), use_tuple);
+    static_cast<void>(word);
+    r.hold_s = std::chrono::duration<double>(bench_clock::now() - t1).count();
+  } else {
+    asio::steady_timer hold(ex);
+    hold.expires_after(std::chrono::duration_cast<bench_clock::duration>(
+        std::chrono::duration<double>(o.duration_s)));
+    e.run.on_interrupt([&hold] { hold.cancel(); });
+    if (!e.run.interrupted()) {
+      co_await hold.async_wait(use_tuple);
+    }
+    e.run.on_interrupt(nullptr);
+    r.hold_s = std::chrono::duration<double>(bench_clock::now() - t1).count();
   }
-  e.run.on_interrupt(nullptr);
-  r.hold_s = std::chrono::duration<double>(bench_clock::now() - t1).count();
-  if (o.server_pid) {
+  if (o.server_pid && s.link == nullptr) {
     if (auto pss = read_pss(*o.server_pid, o.server_children)) {
       r.pss_after_kib = pss->kib;
       r.processes_after = pss->processes;
@@ -570,7 +631,7 @@ asio::ssl::context make_tls_context() {
 }
 
 struct prepared {
-  asio::io_context io{1};
+  asio::io_context io{ASIO_CONCURRENCY_HINT_UNSAFE};
   stats& st;
   run_control run;
   user_set users;
@@ -665,24 +726,70 @@ void run_retr(const options& o, result& out) {
   p.finish(out);
 }
 
-void run_idle(const options& o, result& out) {
-  std::uint64_t sessions = clients_or(o, 1000);
-  idle_result r;
-  r.requested = sessions;
-  const std::uint64_t fds = raise_open_file_limit();
-  if (fds != UINT64_MAX && sessions + reserved_fds > fds) {
-    sessions = fds > reserved_fds ? fds - reserved_fds : 1;
-    r.limit_by_fds = sessions;
+namespace {
+
+// Holds sessions [first, first + count) of the run in this process. With a link, this is a
+// child of a forked run: it reports to its parent instead of measuring the server itself.
+void run_idle_share(const options& o, result& out, idle_result& r, std::uint64_t first,
+                    std::uint64_t count, const std::vector<asio::ip::address>* sources,
+                    const child_link* link) {
+  prepared p(o, out, count, idle_buffer);
+  if (sources != nullptr) {
+    p.env.sources = *sources;
   }
-  prepared p(o, out, sessions, idle_buffer);
   if (r.limit_by_fds != 0) {
-    p.run.warn(fmt::format("RLIMIT_NOFILE is {}: holding at most {} sessions, not {}", fds,
-                           sessions, r.requested));
+    p.run.warn(fmt::format("RLIMIT_NOFILE allows {} sessions per process: holding {}, not {} "
+                           "(--processes spreads them over more)",
+                           r.limit_by_fds, count, r.requested));
   }
-  if (p.users.size() < sessions) {
+  if (link == nullptr && p.users.size() < count) {
     p.run.warn(fmt::format("{} users for {} sessions: servers that lock maildrops answer "
                            "[IN-USE] to the extra ones",
-                           p.users.size(), sessions));
+                           p.users.size(), count));
+  }
+  if (o.server_pid && link == nullptr) {
+    if (auto pss = read_pss(*o.server_pid, o.server_children)) {
+      r.pss_before_kib = pss->kib;
+      r.processes_before = pss->processes;
+    } else {
+      throw std::runtime_error(fmt::format("--server-pid {}: cannot read /proc/{}/smaps_rollup",
+                                           *o.server_pid, *o.server_pid));
+    }
+  }
+  idle_state s{p.env, p.st, {}, 0, first, link};
+  s.held.resize(count);
+  s.give_up_after = std::max<std::uint64_t>(16, std::min<std::uint64_t>(o.concurrency, count));
+  p.run.begin_unwindowed();
+  asio::co_spawn(p.io, idle_main(s, r), asio::detached);
+  p.io.run();
+  p.finish(out);
+}
+
+volatile std::sig_atomic_t parent_signal = 0;
+extern "C" void note_parent_signal(int sig) { parent_signal = sig; }
+
+// The sessions of process k of n: as even as it gets.
+std::uint64_t share_of(std::uint64_t sessions, std::uint64_t n, std::uint64_t k) {
+  return sessions / n + (k < sessions % n ? 1 : 0);
+}
+
+// `idle` over several client processes: each holds its share of the sessions from its own
+// source addresses, so neither descriptors nor ephemeral ports run out. The parent forks them
+// before it touches Asio, waits until every one has its sessions open, holds, reads the
+// server's PSS, tells them to let go and adds up their reports.
+void run_idle_forked(const options& o, result& out, idle_result& r, std::uint64_t sessions,
+                     std::uint64_t processes, std::uint64_t per_process) {
+  struct child {
+    pid_t pid = -1;
+    int report_fd = -1;   // parent's read end
+    int control_fd = -1;  // parent's write end
+    bool established = false;
+    bool reported = false;
+  };
+  std::string error;
+  const auto target = parse_target(o, error);
+  if (!target) {
+    throw std::invalid_argument(error);
   }
   if (o.server_pid) {
     if (auto pss = read_pss(*o.server_pid, o.server_children)) {
@@ -693,13 +800,217 @@ void run_idle(const options& o, result& out) {
                                            *o.server_pid, *o.server_pid));
     }
   }
-  idle_state s{p.env, p.st, {}, 0};
-  s.held.resize(sessions);
-  s.give_up_after = std::max<std::uint64_t>(16, std::min<std::uint64_t>(o.concurrency, sessions));
-  p.run.begin_unwindowed();
-  asio::co_spawn(p.io, idle_main(s, r), asio::detached);
-  p.io.run();
-  p.finish(out);
+  std::vector<child> children(processes);
+  std::uint64_t first = 0;
+  unsigned next_address = 1;  // 127.0.0.next_address
+  const auto start = bench_clock::now();
+  const auto cpu_start = children_cpu_time();
+  struct sigaction sa {};
+  sa.sa_handler = note_parent_signal;  // no SA_RESTART: a signal interrupts the waits below
+  sigemptyset(&sa.sa_mask);
+  struct sigaction old_int {}, old_term {};
+  ::sigaction(SIGINT, &sa, &old_int);
+  ::sigaction(SIGTERM, &sa, &old_term);
+  for (std::uint64_t k = 0; k < processes; ++k) {
+    const std::uint64_t count = share_of(sessions, processes, k);
+    // Own source addresses for every child, one per 25,000 of its sessions.
+    std::vector<asio::ip::address> sources;
+    if (target->address().is_v4()) {
+      const auto n = std::max<std::uint64_t>(
+          1, (count + connections_per_source - 1) / connections_per_source);
+      for (std::uint64_t i = 0; i < n && next_address < 255; ++i) {
+        sources.emplace_back(asio::ip::address_v4((127u << 24) | next_address++));
+      }
+    }
+    int up[2];
+    int down[2];
+    if (::pipe2(up, O_CLOEXEC) != 0 || ::pipe2(down, O_CLOEXEC) != 0) {
+      throw std::runtime_error("pipe: " + std::string(std::strerror(errno)));
+    }
+    std::fflush(stdout);
+    std::fflush(stderr);
+    const pid_t pid = ::fork();
+    if (pid < 0) {
+      throw std::runtime_error("fork: " + std::string(std::strerror(errno)));
+    }
+    if (pid == 0) {
+      ::sigaction(SIGINT, &old_int, nullptr);
+      ::sigaction(SIGTERM, &old_term, nullptr);
+      for (std::uint64_t j = 0; j < k; ++j) {
+        ::close(children[j].report_fd);
+        ::close(children[j].control_fd);
+      }
+      ::close(up[0]);
+      ::close(down[1]);
+      const child_link link{up[1], down[0]};
+      int rc = 0;
+      try {
+        result mine;
+        idle_result ri;
+        ri.requested = count;
+        if (count > per_process) {
+          ri.limit_by_fds = per_process;
+        }
+        run_idle_share(o, mine, ri, first, std::min(count, per_process), &sources, &link);
+        child_report report;
+        report.st = std::move(mine.st);
+        report.established = ri.established;
+        report.alive = ri.alive;
+        report.setup_s = ri.setup_s;
+        report.cpu_user_s = mine.cpu_user_s;
+        report.cpu_sys_s = mine.cpu_sys_s;
+        rc = write_frame(up[1], frame_report, encode_report(report)) ? 0 : 2;
+      } catch (const std::exception& x) {
+        fmt::print(stderr, "postern-bench idle (child {}): {}\n", k, x.what());
+        rc = 2;
+      }
+      std::fflush(stdout);
+      std::fflush(stderr);
+      ::_exit(rc);
+    }
+    ::close(up[1]);
+    ::close(down[0]);
+    children[k] = child{pid, up[0], down[1]};
+    first += count;
+  }
+
+  auto forward_signal = [&] {
+    if (parent_signal != 0) {
+      for (const auto& c : children) {
+        ::kill(c.pid, parent_signal);
+      }
+      parent_signal = 0;
+      return true;
+    }
+    return false;
+  };
+  bool interrupted = false;
+  stats& st = out.st;
+  auto child_failed = [&](std::uint64_t k, const char* what) {
+    ++st.errors[static_cast<std::size_t>(fault::io)];
+    if (st.warnings.size() < 20) {
+      st.warnings.push_back(fmt::format("client process {} (pid {}): {}", k, children[k].pid, what));
+    }
+  };
+  // Setup: every child opens its sessions.
+  for (std::uint64_t k = 0; k < processes; ++k) {
+    char type = 0;
+    std::string payload;
+    for (;;) {
+      const frame_status got = read_frame(children[k].report_fd, type, payload);
+      if (got == frame_status::interrupted) {
+        interrupted = forward_signal() || interrupted;
+        continue;
+      }
+      if (got == frame_status::ok && type == frame_established) {
+        report_reader in(payload);
+        const std::uint64_t established = in.u64();
+        in.f64();
+        if (in.ok()) {
+          r.established += established;
+          children[k].established = true;
+        }
+      } else {
+        child_failed(k, "ended before its sessions were open");
+      }
+      break;
+    }
+  }
+  const auto held = bench_clock::now();
+  r.setup_s = std::chrono::duration<double>(held - start).count();
+  // Hold: everything is open at once.
+  const auto hold_end = held + std::chrono::duration_cast<bench_clock::duration>(
+                                   std::chrono::duration<double>(o.duration_s));
+  while (!interrupted) {
+    const auto now = bench_clock::now();
+    if (now >= hold_end) {
+      break;
+    }
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(hold_end - now);
+    ::poll(nullptr, 0, static_cast<int>(std::max<std::int64_t>(1, left.count())));
+    interrupted = forward_signal() || interrupted;
+  }
+  r.hold_s = std::chrono::duration<double>(bench_clock::now() - held).count();
+  if (o.server_pid) {
+    if (auto pss = read_pss(*o.server_pid, o.server_children)) {
+      r.pss_after_kib = pss->kib;
+      r.processes_after = pss->processes;
+    } else {
+      st.warnings.push_back(fmt::format("cannot read the PSS of pid {} after the hold", *o.server_pid));
+    }
+  }
+  // Release: closing the control pipes is the word.
+  for (auto& c : children) {
+    ::close(c.control_fd);
+    c.control_fd = -1;
+  }
+  for (std::uint64_t k = 0; k < processes; ++k) {
+    char type = 0;
+    std::string payload;
+    for (;;) {
+      const frame_status got = read_frame(children[k].report_fd, type, payload);
+      if (got == frame_status::interrupted) {
+        forward_signal();
+        continue;
+      }
+      child_report report;
+      if (got == frame_status::ok && type == frame_report && decode_report(payload, report)) {
+        merge_stats(st, report.st, 20);
+        r.alive += report.alive;
+        children[k].reported = true;
+      } else {
+        child_failed(k, "sent no report");
+      }
+      break;
+    }
+    ::close(children[k].report_fd);
+  }
+  for (std::uint64_t k = 0; k < processes; ++k) {
+    int status = 0;
+    while (::waitpid(children[k].pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    if (children[k].reported && !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
+      child_failed(k, "did not exit cleanly");
+    }
+  }
+  ::sigaction(SIGINT, &old_int, nullptr);
+  ::sigaction(SIGTERM, &old_term, nullptr);
+  const auto cpu_end = children_cpu_time();
+  out.cpu_user_s = cpu_end.user_s - cpu_start.user_s;
+  out.cpu_sys_s = cpu_end.sys_s - cpu_start.sys_s;
+  out.window_s = std::chrono::duration<double>(bench_clock::now() - start).count();
+  out.clients = sessions;
+  out.users = user_set::count_of(o);
+}
+
+}  // namespace
+
+void run_idle(const options& o, result& out) {
+  const std::uint64_t sessions = clients_or(o, 1000);
+  idle_result r;
+  r.requested = sessions;
+  const std::uint64_t fds = raise_open_file_limit();
+  const std::uint64_t per_process =
+      fds == UINT64_MAX ? UINT64_MAX : (fds > reserved_fds ? fds - reserved_fds : 1);
+  std::uint64_t processes = o.processes;
+  if (processes == 0) {
+    processes = per_process == UINT64_MAX ? 1 : (sessions + per_process - 1) / per_process;
+  }
+  processes = std::clamp<std::uint64_t>(processes, 1, std::max<std::uint64_t>(sessions, 1));
+  r.client_processes = processes;
+  if (processes == 1) {
+    std::uint64_t count = sessions;
+    if (count > per_process) {
+      count = per_process;
+      r.limit_by_fds = count;
+    }
+    run_idle_share(o, out, r, 0, count, nullptr, nullptr);
+  } else {
+    if (share_of(sessions, processes, 0) > per_process) {
+      r.limit_by_fds = per_process;  // the children hit RLIMIT_NOFILE and say so
+    }
+    run_idle_forked(o, out, r, sessions, processes, per_process);
+  }
   out.idle = r;
 }
 
@@ -708,8 +1019,9 @@ namespace {
 asio::awaitable<void> bigbox_main(client_env& e, std::vector<bigbox_iteration>& out) {
   auto ex = co_await asio::this_coro::executor;
   const std::uint64_t iterations = e.o.count.value_or(3);
-  std::vector<listing_entry> uids;
-  std::vector<listing_entry> sizes;
+  listing uids;
+  listing sizes;
+  std::vector<std::string_view> scratch;
   try {
     for (std::uint64_t it = 1; it <= iterations && !e.run.interrupted(); ++it) {
       pop3_connection c(ex, e.run.connections(), e.buffer_size);
@@ -718,18 +1030,18 @@ asio::awaitable<void> bigbox_main(client_env& e, std::vector<bigbox_iteration>& 
       bool finished = false;
       do {
         const auto t0 = bench_clock::now();
+        auto t = t0;
         stat_reply stat;
-        if (const bool ok = co_await login(e, c, 0, e.source_for(0), t0, stat, trace); !ok) {
+        if (const bool ok = co_await login(e, c, 0, e.source_for(0), t, stat, trace); !ok) {
           break;
         }
-        auto t = bench_clock::now();
         r.login_stat_ms = ms_between(t0, t);
         r.messages = stat.messages;
         r.octets = stat.octets;
 
         trace.step = "UIDL";
         c.arm(e.run.timeout());
-        if (const bool ok = co_await c.listing("UIDL", uids, true); !ok) {
+        if (const bool ok = co_await c.listing_command(uidl_wire, uids, true); !ok) {
           break;
         }
         auto now = bench_clock::now();
@@ -739,7 +1051,7 @@ asio::awaitable<void> bigbox_main(client_env& e, std::vector<bigbox_iteration>& 
         trace.step = "LIST";
         t = bench_clock::now();
         c.arm(e.run.timeout());
-        if (const bool ok = co_await c.listing("LIST", sizes, false); !ok) {
+        if (const bool ok = co_await c.listing_command(list_wire, sizes, false); !ok) {
           break;
         }
         now = bench_clock::now();
@@ -758,7 +1070,7 @@ asio::awaitable<void> bigbox_main(client_env& e, std::vector<bigbox_iteration>& 
                                         stat.messages, stat.octets, uids.size(), sizes.size(),
                                         sum));
         }
-        if (!has_unique_uids(uids)) {
+        if (!uids.has_unique_uids(scratch)) {
           e.run.count_error(fault::bad_uidl, "UIDL repeated a unique-id");
         }
 
@@ -769,7 +1081,8 @@ asio::awaitable<void> bigbox_main(client_env& e, std::vector<bigbox_iteration>& 
           bool deleted = true;
           for (std::size_t i = sizes.size() - k; i < sizes.size(); ++i) {
             c.arm(e.run.timeout());
-            const std::string dele = fmt::format("DELE {}", sizes[i].number);
+            char buf[32];
+            const std::string_view dele = numbered_command(buf, "DELE", sizes[i].number);
             if (const bool ok = co_await c.command(dele, fault::err_reply); !ok) {
               deleted = false;
               break;
@@ -787,7 +1100,7 @@ asio::awaitable<void> bigbox_main(client_env& e, std::vector<bigbox_iteration>& 
         trace.step = "QUIT";
         t = bench_clock::now();
         c.arm(e.run.timeout());
-        if (const bool ok = co_await c.command("QUIT", fault::err_reply); !ok) {
+        if (const bool ok = co_await c.command(quit_wire, fault::err_reply); !ok) {
           break;
         }
         now = bench_clock::now();

@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <sched.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -73,6 +74,78 @@ cpu_time process_cpu_time() noexcept {
   rusage ru{};
   ::getrusage(RUSAGE_SELF, &ru);
   return {seconds_of(ru.ru_utime), seconds_of(ru.ru_stime)};
+}
+
+cpu_time children_cpu_time() noexcept {
+  rusage ru{};
+  ::getrusage(RUSAGE_CHILDREN, &ru);
+  return {seconds_of(ru.ru_utime), seconds_of(ru.ru_stime)};
+}
+
+namespace {
+
+constexpr std::uint64_t max_frame = 64u << 20;
+
+bool write_all(int fd, const char* p, std::size_t n) noexcept {
+  while (n > 0) {
+    const ssize_t k = ::write(fd, p, n);
+    if (k < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      return false;
+    }
+    p += k;
+    n -= static_cast<std::size_t>(k);
+  }
+  return true;
+}
+
+// Reads exactly n bytes; retries EINTR once started. 0: done, 1: end of file, -1: error.
+int read_all(int fd, char* p, std::size_t n) noexcept {
+  while (n > 0) {
+    const ssize_t k = ::read(fd, p, n);
+    if (k < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      return -1;
+    }
+    if (k == 0) {
+      return 1;
+    }
+    p += k;
+    n -= static_cast<std::size_t>(k);
+  }
+  return 0;
+}
+
+}  // namespace
+
+bool write_frame(int fd, char type, std::string_view payload) noexcept {
+  char head[9];
+  head[0] = type;
+  const std::uint64_t n = payload.size();
+  std::memcpy(head + 1, &n, sizeof n);
+  return write_all(fd, head, sizeof head) && write_all(fd, payload.data(), payload.size());
+}
+
+frame_status read_frame(int fd, char& type, std::string& payload) {
+  char first = 0;
+  const ssize_t k = ::read(fd, &first, 1);
+  if (k < 0) {
+    return errno == EINTR ? frame_status::interrupted : frame_status::error;
+  }
+  if (k == 0) {
+    return frame_status::eof;
+  }
+  type = first;
+  std::uint64_t n = 0;
+  if (read_all(fd, reinterpret_cast<char*>(&n), sizeof n) != 0 || n > max_frame) {
+    return frame_status::error;
+  }
+  payload.resize(n);
+  return read_all(fd, payload.data(), n) == 0 ? frame_status::ok : frame_status::error;
 }
 
 std::uint64_t raise_open_file_limit() noexcept {

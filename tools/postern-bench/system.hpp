@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 
 namespace postern::bench {
 
@@ -20,6 +21,15 @@ struct cpu_time {
   double sys_s = 0;
 };
 cpu_time process_cpu_time() noexcept;
+// CPU time of the child processes waited for so far (RUSAGE_CHILDREN).
+cpu_time children_cpu_time() noexcept;
+
+// Frames on a pipe between the processes of one run: a type byte, a 64-bit length (at most
+// 64 MiB) and the payload. write_frame retries short writes and EINTR; read_frame returns
+// interrupted when a signal arrived before the frame began, so the caller can act on it.
+bool write_frame(int fd, char type, std::string_view payload) noexcept;
+enum class frame_status { ok, eof, interrupted, error };
+frame_status read_frame(int fd, char& type, std::string& payload);
 
 // Raises the soft RLIMIT_NOFILE to the hard limit; returns the soft limit in force afterwards.
 std::uint64_t raise_open_file_limit() noexcept;
