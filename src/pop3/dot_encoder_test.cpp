@@ -66,5 +66,84 @@ TEST(count_wire_octets, matches_encoder_for_all_chunkings) {
   }
 }
 
+
+// Boundaries that used to be easy to get wrong when a chunk ends in the middle of a line ending
+// or just before a line that starts with '.'.
+TEST(dot_encoder, chunk_boundaries) {
+  struct split_case {
+    std::string first, second, expected;
+  };
+  const split_case cases[] = {
+      {"a\r", "\nb\n", "a\r\nb\r\n.\r\n"},          // CR ends a chunk, its LF starts the next
+      {"a\r", "b\n", "a\rb\r\n.\r\n"},                // a bare CR at the end of a chunk
+      {"a\n", ".b\n", "a\r\n..b\r\n.\r\n"},          // '.' right after a chunk boundary
+      {"a\n.", "b\n", "a\r\n..b\r\n.\r\n"},          // '.' the last byte of a chunk
+      {"a\n.", ".\n", "a\r\n...\r\n.\r\n"},          // ".." split in two
+      {"a", "\n", "a\r\n.\r\n"},                        // LF alone in a chunk
+      {"\n", "\n", "\r\n\r\n.\r\n"},                     // empty lines
+      {".", "", "..\r\n.\r\n"},                          // a lone '.' with no newline
+      {"a\r", "", "a\r\n.\r\n"},                        // ends in a bare CR
+      {"ab", "c", "abc\r\n.\r\n"},                        // unterminated across chunks
+  };
+  for (const auto& c : cases) {
+    dot_encoder enc;
+    std::string out;
+    enc.encode(c.first, out);
+    enc.encode(c.second, out);
+    enc.finish(out);
+    EXPECT_EQ(out, c.expected) << "first=" << c.first << " second=" << c.second;
+  }
+}
+
+TEST(dot_encoder, encode_to_stays_within_max_size) {
+  // The worst cases for growth: every line "." or empty with bare LF.
+  for (const std::string& msg : {std::string(1000, '\n'), std::string(".\n.\n.\n.\n"), std::string("\n.\n..")}) {
+    dot_encoder enc;
+    std::string out(dot_encoder::max_encoded_size(msg.size()) + dot_encoder::max_finish_size, '#');
+    std::size_t n = enc.encode_to(msg, out.data());
+    EXPECT_LE(n, dot_encoder::max_encoded_size(msg.size()));
+    n += enc.finish_to(out.data() + n);
+    EXPECT_LE(n, out.size());
+    EXPECT_EQ(out.substr(0, n), encode(msg, std::nullopt, 100000));
+  }
+  EXPECT_EQ(encode(std::string(3, '\n'), std::nullopt, 1), "\r\n\r\n\r\n.\r\n");
+  EXPECT_EQ(encode(".\n.\n", std::nullopt, 1), "..\r\n..\r\n.\r\n");
+}
+
+// A pseudo-random message through every chunking gives what the one-chunk encoding gives, and
+// its RETR body is exactly count_wire_octets() plus the stuffing dots.
+TEST(dot_encoder, random_messages_every_chunking) {
+  std::uint32_t seed = 12345;
+  auto next = [&] {
+    seed = seed * 1103515245u + 12345u;
+    return (seed >> 16) & 0x7fff;
+  };
+  const char alphabet[] = {'a', '.', '\r', '\n', ' ', '\n', 'x', '.'};
+  for (int round = 0; round < 50; ++round) {
+    std::string msg;
+    const std::size_t len = next() % 300;
+    for (std::size_t i = 0; i < len; ++i) {
+      msg.push_back(alphabet[next() % sizeof alphabet]);
+    }
+    const std::string whole = encode(msg, std::nullopt, msg.size() + 1);
+    for (std::size_t chunk : {1, 2, 3, 5, 17}) {
+      EXPECT_EQ(encode(msg, std::nullopt, chunk), whole) << round << "/" << chunk;
+    }
+    bool prev_cr = false;
+    std::uint64_t octets = count_wire_octets(msg, prev_cr);
+    if (!msg.empty() && msg.back() != '\n') {
+      octets += msg.back() == '\r' ? 1 : 2;  // the line ending finish() adds
+    }
+    // Undo the stuffing: every line of the body that starts with ".." lost one '.'.
+    std::size_t stuffed = 0;
+    for (std::size_t i = 0; i + 1 < whole.size(); ++i) {
+      if ((i == 0 || whole[i - 1] == '\n') && whole[i] == '.' && whole[i + 1] == '.') {
+        ++stuffed;
+      }
+    }
+    EXPECT_EQ(whole.size() - 3 - stuffed, octets) << round;
+  }
+}
+
 }  // namespace
 }  // namespace postern::pop3
