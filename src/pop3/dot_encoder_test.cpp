@@ -145,5 +145,78 @@ TEST(dot_encoder, random_messages_every_chunking) {
   }
 }
 
+// An independent byte-at-a-time RETR encoder, the oracle for the block-wise one.
+std::string reference_retr(const std::string& msg) {
+  std::string out;
+  bool line_start = true;
+  char prev = 0;
+  for (char c : msg) {
+    if (line_start && c == '.') {
+      out.push_back('.');
+    }
+    line_start = false;
+    if (c == '\n') {
+      if (prev != '\r') {
+        out.push_back('\r');
+      }
+      line_start = true;
+    }
+    out.push_back(c);
+    prev = c;
+  }
+  if (!line_start) {
+    if (prev != '\r') {
+      out.push_back('\r');
+    }
+    out.push_back('\n');
+  }
+  return out + ".\r\n";
+}
+
+TEST(dot_encoder, long_lines_match_reference_for_every_chunking) {
+  std::uint32_t seed = 777;
+  auto next = [&] {
+    seed = seed * 1664525u + 1013904223u;
+    return seed >> 8;
+  };
+  for (int round = 0; round < 40; ++round) {
+    std::string msg;
+    const std::size_t lines = next() % 40;
+    for (std::size_t i = 0; i < lines; ++i) {
+      const std::size_t len = next() % 70;
+      for (std::size_t j = 0; j < len; ++j) {
+        const unsigned r = next() % 20;
+        msg.push_back(r == 0 ? '.' : r == 1 ? '\r' : static_cast<char>('a' + r));
+      }
+      if (next() % 3 == 0) {
+        msg.push_back('\r');
+      }
+      if (next() % 5 != 0) {
+        msg.push_back('\n');
+      }
+      if (next() % 4 == 0) {
+        msg.push_back('.');
+      }
+    }
+    const std::string expected = reference_retr(msg);
+    for (std::size_t chunk : {1, 2, 15, 16, 17, 31, 32, 33, 64, 100000}) {
+      EXPECT_EQ(encode(msg, std::nullopt, chunk), expected) << round << "/" << chunk;
+    }
+  }
+  // Blocks of exactly 16 with the LF in every position, and a '.' right after it.
+  for (std::size_t at = 0; at < 16; ++at) {
+    std::string msg(40, 'x');
+    msg[at] = '\n';
+    msg[at + 1] = '.';
+    msg[16 + at] = '\n';
+    if (at > 0) {
+      msg[at - 1] = '\r';
+    }
+    for (std::size_t chunk : {1, 16, 17, 100}) {
+      EXPECT_EQ(encode(msg, std::nullopt, chunk), reference_retr(msg)) << at << "/" << chunk;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace postern::pop3
