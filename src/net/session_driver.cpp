@@ -472,8 +472,8 @@ asio::awaitable<void> session_runner::authenticate() {
               log::safe(login), engine_.login_method(), remote_, id_, vr.reason);
   co_await failure_delay();
   engine_.auth_done(vr.status == auth::verify_status::temporary
-                       ? pop3::auth_status::temporary_failure
-                       : pop3::auth_status::bad_credentials);
+                        ? pop3::auth_status::temporary_failure
+                        : pop3::auth_status::bad_credentials);
 }
 
 asio::awaitable<void> session_runner::start_tls() {
@@ -512,9 +512,9 @@ asio::awaitable<void> session_runner::sasl_step() {
   if (engine_.sasl_is_start()) {
     exchange_.reset();
     auto started = env_.remote_auth ? env_.remote_auth->start_sasl(mech, channel_for(env_, sec_))
-                   : env_.sasl ? env_.sasl->start(mech, channel_for(env_, sec_))
-                              : result<std::unique_ptr<auth::sasl_exchange>>(
-                                    error(errc::not_found, "no SASL"));
+                   : env_.sasl      ? env_.sasl->start(mech, channel_for(env_, sec_))
+                                    : result<std::unique_ptr<auth::sasl_exchange>>(
+                                          error(errc::not_found, "no SASL"));
     if (!started) {
       log::notice("auth failed: user=<>, method={}, rip={}, session=<{}>, reason={}", mech,
                   remote_, id_, started.err().message());
@@ -549,8 +549,8 @@ asio::awaitable<void> session_runner::sasl_step() {
                   log::safe(who), mech, remote_, id_, r.reason);
       co_await failure_delay();
       engine_.sasl_done(r.status == auth::sasl_status::temporary_failure
-                           ? pop3::auth_status::temporary_failure
-                           : pop3::auth_status::bad_credentials);
+                            ? pop3::auth_status::temporary_failure
+                            : pop3::auth_status::bad_credentials);
       break;
     }
   }

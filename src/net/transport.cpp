@@ -62,9 +62,34 @@ asio::awaitable<std::string_view> tcp_transport::read_shared(std::error_code& ec
 }
 
 asio::awaitable<void> tcp_transport::write_all(asio::const_buffer buf, std::error_code& ec) {
-  auto [e, n] = co_await asio::async_write(socket_, buf, use_tuple);
-  (void)n;
-  ec = e;
+  // Most replies fit the socket's send buffer: send at once, and wait for the socket only for
+  // what did not fit. (An operation that completes at once would still be queued as a
+  // completion by the event loop, costing a pass through it per reply.)
+  const char* data = static_cast<const char*>(buf.data());
+  std::size_t left = buf.size();
+  while (left > 0) {
+    const ssize_t n = ::send(socket_.native_handle(), data, left, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n > 0) {
+      data += n;
+      left -= static_cast<std::size_t>(n);
+      continue;
+    }
+    const int err = n < 0 ? errno : EAGAIN;
+    if (err == EINTR) {
+      continue;
+    }
+    if (err == EAGAIN || err == EWOULDBLOCK) {
+      break;
+    }
+    ec = std::error_code(err, std::system_category());
+    co_return;
+  }
+  ec = {};
+  if (left > 0) {
+    auto [e, n] = co_await asio::async_write(socket_, asio::const_buffer(data, left), use_tuple);
+    (void)n;
+    ec = e;
+  }
 }
 
 void tcp_transport::close() noexcept {
