@@ -56,39 +56,12 @@ asio::awaitable<void> watchdog(std::shared_ptr<session_control> ctl) {
   }
 }
 
-// Stream buffers for RETR and TOP, kept per I/O thread so a reply costs no allocation: a
-// session borrows one for one reply and gives it back. Only as many as replies in progress at
-// once are ever made; a few are kept when they come back.
-class stream_buffer_lease {
- public:
-  stream_buffer_lease() {
-    auto& free = free_list();
-    if (free.empty()) {
-      buffer_ = std::make_unique<pop3::stream_buffer>();
-    } else {
-      buffer_ = std::move(free.back());
-      free.pop_back();
-    }
-  }
-  ~stream_buffer_lease() {
-    buffer_->clear_output();
-    auto& free = free_list();
-    if (free.size() < kept_per_thread) {
-      free.push_back(std::move(buffer_));
-    }
-  }
-  stream_buffer_lease(const stream_buffer_lease&) = delete;
-  stream_buffer_lease& operator=(const stream_buffer_lease&) = delete;
-  pop3::stream_buffer& get() noexcept { return *buffer_; }
-
- private:
-  static constexpr std::size_t kept_per_thread = 2;
-  [[gnu::noinline]] static std::vector<std::unique_ptr<pop3::stream_buffer>>& free_list() {
-    thread_local std::vector<std::unique_ptr<pop3::stream_buffer>> free;
-    return free;
-  }
-  std::unique_ptr<pop3::stream_buffer> buffer_;
-};
+// The stream buffers of this I/O thread (see stream_buffer_pool). Not inlined, so the
+// thread's pool is looked up where it is used, never remembered from before a suspension.
+[[gnu::noinline]] pop3::stream_buffer_pool& thread_stream_buffers() {
+  thread_local pop3::stream_buffer_pool pool;
+  return pool;
+}
 
 // A session's own input buffer, for transports that cannot read into the shared one (TLS,
 // stdin/stdout): made at the first read and kept.
@@ -658,7 +631,7 @@ asio::awaitable<void> session_runner::retrieve() {
   engine_.retrieve_started(true);
   // The status line, the body and the terminator of a small message go out in one
   // write; a large one streams in blocks of stream_buffer::read_size().
-  stream_buffer_lease lease;
+  pop3::stream_buffer_pool::lease lease = thread_stream_buffers().acquire();
   pop3::stream_buffer& sb = lease.get();
   if (sb.append(engine_.output())) {
     engine_.output().clear();

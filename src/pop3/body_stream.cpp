@@ -24,6 +24,48 @@ bool stream_buffer::append(std::string_view bytes) noexcept {
   return true;
 }
 
+stream_buffer_pool::stream_buffer_pool(std::size_t large_read_size, std::size_t small_read_size,
+                                       std::size_t max_large, std::size_t kept)
+    : large_read_size_(large_read_size),
+      small_read_size_(small_read_size),
+      max_large_(max_large),
+      kept_(kept) {
+  free_.reserve(kept_);
+}
+
+stream_buffer_pool::lease::~lease() {
+  if (pool_ != nullptr && buffer_) {
+    pool_->give_back(std::move(buffer_));
+  }
+}
+
+stream_buffer_pool::lease stream_buffer_pool::acquire() {
+  std::unique_ptr<stream_buffer> b;
+  if (!free_.empty()) {
+    b = std::move(free_.back());
+    free_.pop_back();
+  } else if (large_in_use_ < max_large_) {
+    b = std::make_unique<stream_buffer>(large_read_size_);
+  } else {
+    b = std::make_unique<stream_buffer>(small_read_size_);
+  }
+  if (b->read_size() == large_read_size_) {
+    ++large_in_use_;
+  }
+  return lease(this, std::move(b));
+}
+
+void stream_buffer_pool::give_back(std::unique_ptr<stream_buffer> b) noexcept {
+  b->clear_output();
+  if (b->read_size() != large_read_size_) {
+    return;  // a small one, made because too many large ones were out: freed
+  }
+  --large_in_use_;
+  if (free_.size() < kept_) {
+    free_.push_back(std::move(b));  // cannot throw: kept_ slots were reserved
+  }
+}
+
 body_stream::body_stream(store::message_reader& reader, stream_buffer& buffer,
                          std::optional<std::uint64_t> body_lines) noexcept
     : reader_(reader), buffer_(buffer), encoder_(body_lines) {}

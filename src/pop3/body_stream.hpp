@@ -19,6 +19,8 @@
 #include <optional>
 #include <span>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 namespace postern::pop3 {
 
@@ -51,6 +53,55 @@ class stream_buffer {
   char* in_;
   char* out_;
   std::size_t out_len_ = 0;
+};
+
+// Stream buffers for reuse, owned by one thread. A reply borrows one and gives it back, and a
+// few are kept for the next replies, so streaming costs no allocation. Replies stalled on slow
+// clients hold theirs, so once max_large are out the next leases get small buffers: memory
+// stays bounded however many large transfers are in progress. Not thread-safe.
+class stream_buffer_pool {
+ public:
+  static constexpr std::size_t default_max_large = 8;
+  static constexpr std::size_t default_kept = 2;
+  static constexpr std::size_t default_small_read_size = 16 * 1024;
+
+  // small_read_size must differ from large_read_size.
+  explicit stream_buffer_pool(std::size_t large_read_size = stream_buffer::default_read_size,
+                              std::size_t small_read_size = default_small_read_size,
+                              std::size_t max_large = default_max_large,
+                              std::size_t kept = default_kept);
+
+  class lease {
+   public:
+    lease(lease&& other) noexcept
+        : pool_(std::exchange(other.pool_, nullptr)), buffer_(std::move(other.buffer_)) {}
+    lease& operator=(lease&&) = delete;
+    ~lease();
+    stream_buffer& get() noexcept { return *buffer_; }
+
+   private:
+    friend class stream_buffer_pool;
+    lease(stream_buffer_pool* pool, std::unique_ptr<stream_buffer> b) noexcept
+        : pool_(pool), buffer_(std::move(b)) {}
+    stream_buffer_pool* pool_;
+    std::unique_ptr<stream_buffer> buffer_;
+  };
+
+  // The lease must be given back (destroyed) on the pool's thread, before the pool ends.
+  lease acquire();
+
+  std::size_t large_in_use() const noexcept { return large_in_use_; }
+  std::size_t kept() const noexcept { return free_.size(); }
+
+ private:
+  void give_back(std::unique_ptr<stream_buffer> b) noexcept;
+
+  std::size_t large_read_size_;
+  std::size_t small_read_size_;
+  std::size_t max_large_;
+  std::size_t kept_;
+  std::size_t large_in_use_ = 0;
+  std::vector<std::unique_ptr<stream_buffer>> free_;
 };
 
 // One multi-line reply being streamed. `reader` and `buffer` must outlive it.

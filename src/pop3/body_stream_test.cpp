@@ -198,5 +198,50 @@ TEST(body_stream, append_refuses_what_would_not_leave_room) {
   EXPECT_EQ(buf.output(), "a\r\n.\r\n");
 }
 
+TEST(stream_buffer_pool, reuses_and_keeps_a_few) {
+  stream_buffer_pool pool(64, 16, 3, 2);
+  const stream_buffer* first = nullptr;
+  {
+    auto a = pool.acquire();
+    first = &a.get();
+    EXPECT_EQ(a.get().read_size(), 64u);
+    EXPECT_TRUE(a.get().append("pending"));
+    EXPECT_EQ(pool.large_in_use(), 1u);
+  }
+  EXPECT_EQ(pool.large_in_use(), 0u);
+  EXPECT_EQ(pool.kept(), 1u);
+  {
+    auto b = pool.acquire();
+    EXPECT_EQ(&b.get(), first);  // the same buffer again, no allocation
+    EXPECT_TRUE(b.get().output().empty()) << "a returned buffer comes back empty";
+  }
+  {
+    auto a = pool.acquire();
+    auto b = pool.acquire();
+    auto c = pool.acquire();
+    EXPECT_EQ(pool.large_in_use(), 3u);
+  }
+  EXPECT_EQ(pool.kept(), 2u);  // at most `kept` stay
+}
+
+TEST(stream_buffer_pool, small_buffers_past_the_large_limit) {
+  stream_buffer_pool pool(64, 16, 2, 2);
+  auto a = pool.acquire();
+  auto b = pool.acquire();
+  auto c = pool.acquire();
+  EXPECT_EQ(a.get().read_size(), 64u);
+  EXPECT_EQ(b.get().read_size(), 64u);
+  EXPECT_EQ(c.get().read_size(), 16u);
+  EXPECT_EQ(pool.large_in_use(), 2u);
+  {
+    auto moved = std::move(c);  // a moved lease gives back once
+    const std::string msg = sample_message(50);
+    fake_reader reader(msg, SIZE_MAX);
+    EXPECT_EQ(joined(stream(moved.get(), reader, std::nullopt)), reference(msg, std::nullopt));
+  }
+  EXPECT_EQ(pool.kept(), 0u);  // small ones are not kept
+  EXPECT_EQ(pool.large_in_use(), 2u);
+}
+
 }  // namespace
 }  // namespace postern::pop3
