@@ -3,7 +3,7 @@
 #include "auth/apop.hpp"
 #include "common/log.hpp"
 #include "net/extensions.hpp"
-#include "pop3/dot_encoder.hpp"
+#include "pop3/body_stream.hpp"
 #include "store/maildir/maildir.hpp"
 
 #include <asio/co_spawn.hpp>
@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <atomic>
 #include <random>
+#include <vector>
 
 namespace postern::net {
 namespace {
@@ -54,6 +55,17 @@ asio::awaitable<void> watchdog(std::shared_ptr<session_control> ctl) {
     }
   }
 }
+
+// The stream buffers of this I/O thread (see stream_buffer_pool). Not inlined, so the
+// thread's pool is looked up where it is used, never remembered from before a suspension.
+[[gnu::noinline]] pop3::stream_buffer_pool& thread_stream_buffers() {
+  thread_local pop3::stream_buffer_pool pool;
+  return pool;
+}
+
+// A session's own input buffer, for transports that cannot read into the shared one (TLS,
+// stdin/stdout): made at the first read and kept.
+constexpr std::size_t own_input_size = 4096;
 
 pop3::open_status open_status_for(errc code) {
   switch (code) {
@@ -170,465 +182,624 @@ std::string new_session_id() {
   }
   return id;
 }
+namespace {
+
+// Wraps the transport for tracing when the configuration asks for it; returns the wrapper.
+traced_transport* wrap_for_trace(session_control& ctl, const session_env& env, const std::string& id,
+                                 bool resumed) {
+  if (!trace_enabled(env.trace)) {
+    return nullptr;
+  }
+  trace_settings ts = env.trace;
+  ts.session_id = id;
+  ts.expect_greeting = !resumed;
+  auto wrapped = std::make_unique<traced_transport>(std::move(ctl.stream), std::move(ts));
+  traced_transport* traced = wrapped.get();
+  ctl.stream = std::move(wrapped);
+  return traced;
+}
+
+// One session's state, with a member coroutine per engine request. Only what lives for the
+// whole session is here; what a request needs while it runs lives in that request's own
+// (short-lived) coroutine frame, so an idle session keeps a small footprint.
+class session_runner {
+ public:
+  session_runner(std::shared_ptr<session_control> ctl, const session_env& env, connection_info conn,
+                 std::string id, asio::any_io_executor ex, traced_transport* traced);
+  session_runner(const session_runner&) = delete;
+  session_runner& operator=(const session_runner&) = delete;
+
+  asio::awaitable<void> run();
+
+ private:
+  void touch() noexcept {
+    ctl_->deadline = std::chrono::steady_clock::now() + env_.idle_timeout;
+  }
+  // A handshake gets at most a minute, whatever the idle timeout.
+  void handshake_deadline() noexcept {
+    ctl_->deadline = std::chrono::steady_clock::now() +
+                     std::min<std::chrono::milliseconds>(env_.idle_timeout, std::chrono::seconds(60));
+  }
+  asio::awaitable<bool> flush();
+  asio::awaitable<void> failure_delay();
+
+  asio::awaitable<void> read_input();
+  asio::awaitable<void> authenticate();
+  asio::awaitable<void> start_tls();
+  asio::awaitable<void> sasl_step();
+  asio::awaitable<void> open_maildrop();
+  asio::awaitable<void> retrieve();
+  asio::awaitable<void> commit();
+  asio::awaitable<void> xlist();
+  asio::awaitable<void> xmit();
+  void finish();
+  // What opening the maildrop gave; filled on a worker thread.
+  struct open_outcome {
+    result<std::unique_ptr<store::maildrop>> opened = error(errc::permanent, "no mail location");
+    bool delayed = false;
+  };
+  // On a worker thread: opens (and decorates) the maildrop of account_.
+  void open_blocking(open_outcome& out);
+  // On the worker, after a credential check: adopts the account on success and, when open_now,
+  // opens the maildrop into prefetched_ at once.
+  void after_verify(auth::verify_result& vr, const std::string& login, bool open_now);
+
+  std::shared_ptr<session_control> ctl_;
+  const session_env& env_;
+  connection_info conn_;
+  const std::string id_;
+  const std::string& remote_;
+  asio::any_io_executor ex_;
+  traced_transport* traced_;
+  connection_security sec_;
+  pop3::session engine_;
+  std::unique_ptr<auth::sasl_exchange> exchange_;
+  std::unique_ptr<store::maildrop> drop_;
+  store::decorated_maildrop* decorated_ = nullptr;  // drop_, when decorated (note_top, logs)
+  auth::user_record account_;  // set by a successful authentication
+  std::string user_;           // set once the maildrop is open, for logs
+  const char* reason_ = "disconnected";
+  store::commit_stats committed_;
+  bool committed_ok_ = false;
+  std::unique_ptr<char[]> own_input_;  // see own_input_size
+  std::error_code ec_;
+  bool running_ = true;
+  std::unique_ptr<open_outcome> prefetched_;  // set by after_verify, taken by open_maildrop
+};
+
+// The engine's options for this connection. Not a coroutine, so its temporaries take no room
+// in any session frame.
+pop3::session_options options_for(const session_env& env, const connection_info& conn,
+                                  const connection_security& sec, transport* stream) {
+  pop3::session_options opts = env.engine;
+  auto policy = policy_for(env, sec);
+  opts.user_pass_allowed = policy.user_pass_allowed;
+  opts.sasl_mechanisms = std::move(policy.sasl_mechanisms);
+  opts.stls_offered = !sec.tls && env.stls && env.tls != nullptr &&
+                      dynamic_cast<tcp_transport*>(stream) != nullptr;
+  opts.tls_required = !sec.tls && env.tls_required;
+  if (env.remote_auth != nullptr) {
+    opts.apop_timestamp = conn.resume ? std::string() : env.remote_auth->apop_timestamp();
+  } else if (env.apop) {
+    opts.apop_timestamp = auth::make_apop_timestamp(env.hostname);
+  }
+  if (conn.resume) {
+    opts.resume_user = conn.resume->account.name;
+    opts.resume_method = conn.resume->method;
+  }
+  return opts;
+}
+
+session_runner::session_runner(std::shared_ptr<session_control> ctl, const session_env& env,
+                               connection_info conn, std::string id, asio::any_io_executor ex,
+                               traced_transport* traced)
+    : ctl_(std::move(ctl)),
+      env_(env),
+      conn_(std::move(conn)),
+      id_(std::move(id)),
+      remote_(conn_.remote),
+      ex_(std::move(ex)),
+      traced_(traced),
+      sec_(assess(env_, conn_, traced_transport::unwrap(ctl_->stream.get()))),
+      engine_(options_for(env_, conn_, sec_, traced_transport::unwrap(ctl_->stream.get()))) {
+  if (conn_.resume) {
+    account_ = std::move(conn_.resume->account);
+    engine_.feed(conn_.resume->input);
+    conn_.resume->input.clear();
+    conn_.resume->input.shrink_to_fit();
+  }
+}
+
+asio::awaitable<bool> session_runner::flush() {
+  if (engine_.output().empty()) {
+    co_return true;
+  }
+  touch();
+  co_await ctl_->stream->write_all(asio::buffer(engine_.output()), ec_);
+  engine_.output().clear();
+  // A long listing leaves a big buffer behind: an idle session keeps only a small one.
+  if (engine_.output().capacity() > 4096) {
+    engine_.output().shrink_to_fit();
+  }
+  co_return !ec_;
+}
+
+// Costs a failed client time without blocking anyone else.
+asio::awaitable<void> session_runner::failure_delay() {
+  if (env_.failure_delay.count() > 0) {
+    asio::steady_timer delay(ex_, env_.failure_delay);
+    co_await delay.async_wait(use_tuple);
+  }
+}
+
+// Note: co_await results are bound to a named const before they are tested. GCC 12.2
+// miscompiles `if (!co_await f())` in Asio coroutines (a garbage frame, SIGILL/SIGSEGV).
+asio::awaitable<void> session_runner::run() {
+  while (running_) {
+    switch (engine_.next()) {
+      case pop3::step::need_input:
+        co_await read_input();
+        break;
+      case pop3::step::authenticate:
+        co_await authenticate();
+        break;
+      case pop3::step::start_tls:
+        co_await start_tls();
+        break;
+      case pop3::step::sasl:
+        co_await sasl_step();
+        break;
+      case pop3::step::open_maildrop:
+        co_await open_maildrop();
+        break;
+      case pop3::step::retrieve:
+        co_await retrieve();
+        break;
+      case pop3::step::commit:
+        co_await commit();
+        break;
+      case pop3::step::xlist:
+        co_await xlist();
+        break;
+      case pop3::step::xmit:
+        co_await xmit();
+        break;
+      case pop3::step::close:
+        co_await flush();
+        if (engine_.quit_received() && engine_.state() != pop3::session_state::update) {
+          reason_ = "QUIT";
+        }
+        running_ = false;
+        break;
+    }
+  }
+  finish();
+}
+
+asio::awaitable<void> session_runner::read_input() {
+  if (const bool flushed = co_await flush(); !flushed) {
+    running_ = false;
+    co_return;
+  }
+  touch();
+  if (ctl_->stream->reads_shared()) {
+    // No buffer is held while the client is idle; the bytes are copied into the engine
+    // before the next suspension.
+    const std::string_view got = co_await ctl_->stream->read_shared(ec_);
+    if (!got.empty()) {
+      engine_.feed(got);
+    } else {
+      engine_.feed_eof();
+    }
+    co_return;
+  }
+  if (!own_input_) {
+    own_input_ = std::make_unique<char[]>(own_input_size);
+  }
+  const std::size_t n =
+      co_await ctl_->stream->read_some(asio::buffer(own_input_.get(), own_input_size), ec_);
+  if (n > 0) {
+    engine_.feed(std::string_view(own_input_.get(), n));
+  } else {
+    engine_.feed_eof();
+  }
+}
+
+asio::awaitable<void> session_runner::authenticate() {
+  std::string login(engine_.login_user());
+  secret_string password = engine_.take_password();
+  auth::verify_result vr;
+  if (!store::is_safe_user_name(login)) {
+    vr.status = auth::verify_status::bad_credentials;
+    vr.reason = "user name not allowed";
+  } else if (env_.remote_auth != nullptr) {
+    std::string digest(engine_.apop_digest());
+    bool apop = engine_.login_method() == "APOP";
+    auto verify = [&] {
+      vr = apop ? env_.remote_auth->verify_apop(login, digest)
+                : env_.remote_auth->verify_password(login, password);
+      after_verify(vr, login, false);
+    };
+    co_await run_blocking(*env_.workers, verify);
+  } else if (engine_.login_method() == "APOP") {
+    std::string digest(engine_.apop_digest());
+    std::string stamp(engine_.apop_timestamp());
+    auto verify = [&] {
+      vr = auth::verify_apop(*env_.passdb, login, stamp, digest);
+      after_verify(vr, login, true);
+    };
+    co_await run_blocking(*env_.workers, verify);
+  } else {
+    auto verify = [&] {
+      vr = env_.passdb->verify(login, password);
+      after_verify(vr, login, true);
+    };
+    co_await run_blocking(*env_.workers, verify);
+  }
+  password.wipe();
+  if (vr.status == auth::verify_status::ok) {  // account_ set by after_verify
+    engine_.auth_done(pop3::auth_status::ok);
+    co_return;
+  }
+  log::notice("auth failed: user=<{}>, method={}, rip={}, session=<{}>, reason={}",
+              log::safe(login), engine_.login_method(), remote_, id_, vr.reason);
+  co_await failure_delay();
+  engine_.auth_done(vr.status == auth::verify_status::temporary
+                        ? pop3::auth_status::temporary_failure
+                        : pop3::auth_status::bad_credentials);
+}
+
+asio::awaitable<void> session_runner::start_tls() {
+  if (const bool flushed = co_await flush(); !flushed) {
+    running_ = false;
+    co_return;
+  }
+  auto* tcp = dynamic_cast<tcp_transport*>(traced_transport::unwrap(ctl_->stream.get()));
+  if (tcp == nullptr || env_.tls == nullptr) {
+    engine_.tls_started(false, {});
+    co_return;
+  }
+  auto tls_owner = std::make_unique<tls_transport>(std::move(tcp->socket()), env_.tls->current());
+  auto* tls = tls_owner.get();
+  if (traced_ != nullptr) {
+    traced_->replace_inner(std::move(tls_owner));
+  } else {
+    ctl_->stream = std::move(tls_owner);
+  }
+  handshake_deadline();
+  std::string why = co_await tls->handshake();
+  touch();
+  if (!why.empty()) {
+    log::notice("TLS handshake failed: rip={}, session=<{}>, error={}", remote_, id_,
+                ctl_->timed_out ? std::string("timeout") : why);
+    engine_.tls_started(false, {});
+    co_return;
+  }
+  log::debug("STLS established: rip={}, session=<{}>, {}", remote_, id_, tls->description());
+  sec_ = assess(env_, conn_, traced_transport::unwrap(ctl_->stream.get()));
+  engine_.tls_started(true, policy_for(env_, sec_));
+}
+
+asio::awaitable<void> session_runner::sasl_step() {
+  std::string mech(engine_.sasl_mechanism());
+  if (engine_.sasl_is_start()) {
+    exchange_.reset();
+    auto started = env_.remote_auth ? env_.remote_auth->start_sasl(mech, channel_for(env_, sec_))
+                   : env_.sasl      ? env_.sasl->start(mech, channel_for(env_, sec_))
+                                    : result<std::unique_ptr<auth::sasl_exchange>>(
+                                          error(errc::not_found, "no SASL"));
+    if (!started) {
+      log::notice("auth failed: user=<>, method={}, rip={}, session=<{}>, reason={}", mech,
+                  remote_, id_, started.err().message());
+      co_await failure_delay();
+      engine_.sasl_done(pop3::auth_status::bad_credentials);
+      co_return;
+    }
+    exchange_ = std::move(started).value();
+  }
+  auth::sasl_step r;
+  secret_string response(engine_.sasl_response());  // PLAIN/LOGIN carry passwords
+  auto step_fn = [&] { r = exchange_->step(response.view()); };
+  co_await run_blocking(*env_.workers, step_fn);
+  response.wipe();
+  switch (r.status) {
+    case auth::sasl_status::challenge:
+      engine_.sasl_challenge(r.server_data_b64);
+      break;
+    case auth::sasl_status::success:
+      account_ = std::move(r.user);
+      if (account_.name.empty()) {
+        account_.name = std::string(exchange_->authenticated_user());
+      }
+      exchange_.reset();
+      engine_.sasl_done(pop3::auth_status::ok, r.server_data_b64);
+      break;
+    case auth::sasl_status::failure:
+    case auth::sasl_status::temporary_failure: {
+      std::string who(exchange_->authenticated_user());
+      exchange_.reset();
+      log::notice("auth failed: user=<{}>, method={}, rip={}, session=<{}>, reason={}",
+                  log::safe(who), mech, remote_, id_, r.reason);
+      co_await failure_delay();
+      engine_.sasl_done(r.status == auth::sasl_status::temporary_failure
+                            ? pop3::auth_status::temporary_failure
+                            : pop3::auth_status::bad_credentials);
+      break;
+    }
+  }
+}
+
+void session_runner::open_blocking(open_outcome& out) {
+  auto path = maildrop_path(account_, env_);
+  if (!path) {
+    out.opened = error(path.err());
+    return;
+  }
+  if (env_.login_allowed && !env_.login_allowed(account_.name)) {
+    out.delayed = true;
+    return;
+  }
+  if (env_.before_open) {
+    env_.before_open(account_, path->first, path->second, id_);
+  }
+  out.opened = path->first == store::store_kind::mbox ? store::mbox::open(path->second, env_.mbox)
+                                                      : store::maildir::open(path->second);
+  if (out.opened && store::needs_decoration(env_.decoration)) {
+    store::decoration_options d = env_.decoration;
+    d.kind = path->first;
+    d.path = path->second;
+    d.reuse_x_uidl = env_.mbox.use_x_uidl;
+    out.opened = store::decorate(std::move(out.opened).value(), std::move(d), &decorated_);
+  }
+}
+
+void session_runner::after_verify(auth::verify_result& vr, const std::string& login, bool open_now) {
+  if (vr.status != auth::verify_status::ok) {
+    return;
+  }
+  account_ = std::move(vr.user);
+  if (account_.name.empty()) {
+    account_.name = login;
+  }
+  // The engine asks to open the maildrop right after a successful login: doing it here, on
+  // the same worker, saves a second trip through the worker pool.
+  if (open_now && !env_.on_authenticated) {
+    prefetched_ = std::make_unique<open_outcome>();
+    open_blocking(*prefetched_);
+  }
+}
+
+asio::awaitable<void> session_runner::open_maildrop() {
+  if (env_.on_authenticated) {
+    if (const bool flushed = co_await flush(); !flushed) {
+      running_ = false;
+      co_return;
+    }
+    handoff h{account_, engine_.login_method(), engine_.take_unprocessed_input(), *ctl_, id_};
+    co_await env_.on_authenticated(h);
+    reason_ = "handoff";
+    running_ = false;
+    co_return;
+  }
+  // Usually opened already, on the worker that checked the password (see after_verify).
+  std::unique_ptr<open_outcome> outcome = std::move(prefetched_);
+  if (!outcome) {
+    outcome = std::make_unique<open_outcome>();
+    auto open = [&] { open_blocking(*outcome); };
+    co_await run_blocking(*env_.workers, open);
+  }
+  result<std::unique_ptr<store::maildrop>>& opened = outcome->opened;
+  if (outcome->delayed) {
+    engine_.open_done(pop3::open_status::login_delay);
+    log::notice("login refused, login delay: user=<{}>, rip={}, session=<{}>",
+                log::safe(account_.name), remote_, id_);
+    co_return;
+  }
+  if (opened) {
+    drop_ = std::move(opened).value();
+    user_ = account_.name;
+    if (traced_ != nullptr) {
+      traced_->set_user(account_.name);
+    }
+    engine_.open_done(pop3::open_status::ok, drop_->messages());
+    log::info("login: user=<{}>, method={}, rip={}, session=<{}>, messages={}",
+              log::safe(user_), engine_.login_method(), remote_, id_, drop_->messages().size());
+    co_return;
+  }
+  const auto& err = opened.err();
+  engine_.open_done(open_status_for(err.code()));
+  if (err.code() == errc::in_use) {
+    log::notice("login refused, mailbox in use: user=<{}>, rip={}, session=<{}>",
+                log::safe(account_.name), remote_, id_);
+  } else {
+    log::error("cannot open mailbox: user=<{}>, rip={}, session=<{}>, error={}",
+               log::safe(account_.name), remote_, id_, err.message());
+  }
+}
+
+asio::awaitable<void> session_runner::retrieve() {
+  auto reader = drop_->open_message(engine_.retrieve_index(), !engine_.retrieve_is_top());
+  if (!reader) {
+    log::error("cannot read message: user=<{}>, session=<{}>, msg={}, error={}",
+               log::safe(user_), id_, engine_.retrieve_index() + 1, reader.err().message());
+    engine_.retrieve_started(false);
+    co_return;
+  }
+  if (decorated_ != nullptr && engine_.retrieve_is_top()) {
+    decorated_->note_top(engine_.retrieve_index());
+  }
+  engine_.retrieve_started(true);
+  // The status line, the body and the terminator of a small message go out in one
+  // write; a large one streams in blocks of stream_buffer::read_size().
+  pop3::stream_buffer_pool::lease lease = thread_stream_buffers().acquire();
+  pop3::stream_buffer& sb = lease.get();
+  if (sb.append(engine_.output())) {
+    engine_.output().clear();
+  } else if (const bool flushed = co_await flush(); !flushed) {
+    running_ = false;
+    co_return;
+  }
+  pop3::body_stream body(**reader, sb, engine_.retrieve_top_lines());
+  bool ok = true;
+  for (;;) {
+    auto filled = body.fill();
+    if (!filled) {
+      log::error("read failed mid-message: user=<{}>, session=<{}>, msg={}, error={}",
+                 log::safe(user_), id_, engine_.retrieve_index() + 1, filled.err().message());
+      ok = false;
+      break;
+    }
+    touch();
+    co_await ctl_->stream->write_all(asio::buffer(sb.output().data(), sb.output().size()), ec_);
+    sb.clear_output();
+    if (ec_) {
+      ok = false;
+      break;
+    }
+    if (*filled == pop3::body_stream::status::finished) {
+      break;
+    }
+  }
+  if (!ok) {
+    running_ = false;  // a partial reply cannot be taken back: drop the connection
+    co_return;
+  }
+  engine_.retrieve_done(body.body_octets());
+}
+
+asio::awaitable<void> session_runner::commit() {
+  result<store::commit_stats> cr = error(errc::temporary, "not committed");
+  auto commit = [&] { cr = drop_->commit(engine_.deletion_marks()); };
+  co_await run_blocking(*env_.workers, commit);
+  if (decorated_ != nullptr && decorated_->stamp_error()) {
+    log::error("expire stamps not saved: user=<{}>, session=<{}>, error={}", log::safe(user_),
+               id_, decorated_->stamp_error()->message());
+  }
+  if (cr) {
+    committed_ = *cr;
+    committed_ok_ = true;
+    if (decorated_ != nullptr && decorated_->expired_deleted() > 0) {
+      log::info("expired: user=<{}>, session=<{}>, messages={}", log::safe(user_), id_,
+                decorated_->expired_deleted());
+    }
+  } else {
+    log::error("commit failed: user=<{}>, session=<{}>, error={}", log::safe(user_), id_,
+               cr.err().message());
+  }
+  // Release the maildrop lock before the client sees the reply, so that it can log in
+  // again at once.
+  if (!committed_ok_) {
+    for (const auto& m : drop_->messages()) {
+      ++committed_.left;
+      committed_.left_bytes += m.size;
+    }
+  }
+  decorated_ = nullptr;
+  drop_.reset();
+  engine_.commit_done(cr.ok());
+  reason_ = "QUIT";
+}
+
+asio::awaitable<void> session_runner::xlist() {
+  std::vector<std::string> values;
+  bool ok = true;
+  std::string header(engine_.xlist_header());
+  auto collect = [&] {
+    for (std::size_t index : engine_.xlist_messages()) {
+      auto reader = drop_->open_message(index, false);
+      if (!reader) {
+        ok = false;
+        return;
+      }
+      auto field = read_header_field(**reader, header);
+      if (!field) {
+        ok = false;
+        return;
+      }
+      values.push_back(std::move(field).value());
+    }
+  };
+  co_await run_blocking(*env_.workers, collect);
+  engine_.xlist_done(ok, values);
+}
+
+asio::awaitable<void> session_runner::xmit() {
+  result<void> sent = error(errc::temporary, "not sent");
+  std::string message(engine_.xmit_message());
+  auto submit = [&] { sent = submit_message(env_.xmit_command, message); };
+  co_await run_blocking(*env_.workers, submit);
+  if (sent) {
+    log::info("xmit: user=<{}>, session=<{}>, size={}", log::safe(user_), id_, message.size());
+  } else {
+    log::error("xmit failed: user=<{}>, session=<{}>, error={}", log::safe(user_), id_,
+               sent.err().message());
+  }
+  engine_.xmit_done(sent.ok());
+}
+
+void session_runner::finish() {
+  ctl_->done = true;
+  ctl_->timer.cancel();
+  if (ctl_->timed_out) {
+    reason_ = "timeout";
+  } else if (ctl_->shutting_down) {
+    reason_ = "shutdown";
+  }
+  if (ctl_->stream) {  // a handoff may have taken the transport
+    ctl_->stream->close();
+  }
+  if (!user_.empty()) {
+    const auto& s = engine_.stats();
+    std::uint64_t left = 0, left_bytes = 0;
+    if (!drop_) {
+      left = committed_.left;
+      left_bytes = committed_.left_bytes;
+    } else {
+      for (const auto& m : drop_->messages()) {
+        ++left;
+        left_bytes += m.size;
+      }
+    }
+    log::info("logout: user=<{}>, session=<{}>, reason={}, retr={}/{}, top={}/{}, del={}/{}, left={}/{}",
+              log::safe(user_), id_, reason_, s.retr_count, s.retr_bytes, s.top_count, s.top_bytes,
+              committed_ok_ ? committed_.deleted : 0, committed_ok_ ? committed_.deleted_bytes : 0, left,
+              left_bytes);
+  } else {
+    log::debug("disconnect: rip={}, session=<{}>, reason={}", remote_, id_, reason_);
+  }
+  drop_.reset();  // releases the maildrop lock
+}
+
+}  // namespace
 
 asio::awaitable<void> run_session(std::shared_ptr<session_control> ctl, const session_env& env,
                                   connection_info conn, std::string id) {
   auto ex = co_await asio::this_coro::executor;
-  const std::string& remote = conn.remote;
-  auto touch = [&] { ctl->deadline = std::chrono::steady_clock::now() + env.idle_timeout; };
-  touch();
+  ctl->deadline = std::chrono::steady_clock::now() + env.idle_timeout;
   asio::co_spawn(ex, watchdog(ctl), asio::detached);
 
-  // A handshake gets at most a minute, whatever the idle timeout.
-  auto handshake_deadline = [&] {
-    ctl->deadline = std::chrono::steady_clock::now() +
-                    std::min<std::chrono::milliseconds>(env.idle_timeout, std::chrono::seconds(60));
-  };
   if (conn.implicit_tls && !conn.resume) {
     auto* tls = static_cast<tls_transport*>(ctl->stream.get());
-    handshake_deadline();
+    // A handshake gets at most a minute, whatever the idle timeout.
+    ctl->deadline = std::chrono::steady_clock::now() +
+                    std::min<std::chrono::milliseconds>(env.idle_timeout, std::chrono::seconds(60));
     std::string why = co_await tls->handshake();
-    touch();
+    ctl->deadline = std::chrono::steady_clock::now() + env.idle_timeout;
     if (!why.empty()) {
-      log::notice("TLS handshake failed: rip={}, session=<{}>, error={}", remote, id,
+      log::notice("TLS handshake failed: rip={}, session=<{}>, error={}", conn.remote, id,
                   ctl->timed_out ? std::string("timeout") : why);
       ctl->done = true;
       ctl->timer.cancel();
       ctl->stream->close();
       co_return;
     }
-    log::debug("TLS established: rip={}, session=<{}>, {}", remote, id, tls->description());
+    log::debug("TLS established: rip={}, session=<{}>, {}", conn.remote, id, tls->description());
   }
-  traced_transport* traced = nullptr;
-  if (trace_enabled(env.trace)) {
-    trace_settings ts = env.trace;
-    ts.session_id = id;
-    ts.expect_greeting = !conn.resume;
-    auto wrapped = std::make_unique<traced_transport>(std::move(ctl->stream), std::move(ts));
-    traced = wrapped.get();
-    ctl->stream = std::move(wrapped);
-  }
-  connection_security sec = assess(env, conn, traced_transport::unwrap(ctl->stream.get()));
-  pop3::session_options opts = env.engine;
-  {
-    auto policy = policy_for(env, sec);
-    opts.user_pass_allowed = policy.user_pass_allowed;
-    opts.sasl_mechanisms = std::move(policy.sasl_mechanisms);
-    opts.stls_offered = !sec.tls && env.stls && env.tls != nullptr &&
-                        dynamic_cast<tcp_transport*>(traced_transport::unwrap(ctl->stream.get())) != nullptr;
-    opts.tls_required = !sec.tls && env.tls_required;
-    if (env.remote_auth != nullptr) {
-      opts.apop_timestamp = conn.resume ? std::string() : env.remote_auth->apop_timestamp();
-    } else if (env.apop) {
-      opts.apop_timestamp = auth::make_apop_timestamp(env.hostname);
-    }
-    if (conn.resume) {
-      opts.resume_user = conn.resume->account.name;
-      opts.resume_method = conn.resume->method;
-    }
-  }
-  pop3::session engine(std::move(opts));
-  std::unique_ptr<auth::sasl_exchange> exchange;
-  std::unique_ptr<store::maildrop> drop;
-  store::decorated_maildrop* decorated = nullptr;  // drop, when decorated (note_top, logs)
-  auth::user_record account;  // set by a successful authentication
-  std::string user;           // set once the maildrop is open, for logs
-  if (conn.resume) {
-    account = std::move(conn.resume->account);
-    engine.feed(conn.resume->input);
-  }
-  const char* reason = "disconnected";
-  store::commit_stats committed;
-  bool committed_ok = false;
-  char buf[4096];
-  std::error_code ec;
-
-  auto flush = [&]() -> asio::awaitable<bool> {
-    if (engine.output().empty()) {
-      co_return true;
-    }
-    touch();
-    co_await ctl->stream->write_all(asio::buffer(engine.output()), ec);
-    engine.output().clear();
-    if (engine.output().capacity() > 256 * 1024) {
-      engine.output().shrink_to_fit();
-    }
-    co_return !ec;
-  };
-
-  // Costs a failed client time without blocking anyone else.
-  auto failure_delay = [&]() -> asio::awaitable<void> {
-    if (env.failure_delay.count() > 0) {
-      asio::steady_timer delay(ex, env.failure_delay);
-      co_await delay.async_wait(use_tuple);
-    }
-  };
-
-  // Note: co_await results are bound to a named const before they are tested. GCC 12.2
-  // miscompiles `if (!co_await f())` in Asio coroutines (a garbage frame, SIGILL/SIGSEGV).
-  bool running = true;
-  while (running) {
-    pop3::step st = engine.next();
-    switch (st) {
-      case pop3::step::need_input: {
-        if (const bool flushed = co_await flush(); !flushed) {
-          running = false;
-          break;
-        }
-        touch();
-        std::size_t n = co_await ctl->stream->read_some(asio::buffer(buf), ec);
-        if (n > 0) {
-          engine.feed(std::string_view(buf, n));
-        } else {
-          engine.feed_eof();
-        }
-        break;
-      }
-      case pop3::step::authenticate: {
-        std::string login(engine.login_user());
-        secret_string password = engine.take_password();
-        auth::verify_result vr;
-        if (!store::is_safe_user_name(login)) {
-          vr.status = auth::verify_status::bad_credentials;
-          vr.reason = "user name not allowed";
-        } else if (env.remote_auth != nullptr) {
-          std::string digest(engine.apop_digest());
-          bool apop = engine.login_method() == "APOP";
-          auto verify = [&] {
-            vr = apop ? env.remote_auth->verify_apop(login, digest)
-                      : env.remote_auth->verify_password(login, password);
-          };
-          co_await run_blocking(*env.workers, verify);
-        } else if (engine.login_method() == "APOP") {
-          std::string digest(engine.apop_digest());
-          std::string stamp(engine.apop_timestamp());
-          auto verify = [&] { vr = auth::verify_apop(*env.passdb, login, stamp, digest); };
-          co_await run_blocking(*env.workers, verify);
-        } else {
-          auto verify = [&] { vr = env.passdb->verify(login, password); };
-          co_await run_blocking(*env.workers, verify);
-        }
-        password.wipe();
-        if (vr.status == auth::verify_status::ok) {
-          account = std::move(vr.user);
-          if (account.name.empty()) {
-            account.name = login;
-          }
-          engine.auth_done(pop3::auth_status::ok);
-          break;
-        }
-        log::notice("auth failed: user=<{}>, method={}, rip={}, session=<{}>, reason={}",
-                    log::safe(login), engine.login_method(), remote, id, vr.reason);
-        co_await failure_delay();
-        engine.auth_done(vr.status == auth::verify_status::temporary
-                             ? pop3::auth_status::temporary_failure
-                             : pop3::auth_status::bad_credentials);
-        break;
-      }
-      case pop3::step::start_tls: {
-        if (const bool flushed = co_await flush(); !flushed) {
-          running = false;
-          break;
-        }
-        auto* tcp = dynamic_cast<tcp_transport*>(traced_transport::unwrap(ctl->stream.get()));
-        if (tcp == nullptr || env.tls == nullptr) {
-          engine.tls_started(false, {});
-          break;
-        }
-        auto tls_owner = std::make_unique<tls_transport>(std::move(tcp->socket()), env.tls->current());
-        auto* tls = tls_owner.get();
-        if (traced != nullptr) {
-          traced->replace_inner(std::move(tls_owner));
-        } else {
-          ctl->stream = std::move(tls_owner);
-        }
-        handshake_deadline();
-        std::string why = co_await tls->handshake();
-        touch();
-        if (!why.empty()) {
-          log::notice("TLS handshake failed: rip={}, session=<{}>, error={}", remote, id,
-                      ctl->timed_out ? std::string("timeout") : why);
-          engine.tls_started(false, {});
-          break;
-        }
-        log::debug("STLS established: rip={}, session=<{}>, {}", remote, id, tls->description());
-        sec = assess(env, conn, traced_transport::unwrap(ctl->stream.get()));
-        engine.tls_started(true, policy_for(env, sec));
-        break;
-      }
-      case pop3::step::sasl: {
-        std::string mech(engine.sasl_mechanism());
-        if (engine.sasl_is_start()) {
-          exchange.reset();
-          auto started = env.remote_auth ? env.remote_auth->start_sasl(mech, channel_for(env, sec))
-                         : env.sasl ? env.sasl->start(mech, channel_for(env, sec))
-                                    : result<std::unique_ptr<auth::sasl_exchange>>(
-                                          error(errc::not_found, "no SASL"));
-          if (!started) {
-            log::notice("auth failed: user=<>, method={}, rip={}, session=<{}>, reason={}", mech,
-                        remote, id, started.err().message());
-            co_await failure_delay();
-            engine.sasl_done(pop3::auth_status::bad_credentials);
-            break;
-          }
-          exchange = std::move(started).value();
-        }
-        auth::sasl_step r;
-        secret_string response(engine.sasl_response());  // PLAIN/LOGIN carry passwords
-        auto step_fn = [&] { r = exchange->step(response.view()); };
-        co_await run_blocking(*env.workers, step_fn);
-        response.wipe();
-        switch (r.status) {
-          case auth::sasl_status::challenge:
-            engine.sasl_challenge(r.server_data_b64);
-            break;
-          case auth::sasl_status::success:
-            account = std::move(r.user);
-            if (account.name.empty()) {
-              account.name = std::string(exchange->authenticated_user());
-            }
-            exchange.reset();
-            engine.sasl_done(pop3::auth_status::ok, r.server_data_b64);
-            break;
-          case auth::sasl_status::failure:
-          case auth::sasl_status::temporary_failure: {
-            std::string who(exchange->authenticated_user());
-            exchange.reset();
-            log::notice("auth failed: user=<{}>, method={}, rip={}, session=<{}>, reason={}",
-                        log::safe(who), mech, remote, id, r.reason);
-            co_await failure_delay();
-            engine.sasl_done(r.status == auth::sasl_status::temporary_failure
-                                 ? pop3::auth_status::temporary_failure
-                                 : pop3::auth_status::bad_credentials);
-            break;
-          }
-        }
-        break;
-      }
-      case pop3::step::open_maildrop: {
-        if (env.on_authenticated) {
-          if (const bool flushed = co_await flush(); !flushed) {
-            running = false;
-            break;
-          }
-          handoff h{account, engine.login_method(), engine.take_unprocessed_input(), *ctl, id};
-          co_await env.on_authenticated(h);
-          reason = "handoff";
-          running = false;
-          break;
-        }
-        result<std::unique_ptr<store::maildrop>> opened = error(errc::permanent, "no mail location");
-        bool delayed = false;
-        auto path = maildrop_path(account, env);
-        if (!path) {
-          opened = error(path.err());
-        } else {
-          auto open = [&] {
-            if (env.login_allowed && !env.login_allowed(account.name)) {
-              delayed = true;
-              return;
-            }
-            if (env.before_open) {
-              env.before_open(account, path->first, path->second, id);
-            }
-            opened = path->first == store::store_kind::mbox ? store::mbox::open(path->second, env.mbox)
-                                                           : store::maildir::open(path->second);
-            if (opened && store::needs_decoration(env.decoration)) {
-              store::decoration_options d = env.decoration;
-              d.kind = path->first;
-              d.path = path->second;
-              d.reuse_x_uidl = env.mbox.use_x_uidl;
-              opened = store::decorate(std::move(opened).value(), std::move(d), &decorated);
-            }
-          };
-          co_await run_blocking(*env.workers, open);
-        }
-        if (delayed) {
-          engine.open_done(pop3::open_status::login_delay);
-          log::notice("login refused, login delay: user=<{}>, rip={}, session=<{}>",
-                      log::safe(account.name), remote, id);
-          break;
-        }
-        if (opened) {
-          drop = std::move(opened).value();
-          user = account.name;
-          if (traced != nullptr) {
-            traced->set_user(account.name);
-          }
-          engine.open_done(pop3::open_status::ok, drop->messages());
-          log::info("login: user=<{}>, method={}, rip={}, session=<{}>, messages={}",
-                    log::safe(user), engine.login_method(), remote, id, drop->messages().size());
-          break;
-        }
-        const auto& err = opened.err();
-        engine.open_done(open_status_for(err.code()));
-        if (err.code() == errc::in_use) {
-          log::notice("login refused, mailbox in use: user=<{}>, rip={}, session=<{}>",
-                      log::safe(account.name), remote, id);
-        } else {
-          log::error("cannot open mailbox: user=<{}>, rip={}, session=<{}>, error={}",
-                     log::safe(account.name), remote, id, err.message());
-        }
-        break;
-      }
-      case pop3::step::retrieve: {
-        auto reader = drop->open_message(engine.retrieve_index(), !engine.retrieve_is_top());
-        if (!reader) {
-          log::error("cannot read message: user=<{}>, session=<{}>, msg={}, error={}",
-                     log::safe(user), id, engine.retrieve_index() + 1, reader.err().message());
-          engine.retrieve_started(false);
-          break;
-        }
-        if (decorated != nullptr && engine.retrieve_is_top()) {
-          decorated->note_top(engine.retrieve_index());
-        }
-        engine.retrieve_started(true);
-        pop3::dot_encoder enc(engine.retrieve_top_lines());
-        std::string& out = engine.output();
-        std::uint64_t sent = 0;
-        bool ok = true;
-        for (;;) {
-          auto n = (*reader)->read(std::span<char>(buf, sizeof buf));
-          if (!n) {
-            log::error("read failed mid-message: user=<{}>, session=<{}>, msg={}, error={}",
-                       log::safe(user), id, engine.retrieve_index() + 1, n.err().message());
-            ok = false;
-            break;
-          }
-          if (*n == 0) {
-            break;
-          }
-          std::size_t before = out.size();
-          bool more = enc.encode(std::string_view(buf, *n), out);
-          sent += out.size() - before;
-          if (out.size() < pop3::limits::stream_chunk) {
-            // keep filling the buffer
-          } else if (const bool flushed = co_await flush(); !flushed) {
-            ok = false;
-            break;
-          }
-          if (!more) {
-            break;
-          }
-        }
-        if (!ok) {
-          running = false;  // a partial reply cannot be taken back: drop the connection
-          break;
-        }
-        enc.finish(out);
-        engine.retrieve_done(sent);
-        break;
-      }
-      case pop3::step::commit: {
-        result<store::commit_stats> cr = error(errc::temporary, "not committed");
-        auto commit = [&] { cr = drop->commit(engine.deletion_marks()); };
-        co_await run_blocking(*env.workers, commit);
-        if (decorated != nullptr && decorated->stamp_error()) {
-          log::error("expire stamps not saved: user=<{}>, session=<{}>, error={}", log::safe(user),
-                     id, decorated->stamp_error()->message());
-        }
-        if (cr) {
-          committed = *cr;
-          committed_ok = true;
-          if (decorated != nullptr && decorated->expired_deleted() > 0) {
-            log::info("expired: user=<{}>, session=<{}>, messages={}", log::safe(user), id,
-                      decorated->expired_deleted());
-          }
-        } else {
-          log::error("commit failed: user=<{}>, session=<{}>, error={}", log::safe(user), id,
-                     cr.err().message());
-        }
-        // Release the maildrop lock before the client sees the reply, so that it can log in
-        // again at once.
-        if (!committed_ok) {
-          for (const auto& m : drop->messages()) {
-            ++committed.left;
-            committed.left_bytes += m.size;
-          }
-        }
-        decorated = nullptr;
-        drop.reset();
-        engine.commit_done(cr.ok());
-        reason = "QUIT";
-        break;
-      }
-      case pop3::step::xlist: {
-        std::vector<std::string> values;
-        bool ok = true;
-        std::string header(engine.xlist_header());
-        auto collect = [&] {
-          for (std::size_t index : engine.xlist_messages()) {
-            auto reader = drop->open_message(index, false);
-            if (!reader) {
-              ok = false;
-              return;
-            }
-            auto field = read_header_field(**reader, header);
-            if (!field) {
-              ok = false;
-              return;
-            }
-            values.push_back(std::move(field).value());
-          }
-        };
-        co_await run_blocking(*env.workers, collect);
-        engine.xlist_done(ok, values);
-        break;
-      }
-      case pop3::step::xmit: {
-        result<void> sent = error(errc::temporary, "not sent");
-        std::string message(engine.xmit_message());
-        auto submit = [&] { sent = submit_message(env.xmit_command, message); };
-        co_await run_blocking(*env.workers, submit);
-        if (sent) {
-          log::info("xmit: user=<{}>, session=<{}>, size={}", log::safe(user), id, message.size());
-        } else {
-          log::error("xmit failed: user=<{}>, session=<{}>, error={}", log::safe(user), id,
-                     sent.err().message());
-        }
-        engine.xmit_done(sent.ok());
-        break;
-      }
-      case pop3::step::close:
-        co_await flush();
-        if (engine.quit_received() && engine.state() != pop3::session_state::update) {
-          reason = "QUIT";
-        }
-        running = false;
-        break;
-    }
-  }
-
-  ctl->done = true;
-  ctl->timer.cancel();
-  if (ctl->timed_out) {
-    reason = "timeout";
-  } else if (ctl->shutting_down) {
-    reason = "shutdown";
-  }
-  if (ctl->stream) {  // a handoff may have taken the transport
-    ctl->stream->close();
-  }
-  if (!user.empty()) {
-    const auto& s = engine.stats();
-    std::uint64_t left = 0, left_bytes = 0;
-    if (!drop) {
-      left = committed.left;
-      left_bytes = committed.left_bytes;
-    } else {
-      for (const auto& m : drop->messages()) {
-        ++left;
-        left_bytes += m.size;
-      }
-    }
-    log::info("logout: user=<{}>, session=<{}>, reason={}, retr={}/{}, top={}/{}, del={}/{}, left={}/{}",
-              log::safe(user), id, reason, s.retr_count, s.retr_bytes, s.top_count, s.top_bytes,
-              committed_ok ? committed.deleted : 0, committed_ok ? committed.deleted_bytes : 0, left,
-              left_bytes);
-  } else {
-    log::debug("disconnect: rip={}, session=<{}>, reason={}", remote, id, reason);
-  }
-  drop.reset();  // releases the maildrop lock
+  traced_transport* traced = wrap_for_trace(*ctl, env, id, conn.resume.has_value());
+  // The runner lives on the heap: this frame stays small however the runner grows.
+  auto runner = std::make_unique<session_runner>(std::move(ctl), env, std::move(conn), std::move(id),
+                                                 std::move(ex), traced);
+  co_await runner->run();
 }
 
 }  // namespace postern::net

@@ -378,6 +378,14 @@ asio::awaitable<std::size_t> traced_transport::read_some(asio::mutable_buffer bu
   co_return n;
 }
 
+asio::awaitable<std::string_view> traced_transport::read_shared(std::error_code& ec) {
+  std::string_view data = co_await inner_->read_shared(ec);
+  if (!data.empty()) {
+    record(data, true);
+  }
+  co_return data;
+}
+
 asio::awaitable<void> traced_transport::write_all(asio::const_buffer buf, std::error_code& ec) {
   co_await inner_->write_all(buf, ec);
   if (!ec) {

@@ -136,6 +136,8 @@ class traced_transport final : public transport {
   asio::awaitable<std::size_t> read_some(asio::mutable_buffer buf, std::error_code& ec) override;
   asio::awaitable<void> write_all(asio::const_buffer buf, std::error_code& ec) override;
   void close() noexcept override;
+  bool reads_shared() const noexcept override { return inner_->reads_shared(); }
+  asio::awaitable<std::string_view> read_shared(std::error_code& ec) override;
 
   // The user logged in: opens the telemetry file when <telemetry_dir>/<user> is a directory
   // and writes the held pre-login lines to it. Without one, the held lines are dropped.

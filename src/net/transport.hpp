@@ -11,7 +11,9 @@
 #include <asio/ip/tcp.hpp>
 #include <asio/posix/stream_descriptor.hpp>
 
+#include <span>
 #include <string>
+#include <string_view>
 #include <system_error>
 
 namespace postern::net {
@@ -25,7 +27,20 @@ class transport {
   virtual asio::awaitable<void> write_all(asio::const_buffer buf, std::error_code& ec) = 0;
   // Shuts the stream down and cancels pending operations. Idempotent.
   virtual void close() noexcept = 0;
+
+  // True when read_shared() works: the transport can wait for input holding no buffer, so an
+  // idle session costs no read buffer of its own.
+  virtual bool reads_shared() const noexcept { return false; }
+  // Waits until the peer has sent bytes or closed, then reads what is there into the calling
+  // thread's shared input buffer (shared_input_buffer()) with no suspension between the read
+  // and the return. The view is valid until the caller next suspends or reads. Returns an empty
+  // view with `ec` set on EOF or error. Only when reads_shared().
+  virtual asio::awaitable<std::string_view> read_shared(std::error_code& ec);
 };
+
+// The calling thread's input buffer for read_shared(). Every session on the thread uses it in
+// turn: it holds bytes only between a read and the caller's next suspension.
+std::span<char> shared_input_buffer() noexcept;
 
 class tcp_transport final : public transport {
  public:
@@ -33,6 +48,8 @@ class tcp_transport final : public transport {
   asio::awaitable<std::size_t> read_some(asio::mutable_buffer buf, std::error_code& ec) override;
   asio::awaitable<void> write_all(asio::const_buffer buf, std::error_code& ec) override;
   void close() noexcept override;
+  bool reads_shared() const noexcept override { return true; }
+  asio::awaitable<std::string_view> read_shared(std::error_code& ec) override;
   asio::ip::tcp::socket& socket() noexcept { return socket_; }
 
  private:

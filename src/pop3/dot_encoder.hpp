@@ -6,6 +6,7 @@
 // of any size streams through bounded buffers. Not thread-safe; one per reply.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -18,6 +19,19 @@ class dot_encoder {
   // body_lines: empty for RETR (whole message); n for TOP n.
   explicit dot_encoder(std::optional<std::uint64_t> body_lines = std::nullopt) noexcept;
 
+  // The most bytes encode_to() writes for `n` input bytes: a '.' starting a line and a bare LF
+  // each become two bytes, every other byte stays one.
+  static constexpr std::size_t max_encoded_size(std::size_t n) noexcept { return 2 * n; }
+  // The most bytes finish_to() writes: CRLF ending an unterminated line, then ".CRLF".
+  static constexpr std::size_t max_finish_size = 5;
+
+  // Writes the encoding of `in` to `out`, which must have room for max_encoded_size(in.size())
+  // bytes, and returns the number of bytes written. Once is_done() (TOP reached its line
+  // count) the rest of `in` is ignored.
+  std::size_t encode_to(std::string_view in, char* out) noexcept;
+  // Writes the end of the reply to `out` (room for max_finish_size bytes); returns its length.
+  std::size_t finish_to(char* out) noexcept;
+
   // Appends the encoding of `in` to `out`. Returns false once the encoder wants no more input
   // (TOP reached its line count); the rest of `in` is ignored.
   bool encode(std::string_view in, std::string& out);
@@ -28,7 +42,7 @@ class dot_encoder {
   bool is_done() const noexcept { return done_; }
 
  private:
-  void end_line();
+  void end_line() noexcept;
 
   std::optional<std::uint64_t> body_lines_left_;
   bool at_line_start_ = true;

@@ -66,5 +66,157 @@ TEST(count_wire_octets, matches_encoder_for_all_chunkings) {
   }
 }
 
+
+// Boundaries that used to be easy to get wrong when a chunk ends in the middle of a line ending
+// or just before a line that starts with '.'.
+TEST(dot_encoder, chunk_boundaries) {
+  struct split_case {
+    std::string first, second, expected;
+  };
+  const split_case cases[] = {
+      {"a\r", "\nb\n", "a\r\nb\r\n.\r\n"},          // CR ends a chunk, its LF starts the next
+      {"a\r", "b\n", "a\rb\r\n.\r\n"},                // a bare CR at the end of a chunk
+      {"a\n", ".b\n", "a\r\n..b\r\n.\r\n"},          // '.' right after a chunk boundary
+      {"a\n.", "b\n", "a\r\n..b\r\n.\r\n"},          // '.' the last byte of a chunk
+      {"a\n.", ".\n", "a\r\n...\r\n.\r\n"},          // ".." split in two
+      {"a", "\n", "a\r\n.\r\n"},                        // LF alone in a chunk
+      {"\n", "\n", "\r\n\r\n.\r\n"},                     // empty lines
+      {".", "", "..\r\n.\r\n"},                          // a lone '.' with no newline
+      {"a\r", "", "a\r\n.\r\n"},                        // ends in a bare CR
+      {"ab", "c", "abc\r\n.\r\n"},                        // unterminated across chunks
+  };
+  for (const auto& c : cases) {
+    dot_encoder enc;
+    std::string out;
+    enc.encode(c.first, out);
+    enc.encode(c.second, out);
+    enc.finish(out);
+    EXPECT_EQ(out, c.expected) << "first=" << c.first << " second=" << c.second;
+  }
+}
+
+TEST(dot_encoder, encode_to_stays_within_max_size) {
+  // The worst cases for growth: every line "." or empty with bare LF.
+  for (const std::string& msg : {std::string(1000, '\n'), std::string(".\n.\n.\n.\n"), std::string("\n.\n..")}) {
+    dot_encoder enc;
+    std::string out(dot_encoder::max_encoded_size(msg.size()) + dot_encoder::max_finish_size, '#');
+    std::size_t n = enc.encode_to(msg, out.data());
+    EXPECT_LE(n, dot_encoder::max_encoded_size(msg.size()));
+    n += enc.finish_to(out.data() + n);
+    EXPECT_LE(n, out.size());
+    EXPECT_EQ(out.substr(0, n), encode(msg, std::nullopt, 100000));
+  }
+  EXPECT_EQ(encode(std::string(3, '\n'), std::nullopt, 1), "\r\n\r\n\r\n.\r\n");
+  EXPECT_EQ(encode(".\n.\n", std::nullopt, 1), "..\r\n..\r\n.\r\n");
+}
+
+// A pseudo-random message through every chunking gives what the one-chunk encoding gives, and
+// its RETR body is exactly count_wire_octets() plus the stuffing dots.
+TEST(dot_encoder, random_messages_every_chunking) {
+  std::uint32_t seed = 12345;
+  auto next = [&] {
+    seed = seed * 1103515245u + 12345u;
+    return (seed >> 16) & 0x7fff;
+  };
+  const char alphabet[] = {'a', '.', '\r', '\n', ' ', '\n', 'x', '.'};
+  for (int round = 0; round < 50; ++round) {
+    std::string msg;
+    const std::size_t len = next() % 300;
+    for (std::size_t i = 0; i < len; ++i) {
+      msg.push_back(alphabet[next() % sizeof alphabet]);
+    }
+    const std::string whole = encode(msg, std::nullopt, msg.size() + 1);
+    for (std::size_t chunk : {1, 2, 3, 5, 17}) {
+      EXPECT_EQ(encode(msg, std::nullopt, chunk), whole) << round << "/" << chunk;
+    }
+    bool prev_cr = false;
+    std::uint64_t octets = count_wire_octets(msg, prev_cr);
+    if (!msg.empty() && msg.back() != '\n') {
+      octets += msg.back() == '\r' ? 1 : 2;  // the line ending finish() adds
+    }
+    // Undo the stuffing: every line of the body that starts with ".." lost one '.'.
+    std::size_t stuffed = 0;
+    for (std::size_t i = 0; i + 1 < whole.size(); ++i) {
+      if ((i == 0 || whole[i - 1] == '\n') && whole[i] == '.' && whole[i + 1] == '.') {
+        ++stuffed;
+      }
+    }
+    EXPECT_EQ(whole.size() - 3 - stuffed, octets) << round;
+  }
+}
+
+// An independent byte-at-a-time RETR encoder, the oracle for the block-wise one.
+std::string reference_retr(const std::string& msg) {
+  std::string out;
+  bool line_start = true;
+  char prev = 0;
+  for (char c : msg) {
+    if (line_start && c == '.') {
+      out.push_back('.');
+    }
+    line_start = false;
+    if (c == '\n') {
+      if (prev != '\r') {
+        out.push_back('\r');
+      }
+      line_start = true;
+    }
+    out.push_back(c);
+    prev = c;
+  }
+  if (!line_start) {
+    if (prev != '\r') {
+      out.push_back('\r');
+    }
+    out.push_back('\n');
+  }
+  return out + ".\r\n";
+}
+
+TEST(dot_encoder, long_lines_match_reference_for_every_chunking) {
+  std::uint32_t seed = 777;
+  auto next = [&] {
+    seed = seed * 1664525u + 1013904223u;
+    return seed >> 8;
+  };
+  for (int round = 0; round < 40; ++round) {
+    std::string msg;
+    const std::size_t lines = next() % 40;
+    for (std::size_t i = 0; i < lines; ++i) {
+      const std::size_t len = next() % 70;
+      for (std::size_t j = 0; j < len; ++j) {
+        const unsigned r = next() % 20;
+        msg.push_back(r == 0 ? '.' : r == 1 ? '\r' : static_cast<char>('a' + r));
+      }
+      if (next() % 3 == 0) {
+        msg.push_back('\r');
+      }
+      if (next() % 5 != 0) {
+        msg.push_back('\n');
+      }
+      if (next() % 4 == 0) {
+        msg.push_back('.');
+      }
+    }
+    const std::string expected = reference_retr(msg);
+    for (std::size_t chunk : {1, 2, 15, 16, 17, 31, 32, 33, 64, 100000}) {
+      EXPECT_EQ(encode(msg, std::nullopt, chunk), expected) << round << "/" << chunk;
+    }
+  }
+  // Blocks of exactly 16 with the LF in every position, and a '.' right after it.
+  for (std::size_t at = 0; at < 16; ++at) {
+    std::string msg(40, 'x');
+    msg[at] = '\n';
+    msg[at + 1] = '.';
+    msg[16 + at] = '\n';
+    if (at > 0) {
+      msg[at - 1] = '\r';
+    }
+    for (std::size_t chunk : {1, 16, 17, 100}) {
+      EXPECT_EQ(encode(msg, std::nullopt, chunk), reference_retr(msg)) << at << "/" << chunk;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace postern::pop3
