@@ -1,5 +1,6 @@
 #include "server/bulletins.hpp"
 
+#include "common/test_files.hpp"
 #include "store/maildir/maildir.hpp"
 #include "store/mbox/mbox.hpp"
 
@@ -21,35 +22,16 @@ namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 using tp = std::chrono::system_clock::time_point;
 
-class temp_dir {
- public:
-  temp_dir() {
-    std::string tmpl = (fs::temp_directory_path() / "postern-bulletins-XXXXXX").string();
-    path_ = ::mkdtemp(tmpl.data());
-  }
-  ~temp_dir() { fs::remove_all(path_); }
-  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
+struct temp_dir : test::temp_dir {
+  temp_dir() : test::temp_dir("postern-bulletins") {}
 };
+using test::read_file;
+using test::append_file;
 
-void write_file(const std::string& path, const std::string& content) {
+// Writes the file, creating the directories above it first.
+void write_file(const std::string& path, std::string_view content) {
   fs::create_directories(fs::path(path).parent_path());
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  f << content;
-}
-
-void append_file(const std::string& path, const std::string& content) {
-  std::ofstream f(path, std::ios::binary | std::ios::app);
-  f << content;
-}
-
-std::string slurp(const std::string& p) {
-  std::ifstream f(p, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
+  test::write_file(path, content);
 }
 
 std::string bulletin_entry(const std::string& subject, const std::string& body = "Hello.\n") {
@@ -121,7 +103,7 @@ TEST_F(bulletins_fixture, mbox_source_into_maildir_exactly_once) {
   // The stored bulletin is unquoted like the store would serve it.
   bool found = false;
   for (const auto& e : fs::directory_iterator(target_.path + "/new")) {
-    std::string c = slurp(e.path().string());
+    std::string c = read_file(e.path().string());
     if (c.find("Subject: B1") != std::string::npos) {
       EXPECT_NE(c.find("\nFrom quoted\n"), std::string::npos) << c;
       found = true;
@@ -179,7 +161,7 @@ TEST_F(bulletins_fixture, mbox_target_appended_under_locks_quoted_and_idempotent
   write_file(settings_.source_path,
              bulletin_entry("B1", "Line\n>From already quoted in source\nFrom unquoted? no\n"));
   EXPECT_EQ(deliver(), 1u);
-  const std::string after = slurp(target_.path);
+  const std::string after = read_file(target_.path);
   EXPECT_NE(after.find("\n\nFrom MAILER-DAEMON Tue Nov 14 22:13:20 2023\nX-Postern-Bulletin: "),
             std::string::npos)
       << after;
@@ -196,7 +178,7 @@ TEST_F(bulletins_fixture, mbox_target_appended_under_locks_quoted_and_idempotent
   }
   ASSERT_TRUE(db_->set_last("alice", 0).ok());  // crash before the record
   EXPECT_EQ(deliver(), 0u);
-  EXPECT_EQ(slurp(target_.path), after);
+  EXPECT_EQ(read_file(target_.path), after);
 }
 
 TEST_F(bulletins_fixture, mbox_target_created_when_missing_and_unterminated_file) {
@@ -205,13 +187,13 @@ TEST_F(bulletins_fixture, mbox_target_created_when_missing_and_unterminated_file
   fs::create_directories(dir_ / "spool2");
   write_file(settings_.source_path, bulletin_entry("B1"));
   EXPECT_EQ(deliver(), 1u);
-  EXPECT_TRUE(slurp(target_.path).starts_with("From MAILER-DAEMON "));
+  EXPECT_TRUE(read_file(target_.path).starts_with("From MAILER-DAEMON "));
   // A file that does not end with a line end gets one and a blank line.
   target_.path = dir_ / "spool2/bob";
   target_.user = "bob";
   write_file(target_.path, "From x@y Mon Jan  1 00:00:00 2024\nSubject: s\n\nno newline");
   EXPECT_EQ(deliver(), 1u);
-  EXPECT_NE(slurp(target_.path).find("no newline\n\nFrom MAILER-DAEMON"), std::string::npos);
+  EXPECT_NE(read_file(target_.path).find("no newline\n\nFrom MAILER-DAEMON"), std::string::npos);
 }
 
 TEST_F(bulletins_fixture, popbull_without_database) {
@@ -220,7 +202,7 @@ TEST_F(bulletins_fixture, popbull_without_database) {
   fs::create_directories(target_.home);
   write_file(target_.home + "/.popbull", "1\n");  // Mailutils left it: B1 was delivered
   EXPECT_EQ(deliver(), 1u);
-  EXPECT_EQ(slurp(target_.home + "/.popbull"), "2\n");
+  EXPECT_EQ(read_file(target_.home + "/.popbull"), "2\n");
   EXPECT_EQ(deliver(), 0u);
   target_.home.clear();
   auto r = deliver_bulletins(settings_, target_);

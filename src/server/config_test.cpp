@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "common/test_files.hpp"
 #include "server/demo.hpp"
 
 namespace postern::server {
@@ -88,36 +89,11 @@ std::string error_of(std::string_view text) {
   return r.err().message();
 }
 
-// A scratch directory removed at the end of the test.
-class temp_dir {
- public:
-  temp_dir() {
-    std::string tmpl = (fs::temp_directory_path() / "postern-config-test.XXXXXX").string();
-    char* p = ::mkdtemp(tmpl.data());
-    EXPECT_NE(p, nullptr);
-    path_ = tmpl;
-  }
-  ~temp_dir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
+struct temp_dir : test::temp_dir {
+  temp_dir() : test::temp_dir("postern-config-test") {}
 };
-
-std::string read_file(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-void write_file(const fs::path& p, std::string_view text) {
-  std::ofstream out(p, std::ios::binary);
-  out << text;
-}
+using test::read_file;
+using test::write_file;
 
 // ---------------------------------------------------------------------------------------------
 // Defaults and every key
@@ -1122,7 +1098,7 @@ TEST(config, cross_key_rules) {
 
 TEST(config, load_reads_a_file) {
   temp_dir dir;
-  fs::path p = dir.path() / "postern.toml";
+  fs::path p = dir / "postern.toml";
   write_file(p, "[server]\nthreads = 2\n");
   auto r = load_config(p.string());
   ASSERT_TRUE(r.ok()) << r.err().message();
@@ -1138,20 +1114,20 @@ TEST(config, load_reads_a_file) {
 
 TEST(config, load_missing_or_unreadable) {
   temp_dir dir;
-  std::string missing = (dir.path() / "nope.toml").string();
+  std::string missing = dir / "nope.toml";
   auto r = load_config(missing);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.err().code(), errc::not_found);
   EXPECT_NE(r.err().message().find(missing), std::string::npos);
   EXPECT_EQ(r.err().cause(), std::errc::no_such_file_or_directory);
 
-  auto d = load_config(dir.path().string());
+  auto d = load_config(dir.path());
   ASSERT_FALSE(d.ok());
   EXPECT_EQ(d.err().code(), errc::temporary);
-  EXPECT_NE(d.err().message().find(dir.path().string()), std::string::npos);
+  EXPECT_NE(d.err().message().find(dir.path()), std::string::npos);
 
   if (::geteuid() != 0) {  // root reads anything
-    fs::path p = dir.path() / "secret.toml";
+    fs::path p = dir / "secret.toml";
     write_file(p, "");
     ::chmod(p.c_str(), 0);
     auto u = load_config(p.string());
@@ -1461,7 +1437,7 @@ std::string decode_b_words(const std::string& value) {
 
 TEST(demo, prepares_a_loadable_config_and_maildrop) {
   temp_dir tmp;
-  fs::path dir = tmp.path() / "demo";
+  fs::path dir = tmp / "demo";
   auto r = prepare_demo(dir.string(), 2110);
   ASSERT_TRUE(r.ok()) << r.err().message();
   EXPECT_EQ(*r, (dir / "postern.toml").string());
@@ -1554,7 +1530,7 @@ TEST(demo, prepares_a_loadable_config_and_maildrop) {
 
 TEST(demo, refresh_resets_the_maildrop) {
   temp_dir tmp;
-  fs::path dir = tmp.path() / "demo";
+  fs::path dir = tmp / "demo";
   ASSERT_TRUE(prepare_demo(dir.string(), 0).ok());
   fs::path maildir = dir / "mail" / "demo" / "Maildir";
   auto before_new = files_in(maildir / "new");
@@ -1580,43 +1556,43 @@ TEST(demo, refresh_resets_the_maildrop) {
 
 TEST(demo, accepts_an_empty_directory_and_relative_paths) {
   temp_dir tmp;
-  ASSERT_TRUE(prepare_demo(tmp.path().string() + "/", 0).ok());
-  EXPECT_TRUE(fs::exists(tmp.path() / "postern.toml"));
+  ASSERT_TRUE(prepare_demo(tmp.path() + "/", 0).ok());
+  EXPECT_TRUE(fs::exists(tmp / "postern.toml"));
 
   fs::path old_cwd = fs::current_path();
   fs::current_path(tmp.path());
   auto r = prepare_demo("sub/demo", 0);
   fs::current_path(old_cwd);
   ASSERT_TRUE(r.ok()) << r.err().message();
-  EXPECT_EQ(*r, (tmp.path() / "sub" / "demo" / "postern.toml").string());
+  EXPECT_EQ(*r, tmp / "sub/demo/postern.toml");
   auto cfg = load_config(*r);
   ASSERT_TRUE(cfg.ok()) << cfg.err().message();
-  EXPECT_EQ(cfg->passdb, "passwd-file:" + (tmp.path() / "sub" / "demo" / "users").string());
+  EXPECT_EQ(cfg->passdb, "passwd-file:" + tmp / "sub/demo/users");
 }
 
 TEST(demo, escapes_percent_and_colon_in_the_directory) {
   temp_dir tmp;
-  fs::path dir = tmp.path() / "100%demo:x";
+  fs::path dir = tmp / "100%demo:x";
   auto r = prepare_demo(dir.string(), 0);
   ASSERT_TRUE(r.ok()) << r.err().message();
   auto cfg = load_config(*r);
   ASSERT_TRUE(cfg.ok()) << cfg.err().message();
-  EXPECT_EQ(cfg->mail_location, "maildir:" + tmp.path().string() + "/100%%demo::x/mail/%u/Maildir");
+  EXPECT_EQ(cfg->mail_location, "maildir:" + tmp.path() + "/100%%demo::x/mail/%u/Maildir");
   EXPECT_EQ(cfg->passdb, "passwd-file:" + (dir / "users").string());
 }
 
 TEST(demo, refuses_a_directory_that_is_not_a_demo) {
   temp_dir tmp;
-  write_file(tmp.path() / "users", "someone:x:1000:1000::/home/someone:/bin/sh\n");
-  auto r = prepare_demo(tmp.path().string(), 0);
+  write_file(tmp / "users", "someone:x:1000:1000::/home/someone:/bin/sh\n");
+  auto r = prepare_demo(tmp.path(), 0);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.err().code(), errc::invalid);
   EXPECT_NE(r.err().message().find(".postern-demo"), std::string::npos);
-  EXPECT_EQ(read_file(tmp.path() / "users"), "someone:x:1000:1000::/home/someone:/bin/sh\n");
-  EXPECT_FALSE(fs::exists(tmp.path() / "postern.toml"));
+  EXPECT_EQ(read_file(tmp / "users"), "someone:x:1000:1000::/home/someone:/bin/sh\n");
+  EXPECT_FALSE(fs::exists(tmp / "postern.toml"));
 
-  write_file(tmp.path() / "file", "x");
-  auto f = prepare_demo((tmp.path() / "file").string(), 0);
+  write_file(tmp / "file", "x");
+  auto f = prepare_demo(tmp / "file", 0);
   ASSERT_FALSE(f.ok());
   EXPECT_EQ(f.err().code(), errc::invalid);
 

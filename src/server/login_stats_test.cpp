@@ -1,5 +1,6 @@
 #include "server/login_stats.hpp"
 
+#include "common/test_files.hpp"
 #include <gtest/gtest.h>
 
 #include <sys/stat.h>
@@ -20,17 +21,8 @@ using tp = std::chrono::system_clock::time_point;
 
 tp at(std::int64_t s) { return tp(seconds(s)); }
 
-class temp_dir {
- public:
-  temp_dir() {
-    std::string tmpl = (fs::temp_directory_path() / "postern-login-stats-XXXXXX").string();
-    path_ = ::mkdtemp(tmpl.data());
-  }
-  ~temp_dir() { fs::remove_all(path_); }
-  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
+struct temp_dir : test::temp_dir {
+  temp_dir() : test::temp_dir("postern-login-stats") {}
 };
 
 mode_t mode_of(const std::string& p) {

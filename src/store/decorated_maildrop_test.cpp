@@ -1,5 +1,6 @@
 #include "store/decorated_maildrop.hpp"
 
+#include "common/test_files.hpp"
 #include "store/maildir/maildir.hpp"
 #include "store/mbox/mbox.hpp"
 #include "store/uidl_format.hpp"
@@ -24,31 +25,11 @@ using tp = std::chrono::system_clock::time_point;
 
 constexpr std::int64_t day = 86400;
 
-class temp_dir {
- public:
-  temp_dir() {
-    std::string tmpl = (fs::temp_directory_path() / "postern-decorated-XXXXXX").string();
-    path_ = ::mkdtemp(tmpl.data());
-  }
-  ~temp_dir() { fs::remove_all(path_); }
-  const std::string& path() const { return path_; }
-  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
+struct temp_dir : test::temp_dir {
+  temp_dir() : test::temp_dir("postern-decorated") {}
 };
-
-void write_file(const std::string& path, const std::string& content) {
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  f << content;
-}
-
-std::string slurp(const std::string& p) {
-  std::ifstream f(p, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
+using test::read_file;
+using test::write_file;
 
 std::string message(const std::string& subject, const std::string& extra = {}) {
   return "From: a@example.org\nSubject: " + subject + "\n" + extra + "\nbody of " + subject + "\n";
@@ -147,9 +128,9 @@ TEST_F(maildir_fixture, dovecot_uidlist_reproduces_dovecot_uidls) {
   EXPECT_EQ(u["new-since"], "000061be4c0907b0");  // N25022 = 0x61be
   // The new number is on disk before anyone saw it, in Postern's own file; Dovecot's file
   // is never written.
-  EXPECT_EQ(slurp(box_ + "/postern-uidlist"),
+  EXPECT_EQ(read_file(box_ + "/postern-uidlist"),
             "3 V1275660208 N25023\n25022 :1700000009.M9P1.host\n");
-  EXPECT_NE(slurp(box_ + "/dovecot-uidlist").find("N25022"), std::string::npos);
+  EXPECT_NE(read_file(box_ + "/dovecot-uidlist").find("N25022"), std::string::npos);
 }
 
 TEST_F(maildir_fixture, assigned_numbers_are_stable_across_sessions) {
@@ -271,7 +252,7 @@ TEST_F(maildir_fixture, expire_n_days_deletes_old_stamps_and_keeps_the_rest) {
   d.reset();
   auto left = open_plain();
   EXPECT_EQ(left->messages().size(), 3u);
-  EXPECT_EQ(slurp(box_ + "/postern-expire"),
+  EXPECT_EQ(read_file(box_ + "/postern-expire"),
             "1700000002.M2P1.host " + std::to_string(now_s - 3 * day + 1) + "\n" +
                 "1700000004.M4P1.host " + std::to_string(now_s) + "\n");
 }
@@ -299,7 +280,7 @@ TEST_F(maildir_fixture, first_retrieval_time_is_kept) {
     ASSERT_TRUE(d->commit(marks).ok());
     now_ += std::chrono::hours(24);
   }
-  EXPECT_EQ(slurp(box_ + "/postern-expire"), "1700000001.M1P1.host 1700000000\n");
+  EXPECT_EQ(read_file(box_ + "/postern-expire"), "1700000001.M1P1.host 1700000000\n");
 }
 
 TEST_F(maildir_fixture, header_stamps_are_not_read_in_a_maildir) {
@@ -313,7 +294,7 @@ TEST_F(maildir_fixture, header_stamps_are_not_read_in_a_maildir) {
   auto r = d->commit(marks);
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->deleted, 0u);  // expires 5 days after this first retrieval instead
-  EXPECT_EQ(slurp(box_ + "/postern-expire"), "1700000001.M1P1.host " + std::to_string(now_s) + "\n");
+  EXPECT_EQ(read_file(box_ + "/postern-expire"), "1700000001.M1P1.host " + std::to_string(now_s) + "\n");
 }
 
 TEST_F(maildir_fixture, unreadable_stamp_file_fails_the_open) {
@@ -412,9 +393,9 @@ TEST_F(mbox_fixture, expire_with_header_stamp_and_side_file_next_to_the_spool) {
   d.reset();
   auto left = open_plain();
   ASSERT_EQ(left->messages().size(), 2u);
-  EXPECT_NE(slurp(box_).find("Subject: untouched"), std::string::npos);
-  EXPECT_EQ(slurp(box_).find("mailutils-stamped"), std::string::npos);
-  const std::string stamps = slurp(dir_ / ".alice.postern-expire");
+  EXPECT_NE(read_file(box_).find("Subject: untouched"), std::string::npos);
+  EXPECT_EQ(read_file(box_).find("mailutils-stamped"), std::string::npos);
+  const std::string stamps = read_file(dir_ / ".alice.postern-expire");
   EXPECT_NE(stamps.find(" " + std::to_string(now_s) + "\n"), std::string::npos) << stamps;
   EXPECT_EQ(std::count(stamps.begin(), stamps.end(), '\n'), 1);
 }
@@ -430,7 +411,7 @@ TEST_F(mbox_fixture, retrieval_keeps_an_older_header_stamp) {
   auto r = d->commit(marks);
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->deleted, 1u);
-  const std::string stamps = slurp(dir_ / ".alice.postern-expire");
+  const std::string stamps = read_file(dir_ / ".alice.postern-expire");
   EXPECT_NE(stamps.find(" " + std::to_string(now_s - day) + "\n"), std::string::npos) << stamps;
 }
 
@@ -445,7 +426,7 @@ TEST_F(mbox_fixture, expire_zero_removes_retrieved_messages) {
   d.reset();
   auto left = open_plain();
   ASSERT_EQ(left->messages().size(), 1u);
-  EXPECT_NE(slurp(box_).find("Subject: b"), std::string::npos);
+  EXPECT_NE(read_file(box_).find("Subject: b"), std::string::npos);
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 #include "store/expire.hpp"
 
+#include "common/test_files.hpp"
 #include <gtest/gtest.h>
 
 #include <sys/stat.h>
@@ -16,26 +17,10 @@ namespace {
 
 namespace fs = std::filesystem;
 
-class temp_dir {
- public:
-  temp_dir() {
-    std::string tmpl = (fs::temp_directory_path() / "postern-expire-XXXXXX").string();
-    path_ = ::mkdtemp(tmpl.data());
-  }
-  ~temp_dir() { fs::remove_all(path_); }
-  const std::string& path() const { return path_; }
-  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
+struct temp_dir : test::temp_dir {
+  temp_dir() : test::temp_dir("postern-expire") {}
 };
-
-std::string slurp(const std::string& p) {
-  std::ifstream f(p, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
+using test::read_file;
 
 TEST(expire_policy, flags_and_capability) {
   EXPECT_FALSE((expire_policy{-1, true}).stamps());
@@ -122,7 +107,7 @@ TEST(stamp_file, load_save_roundtrip_atomic_and_private) {
   f->set("1700000001.M1P1.host", 1700000100);
   f->set("other", 5);
   ASSERT_TRUE(f->save().ok());
-  EXPECT_EQ(slurp(path), "1700000001.M1P1.host 1700000100\nother 5\n");
+  EXPECT_EQ(read_file(path), "1700000001.M1P1.host 1700000100\nother 5\n");
   struct stat st{};
   ASSERT_EQ(::stat(path.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0600u);
@@ -138,7 +123,7 @@ TEST(stamp_file, load_save_roundtrip_atomic_and_private) {
   EXPECT_EQ(again->get("other"), 5);
   again->retain_if([](const std::string& u) { return u != "other"; });
   ASSERT_TRUE(again->save().ok());
-  EXPECT_EQ(slurp(path), "1700000001.M1P1.host 1700000100\n");
+  EXPECT_EQ(read_file(path), "1700000001.M1P1.host 1700000100\n");
   again->erase("1700000001.M1P1.host");
   ASSERT_TRUE(again->save().ok());
   EXPECT_FALSE(fs::exists(path));  // empty: removed
@@ -162,10 +147,10 @@ TEST(replace_side_file, failure_leaves_the_old_file) {
   ::chmod(t.path().c_str(), 0700);
   if (::geteuid() != 0) {
     EXPECT_FALSE(r.ok());
-    EXPECT_EQ(slurp(path), "old\n");
+    EXPECT_EQ(read_file(path), "old\n");
   }
   ASSERT_TRUE(replace_side_file(path, "new\n").ok());
-  EXPECT_EQ(slurp(path), "new\n");
+  EXPECT_EQ(read_file(path), "new\n");
 }
 
 TEST(read_side_file, missing_regular_and_too_big) {

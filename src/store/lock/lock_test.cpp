@@ -1,5 +1,6 @@
 #include "store/lock/mailbox_lock.hpp"
 
+#include "common/test_files.hpp"
 #include <gtest/gtest.h>
 
 #include <fcntl.h>
@@ -26,35 +27,11 @@ namespace {
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 
-class temp_dir {
- public:
-  temp_dir() {
-    std::string tmpl = (fs::temp_directory_path() / "postern-lock-XXXXXX").string();
-    const char* p = ::mkdtemp(tmpl.data());
-    if (p == nullptr) {
-      throw std::runtime_error("mkdtemp failed");
-    }
-    path_ = p;
-  }
-  ~temp_dir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
+struct temp_dir : test::temp_dir {
+  temp_dir() : test::temp_dir("postern-lock") {}
 };
-
-void write_file(const std::string& path, const std::string& data) {
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  f << data;
-}
-
-std::string read_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
-}
+using test::read_file;
+using test::write_file;
 
 // A pid that certainly belongs to no process: a child that has exited and been reaped.
 pid_t dead_pid() {

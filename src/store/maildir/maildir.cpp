@@ -983,13 +983,11 @@ struct open_dirs {
   dirs view() const noexcept { return dirs{cur.get(), new_.get()}; }
 };
 
-result<open_dirs> open_maildir_dirs(const std::string& path) {
+// Opens cur/ and new/ under `root`, the already opened Maildir `path` (which names them in
+// errors); the result owns `root` too.
+result<open_dirs> open_subdirs(unique_fd root, const std::string& path) {
   open_dirs d;
-  auto root = open_dir(path);
-  if (!root.ok()) {
-    return std::move(root).err();
-  }
-  d.root = std::move(*root);
+  d.root = std::move(root);
   for (const bool in_new : {false, true}) {
     auto fd = open_at(d.root.get(), sub_name(in_new), O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0,
                       path + "/" + sub_name(in_new), open_errc);
@@ -999,6 +997,14 @@ result<open_dirs> open_maildir_dirs(const std::string& path) {
     (in_new ? d.new_ : d.cur) = std::move(*fd);
   }
   return d;
+}
+
+result<open_dirs> open_maildir_dirs(const std::string& path) {
+  auto root = open_dir(path);
+  if (!root.ok()) {
+    return std::move(root).err();
+  }
+  return open_subdirs(std::move(*root), path);
 }
 
 class maildir_drop final : public maildrop {
@@ -1394,18 +1400,12 @@ result<std::unique_ptr<store::maildrop>> open(const std::string& path) {
     }
     absolute = std::string(cwd) + "/" + path;
   }
-  open_dirs d;
-  d.root = std::move(*root);
-  for (const bool in_new : {false, true}) {
-    auto fd = open_at(d.root.get(), sub_name(in_new), O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0,
-                      path + "/" + sub_name(in_new), open_errc);
-    if (!fd.ok()) {
-      return std::move(fd).err();
-    }
-    (in_new ? d.new_ : d.cur) = std::move(*fd);
+  auto d = open_subdirs(std::move(*root), path);
+  if (!d.ok()) {
+    return std::move(d).err();
   }
   name_arena names;
-  auto entries = build_listing(d.root.get(), d.view(), lock->get(), names);
+  auto entries = build_listing(d->root.get(), d->view(), lock->get(), names);
   if (!entries.ok()) {
     error e = std::move(entries).err();
     return error(e.code(), e.context() + " in " + path, e.cause());

@@ -1,5 +1,6 @@
 #include "store/maildir/maildir.hpp"
 
+#include "common/test_files.hpp"
 #include "store/maildir/index.hpp"
 
 #include <gtest/gtest.h>
@@ -137,25 +138,8 @@ TEST(uidl_for_base, every_byte_at_every_position) {
 
 class maildir_test : public testing::Test {
  protected:
-  void SetUp() override {
-    std::string tmpl = (fs::temp_directory_path() / "postern-maildir-test-XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-    root_ = tmpl;
-    md_ = root_ / "Maildir";
-  }
-
-  void TearDown() override {
-    std::error_code ec;
-    // Undo chmods made by tests so that everything can be removed.
-    fs::permissions(root_, fs::perms::owner_all, fs::perm_options::add, ec);
-    for (auto it = fs::recursive_directory_iterator(root_, ec);
-         !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
-      if (!it->is_symlink()) {
-        fs::permissions(it->path(), fs::perms::owner_all, fs::perm_options::add, ec);
-      }
-    }
-    fs::remove_all(root_, ec);
-  }
+  // The temp_dir undoes chmods made by tests when it removes the tree.
+  void SetUp() override { md_ = root_ / "Maildir"; }
 
   void make_maildir() {
     for (const char* sub : {"cur", "new", "tmp"}) {
@@ -249,7 +233,8 @@ class maildir_test : public testing::Test {
     return WIFEXITED(status) && WEXITSTATUS(status) == 0;
   }
 
-  fs::path root_;
+  test::temp_dir tmp_{"postern-maildir-test"};
+  fs::path root_{tmp_.path()};
   fs::path md_;
 };
 
@@ -873,15 +858,8 @@ TEST(count_bare_lfs, matches_a_byte_loop_for_any_split) {
   }
 }
 
-std::string read_file(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
-void write_file(const fs::path& p, std::string_view bytes) {
-  std::ofstream out(p, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
+using test::read_file;
+using test::write_file;
 
 dir_stamp stamp_path(const fs::path& p) {
   struct stat st{};

@@ -1,5 +1,6 @@
 #include "store/mbox/mbox.hpp"
 
+#include "common/test_files.hpp"
 #include "pop3/dot_encoder.hpp"
 #include "store/mbox/journal.hpp"
 #include "store/mbox/parser.hpp"
@@ -38,40 +39,12 @@ using namespace std::string_literals;
 // ---------------------------------------------------------------------------------------
 // Helpers.
 
-class temp_dir {
- public:
-  temp_dir() {
-    std::string tmpl = (fs::temp_directory_path() / "postern-mbox-XXXXXX").string();
-    const char* p = ::mkdtemp(tmpl.data());
-    if (p == nullptr) {
-      throw std::runtime_error("mkdtemp failed");
-    }
-    path_ = p;
-  }
-  ~temp_dir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
+struct temp_dir : test::temp_dir {
+  temp_dir() : test::temp_dir("postern-mbox") {}
 };
-
-void write_file(const std::string& path, std::string_view data) {
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  f.write(data.data(), static_cast<std::streamsize>(data.size()));
-}
-
-void append_file(const std::string& path, std::string_view data) {
-  std::ofstream f(path, std::ios::binary | std::ios::app);
-  f.write(data.data(), static_cast<std::streamsize>(data.size()));
-}
-
-std::string read_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
-}
+using test::read_file;
+using test::write_file;
+using test::append_file;
 
 // What the client receives for `content`, minus byte-stuffing and ".CRLF": must equal the
 // listed size.

@@ -1,0 +1,88 @@
+// Test-only helpers for unit tests that work on real files: a scratch directory and whole-file
+// reads and writes. Not part of the server.
+#pragma once
+
+#include <stdlib.h>
+
+#include <cerrno>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <utility>
+
+namespace postern::test {
+
+// A fresh directory <temp>/<prefix>-XXXXXX, removed with everything in it at destruction
+// (after giving the owner back full access, so that a test's chmod cannot leave it behind).
+class temp_dir {
+ public:
+  explicit temp_dir(std::string_view prefix = "postern-test") {
+    std::string tmpl =
+        (std::filesystem::temp_directory_path() / (std::string(prefix) + "-XXXXXX")).string();
+    if (::mkdtemp(tmpl.data()) == nullptr) {
+      const int err = errno;
+      throw std::system_error(err, std::generic_category(), "mkdtemp " + tmpl);
+    }
+    path_ = std::move(tmpl);
+  }
+  ~temp_dir() {
+    namespace fs = std::filesystem;
+    std::error_code ec;
+    fs::permissions(path_, fs::perms::owner_all, fs::perm_options::add, ec);
+    for (auto it = fs::recursive_directory_iterator(path_, ec);
+         !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+      if (!it->is_symlink()) {
+        fs::permissions(it->path(), fs::perms::owner_all, fs::perm_options::add, ec);
+      }
+    }
+    fs::remove_all(path_, ec);
+  }
+  temp_dir(const temp_dir&) = delete;
+  temp_dir& operator=(const temp_dir&) = delete;
+
+  const std::string& path() const noexcept { return path_; }
+  // path() + "/" + name
+  std::string operator/(std::string_view name) const {
+    std::string out = path_;
+    out += '/';
+    out += name;
+    return out;
+  }
+
+ private:
+  std::string path_;
+};
+
+namespace detail {
+inline void put_file(const std::filesystem::path& p, std::string_view data,
+                     std::ios::openmode mode) {
+  std::ofstream out(p, std::ios::binary | mode);
+  out.write(data.data(), static_cast<std::streamsize>(data.size()));
+  out.close();
+  if (!out) {
+    throw std::runtime_error("cannot write " + p.string());
+  }
+}
+}  // namespace detail
+
+// Replaces the file's content with `data` (creating it); throws if that fails.
+inline void write_file(const std::filesystem::path& p, std::string_view data) {
+  detail::put_file(p, data, std::ios::trunc);
+}
+
+// Adds `data` at the end of the file (creating it); throws if that fails.
+inline void append_file(const std::filesystem::path& p, std::string_view data) {
+  detail::put_file(p, data, std::ios::app);
+}
+
+// The file's whole content; empty if it cannot be read (tests compare it with what they want).
+inline std::string read_file(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+}  // namespace postern::test
