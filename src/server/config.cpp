@@ -1095,14 +1095,11 @@ std::size_t edit_distance(std::string_view a, std::string_view b) {
   return row[b.size()];
 }
 
-// "unknown key", plus where the key really belongs or the closest spelling.
+// "unknown key", plus the closest spelling in this table or where the key really belongs.
+// A one-letter slip within the table ("group" in [tls], which has "groups") is the likelier
+// mistake than a key put in the wrong table, so it is suggested first.
 std::string unknown_key_message(std::string_view table, std::string_view key) {
   std::string msg = "unknown key";
-  for (const auto& r : key_rules) {
-    if (r.key == key) {
-      return msg + "; " + std::string(key) + " belongs in [" + std::string(r.table) + "]";
-    }
-  }
   std::string_view best;
   std::size_t best_distance = 3;  // suggest only close misspellings
   for (const auto& r : key_rules) {
@@ -1113,6 +1110,13 @@ std::string unknown_key_message(std::string_view table, std::string_view key) {
     if (d < best_distance) {
       best_distance = d;
       best = r.key;
+    }
+  }
+  if (best_distance > 1) {
+    for (const auto& r : key_rules) {
+      if (r.key == key) {
+        return msg + "; " + std::string(key) + " belongs in [" + std::string(r.table) + "]";
+      }
     }
   }
   if (!best.empty()) {
