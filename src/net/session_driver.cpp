@@ -78,8 +78,13 @@ pop3::open_status open_status_for(errc code) {
 
 // The maildrop of an authenticated user: the userdb's own mail location if it has one, else
 // the configured one, expanded.
-result<std::pair<store::store_kind, std::string>> maildrop_path(const auth::user_record& account,
-                                                                const session_env& env) {
+struct maildrop_place {
+  store::store_kind kind;
+  std::string path;
+  bool keep_index;
+};
+
+result<maildrop_place> maildrop_path(const auth::user_record& account, const session_env& env) {
   const store::location_template* loc = &env.location;
   store::location_template per_user;
   if (!account.mail.empty()) {
@@ -94,7 +99,7 @@ result<std::pair<store::store_kind, std::string>> maildrop_path(const auth::user
   if (!path) {
     return std::move(path).err();
   }
-  return std::pair{loc->kind, std::move(path).value()};
+  return maildrop_place{loc->kind, std::move(path).value(), loc->keep_index};
 }
 
 // The security facts of a connection that decide which logins it may offer.
@@ -540,14 +545,19 @@ void session_runner::open_blocking(open_outcome& out) {
     return;
   }
   if (env_.before_open) {
-    env_.before_open(account_, path->first, path->second, id_);
+    env_.before_open(account_, path->kind, path->path, id_);
   }
-  out.opened = path->first == store::store_kind::mbox ? store::mbox::open(path->second, env_.mbox)
-                                                      : store::maildir::open(path->second);
+  if (path->kind == store::store_kind::mbox) {
+    store::mbox::options opts = env_.mbox;
+    opts.use_index = path->keep_index;
+    out.opened = store::mbox::open(path->path, opts);
+  } else {
+    out.opened = store::maildir::open(path->path, {.use_index = path->keep_index});
+  }
   if (out.opened && store::needs_decoration(env_.decoration)) {
     store::decoration_options d = env_.decoration;
-    d.kind = path->first;
-    d.path = path->second;
+    d.kind = path->kind;
+    d.path = path->path;
     d.reuse_x_uidl = env_.mbox.use_x_uidl;
     out.opened = store::decorate(std::move(out.opened).value(), std::move(d), &decorated_);
   }

@@ -70,7 +70,7 @@ std::string next_field(std::string_view& rest, bool& more) {
 
 // Dovecot parameters that only place Dovecot's own index, control or folder files: POP3
 // reads the root (INBOX) of the location either way, so they can be ignored safely.
-result<void> check_parameter(std::string_view param) {
+result<void> check_parameter(std::string_view param, location_template& loc) {
   const std::size_t eq = param.find('=');
   if (eq == std::string_view::npos) {
     return invalid("parameter \"" + std::string(param) + "\" is not KEY=VALUE");
@@ -84,6 +84,9 @@ result<void> check_parameter(std::string_view param) {
                                                        "VOLATILEDIR"};
   for (std::string_view k : ignored) {
     if (key == k) {
+      if (key == "INDEX" && value == "MEMORY") {
+        loc.keep_index = false;
+      }
       return ok_result();
     }
   }
@@ -157,7 +160,7 @@ result<location_template> parse_location(std::string_view spec) {
   POSTERN_TRY(check_template_path(loc.path));
   while (more) {
     const std::string param = next_field(rest, more);
-    POSTERN_TRY(check_parameter(param));
+    POSTERN_TRY(check_parameter(param, loc));
   }
   return loc;
 }

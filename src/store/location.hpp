@@ -20,12 +20,17 @@ enum class store_kind { maildir, mbox };
 struct location_template {
   store_kind kind = store_kind::maildir;
   std::string path;  // unexpanded, with %-variables and ~ ("::" escapes already undone)
+  // Whether the store keeps its index file beside the maildrop (Maildir: postern-pop3.index,
+  // mbox: .<name>.postern-index). Dovecot's INDEX=MEMORY turns it off: every login then lists
+  // (and, without sizes in the names, reads) the whole maildrop, and nothing is written.
+  bool keep_index = true;
 };
 
 // Parses "maildir:PATH" or "mbox:PATH". Like Dovecot, "::" in PATH stands for a literal ':'
 // and a ':' starts a parameter list "KEY=VALUE:KEY=VALUE". Only parameters that move
 // Dovecot's own index and control files, never the messages, are accepted and ignored:
-// INDEX, INDEXPVT, CONTROL, VOLATILEDIR and LAYOUT=maildir++|fs. Any other parameter
+// INDEX, INDEXPVT, CONTROL, VOLATILEDIR and LAYOUT=maildir++|fs; INDEX=MEMORY also means
+// "keep no index file" for Postern (keep_index = false), as it does for Dovecot. Any other parameter
 // (notably INBOX=, which would move the maildrop itself) is refused, so a config copied from
 // Dovecot never silently reads the wrong place. PATH is checked here as far as it can be
 // without a user: it starts with '/', '~' or %h, holds no NUL or control byte, only known

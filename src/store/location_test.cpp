@@ -83,6 +83,19 @@ TEST(parse_location, table) {
   }
 }
 
+TEST(parse_location, index_memory_keeps_no_index) {
+  auto plain = parse_location("maildir:~/Maildir:INDEX=/var/index/%u");
+  ASSERT_TRUE(plain.ok());
+  EXPECT_TRUE(plain->keep_index);
+  auto memory = parse_location("mbox:/var/mail/%u:INDEX=MEMORY");
+  ASSERT_TRUE(memory.ok());
+  EXPECT_FALSE(memory->keep_index);
+  EXPECT_EQ(memory->path, "/var/mail/%u");
+  auto other = parse_location("maildir:~/Maildir:CONTROL=MEMORY");
+  ASSERT_TRUE(other.ok());
+  EXPECT_TRUE(other->keep_index);
+}
+
 // Every hostile name, also used below to check that expansion refuses them on its own.
 const std::vector<std::string_view>& hostile_names() {
   static const std::vector<std::string_view> names = {

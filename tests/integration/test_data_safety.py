@@ -546,5 +546,52 @@ class Concurrency(Base):
         self.assertEqual(len(srv.events("login")), users)
 
 
+class MaildirIndex(Base):
+    """postern-pop3.index is a cache: whatever it says, every login lists exactly what is in
+    the Maildir, and mail delivered at any moment (within the same clock tick as the last
+    listing, too) is seen by the next login."""
+
+    def listing(self, box):
+        conn = self.server.session(box)
+        st, body = conn.cmd_multi("LIST")
+        self.assertOk(st)
+        sizes = [int(sz) for _, sz in parse_listing(body)]
+        uidls = [u for _, u in parse_listing(conn.cmd_multi("UIDL")[1])]
+        self.assertOk(conn.cmd("QUIT"))
+        conn.expect_closed()
+        return sizes, uidls
+
+    def expected(self, box):
+        msgs = sorted(box.messages, key=lambda m: (m.base.split(".")[0], m.base))
+        return [len(wire_body(m.content)) for m in msgs], sorted(m.uidl for m in msgs)
+
+    def test_deliveries_between_logins_are_always_listed(self):
+        self.server = self.world.start()
+        index = os.path.join(self.box.path, "postern-pop3.index")
+        for round_ in range(12):
+            sizes, uidls = self.listing(self.box)
+            self.assertTrue(os.path.exists(index))
+            want_sizes, want_uidls = self.expected(self.box)
+            self.assertEqual(sorted(uidls), want_uidls, f"round {round_}")
+            self.assertEqual(sum(sizes), sum(want_sizes), f"round {round_}")
+            # Right after the listing, in the same tick or later: a new message.
+            self.box.deliver(simple_message(f"late {round_}", ["x" * (round_ + 1)]))
+            if round_ % 3 == 2:
+                time.sleep(scaled(0.05))
+
+    def test_index_memory_keeps_no_index(self):
+        self.world.config["mail"]["location"] = (
+            f"maildir:{self.world.mail_root}/%u/Maildir:INDEX=MEMORY")
+        self.server = self.world.start()
+        index = os.path.join(self.box.path, "postern-pop3.index")
+        for round_ in range(3):
+            sizes, uidls = self.listing(self.box)
+            want_sizes, want_uidls = self.expected(self.box)
+            self.assertEqual(sorted(uidls), want_uidls)
+            self.assertEqual(sum(sizes), sum(want_sizes))
+            self.assertFalse(os.path.exists(index))
+            self.box.deliver(simple_message(f"late {round_}"))
+
+
 if __name__ == "__main__":
     unittest.main()

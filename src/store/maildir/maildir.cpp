@@ -785,9 +785,14 @@ bool same_listing(const std::vector<entry>& a, const std::vector<entry>& b) {
 // sized from ,W=, else from the index by base name and inode (Maildir message files never
 // change content, only name), else by reading it.
 result<std::vector<entry>> build_listing(int root_fd, const dirs& d, int lock_fd,
-                                         name_arena& names) {
+                                         name_arena& names, bool use_index) {
   const std::optional<fs_time> now = file_system_now(lock_fd);
-  std::optional<loaded_index> idx = load_index(root_fd, names);
+  std::optional<loaded_index> idx;
+  if (use_index) {
+    idx = load_index(root_fd, names);
+  } else {
+    ::unlinkat(root_fd, std::string(index_file_name).c_str(), 0);  // nothing may trust it
+  }
 
   std::vector<dir_item> items;
   bool from_index[2] = {false, false};  // [in_new]
@@ -885,7 +890,7 @@ result<std::vector<entry>> build_listing(int root_fd, const dirs& d, int lock_fd
 
   // Record what was read, unless that would change nothing: the same listing under stamps
   // that still cannot be trusted.
-  if (any_read) {
+  if (any_read && use_index) {
     const fs_time listed_at = now.value_or(fs_time{});
     const bool settled =
         now && is_settled(stamps[0], listed_at) && is_settled(stamps[1], listed_at);
@@ -1374,7 +1379,7 @@ result<std::string> uidl_for_base(std::string_view base) {
   return sha1_hex(base);
 }
 
-result<std::unique_ptr<store::maildrop>> open(const std::string& path) {
+result<std::unique_ptr<store::maildrop>> open(const std::string& path, const open_options& opts) {
   if (path.empty()) {
     return error(errc::invalid, "maildir: empty path");
   }
@@ -1405,7 +1410,7 @@ result<std::unique_ptr<store::maildrop>> open(const std::string& path) {
     return std::move(d).err();
   }
   name_arena names;
-  auto entries = build_listing(d->root.get(), d->view(), lock->get(), names);
+  auto entries = build_listing(d->root.get(), d->view(), lock->get(), names, opts.use_index);
   if (!entries.ok()) {
     error e = std::move(entries).err();
     return error(e.code(), e.context() + " in " + path, e.cause());

@@ -89,7 +89,13 @@ inline constexpr std::string_view lock_file_name = "postern-pop3.lock";
 // permission denied, lock file not a regular file); errc::invalid for an empty path;
 // errc::temporary for other file-system failures, including a message that exists but cannot
 // be read to size it (answer -ERR [SYS/TEMP]; nothing has been changed).
-[[nodiscard]] result<std::unique_ptr<store::maildrop>> open(const std::string& path);
+struct open_options {
+  // Keep postern-pop3.index; false (location parameter INDEX=MEMORY) lists and sizes the
+  // whole Maildir at every open, writes no index and removes one left behind.
+  bool use_index = true;
+};
+[[nodiscard]] result<std::unique_ptr<store::maildrop>> open(const std::string& path,
+                                                            const open_options& opts = {});
 
 // What a Maildir file name says about its message. I/O-free; exposed for tests and fuzzing.
 struct name_parts {

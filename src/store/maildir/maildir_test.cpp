@@ -934,6 +934,21 @@ TEST_F(maildir_index_test, open_writes_an_index_with_every_message) {
   EXPECT_EQ(c->cur_dir, stamp_path(md_ / "cur"));
 }
 
+TEST_F(maildir_index_test, without_an_index_every_open_reads_and_none_is_kept) {
+  put("cur/1.a:2,", "a\n");
+  put("cur/2.b:2,", "b\n");
+  const std::uint64_t ino = inode_of(md_ / "cur" / "1.a:2,");
+  // A settled record that would be taken as it is (see the next test) is removed unread.
+  write_index_now({index_record{"1.a:2,", 99, ino, false}}, 1);
+  for (int i = 0; i < 2; ++i) {
+    auto drop = open(md_.string(), {.use_index = false});
+    ASSERT_TRUE(drop.ok()) << drop.err().message();
+    EXPECT_EQ(uidls(**drop), (std::vector<std::string>{"1.a", "2.b"}));
+    EXPECT_EQ(sizes(**drop), (std::vector<std::uint64_t>{3, 3}));
+    EXPECT_FALSE(fs::exists(index_path()));
+  }
+}
+
 TEST_F(maildir_index_test, settled_record_is_used_without_listing) {
   put("cur/1.a:2,", "a\n");
   put("cur/2.b:2,", "b\n");

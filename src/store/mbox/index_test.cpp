@@ -323,6 +323,28 @@ TEST_F(mbox_index_files, unchanged_file_opens_from_the_index_with_a_full_scans_l
   }
 }
 
+TEST_F(mbox_index_files, without_an_index_every_open_scans_and_none_is_kept) {
+  const auto all = inputs();
+  ASSERT_FALSE(all.empty());
+  const auto& [name, data] = all.front();
+  SCOPED_TRACE(name);
+  write_file(box_, data);
+  wait_for_file_system_tick(dir_.path(), box_);
+  {
+    auto m = open(box_, mbox_options(parse_options{}));  // leaves an index behind
+    ASSERT_TRUE(m.ok()) << m.err().message();
+  }
+  ASSERT_TRUE(index_now().has_value());
+  options no_index = mbox_options(parse_options{});
+  no_index.use_index = false;
+  for (int i = 0; i < 2; ++i) {
+    auto m = open(box_, no_index);
+    ASSERT_TRUE(m.ok()) << m.err().message();
+    EXPECT_EQ(last_open_source_for_test(), open_source::full_scan);
+    EXPECT_FALSE(index_now().has_value());
+  }
+}
+
 TEST_F(mbox_index_files, appended_mail_scans_only_the_new_part) {
   for (const auto& [name, data] : inputs()) {
     for (const auto& po : some_options()) {

@@ -560,7 +560,7 @@ class mbox_drop final : public maildrop {
     }
     POSTERN_TRY(lock->release());
     // A cache: failing to write it costs the next login a scan, nothing else.
-    if (idx) {
+    if (idx && opts_.use_index) {
       idx->scan.messages = std::move(spans_);
       const auto uidl_of = [this, first, &origin](std::size_t k) -> std::string_view {
         return infos_[k < first ? k : origin[k - first]].uidl;
@@ -654,14 +654,17 @@ struct known_result {
 // file only grew, and by a full scan otherwise.
 result<known_result> known_messages(int dir_fd, const side_files& names, int spool_fd,
                                     const current_stamp& now, const parse_options& po,
-                                    const std::string& path) {
+                                    bool use_index, const std::string& path) {
   const file_stamp& stamp = now.stamp;
   known_result out;
   out.index.stamp = stamp;
   out.index.opts = po;
   out.index.stable = now.stable;
-  out.save = true;
-  std::optional<index_contents> idx = load_index(dir_fd, names);
+  out.save = use_index;
+  std::optional<index_contents> idx;
+  if (use_index) {
+    idx = load_index(dir_fd, names);
+  }
   if (idx && same_options(idx->opts, po) && idx->stamp.dev == stamp.dev &&
       idx->stamp.ino == stamp.ino) {
     const bool unchanged = idx->stamp == stamp && idx->stable &&
@@ -843,7 +846,7 @@ result<std::unique_ptr<store::maildrop>> open(const std::string& path, const opt
   po.from_quoting = opts.from_quoting;
   po.honour_content_length = opts.honour_content_length;
   po.use_x_uidl = opts.use_x_uidl;
-  auto known = known_messages(dir_fd.get(), names, spool.get(), *now, po, path);
+  auto known = known_messages(dir_fd.get(), names, spool.get(), *now, po, opts.use_index, path);
   if (!known.ok()) {
     return std::move(known).err();
   }
@@ -851,6 +854,8 @@ result<std::unique_ptr<store::maildrop>> open(const std::string& path, const opt
   if (known->save) {
     // A cache: failing to write it costs the next login a scan, nothing else.
     static_cast<void>(save_index(dir_fd.get(), names, known->index));
+  } else if (!opts.use_index) {
+    static_cast<void>(remove_index(dir_fd.get(), names));  // nothing may trust an old one
   }
   return std::unique_ptr<store::maildrop>(std::make_unique<mbox_drop>(
       path, base, opts, std::move(dir_fd), std::move(*session), std::move(spool),

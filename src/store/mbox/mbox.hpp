@@ -77,6 +77,9 @@ struct options {
   quoting from_quoting = quoting::mboxo;
   bool honour_content_length = false;
   bool use_x_uidl = true;  // an X-UIDL header (qpopper, UW) gives the UIDL when valid
+  // Keep the index file (.<name>.postern-index); false (location parameter INDEX=MEMORY)
+  // scans the whole file at every login, writes no index and removes one left behind.
+  bool use_index = true;
 };
 
 // Opens the mbox file at `path` (absolute), taking the session lock, recovering an
