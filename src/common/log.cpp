@@ -1,5 +1,6 @@
 #include "common/log.hpp"
 
+#include <pthread.h>
 #include <syslog.h>
 #include <time.h>
 #include <unistd.h>
@@ -46,6 +47,28 @@ void init(bool target_syslog, level min, const std::string& ident) {
   }
 }
 
+namespace {
+
+// The process id for stderr lines, read once per process instead of once per line: a fork()
+// child forgets it (pthread_atfork) and reads its own on its first line.
+std::atomic<pid_t> cached_pid{0};
+
+pid_t current_pid() noexcept {
+  static const bool registered = [] {
+    ::pthread_atfork(nullptr, nullptr, [] { cached_pid.store(0, std::memory_order_relaxed); });
+    return true;
+  }();
+  static_cast<void>(registered);
+  pid_t pid = cached_pid.load(std::memory_order_relaxed);
+  if (pid == 0) {
+    pid = ::getpid();
+    cached_pid.store(pid, std::memory_order_relaxed);
+  }
+  return pid;
+}
+
+}  // namespace
+
 bool enabled(level l) noexcept { return static_cast<int>(l) >= min_level.load(std::memory_order_relaxed); }
 
 void write(level l, std::string_view message) {
@@ -59,7 +82,7 @@ void write(level l, std::string_view message) {
   gmtime_r(&ts.tv_sec, &utc);
   auto line = fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z {}[{}]: {}: {}\n",
                           utc.tm_year + 1900, utc.tm_mon + 1, utc.tm_mday, utc.tm_hour, utc.tm_min,
-                          utc.tm_sec, ts.tv_nsec / 1000000, ident_name, getpid(), level_name(l),
+                          utc.tm_sec, ts.tv_nsec / 1000000, ident_name, current_pid(), level_name(l),
                           message);
   std::string_view rest = line;
   while (!rest.empty()) {

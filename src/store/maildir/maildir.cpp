@@ -1066,6 +1066,17 @@ class maildir_drop final : public maildrop {
                                       " marks for " + std::to_string(entries_.size()) +
                                       " messages");
     }
+    if (!needs_update(deleted)) {
+      // Nothing to remove or rename (the common QUIT of a session that only read mail that
+      // was already seen): no directory is opened.
+      committed_ = true;
+      commit_stats stats;
+      for (const entry& e : entries_) {
+        ++stats.left;
+        stats.left_bytes += e.size;
+      }
+      return stats;
+    }
     auto opened = open_maildir_dirs(path_);
     if (!opened.ok()) {
       error e = std::move(opened).err();
@@ -1196,6 +1207,24 @@ class maildir_drop final : public maildrop {
   }
 
  private:
+  // Whether commit has anything to do: a removal, or a kept message that must move to cur/
+  // or change its name there (the same test as commit's own loop below).
+  bool needs_update(std::span<const bool> deleted) const {
+    for (std::size_t i = 0; i < entries_.size(); ++i) {
+      if (deleted[i]) {
+        return true;
+      }
+      const entry& e = entries_[i];
+      if (e.in_new || e.name.find(':') == std::string_view::npos) {
+        return true;
+      }
+      if (e.retrieved && cur_name(e.name, true) != e.name) {
+        return true;
+      }
+    }
+    return false;
+  }
+
   // The directories opened for the commit in progress.
   dirs dir_fds() const noexcept { return dirs_ ? dirs_->view() : dirs{}; }
 

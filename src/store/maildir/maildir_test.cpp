@@ -1052,6 +1052,24 @@ TEST_F(maildir_index_test, change_right_after_a_listing_is_never_missed) {
   }
 }
 
+TEST_F(maildir_index_test, commit_with_nothing_to_change_touches_no_directory) {
+  put("cur/1.a:2,S", "a\n");
+  put("cur/2.b:2,", "bb\n");
+  auto drop = must_open();
+  ASSERT_TRUE(drop);
+  ASSERT_TRUE(drop->open_message(0, true).ok());  // already seen: its name stays
+  // The Maildir moves away after the listing: a commit that must open it would fail.
+  const fs::path moved = md_.string() + ".moved";
+  fs::rename(md_, moved);
+  auto r = commit(*drop, marks(2, {}));
+  fs::rename(moved, md_);
+  ASSERT_TRUE(r.ok()) << r.err().message();
+  EXPECT_EQ(r->deleted, 0u);
+  EXPECT_EQ(r->left, 2u);
+  EXPECT_EQ(r->left_bytes, 7u);
+  EXPECT_EQ(names_in("cur"), (std::vector<std::string>{"1.a:2,S", "2.b:2,"}));
+}
+
 TEST_F(maildir_index_test, commit_then_reopen_lists_what_is_left) {
   put("cur/1.a:2,", "a\n");
   put("new/2.b", "b\n");
