@@ -17,7 +17,10 @@
 #   --idle N        sessions held by the idle scenario, every server (1000)
 #   --idle-max N    sessions Postern is asked to hold once, at the end (50000; 0 skips)
 #   --only ROWS     comma-separated rows: session,tls-pop3s,tls-stls,retr-large,retr-cycle,
-#                   idle,bigbox-maildir,bigbox-mbox,idle-max
+#                   retr-cycle-pipelined,idle,bigbox-maildir,bigbox-mbox,idle-max
+#                   (retr-cycle fetches one message at a time; retr-cycle-pipelined keeps
+#                   16 RETRs outstanding where the server's CAPA lists PIPELINING, and
+#                   fetches one at a time from a server that does not, saying so)
 #   --servers LIST  comma-separated: postern,dovecot,popa3d,nowork (all; smoke: postern and
 #                   nowork).
 #                   nowork is `postern-bench serve`, a POP3 server that answers from memory
@@ -540,9 +543,11 @@ elif kind == "bigbox":
     v = ", ".join(f'{it["login_stat_ms"]:.0f}' for it in r["iterations"]) + " ms login+STAT"
 elif kind == "retr":
     v = f'{r["mb_per_s"]:.1f} MB/s'
+    if r.get("pipeline_requested", 1) > 1:
+        v += f', {r.get("pipeline_depth", 0)} outstanding'
 else:
     v = f'{r["per_s"]:.0f} sessions/s'
-print(f'    {row:<15} {srv:<8} {v}  errors {r["errors"]["total"]}')
+print(f'    {row:<20} {srv:<8} {v}  errors {r["errors"]["total"]}')
 EOF
 }
 
@@ -567,7 +572,7 @@ port_of() {
     nowork)
       case $row in
         retr-large) echo "$P_NOWORK_LARGE" ;;
-        retr-cycle) echo "$P_NOWORK_CYCLE" ;;
+        retr-cycle|retr-cycle-pipelined) echo "$P_NOWORK_CYCLE" ;;
         *) echo "$P_NOWORK_SESSION" ;;
       esac ;;
   esac
@@ -607,6 +612,7 @@ machine_baselines() {
     python3 "$HERE/baseline.py" "$C/maildir/bigbox/cur" "$C/mbox/bigbox")" >>"$RESULTS"
 }
 
+PIPELINE_DEPTH=16  # RETRs outstanding in the retr-cycle-pipelined row
 BIGBOX_ITERATIONS=4
 BIGBOX_DELETE=10
 BIGBOX_TIMEOUT=300  # Dovecot takes half a minute to index a 190 MB mbox the first time
@@ -659,12 +665,17 @@ run_row() {  # ROW SERVER ROUND
     tls-stls)
       bench "$row" "$srv" "$round" tls --mode stls --port "$port" --user 'user%d' \
         --users "$USERS" --password 'pw%d' --clients "$CLIENTS" ;;
-    retr-large|retr-cycle)
+    retr-large|retr-cycle|retr-cycle-pipelined)
       local box=${row#retr-} user pw=x
+      box=${box%-pipelined}
       user=$box
       [[ $srv == popa3d ]] && { user=pbench-$box; pw=$POPA3D_PW; }
       local how=(--message 1)
-      [[ $box == cycle ]] && how=(--cycle)
+      [[ $row == retr-cycle ]] && how=(--cycle)
+      # Up to 16 RETRs outstanding, as pipelining clients (mpop, fetchmail) keep them; a
+      # server whose CAPA lacks PIPELINING is fetched from one at a time, and the result's
+      # pipeline_depth says so.
+      [[ $row == retr-cycle-pipelined ]] && how=(--cycle --pipeline "$PIPELINE_DEPTH")
       bench "$row" "$srv" "$round" retr --port "$port" --user "$user" --password "$pw" \
         "${how[@]}" ;;
     idle)
@@ -700,7 +711,8 @@ meta["content"] = json.load(open(a[0]))
 print(json.dumps(meta))
 EOF
 
-ROWS=(session tls-pop3s tls-stls retr-large retr-cycle idle bigbox-maildir bigbox-mbox)
+ROWS=(session tls-pop3s tls-stls retr-large retr-cycle retr-cycle-pipelined idle bigbox-maildir
+  bigbox-mbox)
 log "servers: ${SERVERS[*]}; $ROUNDS round(s) of ${DURATION}s runs after ${WARMUP}s warm-up;" \
   "server CPU $SERVER_CPU, client CPU $CLIENT_CPU"
 for ((round = 1; round <= ROUNDS; round++)); do

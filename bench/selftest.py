@@ -35,7 +35,14 @@ CASES = {
     "after_quit": "data_after_quit",  # bytes after the QUIT reply
     "bad_status": "protocol",        # a status line that is neither +OK nor -ERR
     "auth": "auth",                  # PASS refused
+    # retr --pipeline: replies read in order while several RETRs are outstanding
+    "pipe_good": None,
+    "pipe_octets": "octet_mismatch",  # the third reply of a pipelined run claims 7 octets more
 }
+# Cases run as `retr --cycle --pipeline 4` against a server that advertises PIPELINING, with the
+# depth the run must report (a server without PIPELINING must be fetched from one at a time).
+PIPELINED = {"pipe_good": 4, "pipe_octets": 4, "pipe_refused": 1}
+CASES["pipe_refused"] = None  # no PIPELINING in CAPA: depth 1, still clean
 
 
 class Handler(socketserver.StreamRequestHandler):
@@ -46,12 +53,19 @@ class Handler(socketserver.StreamRequestHandler):
     def handle(self):
         mode = self.server.mode
         self.send(b"+OK fake ready\r\n")
+        retrs = 0
         for raw in self.rfile:
             cmd = raw.strip().split(b" ")[0].upper()
             if cmd == b"USER":
                 self.send(b"+OK\r\n")
             elif cmd == b"PASS":
                 self.send(b"-ERR [AUTH] no\r\n" if mode == "auth" else b"+OK\r\n")
+            elif cmd == b"CAPA":
+                self.send(b"+OK\r\nUSER\r\nUIDL\r\n"
+                          + (b"PIPELINING\r\n" if mode.startswith("pipe_") and mode != "pipe_refused" else b"")
+                          + b".\r\n")
+            elif cmd == b"LIST":
+                self.send(b"+OK\r\n1 %d\r\n2 %d\r\n.\r\n" % (len(MESSAGE), len(MESSAGE)))
             elif cmd == b"STAT":
                 self.send(b"+OK 2 %d\r\n" % (2 * len(MESSAGE)))
             elif cmd == b"UIDL":
@@ -59,7 +73,8 @@ class Handler(socketserver.StreamRequestHandler):
                 listing = b"1 uid-1\r\n" + (b"" if mode == "uidl_count" else b"2 " + second + b"\r\n")
                 self.send(b"+OK\r\n" + listing + b".\r\n")
             elif cmd == b"RETR":
-                size = len(MESSAGE) + (7 if mode == "octets" else 0)
+                retrs += 1
+                size = len(MESSAGE) + (7 if mode == "octets" or (mode == "pipe_octets" and retrs == 3) else 0)
                 body = stuffed(MESSAGE)
                 if mode == "bare_lf":
                     body = body.replace(b"line one\r\n", b"line one\n")
@@ -91,9 +106,13 @@ def main():
         server.mode = mode
         threading.Thread(target=server.serve_forever, daemon=True).start()
         port = server.server_address[1]
+        if mode in PIPELINED:
+            args = ["retr", "--cycle", "--pipeline", "4", "--count", "12"]
+        else:
+            args = ["session", "--count", "2"]
         proc = subprocess.run(
-            [bench, "session", "--port", str(port), "--clients", "1", "--count", "2",
-             "--warmup", "0", "--timeout", "5", "--output", "json"],
+            [bench] + args + ["--port", str(port), "--clients", "1", "--warmup", "0",
+                              "--timeout", "5", "--output", "json"],
             capture_output=True, text=True, timeout=60)
         server.shutdown()
         server.server_close()
@@ -109,6 +128,10 @@ def main():
             ok = errors["total"] == 0 and proc.returncode == 0
         else:
             ok = errors.get(expected, 0) > 0 and proc.returncode == 1
+        if mode in PIPELINED and result.get("pipeline_depth") != PIPELINED[mode]:
+            print(f"FAIL {mode}: pipeline depth {result.get('pipeline_depth')}, "
+                  f"expected {PIPELINED[mode]}")
+            ok = False
         print(f"{'ok  ' if ok else 'FAIL'} {mode}: expected {expected or 'no error'}, "
               f"got {errors} (exit {proc.returncode})")
         failures += 0 if ok else 1

@@ -58,6 +58,7 @@ struct options {
   double warmup_s = 1;
   double timeout_s = 10;
   std::uint64_t message = 1;  // retr: 0 cycles through every message
+  std::uint64_t pipeline = 1;  // retr: RETRs outstanding at once (above 1 only with PIPELINING)
   std::optional<int> cpu;
   unsigned source_ips = 0;  // 0: automatic (idle with many sessions)
   output_format format = output_format::text;
@@ -101,6 +102,9 @@ struct stats {
   std::uint64_t payload_octets = 0;  // RETR octets received in the window (unstuffed, CRLF)
   std::vector<std::string> warnings;  // the first few, with details
   std::uint64_t warnings_dropped = 0;
+  // retr: the most RETRs any client kept outstanding at once: --pipeline, or 1 when the server
+  // did not advertise PIPELINING to some client (0 until a client has logged in).
+  std::uint64_t pipeline_depth = 0;
   std::uint64_t error_total() const noexcept;
 };
 

@@ -2,6 +2,7 @@
 //
 //   postern-bench session --port 110 --user 'user%d' --users 64 --password secret --clients 32
 //   postern-bench retr    --port 110 --user big --message 1 --duration 5
+//   postern-bench retr    --port 110 --user cycle --cycle --pipeline 16
 //   postern-bench idle    --port 110 --user 'idle%d' --users 1000 --clients 1000 --server-pid 42
 //   postern-bench bigbox  --port 110 --user huge --count 3 --delete-last 10
 //   postern-bench tls     --mode stls --port 110 ...
@@ -82,6 +83,11 @@ int main(int argc, char** argv) {
   retr->add_option("-m,--message", o.message, "message number to RETR; 0 cycles through all")
       ->capture_default_str();
   retr->add_flag_callback("--cycle", [&o] { o.message = 0; }, "same as --message 0");
+  retr->add_option("--pipeline", o.pipeline,
+                   "RETRs each client keeps outstanding (RFC 2449 PIPELINING); only when the "
+                   "server's CAPA lists PIPELINING, else one at a time")
+      ->capture_default_str()
+      ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1024}));
   auto* idle = app.add_subcommand(
       "idle", "open --clients authenticated sessions and hold them; server PSS per session");
   idle->add_option("--server-pid", o.server_pid, "read this process's PSS before and after");

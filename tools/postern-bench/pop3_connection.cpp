@@ -17,6 +17,7 @@ namespace postern::bench {
 namespace {
 
 constexpr auto use_tuple = asio::experimental::as_tuple(asio::use_awaitable);
+constexpr std::string_view capa_wire = "CAPA\r\n";
 
 constexpr std::array<std::string_view, fault_count> fault_names = {
     "none",         "connect_refused", "connect",        "timeout",         "eof",
@@ -363,14 +364,17 @@ asio::awaitable<bool> pop3_connection::read_status() {
   }
 }
 
-asio::awaitable<bool> pop3_connection::command(std::string_view wire, fault on_err) {
+asio::awaitable<bool> pop3_connection::send(std::string_view wire) {
   if (const send_status sent = send_now(wire); sent == send_status::failed) {
     co_return false;
   } else if (sent == send_status::partial) {
-    if (const bool ok = co_await send_rest(wire); !ok) {
-      co_return false;
-    }
+    const bool ok = co_await send_rest(wire);
+    co_return ok;
   }
+  co_return true;
+}
+
+asio::awaitable<bool> pop3_connection::reply(fault on_err) {
   for (;;) {
     std::string_view line;
     const line_status got = take_line(line);
@@ -391,6 +395,50 @@ asio::awaitable<bool> pop3_connection::command(std::string_view wire, fault on_e
     co_return fail(fault_of_error_reply(status_, on_err));
   }
   co_return true;
+}
+
+asio::awaitable<bool> pop3_connection::command(std::string_view wire, fault on_err) {
+  if (const bool ok = co_await send(wire); !ok) {
+    co_return false;
+  }
+  const bool ok = co_await reply(on_err);
+  co_return ok;
+}
+
+asio::awaitable<bool> pop3_connection::capa(bool& pipelining) {
+  pipelining = false;
+  if (const bool ok = co_await send(capa_wire); !ok) {
+    co_return false;
+  }
+  if (const bool ok = co_await read_status(); !ok) {
+    co_return false;
+  }
+  if (!ok_) {
+    co_return true;  // no RFC 2449: nothing advertised
+  }
+  for (;;) {
+    std::string_view line;
+    const line_status got = take_line(line);
+    if (got == line_status::bad) {
+      co_return false;
+    }
+    if (got == line_status::need_more) {
+      if (const bool ok = co_await fill(); !ok) {
+        co_return false;
+      }
+      continue;
+    }
+    if (!line.empty() && line[0] == '.') {
+      if (line.size() == 1) {
+        co_return true;
+      }
+      line.remove_prefix(1);
+    }
+    // RFC 2449 section 6: a capability is a tag, optionally followed by parameters.
+    if (iequals(line.substr(0, std::min(line.find(' '), line.size())), "PIPELINING")) {
+      pipelining = true;
+    }
+  }
 }
 
 bool pop3_connection::status_number(std::uint64_t& out, std::size_t index) const noexcept {

@@ -186,6 +186,14 @@ class pop3_connection {
   asio::awaitable<bool> command(const command_line& c, fault on_err) {
     return command(c.wire(), on_err);
   }
+  // The two halves of command(), for pipelining (RFC 2449 section 6.6): send() writes one or
+  // more whole commands without waiting for anything; reply() reads the next status line and
+  // fails on -ERR like command() does. Replies come back in the order the commands were sent.
+  asio::awaitable<bool> send(std::string_view wire);
+  asio::awaitable<bool> reply(fault on_err);
+  // Sends CAPA and reads the capability list; `pipelining` tells whether it names PIPELINING.
+  // A -ERR reply (a server without RFC 2449) is no failure: it advertises nothing.
+  asio::awaitable<bool> capa(bool& pipelining);
   // Reads a multi-line body up to the terminating ".CRLF", unstuffing and counting it.
   asio::awaitable<bool> read_body(body_result& out, octet_sink sink);
   // Reads a LIST (with_uid false) or UIDL listing into out, checking every line's syntax.

@@ -103,6 +103,17 @@ void print_text(const options& o, const result& r) {
                  per_second(megabytes(static_cast<double>(st.payload_octets)), r.window_s));
     }
   }
+  if (o.kind == scenario::retr && o.pipeline > 1 && st.pipeline_depth > 0) {
+    if (st.pipeline_depth >= o.pipeline) {
+      fmt::print("  pipeline    {} RETRs outstanding per client (latency: each reply's own "
+                 "wait, from its sending or the previous reply's end)\n",
+                 o.pipeline);
+    } else {
+      fmt::print("  pipeline    none: {} requested, but the server does not advertise "
+                 "PIPELINING, so one RETR at a time\n",
+                 o.pipeline);
+    }
+  }
   if (r.idle) {
     const idle_result& i = *r.idle;
     fmt::print("  sessions    {} requested, {} authenticated in {:.2f} s ({:.0f}/s), {} still "
@@ -194,7 +205,8 @@ void print_json(const options& o, const result& r) {
   j += fmt::format(",\"clients\":{},\"users\":{},\"warmup_s\":{},\"window_s\":{}", r.clients,
                    r.users, num(o.warmup_s, 3), num(r.window_s, 4));
   if (o.kind == scenario::retr) {
-    j += fmt::format(",\"message\":{}", o.message);
+    j += fmt::format(",\"message\":{},\"pipeline_requested\":{},\"pipeline_depth\":{}",
+                     o.message, o.pipeline, st.pipeline_depth);
   }
   const double mb = megabytes(static_cast<double>(st.payload_octets));
   j += fmt::format(",\"completed\":{},\"per_s\":{},\"payload_octets\":{},\"mb_per_s\":{}",

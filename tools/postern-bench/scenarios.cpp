@@ -220,18 +220,15 @@ asio::awaitable<bool> quit(client_env& e, pop3_connection& c, session_trace& tra
   co_return ok;
 }
 
-// RETR n, checking the octets against the status line and, when known, the LIST size.
-// t comes in as the start of the RETR and goes out as its end. Returns false with a fault on
-// I/O or reply failures; a size disagreement is counted here (with details) and sets `clean`
-// to false, and the session goes on.
-asio::awaitable<bool> retrieve(client_env& e, stats& st, pop3_connection& c, std::uint64_t n,
-                               const std::uint64_t* listed, session_trace& trace, bool& clean,
-                               bench_clock::time_point& t) {
-  char buf[32];
-  const std::string_view command = numbered_command(buf, "RETR", n);
-  trace.step = "RETR";
-  c.arm(t, e.run.timeout());
-  if (const bool ok = co_await c.command(command, fault::err_reply); !ok) {
+// Reads the reply to a RETR n already sent, checking the octets against the status line and,
+// when known, the LIST size. Records op::retr from `since` and leaves the end in `end`.
+// Returns false with a fault on I/O or reply failures; a size disagreement is counted here
+// (with details) and sets `clean` to false, and the session goes on.
+asio::awaitable<bool> receive_retr(client_env& e, stats& st, pop3_connection& c, std::uint64_t n,
+                                   const std::uint64_t* listed, session_trace& trace,
+                                   bool& clean, bench_clock::time_point since,
+                                   bench_clock::time_point& end) {
+  if (const bool ok = co_await c.reply(fault::err_reply); !ok) {
     co_return false;
   }
   std::uint64_t declared = 0;
@@ -240,9 +237,8 @@ asio::awaitable<bool> retrieve(client_env& e, stats& st, pop3_connection& c, std
   if (const bool ok = co_await c.read_body(body, e.payload_sink(st)); !ok) {
     co_return false;
   }
-  const auto end = bench_clock::now();
-  e.run.record(op::retr, t, end);
-  t = end;
+  end = bench_clock::now();
+  e.run.record(op::retr, since, end);
   if (body.bare_lf) {
     clean = false;
     e.run.count_error(fault::bare_lf, fmt::format("{} RETR {}: a line ended in a bare LF",
@@ -260,6 +256,26 @@ asio::awaitable<bool> retrieve(client_env& e, stats& st, pop3_connection& c, std
                       fmt::format("{} RETR {}: LIST said {} octets, RETR sent {}", trace.user,
                                   n, *listed, body.octets));
   }
+  co_return true;
+}
+
+// RETR n and its reply, checked as receive_retr() says. t comes in as the start of the RETR
+// and goes out as its end.
+asio::awaitable<bool> retrieve(client_env& e, stats& st, pop3_connection& c, std::uint64_t n,
+                               const std::uint64_t* listed, session_trace& trace, bool& clean,
+                               bench_clock::time_point& t) {
+  char buf[32];
+  const std::string_view command = numbered_command(buf, "RETR", n);
+  trace.step = "RETR";
+  c.arm(t, e.run.timeout());
+  if (const bool ok = co_await c.send(command); !ok) {
+    co_return false;
+  }
+  bench_clock::time_point end;
+  if (const bool ok = co_await receive_retr(e, st, c, n, listed, trace, clean, t, end); !ok) {
+    co_return false;
+  }
+  t = end;
   co_return true;
 }
 
@@ -353,6 +369,99 @@ asio::awaitable<void> session_client(client_env& e, stats& st, std::uint64_t ind
 // ---------------------------------------------------------------------------------------------
 // retr: clients log in once and RETR one message, or every message in turn, until the end.
 
+// The message a retr client fetches next: --message, or the next in turn when cycling.
+const listing::entry& next_message(const options& o, const listing& sizes, std::size_t& next) {
+  if (o.message != 0) {
+    return sizes[o.message - 1];
+  }
+  if (next == sizes.size()) {
+    next = 0;
+  }
+  return sizes[next++];
+}
+
+// RETRs with up to `depth` outstanding (RFC 2449 section 6.6), until the run stops new work;
+// then the replies still due are read. Replies are taken strictly in the order the commands
+// went out, each checked like a lone one. Every refill of the window is one send.
+// A RETR's latency runs from the later of its sending and the end of the reply before it
+// until the end of its own reply: the time the client waited for that reply alone, so at
+// depth 1 it is the round trip and with a full pipeline the time between two completions.
+// t comes in as the end of the previous operation and goes out as the end of the last reply.
+asio::awaitable<bool> retr_pipelined(client_env& e, stats& st, pop3_connection& c,
+                                     const listing& sizes, std::size_t& next, std::size_t depth,
+                                     session_trace& trace, bool& clean,
+                                     bench_clock::time_point& t) {
+  struct in_flight {
+    const listing::entry* message = nullptr;
+    bench_clock::time_point sent;
+  };
+  std::vector<in_flight> ring(depth);  // oldest at head
+  std::size_t head = 0;
+  std::size_t outstanding = 0;
+  std::string batch;
+  batch.reserve(depth * 32);
+  for (;;) {
+    if (outstanding < depth && e.run.may_start()) {
+      batch.clear();
+      const auto now = bench_clock::now();
+      while (outstanding < depth && e.run.may_start()) {
+        const listing::entry& m = next_message(e.o, sizes, next);
+        char buf[32];
+        batch += numbered_command(buf, "RETR", m.number);
+        ring[(head + outstanding) % depth] = {&m, now};
+        ++outstanding;
+      }
+      trace.step = "RETR (pipelined)";
+      c.arm(now, e.run.timeout());
+      if (const bool ok = co_await c.send(batch); !ok) {
+        co_return false;
+      }
+    }
+    if (outstanding == 0) {
+      co_return true;
+    }
+    const in_flight f = ring[head];
+    head = (head + 1) % depth;
+    --outstanding;
+    const auto since = std::max(f.sent, t);
+    trace.step = "RETR (pipelined)";
+    c.arm(since, e.run.timeout());
+    bench_clock::time_point end;
+    if (const bool ok = co_await receive_retr(e, st, c, f.message->number, &f.message->size,
+                                              trace, clean, since, end);
+        !ok) {
+      co_return false;
+    }
+    t = end;
+    e.run.complete_unit();
+  }
+}
+
+// How many RETRs a retr client may keep outstanding: --pipeline when the server's CAPA lists
+// PIPELINING, else 1 (said once per run in a warning). Sends CAPA only when --pipeline > 1.
+asio::awaitable<bool> pipeline_depth(client_env& e, stats& st, pop3_connection& c,
+                                     session_trace& trace, bench_clock::time_point t,
+                                     std::size_t& depth) {
+  depth = 1;
+  if (e.o.pipeline > 1) {
+    trace.step = "CAPA";
+    c.arm(t, e.run.timeout());
+    bool pipelining = false;
+    if (const bool ok = co_await c.capa(pipelining); !ok) {
+      co_return false;
+    }
+    if (pipelining) {
+      depth = static_cast<std::size_t>(e.o.pipeline);
+    } else if (st.pipeline_depth != 1) {
+      e.run.warn(fmt::format("the server's CAPA does not list PIPELINING: one RETR at a time, "
+                             "not {}",
+                             e.o.pipeline));
+    }
+  }
+  st.pipeline_depth = st.pipeline_depth == 0 ? depth : std::min<std::uint64_t>(st.pipeline_depth, depth);
+  co_return true;
+}
+
 asio::awaitable<void> retr_client(client_env& e, stats& st, std::uint64_t index) {
   auto ex = co_await asio::this_coro::executor;
   listing sizes;
@@ -395,16 +504,24 @@ asio::awaitable<void> retr_client(client_env& e, stats& st, std::uint64_t index)
           c.fail(fault::empty_maildrop);
           break;
         }
+        std::size_t depth = 1;
+        if (const bool ok = co_await pipeline_depth(e, st, c, trace, t, depth); !ok) {
+          break;
+        }
         // Cycling clients start spread over the maildrop.
         std::size_t next =
             e.o.message == 0 ? static_cast<std::size_t>(index * sizes.size() / e.clients) : 0;
         bool clean = true;
         bool broken = false;
-        while (e.run.may_start()) {
-          if (next == sizes.size()) {
-            next = 0;
+        if (depth > 1) {
+          if (const bool ok =
+                  co_await retr_pipelined(e, st, c, sizes, next, depth, trace, clean, t);
+              !ok) {
+            broken = true;
           }
-          const listing::entry& m = e.o.message == 0 ? sizes[next++] : sizes[e.o.message - 1];
+        }
+        while (!broken && e.run.may_start()) {
+          const listing::entry& m = next_message(e.o, sizes, next);
           if (const bool ok = co_await retrieve(e, st, c, m.number, &m.size, trace, clean, t);
               !ok) {
             broken = true;
