@@ -595,6 +595,9 @@ reset_bigbox_maildir() {
 reset_bigbox_mbox() {
   case $1 in
     postern)
+      # A first login must find no index (the last round's would describe a prefix of the
+      # fresh copy, and Postern would rightly scan only the rest).
+      rm -f "$RUN/postern/mbox/.bigmbox.postern-index"
       cp "$C/mbox/bigbox" "$RUN/postern/mbox/bigmbox"
       own "$RUN/postern/mbox" ;;
     dovecot)
