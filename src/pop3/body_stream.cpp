@@ -1,5 +1,7 @@
 #include "pop3/body_stream.hpp"
 
+#include "pop3/mapped_access.hpp"
+
 #include <algorithm>
 #include <cstring>
 
@@ -82,16 +84,43 @@ result<body_stream::status> body_stream::fill() {
     if (want == 0) {
       break;
     }
-    auto n = reader_.read(std::span<char>(b.in_, want));
-    if (!n) {
-      return std::move(n).err();
+    std::size_t written = 0;
+    if (source_ == source::maybe_mapped || source_ == source::mapped) {
+      auto view = reader_.map_next(want);
+      if (!view) {
+        return std::move(view).err();
+      }
+      if (!*view) {
+        source_ = source::reads;  // no mapping: read as before
+        continue;
+      }
+      source_ = source::mapped;
+      const std::span<const char> bytes = **view;
+      if (bytes.empty()) {
+        finished_ = true;
+        break;
+      }
+      const mapped_access guard(bytes.data(), bytes.size());
+      written = encoder_.encode_to(std::string_view(bytes.data(), std::min(bytes.size(), want)),
+                                   b.out_ + b.out_len_);
+      if (guard.faulted()) {
+        return error(errc::temporary, "message file shrank while it was being sent");
+      }
+    } else {
+      auto n = reader_.read(std::span<char>(b.in_, want));
+      if (!n) {
+        return std::move(n).err();
+      }
+      if (*n == 0) {
+        finished_ = true;
+        break;
+      }
+      if (source_ == source::first_read) {
+        source_ = *n >= want ? source::maybe_mapped : source::reads;
+      }
+      written =
+          encoder_.encode_to(std::string_view(b.in_, std::min(*n, want)), b.out_ + b.out_len_);
     }
-    if (*n == 0) {
-      finished_ = true;
-      break;
-    }
-    const std::size_t written =
-        encoder_.encode_to(std::string_view(b.in_, std::min(*n, want)), b.out_ + b.out_len_);
     b.out_len_ += written;
     body_octets_ += written;
     if (encoder_.is_done()) {

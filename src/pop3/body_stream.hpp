@@ -130,6 +130,9 @@ class body_stream {
   dot_encoder encoder_;
   std::uint64_t body_octets_ = 0;
   bool finished_ = false;
+  // How the stored bytes come: decided after the first read, which, when it fills a whole
+  // read, asks the reader for a mapping (message_reader::map_next).
+  enum class source { first_read, maybe_mapped, mapped, reads } source_ = source::first_read;
 };
 
 }  // namespace postern::pop3

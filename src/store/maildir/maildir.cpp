@@ -3,6 +3,7 @@
 #include "common/parse.hpp"
 #include "common/unique_fd.hpp"
 #include "store/maildir/index.hpp"
+#include "store/mapped_file.hpp"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -964,6 +965,7 @@ class file_reader final : public message_reader {
     for (;;) {
       const ssize_t n = ::read(fd_.get(), buf.data(), buf.size());
       if (n >= 0) {
+        pos_ += static_cast<std::uint64_t>(n);
         return static_cast<std::size_t>(n);
       }
       const int err = errno;
@@ -973,9 +975,32 @@ class file_reader final : public message_reader {
     }
   }
 
+  // Maps the rest of the file, from where read() stopped to its size now, when it is large.
+  result<std::optional<std::span<const char>>> map_next(std::size_t max) override {
+    if (!map_tried_) {
+      map_tried_ = true;
+      struct stat st{};
+      if (::fstat(fd_.get(), &st) != 0) {
+        const int err = errno;
+        return error::from_errno(err, "maildir: stat " + name_);
+      }
+      const auto size = static_cast<std::uint64_t>(st.st_size);
+      if (size > pos_) {
+        map_ = mapped_file::map(fd_.get(), pos_, size - pos_);
+      }
+    }
+    if (!map_) {
+      return std::optional<std::span<const char>>{};
+    }
+    return std::optional<std::span<const char>>(map_->next(max));
+  }
+
  private:
   unique_fd fd_;
   std::string name_;  // relative path, for error context
+  std::uint64_t pos_ = 0;  // bytes read()
+  bool map_tried_ = false;
+  std::unique_ptr<mapped_file> map_;
 };
 
 // The Maildir's root, cur/ and new/ opened for one piece of work (the listing at open, a
