@@ -678,7 +678,7 @@ asio::awaitable<void> session_runner::retrieve() {
   engine_.retrieve_started(true);
   // The status line, the body and the terminator of a small message go out in one
   // write, together with the replies held before it (pipelining); a large one streams in
-  // blocks of stream_buffer::read_size().
+  // blocks of stream_buffer::batch_size().
   pop3::stream_buffer_pool::lease lease =
       held_ ? std::move(*held_) : thread_stream_buffers().acquire();
   held_.reset();
@@ -715,7 +715,7 @@ asio::awaitable<void> session_runner::retrieve() {
     // A whole reply that leaves room in the buffer waits for the next pipelined command's,
     // when that command is already here.
     if (*filled == pop3::body_stream::status::finished && engine_.has_buffered_line() &&
-        sb.output().size() < sb.read_size()) {
+        sb.output().size() < sb.batch_size()) {
       held_.emplace(std::move(lease));
       break;
     }
