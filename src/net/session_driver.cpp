@@ -226,6 +226,8 @@ class session_runner {
                      std::min<std::chrono::milliseconds>(env_.idle_timeout, std::chrono::seconds(60));
   }
   asio::awaitable<bool> flush();
+  // Sends the held replies (see held_), if any; false when the write failed.
+  asio::awaitable<bool> send_held();
   asio::awaitable<void> failure_delay();
 
   asio::awaitable<void> read_input();
@@ -270,6 +272,10 @@ class session_runner {
   std::error_code ec_;
   bool running_ = true;
   std::unique_ptr<open_outcome> prefetched_;  // set by after_verify, taken by open_maildrop
+  // Whole replies of pipelined RETR/TOP not sent yet: while the client's next command is
+  // already buffered, small replies gather here and go out in one write. Held only between
+  // steps of the engine, never while the session waits for anything.
+  std::optional<pop3::stream_buffer_pool::lease> held_;
 };
 
 // The engine's options for this connection. Not a coroutine, so its temporaries take no room
@@ -315,7 +321,28 @@ session_runner::session_runner(std::shared_ptr<session_control> ctl, const sessi
   }
 }
 
+asio::awaitable<bool> session_runner::send_held() {
+  if (!held_) {
+    co_return true;
+  }
+  // Moved out first: the buffer goes back to the pool however the write ends.
+  pop3::stream_buffer_pool::lease lease = std::move(*held_);
+  held_.reset();
+  pop3::stream_buffer& sb = lease.get();
+  // The engine's replies follow the held ones; they join the same write when they fit.
+  if (!engine_.output().empty() && sb.append(engine_.output())) {
+    engine_.output().clear();
+  }
+  touch();
+  co_await ctl_->stream->write_all(asio::buffer(sb.output().data(), sb.output().size()), ec_);
+  sb.clear_output();
+  co_return !ec_;
+}
+
 asio::awaitable<bool> session_runner::flush() {
+  if (const bool sent = co_await send_held(); !sent) {
+    co_return false;
+  }
   if (engine_.output().empty()) {
     co_return true;
   }
@@ -341,7 +368,17 @@ asio::awaitable<void> session_runner::failure_delay() {
 // miscompiles `if (!co_await f())` in Asio coroutines (a garbage frame, SIGILL/SIGSEGV).
 asio::awaitable<void> session_runner::run() {
   while (running_) {
-    switch (engine_.next()) {
+    const pop3::step next = engine_.next();
+    // Held replies wait only for the next RETR/TOP; every other request, which may take a
+    // while or need the client's answer, sends them first (need_input and close flush).
+    if (held_ && next != pop3::step::retrieve && next != pop3::step::need_input &&
+        next != pop3::step::close) {
+      if (const bool sent = co_await send_held(); !sent) {
+        running_ = false;
+        break;
+      }
+    }
+    switch (next) {
       case pop3::step::need_input:
         co_await read_input();
         break;
@@ -640,14 +677,30 @@ asio::awaitable<void> session_runner::retrieve() {
   }
   engine_.retrieve_started(true);
   // The status line, the body and the terminator of a small message go out in one
-  // write; a large one streams in blocks of stream_buffer::read_size().
-  pop3::stream_buffer_pool::lease lease = thread_stream_buffers().acquire();
+  // write, together with the replies held before it (pipelining); a large one streams in
+  // blocks of stream_buffer::batch_size().
+  pop3::stream_buffer_pool::lease lease =
+      held_ ? std::move(*held_) : thread_stream_buffers().acquire();
+  held_.reset();
   pop3::stream_buffer& sb = lease.get();
   if (sb.append(engine_.output())) {
     engine_.output().clear();
-  } else if (const bool flushed = co_await flush(); !flushed) {
-    running_ = false;
-    co_return;
+  } else {
+    if (!sb.output().empty()) {  // held replies first: they precede the engine's
+      touch();
+      co_await ctl_->stream->write_all(asio::buffer(sb.output().data(), sb.output().size()), ec_);
+      sb.clear_output();
+      if (ec_) {
+        running_ = false;
+        co_return;
+      }
+    }
+    if (sb.append(engine_.output())) {
+      engine_.output().clear();
+    } else if (const bool flushed = co_await flush(); !flushed) {
+      running_ = false;
+      co_return;
+    }
   }
   pop3::body_stream body(**reader, sb, engine_.retrieve_top_lines());
   bool ok = true;
@@ -657,6 +710,13 @@ asio::awaitable<void> session_runner::retrieve() {
       log::error("read failed mid-message: user=<{}>, session=<{}>, msg={}, error={}",
                  log::safe(user_), id_, engine_.retrieve_index() + 1, filled.err().message());
       ok = false;
+      break;
+    }
+    // A whole reply that leaves room in the buffer waits for the next pipelined command's,
+    // when that command is already here.
+    if (*filled == pop3::body_stream::status::finished && engine_.has_buffered_line() &&
+        sb.output().size() < sb.batch_size()) {
+      held_.emplace(std::move(lease));
       break;
     }
     touch();
@@ -748,6 +808,7 @@ asio::awaitable<void> session_runner::xmit() {
 }
 
 void session_runner::finish() {
+  held_.reset();  // unsent replies of a session that ends on an error
   ctl_->done = true;
   ctl_->timer.cancel();
   if (ctl_->timed_out) {

@@ -5,7 +5,8 @@
 // area, where the dot_encoder writes the wire form after whatever replies were already pending
 // (the "+OK n octets" line). The driver writes output() whenever fill() returns, so a small
 // message goes out as one write (status line, body and terminator) and a large one in blocks
-// of about read_size() bytes. The buffer holds no per-message state and is reused from reply
+// of about batch_size() bytes: several reads' worth, since fewer, larger socket writes cost
+// markedly less per byte. The buffer holds no per-message state and is reused from reply
 // to reply (the driver keeps a few per I/O thread). Not thread-safe.
 #pragma once
 
@@ -27,13 +28,17 @@ namespace postern::pop3 {
 class stream_buffer {
  public:
   static constexpr std::size_t default_read_size = 128 * 1024;
+  static constexpr std::size_t default_batch_size = 512 * 1024;
 
-  // read_size: the largest single read (at least 16). The output area holds twice that, the
-  // worst-case growth of encoding one read, so a read of at least half of read_size always
-  // fits after less than read_size bytes of pending output.
-  explicit stream_buffer(std::size_t read_size = default_read_size);
+  // read_size: the largest single read (at least 16). batch_size: fill() returns once the
+  // output holds that much (0 or less than read_size: read_size). The output area holds
+  // batch_size plus twice read_size, the worst-case growth of encoding one read, so a read of
+  // at least half of read_size always fits after less than batch_size bytes of pending
+  // output.
+  explicit stream_buffer(std::size_t read_size = default_read_size, std::size_t batch_size = 0);
 
   std::size_t read_size() const noexcept { return read_size_; }
+  std::size_t batch_size() const noexcept { return batch_size_; }
   std::size_t output_capacity() const noexcept { return out_cap_; }
 
   // The bytes ready to send. Valid until the next call of a non-const member.
@@ -48,6 +53,7 @@ class stream_buffer {
   friend class body_stream;
 
   std::size_t read_size_;
+  std::size_t batch_size_;
   std::size_t out_cap_;
   std::unique_ptr<char[]> storage_;
   char* in_;
@@ -65,11 +71,13 @@ class stream_buffer_pool {
   static constexpr std::size_t default_kept = 2;
   static constexpr std::size_t default_small_read_size = 16 * 1024;
 
-  // small_read_size must differ from large_read_size.
+  // small_read_size must differ from large_read_size. Large buffers write in batches of
+  // large_batch_size, small ones of their read size.
   explicit stream_buffer_pool(std::size_t large_read_size = stream_buffer::default_read_size,
                               std::size_t small_read_size = default_small_read_size,
                               std::size_t max_large = default_max_large,
-                              std::size_t kept = default_kept);
+                              std::size_t kept = default_kept,
+                              std::size_t large_batch_size = stream_buffer::default_batch_size);
 
   class lease {
    public:
@@ -97,6 +105,7 @@ class stream_buffer_pool {
   void give_back(std::unique_ptr<stream_buffer> b) noexcept;
 
   std::size_t large_read_size_;
+  std::size_t large_batch_size_;
   std::size_t small_read_size_;
   std::size_t max_large_;
   std::size_t kept_;
@@ -116,7 +125,7 @@ class body_stream {
   body_stream(store::message_reader& reader, stream_buffer& buffer,
               std::optional<std::uint64_t> body_lines = std::nullopt) noexcept;
 
-  // Reads and encodes until the output holds at least read_size() bytes, the message ends or
+  // Reads and encodes until the output holds at least batch_size() bytes, the message ends or
   // TOP has its lines; at the end it appends the terminator. A read error means the reply
   // cannot be completed: the caller must drop the connection.
   [[nodiscard]] result<status> fill();
@@ -130,6 +139,9 @@ class body_stream {
   dot_encoder encoder_;
   std::uint64_t body_octets_ = 0;
   bool finished_ = false;
+  // How the stored bytes come: decided after the first read, which, when it fills a whole
+  // read, asks the reader for a mapping (message_reader::map_next).
+  enum class source { first_read, maybe_mapped, mapped, reads } source_ = source::first_read;
 };
 
 }  // namespace postern::pop3

@@ -140,6 +140,26 @@ TEST(body_stream, dot_and_crlf_on_every_read_boundary) {
   }
 }
 
+TEST(body_stream, batches_several_reads_into_one_write) {
+  const std::string msg = sample_message(200000);
+  for (std::size_t max_read : {SIZE_MAX, std::size_t{1000}, std::size_t{77}}) {
+    stream_buffer buf(1024, 8192);
+    EXPECT_EQ(buf.batch_size(), 8192u);
+    ASSERT_TRUE(buf.append("+OK\r\n"));
+    fake_reader reader(msg, max_read);
+    auto writes = stream(buf, reader, std::nullopt);
+    EXPECT_EQ(joined(writes), "+OK\r\n" + reference(msg, std::nullopt)) << max_read;
+    ASSERT_GE(writes.size(), 2u);
+    for (std::size_t i = 0; i + 1 < writes.size(); ++i) {
+      EXPECT_GE(writes[i].size(), 8192u);
+      EXPECT_LE(writes[i].size(), buf.output_capacity());
+    }
+    EXPECT_GT(reader.reads(), writes.size());  // reads of at most 1 KiB, writes of 8 KiB
+  }
+  EXPECT_EQ(stream_buffer(1024).batch_size(), 1024u);  // by default one read per write
+  EXPECT_EQ(stream_buffer(1024, 16).batch_size(), 1024u);
+}
+
 TEST(body_stream, top_stops_reading_after_its_lines) {
   const std::string msg = sample_message(10000);
   for (std::uint64_t lines : {0u, 1u, 3u, 50u}) {

@@ -98,6 +98,12 @@ class session {
   std::string take_unprocessed_input();
   void feed_eof() noexcept { eof_ = true; }
   step next();
+  // True when the input already holds the end of a line not yet processed: next() will act
+  // on it without waiting for the client. The driver uses it to gather the replies of
+  // pipelined commands into fewer writes.
+  bool has_buffered_line() const noexcept {
+    return in_.find('\n', in_pos_) != std::string::npos;
+  }
 
   session_state state() const noexcept { return state_; }
   const session_stats& stats() const noexcept { return stats_; }

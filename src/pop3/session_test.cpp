@@ -320,6 +320,26 @@ TEST_F(logged_in, pipelined_commands_answered_in_order) {
   EXPECT_NE(whole.find("+OK Message 1 deleted.\r\n+OK\r\n+OK Logging out.\r\n"), std::string::npos);
 }
 
+TEST_F(logged_in, has_buffered_line_tells_whether_a_command_is_waiting) {
+  EXPECT_FALSE(d.s.has_buffered_line());
+  d.s.feed("RETR 1\r\nRETR 2\r\nNO");
+  EXPECT_TRUE(d.s.has_buffered_line());
+  ASSERT_EQ(d.s.next(), step::retrieve);
+  EXPECT_TRUE(d.s.has_buffered_line());  // RETR 2 is complete
+  d.s.retrieve_started(true);
+  d.s.retrieve_done(0);
+  d.s.output().clear();
+  ASSERT_EQ(d.s.next(), step::retrieve);
+  EXPECT_FALSE(d.s.has_buffered_line());  // only "NO" left: the client must send more
+  d.s.retrieve_started(true);
+  d.s.retrieve_done(0);
+  EXPECT_EQ(d.s.next(), step::need_input);
+  d.s.feed("OP\n");
+  EXPECT_TRUE(d.s.has_buffered_line());
+  EXPECT_EQ(d.s.next(), step::need_input);
+  EXPECT_FALSE(d.s.has_buffered_line());
+}
+
 TEST(session, commands_in_wrong_state) {
   fake_driver d;
   d.run();

@@ -15,6 +15,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -39,6 +40,18 @@ class message_reader {
   // be streamed further: the caller must drop the connection (a partial reply cannot be
   // taken back).
   virtual result<std::size_t> read(std::span<char> buf) = 0;
+
+  // Optional path without a copy, for large messages: the next up to `max` bytes as a view
+  // into a read-only mapping of the stored file, valid until the next call on the reader or
+  // its end; it advances the reader like read(). An empty view: end of message. nullopt: no
+  // mapping (the default, and for small messages); use read(). It answers nullopt on the
+  // first call or never, so a caller asks once and then keeps to one path. The mapped bytes
+  // fault (SIGBUS) if the file is truncated meanwhile: touch them only inside a
+  // pop3::mapped_access scope, and treat a fault like a read error.
+  virtual result<std::optional<std::span<const char>>> map_next(std::size_t max) {
+    (void)max;
+    return std::optional<std::span<const char>>{};
+  }
 };
 
 // What happened at commit, for the session's log line.

@@ -3,6 +3,7 @@
 #include "common/parse.hpp"
 #include "common/unique_fd.hpp"
 #include "store/maildir/index.hpp"
+#include "store/mapped_file.hpp"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -315,9 +316,10 @@ result<base_index> index_by_base(const dirs& d) {
 }
 
 // Opens a message file (`path`, relative to `dir_fd`) for reading and checks it is (still) a
-// regular file. `in_new` and `name` say which message it is, for error context.
+// regular file. `in_new` and `name` say which message it is, for error context. `size`, when
+// given, receives the file's size.
 result<unique_fd> open_message_file(int dir_fd, const char* path, bool in_new,
-                                    std::string_view name) {
+                                    std::string_view name, std::uint64_t* size = nullptr) {
   auto fd = open_at(dir_fd, path, message_open_flags, 0, relative_path(in_new, name));
   if (!fd.ok()) {
     return fd;
@@ -330,6 +332,9 @@ result<unique_fd> open_message_file(int dir_fd, const char* path, bool in_new,
   if (!S_ISREG(st.st_mode)) {
     return error(errc::temporary,
                  "maildir: " + relative_path(in_new, name) + " is not a regular file");
+  }
+  if (size != nullptr) {
+    *size = static_cast<std::uint64_t>(st.st_size);
   }
   return fd;
 }
@@ -958,12 +963,20 @@ result<std::vector<message_info>> make_infos(std::vector<entry>& entries) {
 
 class file_reader final : public message_reader {
  public:
-  file_reader(unique_fd fd, std::string name) : fd_(std::move(fd)), name_(std::move(name)) {}
+  // `size`: the file's size when it was opened. Reading stops there, without the read that
+  // would return 0 (a message file is never rewritten; one that shrank ends early, as before).
+  file_reader(unique_fd fd, std::string name, std::uint64_t size)
+      : fd_(std::move(fd)), name_(std::move(name)), size_(size) {}
 
   result<std::size_t> read(std::span<char> buf) override {
+    if (pos_ >= size_ || map_) {
+      return std::size_t{0};
+    }
+    buf = buf.first(static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), size_ - pos_)));
     for (;;) {
       const ssize_t n = ::read(fd_.get(), buf.data(), buf.size());
       if (n >= 0) {
+        pos_ += static_cast<std::uint64_t>(n);
         return static_cast<std::size_t>(n);
       }
       const int err = errno;
@@ -973,9 +986,27 @@ class file_reader final : public message_reader {
     }
   }
 
+  // Maps the rest of the file, from where read() stopped, when it is large.
+  result<std::optional<std::span<const char>>> map_next(std::size_t max) override {
+    if (!map_tried_) {
+      map_tried_ = true;
+      if (size_ > pos_) {
+        map_ = mapped_file::map(fd_.get(), pos_, size_ - pos_);
+      }
+    }
+    if (!map_) {
+      return std::optional<std::span<const char>>{};
+    }
+    return std::optional<std::span<const char>>(map_->next(max));
+  }
+
  private:
   unique_fd fd_;
   std::string name_;  // relative path, for error context
+  std::uint64_t size_;
+  std::uint64_t pos_ = 0;  // bytes read()
+  bool map_tried_ = false;
+  std::unique_ptr<mapped_file> map_;
 };
 
 // The Maildir's root, cur/ and new/ opened for one piece of work (the listing at open, a
@@ -1033,11 +1064,12 @@ class maildir_drop final : public maildrop {
     by_base_.reset();  // state may have changed since any earlier scan
     for (int attempt = 0;; ++attempt) {
       const std::string file = path_ + "/" + e.relative();
-      auto fd = open_message_file(AT_FDCWD, file.c_str(), e.in_new, e.name);
+      std::uint64_t size = 0;
+      auto fd = open_message_file(AT_FDCWD, file.c_str(), e.in_new, e.name, &size);
       if (fd.ok()) {
         e.retrieved = e.retrieved || retrieved;
         return std::unique_ptr<message_reader>(
-            std::make_unique<file_reader>(std::move(*fd), e.relative()));
+            std::make_unique<file_reader>(std::move(*fd), e.relative(), size));
       }
       if (!is_errno(fd.err(), ENOENT)) {
         return std::move(fd).err();

@@ -416,6 +416,55 @@ TEST_F(maildir_test, reads_in_chunks_of_any_size) {
   }
 }
 
+// Reads `reader` to its end: `first` bytes through read(), then through map_next() when it
+// offers a mapping (`mapped` tells whether it did).
+std::string read_then_map(message_reader& reader, std::size_t first, bool& mapped) {
+  std::string out(first, '\0');
+  auto n = reader.read(std::span<char>(out.data(), out.size()));
+  EXPECT_TRUE(n.ok());
+  out.resize(n.ok() ? *n : 0);
+  auto view = reader.map_next(100000);
+  EXPECT_TRUE(view.ok());
+  mapped = view.ok() && view->has_value();
+  while (view.ok() && view->has_value() && !(*view)->empty()) {
+    out.append((*view)->data(), (*view)->size());
+    view = reader.map_next(100000);
+  }
+  if (!mapped) {
+    std::vector<char> buf(65536);
+    for (;;) {
+      auto r = reader.read(buf);
+      EXPECT_TRUE(r.ok());
+      if (!r.ok() || *r == 0) {
+        break;
+      }
+      out.append(buf.data(), *r);
+    }
+  }
+  return out;
+}
+
+TEST_F(maildir_test, large_message_is_mapped_after_the_first_read_small_one_is_not) {
+  std::string big;
+  for (int i = 0; big.size() < 3 * 1024 * 1024; ++i) {
+    big += (i % 5 == 0 ? ".line " : "line ") + std::to_string(i) + "\n";
+  }
+  put("cur/1.big:2,S", big);
+  put("cur/2.small:2,S", "Subject: small\n\nbody\n");
+  auto drop = must_open();
+  ASSERT_TRUE(drop);
+  ASSERT_EQ(drop->messages().size(), 2U);
+  auto reader = drop->open_message(0, true);
+  ASSERT_TRUE(reader.ok());
+  bool mapped = false;
+  EXPECT_EQ(read_then_map(**reader, 131072, mapped), big);
+  EXPECT_TRUE(mapped);
+  auto small = drop->open_message(1, true);
+  ASSERT_TRUE(small.ok());
+  EXPECT_EQ(read_then_map(**small, 5, mapped), "Subject: small\n\nbody\n");
+  EXPECT_FALSE(mapped);
+}
+
 TEST_F(maildir_test, uidl_from_base_name_and_hashed_fallback) {
   put("cur/1700000000.M1P2.host,S=2,W=2:2,S", "a\n");
   put("new/1700000001.M1P2.host,S=2,W=2", "b\n");

@@ -3,6 +3,7 @@
 #include "common/unique_fd.hpp"
 #include "store/mbox/index.hpp"
 #include "store/mbox/journal.hpp"
+#include "store/mapped_file.hpp"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -295,6 +296,24 @@ class mbox_reader final : public message_reader {
     }
   }
 
+  // Maps the rest of the message when it is large and stored unquoted (quoted lines need
+  // the filter, which works on read()).
+  result<std::optional<std::span<const char>>> map_next(std::size_t max) override {
+    if (!map_tried_) {
+      map_tried_ = true;
+      if (!unquote_ && end_ > pos_) {
+        map_ = mapped_file::map(fd_.get(), pos_, end_ - pos_);
+        if (map_) {
+          pos_ = end_;  // read() now has nothing left; the mapping has the rest
+        }
+      }
+    }
+    if (!map_) {
+      return std::optional<std::span<const char>>{};
+    }
+    return std::optional<std::span<const char>>(map_->next(max));
+  }
+
  private:
   unique_fd fd_;
   std::uint64_t pos_;
@@ -305,6 +324,8 @@ class mbox_reader final : public message_reader {
   std::string out_;
   std::size_t out_pos_ = 0;
   bool finished_ = false;
+  bool map_tried_ = false;
+  std::unique_ptr<mapped_file> map_;
 };
 
 class mbox_drop final : public maildrop {

@@ -1245,6 +1245,46 @@ fs::path fixture_dir() {
          "mbox";
 }
 
+TEST_F(mbox_files, large_message_is_mapped_unless_it_needs_unquoting) {
+  std::string body;
+  for (int i = 0; body.size() < 2 * 1024 * 1024; ++i) {
+    body += (i % 7 == 0 ? ".dot " : "text ") + std::to_string(i) + "\n";
+  }
+  body += ">From quoted\n" + body;
+  write_file(box_, msg("a@example.org", "one", "x") + msg("b@example.org", "big", body));
+  for (const quoting q : {quoting::none, fast_options().from_quoting}) {
+    options o = fast_options();
+    o.from_quoting = q;
+    auto m = open_ok(o);
+    ASSERT_TRUE(m);
+    ASSERT_EQ(m->messages().size(), 2U);
+    const listing want = list_all(*m);
+    auto r = m->open_message(1, false);
+    ASSERT_TRUE(r.ok());
+    std::string got(4096, '\0');
+    auto n = (*r)->read(std::span<char>(got.data(), got.size()));
+    ASSERT_TRUE(n.ok());
+    got.resize(*n);
+    auto view = (*r)->map_next(65536);
+    ASSERT_TRUE(view.ok());
+    EXPECT_EQ(view->has_value(), q == quoting::none);
+    if (view->has_value()) {
+      while (!(*view)->empty()) {
+        got.append((*view)->data(), (*view)->size());
+        view = (*r)->map_next(65536);
+        ASSERT_TRUE(view.ok() && view->has_value());
+      }
+      std::vector<char> buf(16);
+      auto rest = (*r)->read(buf);  // the mapping took the rest
+      ASSERT_TRUE(rest.ok());
+      EXPECT_EQ(*rest, 0U);
+    } else {
+      got += read_all(**r, 65536);
+    }
+    EXPECT_TRUE(got == want.contents.at(1));
+  }
+}
+
 TEST_F(mbox_files, fixtures) {
   const fs::path dir = fixture_dir();
   if (!fs::exists(dir)) {
