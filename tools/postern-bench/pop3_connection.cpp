@@ -405,6 +405,29 @@ asio::awaitable<bool> pop3_connection::command(std::string_view wire, fault on_e
   co_return ok;
 }
 
+asio::awaitable<pop3_connection::line_status> pop3_connection::next_multiline(
+    std::string_view& line) {
+  for (;;) {
+    const line_status got = take_line(line);
+    if (got == line_status::bad) {
+      co_return line_status::bad;
+    }
+    if (got == line_status::need_more) {
+      if (const bool ok = co_await fill(); !ok) {
+        co_return line_status::bad;
+      }
+      continue;
+    }
+    if (!line.empty() && line[0] == '.') {
+      if (line.size() == 1) {
+        co_return line_status::need_more;
+      }
+      line.remove_prefix(1);
+    }
+    co_return line_status::line;
+  }
+}
+
 asio::awaitable<bool> pop3_connection::capa(bool& pipelining) {
   pipelining = false;
   if (const bool ok = co_await send(capa_wire); !ok) {
@@ -418,21 +441,12 @@ asio::awaitable<bool> pop3_connection::capa(bool& pipelining) {
   }
   for (;;) {
     std::string_view line;
-    const line_status got = take_line(line);
+    const line_status got = co_await next_multiline(line);
     if (got == line_status::bad) {
       co_return false;
     }
     if (got == line_status::need_more) {
-      if (const bool ok = co_await fill(); !ok) {
-        co_return false;
-      }
-      continue;
-    }
-    if (!line.empty() && line[0] == '.') {
-      if (line.size() == 1) {
-        co_return true;
-      }
-      line.remove_prefix(1);
+      co_return true;
     }
     // RFC 2449 section 6: a capability is a tag, optionally followed by parameters.
     if (iequals(line.substr(0, std::min(line.find(' '), line.size())), "PIPELINING")) {
@@ -483,21 +497,12 @@ asio::awaitable<bool> pop3_connection::read_listing(listing& out, bool with_uid)
   std::uint64_t last = 0;
   for (;;) {
     std::string_view line;
-    const line_status got = take_line(line);
+    const line_status got = co_await next_multiline(line);
     if (got == line_status::bad) {
       co_return false;
     }
     if (got == line_status::need_more) {
-      if (const bool ok = co_await fill(); !ok) {
-        co_return false;
-      }
-      continue;
-    }
-    if (!line.empty() && line[0] == '.') {
-      if (line.size() == 1) {
-        co_return true;
-      }
-      line.remove_prefix(1);
+      co_return true;
     }
     const auto space = line.find(' ');
     std::uint64_t number = 0;

@@ -228,6 +228,9 @@ class pop3_connection {
   enum class line_status { line, need_more, bad };
   // Takes the next CRLF-terminated line out of the buffer, if one is there.
   line_status take_line(std::string_view& line) noexcept;
+  // The next line of a multi-line reply, dot-unstuffed, reading more as needed: `line` for a
+  // line, `need_more` at the terminating ".", `bad` on a fault.
+  asio::awaitable<line_status> next_multiline(std::string_view& line);
   // Checks the status line in `line`; false (fault::protocol) when it is neither +OK nor -ERR.
   bool parse_status(std::string_view line) noexcept;
   enum class send_status { sent, partial, failed };
