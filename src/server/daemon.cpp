@@ -86,13 +86,11 @@ asio::awaitable<void> refuse(asio::ip::tcp::socket sock, std::string_view line) 
   sock.shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
 }
 
-asio::awaitable<void> serve_connection(asio::ip::tcp::socket sock, io_worker& w, bool implicit_tls,
-                                       connection_limits& limits, const net::session_env& env) {
+// `peer` is the address accept() returned (no getpeername() per connection).
+asio::awaitable<void> serve_connection(asio::ip::tcp::socket sock, asio::ip::tcp::endpoint peer,
+                                       io_worker& w, bool implicit_tls, connection_limits& limits,
+                                       const net::session_env& env) {
   std::error_code ec;
-  auto peer = sock.remote_endpoint(ec);
-  if (ec) {
-    co_return;  // already gone
-  }
   auto addr = net::canonical_address(peer.address());
   // Held until the session ends; exactly one of them counts this connection.
   std::optional<net::source_limits::slot> local_slot;
@@ -143,8 +141,9 @@ asio::awaitable<void> serve_connection(asio::ip::tcp::socket sock, io_worker& w,
 asio::awaitable<void> accept_loop(listener& l, io_worker& w, connection_limits& limits,
                                   const net::session_env& env) {
   auto& acc = l.acceptor;
+  asio::ip::tcp::endpoint peer;
   for (;;) {
-    auto [ec, sock] = co_await acc.async_accept(use_tuple);
+    auto [ec, sock] = co_await acc.async_accept(peer, use_tuple);
     if (ec) {
       if (ec == asio::error::operation_aborted || !acc.is_open()) {
         co_return;
@@ -155,7 +154,7 @@ asio::awaitable<void> accept_loop(listener& l, io_worker& w, connection_limits& 
       co_await pause.async_wait(use_tuple);
       continue;
     }
-    asio::co_spawn(w.ctx, serve_connection(std::move(sock), w, l.implicit_tls, limits, env),
+    asio::co_spawn(w.ctx, serve_connection(std::move(sock), peer, w, l.implicit_tls, limits, env),
                    asio::detached);
   }
 }

@@ -1021,17 +1021,19 @@ struct open_dirs {
 
 // Opens cur/ and new/ under `root`, the already opened Maildir `path` (which names them in
 // errors); the result owns `root` too.
-result<open_dirs> open_subdirs(unique_fd root, const std::string& path) {
+// Opens cur/ and new/ under `root`; takes `root` over only on success, so a caller can create
+// what is missing and try again.
+result<open_dirs> open_subdirs(unique_fd& root, const std::string& path) {
   open_dirs d;
-  d.root = std::move(root);
   for (const bool in_new : {false, true}) {
-    auto fd = open_at(d.root.get(), sub_name(in_new), O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0,
+    auto fd = open_at(root.get(), sub_name(in_new), O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0,
                       path + "/" + sub_name(in_new), open_errc);
     if (!fd.ok()) {
       return std::move(fd).err();
     }
     (in_new ? d.new_ : d.cur) = std::move(*fd);
   }
+  d.root = std::move(root);
   return d;
 }
 
@@ -1040,7 +1042,7 @@ result<open_dirs> open_maildir_dirs(const std::string& path) {
   if (!root.ok()) {
     return std::move(root).err();
   }
-  return open_subdirs(std::move(*root), path);
+  return open_subdirs(*root, path);
 }
 
 class maildir_drop final : public maildrop {
@@ -1452,9 +1454,6 @@ result<std::unique_ptr<store::maildrop>> open(const std::string& path, const ope
   if (!lock.ok()) {
     return std::move(lock).err();
   }
-  for (const char* sub : {"cur", "new", "tmp"}) {
-    POSTERN_TRY(make_dir_at(root->get(), sub, path + "/" + sub));
-  }
   // Later calls reopen files by path: make it absolute now, so it keeps naming this Maildir
   // whatever the working directory becomes.
   std::string absolute = path;
@@ -1466,7 +1465,15 @@ result<std::unique_ptr<store::maildrop>> open(const std::string& path, const ope
     }
     absolute = std::string(cwd) + "/" + path;
   }
-  auto d = open_subdirs(std::move(*root), path);
+  auto d = open_subdirs(*root, path);
+  if (!d.ok() && is_errno(d.err(), ENOENT)) {
+    // A new or incomplete Maildir: create what is missing (mkdir only then, not at every
+    // login).
+    for (const char* sub : {"cur", "new", "tmp"}) {
+      POSTERN_TRY(make_dir_at(root->get(), sub, path + "/" + sub));
+    }
+    d = open_subdirs(*root, path);
+  }
   if (!d.ok()) {
     return std::move(d).err();
   }

@@ -82,8 +82,9 @@ namespace postern::store::maildir {
 inline constexpr std::string_view lock_file_name = "postern-pop3.lock";
 
 // Opens the Maildir at `path` (absolute, or relative to the working directory), creating it
-// and any missing parents, cur/, new/ and tmp/ with mode 0700 when absent (an empty maildrop
-// results), takes the session lock and lists the messages.
+// and any missing parents with mode 0700 when absent, and cur/, new/ and tmp/ when cur/ or
+// new/ is missing (an empty maildrop results; a Maildir that has both is not touched), takes
+// the session lock and lists the messages.
 // Errors: errc::in_use when another session holds the lock (answer -ERR [IN-USE]);
 // errc::permanent when the path cannot be a Maildir (not a directory, symlink loop,
 // permission denied, lock file not a regular file); errc::invalid for an empty path;
