@@ -85,4 +85,13 @@ inline std::string read_file(const std::filesystem::path& p) {
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
+// `relative` (e.g. "tests/fixtures/mbox") inside the source tree this header belongs to.
+inline std::filesystem::path source_path(std::string_view relative) {
+  std::filesystem::path here(__FILE__);  // <top>/src/common/test_files.hpp
+  if (here.is_relative()) {
+    here = std::filesystem::current_path() / here;
+  }
+  return here.parent_path().parent_path().parent_path() / relative;
+}
+
 }  // namespace postern::test

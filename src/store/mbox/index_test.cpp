@@ -38,14 +38,7 @@ using test::read_file;
 using test::write_file;
 using test::append_file;
 
-fs::path fixture_dir() {
-  fs::path here = fs::path(__FILE__);
-  if (here.is_relative()) {
-    here = fs::current_path() / here;
-  }
-  return here.parent_path().parent_path().parent_path().parent_path() / "tests" / "fixtures" /
-         "mbox";
-}
+fs::path fixture_dir() { return test::source_path("tests/fixtures/mbox"); }
 
 std::string msg(const std::string& from, const std::string& id, const std::string& body) {
   return "From " + from + " Mon Jan  1 00:00:00 2024\nMessage-ID: <" + id +

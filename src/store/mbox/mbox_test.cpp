@@ -1236,14 +1236,7 @@ TEST_F(mbox_crash, crash_during_recovery_too) {
 // ---------------------------------------------------------------------------------------
 // Fixtures from tests/fixtures/mbox: each is listed, read and sized consistently.
 
-fs::path fixture_dir() {
-  fs::path here = fs::path(__FILE__);
-  if (here.is_relative()) {
-    here = fs::current_path() / here;
-  }
-  return here.parent_path().parent_path().parent_path().parent_path() / "tests" / "fixtures" /
-         "mbox";
-}
+fs::path fixture_dir() { return test::source_path("tests/fixtures/mbox"); }
 
 TEST_F(mbox_files, large_message_is_mapped_unless_it_needs_unquoting) {
   std::string body;
