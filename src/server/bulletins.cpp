@@ -1,6 +1,7 @@
 #include "server/bulletins.hpp"
 
 #include "common/parse.hpp"
+#include "common/read_file.hpp"
 #include "common/unique_fd.hpp"
 #include "store/expire.hpp"
 #include "store/maildir/maildir.hpp"
@@ -75,26 +76,15 @@ result<std::string> read_file(int dir_fd, const std::string& name, const std::st
                              err == ENOENT ? errc::not_found : classify(err));
   }
   unique_fd owner(fd);
-  std::string out;
-  char buf[65536];
-  for (;;) {
-    ssize_t n = ::read(fd, buf, sizeof buf);
-    if (n < 0) {
-      int err = errno;
-      if (err == EINTR) {
-        continue;
-      }
-      return error::from_errno(err, "bulletins: read " + display);
-    }
-    if (n == 0) {
-      return out;
-    }
-    out.append(buf, static_cast<std::size_t>(n));
-    if (out.size() > limit) {
-      return error(errc::invalid, "bulletins: " + display + " is larger than " +
-                                      std::to_string(limit >> 20) + " MiB");
-    }
+  read_outcome got = read_to_end(fd, limit);
+  if (got.err != 0) {
+    return error::from_errno(got.err, "bulletins: read " + display);
   }
+  if (got.too_large) {
+    return error(errc::invalid, "bulletins: " + display + " is larger than " +
+                                    std::to_string(limit >> 20) + " MiB");
+  }
+  return std::move(got.data);
 }
 
 result<void> write_all_at(int fd, std::string_view data, off_t off, const std::string& what) {

@@ -26,6 +26,7 @@
 #include <utility>
 
 #include "common/parse.hpp"
+#include "common/read_file.hpp"
 #include "common/unique_fd.hpp"
 #include "net/network.hpp"
 #include "net/tls.hpp"
@@ -1303,25 +1304,14 @@ result<config> load_config(const std::string& path) {
   if (S_ISDIR(st.st_mode)) {
     return fail(EISDIR);
   }
-  std::string text;
-  char buf[16384];
-  for (;;) {
-    ssize_t n = ::read(fd.get(), buf, sizeof buf);
-    if (n < 0) {
-      if (errno == EINTR) {
-        continue;
-      }
-      return fail(errno);
-    }
-    if (n == 0) {
-      break;
-    }
-    if (text.size() + static_cast<std::size_t>(n) > max_config_bytes) {
-      return error(errc::invalid, path + ": larger than 1 MiB; is this the right file?");
-    }
-    text.append(buf, static_cast<std::size_t>(n));
+  read_outcome got = read_to_end(fd.get(), max_config_bytes);
+  if (got.err != 0) {
+    return fail(got.err);
   }
-  return parse_config(text, path);
+  if (got.too_large) {
+    return error(errc::invalid, path + ": larger than 1 MiB; is this the right file?");
+  }
+  return parse_config(got.data, path);
 }
 
 std::string format_config(const config& cfg) {

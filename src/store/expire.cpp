@@ -1,6 +1,7 @@
 #include "store/expire.hpp"
 
 #include "common/parse.hpp"
+#include "common/read_file.hpp"
 #include "common/unique_fd.hpp"
 
 #include <fcntl.h>
@@ -141,26 +142,14 @@ result<std::optional<std::string>> read_side_file(const std::string& path, std::
   if (!S_ISREG(st.st_mode)) {
     return error(errc::permanent, path + " is not a regular file");
   }
-  std::string out;
-  char buf[16384];
-  for (;;) {
-    ssize_t n = ::read(fd, buf, sizeof buf);
-    if (n < 0) {
-      int err = errno;
-      if (err == EINTR) {
-        continue;
-      }
-      return error::from_errno(err, "read " + path);
-    }
-    if (n == 0) {
-      break;
-    }
-    out.append(buf, static_cast<std::size_t>(n));
-    if (out.size() > max_size) {
-      return error(errc::invalid, path + " is larger than " + std::to_string(max_size) + " bytes");
-    }
+  read_outcome got = read_to_end(fd, max_size);
+  if (got.err != 0) {
+    return error::from_errno(got.err, "read " + path);
   }
-  return std::optional<std::string>(std::move(out));
+  if (got.too_large) {
+    return error(errc::invalid, path + " is larger than " + std::to_string(max_size) + " bytes");
+  }
+  return std::optional<std::string>(std::move(got.data));
 }
 
 result<void> replace_side_file(const std::string& path, std::string_view content,
