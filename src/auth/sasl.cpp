@@ -97,20 +97,6 @@ std::string to_upper(std::string_view s) {
   return out;
 }
 
-bool iequals(std::string_view a, std::string_view b) noexcept {
-  if (a.size() != b.size()) {
-    return false;
-  }
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    char x = a[i] >= 'A' && a[i] <= 'Z' ? static_cast<char>(a[i] - 'A' + 'a') : a[i];
-    char y = b[i] >= 'A' && b[i] <= 'Z' ? static_cast<char>(b[i] - 'A' + 'a') : b[i];
-    if (x != y) {
-      return false;
-    }
-  }
-  return true;
-}
-
 bool has_channel_binding(const sasl_channel& ch) noexcept {
   return !ch.tls_exporter.empty() || !ch.tls_unique.empty();
 }
@@ -358,7 +344,7 @@ result<std::set<std::string>> keytab_realms(const std::string& path, std::string
       r.ok = false;
       break;
     }
-    if (count == 2 && first == service && iequals(second, hostname)) {
+    if (count == 2 && first == service && ascii_iequals(second, hostname)) {
       realms.insert(std::string(realm));
     }
   }

@@ -72,24 +72,9 @@ constexpr std::string_view unsupported_schemes[] = {
     "SKEY",       "RPA",       "ARGON2I", "ARGON2ID", "PLAIN-TRUNC",
 };
 
-bool iequals(std::string_view a, std::string_view b) noexcept {
-  if (a.size() != b.size()) {
-    return false;
-  }
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    auto lower = [](char c) {
-      return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
-    };
-    if (lower(a[i]) != lower(b[i])) {
-      return false;
-    }
-  }
-  return true;
-}
-
 const scheme_entry* find_entry(std::string_view name) noexcept {
   for (const auto& e : scheme_table) {
-    if (iequals(e.name, name)) {
+    if (ascii_iequals(e.name, name)) {
       return &e;
     }
   }
@@ -98,7 +83,7 @@ const scheme_entry* find_entry(std::string_view name) noexcept {
 
 bool is_unsupported_scheme(std::string_view name) noexcept {
   for (auto n : unsupported_schemes) {
-    if (iequals(n, name)) {
+    if (ascii_iequals(n, name)) {
       return true;
     }
   }
@@ -106,10 +91,10 @@ bool is_unsupported_scheme(std::string_view name) noexcept {
 }
 
 std::optional<encoding> parse_encoding_suffix(std::string_view suffix) noexcept {
-  if (iequals(suffix, "b64") || iequals(suffix, "base64")) {
+  if (ascii_iequals(suffix, "b64") || ascii_iequals(suffix, "base64")) {
     return encoding::base64;
   }
-  if (iequals(suffix, "hex")) {
+  if (ascii_iequals(suffix, "hex")) {
     return encoding::hex;
   }
   return std::nullopt;

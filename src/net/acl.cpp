@@ -1,23 +1,12 @@
 #include "net/acl.hpp"
 
+#include "common/encoding.hpp"
+
 #include <cctype>
 #include <string_view>
 
 namespace postern::net {
 namespace {
-
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) {
-    return false;
-  }
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    if (std::tolower(static_cast<unsigned char>(a[i])) !=
-        std::tolower(static_cast<unsigned char>(b[i]))) {
-      return false;
-    }
-  }
-  return true;
-}
 
 std::vector<std::string_view> words(std::string_view s) {
   std::vector<std::string_view> out;
@@ -54,14 +43,14 @@ result<acl> acl::parse(const std::vector<std::string>& rules) {
       return bad();
     }
     rule r;
-    if (iequals(w[0], "allow")) {
+    if (ascii_iequals(w[0], "allow")) {
       r.action = verdict::allow;
-    } else if (iequals(w[0], "deny")) {
+    } else if (ascii_iequals(w[0], "deny")) {
       r.action = verdict::deny;
     } else {
       return bad();
     }
-    if (!iequals(w[1], "any")) {
+    if (!ascii_iequals(w[1], "any")) {
       r.net = parse_network(w[1]);
       if (!r.net) {
         return bad();

@@ -1,5 +1,6 @@
 #include "store/uidl_format.hpp"
 
+#include "common/encoding.hpp"
 #include "common/parse.hpp"
 
 #include <openssl/evp.h>
@@ -14,19 +15,6 @@ namespace {
 
 constexpr std::size_t max_sendable_uidl = 255;
 constexpr std::string_view hex_digits = "0123456789abcdef";
-
-bool iequals(std::string_view a, std::string_view b) noexcept {
-  if (a.size() != b.size()) {
-    return false;
-  }
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    if (std::tolower(static_cast<unsigned char>(a[i])) !=
-        std::tolower(static_cast<unsigned char>(b[i]))) {
-      return false;
-    }
-  }
-  return true;
-}
 
 bool is_lwsp(char c) noexcept { return c == ' ' || c == '\t'; }
 
@@ -307,7 +295,7 @@ std::optional<std::string> header_value(std::string_view header, std::string_vie
         done = true;
         return;
       }
-      if (iequals(h.name, name)) {
+      if (ascii_iequals(h.name, name)) {
         in_field = true;
         found = std::string(h.value);
       }
@@ -333,11 +321,11 @@ std::string header_md5_hex(std::string_view header) {
   bool seen_received = false;
   for_each_header_line(header, [&](const header_line& h) {
     bool take = false;
-    if (iequals(h.name, "Date") || iequals(h.name, "Message-ID")) {
+    if (ascii_iequals(h.name, "Date") || ascii_iequals(h.name, "Message-ID")) {
       take = !seen_received;  // Received carries a more trusted date and id
-    } else if (iequals(h.name, "Delivered-To") || iequals(h.name, "X-Delivery-ID")) {
+    } else if (ascii_iequals(h.name, "Delivered-To") || ascii_iequals(h.name, "X-Delivery-ID")) {
       take = true;
-    } else if (iequals(h.name, "Received")) {
+    } else if (ascii_iequals(h.name, "Received")) {
       if (!seen_received) {
         take = true;
         if (!h.continues) {
