@@ -147,6 +147,15 @@ def read_reply(proc, timeout):
     return buf.decode().rstrip("\r\n")
 
 
+def close_process(proc):
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    for f in (proc.stdin, proc.stdout, proc.stderr):
+        if f is not None and not f.closed:
+            f.close()
+
+
 @unittest.skipUnless(have_binary(), "posternd not built")
 @unittest.skipUnless(HAVE_DOVECOT, "Dovecot is not installed (apt-get install dovecot-imapd "
                                    "dovecot-pop3d; scripts/install-deps.sh installs them)")
@@ -253,9 +262,7 @@ class DovecotUids(unittest.TestCase):
             dv.stdin.flush()
             dv.wait(DEFAULT_TIMEOUT)
         finally:
-            if dv.poll() is None:
-                dv.kill()
-                dv.wait()
+            close_process(dv)
         with self.srv.session(self.box) as c:  # free again
             self.assertTrue(c.quit().startswith("+OK"))
 
@@ -267,9 +274,7 @@ class DovecotUids(unittest.TestCase):
             try:
                 out, _ = dv.communicate(b"STAT\r\nQUIT\r\n", timeout=scaled(30))
             finally:
-                if dv.poll() is None:
-                    dv.kill()
-                    dv.wait()
+                close_process(dv)
             self.assertTrue(out.startswith(b"-ERR [IN-USE]"), out)
             self.assertTrue(c.quit().startswith("+OK"))
         self.assertEqual(self.dovecot.pop3_uidls(), [self.uidl(1)])  # free again
