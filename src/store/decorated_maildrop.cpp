@@ -219,6 +219,12 @@ result<void> decorated_maildrop::apply_uidl_format() {
   if (need_headers) {
     for (std::size_t i = 0; i < infos_.size(); ++i) {
       auto reader = inner_->open_message(i, false);
+      if (!reader && reader.err().code() == errc::not_found) {
+        // Removed by another client (an IMAP expunge) since the store listed it: it keeps
+        // its native UIDL, and reading it answers the store's permanent error.
+        keep_native[i] = true;
+        continue;
+      }
       if (!reader) {
         return std::move(reader).err();
       }

@@ -174,6 +174,20 @@ TEST_F(maildir_fixture, filename_guid_md5_and_fallbacks) {
   EXPECT_EQ(d->messages()[0].uidl, header_md5_hex("Message-ID: <a@x>\nDate: d\n\n"));
 }
 
+TEST_F(maildir_fixture, a_message_removed_before_its_header_is_read_does_not_fail_the_login) {
+  store("new", "1700000001.M1P1.host", message("gone"));
+  store("new", "1700000002.M2P1.host", message("kept", "Message-ID: <k@x>\n"));
+  auto plain = open_plain();
+  fs::remove(box_ + "/new/1700000001.M1P1.host");  // an IMAP expunge meanwhile
+  auto d = decorated_maildrop::wrap(std::move(plain), opts("%m"));
+  ASSERT_TRUE(d.ok()) << d.err().message();
+  EXPECT_EQ((*d)->messages()[0].uidl, "1700000001.M1P1.host");  // native, never readable
+  EXPECT_EQ((*d)->messages()[1].uidl, header_md5_hex("Message-ID: <k@x>\n\n"));
+  auto r = (*d)->open_message(0, true);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.err().code(), errc::not_found);  // the store's own code, passed through
+}
+
 TEST_F(maildir_fixture, duplicates_are_renamed_and_sizes_kept) {
   store("new", "1700000001.M1P1.host", message("a"));
   store("new", "1700000002.M2P1.host", message("bb"));
