@@ -6,6 +6,9 @@
 //    A value the format cannot produce (a variable the store cannot supply, a byte outside
 //    0x21..0x7E) falls back to the store's native UIDL for that message; duplicates get
 //    "-2", "-3"... appended (Dovecot's pop3_uidl_duplicates = rename), so UIDLs stay unique.
+//  - Dovecot on the same Maildir (dovecot_uidlist.hpp): with %u/%v the UIDs are numbered in
+//    Dovecot's dovecot-uidlist under its lock; with dovecot_lock_session the wrapper holds
+//    Dovecot's POP3 session lock (dovecot-pop3-session.lock) until it is destroyed.
 //  - Expire stamps: open_message(i, retrieved = true) (RETR) marks message i retrieved; the
 //    engine opens TOP with retrieved = false (TOP must not set the Maildir S flag), so the
 //    driver calls note_top(i) after it opened a message for TOP. At commit the stamps of
