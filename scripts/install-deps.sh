@@ -22,6 +22,7 @@ test_pkgs=(
   python3 curl fetchmail mpop getmail6 openssl procps
   liblockfile-bin      # dotlockfile: a real delivery-agent lock in the mbox tests
   krb5-kdc krb5-admin-server krb5-user python3-gssapi  # a loopback KDC for the GSSAPI tests
+  dovecot-imapd dovecot-pop3d  # Dovecot on the same Maildir: test_dovecot_uids.py (stdio only)
 )
 
 want=("${build_pkgs[@]}")

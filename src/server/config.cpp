@@ -1033,6 +1033,7 @@ const auto key_rules = std::to_array<key_rule>({
     {"pop3", "stat_file", [](const item& it, config& c) { set_path(it, c.stat_file); }},
     {"pop3", "expire", set_expire},
     POSTERN_BOOL_KEY("pop3", delete_expired),
+    POSTERN_BOOL_KEY("pop3", dovecot_lock_session),
     {"pop3", "bulletin_source",
      [](const item& it, config& c) {
        auto s = get_string(it);
@@ -1440,6 +1441,7 @@ std::string format_config(const config& cfg) {
   line("xmit_command", list(cfg.xmit_command));
   line("xmit_max_size", number(cfg.xmit_max_size));
   line("uidl_format", toml_string(cfg.uidl_format));
+  line("dovecot_lock_session", cfg.dovecot_lock_session ? "true" : "false");
   line("acl", list(cfg.acl));
 
   out += "\n[log]\n";

@@ -112,6 +112,7 @@ struct config {
   std::vector<std::string> xmit_command{"/usr/sbin/sendmail", "-t", "-i"};
   std::uint32_t xmit_max_size = 10 * 1024 * 1024;
   std::string uidl_format;                    // Dovecot's pop3_uidl_format; "" = native
+  bool dovecot_lock_session = false;          // Dovecot's pop3_lock_session (Maildir)
   std::vector<std::string> acl;               // "allow NET" / "deny NET", first match wins
 
   // [log]

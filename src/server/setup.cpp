@@ -122,6 +122,7 @@ result<void> prepare_seed_features(const config& cfg, shared_state& st) {
   st.env.engine.expire_capability = store::expire_capability(ex);
   st.env.decoration.expire = ex;
   st.env.decoration.uidl_format = cfg.uidl_format;
+  st.env.decoration.dovecot_lock_session = cfg.dovecot_lock_session;
   if (!cfg.bulletin_source.empty()) {
     auto loc = store::parse_location(cfg.bulletin_source);
     if (!loc) {

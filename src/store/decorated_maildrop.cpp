@@ -1,9 +1,11 @@
 #include "store/decorated_maildrop.hpp"
 
+#include "common/log.hpp"
 #include "store/maildir/maildir.hpp"
 #include "store/uidl_format.hpp"
 
 #include <dirent.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <set>
@@ -15,7 +17,6 @@ namespace {
 
 constexpr std::string_view uidlist_side_name = "postern-uidlist";
 constexpr std::string_view expire_side_name = "postern-expire";
-constexpr std::string_view dovecot_uidlist_name = "dovecot-uidlist";
 
 struct dir_closer {
   void operator()(DIR* d) const noexcept { ::closedir(d); }
@@ -130,7 +131,7 @@ std::string trim(std::string_view s) {
 }  // namespace
 
 bool needs_decoration(const decoration_options& o) noexcept {
-  return !o.uidl_format.empty() || o.expire.stamps();
+  return !o.uidl_format.empty() || o.expire.stamps() || o.dovecot_lock_session;
 }
 
 decorated_maildrop::decorated_maildrop(std::unique_ptr<maildrop> inner, decoration_options opts)
@@ -150,6 +151,14 @@ result<std::unique_ptr<decorated_maildrop>> decorated_maildrop::wrap(
     return error(errc::invalid, "decorate: no maildrop");
   }
   std::unique_ptr<decorated_maildrop> d(new decorated_maildrop(std::move(inner), std::move(opts)));
+  if (d->opts_.dovecot_lock_session && d->opts_.kind == store_kind::maildir) {
+    auto l = lock_dovecot_pop3_session(
+        d->opts_.path, std::chrono::steady_clock::now() + d->opts_.dovecot_lock_timeout);
+    if (!l) {
+      return std::move(l).err();
+    }
+    d->dovecot_session_lock_ = std::move(l).value();
+  }
   if (!d->opts_.uidl_format.empty()) {
     POSTERN_TRY(d->apply_uidl_format());
   }
@@ -161,6 +170,30 @@ result<std::unique_ptr<decorated_maildrop>> decorated_maildrop::wrap(
     d->stamps_ = std::move(loaded).value();
   }
   return d;
+}
+
+// Maildir with %u/%v: the UIDs are Dovecot's (dovecot_uidlist.hpp). Postern's own list of
+// earlier versions, `own`, only lends its numbers to messages Dovecot has none for, and is
+// removed once they are in dovecot-uidlist.
+result<uidlist> decorated_maildrop::sync_dovecot_uids(const std::vector<std::string>& bases,
+                                                      const std::optional<uidlist>& own) {
+  auto lock = lock_dovecot_uidlist(opts_.path,
+                                   std::chrono::steady_clock::now() + opts_.dovecot_lock_timeout);
+  if (!lock) {
+    return std::move(lock).err();
+  }
+  const auto new_validity = static_cast<std::uint32_t>(unix_seconds(now()) & 0xFFFFFFFFu);
+  auto synced =
+      sync_dovecot_uidlist(*lock, opts_.path, bases, own ? &*own : nullptr, new_validity);
+  lock->release();
+  if (synced && own) {
+    const std::string own_path = side_file_path(opts_.kind, opts_.path, uidlist_side_name);
+    if (::unlink(own_path.c_str()) == 0) {
+      log::notice("uidl_format: {} migrated into {}/dovecot-uidlist and removed", own_path,
+                  opts_.path);
+    }
+  }
+  return synced;
 }
 
 result<void> decorated_maildrop::apply_uidl_format() {
@@ -186,6 +219,12 @@ result<void> decorated_maildrop::apply_uidl_format() {
   if (need_headers) {
     for (std::size_t i = 0; i < infos_.size(); ++i) {
       auto reader = inner_->open_message(i, false);
+      if (!reader && reader.err().code() == errc::not_found) {
+        // Removed by another client (an IMAP expunge) since the store listed it: it keeps
+        // its native UIDL, and reading it answers the store's permanent error.
+        keep_native[i] = true;
+        continue;
+      }
       if (!reader) {
         return std::move(reader).err();
       }
@@ -197,23 +236,38 @@ result<void> decorated_maildrop::apply_uidl_format() {
     }
   }
 
+  bool assign_own = numbered;  // number new messages in postern-uidlist
   if (opts_.kind == store_kind::maildir) {
-    auto loaded = load_uidlist(opts_.path + "/" + std::string(dovecot_uidlist_name), false);
-    if (!loaded) {
-      return std::move(loaded).err();
-    }
-    legacy = std::move(loaded).value();
     auto bases = maildir_bases(opts_.path);
     if (!bases) {
       return std::move(bases).err();
     }
+    std::vector<std::string> listed;
+    listed.reserve(infos_.size());
     for (std::size_t i = 0; i < infos_.size(); ++i) {
       auto it = bases->find(infos_[i].uidl);
       if (it == bases->end()) {
         keep_native[i] = true;  // vanished since the store listed it, or a shared base name
       } else {
         keys[i] = it->second;
+        listed.push_back(it->second);
       }
+    }
+    if (numbered) {
+      auto synced = sync_dovecot_uids(listed, *own);
+      if (!synced) {
+        return std::move(synced).err();
+      }
+      legacy = std::move(synced).value();
+      own->reset();
+      assign_own = false;
+    } else {
+      auto loaded =
+          load_uidlist(opts_.path + "/" + std::string(dovecot_uidlist_name), false);
+      if (!loaded) {
+        return std::move(loaded).err();
+      }
+      legacy = std::move(loaded).value();
     }
   } else {
     std::vector<std::string> native(infos_.size());
@@ -237,7 +291,7 @@ result<void> decorated_maildrop::apply_uidl_format() {
     }
     const std::string& key = keys[i];
     std::optional<uid_entry> entry =
-        numbered ? std::optional(assigner.lookup_or_assign(key)) : assigner.lookup(key);
+        assign_own ? std::optional(assigner.lookup_or_assign(key)) : assigner.lookup(key);
     if (entry && entry->pop3_uidl && opts_.kind == store_kind::maildir) {
       // Dovecot's saved POP3 UIDL ('P' field); an empty one means the base file name.
       infos_[i].uidl = entry->pop3_uidl->empty() ? key : *entry->pop3_uidl;
@@ -263,7 +317,7 @@ result<void> decorated_maildrop::apply_uidl_format() {
   }
   rename_duplicates(infos_);
 
-  if (numbered && assigner.changed()) {
+  if (assign_own && assigner.changed()) {
     // Before any client sees the new numbers.
     POSTERN_TRY(replace_side_file(own_path, format_uidlist(assigner.own()), opts_.path));
   }

@@ -6,6 +6,9 @@
 //    A value the format cannot produce (a variable the store cannot supply, a byte outside
 //    0x21..0x7E) falls back to the store's native UIDL for that message; duplicates get
 //    "-2", "-3"... appended (Dovecot's pop3_uidl_duplicates = rename), so UIDLs stay unique.
+//  - Dovecot on the same Maildir (dovecot_uidlist.hpp): with %u/%v the UIDs are numbered in
+//    Dovecot's dovecot-uidlist under its lock; with dovecot_lock_session the wrapper holds
+//    Dovecot's POP3 session lock (dovecot-pop3-session.lock) until it is destroyed.
 //  - Expire stamps: open_message(i, retrieved = true) (RETR) marks message i retrieved; the
 //    engine opens TOP with retrieved = false (TOP must not set the Maildir S flag), so the
 //    driver calls note_top(i) after it opened a message for TOP. At commit the stamps of
@@ -25,6 +28,7 @@
 #pragma once
 
 #include "common/result.hpp"
+#include "store/dovecot_uidlist.hpp"
 #include "store/expire.hpp"
 #include "store/location.hpp"
 #include "store/maildrop.hpp"
@@ -46,6 +50,12 @@ struct decoration_options {
   // pop3_reuse_xuidl); wire it from the mbox store's X-UIDL setting.
   bool reuse_x_uidl = true;
   expire_policy expire;         // [pop3] expire / delete_expired
+  // [pop3] dovecot_lock_session (Maildir only): hold Dovecot's POP3 session lock
+  // (dovecot-pop3-session.lock) for the whole session, as Dovecot's POP3 does with
+  // pop3_lock_session = yes.
+  bool dovecot_lock_session = false;
+  // How long to wait for a Dovecot lock held by someone else before -ERR [IN-USE].
+  std::chrono::milliseconds dovecot_lock_timeout = std::chrono::seconds(5);
   // The clock for stamps and expiry; null = std::chrono::system_clock::now.
   std::function<std::chrono::system_clock::time_point()> clock;
 };
@@ -57,7 +67,11 @@ class decorated_maildrop final : public maildrop {
  public:
   // Wraps `inner` (freshly opened, nothing read yet). Reads the UID lists and, when the
   // format or the store needs them (%m; mbox X-UID/X-UIDL), every message's header section;
-  // records new UIDs in the postern-uidlist side file; loads the expire stamps.
+  // records new UIDs (Maildir: in Dovecot's dovecot-uidlist, under its lock, see
+  // dovecot_uidlist.hpp; mbox: in the postern-uidlist side file); loads the expire stamps.
+  // Errors also: errc::in_use when dovecot-uidlist.lock or (dovecot_lock_session)
+  // dovecot-pop3-session.lock stays held by someone else; errc::permanent for a damaged
+  // dovecot-uidlist.
   // Errors (the session answers -ERR [SYS/TEMP], and `inner` is released with its lock):
   // errc::invalid for a bad format, errc::temporary/permanent when a side file cannot be
   // read or written (never silently: losing stamps or UID records would change UIDLs or
@@ -85,11 +99,16 @@ class decorated_maildrop final : public maildrop {
  private:
   decorated_maildrop(std::unique_ptr<maildrop> inner, decoration_options opts);
   result<void> apply_uidl_format();
+  result<uidlist> sync_dovecot_uids(const std::vector<std::string>& bases,
+                                    const std::optional<uidlist>& own);
   result<std::optional<std::int64_t>> header_stamp(std::size_t index);
   std::chrono::system_clock::time_point now() const;
 
   std::unique_ptr<maildrop> inner_;
   decoration_options opts_;
+  // Dovecot's POP3 session lock (dovecot_lock_session). Declared after inner_, so released
+  // before the store's own session lock.
+  dovecot_dotlock dovecot_session_lock_;
   std::vector<message_info> infos_;
   std::vector<bool> retrieved_;  // RETR or TOP in this session
   std::optional<stamp_file> stamps_;

@@ -126,11 +126,16 @@ TEST_F(maildir_fixture, dovecot_uidlist_reproduces_dovecot_uidls) {
   EXPECT_EQ(u["saved"], "migrated-uidl-9");
   EXPECT_EQ(u["empty-p"], "1700000004.M4P1.host");
   EXPECT_EQ(u["new-since"], "000061be4c0907b0");  // N25022 = 0x61be
-  // The new number is on disk before anyone saw it, in Postern's own file; Dovecot's file
-  // is never written.
-  EXPECT_EQ(read_file(box_ + "/postern-uidlist"),
-            "3 V1275660208 N25023\n25022 :1700000009.M9P1.host\n");
-  EXPECT_NE(read_file(box_ + "/dovecot-uidlist").find("N25022"), std::string::npos);
+  // The new number is in Dovecot's file before anyone saw it (one UID space); every other
+  // line is kept as it was.
+  EXPECT_EQ(read_file(box_ + "/dovecot-uidlist"),
+            "3 V1275660208 N25023 G3085f01b7f11094c501100008c4a11c1\n"
+            "7 :" + long_base + "\n"
+            "8 :1700000002.M2P1.host:2,\n"
+            "9 Pmigrated-uidl-9 :1700000003.M3P1.host\n"
+            "10 P :1700000004.M4P1.host\n"
+            "25022 :1700000009.M9P1.host\n");
+  EXPECT_FALSE(fs::exists(box_ + "/postern-uidlist"));
 }
 
 TEST_F(maildir_fixture, assigned_numbers_are_stable_across_sessions) {
@@ -169,6 +174,20 @@ TEST_F(maildir_fixture, filename_guid_md5_and_fallbacks) {
   EXPECT_EQ(d->messages()[0].uidl, header_md5_hex("Message-ID: <a@x>\nDate: d\n\n"));
 }
 
+TEST_F(maildir_fixture, a_message_removed_before_its_header_is_read_does_not_fail_the_login) {
+  store("new", "1700000001.M1P1.host", message("gone"));
+  store("new", "1700000002.M2P1.host", message("kept", "Message-ID: <k@x>\n"));
+  auto plain = open_plain();
+  fs::remove(box_ + "/new/1700000001.M1P1.host");  // an IMAP expunge meanwhile
+  auto d = decorated_maildrop::wrap(std::move(plain), opts("%m"));
+  ASSERT_TRUE(d.ok()) << d.err().message();
+  EXPECT_EQ((*d)->messages()[0].uidl, "1700000001.M1P1.host");  // native, never readable
+  EXPECT_EQ((*d)->messages()[1].uidl, header_md5_hex("Message-ID: <k@x>\n\n"));
+  auto r = (*d)->open_message(0, true);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.err().code(), errc::not_found);  // the store's own code, passed through
+}
+
 TEST_F(maildir_fixture, duplicates_are_renamed_and_sizes_kept) {
   store("new", "1700000001.M1P1.host", message("a"));
   store("new", "1700000002.M2P1.host", message("bb"));
@@ -196,12 +215,17 @@ TEST_F(maildir_fixture, bad_format_and_damaged_own_list_fail_the_open) {
   write_file(box_ + "/postern-uidlist", "garbage\n");
   auto damaged = decorated_maildrop::wrap(open_plain(), opts("%u"));
   ASSERT_FALSE(damaged.ok());
-  // A damaged Dovecot file is ignored instead (Dovecot itself would renumber).
+  // A damaged Dovecot file refuses numbered formats too: Dovecot would renumber every
+  // message, and numbers Postern made up could collide with the ones Dovecot then gives.
   fs::remove(box_ + "/postern-uidlist");
   write_file(box_ + "/dovecot-uidlist", "garbage\n");
-  auto ok = decorated_maildrop::wrap(open_plain(), opts("%u"));
+  auto refused = decorated_maildrop::wrap(open_plain(), opts("%u"));
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.err().code(), errc::permanent);
+  // Formats without UIDs only read it and ignore a damaged one.
+  auto ok = decorated_maildrop::wrap(open_plain(), opts("%f"));
   ASSERT_TRUE(ok.ok());
-  EXPECT_EQ((*ok)->messages()[0].uidl, "1");
+  EXPECT_EQ((*ok)->messages()[0].uidl, "1700000001.M1P1.host");
 }
 
 // ---------------------------------------------------------------------------------------

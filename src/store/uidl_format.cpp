@@ -455,16 +455,23 @@ std::string format_uidlist(const uidlist& l) {
   if (!l.mailbox_guid.empty()) {
     out += " G" + l.mailbox_guid;
   }
+  if (!l.header_extensions.empty()) {
+    out += " " + l.header_extensions;
+  }
   out += '\n';
   for (const auto& r : l.records) {
     out += std::to_string(r.uid);
-    if (!r.guid.empty()) {
-      out += " G" + r.guid;
+    if (!r.extensions.empty()) {
+      out += " " + r.extensions;
+    } else {
+      if (!r.guid.empty()) {
+        out += " G" + r.guid;
+      }
+      if (r.pop3_uidl) {
+        out += " P" + *r.pop3_uidl;
+      }
     }
-    if (r.pop3_uidl) {
-      out += " P" + *r.pop3_uidl;
-    }
-    out += " :" + r.key + "\n";
+    out += " :" + (r.filename.empty() ? r.key : r.filename) + "\n";
   }
   return out;
 }

@@ -17,11 +17,11 @@
 //  - header_md5: Dovecot's %m for mbox (mbox_md5 = apop3d, its default), computed the same
 //    way, so %m UIDLs of an mbox Dovecot served are reproduced too.
 //
-// Messages the old server never numbered get UIDs after the highest one known; they are
-// recorded in Postern's own "postern-uidlist" side file (same v3 format as Dovecot's, keyed
-// by base file name for a Maildir, by native UIDL for an mbox) before any client sees them,
-// and a UIDL once shown is never changed: Postern's own records win over Dovecot's file,
-// which Postern only reads (never locks or writes: Dovecot may still be serving IMAP).
+// Messages the old server never numbered get UIDs after the highest one known, recorded
+// before any client sees them: in a Maildir in Dovecot's own dovecot-uidlist, under
+// Dovecot's lock (dovecot_uidlist.hpp: one UID space, whichever server numbers a message);
+// in an mbox in Postern's own "postern-uidlist" side file (same v3 format, keyed by native
+// UIDL), whose records win over the X-UID headers.
 //
 // Everything here is I/O-free apart from read_header_section, which reads from a
 // message_reader. Threading: values and pure functions.
@@ -108,6 +108,10 @@ struct uidlist_record {
   std::string key;        // the base file name (up to ':') for Maildir; native UIDL for mbox
   std::string guid;       // 'G' field; "" if none
   std::optional<std::string> pop3_uidl;  // 'P' field ("" = the base file name)
+  // Verbatim, from parse_dovecot_uidlist only: the record's fields between the UID and the
+  // ':' ("G... P... X..."), and its file name. format_uidlist writes these when set.
+  std::string extensions;
+  std::string filename;
 };
 
 struct uidlist {
@@ -115,6 +119,7 @@ struct uidlist {
   std::uint32_t uidvalidity = 0;
   std::uint32_t next_uid = 1;
   std::string mailbox_guid;
+  std::string header_extensions;        // other header fields, verbatim (parse_dovecot_uidlist)
   std::vector<uidlist_record> records;  // in file order (ascending uid)
 };
 
@@ -127,7 +132,8 @@ struct uidlist {
 // Errors: errc::invalid for a broken header (unknown version, zero uidvalidity or next uid).
 result<uidlist> parse_uidlist(std::string_view text);
 
-// Version 3 text of `l` (header "3 V.. N.." [G..], records "<uid> [G..] [P..] :<key>").
+// Version 3 text of `l`: header "3 V.. N.." [G..] [header_extensions], records
+// "<uid> [extensions | G.. P..] :<filename | key>".
 std::string format_uidlist(const uidlist& l);
 
 // ---------------------------------------------------------------------------------------

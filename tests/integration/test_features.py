@@ -617,8 +617,10 @@ class UidlFormatMaildir(FeatureCase):
             self.assertEqual(got, expected)
             conn.quit()
         with open(os.path.join(box.path, "dovecot-uidlist")) as f:
-            self.assertIn("N25022", f.read())  # Dovecot's file is never written
-        self.assertTrue(os.path.exists(os.path.join(box.path, "postern-uidlist")))
+            text = f.read()  # one UID space: the new number is in Dovecot's own file
+        self.assertTrue(text.startswith("3 V1275660208 N25023 "), text)
+        self.assertTrue(text.endswith(f"25022 :{box.messages[2].base}\n"), text)
+        self.assertFalse(os.path.exists(os.path.join(box.path, "postern-uidlist")))
 
     def test_native_uidls_without_a_format(self):
         box = self.add_user("alice", ALICE_PW, [msg("a")])
