@@ -76,7 +76,9 @@ struct options {
   lock::lock_options locking;  // dotlock + fcntl, 30 s, stale after 10 min
   quoting from_quoting = quoting::mboxo;
   bool honour_content_length = false;
-  bool use_x_uidl = true;  // an X-UIDL header (qpopper, UW) gives the UIDL when valid
+  // An X-UIDL header (qpopper, UW) gives the UIDL when valid. Off by default: a sender can
+  // write one and so take the UIDL of another message (parser.hpp).
+  bool use_x_uidl = false;
   // Keep the index file (.<name>.postern-index); false (location parameter INDEX=MEMORY)
   // scans the whole file at every login, writes no index and removes one left behind.
   bool use_index = true;
