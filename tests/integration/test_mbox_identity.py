@@ -128,6 +128,7 @@ class MboxIdentity(PosternTestCase):
         p.dele(4)
         with self.assertRaises(poplib.error_proto) as cm:
             p.quit()
+        p.close()
         self.assertRegex(cm.exception.args[0], rb"^-ERR \[SYS/TEMP\]")
         self.assertEqual(self.read_spool(), after + posts[5], "QUIT must delete nothing")
         srv.wait_log(r"differs from the listing")
