@@ -491,7 +491,7 @@ TEST_F(mbox_index_files, same_size_rewrite_with_restored_mtime_is_rescanned) {
   open_and_check({}, open_source::full_scan, changed);
 }
 
-TEST_F(mbox_index_files, hostile_index_is_caught_by_the_from_line_checks_and_loses_nothing) {
+TEST_F(mbox_index_files, hostile_index_is_caught_by_the_identity_checks_and_loses_nothing) {
   std::string data;
   for (int i = 1; i <= 5; ++i) {
     data += msg("s@example.org", std::to_string(i), "body " + std::to_string(i)) + "\n";
@@ -524,6 +524,8 @@ TEST_F(mbox_index_files, hostile_index_is_caught_by_the_from_line_checks_and_los
     EXPECT_FALSE(c.ok());
   }
   EXPECT_EQ(read_file(box_), data);  // nothing lost, nothing changed
+  EXPECT_FALSE(index_now().has_value());  // and the next login scans
+  open_and_check({}, open_source::full_scan, data);
 }
 
 // Five list posts: one sender, one second, one footer (defect 2 of issue 10).
