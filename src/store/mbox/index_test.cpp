@@ -13,12 +13,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
+#include <cstdio>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <optional>
+#include <random>
+#include <set>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -641,6 +645,138 @@ TEST_F(mbox_index_files, commit_after_an_edit_before_the_first_deleted_one_keeps
   EXPECT_EQ(read_file(box_), data);
   EXPECT_FALSE(index_now().has_value());
   open_and_check({}, open_source::full_scan, data);
+}
+
+// Random foreign edits (same-length edits, swaps, in-place deletions, deliveries), between
+// sessions and during them, with random deletions at QUIT. Every listing must be a fresh
+// scan's, and a commit either deletes exactly the marked messages or nothing.
+TEST_F(mbox_index_files, randomized_foreign_edits_deliveries_and_sessions) {
+  std::mt19937 rng(20261207);
+  int next_id = 0;
+  // Equal From_ lines, equal footers, equal lengths: only the identities tell them apart.
+  const auto entry = [&next_id] {
+    char id[8];
+    std::snprintf(id, sizeof id, "%05d", next_id++);
+    return "From list@example.org Mon Jan  1 00:00:00 2024\nMessage-ID: <" + std::string(id) +
+           "@x>\nX-Status: A\n\nText of post " + std::string(id) + ".\n-- \nthe footer\n\n";
+  };
+  const auto id_of = [](const std::string& e) { return e.substr(e.find("<") + 1, 5); };
+  std::vector<std::string> entries;
+  for (int i = 0; i < 6; ++i) {
+    entries.push_back(entry());
+  }
+  const auto join = [](const std::vector<std::string>& es) {
+    std::string out;
+    for (const auto& e : es) {
+      out += e;
+    }
+    return out;
+  };
+  const auto rewrite = [this](const std::string& data) {  // same inode, as mutt does
+    const unique_fd fd(::open(box_.c_str(), O_WRONLY | O_CLOEXEC));
+    ASSERT_TRUE(fd);
+    ASSERT_EQ(::pwrite(fd.get(), data.data(), data.size(), 0), static_cast<ssize_t>(data.size()));
+    ASSERT_EQ(::ftruncate(fd.get(), static_cast<off_t>(data.size())), 0);
+  };
+  // One foreign change; returns false when it was a delivery (or nothing).
+  const auto foreign = [&]() -> bool {
+    const std::size_t n = entries.size();
+    switch (rng() % 5) {
+      case 0: {  // a same-length edit: a flag toggled
+        std::string& e = entries[rng() % n];
+        const std::size_t at = e.find("X-Status: ") + 10;
+        e[at] = e[at] == 'A' ? 'F' : 'A';
+        break;
+      }
+      case 1: {  // two messages swapped
+        if (n < 2) {
+          return false;
+        }
+        const std::size_t i = rng() % n;
+        std::swap(entries[i], entries[(i + 1 + rng() % (n - 1)) % n]);
+        break;
+      }
+      case 2:  // one deleted in place
+        if (n < 2) {
+          return false;
+        }
+        entries.erase(entries.begin() + static_cast<std::ptrdiff_t>(rng() % n));
+        break;
+      case 3: {  // a delivery
+        entries.push_back(entry());
+        append_file(box_, entries.back());
+        return false;
+      }
+      default:
+        return false;
+    }
+    rewrite(join(entries));
+    return true;
+  };
+  const auto check_listing = [&](maildrop& m) {
+    const std::string data = read_file(box_);
+    auto full = scan(data, {});
+    ASSERT_TRUE(full.ok());
+    const auto msgs = m.messages();
+    ASSERT_EQ(msgs.size(), full->messages.size());
+    for (std::size_t i = 0; i < msgs.size(); ++i) {
+      EXPECT_EQ(msgs[i].size, full->messages[i].size) << i;
+      EXPECT_EQ(msgs[i].uidl, full->messages[i].uidl) << i;
+    }
+  };
+  write_file(box_, join(entries));
+  for (int round = 0; round < 120; ++round) {
+    SCOPED_TRACE("round " + std::to_string(round));
+    if (rng() % 2 == 0) {
+      foreign();
+    }
+    auto m = open(box_, mbox_options({}));
+    ASSERT_TRUE(m.ok()) << m.err().message();
+    check_listing(**m);
+    const std::vector<std::string> listed = entries;
+    const bool changed = rng() % 3 == 0 && foreign();
+    const std::string before_commit = read_file(box_);
+    std::vector<char> del(listed.size(), 0);
+    std::set<std::string> deleted_ids;
+    for (std::size_t i = 0; i < listed.size(); ++i) {
+      if (listed.size() - deleted_ids.size() > 2 && rng() % 4 == 0) {
+        del[i] = 1;
+        deleted_ids.insert(id_of(listed[i]));
+      }
+    }
+    const std::size_t probe = rng() % listed.size();
+    auto r = (*m)->open_message(probe, false);
+    if (!changed) {
+      ASSERT_TRUE(r.ok()) << r.err().message();
+    }
+    const std::vector<bool> marks(del.begin(), del.end());
+    bool flags[64] = {};
+    std::copy(marks.begin(), marks.end(), flags);
+    auto c = (*m)->commit(std::span<const bool>(flags, listed.size()));
+    if (!changed) {
+      ASSERT_TRUE(c.ok()) << c.err().message();
+    }
+    if (c.ok()) {
+      std::vector<std::string> kept;
+      for (const auto& e : entries) {
+        if (deleted_ids.count(id_of(e)) == 0) {
+          kept.push_back(e);
+        }
+      }
+      entries = std::move(kept);
+      ASSERT_EQ(read_file(box_), join(entries));
+    } else {
+      ASSERT_EQ(read_file(box_), before_commit);  // nothing deleted
+    }
+    m->reset();
+    if (entries.size() < 4) {
+      entries.push_back(entry());
+      append_file(box_, entries.back());
+    }
+  }
+  auto last = open(box_, mbox_options({}));
+  ASSERT_TRUE(last.ok());
+  check_listing(**last);
 }
 
 }  // namespace
