@@ -725,7 +725,7 @@ TEST_F(mbox_index_files, randomized_foreign_edits_deliveries_and_sessions) {
     }
   };
   write_file(box_, join(entries));
-  for (int round = 0; round < 120; ++round) {
+  for (int round = 0; round < 300; ++round) {
     SCOPED_TRACE("round " + std::to_string(round));
     if (rng() % 2 == 0) {
       foreign();
