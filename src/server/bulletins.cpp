@@ -193,6 +193,9 @@ result<std::vector<bulletin>> read_mbox_source(const std::string& path, std::uin
   }
   store::mbox::parse_options po;
   po.from_quoting = q;
+  // The administrator's file: its X-UIDL headers keep naming bulletins as they always did
+  // (the parser's default, off, is for mailboxes that senders write to).
+  po.use_x_uidl = true;
   auto scanned = store::mbox::scan(*data, po);
   if (!scanned) {
     return std::move(scanned).err();

@@ -980,6 +980,7 @@ const auto key_rules = std::to_array<key_rule>({
      }},
     {"mail", "mbox_quoting", set_mbox_quoting},
     POSTERN_BOOL_KEY("mail", mbox_content_length),
+    POSTERN_BOOL_KEY("mail", mbox_x_uidl),
     {"auth", "passdb", set_passdb},
     {"auth", "pam_service", [](const item& it, config& c) { set_plain_name(it, c.unix.pam_service, false); }},
     {"auth", "pam_account_check",
@@ -1378,6 +1379,7 @@ std::string format_config(const config& cfg) {
   line("mbox_lock_timeout", format_duration(cfg.mbox_lock_timeout));
   line("mbox_quoting", toml_string(cfg.mbox_quoting));
   line("mbox_content_length", cfg.mbox_content_length ? "true" : "false");
+  line("mbox_x_uidl", cfg.mbox_x_uidl ? "true" : "false");
   line("privileged_group", toml_string(cfg.unix.privileged_group));
 
   out += "\n[auth]\n";

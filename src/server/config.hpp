@@ -84,6 +84,7 @@ struct config {
   std::chrono::seconds mbox_lock_timeout{30};
   std::string mbox_quoting = "mboxo";        // "mboxo" | "mboxrd" | "none"
   bool mbox_content_length = false;          // honour Content-Length headers
+  bool mbox_x_uidl = false;                  // take UIDLs from X-UIDL headers
 
   // [auth]
   std::string passdb = "passwd-file:/etc/postern/users";

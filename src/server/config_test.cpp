@@ -63,6 +63,7 @@ void expect_same_config(const config& a, const config& b) {
   EXPECT_EQ(a.mbox_lock_timeout, b.mbox_lock_timeout);
   EXPECT_EQ(a.mbox_quoting, b.mbox_quoting);
   EXPECT_EQ(a.mbox_content_length, b.mbox_content_length);
+  EXPECT_EQ(a.mbox_x_uidl, b.mbox_x_uidl);
   EXPECT_EQ(a.passdb, b.passdb);
   EXPECT_EQ(a.failure_delay, b.failure_delay);
   EXPECT_EQ(a.worker_threads, b.worker_threads);
@@ -570,6 +571,7 @@ TEST(config, defaults_of_tls_auth_and_mbox_keys) {
   EXPECT_EQ(c.mbox_lock_timeout, 30s);
   EXPECT_EQ(c.mbox_quoting, "mboxo");
   EXPECT_FALSE(c.mbox_content_length);
+  EXPECT_FALSE(c.mbox_x_uidl);
 }
 
 TEST(config, tls_auth_and_mbox_keys_are_read) {
@@ -685,6 +687,7 @@ TEST(config, tls_auth_and_mbox_keys_are_read) {
        [](const config& c) { EXPECT_EQ(c.mbox_quoting, "none"); }},
       {"[mail]\nmbox_content_length = true\n",
        [](const config& c) { EXPECT_TRUE(c.mbox_content_length); }},
+      {"[mail]\nmbox_x_uidl = true\n", [](const config& c) { EXPECT_TRUE(c.mbox_x_uidl); }},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.text);
@@ -1159,6 +1162,7 @@ TEST(config, format_defaults_shows_every_key) {
                           "mbox_lock_timeout = \"30s\"",
                           "mbox_quoting = \"mboxo\"",
                           "mbox_content_length = false",
+                          "mbox_x_uidl = false",
                           "[auth]",
                           "passdb = \"passwd-file:/etc/postern/users\"",
                           "failure_delay = \"2s\"",
@@ -1259,6 +1263,7 @@ TEST(config, format_round_trips_tls_auth_and_mbox_keys) {
   base.mbox_lock_timeout = 90s;
   base.mbox_quoting = "mboxrd";
   base.mbox_content_length = true;
+  base.mbox_x_uidl = true;
   base.mechanisms = {"SCRAM-SHA-256-PLUS", "SCRAM-SHA-256", "SCRAM-SHA-1", "EXTERNAL", "GSSAPI",
                      "CRAM-MD5",           "LOGIN",         "PLAIN"};
   base.disable_plaintext_auth = false;
@@ -1277,6 +1282,7 @@ TEST(config, format_round_trips_tls_auth_and_mbox_keys) {
            "mbox_lock_timeout = \"90s\"",
            "mbox_quoting = \"mboxrd\"",
            "mbox_content_length = true",
+           "mbox_x_uidl = true",
            "mechanisms = [\"SCRAM-SHA-256-PLUS\", \"SCRAM-SHA-256\", \"SCRAM-SHA-1\", "
            "\"EXTERNAL\", \"GSSAPI\", \"CRAM-MD5\", \"LOGIN\", \"PLAIN\"]",
            "disable_plaintext_auth = false",

@@ -207,6 +207,7 @@ result<void> prepare_env(const config& cfg, const unix_settings& us, shared_stat
                     : cfg.mbox_quoting == "none" ? store::mbox::quoting::none
                                                  : store::mbox::quoting::mboxo;
   mb.honour_content_length = cfg.mbox_content_length;
+  mb.use_x_uidl = cfg.mbox_x_uidl;
   st.env.engine.greeting = cfg.greeting;
   st.env.engine.implementation =
       cfg.implementation_capability ? std::string("Postern ") + POSTERN_VERSION : std::string();

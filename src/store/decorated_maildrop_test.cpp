@@ -348,6 +348,7 @@ class mbox_fixture : public ::testing::Test {
   mbox::options fast() {
     mbox::options o;
     o.locking.timeout = 300ms;
+    o.use_x_uidl = true;  // as with mbox_x_uidl = true: the X-UIDL reuse tests need it
     return o;
   }
   std::unique_ptr<maildrop> open_plain() {

@@ -640,6 +640,7 @@ class UidlFormatMbox(FeatureCase):
             msg("qpopper", ["X-UIDL: qp-0001"]),
             msg("new")])
         self.pop3()["uidl_format"] = DOVECOT_FORMAT
+        self.world.config["mail"]["mbox_x_uidl"] = True  # off by default
         srv = self.world.start()
         for _ in range(2):
             conn = srv.session(box)
@@ -649,6 +650,7 @@ class UidlFormatMbox(FeatureCase):
 
     def test_x_uidl_reused_without_a_format(self):
         box = self.add_user("alice", ALICE_PW, [msg("qpopper", ["X-UIDL: qp-0002"])])
+        self.world.config["mail"]["mbox_x_uidl"] = True  # off by default
         srv = self.world.start()
         conn = srv.session(box)
         self.assertEqual(self.uidls(conn), {1: "qp-0002"})

@@ -20,10 +20,11 @@ namespace {
 constexpr std::string_view index_magic = "PMBXIDX\n";
 constexpr std::size_t digest_size = 32;
 constexpr std::size_t trailer_size = 8 + digest_size;
-// magic, version, options, 7 stamp fields, first separator, scanned size, tail, count.
-constexpr std::size_t header_size = 8 + 4 + 4 + 7 * 8 + 4 * 8;
-// The smallest record: five one-byte varints, flags, fingerprint, a one-octet UIDL.
-constexpr std::size_t min_record_size = 5 + 1 + 8 + 2;
+// magic, version, options, 7 stamp fields, first separator, scanned size, tail, digest
+// seed, count.
+constexpr std::size_t header_size = 8 + 4 + 4 + 7 * 8 + 5 * 8;
+// The smallest record: five one-byte varints, flags, fingerprint, digest, a one-octet UIDL.
+constexpr std::size_t min_record_size = 5 + 1 + 8 + 16 + 2;
 constexpr std::size_t hex_uidl_size = 40;
 constexpr std::size_t raw_uidl_size = 20;
 constexpr mode_t index_mode = 0600;
@@ -176,7 +177,7 @@ result<std::string> encode_index(const index_contents& c, const uidl_source& uid
   const auto& msgs = c.scan.messages;
   // Written through a raw cursor into a buffer sized for the largest records: this runs at
   // QUIT for 100,000 messages and must cost a few milliseconds, not tens.
-  constexpr std::size_t max_record = 5 * 10 + 1 + 8 + 1 + 70;
+  constexpr std::size_t max_record = 5 * 10 + 1 + 8 + 16 + 1 + 70;
   // Uninitialized: only the pages written are touched.
   const auto buf =
       std::make_unique_for_overwrite<char[]>(header_size + msgs.size() * max_record + trailer_size);
@@ -217,12 +218,13 @@ result<std::string> encode_index(const index_contents& c, const uidl_source& uid
   u64(msgs.empty() ? c.scan.scanned_size : msgs.front().separator);
   u64(c.scan.scanned_size);
   u64(c.scan.tail_fingerprint);
+  u64(c.scan.digest_seed);
   u64(msgs.size());
   for (std::size_t i = 0; i < msgs.size(); ++i) {
     const message_span& m = msgs[i];
     const std::string_view uidl = uidl_of ? uidl_of(i) : std::string_view(m.uidl);
     const std::uint64_t next = i + 1 < msgs.size() ? msgs[i + 1].separator : c.scan.scanned_size;
-    auto* const packed = reinterpret_cast<unsigned char*>(p) + 5 * 10 + 1 + 8;  // scratch
+    auto* const packed = reinterpret_cast<unsigned char*>(p) + 5 * 10 + 1 + 8 + 16;  // scratch
     const bool hex = pack_hex_uidl(uidl, packed);
     if (m.extent_end != next || m.separator > m.content || m.content > m.end ||
         m.end > m.extent_end || (!hex && !is_legal_uidl(uidl))) {
@@ -241,6 +243,8 @@ result<std::string> encode_index(const index_contents& c, const uidl_source& uid
     flags |= hex ? flag_hex_uidl : 0;
     *p++ = static_cast<char>(flags);
     u64(m.from_fingerprint);
+    u64(m.digest.low);
+    u64(m.digest.high);
     if (hex) {
       std::memmove(p, packed, raw_uidl_size);
       p += raw_uidl_size;
@@ -284,7 +288,7 @@ result<index_contents> decode_index(std::string_view bytes) {
       !r.u32(opts) || !r.u64(c.stamp.dev) || !r.u64(c.stamp.ino) || !r.u64(c.stamp.size) ||
       !r.i64(c.stamp.mtime_s) || !r.i64(c.stamp.mtime_ns) || !r.i64(c.stamp.ctime_s) ||
       !r.i64(c.stamp.ctime_ns) || !r.u64(first) || !r.u64(c.scan.scanned_size) ||
-      !r.u64(c.scan.tail_fingerprint) || !r.u64(count)) {
+      !r.u64(c.scan.tail_fingerprint) || !r.u64(c.scan.digest_seed) || !r.u64(count)) {
     return bad("truncated header");
   }
   if (version != index_format_version) {
@@ -317,7 +321,8 @@ result<index_contents> decode_index(std::string_view bytes) {
     std::uint64_t end_back = 0;
     std::uint8_t flags = 0;
     if (!r.varint(m.from_line_length) || !r.varint(content_off) || !r.varint(extent_len) ||
-        !r.varint(end_back) || !r.varint(m.size) || !r.u8(flags) || !r.u64(m.from_fingerprint)) {
+        !r.varint(end_back) || !r.varint(m.size) || !r.u8(flags) || !r.u64(m.from_fingerprint) ||
+        !r.u64(m.digest.low) || !r.u64(m.digest.high)) {
       return bad("truncated message record");
     }
     if ((flags & ~flag_known) != 0) {

@@ -5,12 +5,13 @@
 // mbox.hpp says when open() trusts it and what it still checks in the mbox itself.
 //
 // Format (all integers little-endian; varints are LEB128, at most 10 bytes, no overflow):
-//   "PMBXIDX\n", u32 version (1), u32 option bits (quoting, honour_content_length,
+//   "PMBXIDX\n", u32 version (2), u32 option bits (quoting, honour_content_length,
 //   use_x_uidl, stable), the mbox's stamp (u64 dev, ino, size, mtime s/ns, ctime s/ns),
-//   u64 first separator, scanned size, tail fingerprint, message count;
+//   u64 first separator, scanned size, tail fingerprint, digest seed, message count;
 //   per message: varint From_ line length, content offset (from the separator), extent
 //   length, end-back (extent end - content end), wire size; u8 flags; u64 From_ line
-//   fingerprint; the UIDL (20 bytes for a 40-digit lowercase hex value, else varint length
+//   fingerprint; u64 low and high half of its identity (parser.hpp: the digest of its
+//   extent); the UIDL (20 bytes for a 40-digit lowercase hex value, else varint length
 //   1..70 and the octets);
 //   trailer: u64 length of the whole file, SHA-256 of every byte before the digest.
 // decode_index() checks every field: lengths, bounds, that extents tile the scanned part
@@ -54,7 +55,8 @@ struct index_contents {
   scan_result scan;    // scan.scanned_size <= stamp.size
 };
 
-inline constexpr std::uint32_t index_format_version = 1;
+// Version 1 (no message identities) is ignored: the mbox is scanned and the index rewritten.
+inline constexpr std::uint32_t index_format_version = 2;
 // A larger file is not an index Postern wrote (a 100,000-message mbox needs about 4 MB).
 inline constexpr std::uint64_t max_index_bytes = std::uint64_t{1} << 30;
 

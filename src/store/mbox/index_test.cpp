@@ -13,12 +13,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
+#include <cstdio>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <optional>
+#include <random>
+#include <set>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -125,6 +129,9 @@ void expect_same_scan(const scan_result& a, const scan_result& b) {
     EXPECT_EQ(x.ends_with_blank_line, y.ends_with_blank_line);
     EXPECT_EQ(x.uidl_collided, y.uidl_collided);
     EXPECT_EQ(x.uidl, y.uidl);
+    if (a.digest_seed == b.digest_seed) {
+      EXPECT_EQ(x.digest, y.digest);
+    }
   }
 }
 
@@ -229,35 +236,37 @@ TEST(mbox_index, every_truncation_and_bit_flip_is_rejected) {
 }
 
 TEST(mbox_index, hostile_sealed_files_are_rejected) {
-  // Two small messages: every varint is one byte. Header: 104 bytes; record 1 at 104:
-  // From_ length, content offset, extent, end-back, size, flags, fingerprint (8), UIDL (20).
+  // Two small messages: every varint is one byte. Header: 112 bytes; record 1 at 112:
+  // From_ length, content offset, extent, end-back, size, flags, fingerprint (8), digest
+  // (16), UIDL (20).
   const std::string data = "From a\nX: 1\n\nx\n\nFrom b\nX: 2\n\ny\n";
   const std::string good = *encode_index(contents_of(data, {}));
   ASSERT_TRUE(decode_index(reseal(good, [](std::string&) {})).ok());
   const std::vector<std::pair<std::string, std::function<void(std::string&)>>> cases = {
       {"magic", [](std::string& b) { b[0] = 'X'; }},
-      {"version", [](std::string& b) { b[8] = 2; }},
+      {"version 1 (no identities)", [](std::string& b) { b[8] = 1; }},
+      {"version 3", [](std::string& b) { b[8] = 3; }},
       {"unknown option", [](std::string& b) { b[12] = static_cast<char>(b[12] | 0x40); }},
       {"quoting 3", [](std::string& b) { b[12] = static_cast<char>(b[12] | 0x3); }},
       {"scanned beyond size", [](std::string& b) { b[80] = static_cast<char>(b[80] + 100); }},
-      {"huge count", [](std::string& b) { b[96 + 7] = 0x7f; }},
-      {"count + 1", [](std::string& b) { b[96] = 3; }},
-      {"count - 1", [](std::string& b) { b[96] = 1; }},
-      {"zero From_ length", [](std::string& b) { b[104] = 0; }},
-      {"content past extent", [](std::string& b) { b[105] = 100; }},
-      {"extent past scanned", [](std::string& b) { b[106] = static_cast<char>(b[106] + 1); }},
-      {"extent short (gap)", [](std::string& b) { b[106] = static_cast<char>(b[106] - 1); }},
-      {"end-back too large", [](std::string& b) { b[107] = 60; }},
-      {"unknown flag", [](std::string& b) { b[109] = static_cast<char>(b[109] | 0x80); }},
+      {"huge count", [](std::string& b) { b[104 + 7] = 0x7f; }},
+      {"count + 1", [](std::string& b) { b[104] = 3; }},
+      {"count - 1", [](std::string& b) { b[104] = 1; }},
+      {"zero From_ length", [](std::string& b) { b[112] = 0; }},
+      {"content past extent", [](std::string& b) { b[113] = 100; }},
+      {"extent past scanned", [](std::string& b) { b[114] = static_cast<char>(b[114] + 1); }},
+      {"extent short (gap)", [](std::string& b) { b[114] = static_cast<char>(b[114] - 1); }},
+      {"end-back too large", [](std::string& b) { b[115] = 60; }},
+      {"unknown flag", [](std::string& b) { b[117] = static_cast<char>(b[117] | 0x80); }},
       {"text UIDL with a space",
        [](std::string& b) {
-         b[109] = static_cast<char>(b[109] & ~0x10);  // the UIDL becomes "\x14" + 20 bytes
-         b[118] = 3;
-         b[119] = 'a';
-         b[120] = ' ';
-         b[121] = 'b';
+         b[117] = static_cast<char>(b[117] & ~0x10);  // the UIDL becomes "\x14" + 20 bytes
+         b[142] = 3;
+         b[143] = 'a';
+         b[144] = ' ';
+         b[145] = 'b';
        }},
-      {"non-minimal varint", [](std::string& b) { b.insert(104, "\x87"); b[105] = 0; }},
+      {"non-minimal varint", [](std::string& b) { b.insert(112, "\x87"); b[113] = 0; }},
       {"trailing bytes", [](std::string& b) { b += "zz"; }},
   };
   for (const auto& [name, mutate] : cases) {
@@ -296,7 +305,9 @@ class mbox_index_files : public ::testing::Test {
     m->reset();
     auto idx = index_now();
     ASSERT_TRUE(idx.has_value());
-    expect_same_scan(idx->scan, *full);
+    auto again = scan(data, po, idx->scan.digest_seed);  // the digests too
+    ASSERT_TRUE(again.ok());
+    expect_same_scan(idx->scan, *again);
   }
 
   temp_dir dir_;
@@ -349,7 +360,8 @@ TEST_F(mbox_index_files, appended_mail_scans_only_the_new_part) {
         open_and_check(po, open_source::full_scan, data.substr(0, split));
         append_file(box_, data.substr(split));
         const auto prefix = scan(data.substr(0, split), po);
-        const bool resumable = !prefix->messages.empty() && !po.honour_content_length;
+        const bool resumable = !prefix->messages.empty() && !po.honour_content_length &&
+                               prefix->messages.front().separator == 0;
         open_and_check(po, resumable ? open_source::appended_scan : open_source::full_scan,
                        data);
       }
@@ -401,9 +413,13 @@ TEST_F(mbox_index_files, commit_writes_the_index_of_the_new_file) {
           const std::string now = read_file(box_);
           auto idx = index_now();
           if (idx) {
-            auto want = scan(std::string_view(now).substr(0, idx->scan.scanned_size), po);
+            auto want = scan(std::string_view(now).substr(0, idx->scan.scanned_size), po,
+                             idx->scan.digest_seed);
             expect_same_scan(idx->scan, *want);
-            const auto src = idx->scan.scanned_size < now.size() ? open_source::appended_scan
+            const bool resumable = !idx->scan.messages.empty() &&
+                                   idx->scan.messages.front().separator == 0;
+            const auto src = idx->scan.scanned_size < now.size()
+                                 ? (resumable ? open_source::appended_scan : open_source::full_scan)
                              : idx->stable                      ? open_source::index
                                                                 : open_source::full_scan;
             open_and_check(po, src, now);
@@ -479,7 +495,7 @@ TEST_F(mbox_index_files, same_size_rewrite_with_restored_mtime_is_rescanned) {
   open_and_check({}, open_source::full_scan, changed);
 }
 
-TEST_F(mbox_index_files, hostile_index_is_caught_by_the_from_line_checks_and_loses_nothing) {
+TEST_F(mbox_index_files, hostile_index_is_caught_by_the_identity_checks_and_loses_nothing) {
   std::string data;
   for (int i = 1; i <= 5; ++i) {
     data += msg("s@example.org", std::to_string(i), "body " + std::to_string(i)) + "\n";
@@ -512,6 +528,255 @@ TEST_F(mbox_index_files, hostile_index_is_caught_by_the_from_line_checks_and_los
     EXPECT_FALSE(c.ok());
   }
   EXPECT_EQ(read_file(box_), data);  // nothing lost, nothing changed
+  EXPECT_FALSE(index_now().has_value());  // and the next login scans
+  open_and_check({}, open_source::full_scan, data);
+}
+
+// Five list posts: one sender, one second, one footer (defect 2 of issue 10).
+std::string list_posts(int n) {
+  std::string data;
+  for (int i = 1; i <= n; ++i) {
+    data += "From list@example.org Mon Jan  1 00:00:00 2024\nStatus: O\nX-Status: \n"
+            "Subject: post " + std::string(static_cast<std::size_t>(i), '+') +
+            "\n\nText " + std::to_string(i) + "\n-- \nthe list footer\n\n";
+  }
+  return data;
+}
+
+void pwrite_at(const std::string& path, std::size_t off, std::string_view bytes) {
+  const unique_fd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
+  ASSERT_TRUE(fd);
+  ASSERT_EQ(::pwrite(fd.get(), bytes.data(), bytes.size(), static_cast<off_t>(off)),
+            static_cast<ssize_t>(bytes.size()));
+}
+
+TEST_F(mbox_index_files, same_length_edit_then_delivery_is_rescanned) {
+  // Mutt toggles a flag in message 2 (same length), then mail is delivered: the old region
+  // is proved unchanged or scanned again, never taken from the index as it was.
+  std::string data = list_posts(4);
+  write_file(box_, data);
+  open_and_check({}, open_source::full_scan, data);
+  const std::size_t flag = data.find("X-Status: \n", data.find("post ++"));
+  data.replace(flag, 11, "X-Status: A");
+  // And a body line of message 3 corrected, same length (its UIDL changes).
+  data.replace(data.find("Text 3"), 6, "Text C");
+  pwrite_at(box_, 0, data);
+  const std::string late = msg("late@example.org", "late", "new mail");
+  append_file(box_, late);
+  data += late;
+  open_and_check({}, open_source::full_scan, data);
+  open_and_check({}, open_source::index, data);
+}
+
+TEST_F(mbox_index_files, swapped_messages_then_delivery_are_rescanned) {
+  const std::string data = list_posts(4);
+  write_file(box_, data);
+  open_and_check({}, open_source::full_scan, data);
+  auto r = scan(data, {});
+  ASSERT_TRUE(r.ok());
+  const auto part = [&](std::size_t i) {
+    const auto& m = r->messages[i];
+    return data.substr(m.separator, m.extent_end - m.separator);
+  };
+  std::string swapped = part(0) + part(2) + part(1) + part(3);
+  ASSERT_EQ(swapped.size(), data.size());
+  pwrite_at(box_, 0, swapped);
+  const std::string late = msg("late@example.org", "late", "new mail");
+  append_file(box_, late);
+  swapped += late;
+  open_and_check({}, open_source::full_scan, swapped);
+  // Deleting works at once, and at every later login.
+  {
+    auto m = open(box_, mbox_options({}));
+    ASSERT_TRUE(m.ok());
+    const bool del[] = {true, false, false, false, false};
+    auto c = (*m)->commit(del);
+    ASSERT_TRUE(c.ok()) << c.err().message();
+  }
+  const std::string after = swapped.substr(part(0).size());
+  EXPECT_EQ(read_file(box_), after);
+  open_and_check({}, open_source::index, after);
+}
+
+TEST_F(mbox_index_files, a_message_that_changed_under_a_session_removes_the_index) {
+  std::string data = list_posts(3);
+  write_file(box_, data);
+  open_and_check({}, open_source::full_scan, data);
+  auto m = open(box_, mbox_options({}));
+  ASSERT_TRUE(m.ok());
+  ASSERT_EQ(last_open_source_for_test(), open_source::index);
+  data.replace(data.find("Text 2"), 6, "Text B");
+  pwrite_at(box_, 0, data);
+  auto r = (*m)->open_message(1, false);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.err().code(), errc::temporary);
+  EXPECT_FALSE(index_now().has_value());
+  // The session reads and deletes nothing more.
+  EXPECT_FALSE((*m)->open_message(0, false).ok());
+  const bool del[] = {true, false, false};
+  EXPECT_FALSE((*m)->commit(del).ok());
+  m->reset();
+  EXPECT_EQ(read_file(box_), data);
+  open_and_check({}, open_source::full_scan, data);
+}
+
+TEST_F(mbox_index_files, commit_after_an_edit_before_the_first_deleted_one_keeps_no_stale_index) {
+  std::string data = list_posts(4);
+  write_file(box_, data);
+  open_and_check({}, open_source::full_scan, data);
+  auto r = scan(data, {});
+  ASSERT_TRUE(r.ok());
+  const std::uint64_t third = r->messages[2].separator;
+  const std::uint64_t fourth = r->messages[3].separator;
+  {
+    auto m = open(box_, mbox_options({}));
+    ASSERT_TRUE(m.ok());
+    // During the session: message 1 edited in place (same length), mail delivered.
+    data.replace(data.find("Text 1"), 6, "Text A");
+    pwrite_at(box_, 0, data.substr(0, 200));
+    const std::string late = msg("late@example.org", "late", "new mail");
+    append_file(box_, late);
+    data += late;
+    const bool del[] = {false, false, true, false};
+    auto c = (*m)->commit(del);
+    ASSERT_TRUE(c.ok()) << c.err().message();
+  }
+  data.erase(third, fourth - third);
+  EXPECT_EQ(read_file(box_), data);
+  EXPECT_FALSE(index_now().has_value());
+  open_and_check({}, open_source::full_scan, data);
+}
+
+// Random foreign edits (same-length edits, swaps, in-place deletions, deliveries), between
+// sessions and during them, with random deletions at QUIT. Every listing must be a fresh
+// scan's, and a commit either deletes exactly the marked messages or nothing.
+TEST_F(mbox_index_files, randomized_foreign_edits_deliveries_and_sessions) {
+  std::mt19937 rng(20261207);
+  int next_id = 0;
+  // Equal From_ lines, equal footers, equal lengths: only the identities tell them apart.
+  const auto entry = [&next_id] {
+    char id[8];
+    std::snprintf(id, sizeof id, "%05d", next_id++);
+    return "From list@example.org Mon Jan  1 00:00:00 2024\nMessage-ID: <" + std::string(id) +
+           "@x>\nX-Status: A\n\nText of post " + std::string(id) + ".\n-- \nthe footer\n\n";
+  };
+  const auto id_of = [](const std::string& e) { return e.substr(e.find("<") + 1, 5); };
+  std::vector<std::string> entries;
+  for (int i = 0; i < 6; ++i) {
+    entries.push_back(entry());
+  }
+  const auto join = [](const std::vector<std::string>& es) {
+    std::string out;
+    for (const auto& e : es) {
+      out += e;
+    }
+    return out;
+  };
+  const auto rewrite = [this](const std::string& data) {  // same inode, as mutt does
+    const unique_fd fd(::open(box_.c_str(), O_WRONLY | O_CLOEXEC));
+    ASSERT_TRUE(fd);
+    ASSERT_EQ(::pwrite(fd.get(), data.data(), data.size(), 0), static_cast<ssize_t>(data.size()));
+    ASSERT_EQ(::ftruncate(fd.get(), static_cast<off_t>(data.size())), 0);
+  };
+  // One foreign change; returns false when it was a delivery (or nothing).
+  const auto foreign = [&]() -> bool {
+    const std::size_t n = entries.size();
+    switch (rng() % 5) {
+      case 0: {  // a same-length edit: a flag toggled
+        std::string& e = entries[rng() % n];
+        const std::size_t at = e.find("X-Status: ") + 10;
+        e[at] = e[at] == 'A' ? 'F' : 'A';
+        break;
+      }
+      case 1: {  // two messages swapped
+        if (n < 2) {
+          return false;
+        }
+        const std::size_t i = rng() % n;
+        std::swap(entries[i], entries[(i + 1 + rng() % (n - 1)) % n]);
+        break;
+      }
+      case 2:  // one deleted in place
+        if (n < 2) {
+          return false;
+        }
+        entries.erase(entries.begin() + static_cast<std::ptrdiff_t>(rng() % n));
+        break;
+      case 3: {  // a delivery
+        entries.push_back(entry());
+        append_file(box_, entries.back());
+        return false;
+      }
+      default:
+        return false;
+    }
+    rewrite(join(entries));
+    return true;
+  };
+  const auto check_listing = [&](maildrop& m) {
+    const std::string data = read_file(box_);
+    auto full = scan(data, {});
+    ASSERT_TRUE(full.ok());
+    const auto msgs = m.messages();
+    ASSERT_EQ(msgs.size(), full->messages.size());
+    for (std::size_t i = 0; i < msgs.size(); ++i) {
+      EXPECT_EQ(msgs[i].size, full->messages[i].size) << i;
+      EXPECT_EQ(msgs[i].uidl, full->messages[i].uidl) << i;
+    }
+  };
+  write_file(box_, join(entries));
+  for (int round = 0; round < 300; ++round) {
+    SCOPED_TRACE("round " + std::to_string(round));
+    if (rng() % 2 == 0) {
+      foreign();
+    }
+    auto m = open(box_, mbox_options({}));
+    ASSERT_TRUE(m.ok()) << m.err().message();
+    check_listing(**m);
+    const std::vector<std::string> listed = entries;
+    const bool changed = rng() % 3 == 0 && foreign();
+    const std::string before_commit = read_file(box_);
+    std::vector<char> del(listed.size(), 0);
+    std::set<std::string> deleted_ids;
+    for (std::size_t i = 0; i < listed.size(); ++i) {
+      if (listed.size() - deleted_ids.size() > 2 && rng() % 4 == 0) {
+        del[i] = 1;
+        deleted_ids.insert(id_of(listed[i]));
+      }
+    }
+    const std::size_t probe = rng() % listed.size();
+    auto r = (*m)->open_message(probe, false);
+    if (!changed) {
+      ASSERT_TRUE(r.ok()) << r.err().message();
+    }
+    const std::vector<bool> marks(del.begin(), del.end());
+    bool flags[64] = {};
+    std::copy(marks.begin(), marks.end(), flags);
+    auto c = (*m)->commit(std::span<const bool>(flags, listed.size()));
+    if (!changed) {
+      ASSERT_TRUE(c.ok()) << c.err().message();
+    }
+    if (c.ok()) {
+      std::vector<std::string> kept;
+      for (const auto& e : entries) {
+        if (deleted_ids.count(id_of(e)) == 0) {
+          kept.push_back(e);
+        }
+      }
+      entries = std::move(kept);
+      ASSERT_EQ(read_file(box_), join(entries));
+    } else {
+      ASSERT_EQ(read_file(box_), before_commit);  // nothing deleted
+    }
+    m->reset();
+    if (entries.size() < 4) {
+      entries.push_back(entry());
+      append_file(box_, entries.back());
+    }
+  }
+  auto last = open(box_, mbox_options({}));
+  ASSERT_TRUE(last.ok());
+  check_listing(**last);
 }
 
 }  // namespace

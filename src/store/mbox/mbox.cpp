@@ -1,11 +1,13 @@
 #include "store/mbox/mbox.hpp"
 
+#include "common/log.hpp"
 #include "common/unique_fd.hpp"
 #include "store/mbox/index.hpp"
 #include "store/mbox/journal.hpp"
 #include "store/mapped_file.hpp"
 
 #include <fcntl.h>
+#include <openssl/rand.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -73,12 +75,12 @@ result<void> pread_full(int fd, char* buf, std::size_t n, std::uint64_t off,
   return ok_result();
 }
 
-// Reads up to n bytes at off; fewer only at the end of the file.
-result<std::string> pread_some(int fd, std::uint64_t off, std::size_t n, const std::string& what) {
-  std::string out(n, '\0');
+// Reads up to n bytes at off into buf; fewer only at the end of the file.
+result<std::size_t> pread_upto(int fd, char* buf, std::size_t n, std::uint64_t off,
+                               const std::string& what) {
   std::size_t got = 0;
   while (got < n) {
-    const ssize_t r = ::pread(fd, out.data() + got, n - got, static_cast<off_t>(off + got));
+    const ssize_t r = ::pread(fd, buf + got, n - got, static_cast<off_t>(off + got));
     if (r < 0) {
       const int err = errno;
       if (err == EINTR) {
@@ -91,7 +93,17 @@ result<std::string> pread_some(int fd, std::uint64_t off, std::size_t n, const s
     }
     got += static_cast<std::size_t>(r);
   }
-  out.resize(got);
+  return got;
+}
+
+// Reads up to n bytes at off; fewer only at the end of the file.
+result<std::string> pread_some(int fd, std::uint64_t off, std::size_t n, const std::string& what) {
+  std::string out(n, '\0');
+  auto got = pread_upto(fd, out.data(), n, off, what);
+  if (!got.ok()) {
+    return std::move(got).err();
+  }
+  out.resize(*got);
   return out;
 }
 
@@ -113,7 +125,8 @@ result<bool> exists_at(int dir_fd, const std::string& name, const std::string& w
 
 // One sequential pass over the bytes [from.offset, size).
 result<scan_result> scan_file(int fd, std::uint64_t size, const parse_options& po,
-                              const std::string& what, resume_point from = {}) {
+                              const std::string& what, std::uint64_t seed,
+                              resume_point from = {}) {
   const std::uint64_t start = from.offset;
   scanner sc(po, size,
              [fd, size, &what](std::uint64_t off, std::size_t n) -> result<std::string> {
@@ -124,7 +137,7 @@ result<scan_result> scan_file(int fd, std::uint64_t size, const parse_options& p
                                  static_cast<std::size_t>(std::min<std::uint64_t>(n, size - off)),
                                  what);
              },
-             std::move(from));
+             std::move(from), seed);
   std::vector<char> buf(static_cast<std::size_t>(
       std::min<std::uint64_t>(scan_buffer_size, std::max<std::uint64_t>(size - start, 1))));
   std::uint64_t pos = start;
@@ -135,6 +148,63 @@ result<scan_result> scan_file(int fd, std::uint64_t size, const parse_options& p
     pos += n;
   }
   return sc.finish();
+}
+
+// A fresh seed for the digests of a full scan (parser.hpp: Identity). Should the random
+// source fail, the seed is 0: the digests still tell apart every message that was not
+// made on purpose to collide.
+std::uint64_t random_seed() noexcept {
+  std::uint64_t seed = 0;
+  if (RAND_bytes(reinterpret_cast<unsigned char*>(&seed), sizeof seed) != 1) {
+    return 0;
+  }
+  return seed;
+}
+
+// Index of the first of spans[b, e) whose bytes no longer have its digest (a file that
+// ends inside one counts as a difference), or nullopt when all match. One sequential read
+// of their extents, which tile [spans[b].separator, spans[e - 1].extent_end).
+result<std::optional<std::size_t>> first_changed(int fd, std::span<const message_span> spans,
+                                                 std::size_t b, std::size_t e,
+                                                 std::uint64_t seed, const std::string& what) {
+  if (b >= e) {
+    return std::optional<std::size_t>{};
+  }
+  const std::uint64_t begin = spans[b].separator;
+  const std::uint64_t end = spans[e - 1].extent_end;
+  std::vector<char> buf(static_cast<std::size_t>(
+      std::min<std::uint64_t>(scan_buffer_size, std::max<std::uint64_t>(end - begin, 1))));
+  digester d(seed);
+  std::size_t i = b;
+  std::uint64_t pos = begin;
+  while (pos < end) {
+    const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), end - pos));
+    auto got = pread_upto(fd, buf.data(), want, pos, what);
+    if (!got.ok()) {
+      return std::move(got).err();
+    }
+    const std::string_view chunk(buf.data(), *got);
+    std::uint64_t at = pos;  // absolute offset of chunk[0]
+    std::size_t used = 0;
+    while (used < chunk.size()) {
+      const std::uint64_t stop = std::min(spans[i].extent_end, at + (chunk.size() - used));
+      d.update(chunk.substr(used, static_cast<std::size_t>(stop - at)));
+      used += static_cast<std::size_t>(stop - at);
+      at = stop;
+      if (stop == spans[i].extent_end) {
+        if (d.digest() != spans[i].digest) {
+          return std::optional<std::size_t>(i);
+        }
+        d.reset(seed);
+        ++i;
+      }
+    }
+    if (chunk.size() < want) {
+      return std::optional<std::size_t>(i);  // the file ends inside message i
+    }
+    pos += want;
+  }
+  return std::optional<std::size_t>{};
 }
 
 // fingerprint() of the last <= tail_window bytes before `end`, as scan_result records it.
@@ -333,8 +403,9 @@ class mbox_drop final : public maildrop {
   // An empty maildrop with no file behind it.
   mbox_drop() = default;
 
+  // `opened`: the spool's stamp when it was listed; `stable`: no later write can keep it.
   mbox_drop(std::string path, std::string base, options opts, unique_fd dir, unique_fd session,
-            unique_fd spool, scan_result scan)
+            unique_fd spool, scan_result scan, const file_stamp& opened, bool stable)
       : path_(std::move(path)),
         base_(std::move(base)),
         opts_(opts),
@@ -344,6 +415,9 @@ class mbox_drop final : public maildrop {
         spool_fd_(std::move(spool)),
         scanned_size_(scan.scanned_size),
         tail_fingerprint_(scan.tail_fingerprint),
+        digest_seed_(scan.digest_seed),
+        opened_(opened),
+        opened_stable_(stable),
         spans_(std::move(scan.messages)) {
     infos_.reserve(spans_.size());
     for (auto& s : spans_) {
@@ -380,8 +454,11 @@ class mbox_drop final : public maildrop {
     if (index >= spans_.size()) {
       return error(errc::invalid, "mbox: no message " + std::to_string(index + 1));
     }
+    if (changed_) {
+      return changed_error();
+    }
     const message_span& s = spans_[index];
-    POSTERN_TRY(check_from_line(s, index));
+    POSTERN_TRY(verify(index, index + 1));
     const int dup = ::fcntl(spool_fd_.get(), F_DUPFD_CLOEXEC, 0);
     if (dup < 0) {
       const int err = errno;
@@ -417,6 +494,9 @@ class mbox_drop final : public maildrop {
     if (!first) {
       return stats;  // nothing to write: no lock, no I/O
     }
+    if (changed_) {
+      return changed_error();  // a message differed from the listing: delete nothing
+    }
     auto r = update(deleted, *first);
     if (!r.ok()) {
       error e = std::move(r).err();
@@ -427,22 +507,33 @@ class mbox_drop final : public maildrop {
   }
 
  private:
-  result<void> check_from_line(const message_span& s, std::size_t index) const {
-    const auto n = static_cast<std::size_t>(
-        std::min<std::uint64_t>(s.from_line_length, fingerprint_bytes));
-    auto bytes = pread_some(spool_fd_.get(), s.separator, n, path_);
-    if (!bytes.ok()) {
-      return std::move(bytes).err();
+  error changed_error() const {
+    return error(errc::temporary, "mbox: " + path_ +
+                                      ": mailbox changed by another program; log in again "
+                                      "(nothing is deleted in this session)");
+  }
+
+  // Checks that messages [b, e) still have their identities. On a difference the session
+  // is marked (it reads and deletes nothing more), the index removed so that the next login
+  // scans, a warning logged, and errc::temporary returned.
+  result<void> verify(std::size_t b, std::size_t e) {
+    auto changed = first_changed(spool_fd_.get(), spans_, b, e, digest_seed_, path_);
+    if (!changed.ok()) {
+      return std::move(changed).err();
     }
-    if (bytes->size() != n || fingerprint(*bytes) != s.from_fingerprint) {
-      return error(errc::temporary, "mbox: " + path_ + " was rewritten by another program "
-                                        "(message " + std::to_string(index + 1) + " moved)");
+    if (!*changed) {
+      return ok_result();
     }
-    return ok_result();
+    changed_ = true;
+    log::warning("mbox: {}: message {} differs from the listing (changed by another program); "
+                 "the session deletes nothing and the next login rescans",
+                 log::safe(path_), **changed + 1);
+    static_cast<void>(remove_index(dir_fd_.get(), names_));
+    return changed_error();
   }
 
   // The scanned part must still be what we scanned, at least where the update relies on it.
-  result<void> check_unchanged(std::size_t first) const {
+  result<void> check_unchanged(std::size_t first) {
     struct stat named{};
     struct stat ours{};
     if (::fstatat(dir_fd_.get(), base_.c_str(), &named, AT_SYMLINK_NOFOLLOW) != 0) {
@@ -466,12 +557,14 @@ class mbox_drop final : public maildrop {
       return std::move(bytes).err();
     }
     if (fingerprint(*bytes) != tail_fingerprint_) {
-      return error(errc::temporary, "mbox: " + path_ + " was changed since it was opened");
+      changed_ = true;
+      log::warning("mbox: {}: the end of the listed messages changed (by another program); "
+                   "nothing deleted, the next login rescans", log::safe(path_));
+      static_cast<void>(remove_index(dir_fd_.get(), names_));
+      return changed_error();
     }
-    for (std::size_t i = first; i < spans_.size(); ++i) {
-      POSTERN_TRY(check_from_line(spans_[i], i));
-    }
-    return ok_result();
+    // Every message the rewrite moves or removes: from the first deleted one to the end.
+    return verify(first, spans_.size());
   }
 
   result<void> update(std::span<const bool> deleted, std::size_t first) {
@@ -497,6 +590,8 @@ class mbox_drop final : public maildrop {
     update_plan plan;
     plan.start = spans_[first].separator;
     plan.old_size = static_cast<std::uint64_t>(st.st_size);
+    // No write at all since the listing: its messages before `first` are as listed.
+    const bool untouched = opened_stable_ && stamp_of(st) == opened_;
     const auto keep = [&plan](std::uint64_t from, std::uint64_t to, bool blank_line_before) {
       if (from == to) {
         return;
@@ -517,7 +612,7 @@ class mbox_drop final : public maildrop {
     // the kept ones after it move down. Not derived where a deletion can change more than
     // offsets: a UIDL that yielded to an earlier message's, or Content-Length boundaries.
     bool derivable = !opts_.honour_content_length;
-    std::vector<std::pair<std::size_t, bool>> moved;  // kept after `first`; blank line before
+    std::vector<std::size_t> moved;  // kept after `first`
     for (std::size_t i = first + 1; i < spans_.size(); ++i) {
       if (deleted[i]) {
         joined = true;
@@ -526,9 +621,11 @@ class mbox_drop final : public maildrop {
       const message_span& s = spans_[i];
       const bool blank = joined && !after_prefix && !after_blank && !s.dated_separator;
       keep(s.separator, s.extent_end, blank);
-      derivable = derivable && !s.uidl_collided;
+      // A blank line put before s ends the previous kept message's extent, which changes its
+      // identity; the index is then removed rather than that digest computed again.
+      derivable = derivable && !s.uidl_collided && !blank;
       if (derivable) {
-        moved.emplace_back(i, blank);
+        moved.push_back(i);
       }
       after_prefix = false;
       after_blank = s.ends_with_blank_line;
@@ -547,6 +644,16 @@ class mbox_drop final : public maildrop {
       keep(scanned_size_, plan.old_size, needs_blank);
     }
     POSTERN_TRY(run_update(dir_fd_.get(), names_, spool_fd_.get(), path_, plan, &*lock));
+    if (derivable && opts_.use_index && !untouched) {
+      // The file was written since the listing (a delivery, or an edit): the messages the
+      // update did not touch go into the new index only if they still have their identity.
+      auto changed = first_changed(spool_fd_.get(), spans_, 0, first, digest_seed_, path_);
+      if (!changed.ok() || *changed) {
+        log::notice("mbox: {}: a message before the first deleted one changed during the "
+                    "session; the index is removed, the next login scans", log::safe(path_));
+        derivable = false;
+      }
+    }
     // The update is done: from here on nothing may fail the commit. spans_ now describes the
     // new file (the session reads no message after its commit): messages before `first`
     // are unchanged; the kept ones after it move down in place, so the cost grows with the
@@ -557,12 +664,7 @@ class mbox_drop final : public maildrop {
       std::size_t w = first;
       std::uint64_t cursor = plan.start;  // the end of the kept messages in the new file
       origin.reserve(moved.size());
-      for (const auto& [i, blank] : moved) {
-        if (blank) {  // the blank line ends the previous kept message's extent
-          spans_[w - 1].extent_end += 1;
-          spans_[w - 1].ends_with_blank_line = true;
-          cursor += 1;
-        }
+      for (const std::size_t i : moved) {
         message_span m = std::move(spans_[i]);
         const std::uint64_t from = m.separator;
         m.separator = cursor;
@@ -618,6 +720,7 @@ class mbox_drop final : public maildrop {
     }
     c.scan.scanned_size = scanned;
     c.scan.tail_fingerprint = *tail;
+    c.scan.digest_seed = digest_seed_;
     return c;
   }
 
@@ -630,8 +733,13 @@ class mbox_drop final : public maildrop {
   unique_fd spool_fd_;
   std::uint64_t scanned_size_ = 0;
   std::uint64_t tail_fingerprint_ = 0;
+  std::uint64_t digest_seed_ = 0;
+  file_stamp opened_;
+  bool opened_stable_ = false;
   std::vector<message_span> spans_;
   std::vector<message_info> infos_;
+  // A message differed from its identity: the session reads and deletes nothing more.
+  bool changed_ = false;
   bool committed_ = false;
 };
 
@@ -691,13 +799,34 @@ result<known_result> known_messages(int dir_fd, const side_files& names, int spo
     const bool unchanged = idx->stamp == stamp && idx->stable &&
                            idx->scan.scanned_size == stamp.size;
     // Mail appended since: every message but the last one ends as it did (a Content-Length
-    // could reach into the new bytes, so not with honour_content_length).
+    // could reach into the new bytes, so not with honour_content_length). Bytes before the
+    // first message could have gained a From_ line, so not with such a prefix either.
     const bool grown = !unchanged && stamp.size > idx->scan.scanned_size &&
-                       !idx->scan.messages.empty() && !po.honour_content_length;
+                       !idx->scan.messages.empty() && !po.honour_content_length &&
+                       idx->scan.messages.front().separator == 0;
     if (unchanged || grown) {
       auto same = spot_check(spool_fd, idx->scan, path);
       if (!same.ok()) {
         return std::move(same).err();
+      }
+      if (!*same) {
+        log::notice("mbox: {}: the index does not match the mailbox (rewritten by another "
+                    "program); scanning it again", log::safe(path));
+      }
+      if (*same && grown) {
+        // The old region must be as indexed: every message but the last (which is scanned
+        // again) still has its identity. Otherwise a same-length edit or two swapped
+        // messages would keep stale sizes and UIDLs.
+        auto changed = first_changed(spool_fd, idx->scan.messages, 0,
+                                     idx->scan.messages.size() - 1, idx->scan.digest_seed, path);
+        if (!changed.ok()) {
+          return std::move(changed).err();
+        }
+        if (*changed) {
+          log::notice("mbox: {}: message {} differs from the index (changed by another "
+                      "program); scanning the mailbox again", log::safe(path), **changed + 1);
+          *same = false;
+        }
       }
       if (*same && unchanged) {
         out.index.scan = std::move(idx->scan);
@@ -737,7 +866,8 @@ result<known_result> known_messages(int dir_fd, const side_files& names, int spo
           }
           return false;
         };
-        auto tail = scan_file(spool_fd, stamp.size, po, path, resume_point{resume_at, is_taken});
+        auto tail = scan_file(spool_fd, stamp.size, po, path, idx->scan.digest_seed,
+                              resume_point{resume_at, is_taken});
         if (!tail.ok()) {
           return std::move(tail).err();
         }
@@ -752,12 +882,13 @@ result<known_result> known_messages(int dir_fd, const side_files& names, int spo
         out.index.scan.messages = std::move(msgs);
         out.index.scan.scanned_size = stamp.size;
         out.index.scan.tail_fingerprint = *fp;
+        out.index.scan.digest_seed = idx->scan.digest_seed;
         g_last_source = open_source::appended_scan;
         return out;
       }
     }
   }
-  auto scanned = scan_file(spool_fd, stamp.size, po, path);
+  auto scanned = scan_file(spool_fd, stamp.size, po, path, random_seed());
   if (!scanned.ok()) {
     return std::move(scanned).err();
   }
@@ -880,7 +1011,7 @@ result<std::unique_ptr<store::maildrop>> open(const std::string& path, const opt
   }
   return std::unique_ptr<store::maildrop>(std::make_unique<mbox_drop>(
       path, base, opts, std::move(dir_fd), std::move(*session), std::move(spool),
-      std::move(known->index.scan)));
+      std::move(known->index.scan), known->index.stamp, known->index.stable));
 }
 
 }  // namespace postern::store::mbox

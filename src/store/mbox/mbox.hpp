@@ -24,27 +24,36 @@
 //    same parse options, and the first and last From_ lines and the 64 bytes before the
 //    scanned end as recorded: the index is the listing; nothing else is read;
 //  - same inode, larger than the scanned part, same spot checks, no honour_content_length
-//    (a Content-Length could reach into the new bytes): only the last indexed message and
-//    what follows it are scanned (scanner's resume_point), with the earlier UIDLs taken;
+//    (a Content-Length could reach into the new bytes), no bytes before the first message,
+//    and every indexed message but the last still has its identity (parser.hpp; its
+//    extent is read and hashed, so a same-length edit or two swapped messages are seen):
+//    only the last indexed message and what follows it are scanned (scanner's
+//    resume_point), with the earlier UIDLs taken;
 //  - anything else (another inode, smaller, same size but another mtime or ctime, a
 //    damaged or foreign index): a full scan.
 // After a scan the index is rewritten, after the spool locks are released. A commit writes
 // the index of the file it produced (kept messages moved down; the scanned part ends before
 // any mail appended meanwhile) unless a deletion can change more than offsets (a UIDL that
-// yielded to an earlier equal one, honour_content_length): then the index is removed. Data
-// safety never rests on the index: open_message and commit check the From_ lines they use.
+// yielded to an earlier equal one, a blank line put before a From_ line,
+// honour_content_length) or, when the spool was written since the listing, a message
+// before the first deleted one no longer has its identity: then the index is removed. A
+// mismatch is logged. Data safety never rests on the index: open_message and commit check
+// the identities of the messages they send, move or remove.
 //
 // Reading. open_message reads the message's byte range with pread through its own
 // descriptor, unquoting ">From " lines on the fly with bounded memory. It first checks that
-// the message's From_ line is still where the scan saw it (errc::temporary otherwise: the
-// file was rewritten by someone else). `retrieved` is ignored: marking messages read
+// the message's extent still has its identity. Otherwise another program changed the
+// file: errc::temporary ("mailbox changed by another program; log in again"), a warning is
+// logged, the index is removed so that the next login scans, and the session reads and
+// deletes nothing more. `retrieved` is ignored: marking messages read
 // ("Status: RO") would mean rewriting the file from the first marked message on, so
 // Postern does not do it.
 //
 // Commit. With no deletion, nothing is written and no lock is taken. Otherwise the spool
 // locks are taken, the scanned part is checked to be unchanged (same inode, size not
-// smaller, the bytes at the end of the scanned part and every From_ line from the first
-// deleted message on as scanned: errc::temporary and nothing deleted otherwise), and the file
+// smaller, the bytes at the end of the scanned part and the identity of every message from
+// the first deleted one on: errc::temporary and nothing deleted otherwise, a changed message
+// also removing the index), and the file
 // is rewritten in place from the first deleted message on, through a redo journal, so that
 // the cost grows with the bytes after the first deleted message, owner, group, mode, links
 // and ACLs stay as they are, mail appended after the scan is kept, and a crash at any
@@ -76,7 +85,9 @@ struct options {
   lock::lock_options locking;  // dotlock + fcntl, 30 s, stale after 10 min
   quoting from_quoting = quoting::mboxo;
   bool honour_content_length = false;
-  bool use_x_uidl = true;  // an X-UIDL header (qpopper, UW) gives the UIDL when valid
+  // An X-UIDL header (qpopper, UW) gives the UIDL when valid. Off by default: a sender can
+  // write one and so take the UIDL of another message (parser.hpp).
+  bool use_x_uidl = false;
   // Keep the index file (.<name>.postern-index); false (location parameter INDEX=MEMORY)
   // scans the whole file at every login, writes no index and removes one left behind.
   bool use_index = true;

@@ -253,6 +253,7 @@ TEST(mbox_parser, table) {
         EXPECT_EQ(c->messages[i].size, r->messages[i].size);
         EXPECT_EQ(c->messages[i].uidl, r->messages[i].uidl);
         EXPECT_EQ(c->messages[i].from_fingerprint, r->messages[i].from_fingerprint);
+        EXPECT_EQ(c->messages[i].digest, r->messages[i].digest);
       }
       EXPECT_EQ(c->tail_fingerprint, r->tail_fingerprint);
     }
@@ -367,7 +368,9 @@ TEST(mbox_parser, uidl_rules) {
   const std::string toolong =
       "From d Mon Jan  1 00:00:03 2024\nx-uidl: " + std::string(71, 'u') + "\n\nw\n\n";
   const std::string dup = "From e Mon Jan  1 00:00:04 2024\n\nsame\n\n";
-  auto r = scan(a + b + bad + toolong + dup + dup, {});
+  parse_options x_uidl;
+  x_uidl.use_x_uidl = true;
+  auto r = scan(a + b + bad + toolong + dup + dup, x_uidl);
   ASSERT_TRUE(r.ok());
   ASSERT_EQ(r->messages.size(), 6u);
   EXPECT_EQ(r->messages[0].uidl, "qpop-123");  // X-UIDL wins
@@ -377,12 +380,14 @@ TEST(mbox_parser, uidl_rules) {
   EXPECT_EQ(r->messages[3].uidl.size(), 40u);
   EXPECT_NE(r->messages[4].uidl, r->messages[5].uidl);  // identical messages: still unique
 
-  // X-UIDL can be turned off.
+  // X-UIDL is off by default: a sender could forge another message's UIDL.
   parse_options po;
-  po.use_x_uidl = false;
+  EXPECT_FALSE(po.use_x_uidl);
+  EXPECT_FALSE(options{}.use_x_uidl);
   auto off = scan(a, po);
   ASSERT_TRUE(off.ok());
   EXPECT_NE(off->messages[0].uidl, "qpop-123");
+  EXPECT_EQ(off->messages[0].uidl.size(), 40u);
 
   // Derived UIDLs ignore headers that MUAs rewrite and the message's position.
   const std::string m1 = "From x Mon Jan  1 00:00:00 2024\nMessage-ID: <1@x>\nDate: d\n\nbody\n\n";
@@ -393,6 +398,88 @@ TEST(mbox_parser, uidl_rules) {
   auto behind = scan(dup + m1_flagged, {});
   ASSERT_TRUE(alone.ok() && behind.ok());
   EXPECT_EQ(alone->messages[0].uidl, behind->messages[1].uidl);
+}
+
+// Five list posts: one sender, one second, one footer; bodies differ by one line.
+std::string list_post(const std::string& text) {
+  return "From list@example.org Mon Jan  1 00:00:00 2024\nSubject: post\n\n" + text +
+         "\n-- \nthe list footer\n\n";
+}
+
+TEST(mbox_parser, identity_is_the_digest_of_the_whole_extent) {
+  std::string data = "garbage\n\n";
+  for (int i = 1; i <= 5; ++i) {
+    data += list_post("Text " + std::to_string(i));
+  }
+  for (std::uint64_t seed : {std::uint64_t{0}, std::uint64_t{0x1234567890abcdefULL}}) {
+    auto r = scan(data, {}, seed);
+    ASSERT_TRUE(r.ok());
+    ASSERT_EQ(r->messages.size(), 5u);
+    EXPECT_EQ(r->digest_seed, seed);
+    std::set<std::pair<std::uint64_t, std::uint64_t>> seen;
+    for (const auto& m : r->messages) {
+      const std::string_view extent =
+          std::string_view(data).substr(m.separator, m.extent_end - m.separator);
+      EXPECT_EQ(m.digest, digest_of(extent, seed));
+      digester d(seed);
+      for (char c : extent) {
+        d.update(std::string_view(&c, 1));
+      }
+      EXPECT_EQ(d.digest(), m.digest);
+      seen.insert({m.digest.low, m.digest.high});
+    }
+    EXPECT_EQ(seen.size(), 5u);  // equal From_ lines and footers, five identities
+  }
+  // The seed changes every identity.
+  EXPECT_NE(scan(data, {}, 1)->messages[0].digest, scan(data, {}, 2)->messages[0].digest);
+  // A one-byte edit anywhere in an extent changes its identity (From_ line, header, body,
+  // the blank line that ends it).
+  const auto base = scan(data, {});
+  const auto& m2 = base->messages[1];
+  for (std::uint64_t at = m2.separator + 1; at < m2.extent_end; at += 7) {
+    std::string edited = data;
+    edited[at] = edited[at] == '\n' ? '\r' : static_cast<char>(edited[at] ^ 0x20);
+    if (edited[at] == '\n') {
+      continue;
+    }
+    auto r = scan(edited, {});
+    ASSERT_TRUE(r.ok());
+    if (r->messages.size() == base->messages.size() &&
+        r->messages[1].extent_end == m2.extent_end) {
+      EXPECT_NE(r->messages[1].digest, m2.digest) << "edit at " << at;
+    }
+  }
+}
+
+TEST(mbox_parser, identity_does_not_depend_on_chunks_or_resuming) {
+  // Lines longer than a chunk, separators split across chunks, no final newline.
+  std::string data;
+  for (int i = 1; i <= 6; ++i) {
+    data += list_post(std::string(static_cast<std::size_t>(i) * 700, static_cast<char>('a' + i)));
+  }
+  data += "From last Mon Jan  1 00:00:00 2024\n\nunterminated";
+  const auto whole = scan(data, {}, 77);
+  ASSERT_TRUE(whole.ok());
+  const std::string_view v = data;
+  const auto peek = [v](std::uint64_t off, std::size_t n) -> result<std::string> {
+    return std::string(v.substr(std::min<std::uint64_t>(off, v.size()), n));
+  };
+  for (std::size_t chunk : {std::size_t{1}, std::size_t{5}, std::size_t{64}, std::size_t{1000}}) {
+    SCOPED_TRACE(chunk);
+    for (std::size_t k : {std::size_t{0}, std::size_t{3}}) {
+      const std::uint64_t from = whole->messages[k].separator;
+      scanner s({}, data.size(), peek, resume_point{from, {}}, 77);
+      for (std::size_t i = from; i < data.size(); i += chunk) {
+        ASSERT_TRUE(s.feed(v.substr(i, std::min(chunk, data.size() - i))).ok());
+      }
+      auto r = s.finish();
+      ASSERT_TRUE(r.ok());
+      ASSERT_EQ(r->messages.size(), whole->messages.size() - k);
+      for (std::size_t i = 0; i < r->messages.size(); ++i) {
+        EXPECT_EQ(r->messages[i].digest, whole->messages[k + i].digest) << i;
+      }
+    }
+  }
 }
 
 TEST(mbox_unquoter, chunk_boundaries_everywhere) {
@@ -589,11 +676,16 @@ TEST_F(mbox_files, uidls_stable_across_sessions_and_deletions) {
             (std::vector<std::string>{before.contents[1], before.contents[3], before.contents[4]}));
 }
 
-TEST_F(mbox_files, x_uidl_wins) {
+TEST_F(mbox_files, x_uidl_wins_only_when_turned_on) {
   write_file(box_, "From a Mon Jan  1 00:00:00 2024\nX-UIDL: 3f2a1b\n\nx\n\n" + sample(1));
   const auto l = listing_now();
   ASSERT_EQ(l.uidls.size(), 2u);
-  EXPECT_EQ(l.uidls[0], "3f2a1b");
+  EXPECT_NE(l.uidls[0], "3f2a1b");
+  options on = fast_options();
+  on.use_x_uidl = true;
+  auto m = open_ok(on);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->messages()[0].uidl, "3f2a1b");
 }
 
 TEST_F(mbox_files, commit_deletes_exactly_the_marked_messages_byte_for_byte) {
@@ -769,6 +861,81 @@ TEST_F(mbox_files, reading_a_rewritten_file_fails_cleanly) {
   auto r = m->open_message(1, true);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.err().code(), errc::temporary);
+}
+
+// Issue 10, defect 1: list posts with equal From_ lines and footers; mutt deletes message 3
+// in place and mail arrives; message 4's From_ line is then where message 5's is.
+TEST_F(mbox_files, equal_from_lines_and_footers_never_serve_or_delete_the_wrong_message) {
+  std::vector<std::string> posts;
+  for (int i = 1; i <= 5; ++i) {
+    posts.push_back(list_post("Text " + std::to_string(i)));
+  }
+  const auto join = [&](const std::vector<int>& which) {
+    std::string out;
+    for (int k : which) {
+      out += posts[static_cast<std::size_t>(k - 1)];
+    }
+    return out;
+  };
+  const std::string late = msg("late@example.org", "late", "new mail");
+  for (bool retr_first : {true, false}) {
+    SCOPED_TRACE(retr_first ? "RETR 4, DELE 4, QUIT" : "DELE 4, QUIT");
+    write_file(box_, join({1, 2, 3, 4, 5}));
+    auto m = open_ok();
+    ASSERT_TRUE(m);
+    ASSERT_EQ(m->messages().size(), 5u);
+    write_file(box_, join({1, 2, 4, 5}));  // same inode, truncated and rewritten
+    append_file(box_, late);
+    if (retr_first) {
+      auto r = m->open_message(3, true);
+      ASSERT_FALSE(r.ok()) << "served: " << read_all(**r, 100);
+      EXPECT_EQ(r.err().code(), errc::temporary);
+      EXPECT_NE(r.err().message().find("log in again"), std::string::npos) << r.err().message();
+    }
+    const bool del[] = {false, false, false, true, false};
+    auto c = m->commit(del);
+    ASSERT_FALSE(c.ok());
+    EXPECT_EQ(c.err().code(), errc::temporary);
+    m.reset();
+    EXPECT_EQ(read_file(box_), join({1, 2, 4, 5}) + late);
+    EXPECT_FALSE(journal_files_left());
+    const auto l = listing_now();
+    ASSERT_EQ(l.contents.size(), 5u);
+    EXPECT_NE(l.contents[2].find("Text 4"), std::string::npos);
+    EXPECT_NE(l.contents[3].find("Text 5"), std::string::npos);
+  }
+}
+
+TEST_F(mbox_files, commit_verifies_every_message_it_moves_or_removes) {
+  write_file(box_, sample(4));
+  auto m = open_ok();
+  ASSERT_TRUE(m);
+  // A same-length edit in message 4 (a MUA toggling a flag): the update would move it.
+  std::string edited = sample(4);
+  edited.replace(edited.find("Body of message 4"), 4, "BODY");
+  {
+    std::ofstream f(box_, std::ios::binary | std::ios::in | std::ios::out);
+    f.write(edited.data(), static_cast<std::streamsize>(edited.size()));
+  }
+  const bool del[] = {false, true, false, false};
+  auto c = m->commit(del);
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.err().code(), errc::temporary);
+  m.reset();
+  EXPECT_EQ(read_file(box_), edited);
+  // An edit before the first deleted message does not stop the update.
+  auto again = open_ok();
+  ASSERT_TRUE(again);
+  std::string edited2 = edited;
+  edited2.replace(edited2.find("Body of message 1"), 4, "BODY");
+  {
+    std::ofstream f(box_, std::ios::binary | std::ios::in | std::ios::out);
+    f.write(edited2.data(), static_cast<std::streamsize>(edited2.size()));
+  }
+  auto ok = again->commit(del);
+  ASSERT_TRUE(ok.ok()) << ok.err().message();
+  again.reset();
+  EXPECT_EQ(listing_now().contents.size(), 3u);
 }
 
 TEST_F(mbox_files, replaced_file_aborts_commit) {

@@ -1,10 +1,12 @@
 #include "store/mbox/parser.hpp"
 
 #include <openssl/evp.h>
+#include <xxhash.h>
 
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <new>
 #include <unordered_set>
 #include <utility>
 
@@ -176,6 +178,59 @@ std::uint64_t fingerprint(std::string_view data) noexcept {
 }
 
 // -----------------------------------------------------------------------------------------
+// digester
+
+struct digester::state {
+  std::uint64_t seed = 0;
+  XXH3_state_t* xxh = nullptr;
+
+  explicit state(std::uint64_t s) : seed(s), xxh(XXH3_createState()) {
+    if (xxh == nullptr) {
+      throw std::bad_alloc();
+    }
+    XXH3_128bits_reset_withSeed(xxh, seed);
+  }
+  state(const state& other) : state(other.seed) { XXH3_copyState(xxh, other.xxh); }
+  state& operator=(const state&) = delete;
+  ~state() { XXH3_freeState(xxh); }
+};
+
+digester::digester(std::uint64_t seed) : state_(std::make_unique<state>(seed)) {}
+
+digester::~digester() = default;
+
+digester::digester(const digester& other) : state_(std::make_unique<state>(*other.state_)) {}
+
+digester& digester::operator=(const digester& other) {
+  if (this != &other) {
+    state_->seed = other.state_->seed;
+    XXH3_copyState(state_->xxh, other.state_->xxh);
+  }
+  return *this;
+}
+
+void digester::reset(std::uint64_t seed) {
+  state_->seed = seed;
+  XXH3_128bits_reset_withSeed(state_->xxh, seed);
+}
+
+void digester::update(std::string_view bytes) noexcept {
+  if (!bytes.empty()) {
+    XXH3_128bits_update(state_->xxh, bytes.data(), bytes.size());
+  }
+}
+
+content_digest digester::digest() const noexcept {
+  const XXH128_hash_t h = XXH3_128bits_digest(state_->xxh);
+  return content_digest{h.low64, h.high64};
+}
+
+content_digest digest_of(std::string_view bytes, std::uint64_t seed) noexcept {
+  const XXH128_hash_t h = XXH3_128bits_withSeed(bytes.data(), bytes.size(), seed);
+  return content_digest{h.low64, h.high64};
+}
+
+// -----------------------------------------------------------------------------------------
 // unquoter
 
 void unquoter::emit_held(std::string& out) {
@@ -271,6 +326,27 @@ struct scanner::impl {
   std::unordered_set<std::string> used_uidls;
   std::function<bool(std::string_view)> taken_before;  // UIDLs of messages before the resume
 
+  // Identity. `digest` holds the bytes [cur.separator, hashed_to) of the current message
+  // (hashed lazily, from the chunk being fed). A line that spans chunks is known to be a
+  // separator only when its end arrives; while it is pending, `before_line` holds the state
+  // just before the line and `line_digest` the line's bytes alone.
+  std::uint64_t seed = 0;
+  digester digest;
+  digester before_line;
+  digester line_digest;
+  bool line_pending = false;
+  std::uint64_t hashed_to = 0;
+  std::string_view chunk_data;  // the chunk being fed; it starts at `pos`
+
+  // Adds the bytes up to x (in the chunk being fed) to the current message's digest.
+  void catch_up(std::uint64_t x) noexcept {
+    if (x > hashed_to) {
+      digest.update(chunk_data.substr(static_cast<std::size_t>(hashed_to - pos),
+                                      static_cast<std::size_t>(x - hashed_to)));
+      hashed_to = x;
+    }
+  }
+
   bool is_taken(const std::string& uidl) const {
     return used_uidls.count(uidl) != 0 || (taken_before && taken_before(uidl));
   }
@@ -332,6 +408,12 @@ struct scanner::impl {
   }
 
   void start_message(const line_view& l) {
+    if (l.start < hashed_to) {
+      digest = line_digest;  // the line spanned chunks: its bytes are hashed already
+    } else {
+      hashed_to = l.start;  // bytes before the first message belong to no message
+      digest.reset(seed);
+    }
     cur = message_span{};
     cur.separator = l.start;
     cur.from_line_length = l.len;
@@ -453,6 +535,12 @@ struct scanner::impl {
   // Called before the separator line (or the end) is seen by on_line, so line_before_blank
   // still describes the extent's last line.
   result<void> close_message(std::uint64_t extent_end) {
+    if (extent_end < hashed_to) {
+      cur.digest = before_line.digest();  // the separator's line spanned chunks
+    } else {
+      catch_up(extent_end);
+      cur.digest = digest.digest();
+    }
     cur.extent_end = extent_end;
     cur.ends_with_blank_line = line_before_blank && extent_end > cur.content;
     if (cur.content > extent_end) {
@@ -509,6 +597,37 @@ struct scanner::impl {
   }
 
   result<void> feed(std::string_view chunk) {
+    chunk_data = chunk;
+    POSTERN_TRY(feed_lines(chunk));
+    if (partial) {  // the chunk ends inside a line: hash its bytes both ways
+      if (!line_pending) {
+        catch_up(partial_start);
+        before_line = digest;
+        line_digest.reset(seed);
+        line_pending = true;
+      }
+      const std::string_view rest =
+          chunk.substr(static_cast<std::size_t>(std::max(partial_start, pos) - pos));
+      digest.update(rest);
+      line_digest.update(rest);
+      hashed_to = pos + chunk.size();
+    } else {
+      catch_up(pos + chunk.size());
+    }
+    chunk_data = {};
+    pos += chunk.size();
+    if (chunk.size() >= tail_window) {
+      tail.assign(chunk.substr(chunk.size() - tail_window));
+    } else {
+      tail.append(chunk);
+      if (tail.size() > tail_window) {
+        tail.erase(0, tail.size() - tail_window);
+      }
+    }
+    return ok_result();
+  }
+
+  result<void> feed_lines(std::string_view chunk) {
     const char* p = chunk.data();
     const std::size_t n = chunk.size();
     std::size_t i = 0;
@@ -547,6 +666,11 @@ struct scanner::impl {
         partial_len += seg.size();
         if (lf != nullptr) {
           partial = false;
+          // The end of a line begun in an earlier chunk: its bytes go to both digests
+          // before the line is judged (close_message and start_message pick one).
+          digest.update(seg);
+          line_digest.update(seg);
+          hashed_to = pos + stop;
           line_view l;
           l.start = partial_start;
           l.len = partial_len;
@@ -555,18 +679,10 @@ struct scanner::impl {
           l.crlf = partial_len >= 2 && partial_before_last == '\r';
           l.last = '\n';
           POSTERN_TRY(on_line(l));
+          line_pending = false;
         }
       }
       i = stop;
-    }
-    pos += n;
-    if (n >= tail_window) {
-      tail.assign(chunk.substr(n - tail_window));
-    } else {
-      tail.append(chunk);
-      if (tail.size() > tail_window) {
-        tail.erase(0, tail.size() - tail_window);
-      }
     }
     return ok_result();
   }
@@ -586,18 +702,23 @@ struct scanner::impl {
     if (st != state::prefix) {
       POSTERN_TRY(close_message(pos));
     }
+    line_pending = false;
     st = state::prefix;
     scan_result out;
     out.messages = std::move(msgs);
     out.scanned_size = pos;
     out.tail_fingerprint = fingerprint(tail);
+    out.digest_seed = seed;
     return out;
   }
 };
 
 scanner::scanner(const parse_options& opts, std::uint64_t total_size, peek_fn peek,
-                 resume_point from)
+                 resume_point from, std::uint64_t digest_seed)
     : impl_(std::make_unique<impl>()) {
+  impl_->seed = digest_seed;
+  impl_->hashed_to = from.offset;
+  impl_->digest.reset(digest_seed);
   impl_->opts = opts;
   impl_->total = total_size;
   impl_->peek = std::move(peek);
@@ -611,13 +732,17 @@ result<void> scanner::feed(std::string_view chunk) { return impl_->feed(chunk); 
 
 result<scan_result> scanner::finish() { return impl_->finish(); }
 
-result<scan_result> scan(std::string_view data, const parse_options& opts) {
-  scanner s(opts, data.size(), [data](std::uint64_t offset, std::size_t n) -> result<std::string> {
-    if (offset >= data.size()) {
-      return std::string();
-    }
-    return std::string(data.substr(offset, n));
-  });
+result<scan_result> scan(std::string_view data, const parse_options& opts,
+                         std::uint64_t digest_seed) {
+  scanner s(
+      opts, data.size(),
+      [data](std::uint64_t offset, std::size_t n) -> result<std::string> {
+        if (offset >= data.size()) {
+          return std::string();
+        }
+        return std::string(data.substr(offset, n));
+      },
+      {}, digest_seed);
   POSTERN_TRY(s.feed(data));
   return s.finish();
 }

@@ -29,6 +29,12 @@
 // always agree with what is sent). Messages delimited by a valid Content-Length are never
 // unquoted (mboxcl2 writers do not quote).
 //
+// Identity: each message's digest is XXH3-128, with the scan's seed, of its whole stored
+// extent [separator, extent_end): From_ line, headers, body and the blank line that ends it.
+// Two messages with equal From_ lines and equal footers differ in it; a same-length edit
+// anywhere in the extent changes it. The store checks it before sending or deleting bytes
+// (mbox.hpp). The scanner computes it from the bytes it is fed anyway.
+//
 // UIDL: the first "X-UIDL:" header (qpopper, UW imapd) when use_x_uidl and its value is
 // 1..70 octets of 0x21..0x7E and not already taken by an earlier message; otherwise the
 // lowercase hex SHA-1 of "postern-mbox-uidl-1\n", the From_ line, the first Message-ID and
@@ -60,7 +66,9 @@ enum class quoting {
 struct parse_options {
   quoting from_quoting = quoting::mboxo;
   bool honour_content_length = false;
-  bool use_x_uidl = true;
+  // Off by default: any sender can write an X-UIDL header, and so give a message the UIDL of
+  // another one the client already holds (which it then never downloads).
+  bool use_x_uidl = false;
 };
 
 // How much of each line the parser looks at for separators, headers and quoting.
@@ -69,6 +77,34 @@ inline constexpr std::size_t line_head_bytes = 1024;
 inline constexpr std::size_t fingerprint_bytes = 256;
 // How much of the body goes into a derived UIDL.
 inline constexpr std::size_t uidl_body_bytes = 512;
+
+// A message's identity (see Identity above): the two halves of an XXH3-128 digest.
+struct content_digest {
+  std::uint64_t low = 0;
+  std::uint64_t high = 0;
+
+  bool operator==(const content_digest&) const = default;
+};
+
+// Streaming XXH3-128 with a seed, for the identity of a byte range fed in pieces.
+class digester {
+ public:
+  explicit digester(std::uint64_t seed = 0);
+  ~digester();
+  digester(const digester& other);
+  digester& operator=(const digester& other);
+
+  void reset(std::uint64_t seed);
+  void update(std::string_view bytes) noexcept;
+  content_digest digest() const noexcept;
+
+ private:
+  struct state;
+  std::unique_ptr<state> state_;
+};
+
+// The identity of bytes held in memory.
+content_digest digest_of(std::string_view bytes, std::uint64_t seed) noexcept;
 
 struct message_span {
   std::uint64_t separator = 0;    // offset of the From_ line
@@ -87,6 +123,7 @@ struct message_span {
   // The UIDL is not the message's own value (its X-UIDL or plain derived digest): an earlier
   // message held that value. Deleting earlier messages can change such a UIDL.
   bool uidl_collided = false;
+  content_digest digest;  // the identity of [separator, extent_end)
   std::string uidl;
 };
 
@@ -95,6 +132,7 @@ struct scan_result {
   std::uint64_t scanned_size = 0;      // the end of the bytes fed (absolute)
   std::uint64_t tail_fingerprint = 0;  // fingerprint() of the last <= 64 bytes fed
                                        // (of the last 64 bytes scanned when they were fed)
+  std::uint64_t digest_seed = 0;       // the seed of every message's digest
 };
 
 // Reads up to n bytes at offset (fewer only at the end of the data). Used to check a
@@ -115,8 +153,10 @@ class scanner {
  public:
   // total_size: the size of the data (the file size at the scan); bytes are fed from
   // `from.offset` (0 by default) to total_size, and offsets in the result are absolute.
+  // digest_seed: the seed of the messages' digests (a random one per listing, kept in the
+  // index, so that no sender can prepare two messages with one identity).
   scanner(const parse_options& opts, std::uint64_t total_size, peek_fn peek,
-          resume_point from = {});
+          resume_point from = {}, std::uint64_t digest_seed = 0);
   ~scanner();
   scanner(const scanner&) = delete;
   scanner& operator=(const scanner&) = delete;
@@ -132,7 +172,8 @@ class scanner {
 };
 
 // Scans a whole mbox held in memory.
-result<scan_result> scan(std::string_view data, const parse_options& opts);
+result<scan_result> scan(std::string_view data, const parse_options& opts,
+                         std::uint64_t digest_seed = 0);
 
 // Streaming unquoter for one message's content (state carries across chunks).
 class unquoter {
