@@ -73,6 +73,11 @@ struct lock_options {
   // Judge dotlocks holding a pid by whether that process lives. Turn off when the spool
   // directory is shared between hosts (NFS): a pid means nothing on another host.
   bool dotlock_check_pid = true;
+  // For a read-only scan: when the dotlock cannot be created for lack of space (ENOSPC,
+  // EDQUOT: its temporary file cannot be written on a full disk or over quota), go on
+  // without it, under the fcntl lock (taken then even when not configured) and flock if
+  // configured. mailbox_lock::complete() is false then; no update may be made under it.
+  bool read_without_dotlock_when_full = false;
 };
 
 // Parses a comma-separated list of "dotlock", "fcntl", "flock" (at least one, no repeats)
@@ -128,6 +133,8 @@ class mailbox_lock {
   static result<mailbox_lock> acquire(const std::string& path, int fd, const lock_options& opts);
 
   bool held() const noexcept { return held_; }
+  // Every configured lock is held (false when the dotlock was skipped on a full disk).
+  bool complete() const noexcept { return held_ && !dotlock_skipped_; }
   // Refreshes the dotlock's mtime (no-op without one).
   result<void> touch();
   // Releases everything; returns the first error (a dotlock found broken by someone else).
@@ -139,6 +146,7 @@ class mailbox_lock {
   bool fcntl_ = false;
   bool ofd_ = false;  // fcntl lock is an open file description lock
   bool flock_ = false;
+  bool dotlock_skipped_ = false;
   bool held_ = false;
 };
 

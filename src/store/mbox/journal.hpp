@@ -59,6 +59,10 @@ struct journal_header {
   std::string prefix_digest;       // SHA-256 of spool[max(0, start - 4096), start)
   std::string gap_digest;          // SHA-256 of spool[N, A) before the update
   std::string payload_digest;      // SHA-256 of T
+  // SHA-256 of the cell table that follows T in a redo journal: for every 4 KiB page of the
+  // file that [start, new_size) touches, the first 16 bytes of the SHA-256 of the spool's
+  // bytes of that page within [start, new_size) before the update.
+  std::string cells_digest;
 };
 
 // The header as stored (text, ending with a "check" line holding its own SHA-256 and an empty

@@ -65,6 +65,7 @@
 #include "common/result.hpp"
 #include "store/lock/mailbox_lock.hpp"
 #include "store/maildrop.hpp"
+#include "store/mbox/journal.hpp"
 #include "store/mbox/parser.hpp"
 
 #include <memory>
@@ -80,6 +81,9 @@ struct options {
   // Keep the index file (.<name>.postern-index); false (location parameter INDEX=MEMORY)
   // scans the whole file at every login, writes no index and removes one left behind.
   bool use_index = true;
+  // The state directory (absolute, expanded; [mail] mbox_state_dir) for a spool whose
+  // directory is not the mail owner's alone; empty: such spools are refused.
+  std::string state_dir;
 };
 
 // Opens the mbox file at `path` (absolute), taking the session lock, recovering an
@@ -92,6 +96,18 @@ struct options {
 // Nothing has been changed on error, apart from a completed crash recovery.
 [[nodiscard]] result<std::unique_ptr<store::maildrop>> open(const std::string& path,
                                                             const options& opts = {});
+
+// What recover_pending did.
+struct recovery_report {
+  recovery_outcome outcome = recovery_outcome::nothing;
+  std::string state_dir;  // where the side files of the spool are (empty: no directory)
+};
+
+// Completes (or sets aside, see journal.hpp) an update of the mbox at `path` that a crash
+// interrupted, with the same session lock and spool locks as open(), and nothing else: for
+// `posternd --recover` and for startup. Errors: as open().
+[[nodiscard]] result<recovery_report> recover_pending(const std::string& path,
+                                                      const options& opts = {});
 
 // Test hook: how the last open() on this thread found the messages.
 enum class open_source { none, full_scan, index, appended_scan };
