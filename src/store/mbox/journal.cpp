@@ -763,7 +763,17 @@ result<void> run_update(int dir_fd, const side_files& names, int spool_fd,
   if (!p.ok()) {
     return std::move(p).err();
   }
-  return apply_redo(c, p->journal.get(), p->header, std::move(p->trunc));
+  // The torn window: from here until the journal is gone, readers that do not take our
+  // locks may see T partly written over the old bytes.
+  const auto committed = std::chrono::steady_clock::now();
+  POSTERN_TRY(apply_redo(c, p->journal.get(), p->header, std::move(p->trunc)));
+  log::debug("mbox: {}: update committed and applied: {} bytes rewritten from offset {} in "
+             "{} ms",
+             display, h.payload_size, h.start,
+             std::chrono::duration_cast<std::chrono::milliseconds>(
+                 std::chrono::steady_clock::now() - committed)
+                 .count());
+  return ok_result();
 }
 
 namespace {
@@ -869,10 +879,29 @@ result<std::string> check_redo_target(const update_context& c, int jfd,
   return std::string();
 }
 
+result<recovery_outcome> recover_journal(int dir_fd, const side_files& names, int spool_fd,
+                                         const std::string& display, lock::mailbox_lock* lock);
+
 }  // namespace
 
 result<recovery_outcome> recover(int dir_fd, const side_files& names, int spool_fd,
                                  const std::string& display, lock::mailbox_lock* lock) {
+  const auto t0 = std::chrono::steady_clock::now();
+  auto r = recover_journal(dir_fd, names, spool_fd, display, lock);
+  if (r.ok() && *r == recovery_outcome::completed) {
+    log::notice("mbox: {}: completed an update interrupted by a crash ({} ms)", display,
+                std::chrono::duration_cast<std::chrono::milliseconds>(
+                    std::chrono::steady_clock::now() - t0)
+                    .count());
+  }
+  return r;
+}
+
+namespace {
+
+result<recovery_outcome> recover_journal(int dir_fd, const side_files& names, int spool_fd,
+                                         const std::string& display,
+                                         lock::mailbox_lock* lock) {
   // A redo journal that was never renamed into place was never acted on.
   POSTERN_TRY(remove_if_there(dir_fd, names.journal_new));
   copier cp(lock);
@@ -994,6 +1023,8 @@ result<recovery_outcome> recover(int dir_fd, const side_files& names, int spool_
   POSTERN_TRY(truncate_and_finish(c, h));
   return recovery_outcome::completed;
 }
+
+}  // namespace
 
 void set_fault_for_test(int step, std::function<void()> action) {
   fault_action() = std::move(action);

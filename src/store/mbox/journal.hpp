@@ -12,11 +12,15 @@
 //  3. A small "trunc" journal (preallocated in step 1) replaces the redo journal, saying T is
 //     in place; then the spool is truncated to N and fsynced, and the journal removed.
 // Recovery, at the next open, under the same locks, completes an update left by a crash:
-// a redo journal is applied again (step 2 is idempotent); a trunc journal tells, by a digest
-// of the old bytes [N, A), whether the truncation happened. Mail appended by a delivery agent
-// after the crash (which may break our stale dotlock) is folded into a new redo journal
-// first, so it is never cut off. A journal whose spool was replaced, truncated or changed
-// before `start` by someone else is obsolete: it is renamed aside, logged, and not applied.
+// a redo journal is applied again (step 2 is idempotent) only after verifying every byte it
+// overwrites or cuts off: [N, A) unchanged (gap digest), and every 4 KiB page of [start, N)
+// either T's bytes already or the pre-update bytes (the journal's cell table, recorded in
+// step 1); a trunc journal tells, by a digest of the old bytes [N, A), whether the truncation
+// happened. Mail appended by a delivery agent after the crash (which may break our stale
+// dotlock) is folded into a new redo journal first, so it is never cut off. A journal that
+// fails any check (its spool replaced, truncated or changed by someone else; damaged; not a
+// regular file of ours writable by nobody else) is renamed aside with a timestamp, logged
+// with its name, and not applied: the mailbox is served as it is.
 //
 // Threading: called with the session lock and the spool locks held, from one thread.
 #pragma once
@@ -106,9 +110,8 @@ enum class recovery_outcome {
 
 // Cleans up after a crash: removes half-written journals and completes or sets aside a
 // committed one. `spool_fd` is -1 when the spool does not exist. `display` names the spool in
-// errors and logs. Errors: errc::temporary (I/O, disk full; retry at the next open, nothing
-// is lost); errc::permanent when the journal is damaged (an administrator must look; the
-// spool may be half updated and is not served).
+// errors and logs. Errors: errc::temporary (I/O, disk full, a journal that cannot be renamed
+// aside; retry at the next open, nothing is lost).
 result<recovery_outcome> recover(int dir_fd, const side_files& names, int spool_fd,
                                  const std::string& display, lock::mailbox_lock* lock);
 

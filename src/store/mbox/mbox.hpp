@@ -53,9 +53,18 @@
 // undated From_ line right after a non-blank line, a blank line is put before it, so the
 // file parses the same afterwards.
 //
-// Privileges: the session must be able to create files in the spool's directory (the
-// dotlock, the session lock, the journal, the index): on Debian, /var/mail is root:mail
-// 2775, so the post-login process needs group mail (Dovecot's mail_privileged_group).
+// Side files and trust. The session lock, journal and index live in the spool's directory
+// when it is the mail owner's alone (owned by the effective uid, not writable by group or
+// others), else in options.state_dir (created 0700; it must be the effective uid's and
+// writable by nobody else; none configured: errc::permanent naming mbox_state_dir). Side
+// files are opened O_NOFOLLOW|O_NONBLOCK and checked (regular, ours, mode); a journal or
+// session lock failing that is renamed aside and logged. The spool must be a regular file
+// owned by the effective uid (errc::permanent otherwise: never served).
+//
+// Privileges: the session must be able to create the dotlock in the spool's directory: on
+// Debian, /var/mail is root:mail 2775, so the post-login process needs group mail
+// (Dovecot's mail_privileged_group). On a full disk the scan goes on without the dotlock
+// (lock_options::read_without_dotlock_when_full); the update at QUIT then fails.
 //
 // Threading and ownership: a maildrop is used from one thread at a time; every call may
 // block on the file system and on locks (up to options.locking.timeout). It owns its
