@@ -229,10 +229,21 @@ class copier {
         lock_(lock),
         last_touch_(std::chrono::steady_clock::now()) {}
 
+  // With `cell_aligned`, every write but the last ends on a cell boundary of dst (and is
+  // at least a cell long), so that an interrupted copy leaves each cell wholly old or wholly
+  // new (see first_foreign_cell).
   result<void> copy(int src, std::uint64_t src_off, int dst, std::uint64_t dst_off,
-                    std::uint64_t len, sha256* h, const std::string& what) {
+                    std::uint64_t len, sha256* h, const std::string& what,
+                    bool cell_aligned = false) {
+    if (cell_aligned && buf_.size() < block_bytes()) {
+      buf_.resize(block_bytes());
+    }
     while (len > 0) {
-      const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(len, buf_.size()));
+      std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(len, buf_.size()));
+      if (cell_aligned) {
+        n = static_cast<std::size_t>(
+            std::min<std::uint64_t>(len, block_end_from(dst_off, block_bytes()) - dst_off));
+      }
       POSTERN_TRY(pread_full(src, buf_.data(), n, src_off, what));
       if (h != nullptr) {
         h->update(buf_.data(), n);
@@ -415,7 +426,7 @@ result<void> truncate_and_finish(const update_context& c, const journal_header& 
 result<void> apply_redo(const update_context& c, int journal_fd, journal_header h,
                         unique_fd trunc_fd) {
   POSTERN_TRY(c.cp.copy(journal_fd, journal_header_size, c.spool_fd, h.start, h.payload_size,
-                        nullptr, c.names.journal + " to " + c.display));
+                        nullptr, c.names.journal + " to " + c.display, true));
   fault_point();
   POSTERN_TRY(sync_fd(c.spool_fd, c.display));
   fault_point();

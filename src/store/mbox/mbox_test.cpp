@@ -433,6 +433,7 @@ TEST(mbox_journal, header_round_trip_and_damage) {
   h.old_size = 400;
   h.prefix_digest = std::string(64, 'a');
   h.gap_digest = std::string(64, 'b');
+  h.cells_digest = std::string(64, 'd');
   h.payload_digest = std::string(64, 'c');
   auto text = format_journal_header(h);
   ASSERT_TRUE(text.ok());
@@ -791,7 +792,8 @@ TEST_F(mbox_files, owner_group_and_mode_preserved) {
     GTEST_SKIP() << "needs root to chown";
   }
   write_file(box_, sample(3));
-  ASSERT_EQ(::chown(box_.c_str(), 4242, 4343), 0);
+  // The owner must be the mail owner (the session's uid); the group may be any.
+  ASSERT_EQ(::chown(box_.c_str(), ::geteuid(), 4343), 0);
   ASSERT_EQ(::chmod(box_.c_str(), 0640), 0);
   struct stat before{};
   ASSERT_EQ(::stat(box_.c_str(), &before), 0);
@@ -800,7 +802,7 @@ TEST_F(mbox_files, owner_group_and_mode_preserved) {
   ASSERT_TRUE(m->commit(del).ok());
   struct stat after{};
   ASSERT_EQ(::stat(box_.c_str(), &after), 0);
-  EXPECT_EQ(after.st_uid, 4242u);
+  EXPECT_EQ(after.st_uid, ::geteuid());
   EXPECT_EQ(after.st_gid, 4343u);
   EXPECT_EQ(after.st_mode & 07777, 0640u);
   EXPECT_EQ(after.st_ino, before.st_ino);
@@ -876,7 +878,7 @@ TEST_F(mbox_files, full_disk_leaves_the_original_intact) {
   }
   const std::string mnt = dir_.path() + "/small";
   fs::create_directory(mnt);
-  if (::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=64k") != 0) {
+  if (::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=64k,mode=0700") != 0) {
     GTEST_SKIP() << "cannot mount a tmpfs here";
   }
   struct unmounter {
