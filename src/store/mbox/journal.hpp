@@ -64,8 +64,8 @@ struct journal_header {
   std::string gap_digest;          // SHA-256 of spool[N, A) before the update
   std::string payload_digest;      // SHA-256 of T
   // SHA-256 of the cell table that follows T in a redo journal: for every 4 KiB page of the
-  // file that [start, new_size) touches, the first 16 bytes of the SHA-256 of the spool's
-  // bytes of that page within [start, new_size) before the update.
+  // file that [start, new_size) touches, the XXH3-128 of the spool's bytes of that page
+  // within [start, new_size) before the update.
   std::string cells_digest;
 };
 
