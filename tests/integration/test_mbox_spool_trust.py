@@ -366,6 +366,26 @@ class FcntlOnly(SpoolBase):
             self.assertEqual(f.read(), f"{os.getpid()}\n")
 
 
+class Settings(SpoolBase):
+    def check_config(self, **mail):
+        self.world.config["mail"].update(mail)
+        r = subprocess.run([POSTERND, "--config", self.world.write_config(), "--check-config"],
+                           capture_output=True, timeout=60)
+        return r.returncode, (r.stdout + r.stderr).decode()
+
+    def test_state_dir_and_stale_age_keys(self):
+        rc, out = self.check_config(mbox_state_dir="/var/lib/postern/%u",
+                                    mbox_dotlock_stale_age="5m")
+        self.assertEqual(rc, 0, out)
+        self.assertIn('mbox_state_dir = "/var/lib/postern/%u"', out)
+        self.assertIn('mbox_dotlock_stale_age = "5m"', out)
+        for bad in ({"mbox_state_dir": "relative/dir"}, {"mbox_state_dir": "/a/%x"},
+                    {"mbox_dotlock_stale_age": "0s"}, {"mbox_dotlock_stale_age": "2d"}):
+            rc, out = self.check_config(**dict({"mbox_state_dir": "~/.postern",
+                                                "mbox_dotlock_stale_age": "10m"}, **bad))
+            self.assertNotEqual(rc, 0, f"{bad}: {out}")
+
+
 def _mount_tmpfs(path, size):
     if not IS_ROOT or not shutil.which("mount"):
         return False

@@ -4,7 +4,7 @@
 // An update removes messages by rewriting the file in place from `start` (the first deleted
 // message) on: the bytes to keep after `start` (kept messages and any mail appended since
 // the scan) are the payload T, the new size is N = start + |T| < A (the old size).
-//  1. The redo journal "<dir>/.<base>.postern-journal.new" receives a header and T, is
+//  1. The redo journal "<state>/.<base>.postern-journal.new" receives a header and T, is
 //     preallocated first (a full disk fails here, before anything is touched), fsynced and
 //     renamed to ".postern-journal"; the directory is fsynced. This rename is the commit
 //     point: before it nothing happened, after it the update will be completed.
@@ -36,9 +36,10 @@
 
 namespace postern::store::mbox {
 
-// The side files of the mailbox "<dir>/<base>", all in <dir>. Their names start with '.',
-// and none ends in ".lock", so none can be another user's spool or dotlock on a system
-// whose user names cannot start with '.'.
+// The side files of the mailbox "<dir>/<base>", all in one directory: <dir> when it is the
+// mail owner's alone, else a state directory of the mail owner's (mbox.hpp). Their names
+// start with '.', and none ends in ".lock", so none can be another user's spool or dotlock
+// on a system whose user names cannot start with '.'.
 struct side_files {
   std::string session;        // .<base>.postern-session: the POP3 session lock (flock)
   std::string journal;        // .<base>.postern-journal: a committed, unfinished update

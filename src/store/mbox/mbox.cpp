@@ -919,8 +919,9 @@ result<locked_spool> open_and_lock(const places& p, const lock::lock_options& lo
       const int err = errno;
       return error::from_errno(err, "mbox: stat " + p.path);
     }
-    const bool still = ::fstatat(p.dir_fd.get(), p.base.c_str(), &named, AT_SYMLINK_NOFOLLOW) == 0 &&
-                       same_inode(named, ours);
+    const bool still =
+        ::fstatat(p.dir_fd.get(), p.base.c_str(), &named, AT_SYMLINK_NOFOLLOW) == 0 &&
+        same_inode(named, ours);
     if (still) {
       return locked_spool{std::move(*fd), std::move(*l)};
     }

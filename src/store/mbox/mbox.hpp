@@ -2,7 +2,7 @@
 // ("mbox:/var/mail/%u") or a user's "mbox:~/mbox", shared safely with the delivery agents
 // and MUAs that lock it the usual way. docs/mbox.md is the full account; in short:
 //
-// Locks. open() takes the session lock (flock on "<dir>/.<base>.postern-session", never
+// Locks. open() takes the session lock (flock on "<state>/.<base>.postern-session", never
 // unlinked) for the maildrop's whole life, so a second session gets errc::in_use. The spool
 // locks that MDAs take (dotlock "<path>.lock", fcntl, flock: options.locking) are held only
 // while the file is scanned at open and while QUIT updates it, never while a client idles,
@@ -14,7 +14,7 @@
 // file or an empty one is an empty maildrop; a missing file (with no journal left by a
 // crash) creates nothing and takes no lock, since there is nothing to protect.
 //
-// Index. What a scan found is cached in "<dir>/.<base>.postern-index" (index.hpp: 0600,
+// Index. What a scan found is cached in "<state>/.<base>.postern-index" (index.hpp: 0600,
 // written to a temporary name and renamed, checksummed, strictly parsed, ignored unless
 // owned by us and writable by nobody else). Under the spool locks, open() first reads the
 // file system's clock (it touches the session lock file), then the spool's stamp (device,
@@ -53,12 +53,12 @@
 // undated From_ line right after a non-blank line, a blank line is put before it, so the
 // file parses the same afterwards.
 //
-// Side files and trust. The session lock, journal and index live in the spool's directory
-// when it is the mail owner's alone (owned by the effective uid, not writable by group or
-// others), else in options.state_dir (created 0700; it must be the effective uid's and
-// writable by nobody else; none configured: errc::permanent naming mbox_state_dir). Side
-// files are opened O_NOFOLLOW|O_NONBLOCK and checked (regular, ours, mode); a journal or
-// session lock failing that is renamed aside and logged. The spool must be a regular file
+// Side files and trust. The session lock, journal and index live in <state>: the spool's
+// directory when it is the mail owner's alone (owned by the effective uid, not writable by
+// group or others), else options.state_dir (created 0700; it must be the effective uid's
+// and writable by nobody else; none configured: errc::permanent naming mbox_state_dir).
+// Side files are opened O_NOFOLLOW|O_NONBLOCK and checked (regular, ours, mode); a journal
+// or session lock failing that is renamed aside and logged. The spool must be a regular file
 // owned by the effective uid (errc::permanent otherwise: never served).
 //
 // Privileges: the session must be able to create the dotlock in the spool's directory: on
