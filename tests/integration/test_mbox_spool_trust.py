@@ -10,6 +10,7 @@ directory; a dotlock holding pid 1; fcntl-only locking; a login on a full disk;
 
 import fcntl
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -186,6 +187,33 @@ class CrashThenForeignEdits(SpoolBase):
                 break
         self.assertGreater(crashed_steps, 10)
         self.assertGreater(pending_steps, 5)
+
+    def test_real_sigkill_during_large_updates_then_foreign_edits(self):
+        """SIGKILL at random instants of a 6 MB rewrite (a write can stop mid-call, at a page
+        boundary), then the same foreign edits: the file stays exactly as they left it."""
+        rnd = random.Random(10)
+        msgs = [message(f"k{i}", size=1500) for i in range(1, 9)]  # 8 x 0.75 MB
+        original = b"".join(msgs)
+        late = message("late", size=2000)
+        for _ in range(10):
+            for n in os.listdir(self.spool_dir):
+                os.unlink(os.path.join(self.spool_dir, n))
+            self.write(original)
+            srv = self.world.start()
+            c = self.session(srv)
+            self.assertOk(c.cmd("DELE 1"))
+            c.send(b"QUIT\r\n")
+            time.sleep(rnd.uniform(0, 0.06))
+            srv.kill()
+            c.close()
+            edited = mutt_edit(self.read(), b"k4", b"k5") + late
+            self.write(edited)
+            srv = self.world.start()
+            subjects = self.subjects(srv)
+            srv.stop()
+            self.assertEqual(self.read(), edited)
+            self.assertEqual(subjects, [m.decode() for m in
+                                        re.findall(rb"(?m)^Subject: (\S+)$", edited)])
 
     def test_posternd_recover_completes_an_interrupted_update(self):
         original = b"".join(message(f"r{i}", size=40) for i in range(1, 5))
