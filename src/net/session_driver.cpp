@@ -587,6 +587,13 @@ void session_runner::open_blocking(open_outcome& out) {
   if (path->kind == store::store_kind::mbox) {
     store::mbox::options opts = env_.mbox;
     opts.use_index = path->keep_index;
+    if (env_.mbox_state_dir) {
+      // No home (for "~"): left empty, so that a shared spool is refused with a clear text.
+      if (auto state = store::expand_location(*env_.mbox_state_dir,
+                                              {account_.name, account_.home})) {
+        opts.state_dir = std::move(state).value();
+      }
+    }
     out.opened = store::mbox::open(path->path, opts);
   } else {
     out.opened = store::maildir::open(path->path, {.use_index = path->keep_index});

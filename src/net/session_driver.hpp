@@ -70,6 +70,8 @@ struct session_env {
   auth::sasl_server* sasl = nullptr;       // null: no SASL mechanisms
   store::location_template location;
   store::mbox::options mbox;
+  // [mail] mbox_state_dir, expanded per user into mbox.state_dir (none: not configured).
+  std::optional<store::location_template> mbox_state_dir;
   asio::thread_pool* workers = nullptr;
   pop3::session_options engine;            // the per-connection fields are filled per session
   std::chrono::milliseconds failure_delay{2000};

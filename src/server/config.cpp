@@ -412,6 +412,22 @@ void set_location(const item& it, config& cfg) {
   cfg.mail_location = std::move(*s);
 }
 
+void set_mbox_state_dir(const item& it, config& cfg) {
+  auto s = get_string(it);
+  if (!s) {
+    return;
+  }
+  if (!s->empty()) {
+    auto loc = store::parse_location("mbox:" + *s);
+    if (!loc || loc->path != *s) {
+      it.fail(quoted(*s) + ": " +
+              (loc ? std::string("':' is not allowed") : loc.err().message()));
+      return;
+    }
+  }
+  cfg.mbox_state_dir = std::move(*s);
+}
+
 void set_passdb(const item& it, config& cfg) {
   auto s = get_string(it);
   if (!s) {
@@ -979,6 +995,17 @@ const auto key_rules = std::to_array<key_rule>({
        }
      }},
     {"mail", "mbox_quoting", set_mbox_quoting},
+    {"mail", "mbox_state_dir", set_mbox_state_dir},
+    {"mail", "mbox_dotlock_stale_age",
+     [](const item& it, config& c) {
+       if (auto d = get_duration(it)) {
+         if (*d < std::chrono::seconds(1) || *d > std::chrono::hours(24) || d->count() % 1000 != 0) {
+           it.fail("must be whole seconds from 1s to 24h");
+           return;
+         }
+         c.mbox_dotlock_stale_age = std::chrono::duration_cast<std::chrono::seconds>(*d);
+       }
+     }},
     POSTERN_BOOL_KEY("mail", mbox_content_length),
     POSTERN_BOOL_KEY("mail", mbox_x_uidl),
     {"auth", "passdb", set_passdb},
@@ -1380,6 +1407,8 @@ std::string format_config(const config& cfg) {
   line("mbox_quoting", toml_string(cfg.mbox_quoting));
   line("mbox_content_length", cfg.mbox_content_length ? "true" : "false");
   line("mbox_x_uidl", cfg.mbox_x_uidl ? "true" : "false");
+  line("mbox_state_dir", toml_string(cfg.mbox_state_dir));
+  line("mbox_dotlock_stale_age", format_duration(cfg.mbox_dotlock_stale_age));
   line("privileged_group", toml_string(cfg.unix.privileged_group));
 
   out += "\n[auth]\n";

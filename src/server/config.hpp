@@ -85,6 +85,10 @@ struct config {
   std::string mbox_quoting = "mboxo";        // "mboxo" | "mboxrd" | "none"
   bool mbox_content_length = false;          // honour Content-Length headers
   bool mbox_x_uidl = false;                  // take UIDLs from X-UIDL headers
+  // Where an mbox spool in a directory others can write keeps its journal, index and session
+  // lock ("~", %u, %n, %d, %h expanded per user); empty: such spools are refused.
+  std::string mbox_state_dir = "~/.postern";
+  std::chrono::seconds mbox_dotlock_stale_age{600};  // a dotlock older than this is broken
 
   // [auth]
   std::string passdb = "passwd-file:/etc/postern/users";

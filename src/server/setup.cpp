@@ -196,13 +196,22 @@ result<void> prepare_env(const config& cfg, const unix_settings& us, shared_stat
   }
   st.env.location = std::move(loc).value();
   auto& mb = st.env.mbox;
-  mb.locking.methods = {};
+  mb.locking.methods = {false, false, false};  // only the configured ones
   for (const auto& m : cfg.mbox_locking) {
     mb.locking.methods.dotlock = mb.locking.methods.dotlock || m == "dotlock";
     mb.locking.methods.fcntl = mb.locking.methods.fcntl || m == "fcntl";
     mb.locking.methods.flock = mb.locking.methods.flock || m == "flock";
   }
   mb.locking.timeout = cfg.mbox_lock_timeout;
+  mb.locking.dotlock_stale_age = cfg.mbox_dotlock_stale_age;
+  st.env.mbox_state_dir.reset();
+  if (!cfg.mbox_state_dir.empty()) {
+    auto state = store::parse_location("mbox:" + cfg.mbox_state_dir);
+    if (!state) {
+      return error(errc::invalid, "mail.mbox_state_dir: " + state.err().message());
+    }
+    st.env.mbox_state_dir = std::move(state).value();
+  }
   mb.from_quoting = cfg.mbox_quoting == "mboxrd"  ? store::mbox::quoting::mboxrd
                     : cfg.mbox_quoting == "none" ? store::mbox::quoting::none
                                                  : store::mbox::quoting::mboxo;

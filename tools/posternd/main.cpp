@@ -7,16 +7,23 @@
 #include "server/demo.hpp"
 #include "server/fork_mode.hpp"
 #include "server/unix_settings.hpp"
+#include "store/location.hpp"
+#include "store/mbox/journal.hpp"
+#include "store/mbox/mbox.hpp"
 
 #include <CLI/CLI.hpp>
 
 #include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
 #include <sys/stat.h>
 #include <termios.h>
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
+#include <vector>
 
 namespace {
 
@@ -106,9 +113,102 @@ int hash_command(const std::string& scheme) {
   return 0;
 }
 
+// Test hooks for the integration tests of mbox crash recovery: the daemon exits (as if
+// killed) at the N-th fault point of an mbox update (store/mbox/journal.hpp).
+void apply_test_hooks() {
+  if (const char* step = std::getenv("POSTERN_TEST_MBOX_FAULT")) {
+    postern::store::mbox::set_fault_for_test(std::atoi(step));
+  }
+  if (const char* bytes = std::getenv("POSTERN_TEST_MBOX_COPY_BUFFER")) {
+    postern::store::mbox::set_copy_buffer_for_test(static_cast<std::size_t>(std::atol(bytes)));
+  }
+}
+
+// As root, becomes the owner of `path` (its groups, plus the group of its directory, which
+// dotlocks need in a root:mail 2775 spool). Fills `user` and `home` from the password file.
+bool become_owner_of(const std::string& path, std::string& user, std::string& home) {
+  struct stat st{};
+  if (::lstat(path.c_str(), &st) != 0) {
+    std::perror(("posternd: --recover: " + path).c_str());
+    return false;
+  }
+  const struct passwd* pw = ::getpwuid(st.st_uid);
+  if (pw == nullptr) {
+    std::fprintf(stderr, "posternd: --recover: uid %u of %s has no password entry\n",
+                 static_cast<unsigned>(st.st_uid), path.c_str());
+    return false;
+  }
+  user = pw->pw_name;
+  home = pw->pw_dir;
+  if (::geteuid() != 0 || st.st_uid == 0) {
+    return true;
+  }
+  struct stat dir{};
+  const std::string parent = path.substr(0, path.rfind('/') == 0 ? 1 : path.rfind('/'));
+  int n = 64;
+  std::vector<gid_t> groups(static_cast<std::size_t>(n));
+  if (::getgrouplist(pw->pw_name, pw->pw_gid, groups.data(), &n) < 0) {
+    groups.resize(static_cast<std::size_t>(n));
+    ::getgrouplist(pw->pw_name, pw->pw_gid, groups.data(), &n);
+  }
+  groups.resize(static_cast<std::size_t>(n));
+  if (::stat(parent.c_str(), &dir) == 0 && dir.st_gid != 0) {
+    groups.push_back(dir.st_gid);
+  }
+  if (::setgroups(groups.size(), groups.data()) != 0 || ::setgid(pw->pw_gid) != 0 ||
+      ::setuid(st.st_uid) != 0) {
+    std::perror("posternd: --recover: cannot become the mailbox's owner");
+    return false;
+  }
+  return true;
+}
+
+// posternd --recover PATH: completes (or sets aside) an interrupted update of the mbox PATH
+// with the locks a session takes, as PATH's owner. Exit 0: done or nothing to do.
+int recover_command(const std::string& path, const postern::server::config& cfg) {
+  namespace mbox = postern::store::mbox;
+  std::string user;
+  std::string home;
+  if (!become_owner_of(path, user, home)) {
+    return 1;
+  }
+  mbox::options opts;
+  opts.locking.methods = {false, false, false};
+  for (const auto& m : cfg.mbox_locking) {
+    opts.locking.methods.dotlock = opts.locking.methods.dotlock || m == "dotlock";
+    opts.locking.methods.fcntl = opts.locking.methods.fcntl || m == "fcntl";
+    opts.locking.methods.flock = opts.locking.methods.flock || m == "flock";
+  }
+  opts.locking.timeout = cfg.mbox_lock_timeout;
+  opts.locking.dotlock_stale_age = cfg.mbox_dotlock_stale_age;
+  if (!cfg.mbox_state_dir.empty()) {
+    auto loc = postern::store::parse_location("mbox:" + cfg.mbox_state_dir);
+    if (loc) {
+      if (auto dir = postern::store::expand_location(*loc, {user, home})) {
+        opts.state_dir = std::move(dir).value();
+      }
+    }
+  }
+  auto r = mbox::recover_pending(path, opts);
+  if (!r) {
+    std::fprintf(stderr, "posternd: --recover %s: %s\n", path.c_str(), r.err().message().c_str());
+    return 1;
+  }
+  const char* what = r->outcome == mbox::recovery_outcome::completed
+                         ? "the interrupted update was completed"
+                     : r->outcome == mbox::recovery_outcome::obsolete
+                         ? "the unfinished update did not match the mailbox: its journal was "
+                           "set aside (see the log), the mailbox is as it was"
+                         : "no unfinished update";
+  std::printf("%s: %s (state directory %s)\n", path.c_str(), what,
+              r->state_dir.empty() ? "-" : r->state_dir.c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  apply_test_hooks();
   CLI::App app{"posternd: the Postern POP3 server"};
   std::string config_path = "/etc/postern/postern.toml";
   bool foreground = false, inetd = false, check = false, version = false;
@@ -135,6 +235,10 @@ int main(int argc, char** argv) {
                                     "Fork mode (system users, privilege separation), at most N sessions "
                                     "at once (like Mailutils' --daemon[=N])")
                          ->expected(0, 1);
+  std::string recover_path;
+  auto* recover_opt = app.add_option("--recover", recover_path,
+                                     "Complete an interrupted update of the mbox PATH (as its "
+                                     "owner, with the configured locks) and exit");
   bool only_v4 = false, only_v6 = false;
   app.add_flag("-4", only_v4, "Listen on the IPv4 addresses of server.listen only");
   app.add_flag("-6", only_v6, "Listen on the IPv6 addresses of server.listen only");
@@ -165,6 +269,20 @@ int main(int argc, char** argv) {
     foreground = true;
   }
 
+  if (*recover_opt) {
+    // The configuration gives the locks and the state directory; without one (none given
+    // and no default file), the defaults.
+    postern::server::config defaults;
+    if (app.count("--config") == 0 && ::access(config_path.c_str(), F_OK) != 0) {
+      return recover_command(recover_path, defaults);
+    }
+    auto rc = postern::server::load_config(config_path);
+    if (!rc) {
+      std::fprintf(stderr, "posternd: %s\n", rc.err().message().c_str());
+      return 1;
+    }
+    return recover_command(recover_path, *rc);
+  }
   auto cfg = postern::server::load_config(config_path);
   if (!cfg) {
     std::fprintf(stderr, "posternd: %s\n", cfg.err().message().c_str());

@@ -8,6 +8,7 @@
 #include <spawn.h>
 #include <stdlib.h>
 #include <sys/file.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -136,11 +137,116 @@ TEST(dotlock, held_by_live_process_times_out_in_use) {
   EXPECT_EQ(second.err().code(), errc::in_use);
   EXPECT_GE(std::chrono::steady_clock::now() - t0, 150ms);
   EXPECT_TRUE(fs::exists(lock));
-  // Even when ancient: a live pid is never broken.
-  set_age(lock, std::chrono::hours(5));
+  // Younger than the stale age, a live holder keeps it; older, it is broken whatever pid it
+  // holds (a holder touches its lock while it works).
+  set_age(lock, 500s);
   auto third = dotlock::acquire(lock, deadline_in(100ms), 600s, true);
   ASSERT_FALSE(third.ok());
   EXPECT_EQ(third.err().code(), errc::in_use);
+  set_age(lock, 601s);
+  auto fourth = dotlock::acquire(lock, deadline_in(100ms), 600s, true);
+  ASSERT_TRUE(fourth.ok()) << fourth.err().message();
+}
+
+// pid 1 is alive forever (kill(1, 0) succeeds, or fails with EPERM): such a lock is judged by
+// its age like any other.
+TEST(dotlock, pid_1_is_not_special) {
+  temp_dir d;
+  const std::string lock = d.path() + "/user.lock";
+  write_file(lock, "1\n");
+  auto young = dotlock::acquire(lock, deadline_in(100ms), 600s, true);
+  ASSERT_FALSE(young.ok());
+  EXPECT_EQ(young.err().code(), errc::in_use);
+  set_age(lock, 601s);
+  auto old = dotlock::acquire(lock, deadline_in(100ms), 600s, true);
+  ASSERT_TRUE(old.ok()) << old.err().message();
+  EXPECT_EQ(read_file(lock), std::to_string(::getpid()) + "\n");
+}
+
+// A lock that is not a regular file (a FIFO would block a reader, a symlink points anywhere)
+// is never opened for reading its pid, and is broken at once; what a symlink points to is
+// untouched.
+TEST(dotlock, fifo_or_symlink_lock_is_broken_not_followed) {
+  temp_dir d;
+  const std::string lock = d.path() + "/user.lock";
+  ASSERT_EQ(::mkfifo(lock.c_str(), 0644), 0);
+  auto f = dotlock::acquire(lock, deadline_in(2s), 600s, true);
+  ASSERT_TRUE(f.ok()) << f.err().message();
+  ASSERT_TRUE(f->release().ok());
+  const std::string target = d.path() + "/precious";
+  write_file(target, std::to_string(::getpid()) + "\n");
+  fs::create_symlink(target, lock);
+  auto s = dotlock::acquire(lock, deadline_in(2s), 600s, true);
+  ASSERT_TRUE(s.ok()) << s.err().message();
+  EXPECT_EQ(read_file(target), std::to_string(::getpid()) + "\n");
+  EXPECT_FALSE(fs::is_symlink(lock));
+}
+
+// Another user's lock (not ours, not root's) holding a live pid: planted, broken at once.
+TEST(dotlock, lock_of_another_user_is_broken_at_once) {
+  if (::geteuid() != 0) {
+    GTEST_SKIP() << "needs root to create a file owned by another user";
+  }
+  temp_dir d;
+  const std::string lock = d.path() + "/user.lock";
+  write_file(lock, "1\n");
+  ASSERT_EQ(::chown(lock.c_str(), 65534, 65534), 0);
+  auto l = dotlock::acquire(lock, deadline_in(2s), 600s, true);
+  ASSERT_TRUE(l.ok()) << l.err().message();
+}
+
+// On a full disk the dotlock's temporary file cannot be written; a read-only scan may go on
+// under the kernel locks (fcntl taken even when only dotlock is configured), an update not.
+TEST(mailbox_lock, full_disk_reads_without_dotlock_only_when_allowed) {
+  if (::geteuid() != 0) {
+    GTEST_SKIP() << "needs root to mount a small tmpfs";
+  }
+  temp_dir d;
+  const std::string mnt = d.path() + "/mnt";
+  fs::create_directory(mnt);
+  if (::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=64k") != 0) {
+    GTEST_SKIP() << "cannot mount tmpfs";
+  }
+  struct unmount {
+    std::string p;
+    ~unmount() { ::umount2(p.c_str(), MNT_DETACH); }
+  } um{mnt};
+  const std::string box = mnt + "/user";
+  write_file(box, "From a Mon Jan  1 00:00:00 2024\n\nbody\n");
+  {
+    std::ofstream fill(mnt + "/fill", std::ios::binary);
+    const std::string block(4096, 'x');
+    for (int i = 0; i < 64 && fill.good(); ++i) {
+      fill.write(block.data(), static_cast<std::streamsize>(block.size()));
+      fill.flush();
+    }
+  }
+  const int fd = ::open(box.c_str(), O_RDWR | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  unique_fd owner(fd);
+  lock_options o;
+  o.methods = {true, false, false};
+  o.timeout = 200ms;
+  auto strict = mailbox_lock::acquire(box, fd, o);
+  ASSERT_FALSE(strict.ok());
+  o.read_without_dotlock_when_full = true;
+  auto relaxed = mailbox_lock::acquire(box, fd, o);
+  ASSERT_TRUE(relaxed.ok()) << relaxed.err().message();
+  EXPECT_TRUE(relaxed->held());
+  EXPECT_FALSE(relaxed->complete());
+  EXPECT_FALSE(fs::exists(box + ".lock"));
+  // The fcntl lock is held: another process cannot take it.
+  const pid_t child = ::fork();
+  if (child == 0) {
+    const int cfd = ::open(box.c_str(), O_RDWR);
+    struct flock fl{};
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    ::_exit(::fcntl(cfd, F_SETLK, &fl) == 0 ? 1 : 0);
+  }
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 }
 
 TEST(dotlock, dead_pid_is_stale_at_once) {
@@ -429,6 +535,51 @@ TEST(session_lock, exclusive_within_and_across_processes_and_never_stale) {
   ::waitpid(holder, &status, 0);
   EXPECT_TRUE(take_session_lock(dir, ".user.postern-session", "session").ok());
   ::close(dir);
+}
+
+}  // namespace
+}  // namespace postern::store::lock
+
+namespace postern::store::lock {
+namespace {
+
+// A session lock file that is not a regular file of ours writable by nobody else (a FIFO, a
+// symlink, a 0666 file, which another user may hold with flock) is renamed aside and a
+// fresh one taken; what a symlink points to is untouched.
+TEST(session_lock, planted_files_are_set_aside_not_used) {
+  temp_dir d;
+  const unique_fd dir(::open(d.path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  ASSERT_TRUE(dir.valid());
+  const std::string name = ".user.postern-session";
+  const std::string path = d.path() + "/" + name;
+  const std::string target = d.path() + "/target";
+  for (const std::string kind : {"fifo", "symlink", "world-writable"}) {
+    SCOPED_TRACE(kind);
+    for (const auto& e : fs::directory_iterator(d.path())) {
+      fs::remove(e.path());
+    }
+    write_file(target, "keep");
+    if (kind == "fifo") {
+      ASSERT_EQ(::mkfifo(path.c_str(), 0600), 0);
+    } else if (kind == "symlink") {
+      fs::create_symlink(target, path);
+    } else {
+      write_file(path, "");
+      ASSERT_EQ(::chmod(path.c_str(), 0666), 0);
+    }
+    auto s = take_session_lock(dir.get(), name, path);
+    ASSERT_TRUE(s.ok()) << s.err().message();
+    struct stat st{};
+    ASSERT_EQ(::lstat(path.c_str(), &st), 0);
+    EXPECT_TRUE(S_ISREG(st.st_mode));
+    EXPECT_EQ(st.st_mode & 077, 0u);
+    EXPECT_EQ(read_file(target), "keep");
+    int aside = 0;
+    for (const auto& e : fs::directory_iterator(d.path())) {
+      aside += e.path().filename().string().starts_with(name + ".aside-") ? 1 : 0;
+    }
+    EXPECT_EQ(aside, 1);
+  }
 }
 
 }  // namespace

@@ -1,5 +1,7 @@
 #include "store/lock/mailbox_lock.hpp"
 
+#include "common/log.hpp"
+
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/file.h>
@@ -12,6 +14,8 @@
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
+#include <cstring>
+#include <ctime>
 #include <thread>
 #include <utility>
 
@@ -173,15 +177,12 @@ result<verdict> break_if_stale(int dir_fd, const std::string& name, const std::s
       const int err = errno;
       return error::from_errno(err, "lock: stat " + display);
     }
-    if (!S_ISREG(judged.st_mode)) {
-      return error(errc::permanent, "lock: " + display + " is not a regular file");
-    }
     std::array<char, max_pid_text + 1> buf{};
     ssize_t n = -1;
     do {
       n = ::pread(fd, buf.data(), max_pid_text, 0);
     } while (n < 0 && errno == EINTR);
-    if (n > 0) {
+    if (n > 0 && S_ISREG(judged.st_mode)) {
       pid = parse_pid(std::string_view(buf.data(), static_cast<std::size_t>(n)));
     }
   } else {
@@ -202,20 +203,16 @@ result<verdict> break_if_stale(int dir_fd, const std::string& name, const std::s
     }
   }
 
-  bool stale = false;
-  bool decided = false;
-  if (check_pid && pid > 0) {
-    if (::kill(pid, 0) == 0 || errno == EPERM) {
-      return verdict::busy;  // a live holder: never broken
-    }
-    if (errno == ESRCH) {
-      stale = true;
-      decided = true;
-    }
-  }
-  if (!decided) {
-    const auto age = std::chrono::seconds(fs_now.tv_sec - judged.st_mtim.tv_sec);
-    stale = age > stale_age;
+  // Stale: not a regular file of ours or root's (planted by another user: delivery agents
+  // and MUAs create the lock as the mailbox's owner or as root), older than stale_age
+  // whatever pid it holds (pid 1 or any live process included), or holding the pid of a
+  // process that no longer exists on this host.
+  const auto age = std::chrono::seconds(fs_now.tv_sec - judged.st_mtim.tv_sec);
+  const bool foreign = !S_ISREG(judged.st_mode) ||
+                       (judged.st_uid != ::geteuid() && judged.st_uid != 0);
+  bool stale = foreign || age > stale_age;
+  if (!stale && check_pid && pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH) {
+    stale = true;  // EPERM: alive, someone else's
   }
   if (!stale) {
     return verdict::busy;
@@ -237,8 +234,12 @@ result<verdict> break_if_stale(int dir_fd, const std::string& name, const std::s
     if (err == ENOENT) {
       return verdict::gone;
     }
-    return error::from_errno(err, "lock: remove stale " + display, create_errc(err));
+    return error::from_errno(err, "lock: remove stale " + display + " (uid " +
+                                      std::to_string(judged.st_uid) + ")",
+                             create_errc(err));
   }
+  log::notice("lock: broke stale {} (uid {}, pid {}, {} s old{})", display, judged.st_uid, pid,
+              age.count(), foreign ? ", not a regular file of ours or root's" : "");
   return verdict::broken;
 }
 
@@ -478,6 +479,7 @@ mailbox_lock::mailbox_lock(mailbox_lock&& o) noexcept
       fcntl_(std::exchange(o.fcntl_, false)),
       ofd_(o.ofd_),
       flock_(std::exchange(o.flock_, false)),
+      dotlock_skipped_(std::exchange(o.dotlock_skipped_, false)),
       held_(std::exchange(o.held_, false)) {}
 
 mailbox_lock& mailbox_lock::operator=(mailbox_lock&& o) noexcept {
@@ -488,12 +490,22 @@ mailbox_lock& mailbox_lock::operator=(mailbox_lock&& o) noexcept {
     fcntl_ = std::exchange(o.fcntl_, false);
     ofd_ = o.ofd_;
     flock_ = std::exchange(o.flock_, false);
+    dotlock_skipped_ = std::exchange(o.dotlock_skipped_, false);
     held_ = std::exchange(o.held_, false);
   }
   return *this;
 }
 
 mailbox_lock::~mailbox_lock() { (void)release(); }
+
+namespace {
+
+bool is_full_disk(const error& e) noexcept {
+  return e.cause() == std::error_code(ENOSPC, std::generic_category()) ||
+         e.cause() == std::error_code(EDQUOT, std::generic_category());
+}
+
+}  // namespace
 
 result<mailbox_lock> mailbox_lock::acquire(const std::string& path, int fd,
                                            const lock_options& opts) {
@@ -504,13 +516,19 @@ result<mailbox_lock> mailbox_lock::acquire(const std::string& path, int fd,
   if (opts.methods.dotlock) {
     auto d = dotlock::acquire(path + ".lock", deadline, opts.dotlock_stale_age,
                               opts.dotlock_check_pid);
-    if (!d.ok()) {
+    if (d.ok()) {
+      out.dot_ = std::move(*d);
+    } else if (opts.read_without_dotlock_when_full && is_full_disk(d.err())) {
+      log::warning("{}; reading {} under kernel locks only (no update is made without the "
+                   "dotlock)",
+                   d.err().message(), path);
+      out.dotlock_skipped_ = true;
+    } else {
       out.held_ = false;
       return std::move(d).err();
     }
-    out.dot_ = std::move(*d);
   }
-  if (opts.methods.fcntl) {
+  if (opts.methods.fcntl || out.dotlock_skipped_) {
     milliseconds delay = first_poll_delay;
     bool ofd = true;
     for (;;) {
@@ -570,6 +588,7 @@ result<void> mailbox_lock::release() {
     return ok_result();
   }
   held_ = false;
+  dotlock_skipped_ = false;
   // Kernel locks first, dotlock last: the reverse of acquisition.
   if (flock_) {
     ::flock(fd_, LOCK_UN);
@@ -590,29 +609,64 @@ result<void> mailbox_lock::release() {
 
 // -----------------------------------------------------------------------------------------
 
+namespace {
+
+// Why the session lock file `st` must not be used (empty: it may).
+std::string session_file_problem(const struct stat& st) {
+  if (!S_ISREG(st.st_mode)) {
+    return "not a regular file";
+  }
+  if (st.st_uid != ::geteuid()) {
+    return "owned by uid " + std::to_string(st.st_uid) + ", not by uid " +
+           std::to_string(::geteuid());
+  }
+  if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+    return "writable by others";
+  }
+  return {};
+}
+
+}  // namespace
+
 result<unique_fd> take_session_lock(int dir_fd, const std::string& name,
                                     const std::string& display) {
   unique_fd fd;
-  for (;;) {
+  for (int attempt = 0;; ++attempt) {
     const int raw = ::openat(dir_fd, name.c_str(),
                              O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK,
                              session_lock_mode);
+    std::string problem;
     if (raw >= 0) {
       fd.reset(raw);
-      break;
+      struct stat st{};
+      if (::fstat(fd.get(), &st) != 0) {
+        const int err = errno;
+        return error::from_errno(err, "lock: stat " + display);
+      }
+      problem = session_file_problem(st);
+      if (problem.empty()) {
+        break;
+      }
+    } else {
+      const int err = errno;
+      if (err == EINTR) {
+        continue;
+      }
+      if (err != ELOOP && err != EACCES && err != ENXIO && err != EISDIR) {
+        return error::from_errno(err, "lock: open " + display, create_errc(err));
+      }
+      problem = err == ELOOP ? std::string("a symbolic link") : std::string(std::strerror(err));
     }
-    const int err = errno;
-    if (err != EINTR) {
-      return error::from_errno(err, "lock: open " + display, create_errc(err));
+    // Planted or damaged: never used. Set aside (renamed, so a symlink is not followed and
+    // another user's flock on it holds nothing of ours) and created afresh, once.
+    fd.reset();
+    const std::string aside = name + ".aside-" + std::to_string(::time(nullptr)) + "-" +
+                              std::to_string(::getpid());
+    if (attempt > 0 || ::renameat(dir_fd, name.c_str(), dir_fd, aside.c_str()) != 0) {
+      log::error("lock: {} is {}; not used", display, problem);
+      return error(errc::permanent, "lock: " + display + " is " + problem);
     }
-  }
-  struct stat st{};
-  if (::fstat(fd.get(), &st) != 0) {
-    const int err = errno;
-    return error::from_errno(err, "lock: stat " + display);
-  }
-  if (!S_ISREG(st.st_mode)) {
-    return error(errc::permanent, "lock: " + display + " is not a regular file");
+    log::error("lock: {} was {}; renamed to {}", display, problem, aside);
   }
   for (;;) {
     if (::flock(fd.get(), LOCK_EX | LOCK_NB) == 0) {

@@ -7,12 +7,14 @@
 //    (lockfile_create(3)): a uniquely named file in the same directory holding our pid in ASCII
 //    ("<pid>\n", liblockfile's format), link(2)ed to the lock name; success is judged by
 //    lstat() of both names showing the same inode, never by link()'s return value (which NFS
-//    may lose). A dotlock is stale, and is broken, when it holds the pid of a process that no
-//    longer exists (kill(pid, 0) fails with ESRCH), or, when it holds no pid (or pid checks are
-//    off, as they must be when the spool is shared over NFS), when it was last touched more
-//    than `dotlock_stale_age` ago. These are liblockfile's rules, so a lock left by a crashed
-//    delivery (or a crashed Postern) does not stop mail for minutes; a lock held by a live
-//    process is never broken. The age is measured against the file system's clock (the mtime
+//    may lose). A dotlock is stale, and is broken, when its mtime is older than
+//    `dotlock_stale_age` whatever pid it holds (pid 1 and live processes included: holders
+//    touch their locks while they work), when it holds the pid of a process that no longer
+//    exists on this host (kill(pid, 0) fails with ESRCH; EPERM means alive; pid checks
+//    off, as they must be when the spool is shared over NFS, skip this), or when it is not
+//    a regular file owned by us or root (opened O_NOFOLLOW|O_NONBLOCK: planted by another
+//    user). A lock left by a crashed delivery (or a crashed Postern) does not stop mail for
+//    minutes. The age is measured against the file system's clock (the mtime
 //    of our own freshly created temporary file), not ours, so NFS clock skew does not matter.
 //    Breaking re-checks that the lock file is still the one judged stale (inode, mtime, size)
 //    immediately before unlink; the remaining window of a few microseconds is the one every
@@ -67,12 +69,17 @@ struct lock_options {
   lock_methods methods;
   // How long to wait for locks held by others (deliveries hold them for milliseconds).
   std::chrono::milliseconds timeout = std::chrono::seconds(30);
-  // A dotlock without a live pid is stale after this long (liblockfile: 5 min, Postfix
+  // A dotlock is stale after this long, whatever pid it holds (liblockfile: 5 min, Postfix
   // stale_lock_time: 500 s, Mailutils: 10 min).
   std::chrono::seconds dotlock_stale_age = std::chrono::minutes(10);
   // Judge dotlocks holding a pid by whether that process lives. Turn off when the spool
   // directory is shared between hosts (NFS): a pid means nothing on another host.
   bool dotlock_check_pid = true;
+  // For a read-only scan: when the dotlock cannot be created for lack of space (ENOSPC,
+  // EDQUOT: its temporary file cannot be written on a full disk or over quota), go on
+  // without it, under the fcntl lock (taken then even when not configured) and flock if
+  // configured. mailbox_lock::complete() is false then; no update may be made under it.
+  bool read_without_dotlock_when_full = false;
 };
 
 // Parses a comma-separated list of "dotlock", "fcntl", "flock" (at least one, no repeats)
@@ -128,6 +135,8 @@ class mailbox_lock {
   static result<mailbox_lock> acquire(const std::string& path, int fd, const lock_options& opts);
 
   bool held() const noexcept { return held_; }
+  // Every configured lock is held (false when the dotlock was skipped on a full disk).
+  bool complete() const noexcept { return held_ && !dotlock_skipped_; }
   // Refreshes the dotlock's mtime (no-op without one).
   result<void> touch();
   // Releases everything; returns the first error (a dotlock found broken by someone else).
@@ -139,6 +148,7 @@ class mailbox_lock {
   bool fcntl_ = false;
   bool ofd_ = false;  // fcntl lock is an open file description lock
   bool flock_ = false;
+  bool dotlock_skipped_ = false;
   bool held_ = false;
 };
 

@@ -8,6 +8,7 @@
 #include <openssl/evp.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include <algorithm>
 #include <array>
@@ -15,7 +16,10 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
+#include <ctime>
 #include <functional>
+#include <optional>
 #include <vector>
 
 namespace postern::store::mbox {
@@ -28,7 +32,12 @@ std::atomic<std::size_t> g_copy_buffer{std::size_t{1} << 20};
 constexpr std::uint64_t prefix_window = 4096;
 constexpr auto touch_interval = std::chrono::seconds(30);
 constexpr mode_t journal_mode = 0600;
-constexpr std::string_view magic = "postern-mbox-journal 1\n";
+constexpr std::string_view magic = "postern-mbox-journal 2\n";
+// The pre-update bytes of [start, new_size) are recorded per cell: cells are the file's
+// 4 KiB pages (a write cut short by a signal or a crash stops at a page boundary), each
+// with its XXH3-128.
+constexpr std::uint64_t cell_size = 4096;
+constexpr std::size_t cell_digest_bytes = 16;
 
 std::function<void()>& fault_action() {
   static std::function<void()> action;
@@ -111,6 +120,26 @@ result<void> pread_full(int fd, char* buf, std::size_t n, std::uint64_t off,
   return ok_result();
 }
 
+// Reads up to n bytes at offset 0; fewer only at the end of the file.
+result<std::size_t> pread_some_into(int fd, char* buf, std::size_t n, const std::string& what) {
+  std::size_t got = 0;
+  while (got < n) {
+    const ssize_t r = ::pread(fd, buf + got, n - got, static_cast<off_t>(got));
+    if (r < 0) {
+      const int err = errno;
+      if (err == EINTR) {
+        continue;
+      }
+      return io_error(err, "read " + what);
+    }
+    if (r == 0) {
+      break;
+    }
+    got += static_cast<std::size_t>(r);
+  }
+  return got;
+}
+
 result<void> pwrite_full(int fd, const char* buf, std::size_t n, std::uint64_t off,
                          const std::string& what) {
   while (n > 0) {
@@ -178,6 +207,22 @@ result<unique_fd> create_preallocated(int dir_fd, const std::string& name, std::
   return fd;
 }
 
+std::uint64_t cell_count(std::uint64_t start, std::uint64_t end) noexcept {
+  return end > start ? (end - 1) / cell_size - start / cell_size + 1 : 0;
+}
+
+// XXH3-128 of a cell: the cells tell the crashed update's own bytes from anything else
+// written since (mutt, a restore, an editor), not from an attacker (the journal is in a
+// directory only the mail owner can write, and whoever can write the spool needs no
+// journal to damage it); a cryptographic hash here cost a third of a 100 MB update.
+result<std::string> cell_digest(const char* data, std::size_t n) {
+  const XXH128_hash_t h = XXH3_128bits(data, n);
+  XXH128_canonical_t canon{};
+  XXH128_canonicalFromHash(&canon, h);
+  static_assert(sizeof(canon.digest) == cell_digest_bytes);
+  return std::string(reinterpret_cast<const char*>(canon.digest), cell_digest_bytes);
+}
+
 // Copies byte ranges between descriptors through one buffer, hashing what it copies,
 // touching the dotlock now and then and passing a fault point after every chunk.
 class copier {
@@ -187,10 +232,21 @@ class copier {
         lock_(lock),
         last_touch_(std::chrono::steady_clock::now()) {}
 
+  // With `cell_aligned`, every write but the last ends on a cell boundary of dst (and is
+  // at least a cell long), so that an interrupted copy leaves each cell wholly old or wholly
+  // new (see first_foreign_cell).
   result<void> copy(int src, std::uint64_t src_off, int dst, std::uint64_t dst_off,
-                    std::uint64_t len, sha256* h, const std::string& what) {
+                    std::uint64_t len, sha256* h, const std::string& what,
+                    bool cell_aligned = false) {
+    if (cell_aligned && buf_.size() < block_bytes()) {
+      buf_.resize(block_bytes());
+    }
     while (len > 0) {
-      const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(len, buf_.size()));
+      std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(len, buf_.size()));
+      if (cell_aligned) {
+        n = static_cast<std::size_t>(
+            std::min<std::uint64_t>(len, block_end_from(dst_off, block_bytes()) - dst_off));
+      }
       POSTERN_TRY(pread_full(src, buf_.data(), n, src_off, what));
       if (h != nullptr) {
         h->update(buf_.data(), n);
@@ -205,6 +261,68 @@ class copier {
       fault_point();
     }
     return ok_result();
+  }
+
+  // The cell digests of fd's bytes [start, end) (see cell_size), concatenated.
+  result<std::string> cell_digests(int fd, std::uint64_t start, std::uint64_t end,
+                                   const std::string& what) {
+    std::string out;
+    out.reserve(static_cast<std::size_t>(cell_count(start, end) * cell_digest_bytes));
+    std::vector<char> buf(block_bytes());
+    for (std::uint64_t pos = start; pos < end;) {
+      const std::uint64_t block_end = std::min<std::uint64_t>(end, block_end_from(pos, buf.size()));
+      POSTERN_TRY(pread_full(fd, buf.data(), static_cast<std::size_t>(block_end - pos), pos, what));
+      for (std::uint64_t c = pos; c < block_end;) {
+        const std::uint64_t c_end = std::min(block_end, (c / cell_size + 1) * cell_size);
+        auto d = cell_digest(buf.data() + (c - pos), static_cast<std::size_t>(c_end - c));
+        if (!d.ok()) {
+          return std::move(d).err();
+        }
+        out += *d;
+        c = c_end;
+      }
+      pos = block_end;
+      keepalive();
+    }
+    return out;
+  }
+
+  // Checks that every cell of the spool's [start, end) holds either the payload's bytes
+  // (already rewritten: payload_fd at payload_off + (cell - start)) or the bytes `cells`
+  // recorded before the update. Returns the offset of the first cell holding neither.
+  result<std::optional<std::uint64_t>> first_foreign_cell(int spool_fd, int payload_fd,
+                                                          std::uint64_t payload_off,
+                                                          std::uint64_t start, std::uint64_t end,
+                                                          std::string_view cells,
+                                                          const std::string& what) {
+    std::vector<char> cur(block_bytes());
+    std::vector<char> want(cur.size());
+    std::size_t k = 0;
+    for (std::uint64_t pos = start; pos < end;) {
+      const std::uint64_t block_end = std::min<std::uint64_t>(end, block_end_from(pos, cur.size()));
+      const auto n = static_cast<std::size_t>(block_end - pos);
+      POSTERN_TRY(pread_full(spool_fd, cur.data(), n, pos, what));
+      POSTERN_TRY(pread_full(payload_fd, want.data(), n, payload_off + (pos - start), what));
+      for (std::uint64_t c = pos; c < block_end; ++k) {
+        const std::uint64_t c_end = std::min(block_end, (c / cell_size + 1) * cell_size);
+        const char* here = cur.data() + (c - pos);
+        const auto len = static_cast<std::size_t>(c_end - c);
+        if (!std::equal(here, here + len, want.data() + (c - pos))) {
+          auto d = cell_digest(here, len);
+          if (!d.ok()) {
+            return std::move(d).err();
+          }
+          if ((k + 1) * cell_digest_bytes > cells.size() ||
+              cells.substr(k * cell_digest_bytes, cell_digest_bytes) != *d) {
+            return std::optional<std::uint64_t>(c);
+          }
+        }
+        c = c_end;
+      }
+      pos = block_end;
+      keepalive();
+    }
+    return std::optional<std::uint64_t>();
   }
 
   result<std::string> digest(int fd, std::uint64_t off, std::uint64_t len,
@@ -222,6 +340,16 @@ class copier {
   }
 
  private:
+  // Reads for cell work go in blocks of whole cells, at least one.
+  std::size_t block_bytes() const noexcept {
+    return static_cast<std::size_t>(
+        std::max<std::uint64_t>(cell_size, buf_.size() / cell_size * cell_size));
+  }
+  // The end of the block starting at pos: block bytes on from pos's cell start.
+  static std::uint64_t block_end_from(std::uint64_t pos, std::size_t block) noexcept {
+    return pos / cell_size * cell_size + block;
+  }
+
   void keepalive() {
     if (lock_ == nullptr) {
       return;
@@ -301,7 +429,7 @@ result<void> truncate_and_finish(const update_context& c, const journal_header& 
 result<void> apply_redo(const update_context& c, int journal_fd, journal_header h,
                         unique_fd trunc_fd) {
   POSTERN_TRY(c.cp.copy(journal_fd, journal_header_size, c.spool_fd, h.start, h.payload_size,
-                        nullptr, c.names.journal + " to " + c.display));
+                        nullptr, c.names.journal + " to " + c.display, true));
   fault_point();
   POSTERN_TRY(sync_fd(c.spool_fd, c.display));
   fault_point();
@@ -343,7 +471,8 @@ struct source {
 // it by renaming it over the journal name. Before the rename the half-written files are
 // removed on error; the spool is never touched here.
 result<prepared> write_redo_journal(const update_context& c, journal_header h,
-                                    const std::vector<source>& sources) {
+                                    const std::vector<source>& sources,
+                                    const std::string& cells) {
   struct remover {
     int dir;
     const side_files& names;
@@ -357,7 +486,7 @@ result<prepared> write_redo_journal(const update_context& c, journal_header h,
   } cleanup{c.dir_fd, c.names};
 
   auto jnew = create_preallocated(c.dir_fd, c.names.journal_new,
-                                  journal_header_size + h.payload_size);
+                                  journal_header_size + h.payload_size + cells.size());
   if (!jnew.ok()) {
     return std::move(jnew).err();
   }
@@ -380,12 +509,18 @@ result<prepared> write_redo_journal(const update_context& c, journal_header h,
                           c.display + " to " + c.names.journal_new));
     at += src.len;
   }
+  POSTERN_TRY(pwrite_full(jnew->get(), cells.data(), cells.size(), at, c.names.journal_new));
   auto digest = payload.hex();
   if (!digest.ok()) {
     return std::move(digest).err();
   }
+  auto cells_digest = digest_of(cells);
+  if (!cells_digest.ok()) {
+    return std::move(cells_digest).err();
+  }
   h.st = journal_header::state::redo;
   h.payload_digest = std::move(*digest);
+  h.cells_digest = std::move(*cells_digest);
   auto text = format_journal_header(h);
   if (!text.ok()) {
     return std::move(text).err();
@@ -418,9 +553,14 @@ result<prepared> fold_appended(const update_context& c, const journal_header& h,
     return std::move(gap).err();
   }
   n.gap_digest = std::move(*gap);
+  auto cells = c.cp.cell_digests(c.spool_fd, n.start, n.new_size, c.display);
+  if (!cells.ok()) {
+    return std::move(cells).err();
+  }
   return write_redo_journal(c, n,
                             {source{payload_fd, payload_off, h.payload_size, {}},
-                             source{c.spool_fd, h.old_size, appended, {}}});
+                             source{c.spool_fd, h.old_size, appended, {}}},
+                            *cells);
 }
 
 bool parse_hex_digest(std::string_view v) noexcept {
@@ -429,16 +569,33 @@ bool parse_hex_digest(std::string_view v) noexcept {
          });
 }
 
-result<recovery_outcome> set_aside(const update_context& c, const journal_header& h,
-                                   const std::string& why) {
-  const std::string aside = c.names.journal + ".obsolete-" + std::to_string(h.ino) + "-" +
-                            std::to_string(h.start) + "-" + std::to_string(h.old_size);
+// "<journal>.obsolete-<UTC time>.<nanoseconds>Z": a name no other journal has.
+std::string aside_name(const std::string& journal) {
+  struct timespec ts{};
+  ::clock_gettime(CLOCK_REALTIME, &ts);
+  struct tm tm{};
+  ::gmtime_r(&ts.tv_sec, &tm);
+  std::array<char, 64> buf{};
+  const std::size_t n = std::strftime(buf.data(), buf.size(), "%Y%m%dT%H%M%S", &tm);
+  std::array<char, 16> ns{};
+  std::snprintf(ns.data(), ns.size(), ".%09ldZ", static_cast<long>(ts.tv_nsec));
+  return journal + ".obsolete-" + std::string(buf.data(), n) + ns.data();
+}
+
+// Renames the journal aside (whatever it is: a symlink or a FIFO is renamed, not followed)
+// and logs its new name; the mailbox is then served as it is.
+result<recovery_outcome> set_aside(const update_context& c, const std::string& why) {
+  const std::string aside = aside_name(c.names.journal);
   if (::renameat(c.dir_fd, c.names.journal.c_str(), c.dir_fd, aside.c_str()) != 0) {
-    return io_error(errno, "rename " + c.names.journal);
+    const int err = errno;
+    log::error("mbox: {}: unfinished update journal {} not applied ({}) and not set aside: {}",
+               c.display, c.names.journal, why, std::strerror(err));
+    return io_error(err, "rename " + c.names.journal + " aside");
   }
   POSTERN_TRY(remove_if_there(c.dir_fd, c.names.journal_trunc));
   POSTERN_TRY(sync_dir(c.dir_fd));
-  log::error("mbox: {}: unfinished update not applied ({}); its journal is kept as {}",
+  log::error("mbox: {}: unfinished update not applied ({}); its journal is kept as {}; the "
+             "mailbox is served as it is",
              c.display, why, aside);
   return recovery_outcome::obsolete;
 }
@@ -464,6 +621,7 @@ result<std::string> format_journal_header(const journal_header& h) {
   text += "prefix " + h.prefix_digest + "\n";
   text += "gap " + h.gap_digest + "\n";
   text += "payload " + h.payload_digest + "\n";
+  text += "cells " + h.cells_digest + "\n";
   auto check = digest_of(text);
   if (!check.ok()) {
     return std::move(check).err();
@@ -493,7 +651,7 @@ result<journal_header> parse_journal_header(std::string_view block) {
     return bad("check digest mismatch");
   }
   journal_header h;
-  bool have[9] = {};
+  bool have[10] = {};
   std::size_t pos = magic.size();
   while (pos < check_at) {
     const std::size_t nl = text.find('\n', pos);
@@ -543,6 +701,8 @@ result<journal_header> parse_journal_header(std::string_view block) {
       ok = hex(h.gap_digest, 7);
     } else if (key == "payload") {
       ok = hex(h.payload_digest, 8);
+    } else if (key == "cells") {
+      ok = hex(h.cells_digest, 9);
     }
     if (!ok) {
       return bad("bad line \"" + std::string(line) + "\"");
@@ -608,82 +768,206 @@ result<void> run_update(int dir_fd, const side_files& names, int spool_fd,
     return std::move(gap).err();
   }
   h.gap_digest = std::move(*gap);
+  auto cells = cp.cell_digests(spool_fd, h.start, h.new_size, display);
+  if (!cells.ok()) {
+    return std::move(cells).err();
+  }
 
-  auto p = write_redo_journal(c, h, sources);
+  auto p = write_redo_journal(c, h, sources, *cells);
   if (!p.ok()) {
     return std::move(p).err();
   }
-  return apply_redo(c, p->journal.get(), p->header, std::move(p->trunc));
+  // The torn window: from here until the journal is gone, readers that do not take our
+  // locks may see T partly written over the old bytes.
+  const auto committed = std::chrono::steady_clock::now();
+  POSTERN_TRY(apply_redo(c, p->journal.get(), p->header, std::move(p->trunc)));
+  log::debug("mbox: {}: update committed and applied: {} bytes rewritten from offset {} in "
+             "{} ms",
+             display, h.payload_size, h.start,
+             std::chrono::duration_cast<std::chrono::milliseconds>(
+                 std::chrono::steady_clock::now() - committed)
+                 .count());
+  return ok_result();
 }
 
-result<recovery_outcome> recover(int dir_fd, const side_files& names, int spool_fd,
-                                 const std::string& display, lock::mailbox_lock* lock) {
-  // A redo journal that was never renamed into place was never acted on.
-  POSTERN_TRY(remove_if_there(dir_fd, names.journal_new));
-  const int raw = ::openat(dir_fd, names.journal.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+namespace {
+
+// Opens the committed journal if there is one. A journal that is not a regular file owned by
+// us and writable by nobody else (a symlink, a FIFO, another user's file) is never read:
+// `why` says what is wrong with it and the caller sets it aside.
+result<std::optional<unique_fd>> open_journal(int dir_fd, const std::string& name,
+                                              std::string& why) {
+  const int raw = ::openat(dir_fd, name.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
   if (raw < 0) {
-    if (errno != ENOENT) {
-      return io_error(errno, "open " + names.journal);
+    const int err = errno;
+    if (err == ENOENT) {
+      return std::optional<unique_fd>();
     }
-    POSTERN_TRY(remove_if_there(dir_fd, names.journal_trunc));
-    return recovery_outcome::nothing;
+    if (err == ELOOP || err == EACCES || err == ENXIO || err == EPERM) {
+      why = err == ELOOP ? "it is a symbolic link" : "it cannot be opened: " +
+                                                        std::string(std::strerror(err));
+      return std::optional<unique_fd>(unique_fd());
+    }
+    return io_error(err, "open " + name);
   }
-  const unique_fd jfd(raw);
-  fault_point();
+  unique_fd fd(raw);
+  struct stat st{};
+  if (::fstat(fd.get(), &st) != 0) {
+    return io_error(errno, "stat " + name);
+  }
+  if (!S_ISREG(st.st_mode)) {
+    why = "it is not a regular file";
+  } else if (st.st_uid != ::geteuid()) {
+    why = "it belongs to uid " + std::to_string(st.st_uid) + ", not to uid " +
+          std::to_string(::geteuid());
+  } else if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+    why = "others may write it";
+  }
+  if (!why.empty()) {
+    return std::optional<unique_fd>(unique_fd());
+  }
+  return std::optional<unique_fd>(std::move(fd));
+}
 
-  const auto damaged = [&](const std::string& why) -> error {
-    log::error("mbox: {}: journal {} is damaged ({}); the mailbox is not served until an "
-               "administrator checks it",
-               display, names.journal, why);
-    return error(errc::permanent,
-                 "mbox: " + display + ": damaged update journal " + names.journal + ": " + why);
-  };
-
-  std::array<char, journal_header_size> block{};
-  auto jsize = size_of(jfd.get(), names.journal);
+// Reads and verifies a redo journal's header, payload and cell table. Returns the reason it
+// cannot be believed (empty when it can).
+result<std::string> check_journal(copier& cp, int jfd, const std::string& name,
+                                  const journal_header& h, std::string& cells) {
+  auto jsize = size_of(jfd, name);
   if (!jsize.ok()) {
     return std::move(jsize).err();
   }
-  if (*jsize < journal_header_size) {
-    return damaged("too short");
+  if (h.st == journal_header::state::trunc) {
+    return std::string();
   }
-  POSTERN_TRY(pread_full(jfd.get(), block.data(), block.size(), 0, names.journal));
-  auto parsed = parse_journal_header(std::string_view(block.data(), block.size()));
-  if (!parsed.ok()) {
-    return damaged(parsed.err().context());
+  const std::uint64_t cells_bytes = cell_count(h.start, h.new_size) * cell_digest_bytes;
+  if (*jsize != journal_header_size + h.payload_size + cells_bytes) {
+    return std::string("damaged: wrong size");
   }
-  journal_header h = std::move(*parsed);
+  auto d = cp.digest(jfd, journal_header_size, h.payload_size, name);
+  if (!d.ok()) {
+    return std::move(d).err();
+  }
+  if (*d != h.payload_digest) {
+    return std::string("damaged: payload digest");
+  }
+  cells.resize(static_cast<std::size_t>(cells_bytes));
+  POSTERN_TRY(pread_full(jfd, cells.data(), cells.size(), journal_header_size + h.payload_size,
+                         name));
+  auto cd = digest_of(cells);
+  if (!cd.ok()) {
+    return std::move(cd).err();
+  }
+  if (*cd != h.cells_digest) {
+    return std::string("damaged: cell digests");
+  }
+  return std::string();
+}
 
+// A redo journal may be applied only if every byte it overwrites or cuts off is one the
+// update expected: [start, new_size) cell by cell the old bytes or the payload (partly
+// rewritten), [new_size, old_size) the old bytes, and the 4 KiB before `start` unchanged.
+// Returns why not (empty: it may).
+result<std::string> check_redo_target(const update_context& c, int jfd,
+                                      const journal_header& h, std::string_view cells,
+                                      std::uint64_t size) {
+  if (size < h.old_size) {
+    return std::string("the mailbox was truncated");
+  }
+  auto gap = c.cp.digest(c.spool_fd, h.new_size, h.old_size - h.new_size, c.display);
+  if (!gap.ok()) {
+    return std::move(gap).err();
+  }
+  if (*gap != h.gap_digest) {
+    return std::string("the mailbox was changed after the rewritten part");
+  }
+  auto foreign = c.cp.first_foreign_cell(c.spool_fd, jfd, journal_header_size, h.start,
+                                         h.new_size, cells, c.display);
+  if (!foreign.ok()) {
+    return std::move(foreign).err();
+  }
+  if (*foreign) {
+    return "the mailbox was changed at offset " + std::to_string(**foreign) +
+           ", in the part the update rewrites";
+  }
+  return std::string();
+}
+
+result<recovery_outcome> recover_journal(int dir_fd, const side_files& names, int spool_fd,
+                                         const std::string& display, lock::mailbox_lock* lock);
+
+}  // namespace
+
+result<recovery_outcome> recover(int dir_fd, const side_files& names, int spool_fd,
+                                 const std::string& display, lock::mailbox_lock* lock) {
+  const auto t0 = std::chrono::steady_clock::now();
+  auto r = recover_journal(dir_fd, names, spool_fd, display, lock);
+  if (r.ok() && *r == recovery_outcome::completed) {
+    log::notice("mbox: {}: completed an update interrupted by a crash ({} ms)", display,
+                std::chrono::duration_cast<std::chrono::milliseconds>(
+                    std::chrono::steady_clock::now() - t0)
+                    .count());
+  }
+  return r;
+}
+
+namespace {
+
+result<recovery_outcome> recover_journal(int dir_fd, const side_files& names, int spool_fd,
+                                         const std::string& display,
+                                         lock::mailbox_lock* lock) {
+  // A redo journal that was never renamed into place was never acted on.
+  POSTERN_TRY(remove_if_there(dir_fd, names.journal_new));
   copier cp(lock);
   const update_context c{dir_fd, names, spool_fd, display, cp};
+  std::string why;
+  auto opened = open_journal(dir_fd, names.journal, why);
+  if (!opened.ok()) {
+    return std::move(opened).err();
+  }
+  if (!*opened) {
+    POSTERN_TRY(remove_if_there(dir_fd, names.journal_trunc));
+    return recovery_outcome::nothing;
+  }
+  if (!why.empty()) {
+    return set_aside(c, "not trusted: " + why);
+  }
+  const unique_fd jfd = std::move(**opened);
+  fault_point();
 
-  if (h.st == journal_header::state::redo) {
-    if (*jsize != journal_header_size + h.payload_size) {
-      return damaged("payload size");
-    }
-    auto d = cp.digest(jfd.get(), journal_header_size, h.payload_size, names.journal);
-    if (!d.ok()) {
-      return std::move(d).err();
-    }
-    if (*d != h.payload_digest) {
-      return damaged("payload digest");
-    }
+  std::array<char, journal_header_size> block{};
+  auto got = pread_some_into(jfd.get(), block.data(), block.size(), names.journal);
+  if (!got.ok()) {
+    return std::move(got).err();
+  }
+  auto parsed = parse_journal_header(std::string_view(block.data(), *got));
+  if (!parsed.ok()) {
+    return set_aside(c, "damaged: " + parsed.err().context());
+  }
+  journal_header h = std::move(*parsed);
+  std::string cells;
+  auto checked = check_journal(cp, jfd.get(), names.journal, h, cells);
+  if (!checked.ok()) {
+    return std::move(checked).err();
+  }
+  if (!checked->empty()) {
+    return set_aside(c, *checked);
   }
 
   // Does the journal still describe this spool?
   if (spool_fd < 0) {
-    return set_aside(c, h, "the mailbox no longer exists");
+    return set_aside(c, "the mailbox no longer exists");
   }
   struct stat st{};
   if (::fstat(spool_fd, &st) != 0) {
     return io_error(errno, "stat " + display);
   }
   if (static_cast<std::uint64_t>(st.st_ino) != h.ino) {
-    return set_aside(c, h, "the mailbox was replaced");
+    return set_aside(c, "the mailbox was replaced");
   }
   const auto size = static_cast<std::uint64_t>(st.st_size);
   if (size < h.start) {
-    return set_aside(c, h, "the mailbox was truncated");
+    return set_aside(c, "the mailbox was truncated");
   }
   auto prefix = cp.digest(spool_fd, prefix_offset(h.start), h.start - prefix_offset(h.start),
                           display);
@@ -691,15 +975,19 @@ result<recovery_outcome> recover(int dir_fd, const side_files& names, int spool_
     return std::move(prefix).err();
   }
   if (*prefix != h.prefix_digest) {
-    return set_aside(c, h, "the mailbox was changed before the update's start");
+    return set_aside(c, "the mailbox was changed before the update's start");
   }
-  POSTERN_TRY(remove_if_there(dir_fd, names.journal_trunc));  // recreated when needed
-  fault_point();
 
   if (h.st == journal_header::state::redo) {
-    if (size < h.old_size) {
-      return set_aside(c, h, "the mailbox was truncated");
+    auto target = check_redo_target(c, jfd.get(), h, cells, size);
+    if (!target.ok()) {
+      return std::move(target).err();
     }
+    if (!target->empty()) {
+      return set_aside(c, *target);
+    }
+    POSTERN_TRY(remove_if_there(dir_fd, names.journal_trunc));  // recreated when needed
+    fault_point();
     if (size > h.old_size) {
       auto p = fold_appended(c, h, jfd.get(), journal_header_size, size);
       if (!p.ok()) {
@@ -713,6 +1001,16 @@ result<recovery_outcome> recover(int dir_fd, const side_files& names, int spool_
   }
 
   // trunc: T is in place at [start, new_size). Was the file truncated?
+  if (size < h.new_size) {
+    return set_aside(c, "the mailbox was truncated");
+  }
+  auto payload = cp.digest(spool_fd, h.start, h.payload_size, display);
+  if (!payload.ok()) {
+    return std::move(payload).err();
+  }
+  if (*payload != h.payload_digest) {
+    return set_aside(c, "the rewritten part of the mailbox was changed");
+  }
   bool untruncated = false;
   if (size >= h.old_size) {
     auto gap = cp.digest(spool_fd, h.new_size, h.old_size - h.new_size, display);
@@ -721,18 +1019,10 @@ result<recovery_outcome> recover(int dir_fd, const side_files& names, int spool_
     }
     untruncated = *gap == h.gap_digest;
   }
-  if (size < h.new_size) {
-    return set_aside(c, h, "the mailbox was truncated");
-  }
-  auto payload = cp.digest(spool_fd, h.start, h.payload_size, display);
-  if (!payload.ok()) {
-    return std::move(payload).err();
-  }
-  if (*payload != h.payload_digest) {
-    return set_aside(c, h, "the rewritten part of the mailbox was changed");
-  }
+  POSTERN_TRY(remove_if_there(dir_fd, names.journal_trunc));
+  fault_point();
   if (!untruncated) {
-    // Truncated already; anything past new_size was delivered since.
+    // Truncated already (nothing is cut here); anything past new_size came since.
     POSTERN_TRY(finish_journal(c));
     return recovery_outcome::completed;
   }
@@ -747,6 +1037,8 @@ result<recovery_outcome> recover(int dir_fd, const side_files& names, int spool_
   POSTERN_TRY(truncate_and_finish(c, h));
   return recovery_outcome::completed;
 }
+
+}  // namespace
 
 void set_fault_for_test(int step, std::function<void()> action) {
   fault_action() = std::move(action);

@@ -4,7 +4,7 @@
 // An update removes messages by rewriting the file in place from `start` (the first deleted
 // message) on: the bytes to keep after `start` (kept messages and any mail appended since
 // the scan) are the payload T, the new size is N = start + |T| < A (the old size).
-//  1. The redo journal "<dir>/.<base>.postern-journal.new" receives a header and T, is
+//  1. The redo journal "<state>/.<base>.postern-journal.new" receives a header and T, is
 //     preallocated first (a full disk fails here, before anything is touched), fsynced and
 //     renamed to ".postern-journal"; the directory is fsynced. This rename is the commit
 //     point: before it nothing happened, after it the update will be completed.
@@ -12,11 +12,15 @@
 //  3. A small "trunc" journal (preallocated in step 1) replaces the redo journal, saying T is
 //     in place; then the spool is truncated to N and fsynced, and the journal removed.
 // Recovery, at the next open, under the same locks, completes an update left by a crash:
-// a redo journal is applied again (step 2 is idempotent); a trunc journal tells, by a digest
-// of the old bytes [N, A), whether the truncation happened. Mail appended by a delivery agent
-// after the crash (which may break our stale dotlock) is folded into a new redo journal
-// first, so it is never cut off. A journal whose spool was replaced, truncated or changed
-// before `start` by someone else is obsolete: it is renamed aside, logged, and not applied.
+// a redo journal is applied again (step 2 is idempotent) only after verifying every byte it
+// overwrites or cuts off: [N, A) unchanged (gap digest), and every 4 KiB page of [start, N)
+// either T's bytes already or the pre-update bytes (the journal's cell table, recorded in
+// step 1); a trunc journal tells, by a digest of the old bytes [N, A), whether the truncation
+// happened. Mail appended by a delivery agent after the crash (which may break our stale
+// dotlock) is folded into a new redo journal first, so it is never cut off. A journal that
+// fails any check (its spool replaced, truncated or changed by someone else; damaged; not a
+// regular file of ours writable by nobody else) is renamed aside with a timestamp, logged
+// with its name, and not applied: the mailbox is served as it is.
 //
 // Threading: called with the session lock and the spool locks held, from one thread.
 #pragma once
@@ -32,9 +36,10 @@
 
 namespace postern::store::mbox {
 
-// The side files of the mailbox "<dir>/<base>", all in <dir>. Their names start with '.',
-// and none ends in ".lock", so none can be another user's spool or dotlock on a system
-// whose user names cannot start with '.'.
+// The side files of the mailbox "<dir>/<base>", all in one directory: <dir> when it is the
+// mail owner's alone, else a state directory of the mail owner's (mbox.hpp). Their names
+// start with '.', and none ends in ".lock", so none can be another user's spool or dotlock
+// on a system whose user names cannot start with '.'.
 struct side_files {
   std::string session;        // .<base>.postern-session: the POP3 session lock (flock)
   std::string journal;        // .<base>.postern-journal: a committed, unfinished update
@@ -59,6 +64,10 @@ struct journal_header {
   std::string prefix_digest;       // SHA-256 of spool[max(0, start - 4096), start)
   std::string gap_digest;          // SHA-256 of spool[N, A) before the update
   std::string payload_digest;      // SHA-256 of T
+  // SHA-256 of the cell table that follows T in a redo journal: for every 4 KiB page of the
+  // file that [start, new_size) touches, the XXH3-128 of the spool's bytes of that page
+  // within [start, new_size) before the update.
+  std::string cells_digest;
 };
 
 // The header as stored (text, ending with a "check" line holding its own SHA-256 and an empty
@@ -102,9 +111,8 @@ enum class recovery_outcome {
 
 // Cleans up after a crash: removes half-written journals and completes or sets aside a
 // committed one. `spool_fd` is -1 when the spool does not exist. `display` names the spool in
-// errors and logs. Errors: errc::temporary (I/O, disk full; retry at the next open, nothing
-// is lost); errc::permanent when the journal is damaged (an administrator must look; the
-// spool may be half updated and is not served).
+// errors and logs. Errors: errc::temporary (I/O, disk full, a journal that cannot be renamed
+// aside; retry at the next open, nothing is lost).
 result<recovery_outcome> recover(int dir_fd, const side_files& names, int spool_fd,
                                  const std::string& display, lock::mailbox_lock* lock);
 

@@ -403,14 +403,18 @@ class mbox_drop final : public maildrop {
   // An empty maildrop with no file behind it.
   mbox_drop() = default;
 
-  // `opened`: the spool's stamp when it was listed; `stable`: no later write can keep it.
-  mbox_drop(std::string path, std::string base, options opts, unique_fd dir, unique_fd session,
-            unique_fd spool, scan_result scan, const file_stamp& opened, bool stable)
+  // `spool_dir`: the spool's directory; `state_dir`: the side files' (the same directory, or
+  // a state directory of the mail owner's when the spool's is shared). `opened`: the spool's
+  // stamp when it was listed; `stable`: no later write can keep it.
+  mbox_drop(std::string path, std::string base, options opts, unique_fd spool_dir,
+            unique_fd state_dir, unique_fd session, unique_fd spool, scan_result scan,
+            const file_stamp& opened, bool stable)
       : path_(std::move(path)),
         base_(std::move(base)),
         opts_(opts),
         names_(side_files_for(base_)),
-        dir_fd_(std::move(dir)),
+        spool_dir_fd_(std::move(spool_dir)),
+        dir_fd_(std::move(state_dir)),
         session_fd_(std::move(session)),
         spool_fd_(std::move(spool)),
         scanned_size_(scan.scanned_size),
@@ -536,7 +540,7 @@ class mbox_drop final : public maildrop {
   result<void> check_unchanged(std::size_t first) {
     struct stat named{};
     struct stat ours{};
-    if (::fstatat(dir_fd_.get(), base_.c_str(), &named, AT_SYMLINK_NOFOLLOW) != 0) {
+    if (::fstatat(spool_dir_fd_.get(), base_.c_str(), &named, AT_SYMLINK_NOFOLLOW) != 0) {
       const int err = errno;
       return error::from_errno(err, "mbox: " + path_ + " vanished");
     }
@@ -728,7 +732,8 @@ class mbox_drop final : public maildrop {
   std::string base_;
   options opts_;
   side_files names_;
-  unique_fd dir_fd_;
+  unique_fd spool_dir_fd_;
+  unique_fd dir_fd_;  // the side files' directory
   unique_fd session_fd_;  // holds the session lock for the object's life
   unique_fd spool_fd_;
   std::uint64_t scanned_size_ = 0;
@@ -755,6 +760,12 @@ result<unique_fd> open_spool(int dir_fd, const std::string& base, const std::str
       }
       if (!S_ISREG(st.st_mode)) {
         return error(errc::permanent, "mbox: " + path + " is not a regular file");
+      }
+      if (st.st_uid != ::geteuid()) {
+        return error(errc::permanent, "mbox: " + path + " belongs to uid " +
+                                          std::to_string(st.st_uid) + ", not to the mail "
+                                          "owner (uid " + std::to_string(::geteuid()) +
+                                          "): not served");
       }
       return out;
     }
@@ -897,74 +908,140 @@ result<known_result> known_messages(int dir_fd, const side_files& names, int spo
   return out;
 }
 
-}  // namespace
+// Where a spool's side files live (see mbox.hpp, "Side files"). `state_fd` is invalid while
+// the state directory does not exist yet.
+struct places {
+  std::string path;
+  std::string dir;
+  std::string base;
+  unique_fd dir_fd;    // the spool's directory; invalid when it does not exist
+  unique_fd state_fd;  // the directory of the side files
+  std::string state_dir;
+  bool shared = false;  // the spool's directory is not the mail owner's alone
+};
 
-open_source last_open_source_for_test() noexcept { return g_last_source; }
+std::string shared_dir_text(const places& p) {
+  return "mbox: " + p.dir + " is not the mail owner's alone (owned by another user or "
+         "writable by group or others), so the journal, index and session lock of " + p.path +
+         " are kept in a state directory of the mail owner's";
+}
 
-result<std::unique_ptr<store::maildrop>> open(const std::string& path, const options& opts) {
-  g_last_source = open_source::none;
+// Opens the state directory `p.state_dir` (creating it, mode 0700, when `create`): it must be
+// a directory owned by the effective uid and writable by nobody else.
+result<void> open_state_dir(places& p, bool create) {
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    const int fd = ::open(p.state_dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd >= 0) {
+      unique_fd out(fd);
+      struct stat st{};
+      if (::fstat(fd, &st) != 0) {
+        const int err = errno;
+        return error::from_errno(err, "mbox: stat " + p.state_dir);
+      }
+      if (st.st_uid != ::geteuid() || (st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+        return error(errc::permanent,
+                     shared_dir_text(p) + ", but " + p.state_dir + " is " +
+                         (st.st_uid != ::geteuid()
+                              ? "owned by uid " + std::to_string(st.st_uid)
+                              : std::string("writable by group or others")) +
+                         " (it must belong to uid " + std::to_string(::geteuid()) +
+                         ", mode 0700)");
+      }
+      p.state_fd = std::move(out);
+      return ok_result();
+    }
+    const int err = errno;
+    if (err != ENOENT || !create) {
+      if (err == ENOENT) {
+        return ok_result();  // no state yet: nothing to recover
+      }
+      return error::from_errno(err, shared_dir_text(p) + ", but " + p.state_dir +
+                                        " cannot be opened",
+                               open_errc(err) == errc::permanent || err == ENOTDIR
+                                   ? errc::permanent
+                                   : errc::temporary);
+    }
+    if (::mkdir(p.state_dir.c_str(), 0700) != 0 && errno != EEXIST) {
+      const int merr = errno;
+      return error::from_errno(merr, shared_dir_text(p) + ", but " + p.state_dir +
+                                         " cannot be created",
+                               open_errc(merr));
+    }
+  }
+  return error(errc::temporary, "mbox: " + p.state_dir + " keeps vanishing");
+}
+
+// Splits and checks `path`, opens its directory and finds the side files' directory (not
+// creating it). A missing directory leaves dir_fd invalid.
+result<places> locate(const std::string& path, const options& opts) {
   if (path.empty() || path[0] != '/') {
     return error(errc::invalid, "mbox: path must be absolute: \"" + path + "\"");
   }
+  places p;
+  p.path = path;
   const std::size_t slash = path.rfind('/');
-  const std::string dir = slash == 0 ? "/" : path.substr(0, slash);
-  const std::string base = path.substr(slash + 1);
-  if (base.empty() || base == "." || base == "..") {
+  p.dir = slash == 0 ? "/" : path.substr(0, slash);
+  p.base = path.substr(slash + 1);
+  if (p.base.empty() || p.base == "." || p.base == "..") {
     return error(errc::invalid, "mbox: path names no file: \"" + path + "\"");
   }
-  const auto empty = [] { return std::unique_ptr<store::maildrop>(std::make_unique<mbox_drop>()); };
-
-  unique_fd dir_fd;
   for (;;) {
-    const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    const int fd = ::open(p.dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd >= 0) {
-      dir_fd.reset(fd);
+      p.dir_fd.reset(fd);
       break;
     }
     const int err = errno;
     if (err == ENOENT) {
-      return empty();  // no directory, no mail: create nothing
+      return p;  // no directory, no mail: create nothing
     }
     if (err != EINTR) {
-      return error::from_errno(err, "mbox: open directory " + dir, open_errc(err));
+      return error::from_errno(err, "mbox: open directory " + p.dir, open_errc(err));
     }
   }
-  const side_files names = side_files_for(base);
-  auto spool_there = exists_at(dir_fd.get(), base, path);
-  if (!spool_there.ok()) {
-    return std::move(spool_there).err();
+  struct stat st{};
+  if (::fstat(p.dir_fd.get(), &st) != 0) {
+    const int err = errno;
+    return error::from_errno(err, "mbox: stat " + p.dir);
   }
-  auto journal_there = exists_at(dir_fd.get(), names.journal, dir + "/" + names.journal);
-  if (!journal_there.ok()) {
-    return std::move(journal_there).err();
+  p.shared = st.st_uid != ::geteuid() || (st.st_mode & (S_IWGRP | S_IWOTH)) != 0;
+  if (!p.shared) {
+    const int dup = ::fcntl(p.dir_fd.get(), F_DUPFD_CLOEXEC, 0);
+    if (dup < 0) {
+      const int err = errno;
+      return error::from_errno(err, "mbox: duplicate descriptor of " + p.dir);
+    }
+    p.state_fd.reset(dup);
+    p.state_dir = p.dir;
+    return p;
   }
-  if (!*spool_there && !*journal_there) {
-    return empty();
+  if (opts.state_dir.empty()) {
+    return error(errc::permanent, shared_dir_text(p) + ": set [mail] mbox_state_dir (the "
+                                                       "default \"~/.postern\" needs a home "
+                                                       "directory)");
   }
+  p.state_dir = opts.state_dir;
+  POSTERN_TRY(open_state_dir(p, false));
+  return p;
+}
 
-  auto session = lock::take_session_lock(dir_fd.get(), names.session, dir + "/" + names.session);
-  if (!session.ok()) {
-    return std::move(session).err();
-  }
-
-  // Open and lock the spool; if another program renamed a new file into place meanwhile,
-  // start again with that one.
+struct locked_spool {
   unique_fd spool;
-  lock::mailbox_lock locked;
+  lock::mailbox_lock lock;
+};
+
+// Opens and locks the spool; if another program renamed a new file into place meanwhile,
+// starts again with that one. Returns an invalid spool descriptor when there is no file.
+result<locked_spool> open_and_lock(const places& p, const lock::lock_options& locking) {
   for (int attempt = 0;; ++attempt) {
-    auto fd = open_spool(dir_fd.get(), base, path);
+    auto fd = open_spool(p.dir_fd.get(), p.base, p.path);
     if (!fd.ok()) {
       if (fd.err().cause() == std::error_code(ENOENT, std::generic_category())) {
-        // Only a journal is left: recovery sets it aside. The maildrop is empty.
-        auto rec = recover(dir_fd.get(), names, -1, path, nullptr);
-        if (!rec.ok()) {
-          return std::move(rec).err();
-        }
-        return empty();
+        return locked_spool{};
       }
       return std::move(fd).err();
     }
-    auto l = lock::mailbox_lock::acquire(path, fd->get(), opts.locking);
+    auto l = lock::mailbox_lock::acquire(p.path, fd->get(), locking);
     if (!l.ok()) {
       return std::move(l).err();
     }
@@ -972,25 +1049,106 @@ result<std::unique_ptr<store::maildrop>> open(const std::string& path, const opt
     struct stat ours{};
     if (::fstat(fd->get(), &ours) != 0) {
       const int err = errno;
-      return error::from_errno(err, "mbox: stat " + path);
+      return error::from_errno(err, "mbox: stat " + p.path);
     }
-    const bool still = ::fstatat(dir_fd.get(), base.c_str(), &named, AT_SYMLINK_NOFOLLOW) == 0 &&
-                       same_inode(named, ours);
+    const bool still =
+        ::fstatat(p.dir_fd.get(), p.base.c_str(), &named, AT_SYMLINK_NOFOLLOW) == 0 &&
+        same_inode(named, ours);
     if (still) {
-      spool = std::move(*fd);
-      locked = std::move(*l);
-      break;
+      return locked_spool{std::move(*fd), std::move(*l)};
     }
     if (attempt + 1 >= reopen_attempts) {
-      return error(errc::temporary, "mbox: " + path + " keeps being replaced");
+      return error(errc::temporary, "mbox: " + p.path + " keeps being replaced");
     }
   }
+}
 
-  auto rec = recover(dir_fd.get(), names, spool.get(), path, &locked);
+// Takes the session lock in the state directory (created if needed) when there is a spool or
+// a journal; `nothing` is set when there is neither.
+result<unique_fd> session_for(places& p, const side_files& names, bool& nothing) {
+  nothing = false;
+  if (!p.dir_fd.valid()) {
+    nothing = true;
+    return unique_fd();
+  }
+  auto spool_there = exists_at(p.dir_fd.get(), p.base, p.path);
+  if (!spool_there.ok()) {
+    return std::move(spool_there).err();
+  }
+  bool journal_there = false;
+  if (p.state_fd.valid()) {
+    auto j = exists_at(p.state_fd.get(), names.journal, p.state_dir + "/" + names.journal);
+    if (!j.ok()) {
+      return std::move(j).err();
+    }
+    journal_there = *j;
+  }
+  if (!*spool_there && !journal_there) {
+    nothing = true;
+    return unique_fd();
+  }
+  if (!p.state_fd.valid()) {
+    POSTERN_TRY(open_state_dir(p, true));
+  }
+  return lock::take_session_lock(p.state_fd.get(), names.session,
+                                 p.state_dir + "/" + names.session);
+}
+
+// Completes or sets aside a pending journal, under the spool locks. Under a lock without
+// its dotlock (a full disk) a pending journal is left for a later open.
+result<recovery_outcome> recover_locked(const places& p, const side_files& names,
+                                        locked_spool& ls) {
+  if (ls.spool.valid() && !ls.lock.complete()) {
+    auto j = exists_at(p.state_fd.get(), names.journal, names.journal);
+    if (!j.ok()) {
+      return std::move(j).err();
+    }
+    if (*j) {
+      return error(errc::temporary, "mbox: " + p.path + " has an unfinished update, which is "
+                                    "not completed without its dotlock (disk full)");
+    }
+    return recovery_outcome::nothing;
+  }
+  return recover(p.state_fd.get(), names, ls.spool.valid() ? ls.spool.get() : -1, p.path,
+                 ls.spool.valid() ? &ls.lock : nullptr);
+}
+
+}  // namespace
+
+open_source last_open_source_for_test() noexcept { return g_last_source; }
+
+result<std::unique_ptr<store::maildrop>> open(const std::string& path, const options& opts) {
+  g_last_source = open_source::none;
+  const auto empty = [] { return std::unique_ptr<store::maildrop>(std::make_unique<mbox_drop>()); };
+  auto p = locate(path, opts);
+  if (!p.ok()) {
+    return std::move(p).err();
+  }
+  const side_files names = side_files_for(p->base);
+  bool nothing = false;
+  auto session = session_for(*p, names, nothing);
+  if (!session.ok()) {
+    return std::move(session).err();
+  }
+  if (nothing) {
+    return empty();
+  }
+  // The scan reads only: on a full disk it may go on without the dotlock (lock_options).
+  lock::lock_options scan_locking = opts.locking;
+  scan_locking.read_without_dotlock_when_full = true;
+  auto ls = open_and_lock(*p, scan_locking);
+  if (!ls.ok()) {
+    return std::move(ls).err();
+  }
+  auto rec = recover_locked(*p, names, *ls);
   if (!rec.ok()) {
     return std::move(rec).err();
   }
-  auto now = read_stamp(session->get(), spool.get(), path);
+  if (!ls->spool.valid()) {
+    return empty();  // only a journal was left: recovery set it aside
+  }
+  const int state_fd = p->state_fd.get();
+  auto now = read_stamp(session->get(), ls->spool.get(), path);
   if (!now.ok()) {
     return std::move(now).err();
   }
@@ -998,20 +1156,56 @@ result<std::unique_ptr<store::maildrop>> open(const std::string& path, const opt
   po.from_quoting = opts.from_quoting;
   po.honour_content_length = opts.honour_content_length;
   po.use_x_uidl = opts.use_x_uidl;
-  auto known = known_messages(dir_fd.get(), names, spool.get(), *now, po, opts.use_index, path);
+  auto known = known_messages(state_fd, names, ls->spool.get(), *now, po, opts.use_index, path);
   if (!known.ok()) {
     return std::move(known).err();
   }
-  POSTERN_TRY(locked.release());
+  POSTERN_TRY(ls->lock.release());
   if (known->save) {
     // A cache: failing to write it costs the next login a scan, nothing else.
-    static_cast<void>(save_index(dir_fd.get(), names, known->index));
+    static_cast<void>(save_index(state_fd, names, known->index));
   } else if (!opts.use_index) {
-    static_cast<void>(remove_index(dir_fd.get(), names));  // nothing may trust an old one
+    static_cast<void>(remove_index(state_fd, names));  // nothing may trust an old one
   }
   return std::unique_ptr<store::maildrop>(std::make_unique<mbox_drop>(
-      path, base, opts, std::move(dir_fd), std::move(*session), std::move(spool),
-      std::move(known->index.scan), known->index.stamp, known->index.stable));
+      path, p->base, opts, std::move(p->dir_fd), std::move(p->state_fd), std::move(*session),
+      std::move(ls->spool), std::move(known->index.scan), known->index.stamp,
+      known->index.stable));
+}
+
+result<recovery_report> recover_pending(const std::string& path, const options& opts) {
+  recovery_report out;
+  auto p = locate(path, opts);
+  if (!p.ok()) {
+    return std::move(p).err();
+  }
+  out.state_dir = p->state_dir;
+  const side_files names = side_files_for(p->base);
+  bool nothing = false;
+  auto session = session_for(*p, names, nothing);
+  if (!session.ok()) {
+    return std::move(session).err();
+  }
+  if (nothing) {
+    return out;
+  }
+  out.state_dir = p->state_dir;
+  auto ls = open_and_lock(*p, opts.locking);
+  if (!ls.ok()) {
+    return std::move(ls).err();
+  }
+  auto rec = recover_locked(*p, names, *ls);
+  if (!rec.ok()) {
+    return std::move(rec).err();
+  }
+  out.outcome = *rec;
+  if (ls->spool.valid()) {
+    POSTERN_TRY(ls->lock.release());
+  }
+  if (out.outcome == recovery_outcome::completed) {
+    static_cast<void>(remove_index(p->state_fd.get(), names));  // the next open rescans
+  }
+  return out;
 }
 
 }  // namespace postern::store::mbox

@@ -2,7 +2,7 @@
 // ("mbox:/var/mail/%u") or a user's "mbox:~/mbox", shared safely with the delivery agents
 // and MUAs that lock it the usual way. docs/mbox.md is the full account; in short:
 //
-// Locks. open() takes the session lock (flock on "<dir>/.<base>.postern-session", never
+// Locks. open() takes the session lock (flock on "<state>/.<base>.postern-session", never
 // unlinked) for the maildrop's whole life, so a second session gets errc::in_use. The spool
 // locks that MDAs take (dotlock "<path>.lock", fcntl, flock: options.locking) are held only
 // while the file is scanned at open and while QUIT updates it, never while a client idles,
@@ -14,7 +14,7 @@
 // file or an empty one is an empty maildrop; a missing file (with no journal left by a
 // crash) creates nothing and takes no lock, since there is nothing to protect.
 //
-// Index. What a scan found is cached in "<dir>/.<base>.postern-index" (index.hpp: 0600,
+// Index. What a scan found is cached in "<state>/.<base>.postern-index" (index.hpp: 0600,
 // written to a temporary name and renamed, checksummed, strictly parsed, ignored unless
 // owned by us and writable by nobody else). Under the spool locks, open() first reads the
 // file system's clock (it touches the session lock file), then the spool's stamp (device,
@@ -62,9 +62,18 @@
 // undated From_ line right after a non-blank line, a blank line is put before it, so the
 // file parses the same afterwards.
 //
-// Privileges: the session must be able to create files in the spool's directory (the
-// dotlock, the session lock, the journal, the index): on Debian, /var/mail is root:mail
-// 2775, so the post-login process needs group mail (Dovecot's mail_privileged_group).
+// Side files and trust. The session lock, journal and index live in <state>: the spool's
+// directory when it is the mail owner's alone (owned by the effective uid, not writable by
+// group or others), else options.state_dir (created 0700; it must be the effective uid's
+// and writable by nobody else; none configured: errc::permanent naming mbox_state_dir).
+// Side files are opened O_NOFOLLOW|O_NONBLOCK and checked (regular, ours, mode); a journal
+// or session lock failing that is renamed aside and logged. The spool must be a regular file
+// owned by the effective uid (errc::permanent otherwise: never served).
+//
+// Privileges: the session must be able to create the dotlock in the spool's directory: on
+// Debian, /var/mail is root:mail 2775, so the post-login process needs group mail
+// (Dovecot's mail_privileged_group). On a full disk the scan goes on without the dotlock
+// (lock_options::read_without_dotlock_when_full); the update at QUIT then fails.
 //
 // Threading and ownership: a maildrop is used from one thread at a time; every call may
 // block on the file system and on locks (up to options.locking.timeout). It owns its
@@ -74,6 +83,7 @@
 #include "common/result.hpp"
 #include "store/lock/mailbox_lock.hpp"
 #include "store/maildrop.hpp"
+#include "store/mbox/journal.hpp"
 #include "store/mbox/parser.hpp"
 
 #include <memory>
@@ -91,6 +101,9 @@ struct options {
   // Keep the index file (.<name>.postern-index); false (location parameter INDEX=MEMORY)
   // scans the whole file at every login, writes no index and removes one left behind.
   bool use_index = true;
+  // The state directory (absolute, expanded; [mail] mbox_state_dir) for a spool whose
+  // directory is not the mail owner's alone; empty: such spools are refused.
+  std::string state_dir;
 };
 
 // Opens the mbox file at `path` (absolute), taking the session lock, recovering an
@@ -103,6 +116,18 @@ struct options {
 // Nothing has been changed on error, apart from a completed crash recovery.
 [[nodiscard]] result<std::unique_ptr<store::maildrop>> open(const std::string& path,
                                                             const options& opts = {});
+
+// What recover_pending did.
+struct recovery_report {
+  recovery_outcome outcome = recovery_outcome::nothing;
+  std::string state_dir;  // where the side files of the spool are (empty: no directory)
+};
+
+// Completes (or sets aside, see journal.hpp) an update of the mbox at `path` that a crash
+// interrupted, with the same session lock and spool locks as open(), and nothing else: for
+// `posternd --recover` and for startup. Errors: as open().
+[[nodiscard]] result<recovery_report> recover_pending(const std::string& path,
+                                                      const options& opts = {});
 
 // Test hook: how the last open() on this thread found the messages.
 enum class open_source { none, full_scan, index, appended_scan };
