@@ -29,6 +29,7 @@ instead). A test class that needs root throughout (system users, fork mode) sets
 import contextlib
 import fcntl
 import grp
+import importlib.machinery
 import os
 import pwd
 import re
@@ -803,6 +804,68 @@ def test_user():
         if res.returncode != 0:
             raise AssertionError(f"useradd {TEST_USER} failed: {res.stderr!r}")
         return pwd.getpwnam(TEST_USER)
+
+
+class _ImportsAsRoot:
+    """While a World runs as its owner, Python's own files may be out of its reach (a Python
+    under /root, mode 0700): a module imported then (lazily, inside a test) is found and
+    loaded with the effective uid 0 for that moment. Installed first in sys.meta_path."""
+
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if os.geteuid() == 0 or os.getresuid()[2] != 0:
+            return None
+        with _effective_root():
+            spec = importlib.machinery.PathFinder.find_spec(name, path, target)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _LoaderAsRoot(spec.loader)
+        return spec
+
+    @classmethod
+    def invalidate_caches(cls):
+        pass
+
+
+class _LoaderAsRoot:
+    def __init__(self, inner):
+        self._inner = inner
+
+    def create_module(self, spec):
+        with _effective_root():
+            return self._inner.create_module(spec)
+
+    def exec_module(self, module):
+        with _effective_root():
+            return self._inner.exec_module(module)
+
+    def __getattr__(self, attr):
+        return getattr(self._inner, attr)
+
+
+@contextlib.contextmanager
+def _effective_root():
+    euid, egid = os.geteuid(), os.getegid()
+    if euid == 0:
+        yield
+        return
+    os.setresuid(-1, 0, -1)
+    os.setresgid(-1, 0, -1)
+    try:
+        yield
+    finally:
+        os.setresgid(-1, egid, -1)
+        os.setresuid(-1, euid, -1)
+
+
+if os.getuid() == 0:
+    sys.meta_path.insert(0, _ImportsAsRoot)
+
+
+def privileged():
+    """Context manager: effective root for the block when the harness switched this process to
+    a World's owner (reading /proc/PID/fd of posternd, which is not dumpable once it dropped
+    privileges); otherwise runs the block with the ids it has."""
+    return _effective_root()
 
 
 def _become(pw):
