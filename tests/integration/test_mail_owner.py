@@ -13,18 +13,27 @@ import re
 import subprocess
 import unittest
 
-from postern_harness import (POSTERND, PosternTestCase, Server, _child_as_root, scaled,
-                             toml_text, wait_for)
+from postern_harness import (POSTERND, Pop3Conn, PosternTestCase, Server, _child_as_root,
+                             privileged, scaled, toml_text, wait_for)
 from test_system_users import MSG1, SystemUsersBase, is_root
 
 DEFECT5_HINTS = ("server.user", 'server.process_model = "fork"')
 
 
 def run_as_root(args, cwd):
-    """posternd run to its end as real root (the harness may have switched to the test user)."""
-    res = subprocess.run([POSTERND, *args], capture_output=True, timeout=scaled(30),
-                         stdin=subprocess.DEVNULL, cwd=cwd, preexec_fn=_child_as_root)
-    return res.returncode, (res.stdout + res.stderr).decode("utf-8", "replace")
+    """posternd run to its end as real root (the harness may have switched to the test user).
+    One that is still running after 10 s (it started: the refusal failed) is killed, and the
+    status is None."""
+    proc = subprocess.Popen([POSTERND, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, cwd=cwd, preexec_fn=_child_as_root)
+    try:
+        out, _ = proc.communicate(timeout=scaled(10))
+    except subprocess.TimeoutExpired:
+        with privileged():
+            proc.kill()
+        out, _ = proc.communicate()
+        return None, out.decode("utf-8", "replace")
+    return proc.returncode, out.decode("utf-8", "replace")
 
 
 class RootStoreRefused(PosternTestCase):
@@ -98,9 +107,36 @@ class RootStoreRefused(PosternTestCase):
                "auth": {"passdb": f"passwd-file:{self.world.passwd_path}"},
                "log": {"level": "debug", "target": "stderr"}}
         path = self.world.write_config(toml_text(cfg), name="symlink.toml")
-        rc, out = run_as_root(["--foreground", "--config", path], self.world.dir)
-        self.assertRefusal(rc, out)
+        log_path = self.world.path("symlink.log")
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen([POSTERND, "--foreground", "--config", path],
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                    cwd=self.world.dir, preexec_fn=_child_as_root)
+
+        def text():
+            with open(log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        try:
+            wait_for(lambda: proc.poll() is not None or "listening on" in text(),
+                     what="posternd to refuse or to listen")
+            listening = re.search(r"listening on 127\.0\.0\.1:(\d+)", text())
+            if proc.poll() is None and listening:
+                # It started (the defect): what a client of that local user gets.
+                conn = Pop3Conn(int(listening.group(1)))
+                self.world.on_cleanup(conn.close)
+                conn.read_greeting()
+                conn.cmd("USER mallory")
+                if conn.cmd("PASS pw").startswith("+OK"):
+                    st, body = conn.cmd_multi("RETR 1")
+                    self.assertNotIn(b"not-a-real-hash", body or b"", "root's file was served")
+                    conn.cmd("QUIT")
+        finally:
+            if proc.poll() is None:
+                with privileged():
+                    proc.kill()
+            proc.wait(scaled(10))
         self.assertEqual(sorted(os.listdir(scratch)), ["shadow"])
+        self.assertRefusal(proc.returncode, text())
 
 
 class EventModeOwner(PosternTestCase):
