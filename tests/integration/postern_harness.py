@@ -670,14 +670,16 @@ class Server:
         return self.proc.poll() is None
 
     def signal(self, sig):
-        self.proc.send_signal(sig)
+        with privileged():  # fork mode's master stays root
+            self.proc.send_signal(sig)
 
     def wait_exit(self, timeout=None):
         timeout = DEFAULT_TIMEOUT if timeout is None else timeout
         try:
             self.returncode = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            with privileged():
+                self.proc.kill()
             self.proc.wait(DEFAULT_TIMEOUT)
             raise AssertionError(f"posternd did not exit within {timeout:.1f}s; killed\n"
                                  + self.world.tail(self.log()))
@@ -692,7 +694,8 @@ class Server:
         if self._relay is not None:
             self.unblock_log()
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            with privileged():
+                self.proc.send_signal(signal.SIGTERM)
         rc = self.wait_exit(scaled(15))
         if check:
             self.check_exit(rc)
@@ -714,7 +717,8 @@ class Server:
     def kill(self):
         """SIGKILL and reap (nothing more may be expected of the process)."""
         if self.proc.poll() is None:
-            self.proc.kill()
+            with privileged():
+                self.proc.kill()
         self.proc.wait(DEFAULT_TIMEOUT)
         self.stopped = True
         self.returncode = self.proc.returncode
@@ -749,7 +753,8 @@ class Inetd:
         try:
             self.returncode = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            with privileged():
+                self.proc.kill()
             self.proc.wait(DEFAULT_TIMEOUT)
             raise AssertionError(f"posternd --inetd did not exit within {timeout:.1f}s\n"
                                  + self.world.tail(self.log()))
@@ -763,7 +768,8 @@ class Inetd:
 
     def stop(self):
         if self.proc.poll() is None:
-            self.proc.kill()
+            with privileged():
+                self.proc.kill()
         self.proc.wait(DEFAULT_TIMEOUT)
         if not self.logf.closed:
             self.logf.close()
@@ -845,7 +851,7 @@ class _LoaderAsRoot:
 @contextlib.contextmanager
 def _effective_root():
     euid, egid = os.geteuid(), os.getegid()
-    if euid == 0:
+    if euid == 0 or os.getresuid()[2] != 0:  # root already, or never root (an ordinary user)
         yield
         return
     os.setresuid(-1, 0, -1)
