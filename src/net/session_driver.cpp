@@ -107,7 +107,8 @@ result<maildrop_place> maildrop_path(const auth::user_record& account, const ses
 // A maildrop is opened with this process's ids (event mode: server.user; fork mode: the mail
 // owner the session process became): an account that names other ids is refused rather than
 // served as the wrong user. Errors: errc::denied, the reason for the log.
-result<void> check_mail_owner(const auth::user_record& account, const auth::mail_owner_rules& rules) {
+result<void> check_mail_owner(const auth::user_record& account,
+                              const auth::mail_owner_rules& rules) {
   const uid_t uid = ::geteuid();
   const gid_t gid = ::getegid();
   constexpr const char* hint =

@@ -147,13 +147,13 @@ class EventModeOwner(PosternTestCase):
             return self.world.owner.pw_uid, self.world.owner.pw_gid
         return os.geteuid(), os.getegid()
 
-    def add(self, name, uid="", gid=""):
+    def add(self, name, uid="", gid="", extra=""):
         path = os.path.join(self.world.mail_root, name, "Maildir")
         for sub in ("tmp", "new", "cur"):
             os.makedirs(os.path.join(path, sub), exist_ok=True)
         with open(os.path.join(path, "new", "1700000001.M1P1.test"), "wb") as f:
             f.write(MSG1)
-        self.world.add_passwd_line(f"{name}:{{PLAIN}}pw:{uid}:{gid}::::")
+        self.world.add_passwd_line(f"{name}:{{PLAIN}}pw:{uid}:{gid}::::{extra}")
 
     def login(self, srv, name):
         conn = srv.connect()
@@ -165,6 +165,7 @@ class EventModeOwner(PosternTestCase):
         self.add("mine", uid, gid)
         self.add("virtual")
         self.add("nobodys", 65534)
+        self.add("usernobody", extra="userdb_uid=nobody")
         self.add("other", uid + 1)
         self.add("othergroup", uid, gid + 1)
         srv = self.world.start()
@@ -172,12 +173,16 @@ class EventModeOwner(PosternTestCase):
             conn, st = self.login(srv, name)
             self.assertTrue(st.startswith("+OK"), f"{name}: {st}")
             conn.quit()
-        for name, why in (("nobodys", f"the passdb gives uid 65534, this process runs as uid {uid}"),
-                          ("other", f"the passdb gives uid {uid + 1}, this process runs as uid {uid}"),
-                          ("othergroup", f"the passdb gives gid {gid + 1}, this process runs as gid {gid}")):
+        runs_as = f"this process runs as uid {uid}"
+        for name, why in (("nobodys", f"the passdb gives uid 65534, {runs_as}"),
+                          ("usernobody", f"the passdb gives uid 65534, {runs_as}"),
+                          ("other", f"the passdb gives uid {uid + 1}, {runs_as}"),
+                          ("othergroup",
+                           f"the passdb gives gid {gid + 1}, this process runs as gid {gid}")):
             conn, st = self.login(srv, name)
             self.assertEqual(st, "-ERR [SYS/PERM] Unable to open the mailbox.", name)
-            line = srv.wait_log(rf"login refused, mail owner not allowed: user=<{name}>.*")[0].group(0)
+            line = srv.wait_log(
+                rf"login refused, mail owner not allowed: user=<{name}>.*")[0].group(0)
             self.assertIn(why, line)
             self.assertIn('server.process_model = "fork"', line)
         self.assertEqual(len(os.listdir(os.path.join(self.world.mail_root, "other", "Maildir",
@@ -216,16 +221,17 @@ class EventModeOwner(PosternTestCase):
 class ForkModeOwner(SystemUsersBase):
     """Fork mode checks each mail owner before it becomes that uid."""
 
-    def passwd_user(self, name, uid, gid):
+    def passwd_user(self, name, uid, gid, extra=""):
         spool = os.path.join(self.spool, name)
         with open(spool, "wb") as f:
             f.write(b"From sender@example.org Mon Jan  1 00:00:00 2024\n" + MSG1 + b"\n")
-        self.world.add_passwd_line(f"{name}:{{PLAIN}}pw:{uid}:{gid}::{self.homes}::")
+        self.world.add_passwd_line(f"{name}:{{PLAIN}}pw:{uid}:{gid}::{self.homes}::{extra}")
 
     def refused(self, srv, name, why):
         conn = srv.connect()
         conn.cmd(f"USER {name}")
-        self.assertEqual(conn.cmd("PASS pw"), "-ERR [SYS/PERM] This account may not read mail here.")
+        self.assertEqual(conn.cmd("PASS pw"),
+                         "-ERR [SYS/PERM] This account may not read mail here.")
         line = srv.wait_log(rf"login refused, cannot become the mail owner: user=<{name}>.*")[0]
         self.assertIn(why, line.group(0))
 
@@ -235,13 +241,16 @@ class ForkModeOwner(SystemUsersBase):
         self.world.config["auth"]["first_valid_uid"] = 1000
         self.world.config["auth"]["last_valid_uid"] = 60000
         self.passwd_user("asnobody", "nobody", "nogroup")
+        self.passwd_user("extranobody", "", "", extra="userdb_uid=nobody userdb_gid=nogroup")
         self.passwd_user("asdaemon", "daemon", "daemon")
         self.passwd_user("toohigh", 60001, 60001)
         srv = self.start()
         self.refused(srv, "asnobody", "server.login_user")
+        self.refused(srv, "extranobody", "server.login_user")
         self.refused(srv, "asdaemon", "below auth.first_valid_uid (1000)")
         self.refused(srv, "toohigh", "above auth.last_valid_uid (60000)")
-        self.assertNotRegex(srv.log(), r"session process: pid=\d+, user=<(asnobody|asdaemon|toohigh)>")
+        self.assertNotRegex(srv.log(), r"session process: pid=\d+, "
+                                       r"user=<(asnobody|extranobody|asdaemon|toohigh)>")
 
     def test_system_user_inside_the_range_is_served_outside_refused(self):
         name, pw, _ = self.add_system_user(messages=[MSG1])
