@@ -19,6 +19,11 @@ if [[ -f "$dir/posternd.pid" ]] && kill -0 "$(cat "$dir/posternd.pid")" 2>/dev/n
   kill "$(cat "$dir/posternd.pid")"
   for _ in $(seq 50); do kill -0 "$(cat "$dir/posternd.pid")" 2>/dev/null || break; sleep 0.1; done
 fi
+# Event mode never opens mail as root: started as root, the demo server runs as the system
+# user "postern" (created here when missing; posternd refuses to start as root without one).
+if [[ $(id -u) -eq 0 ]] && ! id postern >/dev/null 2>&1; then
+  useradd --system --no-create-home --shell /usr/sbin/nologin postern
+fi
 : >"$dir/posternd.log"
 nohup "$top/build/posternd" --demo "$dir/server" --demo-port "$port" >>"$dir/posternd.log" 2>&1 </dev/null &
 echo $! >"$dir/posternd.pid"

@@ -156,4 +156,28 @@ lookup_result lookup_system_user(std::string_view name) {
   return out;
 }
 
+result<void> check_mail_owner(uid_t uid, const mail_owner_rules& rules) {
+  auto refuse = [](std::string why) { return error(errc::denied, std::move(why)); };
+  const std::string who = "uid " + std::to_string(uid);
+  if (uid == 0) {
+    return refuse(who + " (root) may never own mail: give the account an unprivileged uid");
+  }
+  if (rules.preauth_uid && uid == *rules.preauth_uid) {
+    return refuse(who + " is the uid of the pre-auth processes (server.login_user): give the "
+                        "account a uid of its own, or set server.login_user to another user");
+  }
+  if (uid == nobody_uid) {
+    return refuse(who + " (nobody) is shared by unrelated services: give the account a uid of its own");
+  }
+  if (uid < rules.first_valid_uid) {
+    return refuse(who + " is below auth.first_valid_uid (" + std::to_string(rules.first_valid_uid) +
+                  "): lower auth.first_valid_uid if this uid is meant to own mail");
+  }
+  if (rules.last_valid_uid != 0 && uid > rules.last_valid_uid) {
+    return refuse(who + " is above auth.last_valid_uid (" + std::to_string(rules.last_valid_uid) +
+                  "): raise auth.last_valid_uid (0 = no limit) if this uid is meant to own mail");
+  }
+  return {};
+}
+
 }  // namespace postern::auth

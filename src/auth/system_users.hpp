@@ -15,6 +15,7 @@
 
 #include <sys/types.h>
 
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -53,5 +54,22 @@ user_record to_user_record(const system_account& a);
 // for unknown users, implausible names and uid 0 (reason says which, for the log);
 // temporary when NSS fails. Thread-safe.
 lookup_result lookup_system_user(std::string_view name);
+
+// Which uids may own mail (and so run a session), like Dovecot's first_valid_uid and
+// last_valid_uid: [auth] first_valid_uid and last_valid_uid (0 = no upper limit). Never
+// allowed whatever the range says: uid 0, uid 65534 (nobody, the kernel's overflow uid,
+// shared by unrelated services) and `preauth_uid` (fork mode: server.login_user, which every
+// unauthenticated pre-auth process runs as).
+struct mail_owner_rules {
+  uid_t first_valid_uid = 500;
+  uid_t last_valid_uid = 0;
+  std::optional<uid_t> preauth_uid;
+};
+
+inline constexpr uid_t nobody_uid = 65534;
+
+// Ok when `uid` may own mail under `rules`; else errc::denied with a message that names the
+// setting to change (for the log; clients get a fixed text).
+result<void> check_mail_owner(uid_t uid, const mail_owner_rules& rules);
 
 }  // namespace postern::auth

@@ -14,6 +14,8 @@
 #include <asio/this_coro.hpp>
 #include <asio/use_awaitable.hpp>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <random>
@@ -100,6 +102,30 @@ result<maildrop_place> maildrop_path(const auth::user_record& account, const ses
     return std::move(path).err();
   }
   return maildrop_place{loc->kind, std::move(path).value(), loc->keep_index};
+}
+
+// A maildrop is opened with this process's ids (event mode: server.user; fork mode: the mail
+// owner the session process became): an account that names other ids is refused rather than
+// served as the wrong user. Errors: errc::denied, the reason for the log.
+result<void> check_mail_owner(const auth::user_record& account,
+                              const auth::mail_owner_rules& rules) {
+  const uid_t uid = ::geteuid();
+  const gid_t gid = ::getegid();
+  constexpr const char* hint =
+      " (server.user); one process serves only the mail of its own uid: serve system users with "
+      "server.process_model = \"fork\", or give the account this process's ids";
+  if (account.uid && *account.uid != uid) {
+    return error(errc::denied, "the passdb gives uid " + std::to_string(*account.uid) +
+                                   ", this process runs as uid " + std::to_string(uid) + hint);
+  }
+  if (account.gid && *account.gid != gid) {
+    return error(errc::denied, "the passdb gives gid " + std::to_string(*account.gid) +
+                                   ", this process runs as gid " + std::to_string(gid) + hint);
+  }
+  if (gid == 0) {
+    return error(errc::denied, "this process runs as gid 0 (root): set server.group");
+  }
+  return auth::check_mail_owner(uid, rules);
 }
 
 // The security facts of a connection that decide which logins it may offer.
@@ -244,6 +270,7 @@ class session_runner {
   struct open_outcome {
     result<std::unique_ptr<store::maildrop>> opened = error(errc::permanent, "no mail location");
     bool delayed = false;
+    bool wrong_owner = false;  // refused by check_mail_owner: opened holds the reason
   };
   // On a worker thread: opens (and decorates) the maildrop of account_.
   void open_blocking(open_outcome& out);
@@ -572,6 +599,11 @@ asio::awaitable<void> session_runner::sasl_step() {
 }
 
 void session_runner::open_blocking(open_outcome& out) {
+  if (auto owner = check_mail_owner(account_, env_.owner_rules); !owner) {
+    out.opened = std::move(owner).err();
+    out.wrong_owner = true;
+    return;
+  }
   auto path = maildrop_path(account_, env_);
   if (!path) {
     out.opened = error(path.err());
@@ -661,6 +693,13 @@ asio::awaitable<void> session_runner::open_maildrop() {
     co_return;
   }
   const auto& err = opened.err();
+  if (outcome->wrong_owner) {
+    // RFC 3206: [SYS/PERM], a problem of this server's setup that retrying cannot fix.
+    engine_.open_done(pop3::open_status::permanent_failure);
+    log::error("login refused, mail owner not allowed: user=<{}>, rip={}, session=<{}>, reason={}",
+               log::safe(account_.name), remote_, id_, err.message());
+    co_return;
+  }
   engine_.open_done(open_status_for(err.code()));
   if (err.code() == errc::in_use) {
     log::notice("login refused, mailbox in use: user=<{}>, rip={}, session=<{}>",

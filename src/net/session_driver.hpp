@@ -10,6 +10,7 @@
 
 #include "auth/passdb.hpp"
 #include "auth/sasl.hpp"
+#include "auth/system_users.hpp"
 #include "net/acl.hpp"
 #include "net/network.hpp"
 #include "net/tls.hpp"
@@ -69,6 +70,9 @@ struct session_env {
   auth::passdb* passdb = nullptr;
   auth::sasl_server* sasl = nullptr;       // null: no SASL mechanisms
   store::location_template location;
+  // Every maildrop is opened with this process's uid and gids: a login is refused when the
+  // passdb names another uid or gid, or when this process's uid may not own mail.
+  auth::mail_owner_rules owner_rules;
   store::mbox::options mbox;
   // [mail] mbox_state_dir, expanded per user into mbox.state_dir (none: not configured).
   std::optional<store::location_template> mbox_state_dir;

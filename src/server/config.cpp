@@ -1039,6 +1039,18 @@ const auto key_rules = std::to_array<key_rule>({
      }},
     {"auth", "gssapi_hostname", [](const item& it, config& c) { set_word(it, c.gssapi_hostname); }},
     {"auth", "external_user", set_external_user},
+    {"auth", "first_valid_uid",
+     [](const item& it, config& c) {
+       if (auto v = get_uint(it, 1, 4294967294U)) {
+         c.first_valid_uid = *v;
+       }
+     }},
+    {"auth", "last_valid_uid",
+     [](const item& it, config& c) {
+       if (auto v = get_uint(it, 0, 4294967294U)) {
+         c.last_valid_uid = *v;
+       }
+     }},
     {"tls", "cert", [](const item& it, config& c) { set_path(it, c.tls_cert); }},
     {"tls", "key", [](const item& it, config& c) { set_path(it, c.tls_key); }},
     {"tls", "chain", [](const item& it, config& c) { set_path(it, c.tls_chain); }},
@@ -1272,6 +1284,10 @@ result<void> check_combinations(const config& cfg, const std::string& name) {
     return fail("server.processes applies to event mode only; fork mode (server.process_model = "
                 "\"fork\") runs one process per session, limited by server.max_children");
   }
+  if (cfg.last_valid_uid != 0 && cfg.last_valid_uid < cfg.first_valid_uid) {
+    return fail("auth.last_valid_uid (" + std::to_string(cfg.last_valid_uid) + ") is below auth.first_valid_uid (" +
+                std::to_string(cfg.first_valid_uid) + "): no uid could own mail (0 = no upper limit)");
+  }
   bool has_external = std::find(cfg.mechanisms.begin(), cfg.mechanisms.end(), "EXTERNAL") != cfg.mechanisms.end();
   if (has_external && cfg.tls_client_ca.empty()) {
     return fail("auth.mechanisms lists EXTERNAL, which needs tls.client_ca to verify client certificates");
@@ -1434,6 +1450,8 @@ std::string format_config(const config& cfg) {
   line("gssapi_service", toml_string(cfg.gssapi_service));
   line("gssapi_hostname", toml_string(cfg.gssapi_hostname));
   line("external_user", toml_string(cfg.external_user));
+  line("first_valid_uid", number(cfg.first_valid_uid));
+  line("last_valid_uid", number(cfg.last_valid_uid));
 
   out += "\n[tls]\n";
   line("cert", toml_string(cfg.tls_cert));

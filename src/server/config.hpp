@@ -103,6 +103,10 @@ struct config {
   std::string gssapi_service = "pop";
   std::string gssapi_hostname;          // "" = gethostname()
   std::string external_user = "subject:CN";  // client certificate field naming the user
+  // Mail owners (every uid a session runs as): Dovecot's first_valid_uid / last_valid_uid.
+  // 500 as Dovecot: Debian's users (1000+) and most virtual mail uids; 0 = no upper limit.
+  std::uint32_t first_valid_uid = 500;
+  std::uint32_t last_valid_uid = 0;
 
   // [pop3]: the seed manuals' features
   std::chrono::seconds login_delay{0};        // RFC 2449 LOGIN-DELAY; 0 = off

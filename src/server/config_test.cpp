@@ -76,6 +76,8 @@ void expect_same_config(const config& a, const config& b) {
   EXPECT_EQ(a.gssapi_service, b.gssapi_service);
   EXPECT_EQ(a.gssapi_hostname, b.gssapi_hostname);
   EXPECT_EQ(a.external_user, b.external_user);
+  EXPECT_EQ(a.first_valid_uid, b.first_valid_uid);
+  EXPECT_EQ(a.last_valid_uid, b.last_valid_uid);
   EXPECT_EQ(a.level, b.level);
   EXPECT_EQ(a.target, b.target);
   EXPECT_EQ(a.syslog_ident, b.syslog_ident);
@@ -567,6 +569,8 @@ TEST(config, defaults_of_tls_auth_and_mbox_keys) {
   EXPECT_EQ(c.gssapi_service, "pop");
   EXPECT_EQ(c.gssapi_hostname, "");
   EXPECT_EQ(c.external_user, "subject:CN");
+  EXPECT_EQ(c.first_valid_uid, 500u);
+  EXPECT_EQ(c.last_valid_uid, 0u);
   EXPECT_EQ(c.mbox_locking, (std::vector<std::string>{"dotlock", "fcntl"}));
   EXPECT_EQ(c.mbox_lock_timeout, 30s);
   EXPECT_EQ(c.mbox_quoting, "mboxo");
@@ -658,6 +662,13 @@ TEST(config, tls_auth_and_mbox_keys_are_read) {
        [](const config& c) { EXPECT_EQ(c.external_user, "subject:emailAddress"); }},
       {"[auth]\nexternal_user = \"san:email\"\n",
        [](const config& c) { EXPECT_EQ(c.external_user, "san:email"); }},
+      {"[auth]\nfirst_valid_uid = 1000\nlast_valid_uid = 59999\n",
+       [](const config& c) {
+         EXPECT_EQ(c.first_valid_uid, 1000u);
+         EXPECT_EQ(c.last_valid_uid, 59999u);
+       }},
+      {"[auth]\nfirst_valid_uid = 100\nlast_valid_uid = 100\n",
+       [](const config& c) { EXPECT_EQ(c.last_valid_uid, 100u); }},
       // [mail]
       {"[mail]\nmbox_locking = [\"flock\"]\n",
        [](const config& c) { EXPECT_EQ(c.mbox_locking, strings{"flock"}); }},
@@ -811,6 +822,13 @@ TEST(config, tls_auth_and_mbox_rejections_name_line_and_key) {
        "t.toml:2: auth.gssapi_hostname: \"mail.example.org:110\"" + not_a_word},
       {"[auth]\ngssapi_hostname = \"-mail\"\n",
        "t.toml:2: auth.gssapi_hostname: \"-mail\"" + not_a_word},
+      {"[auth]\nfirst_valid_uid = 0\n",
+       "t.toml:2: auth.first_valid_uid: must be from 1 to 4294967294, not 0"},
+      {"[auth]\nlast_valid_uid = -1\n",
+       "t.toml:2: auth.last_valid_uid: must be from 0 to 4294967294, not -1"},
+      {"[auth]\nfirst_valid_uid = 1000\nlast_valid_uid = 999\n",
+       "t.toml: auth.last_valid_uid (999) is below auth.first_valid_uid (1000): no uid could own "
+       "mail (0 = no upper limit)"},
       {"[auth]\nexternal_user = \"subject:cn\"\n",
        "t.toml:2: auth.external_user: \"subject:cn\" is not a certificate field: "
        "\"subject:ATTRIBUTE\" (e.g. \"subject:CN\"), \"san:email\", \"san:dns\" or \"san:uri\""},

@@ -6,6 +6,7 @@
 #include "server/privileges.hpp"
 #include "server/setup.hpp"
 #include "server/shared_limits.hpp"
+#include "server/unix_settings.hpp"
 #include "server/workers.hpp"
 #include "common/unique_fd.hpp"
 
@@ -355,8 +356,9 @@ int run_daemon(const config& cfg) {
   if (auto r = drop_privileges(cfg.user, cfg.group); !r) {
     return startup_failure(r.err());
   }
-  if (geteuid() == 0) {
-    log::warning("running as root: set server.user to an unprivileged user");
+  // Every session of this process opens its maildrop with this process's ids.
+  if (auto r = check_running_identity(cfg); !r) {
+    return startup_failure(r.err());
   }
 
   if (processes == 1) {
@@ -407,6 +409,10 @@ int run_inetd(const config& cfg) {
     return 1;
   }
   if (auto r = drop_privileges(cfg.user, cfg.group); !r) {
+    log::error("{}", r.err().message());
+    return 1;
+  }
+  if (auto r = check_running_identity(cfg); !r) {
     log::error("{}", r.err().message());
     return 1;
   }

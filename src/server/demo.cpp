@@ -17,11 +17,13 @@
 #include <ctime>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <system_error>
 #include <vector>
 
+#include "auth/system_users.hpp"
 #include "common/unique_fd.hpp"
 #include "server/config.hpp"
 
@@ -528,6 +530,32 @@ result<void> write_maildrop(const fs::path& dir) {
   return ok_result();
 }
 
+// Started as root, the demo server runs as this user when it exists (event mode never opens
+// mail as root); scripts/demo.sh creates it. Without it posternd refuses to start and says why.
+constexpr std::string_view demo_service_user = "postern";
+
+// chown -R (never following symlinks) to `a`: the demo server reads and changes these as `a`.
+result<void> give_to(const fs::path& top, const auth::system_account& a) {
+  auto own = [&](const fs::path& p) -> result<void> {
+    if (::lchown(p.c_str(), a.uid, a.gid) != 0) {
+      return error::from_errno(errno, "chown " + p.string());
+    }
+    return ok_result();
+  };
+  POSTERN_TRY(own(top));
+  std::error_code ec;
+  if (!fs::is_directory(fs::symlink_status(top, ec))) {
+    return ok_result();
+  }
+  for (fs::recursive_directory_iterator it(top, ec), end; !ec && it != end; it.increment(ec)) {
+    POSTERN_TRY(own(it->path()));
+  }
+  if (ec) {
+    return fs_error(ec, "walk " + top.string());
+  }
+  return ok_result();
+}
+
 // Escapes a directory for a mail location: '%' as "%%" (variable expansion) and ':' as "::"
 // (the separator of Dovecot-style parameters).
 std::string escape_location_path(const std::string& s) {
@@ -568,6 +596,13 @@ result<std::string> prepare_demo(const std::string& dir, std::uint16_t port) {
   cfg.failure_delay = std::chrono::seconds(1);
   cfg.passdb = "passwd-file:" + users_path;
   cfg.mail_location = "maildir:" + escape_location_path((root / "mail").string()) + "/%u/Maildir";
+  std::optional<auth::system_account> run_as;
+  if (::geteuid() == 0) {
+    if (auto a = auth::find_system_user(demo_service_user); a && a->uid != 0) {
+      run_as = std::move(a).value();
+      cfg.user = run_as->name;
+    }
+  }
   std::string text =
       "# Postern demo configuration. Setting up the demo again overwrites this file and\n"
       "# resets the demo maildrop. See docs/configuration.md for every key.\n\n" +
@@ -593,6 +628,10 @@ result<std::string> prepare_demo(const std::string& dir, std::uint16_t port) {
                                 std::string(demo_user) + ":{SHA512-CRYPT}" + *hash + "::::::\n",
                                 0600));
   POSTERN_TRY(write_maildrop(root));
+  if (run_as) {
+    POSTERN_TRY(give_to(users_path, *run_as));
+    POSTERN_TRY(give_to(root / "mail", *run_as));
+  }
   POSTERN_TRY(write_then_rename(config_path + ".tmp", config_path, text, 0644));
   return config_path;
 }

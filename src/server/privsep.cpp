@@ -1004,6 +1004,14 @@ int run_supervisor(const supervisor_params& p, client c) {
   ctl_s.reset();
 
   auto owner = resolve_mail_owner(pending.account, p.us->privileged_group);
+  if (owner) {
+    // Checked before the switch: never become root, the pre-auth uid or a uid outside the range.
+    auth::mail_owner_rules rules = p.st->env.owner_rules;
+    rules.preauth_uid = p.login.uid;
+    if (auto allowed = auth::check_mail_owner(owner->uid, rules); !allowed) {
+      owner = std::move(allowed).err();
+    }
+  }
   result<void> switched = owner ? become(*owner, "") : result<void>(owner.err());
   int reply_fd = session_out ? session_out.get() : session_in.get();
   if (!switched) {

@@ -1,5 +1,6 @@
 // The privilege-separation wire format: exact layouts accepted, everything else refused.
 #include "server/privsep.hpp"
+#include "server/unix_settings.hpp"
 
 #include <gtest/gtest.h>
 
@@ -128,6 +129,63 @@ TEST(PrivsepIdentity, RootIsNeverAMailOwner) {
   ASSERT_TRUE(ok.ok()) << ok.err().message();
   EXPECT_EQ(ok->uid, 5000u);
   EXPECT_EQ(ok->gid, 5000u);
+}
+
+TEST(MailOwner, RangeRootNobodyAndPreauthUid) {
+  auth::mail_owner_rules r;  // the defaults: 500.., no upper limit
+  EXPECT_TRUE(auth::check_mail_owner(500, r).ok());
+  EXPECT_TRUE(auth::check_mail_owner(1000, r).ok());
+  EXPECT_TRUE(auth::check_mail_owner(70000, r).ok());
+  for (uid_t bad : {0u, 1u, 499u, 65534u}) {
+    auto e = auth::check_mail_owner(bad, r);
+    ASSERT_FALSE(e.ok()) << bad;
+    EXPECT_EQ(e.err().code(), errc::denied) << bad;
+  }
+  EXPECT_NE(auth::check_mail_owner(499, r).err().message().find("below auth.first_valid_uid (500)"),
+            std::string::npos);
+  EXPECT_NE(auth::check_mail_owner(0, r).err().message().find("root"), std::string::npos);
+  r.first_valid_uid = 1000;
+  r.last_valid_uid = 2000;
+  EXPECT_TRUE(auth::check_mail_owner(2000, r).ok());
+  EXPECT_NE(auth::check_mail_owner(2001, r).err().message().find("above auth.last_valid_uid (2000)"),
+            std::string::npos);
+  r.preauth_uid = 1500;
+  EXPECT_NE(auth::check_mail_owner(1500, r).err().message().find("server.login_user"), std::string::npos);
+  EXPECT_TRUE(auth::check_mail_owner(1501, r).ok());
+}
+
+TEST(MailOwner, ConfigGivesTheRules) {
+  config c;
+  c.first_valid_uid = 1000;
+  c.last_valid_uid = 59999;
+  auto r = mail_owner_rules_of(c);
+  EXPECT_EQ(r.first_valid_uid, 1000u);
+  EXPECT_EQ(r.last_valid_uid, 59999u);
+  EXPECT_FALSE(r.preauth_uid.has_value());
+}
+
+TEST(MailOwner, EventModeAsRootNeedsAnUnprivilegedUser) {
+  if (geteuid() != 0) {
+    GTEST_SKIP() << "needs root";
+  }
+  config c;
+  unix_settings us;
+  auto e = check_store_identity(c, us);
+  ASSERT_FALSE(e.ok());
+  EXPECT_NE(e.err().message().find("server.user is not set and the server is started as root"),
+            std::string::npos);
+  EXPECT_NE(e.err().message().find("server.process_model = \"fork\""), std::string::npos);
+  c.user = "root";
+  e = check_store_identity(c, us);
+  ASSERT_FALSE(e.ok());
+  EXPECT_NE(e.err().message().find("server.user is root"), std::string::npos);
+  c.user = "nobody";
+  e = check_store_identity(c, us);
+  ASSERT_FALSE(e.ok());
+  EXPECT_NE(e.err().message().find("nobody"), std::string::npos);
+  us.model = process_model::fork;
+  c.user.clear();
+  EXPECT_TRUE(check_store_identity(c, us).ok());
 }
 
 }  // namespace

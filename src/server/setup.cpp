@@ -195,6 +195,7 @@ result<void> prepare_env(const config& cfg, const unix_settings& us, shared_stat
     return error(errc::invalid, "mail.location: " + loc.err().message());
   }
   st.env.location = std::move(loc).value();
+  st.env.owner_rules = mail_owner_rules_of(cfg);
   auto& mb = st.env.mbox;
   mb.locking.methods = {false, false, false};  // only the configured ones
   for (const auto& m : cfg.mbox_locking) {

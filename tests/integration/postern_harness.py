@@ -10,12 +10,28 @@ Environment:
   POSTERN_SANITIZE    1 for the AddressSanitizer+UBSan build: every timeout is scaled up
   POSTERN_TIME_SCALE  override the timeout scale factor
   POSTERN_KEEP_TMP    1: keep each test's temporary directory (its path is printed)
+  POSTERN_TEST_USER   the unprivileged user of root runs (default postern-it, created with
+                      useradd when missing and then left in place)
 
 Only 127.0.0.1 and ::1 are ever contacted, always by numeric address.
+
+Who owns the mail: posternd never opens a maildrop as root (event and inetd mode refuse to
+start as root without [server] user). Run as an ordinary user, everything runs as that user.
+Run as root (CI), each World belongs to the unprivileged POSTERN_TEST_USER: the test process
+switches its real and effective ids to that user for the test (the saved uid stays 0, see
+World.as_root()), so every file a test writes is owned by the mail owner, world.config sets
+[server] user to it, and Server/Inetd start posternd as real root so that it drops privileges
+itself (a config without [server] user and not in fork mode is started as the test user
+instead). A test class that needs root throughout (system users, fork mode) sets
+`world_as_root = True`: its World stays root and sets no user.
 """
 
+import contextlib
 import fcntl
+import grp
+import importlib.machinery
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -25,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+import tomllib
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -529,7 +546,8 @@ class Server:
         cmd = [POSTERND, "--config", config_path, "--foreground", *args]
         try:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=out, close_fds=True, cwd=world.dir)
+                                         stderr=out, close_fds=True, cwd=world.dir,
+                                         preexec_fn=posternd_preexec(world, config_path))
         finally:
             if log_pipe:
                 os.close(w)
@@ -652,14 +670,16 @@ class Server:
         return self.proc.poll() is None
 
     def signal(self, sig):
-        self.proc.send_signal(sig)
+        with privileged():  # fork mode's master stays root
+            self.proc.send_signal(sig)
 
     def wait_exit(self, timeout=None):
         timeout = DEFAULT_TIMEOUT if timeout is None else timeout
         try:
             self.returncode = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            with privileged():
+                self.proc.kill()
             self.proc.wait(DEFAULT_TIMEOUT)
             raise AssertionError(f"posternd did not exit within {timeout:.1f}s; killed\n"
                                  + self.world.tail(self.log()))
@@ -674,7 +694,8 @@ class Server:
         if self._relay is not None:
             self.unblock_log()
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            with privileged():
+                self.proc.send_signal(signal.SIGTERM)
         rc = self.wait_exit(scaled(15))
         if check:
             self.check_exit(rc)
@@ -696,7 +717,8 @@ class Server:
     def kill(self):
         """SIGKILL and reap (nothing more may be expected of the process)."""
         if self.proc.poll() is None:
-            self.proc.kill()
+            with privileged():
+                self.proc.kill()
         self.proc.wait(DEFAULT_TIMEOUT)
         self.stopped = True
         self.returncode = self.proc.returncode
@@ -714,7 +736,8 @@ class Inetd:
         try:
             self.proc = subprocess.Popen([POSTERND, "--config", config_path, "--inetd"],
                                          stdin=child.fileno(), stdout=child.fileno(),
-                                         stderr=self.logf, close_fds=True, cwd=world.dir)
+                                         stderr=self.logf, close_fds=True, cwd=world.dir,
+                                         preexec_fn=posternd_preexec(world, config_path))
         finally:
             child.close()
         self.conn = Pop3Conn(sock=parent)
@@ -730,7 +753,8 @@ class Inetd:
         try:
             self.returncode = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            with privileged():
+                self.proc.kill()
             self.proc.wait(DEFAULT_TIMEOUT)
             raise AssertionError(f"posternd --inetd did not exit within {timeout:.1f}s\n"
                                  + self.world.tail(self.log()))
@@ -744,7 +768,8 @@ class Inetd:
 
     def stop(self):
         if self.proc.poll() is None:
-            self.proc.kill()
+            with privileged():
+                self.proc.kill()
         self.proc.wait(DEFAULT_TIMEOUT)
         if not self.logf.closed:
             self.logf.close()
@@ -760,13 +785,162 @@ def run_posternd(args, timeout=None, cwd=None):
 
 
 # ---------------------------------------------------------------------------------------------
+# The unprivileged mail owner of root runs
+
+TEST_USER = os.environ.get("POSTERN_TEST_USER") or "postern-it"
+_ROOT_GROUPS = os.getgroups() if os.getuid() == 0 else None
+
+
+def test_user():
+    """The pwd entry of TEST_USER, created (useradd, under a lock shared by parallel test
+    processes) when missing. Only for root runs."""
+    try:
+        return pwd.getpwnam(TEST_USER)
+    except KeyError:
+        pass
+    with open("/tmp/postern-it-useradd.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return pwd.getpwnam(TEST_USER)
+        except KeyError:
+            pass
+        res = subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                              "--user-group", "--comment", "Postern integration tests", TEST_USER],
+                             capture_output=True, timeout=60)
+        if res.returncode != 0:
+            raise AssertionError(f"useradd {TEST_USER} failed: {res.stderr!r}")
+        return pwd.getpwnam(TEST_USER)
+
+
+class _ImportsAsRoot:
+    """While a World runs as its owner, Python's own files may be out of its reach (a Python
+    under /root, mode 0700): a module imported then (lazily, inside a test) is found and
+    loaded with the effective uid 0 for that moment. Installed first in sys.meta_path."""
+
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if os.geteuid() == 0 or os.getresuid()[2] != 0:
+            return None
+        with _effective_root():
+            spec = importlib.machinery.PathFinder.find_spec(name, path, target)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _LoaderAsRoot(spec.loader)
+        return spec
+
+    @classmethod
+    def invalidate_caches(cls):
+        pass
+
+
+class _LoaderAsRoot:
+    def __init__(self, inner):
+        self._inner = inner
+
+    def create_module(self, spec):
+        with _effective_root():
+            return self._inner.create_module(spec)
+
+    def exec_module(self, module):
+        with _effective_root():
+            return self._inner.exec_module(module)
+
+    def __getattr__(self, attr):
+        return getattr(self._inner, attr)
+
+
+@contextlib.contextmanager
+def _effective_root():
+    euid, egid = os.geteuid(), os.getegid()
+    if euid == 0 or os.getresuid()[2] != 0:  # root already, or never root (an ordinary user)
+        yield
+        return
+    os.setresuid(-1, 0, -1)
+    os.setresgid(-1, 0, -1)
+    try:
+        yield
+    finally:
+        os.setresgid(-1, egid, -1)
+        os.setresuid(-1, euid, -1)
+
+
+if os.getuid() == 0:
+    sys.meta_path.insert(0, _ImportsAsRoot)
+
+
+def privileged():
+    """Context manager: effective root for the block when the harness switched this process to
+    a World's owner (reading /proc/PID/fd of posternd, which is not dumpable once it dropped
+    privileges); otherwise runs the block with the ids it has."""
+    return _effective_root()
+
+
+def _become(pw):
+    """Real and effective ids to pw's; the saved ids stay 0 so _regain_root() can undo it."""
+    os.setgroups([pw.pw_gid])
+    os.setresgid(pw.pw_gid, pw.pw_gid, 0)
+    os.setresuid(pw.pw_uid, pw.pw_uid, 0)
+
+
+def _regain_root():
+    os.setresuid(0, 0, 0)
+    os.setresgid(0, 0, 0)
+    if _ROOT_GROUPS is not None:
+        os.setgroups(_ROOT_GROUPS)
+
+
+def _child_as_root():
+    """preexec_fn: the child becomes root again (it drops privileges itself)."""
+    if os.getresuid()[2] == 0:
+        _regain_root()
+
+
+def _child_as(pw):
+    """preexec_fn: the child is pw through and through (no saved root uid)."""
+    def run():
+        if os.getresuid()[2] == 0:
+            _regain_root()
+            os.setgroups([pw.pw_gid])
+            os.setresgid(pw.pw_gid, pw.pw_gid, pw.pw_gid)
+            os.setresuid(pw.pw_uid, pw.pw_uid, pw.pw_uid)
+    return run
+
+
+def _wants_root_start(config_path):
+    """True when posternd, given this config, should start as root: it names [server] user
+    (and so drops privileges itself) or runs fork mode."""
+    try:
+        with open(config_path, "rb") as f:
+            cfg = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError):
+        return True
+    server = cfg.get("server", {}) if isinstance(cfg.get("server"), dict) else {}
+    return bool(server.get("user")) or server.get("process_model") == "fork"
+
+
+def posternd_preexec(world, config_path):
+    """The preexec_fn for a posternd child of `world` (None: inherit this process's ids)."""
+    if world is None or world.owner is None:
+        return None
+    if _wants_root_start(config_path):
+        return _child_as_root
+    return _child_as(world.owner)
+
+
+# ---------------------------------------------------------------------------------------------
 # One test's world
 
 class World:
     """A temporary directory with users, maildirs, config and the processes of one test."""
 
-    def __init__(self, test):
+    def __init__(self, test, as_root=None):
         self.test = test
+        if as_root is None:
+            as_root = getattr(test, "world_as_root", False)
+        # Root runs: the test's files belong to the unprivileged mail owner (see the top).
+        self.owner = test_user() if os.geteuid() == 0 and not as_root else None
+        if self.owner is not None:
+            _become(self.owner)
+            test.addCleanup(_regain_root)  # runs after _cleanup (cleanups run last-in first-out)
         self.dir = tempfile.mkdtemp(prefix="postern-it-")
         os.chmod(self.dir, 0o755)
         self.mail_root = os.path.join(self.dir, "mail")
@@ -789,6 +963,8 @@ class World:
             "auth": {"passdb": f"passwd-file:{self.passwd_path}", "failure_delay": "200ms"},
             "log": {"level": "debug", "target": "stderr"},
         }
+        if self.owner is not None:
+            self.config["server"]["user"] = self.owner.pw_name
         self._nconfig = 0
         self._nlog = 0
         test.addCleanup(self._cleanup)
@@ -851,6 +1027,29 @@ class World:
     def path(self, *parts):
         return os.path.join(self.dir, *parts)
 
+    @contextlib.contextmanager
+    def as_root(self):
+        """Runs the block as root (useradd, chown to another user, mount), then switches back
+        to the World's owner. Without an owner (not root, or world_as_root) it only runs it."""
+        if self.owner is None:
+            yield
+            return
+        _regain_root()
+        try:
+            yield
+        finally:
+            _become(self.owner)
+
+    def give(self, *paths):
+        """chown -R to the World's owner (files a test made inside as_root())."""
+        if self.owner is None:
+            return
+        with self.as_root():
+            for top in paths:
+                for root, dirs, files in os.walk(top):
+                    for p in [root] + [os.path.join(root, x) for x in dirs + files]:
+                        os.lchown(p, self.owner.pw_uid, self.owner.pw_gid)
+
     def on_cleanup(self, fn):
         self._cleanups.append(fn)
 
@@ -859,6 +1058,8 @@ class World:
 
     def _cleanup(self):
         errors = []
+        if self.owner is not None:
+            _regain_root()  # stops servers and removes files whoever made them
         try:
             for fn in reversed(self._cleanups):
                 try:

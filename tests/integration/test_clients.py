@@ -341,8 +341,9 @@ class Getmail(ClientBase):
         os.makedirs(state, exist_ok=True)
         dest = make_maildir(os.path.join(home, "Maildir"))
         dest_user = ""
-        if IS_ROOT:
-            # getmail will not deliver as root; it switches to `user` for delivery.
+        if os.geteuid() == 0:
+            # getmail will not deliver as root; it switches to `user` for delivery. (Root runs
+            # of the harness run the test as an unprivileged user, so this is rarely taken.)
             nobody = _nobody()
             for root, dirs, files in os.walk(home):
                 for p in [root] + [os.path.join(root, x) for x in dirs + files]:

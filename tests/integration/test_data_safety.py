@@ -17,7 +17,7 @@ import threading
 import time
 import unittest
 
-from postern_harness import (DEFAULT_TIMEOUT, SANITIZE, Msg, PosternTestCase, counts,
+from postern_harness import (DEFAULT_TIMEOUT, SANITIZE, Msg, PosternTestCase, counts, privileged,
                              dot_stuff, parse_listing, scaled, simple_message, wait_for,
                              wire_body)
 
@@ -415,8 +415,13 @@ def proc_status(pid, field):
     return None
 
 
+def fds_of(pid):
+    with privileged():  # posternd, having dropped privileges, is not dumpable
+        return sorted(os.listdir(f"/proc/{pid}/fd"))
+
+
 def open_fds(pid):
-    return len(os.listdir(f"/proc/{pid}/fd"))
+    return len(fds_of(pid))
 
 
 @unittest.skipUnless(os.path.isdir("/proc/self/fd"), "needs Linux /proc")
@@ -462,7 +467,7 @@ class Resources(Base):
         srv.wait_events("logout", count=sessions)
         wait_for(lambda: open_fds(pid) <= baseline,
                  what=f"posternd's descriptors to return to {baseline} "
-                      f"(now {open_fds(pid)}: {sorted(os.listdir(f'/proc/{pid}/fd'))})")
+                      f"(now {open_fds(pid)}: {fds_of(pid)})")
         self.assertEqual(bob.contents(), {m.uidl: m.content for m in bob.messages})
 
     @unittest.skipIf(SANITIZE, "ASan's allocator quarantine inflates resident memory")

@@ -11,7 +11,7 @@ import socket
 import time
 import unittest
 
-from postern_harness import POSTERND, Pop3Conn, ipv6_loopback_available, wait_for
+from postern_harness import POSTERND, Pop3Conn, ipv6_loopback_available, test_user, wait_for
 from test_system_users import MSG1, MSG2, SystemUsersBase, proc_status, ids, _getpw, _has_user
 import tls_fixtures
 
@@ -137,9 +137,13 @@ class TcpWrappers(SystemUsersBase):
 
     def check(self, fork):
         if not fork:
+            # Event mode never runs as root: it runs as the unprivileged test user.
+            owner = test_user()
             self.unix["server"]["process_model"] = "event"
+            self.unix["server"]["user"] = owner.pw_name
             del self.unix["auth"]
             self.world.write_passwd()  # event mode: the default passwd-file, empty
+            os.chown(self.world.passwd_path, owner.pw_uid, owner.pw_gid)
         self.tables("", "posternd: ALL\n")
         srv = self.start()
         conn = srv.connect(greet=False)

@@ -604,15 +604,23 @@ class OddSpools(MboxBase):
 # ---------------------------------------------------------------------------------------------
 # 6. Full disk
 
-def _mount_tmpfs(path, size):
+def _mount_tmpfs(world, path, size):
+    """Mounts a tmpfs owned by the World's mail owner (root runs only)."""
     if not IS_ROOT or not shutil.which("mount"):
         return False
+    owner = f",uid={world.owner.pw_uid},gid={world.owner.pw_gid}" if world.owner else ""
     try:
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
-                            path], capture_output=True, timeout=30)
+        with world.as_root():
+            r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755{owner}",
+                                "tmpfs", path], capture_output=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return False
     return r.returncode == 0
+
+
+def _umount(world, path):
+    with world.as_root():
+        subprocess.run(["umount", "-l", path], capture_output=True, timeout=30)
 
 
 class FullDisk(MboxBase):
@@ -620,10 +628,9 @@ class FullDisk(MboxBase):
         super().setUp()
         self.mnt = self.world.path("tmpfs")
         os.makedirs(self.mnt)
-        if not _mount_tmpfs(self.mnt, "256k"):
+        if not _mount_tmpfs(self.world, self.mnt, "256k"):
             self.skipTest("needs root and a mountable tmpfs")
-        self.addCleanup(lambda: subprocess.run(["umount", "-l", self.mnt],
-                                               capture_output=True, timeout=30))
+        self.addCleanup(lambda: _umount(self.world, self.mnt))
         self.configure(self.mnt)
 
     def fill(self, msgs):

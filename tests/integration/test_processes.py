@@ -13,7 +13,7 @@ import subprocess
 import time
 import unittest
 
-from postern_harness import (DEFAULT_TIMEOUT, POSTERND, Closed, Msg, PosternTestCase,
+from postern_harness import (DEFAULT_TIMEOUT, POSTERND, Closed, Msg, PosternTestCase, privileged,
                              run_posternd, scaled, simple_message, toml_text, wait_for)
 
 PASSWORD = "W0rkers-pw"
@@ -41,11 +41,12 @@ def children(pid):
 def socket_count(pid):
     """Sockets a process holds: its listeners and its connections."""
     n = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            n += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
-        except OSError:
-            pass
+    with privileged():  # posternd, having dropped privileges, is not dumpable
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                n += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+            except OSError:
+                pass
     return n
 
 
@@ -197,7 +198,7 @@ class Descriptors(ProcessesBase):
     def test_soft_limit_raised_and_capacity_warning(self):
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         for pid in self.workers:
-            with open(f"/proc/{pid}/limits") as f:
+            with privileged(), open(f"/proc/{pid}/limits") as f:
                 line = next(l for l in f if l.startswith("Max open files"))
             self.assertEqual(line.split()[3], line.split()[4], line)
             self.assertEqual(line.split()[4], "unlimited" if hard == resource.RLIM_INFINITY else str(hard))

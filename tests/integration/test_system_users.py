@@ -65,6 +65,8 @@ def ids(status, field):
 class SystemUsersBase(PosternTestCase):
     """A World plus real system users, a PAM service and a mail spool directory."""
 
+    world_as_root = True  # useradd, /etc/pam.d, chown: the test stays root (see the harness)
+
     def setUp(self):
         if not is_root():
             self.skipTest("needs root: creates system users and a PAM service")

@@ -318,6 +318,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "posternd: %s\n", r.err().message().c_str());
     return 1;
   }
+  if (auto r = postern::server::check_store_identity(*cfg, us); !r) {
+    std::fprintf(stderr, "posternd: %s: %s\n", config_path.c_str(), r.err().message().c_str());
+    return 1;
+  }
   if (check) {
     std::cout << postern::server::format_config(*cfg);
     return 0;
