@@ -82,6 +82,7 @@ struct maildrop_place {
   store::store_kind kind;
   std::string path;
   bool keep_index;
+  std::string root;  // store::location_root: nothing below it is resolved through a symlink
 };
 
 result<maildrop_place> maildrop_path(const auth::user_record& account, const session_env& env) {
@@ -99,7 +100,12 @@ result<maildrop_place> maildrop_path(const auth::user_record& account, const ses
   if (!path) {
     return std::move(path).err();
   }
-  return maildrop_place{loc->kind, std::move(path).value(), loc->keep_index};
+  auto root = store::location_root(*loc, {account.name, account.home});
+  if (!root) {
+    return std::move(root).err();
+  }
+  return maildrop_place{loc->kind, std::move(path).value(), loc->keep_index,
+                        std::move(root).value()};
 }
 
 // The security facts of a connection that decide which logins it may offer.
@@ -589,7 +595,8 @@ void session_runner::open_blocking(open_outcome& out) {
     opts.use_index = path->keep_index;
     out.opened = store::mbox::open(path->path, opts);
   } else {
-    out.opened = store::maildir::open(path->path, {.use_index = path->keep_index});
+    out.opened =
+        store::maildir::open(path->path, {.use_index = path->keep_index, .root = path->root});
   }
   if (out.opened && store::needs_decoration(env_.decoration)) {
     store::decoration_options d = env_.decoration;
@@ -669,7 +676,7 @@ asio::awaitable<void> session_runner::retrieve() {
   if (!reader) {
     log::error("cannot read message: user=<{}>, session=<{}>, msg={}, error={}",
                log::safe(user_), id_, engine_.retrieve_index() + 1, reader.err().message());
-    engine_.retrieve_started(false);
+    engine_.retrieve_started(false, reader.err().code());
     co_return;
   }
   if (decorated_ != nullptr && engine_.retrieve_is_top()) {

@@ -94,6 +94,11 @@ struct open_options {
   // Keep postern-pop3.index; false (location parameter INDEX=MEMORY) lists and sizes the
   // whole Maildir at every open, writes no index and removes one left behind.
   bool use_index = true;
+  // The location's root: an absolute directory that `path` is below (store::location_root).
+  // It, and the path up to it, are opened as given (symlinks there are the administrator's);
+  // every component of `path` below it is opened with O_NOFOLLOW, so a symlink planted by
+  // whoever can write there is never followed. Empty: the parent directory of `path`.
+  std::string root;
 };
 [[nodiscard]] result<std::unique_ptr<store::maildrop>> open(const std::string& path,
                                                             const open_options& opts = {});
