@@ -216,16 +216,27 @@ result<void> make_dir_at(int dir_fd, const std::string& path, std::string_view w
 // itself must be owned by the effective uid.
 result<unique_fd> open_place(const place& p, bool create) {
   unique_fd fd;
-  for (;;) {
+  for (bool made = false;;) {
     const int raw = ::open(p.root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (raw >= 0) {
       fd = unique_fd(raw);
       break;
     }
     const int err = errno;
-    if (err != EINTR) {
+    if (err == EINTR) {
+      continue;
+    }
+    if (err != ENOENT || !create || made) {
       return error::from_errno(err, "maildir: open " + p.root, open_errc(err));
     }
+    // A missing root is created with its missing parents (the administrator's path).
+    for (std::size_t slash = p.root.find('/', 1); slash != std::string::npos;
+         slash = p.root.find('/', slash + 1)) {
+      const std::string parent = p.root.substr(0, slash);
+      POSTERN_TRY(make_dir_at(AT_FDCWD, parent, parent));
+    }
+    POSTERN_TRY(make_dir_at(AT_FDCWD, p.root, p.root));
+    made = true;
   }
   std::string so_far = p.root == "/" ? "" : p.root;
   for (const auto& c : p.below) {
