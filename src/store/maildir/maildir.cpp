@@ -255,9 +255,9 @@ result<unique_fd> open_place(const place& p, bool create) {
   return fd;
 }
 
-// openat2 with RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH: opens `rel` (several components)
-// under `dir_fd` following no symlink at any step and never leaving `dir_fd`. Kernels
-// before 5.6 (ENOSYS) get the same walk one component at a time with O_NOFOLLOW.
+// openat2 with RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH: opens `rel` (several components, no
+// "." or "..") under `dir_fd` following no symlink at any step and never leaving `dir_fd`.
+// Kernels before 5.6 (ENOSYS) get the same walk one component at a time with O_NOFOLLOW.
 int open_beneath(int dir_fd, const std::string& rel, int flags) {
   open_how how{};
   how.flags = static_cast<std::uint64_t>(flags);
@@ -275,20 +275,20 @@ int open_beneath(int dir_fd, const std::string& rel, int flags) {
     }
     break;
   }
-  const std::size_t slash = rel.rfind('/');
-  if (slash == std::string::npos) {
-    return ::openat(dir_fd, rel.c_str(), flags | O_NOFOLLOW);
+  unique_fd dir;
+  int at = dir_fd;
+  std::size_t from = 0;
+  for (std::size_t slash = rel.find('/'); slash != std::string::npos;
+       from = slash + 1, slash = rel.find('/', from)) {
+    const int next = ::openat(at, rel.substr(from, slash - from).c_str(),
+                              O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+    if (next < 0) {
+      return -1;
+    }
+    dir = unique_fd(next);
+    at = next;
   }
-  const int sub = ::openat(dir_fd, rel.substr(0, slash).c_str(),
-                           O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
-  if (sub < 0) {
-    return -1;
-  }
-  const int fd = ::openat(sub, rel.c_str() + slash + 1, flags | O_NOFOLLOW);
-  const int saved = errno;
-  ::close(sub);
-  errno = saved;
-  return fd;
+  return ::openat(at, rel.c_str() + from, flags | O_NOFOLLOW);
 }
 
 // Opens and locks the session lock file; see the header for why flock.
@@ -479,14 +479,15 @@ result<base_index> index_by_base(const dirs& d) {
   return index;
 }
 
-// Opens the message file cur/NAME or new/NAME under the Maildir descriptor `maildir_fd`
-// for reading, following no symlink (open_beneath, O_NOFOLLOW | O_NONBLOCK: a FIFO swapped
-// in cannot block), and checks it is a regular file owned by the effective uid; `st`
-// receives its fstat. A file that fails the checks is errc::permanent and is never read.
-result<unique_fd> open_message_file(int maildir_fd, bool in_new, std::string_view name,
-                                    struct stat& st) {
+// Opens the message file cur/NAME or new/NAME of the Maildir at `maildir_rel` (relative to
+// `base_fd`, ending in '/') for reading, following no symlink at any step (open_beneath;
+// O_NONBLOCK: a FIFO swapped in cannot block), and checks it is a regular file owned by the
+// effective uid; `st` receives its fstat. A file that fails the checks is errc::permanent
+// and is never read.
+result<unique_fd> open_message_file(int base_fd, const std::string& maildir_rel, bool in_new,
+                                    std::string_view name, struct stat& st) {
   const std::string rel = relative_path(in_new, name);
-  const int raw = open_beneath(maildir_fd, rel, message_open_flags);
+  const int raw = open_beneath(base_fd, maildir_rel + rel, message_open_flags);
   if (raw < 0) {
     const int err = errno;
     if (err == ELOOP || err == EXDEV) {
@@ -1556,13 +1557,22 @@ class maildir_drop final : public maildrop {
     return false;
   }
 
-  // Opens the file of `e` (see open_message_file) from a fresh walk to the Maildir.
+  // Opens the file of `e` (see open_message_file): the location's root by path, then one
+  // openat2 for the rest (two system calls, as a RETR should cost little).
   result<unique_fd> open_file(const entry& e, struct stat& st) {
-    auto maildir = open_place(place_, false);
-    if (!maildir.ok()) {
-      return std::move(maildir).err();
+    const int root = ::open(place_.root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (root < 0) {
+      const int err = errno;
+      return error::from_errno(err, "maildir: open " + place_.root);
     }
-    return open_message_file(maildir->get(), e.in_new, e.name, st);
+    const unique_fd root_fd(root);
+    if (below_.empty()) {
+      for (const auto& c : place_.below) {
+        below_ += c;
+        below_ += '/';
+      }
+    }
+    return open_message_file(root_fd.get(), below_, e.in_new, e.name, st);
   }
 
   // Checks the opened file of message `index` against what the listing recorded, so RETR
@@ -1729,6 +1739,7 @@ class maildir_drop final : public maildrop {
   std::optional<index_contents> index_head_;
   bool index_dirty_ = false;
   std::vector<char> count_buf_;  // reused by verify's counts
+  std::string below_;            // place_.below joined, each followed by '/' (open_file)
 };
 
 }  // namespace
