@@ -479,15 +479,11 @@ result<base_index> index_by_base(const dirs& d) {
   return index;
 }
 
-// Opens the message file cur/NAME or new/NAME of the Maildir at `maildir_rel` (relative to
-// `base_fd`, ending in '/') for reading, following no symlink at any step (open_beneath;
-// O_NONBLOCK: a FIFO swapped in cannot block), and checks it is a regular file owned by the
-// effective uid; `st` receives its fstat. A file that fails the checks is errc::permanent
-// and is never read.
-result<unique_fd> open_message_file(int base_fd, const std::string& maildir_rel, bool in_new,
-                                    std::string_view name, struct stat& st) {
-  const std::string rel = relative_path(in_new, name);
-  const int raw = open_beneath(base_fd, maildir_rel + rel, message_open_flags);
+// Checks what opening the message file `rel` (cur/NAME or new/NAME) returned, `raw` (errno
+// when negative): a regular file owned by `euid`; `st` receives its fstat. A file that fails
+// the checks is errc::permanent and is never read.
+result<unique_fd> checked_message_fd(int raw, const std::string& rel, uid_t euid,
+                                     struct stat& st) {
   if (raw < 0) {
     const int err = errno;
     if (err == ELOOP || err == EXDEV) {
@@ -504,10 +500,10 @@ result<unique_fd> open_message_file(int base_fd, const std::string& maildir_rel,
   if (!S_ISREG(st.st_mode)) {
     return error(errc::permanent, "maildir: " + rel + " is not a regular file");
   }
-  if (st.st_uid != ::geteuid()) {
+  if (st.st_uid != euid) {
     return error(errc::permanent, "maildir: " + rel + " is owned by uid " +
                                       std::to_string(st.st_uid) + ", not by the mail owner (uid " +
-                                      std::to_string(::geteuid()) + ")");
+                                      std::to_string(euid) + ")");
   }
   return fd;
 }
@@ -1557,22 +1553,37 @@ class maildir_drop final : public maildrop {
     return false;
   }
 
-  // Opens the file of `e` (see open_message_file): the location's root by path, then one
-  // openat2 for the rest (two system calls, as a RETR should cost little).
+  // Opens the file of `e` for reading (O_NONBLOCK: a FIFO swapped in cannot block) without
+  // following a symlink below the location's root, and checks it (checked_message_fd). The
+  // common case is one system call: openat2 of the whole path with RESOLVE_NO_SYMLINKS. When
+  // that meets a symlink (perhaps the administrator's, above the root) or openat2 is
+  // missing, the root is opened by path and the rest resolved beneath it (open_beneath).
   result<unique_fd> open_file(const entry& e, struct stat& st) {
+    const std::string rel = e.relative();
+    const std::string full = path_ + "/" + rel;
+    open_how how{};
+    how.flags = static_cast<std::uint64_t>(message_open_flags);
+    how.resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+    long raw = -1;
+    do {
+      raw = ::syscall(SYS_openat2, AT_FDCWD, full.c_str(), &how, sizeof how);
+    } while (raw < 0 && errno == EINTR);
+    if (raw >= 0 || (errno != ELOOP && errno != ENOSYS)) {
+      return checked_message_fd(static_cast<int>(raw), rel, euid_, st);
+    }
     const int root = ::open(place_.root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (root < 0) {
       const int err = errno;
       return error::from_errno(err, "maildir: open " + place_.root);
     }
     const unique_fd root_fd(root);
-    if (below_.empty()) {
-      for (const auto& c : place_.below) {
-        below_ += c;
-        below_ += '/';
-      }
+    std::string beneath;
+    for (const auto& c : place_.below) {
+      beneath += c;
+      beneath += '/';
     }
-    return open_message_file(root_fd.get(), below_, e.in_new, e.name, st);
+    return checked_message_fd(open_beneath(root_fd.get(), beneath + rel, message_open_flags),
+                              rel, euid_, st);
   }
 
   // Checks the opened file of message `index` against what the listing recorded, so RETR
@@ -1739,7 +1750,7 @@ class maildir_drop final : public maildrop {
   std::optional<index_contents> index_head_;
   bool index_dirty_ = false;
   std::vector<char> count_buf_;  // reused by verify's counts
-  std::string below_;            // place_.below joined, each followed by '/' (open_file)
+  uid_t euid_ = ::geteuid();     // the mail owner: files owned by anyone else are refused
 };
 
 }  // namespace
