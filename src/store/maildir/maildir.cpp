@@ -1062,8 +1062,8 @@ bool same_listing(const std::vector<entry>& a, const std::vector<entry>& b) {
 // comes from the index, such a move changes cur/'s stamp after new/'s stamp was checked, so
 // cur/ is read. A directory whose stamp matches a settled record (is_settled) is taken from
 // the index without being read; any other is read with readdir, and each file in it is
-// sized from ,W=, else from the index by base name and inode (Maildir message files never
-// change content, only name), else by reading it.
+// sized from ,W=, else from the index by base name and inode (Maildir programs never change
+// a file's content, only its name; open_message verifies the rest), else by reading it.
 // `head` receives the stamps and time the index records for this listing (what a later
 // rewrite of the index, after open_message corrected an entry, must record again).
 result<std::vector<entry>> build_listing(int root_fd, const dirs& d, int lock_fd,
