@@ -15,6 +15,7 @@ Python's poplib.
 
 import os
 import poplib
+import pwd
 import shutil
 import unittest
 
@@ -246,6 +247,41 @@ class Owners(Base):
         with self.assertRaises(poplib.error_proto):
             p.quit()
         self.assertTrue(os.path.exists(self.path_of(theirs)))
+
+
+def _nobody():
+    try:
+        return pwd.getpwnam("nobody")
+    except KeyError:
+        return None
+
+
+class Unreadable(Base):
+    @unittest.skipUnless(os.geteuid() == 0 and _nobody() is not None,
+                         "needs root and a 'nobody' user to run the server unprivileged")
+    def test_one_unreadable_file_does_not_block_the_login(self):
+        # Root reads every file: the server runs as nobody, the mail owner here.
+        unreadable = Msg(simple_message("unreadable", ["u" * 50]), "cur", flags="S")
+        fine = Msg(simple_message("fine"), "new")
+        self.box = self.world.add_user("alice", PASSWORD, [unreadable, fine])
+        nobody = _nobody()
+        self.world.config["server"]["user"] = "nobody"
+        for path in (self.world.mail_root, self.world.passwd_path):
+            os.chown(path, nobody.pw_uid, nobody.pw_gid)
+        for dirpath, dirnames, filenames in os.walk(self.world.mail_root):
+            for name in dirnames + filenames:
+                os.chown(os.path.join(dirpath, name), nobody.pw_uid, nobody.pw_gid)
+        os.chmod(self.path_of(unreadable), 0)
+        self.srv = self.world.start()
+        p = self.client()
+        listed = self.sizes(p)
+        self.assertEqual(len(listed), 2)
+        self.srv.wait_log(r"cannot read .*" + unreadable.base)
+        with self.assertRaises(poplib.error_proto):
+            p.retr(1)
+        announced, received, body = self.retr(p, 2)
+        self.assertEqual((announced, received), (listed[2], listed[2]))
+        p.quit()
 
 
 class Vanished(Base):
