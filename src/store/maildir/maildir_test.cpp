@@ -1428,9 +1428,15 @@ TEST_F(maildir_test, symlinked_maildir_below_the_root_is_refused) {
   const fs::path home = root_ / "home";
   fs::create_directories(root_ / "real-home");
   fs::create_directory_symlink(root_ / "real-home", home);
+  fs::create_directories(root_ / "real-home" / "Maildir" / "new");
+  { std::ofstream(root_ / "real-home" / "Maildir" / "new" / "1.m") << "m\n"; }
   auto ok = open((home / "Maildir").string(), {.root = home.string()});
   ASSERT_TRUE(ok.ok()) << ok.err().message();
   EXPECT_TRUE(fs::is_directory(root_ / "real-home" / "Maildir" / "cur"));
+  auto reader = (*ok)->open_message(0, true);  // resolved beneath the symlinked root
+  ASSERT_TRUE(reader.ok()) << reader.err().message();
+  EXPECT_EQ(read_all(**reader), "m\n");
+  ok->reset();
   // A component between the root and the Maildir is not.
   fs::create_directory_symlink(root_ / "real-home", root_ / "srv-link");
   auto mid = open((root_ / "srv-link" / "Maildir").string(), {.root = root_.string()});
