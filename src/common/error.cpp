@@ -11,6 +11,7 @@ const char* to_string(errc code) noexcept {
     case errc::not_found: return "not found";
     case errc::invalid: return "invalid";
     case errc::denied: return "denied";
+    case errc::changed: return "changed since listed";
   }
   return "unknown";
 }

@@ -23,6 +23,8 @@ enum class errc {
   not_found,      // the named thing does not exist
   invalid,        // malformed input (config value, file content)
   denied,         // credentials or permissions refused
+  changed,        // the thing changed since it was listed (a message rewritten by another
+                  // program): the listing given is stale for it until the next open
 };
 
 const char* to_string(errc code) noexcept;

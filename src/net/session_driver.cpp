@@ -84,6 +84,7 @@ struct maildrop_place {
   store::store_kind kind;
   std::string path;
   bool keep_index;
+  std::string root;  // store::location_root: nothing below it is resolved through a symlink
 };
 
 result<maildrop_place> maildrop_path(const auth::user_record& account, const session_env& env) {
@@ -101,7 +102,12 @@ result<maildrop_place> maildrop_path(const auth::user_record& account, const ses
   if (!path) {
     return std::move(path).err();
   }
-  return maildrop_place{loc->kind, std::move(path).value(), loc->keep_index};
+  auto root = store::location_root(*loc, {account.name, account.home});
+  if (!root) {
+    return std::move(root).err();
+  }
+  return maildrop_place{loc->kind, std::move(path).value(), loc->keep_index,
+                        std::move(root).value()};
 }
 
 // A maildrop is opened with this process's ids (event mode: server.user; fork mode: the mail
@@ -628,7 +634,8 @@ void session_runner::open_blocking(open_outcome& out) {
     }
     out.opened = store::mbox::open(path->path, opts);
   } else {
-    out.opened = store::maildir::open(path->path, {.use_index = path->keep_index});
+    out.opened =
+        store::maildir::open(path->path, {.use_index = path->keep_index, .root = path->root});
   }
   if (out.opened && store::needs_decoration(env_.decoration)) {
     store::decoration_options d = env_.decoration;
@@ -715,7 +722,7 @@ asio::awaitable<void> session_runner::retrieve() {
   if (!reader) {
     log::error("cannot read message: user=<{}>, session=<{}>, msg={}, error={}",
                log::safe(user_), id_, engine_.retrieve_index() + 1, reader.err().message());
-    engine_.retrieve_started(false);
+    engine_.retrieve_started(false, reader.err().code());
     co_return;
   }
   if (decorated_ != nullptr && engine_.retrieve_is_top()) {

@@ -708,10 +708,26 @@ void session::xmit_done(bool ok) {
   }
 }
 
-void session::retrieve_started(bool ok) {
+void session::retrieve_started(bool ok, errc why) {
   if (!ok) {
     pending_ = step::need_input;
-    reply_err("[SYS/TEMP] Unable to read the message, try again later.");
+    switch (why) {
+      case errc::not_found:
+        // Gone for good: retrying cannot help, so no [SYS/TEMP] (RFC 3206).
+        reply_err("Message was deleted by another program.");
+        break;
+      case errc::changed:
+        reply_err("Message was changed by another program since it was listed; "
+                  "log in again to read it.");
+        break;
+      case errc::permanent:
+      case errc::denied:
+        reply_err("[SYS/PERM] Unable to read the message.");
+        break;
+      default:
+        reply_err("[SYS/TEMP] Unable to read the message, try again later.");
+        break;
+    }
     return;
   }
   const auto& msg = messages_[retrieve_index_];

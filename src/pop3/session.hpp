@@ -139,7 +139,10 @@ class session {
   std::size_t retrieve_index() const noexcept { return retrieve_index_; }
   std::optional<std::uint64_t> retrieve_top_lines() const noexcept { return top_lines_; }
   bool retrieve_is_top() const noexcept { return top_lines_.has_value(); }
-  void retrieve_started(bool ok);
+  // `why`, when !ok, is the store's error code: errc::not_found (the message was removed by
+  // another program: a permanent -ERR), errc::changed (rewritten since it was listed: -ERR,
+  // right at the next login), errc::permanent ([SYS/PERM]), anything else [SYS/TEMP].
+  void retrieve_started(bool ok, errc why = errc::temporary);
   // `sent` is the number of body octets sent (counted for TOP statistics).
   void retrieve_done(std::uint64_t sent);
 

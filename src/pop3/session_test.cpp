@@ -340,6 +340,29 @@ TEST_F(logged_in, has_buffered_line_tells_whether_a_command_is_waiting) {
   EXPECT_FALSE(d.s.has_buffered_line());
 }
 
+TEST_F(logged_in, retrieve_failures_answer_by_what_the_store_said) {
+  const struct {
+    errc why;
+    std::string_view reply;
+  } rows[] = {
+      {errc::not_found, "-ERR Message was deleted by another program.\r\n"},
+      {errc::changed,
+       "-ERR Message was changed by another program since it was listed; log in again to "
+       "read it.\r\n"},
+      {errc::permanent, "-ERR [SYS/PERM] Unable to read the message.\r\n"},
+      {errc::temporary, "-ERR [SYS/TEMP] Unable to read the message, try again later.\r\n"},
+  };
+  for (const auto& r : rows) {
+    SCOPED_TRACE(to_string(r.why));
+    d.s.output().clear();
+    d.s.feed("RETR 1\r\n");
+    ASSERT_EQ(d.s.next(), step::retrieve);
+    d.s.retrieve_started(false, r.why);
+    EXPECT_EQ(d.s.output(), r.reply);
+    EXPECT_EQ(d.s.next(), step::need_input);
+  }
+}
+
 TEST(session, commands_in_wrong_state) {
   fake_driver d;
   d.run();

@@ -257,4 +257,27 @@ result<std::string> expand_location(const location_template& loc, const expand_i
   return out;
 }
 
+result<std::string> location_root(const location_template& loc, const expand_input& in) {
+  const std::string_view path = loc.path;
+  std::size_t cut = path.size();
+  for (std::size_t i = 0; i + 1 < path.size(); ++i) {
+    if (path[i] != '%') {
+      continue;
+    }
+    const char v = path[i + 1];
+    if (v == 'u' || v == 'n' || v == 'd') {
+      cut = i;
+      break;
+    }
+    ++i;  // %%, %h: not user-dependent
+  }
+  const std::size_t slash = path.substr(0, cut).rfind('/');
+  if (slash == std::string_view::npos || slash == 0) {
+    return std::string("/");
+  }
+  location_template root = loc;
+  root.path = std::string(path.substr(0, slash));
+  return expand_location(root, in);
+}
+
 }  // namespace postern::store

@@ -58,4 +58,13 @@ struct expand_input {
 // the login with a temporary error and logs the reason.
 result<std::string> expand_location(const location_template& loc, const expand_input& in);
 
+// The location's root: the directory that expand_location's result lies below and that no
+// user controls: the part of the template before the first user-dependent component (%u,
+// %n, %d), expanded; "~" and %h (the home directory, from the user database) count as the
+// administrator's. "maildir:~/Maildir" -> the home directory; "maildir:/srv/mail/%d/%n/
+// Maildir" -> "/srv/mail"; a template without a user variable -> the parent directory of
+// the path. The store opens the root as given and every component below it without
+// following symlinks. Errors: as expand_location.
+result<std::string> location_root(const location_template& loc, const expand_input& in);
+
 }  // namespace postern::store

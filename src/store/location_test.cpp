@@ -207,4 +207,32 @@ TEST(expand_location, parsed_templates_expand) {
 }
 
 }  // namespace
+TEST(location_root, the_part_before_the_user) {
+  struct row {
+    std::string_view path;
+    std::string_view want;
+  };
+  const row rows[] = {
+      {"~/Maildir", "/home/bob"},
+      {"%h/Maildir", "/home/bob"},
+      {"~/mail/%u/Maildir", "/home/bob/mail"},
+      {"/srv/mail/%d/%n/Maildir", "/srv/mail"},
+      {"/srv/mail/x%n/Maildir", "/srv/mail"},
+      {"/srv/%%/%u", "/srv/%"},
+      {"/%u/Maildir", "/"},
+      {"/srv/shared/Maildir", "/srv/shared"},
+  };
+  for (const auto& r : rows) {
+    SCOPED_TRACE(std::string(r.path));
+    location_template loc;
+    loc.path = std::string(r.path);
+    auto root = location_root(loc, expand_input{"bob@x.org", "/home/bob"});
+    ASSERT_TRUE(root.ok()) << root.err().message();
+    EXPECT_EQ(*root, r.want);
+    auto full = expand_location(loc, expand_input{"bob@x.org", "/home/bob"});
+    ASSERT_TRUE(full.ok());
+    EXPECT_TRUE(full->starts_with(*root)) << *full;
+  }
+}
+
 }  // namespace postern::store

@@ -70,8 +70,11 @@ class maildrop {
   virtual std::span<const message_info> messages() const = 0;
 
   // Opens message `index` for reading. `retrieved` marks it as seen by the client (RETR, or
-  // TOP per store policy) so commit can record that (Maildir S flag). Errors: the file went
-  // away or cannot be read (errc::temporary / errc::not_found); the session answers -ERR.
+  // TOP per store policy) so commit can record that (Maildir S flag). Errors: the message
+  // was removed by another program (errc::not_found: a permanent -ERR), changed since it was
+  // listed (errc::changed: -ERR, listed right at the next open), is not the mail owner's or
+  // not a regular file (errc::permanent: -ERR [SYS/PERM]), or cannot be read now
+  // (errc::temporary: -ERR [SYS/TEMP]).
   virtual result<std::unique_ptr<message_reader>> open_message(std::size_t index,
                                                                bool retrieved) = 0;
 

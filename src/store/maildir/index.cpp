@@ -10,11 +10,13 @@ namespace {
 
 constexpr std::string_view head_magic = "PSTNIDX1";
 constexpr std::string_view tail_magic = "PSTNEND1";
-constexpr std::uint32_t format_version = 1;
+constexpr std::uint32_t format_version = 2;
 constexpr std::size_t digest_size = 8;  // XXH64
 constexpr std::size_t stamp_size = 7 * 8;
 constexpr std::size_t header_size = 8 + 4 + 4 + 2 * stamp_size + 16 + 8;
-constexpr std::size_t record_fixed_size = 8 + 8 + 1 + 2;
+constexpr std::size_t record_fixed_size = 8 + 8 + 8 + 8 + 4 + 1 + 2;
+constexpr std::uint8_t flag_new = 1;
+constexpr std::uint8_t flag_stat = 2;
 constexpr std::size_t trailer_size = 8 + digest_size + 8;
 constexpr std::int64_t ns_per_sec = 1'000'000'000;
 
@@ -174,7 +176,10 @@ std::string encode_index(const index_contents& c) {
   for (const auto& r : c.records) {
     put_u64(out, r.wire_size);
     put_u64(out, r.ino);
-    out += r.in_new ? '\1' : '\0';
+    put_u64(out, r.stat_known ? r.file_size : 0);
+    put_u64(out, static_cast<std::uint64_t>(r.stat_known ? r.ctime.sec : 0));
+    put_u32(out, static_cast<std::uint32_t>(r.stat_known ? r.ctime.nsec : 0));
+    out += static_cast<char>((r.in_new ? flag_new : 0) | (r.stat_known ? flag_stat : 0));
     put_u16(out, static_cast<std::uint16_t>(r.name.size()));
     out.append(r.name);
   }
@@ -224,14 +229,23 @@ bool decode_index(std::string_view bytes, index_contents& head,
   }
   for (std::uint64_t i = 0; i < count; ++i) {
     index_record r;
-    std::uint8_t dir = 0;
+    std::uint8_t flags = 0;
     std::uint16_t name_size = 0;
+    std::uint64_t ctime_sec = 0;
+    std::uint32_t ctime_nsec = 0;
     if (!c.get_u64(r.wire_size) || r.wire_size > max_index_wire_size || !c.get_u64(r.ino) ||
-        !c.get_u8(dir) || dir > 1 || !c.get_u16(name_size) ||
-        !c.get_bytes(name_size, r.name) || !is_valid_name(r.name)) {
+        !c.get_u64(r.file_size) || r.file_size > r.wire_size || !c.get_u64(ctime_sec) ||
+        !c.get_u32(ctime_nsec) || ctime_nsec >= static_cast<std::uint64_t>(ns_per_sec) ||
+        !c.get_u8(flags) || (flags & ~(flag_new | flag_stat)) != 0 ||
+        !c.get_u16(name_size) || !c.get_bytes(name_size, r.name) || !is_valid_name(r.name)) {
       return false;
     }
-    r.in_new = dir == 1;
+    r.in_new = (flags & flag_new) != 0;
+    r.stat_known = (flags & flag_stat) != 0;
+    r.ctime = fs_time{static_cast<std::int64_t>(ctime_sec), static_cast<std::int64_t>(ctime_nsec)};
+    if (!r.stat_known && (r.file_size != 0 || ctime_sec != 0 || ctime_nsec != 0)) {
+      return false;
+    }
     if (!visit(r)) {
       return false;
     }

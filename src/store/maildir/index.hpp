@@ -2,7 +2,9 @@
 // messages (and, when nothing changed, without listing its directories).
 //
 // The file "<maildir>/postern-pop3.index" records, for one moment, the listing of cur/ and
-// new/: every message file's name, directory, inode and wire size, in listing order, plus
+// new/: every message file's name, directory, inode, wire size and, when the file was
+// stat'ed, its size and change time (what open_message verifies the file against), in
+// listing order, plus
 // the identity and timestamps of both directories and the file system's own time just
 // before they were listed. maildir.cpp decides when that record may be trusted; this module
 // only encodes and decodes it, without I/O, so the decoder can be unit-tested and fuzzed.
@@ -13,11 +15,14 @@
 // then ignores the file and lists and sizes the Maildir itself.
 //
 // Layout (all integers little-endian):
-//   "PSTNIDX1"  u32 version (1)  u32 reserved (0)
+//   "PSTNIDX1"  u32 version (2)  u32 reserved (0)
 //   stamp new/  stamp cur/   each: u64 dev, u64 ino, u64 size, i64 mtime sec, i64 mtime ns,
 //                                  i64 ctime sec, i64 ctime ns
 //   i64 listed_at sec, i64 listed_at ns      u64 record count
-//   records: u64 wire size, u64 inode, u8 directory (0 cur, 1 new), u16 name length, name
+//   records: u64 wire size, u64 inode, u64 file size, i64 ctime sec, u32 ctime ns,
+//            u8 flags (1: in new/, 2: file size and ctime known), u16 name length, name
+//   (a version 1 file, without the file size and ctime, is not decoded: the Maildir is
+//   then listed and sized once more and the index rewritten)
 //   trailer: u64 body length (every byte before the trailer), u64 XXH64 of the body,
 //            "PSTNEND1"
 // The checksum detects truncation and corruption, not forgery: whoever can write the file
@@ -65,6 +70,12 @@ struct index_record {
   std::uint64_t wire_size = 0;
   std::uint64_t ino = 0;
   bool in_new = false;
+  // The file's st_size and st_ctim when it was sized or last verified; meaningless (and
+  // encoded as zeros) unless stat_known. A file sized from its ",W=" name field, or one that
+  // could not be read, has none.
+  std::uint64_t file_size = 0;
+  fs_time ctime;
+  bool stat_known = false;
 };
 
 struct index_contents {
@@ -86,8 +97,9 @@ std::string encode_index(const index_contents& c);
 // Decodes a whole index file. Returns nullopt when anything is wrong: short or long file,
 // bad magic, version or trailer, checksum mismatch, a count the file cannot hold, a record
 // running past the body, a name that is empty, too long, starts with '.', or holds '/' or
-// NUL, a directory byte other than 0 or 1, a size above max_index_wire_size, a nanosecond
-// field outside 0..999,999,999, or bytes left over. The records' names view `bytes`, which
+// NUL, an unknown flag bit, a wire size above max_index_wire_size or below the file size,
+// a file size or ctime without the "known" flag, a nanosecond field outside
+// 0..999,999,999, or bytes left over. The records' names view `bytes`, which
 // must outlive the result. Record order is not checked here (the caller knows the order).
 std::optional<index_contents> decode_index(std::string_view bytes);
 

@@ -20,7 +20,8 @@ index_contents sample() {
   c.cur_dir = dir_stamp{1, 3, 8192, fs_time{1700000002, 0}, fs_time{1700000003, 7}};
   c.listed_at = fs_time{1700000004, 123456789};
   c.records = {
-      index_record{"1700000000.M1P2.host:2,S", 1934, 77, false},
+      index_record{"1700000000.M1P2.host:2,S", 1934, 77, false, 1900,
+                   fs_time{1700000005, 42}, true},
       index_record{"1700000001.M2P2.host", 0, 78, true},
       index_record{std::string_view("x"), max_index_wire_size, ~std::uint64_t{0}, false},
   };
@@ -60,6 +61,9 @@ TEST(maildir_index, round_trip) {
     EXPECT_EQ(d->records[i].wire_size, c.records[i].wire_size);
     EXPECT_EQ(d->records[i].ino, c.records[i].ino);
     EXPECT_EQ(d->records[i].in_new, c.records[i].in_new);
+    EXPECT_EQ(d->records[i].stat_known, c.records[i].stat_known);
+    EXPECT_EQ(d->records[i].file_size, c.records[i].file_size);
+    EXPECT_EQ(d->records[i].ctime, c.records[i].ctime);
   }
 }
 
@@ -106,7 +110,10 @@ TEST(maildir_index, zeroed_file_is_rejected) {
 TEST(maildir_index, hostile_fields_with_a_valid_checksum) {
   const std::string good = body_of(encode_index(sample()));
   const std::size_t count_at = header_size - 8;
-  const std::size_t rec0 = header_size;  // first record: size, ino, dir, name length, name
+  // Records: wire size, ino, file size, ctime sec, ctime ns (u32), flags, name length, name.
+  const std::size_t rec0 = header_size;
+  const std::size_t rec1 = rec0 + 39 + std::string_view("1700000000.M1P2.host:2,S").size();
+  const std::size_t rec2 = rec1 + 39 + std::string_view("1700000001.M2P2.host").size();
   struct edit {
     std::string_view what;
     std::size_t at;
@@ -114,19 +121,23 @@ TEST(maildir_index, hostile_fields_with_a_valid_checksum) {
   };
   const std::vector<edit> edits = {
       {"magic", 0, "PSTNIDX2"},
-      {"version", 8, "\x02\0\0\0"s},
+      {"version 1 (no file size and ctime)", 8, "\x01\0\0\0"s},
       {"reserved", 12, "\x01\0\0\0"s},
       {"mtime nanoseconds out of range", 16 + 24 + 8, "\x00\xCA\x9A\x3B\0\0\0\0"s},  // 1e9
       {"count larger than the file", count_at, "\xFF\xFF\xFF\xFF\xFF\xFF\xFF\x7F"s},
       {"count one too many", count_at, "\x04\0\0\0\0\0\0\0"s},
       {"count one too few", count_at, "\x02\0\0\0\0\0\0\0"s},
       {"size above the limit", rec0, "\x01\0\0\0\0\0\x01\0"s},
-      {"directory byte 2", rec0 + 16, "\x02"s},
-      {"name length zero", rec0 + 17, "\0\0"s},
-      {"name length past the end", rec0 + 17, "\xFF\xFF"s},
-      {"name with a slash", rec0 + 19, "../x"s},
-      {"name starting with a dot", rec0 + 19, "."s},
-      {"name with NUL", rec0 + 19 + 3, "\0"s},
+      {"unknown flag bit", rec0 + 36, "\x04"s},
+      {"file size above the wire size", rec0 + 16, "\xFF\xFF\0\0\0\0\0\0"s},
+      {"ctime nanoseconds out of range", rec0 + 32, "\x00\xCA\x9A\x3B"s},
+      {"file size without the known flag", rec2 + 16, "\x01"s},
+      {"ctime without the known flag", rec1 + 24, "\x01"s},
+      {"name length zero", rec0 + 37, "\0\0"s},
+      {"name length past the end", rec0 + 37, "\xFF\xFF"s},
+      {"name with a slash", rec0 + 39, "../x"s},
+      {"name starting with a dot", rec0 + 39, "."s},
+      {"name with NUL", rec0 + 39 + 3, "\0"s},
   };
   for (const auto& e : edits) {
     SCOPED_TRACE(std::string(e.what));

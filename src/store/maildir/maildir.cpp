@@ -1,5 +1,6 @@
 #include "store/maildir/maildir.hpp"
 
+#include "common/log.hpp"
 #include "common/parse.hpp"
 #include "common/unique_fd.hpp"
 #include "store/maildir/index.hpp"
@@ -9,7 +10,9 @@
 #include <fcntl.h>
 #include <openssl/evp.h>
 #include <sys/file.h>
+#include <linux/openat2.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #if defined(__SSE2__)
@@ -83,16 +86,112 @@ result<unique_fd> open_at(int dir_fd, const char* name, int flags, mode_t mode,
   }
 }
 
-result<unique_fd> open_dir(const std::string& path) {
+// Where a Maildir is: a trusted directory `root`, opened by its path (following symlinks:
+// it and the path to it are the administrator's), and the components `below` it, the last
+// being the Maildir itself, each opened with O_NOFOLLOW from its parent's descriptor, so no
+// symlink below the root is ever followed (whoever owns a directory below the root may have
+// planted one).
+struct place {
+  std::string root;
+  std::vector<std::string> below;
+  std::string path;  // root and below joined, for messages
+};
+
+std::vector<std::string> path_components(std::string_view path) {
+  std::vector<std::string> out;
+  std::size_t i = 0;
+  while (i < path.size()) {
+    const std::size_t slash = path.find('/', i);
+    const std::size_t end = slash == std::string_view::npos ? path.size() : slash;
+    if (end > i) {
+      out.emplace_back(path.substr(i, end - i));
+    }
+    i = end + 1;
+  }
+  return out;
+}
+
+result<place> make_place(const std::string& path, const std::string& trusted_root) {
+  std::string absolute = path;
+  if (absolute.front() != '/') {
+    char cwd[PATH_MAX];
+    if (::getcwd(cwd, sizeof cwd) == nullptr) {
+      const int err = errno;
+      return error::from_errno(err, "maildir: working directory for " + path);
+    }
+    absolute = std::string(cwd) + "/" + path;
+  }
+  std::vector<std::string> all = path_components(absolute);
+  for (const auto& c : all) {
+    if (c == "." || c == "..") {
+      return error(errc::invalid, "maildir: " + path + " has a . or .. component");
+    }
+  }
+  if (all.empty()) {
+    return error(errc::invalid, "maildir: " + path + " is the root directory");
+  }
+  std::size_t n_root = all.size() - 1;  // default: the parent directory is trusted
+  if (!trusted_root.empty()) {
+    const std::vector<std::string> r = path_components(trusted_root);
+    if (trusted_root.front() != '/' || r.size() >= all.size() ||
+        !std::equal(r.begin(), r.end(), all.begin())) {
+      return error(errc::invalid,
+                   "maildir: " + path + " is not below its location's root " + trusted_root);
+    }
+    n_root = r.size();
+  }
+  place p;
+  p.root = "/";
+  for (std::size_t i = 0; i < all.size(); ++i) {
+    if (i < n_root) {
+      p.root += (i > 0 ? "/" : "") + all[i];
+    } else {
+      p.below.push_back(all[i]);
+    }
+  }
+  p.path = p.root == "/" ? "" : p.root;
+  for (const auto& c : p.below) {
+    p.path += "/" + c;
+  }
+  return p;
+}
+
+// Checks that `fd` (named `what`) is owned by the effective uid: the mail owner, since the
+// store runs with the mail owner's uid. A directory or file of someone else's in a
+// maildrop is never read, renamed or removed.
+result<void> check_owner(int fd, const std::string& what) {
+  struct stat st{};
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    return error::from_errno(err, "maildir: stat " + what);
+  }
+  if (st.st_uid != ::geteuid()) {
+    return error(errc::permanent, "maildir: " + what + " is owned by uid " +
+                                      std::to_string(st.st_uid) + ", not by the mail owner (uid " +
+                                      std::to_string(::geteuid()) + ")");
+  }
+  return ok_result();
+}
+
+// Opens the directory `name` under `dir_fd` without following a symlink; `what` names it in
+// errors. A symlink or non-directory there is errc::permanent.
+result<unique_fd> open_dir_nofollow(int dir_fd, const char* name, const std::string& what) {
   for (;;) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    const int fd = ::openat(dir_fd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
     if (fd >= 0) {
       return unique_fd(fd);
     }
     const int err = errno;
-    if (err != EINTR) {
-      return error::from_errno(err, "maildir: open " + path, open_errc(err));
+    if (err == EINTR) {
+      continue;
     }
+    struct stat st{};
+    if ((err == ELOOP || err == ENOTDIR) &&
+        ::fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode)) {
+      return error::from_errno(err, "maildir: " + what + " is a symbolic link (never followed)",
+                               errc::permanent);
+    }
+    return error::from_errno(err, "maildir: open " + what, open_errc(err));
   }
 }
 
@@ -106,26 +205,90 @@ result<void> make_dir_at(int dir_fd, const std::string& path, std::string_view w
     return ok_result();
   }
   struct stat st{};
-  if (::fstatat(dir_fd, path.c_str(), &st, 0) == 0 && S_ISDIR(st.st_mode)) {
+  if (::fstatat(dir_fd, path.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode)) {
     return ok_result();
   }
   return error::from_errno(err, "maildir: create " + std::string(what), open_errc(err));
 }
 
-// Opens `path` as a directory, creating it and its missing parents (mode 0700, like Dovecot)
-// when it does not exist.
-result<unique_fd> open_or_create_dir(const std::string& path) {
-  auto fd = open_dir(path);
-  if (fd.ok() || !is_errno(fd.err(), ENOENT)) {
-    return fd;
+// Opens the Maildir directory of `p`: the root by path, then each component below it with
+// O_NOFOLLOW, creating missing ones (mode 0700, like Dovecot) when `create`. The Maildir
+// itself must be owned by the effective uid.
+result<unique_fd> open_place(const place& p, bool create) {
+  unique_fd fd;
+  for (bool made = false;;) {
+    const int raw = ::open(p.root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (raw >= 0) {
+      fd = unique_fd(raw);
+      break;
+    }
+    const int err = errno;
+    if (err == EINTR) {
+      continue;
+    }
+    if (err != ENOENT || !create || made) {
+      return error::from_errno(err, "maildir: open " + p.root, open_errc(err));
+    }
+    // A missing root is created with its missing parents (the administrator's path).
+    for (std::size_t slash = p.root.find('/', 1); slash != std::string::npos;
+         slash = p.root.find('/', slash + 1)) {
+      const std::string parent = p.root.substr(0, slash);
+      POSTERN_TRY(make_dir_at(AT_FDCWD, parent, parent));
+    }
+    POSTERN_TRY(make_dir_at(AT_FDCWD, p.root, p.root));
+    made = true;
   }
-  for (std::size_t slash = path.find('/', 1); slash != std::string::npos;
-       slash = path.find('/', slash + 1)) {
-    const std::string parent = path.substr(0, slash);
-    POSTERN_TRY(make_dir_at(AT_FDCWD, parent, parent));
+  std::string so_far = p.root == "/" ? "" : p.root;
+  for (const auto& c : p.below) {
+    so_far += "/" + c;
+    auto next = open_dir_nofollow(fd.get(), c.c_str(), so_far);
+    if (!next.ok() && create && is_errno(next.err(), ENOENT)) {
+      POSTERN_TRY(make_dir_at(fd.get(), c, so_far));
+      next = open_dir_nofollow(fd.get(), c.c_str(), so_far);
+    }
+    if (!next.ok()) {
+      return std::move(next).err();
+    }
+    fd = std::move(*next);
   }
-  POSTERN_TRY(make_dir_at(AT_FDCWD, path, path));
-  return open_dir(path);
+  POSTERN_TRY(check_owner(fd.get(), p.path));
+  return fd;
+}
+
+// openat2 with RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH: opens `rel` (several components, no
+// "." or "..") under `dir_fd` following no symlink at any step and never leaving `dir_fd`.
+// Kernels before 5.6 (ENOSYS) get the same walk one component at a time with O_NOFOLLOW.
+int open_beneath(int dir_fd, const std::string& rel, int flags) {
+  open_how how{};
+  how.flags = static_cast<std::uint64_t>(flags);
+  how.resolve = RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
+  for (;;) {
+    const long fd = ::syscall(SYS_openat2, dir_fd, rel.c_str(), &how, sizeof how);
+    if (fd >= 0) {
+      return static_cast<int>(fd);
+    }
+    if (errno == EINTR) {
+      continue;
+    }
+    if (errno != ENOSYS) {
+      return -1;
+    }
+    break;
+  }
+  unique_fd dir;
+  int at = dir_fd;
+  std::size_t from = 0;
+  for (std::size_t slash = rel.find('/'); slash != std::string::npos;
+       from = slash + 1, slash = rel.find('/', from)) {
+    const int next = ::openat(at, rel.substr(from, slash - from).c_str(),
+                              O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+    if (next < 0) {
+      return -1;
+    }
+    dir = unique_fd(next);
+    at = next;
+  }
+  return ::openat(at, rel.c_str() + from, flags | O_NOFOLLOW);
 }
 
 // Opens and locks the session lock file; see the header for why flock.
@@ -142,8 +305,9 @@ result<unique_fd> take_lock(int root_fd, const std::string& path) {
     const int err = errno;
     return error::from_errno(err, "maildir: stat " + path + "/" + lock_name);
   }
-  if (!S_ISREG(st.st_mode)) {
-    return error(errc::permanent, "maildir: " + path + "/" + lock_name + " is not a regular file");
+  if (!S_ISREG(st.st_mode) || st.st_uid != ::geteuid()) {
+    return error(errc::permanent, "maildir: " + path + "/" + lock_name +
+                                      " is not a regular file owned by the mail owner");
   }
   for (;;) {
     if (::flock(fd->get(), LOCK_EX | LOCK_NB) == 0) {
@@ -315,41 +479,119 @@ result<base_index> index_by_base(const dirs& d) {
   return index;
 }
 
-// Opens a message file (`path`, relative to `dir_fd`) for reading and checks it is (still) a
-// regular file. `in_new` and `name` say which message it is, for error context. `size`, when
-// given, receives the file's size.
-result<unique_fd> open_message_file(int dir_fd, const char* path, bool in_new,
-                                    std::string_view name, std::uint64_t* size = nullptr) {
-  auto fd = open_at(dir_fd, path, message_open_flags, 0, relative_path(in_new, name));
-  if (!fd.ok()) {
-    return fd;
-  }
-  struct stat st{};
-  if (::fstat(fd->get(), &st) != 0) {
+// Checks what opening the message file `rel` (cur/NAME or new/NAME) returned, `raw` (errno
+// when negative): a regular file owned by `euid`; `st` receives its fstat. A file that fails
+// the checks is errc::permanent and is never read.
+result<unique_fd> checked_message_fd(int raw, const std::string& rel, uid_t euid,
+                                     struct stat& st) {
+  if (raw < 0) {
     const int err = errno;
-    return error::from_errno(err, "maildir: stat " + relative_path(in_new, name));
+    if (err == ELOOP || err == EXDEV) {
+      return error::from_errno(err, "maildir: " + rel + " is a symbolic link (never followed)",
+                               errc::permanent);
+    }
+    return error::from_errno(err, "maildir: open " + rel);
+  }
+  unique_fd fd(raw);
+  if (::fstat(fd.get(), &st) != 0) {
+    const int err = errno;
+    return error::from_errno(err, "maildir: stat " + rel);
   }
   if (!S_ISREG(st.st_mode)) {
-    return error(errc::temporary,
-                 "maildir: " + relative_path(in_new, name) + " is not a regular file");
+    return error(errc::permanent, "maildir: " + rel + " is not a regular file");
   }
-  if (size != nullptr) {
-    *size = static_cast<std::uint64_t>(st.st_size);
+  if (st.st_uid != euid) {
+    return error(errc::permanent, "maildir: " + rel + " is owned by uid " +
+                                      std::to_string(st.st_uid) + ", not by the mail owner (uid " +
+                                      std::to_string(euid) + ")");
   }
   return fd;
 }
 
-// Counts a message's wire size by reading it once: file bytes plus one CR for every LF not
-// preceded by CR. Per file: one openat on the directory descriptor (O_NOATIME where the
-// kernel permits it, so sizing does not dirty every inode), one fstat, and normally one read
-// of st_size + 1 bytes into a buffer reused for every file (a read shorter than asked for,
-// once st_size bytes have arrived, ends the file without a second read returning 0).
+// What a file's fstat says that the index records and open_message verifies.
+struct file_stat {
+  std::uint64_t ino = 0;
+  std::uint64_t size = 0;
+  fs_time ctime;
+  bool known = false;  // false: the file could not be read (size and ctime unknown)
+};
+
+file_stat file_stat_of(const struct stat& st) noexcept {
+  return file_stat{static_cast<std::uint64_t>(st.st_ino),
+                   st.st_size > 0 ? static_cast<std::uint64_t>(st.st_size) : 0,
+                   fs_time{st.st_ctim.tv_sec, st.st_ctim.tv_nsec}, true};
+}
+
+// The octets the dot encoder adds after a message whose last line is unterminated (see
+// pop3/dot_encoder.cpp, finish_to): CRLF, or only LF after a final CR. They are part of
+// what RETR sends for the message, so the wire size counts them.
+std::uint64_t tail_octets(std::uint64_t bytes, char last) noexcept {
+  if (bytes == 0 || last == '\n') {
+    return 0;
+  }
+  return last == '\r' ? 1 : 2;
+}
+
+// Counts the wire size of the open file `fd` of `file_size` bytes by reading it from offset
+// 0 with pread (the descriptor's offset is left alone): file bytes, plus one CR for every LF
+// not preceded by CR, plus tail_octets. `buf` is reused across calls. Normally one pread of
+// file_size + 1 bytes (a read shorter than asked for, once file_size bytes have arrived,
+// ends the file without a second read returning 0).
+result<std::uint64_t> count_wire_size(int fd, std::uint64_t file_size, std::vector<char>& buf,
+                                      const std::string& what) {
+  constexpr std::uint64_t max_read_size = std::uint64_t{1} << 20;
+  constexpr std::size_t min_buffer_size = std::size_t{64} * 1024;
+  const std::size_t want = file_size < max_read_size ? static_cast<std::size_t>(file_size) + 1
+                                                     : static_cast<std::size_t>(max_read_size);
+  if (buf.size() < want) {
+    buf.resize(std::max(want, min_buffer_size));
+  }
+  std::uint64_t bytes = 0;
+  std::uint64_t bare_lfs = 0;
+  bool after_cr = false;
+  char last = '\n';
+  for (;;) {
+    const ssize_t n = ::pread(fd, buf.data(), want, static_cast<off_t>(bytes));
+    if (n < 0) {
+      const int err = errno;
+      if (err == EINTR) {
+        continue;
+      }
+      return error::from_errno(err, "maildir: read " + what);
+    }
+    if (n == 0) {
+      break;
+    }
+    const std::string_view chunk(buf.data(), static_cast<std::size_t>(n));
+    bare_lfs += count_bare_lfs(chunk, after_cr);
+    after_cr = chunk.back() == '\r';
+    last = chunk.back();
+    bytes += static_cast<std::uint64_t>(n);
+    if (static_cast<std::size_t>(n) < want && bytes >= file_size) {
+      break;
+    }
+  }
+  return bytes + bare_lfs + tail_octets(bytes, last);
+}
+
+// A listed file's wire size and what its fstat said.
+struct sized_file {
+  std::uint64_t wire_size = 0;
+  file_stat stat;
+};
+
+// Sizes a message by reading it once (count_wire_size). Per file: one openat on the
+// directory descriptor (O_NOATIME where the kernel permits it, so sizing does not dirty
+// every inode), one fstat and normally one read.
 class size_counter {
  public:
-  // nullopt: the file is no longer there (renamed or removed since the listing).
-  // `ino` receives the file's inode number.
-  result<std::optional<std::uint64_t>> wire_size(int dir_fd, const std::string& name,
-                                                 bool in_new, std::uint64_t& ino) {
+  // nullopt: the file is no longer there (renamed or removed since the listing), or is no
+  // longer a regular file. A file that exists but cannot be read (EACCES, EIO) does not fail
+  // the listing: it is listed with its file size as its wire size and without a known stat,
+  // so open_message counts it again (and fails there while it stays unreadable), and a
+  // warning names it.
+  result<std::optional<sized_file>> wire_size(int dir_fd, const std::string& name,
+                                              bool in_new) {
     int fd_raw = -1;
     for (;;) {
       fd_raw = ::openat(dir_fd, name.c_str(), message_open_flags | noatime_, 0);
@@ -365,7 +607,10 @@ class size_counter {
         continue;
       }
       if (err == ENOENT || err == ELOOP) {
-        return std::optional<std::uint64_t>();
+        return std::optional<sized_file>();
+      }
+      if (err == EACCES || err == EPERM) {
+        return unreadable(dir_fd, name, in_new, err);
       }
       return error::from_errno(err, "maildir: open " + relative_path(in_new, name));
     }
@@ -376,46 +621,36 @@ class size_counter {
       return error::from_errno(err, "maildir: stat " + relative_path(in_new, name));
     }
     if (!S_ISREG(st.st_mode)) {
-      return error(errc::temporary,
-                   "maildir: " + relative_path(in_new, name) + " is not a regular file");
+      return std::optional<sized_file>();  // swapped for something else: not a message
     }
-    ino = static_cast<std::uint64_t>(st.st_ino);
-    const std::uint64_t file_size = st.st_size > 0 ? static_cast<std::uint64_t>(st.st_size) : 0;
-    const std::size_t want = file_size < max_read_size
-                                 ? static_cast<std::size_t>(file_size) + 1
-                                 : static_cast<std::size_t>(max_read_size);
-    if (buf_.size() < want) {
-      buf_.resize(std::max(want, min_buffer_size));
+    sized_file out{0, file_stat_of(st)};
+    auto size = count_wire_size(fd.get(), out.stat.size, buf_, relative_path(in_new, name));
+    if (!size.ok()) {
+      if (is_errno(size.err(), EIO)) {
+        return unreadable(dir_fd, name, in_new, EIO);
+      }
+      return std::move(size).err();
     }
-    std::uint64_t bytes = 0;
-    std::uint64_t bare_lfs = 0;
-    bool after_cr = false;
-    for (;;) {
-      const ssize_t n = ::read(fd.get(), buf_.data(), want);
-      if (n < 0) {
-        const int err = errno;
-        if (err == EINTR) {
-          continue;
-        }
-        return error::from_errno(err, "maildir: read " + relative_path(in_new, name));
-      }
-      if (n == 0) {
-        break;
-      }
-      const std::string_view chunk(buf_.data(), static_cast<std::size_t>(n));
-      bare_lfs += count_bare_lfs(chunk, after_cr);
-      after_cr = chunk.back() == '\r';
-      bytes += static_cast<std::uint64_t>(n);
-      if (static_cast<std::size_t>(n) < want && bytes >= file_size) {
-        break;
-      }
-    }
-    return std::optional<std::uint64_t>(bytes + bare_lfs);
+    out.wire_size = *size;
+    return std::optional<sized_file>(out);
   }
 
  private:
-  static constexpr std::uint64_t max_read_size = std::uint64_t{1} << 20;
-  static constexpr std::size_t min_buffer_size = std::size_t{64} * 1024;
+  static result<std::optional<sized_file>> unreadable(int dir_fd, const std::string& name,
+                                                      bool in_new, int err) {
+    struct stat st{};
+    if (::fstatat(dir_fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode)) {
+      return std::optional<sized_file>();
+    }
+    sized_file out;
+    out.stat.ino = static_cast<std::uint64_t>(st.st_ino);
+    out.wire_size = st.st_size > 0 ? static_cast<std::uint64_t>(st.st_size) : 0;
+    log::warning("maildir: cannot read {} to size it ({}); listed with its file size, {} "
+                 "octets, and RETR of it fails while it stays unreadable",
+                 relative_path(in_new, name), std::strerror(err), out.wire_size);
+    return std::optional<sized_file>(out);
+  }
+
   std::vector<char> buf_;
   int noatime_ = O_NOATIME;
 };
@@ -477,6 +712,12 @@ struct entry {
   std::uint64_t size = 0;
   std::uint64_t ino = 0;  // for the index: a file with the same name but another inode is
                           // a different file, sized again
+  // The file's size and ctime when it was sized (or verified by open_message); what
+  // open_message checks the opened file against. Unknown for sizes taken from ",W=" and
+  // for files that could not be read.
+  std::uint64_t file_size = 0;
+  fs_time ctime;
+  bool stat_known = false;
 
   std::string_view base() const noexcept { return std::string_view(name).substr(0, base_len); }
   std::string relative() const { return relative_path(in_new, name); }
@@ -509,17 +750,22 @@ result<std::optional<entry>> make_entry(const dirs& d, const dir_item& item,
     e.size = *w;
   } else if (const entry* k = find_known(known, p.base); k != nullptr && k->ino == item.ino) {
     e.size = k->size;
+    e.file_size = k->file_size;
+    e.ctime = k->ctime;
+    e.stat_known = k->stat_known;
   } else {
-    std::uint64_t ino = item.ino;
-    auto size = counter.wire_size(d.of(item.in_new), item.name, item.in_new, ino);
+    auto size = counter.wire_size(d.of(item.in_new), item.name, item.in_new);
     if (!size.ok()) {
       return std::move(size).err();
     }
     if (!*size) {
       return std::optional<entry>();
     }
-    e.size = **size;
-    e.ino = ino;
+    e.size = (*size)->wire_size;
+    e.ino = (*size)->stat.ino;
+    e.file_size = (*size)->stat.size;
+    e.ctime = (*size)->stat.ctime;
+    e.stat_known = (*size)->stat.known;
   }
   e.name = names.add(item.name);
   return std::optional<entry>(std::move(e));
@@ -685,7 +931,8 @@ std::optional<loaded_index> load_index(int root_fd, name_arena& names) {
   }
   const unique_fd fd(fd_raw);
   struct stat st{};
-  if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode) || st.st_size <= 0 ||
+  if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != ::geteuid() ||
+      st.st_size <= 0 ||
       static_cast<std::uint64_t>(st.st_size) > max_index_file_size) {
     return std::nullopt;
   }
@@ -718,6 +965,9 @@ std::optional<loaded_index> load_index(int root_fd, name_arena& names) {
                                  e.in_new = r.in_new;
                                  e.size = r.wire_size;
                                  e.ino = r.ino;
+                                 e.file_size = r.file_size;
+                                 e.ctime = r.ctime;
+                                 e.stat_known = r.stat_known;
                                  // Written in listing order, each file once: anything else
                                  // is not our file.
                                  if (!out.entries.empty() &&
@@ -773,9 +1023,34 @@ void write_index(int root_fd, const index_contents& c) {
   }
 }
 
+// The index recording `entries` under the stamps and time of `head`.
+index_contents index_of(const index_contents& head, const std::vector<entry>& entries) {
+  index_contents c;
+  c.new_dir = head.new_dir;
+  c.cur_dir = head.cur_dir;
+  c.listed_at = head.listed_at;
+  c.records.reserve(entries.size());
+  bool complete = true;
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    const entry& e = entries[i];
+    if (e.name.size() > max_index_name_size) {
+      complete = false;
+      continue;
+    }
+    c.records.push_back(
+        index_record{e.name, e.size, e.ino, e.in_new, e.file_size, e.ctime, e.stat_known});
+  }
+  if (!complete) {
+    c.new_dir = dir_stamp{};  // a name the format cannot hold: never a complete listing
+    c.cur_dir = dir_stamp{};
+  }
+  return c;
+}
+
 bool same_listing(const std::vector<entry>& a, const std::vector<entry>& b) {
   return std::equal(a.begin(), a.end(), b.begin(), b.end(), [](const entry& x, const entry& y) {
-    return x.in_new == y.in_new && x.size == y.size && x.ino == y.ino && x.name == y.name;
+    return x.in_new == y.in_new && x.size == y.size && x.ino == y.ino && x.name == y.name &&
+           x.stat_known == y.stat_known && x.file_size == y.file_size && x.ctime == y.ctime;
   });
 }
 
@@ -787,10 +1062,13 @@ bool same_listing(const std::vector<entry>& a, const std::vector<entry>& b) {
 // comes from the index, such a move changes cur/'s stamp after new/'s stamp was checked, so
 // cur/ is read. A directory whose stamp matches a settled record (is_settled) is taken from
 // the index without being read; any other is read with readdir, and each file in it is
-// sized from ,W=, else from the index by base name and inode (Maildir message files never
-// change content, only name), else by reading it.
+// sized from ,W=, else from the index by base name and inode (Maildir programs never change
+// a file's content, only its name; open_message verifies the rest), else by reading it.
+// `head` receives the stamps and time the index records for this listing (what a later
+// rewrite of the index, after open_message corrected an entry, must record again).
 result<std::vector<entry>> build_listing(int root_fd, const dirs& d, int lock_fd,
-                                         name_arena& names, bool use_index) {
+                                         name_arena& names, bool use_index,
+                                         index_contents& head) {
   const std::optional<fs_time> now = file_system_now(lock_fd);
   std::optional<loaded_index> idx;
   if (use_index) {
@@ -895,28 +1173,20 @@ result<std::vector<entry>> build_listing(int root_fd, const dirs& d, int lock_fd
 
   // Record what was read, unless that would change nothing: the same listing under stamps
   // that still cannot be trusted.
-  if (any_read && use_index) {
-    const fs_time listed_at = now.value_or(fs_time{});
-    const bool settled =
-        now && is_settled(stamps[0], listed_at) && is_settled(stamps[1], listed_at);
+  if (!any_read) {
+    head.new_dir = idx->new_dir;
+    head.cur_dir = idx->cur_dir;
+    head.listed_at = idx->listed_at;
+  } else if (use_index) {
+    head.new_dir = stamps[1];
+    head.cur_dir = stamps[0];
+    head.listed_at = now.value_or(fs_time{});
+    const bool settled = now && is_settled(stamps[0], head.listed_at) &&
+                         is_settled(stamps[1], head.listed_at);
     // (When one directory came from the index its entries were moved out of idx above.)
     const bool partial = from_index[0] || from_index[1];
     if (settled || !idx || partial || !same_listing(entries, idx->entries)) {
-      index_contents c;
-      c.new_dir = stamps[1];
-      c.cur_dir = stamps[0];
-      c.listed_at = listed_at;
-      c.records.reserve(entries.size());
-      for (const auto& e : entries) {
-        if (e.name.size() <= max_index_name_size) {
-          c.records.push_back(index_record{e.name, e.size, e.ino, e.in_new});
-        }
-      }
-      if (c.records.size() != entries.size()) {
-        c.new_dir = dir_stamp{};  // a name the format cannot hold: never a complete listing
-        c.cur_dir = dir_stamp{};
-      }
-      write_index(root_fd, c);
+      write_index(root_fd, index_of(head, entries));
     }
   }
   return entries;
@@ -1020,40 +1290,48 @@ struct open_dirs {
 };
 
 // Opens cur/ and new/ under `root`, the already opened Maildir `path` (which names them in
-// errors); the result owns `root` too.
-// Opens cur/ and new/ under `root`; takes `root` over only on success, so a caller can create
-// what is missing and try again.
+// errors), without following symlinks, and checks they are owned by the effective uid.
+// Takes `root` over only on success, so a caller can create what is missing and try again.
 result<open_dirs> open_subdirs(unique_fd& root, const std::string& path) {
   open_dirs d;
   for (const bool in_new : {false, true}) {
-    auto fd = open_at(root.get(), sub_name(in_new), O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0,
-                      path + "/" + sub_name(in_new), open_errc);
+    const std::string what = path + "/" + sub_name(in_new);
+    auto fd = open_dir_nofollow(root.get(), sub_name(in_new), what);
     if (!fd.ok()) {
       return std::move(fd).err();
     }
+    POSTERN_TRY(check_owner(fd->get(), what));
     (in_new ? d.new_ : d.cur) = std::move(*fd);
   }
   d.root = std::move(root);
   return d;
 }
 
-result<open_dirs> open_maildir_dirs(const std::string& path) {
-  auto root = open_dir(path);
+result<open_dirs> open_maildir_dirs(const place& p) {
+  auto root = open_place(p, false);
   if (!root.ok()) {
     return std::move(root).err();
   }
-  return open_subdirs(*root, path);
+  return open_subdirs(*root, p.path);
 }
 
 class maildir_drop final : public maildrop {
  public:
-  maildir_drop(std::string path, unique_fd lock, name_arena names, std::vector<entry> entries,
-               std::vector<message_info> infos)
-      : path_(std::move(path)),
+  maildir_drop(place where, unique_fd lock, name_arena names, std::vector<entry> entries,
+               std::vector<message_info> infos, std::optional<index_contents> index_head)
+      : place_(std::move(where)),
+        path_(place_.path),
         lock_fd_(std::move(lock)),
         names_(std::move(names)),
         entries_(std::move(entries)),
-        infos_(std::move(infos)) {}
+        infos_(std::move(infos)),
+        index_head_(std::move(index_head)) {}
+
+  // An entry corrected by open_message and not yet written: written now (see save_index).
+  ~maildir_drop() override { save_index(); }
+
+  maildir_drop(const maildir_drop&) = delete;
+  maildir_drop& operator=(const maildir_drop&) = delete;
 
   std::span<const message_info> messages() const override { return infos_; }
 
@@ -1065,13 +1343,16 @@ class maildir_drop final : public maildrop {
     entry& e = entries_[index];
     by_base_.reset();  // state may have changed since any earlier scan
     for (int attempt = 0;; ++attempt) {
-      const std::string file = path_ + "/" + e.relative();
-      std::uint64_t size = 0;
-      auto fd = open_message_file(AT_FDCWD, file.c_str(), e.in_new, e.name, &size);
+      struct stat st{};
+      auto fd = open_file(e, st);
       if (fd.ok()) {
+        POSTERN_TRY(verify(index, e, fd->get(), st));
         e.retrieved = e.retrieved || retrieved;
-        return std::unique_ptr<message_reader>(
-            std::make_unique<file_reader>(std::move(*fd), e.relative(), size));
+        return std::unique_ptr<message_reader>(std::make_unique<file_reader>(
+            std::move(*fd), e.relative(), static_cast<std::uint64_t>(st.st_size)));
+      }
+      if (fd.err().code() == errc::permanent) {
+        log::warning("{}: not served", fd.err().message());
       }
       if (!is_errno(fd.err(), ENOENT)) {
         return std::move(fd).err();
@@ -1111,7 +1392,7 @@ class maildir_drop final : public maildrop {
       }
       return stats;
     }
-    auto opened = open_maildir_dirs(path_);
+    auto opened = open_maildir_dirs(place_);
     if (!opened.ok()) {
       error e = std::move(opened).err();
       return error(errc::temporary, e.context() + " (commit of " + path_ + ")", e.cause());
@@ -1148,6 +1429,9 @@ class maildir_drop final : public maildrop {
           break;
         }
         if (!is_errno(r.err(), ENOENT)) {
+          if (r.err().code() == errc::permanent) {
+            log::warning("{}: not removed", r.err().message());
+          }
           note(std::move(r).err());
           left(e);
           break;
@@ -1186,9 +1470,16 @@ class maildir_drop final : public maildrop {
           left(e);
           break;
         }
-        auto r = rename_noreplace(dir_fds().of(e.in_new), e.name.data(), dir_fds().cur,
-                                  target.c_str(),
-                                  e.relative() + " to cur/" + target);
+        auto r = check_file(e);
+        if (!r.ok() && r.err().code() == errc::permanent) {
+          log::warning("{}: not renamed", r.err().message());
+          left(e);
+          break;
+        }
+        if (r.ok()) {
+          r = rename_noreplace(dir_fds().of(e.in_new), e.name.data(), dir_fds().cur,
+                               target.c_str(), e.relative() + " to cur/" + target);
+        }
         if (r.ok()) {
           changed = true;
           e.name = names_.add(target);
@@ -1233,6 +1524,9 @@ class maildir_drop final : public maildrop {
       }
     }
 
+    if (index_dirty_) {
+      save_index();
+    }
     if (first_error) {
       error e = std::move(*first_error);
       return error(errc::temporary, e.context() + " (commit of " + path_ + ")", e.cause());
@@ -1259,6 +1553,125 @@ class maildir_drop final : public maildrop {
     return false;
   }
 
+  // Opens the file of `e` for reading (O_NONBLOCK: a FIFO swapped in cannot block) without
+  // following a symlink below the location's root, and checks it (checked_message_fd). The
+  // common case is one system call: openat2 of the whole path with RESOLVE_NO_SYMLINKS. When
+  // that meets a symlink (perhaps the administrator's, above the root) or openat2 is
+  // missing, the root is opened by path and the rest resolved beneath it (open_beneath).
+  result<unique_fd> open_file(const entry& e, struct stat& st) {
+    const std::string rel = e.relative();
+    const std::string full = path_ + "/" + rel;
+    open_how how{};
+    how.flags = static_cast<std::uint64_t>(message_open_flags);
+    how.resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+    long raw = -1;
+    do {
+      raw = ::syscall(SYS_openat2, AT_FDCWD, full.c_str(), &how, sizeof how);
+    } while (raw < 0 && errno == EINTR);
+    if (raw >= 0 || (errno != ELOOP && errno != ENOSYS)) {
+      return checked_message_fd(static_cast<int>(raw), rel, euid_, st);
+    }
+    const int root = ::open(place_.root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (root < 0) {
+      const int err = errno;
+      return error::from_errno(err, "maildir: open " + place_.root);
+    }
+    const unique_fd root_fd(root);
+    std::string beneath;
+    for (const auto& c : place_.below) {
+      beneath += c;
+      beneath += '/';
+    }
+    return checked_message_fd(open_beneath(root_fd.get(), beneath + rel, message_open_flags),
+                              rel, euid_, st);
+  }
+
+  // Checks the opened file of message `index` against what the listing recorded, so RETR
+  // never sends a byte count other than the one LIST gave. Same inode, size and ctime: the
+  // file is the one that was sized. A size from ",W=" (no stat recorded) is trusted when the
+  // file's size agrees with it (and with ",S="). Anything else is counted again from the
+  // opened file: the entry takes the new stat and size (written to the index at commit or
+  // when the session ends, so the next session lists it right), a changed size is logged,
+  // and when the size is not the one LIST gave, the message is errc::changed for the rest of
+  // the session.
+  result<void> verify(std::size_t index, entry& e, int fd, const struct stat& st) {
+    const file_stat now = file_stat_of(st);
+    const bool same = e.stat_known && e.ino == now.ino && e.file_size == now.size &&
+                      e.ctime == now.ctime;
+    if (!same && !e.stat_known && plausible_name_size(e, now.size)) {
+      return check_listed(index, e);  // sized from ",W=", which the file agrees with
+    }
+    if (!same) {
+      auto counted = count_wire_size(fd, now.size, count_buf_, e.relative());
+      if (!counted.ok()) {
+        return std::move(counted).err();
+      }
+      if (*counted != e.size) {
+        log::warning("maildir: {}/{} changed since it was indexed ({} octets recorded, {} now); "
+                     "index corrected",
+                     path_, e.relative(), e.size, *counted);
+      }
+      e.size = *counted;
+      e.ino = now.ino;
+      e.file_size = now.size;
+      e.ctime = now.ctime;
+      e.stat_known = true;
+      index_dirty_ = index_dirty_ || index_head_.has_value();
+    }
+    return check_listed(index, e);
+  }
+
+  // Whether a size taken from the name (",W=") fits a file of `file_size` octets.
+  static bool plausible_name_size(const entry& e, std::uint64_t file_size) {
+    const name_parts p = parse_name(e.name);
+    const auto w = trusted_wire_size(p);
+    if (!w || *w != e.size || (p.physical_size && *p.physical_size != file_size)) {
+      return false;
+    }
+    return *w >= file_size && *w - file_size <= file_size + 2;
+  }
+
+  result<void> check_listed(std::size_t index, const entry& e) const {
+    if (e.size == infos_[index].size) {
+      return ok_result();
+    }
+    return error(errc::changed, "maildir: " + path_ + "/" + e.relative() +
+                                    " changed since it was listed (" +
+                                    std::to_string(infos_[index].size) + " octets listed, " +
+                                    std::to_string(e.size) + " now)");
+  }
+
+  // Rewrites the index after open_message corrected an entry, under the stamps and time of
+  // the listing it was read with. Entries renamed or removed since (by commit or another
+  // program) are recorded as they are now or were; either way the directories' stamps have
+  // changed since, so the next open lists them and takes from this index only the sizes
+  // (by base name and inode).
+  void save_index() {
+    if (!index_dirty_ || !index_head_) {
+      return;
+    }
+    index_dirty_ = false;
+    auto maildir = open_place(place_, false);
+    if (maildir.ok()) {
+      write_index(maildir->get(), index_of(*index_head_, entries_));
+    }
+  }
+
+  // Before a removal or rename: the file must (still) be a regular file owned by the mail
+  // owner. errc::permanent when it is not; an ENOENT error when it is gone.
+  result<void> check_file(const entry& e) const {
+    struct stat st{};
+    if (::fstatat(dir_fds().of(e.in_new), e.name.data(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+      const int err = errno;
+      return error::from_errno(err, "maildir: stat " + e.relative());
+    }
+    if (!S_ISREG(st.st_mode) || st.st_uid != ::geteuid()) {
+      return error(errc::permanent, "maildir: " + path_ + "/" + e.relative() +
+                                        " is not a regular file owned by the mail owner");
+    }
+    return ok_result();
+  }
+
   // The directories opened for the commit in progress.
   dirs dir_fds() const noexcept { return dirs_ ? dirs_->view() : dirs{}; }
 
@@ -1269,6 +1682,7 @@ class maildir_drop final : public maildrop {
   };
 
   result<void> unlink_entry(const entry& e) {
+    POSTERN_TRY(check_file(e));
     if (::unlinkat(dir_fds().of(e.in_new), e.name.data(), 0) == 0) {
       return ok_result();
     }
@@ -1308,7 +1722,7 @@ class maildir_drop final : public maildrop {
   result<void> rescan() {
     std::optional<open_dirs> temporary;
     if (!dirs_) {
-      auto opened = open_maildir_dirs(path_);
+      auto opened = open_maildir_dirs(place_);
       if (!opened.ok()) {
         return std::move(opened).err();
       }
@@ -1322,7 +1736,8 @@ class maildir_drop final : public maildrop {
     return ok_result();
   }
 
-  std::string path_;
+  place place_;
+  std::string path_;   // place_.path: the Maildir, for messages
   unique_fd lock_fd_;  // holds the session lock for the object's life
   name_arena names_;   // every entry's name; declared before entries_, destroyed after
   std::optional<open_dirs> dirs_;  // open only while commit runs
@@ -1330,6 +1745,12 @@ class maildir_drop final : public maildrop {
   std::vector<message_info> infos_;
   std::optional<base_index> by_base_;  // the last rescan, reused within one commit
   bool committed_ = false;
+  // What the index records for this listing (stamps and time), when the index is kept;
+  // index_dirty_: open_message corrected an entry since, and the index must be rewritten.
+  std::optional<index_contents> index_head_;
+  bool index_dirty_ = false;
+  std::vector<char> count_buf_;  // reused by verify's counts
+  uid_t euid_ = ::geteuid();     // the mail owner: files owned by anyone else are refused
 };
 
 }  // namespace
@@ -1446,24 +1867,17 @@ result<std::unique_ptr<store::maildrop>> open(const std::string& path, const ope
   if (path.empty()) {
     return error(errc::invalid, "maildir: empty path");
   }
-  auto root = open_or_create_dir(path);
+  auto where = make_place(path, opts.root);
+  if (!where.ok()) {
+    return std::move(where).err();
+  }
+  auto root = open_place(*where, true);
   if (!root.ok()) {
     return std::move(root).err();
   }
   auto lock = take_lock(root->get(), path);
   if (!lock.ok()) {
     return std::move(lock).err();
-  }
-  // Later calls reopen files by path: make it absolute now, so it keeps naming this Maildir
-  // whatever the working directory becomes.
-  std::string absolute = path;
-  if (absolute.front() != '/') {
-    char cwd[PATH_MAX];
-    if (::getcwd(cwd, sizeof cwd) == nullptr) {
-      const int err = errno;
-      return error::from_errno(err, "maildir: working directory for " + path);
-    }
-    absolute = std::string(cwd) + "/" + path;
   }
   auto d = open_subdirs(*root, path);
   if (!d.ok() && is_errno(d.err(), ENOENT)) {
@@ -1478,7 +1892,9 @@ result<std::unique_ptr<store::maildrop>> open(const std::string& path, const ope
     return std::move(d).err();
   }
   name_arena names;
-  auto entries = build_listing(d->root.get(), d->view(), lock->get(), names, opts.use_index);
+  index_contents head;
+  auto entries =
+      build_listing(d->root.get(), d->view(), lock->get(), names, opts.use_index, head);
   if (!entries.ok()) {
     error e = std::move(entries).err();
     return error(e.code(), e.context() + " in " + path, e.cause());
@@ -1487,9 +1903,13 @@ result<std::unique_ptr<store::maildrop>> open(const std::string& path, const ope
   if (!infos.ok()) {
     return std::move(infos).err();
   }
+  std::optional<index_contents> index_head;
+  if (opts.use_index) {
+    index_head = std::move(head);
+  }
   return std::unique_ptr<store::maildrop>(std::make_unique<maildir_drop>(
-      std::move(absolute), std::move(*lock), std::move(names), std::move(*entries),
-      std::move(*infos)));
+      std::move(*where), std::move(*lock), std::move(names), std::move(*entries),
+      std::move(*infos), std::move(index_head)));
 }
 
 }  // namespace postern::store::maildir

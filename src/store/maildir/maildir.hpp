@@ -30,12 +30,14 @@
 // on NFS, host). At open, a directory whose stamp equals the recorded one, recorded while
 // strictly older than that time, is taken from the index without readdir; see is_settled
 // in maildir.cpp for why no change can hide behind that. Any other directory is listed,
-// and a file the index knows by base name with the same inode takes its recorded size
-// (Maildir content never changes, only names). The index is rewritten after a listing that
+// and a file the index knows by base name with the same inode takes its recorded size and
+// stat (Maildir programs never change a file's content, only its name; one that does is
+// caught at open_message, below). The index is rewritten after a listing that
 // read a directory, unless it would record the same listing under stamps that still cannot
 // be trusted. It is a cache: a missing, unreadable, truncated or corrupt file (checksum,
 // lengths, fields or order) is ignored and the Maildir is read; it is never fsynced, and a
-// failure to write it is ignored. Commit does not rewrite it: our own unlinks and renames
+// failure to write it is ignored. Commit does not rewrite it (unless open_message
+// corrected an entry, below): our own unlinks and renames
 // move the directories' stamps, so the next open lists the changed directories once
 // (sizes from the index, no file read) and records them again. Trade-off: the index relies
 // on the file system updating a directory's mtime and ctime whenever an entry is added,
@@ -60,9 +62,27 @@
 // reopens the Maildir by path first; when that fails it returns errc::temporary having
 // changed nothing.
 //
+// Verification (docs/storage.md, "Maildir trust rules"). The index records, for each file
+// it sized by reading, its inode, size and ctime. open_message fstats the opened file: when
+// those match, the file is the one sized; a ",W=" size is taken when the file's size agrees
+// with it; anything else is counted again from the opened descriptor, the entry is corrected
+// (and the index rewritten at commit or destruction, under the listing's stamps), a changed
+// size is logged, and a size other than the one listed answers errc::changed for the rest of
+// the session, so RETR never sends a byte count other than LIST's. A listing does not stat
+// every file, so a file rewritten in place (or re-created under its name with a reused
+// inode) keeps its old size until it is opened: at most the session that sees it lists it
+// wrong.
+//
+// Paths and owners. The location's root (open_options::root) is opened as given; every
+// component below it, cur/ and new/ are opened with O_NOFOLLOW, message files with openat2
+// RESOLVE_NO_SYMLINKS (RESOLVE_BENEATH the root when the whole path holds a symlink). The
+// Maildir, cur/, new/, the lock file and the index must be owned by the effective uid (the
+// mail owner), and so must a message file to be read, renamed or removed; anything else is
+// errc::permanent and logged.
+//
 // Threading and ownership: a maildrop is used from one thread at a time; every call may
-// block on the file system. It owns the lock descriptor and reopens the Maildir by its
-// absolute path (made absolute at open) for each call. Readers returned by open_message own
+// block on the file system. It owns the lock descriptor and reopens the Maildir from its
+// root and absolute path (made absolute at open) for each call. Readers returned by open_message own
 // their own descriptor and may outlive the maildrop.
 #pragma once
 
@@ -82,18 +102,26 @@ namespace postern::store::maildir {
 inline constexpr std::string_view lock_file_name = "postern-pop3.lock";
 
 // Opens the Maildir at `path` (absolute, or relative to the working directory), creating it
-// and any missing parents with mode 0700 when absent, and cur/, new/ and tmp/ when cur/ or
+// and any missing parents with mode 0700 when absent (below the root without following a
+// symlink), and cur/, new/ and tmp/ when cur/ or
 // new/ is missing (an empty maildrop results; a Maildir that has both is not touched), takes
 // the session lock and lists the messages.
 // Errors: errc::in_use when another session holds the lock (answer -ERR [IN-USE]);
-// errc::permanent when the path cannot be a Maildir (not a directory, symlink loop,
-// permission denied, lock file not a regular file); errc::invalid for an empty path;
-// errc::temporary for other file-system failures, including a message that exists but cannot
-// be read to size it (answer -ERR [SYS/TEMP]; nothing has been changed).
+// errc::permanent when the path cannot be a Maildir (not a directory, a symlink below the
+// root, permission denied, the Maildir, cur/, new/ or the lock file not owned by the
+// effective uid, lock file not a regular file); errc::invalid for an empty path or one not
+// below open_options::root; errc::temporary for other file-system failures (answer
+// -ERR [SYS/TEMP]; nothing has been changed). A message file that exists but cannot be read
+// to size it is listed with its file size (and a warning); only its RETR fails.
 struct open_options {
   // Keep postern-pop3.index; false (location parameter INDEX=MEMORY) lists and sizes the
   // whole Maildir at every open, writes no index and removes one left behind.
   bool use_index = true;
+  // The location's root: an absolute directory that `path` is below (store::location_root).
+  // It, and the path up to it, are opened as given (symlinks there are the administrator's);
+  // every component of `path` below it is opened with O_NOFOLLOW, so a symlink planted by
+  // whoever can write there is never followed. Empty: the parent directory of `path`.
+  std::string root;
 };
 [[nodiscard]] result<std::unique_ptr<store::maildrop>> open(const std::string& path,
                                                             const open_options& opts = {});

@@ -1,6 +1,7 @@
 #include "store/maildir/maildir.hpp"
 
 #include "common/test_files.hpp"
+#include "pop3/dot_encoder.hpp"
 #include "store/maildir/index.hpp"
 
 #include <gtest/gtest.h>
@@ -359,13 +360,14 @@ TEST_F(maildir_test, counts_bare_lfs) {
       {"1.lf", "a\nb\n", 6},
       {"2.crlf", "a\r\nb\r\n", 6},
       {"3.mixed", "a\r\nb\nc\r\n", 9},
-      {"4.no-final-newline", "Subject: x\n\nbody", 18},
-      {"5.no-final-newline-crlf", "Subject: x\r\n\r\nbody", 18},
+      // The CRLF the dot encoder adds to an unterminated last line is sent, so counted.
+      {"4.no-final-newline", "Subject: x\n\nbody", 20},
+      {"5.no-final-newline-crlf", "Subject: x\r\n\r\nbody", 20},
       {"6.empty", "", 0},
       {"7.only-lf", "\n", 2},
-      {"8.only-cr", "\r", 1},
+      {"8.only-cr", "\r", 2},  // the encoder adds only the LF
       {"9.cr-cr-lf", "\r\r\n", 3},
-      {"10.lf-cr", "\n\r", 3},
+      {"10.lf-cr", "\n\r", 4},
       {"11.blank-lines", "a\n\n\n", 7},
       {"12.dot-start", ".hello\n..\n.\n", 15},
       // CR as the last byte of one 64 KiB read and LF as the first of the next.
@@ -394,7 +396,8 @@ TEST_F(maildir_test, message_starting_with_dot_is_stored_and_read_raw) {
   auto drop = must_open();
   ASSERT_TRUE(drop);
   ASSERT_EQ(drop->messages().size(), 1U);
-  EXPECT_EQ(drop->messages()[0].size, content.size());  // no byte-stuffing counted
+  // No byte-stuffing counted; the CRLF ending the unterminated last line is.
+  EXPECT_EQ(drop->messages()[0].size, content.size() + 2);
   auto reader = drop->open_message(0, false);
   ASSERT_TRUE(reader.ok()) << reader.err().message();
   EXPECT_EQ(read_all(**reader), content);
@@ -762,7 +765,7 @@ TEST_F(maildir_test, message_replaced_by_a_fifo_is_an_error_not_a_hang) {
   ASSERT_EQ(::mkfifo((md_ / "new" / "1.a").c_str(), 0600), 0);
   auto r = drop->open_message(0, true);
   ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.err().code(), errc::temporary);
+  EXPECT_EQ(r.err().code(), errc::permanent);
 }
 
 TEST_F(maildir_test, message_replaced_by_a_symlink_is_not_followed) {
@@ -791,14 +794,20 @@ TEST_F(maildir_test, unreadable_message_is_a_temporary_error) {
   }));
 }
 
-TEST_F(maildir_test, unreadable_message_without_w_fails_the_open) {
+TEST_F(maildir_test, unreadable_message_without_w_is_listed_and_fails_only_its_retr) {
   put("new/1.a", "a\n");
+  put("new/2.b", "bb\n");
   fs::permissions(md_ / "new" / "1.a", fs::perms::none);
   const std::string path = md_.string();
   EXPECT_TRUE(run_unprivileged([&path] {
     auto drop = open(path);
-    return !drop.ok() && drop.err().code() == errc::temporary &&
-           drop.err().cause() == std::errc::permission_denied;
+    if (!drop.ok() || (*drop)->messages().size() != 2 || (*drop)->messages()[0].size != 2 ||
+        (*drop)->messages()[1].size != 4) {
+      return false;
+    }
+    auto r = (*drop)->open_message(0, true);
+    return !r.ok() && r.err().cause() == std::errc::permission_denied &&
+           (*drop)->open_message(1, true).ok();
   }));
 }
 
@@ -1235,6 +1244,266 @@ TEST_F(maildir_index_test, relative_path_keeps_naming_the_same_maildir) {
   fs::current_path(old_cwd);
   ASSERT_TRUE(reader.ok()) << reader.err().message();
   EXPECT_EQ(read_all(**reader), "a\n");
+}
+
+// ---------------------------------------------------------------------------------------
+// Trust: sizes verified at open_message, no symlink followed below the root, owners checked.
+
+// The octets RETR sends for a stored message, before byte-stuffing and without the ".CRLF"
+// terminator: what the dot encoder really produces.
+std::uint64_t encoded_octets(std::string_view stored) {
+  pop3::dot_encoder enc;
+  std::string out;
+  enc.encode(stored, out);
+  enc.finish(out);
+  out.resize(out.size() - 3);  // the ".CRLF" terminator
+  std::uint64_t stuffed = 0;
+  bool line_start = true;
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    if (line_start && out[i] == '.') {
+      ++stuffed;
+      ++i;  // the doubled dot
+    }
+    line_start = out[i] == '\n';
+  }
+  return out.size() - stuffed;
+}
+
+TEST_F(maildir_index_test, wire_size_is_what_the_dot_encoder_sends) {
+  const std::vector<std::string> bodies = {
+      "",           "a\n",          "a",           "a\r",        "a\r\n",    "Subject: x\n\nno eol",
+      "x\n\n",      ".dot\n.",      "a\nb\r\nc",   "\n",         "\r",       "a\r\r",
+      "line\n\r\n", std::string(70000, 'y'),   std::string(70000, '\n') + "z",
+  };
+  for (std::size_t i = 0; i < bodies.size(); ++i) {
+    put("cur/" + std::to_string(100 + i) + ".m:2,S", bodies[i]);
+  }
+  for (int round = 0; round < 2; ++round) {  // read, then from the index
+    auto drop = must_open();
+    ASSERT_TRUE(drop);
+    ASSERT_EQ(drop->messages().size(), bodies.size());
+    for (std::size_t i = 0; i < bodies.size(); ++i) {
+      SCOPED_TRACE(i);
+      EXPECT_EQ(drop->messages()[i].size, encoded_octets(bodies[i]));
+      auto reader = drop->open_message(i, false);
+      ASSERT_TRUE(reader.ok()) << reader.err().message();
+      EXPECT_EQ(read_all(**reader, 65536), bodies[i]);
+    }
+  }
+  // The case of the issue: 33 octets stored without a final newline, 35 sent.
+  EXPECT_EQ(encoded_octets(std::string(32, 'x') + "y"), 35u);
+}
+
+// Rewrites `p` in place (same inode) with `content`.
+void rewrite_in_place(const fs::path& p, std::string_view content) {
+  std::ofstream out(p, std::ios::binary | std::ios::trunc);
+  out.write(content.data(), static_cast<std::streamsize>(content.size()));
+}
+
+TEST_F(maildir_index_test, message_rewritten_in_place_is_refused_once_then_listed_right) {
+  const std::string small = "Subject: a\n\n" + std::string(266, 'a') + "\n";
+  const std::string large = "Subject: a\n\n" + std::string(300, 'b') + "\n" +
+                            std::string(280, 'c') + "\n";
+  put("cur/1.a:2,S", small);
+  put("cur/2.b:2,S", "b\n");
+  const std::uint64_t ino = inode_of(md_ / "cur" / "1.a:2,S");
+  ASSERT_TRUE(must_open());  // indexed
+  rewrite_in_place(md_ / "cur" / "1.a:2,S", large);
+  ASSERT_EQ(inode_of(md_ / "cur" / "1.a:2,S"), ino);
+  {
+    // No directory changed: the listing is the index's, with the old size. RETR finds the
+    // file is not what was sized, and refuses rather than send another byte count.
+    auto drop = must_open();
+    ASSERT_TRUE(drop);
+    EXPECT_EQ(drop->messages()[0].size, encoded_octets(small));
+    auto r = drop->open_message(0, true);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.err().code(), errc::changed) << r.err().message();
+    auto again = drop->open_message(0, true);  // the rest of the session: the same answer
+    ASSERT_FALSE(again.ok());
+    EXPECT_EQ(again.err().code(), errc::changed);
+    auto other = drop->open_message(1, true);
+    ASSERT_TRUE(other.ok()) << other.err().message();
+  }
+  // The session that saw it corrected the index: the next one lists and sends the truth.
+  auto drop = must_open();
+  ASSERT_TRUE(drop);
+  EXPECT_EQ(drop->messages()[0].size, encoded_octets(large));
+  auto r = drop->open_message(0, true);
+  ASSERT_TRUE(r.ok()) << r.err().message();
+  EXPECT_EQ(read_all(**r, 4096), large);
+}
+
+TEST_F(maildir_index_test, recreated_file_with_a_reused_inode_is_caught_at_open_message) {
+  put("cur/1.a:2,S", "a new message\n");
+  const fs::path f = md_ / "cur" / "1.a:2,S";
+  const std::uint64_t ino = inode_of(f);
+  // What the index held before the file was removed and re-created under the same name
+  // with the same inode (ext4 reuses freed inodes): another size and ctime.
+  index_record old{"1.a:2,S", 280, ino, false, 270, fs_time{1600000000, 1}, true};
+  write_index_now({old}, 1);
+  {
+    auto drop = must_open();
+    ASSERT_TRUE(drop);
+    EXPECT_EQ(drop->messages()[0].size, 280u);  // the window: this session's LIST
+    auto r = drop->open_message(0, true);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.err().code(), errc::changed);
+    auto stats = commit(*drop, marks(1, {}));
+    ASSERT_TRUE(stats.ok()) << stats.err().message();
+  }
+  const std::string bytes = read_file(index_path());
+  const auto c = decode_index(bytes);
+  ASSERT_TRUE(c);
+  ASSERT_EQ(c->records.size(), 1u);
+  EXPECT_EQ(c->records[0].wire_size, 15u);
+  EXPECT_EQ(c->records[0].file_size, 14u);
+  EXPECT_TRUE(c->records[0].stat_known);
+  auto drop = must_open();
+  ASSERT_TRUE(drop);
+  EXPECT_EQ(drop->messages()[0].size, 15u);
+  ASSERT_TRUE(drop->open_message(0, true).ok());
+}
+
+TEST_F(maildir_index_test, renamed_file_with_the_same_content_is_served_and_reverified_once) {
+  put("cur/1.a:2,", "a\n");
+  const fs::path f = md_ / "cur" / "1.a:2,";
+  ASSERT_TRUE(must_open());
+  const auto before = decode_index(read_file(index_path()));
+  ASSERT_TRUE(before && before->records.size() == 1 && before->records[0].stat_known);
+  // Another MUA renames it back and forth: same inode and size, a new ctime.
+  fs::rename(f, md_ / "cur" / "1.a:2,F");
+  fs::rename(md_ / "cur" / "1.a:2,F", f);
+  {
+    auto drop = must_open();
+    ASSERT_TRUE(drop);
+    auto r = drop->open_message(0, false);
+    ASSERT_TRUE(r.ok()) << r.err().message();
+    EXPECT_EQ(read_all(**r), "a\n");
+  }
+  const auto after = decode_index(read_file(index_path()));
+  ASSERT_TRUE(after && after->records.size() == 1);
+  EXPECT_NE(after->records[0].ctime, before->records[0].ctime);
+  EXPECT_EQ(after->records[0].wire_size, 3u);
+}
+
+TEST_F(maildir_test, w_field_that_the_file_contradicts_is_counted_at_open_message) {
+  put("new/1.a,S=2,W=3", "a\n");     // right
+  put("new/2.b,S=5,W=6", "bb\n");    // S= disagrees with the file: counted, size 4 != 6
+  auto drop = must_open();
+  ASSERT_TRUE(drop);
+  EXPECT_TRUE(drop->open_message(0, true).ok());
+  auto r = drop->open_message(1, true);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.err().code(), errc::changed);
+}
+
+TEST_F(maildir_test, symlinked_cur_is_refused_and_its_target_untouched) {
+  make_maildir();
+  const fs::path scratch = root_ / "scratch";
+  fs::create_directories(scratch);
+  { std::ofstream(scratch / "1.secret") << "secret\n"; }
+  fs::remove(md_ / "cur");
+  fs::create_directory_symlink(scratch, md_ / "cur");
+  auto r = open(md_.string());
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.err().code(), errc::permanent);
+  EXPECT_NE(r.err().message().find("symbolic link"), std::string::npos) << r.err().message();
+  EXPECT_EQ(read_file(scratch / "1.secret"), "secret\n");
+  EXPECT_EQ(fs::directory_iterator(scratch)->path().filename(), "1.secret");
+}
+
+TEST_F(maildir_test, symlinked_maildir_below_the_root_is_refused) {
+  const fs::path scratch = root_ / "elsewhere";
+  fs::create_directories(scratch / "cur");
+  fs::create_directories(scratch / "new");
+  { std::ofstream(scratch / "new" / "1.secret") << "secret\n"; }
+  fs::create_directory_symlink(scratch, md_);
+  auto r = open(md_.string(), {.root = root_.string()});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.err().code(), errc::permanent);
+  EXPECT_TRUE(fs::exists(scratch / "new" / "1.secret"));
+  EXPECT_FALSE(fs::exists(scratch / std::string(lock_file_name)));
+  // A symlink above the root is the administrator's: followed.
+  const fs::path home = root_ / "home";
+  fs::create_directories(root_ / "real-home");
+  fs::create_directory_symlink(root_ / "real-home", home);
+  fs::create_directories(root_ / "real-home" / "Maildir" / "new");
+  { std::ofstream(root_ / "real-home" / "Maildir" / "new" / "1.m") << "m\n"; }
+  auto ok = open((home / "Maildir").string(), {.root = home.string()});
+  ASSERT_TRUE(ok.ok()) << ok.err().message();
+  EXPECT_TRUE(fs::is_directory(root_ / "real-home" / "Maildir" / "cur"));
+  auto reader = (*ok)->open_message(0, true);  // resolved beneath the symlinked root
+  ASSERT_TRUE(reader.ok()) << reader.err().message();
+  EXPECT_EQ(read_all(**reader), "m\n");
+  ok->reset();
+  // A component between the root and the Maildir is not.
+  fs::create_directory_symlink(root_ / "real-home", root_ / "srv-link");
+  auto mid = open((root_ / "srv-link" / "Maildir").string(), {.root = root_.string()});
+  ASSERT_FALSE(mid.ok());
+  EXPECT_EQ(mid.err().code(), errc::permanent);
+  // A path outside its root is refused outright.
+  auto outside = open((root_ / "x" / "Maildir").string(), {.root = (root_ / "y").string()});
+  ASSERT_FALSE(outside.ok());
+  EXPECT_EQ(outside.err().code(), errc::invalid);
+}
+
+TEST_F(maildir_test, symlink_swapped_in_for_a_message_is_not_served_renamed_or_removed) {
+  put("new/1.a", "a\n");
+  put("new/2.b", "b\n");
+  const fs::path scratch = root_ / "scratch";
+  fs::create_directories(scratch);
+  { std::ofstream(scratch / "target") << "secret\n"; }
+  auto drop = must_open();
+  ASSERT_TRUE(drop);
+  for (const char* n : {"1.a", "2.b"}) {
+    fs::remove(md_ / "new" / n);
+    fs::create_symlink(scratch / "target", md_ / "new" / n);
+  }
+  auto r = drop->open_message(0, true);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.err().code(), errc::permanent);
+  auto stats = commit(*drop, marks(2, {1}));  // DELE 2; 1 would move to cur/
+  EXPECT_FALSE(stats.ok());
+  EXPECT_TRUE(fs::is_symlink(md_ / "new" / "1.a"));
+  EXPECT_TRUE(fs::is_symlink(md_ / "new" / "2.b"));
+  EXPECT_EQ(read_file(scratch / "target"), "secret\n");
+}
+
+TEST_F(maildir_test, file_owned_by_another_uid_is_not_served_or_removed) {
+  if (::geteuid() != 0) {
+    GTEST_SKIP() << "needs root to give a file away";
+  }
+  put("new/1.a", "a\n");
+  put("new/2.b", "b\n");
+  ASSERT_EQ(::chown((md_ / "new" / "1.a").c_str(), 65534, 65534), 0);
+  auto drop = must_open();
+  ASSERT_TRUE(drop);
+  auto r = drop->open_message(0, true);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.err().code(), errc::permanent);
+  EXPECT_NE(r.err().message().find("uid 65534"), std::string::npos) << r.err().message();
+  EXPECT_TRUE(drop->open_message(1, true).ok());
+  auto stats = commit(*drop, marks(2, {0}));
+  EXPECT_FALSE(stats.ok());
+  EXPECT_TRUE(fs::exists(md_ / "new" / "1.a"));
+  EXPECT_EQ(names_in("cur"), std::vector<std::string>{"2.b:2,S"});
+}
+
+TEST_F(maildir_test, maildir_owned_by_another_uid_is_refused) {
+  if (::geteuid() != 0) {
+    GTEST_SKIP() << "needs root to give a directory away";
+  }
+  make_maildir();
+  ASSERT_EQ(::chown((md_ / "cur").c_str(), 65534, 65534), 0);
+  auto r = open(md_.string());
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.err().code(), errc::permanent);
+  ASSERT_EQ(::chown((md_ / "cur").c_str(), 0, 0), 0);
+  ASSERT_EQ(::chown(md_.c_str(), 65534, 65534), 0);
+  auto r2 = open(md_.string());
+  ASSERT_FALSE(r2.ok());
+  EXPECT_EQ(r2.err().code(), errc::permanent);
 }
 
 }  // namespace
