@@ -258,7 +258,9 @@ fi
 chmod 755 "$C"
 
 MAILUSER=""
-if [[ $SMOKE == 0 ]]; then
+# posternd refuses to open mail as root, so a root run always has a mail owner; an ordinary
+# user's smoke run serves its own files.
+if [[ $SMOKE == 0 || $(id -u) == 0 ]]; then
   MAILUSER=pbench
   if ! id -u "$MAILUSER" >/dev/null 2>&1; then
     useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin \

@@ -25,6 +25,7 @@
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <unordered_set>
 #include <string_view>
 #include <vector>
 
@@ -405,6 +406,43 @@ TEST(mbox_parser, uidl_rules) {
 std::string list_post(const std::string& text) {
   return "From list@example.org Mon Jan  1 00:00:00 2024\nSubject: post\n\n" + text +
          "\n-- \nthe list footer\n\n";
+}
+
+// A sender can mail thousands of identical messages: each gets the next free suffix of the
+// shared derived UIDL, the same numbering as trying every suffix from 1 (which took time
+// quadratic in their number), and an X-UIDL that took a suffixed value is skipped.
+TEST(mbox_parser, identical_messages_take_consecutive_suffixes) {
+  const std::string dup = "From e Mon Jan  1 00:00:04 2024\n\nsame\n\n";
+  std::string data;
+  constexpr std::size_t count = 4000;
+  for (std::size_t i = 0; i < count; ++i) {
+    data += dup;
+  }
+  auto r = scan(data, parse_options{});
+  ASSERT_TRUE(r.ok());
+  ASSERT_EQ(r->messages.size(), count);
+  std::unordered_set<std::string> seen;
+  for (const auto& m : r->messages) {
+    EXPECT_TRUE(seen.insert(m.uidl).second) << m.uidl;
+  }
+  EXPECT_FALSE(r->messages[0].uidl_collided);
+  EXPECT_TRUE(r->messages[1].uidl_collided);
+
+  // Probing from 1 every time gives the same UIDLs: a file holding the third copy's value as
+  // an X-UIDL on the first message moves the copies past it, as before.
+  parse_options x_uidl;
+  x_uidl.use_x_uidl = true;
+  const std::string third = r->messages[2].uidl;
+  auto moved = scan("From x Mon Jan  1 00:00:00 2024\nX-UIDL: " + third + "\n\nx\n\n" + dup + dup +
+                        dup + dup,
+                    x_uidl);
+  ASSERT_TRUE(moved.ok());
+  ASSERT_EQ(moved->messages.size(), 5u);
+  EXPECT_EQ(moved->messages[0].uidl, third);
+  EXPECT_EQ(moved->messages[1].uidl, r->messages[0].uidl);
+  EXPECT_EQ(moved->messages[2].uidl, r->messages[1].uidl);
+  EXPECT_EQ(moved->messages[3].uidl, r->messages[3].uidl);  // the third's value is taken
+  EXPECT_EQ(moved->messages[4].uidl, r->messages[4].uidl);
 }
 
 TEST(mbox_parser, identity_is_the_digest_of_the_whole_extent) {

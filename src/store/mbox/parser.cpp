@@ -7,6 +7,7 @@
 #include <array>
 #include <cstring>
 #include <new>
+#include <unordered_map>
 #include <unordered_set>
 #include <utility>
 
@@ -324,6 +325,10 @@ struct scanner::impl {
   state st = state::prefix;
   std::vector<message_span> msgs;
   std::unordered_set<std::string> used_uidls;
+  // For a derived UIDL that collided: the suffix number to try next. Every smaller number was
+  // found taken, and taken UIDLs stay taken, so k equal messages cost O(k) digests, not O(k^2)
+  // (a sender can mail thousands of identical messages).
+  std::unordered_map<std::string, std::uint64_t> next_suffix;
   std::function<bool(std::string_view)> taken_before;  // UIDLs of messages before the resume
 
   // Identity. `digest` holds the bytes [cur.separator, hashed_to) of the current message
@@ -583,13 +588,20 @@ struct scanner::impl {
       return std::move(derived).err();
     }
     std::string uidl = *derived;
-    for (std::uint64_t n = 1; is_taken(uidl); ++n) {
+    if (is_taken(uidl)) {
       cur.uidl_collided = true;
-      auto next = sha1_hex(*derived + "#" + std::to_string(n));
-      if (!next.ok()) {
-        return std::move(next).err();
+      std::uint64_t& n = next_suffix.try_emplace(*derived, 1).first->second;
+      for (;; ++n) {
+        auto next = sha1_hex(*derived + "#" + std::to_string(n));
+        if (!next.ok()) {
+          return std::move(next).err();
+        }
+        uidl = std::move(*next);
+        if (!is_taken(uidl)) {
+          ++n;
+          break;
+        }
       }
-      uidl = std::move(*next);
     }
     cur.uidl = uidl;
     used_uidls.insert(std::move(uidl));
