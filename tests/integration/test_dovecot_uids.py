@@ -9,11 +9,14 @@ servers show the same UIDs, that a UIDL a client saw is never given to another m
 that Dovecot's POP3 session lock (pop3_lock_session) keeps a Dovecot and a Postern POP3
 session from being logged in at once, both ways.
 
-Dovecot refuses to run a mail process as root; as root the Maildir is given to "nobody" and
-Dovecot's config says mail_uid = nobody (posternd still runs as the harness starts it).
-Skipped only when Dovecot is not installed (scripts/install-deps.sh installs it).
+Dovecot refuses to run a mail process as root. In root runs the harness makes the test process
+and posternd its unprivileged mail owner (POSTERN_TEST_USER), who owns the Maildir; Dovecot is
+started as root (world.as_root()) and its private config says mail_uid/mail_gid = that owner,
+so both servers work on the Maildir as the same uid. Run as an ordinary user, Dovecot runs as
+that user. Skipped only when Dovecot is not installed (scripts/install-deps.sh installs it).
 """
 
+import contextlib
 import grp
 import os
 import pwd
@@ -23,22 +26,26 @@ import subprocess
 import time
 import unittest
 
-from postern_harness import DEFAULT_TIMEOUT, Msg, World, have_binary, scaled, simple_message
+from postern_harness import (DEFAULT_TIMEOUT, Msg, World, have_binary, privileged, scaled,
+                             simple_message)
 
 DOVECOT_IMAP = "/usr/lib/dovecot/imap"
 DOVECOT_POP3 = "/usr/lib/dovecot/pop3"
 HAVE_DOVECOT = all(os.access(p, os.X_OK) for p in (DOVECOT_IMAP, DOVECOT_POP3))
-IS_ROOT = os.geteuid() == 0
 UIDL_FORMAT = "%08Xu%08Xv"
 
 
-def _mail_owner():
-    """(uid, gid, user name, group name) Dovecot's mail processes run as."""
-    if not IS_ROOT:
-        pw = pwd.getpwuid(os.geteuid())
-        return pw.pw_uid, pw.pw_gid, None, None
-    pw = pwd.getpwnam("nobody")
-    return pw.pw_uid, pw.pw_gid, "nobody", grp.getgrgid(pw.pw_gid).gr_name
+def _mail_owner(world):
+    """(uid, gid, user name, group name) Dovecot's mail processes run as: the World's owner in
+    root runs (Dovecot starts as root and switches to it), else this process's user (names
+    None: Dovecot runs as it is started)."""
+    if world.owner is not None:
+        pw = world.owner
+        return pw.pw_uid, pw.pw_gid, pw.pw_name, grp.getgrgid(pw.pw_gid).gr_name
+    if os.geteuid() == 0:
+        raise AssertionError("Dovecot runs no mail process as root: the World needs an owner")
+    pw = pwd.getpwuid(os.geteuid())
+    return pw.pw_uid, pw.pw_gid, None, None
 
 
 class Dovecot:
@@ -47,7 +54,7 @@ class Dovecot:
     def __init__(self, world, maildir, lock_session=True):
         self.world = world
         self.maildir = maildir
-        self.uid, self.gid, user, group = _mail_owner()
+        self.uid, self.gid, user, group = _mail_owner(world)
         for d in ("run", "state"):
             os.makedirs(world.path("dovecot", d), exist_ok=True)
         lines = [
@@ -61,22 +68,20 @@ class Dovecot:
             "mail_fsync = always",
         ]
         if user is not None:
-            lines += [f"mail_uid = {user}", f"mail_gid = {group}", "first_valid_uid = 1",
-                      "first_valid_gid = 1"]
+            lines += [f"mail_uid = {user}", f"mail_gid = {group}",
+                      f"first_valid_uid = {self.uid}", "first_valid_gid = 1"]
         self.config = world.path("dovecot", "dovecot.conf")
         with open(self.config, "w") as f:
             f.write("\n".join(lines) + "\n")
-        self.give_away()
+        st = os.stat(maildir)
+        if (st.st_uid, st.st_gid) != (self.uid, self.gid):
+            raise AssertionError(f"{maildir} belongs to {st.st_uid}:{st.st_gid}, not to the "
+                                 f"mail owner {self.uid}:{self.gid}")
 
-    def give_away(self):
-        """Makes the Maildir the mail owner's (files delivered by the test as root)."""
-        if not IS_ROOT:
-            return
-        for root, dirs, files in os.walk(self.maildir):
-            for name in dirs + files:
-                os.lchown(os.path.join(root, name), self.uid, self.gid)
-        os.chown(self.maildir, self.uid, self.gid)
-        os.chown(os.path.dirname(self.maildir), self.uid, self.gid)
+    def started(self):
+        """Context manager for starting a Dovecot process: as root when Dovecot switches to
+        the mail owner itself (root runs), else as this process is."""
+        return self.world.as_root() if self.world.owner is not None else contextlib.nullcontext()
 
     def env(self):
         return {"USER": "alice", "HOME": self.world.path("dovecot"),
@@ -84,10 +89,10 @@ class Dovecot:
 
     def imap(self, *commands):
         """Runs IMAP commands (tagged t1, t2, ...) in one preauth session; returns the output."""
-        self.give_away()
         script = "".join(f"t{i} {c}\r\n" for i, c in enumerate(commands, 1)) + "tz LOGOUT\r\n"
-        res = subprocess.run([DOVECOT_IMAP, "-c", self.config], input=script.encode(),
-                             capture_output=True, env=self.env(), timeout=DEFAULT_TIMEOUT)
+        with self.started():
+            res = subprocess.run([DOVECOT_IMAP, "-c", self.config], input=script.encode(),
+                                 capture_output=True, env=self.env(), timeout=DEFAULT_TIMEOUT)
         out = res.stdout.decode("utf-8", "replace")
         for i in range(1, len(commands) + 1):
             if not re.search(rf"^t{i} OK", out, re.M):
@@ -109,15 +114,16 @@ class Dovecot:
 
     def pop3(self):
         """A Dovecot POP3 session (already logged in) as a process with pipes."""
-        self.give_away()
-        return subprocess.Popen([DOVECOT_POP3, "-c", self.config], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env())
+        with self.started():
+            return subprocess.Popen([DOVECOT_POP3, "-c", self.config], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    env=self.env())
 
     def pop3_uidls(self):
         """UIDL as Dovecot's own POP3 server answers it: [uidl, ...] in message order."""
-        self.give_away()
-        res = subprocess.run([DOVECOT_POP3, "-c", self.config], input=b"UIDL\r\nQUIT\r\n",
-                             capture_output=True, env=self.env(), timeout=scaled(30))
+        with self.started():
+            res = subprocess.run([DOVECOT_POP3, "-c", self.config], input=b"UIDL\r\nQUIT\r\n",
+                                 capture_output=True, env=self.env(), timeout=scaled(30))
         lines = res.stdout.decode().split("\r\n")
         if not lines or not lines[0].startswith("+OK"):
             raise AssertionError(f"dovecot pop3 UIDL failed: {res.stdout!r} {res.stderr!r}")
@@ -149,7 +155,8 @@ def read_reply(proc, timeout):
 
 def close_process(proc):
     if proc.poll() is None:
-        proc.kill()
+        with privileged():  # it may not have switched from root to the mail owner yet
+            proc.kill()
     proc.wait()
     for f in (proc.stdin, proc.stdout, proc.stderr):
         if f is not None and not f.closed:
@@ -168,9 +175,7 @@ class DovecotUids(unittest.TestCase):
         self.srv = self.w.start()
 
     def deliver(self, subject):
-        m = self.box.store(Msg(simple_message(subject)))
-        self.dovecot.give_away()
-        return m
+        return self.box.store(Msg(simple_message(subject)))
 
     def postern_uidls(self, dele=()):
         """{subject: uidl} from a Postern session; DELEs the messages with those subjects."""

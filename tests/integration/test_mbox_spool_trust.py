@@ -5,7 +5,9 @@ points (POSTERN_TEST_MBOX_FAULT makes the daemon _exit there, as kill -9 would) 
 mutt-like edits and a delivery before the next login; journals, index and session locks
 planted by another local user (an unprivileged uid, via fork + setuid) in a 1777 spool
 directory; a dotlock holding pid 1; fcntl-only locking; a login on a full disk;
-`posternd --recover`. Tests needing root (other uids, mounts) are skipped otherwise.
+`posternd --recover`. In root runs the test process is the harness's mail owner and does what
+needs root (another uid, a mount) inside world.as_root(); run as an ordinary user, the tests
+needing root are skipped.
 """
 
 import fcntl
@@ -245,7 +247,9 @@ class CrashThenForeignEdits(SpoolBase):
         self.assertIn(b"no unfinished update", r.stdout)
 
 
-@unittest.skipUnless(IS_ROOT, "needs root to plant files as another user")
+NEEDS_ROOT = "needs root to plant files as another user"
+
+
 class SharedSpool(SpoolBase):
     """A 1777 spool: another local user plants side files; the victim's login still works,
     nothing planted is followed or obeyed, the mailbox is untouched."""
@@ -269,20 +273,25 @@ class SharedSpool(SpoolBase):
             os.mkfifo(os.path.join(d, ".victim.postern-index.new"))
             with open(os.path.join(d, ".victim.postern-session"), "wb"):
                 pass
-        self.assertEqual(as_user(NOBODY, work), 0)
-        # Another user holds the session lock file with flock, as long as the test runs.
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(w)
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            fd = os.open(os.path.join(d, ".victim.postern-session"), os.O_RDONLY)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            os.read(r, 1)
-            os._exit(0)
-        os.close(r)
+        with self.world.as_root():  # root forks the other user's processes
+            self.assertEqual(as_user(NOBODY, work), 0)
+            # Another user holds the session lock file with flock, as long as the test runs.
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    os.close(w)
+                    os.setgroups([])
+                    os.setgid(NOBODY)
+                    os.setuid(NOBODY)
+                    fd = os.open(os.path.join(d, ".victim.postern-session"), os.O_RDONLY)
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    os.read(r, 1)
+                    code = 0
+                finally:
+                    os._exit(code)
+            os.close(r)
 
         def release():
             os.close(w)
@@ -302,6 +311,7 @@ class SharedSpool(SpoolBase):
         srv.wait_log("mbox_state_dir")
         self.assertEqual(self.read(), b"".join(self.msgs))
 
+    @unittest.skipUnless(IS_ROOT, NEEDS_ROOT)
     def test_planted_side_files_cannot_block_or_harm_the_victim(self):
         self.use_state_dir()
         self.plant()
@@ -319,13 +329,15 @@ class SharedSpool(SpoolBase):
         self.assertEqual(os.stat(os.path.join(self.spool_dir, ".victim.postern-journal")).st_uid,
                          NOBODY)
 
+    @unittest.skipUnless(IS_ROOT, NEEDS_ROOT)
     def test_planted_files_in_the_state_directory_are_set_aside(self):
         self.use_state_dir()
         os.makedirs(self.state_dir, mode=0o700)
         j = os.path.join(self.state_dir, ".victim.postern-journal")
         with open(j, "wb") as f:
             f.write(b"garbage" * 300)
-        os.chown(j, NOBODY, NOBODY)
+        with self.world.as_root():
+            os.chown(j, NOBODY, NOBODY)
         os.mkfifo(os.path.join(self.state_dir, ".victim.postern-session"))
         srv = self.world.start()
         self.assertEqual(self.subjects(srv), ["s1", "s2", "s3"])
@@ -334,9 +346,14 @@ class SharedSpool(SpoolBase):
         self.assertTrue(any(n.startswith(".victim.postern-session.aside-") for n in names))
         self.assertEqual(self.read(), b"".join(self.msgs))
 
+    @unittest.skipUnless(IS_ROOT, NEEDS_ROOT)
     def test_spool_owned_by_another_user_is_refused(self):
         self.use_state_dir()
-        os.chown(self.spool, NOBODY, NOBODY)
+        with self.world.as_root():
+            os.chown(self.spool, NOBODY, NOBODY)
+            # Readable and writable by everyone, so that the open succeeds and it is the
+            # owner check that refuses (the server runs as the mail owner, not as root).
+            os.chmod(self.spool, 0o666)
         srv = self.world.start()
         c = srv.connect()
         c.cmd(f"USER {USER}")
@@ -414,22 +431,31 @@ class Settings(SpoolBase):
             self.assertNotEqual(rc, 0, f"{bad}: {out}")
 
 
-def _mount_tmpfs(path, size):
+def _mount_tmpfs(world, path, size):
+    """Mounts a tmpfs of `size` on path (as root), owned by the World's owner."""
     if not IS_ROOT or not shutil.which("mount"):
         return False
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", path],
-                       capture_output=True, timeout=30)
-    return r.returncode == 0
+    with world.as_root():
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
+                            path], capture_output=True, timeout=30)
+    if r.returncode != 0:
+        return False
+    world.give(path)
+    return True
+
+
+def _umount(world, path):
+    with world.as_root():
+        subprocess.run(["umount", "-l", path], capture_output=True, timeout=30)
 
 
 class FullDiskLogin(SpoolBase):
     def test_login_reads_on_a_full_disk_and_refuses_the_update(self):
         mnt = self.world.path("tmpfs")
         os.makedirs(mnt)
-        if not _mount_tmpfs(mnt, "128k"):
+        if not _mount_tmpfs(self.world, mnt, "128k"):
             self.skipTest("needs root and a mountable tmpfs")
-        self.addCleanup(lambda: subprocess.run(["umount", "-l", mnt], capture_output=True,
-                                               timeout=30))
+        self.addCleanup(_umount, self.world, mnt)
         self.spool_dir = mnt
         self.spool = os.path.join(mnt, USER)
         self.world.config["mail"]["location"] = f"mbox:{mnt}/%u"
