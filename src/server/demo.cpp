@@ -631,6 +631,14 @@ result<std::string> prepare_demo(const std::string& dir, std::uint16_t port) {
   if (run_as) {
     POSTERN_TRY(give_to(users_path, *run_as));
     POSTERN_TRY(give_to(root / "mail", *run_as));
+    // The server, running as `run_as`, must reach users and mail/ (both its own) inside this
+    // root-owned directory: search permission only, so nobody can list it.
+    std::error_code ec;
+    fs::permissions(root, fs::perms::owner_all | fs::perms::group_exec | fs::perms::others_exec,
+                    ec);
+    if (ec) {
+      return fs_error(ec, "chmod " + root.string());
+    }
   }
   POSTERN_TRY(write_then_rename(config_path + ".tmp", config_path, text, 0644));
   return config_path;
