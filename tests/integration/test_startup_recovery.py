@@ -19,6 +19,7 @@ import time
 import unittest
 
 from postern_harness import POSTERND, PosternTestCase, Server, scaled
+from test_system_users import SystemUsersBase
 
 FAULT_EXIT = 86
 PASSWORD = "Sr-pw-1"
@@ -128,6 +129,28 @@ class CompletedAtStartup(StartupBase):
         self.assertTrue(st.startswith("+OK 4 "), st)
         self.assertOk(c.quit())
         self.assertEqual(len(re.findall("completed the update", srv.log())), 1)
+
+    def test_several_worker_processes(self):
+        self.add("victim", mailbox("v", range(1, 4)))
+        self.crash_quit("victim", mailbox("v", range(1, 4)))
+        self.world.config["server"]["processes"] = 2
+        srv = self.start_and_greet()
+        self.assertSameBytes(self.read("victim"), mailbox("v", [2, 3]))
+        self.assertFalse(os.path.exists(self.journal("victim")))
+        self.assertRegex(srv.log(), r"\(user victim, uid \d+\): completed the update")
+
+    def test_inetd_mode_does_not_scan(self):
+        self.add("victim", mailbox("v", range(1, 4)))
+        self.crash_quit("victim", mailbox("v", range(1, 4)))
+        inetd = self.world.inetd()
+        self.assertOk(inetd.conn.read_greeting())
+        self.assertTrue(os.path.exists(self.journal("victim")))
+        inetd.conn.login("victim", PASSWORD)  # the login completes it
+        self.assertFalse(os.path.exists(self.journal("victim")))
+        self.assertOk(inetd.conn.quit())
+        inetd.wait_exit()
+        self.assertNotIn("mbox recovery", inetd.log())
+        self.assertSameBytes(self.read("victim"), mailbox("v", [2, 3]))
 
     def test_no_journal_costs_a_stat_and_creates_nothing(self):
         self.add("quiet", mailbox("q", range(1, 3)))
@@ -245,6 +268,68 @@ class AsTheMailOwner(StartupBase):
                            timeout=60)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn(b"0 unfinished updates", r.stdout)
+
+
+def spool_body(tag):
+    pad = b"".join(b"%05d line of %s\n" % (i, tag.encode()) for i in range(40))
+    return b"From: list@example.org\nSubject: " + tag.encode() + b"\n\n" + pad
+
+
+class ForkModeStartup(SystemUsersBase):
+    """Fork mode, PAM, system users (getpwent), a root:mail 2775 spool: the journal lives in
+    the user's ~/.postern; the master (root) completes it at startup in a child that has
+    become that user."""
+
+    def spool_data(self, numbers):
+        return b"".join(b"From sender@example.org Mon Jan  1 00:00:%02d 2024\n" % i +
+                        spool_body(f"k{i}") + b"\n" for i in numbers)
+
+    def crash_quit(self, name, spool, journal):
+        data = self.spool_data(range(4))
+        for step in range(8, 80):
+            with open(spool, "wb") as f:
+                f.write(data)
+            os.environ["POSTERN_TEST_MBOX_FAULT"] = str(step)
+            os.environ["POSTERN_TEST_MBOX_COPY_BUFFER"] = "512"
+            try:
+                srv = self.start()
+            finally:
+                del os.environ["POSTERN_TEST_MBOX_FAULT"]
+                del os.environ["POSTERN_TEST_MBOX_COPY_BUFFER"]
+            c = srv.connect()
+            c.login(name, "Pt-pass-1")
+            self.assertOk(c.cmd("DELE 1"))
+            try:
+                st = c.quit()
+                self.assertFalse(st.startswith("+OK"), f"step {step}: the QUIT went through")
+            except AssertionError:
+                raise
+            except Exception:
+                pass
+            c.close()
+            srv.stop()
+            with open(spool, "rb") as f:
+                if os.path.exists(journal) and f.read() != data:
+                    return
+        self.fail("no fault point left a committed journal and a torn spool")
+
+    def test_each_user_is_recovered_as_itself(self):
+        name, pw, spool = self.add_system_user(messages=[spool_body(f"k{i}") for i in range(4)])
+        state = os.path.join(self.homes, name, ".postern")
+        journal = os.path.join(state, f".{name}.postern-journal")
+        self.crash_quit(name, spool, journal)
+        os.unlink(os.path.join(state, f".{name}.postern-session"))
+        srv = self.start()
+        srv.connect().close()  # greeted: the startup recovery is over
+        with open(spool, "rb") as f:
+            self.assertSameBytes(f.read(), self.spool_data([1, 2, 3]), "the spool")
+        self.assertFalse(os.path.exists(journal))
+        self.assertEqual(os.stat(spool).st_uid, pw.pw_uid)
+        self.assertEqual(os.stat(os.path.join(state, f".{name}.postern-session")).st_uid,
+                         pw.pw_uid)
+        self.assertRegex(srv.log(), rf"\(user {name}, uid {pw.pw_uid}\): completed the update")
+        self.assertRegex(srv.log(), r"mbox recovery at startup: 1 unfinished updates found "
+                                    r"among \d+ users: 1 completed")
 
 
 if __name__ == "__main__":
