@@ -238,6 +238,27 @@ bool journal_pending(const std::string& path, uid_t uid, const std::string& stat
   return ::lstat(((shared ? state_dir : dir) + "/" + name).c_str(), &st) == 0;
 }
 
+// The uid and home a login of `r` would have, for finding its journal: from the record, or
+// from the system user (fork mode) when the record lacks them. No group lookups.
+struct owner_sketch {
+  uid_t uid = 0;
+  std::string home;
+};
+
+std::optional<owner_sketch> sketch_owner(const context& ctx, const auth::user_record& r) {
+  if (!ctx.per_user_owner) {
+    return owner_sketch{ctx.process_owner.uid, r.home};
+  }
+  if (r.uid && !r.home.empty()) {
+    return owner_sketch{*r.uid, r.home};
+  }
+  auto sys = r.uid ? auth::find_system_user(*r.uid) : auth::find_system_user(r.name);
+  if (!sys) {
+    return r.uid ? std::optional<owner_sketch>(owner_sketch{*r.uid, r.home}) : std::nullopt;
+  }
+  return owner_sketch{r.uid ? *r.uid : sys->uid, r.home.empty() ? sys->home : r.home};
+}
+
 // The mailbox of `r` when it is an mbox with a pending journal.
 std::optional<candidate> candidate_for(const context& ctx, const auth::user_record& r) {
   const store::location_template* loc = &ctx.location;
@@ -253,24 +274,30 @@ std::optional<candidate> candidate_for(const context& ctx, const auth::user_reco
   if (loc->kind != store::store_kind::mbox || !store::is_safe_user_name(r.name)) {
     return std::nullopt;
   }
-  auto owner = owner_of(ctx, r);
-  if (!owner) {
+  auto sketch = sketch_owner(ctx, r);
+  if (!sketch) {
     return std::nullopt;
   }
-  auto path = store::expand_location(*loc, {r.name, owner->home});
+  auto path = store::expand_location(*loc, {r.name, sketch->home});
   if (!path) {
     return std::nullopt;
   }
-  candidate c{r.name, std::move(path).value(), std::move(owner).value(), ctx.opts};
+  store::mbox::options opts = ctx.opts;
   if (ctx.state_dir) {
-    if (auto state = store::expand_location(*ctx.state_dir, {r.name, c.owner.home})) {
-      c.opts.state_dir = std::move(state).value();
+    if (auto state = store::expand_location(*ctx.state_dir, {r.name, sketch->home})) {
+      opts.state_dir = std::move(state).value();
     }
   }
-  if (!journal_pending(c.path, c.owner.uid, c.opts.state_dir)) {
+  if (!journal_pending(*path, sketch->uid, opts.state_dir)) {
     return std::nullopt;
   }
-  return c;
+  auto owner = owner_of(ctx, r);
+  if (!owner) {
+    log::warning("mbox recovery: {} (user {}) has an unfinished update, left alone: {}", *path,
+                 log::safe(r.name), owner.err().message());
+    return std::nullopt;
+  }
+  return candidate{r.name, std::move(path).value(), std::move(owner).value(), std::move(opts)};
 }
 
 enum class child_outcome { completed, set_aside, nothing, failed, timed_out };
