@@ -868,6 +868,10 @@ TEST(config, tls_auth_and_mbox_rejections_name_line_and_key) {
        "t.toml:2: mail.mbox_lock_timeout: must be whole seconds from 1s to 10m"},
       {"[mail]\nmbox_lock_timeout = -1\n",
        "t.toml:2: mail.mbox_lock_timeout: must not be negative"},
+      {"[mail]\nmbox_startup_recovery_timeout = \"11m\"\n",
+       "t.toml:2: mail.mbox_startup_recovery_timeout: must be whole seconds from 0s (off) to 10m"},
+      {"[mail]\nmbox_startup_recovery_timeout = \"500ms\"\n",
+       "t.toml:2: mail.mbox_startup_recovery_timeout: must be whole seconds from 0s (off) to 10m"},
       {"[mail]\nmbox_lock_timeout = \"5 s\"\n",
        "t.toml:2: mail.mbox_lock_timeout: \"5 s\" is not a duration; write an integer (seconds) "
        "or a string such as \"500ms\", \"30s\", \"10m\" or \"1h\""},
