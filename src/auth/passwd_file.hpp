@@ -96,6 +96,13 @@ class passwd_table {
   // The entry for `user`, or nullptr. Valid while this table lives.
   const passwd_entry* find(std::string_view user) const;
   std::size_t size() const noexcept { return entries_.size(); }
+  // Calls f(const passwd_entry&) for every entry, in no particular order.
+  template <class F>
+  void for_each(F&& f) const {
+    for (const auto& kv : entries_) {
+      f(kv.second);
+    }
+  }
 
   // The secret an unknown user's password is checked against, so that an unknown user costs
   // about as much as a wrong password: the first entry with a deliberately slow scheme (crypt

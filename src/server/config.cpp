@@ -1006,6 +1006,16 @@ const auto key_rules = std::to_array<key_rule>({
          c.mbox_dotlock_stale_age = std::chrono::duration_cast<std::chrono::seconds>(*d);
        }
      }},
+    {"mail", "mbox_startup_recovery_timeout",
+     [](const item& it, config& c) {
+       if (auto d = get_duration(it)) {
+         if (d->count() < 0 || *d > std::chrono::minutes(10) || d->count() % 1000 != 0) {
+           it.fail("must be whole seconds from 0s (off) to 10m");
+           return;
+         }
+         c.mbox_startup_recovery_timeout = std::chrono::duration_cast<std::chrono::seconds>(*d);
+       }
+     }},
     POSTERN_BOOL_KEY("mail", mbox_content_length),
     POSTERN_BOOL_KEY("mail", mbox_x_uidl),
     {"auth", "passdb", set_passdb},
@@ -1425,6 +1435,7 @@ std::string format_config(const config& cfg) {
   line("mbox_x_uidl", cfg.mbox_x_uidl ? "true" : "false");
   line("mbox_state_dir", toml_string(cfg.mbox_state_dir));
   line("mbox_dotlock_stale_age", format_duration(cfg.mbox_dotlock_stale_age));
+  line("mbox_startup_recovery_timeout", format_duration(cfg.mbox_startup_recovery_timeout));
   line("privileged_group", toml_string(cfg.unix.privileged_group));
 
   out += "\n[auth]\n";

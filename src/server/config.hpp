@@ -89,6 +89,9 @@ struct config {
   // lock ("~", %u, %n, %d, %h expanded per user); empty: such spools are refused.
   std::string mbox_state_dir = "~/.postern";
   std::chrono::seconds mbox_dotlock_stale_age{600};  // a dotlock older than this is broken
+  // At daemon start (not --inetd), time allowed for completing the mbox updates that a crash
+  // interrupted (server/startup_recovery.hpp); 0 = not at startup.
+  std::chrono::seconds mbox_startup_recovery_timeout{30};
 
   // [auth]
   std::string passdb = "passwd-file:/etc/postern/users";

@@ -61,6 +61,7 @@ void expect_same_config(const config& a, const config& b) {
   EXPECT_EQ(a.mail_location, b.mail_location);
   EXPECT_EQ(a.mbox_locking, b.mbox_locking);
   EXPECT_EQ(a.mbox_lock_timeout, b.mbox_lock_timeout);
+  EXPECT_EQ(a.mbox_startup_recovery_timeout, b.mbox_startup_recovery_timeout);
   EXPECT_EQ(a.mbox_quoting, b.mbox_quoting);
   EXPECT_EQ(a.mbox_content_length, b.mbox_content_length);
   EXPECT_EQ(a.mbox_x_uidl, b.mbox_x_uidl);
@@ -573,6 +574,7 @@ TEST(config, defaults_of_tls_auth_and_mbox_keys) {
   EXPECT_EQ(c.last_valid_uid, 0u);
   EXPECT_EQ(c.mbox_locking, (std::vector<std::string>{"dotlock", "fcntl"}));
   EXPECT_EQ(c.mbox_lock_timeout, 30s);
+  EXPECT_EQ(c.mbox_startup_recovery_timeout, 30s);
   EXPECT_EQ(c.mbox_quoting, "mboxo");
   EXPECT_FALSE(c.mbox_content_length);
   EXPECT_FALSE(c.mbox_x_uidl);
@@ -682,6 +684,8 @@ TEST(config, tls_auth_and_mbox_keys_are_read) {
        }},
       {"[mail]\nmbox_lock_timeout = 1\n",
        [](const config& c) { EXPECT_EQ(c.mbox_lock_timeout, 1s); }},
+      {"[mail]\nmbox_startup_recovery_timeout = \"0s\"\n",
+       [](const config& c) { EXPECT_EQ(c.mbox_startup_recovery_timeout, 0s); }},
       {"[mail]\nmbox_lock_timeout = \"1000ms\"\n",
        [](const config& c) { EXPECT_EQ(c.mbox_lock_timeout, 1s); }},
       {"[mail]\nmbox_lock_timeout = \"45s\"\n",
@@ -864,6 +868,10 @@ TEST(config, tls_auth_and_mbox_rejections_name_line_and_key) {
        "t.toml:2: mail.mbox_lock_timeout: must be whole seconds from 1s to 10m"},
       {"[mail]\nmbox_lock_timeout = -1\n",
        "t.toml:2: mail.mbox_lock_timeout: must not be negative"},
+      {"[mail]\nmbox_startup_recovery_timeout = \"11m\"\n",
+       "t.toml:2: mail.mbox_startup_recovery_timeout: must be whole seconds from 0s (off) to 10m"},
+      {"[mail]\nmbox_startup_recovery_timeout = \"500ms\"\n",
+       "t.toml:2: mail.mbox_startup_recovery_timeout: must be whole seconds from 0s (off) to 10m"},
       {"[mail]\nmbox_lock_timeout = \"5 s\"\n",
        "t.toml:2: mail.mbox_lock_timeout: \"5 s\" is not a duration; write an integer (seconds) "
        "or a string such as \"500ms\", \"30s\", \"10m\" or \"1h\""},

@@ -6,6 +6,7 @@
 #include "server/privileges.hpp"
 #include "server/setup.hpp"
 #include "server/shared_limits.hpp"
+#include "server/startup_recovery.hpp"
 #include "server/unix_settings.hpp"
 #include "server/workers.hpp"
 #include "common/unique_fd.hpp"
@@ -353,6 +354,11 @@ int run_daemon(const config& cfg) {
   if (!sockets) {
     return startup_failure(sockets.err());
   }
+  // Bound but not accepting yet: connections wait in the backlog until it is done.
+  unix_settings event_us = cfg.unix;
+  event_us.passdb = cfg.passdb;
+  event_us.model = process_model::event;
+  run_startup_recovery(cfg, event_us);
   if (auto r = drop_privileges(cfg.user, cfg.group); !r) {
     return startup_failure(r.err());
   }

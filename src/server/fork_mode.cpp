@@ -4,6 +4,7 @@
 #include "net/source_limits.hpp"
 #include "server/privsep.hpp"
 #include "server/setup.hpp"
+#include "server/startup_recovery.hpp"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -250,6 +251,8 @@ int run_fork_daemon(const config& cfg, const unix_settings& us) {
       return startup_error(r.err().message());
     }
   }
+  // Bound but not accepting yet: connections wait in the backlog until it is done.
+  run_startup_recovery(cfg, us);
   if (::pipe2(signal_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
     return startup_error("pipe failed");
   }

@@ -6,6 +6,7 @@
 #include "server/daemon.hpp"
 #include "server/demo.hpp"
 #include "server/fork_mode.hpp"
+#include "server/startup_recovery.hpp"
 #include "server/unix_settings.hpp"
 #include "store/location.hpp"
 #include "store/mbox/journal.hpp"
@@ -205,6 +206,30 @@ int recover_command(const std::string& path, const postern::server::config& cfg)
   return 0;
 }
 
+// posternd --recover-all: what posternd does at startup, on demand and without a time
+// limit: every user's mbox with an interrupted update, each as its mail owner. Exit 0 when
+// every pending journal was completed or set aside.
+int recover_all_command(const postern::server::config& cfg, bool fork_model) {
+  auto us = postern::server::unix_settings_from(cfg);
+  if (!us) {
+    std::fprintf(stderr, "posternd: %s\n", us.err().message().c_str());
+    return 1;
+  }
+  if (fork_model) {
+    us->model = postern::server::process_model::fork;
+  }
+  auto t = postern::server::recover_pending_mailboxes(
+      cfg, *us, std::chrono::steady_clock::time_point::max(), true);
+  if (!t) {
+    std::fprintf(stderr, "posternd: --recover-all: %s\n", t.err().message().c_str());
+    return 1;
+  }
+  std::printf("%zu users checked, %zu unfinished updates: %zu completed, %zu set aside, %zu "
+              "failed\n",
+              t->users, t->pending, t->completed, t->set_aside, t->failed);
+  return t->failed == 0 ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -239,6 +264,10 @@ int main(int argc, char** argv) {
   auto* recover_opt = app.add_option("--recover", recover_path,
                                      "Complete an interrupted update of the mbox PATH (as its "
                                      "owner, with the configured locks) and exit");
+  bool recover_all = false;
+  app.add_flag("--recover-all", recover_all,
+               "Complete the interrupted mbox updates of every user of the passdb (each as "
+               "its mail owner, as at startup) and exit");
   bool only_v4 = false, only_v6 = false;
   app.add_flag("-4", only_v4, "Listen on the IPv4 addresses of server.listen only");
   app.add_flag("-6", only_v6, "Listen on the IPv6 addresses of server.listen only");
@@ -287,6 +316,9 @@ int main(int argc, char** argv) {
   if (!cfg) {
     std::fprintf(stderr, "posternd: %s\n", cfg.err().message().c_str());
     return 1;
+  }
+  if (recover_all) {
+    return recover_all_command(*cfg, *daemon_opt || cfg->unix.model == postern::server::process_model::fork);
   }
   auto unix_settings = postern::server::unix_settings_from(*cfg);
   if (!unix_settings) {
