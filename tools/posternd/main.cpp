@@ -115,14 +115,17 @@ int hash_command(const std::string& scheme) {
 }
 
 // Test hooks for the integration tests of mbox crash recovery: the daemon exits (as if
-// killed) at the N-th fault point of an mbox update (store/mbox/journal.hpp).
+// killed) at the N-th fault point of an mbox update (store/mbox/journal.hpp). Compiled only
+// into test builds (POSTERN_TESTS=ON); a release binary ignores these variables.
 void apply_test_hooks() {
+#ifdef POSTERN_TEST_HOOKS
   if (const char* step = std::getenv("POSTERN_TEST_MBOX_FAULT")) {
     postern::store::mbox::set_fault_for_test(std::atoi(step));
   }
   if (const char* bytes = std::getenv("POSTERN_TEST_MBOX_COPY_BUFFER")) {
     postern::store::mbox::set_copy_buffer_for_test(static_cast<std::size_t>(std::atol(bytes)));
   }
+#endif
 }
 
 // As root, becomes the owner of `path` (its groups, plus the group of its directory, which
