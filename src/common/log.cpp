@@ -96,6 +96,7 @@ void write(level l, std::string_view message) {
 
 std::string safe(std::string_view text) {
   constexpr std::size_t max_len = 256;
+  constexpr std::string_view special = "<>,=\\\"' ";
   std::string out;
   out.reserve(text.size() < max_len ? text.size() : max_len);
   for (std::size_t i = 0; i < text.size(); ++i) {
@@ -104,7 +105,7 @@ std::string safe(std::string_view text) {
       break;
     }
     auto c = static_cast<unsigned char>(text[i]);
-    if (c < 0x20 || c >= 0x7f || c == '\\') {
+    if (c < 0x20 || c >= 0x7f || special.find(static_cast<char>(c)) != std::string_view::npos) {
       out.append(fmt::format("\\x{:02x}", c));
     } else {
       out.push_back(static_cast<char>(c));

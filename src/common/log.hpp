@@ -19,7 +19,10 @@ void init(bool target_syslog, level min_level, const std::string& ident);
 bool enabled(level l) noexcept;
 void write(level l, std::string_view message);
 
-// Escapes bytes outside printable ASCII (and '\\') as \xNN; truncates past 256 bytes.
+// The one escaping of client-supplied text (user names, SASL identities, mechanism names,
+// command words) in log lines: control bytes, bytes outside ASCII, space and the field
+// punctuation < > , = \ " ' become \xNN, so the text can neither end its field nor the line;
+// output past 256 bytes is cut and ends in "...".
 std::string safe(std::string_view client_text);
 
 template <typename... Args>

@@ -484,10 +484,7 @@ asio::awaitable<void> session_runner::authenticate() {
   std::string login(engine_.login_user());
   secret_string password = engine_.take_password();
   auth::verify_result vr;
-  if (!store::is_safe_user_name(login)) {
-    vr.status = auth::verify_status::bad_credentials;
-    vr.reason = "user name not allowed";
-  } else if (env_.remote_auth != nullptr) {
+  if (env_.remote_auth != nullptr) {  // the privileged process checks the name and logs
     std::string digest(engine_.apop_digest());
     bool apop = engine_.login_method() == "APOP";
     auto verify = [&] {
@@ -496,6 +493,9 @@ asio::awaitable<void> session_runner::authenticate() {
       after_verify(vr, login, false);
     };
     co_await run_blocking(*env_.workers, verify);
+  } else if (!store::is_safe_user_name(login)) {
+    vr.status = auth::verify_status::bad_credentials;
+    vr.reason = "user name not allowed";
   } else if (engine_.login_method() == "APOP") {
     std::string digest(engine_.apop_digest());
     std::string stamp(engine_.apop_timestamp());
@@ -516,8 +516,10 @@ asio::awaitable<void> session_runner::authenticate() {
     engine_.auth_done(pop3::auth_status::ok);
     co_return;
   }
-  log::notice("auth failed: user=<{}>, method={}, rip={}, session=<{}>, reason={}",
-              log::safe(login), engine_.login_method(), remote_, id_, vr.reason);
+  if (env_.remote_auth == nullptr) {  // else the privileged process logged it
+    log::notice("auth failed: rip={}, session=<{}>, method={}, user=<{}>, reason={}", remote_, id_,
+                log::safe(engine_.login_method()), log::safe(login), vr.reason);
+  }
   co_await failure_delay();
   engine_.auth_done(vr.status == auth::verify_status::temporary
                         ? pop3::auth_status::temporary_failure
@@ -564,8 +566,8 @@ asio::awaitable<void> session_runner::sasl_step() {
                                     : result<std::unique_ptr<auth::sasl_exchange>>(
                                           error(errc::not_found, "no SASL"));
     if (!started) {
-      log::notice("auth failed: user=<>, method={}, rip={}, session=<{}>, reason={}", mech,
-                  remote_, id_, started.err().message());
+      log::notice("auth failed: rip={}, session=<{}>, method={}, user=<>, reason={}", remote_, id_,
+                  log::safe(mech), started.err().message());
       co_await failure_delay();
       engine_.sasl_done(pop3::auth_status::bad_credentials);
       co_return;
@@ -593,8 +595,10 @@ asio::awaitable<void> session_runner::sasl_step() {
     case auth::sasl_status::temporary_failure: {
       std::string who(exchange_->authenticated_user());
       exchange_.reset();
-      log::notice("auth failed: user=<{}>, method={}, rip={}, session=<{}>, reason={}",
-                  log::safe(who), mech, remote_, id_, r.reason);
+      if (env_.remote_auth == nullptr) {  // else the privileged process logged it
+        log::notice("auth failed: rip={}, session=<{}>, method={}, user=<{}>, reason={}", remote_,
+                    id_, log::safe(mech), log::safe(who), r.reason);
+      }
       co_await failure_delay();
       engine_.sasl_done(r.status == auth::sasl_status::temporary_failure
                             ? pop3::auth_status::temporary_failure
