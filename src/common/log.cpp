@@ -94,9 +94,12 @@ void write(level l, std::string_view message) {
   }
 }
 
-std::string safe(std::string_view text) {
+namespace {
+
+// \xNN for control bytes, bytes outside ASCII and the bytes in `special`; at most 256 bytes
+// of input are kept, a longer text ends in "...".
+std::string escape(std::string_view text, std::string_view special) {
   constexpr std::size_t max_len = 256;
-  constexpr std::string_view special = "<>,=\\\"' ";
   std::string out;
   out.reserve(text.size() < max_len ? text.size() : max_len);
   for (std::size_t i = 0; i < text.size(); ++i) {
@@ -113,5 +116,11 @@ std::string safe(std::string_view text) {
   }
   return out;
 }
+
+}  // namespace
+
+std::string safe(std::string_view text) { return escape(text, "\\"); }
+
+std::string client(std::string_view text) { return escape(text, "<>,=\\\"' "); }
 
 }  // namespace postern::log

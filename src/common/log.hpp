@@ -2,7 +2,7 @@
 //
 // Thread-safe: each line is written with a single write(2) or syslog(3) call. init() is called
 // once at startup before other threads exist. Client-supplied text must go through
-// log::safe() so that control bytes cannot forge lines; secrets are never passed here.
+// log::client() so that it can forge neither a field nor a line; secrets are never passed here.
 #pragma once
 
 #include <fmt/format.h>
@@ -23,7 +23,12 @@ void write(level l, std::string_view message);
 // command words) in log lines: control bytes, bytes outside ASCII, space and the field
 // punctuation < > , = \ " ' become \xNN, so the text can neither end its field nor the line;
 // output past 256 bytes is cut and ends in "...".
-std::string safe(std::string_view client_text);
+std::string client(std::string_view client_text);
+
+// For text that is not the client's but may hold any byte (paths, certificate names, values
+// from the configuration): control bytes, bytes outside ASCII and '\' become \xNN; cut like
+// client().
+std::string safe(std::string_view text);
 
 template <typename... Args>
 void debug(fmt::format_string<Args...> f, Args&&... args) {

@@ -581,7 +581,7 @@ class supervisor {
   void failed(const std::string& user, const std::string& method, const std::string& reason) {
     ++failures_;
     log::notice("auth failed: rip={}, session=<{}>, method={}, user=<{}>, reason={}", c_.remote, id_,
-                log::safe(method), log::safe(user), reason);
+                log::client(method), log::client(user), reason);
     if (p_.cfg->failure_delay.count() > 0) {
       std::this_thread::sleep_for(p_.cfg->failure_delay);
     }
@@ -1025,7 +1025,7 @@ int run_supervisor(const supervisor_params& p, client c) {
   int reply_fd = session_out ? session_out.get() : session_in.get();
   if (!switched) {
     log::error("login refused, cannot become the mail owner: user=<{}>, rip={}, session=<{}>, error={}",
-               log::safe(pending.account.name), c.remote, id, switched.err().message());
+               log::client(pending.account.name), c.remote, id, switched.err().message());
     write_line(reply_fd, switched.err().code() == errc::denied
                              ? "-ERR [SYS/PERM] This account may not read mail here.\r\n"
                              : "-ERR [SYS/TEMP] Unable to open the mailbox, try again later.\r\n");
@@ -1040,7 +1040,7 @@ int run_supervisor(const supervisor_params& p, client c) {
     pending.account.home = owner->home;
   }
   log::info("session process: pid={}, user=<{}>, uid={}, gid={}, groups={}, rip={}, session=<{}>",
-            getpid(), log::safe(pending.account.name), owner->uid, owner->gid,
+            getpid(), log::client(pending.account.name), owner->uid, owner->gid,
             join_groups(owner->groups), c.remote, id);
 
   asio::io_context ctx{1};
