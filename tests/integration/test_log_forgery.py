@@ -78,6 +78,9 @@ class LogForgeryBase:
         digest = hashlib.md5((stamp + "wrong-password").encode()).hexdigest()
         self.assertErr(conn.cmd(f"APOP {user} {digest}"))
 
+    def fail_apop_overlong(self, conn, user):
+        self.assertErr(conn.cmd(f"APOP {user} {'0' * 64}"))
+
     def fail_plain(self, conn, user, authzid=""):
         response = b64(f"{authzid}\0{user}\0wrong-password")
         if len("AUTH PLAIN " + response) <= 253:  # an initial response fits the command line
@@ -105,6 +108,7 @@ class LogForgeryBase:
             ("USER/PASS name with a slash", lambda c: self.fail_user_pass(c, HOSTILE + "/..")),
             ("APOP hostile", lambda c: self.fail_apop(c, HOSTILE_NO_SPACE)),
             ("APOP known user", lambda c: self.fail_apop(c, "alice")),
+            ("APOP overlong digest", lambda c: self.fail_apop_overlong(c, "alice")),
             ("PLAIN hostile authcid", lambda c: self.fail_plain(c, HOSTILE)),
             ("PLAIN hostile authzid", lambda c: self.fail_plain(c, "alice", authzid=HOSTILE)),
             ("PLAIN CR/LF", lambda c: self.fail_plain(c, HOSTILE + FORGED_LINE,
