@@ -72,6 +72,23 @@ pid_t current_pid() noexcept {
 bool enabled(level l) noexcept { return static_cast<int>(l) >= min_level.load(std::memory_order_relaxed); }
 
 void write(level l, std::string_view message) {
+  // One event, one line: a control byte that reached a message unescaped (in an error text,
+  // say) is escaped here, so no message can start a line of its own.
+  std::string escaped;
+  for (std::size_t i = 0; i < message.size(); ++i) {
+    auto c = static_cast<unsigned char>(message[i]);
+    if (c < 0x20 || c == 0x7f) {
+      if (escaped.empty()) {
+        escaped.assign(message.substr(0, i));
+      }
+      escaped.append(fmt::format("\\x{:02x}", c));
+    } else if (!escaped.empty()) {
+      escaped.push_back(static_cast<char>(c));
+    }
+  }
+  if (!escaped.empty()) {
+    message = escaped;
+  }
   if (use_syslog.load(std::memory_order_relaxed)) {
     syslog(syslog_priority(l), "%.*s", static_cast<int>(message.size()), message.data());
     return;

@@ -17,6 +17,7 @@ enum class level { debug = 0, info, notice, warning, error };
 // target_syslog: syslog with `ident`, facility mail; otherwise stderr.
 void init(bool target_syslog, level min_level, const std::string& ident);
 bool enabled(level l) noexcept;
+// Writes `message` as one line: control bytes in it (CR, LF, ...) are written as \xNN.
 void write(level l, std::string_view message);
 
 // The one escaping of client-supplied text (user names, SASL identities, mechanism names,

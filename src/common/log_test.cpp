@@ -1,6 +1,7 @@
 #include "common/log.hpp"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <string>
 
@@ -36,6 +37,35 @@ TEST(LogClient, OutputIsBounded) {
 TEST(LogSafe, LocalTextKeepsSpacesAndPunctuation) {
   EXPECT_EQ(safe("/var/mail/my box, <x>=1"), "/var/mail/my box, <x>=1");
   EXPECT_EQ(safe("a\nb\\c\xff"), "a\\x0ab\\x5cc\\xff");
+}
+
+// What write() puts on stderr for `message`.
+std::string written(std::string_view message) {
+  int fds[2];
+  EXPECT_EQ(::pipe(fds), 0);
+  int saved = ::dup(STDERR_FILENO);
+  ::dup2(fds[1], STDERR_FILENO);
+  write(level::error, message);
+  ::dup2(saved, STDERR_FILENO);
+  ::close(saved);
+  ::close(fds[1]);
+  std::string out;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;) {
+    out.append(buf, static_cast<std::size_t>(n));
+  }
+  ::close(fds[0]);
+  return out;
+}
+
+TEST(LogWrite, OneMessageIsOneLine) {
+  std::string out = written("reason=a\r\nposternd[1]: notice: auth failed: rip=6.6.6.6\x01");
+  EXPECT_EQ(out.find('\n'), out.size() - 1) << out;
+  EXPECT_NE(out.find("reason=a\\x0d\\x0aposternd[1]: notice: auth failed: rip=6.6.6.6\\x01\n"),
+            std::string::npos)
+      << out;
+  out = written("plain text, <kept> as is: caf\xc3\xa9");
+  EXPECT_NE(out.find(": error: plain text, <kept> as is: caf\xc3\xa9\n"), std::string::npos) << out;
 }
 
 }  // namespace
