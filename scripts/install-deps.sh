@@ -23,6 +23,7 @@ test_pkgs=(
   liblockfile-bin      # dotlockfile: a real delivery-agent lock in the mbox tests
   krb5-kdc krb5-admin-server krb5-user python3-gssapi  # a loopback KDC for the GSSAPI tests
   dovecot-imapd dovecot-pop3d  # Dovecot on the same Maildir: test_dovecot_uids.py (stdio only)
+  fail2ban             # fail2ban-regex runs contrib/fail2ban on real logs: test_log_forgery.py
 )
 
 want=("${build_pkgs[@]}")

@@ -72,6 +72,23 @@ pid_t current_pid() noexcept {
 bool enabled(level l) noexcept { return static_cast<int>(l) >= min_level.load(std::memory_order_relaxed); }
 
 void write(level l, std::string_view message) {
+  // One event, one line: a control byte that reached a message unescaped (in an error text,
+  // say) is escaped here, so no message can start a line of its own.
+  std::string escaped;
+  for (std::size_t i = 0; i < message.size(); ++i) {
+    auto c = static_cast<unsigned char>(message[i]);
+    if (c < 0x20 || c == 0x7f) {
+      if (escaped.empty()) {
+        escaped.assign(message.substr(0, i));
+      }
+      escaped.append(fmt::format("\\x{:02x}", c));
+    } else if (!escaped.empty()) {
+      escaped.push_back(static_cast<char>(c));
+    }
+  }
+  if (!escaped.empty()) {
+    message = escaped;
+  }
   if (use_syslog.load(std::memory_order_relaxed)) {
     syslog(syslog_priority(l), "%.*s", static_cast<int>(message.size()), message.data());
     return;
@@ -94,7 +111,11 @@ void write(level l, std::string_view message) {
   }
 }
 
-std::string safe(std::string_view text) {
+namespace {
+
+// \xNN for control bytes, bytes outside ASCII and the bytes in `special`; at most 256 bytes
+// of input are kept, a longer text ends in "...".
+std::string escape(std::string_view text, std::string_view special) {
   constexpr std::size_t max_len = 256;
   std::string out;
   out.reserve(text.size() < max_len ? text.size() : max_len);
@@ -104,7 +125,7 @@ std::string safe(std::string_view text) {
       break;
     }
     auto c = static_cast<unsigned char>(text[i]);
-    if (c < 0x20 || c >= 0x7f || c == '\\') {
+    if (c < 0x20 || c >= 0x7f || special.find(static_cast<char>(c)) != std::string_view::npos) {
       out.append(fmt::format("\\x{:02x}", c));
     } else {
       out.push_back(static_cast<char>(c));
@@ -112,5 +133,11 @@ std::string safe(std::string_view text) {
   }
   return out;
 }
+
+}  // namespace
+
+std::string safe(std::string_view text) { return escape(text, "\\"); }
+
+std::string client(std::string_view text) { return escape(text, "<>,=\\\"' "); }
 
 }  // namespace postern::log

@@ -2,7 +2,7 @@
 //
 // Thread-safe: each line is written with a single write(2) or syslog(3) call. init() is called
 // once at startup before other threads exist. Client-supplied text must go through
-// log::safe() so that control bytes cannot forge lines; secrets are never passed here.
+// log::client() so that it can forge neither a field nor a line; secrets are never passed here.
 #pragma once
 
 #include <fmt/format.h>
@@ -17,10 +17,19 @@ enum class level { debug = 0, info, notice, warning, error };
 // target_syslog: syslog with `ident`, facility mail; otherwise stderr.
 void init(bool target_syslog, level min_level, const std::string& ident);
 bool enabled(level l) noexcept;
+// Writes `message` as one line: control bytes in it (CR, LF, ...) are written as \xNN.
 void write(level l, std::string_view message);
 
-// Escapes bytes outside printable ASCII (and '\\') as \xNN; truncates past 256 bytes.
-std::string safe(std::string_view client_text);
+// The one escaping of client-supplied text (user names, SASL identities, mechanism names,
+// command words) in log lines: control bytes, bytes outside ASCII, space and the field
+// punctuation < > , = \ " ' become \xNN, so the text can neither end its field nor the line;
+// output past 256 bytes is cut and ends in "...".
+std::string client(std::string_view client_text);
+
+// For text that is not the client's but may hold any byte (paths, certificate names, values
+// from the configuration): control bytes, bytes outside ASCII and '\' become \xNN; cut like
+// client().
+std::string safe(std::string_view text);
 
 template <typename... Args>
 void debug(fmt::format_string<Args...> f, Args&&... args) {

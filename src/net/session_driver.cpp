@@ -484,10 +484,7 @@ asio::awaitable<void> session_runner::authenticate() {
   std::string login(engine_.login_user());
   secret_string password = engine_.take_password();
   auth::verify_result vr;
-  if (!store::is_safe_user_name(login)) {
-    vr.status = auth::verify_status::bad_credentials;
-    vr.reason = "user name not allowed";
-  } else if (env_.remote_auth != nullptr) {
+  if (env_.remote_auth != nullptr) {  // the privileged process checks the name and logs
     std::string digest(engine_.apop_digest());
     bool apop = engine_.login_method() == "APOP";
     auto verify = [&] {
@@ -496,6 +493,9 @@ asio::awaitable<void> session_runner::authenticate() {
       after_verify(vr, login, false);
     };
     co_await run_blocking(*env_.workers, verify);
+  } else if (!store::is_safe_user_name(login)) {
+    vr.status = auth::verify_status::bad_credentials;
+    vr.reason = "user name not allowed";
   } else if (engine_.login_method() == "APOP") {
     std::string digest(engine_.apop_digest());
     std::string stamp(engine_.apop_timestamp());
@@ -516,8 +516,10 @@ asio::awaitable<void> session_runner::authenticate() {
     engine_.auth_done(pop3::auth_status::ok);
     co_return;
   }
-  log::notice("auth failed: user=<{}>, method={}, rip={}, session=<{}>, reason={}",
-              log::safe(login), engine_.login_method(), remote_, id_, vr.reason);
+  if (env_.remote_auth == nullptr) {  // else the privileged process logged it
+    log::notice("auth failed: rip={}, session=<{}>, method={}, user=<{}>, reason={}", remote_, id_,
+                log::client(engine_.login_method()), log::client(login), vr.reason);
+  }
   co_await failure_delay();
   engine_.auth_done(vr.status == auth::verify_status::temporary
                         ? pop3::auth_status::temporary_failure
@@ -564,8 +566,8 @@ asio::awaitable<void> session_runner::sasl_step() {
                                     : result<std::unique_ptr<auth::sasl_exchange>>(
                                           error(errc::not_found, "no SASL"));
     if (!started) {
-      log::notice("auth failed: user=<>, method={}, rip={}, session=<{}>, reason={}", mech,
-                  remote_, id_, started.err().message());
+      log::notice("auth failed: rip={}, session=<{}>, method={}, user=<>, reason={}", remote_, id_,
+                  log::client(mech), started.err().message());
       co_await failure_delay();
       engine_.sasl_done(pop3::auth_status::bad_credentials);
       co_return;
@@ -593,8 +595,10 @@ asio::awaitable<void> session_runner::sasl_step() {
     case auth::sasl_status::temporary_failure: {
       std::string who(exchange_->authenticated_user());
       exchange_.reset();
-      log::notice("auth failed: user=<{}>, method={}, rip={}, session=<{}>, reason={}",
-                  log::safe(who), mech, remote_, id_, r.reason);
+      if (env_.remote_auth == nullptr) {  // else the privileged process logged it
+        log::notice("auth failed: rip={}, session=<{}>, method={}, user=<{}>, reason={}", remote_,
+                    id_, log::client(mech), log::client(who), r.reason);
+      }
       co_await failure_delay();
       engine_.sasl_done(r.status == auth::sasl_status::temporary_failure
                             ? pop3::auth_status::temporary_failure
@@ -685,7 +689,7 @@ asio::awaitable<void> session_runner::open_maildrop() {
   if (outcome->delayed) {
     engine_.open_done(pop3::open_status::login_delay);
     log::notice("login refused, login delay: user=<{}>, rip={}, session=<{}>",
-                log::safe(account_.name), remote_, id_);
+                log::client(account_.name), remote_, id_);
     co_return;
   }
   if (opened) {
@@ -696,7 +700,7 @@ asio::awaitable<void> session_runner::open_maildrop() {
     }
     engine_.open_done(pop3::open_status::ok, drop_->messages());
     log::info("login: user=<{}>, method={}, rip={}, session=<{}>, messages={}",
-              log::safe(user_), engine_.login_method(), remote_, id_, drop_->messages().size());
+              log::client(user_), engine_.login_method(), remote_, id_, drop_->messages().size());
     co_return;
   }
   const auto& err = opened.err();
@@ -704,16 +708,16 @@ asio::awaitable<void> session_runner::open_maildrop() {
     // RFC 3206: [SYS/PERM], a problem of this server's setup that retrying cannot fix.
     engine_.open_done(pop3::open_status::permanent_failure);
     log::error("login refused, mail owner not allowed: user=<{}>, rip={}, session=<{}>, reason={}",
-               log::safe(account_.name), remote_, id_, err.message());
+               log::client(account_.name), remote_, id_, err.message());
     co_return;
   }
   engine_.open_done(open_status_for(err.code()));
   if (err.code() == errc::in_use) {
     log::notice("login refused, mailbox in use: user=<{}>, rip={}, session=<{}>",
-                log::safe(account_.name), remote_, id_);
+                log::client(account_.name), remote_, id_);
   } else {
     log::error("cannot open mailbox: user=<{}>, rip={}, session=<{}>, error={}",
-               log::safe(account_.name), remote_, id_, err.message());
+               log::client(account_.name), remote_, id_, err.message());
   }
 }
 
@@ -721,7 +725,7 @@ asio::awaitable<void> session_runner::retrieve() {
   auto reader = drop_->open_message(engine_.retrieve_index(), !engine_.retrieve_is_top());
   if (!reader) {
     log::error("cannot read message: user=<{}>, session=<{}>, msg={}, error={}",
-               log::safe(user_), id_, engine_.retrieve_index() + 1, reader.err().message());
+               log::client(user_), id_, engine_.retrieve_index() + 1, reader.err().message());
     engine_.retrieve_started(false, reader.err().code());
     co_return;
   }
@@ -761,7 +765,7 @@ asio::awaitable<void> session_runner::retrieve() {
     auto filled = body.fill();
     if (!filled) {
       log::error("read failed mid-message: user=<{}>, session=<{}>, msg={}, error={}",
-                 log::safe(user_), id_, engine_.retrieve_index() + 1, filled.err().message());
+                 log::client(user_), id_, engine_.retrieve_index() + 1, filled.err().message());
       ok = false;
       break;
     }
@@ -795,18 +799,18 @@ asio::awaitable<void> session_runner::commit() {
   auto commit = [&] { cr = drop_->commit(engine_.deletion_marks()); };
   co_await run_blocking(*env_.workers, commit);
   if (decorated_ != nullptr && decorated_->stamp_error()) {
-    log::error("expire stamps not saved: user=<{}>, session=<{}>, error={}", log::safe(user_),
+    log::error("expire stamps not saved: user=<{}>, session=<{}>, error={}", log::client(user_),
                id_, decorated_->stamp_error()->message());
   }
   if (cr) {
     committed_ = *cr;
     committed_ok_ = true;
     if (decorated_ != nullptr && decorated_->expired_deleted() > 0) {
-      log::info("expired: user=<{}>, session=<{}>, messages={}", log::safe(user_), id_,
+      log::info("expired: user=<{}>, session=<{}>, messages={}", log::client(user_), id_,
                 decorated_->expired_deleted());
     }
   } else {
-    log::error("commit failed: user=<{}>, session=<{}>, error={}", log::safe(user_), id_,
+    log::error("commit failed: user=<{}>, session=<{}>, error={}", log::client(user_), id_,
                cr.err().message());
   }
   // Release the maildrop lock before the client sees the reply, so that it can log in
@@ -852,9 +856,9 @@ asio::awaitable<void> session_runner::xmit() {
   auto submit = [&] { sent = submit_message(env_.xmit_command, message); };
   co_await run_blocking(*env_.workers, submit);
   if (sent) {
-    log::info("xmit: user=<{}>, session=<{}>, size={}", log::safe(user_), id_, message.size());
+    log::info("xmit: user=<{}>, session=<{}>, size={}", log::client(user_), id_, message.size());
   } else {
-    log::error("xmit failed: user=<{}>, session=<{}>, error={}", log::safe(user_), id_,
+    log::error("xmit failed: user=<{}>, session=<{}>, error={}", log::client(user_), id_,
                sent.err().message());
   }
   engine_.xmit_done(sent.ok());
@@ -885,7 +889,7 @@ void session_runner::finish() {
       }
     }
     log::info("logout: user=<{}>, session=<{}>, reason={}, retr={}/{}, top={}/{}, del={}/{}, left={}/{}",
-              log::safe(user_), id_, reason_, s.retr_count, s.retr_bytes, s.top_count, s.top_bytes,
+              log::client(user_), id_, reason_, s.retr_count, s.retr_bytes, s.top_count, s.top_bytes,
               committed_ok_ ? committed_.deleted : 0, committed_ok_ ? committed_.deleted_bytes : 0, left,
               left_bytes);
   } else {

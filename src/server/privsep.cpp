@@ -48,12 +48,13 @@ constexpr std::size_t max_exporter = 64;
 constexpr std::size_t max_unique = 64;
 constexpr std::size_t max_mech = 32;
 constexpr std::size_t max_timestamp = 300;
+constexpr std::size_t max_apop_digest = 32;
 
 const std::array<message_spec, 10> specs{{
     {msg_type::welcome, 1, {max_timestamp}},
     {msg_type::mechanisms, 4, {1, 1, max_exporter, max_unique}},
     {msg_type::password, 2, {max_user, max_password}},
-    {msg_type::apop, 2, {max_user, 32}},
+    {msg_type::apop, 2, {max_user, max_apop_digest}},
     {msg_type::sasl_start, 6, {max_mech, 1, 1, max_exporter, max_unique, auth::max_sasl_response}},
     {msg_type::sasl_step, 1, {auth::max_sasl_response}},
     {msg_type::handoff, 2, {1, max_input}},
@@ -175,12 +176,16 @@ class privileged_link final : public net::auth_proxy {
     return out;
   }
 
+  // Every attempt goes to S, which checks the name, logs the failure and delays it. A name too
+  // long for the wire is sent empty: S refuses it like any other name not allowed (and an
+  // overlong APOP digest as malformed).
   auth::verify_result verify_password(std::string_view user, const secret_string& password) override {
-    return auth_call(message(msg_type::password, {std::string(user), std::string(password.view())}), user);
+    return auth_call(message(msg_type::password, {wire_user(user), std::string(password.view())}), user);
   }
 
   auth::verify_result verify_apop(std::string_view user, std::string_view digest) override {
-    return auth_call(message(msg_type::apop, {std::string(user), std::string(digest)}), user);
+    std::string wire_digest(digest.size() <= max_apop_digest ? digest : std::string_view());
+    return auth_call(message(msg_type::apop, {wire_user(user), std::move(wire_digest)}), user);
   }
 
   result<std::unique_ptr<auth::sasl_exchange>> start_sasl(std::string_view mechanism,
@@ -230,6 +235,10 @@ class privileged_link final : public net::auth_proxy {
       vr.user.name = rep->fields[1].empty() ? std::string(user) : rep->fields[1];
     }
     return vr;
+  }
+
+  static std::string wire_user(std::string_view user) {
+    return user.size() <= max_user ? std::string(user) : std::string();
   }
 
   int fd_;
@@ -571,8 +580,8 @@ class supervisor {
   // Logs and delays a failure here, where a compromised P cannot skip the delay.
   void failed(const std::string& user, const std::string& method, const std::string& reason) {
     ++failures_;
-    log::notice("auth failed: user=<{}>, method={}, rip={}, session=<{}>, reason={}",
-                log::safe(user), log::safe(method), c_.remote, id_, reason);
+    log::notice("auth failed: rip={}, session=<{}>, method={}, user=<{}>, reason={}", c_.remote, id_,
+                log::client(method), log::client(user), reason);
     if (p_.cfg->failure_delay.count() > 0) {
       std::this_thread::sleep_for(p_.cfg->failure_delay);
     }
@@ -1016,7 +1025,7 @@ int run_supervisor(const supervisor_params& p, client c) {
   int reply_fd = session_out ? session_out.get() : session_in.get();
   if (!switched) {
     log::error("login refused, cannot become the mail owner: user=<{}>, rip={}, session=<{}>, error={}",
-               log::safe(pending.account.name), c.remote, id, switched.err().message());
+               log::client(pending.account.name), c.remote, id, switched.err().message());
     write_line(reply_fd, switched.err().code() == errc::denied
                              ? "-ERR [SYS/PERM] This account may not read mail here.\r\n"
                              : "-ERR [SYS/TEMP] Unable to open the mailbox, try again later.\r\n");
@@ -1031,7 +1040,7 @@ int run_supervisor(const supervisor_params& p, client c) {
     pending.account.home = owner->home;
   }
   log::info("session process: pid={}, user=<{}>, uid={}, gid={}, groups={}, rip={}, session=<{}>",
-            getpid(), log::safe(pending.account.name), owner->uid, owner->gid,
+            getpid(), log::client(pending.account.name), owner->uid, owner->gid,
             join_groups(owner->groups), c.remote, id);
 
   asio::io_context ctx{1};

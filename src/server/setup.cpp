@@ -111,7 +111,7 @@ result<void> prepare_seed_features(const config& cfg, shared_state& st) {
       st.env.login_allowed = [stats, delay](std::string_view user) {
         auto r = stats->check_and_record(user, std::chrono::system_clock::now(), delay);
         if (!r) {
-          log::error("login statistics: user=<{}>, error={}", log::safe(user), r.err().message());
+          log::error("login statistics: user=<{}>, error={}", log::client(user), r.err().message());
           return true;  // the delay limits load; it never keeps a user out by error
         }
         return *r;
@@ -147,7 +147,7 @@ result<void> prepare_seed_features(const config& cfg, shared_state& st) {
                                                           std::string_view id) {
         auto src = store::expand_location(source, {account.name, account.home});
         if (!src) {
-          log::error("bulletins: user=<{}>, session=<{}>, error={}", log::safe(account.name), id,
+          log::error("bulletins: user=<{}>, session=<{}>, error={}", log::client(account.name), id,
                      src.err().message());
           return;
         }
@@ -159,10 +159,10 @@ result<void> prepare_seed_features(const config& cfg, shared_state& st) {
         bs.quoting = quoting;
         auto n = deliver_bulletins(bs, bulletin_target{kind, path, account.name, account.home});
         if (!n) {
-          log::error("bulletins: user=<{}>, session=<{}>, error={}", log::safe(account.name), id,
+          log::error("bulletins: user=<{}>, session=<{}>, error={}", log::client(account.name), id,
                      n.err().message());
         } else if (*n > 0) {
-          log::info("bulletins: user=<{}>, session=<{}>, delivered={}", log::safe(account.name),
+          log::info("bulletins: user=<{}>, session=<{}>, delivered={}", log::client(account.name),
                     id, *n);
         }
       };
