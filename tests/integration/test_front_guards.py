@@ -1,0 +1,83 @@
+"""Guards at posternd's front: the passwd-file that grants logins must be trusted (owner, mode)
+at start, in --check-config and at every re-read; a client that does not log in within
+server.login_timeout is cut however slowly it trickles bytes; min_connection_interval and
+listen_backlog take effect in event mode."""
+
+import os
+import unittest
+
+from postern_harness import PosternTestCase, Server, run_posternd, sanitizer_findings, scaled
+
+
+class PasswdFileTrust(PosternTestCase):
+    def setUp(self):
+        super().setUp()
+        self.world.add_user("alice", "pw")
+
+    def refused_at_start(self, what):
+        path = self.world.write_config()
+        res = run_posternd(["--check-config", "-C", path])
+        self.assertNotEqual(res.returncode, 0, res.stdout)
+        self.assertIn(self.world.passwd_path, res.stderr)
+        self.assertIn(what, res.stderr)
+        srv = Server(self.world, path, self.world.path("refused.log"))
+        self.world.servers.append(srv)
+        rc = srv.wait_exit(scaled(15))
+        self.assertNotEqual(rc, 0, "started with an untrusted passwd-file")
+        log = srv.log()
+        self.assertIn(self.world.passwd_path, log)
+        self.assertIn(what, log)
+        self.assertNotIn("listening on", log)
+        self.assertEqual(sanitizer_findings(log), [])
+
+    def test_world_writable_file_is_refused_at_start(self):
+        os.chmod(self.world.passwd_path, 0o666)
+        self.refused_at_start("mode 0666")
+
+    def test_group_writable_file_is_refused_at_start(self):
+        os.chmod(self.world.passwd_path, 0o620)
+        self.refused_at_start("chmod go-w")
+
+    @unittest.skipUnless(os.geteuid() == 0 or os.getuid() == 0, "needs root to chown")
+    def test_file_owned_by_another_user_is_refused_at_start(self):
+        with self.world.as_root():
+            os.chown(self.world.passwd_path, 65534, -1)
+        self.refused_at_start("owned by")
+
+    def test_symlink_to_a_world_writable_file_is_refused(self):
+        real = self.world.path("real-users")
+        os.rename(self.world.passwd_path, real)
+        os.chmod(real, 0o666)
+        os.symlink(real, self.world.passwd_path)
+        self.refused_at_start("mode 0666")
+
+    def test_trusted_file_passes_check_config(self):
+        res = run_posternd(["--check-config", "-C", self.world.write_config()])
+        self.assertEqual(res.returncode, 0, res.stderr)
+
+    def test_untrusted_file_at_reload_keeps_the_previous_contents(self):
+        victim = self.world.add_user("victim", "vpw")
+        srv = self.world.start()
+        conn = srv.session(self.world.mailboxes["alice"])  # the file is loaded
+        self.assertTrue(conn.quit().startswith("+OK"))
+        # A local user edits the now world-writable file: an account reading victim's mail.
+        self.world.add_passwd_line(
+            f"mallory:{{PLAIN}}evil::::::userdb_mail=maildir:{victim.path}")
+        os.chmod(self.world.passwd_path, 0o666)
+        conn = srv.connect()
+        self.assertTrue(conn.cmd("USER mallory").startswith("+OK"))
+        self.assertTrue(conn.cmd("PASS evil").startswith("-ERR"))
+        conn.close()
+        srv.wait_log("passwd-file not re-read, using previous contents: .*mode 0666")
+        conn = srv.session(self.world.mailboxes["alice"])  # the previous contents still serve
+        self.assertTrue(conn.quit().startswith("+OK"))
+        os.chmod(self.world.passwd_path, 0o600)
+        conn = srv.connect()
+        self.assertTrue(conn.cmd("USER mallory").startswith("+OK"))
+        self.assertTrue(conn.cmd("PASS evil").startswith("+OK"))
+        conn.quit()
+        self.assertEqual(srv.stop(), 0)
+
+
+if __name__ == "__main__":
+    unittest.main()
