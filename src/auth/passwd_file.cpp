@@ -637,6 +637,9 @@ std::string passwd_file_directory_warning(const std::string& path, uid_t trusted
 result<void> check_passwd_file_path(const std::string& path, uid_t trusted_owner) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT || errno == EACCES) {
+      return {};  // nothing to judge here; reading the file reports it
+    }
     return load_error(path, "cannot stat", errno);
   }
   if (!S_ISREG(st.st_mode)) {

@@ -85,7 +85,8 @@ result<void> check_passwd_file_trust(const std::string& path, const struct stat&
 // Why the directory holding `path` lets others replace the file, or "" when it does not.
 std::string passwd_file_directory_warning(const std::string& path, uid_t trusted_owner);
 // For posternd --check-config: stat(2)s `path` (following symlinks, as open does) and applies
-// check_passwd_file_trust; a file that does not exist or cannot be stat()ed is an error.
+// check_passwd_file_trust. A file that does not exist or that the caller may not stat passes
+// (reading it at start reports that); other stat errors and a non-regular file are errors.
 result<void> check_passwd_file_path(const std::string& path, uid_t trusted_owner);
 
 // One user line, parsed.

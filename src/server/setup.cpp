@@ -257,6 +257,7 @@ result<void> prepare_env(const config& cfg, const unix_settings& us, shared_stat
   st.env.engine.max_bad_commands = cfg.max_bad_commands;
   st.env.failure_delay = cfg.failure_delay;
   st.env.idle_timeout = cfg.idle_timeout;
+  st.env.login_timeout = cfg.login_timeout;
   st.env.hostname = cfg.gssapi_hostname.empty() ? local_hostname() : cfg.gssapi_hostname;
   st.env.tls = std::move(tls);
   st.env.stls = st.env.tls != nullptr && cfg.tls != tls_mode::none;

@@ -4,9 +4,37 @@ server.login_timeout is cut however slowly it trickles bytes; min_connection_int
 listen_backlog take effect in event mode."""
 
 import os
+import time
 import unittest
 
-from postern_harness import PosternTestCase, Server, run_posternd, sanitizer_findings, scaled
+from postern_harness import (Closed, PosternTestCase, Server, run_posternd, sanitizer_findings,
+                             scaled)
+from test_system_users import SystemUsersBase
+
+LOGIN_TIMEOUT = 2  # seconds
+
+
+def trickle_until_cut(test, conn, limit):
+    """Sends one byte every 0.2 s (never a whole line) until the server answers and closes;
+    returns (seconds from the greeting, the answer)."""
+    start = time.monotonic()
+    answer = None
+    while time.monotonic() - start < limit:
+        try:
+            conn.send(b"N")
+        except OSError:
+            break
+        try:
+            answer = conn.read_line(timeout=0.2)
+            break
+        except Closed:
+            break
+        except AssertionError:  # the harness's read timeout: nothing yet
+            continue
+    elapsed = time.monotonic() - start
+    test.assertIsNotNone(answer, f"no answer after {elapsed:.1f}s of trickling")
+    conn.expect_closed(max_lines=0)
+    return elapsed, answer.decode("latin-1").rstrip("\r\n")
 
 
 class PasswdFileTrust(PosternTestCase):
@@ -77,6 +105,66 @@ class PasswdFileTrust(PosternTestCase):
         self.assertTrue(conn.cmd("PASS evil").startswith("+OK"))
         conn.quit()
         self.assertEqual(srv.stop(), 0)
+
+
+class LoginTimeoutChecks:
+    def check_trickler_is_cut(self, srv_or_conn_factory):
+        conn = srv_or_conn_factory()
+        elapsed, answer = trickle_until_cut(self, conn, scaled(LOGIN_TIMEOUT + 10))
+        self.assertEqual(answer, "-ERR Login timeout, disconnecting.")
+        self.assertGreaterEqual(elapsed, LOGIN_TIMEOUT - 0.5)
+        self.assertLess(elapsed, scaled(LOGIN_TIMEOUT + 3))
+
+
+class LoginTimeout(LoginTimeoutChecks, PosternTestCase):
+    def setUp(self):
+        super().setUp()
+        self.world.add_user("alice", "pw")
+        self.world.config["server"]["login_timeout"] = f"{LOGIN_TIMEOUT}s"
+
+    def test_trickling_client_is_cut_in_event_mode(self):
+        srv = self.world.start()
+        self.check_trickler_is_cut(srv.connect)
+        srv.wait_log(r"disconnect: rip=127\.0\.0\.1, session=<[^>]+>, reason=login timeout")
+
+    def test_trickling_client_is_cut_with_worker_processes(self):
+        self.world.config["server"]["processes"] = 2
+        srv = self.world.start()
+        self.check_trickler_is_cut(srv.connect)
+
+    def test_trickling_client_is_cut_in_inetd_mode(self):
+        inetd = self.world.inetd()
+
+        def greeted():
+            inetd.conn.read_greeting()
+            return inetd.conn
+        self.check_trickler_is_cut(greeted)
+        inetd.wait_exit(scaled(10))
+
+    def test_logged_in_session_outlives_the_login_timeout(self):
+        srv = self.world.start()
+        conn = srv.session(self.world.mailboxes["alice"])
+        time.sleep(LOGIN_TIMEOUT + 0.5)
+        self.assertTrue(conn.cmd("NOOP").startswith("+OK"))
+        self.assertTrue(conn.quit().startswith("+OK"))
+
+    def test_zero_turns_it_off(self):
+        self.world.config["server"]["login_timeout"] = 0
+        srv = self.world.start()
+        conn = srv.connect()
+        conn.send(b"QU")
+        time.sleep(LOGIN_TIMEOUT + 0.5)
+        conn.send(b"IT\r\n")
+        reply = conn.status()
+        self.assertTrue(reply.startswith("+OK"), reply)
+        conn.expect_closed(max_lines=0)
+
+
+class LoginTimeoutForkMode(LoginTimeoutChecks, SystemUsersBase):
+    def test_trickling_client_is_cut_in_fork_mode(self):
+        self.world.config["server"]["login_timeout"] = f"{LOGIN_TIMEOUT}s"
+        srv = self.start()
+        self.check_trickler_is_cut(srv.connect)
 
 
 if __name__ == "__main__":
