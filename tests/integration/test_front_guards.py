@@ -4,6 +4,7 @@ server.login_timeout is cut however slowly it trickles bytes; min_connection_int
 listen_backlog take effect in event mode."""
 
 import os
+import subprocess
 import time
 import unittest
 
@@ -165,6 +166,63 @@ class LoginTimeoutForkMode(LoginTimeoutChecks, SystemUsersBase):
         self.world.config["server"]["login_timeout"] = f"{LOGIN_TIMEOUT}s"
         srv = self.start()
         self.check_trickler_is_cut(srv.connect)
+
+
+class EventModeKeys(PosternTestCase):
+    def setUp(self):
+        super().setUp()
+        self.world.add_user("alice", "pw")
+
+    def test_min_connection_interval_is_enforced(self):
+        self.world.config["server"]["min_connection_interval"] = "30s"
+        srv = self.world.start()
+        first = srv.connect()
+        second = srv.connect(greet=False)
+        line = second.status()
+        self.assertTrue(line.startswith("-ERR [SYS/TEMP]"), line)
+        second.expect_closed(max_lines=0)
+        srv.wait_log(r"connection refused: rip=127\.0\.0\.1, reason=min_connection_interval")
+        self.assertTrue(first.quit().startswith("+OK"))
+
+    def test_without_min_connection_interval_connections_follow_at_once(self):
+        srv = self.world.start()
+        for _ in range(3):
+            self.assertTrue(srv.connect().quit().startswith("+OK"))
+
+    def test_min_connection_interval_with_worker_processes_is_refused(self):
+        self.world.config["server"]["min_connection_interval"] = "1s"
+        self.world.config["server"]["processes"] = 2
+        srv = Server(self.world, self.world.write_config(), self.world.path("refused.log"))
+        self.world.servers.append(srv)
+        self.assertNotEqual(srv.wait_exit(scaled(15)), 0)
+        self.assertIn("server.min_connection_interval", srv.log())
+        self.assertIn("server.processes = 2", srv.log())
+
+    def test_min_connection_interval_with_inetd_is_refused(self):
+        self.world.config["server"]["min_connection_interval"] = "1s"
+        inetd = self.world.inetd()
+        self.assertNotEqual(inetd.wait_exit(scaled(10)), 0)
+        self.assertIn("server.min_connection_interval", inetd.log())
+
+    def listen_queue_sizes(self, port):
+        out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True,
+                             check=True).stdout
+        # State Recv-Q Send-Q Local Peer: for a listening socket Send-Q is the backlog.
+        return [int(line.split()[2]) for line in out.splitlines() if line.strip()]
+
+    def check_backlog(self):
+        self.world.config["server"]["listen_backlog"] = 7
+        srv = self.world.start()
+        sizes = self.listen_queue_sizes(srv.port)
+        self.assertTrue(sizes, "no listening socket found with ss")
+        self.assertEqual(set(sizes), {7}, sizes)
+
+    def test_listen_backlog_is_applied(self):
+        self.check_backlog()
+
+    def test_listen_backlog_is_applied_with_worker_processes(self):
+        self.world.config["server"]["processes"] = 2
+        self.check_backlog()
 
 
 if __name__ == "__main__":
