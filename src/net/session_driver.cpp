@@ -55,7 +55,9 @@ std::chrono::steady_clock::time_point capped(const session_control& ctl,
 asio::awaitable<void> say_login_timeout(std::shared_ptr<session_control> ctl) {
   std::error_code ec;
   co_await ctl->stream->write_all(asio::buffer(login_timeout_reply), ec);
-  ctl->stream->close();
+  if (ctl->stream) {
+    ctl->stream->close();
+  }
 }
 
 asio::awaitable<void> watchdog(std::shared_ptr<session_control> ctl) {
@@ -489,6 +491,10 @@ asio::awaitable<void> session_runner::read_input() {
     ctl_->awaiting_input = true;
     const std::string_view got = co_await ctl_->stream->read_shared(ec_);
     ctl_->awaiting_input = false;
+    if (ctl_->login_timed_out) {  // the watchdog answers and closes; nothing more is read
+      running_ = false;
+      co_return;
+    }
     if (!got.empty()) {
       engine_.feed(got);
     } else {
@@ -503,6 +509,10 @@ asio::awaitable<void> session_runner::read_input() {
   const std::size_t n =
       co_await ctl_->stream->read_some(asio::buffer(own_input_.get(), own_input_size), ec_);
   ctl_->awaiting_input = false;
+  if (ctl_->login_timed_out) {
+    running_ = false;
+    co_return;
+  }
   if (n > 0) {
     engine_.feed(std::string_view(own_input_.get(), n));
   } else {
