@@ -469,6 +469,8 @@ class passwd_file_db final : public passdb {
     return out;
   }
 
+  void reload() override { (void)refresh(); }
+
  private:
   // Re-reads the file if it changed. Returns why the contents in use may be stale (for the
   // log), or an empty string.

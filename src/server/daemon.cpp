@@ -280,6 +280,9 @@ int run_event_loop(const config& cfg, std::shared_ptr<net::tls_server_context> t
     if (ec) {
       return;
     }
+    if (st.passdb) {
+      st.passdb->reload();  // an untrusted or malformed file: logged, previous contents kept
+    }
     if (st.env.tls) {
       if (auto r = st.env.tls->reload(); r) {
         log::info("SIGHUP: TLS certificate and key reloaded: {}", st.env.tls->certificate_info());

@@ -4,6 +4,7 @@ server.login_timeout is cut however slowly it trickles bytes; min_connection_int
 listen_backlog take effect in event mode."""
 
 import os
+import signal
 import subprocess
 import time
 import unittest
@@ -105,6 +106,18 @@ class PasswdFileTrust(PosternTestCase):
         self.assertTrue(conn.cmd("USER mallory").startswith("+OK"))
         self.assertTrue(conn.cmd("PASS evil").startswith("+OK"))
         conn.quit()
+        self.assertEqual(srv.stop(), 0)
+
+    def test_sighup_rechecks_the_file(self):
+        srv = self.world.start()
+        conn = srv.session(self.world.mailboxes["alice"])  # the file is loaded
+        self.assertTrue(conn.quit().startswith("+OK"))
+        os.chmod(self.world.passwd_path, 0o606)
+        srv.signal(signal.SIGHUP)
+        srv.wait_log(r"error: passwd-file not re-read, using previous contents: .*mode 0606")
+        conn = srv.session(self.world.mailboxes["alice"])
+        self.assertTrue(conn.quit().startswith("+OK"))
+        os.chmod(self.world.passwd_path, 0o600)
         self.assertEqual(srv.stop(), 0)
 
 
