@@ -181,6 +181,18 @@ class LoginTimeoutForkMode(LoginTimeoutChecks, SystemUsersBase):
         self.check_trickler_is_cut(srv.connect)
 
 
+class PasswdFileTrustForkMode(SystemUsersBase):
+    def test_world_writable_file_is_refused_at_start_in_fork_mode(self):
+        self.world.write_passwd()
+        os.chmod(self.world.passwd_path, 0o666)
+        self.unix["auth"] = {"passdb": f"passwd-file:{self.world.passwd_path}"}
+        srv = Server(self.world, self.write_unix(), self.world.path("refused.log"))
+        self.world.servers.append(srv)
+        self.assertNotEqual(srv.wait_exit(scaled(15)), 0, "started with a world-writable passwd-file")
+        self.assertIn(self.world.passwd_path, srv.log())
+        self.assertIn("mode 0666", srv.log())
+
+
 class EventModeKeys(PosternTestCase):
     def setUp(self):
         super().setUp()
