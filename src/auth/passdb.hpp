@@ -65,6 +65,10 @@ class passdb {
   // the unknown-user path cost about as much as the known-user one, and must compare in
   // constant time.
   virtual lookup_result lookup(std::string_view user) = 0;
+
+  // SIGHUP: re-reads the database's source now if it changed, instead of at the next lookup.
+  // A failure is logged and the previous contents stay. Default: nothing to re-read.
+  virtual void reload() {}
 };
 
 }  // namespace postern::auth

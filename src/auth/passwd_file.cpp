@@ -9,12 +9,14 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <mutex>
 #include <shared_mutex>
 #include <utility>
 #include <vector>
 
+#include "common/log.hpp"
 #include "common/parse.hpp"
 #include "common/unique_fd.hpp"
 
@@ -319,8 +321,34 @@ error load_error(const std::string& path, const std::string& what, int err = 0) 
                err != 0 ? std::error_code(err, std::generic_category()) : std::error_code());
 }
 
+// "name (uid N)" or "uid N" when the uid has no name.
+std::string describe_uid(uid_t uid) {
+  std::string out = "uid " + std::to_string(uid);
+  std::vector<char> buf(16384);
+  struct passwd pw {};
+  struct passwd* found = nullptr;
+  if (::getpwuid_r(uid, &pw, buf.data(), buf.size(), &found) == 0 && found != nullptr) {
+    return std::string(found->pw_name) + " (" + out + ")";
+  }
+  return out;
+}
+
+std::string octal_mode(mode_t mode) {
+  char text[8];
+  std::snprintf(text, sizeof text, "%04o", static_cast<unsigned>(mode & 07777));
+  return text;
+}
+
+std::string directory_of(const std::string& path) {
+  auto slash = path.rfind('/');
+  if (slash == std::string::npos) {
+    return ".";
+  }
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
 // Reads and parses the file. The identity recorded is the one of the descriptor read.
-result<std::shared_ptr<const snapshot>> load_snapshot(const std::string& path) {
+result<std::shared_ptr<const snapshot>> load_snapshot(const std::string& path, uid_t trusted_owner) {
   unique_fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
   if (!fd) {
     return load_error(path, "cannot open", errno);
@@ -332,6 +360,7 @@ result<std::shared_ptr<const snapshot>> load_snapshot(const std::string& path) {
   if (!S_ISREG(st.st_mode)) {
     return load_error(path, "not a regular file");
   }
+  POSTERN_TRY(check_passwd_file_trust(path, st, trusted_owner));
   if (st.st_size > max_file_size) {
     return load_error(path, "larger than 64 MiB");
   }
@@ -371,8 +400,8 @@ result<std::shared_ptr<const snapshot>> load_snapshot(const std::string& path) {
 
 class passwd_file_db final : public passdb {
  public:
-  passwd_file_db(std::string path, std::shared_ptr<const snapshot> initial)
-      : path_(std::move(path)), current_(std::move(initial)) {}
+  passwd_file_db(std::string path, uid_t trusted_owner, std::shared_ptr<const snapshot> initial)
+      : path_(std::move(path)), trusted_owner_(trusted_owner), current_(std::move(initial)) {}
 
   verify_result verify(std::string_view user, const secret_string& password) override {
     std::string stale = refresh();
@@ -440,6 +469,8 @@ class passwd_file_db final : public passdb {
     return out;
   }
 
+  void reload() override { (void)refresh(); }
+
  private:
   // Re-reads the file if it changed. Returns why the contents in use may be stale (for the
   // log), or an empty string.
@@ -465,7 +496,14 @@ class passwd_file_db final : public passdb {
     if (!reloading.owns_lock()) {
       return {};  // another thread is re-reading; go on with the current contents
     }
-    auto loaded = load_snapshot(path_);
+    auto loaded = load_snapshot(path_, trusted_owner_);
+    if (loaded) {
+      if (auto warning = passwd_file_directory_warning(path_, trusted_owner_); !warning.empty()) {
+        log::warning("{}", warning);
+      }
+    } else {
+      log::error("passwd-file not re-read, using previous contents: {}", loaded.err().message());
+    }
     std::unique_lock lock(mutex_);
     if (loaded) {
       current_ = std::move(loaded).value();
@@ -479,6 +517,7 @@ class passwd_file_db final : public passdb {
   }
 
   const std::string path_;
+  const uid_t trusted_owner_;
   std::mutex reload_mutex_;                       // held by the one thread re-reading the file
   std::shared_mutex mutex_;                       // guards the three members below
   std::shared_ptr<const snapshot> current_;       // never null
@@ -546,13 +585,69 @@ result<passwd_table> parse_passwd_file(std::string_view content, std::string_vie
   return table;
 }
 
-result<std::unique_ptr<passdb>> open_passwd_file(std::string path) {
-  auto loaded = load_snapshot(path);
+result<std::unique_ptr<passdb>> open_passwd_file(std::string path, uid_t trusted_owner) {
+  auto loaded = load_snapshot(path, trusted_owner);
   if (!loaded) {
     return std::move(loaded).err();
   }
-  return std::unique_ptr<passdb>(
-      std::make_unique<passwd_file_db>(std::move(path), std::move(loaded).value()));
+  if (auto warning = passwd_file_directory_warning(path, trusted_owner); !warning.empty()) {
+    log::warning("{}", warning);
+  }
+  return std::unique_ptr<passdb>(std::make_unique<passwd_file_db>(std::move(path), trusted_owner,
+                                                                  std::move(loaded).value()));
+}
+
+result<std::unique_ptr<passdb>> open_passwd_file(std::string path) {
+  return open_passwd_file(std::move(path), ::geteuid());
+}
+
+result<void> check_passwd_file_trust(const std::string& path, const struct stat& st,
+                                     uid_t trusted_owner) {
+  std::string allowed = trusted_owner == 0 ? std::string("root")
+                                           : "root or " + describe_uid(trusted_owner);
+  if (st.st_uid != 0 && st.st_uid != trusted_owner) {
+    return load_error(path, "refused: owned by " + describe_uid(st.st_uid) + ", mode " +
+                                octal_mode(st.st_mode) + "; a file that grants logins must be owned by " +
+                                allowed + " (the user the server runs as): chown it");
+  }
+  if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+    return load_error(path, "refused: mode " + octal_mode(st.st_mode) + ", owned by " +
+                                describe_uid(st.st_uid) +
+                                "; a file that grants logins must not be writable by group or "
+                                "others: chmod go-w (e.g. chmod 0600)");
+  }
+  return {};
+}
+
+std::string passwd_file_directory_warning(const std::string& path, uid_t trusted_owner) {
+  std::string dir = directory_of(path);
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) != 0) {
+    return {};  // the file was just read through it; nothing more to learn
+  }
+  bool foreign = st.st_uid != 0 && st.st_uid != trusted_owner;
+  bool shared = (st.st_mode & (S_IWGRP | S_IWOTH)) != 0 && (st.st_mode & S_ISVTX) == 0;
+  if (!foreign && !shared) {
+    return {};
+  }
+  return "passwd-file " + path + ": its directory " + dir + " (owned by " + describe_uid(st.st_uid) +
+         ", mode " + octal_mode(st.st_mode) +
+         ") lets others replace the file; make it owned by root and not writable by group or "
+         "others";
+}
+
+result<void> check_passwd_file_path(const std::string& path, uid_t trusted_owner) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT || errno == EACCES) {
+      return {};  // nothing to judge here; reading the file reports it
+    }
+    return load_error(path, "cannot stat", errno);
+  }
+  if (!S_ISREG(st.st_mode)) {
+    return load_error(path, "not a regular file");
+  }
+  return check_passwd_file_trust(path, st, trusted_owner);
 }
 
 }  // namespace postern::auth

@@ -44,6 +44,9 @@
 // tail until the writer's next change is noticed.
 #pragma once
 
+#include <sys/stat.h>
+#include <sys/types.h>
+
 #include <cstddef>
 #include <functional>
 #include <memory>
@@ -62,7 +65,29 @@ namespace postern::auth {
 // directory each time the file is read). Errors (all errc::invalid): the file cannot be opened
 // or read ("path: ..." with the errno cause), is not a regular file or is larger than 64 MiB,
 // or a line is malformed ("path:line: reason"). The caller reports the error and stops.
+//
+// Trust: the file grants logins and names the mail each login opens, so only root and
+// `trusted_owner` (the uid the server runs as) may be able to change it. The file actually
+// opened (fstat of the descriptor, so a symlink is judged by its target) must be owned by root
+// or `trusted_owner` and must not be writable by group or others; otherwise the load fails
+// with a message naming the file, its owner and mode and what to change. This holds at open
+// and at every re-read: a re-read that finds the file untrusted keeps the previous contents and
+// logs an error (once per file version). A containing directory that others could use to
+// replace the file (writable by group or others without the sticky bit, or owned by a user
+// other than root or `trusted_owner`) is logged as a warning.
+result<std::unique_ptr<passdb>> open_passwd_file(std::string path, uid_t trusted_owner);
+// The same, trusting the effective uid of the caller.
 result<std::unique_ptr<passdb>> open_passwd_file(std::string path);
+
+// The owner and mode check above, for `st` (an fstat of the opened file). errc::invalid.
+result<void> check_passwd_file_trust(const std::string& path, const struct stat& st,
+                                     uid_t trusted_owner);
+// Why the directory holding `path` lets others replace the file, or "" when it does not.
+std::string passwd_file_directory_warning(const std::string& path, uid_t trusted_owner);
+// For posternd --check-config: stat(2)s `path` (following symlinks, as open does) and applies
+// check_passwd_file_trust. A file that does not exist or that the caller may not stat passes
+// (reading it at start reports that); other stat errors and a non-regular file are errors.
+result<void> check_passwd_file_path(const std::string& path, uid_t trusted_owner);
 
 // One user line, parsed.
 struct passwd_entry {

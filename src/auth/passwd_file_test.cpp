@@ -885,3 +885,89 @@ TEST_F(PasswdFileTest, ConcurrentVerifyWhileTheFileIsReplaced) {
 
 }  // namespace
 }  // namespace postern::auth
+
+namespace postern::auth {
+namespace {
+
+class PasswdFileTrustTest : public PasswdFileTest {};
+
+TEST_F(PasswdFileTrustTest, WritableByGroupOrOthersIsRefused) {
+  replace("alice:{PLAIN}one\n");
+  for (mode_t mode : {0620, 0602, 0666}) {
+    ASSERT_EQ(::chmod(path_.c_str(), mode), 0);
+    auto db = open_passwd_file(path_);
+    ASSERT_FALSE(db.ok()) << std::oct << mode;
+    EXPECT_EQ(db.err().code(), errc::invalid);
+    const std::string& m = db.err().message();
+    EXPECT_NE(m.find(path_), std::string::npos) << m;
+    EXPECT_NE(m.find("mode 0" + std::to_string(mode / 64) + std::to_string(mode / 8 % 8) +
+                     std::to_string(mode % 8)),
+              std::string::npos)
+        << m;
+    EXPECT_NE(m.find("chmod go-w"), std::string::npos) << m;
+  }
+  ASSERT_EQ(::chmod(path_.c_str(), 0640), 0);
+  EXPECT_TRUE(open_passwd_file(path_).ok());
+}
+
+TEST_F(PasswdFileTrustTest, ForeignOwnerIsRefused) {
+  replace("alice:{PLAIN}one\n");
+  uid_t trusted = ::geteuid() + 1;
+  if (::geteuid() == 0) {
+    ASSERT_EQ(::chown(path_.c_str(), 65534, static_cast<gid_t>(-1)), 0);
+    trusted = 4242;
+  }
+  auto db = open_passwd_file(path_, trusted);
+  ASSERT_FALSE(db.ok());
+  EXPECT_NE(db.err().message().find("refused: owned by"), std::string::npos) << db.err().message();
+  EXPECT_NE(db.err().message().find("chown"), std::string::npos) << db.err().message();
+  EXPECT_FALSE(check_passwd_file_path(path_, trusted).ok());
+  if (::geteuid() == 0) {
+    EXPECT_TRUE(open_passwd_file(path_, 65534).ok());
+  }
+}
+
+TEST_F(PasswdFileTrustTest, SymlinkIsJudgedByItsTarget) {
+  std::string target = dir_ + "/real";
+  {
+    std::ofstream out(target);
+    out << "alice:{PLAIN}one\n";
+  }
+  ASSERT_EQ(::chmod(target.c_str(), 0600), 0);
+  ASSERT_EQ(::symlink(target.c_str(), path_.c_str()), 0);
+  EXPECT_TRUE(open_passwd_file(path_).ok());
+  ASSERT_EQ(::chmod(target.c_str(), 0666), 0);
+  EXPECT_FALSE(open_passwd_file(path_).ok());
+  EXPECT_FALSE(check_passwd_file_path(path_, ::geteuid()).ok());
+}
+
+TEST_F(PasswdFileTrustTest, ReloadOfAnUntrustedFileKeepsThePreviousContents) {
+  replace("alice:{PLAIN}one\n");
+  auto db = open();
+  ASSERT_TRUE(db);
+  replace("alice:{PLAIN}one\nmallory:{PLAIN}x::::::userdb_mail=maildir:/home/alice/Maildir\n");
+  ASSERT_EQ(::chmod(path_.c_str(), 0666), 0);
+  auto r = db->verify("mallory", pw("x"));
+  EXPECT_EQ(r.status, verify_status::bad_credentials);
+  EXPECT_NE(r.reason.find("not re-read"), std::string::npos) << r.reason;
+  EXPECT_NE(r.reason.find("refused: mode 0666"), std::string::npos) << r.reason;
+  EXPECT_EQ(db->verify("alice", pw("one")).status, verify_status::ok);
+  ASSERT_EQ(::chmod(path_.c_str(), 0600), 0);
+  EXPECT_EQ(db->verify("mallory", pw("x")).status, verify_status::ok);
+}
+
+TEST_F(PasswdFileTrustTest, SharedDirectoryIsWarnedAbout) {
+  replace("alice:{PLAIN}one\n");
+  EXPECT_EQ(passwd_file_directory_warning(path_, ::geteuid()), "");
+  ASSERT_EQ(::chmod(dir_.c_str(), 0777), 0);
+  std::string w = passwd_file_directory_warning(path_, ::geteuid());
+  EXPECT_NE(w.find(dir_), std::string::npos) << w;
+  EXPECT_NE(w.find("mode 0777"), std::string::npos) << w;
+  ASSERT_EQ(::chmod(dir_.c_str(), 01777), 0);  // sticky: others cannot replace the file
+  EXPECT_EQ(passwd_file_directory_warning(path_, ::geteuid()), "");
+  EXPECT_TRUE(open_passwd_file(path_).ok());  // a warning, not a refusal
+  ASSERT_EQ(::chmod(dir_.c_str(), 0700), 0);
+}
+
+}  // namespace
+}  // namespace postern::auth

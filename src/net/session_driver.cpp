@@ -41,6 +41,25 @@ asio::awaitable<void> run_blocking(asio::thread_pool& pool, F& f) {
       asio::use_awaitable);
 }
 
+constexpr std::string_view login_timeout_reply = "-ERR Login timeout, disconnecting.\r\n";
+// How long the goodbye of a login timeout may take to leave before the connection is closed.
+constexpr std::chrono::seconds login_timeout_farewell{2};
+
+// The deadline the driver may set now: `wanted`, but never past the login deadline.
+std::chrono::steady_clock::time_point capped(const session_control& ctl,
+                                             std::chrono::steady_clock::time_point wanted) {
+  return std::min(wanted, ctl.login_deadline);
+}
+
+// Writes the login timeout's answer; the watchdog closes the stream when this takes too long.
+asio::awaitable<void> say_login_timeout(std::shared_ptr<session_control> ctl) {
+  std::error_code ec;
+  co_await ctl->stream->write_all(asio::buffer(login_timeout_reply), ec);
+  if (ctl->stream) {
+    ctl->stream->close();
+  }
+}
+
 asio::awaitable<void> watchdog(std::shared_ptr<session_control> ctl) {
   while (!ctl->done) {
     ctl->timer.expires_at(ctl->deadline);
@@ -48,8 +67,16 @@ asio::awaitable<void> watchdog(std::shared_ptr<session_control> ctl) {
     if (ctl->done) {
       break;
     }
-    if (std::chrono::steady_clock::now() >= ctl->deadline) {
+    auto now = std::chrono::steady_clock::now();
+    if (now >= ctl->deadline) {
       ctl->timed_out = true;
+      ctl->login_timed_out = now >= ctl->login_deadline;
+      if (ctl->login_timed_out && ctl->awaiting_input && ctl->stream) {
+        // A read is pending and no write: the answer may go out beside it.
+        asio::co_spawn(co_await asio::this_coro::executor, say_login_timeout(ctl), asio::detached);
+        ctl->timer.expires_after(login_timeout_farewell);
+        co_await ctl->timer.async_wait(use_tuple);
+      }
       if (ctl->stream) {
         ctl->stream->close();
       }
@@ -250,12 +277,13 @@ class session_runner {
 
  private:
   void touch() noexcept {
-    ctl_->deadline = std::chrono::steady_clock::now() + env_.idle_timeout;
+    ctl_->deadline = capped(*ctl_, std::chrono::steady_clock::now() + env_.idle_timeout);
   }
   // A handshake gets at most a minute, whatever the idle timeout.
   void handshake_deadline() noexcept {
-    ctl_->deadline = std::chrono::steady_clock::now() +
-                     std::min<std::chrono::milliseconds>(env_.idle_timeout, std::chrono::seconds(60));
+    ctl_->deadline = capped(*ctl_, std::chrono::steady_clock::now() +
+                                       std::min<std::chrono::milliseconds>(env_.idle_timeout,
+                                                                           std::chrono::seconds(60)));
   }
   asio::awaitable<bool> flush();
   // Sends the held replies (see held_), if any; false when the write failed.
@@ -460,7 +488,13 @@ asio::awaitable<void> session_runner::read_input() {
   if (ctl_->stream->reads_shared()) {
     // No buffer is held while the client is idle; the bytes are copied into the engine
     // before the next suspension.
+    ctl_->awaiting_input = true;
     const std::string_view got = co_await ctl_->stream->read_shared(ec_);
+    ctl_->awaiting_input = false;
+    if (ctl_->login_timed_out) {  // the watchdog answers and closes; nothing more is read
+      running_ = false;
+      co_return;
+    }
     if (!got.empty()) {
       engine_.feed(got);
     } else {
@@ -471,8 +505,14 @@ asio::awaitable<void> session_runner::read_input() {
   if (!own_input_) {
     own_input_ = std::make_unique<char[]>(own_input_size);
   }
+  ctl_->awaiting_input = true;
   const std::size_t n =
       co_await ctl_->stream->read_some(asio::buffer(own_input_.get(), own_input_size), ec_);
+  ctl_->awaiting_input = false;
+  if (ctl_->login_timed_out) {
+    running_ = false;
+    co_return;
+  }
   if (n > 0) {
     engine_.feed(std::string_view(own_input_.get(), n));
   } else {
@@ -672,6 +712,7 @@ asio::awaitable<void> session_runner::open_maildrop() {
       running_ = false;
       co_return;
     }
+    ctl_->login_deadline = std::chrono::steady_clock::time_point::max();
     handoff h{account_, engine_.login_method(), engine_.take_unprocessed_input(), *ctl_, id_};
     co_await env_.on_authenticated(h);
     reason_ = "handoff";
@@ -693,6 +734,7 @@ asio::awaitable<void> session_runner::open_maildrop() {
     co_return;
   }
   if (opened) {
+    ctl_->login_deadline = std::chrono::steady_clock::time_point::max();
     drop_ = std::move(opened).value();
     user_ = account_.name;
     if (traced_ != nullptr) {
@@ -868,7 +910,9 @@ void session_runner::finish() {
   held_.reset();  // unsent replies of a session that ends on an error
   ctl_->done = true;
   ctl_->timer.cancel();
-  if (ctl_->timed_out) {
+  if (ctl_->login_timed_out) {
+    reason_ = "login timeout";
+  } else if (ctl_->timed_out) {
     reason_ = "timeout";
   } else if (ctl_->shutting_down) {
     reason_ = "shutdown";
@@ -903,16 +947,21 @@ void session_runner::finish() {
 asio::awaitable<void> run_session(std::shared_ptr<session_control> ctl, const session_env& env,
                                   connection_info conn, std::string id) {
   auto ex = co_await asio::this_coro::executor;
-  ctl->deadline = std::chrono::steady_clock::now() + env.idle_timeout;
+  auto start = std::chrono::steady_clock::now();
+  if (!conn.resume && env.login_timeout.count() > 0) {
+    ctl->login_deadline = start + env.login_timeout;
+  }
+  ctl->deadline = capped(*ctl, start + env.idle_timeout);
   asio::co_spawn(ex, watchdog(ctl), asio::detached);
 
   if (conn.implicit_tls && !conn.resume) {
     auto* tls = static_cast<tls_transport*>(ctl->stream.get());
     // A handshake gets at most a minute, whatever the idle timeout.
-    ctl->deadline = std::chrono::steady_clock::now() +
-                    std::min<std::chrono::milliseconds>(env.idle_timeout, std::chrono::seconds(60));
+    ctl->deadline = capped(*ctl, std::chrono::steady_clock::now() +
+                                     std::min<std::chrono::milliseconds>(env.idle_timeout,
+                                                                         std::chrono::seconds(60)));
     std::string why = co_await tls->handshake();
-    ctl->deadline = std::chrono::steady_clock::now() + env.idle_timeout;
+    ctl->deadline = capped(*ctl, std::chrono::steady_clock::now() + env.idle_timeout);
     if (!why.empty()) {
       log::notice("TLS handshake failed: rip={}, session=<{}>, error={}", conn.remote, id,
                   ctl->timed_out ? std::string("timeout") : why);

@@ -80,6 +80,9 @@ struct session_env {
   pop3::session_options engine;            // the per-connection fields are filled per session
   std::chrono::milliseconds failure_delay{2000};
   std::chrono::milliseconds idle_timeout{600000};
+  // A client not logged in this long after connecting is answered login_timeout_reply and
+  // disconnected, whatever it sends meanwhile; 0 = off. Not applied to a resumed session.
+  std::chrono::milliseconds login_timeout{60000};
 
   std::shared_ptr<tls_server_context> tls;  // null: no TLS configured
   bool stls = false;                       // STLS offered on plain connections
@@ -135,8 +138,12 @@ struct session_control {
   std::unique_ptr<transport> stream;
   asio::steady_timer timer;
   std::chrono::steady_clock::time_point deadline;
+  // Until the login: no deadline (touch or handshake) goes past this one.
+  std::chrono::steady_clock::time_point login_deadline = std::chrono::steady_clock::time_point::max();
   bool done = false;
   bool timed_out = false;
+  bool login_timed_out = false;  // timed_out at login_deadline
+  bool awaiting_input = false;   // the driver waits for client bytes, no write in progress
   bool shutting_down = false;
 };
 

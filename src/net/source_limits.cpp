@@ -6,12 +6,38 @@
 namespace postern::net {
 
 std::size_t source_limits::addr_hash::operator()(const asio::ip::address& a) const noexcept {
+  return hash_address(a);
+}
+
+std::size_t source_limits::hash_address(const asio::ip::address& a) noexcept {
   if (a.is_v4()) {
     return std::hash<std::uint32_t>()(a.to_v4().to_uint());
   }
   auto bytes = a.to_v6().to_bytes();
   return std::hash<std::string_view>()(
       std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
+}
+
+std::size_t connection_pacer::addr_hash::operator()(const asio::ip::address& a) const noexcept {
+  return source_limits::hash_address(a);
+}
+
+bool connection_pacer::admit(const asio::ip::address& addr, std::chrono::steady_clock::time_point now) {
+  if (interval_.count() <= 0) {
+    return true;
+  }
+  std::lock_guard lock(mu_);
+  if (last_start_.size() >= 1024) {
+    std::erase_if(last_start_, [&](const auto& kv) { return now - kv.second >= interval_; });
+  }
+  auto [it, fresh] = last_start_.try_emplace(addr, now);
+  if (!fresh) {
+    if (now - it->second < interval_) {
+      return false;
+    }
+    it->second = now;
+  }
+  return true;
 }
 
 std::optional<source_limits::slot> source_limits::try_acquire(const asio::ip::address& addr,

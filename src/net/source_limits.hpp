@@ -6,6 +6,7 @@
 
 #include <asio/ip/address.hpp>
 
+#include <chrono>
 #include <cstdint>
 #include <mutex>
 #include <optional>
@@ -49,6 +50,8 @@ class source_limits {
 
   std::uint32_t active() const;
 
+  static std::size_t hash_address(const asio::ip::address& a) noexcept;
+
  private:
   struct addr_hash {
     std::size_t operator()(const asio::ip::address& a) const noexcept;
@@ -60,6 +63,27 @@ class source_limits {
   mutable std::mutex mu_;
   std::uint32_t total_ = 0;                                           // guarded by mu_
   std::unordered_map<asio::ip::address, std::uint32_t, addr_hash> per_source_;  // guarded by mu_
+};
+
+// server.min_connection_interval in event mode, as fork mode applies it (popa3d's MIN_DELAY):
+// a connection from a source is refused when the last connection admitted from that source
+// began less than `interval` ago. Thread-safe (one mutex, taken once per connection). The
+// table forgets sources whose last connection is older than `interval` once it holds 1024.
+class connection_pacer {
+ public:
+  explicit connection_pacer(std::chrono::milliseconds interval) : interval_(interval) {}
+
+  // True (and `now` remembered as the source's last start) when the connection may go on.
+  bool admit(const asio::ip::address& addr, std::chrono::steady_clock::time_point now);
+
+ private:
+  struct addr_hash {
+    std::size_t operator()(const asio::ip::address& a) const noexcept;
+  };
+  const std::chrono::milliseconds interval_;
+  std::mutex mu_;
+  std::unordered_map<asio::ip::address, std::chrono::steady_clock::time_point, addr_hash>
+      last_start_;  // guarded by mu_
 };
 
 // The address as a client is known in logs: IPv4-mapped IPv6 addresses shown as IPv4.

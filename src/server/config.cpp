@@ -365,6 +365,20 @@ void set_idle_timeout(const item& it, config& cfg) {
   }
 }
 
+void set_login_timeout(const item& it, config& cfg) {
+  auto d = get_duration(it);
+  if (!d) {
+    return;
+  }
+  if (*d > max_idle_timeout) {
+    it.fail("must be at most 24 hours");
+  } else if (d->count() % 1000 != 0) {
+    it.fail("must be a whole number of seconds");
+  } else {
+    cfg.login_timeout = std::chrono::duration_cast<std::chrono::seconds>(*d);
+  }
+}
+
 void set_failure_delay(const item& it, config& cfg) {
   auto d = get_duration(it);
   if (!d) {
@@ -904,6 +918,7 @@ const auto key_rules = std::to_array<key_rule>({
        }
      }},
     {"server", "idle_timeout", set_idle_timeout},
+    {"server", "login_timeout", set_login_timeout},
     {"server", "threads",
      [](const item& it, config& c) {
        if (auto v = get_uint(it, 0, 1024)) {
@@ -1396,6 +1411,7 @@ std::string format_config(const config& cfg) {
   line("max_connections", number(cfg.max_connections));
   line("max_connections_per_ip", number(cfg.max_connections_per_ip));
   line("idle_timeout", format_duration(cfg.idle_timeout));
+  line("login_timeout", format_duration(cfg.login_timeout));
   line("threads", number(cfg.threads));
   line("processes", cfg.processes == 0 ? std::string("\"auto\"") : number(cfg.processes));
   line("max_bad_commands", number(cfg.max_bad_commands));

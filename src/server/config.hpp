@@ -60,6 +60,9 @@ struct config {
   std::uint32_t max_connections = 10000;
   std::uint32_t max_connections_per_ip = 50;
   std::chrono::seconds idle_timeout{600};     // RFC 1939 section 3: at least 10 minutes
+  // A client not logged in this long after connecting is disconnected, however it trickles
+  // bytes (the idle timer does not cover that); 0 = off. Dovecot's login processes do the same.
+  std::chrono::seconds login_timeout{60};
   std::uint32_t threads = 0;                  // I/O threads per process; 0 = the cores shared out
   std::uint32_t processes = 1;                // event mode worker processes; 0 = "auto" (one per core)
   std::uint32_t max_bad_commands = 20;        // then the client is disconnected

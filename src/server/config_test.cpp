@@ -39,6 +39,7 @@ void expect_same_config(const config& a, const config& b) {
   EXPECT_EQ(a.max_connections, b.max_connections);
   EXPECT_EQ(a.max_connections_per_ip, b.max_connections_per_ip);
   EXPECT_EQ(a.idle_timeout, b.idle_timeout);
+  EXPECT_EQ(a.login_timeout, b.login_timeout);
   EXPECT_EQ(a.threads, b.threads);
   EXPECT_EQ(a.processes, b.processes);
   EXPECT_EQ(a.max_bad_commands, b.max_bad_commands);
@@ -180,6 +181,8 @@ TEST(config, every_key_is_read) {
       {"[auth]\nfailure_delay = \"60s\"", [](const config& c) { EXPECT_EQ(c.failure_delay, 60s); }},
       {"[server]\nidle_timeout = \"1s\"", [](const config& c) { EXPECT_EQ(c.idle_timeout, 1s); }},
       {"[server]\nidle_timeout = \"24h\"", [](const config& c) { EXPECT_EQ(c.idle_timeout, 24h); }},
+      {"[server]\nlogin_timeout = 0", [](const config& c) { EXPECT_EQ(c.login_timeout, 0s); }},
+      {"[server]\nlogin_timeout = \"2m\"", [](const config& c) { EXPECT_EQ(c.login_timeout, 120s); }},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.text);

@@ -78,6 +78,7 @@ struct connection_limits {
   net::source_limits* local = nullptr;
   shared_limits* shared = nullptr;
   std::uint32_t slot = 0;
+  net::connection_pacer* pacer = nullptr;  // server.min_connection_interval; null: off
 
   std::uint32_t active() const { return local ? local->active() : shared->active(slot); }
 };
@@ -113,6 +114,11 @@ asio::awaitable<void> serve_connection(asio::ip::tcp::socket sock, asio::ip::tcp
   if (refused) {
     log::warning("connection refused: rip={}, reason={}", addr.to_string(),
                  refused_total ? "max_connections" : "max_connections_per_ip");
+    co_await refuse(std::move(sock), "-ERR [SYS/TEMP] Too many connections, try again later.\r\n");
+    co_return;
+  }
+  if (limits.pacer != nullptr && !limits.pacer->admit(addr, std::chrono::steady_clock::now())) {
+    log::warning("connection refused: rip={}, reason=min_connection_interval", addr.to_string());
     co_await refuse(std::move(sock), "-ERR [SYS/TEMP] Too many connections, try again later.\r\n");
     co_return;
   }
@@ -163,7 +169,8 @@ asio::awaitable<void> accept_loop(listener& l, io_worker& w, connection_limits& 
 
 // Binds every address of `list` once per I/O thread of every process, all in one
 // SO_REUSEPORT group per address: the kernel spreads connections over them.
-result<void> bind_list(const std::vector<listen_address>& list, bool implicit_tls, all_sockets& out) {
+result<void> bind_list(const std::vector<listen_address>& list, bool implicit_tls, int backlog,
+                       all_sockets& out) {
   for (const auto& la : list) {
     std::error_code ec;
     auto addr = asio::ip::make_address(la.host, ec);
@@ -189,7 +196,7 @@ result<void> bind_list(const std::vector<listen_address>& list, bool implicit_tl
           return fail(errno);
         }
         if (::bind(fd.get(), ep.data(), static_cast<socklen_t>(ep.size())) != 0 ||
-            ::listen(fd.get(), SOMAXCONN) != 0) {
+            ::listen(fd.get(), backlog) != 0) {
           return fail(errno);
         }
         if (port == 0) {
@@ -215,8 +222,10 @@ result<all_sockets> bind_listeners(const config& cfg, std::uint32_t processes, s
   for (auto& p : out) {
     p.resize(threads);
   }
-  POSTERN_TRY(bind_list(cfg.listen, cfg.tls == tls_mode::connection && !cfg.tls_cert.empty(), out));
-  POSTERN_TRY(bind_list(cfg.tls_listen, true, out));
+  // server.listen_backlog, per listening socket (one per address, I/O thread and process).
+  const int backlog = static_cast<int>(cfg.unix.listen_backlog);
+  POSTERN_TRY(bind_list(cfg.listen, cfg.tls == tls_mode::connection && !cfg.tls_cert.empty(), backlog, out));
+  POSTERN_TRY(bind_list(cfg.tls_listen, true, backlog, out));
   return out;
 }
 
@@ -270,6 +279,9 @@ int run_event_loop(const config& cfg, std::shared_ptr<net::tls_server_context> t
   std::function<void(const std::error_code&, int)> on_hup = [&](const std::error_code& ec, int) {
     if (ec) {
       return;
+    }
+    if (st.passdb) {
+      st.passdb->reload();  // an untrusted or malformed file: logged, previous contents kept
     }
     if (st.env.tls) {
       if (auto r = st.env.tls->reload(); r) {
@@ -336,6 +348,12 @@ int run_daemon(const config& cfg) {
   const std::uint32_t processes = effective_processes(cfg.processes, cores);
   const std::uint32_t n_threads = threads_per_process(cfg.threads, processes, cores);
 
+  if (processes > 1 && cfg.unix.min_connection_interval.count() > 0) {
+    return startup_failure(error(
+        errc::invalid, "server.min_connection_interval is enforced by one process only: it cannot be "
+                       "combined with server.processes = " + std::to_string(processes) +
+                       " (set processes = 1, or remove min_connection_interval)"));
+  }
   // Idle sessions cost descriptors: take every one the hard limit allows.
   if (auto limit = raise_descriptor_limit(); !limit) {
     log::warning("{}", limit.err().message());
@@ -369,7 +387,8 @@ int run_daemon(const config& cfg) {
 
   if (processes == 1) {
     net::source_limits local(cfg.max_connections, cfg.max_connections_per_ip);
-    connection_limits limits{&local, nullptr, 0};
+    net::connection_pacer pacer(cfg.unix.min_connection_interval);
+    connection_limits limits{&local, nullptr, 0, &pacer};
     return run_event_loop(cfg, std::move(tls).value(), std::move(sockets->front()), limits, deferred, 1, {});
   }
 
@@ -409,6 +428,11 @@ int run_daemon(const config& cfg) {
 int run_inetd(const config& cfg) {
   init_logging(cfg);
   std::signal(SIGPIPE, SIG_IGN);
+  if (cfg.unix.min_connection_interval.count() > 0) {
+    log::error("server.min_connection_interval cannot apply to --inetd (one connection per "
+               "process; the inetd superserver paces connections): remove it from this config");
+    return 1;
+  }
   auto tls = make_tls(cfg);
   if (!tls) {
     log::error("{}", tls.err().message());

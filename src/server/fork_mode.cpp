@@ -172,6 +172,7 @@ result<void> common_startup(const config& cfg, const unix_settings& us, shared_s
   if (spec.rfind("passwd-file:", 0) == 0 && ::access(spec.c_str() + 12, R_OK) != 0) {
     return error::from_errno(errno, "auth.passdb: " + spec.substr(12), errc::invalid);
   }
+  POSTERN_TRY(check_passdb_file(cfg, us));
   params.cfg = &cfg;
   params.us = &us;
   params.st = &st;

@@ -2,6 +2,7 @@
 
 #include "auth/pam.hpp"
 #include "auth/passwd_file.hpp"
+#include "auth/system_users.hpp"
 #include "common/log.hpp"
 #include "store/expire.hpp"
 
@@ -68,7 +69,39 @@ result<std::unique_ptr<auth::passdb>> open_passdb(const config& cfg, const unix_
   if (spec.rfind(prefix, 0) != 0) {
     return error(errc::invalid, "auth.passdb: unsupported passdb '" + spec + "'");
   }
-  return auth::open_passwd_file(spec.substr(prefix.size()));
+  auto owner = passdb_trusted_owner(cfg, us);
+  if (!owner) {
+    return std::move(owner).err();
+  }
+  return auth::open_passwd_file(spec.substr(prefix.size()), *owner);
+}
+
+result<uid_t> passdb_trusted_owner(const config& cfg, const unix_settings& us) {
+  if (::geteuid() != 0 || cfg.user.empty() || us.model == process_model::fork) {
+    return ::geteuid();
+  }
+  auto account = auth::find_system_user(cfg.user);
+  if (!account) {
+    return error(errc::invalid, "server.user: unknown user '" + cfg.user + "'");
+  }
+  return account->uid;
+}
+
+result<void> check_passdb_file(const config& cfg, const unix_settings& us) {
+  constexpr std::string_view prefix = "passwd-file:";
+  if (cfg.passdb.rfind(prefix, 0) != 0) {
+    return {};
+  }
+  auto owner = passdb_trusted_owner(cfg, us);
+  if (!owner) {
+    return std::move(owner).err();
+  }
+  std::string path = cfg.passdb.substr(prefix.size());
+  POSTERN_TRY(auth::check_passwd_file_path(path, *owner));
+  if (auto warning = auth::passwd_file_directory_warning(path, *owner); !warning.empty()) {
+    log::warning("{}", warning);
+  }
+  return {};
 }
 
 result<std::string> make_salt_key() {
@@ -224,6 +257,7 @@ result<void> prepare_env(const config& cfg, const unix_settings& us, shared_stat
   st.env.engine.max_bad_commands = cfg.max_bad_commands;
   st.env.failure_delay = cfg.failure_delay;
   st.env.idle_timeout = cfg.idle_timeout;
+  st.env.login_timeout = cfg.login_timeout;
   st.env.hostname = cfg.gssapi_hostname.empty() ? local_hostname() : cfg.gssapi_hostname;
   st.env.tls = std::move(tls);
   st.env.stls = st.env.tls != nullptr && cfg.tls != tls_mode::none;

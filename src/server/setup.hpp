@@ -76,6 +76,13 @@ result<void> prepare_env(const config& cfg, const unix_settings& us, shared_stat
 result<void> prepare_auth(const config& cfg, const unix_settings& us, shared_state& st);
 // Just the password database named by cfg.passdb.
 result<std::unique_ptr<auth::passdb>> open_passdb(const config& cfg, const unix_settings& us);
+// The uid besides root that may own a passwd-file (auth/passwd_file.hpp): the uid the server
+// runs as, i.e. server.user's when started as root in event or inetd mode, else the effective
+// uid (fork mode: the root master). errc::invalid when server.user does not resolve.
+result<uid_t> passdb_trusted_owner(const config& cfg, const unix_settings& us);
+// The passwd-file trust check of posternd --check-config and of fork mode's start; nothing to
+// check for pam.
+result<void> check_passdb_file(const config& cfg, const unix_settings& us);
 
 // Runs a session and logs anything that escapes it; the session closes only itself.
 // `registry` may be null. `id` empty: a new session id is made.

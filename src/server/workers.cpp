@@ -43,19 +43,27 @@ result<std::uint64_t> raise_descriptor_limit() {
 }
 
 std::string descriptor_warning(std::uint32_t max_connections, std::uint32_t processes, std::uint64_t limit) {
-  // Every session holds its socket and, once logged in, its maildrop lock.
+  // Every session holds its socket and, once logged in, its maildrop lock; each process also
+  // keeps some for itself (listeners, log, pipes, its event loop).
   std::uint64_t needed = 2ull * max_connections;
-  std::uint64_t available = limit == UINT64_MAX ? UINT64_MAX : limit * std::max(1u, processes);
+  if (limit == UINT64_MAX) {
+    return {};
+  }
+  std::uint64_t usable = limit > descriptor_reserve ? limit - descriptor_reserve : 0;
+  std::uint64_t available = usable * std::max(1u, processes);
   if (needed <= available) {
     return {};
   }
-  std::uint64_t per_process = limit == 0 ? 1 : limit;
-  std::uint64_t enough = (needed + per_process - 1) / per_process;
+  std::uint64_t enough = usable == 0 ? 0 : (needed + usable - 1) / usable;
   return "server.max_connections = " + std::to_string(max_connections) + " needs at least " +
          std::to_string(needed) + " descriptors (socket and maildrop lock per session), but " +
          std::to_string(processes) + (processes == 1 ? " process" : " processes") +
-         " with RLIMIT_NOFILE = " + std::to_string(limit) + " have " + std::to_string(available) +
-         "; raise the hard limit or set server.processes to at least " + std::to_string(enough);
+         " with RLIMIT_NOFILE = " + std::to_string(limit) + " (" +
+         std::to_string(descriptor_reserve) + " kept by each process for itself) have " +
+         std::to_string(available) + "; raise the hard limit (LimitNOFILE=, ulimit -Hn) to at least " +
+         std::to_string((needed + std::max(1u, processes) - 1) / std::max(1u, processes) +
+                        descriptor_reserve) +
+         (enough == 0 ? std::string() : " or set server.processes to at least " + std::to_string(enough));
 }
 
 std::chrono::milliseconds restart_backoff::next_delay(std::chrono::steady_clock::duration uptime) {

@@ -28,8 +28,14 @@ std::uint32_t threads_per_process(std::uint32_t threads, std::uint32_t processes
 // costs) and returns the limit now in effect.
 result<std::uint64_t> raise_descriptor_limit();
 
-// A warning when `max_connections` sessions (two descriptors each: the socket and the
-// maildrop lock) cannot fit in `processes` processes of `limit` descriptors; empty otherwise.
+// Descriptors each process keeps for itself (listening sockets, log, pipes, epoll and eventfds
+// of its threads, files the passdb and TLS reload open): a limit of exactly 2 * max_connections
+// would pass the check while these leave too few for the last sessions.
+constexpr std::uint64_t descriptor_reserve = 64;
+
+// A warning, with the numbers, when `max_connections` sessions (two descriptors each: the
+// socket and the maildrop lock) cannot fit in `processes` processes of `limit` descriptors
+// less descriptor_reserve each; empty otherwise.
 std::string descriptor_warning(std::uint32_t max_connections, std::uint32_t processes, std::uint64_t limit);
 
 // When to restart a worker that ended without being asked to. A worker that ran for a while

@@ -6,6 +6,7 @@
 #include "server/daemon.hpp"
 #include "server/demo.hpp"
 #include "server/fork_mode.hpp"
+#include "server/setup.hpp"
 #include "server/startup_recovery.hpp"
 #include "server/unix_settings.hpp"
 #include "store/location.hpp"
@@ -355,6 +356,10 @@ int main(int argc, char** argv) {
   }
   if (auto r = postern::server::check_store_identity(*cfg, us); !r) {
     std::fprintf(stderr, "posternd: %s: %s\n", config_path.c_str(), r.err().message().c_str());
+    return 1;
+  }
+  if (auto r = postern::server::check_passdb_file(*cfg, us); !r) {
+    std::fprintf(stderr, "posternd: auth.passdb: %s\n", r.err().message().c_str());
     return 1;
   }
   if (check) {
