@@ -471,6 +471,11 @@ asio::awaitable<void> session_runner::run() {
         co_await flush();
         if (engine_.quit_received() && engine_.state() != pop3::session_state::update) {
           reason_ = "QUIT";
+        } else if (engine_.too_many_failed_logins()) {
+          reason_ = "too many failed logins";
+          if (env_.remote_auth == nullptr) {  // else the privileged process logged it
+            log::notice("too many failed logins: rip={}, session=<{}>", remote_, id_);
+          }
         }
         running_ = false;
         break;

@@ -21,6 +21,13 @@ inline constexpr std::size_t max_message_line = 8192;
 // Dovecot disconnects after 20 bad commands (pop3-client.c); config may override.
 inline constexpr std::uint32_t default_max_bad_commands = 20;
 
+// Failed logins (USER/PASS, APOP, AUTH) per connection: the N-th failure is answered and the
+// connection closed, in every mode. Each failure already costs auth.failure_delay; this bounds
+// how many guesses one connection gets. 10 is what fork mode's privileged process allowed
+// before; Dovecot's login processes likewise disconnect after repeated failures ("Disconnected
+// (auth failed, N attempts)").
+inline constexpr std::uint32_t max_failed_logins = 10;
+
 // Chunk size for streaming a message: one read and one write per chunk, so a message of
 // any size is served in constant memory.
 inline constexpr std::size_t stream_chunk = 64 * 1024;

@@ -382,13 +382,18 @@ void session::auth_done(auth_status status) {
       pending_ = step::open_maildrop;
       return;
     case auth_status::bad_credentials:
-      reply_err("[AUTH] Authentication failed.");
+      out_.append("-ERR [AUTH] Authentication failed.");
       break;
     case auth_status::temporary_failure:
-      reply_err("[SYS/TEMP] Authentication temporarily unavailable, try again later.");
+      out_.append("-ERR [SYS/TEMP] Authentication temporarily unavailable, try again later.");
       break;
   }
   user_.clear();
+  if (++failed_logins_ >= limits::max_failed_logins) {
+    out_.append(" Disconnected for too many authentication failures.");
+    close_ = true;
+  }
+  out_.append("\r\n");
 }
 
 void session::open_done(open_status status, std::span<const store::message_info> messages) {

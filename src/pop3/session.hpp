@@ -108,6 +108,10 @@ class session {
   session_state state() const noexcept { return state_; }
   const session_stats& stats() const noexcept { return stats_; }
   bool quit_received() const noexcept { return quit_received_; }
+  // The last failed login reached limits::max_failed_logins; the session closes after it.
+  bool too_many_failed_logins() const noexcept {
+    return failed_logins_ >= limits::max_failed_logins;
+  }
 
   // authenticate / open_maildrop
   std::string_view login_user() const noexcept { return user_; }
@@ -193,6 +197,7 @@ class session {
   bool close_ = false;
   bool quit_received_ = false;
   std::uint32_t bad_commands_ = 0;
+  std::uint32_t failed_logins_ = 0;
 
   std::string user_;
   std::string method_;

@@ -383,6 +383,22 @@ TEST(session, too_many_bad_commands_disconnects) {
   EXPECT_TRUE(d.closed);
 }
 
+TEST(session, too_many_failed_logins_disconnects) {
+  fake_driver d;
+  d.run();
+  for (std::uint32_t i = 1; i < limits::max_failed_logins; ++i) {
+    d.say("USER alice\r\n");
+    EXPECT_EQ(d.say("PASS nope\r\n"), "-ERR [AUTH] Authentication failed.\r\n");
+    EXPECT_FALSE(d.s.too_many_failed_logins());
+  }
+  EXPECT_FALSE(d.closed);
+  d.say("USER alice\r\n");
+  EXPECT_EQ(d.say("PASS nope\r\n"),
+            "-ERR [AUTH] Authentication failed. Disconnected for too many authentication failures.\r\n");
+  EXPECT_TRUE(d.s.too_many_failed_logins());
+  EXPECT_TRUE(d.closed);
+}
+
 TEST(session, overlong_line_answered_and_session_survives) {
   fake_driver d;
   d.run();

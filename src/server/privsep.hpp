@@ -34,6 +34,7 @@
 #include "common/result.hpp"
 #include "common/unique_fd.hpp"
 #include "net/session_driver.hpp"
+#include "pop3/limits.hpp"
 #include "server/setup.hpp"
 
 #include <asio/ip/address.hpp>
@@ -69,8 +70,9 @@ inline constexpr std::size_t max_input = 64 * 1024;   // unprocessed client byte
 inline constexpr std::size_t max_sasl_data = 64 * 1024;
 // A pre-auth process asking more than this many questions is not a POP3 session.
 inline constexpr std::size_t max_requests = 256;
-// Failed logins per connection before S ends it (the engine allows retries; S bounds them).
-inline constexpr std::size_t max_failed_logins = 10;
+// Failed logins per connection before S ends it: the engine in P closes at the same count;
+// S enforces it too, so a compromised P gets no more guesses.
+inline constexpr std::size_t max_failed_logins = pop3::limits::max_failed_logins;
 
 struct message_spec {
   msg_type type;
