@@ -16,7 +16,9 @@
 // sent after the server refused the AUTH, a password typed as a command); of a known verb,
 // the verb, then the arguments of USER, the user of APOP and the mechanism of AUTH (when it
 // looks like a mechanism name), the rest "[redacted]". This does not rest on following the
-// exchange (which a client can desynchronize), only on the engine's report of a login.
+// exchange (which a client can desynchronize), only on the engine's report of a login
+// (the driver's set_user() call). Having the engine mark each secret line would need the
+// pop3 session to report per line; the whitelist gives the same safety without that.
 // Redaction (never written anywhere): the argument of PASS; the digest of APOP; the initial
 // response of AUTH and every client line between an AUTH command and the server's final
 // +OK/-ERR (a line "*" that cancels is kept), and the server's "+ " challenges then (shown

@@ -380,7 +380,7 @@ TEST(traced_transport, shared_file_and_telemetry_only_for_users_with_a_directory
   auto sink = trace_sink::open(t / "trace.log");
   ASSERT_TRUE(sink.ok()) << sink.err().message();
   fs::create_directories(t / "telemetry/alice");
-  std::vector<std::string> reads = {"USER alice\r\n", "PASS pw-one\r\n", "QUIT\r\n"};
+  std::vector<std::string> reads = {"USER alice\r\n", "PASS pw-one\r\n", "QUIT now\r\n"};
   {
     auto inner = std::make_unique<script_transport>(reads);
     auto* raw = inner.get();
@@ -395,6 +395,8 @@ TEST(traced_transport, shared_file_and_telemetry_only_for_users_with_a_directory
       << shared;
   EXPECT_NE(shared.find("ab+c/d C: PASS [redacted]\n"), std::string::npos);
   EXPECT_EQ(shared.find("pw-one"), std::string::npos);
+  // set_user() tells the redactor about the login: the arguments after it are shown.
+  EXPECT_NE(shared.find("ab+c/d C: QUIT now\n"), std::string::npos) << shared;
   const std::string tele = slurp(t / "telemetry/alice/ab-c_d");
   EXPECT_EQ(tele, shared);  // the pre-login lines were kept and flushed at set_user
   struct stat st{};
