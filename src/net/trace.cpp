@@ -298,11 +298,9 @@ void protocol_redactor::client_line(const line_buffer& line, std::vector<std::st
     expected_.push_back(expect::sasl);
     return;
   }
-  if (logged_in_) {
-    plain(text);
-  } else if (!known_verb(verb)) {
-    out.push_back("C: [redacted]");
-  } else if (verb == "USER") {
+  if (!known_verb(verb)) {
+    out.push_back("C: [redacted]");  // even after login: a SASL answer to a refused AUTH
+  } else if (logged_in_ || verb == "USER") {
     plain(text);
   } else {
     out.push_back("C: " + verb + (args.empty() && !cut ? "" : " [redacted]"));

@@ -10,12 +10,12 @@
 //    are held in memory (at most pre_login_buffer bytes) and written when the driver calls
 //    set_user(); a session that never logs in writes no telemetry.
 //
-// Before login (until set_logged_in()) a client line is written only as far as it cannot
-// hold a secret, whatever the redactor believes about the exchange: the line of a verb the
-// engine does not know is written "[redacted]" whole (a mistyped "PAS secret", a SASL answer
-// sent after the server refused the AUTH, a password typed as a command); of a known verb,
-// the verb, then the arguments of USER, the user of APOP and the mechanism of AUTH (when it
-// looks like a mechanism name), the rest "[redacted]". This does not rest on following the
+// The line of a verb the engine does not know is written "[redacted]" whole, before and
+// after login (a mistyped "PAS secret", a SASL answer sent after the server refused the
+// AUTH, a password typed as a command). Before login (until set_logged_in()) a client line
+// is written only as far as it cannot hold a secret, whatever the redactor believes about
+// the exchange: of a known verb, the verb, then the arguments of USER, the user of APOP and
+// the mechanism of AUTH (when it looks like a mechanism name), the rest "[redacted]". This does not rest on following the
 // exchange (which a client can desynchronize), only on the engine's report of a login
 // (the driver's set_user() call). Having the engine mark each secret line would need the
 // pop3 session to report per line; the whitelist gives the same safety without that.

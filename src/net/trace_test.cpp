@@ -198,7 +198,7 @@ TEST(protocol_redactor, stls_discards_pipelined_expectations) {
 }
 
 TEST(protocol_redactor, escapes_cuts_and_partial_lines) {
-  std::string long_line(3000, 'a');
+  std::string long_line = "NOOP " + std::string(2995, 'a');
   auto out = run({{'S', "+OK\r\n"},
                   {'L', ""},
                   {'C', "NOOP \x01\\x\r\n"},
@@ -207,7 +207,7 @@ TEST(protocol_redactor, escapes_cuts_and_partial_lines) {
                   {'S', "-ERR too long\r\n"},
                   {'C', "PASS unterminated-secret"}});
   EXPECT_EQ(out[1], "C: NOOP \\x01\\x5Cx");
-  EXPECT_EQ(out[3], "C: " + std::string(trace_max_line, 'a') + " [+" +
+  EXPECT_EQ(out[3], "C: NOOP " + std::string(trace_max_line - 5, 'a') + " [+" +
                         std::to_string(3000 - trace_max_line) + " octets]");
   EXPECT_EQ(out.back(), "C: PASS [redacted]");
   // No greeting expected (a resumed session): the first server line answers the client.
@@ -286,6 +286,11 @@ TEST(protocol_redactor, transaction_commands_stay_readable_after_login) {
   r.server_bytes("+OK 1 5\r\n+OK\r\n", out);
   EXPECT_EQ(out[out.size() - 4], "C: LIST 1") << joined(out);
   EXPECT_EQ(out[out.size() - 3], "C: NOOP x") << joined(out);
+  // AUTH after login is refused; the answer a client sends anyway is not written.
+  r.client_bytes("AUTH PLAIN\r\n", out);
+  r.server_bytes("-ERR Already logged in.\r\n", out);
+  r.client_bytes("AGFsaWNlAHNlY3JldA==\r\n", out);
+  EXPECT_EQ(out.back(), "C: [redacted]") << joined(out);
 }
 
 // ---------------------------------------------------------------------------------------

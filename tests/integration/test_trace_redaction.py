@@ -84,10 +84,13 @@ class TraceRedactionTest(PosternTestCase):
         conn = self.srv.session(self.box)
         self.assertOk(conn.cmd("LIST 1"))
         self.assertOk(conn.cmd("NOOP"))
+        # After login AUTH is refused; an answer sent anyway is not written either.
+        self.assertErr(conn.cmd("AUTH PLAIN"))
+        self.assertErr(conn.cmd(b64(f"\0alice\0{s[11]}")))
         conn.quit()
         text = self.traced(4)
-        answers = [b64(f"\0alice\0{s[i]}") for i in (4, 5, 6)]
-        self.assertNoSecret(text, s[:11] + answers + [ALICE_PW])
+        answers = [b64(f"\0alice\0{s[i]}") for i in (4, 5, 6, 11)]
+        self.assertNoSecret(text, s + answers + [ALICE_PW])
         self.assertIn("C: USER alice", text)
         self.assertIn("C: PASS [redacted]", text)
         self.assertIn("C: AUTH PLAIN [redacted]", text)
