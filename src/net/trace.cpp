@@ -49,6 +49,40 @@ std::pair<std::string_view, std::string_view> split_verb(std::string_view line) 
   return {line.substr(0, sp), line.substr(sp + 1)};
 }
 
+// The verbs the POP3 engine knows (pop3/command.cpp); the line of any other verb is not
+// written before login.
+bool known_verb(std::string_view verb) {
+  static constexpr std::string_view verbs[] = {"USER", "PASS", "APOP", "AUTH", "STLS", "CAPA",
+                                               "QUIT", "STAT", "LIST", "RETR", "DELE", "NOOP",
+                                               "RSET", "TOP",  "UIDL", "LAST", "XTND"};
+  for (auto v : verbs) {
+    if (v == verb) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// A SASL mechanism name (RFC 4422: upper-case letters, digits, '-', '_', at most 20), in
+// either case but not mixed, so that base64 typed in its place is not taken for one.
+bool mechanism_like(std::string_view s) {
+  if (s.empty() || s.size() > 20) {
+    return false;
+  }
+  bool lower = false;
+  bool upper_seen = false;
+  for (char c : s) {
+    if (c >= 'a' && c <= 'z') {
+      lower = true;
+    } else if (c >= 'A' && c <= 'Z') {
+      upper_seen = true;
+    } else if (!((c >= '0' && c <= '9') || c == '-' || c == '_')) {
+      return false;
+    }
+  }
+  return !(lower && upper_seen);
+}
+
 std::string octets(std::uint64_t n, std::string_view what) {
   return "[" + std::string(what) + std::to_string(n) + " octets]";
 }
@@ -127,7 +161,7 @@ void trace_sink::write(std::string_view text) noexcept {
 // ---------------------------------------------------------------------------------------
 // protocol_redactor
 
-protocol_redactor::protocol_redactor(bool expect_greeting) {
+protocol_redactor::protocol_redactor(bool expect_greeting) : logged_in_(!expect_greeting) {
   if (expect_greeting) {
     expected_.push_back(expect::single);
   }
@@ -251,7 +285,11 @@ void protocol_redactor::client_line(const line_buffer& line, std::vector<std::st
     }
     auto [mech, initial] = split_verb(args);
     std::string s = "C: AUTH ";
-    escape_into(mech, s);
+    if (mechanism_like(mech)) {
+      escape_into(mech, s);
+    } else {
+      s += "[redacted]";
+    }
     if (!initial.empty() || cut) {
       s += " [redacted]";
     }
@@ -260,7 +298,17 @@ void protocol_redactor::client_line(const line_buffer& line, std::vector<std::st
     expected_.push_back(expect::sasl);
     return;
   }
-  plain(text);
+  if (!known_verb(verb)) {
+    out.push_back("C: [redacted]");  // even after login: a SASL answer to a refused AUTH
+  } else if (logged_in_ || verb == "USER") {
+    plain(text);
+  } else {
+    out.push_back("C: " + verb + (args.empty() && !cut ? "" : " [redacted]"));
+  }
+  expect_reply_to(verb, args);
+}
+
+void protocol_redactor::expect_reply_to(std::string_view verb, std::string_view args) {
   if (verb == "RETR" || verb == "TOP") {
     expected_.push_back(expect::body);
   } else if (verb == "LIST" || verb == "UIDL") {
@@ -336,6 +384,7 @@ void protocol_redactor::server_line(const line_buffer& line, std::vector<std::st
     case expect::stls:
       if (ok) {
         expected_.clear();  // pipelined input before the handshake was discarded
+        sasl_ = false;
       }
       break;
     case expect::single:
@@ -473,6 +522,7 @@ void traced_transport::emit(std::vector<std::string>& lines) noexcept {
 }
 
 void traced_transport::set_user(std::string_view user) noexcept {
+  redactor_.set_logged_in();
   if (user_known_ || disabled_) {
     return;
   }

@@ -10,6 +10,15 @@
 //    are held in memory (at most pre_login_buffer bytes) and written when the driver calls
 //    set_user(); a session that never logs in writes no telemetry.
 //
+// The line of a verb the engine does not know is written "[redacted]" whole, before and
+// after login (a mistyped "PAS secret", a SASL answer sent after the server refused the
+// AUTH, a password typed as a command). Before login (until set_logged_in()) a client line
+// is written only as far as it cannot hold a secret, whatever the redactor believes about
+// the exchange: of a known verb, the verb, then the arguments of USER, the user of APOP and
+// the mechanism of AUTH (when it looks like a mechanism name), the rest "[redacted]". This does not rest on following the
+// exchange (which a client can desynchronize), only on the engine's report of a login
+// (the driver's set_user() call). Having the engine mark each secret line would need the
+// pop3 session to report per line; the whitelist gives the same safety without that.
 // Redaction (never written anywhere): the argument of PASS; the digest of APOP; the initial
 // response of AUTH and every client line between an AUTH command and the server's final
 // +OK/-ERR (a line "*" that cancels is kept), and the server's "+ " challenges then (shown
@@ -88,6 +97,9 @@ class protocol_redactor {
   void server_bytes(std::string_view data, std::vector<std::string>& out);
   // The end of the session: partial lines are flushed (redacted the same way).
   void finish(std::vector<std::string>& out);
+  // The engine has accepted a login (traced_transport::set_user): client lines after it
+  // are written as sent (the TRANSACTION commands), apart from the redactions above.
+  void set_logged_in() noexcept { logged_in_ = true; }
 
  private:
   enum class expect { single, multi, body, sasl, xmit, stls };
@@ -105,8 +117,10 @@ class protocol_redactor {
   void feed(std::string_view data, line_buffer& buf, bool from_client, std::vector<std::string>& out);
   void client_line(const line_buffer& line, std::vector<std::string>& out);
   void server_line(const line_buffer& line, std::vector<std::string>& out);
+  void expect_reply_to(std::string_view verb, std::string_view args);
 
   std::deque<expect> expected_;
+  bool logged_in_;                 // see set_logged_in()
   bool sasl_ = false;              // client lines are SASL responses
   bool xmit_data_ = false;         // client lines are an XTND XMIT message
   std::uint64_t xmit_octets_ = 0;

@@ -24,6 +24,10 @@ std::vector<std::string> run(const std::vector<std::pair<char, std::string>>& sc
   protocol_redactor r(greeting);
   std::vector<std::string> out;
   for (const auto& [who, bytes] : script) {
+    if (who == 'L') {
+      r.set_logged_in();
+      continue;
+    }
     std::size_t step = chunk == 0 ? bytes.size() : chunk;
     for (std::size_t i = 0; i < bytes.size(); i += step) {
       std::string_view part = std::string_view(bytes).substr(i, step);
@@ -54,6 +58,7 @@ TEST(protocol_redactor, user_pass_session_whole_and_byte_by_byte) {
       {'C', "USER alice\r\n"},
       {'S', "+OK\r\n"},
       {'C', "PASS s3cret-password\r\n"},
+      {'L', ""},
       {'S', "+OK Logged in.\r\n"},
       {'C', "RETR 1\r\n"},
       {'S', "+OK 20 octets\r\nSubject: private\r\n\r\n..dot\r\n.\r\n"},
@@ -102,6 +107,7 @@ TEST(protocol_redactor, sasl_exchange_is_redacted_until_the_final_reply) {
       {'C', "YWxpY2U=\r\n"},
       {'S', "+ UGFzc3dvcmQ6\r\n"},
       {'C', "c2VjcmV0\r\n"},
+      {'L', ""},
       {'S', "+OK Logged in.\r\n"},
       {'C', "NOOP\r\n"},
       {'S', "+OK\r\n"},
@@ -140,14 +146,15 @@ TEST(protocol_redactor, apop_digest_and_pass_in_any_case) {
   EXPECT_EQ(all.find("hunter2"), std::string::npos);
 }
 
+// Lines pipelined behind PASS are read before the login: their arguments are not shown.
 TEST(protocol_redactor, pipelined_commands_keep_their_replies_apart) {
   auto out = run({{'S', "+OK\r\n"},
                   {'C', "USER a\r\nPASS p\r\nTOP 1 0\r\nUIDL\r\nLIST 1\r\nRETR 2\r\n"},
                   {'S', "+OK\r\n+OK in\r\n+OK\r\nSubject: x\r\n\r\n.\r\n"
                         "+OK\r\n1 abc\r\n.\r\n+OK 1 5\r\n-ERR no such message\r\n"}});
   const std::vector<std::string> expected = {
-      "S: +OK",          "C: USER a",        "C: PASS [redacted]", "C: TOP 1 0",
-      "C: UIDL",         "C: LIST 1",        "C: RETR 2",          "S: +OK",
+      "S: +OK",          "C: USER a",        "C: PASS [redacted]", "C: TOP [redacted]",
+      "C: UIDL",         "C: LIST [redacted]", "C: RETR [redacted]", "S: +OK",
       "S: +OK in",       "S: +OK",           "S: [message body: 14 octets]",
       "S: .",            "S: +OK",           "S: 1 abc",           "S: .",
       "S: +OK 1 5",      "S: -ERR no such message",
@@ -157,6 +164,7 @@ TEST(protocol_redactor, pipelined_commands_keep_their_replies_apart) {
 
 TEST(protocol_redactor, xtnd_xmit_message_is_summarized_xlist_shown) {
   auto out = run({{'S', "+OK\r\n"},
+                  {'L', ""},
                   {'C', "XTND XLIST Subject\r\n"},
                   {'S', "+OK Header list follows\r\n1 Subject: hi\r\n.\r\n"},
                   {'C', "XTND XMIT\r\n"},
@@ -183,27 +191,106 @@ TEST(protocol_redactor, stls_discards_pipelined_expectations) {
   auto out = run({{'S', "+OK\r\n"},
                   {'C', "STLS\r\nCAPA\r\n"},
                   {'S', "+OK Begin TLS negotiation now.\r\n"},
+                  {'L', ""},
                   {'C', "RETR 1\r\n"},
                   {'S', "+OK 5 octets\r\nabc\r\n.\r\n"}});
   EXPECT_EQ(out[out.size() - 2], "S: [message body: 5 octets]") << joined(out);
 }
 
 TEST(protocol_redactor, escapes_cuts_and_partial_lines) {
-  std::string long_line(3000, 'a');
+  std::string long_line = "NOOP " + std::string(2995, 'a');
   auto out = run({{'S', "+OK\r\n"},
+                  {'L', ""},
                   {'C', "NOOP \x01\\x\r\n"},
                   {'S', "+OK\r\n"},
                   {'C', long_line + "\r\n"},
                   {'S', "-ERR too long\r\n"},
                   {'C', "PASS unterminated-secret"}});
   EXPECT_EQ(out[1], "C: NOOP \\x01\\x5Cx");
-  EXPECT_EQ(out[3], "C: " + std::string(trace_max_line, 'a') + " [+" +
+  EXPECT_EQ(out[3], "C: NOOP " + std::string(trace_max_line - 5, 'a') + " [+" +
                         std::to_string(3000 - trace_max_line) + " octets]");
   EXPECT_EQ(out.back(), "C: PASS [redacted]");
   // No greeting expected (a resumed session): the first server line answers the client.
   auto resumed = run({{'C', "LIST\r\n"}, {'S', "+OK\r\n1 5\r\n.\r\n"}}, 0, false);
   EXPECT_EQ(resumed.back(), "S: .");
   EXPECT_EQ(resumed[2], "S: 1 5");
+}
+
+// Client lines before login: only what cannot be a secret is shown.
+TEST(protocol_redactor, mistyped_pass_before_login_is_redacted) {
+  auto out = run({{'S', "+OK\r\n"},
+                  {'C', "USER alice\r\n"},
+                  {'S', "+OK\r\n"},
+                  {'C', "PAS secret1\r\nPASSS secret2\r\npass  secret3\r\nPASS\tsecret4\r\n"},
+                  {'S', "-ERR a\r\n-ERR b\r\n-ERR c\r\n-ERR d\r\n"},
+                  {'C', "secret5\r\nNOOP secret6\r\n"},
+                  {'S', "-ERR e\r\n+OK\r\n"}});
+  const std::string all = joined(out);
+  for (const char* s : {"secret1", "secret2", "secret3", "secret4", "secret5", "secret6"}) {
+    EXPECT_EQ(all.find(s), std::string::npos) << s << "\n" << all;
+  }
+  EXPECT_NE(all.find("C: USER alice"), std::string::npos) << all;
+  EXPECT_NE(all.find("C: PASS [redacted]"), std::string::npos) << all;
+  EXPECT_NE(all.find("C: NOOP [redacted]"), std::string::npos) << all;
+}
+
+TEST(protocol_redactor, sasl_answer_after_a_refused_auth_is_redacted) {
+  const std::string b64 = "AGFsaWNlAHNlY3JldA==";
+  // Refused mechanism, refused for policy, answer pipelined or sent after the -ERR.
+  auto out = run({{'S', "+OK\r\n"},
+                  {'C', "AUTH PLAIN\r\n"},
+                  {'S', "-ERR [AUTH] mechanism not available\r\n"},
+                  {'C', b64 + "\r\n"},
+                  {'S', "-ERR unknown command\r\n"},
+                  {'C', "AUTH NOSUCHMECH\r\n" + b64 + "x\r\n"},
+                  {'S', "-ERR no\r\n-ERR unknown command\r\n"},
+                  {'C', "auth login\r\n"},
+                  {'S', "-ERR no\r\n"},
+                  {'C', "YWxpY2U=\r\nc2VjcmV0\r\n"},
+                  {'S', "-ERR a\r\n-ERR b\r\n"}});
+  const std::string all = joined(out);
+  EXPECT_EQ(all.find("AGFsaWNl"), std::string::npos) << all;
+  EXPECT_EQ(all.find("YWxpY2U"), std::string::npos) << all;
+  EXPECT_EQ(all.find("c2VjcmV0"), std::string::npos) << all;
+  EXPECT_NE(all.find("C: AUTH PLAIN"), std::string::npos) << all;
+  // An initial response typed in place of the mechanism is not shown either.
+  auto ir = run({{'S', "+OK\r\n"}, {'C', "AUTH AGFsaWNlAHNlY3JldA\r\n"}, {'S', "-ERR no\r\n"}});
+  EXPECT_EQ(joined(ir).find("AGFsaWNl"), std::string::npos) << joined(ir);
+}
+
+TEST(protocol_redactor, lines_split_across_reads_and_after_stls_before_login) {
+  for (std::size_t chunk : {1u, 3u, 7u}) {
+    auto out = run({{'S', "+OK\r\n"},
+                    {'C', "STLS\r\n"},
+                    {'S', "+OK Begin TLS negotiation now.\r\n"},
+                    {'C', "USER a\r\nPAS hunter2\r\nAUTH PLAIN\r\n"},
+                    {'S', "+OK\r\n-ERR\r\n-ERR\r\n"},
+                    {'C', "AGFsaWNlAHNlY3JldA==\r\n"}},
+                   chunk);
+    const std::string all = joined(out);
+    EXPECT_EQ(all.find("hunter2"), std::string::npos) << all;
+    EXPECT_EQ(all.find("AGFsaWNl"), std::string::npos) << all;
+    EXPECT_NE(all.find("C: USER a"), std::string::npos) << all;
+  }
+}
+
+TEST(protocol_redactor, transaction_commands_stay_readable_after_login) {
+  protocol_redactor r;
+  std::vector<std::string> out;
+  r.server_bytes("+OK\r\n", out);
+  r.client_bytes("USER a\r\nPASS p\r\n", out);
+  r.server_bytes("+OK\r\n", out);
+  r.set_logged_in();
+  r.server_bytes("+OK Logged in.\r\n", out);
+  r.client_bytes("LIST 1\r\nNOOP x\r\n", out);
+  r.server_bytes("+OK 1 5\r\n+OK\r\n", out);
+  EXPECT_EQ(out[out.size() - 4], "C: LIST 1") << joined(out);
+  EXPECT_EQ(out[out.size() - 3], "C: NOOP x") << joined(out);
+  // AUTH after login is refused; the answer a client sends anyway is not written.
+  r.client_bytes("AUTH PLAIN\r\n", out);
+  r.server_bytes("-ERR Already logged in.\r\n", out);
+  r.client_bytes("AGFsaWNlAHNlY3JldA==\r\n", out);
+  EXPECT_EQ(out.back(), "C: [redacted]") << joined(out);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -298,7 +385,7 @@ TEST(traced_transport, shared_file_and_telemetry_only_for_users_with_a_directory
   auto sink = trace_sink::open(t / "trace.log");
   ASSERT_TRUE(sink.ok()) << sink.err().message();
   fs::create_directories(t / "telemetry/alice");
-  std::vector<std::string> reads = {"USER alice\r\n", "PASS pw-one\r\n", "QUIT\r\n"};
+  std::vector<std::string> reads = {"USER alice\r\n", "PASS pw-one\r\n", "QUIT now\r\n"};
   {
     auto inner = std::make_unique<script_transport>(reads);
     auto* raw = inner.get();
@@ -313,6 +400,8 @@ TEST(traced_transport, shared_file_and_telemetry_only_for_users_with_a_directory
       << shared;
   EXPECT_NE(shared.find("ab+c/d C: PASS [redacted]\n"), std::string::npos);
   EXPECT_EQ(shared.find("pw-one"), std::string::npos);
+  // set_user() tells the redactor about the login: the arguments after it are shown.
+  EXPECT_NE(shared.find("ab+c/d C: QUIT now\n"), std::string::npos) << shared;
   const std::string tele = slurp(t / "telemetry/alice/ab-c_d");
   EXPECT_EQ(tele, shared);  // the pre-login lines were kept and flushed at set_user
   struct stat st{};
