@@ -221,6 +221,19 @@ result<void> prepare_seed_features(const config& cfg, shared_state& st) {
   return ok_result();
 }
 
+store::lock::lock_options mbox_locking_of(const config& cfg) {
+  store::lock::lock_options o;
+  o.methods = {false, false, false};  // only the configured ones
+  for (const auto& m : cfg.mbox_locking) {
+    o.methods.dotlock = o.methods.dotlock || m == "dotlock";
+    o.methods.fcntl = o.methods.fcntl || m == "fcntl";
+    o.methods.flock = o.methods.flock || m == "flock";
+  }
+  o.timeout = cfg.mbox_lock_timeout;
+  o.dotlock_stale_age = cfg.mbox_dotlock_stale_age;
+  return o;
+}
+
 result<void> prepare_env(const config& cfg, const unix_settings& us, shared_state& st,
                          std::shared_ptr<net::tls_server_context> tls) {
   auto loc = store::parse_location(cfg.mail_location);
@@ -230,14 +243,7 @@ result<void> prepare_env(const config& cfg, const unix_settings& us, shared_stat
   st.env.location = std::move(loc).value();
   st.env.owner_rules = mail_owner_rules_of(cfg);
   auto& mb = st.env.mbox;
-  mb.locking.methods = {false, false, false};  // only the configured ones
-  for (const auto& m : cfg.mbox_locking) {
-    mb.locking.methods.dotlock = mb.locking.methods.dotlock || m == "dotlock";
-    mb.locking.methods.fcntl = mb.locking.methods.fcntl || m == "fcntl";
-    mb.locking.methods.flock = mb.locking.methods.flock || m == "flock";
-  }
-  mb.locking.timeout = cfg.mbox_lock_timeout;
-  mb.locking.dotlock_stale_age = cfg.mbox_dotlock_stale_age;
+  mb.locking = mbox_locking_of(cfg);
   st.env.mbox_state_dir.reset();
   if (!cfg.mbox_state_dir.empty()) {
     auto state = store::parse_location("mbox:" + cfg.mbox_state_dir);

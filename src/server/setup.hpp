@@ -11,6 +11,7 @@
 #include "auth/sasl.hpp"
 #include "net/access_control.hpp"
 #include "net/session_driver.hpp"
+#include "store/lock/mailbox_lock.hpp"
 #include "server/bulletins.hpp"
 #include "server/config.hpp"
 #include "server/login_stats.hpp"
@@ -68,6 +69,11 @@ result<void> reopen_after_fork(const config& cfg, shared_state& st);
 
 // Fork mode: in the master, before any fork(), closes what reopen_after_fork() reopens.
 void close_before_fork(shared_state& st);
+
+// The mbox spool locks of the config: exactly the methods in mail.mbox_locking (none that is
+// not listed), mail.mbox_lock_timeout and mail.mbox_dotlock_stale_age. Sessions, startup
+// recovery and posternd --recover all lock with these.
+store::lock::lock_options mbox_locking_of(const config& cfg);
 
 result<void> prepare_env(const config& cfg, const unix_settings& us, shared_state& st,
                          std::shared_ptr<net::tls_server_context> tls);

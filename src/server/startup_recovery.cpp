@@ -6,6 +6,7 @@
 #include "common/read_file.hpp"
 #include "common/unique_fd.hpp"
 #include "server/privsep.hpp"
+#include "server/setup.hpp"
 #include "server/unix_settings.hpp"
 #include "store/location.hpp"
 #include "store/mbox/mbox.hpp"
@@ -69,14 +70,7 @@ void report(const context& ctx, log::level lvl, const std::string& line) {
 
 store::mbox::options mbox_options_of(const config& cfg) {
   store::mbox::options o;
-  o.locking.methods = {false, false, false};
-  for (const auto& m : cfg.mbox_locking) {
-    o.locking.methods.dotlock = o.locking.methods.dotlock || m == "dotlock";
-    o.locking.methods.fcntl = o.locking.methods.fcntl || m == "fcntl";
-    o.locking.methods.flock = o.locking.methods.flock || m == "flock";
-  }
-  o.locking.timeout = cfg.mbox_lock_timeout;
-  o.locking.dotlock_stale_age = cfg.mbox_dotlock_stale_age;
+  o.locking = mbox_locking_of(cfg);
   return o;
 }
 

@@ -178,14 +178,7 @@ int recover_command(const std::string& path, const postern::server::config& cfg)
     return 1;
   }
   mbox::options opts;
-  opts.locking.methods = {false, false, false};
-  for (const auto& m : cfg.mbox_locking) {
-    opts.locking.methods.dotlock = opts.locking.methods.dotlock || m == "dotlock";
-    opts.locking.methods.fcntl = opts.locking.methods.fcntl || m == "fcntl";
-    opts.locking.methods.flock = opts.locking.methods.flock || m == "flock";
-  }
-  opts.locking.timeout = cfg.mbox_lock_timeout;
-  opts.locking.dotlock_stale_age = cfg.mbox_dotlock_stale_age;
+  opts.locking = postern::server::mbox_locking_of(cfg);
   if (!cfg.mbox_state_dir.empty()) {
     auto loc = postern::store::parse_location("mbox:" + cfg.mbox_state_dir);
     if (loc) {
