@@ -1009,12 +1009,23 @@ class World:
         self._nlog += 1
         return os.path.join(self.dir, f"{stem}{self._nlog}.log")
 
-    def start(self, config_path=None, listeners=None, log_pipe=False):
-        """Starts posternd --foreground and waits until every listener is bound."""
+    def start(self, config_path=None, listeners=None, log_pipe=False, env=None):
+        """Starts posternd --foreground and waits until every listener is bound.
+
+        env: variables added to the server's environment (test hooks of a test build)."""
         config_path = config_path or self.write_config()
         if listeners is None:
             listeners = len(self.config["server"]["listen"])
-        srv = Server(self, config_path, self._log_path("posternd"), log_pipe=log_pipe)
+        saved = {k: os.environ.get(k) for k in (env or {})}
+        os.environ.update(env or {})
+        try:
+            srv = Server(self, config_path, self._log_path("posternd"), log_pipe=log_pipe)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         self.servers.append(srv)
         return srv.wait_listening(listeners)
 

@@ -19,7 +19,7 @@ import subprocess
 import time
 import unittest
 
-from postern_harness import POSTERND, PosternTestCase, Server
+from postern_harness import POSTERND, PosternTestCase
 
 PASSWORD = "Tr-pw-1"
 USER = "victim"
@@ -115,19 +115,7 @@ class SpoolBase(PosternTestCase):
 
     def start_with_env(self, **env):
         """A server whose process has `env` added to its environment."""
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
-            srv = Server(self.world, self.world.write_config(), self.world._log_path("posternd"))
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-        self.world.servers.append(srv)
-        srv.wait_listening(1)
-        return srv
+        return self.world.start(listeners=1, env=env)
 
 
 class CrashThenForeignEdits(SpoolBase):

@@ -18,7 +18,7 @@ import subprocess
 import time
 import unittest
 
-from postern_harness import POSTERND, PosternTestCase, Server, scaled
+from postern_harness import POSTERND, PosternTestCase, scaled
 from test_system_users import SystemUsersBase
 
 FAULT_EXIT = 86
@@ -63,19 +63,8 @@ class StartupBase(PosternTestCase):
             return f.read()
 
     def start_with_env(self, **env):
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
-            srv = Server(self.world, self.world.write_config(), self.world._log_path("posternd"))
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-        self.world.servers.append(srv)
-        srv.wait_listening(1)
-        return srv
+        """A server whose process has `env` added to its environment."""
+        return self.world.start(listeners=1, env=env)
 
     def crash_quit(self, user, data, delete=1):
         """A session of `user` deletes message `delete`; its QUIT dies at the first fault point
