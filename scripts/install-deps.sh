@@ -17,6 +17,7 @@ build_pkgs=(
   libwrap0-dev         # TCP wrappers: hosts.allow / hosts.deny
   libsqlite3-dev       # login statistics and bulletin databases
   libxxhash-dev        # xxHash: checksums of the Maildir index
+  libsystemd-dev       # sd_listen_fds, sd_notify: socket activation and Type=notify
 )
 test_pkgs=(
   python3 curl fetchmail mpop getmail6 openssl procps
@@ -24,6 +25,7 @@ test_pkgs=(
   krb5-kdc krb5-admin-server krb5-user python3-gssapi  # a loopback KDC for the GSSAPI tests
   dovecot-imapd dovecot-pop3d  # Dovecot on the same Maildir: test_dovecot_uids.py (stdio only)
   fail2ban             # fail2ban-regex runs contrib/fail2ban on real logs: test_log_forgery.py
+  haproxy nginx-light libnginx-mod-mail  # real PROXY-protocol front ends: test_proxy_protocol.py
 )
 
 want=("${build_pkgs[@]}")
