@@ -7,6 +7,7 @@
 #include "server/setup.hpp"
 #include "server/shared_limits.hpp"
 #include "server/startup_recovery.hpp"
+#include "server/systemd.hpp"
 #include "server/unix_settings.hpp"
 #include "server/workers.hpp"
 #include "common/unique_fd.hpp"
@@ -272,6 +273,12 @@ int run_event_loop(const config& cfg, std::shared_ptr<net::tls_server_context> t
     }
   }
 
+  // With one process this is the unit's main process: it pings while every I/O thread runs
+  // (in a worker, forked, the watchdog does nothing; the master pings).
+  systemd::loop_watchdog watchdog(workers[0]->ctx);
+  for (auto& w : workers) {
+    watchdog.watch(w->ctx);
+  }
   // Thread 0 owns the signal sets. After SIGTERM every acceptor and session closes and the
   // signal waits are cancelled, so each io_context runs out of work and its thread ends.
   asio::signal_set signals(workers[0]->ctx, SIGTERM, SIGINT);
@@ -280,6 +287,7 @@ int run_event_loop(const config& cfg, std::shared_ptr<net::tls_server_context> t
     if (ec) {
       return;
     }
+    systemd::notify_reloading();
     if (st.passdb) {
       st.passdb->reload();  // an untrusted or malformed file: logged, previous contents kept
     }
@@ -292,6 +300,7 @@ int run_event_loop(const config& cfg, std::shared_ptr<net::tls_server_context> t
     } else {
       log::info("SIGHUP: nothing to reload (the passwd-file is re-read when it changes)");
     }
+    systemd::notify_ready();
     hup.async_wait(on_hup);
   };
   hup.async_wait(on_hup);
@@ -299,6 +308,8 @@ int run_event_loop(const config& cfg, std::shared_ptr<net::tls_server_context> t
     if (ec) {
       return;
     }
+    systemd::notify_stopping();
+    watchdog.stop();
     log::info("signal {} received: shutting down, {} sessions open", signo, limits.active());
     std::error_code ignored;
     hup.cancel(ignored);
@@ -314,6 +325,8 @@ int run_event_loop(const config& cfg, std::shared_ptr<net::tls_server_context> t
   });
 
   pthread_sigmask(SIG_UNBLOCK, &deferred, nullptr);
+  watchdog.start();
+  systemd::notify_ready("serving POP3");
   std::vector<std::thread> threads;
   for (std::size_t i = 1; i < workers.size(); ++i) {
     threads.emplace_back([&w = *workers[i]] { w.ctx.run(); });

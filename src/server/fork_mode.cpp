@@ -5,6 +5,7 @@
 #include "server/privsep.hpp"
 #include "server/setup.hpp"
 #include "server/startup_recovery.hpp"
+#include "server/systemd.hpp"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -362,6 +363,8 @@ int run_fork_daemon(const config& cfg, const unix_settings& us) {
     }
   };
 
+  systemd::watchdog_clock watchdog;  // pinged from this loop
+  systemd::notify_ready("serving POP3, one process per session");
   std::vector<pollfd> fds;
   for (;;) {
     fds.clear();
@@ -390,7 +393,8 @@ int run_fork_daemon(const config& cfg, const unix_settings& us) {
       }
       timeout = static_cast<int>(std::min<std::int64_t>(left.count(), 100));
     }
-    int n = ::poll(fds.data(), fds.size(), timeout);
+    int n = ::poll(fds.data(), fds.size(), watchdog.poll_timeout(timeout));
+    watchdog.tick();
     if (n < 0 && errno != EINTR) {
       log::error("poll failed: {}", std::strerror(errno));
       break;
@@ -403,6 +407,7 @@ int run_fork_daemon(const config& cfg, const unix_settings& us) {
         if (s == SIGCHLD) {
           reap_children();
         } else if (s == SIGHUP) {
+          systemd::notify_reloading();
           if (st.env.tls) {
             if (auto r = st.env.tls->reload(); r) {
               log::info("SIGHUP: TLS certificate and key reloaded: {}", st.env.tls->certificate_info());
@@ -412,8 +417,10 @@ int run_fork_daemon(const config& cfg, const unix_settings& us) {
           } else {
             log::info("SIGHUP: nothing to reload");
           }
+          systemd::notify_ready();
         } else if ((s == SIGTERM || s == SIGINT) && !stopping) {
           stopping = true;
+          systemd::notify_stopping();
           log::info("signal {} received: shutting down, {} sessions open", s, children.size());
           for (auto& l : listeners) {
             ::close(l.fd);
