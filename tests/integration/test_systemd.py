@@ -1,0 +1,301 @@
+"""systemd: the units in contrib/systemd, Type=notify (READY, RELOADING, STOPPING, the
+watchdog) through a NOTIFY_SOCKET of the test's own, and socket activation through
+systemd-socket-activate (named sockets, and --inetd with one process per connection).
+
+No running systemd is needed: `systemd-analyze verify` checks the units offline, and the
+notify protocol is a datagram per message on an AF_UNIX socket that the test binds itself.
+"""
+
+import os
+import poplib
+import re
+import secrets
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import time
+import unittest
+
+from postern_harness import DEFAULT_TIMEOUT, POSTERND, PosternTestCase, scaled, simple_message
+from test_system_users import MSG1, SystemUsersBase
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+UNITS = os.path.join(HERE, "..", "..", "contrib", "systemd")
+IN_CI = os.environ.get("CI", "") not in ("", "0", "false")
+
+PASSWORD = "Sd-pass-1"
+# WATCHDOG_USEC given to posternd: it pings every half of it.
+WATCHDOG_USEC = 200_000
+
+
+def require_tool(test, name):
+    """The path of a tool the test drives; in CI its absence is a failure, not a skip."""
+    path = shutil.which(name)
+    if path is None:
+        if IN_CI:
+            test.fail(f"{name} is not installed (scripts/install-deps.sh installs it)")
+        test.skipTest(f"{name} not installed")
+    return path
+
+
+class NotifySocket:
+    """The service manager's side of sd_notify(): an AF_UNIX datagram socket in the abstract
+    namespace (no file, no permissions: posternd sends to it after dropping privileges), with
+    SO_PASSCRED so that each message comes with the sender's pid."""
+
+    def __init__(self):
+        self.name = f"postern-it-notify-{os.getpid()}-{secrets.token_hex(4)}"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.sock.bind("\0" + self.name)
+        self.messages = []  # [(monotonic time, sender pid, {field: value})]
+
+    @property
+    def env(self):
+        return {"NOTIFY_SOCKET": "@" + self.name}
+
+    def close(self):
+        self.sock.close()
+
+    def _receive(self, timeout):
+        self.sock.settimeout(max(timeout, 0.001))
+        try:
+            data, anc, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(struct.calcsize("3i")))
+        except (socket.timeout, BlockingIOError):
+            return False
+        pid = None
+        for level, kind, payload in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                pid = struct.unpack("3i", payload[:struct.calcsize("3i")])[0]
+        fields = dict(line.split("=", 1) for line in data.decode().split("\n") if "=" in line)
+        self.messages.append((time.monotonic(), pid, fields))
+        return True
+
+    def wait(self, key, value="1", after=0, timeout=None):
+        """Waits for a message (index >= after) with key=value; returns its index."""
+        deadline = time.monotonic() + (timeout or DEFAULT_TIMEOUT)
+        while True:
+            for i in range(after, len(self.messages)):
+                if self.messages[i][2].get(key) == value:
+                    return i
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {key}={value} from posternd on the notify socket; got "
+                                     f"{[m[2] for m in self.messages]}")
+            self._receive(left)
+
+    def drain(self, seconds):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self._receive(end - time.monotonic())
+
+    def states(self, after=0):
+        """The non-watchdog messages from index `after` on, as a list of field dicts."""
+        return [m[2] for m in self.messages[after:] if "WATCHDOG" not in m[2]]
+
+    def pings(self, after=0):
+        return [m[0] for m in self.messages[after:] if m[2].get("WATCHDOG") == "1"]
+
+
+class NotifyChecks:
+    """READY, RELOADING/READY, STOPPING and the watchdog for one process mode; a mixin over a
+    test case with start_server(env) and login_check(srv)."""
+
+    def notify_socket(self):
+        ns = NotifySocket()
+        self.addCleanup(ns.close)
+        return ns
+
+    def run_lifecycle(self):
+        ns = self.notify_socket()
+        env = dict(ns.env, WATCHDOG_USEC=str(WATCHDOG_USEC))
+        srv = self.start_server(env)
+        main_pid = srv.proc.pid
+        ready = ns.wait("READY")
+        # When READY=1 arrives the port answers and sessions are served.
+        self.login_check(srv)
+        self.assertIn("STATUS", ns.messages[ready][2])
+        # The watchdog: a ping every half interval (100 ms); allow a loaded machine its slack.
+        start = len(ns.messages)
+        ns.drain(scaled(1.0))
+        pings = ns.pings(start)
+        self.assertGreaterEqual(len(pings), 4, ns.messages[start:])
+        gaps = [b - a for a, b in zip(pings, pings[1:])]
+        self.assertLess(max(gaps), scaled(WATCHDOG_USEC / 1e6), gaps)
+        # SIGHUP: RELOADING=1 (with MONOTONIC_USEC), then READY=1.
+        mark = len(ns.messages)
+        srv.signal(signal.SIGHUP)
+        reloading = ns.wait("RELOADING", after=mark)
+        self.assertRegex(ns.messages[reloading][2].get("MONOTONIC_USEC", ""), r"^\d+$")
+        ns.wait("READY", after=reloading + 1)
+        self.login_check(srv)
+        # SIGTERM: STOPPING=1, then the process ends.
+        mark = len(ns.messages)
+        srv.signal(signal.SIGTERM)
+        ns.wait("STOPPING", after=mark)
+        self.assertEqual(srv.wait_exit(), 0, srv.log())
+        # Only the main process speaks (workers and session processes inherit NOTIFY_SOCKET),
+        # and every state change came once, in order.
+        senders = {m[1] for m in ns.messages}
+        self.assertEqual(senders, {main_pid}, ns.messages)
+        states = [next(k for k in ("READY", "RELOADING", "STOPPING") if k in m)
+                  for m in ns.states()]
+        self.assertEqual(states, ["READY", "RELOADING", "READY", "STOPPING"], ns.states())
+        return ns
+
+    def test_without_watchdog_usec_no_pings(self):
+        ns = self.notify_socket()
+        srv = self.start_server(ns.env)
+        ns.wait("READY")
+        ns.drain(scaled(0.5))
+        self.assertEqual(ns.pings(), [])
+        srv.signal(signal.SIGTERM)
+        ns.wait("STOPPING")
+        self.assertEqual(srv.wait_exit(), 0, srv.log())
+
+    def test_stopped_process_stops_pinging(self):
+        # A stopped (here: SIGSTOP) loop sends nothing: systemd would kill and restart it.
+        ns = self.notify_socket()
+        srv = self.start_server(dict(ns.env, WATCHDOG_USEC=str(WATCHDOG_USEC)))
+        ns.wait("READY")
+        ns.wait("WATCHDOG")
+        srv.signal(signal.SIGSTOP)
+        try:
+            ns.drain(0.3)  # pings already in flight
+            mark = len(ns.messages)
+            ns.drain(scaled(0.6))
+            self.assertEqual(ns.pings(mark), [])
+        finally:
+            srv.signal(signal.SIGCONT)
+        mark = len(ns.messages)
+        ns.wait("WATCHDOG", after=mark)
+
+
+class EventModeNotify(NotifyChecks, PosternTestCase):
+    processes = 1
+
+    def setUp(self):
+        super().setUp()
+        self.world.config["server"]["processes"] = self.processes
+        self.world.config["server"]["threads"] = 2
+        self.world.add_user("alice", PASSWORD, [simple_message("notify", ["served"])])
+
+    def start_server(self, env):
+        return self.world.start(env=env)
+
+    def login_check(self, srv):
+        client = poplib.POP3("127.0.0.1", srv.port, timeout=DEFAULT_TIMEOUT)
+        try:
+            client.user("alice")
+            client.pass_(PASSWORD)
+            _, lines, _ = client.retr(1)
+            self.assertIn(b"served", lines)
+        finally:
+            client.quit()
+
+    def test_ready_reload_stop_and_watchdog(self):
+        self.run_lifecycle()
+
+    def test_watchdog_for_another_pid_is_not_ours(self):
+        # WATCHDOG_PID names the process the watchdog is for (here: init): no pings.
+        ns = self.notify_socket()
+        srv = self.start_server(dict(ns.env, WATCHDOG_USEC=str(WATCHDOG_USEC), WATCHDOG_PID="1"))
+        ns.wait("READY")
+        ns.drain(scaled(0.5))
+        self.assertEqual(ns.pings(), [])
+        srv.stop()
+
+
+class WorkersNotify(EventModeNotify):
+    """processes = 2: the master is the main process; it notifies once the workers run."""
+    processes = 2
+
+
+class ForkModeNotify(NotifyChecks, SystemUsersBase):
+    def setUp(self):
+        super().setUp()
+        self.user, _, _ = self.add_system_user(PASSWORD, messages=(MSG1,))
+
+    def start_server(self, env):
+        srv = self.world.start(self.write_unix(), env=env)
+        self.addCleanup(lambda: srv.stopped or srv.stop(check=False))  # before userdel
+        return srv
+
+    def login_check(self, srv):
+        client = poplib.POP3("127.0.0.1", srv.port, timeout=DEFAULT_TIMEOUT)
+        try:
+            client.user(self.user)
+            client.pass_(PASSWORD)
+            _, lines, _ = client.retr(1)
+            self.assertTrue(lines)
+        finally:
+            client.quit()
+
+    def test_ready_reload_stop_and_watchdog(self):
+        self.run_lifecycle()
+
+
+class Units(unittest.TestCase):
+    """contrib/systemd parses cleanly: `systemd-analyze verify` prints nothing and succeeds.
+    ExecStart must name an executable, so the units are checked in a scratch copy that points
+    at the built posternd."""
+
+    def test_units_verify(self):
+        analyze = require_tool(self, "systemd-analyze")
+        if not os.access(POSTERND, os.X_OK):
+            self.fail(f"posternd not built: {POSTERND}")
+        names = sorted(n for n in os.listdir(UNITS) if n.endswith((".service", ".socket")))
+        self.assertEqual(names, ["postern-inetd.socket", "postern-inetd@.service",
+                                 "postern-pop3s.socket", "postern.service", "postern.socket"])
+        with tempfile.TemporaryDirectory(prefix="postern-units-") as scratch:
+            for n in names:
+                with open(os.path.join(UNITS, n)) as f:
+                    text = f.read()
+                if n.endswith(".service"):
+                    self.assertIn("/usr/sbin/posternd", text)
+                with open(os.path.join(scratch, n), "w") as f:
+                    f.write(text.replace("/usr/sbin/posternd", POSTERND))
+            # A template is verified through an instance of it.
+            targets = [os.path.join(scratch, n.replace("@.", "@1.")) for n in names]
+            shutil.copy(os.path.join(scratch, "postern-inetd@.service"),
+                        os.path.join(scratch, "postern-inetd@1.service"))
+            res = subprocess.run([analyze, "verify", "--man=no", "--generators=no", *targets],
+                                 capture_output=True, text=True, timeout=120, cwd=scratch)
+            # Unknown keys and bad values are warnings with status 0: the output must be empty.
+            self.assertEqual((res.returncode, res.stdout + res.stderr), (0, ""))
+
+    def test_verify_catches_a_bad_unit(self):
+        # The check above is only worth something if verify reports mistakes.
+        analyze = require_tool(self, "systemd-analyze")
+        with tempfile.TemporaryDirectory(prefix="postern-units-") as scratch:
+            path = os.path.join(scratch, "bad.service")
+            with open(path, "w") as f:
+                f.write(f"[Service]\nType=notfy\nExecStart={POSTERND}\nWatchdgSec=1\n")
+            res = subprocess.run([analyze, "verify", "--man=no", "--generators=no", path],
+                                 capture_output=True, text=True, timeout=120, cwd=scratch)
+            self.assertIn("notfy", res.stderr)
+            self.assertIn("WatchdgSec", res.stderr)
+
+    def test_service_settings(self):
+        with open(os.path.join(UNITS, "postern.service")) as f:
+            text = f.read()
+        for line in ("Type=notify", "NotifyAccess=main",
+                     "ExecStart=/usr/sbin/posternd --config /etc/postern/postern.toml",
+                     "ExecReload=/bin/kill -HUP $MAINPID", "ProtectSystem=strict",
+                     "NoNewPrivileges=yes", "PrivateTmp=yes"):
+            self.assertIn("\n" + line + "\n", text)
+        caps = re.search(r"^CapabilityBoundingSet=(.*)$", text, re.M).group(1).split()
+        for cap in ("CAP_NET_BIND_SERVICE", "CAP_SETUID", "CAP_SETGID", "CAP_SYS_CHROOT",
+                    "CAP_KILL"):
+            self.assertIn(cap, caps)
+        self.assertRegex(text, r"\nWatchdogSec=\d+")
+        for name, fdname in (("postern.socket", "pop3"), ("postern-pop3s.socket", "pop3s")):
+            with open(os.path.join(UNITS, name)) as f:
+                self.assertIn(f"\nFileDescriptorName={fdname}\n", f.read())
+
+
+if __name__ == "__main__":
+    unittest.main()
