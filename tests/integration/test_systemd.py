@@ -19,8 +19,10 @@ import tempfile
 import time
 import unittest
 
-from postern_harness import DEFAULT_TIMEOUT, POSTERND, PosternTestCase, scaled, simple_message
+from postern_harness import (DEFAULT_TIMEOUT, POSTERND, Pop3Conn, PosternTestCase, Server, posternd_preexec,
+                             scaled, simple_message, wait_for)
 from test_system_users import MSG1, SystemUsersBase
+import tls_fixtures
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 UNITS = os.path.join(HERE, "..", "..", "contrib", "systemd")
@@ -236,6 +238,184 @@ class ForkModeNotify(NotifyChecks, SystemUsersBase):
 
     def test_ready_reload_stop_and_watchdog(self):
         self.run_lifecycle()
+
+
+def free_port():
+    """A loopback port nothing listens on right now (the kernel's choice, released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def refuses(port):
+    """True when nothing listens on 127.0.0.1:port."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=DEFAULT_TIMEOUT).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+class Activated(Server):
+    """posternd started by `systemd-socket-activate ARGS posternd --config FILE POSTERND_ARGS`:
+    systemd-socket-activate binds, and execs posternd in its own process (the same pid) at
+    the first connection, or (with --accept) forks one per connection."""
+
+    def __init__(self, world, config_path, activate_args, posternd_args=("--foreground",)):
+        self.world = world
+        self.config_path = config_path
+        self.log_path = world._log_path("activated")
+        self.logf = open(self.log_path, "ab")
+        self._relay = None
+        self._stuffer = None
+        cmd = [shutil.which("systemd-socket-activate"), *activate_args, POSTERND, "--config",
+               config_path, *posternd_args]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.logf,
+                                     stderr=self.logf, close_fds=True, cwd=world.dir,
+                                     preexec_fn=posternd_preexec(world, config_path))
+        self.listeners = []
+        self.stopped = False
+        self.returncode = None
+        world.servers.append(self)
+
+    def wait_bound(self, count):
+        """Waits for systemd-socket-activate's 'Listening on' lines (count of them)."""
+        def bound():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"systemd-socket-activate exited with "
+                                     f"{self.proc.returncode}:\n{self.log()}")
+            return len(re.findall(r"^Listening on ", self.log(), re.M)) >= count or None
+        wait_for(bound, what="systemd-socket-activate listening")
+        return self
+
+
+class SocketActivation:
+    """Named sockets from systemd-socket-activate; a mixin over a test case with
+    user_and_password() and mode config in self.world.config."""
+
+    def activate(self, names, extra=(), env=None, posternd_args=("--foreground",)):
+        """systemd-socket-activate on a fresh port per name ("pop3", "pop3s"); the configured
+        listen and tls_listen get other fresh ports, which posternd must leave alone."""
+        require_tool(self, "systemd-socket-activate")
+        server = self.world.config["server"]
+        self.configured = [free_port() for _ in range(2)]
+        server["listen"] = [f"127.0.0.1:{self.configured[0]}"]
+        if "tls" in self.world.config:
+            server["tls_listen"] = [f"127.0.0.1:{self.configured[1]}"]
+        ports = {name: free_port() for name in names}
+        args = [a for name in names for a in ("-l", f"127.0.0.1:{ports[name]}")]
+        args += ["--fdname=" + ":".join(names)]
+        for k, v in (env or {}).items():
+            args += ["-E", f"{k}={v}"]
+        config = self.write_config()
+        srv = Activated(self.world, config, args + list(extra), posternd_args)
+        srv.wait_bound(len(names))
+        self.addCleanup(lambda: srv.stopped or srv.stop(check=False))
+        return srv, ports
+
+    def write_config(self):
+        return self.world.write_config()
+
+    def retr(self, client):
+        user, password = self.user_and_password()
+        client.user(user)
+        client.pass_(password)
+        _, lines, _ = client.retr(1)
+        self.assertTrue(lines)
+        client.quit()
+
+    def assert_configured_ports_unbound(self, srv):
+        for port in self.configured:
+            self.assertTrue(refuses(port), f"posternd bound its configured port {port}\n"
+                                           + srv.log())
+
+    def test_serves_the_inherited_socket(self):
+        ns = NotifySocket()
+        self.addCleanup(ns.close)
+        srv, ports = self.activate(["pop3"], env=ns.env)
+        # The first connection makes systemd-socket-activate exec posternd.
+        self.retr(poplib.POP3("127.0.0.1", ports["pop3"], timeout=DEFAULT_TIMEOUT))
+        ns.wait("READY")
+        self.assertEqual({m[1] for m in ns.messages}, {srv.proc.pid})
+        self.retr(poplib.POP3("127.0.0.1", ports["pop3"], timeout=DEFAULT_TIMEOUT))
+        self.assert_configured_ports_unbound(srv)
+        srv.signal(signal.SIGTERM)
+        ns.wait("STOPPING")
+        self.assertEqual(srv.wait_exit(), 0, srv.log())
+
+    def test_plain_and_tls_sockets_by_name(self):
+        pki = tls_fixtures.Pki(self.world.dir)
+        self.give_pki(pki)
+        tls_fixtures.configure_tls(self.world, pki, mode="ondemand", tls_listen=True)
+        srv, ports = self.activate(["pop3", "pop3s"])
+        ctx = tls_fixtures.client_context(pki)
+        # pop3s: the TLS handshake comes first.
+        self.retr(poplib.POP3_SSL("127.0.0.1", ports["pop3s"], context=ctx,
+                                  timeout=DEFAULT_TIMEOUT))
+        # pop3: plain POP3 with STLS.
+        client = poplib.POP3("127.0.0.1", ports["pop3"], timeout=DEFAULT_TIMEOUT)
+        self.assertIn("STLS", client.capa())
+        client.stls(context=ctx)
+        self.retr(client)
+        self.assert_configured_ports_unbound(srv)
+        srv.stop()
+
+    def give_pki(self, pki):
+        pass
+
+
+class EventModeActivation(SocketActivation, PosternTestCase):
+    processes = 1
+
+    def setUp(self):
+        super().setUp()
+        self.world.config["server"]["processes"] = self.processes
+        self.world.add_user("alice", PASSWORD, [simple_message("activated", ["served"])])
+        self.world.add_user("bob", PASSWORD, [simple_message("activated", ["served"])])
+
+    def user_and_password(self):
+        return "alice", PASSWORD
+
+    def test_inetd_one_process_per_connection(self):
+        # Accept=yes: systemd-socket-activate accepts and runs `posternd --inetd` with the
+        # connection on stdin and stdout, one process per connection.
+        srv, ports = self.activate(["pop3"], extra=["--accept", "--inetd"],
+                                   posternd_args=("--inetd",))
+        first = Pop3Conn(ports["pop3"])
+        second = Pop3Conn(ports["pop3"])
+        for conn, user in ((first, "alice"), (second, "bob")):
+            self.world.on_cleanup(conn.close)
+            self.assertTrue(conn.read_greeting().startswith("+OK"))
+            conn.login(user, PASSWORD)
+
+        def login_pids():
+            found = {int(m.group(1)) for m in
+                     re.finditer(r"\[(\d+)\]: \w+: login: user=<(alice|bob)>", srv.log())}
+            return found if len(found) >= 2 else None
+        pids = wait_for(login_pids, what="two logins from two processes")
+        self.assertEqual(len(pids), 2)
+        self.assertNotIn(srv.proc.pid, pids)
+        for conn in (first, second):
+            self.assertTrue(conn.cmd("QUIT").startswith("+OK"))
+        self.assert_configured_ports_unbound(srv)
+        srv.stop(check=False)
+
+
+class WorkersActivation(EventModeActivation):
+    """processes = 2: the master takes the inherited sockets, both workers accept on them."""
+    processes = 2
+
+
+class ForkModeActivation(SocketActivation, SystemUsersBase):
+    def setUp(self):
+        super().setUp()
+        self.user, _, _ = self.add_system_user(PASSWORD, messages=(MSG1,))
+
+    def user_and_password(self):
+        return self.user, PASSWORD
+
+    def write_config(self):
+        return self.write_unix()
 
 
 class Units(unittest.TestCase):
