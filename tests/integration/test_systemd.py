@@ -417,6 +417,16 @@ class ForkModeActivation(SocketActivation, SystemUsersBase):
     def write_config(self):
         return self.write_unix()
 
+    def test_inetd_session_with_privilege_separation(self):
+        srv, ports = self.activate(["pop3"], extra=["--accept", "--inetd"],
+                                   posternd_args=("--inetd",))
+        self.retr(poplib.POP3("127.0.0.1", ports["pop3"], timeout=DEFAULT_TIMEOUT))
+        pre_pid, _ = self.wait_process(srv, "pre-auth")
+        sess_pid, _ = self.wait_process(srv, "session")
+        self.assertNotIn(srv.proc.pid, (pre_pid, sess_pid))
+        self.assert_configured_ports_unbound(srv)
+        srv.stop(check=False)
+
 
 class Units(unittest.TestCase):
     """contrib/systemd parses cleanly: `systemd-analyze verify` prints nothing and succeeds.
