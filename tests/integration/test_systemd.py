@@ -293,7 +293,7 @@ class SocketActivation:
     """Named sockets from systemd-socket-activate; a mixin over a test case with
     user_and_password() and mode config in self.world.config."""
 
-    def activate(self, names, extra=(), env=None, posternd_args=("--foreground",)):
+    def activate(self, names, extra=(), env=None, posternd_args=("--foreground",), toml=""):
         """systemd-socket-activate on a fresh port per name ("pop3", "pop3s"); the configured
         listen and tls_listen get other fresh ports, which posternd must leave alone."""
         require_tool(self, "systemd-socket-activate")
@@ -308,6 +308,9 @@ class SocketActivation:
         for k, v in (env or {}).items():
             args += ["-E", f"{k}={v}"]
         config = self.write_config()
+        if toml:
+            with open(config, "a") as f:
+                f.write(toml)
         srv = Activated(self.world, config, args + list(extra), posternd_args)
         srv.wait_bound(len(names))
         self.addCleanup(lambda: srv.stopped or srv.stop(check=False))
@@ -345,7 +348,6 @@ class SocketActivation:
 
     def test_plain_and_tls_sockets_by_name(self):
         pki = tls_fixtures.Pki(self.world.dir)
-        self.give_pki(pki)
         tls_fixtures.configure_tls(self.world, pki, mode="ondemand", tls_listen=True)
         srv, ports = self.activate(["pop3", "pop3s"])
         ctx = tls_fixtures.client_context(pki)
@@ -360,8 +362,26 @@ class SocketActivation:
         self.assert_configured_ports_unbound(srv)
         srv.stop()
 
-    def give_pki(self, pki):
-        pass
+    def test_names_choose_the_transport(self):
+        # "pop3s-*" is implicit TLS, a [[server.listener]] name takes that listener's tls,
+        # any other name is served like `listen`.
+        pki = tls_fixtures.Pki(self.world.dir)
+        tls_fixtures.configure_tls(self.world, pki, mode="ondemand", tls_listen=True)
+        named_port = free_port()
+        toml = (f'\n[[server.listener]]\naddress = "127.0.0.1:{named_port}"\n'
+                'tls = "implicit"\nname = "secure"\n')
+        srv, ports = self.activate(["other", "pop3s-public", "secure"], toml=toml)
+        ctx = tls_fixtures.client_context(pki)
+        for name in ("pop3s-public", "secure"):
+            self.retr(poplib.POP3_SSL("127.0.0.1", ports[name], context=ctx,
+                                      timeout=DEFAULT_TIMEOUT))
+        client = poplib.POP3("127.0.0.1", ports["other"], timeout=DEFAULT_TIMEOUT)
+        client.stls(context=ctx)
+        self.retr(client)
+        self.assert_configured_ports_unbound(srv)
+        self.assertTrue(refuses(named_port))
+        srv.stop()
+
 
 
 class EventModeActivation(SocketActivation, PosternTestCase):
