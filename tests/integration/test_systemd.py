@@ -122,7 +122,7 @@ class NotifyChecks:
         start = len(ns.messages)
         ns.drain(scaled(1.0))
         pings = ns.pings(start)
-        self.assertGreaterEqual(len(pings), 4, ns.messages[start:])
+        self.assertGreaterEqual(len(pings), 3, ns.messages[start:])
         gaps = [b - a for a, b in zip(pings, pings[1:])]
         self.assertLess(max(gaps), scaled(WATCHDOG_USEC / 1e6), gaps)
         # SIGHUP: RELOADING=1 (with MONOTONIC_USEC), then READY=1.
@@ -259,7 +259,7 @@ class Activated(Server):
     systemd-socket-activate binds, and execs posternd in its own process (the same pid) at
     the first connection, or (with --accept) forks one per connection."""
 
-    def __init__(self, world, config_path, activate_args, posternd_args=("--foreground",)):
+    def __init__(self, world, config_path, activate_args, posternd_args=()):
         self.world = world
         self.config_path = config_path
         self.log_path = world._log_path("activated")
@@ -291,9 +291,11 @@ class SocketActivation:
     """Named sockets from systemd-socket-activate; a mixin over a test case with
     user_and_password() and mode config in self.world.config."""
 
-    def activate(self, names, extra=(), env=None, posternd_args=("--foreground",), toml=""):
+    def activate(self, names, extra=(), env=None, posternd_args=(), toml=""):
         """systemd-socket-activate on a fresh port per name ("pop3", "pop3s"); the configured
-        listen and tls_listen get other fresh ports, which posternd must leave alone."""
+        listen and tls_listen get other fresh ports, which posternd must leave alone.
+        posternd_args: none by default, as in postern.service: started with sockets, posternd
+        stays in the foreground (the pid systemd-socket-activate execs it in, LISTEN_PID)."""
         require_tool(self, "systemd-socket-activate")
         server = self.world.config["server"]
         self.configured = [free_port() for _ in range(2)]
