@@ -26,6 +26,7 @@ test_pkgs=(
   dovecot-imapd dovecot-pop3d  # Dovecot on the same Maildir: test_dovecot_uids.py (stdio only)
   fail2ban             # fail2ban-regex runs contrib/fail2ban on real logs: test_log_forgery.py
   haproxy nginx-light libnginx-mod-mail  # real PROXY-protocol front ends: test_proxy_protocol.py
+  systemd              # systemd-analyze verify, systemd-socket-activate: test_systemd.py
 )
 
 want=("${build_pkgs[@]}")

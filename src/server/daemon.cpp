@@ -7,6 +7,7 @@
 #include "server/setup.hpp"
 #include "server/shared_limits.hpp"
 #include "server/startup_recovery.hpp"
+#include "server/systemd.hpp"
 #include "server/unix_settings.hpp"
 #include "server/workers.hpp"
 #include "common/unique_fd.hpp"
@@ -40,14 +41,6 @@ namespace {
 
 constexpr auto use_tuple = asio::experimental::as_tuple(asio::use_awaitable);
 
-std::string format_endpoint(const asio::ip::tcp::endpoint& ep) {
-  auto addr = net::canonical_address(ep.address());
-  if (addr.is_v6()) {
-    return "[" + addr.to_string() + "]:" + std::to_string(ep.port());
-  }
-  return addr.to_string() + ":" + std::to_string(ep.port());
-}
-
 // One I/O thread: its io_context, its acceptors (one per listen address, SO_REUSEPORT) and
 // the sessions it runs.
 struct listener {
@@ -61,16 +54,11 @@ struct io_worker {
   net::session_registry registry;
 };
 
-// A listening socket bound before any io_context exists (in the master, before fork()), so
+// Listening sockets made before any io_context exists (in the master, before fork()), so
 // that each process builds its own epoll set around the sockets it serves.
-struct bound_socket {
-  unique_fd fd;
-  asio::ip::tcp protocol = asio::ip::tcp::v4();
-  bool implicit_tls = false;
-};
-using thread_sockets = std::vector<bound_socket>;        // one per listen address
-using process_sockets = std::vector<thread_sockets>;     // one per I/O thread
-using all_sockets = std::vector<process_sockets>;        // one per process
+using thread_sockets = std::vector<net::listening_socket>;  // one per listener
+using process_sockets = std::vector<thread_sockets>;        // one per I/O thread
+using all_sockets = std::vector<process_sockets>;           // one per process
 
 // The connection limits of this process: in-process with one process, the shared table of
 // every worker with several.
@@ -167,65 +155,17 @@ asio::awaitable<void> accept_loop(listener& l, io_worker& w, connection_limits& 
   }
 }
 
-// Binds every address of `list` once per I/O thread of every process, all in one
-// SO_REUSEPORT group per address: the kernel spreads connections over them.
-result<void> bind_list(const std::vector<listen_address>& list, bool implicit_tls, int backlog,
-                       all_sockets& out) {
-  for (const auto& la : list) {
-    std::error_code ec;
-    auto addr = asio::ip::make_address(la.host, ec);
-    if (ec) {
-      return error(errc::invalid, "server.listen: bad address '" + la.host + "'");
-    }
-    std::uint16_t port = la.port;
-    for (auto& process : out) {
-      for (auto& thread : process) {
-        asio::ip::tcp::endpoint ep(addr, port);
-        auto fail = [&](int err) {
-          return error(errc::permanent, "cannot listen on " + format_endpoint(ep),
-                       std::error_code(err, std::generic_category()));
-        };
-        unique_fd fd(::socket(ep.protocol().family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
-        if (!fd) {
-          return fail(errno);
-        }
-        int one = 1;
-        if (setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
-            (addr.is_v6() && setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) != 0) ||
-            setsockopt(fd.get(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
-          return fail(errno);
-        }
-        if (::bind(fd.get(), ep.data(), static_cast<socklen_t>(ep.size())) != 0 ||
-            ::listen(fd.get(), backlog) != 0) {
-          return fail(errno);
-        }
-        if (port == 0) {
-          // The other threads and processes join the port the kernel chose.
-          sockaddr_storage ss{};
-          socklen_t len = sizeof ss;
-          if (getsockname(fd.get(), reinterpret_cast<sockaddr*>(&ss), &len) != 0) {
-            return fail(errno);
-          }
-          port = ntohs(ss.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port
-                                                : reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
-        }
-        thread.push_back({std::move(fd), ep.protocol(), implicit_tls});
-      }
-    }
-    log::info("listening on {}{}", format_endpoint({addr, port}), implicit_tls ? " (tls)" : "");
-  }
-  return {};
-}
-
 result<all_sockets> bind_listeners(const config& cfg, std::uint32_t processes, std::uint32_t threads) {
-  all_sockets out(processes);
-  for (auto& p : out) {
-    p.resize(threads);
+  auto sets = open_listeners(cfg, std::size_t{processes} * threads);
+  if (!sets) {
+    return std::move(sets).err();
   }
-  // server.listen_backlog, per listening socket (one per address, I/O thread and process).
-  const int backlog = static_cast<int>(cfg.unix.listen_backlog);
-  POSTERN_TRY(bind_list(cfg.listen, cfg.tls == tls_mode::connection && !cfg.tls_cert.empty(), backlog, out));
-  POSTERN_TRY(bind_list(cfg.tls_listen, true, backlog, out));
+  all_sockets out(processes);
+  for (std::uint32_t p = 0; p < processes; ++p) {
+    for (std::uint32_t t = 0; t < threads; ++t) {
+      out[p].push_back(std::move((*sets)[std::size_t{p} * threads + t]));
+    }
+  }
   return out;
 }
 
@@ -256,13 +196,13 @@ int run_event_loop(const config& cfg, std::shared_ptr<net::tls_server_context> t
       asio::ip::tcp::acceptor acc(w->ctx);
       std::error_code ec;
       int fd = bs.fd.release();
-      acc.assign(bs.protocol, fd, ec);
+      acc.assign(bs.family == AF_INET6 ? asio::ip::tcp::v6() : asio::ip::tcp::v4(), fd, ec);
       if (ec) {
         ::close(fd);
         log::error("cannot use a listening socket: {}", ec.message());
         return setup_failure;
       }
-      w->listeners.push_back({std::move(acc), bs.implicit_tls});
+      w->listeners.push_back({std::move(acc), bs.options.implicit_tls});
     }
     workers.push_back(std::move(w));
   }
@@ -272,6 +212,12 @@ int run_event_loop(const config& cfg, std::shared_ptr<net::tls_server_context> t
     }
   }
 
+  // With one process this is the unit's main process: it pings while every I/O thread runs
+  // (in a worker, forked, the watchdog does nothing; the master pings).
+  systemd::loop_watchdog watchdog(workers[0]->ctx);
+  for (auto& w : workers) {
+    watchdog.watch(w->ctx);
+  }
   // Thread 0 owns the signal sets. After SIGTERM every acceptor and session closes and the
   // signal waits are cancelled, so each io_context runs out of work and its thread ends.
   asio::signal_set signals(workers[0]->ctx, SIGTERM, SIGINT);
@@ -280,6 +226,7 @@ int run_event_loop(const config& cfg, std::shared_ptr<net::tls_server_context> t
     if (ec) {
       return;
     }
+    systemd::notify_reloading();
     if (st.passdb) {
       st.passdb->reload();  // an untrusted or malformed file: logged, previous contents kept
     }
@@ -292,6 +239,7 @@ int run_event_loop(const config& cfg, std::shared_ptr<net::tls_server_context> t
     } else {
       log::info("SIGHUP: nothing to reload (the passwd-file is re-read when it changes)");
     }
+    systemd::notify_ready();
     hup.async_wait(on_hup);
   };
   hup.async_wait(on_hup);
@@ -299,6 +247,8 @@ int run_event_loop(const config& cfg, std::shared_ptr<net::tls_server_context> t
     if (ec) {
       return;
     }
+    systemd::notify_stopping();
+    watchdog.stop();
     log::info("signal {} received: shutting down, {} sessions open", signo, limits.active());
     std::error_code ignored;
     hup.cancel(ignored);
@@ -314,6 +264,8 @@ int run_event_loop(const config& cfg, std::shared_ptr<net::tls_server_context> t
   });
 
   pthread_sigmask(SIG_UNBLOCK, &deferred, nullptr);
+  watchdog.start();
+  systemd::notify_ready("serving POP3");
   std::vector<std::thread> threads;
   for (std::size_t i = 1; i < workers.size(); ++i) {
     threads.emplace_back([&w = *workers[i]] { w.ctx.run(); });

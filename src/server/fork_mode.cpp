@@ -5,6 +5,7 @@
 #include "server/privsep.hpp"
 #include "server/setup.hpp"
 #include "server/startup_recovery.hpp"
+#include "server/systemd.hpp"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -45,33 +46,7 @@ int startup_error(const std::string& msg) {
   return 1;
 }
 
-struct bound_listener {
-  int fd = -1;
-  bool implicit_tls = false;
-};
-
-std::string format_sockaddr(const sockaddr_storage& ss, bool with_port) {
-  char text[INET6_ADDRSTRLEN] = {};
-  std::uint16_t port = 0;
-  std::string host;
-  if (ss.ss_family == AF_INET) {
-    const auto* sin = reinterpret_cast<const sockaddr_in*>(&ss);
-    inet_ntop(AF_INET, &sin->sin_addr, text, sizeof text);
-    port = ntohs(sin->sin_port);
-    host = text;
-  } else {
-    const auto* sin6 = reinterpret_cast<const sockaddr_in6*>(&ss);
-    asio::ip::address_v6::bytes_type b;
-    std::memcpy(b.data(), &sin6->sin6_addr, b.size());
-    auto a = net::canonical_address(asio::ip::address_v6(b));
-    port = ntohs(sin6->sin6_port);
-    host = a.to_string();
-    if (a.is_v6() && with_port) {
-      host = "[" + host + "]";
-    }
-  }
-  return with_port ? host + ":" + std::to_string(port) : host;
-}
+using bound_listener = net::listening_socket;
 
 asio::ip::address address_of(const sockaddr_storage& ss) {
   if (ss.ss_family == AF_INET) {
@@ -82,46 +57,6 @@ asio::ip::address address_of(const sockaddr_storage& ss) {
   asio::ip::address_v6::bytes_type b;
   std::memcpy(b.data(), &reinterpret_cast<const sockaddr_in6*>(&ss)->sin6_addr, b.size());
   return net::canonical_address(asio::ip::address_v6(b));
-}
-
-result<void> bind_one(const listen_address& la, bool implicit_tls, const unix_settings& us,
-                      std::vector<bound_listener>& out) {
-  sockaddr_storage ss{};
-  socklen_t len = 0;
-  bool v6 = la.host.find(':') != std::string::npos;
-  if (v6) {
-    auto* sin6 = reinterpret_cast<sockaddr_in6*>(&ss);
-    sin6->sin6_family = AF_INET6;
-    sin6->sin6_port = htons(la.port);
-    if (inet_pton(AF_INET6, la.host.c_str(), &sin6->sin6_addr) != 1) {
-      return error(errc::invalid, "server.listen: bad address '" + la.host + "'");
-    }
-    len = sizeof(sockaddr_in6);
-  } else {
-    auto* sin = reinterpret_cast<sockaddr_in*>(&ss);
-    sin->sin_family = AF_INET;
-    sin->sin_port = htons(la.port);
-    if (inet_pton(AF_INET, la.host.c_str(), &sin->sin_addr) != 1) {
-      return error(errc::invalid, "server.listen: bad address '" + la.host + "'");
-    }
-    len = sizeof(sockaddr_in);
-  }
-  std::string where = v6 ? "[" + la.host + "]:" + std::to_string(la.port) : la.host + ":" + std::to_string(la.port);
-  unique_fd fd(::socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-  int one = 1;
-  if (!fd || ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
-      (v6 && ::setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) != 0) ||
-      ::bind(fd.get(), reinterpret_cast<sockaddr*>(&ss), len) != 0 ||
-      ::listen(fd.get(), static_cast<int>(us.listen_backlog)) != 0) {
-    return error(errc::permanent, "cannot listen on " + where,
-                 std::error_code(errno, std::generic_category()));
-  }
-  sockaddr_storage bound{};
-  socklen_t blen = sizeof bound;
-  ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&bound), &blen);
-  log::info("listening on {}{}", format_sockaddr(bound, true), implicit_tls ? " (tls)" : "");
-  out.push_back({fd.release(), implicit_tls});
-  return {};
 }
 
 // Per-source accounting of the master (single-threaded).
@@ -189,9 +124,7 @@ void send_refusal(int fd, std::string_view line) {
 [[noreturn]] void child_main(const privsep::supervisor_params& params, std::vector<bound_listener>& listeners,
                              int fd, const sockaddr_storage& peer, bool implicit_tls) {
   ::setpgid(0, 0);
-  for (auto& l : listeners) {
-    ::close(l.fd);
-  }
+  listeners.clear();
   ::close(signal_pipe[0]);
   ::close(signal_pipe[1]);
   std::signal(SIGTERM, SIG_DFL);
@@ -240,18 +173,11 @@ int run_fork_daemon(const config& cfg, const unix_settings& us) {
     return startup_error(r.err().message());
   }
   close_before_fork(st);  // each connection's supervisor opens its own (reopen_after_fork)
-  std::vector<bound_listener> listeners;
-  bool tls_on_plain = cfg.tls == tls_mode::connection && st.env.tls != nullptr;
-  for (const auto& la : cfg.listen) {
-    if (auto r = bind_one(la, tls_on_plain, us, listeners); !r) {
-      return startup_error(r.err().message());
-    }
+  auto opened = open_listeners(cfg, 1);
+  if (!opened) {
+    return startup_error(opened.err().message());
   }
-  for (const auto& la : cfg.tls_listen) {
-    if (auto r = bind_one(la, true, us, listeners); !r) {
-      return startup_error(r.err().message());
-    }
-  }
+  std::vector<bound_listener> listeners = std::move(opened->front());
   // Bound but not accepting yet: connections wait in the backlog until it is done.
   run_startup_recovery(cfg, us);
   if (::pipe2(signal_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
@@ -319,7 +245,7 @@ int run_fork_daemon(const config& cfg, const unix_settings& us) {
     for (int burst = 0; burst < 64; ++burst) {
       sockaddr_storage peer{};
       socklen_t plen = sizeof peer;
-      int fd = ::accept4(l.fd, reinterpret_cast<sockaddr*>(&peer), &plen, SOCK_CLOEXEC | SOCK_NONBLOCK);
+      int fd = ::accept4(l.fd.get(), reinterpret_cast<sockaddr*>(&peer), &plen, SOCK_CLOEXEC | SOCK_NONBLOCK);
       if (fd < 0) {
         if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED) {
           log::warning("accept failed: {}", std::strerror(errno));
@@ -352,7 +278,7 @@ int run_fork_daemon(const config& cfg, const unix_settings& us) {
         continue;
       }
       if (pid == 0) {
-        child_main(params, listeners, conn.release(), peer, l.implicit_tls);
+        child_main(params, listeners, conn.release(), peer, l.options.implicit_tls);
       }
       ::setpgid(pid, pid);  // also done by the child: whoever runs first
       children[pid] = {addr};
@@ -362,13 +288,15 @@ int run_fork_daemon(const config& cfg, const unix_settings& us) {
     }
   };
 
+  systemd::watchdog_clock watchdog;  // pinged from this loop
+  systemd::notify_ready("serving POP3, one process per session");
   std::vector<pollfd> fds;
   for (;;) {
     fds.clear();
     fds.push_back({signal_pipe[0], POLLIN, 0});
     if (!stopping) {
       for (auto& l : listeners) {
-        fds.push_back({l.fd, POLLIN, 0});
+        fds.push_back({l.fd.get(), POLLIN, 0});
       }
     }
     int timeout = -1;
@@ -390,7 +318,8 @@ int run_fork_daemon(const config& cfg, const unix_settings& us) {
       }
       timeout = static_cast<int>(std::min<std::int64_t>(left.count(), 100));
     }
-    int n = ::poll(fds.data(), fds.size(), timeout);
+    int n = ::poll(fds.data(), fds.size(), watchdog.poll_timeout(timeout));
+    watchdog.tick();
     if (n < 0 && errno != EINTR) {
       log::error("poll failed: {}", std::strerror(errno));
       break;
@@ -403,6 +332,7 @@ int run_fork_daemon(const config& cfg, const unix_settings& us) {
         if (s == SIGCHLD) {
           reap_children();
         } else if (s == SIGHUP) {
+          systemd::notify_reloading();
           if (st.env.tls) {
             if (auto r = st.env.tls->reload(); r) {
               log::info("SIGHUP: TLS certificate and key reloaded: {}", st.env.tls->certificate_info());
@@ -412,12 +342,11 @@ int run_fork_daemon(const config& cfg, const unix_settings& us) {
           } else {
             log::info("SIGHUP: nothing to reload");
           }
+          systemd::notify_ready();
         } else if ((s == SIGTERM || s == SIGINT) && !stopping) {
           stopping = true;
+          systemd::notify_stopping();
           log::info("signal {} received: shutting down, {} sessions open", s, children.size());
-          for (auto& l : listeners) {
-            ::close(l.fd);
-          }
           listeners.clear();
           for (auto& [pid, info] : children) {
             ::kill(-pid, SIGTERM);

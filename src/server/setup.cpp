@@ -4,6 +4,7 @@
 #include "auth/passwd_file.hpp"
 #include "auth/system_users.hpp"
 #include "common/log.hpp"
+#include "server/systemd.hpp"
 #include "store/expire.hpp"
 
 #include <sys/random.h>
@@ -330,6 +331,21 @@ result<void> prepare_shared(const config& cfg, shared_state& st,
   st.workers = std::make_unique<asio::thread_pool>(cfg.worker_threads ? cfg.worker_threads : 2 * cores);
   st.env.workers = st.workers.get();
   return {};
+}
+
+result<std::vector<std::vector<net::listening_socket>>> open_listeners(const config& cfg, std::size_t copies) {
+  auto passed = systemd::take_listen_fds();
+  if (!passed) {
+    return std::move(passed).err();
+  }
+  std::vector<net::inherited_listener> inherited;
+  for (auto& p : *passed) {
+    inherited.push_back({std::move(p.fd), std::move(p.name)});
+  }
+  net::listener_options plain;
+  plain.implicit_tls = cfg.tls == tls_mode::connection && !cfg.tls_cert.empty();
+  return net::open_listeners(listener_specs(cfg), std::move(inherited), plain, copies,
+                             static_cast<int>(cfg.unix.listen_backlog));
 }
 
 asio::awaitable<void> guarded_session(std::shared_ptr<net::session_control> ctl,

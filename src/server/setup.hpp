@@ -10,6 +10,7 @@
 #include "auth/passdb.hpp"
 #include "auth/sasl.hpp"
 #include "net/access_control.hpp"
+#include "net/listeners.hpp"
 #include "net/session_driver.hpp"
 #include "store/lock/mailbox_lock.hpp"
 #include "server/bulletins.hpp"
@@ -89,6 +90,11 @@ result<uid_t> passdb_trusted_owner(const config& cfg, const unix_settings& us);
 // The passwd-file trust check of posternd --check-config and of fork mode's start; nothing to
 // check for pam.
 result<void> check_passdb_file(const config& cfg, const unix_settings& us);
+
+// The listening sockets of the config, `copies` sets of them (net::open_listeners): the
+// sockets systemd passed (socket activation) when there are any, else the configured
+// listeners bound with server.listen_backlog.
+result<std::vector<std::vector<net::listening_socket>>> open_listeners(const config& cfg, std::size_t copies);
 
 // Runs a session and logs anything that escapes it; the session closes only itself.
 // `registry` may be null. `id` empty: a new session id is made.

@@ -1,6 +1,7 @@
 #include "server/workers.hpp"
 
 #include "common/log.hpp"
+#include "server/systemd.hpp"
 
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -179,6 +180,12 @@ int supervise_workers(std::uint32_t processes, std::chrono::seconds grace, const
     }
   }
 
+  if (!stopping) {
+    systemd::notify_ready("serving POP3 with " + std::to_string(processes) + " worker processes");
+  }
+  // The master's loop pings the watchdog (a worker's own loop does not reach systemd).
+  systemd::watchdog_clock watchdog;
+
   sigset_t waited;
   sigemptyset(&waited);
   sigaddset(&waited, SIGTERM);
@@ -188,7 +195,7 @@ int supervise_workers(std::uint32_t processes, std::chrono::seconds grace, const
 
   while (!(stopping && live() == 0)) {
     // Sleep until a signal, the next restart or the end of the grace period.
-    steady::time_point wake = kill_at;
+    steady::time_point wake = std::min(kill_at, watchdog.next());
     for (const auto& w : workers) {
       if (w.restart_at && *w.restart_at < wake) {
         wake = *w.restart_at;
@@ -204,13 +211,17 @@ int supervise_workers(std::uint32_t processes, std::chrono::seconds grace, const
     } else {
       signo = sigwaitinfo(&waited, &info);
     }
+    watchdog.tick();
     if (signo == SIGTERM || signo == SIGINT) {
+      systemd::notify_stopping();
       log::info("signal {} received: stopping {} workers", signo, live());
       begin_stop(0);
     } else if (signo == SIGHUP) {
       if (!stopping) {
+        systemd::notify_reloading();
         log::info("SIGHUP: reloading {} workers", live());
         signal_all(SIGHUP);
+        systemd::notify_ready();
       }
     } else if (signo == SIGCHLD) {
       int status = 0;

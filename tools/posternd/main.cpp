@@ -8,6 +8,7 @@
 #include "server/fork_mode.hpp"
 #include "server/setup.hpp"
 #include "server/startup_recovery.hpp"
+#include "server/systemd.hpp"
 #include "server/unix_settings.hpp"
 #include "store/location.hpp"
 #include "store/mbox/journal.hpp"
@@ -362,6 +363,11 @@ int main(int argc, char** argv) {
   if (inetd) {
     return us.model == postern::server::process_model::fork ? postern::server::run_privsep_inetd(*cfg, us)
                                                             : postern::server::run_inetd(*cfg);
+  }
+  // Started by systemd (sockets or a notify socket): the service manager tracks this process,
+  // and LISTEN_PID names it, so it must not detach.
+  if (postern::server::systemd::under_service_manager()) {
+    foreground = true;
   }
   if (!foreground && !daemonize()) {
     std::perror("posternd: cannot detach");
