@@ -241,7 +241,7 @@ int startup_failure(const error& e) {
 // cannot be built.
 int run_event_loop(const config& cfg, std::shared_ptr<net::tls_server_context> tls, process_sockets sockets,
                    connection_limits& limits, const sigset_t& deferred, int setup_failure,
-                   const std::string& scram_salt_key) {
+                   const std::string& scram_salt_key, net::auth_penalty* penalty) {
   shared_state st;
   st.scram_salt_key = scram_salt_key;
   if (auto r = prepare_shared(cfg, st, std::move(tls)); !r) {
@@ -249,6 +249,7 @@ int run_event_loop(const config& cfg, std::shared_ptr<net::tls_server_context> t
     std::fprintf(stderr, "posternd: %s\n", r.err().message().c_str());
     return setup_failure;
   }
+  st.env.penalty = penalty;
   std::vector<std::unique_ptr<io_worker>> workers;
   for (auto& thread : sockets) {
     auto w = std::make_unique<io_worker>();
@@ -385,11 +386,17 @@ int run_daemon(const config& cfg) {
     return startup_failure(r.err());
   }
 
+  // The auth penalty is shared by every worker process: mapped before they are forked.
+  auto penalty = make_auth_penalty(cfg, false);
+  if (!penalty) {
+    return startup_failure(penalty.err());
+  }
   if (processes == 1) {
     net::source_limits local(cfg.max_connections, cfg.max_connections_per_ip);
     net::connection_pacer pacer(cfg.unix.min_connection_interval);
     connection_limits limits{&local, nullptr, 0, &pacer};
-    return run_event_loop(cfg, std::move(tls).value(), std::move(sockets->front()), limits, deferred, 1, {});
+    return run_event_loop(cfg, std::move(tls).value(), std::move(sockets->front()), limits, deferred, 1, {},
+                          penalty->get());
   }
 
   // Several processes: the counts every worker checks live in memory they all share.
@@ -418,7 +425,7 @@ int run_daemon(const config& cfg) {
     }
     connection_limits limits{nullptr, &*shared, slot};
     return run_event_loop(worker_cfg, tls_context, std::move(mine), limits, deferred, worker_setup_failed,
-                          *salt_key);
+                          *salt_key, penalty->get());
   };
   hooks.worker_gone = [&](std::uint32_t slot) { shared->release_slot(slot); };
   hooks.close_listeners = [&] { all.clear(); };
@@ -452,6 +459,15 @@ int run_inetd(const config& cfg) {
   if (auto r = prepare_shared(one, st, std::move(tls).value()); !r) {
     log::error("{}", r.err().message());
     return 1;
+  }
+  // One process per connection: the penalty lives in a file between them.
+  if (auto penalty = make_auth_penalty(cfg, true); !penalty) {
+    log::error("{}", penalty.err().message());
+    st.workers->join();
+    return 1;
+  } else {
+    st.penalty = std::move(penalty).value();
+    st.env.penalty = st.penalty.get();
   }
   std::string remote = "local";
   asio::ip::address remote_addr;

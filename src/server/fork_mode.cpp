@@ -239,6 +239,12 @@ int run_fork_daemon(const config& cfg, const unix_settings& us) {
   if (auto r = common_startup(cfg, us, st, params); !r) {
     return startup_error(r.err().message());
   }
+  // Shared by every connection's supervisor, which checks the passwords.
+  if (auto penalty = make_auth_penalty(cfg, false); !penalty) {
+    return startup_error(penalty.err().message());
+  } else {
+    st.penalty = std::move(penalty).value();
+  }
   close_before_fork(st);  // each connection's supervisor opens its own (reopen_after_fork)
   std::vector<bound_listener> listeners;
   bool tls_on_plain = cfg.tls == tls_mode::connection && st.env.tls != nullptr;
@@ -447,6 +453,13 @@ int run_privsep_inetd(const config& cfg, const unix_settings& us) {
   if (auto r = common_startup(cfg, us, st, params); !r) {
     log::error("{}", r.err().message());
     return 1;
+  }
+  // One process per connection: the penalty lives in a file between them.
+  if (auto penalty = make_auth_penalty(cfg, true); !penalty) {
+    log::error("{}", penalty.err().message());
+    return 1;
+  } else {
+    st.penalty = std::move(penalty).value();
   }
   privsep::client c;
   sockaddr_storage ss{};
