@@ -460,15 +460,6 @@ int run_inetd(const config& cfg) {
     log::error("{}", r.err().message());
     return 1;
   }
-  // One process per connection: the penalty lives in a file between them.
-  if (auto penalty = make_auth_penalty(cfg, true); !penalty) {
-    log::error("{}", penalty.err().message());
-    st.workers->join();
-    return 1;
-  } else {
-    st.penalty = std::move(penalty).value();
-    st.env.penalty = st.penalty.get();
-  }
   std::string remote = "local";
   asio::ip::address remote_addr;
   sockaddr_storage ss{};
@@ -485,6 +476,18 @@ int run_inetd(const config& cfg) {
       remote_addr = net::canonical_address(asio::ip::address_v6(b));
       remote = remote_addr.to_string();
     }
+  }
+  // One process per connection: the penalty lives in a file between them (none for a
+  // non-IP stdin, which has no address to penalise).
+  if (!remote_addr.is_unspecified()) {
+    auto penalty = make_auth_penalty(cfg, true);
+    if (!penalty) {
+      log::error("{}", penalty.err().message());
+      st.workers->join();
+      return 1;
+    }
+    st.penalty = std::move(penalty).value();
+    st.env.penalty = st.penalty.get();
   }
   if (st.env.access_list != nullptr && !remote_addr.is_unspecified() &&
       !st.env.access_list->allows(remote_addr)) {

@@ -454,13 +454,6 @@ int run_privsep_inetd(const config& cfg, const unix_settings& us) {
     log::error("{}", r.err().message());
     return 1;
   }
-  // One process per connection: the penalty lives in a file between them.
-  if (auto penalty = make_auth_penalty(cfg, true); !penalty) {
-    log::error("{}", penalty.err().message());
-    return 1;
-  } else {
-    st.penalty = std::move(penalty).value();
-  }
   privsep::client c;
   sockaddr_storage ss{};
   socklen_t len = sizeof ss;
@@ -479,6 +472,16 @@ int run_privsep_inetd(const config& cfg, const unix_settings& us) {
   if (!c.in || (!c.is_tcp && !c.out)) {
     log::error("inetd mode: cannot use stdin/stdout");
     return 1;
+  }
+  // One process per connection: the penalty lives in a file between them (none for a
+  // non-IP stdin, which has no address to penalise).
+  if (c.is_tcp) {
+    auto penalty = make_auth_penalty(cfg, true);
+    if (!penalty) {
+      log::error("{}", penalty.err().message());
+      return 1;
+    }
+    st.penalty = std::move(penalty).value();
   }
   // The session uses its own descriptors; stdin/stdout go to /dev/null so that nothing else
   // (a library writing to stdout) reaches the client.
