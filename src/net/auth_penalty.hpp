@@ -18,8 +18,11 @@
 // worker processes and fork mode's per-connection supervisors share it; a robust
 // process-shared mutex guards it) or a file (inetd mode, one process per connection: the
 // penalty outlives each process; flock() guards it, so a process that dies holding the lock
-// releases it). Times are CLOCK_MONOTONIC milliseconds, system-wide; a stamp from the future
-// (a file from before a reboot) counts as expired.
+// releases it; flock does not exclude the threads of one process from each other, so a
+// file-backed table is used from one thread at a time: --inetd sessions and fork mode's
+// supervisor call it from their only session thread). Times are CLOCK_MONOTONIC
+// milliseconds, system-wide; a stamp from the future (a file from before a reboot) counts as
+// expired.
 #pragma once
 
 #include "common/result.hpp"
