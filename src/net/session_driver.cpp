@@ -288,7 +288,12 @@ class session_runner {
   asio::awaitable<bool> flush();
   // Sends the held replies (see held_), if any; false when the write failed.
   asio::awaitable<bool> send_held();
-  asio::awaitable<void> failure_delay();
+  // Credential checks: an attempt from a penalised address first waits its penalty
+  // (net/auth_penalty.hpp); a failure is answered at received + penalty + failure_delay,
+  // however long the check took, so that its timing does not tell whether the user exists.
+  asio::awaitable<void> begin_attempt(bool pay_penalty);
+  asio::awaitable<void> answer_failure(bool count);
+  void note_success();
 
   asio::awaitable<void> read_input();
   asio::awaitable<void> authenticate();
@@ -327,6 +332,8 @@ class session_runner {
   auth::user_record account_;  // set by a successful authentication
   std::string user_;           // set once the maildrop is open, for logs
   const char* reason_ = "disconnected";
+  std::chrono::steady_clock::time_point failure_at_{};  // see begin_attempt
+  bool penalised_ = false;  // this address had a penalty or failed here: a success resets it
   store::commit_stats committed_;
   bool committed_ok_ = false;
   std::unique_ptr<char[]> own_input_;  // see own_input_size
@@ -417,11 +424,44 @@ asio::awaitable<bool> session_runner::flush() {
   co_return !ec_;
 }
 
-// Costs a failed client time without blocking anyone else.
-asio::awaitable<void> session_runner::failure_delay() {
-  if (env_.failure_delay.count() > 0) {
-    asio::steady_timer delay(ex_, env_.failure_delay);
+// Called when a credential check starts (the command has just been read). Waiting costs the
+// client time without blocking anyone else.
+asio::awaitable<void> session_runner::begin_attempt(bool pay_penalty) {
+  const auto received = std::chrono::steady_clock::now();
+  std::chrono::milliseconds penalty{0};
+  if (pay_penalty && env_.penalty != nullptr) {
+    penalty = env_.penalty->delay_for(conn_.address, received);
+  }
+  failure_at_ = received + penalty + env_.failure_delay;
+  if (penalty.count() > 0) {
+    penalised_ = true;
+    log::debug("auth penalty: rip={}, session=<{}>, delay={}ms", remote_, id_, penalty.count());
+    asio::steady_timer delay(ex_, received + penalty);
     co_await delay.async_wait(use_tuple);
+  }
+}
+
+// Sends nothing itself: returns when the failure may be answered. `count`: bad credentials,
+// which raise the address's penalty (a temporary failure or a refused mechanism does not).
+asio::awaitable<void> session_runner::answer_failure(bool count) {
+  const auto now = std::chrono::steady_clock::now();
+  if (count && env_.penalty != nullptr) {
+    env_.penalty->record_failure(conn_.address, now);
+    penalised_ = true;
+  }
+  if (now < failure_at_) {
+    asio::steady_timer delay(ex_, failure_at_);
+    co_await delay.async_wait(use_tuple);
+  } else if (env_.failure_delay.count() > 0) {
+    log::debug("auth check outlasted failure_delay by {}ms, answered at once (its time shows): rip={}, session=<{}>",
+               std::chrono::duration_cast<std::chrono::milliseconds>(now - failure_at_).count(), remote_, id_);
+  }
+}
+
+void session_runner::note_success() {
+  if (penalised_ && env_.penalty != nullptr) {
+    env_.penalty->record_success(conn_.address);
+    penalised_ = false;
   }
 }
 
@@ -529,6 +569,7 @@ asio::awaitable<void> session_runner::authenticate() {
   std::string login(engine_.login_user());
   secret_string password = engine_.take_password();
   auth::verify_result vr;
+  co_await begin_attempt(true);
   if (env_.remote_auth != nullptr) {  // the privileged process checks the name and logs
     std::string digest(engine_.apop_digest());
     bool apop = engine_.login_method() == "APOP";
@@ -558,6 +599,7 @@ asio::awaitable<void> session_runner::authenticate() {
   }
   password.wipe();
   if (vr.status == auth::verify_status::ok) {  // account_ set by after_verify
+    note_success();
     engine_.auth_done(pop3::auth_status::ok);
     co_return;
   }
@@ -565,7 +607,7 @@ asio::awaitable<void> session_runner::authenticate() {
     log::notice("auth failed: rip={}, session=<{}>, method={}, user=<{}>, reason={}", remote_, id_,
                 log::client(engine_.login_method()), log::client(login), vr.reason);
   }
-  co_await failure_delay();
+  co_await answer_failure(vr.status == auth::verify_status::bad_credentials);
   engine_.auth_done(vr.status == auth::verify_status::temporary
                         ? pop3::auth_status::temporary_failure
                         : pop3::auth_status::bad_credentials);
@@ -604,6 +646,7 @@ asio::awaitable<void> session_runner::start_tls() {
 
 asio::awaitable<void> session_runner::sasl_step() {
   std::string mech(engine_.sasl_mechanism());
+  co_await begin_attempt(engine_.sasl_is_start());
   if (engine_.sasl_is_start()) {
     exchange_.reset();
     auto started = env_.remote_auth ? env_.remote_auth->start_sasl(mech, channel_for(env_, sec_))
@@ -613,7 +656,7 @@ asio::awaitable<void> session_runner::sasl_step() {
     if (!started) {
       log::notice("auth failed: rip={}, session=<{}>, method={}, user=<>, reason={}", remote_, id_,
                   log::client(mech), started.err().message());
-      co_await failure_delay();
+      co_await answer_failure(false);
       engine_.sasl_done(pop3::auth_status::bad_credentials);
       co_return;
     }
@@ -634,6 +677,7 @@ asio::awaitable<void> session_runner::sasl_step() {
         account_.name = std::string(exchange_->authenticated_user());
       }
       exchange_.reset();
+      note_success();
       engine_.sasl_done(pop3::auth_status::ok, r.server_data_b64);
       break;
     case auth::sasl_status::failure:
@@ -644,7 +688,7 @@ asio::awaitable<void> session_runner::sasl_step() {
         log::notice("auth failed: rip={}, session=<{}>, method={}, user=<{}>, reason={}", remote_,
                     id_, log::client(mech), log::client(who), r.reason);
       }
-      co_await failure_delay();
+      co_await answer_failure(r.status == auth::sasl_status::failure);
       engine_.sasl_done(r.status == auth::sasl_status::temporary_failure
                             ? pop3::auth_status::temporary_failure
                             : pop3::auth_status::bad_credentials);

@@ -12,6 +12,7 @@
 #include "auth/sasl.hpp"
 #include "auth/system_users.hpp"
 #include "net/acl.hpp"
+#include "net/auth_penalty.hpp"
 #include "net/network.hpp"
 #include "net/tls.hpp"
 #include "net/trace.hpp"
@@ -78,7 +79,9 @@ struct session_env {
   std::optional<store::location_template> mbox_state_dir;
   asio::thread_pool* workers = nullptr;
   pop3::session_options engine;            // the per-connection fields are filled per session
+  // A failed login is answered this long after its command arrived (plus the penalty).
   std::chrono::milliseconds failure_delay{2000};
+  auth_penalty* penalty = nullptr;         // null: no per-address penalty
   std::chrono::milliseconds idle_timeout{600000};
   // A client not logged in this long after connecting is answered login_timeout_reply and
   // disconnected, whatever it sends meanwhile; 0 = off. Not applied to a resumed session.

@@ -41,6 +41,7 @@ constexpr std::size_t max_config_bytes = 1024 * 1024;
 
 constexpr std::chrono::seconds max_idle_timeout{24 * 3600};
 constexpr std::chrono::milliseconds max_failure_delay{60'000};
+constexpr std::chrono::milliseconds max_penalty{600'000};
 
 // The greeting is sent as "+OK <greeting> <apop timestamp>"; RFC 2449 section 4 limits a
 // response line to 512 octets, so leave room for the timestamp.
@@ -462,6 +463,23 @@ void set_failure_delay(const item& it, config& cfg) {
   cfg.failure_delay = *d;
 }
 
+void set_penalty_duration(const item& it, std::chrono::milliseconds& out, bool zero_allowed) {
+  auto d = get_duration(it);
+  if (!d) {
+    return;
+  }
+  if (*d > max_penalty) {
+    it.fail("must be at most 10 minutes");
+  } else if (d->count() == 0 && !zero_allowed) {
+    it.fail("must be more than 0 (turn the penalty off with auth.penalty_max = 0)");
+  } else {
+    out = *d;
+  }
+}
+
+void set_penalty_initial(const item& it, config& cfg) { set_penalty_duration(it, cfg.penalty_initial, false); }
+void set_penalty_max(const item& it, config& cfg) { set_penalty_duration(it, cfg.penalty_max, true); }
+
 void set_greeting(const item& it, config& cfg) {
   auto s = get_string(it);
   if (!s) {
@@ -681,7 +699,7 @@ void set_mechanisms(const item& it, config& cfg) {
   cfg.mechanisms = std::move(out);
 }
 
-void set_trusted_networks(const item& it, config& cfg) {
+void set_network_list(const item& it, std::vector<std::string>& list) {
   const auto* arr = it.node.as_array();
   if (arr == nullptr) {
     it.fail_type("an array of networks such as [\"10.0.0.0/8\", \"::1/128\"]");
@@ -701,8 +719,14 @@ void set_trusted_networks(const item& it, config& cfg) {
     }
     out.push_back(s->get());
   }
-  cfg.trusted_networks = std::move(out);
+  list = std::move(out);
 }
+
+void set_trusted_networks(const item& it, config& cfg) { set_network_list(it, cfg.trusted_networks); }
+void set_penalty_exempt_networks(const item& it, config& cfg) {
+  set_network_list(it, cfg.penalty_exempt_networks);
+}
+void set_penalty_file(const item& it, config& cfg) { set_path(it, cfg.penalty_file); }
 
 void set_tls_version(const item& it, config& cfg) {
   auto s = get_string(it);
@@ -1114,6 +1138,10 @@ const auto key_rules = std::to_array<key_rule>({
        }
      }},
     {"auth", "failure_delay", set_failure_delay},
+    {"auth", "penalty_initial", set_penalty_initial},
+    {"auth", "penalty_max", set_penalty_max},
+    {"auth", "penalty_exempt_networks", set_penalty_exempt_networks},
+    {"auth", "penalty_file", set_penalty_file},
     {"auth", "worker_threads",
      [](const item& it, config& c) {
        if (auto v = get_uint(it, 0, 1024)) {
@@ -1411,6 +1439,13 @@ result<void> check_combinations(const config& cfg, const std::string& name) {
     return fail("auth.last_valid_uid (" + std::to_string(cfg.last_valid_uid) + ") is below auth.first_valid_uid (" +
                 std::to_string(cfg.first_valid_uid) + "): no uid could own mail (0 = no upper limit)");
   }
+  if (cfg.penalty_max.count() != 0 && cfg.penalty_max < cfg.penalty_initial) {
+    return fail("auth.penalty_max (" + format_duration(cfg.penalty_max) + ") is below auth.penalty_initial (" +
+                format_duration(cfg.penalty_initial) + "); set penalty_max = 0 to turn the penalty off");
+  }
+  if (cfg.penalty_max.count() != 0 && cfg.penalty_file.empty()) {
+    return fail("auth.penalty_file must name a file (--inetd keeps the penalty there), or set auth.penalty_max = 0");
+  }
   bool has_external = std::find(cfg.mechanisms.begin(), cfg.mechanisms.end(), "EXTERNAL") != cfg.mechanisms.end();
   if (has_external && cfg.tls_client_ca.empty()) {
     return fail("auth.mechanisms lists EXTERNAL, which needs tls.client_ca to verify client certificates");
@@ -1557,6 +1592,14 @@ std::string format_config(const config& cfg) {
   out += "\n[auth]\n";
   line("passdb", toml_string(cfg.passdb));
   line("failure_delay", format_duration(cfg.failure_delay));
+  line("penalty_initial", format_duration(cfg.penalty_initial));
+  line("penalty_max", format_duration(cfg.penalty_max));
+  std::string exempt = "[";
+  for (std::size_t i = 0; i < cfg.penalty_exempt_networks.size(); ++i) {
+    exempt += (i == 0 ? "" : ", ") + toml_string(cfg.penalty_exempt_networks[i]);
+  }
+  line("penalty_exempt_networks", exempt + "]");
+  line("penalty_file", toml_string(cfg.penalty_file));
   line("pam_service", toml_string(cfg.unix.pam_service));
   line("pam_account_check", cfg.unix.pam_account_check ? "true" : "false");
   line("worker_threads", number(cfg.worker_threads));

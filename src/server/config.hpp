@@ -110,7 +110,13 @@ struct config {
 
   // [auth]
   std::string passdb = "passwd-file:/etc/postern/users";
-  std::chrono::milliseconds failure_delay{2000};  // after each failed login
+  std::chrono::milliseconds failure_delay{2000};  // a failed login is answered this long after it arrived
+  // The per-address penalty (net/auth_penalty.hpp): after failures, the next attempts wait
+  // penalty_initial, doubling up to penalty_max (0 = off), before the check.
+  std::chrono::milliseconds penalty_initial{2000};
+  std::chrono::milliseconds penalty_max{15000};
+  std::vector<std::string> penalty_exempt_networks;  // CIDRs never penalised
+  std::string penalty_file = "/run/postern/auth-penalty";  // --inetd: the table between processes
   std::uint32_t worker_threads = 0;               // hashing / blocking work; 0 = 2 per core
   std::vector<std::string> mechanisms{"PLAIN", "LOGIN"};  // SASL mechanisms (RFC 5034)
   bool disable_plaintext_auth = true;   // Dovecot's meaning: no cleartext passwords unencrypted

@@ -68,6 +68,10 @@ void expect_same_config(const config& a, const config& b) {
   EXPECT_EQ(a.mbox_x_uidl, b.mbox_x_uidl);
   EXPECT_EQ(a.passdb, b.passdb);
   EXPECT_EQ(a.failure_delay, b.failure_delay);
+  EXPECT_EQ(a.penalty_initial, b.penalty_initial);
+  EXPECT_EQ(a.penalty_max, b.penalty_max);
+  EXPECT_EQ(a.penalty_exempt_networks, b.penalty_exempt_networks);
+  EXPECT_EQ(a.penalty_file, b.penalty_file);
   EXPECT_EQ(a.worker_threads, b.worker_threads);
   EXPECT_EQ(a.mechanisms, b.mechanisms);
   EXPECT_EQ(a.disable_plaintext_auth, b.disable_plaintext_auth);
@@ -178,6 +182,13 @@ TEST(config, every_key_is_read) {
       {"[server]\nthreads = 0", [](const config& c) { EXPECT_EQ(c.threads, 0u); }},
       {"[server]\nmax_connections = 1", [](const config& c) { EXPECT_EQ(c.max_connections, 1u); }},
       {"[auth]\nfailure_delay = 0", [](const config& c) { EXPECT_EQ(c.failure_delay, 0ms); }},
+      {"[auth]\npenalty_initial = \"100ms\"\npenalty_max = \"1s\"\npenalty_exempt_networks = [\"10.0.0.0/8\"]",
+       [](const config& c) {
+         EXPECT_EQ(c.penalty_initial, 100ms);
+         EXPECT_EQ(c.penalty_max, 1s);
+         EXPECT_EQ(c.penalty_exempt_networks, std::vector<std::string>{"10.0.0.0/8"});
+       }},
+      {"[auth]\npenalty_max = 0", [](const config& c) { EXPECT_EQ(c.penalty_max, 0ms); }},
       {"[auth]\nfailure_delay = \"60s\"", [](const config& c) { EXPECT_EQ(c.failure_delay, 60s); }},
       {"[server]\nidle_timeout = \"1s\"", [](const config& c) { EXPECT_EQ(c.idle_timeout, 1s); }},
       {"[server]\nidle_timeout = \"24h\"", [](const config& c) { EXPECT_EQ(c.idle_timeout, 24h); }},
@@ -442,6 +453,14 @@ TEST(config, errors_name_file_line_and_key) {
       {"[server]\nidle_timeout = -5\n", "t.toml:2: server.idle_timeout: must not be negative"},
       {"[auth]\nfailure_delay = \"61s\"\n",
        "t.toml:2: auth.failure_delay: must be at most 60 seconds"},
+      {"[auth]\npenalty_max = \"11m\"\n", "t.toml:2: auth.penalty_max: must be at most 10 minutes"},
+      {"[auth]\npenalty_initial = 0\n",
+       "t.toml:2: auth.penalty_initial: must be more than 0 (turn the penalty off with auth.penalty_max = 0)"},
+      {"[auth]\npenalty_initial = \"20s\"\n",
+       "t.toml: auth.penalty_max (\"15s\") is below auth.penalty_initial (\"20s\"); set penalty_max = 0 to turn the penalty off"},
+      {"[auth]\npenalty_exempt_networks = [\"10.0.0.1/8\"]\n",
+       "t.toml:2: auth.penalty_exempt_networks: \"10.0.0.1/8\" is not a numeric network (ADDRESS/PREFIX, e.g. \"192.0.2.0/24\")"},
+      {"[auth]\npenalty_file = \"run/x\"\n", "t.toml:2: auth.penalty_file: \"run/x\": the path must be absolute"},
       {"[auth]\nfailure_delay = \"60001ms\"\n",
        "t.toml:2: auth.failure_delay: must be at most 60 seconds"},
       // Strings.

@@ -181,7 +181,7 @@ int startup_failure(const error& e) {
 // cannot be built.
 int run_event_loop(const config& cfg, std::shared_ptr<net::tls_server_context> tls, process_sockets sockets,
                    connection_limits& limits, const sigset_t& deferred, int setup_failure,
-                   const std::string& scram_salt_key) {
+                   const std::string& scram_salt_key, net::auth_penalty* penalty) {
   shared_state st;
   st.scram_salt_key = scram_salt_key;
   if (auto r = prepare_shared(cfg, st, std::move(tls)); !r) {
@@ -189,6 +189,7 @@ int run_event_loop(const config& cfg, std::shared_ptr<net::tls_server_context> t
     std::fprintf(stderr, "posternd: %s\n", r.err().message().c_str());
     return setup_failure;
   }
+  st.env.penalty = penalty;
   std::vector<std::unique_ptr<io_worker>> workers;
   for (auto& thread : sockets) {
     auto w = std::make_unique<io_worker>();
@@ -337,11 +338,17 @@ int run_daemon(const config& cfg) {
     return startup_failure(r.err());
   }
 
+  // The auth penalty is shared by every worker process: mapped before they are forked.
+  auto penalty = make_auth_penalty(cfg, false);
+  if (!penalty) {
+    return startup_failure(penalty.err());
+  }
   if (processes == 1) {
     net::source_limits local(cfg.max_connections, cfg.max_connections_per_ip);
     net::connection_pacer pacer(cfg.unix.min_connection_interval);
     connection_limits limits{&local, nullptr, 0, &pacer};
-    return run_event_loop(cfg, std::move(tls).value(), std::move(sockets->front()), limits, deferred, 1, {});
+    return run_event_loop(cfg, std::move(tls).value(), std::move(sockets->front()), limits, deferred, 1, {},
+                          penalty->get());
   }
 
   // Several processes: the counts every worker checks live in memory they all share.
@@ -370,7 +377,7 @@ int run_daemon(const config& cfg) {
     }
     connection_limits limits{nullptr, &*shared, slot};
     return run_event_loop(worker_cfg, tls_context, std::move(mine), limits, deferred, worker_setup_failed,
-                          *salt_key);
+                          *salt_key, penalty->get());
   };
   hooks.worker_gone = [&](std::uint32_t slot) { shared->release_slot(slot); };
   hooks.close_listeners = [&] { all.clear(); };
@@ -421,6 +428,18 @@ int run_inetd(const config& cfg) {
       remote_addr = net::canonical_address(asio::ip::address_v6(b));
       remote = remote_addr.to_string();
     }
+  }
+  // One process per connection: the penalty lives in a file between them (none for a
+  // non-IP stdin, which has no address to penalise).
+  if (!remote_addr.is_unspecified()) {
+    auto penalty = make_auth_penalty(cfg, true);
+    if (!penalty) {
+      log::error("{}", penalty.err().message());
+      st.workers->join();
+      return 1;
+    }
+    st.penalty = std::move(penalty).value();
+    st.env.penalty = st.penalty.get();
   }
   if (st.env.access_list != nullptr && !remote_addr.is_unspecified() &&
       !st.env.access_list->allows(remote_addr)) {

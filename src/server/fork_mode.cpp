@@ -172,6 +172,12 @@ int run_fork_daemon(const config& cfg, const unix_settings& us) {
   if (auto r = common_startup(cfg, us, st, params); !r) {
     return startup_error(r.err().message());
   }
+  // Shared by every connection's supervisor, which checks the passwords.
+  if (auto penalty = make_auth_penalty(cfg, false); !penalty) {
+    return startup_error(penalty.err().message());
+  } else {
+    st.penalty = std::move(penalty).value();
+  }
   close_before_fork(st);  // each connection's supervisor opens its own (reopen_after_fork)
   auto opened = open_listeners(cfg, 1);
   if (!opened) {
@@ -395,6 +401,16 @@ int run_privsep_inetd(const config& cfg, const unix_settings& us) {
   if (!c.in || (!c.is_tcp && !c.out)) {
     log::error("inetd mode: cannot use stdin/stdout");
     return 1;
+  }
+  // One process per connection: the penalty lives in a file between them (none for a
+  // non-IP stdin, which has no address to penalise).
+  if (c.is_tcp) {
+    auto penalty = make_auth_penalty(cfg, true);
+    if (!penalty) {
+      log::error("{}", penalty.err().message());
+      return 1;
+    }
+    st.penalty = std::move(penalty).value();
   }
   // The session uses its own descriptors; stdin/stdout go to /dev/null so that nothing else
   // (a library writing to stdout) reaches the client.

@@ -342,6 +342,10 @@ asio::awaitable<void> relay(std::unique_ptr<net::transport> client, int fd) {
   std::signal(SIGINT, SIG_DFL);
   std::signal(SIGHUP, SIG_DFL);
   std::signal(SIGPIPE, SIG_IGN);
+  // The penalty table is S's to keep: this process must not be able to clear it.
+  if (p.st->penalty != nullptr) {
+    p.st->penalty->detach();
+  }
   if (auto r = become(p.login, p.login_chroot); !r) {
     log::error("pre-auth process: cannot drop privileges: {}", r.err().message());
     _exit(1);
@@ -363,6 +367,7 @@ asio::awaitable<void> relay(std::unique_ptr<net::transport> client, int fd) {
   env.sasl = nullptr;
   env.remote_auth = &link;
   env.failure_delay = std::chrono::milliseconds(0);  // S delays failures (P could skip it)
+  env.penalty = nullptr;                              // and applies the penalty
   env.workers = &workers;
   env.on_authenticated = [&](net::handoff& h) -> asio::awaitable<void> {
     auto stream = std::move(h.control.stream);
@@ -493,6 +498,7 @@ class supervisor {
         const std::string& user = req.fields[0];
         bool apop = req.type == msg_type::apop;
         auth::verify_result vr;
+        begin_attempt(true);
         if (!store::is_safe_user_name(user)) {
           vr.reason = "user name not allowed";
         } else if (auth_broken_) {
@@ -513,6 +519,7 @@ class supervisor {
       case msg_type::sasl_start:
       case msg_type::sasl_step: {
         std::string response;
+        begin_attempt(req.type == msg_type::sasl_start);
         if (req.type == msg_type::sasl_start) {
           exchange_.reset();
           auto ch = channel_from(req.fields, 1);
@@ -524,8 +531,8 @@ class supervisor {
             return sasl_reply(auth::sasl_status::temporary_failure, "", "", "password database unavailable");
           }
           auto started = p_.st->sasl->start(mech_, *ch);
-          if (!started) {
-            return sasl_reply(auth::sasl_status::failure, "", "", started.err().message());
+          if (!started) {  // a refused mechanism: answered late, but no guess to count
+            return sasl_reply(auth::sasl_status::failure, "", "", started.err().message(), false);
           }
           exchange_ = std::move(started).value();
           response = req.fields[5];
@@ -548,6 +555,7 @@ class supervisor {
             u.name = who;
           }
           login_ = pending_login{std::move(u), mech_};
+          note_success();
           return message(msg_type::sasl_reply, {"O", r.server_data_b64, login_->account.name});
         }
         return sasl_reply(r.status, who, mech_, r.reason);
@@ -564,26 +572,62 @@ class supervisor {
       }
       std::string name = vr.user.name;
       login_ = pending_login{std::move(vr.user), method};
+      note_success();
       return message(msg_type::auth_reply, {"O", name});
     }
-    failed(user, method, vr.reason);
+    failed(user, method, vr.reason, vr.status == auth::verify_status::bad_credentials);
     return message(msg_type::auth_reply, {std::string(1, status_char(vr.status)), ""});
   }
 
+  // `guess`: a failure of the client's credentials (not a refused mechanism), which raises the
+  // address's penalty.
   message sasl_reply(auth::sasl_status st, const std::string& who, const std::string& mech,
-                     const std::string& reason) {
-    failed(who, mech.empty() ? mech_ : mech, reason);
+                     const std::string& reason, bool guess = true) {
+    failed(who, mech.empty() ? mech_ : mech, reason, guess && st == auth::sasl_status::failure);
     return message(msg_type::sasl_reply,
                    {st == auth::sasl_status::temporary_failure ? "T" : "B", "", ""});
   }
 
-  // Logs and delays a failure here, where a compromised P cannot skip the delay.
-  void failed(const std::string& user, const std::string& method, const std::string& reason) {
+  // As the session driver does (net/session_driver.cpp), here where a compromised P cannot skip
+  // it: an attempt from a penalised address first waits its penalty; a failure is answered at
+  // received + penalty + failure_delay, however long the check took.
+  void begin_attempt(bool pay_penalty) {
+    const auto received = std::chrono::steady_clock::now();
+    std::chrono::milliseconds penalty{0};
+    if (pay_penalty && p_.st->penalty != nullptr) {
+      penalty = p_.st->penalty->delay_for(c_.address, received);
+    }
+    failure_at_ = received + penalty + p_.cfg->failure_delay;
+    if (penalty.count() > 0) {
+      penalised_ = true;
+      log::debug("auth penalty: rip={}, session=<{}>, delay={}ms", c_.remote, id_, penalty.count());
+      std::this_thread::sleep_until(received + penalty);
+    }
+  }
+
+  void note_success() {
+    if (penalised_ && p_.st->penalty != nullptr) {
+      p_.st->penalty->record_success(c_.address);
+      penalised_ = false;
+    }
+  }
+
+  // Logs, counts and delays a failure. `bad_credentials` raises the address's penalty.
+  void failed(const std::string& user, const std::string& method, const std::string& reason,
+              bool bad_credentials) {
     ++failures_;
     log::notice("auth failed: rip={}, session=<{}>, method={}, user=<{}>, reason={}", c_.remote, id_,
                 log::client(method), log::client(user), reason);
-    if (p_.cfg->failure_delay.count() > 0) {
-      std::this_thread::sleep_for(p_.cfg->failure_delay);
+    const auto now = std::chrono::steady_clock::now();
+    if (bad_credentials && p_.st->penalty != nullptr) {
+      p_.st->penalty->record_failure(c_.address, now);
+      penalised_ = true;
+    }
+    if (now < failure_at_) {
+      std::this_thread::sleep_until(failure_at_);
+    } else if (p_.cfg->failure_delay.count() > 0) {
+      log::debug("auth check outlasted failure_delay by {}ms, answered at once (its time shows): rip={}, session=<{}>",
+                 std::chrono::duration_cast<std::chrono::milliseconds>(now - failure_at_).count(), c_.remote, id_);
     }
   }
 
@@ -597,6 +641,8 @@ class supervisor {
   std::string mech_;
   std::optional<pending_login> login_;
   std::size_t failures_ = 0;
+  std::chrono::steady_clock::time_point failure_at_{};  // see begin_attempt
+  bool penalised_ = false;
 };
 
 // Waits for `pid` up to `limit`, then kills it. Returns once it is reaped.
@@ -1035,6 +1081,9 @@ int run_supervisor(const supervisor_params& p, client c) {
       reap(child, std::chrono::milliseconds(2000));
     }
     return 0;
+  }
+  if (p.st->penalty != nullptr) {  // the user's session has no business with it
+    p.st->penalty->detach();
   }
   if (pending.account.home.empty()) {
     pending.account.home = owner->home;

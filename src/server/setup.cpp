@@ -294,6 +294,29 @@ result<void> prepare_env(const config& cfg, const unix_settings& us, shared_stat
   return {};
 }
 
+result<std::unique_ptr<net::auth_penalty>> make_auth_penalty(const config& cfg, bool in_file) {
+  if (cfg.penalty_max.count() == 0) {
+    return std::unique_ptr<net::auth_penalty>();
+  }
+  net::penalty_policy policy;
+  policy.initial = cfg.penalty_initial;
+  policy.max = cfg.penalty_max;
+  for (const auto& n : cfg.penalty_exempt_networks) {
+    if (auto parsed = net::parse_network(n)) {
+      policy.exempt.push_back(*parsed);
+    }
+  }
+  auto table = in_file ? net::auth_penalty::open_file(cfg.penalty_file, std::move(policy))
+                       : net::auth_penalty::create(std::move(policy));
+  if (!table) {
+    std::string hint = in_file ? " (--inetd keeps the penalty in this file: create its directory, owned by the "
+                                 "user the server runs as, or set auth.penalty_max = 0 to turn the penalty off)"
+                               : "";
+    return error(table.err().code(), table.err().message() + hint);
+  }
+  return std::make_unique<net::auth_penalty>(std::move(table).value());
+}
+
 result<void> prepare_auth(const config& cfg, const unix_settings& us, shared_state& st) {
   auto pdb = open_passdb(cfg, us);
   if (!pdb) {

@@ -39,8 +39,16 @@ struct shared_state {
   // Made once before the first fork() (make_salt_key) so that every process shows an unknown
   // SCRAM user the same salt; "" = each SASL server makes its own.
   std::string scram_salt_key;
+  // The per-address auth penalty when this process owns it (inetd, fork mode); event mode's
+  // daemon makes it before forking its workers and points env.penalty at it.
+  std::unique_ptr<net::auth_penalty> penalty;
   net::session_env env;
 };
+
+// The auth penalty table of the config (null when auth.penalty_max = 0): an anonymous shared
+// mapping to be made before fork(), or, `in_file`, auth.penalty_file (--inetd: one process per
+// connection). Errors name the key and say how to fix or turn it off.
+result<std::unique_ptr<net::auth_penalty>> make_auth_penalty(const config& cfg, bool in_file);
 
 // 32 random bytes for shared_state::scram_salt_key.
 result<std::string> make_salt_key();
