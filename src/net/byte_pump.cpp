@@ -3,7 +3,7 @@
 namespace postern::net {
 
 asio::awaitable<result<pop3::body_stream::status>> byte_pump::fill(pop3::body_stream& body) {
-  if (slow_reads_) {
+  if (slow_reads_ || large_) {
     result<pop3::body_stream::status> r = error(errc::temporary, "not read");
     auto read = [&] { r = body.fill(); };
     co_await run_blocking(workers_, read);

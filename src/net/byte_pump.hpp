@@ -2,15 +2,15 @@
 // reads the message through a pop3::body_stream (which dot-stuffs it into a stream_buffer)
 // and writes the buffer to the transport, block by block, until the terminator is out.
 //
-// Where the reads run (docs/architecture.md, "Where message reads run"): on the session's I/O
-// thread while they are fast, which they are when the message is in the page cache (a
-// 512 KiB block is read and encoded in well under a millisecond), so the common case costs
-// no thread hop. A block whose read and encoding took longer than slow_fill (the disk or a
-// network file system answered) marks the session's maildrop as slow (`slow_reads`, owned by
-// the caller and kept for the session): from then on every block of this reply, and the
-// opening and reading of every later message of the session, run on the worker pool, so that
-// one slow store stalls at most one block read of the I/O thread per session rather than
-// every read of every session on that thread.
+// Where the reads run (docs/architecture.md, "Where message reads run"):
+//  - a message larger than one read of the buffer (`large`): every block on the worker pool,
+//    where a slow disk or network file system stalls no other session; the hop costs little
+//    next to streaming such a message;
+//  - a smaller message: on the session's I/O thread, with no thread hop, while reads are fast
+//    (from the page cache a block is read and encoded in well under a millisecond). A block
+//    that took longer than slow_fill (the disk answered) marks the session's reads as slow
+//    (`slow_reads`, owned by the caller and kept for the session): from then on every block,
+//    and the opening of every later message of the session, run on the worker pool.
 //
 // Not thread-safe; one pump per reply, used on the session's executor. The reader, buffer,
 // transport, pool and flag must outlive it.
@@ -61,9 +61,10 @@ class byte_pump {
     write_failed,  // the transport failed (write_error())
   };
 
+  // `large`: the message is larger than one read of `buffer`: every block is read on the pool.
   byte_pump(transport& out, pop3::stream_buffer& buffer, asio::thread_pool& workers,
-            bool& slow_reads) noexcept
-      : out_(out), buffer_(buffer), workers_(workers), slow_reads_(slow_reads) {}
+            bool& slow_reads, bool large) noexcept
+      : out_(out), buffer_(buffer), workers_(workers), slow_reads_(slow_reads), large_(large) {}
 
   // Streams the reply of `reader` after whatever the buffer's output already holds (the
   // status line, held replies). `top_lines`: nullopt for RETR, n for TOP n. With `may_hold`,
@@ -79,13 +80,14 @@ class byte_pump {
   std::error_code write_error() const noexcept { return write_error_; }
 
  private:
-  // One block: on this thread, or on the pool once reads are known to be slow.
+  // One block: on this thread, or on the pool for a large message or once reads are slow.
   asio::awaitable<result<pop3::body_stream::status>> fill(pop3::body_stream& body);
 
   transport& out_;
   pop3::stream_buffer& buffer_;
   asio::thread_pool& workers_;
   bool& slow_reads_;
+  bool large_;
   std::uint64_t body_octets_ = 0;
   std::optional<error> read_error_;
   std::error_code write_error_;

@@ -125,14 +125,15 @@ struct pump_run {
 };
 
 pump_run pump(fake_transport& t, pop3::stream_buffer& sb, fake_reader& r, bool& slow,
-              std::optional<std::uint64_t> top = std::nullopt, bool may_hold = false) {
+              std::optional<std::uint64_t> top = std::nullopt, bool may_hold = false,
+              bool large = false) {
   asio::io_context io;
   asio::thread_pool workers(1);
   pump_run out;
   asio::co_spawn(
       io,
       [&]() -> asio::awaitable<void> {
-        byte_pump p(t, sb, workers, slow);
+        byte_pump p(t, sb, workers, slow, large);
         out.outcome = co_await p.run(r, top, may_hold, [&] { ++out.touches; });
         out.body_octets = p.body_octets();
         if (p.read_error()) {
@@ -159,7 +160,7 @@ TEST(byte_pump, large_message_is_byte_exact_through_every_buffer_and_partial_wri
     fake_transport t(s.piece);
     fake_reader r(msg, s.reads);
     bool slow = false;
-    auto got = pump(t, sb, r, slow);
+    auto got = pump(t, sb, r, slow, std::nullopt, false, s.read == 4096);
     EXPECT_EQ(got.outcome, byte_pump::outcome::sent) << s.read;
     ASSERT_EQ(t.written.size(), want.size()) << s.read;
     EXPECT_TRUE(t.written == want) << "read size " << s.read;
@@ -247,6 +248,15 @@ TEST(byte_pump, a_slow_read_moves_the_remaining_reads_to_the_worker_pool) {
     EXPECT_TRUE(std::all_of(r2.threads.begin(), r2.threads.end(),
                             [&](std::thread::id id) { return id == io_thread; }));
   }
+  // A large message is read on the worker from its first block.
+  pop3::stream_buffer sb3(4096, 8192);
+  fake_transport t3(4096);
+  fake_reader r3(msg, {4096});
+  bool slow3 = false;
+  pump(t3, sb3, r3, slow3, std::nullopt, false, true);
+  EXPECT_TRUE(t3.written == reference(msg));
+  EXPECT_TRUE(std::none_of(r3.threads.begin(), r3.threads.end(),
+                           [&](std::thread::id id) { return id == io_thread; }));
 }
 
 }  // namespace

@@ -656,7 +656,8 @@ asio::awaitable<void> session_runner::retrieve() {
   }
   // A whole reply that leaves room in the buffer waits for the next pipelined command's,
   // when that command is already here.
-  byte_pump pump(*ctl_->stream, sb, *env_.workers, slow_reads_);
+  const bool large = drop_->messages()[index].size > sb.read_size();
+  byte_pump pump(*ctl_->stream, sb, *env_.workers, slow_reads_, large);
   const byte_pump::outcome sent = co_await pump.run(**reader, engine_.retrieve_top_lines(),
                                                     engine_.has_buffered_line(), [this] { touch(); });
   switch (sent) {

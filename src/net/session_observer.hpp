@@ -42,24 +42,26 @@ class session_observer {
   // Tracing: wraps ctl.stream for tracing and returns the wrapper, or null when this
   // observer does not trace. Called once per session, after an implicit TLS handshake.
   virtual traced_transport* attach_trace(session_control& ctl, std::string_view id, bool resumed);
-  virtual void tls_established(const session_facts&, bool stls, std::string_view description) {}
-  virtual void tls_failed(const session_facts&, std::string_view why) {}
-  // A refused credential check (or SASL start); not called when the authenticator logs its
-  // own failures (authenticator::logs_failures()).
-  virtual void auth_failed(const session_facts&, std::string_view method, std::string_view user,
-                           std::string_view reason) {}
+  virtual void tls_established(const session_facts&, bool /*stls*/,
+                               std::string_view /*description*/) {}
+  virtual void tls_failed(const session_facts&, std::string_view /*why*/) {}
+  // A SASL mechanism that could not start, or a refused credential check; the latter is not
+  // reported when the authenticator logs its own failures (authenticator::logs_failures()).
+  virtual void auth_failed(const session_facts&, std::string_view /*method*/,
+                           std::string_view /*user*/, std::string_view /*reason*/) {}
   virtual void too_many_failed_logins(const session_facts&) {}
-  virtual void logged_in(const session_facts&, std::string_view method, std::size_t messages) {}
-  virtual void login_refused(const session_facts&, login_refusal why, std::string_view user,
-                             std::string_view detail) {}
+  virtual void logged_in(const session_facts&, std::string_view /*method*/,
+                         std::size_t /*messages*/) {}
+  virtual void login_refused(const session_facts&, login_refusal /*why*/, std::string_view /*user*/,
+                             std::string_view /*detail*/) {}
   // `msg`: the 1-based message number, 0 when none applies.
-  virtual void mail_failed(const session_facts&, mail_failure what, std::size_t msg,
-                           std::string_view detail) {}
-  virtual void expired(const session_facts&, std::uint64_t messages) {}
-  virtual void xmit_sent(const session_facts&, std::size_t size) {}
+  virtual void mail_failed(const session_facts&, mail_failure /*what*/, std::size_t /*msg*/,
+                           std::string_view /*detail*/) {}
+  virtual void expired(const session_facts&, std::uint64_t /*messages*/) {}
+  virtual void xmit_sent(const session_facts&, std::size_t /*size*/) {}
   // The end of a session that logged in / that did not.
   virtual void logged_out(const session_facts&, const logout_facts&) {}
-  virtual void disconnected(const session_facts&, std::string_view reason) {}
+  virtual void disconnected(const session_facts&, std::string_view /*reason*/) {}
 };
 
 // The server's observer: log lines, and the trace file and telemetry when `trace` asks.

@@ -299,13 +299,6 @@ std::unique_ptr<transport> traced_transport::replace_inner(std::unique_ptr<trans
   return t;
 }
 
-transport* traced_transport::unwrap(transport* t) noexcept {
-  while (auto* tr = dynamic_cast<traced_transport*>(t)) {
-    t = tr->inner_.get();
-  }
-  return t;
-}
-
 std::string traced_transport::stamp() const {
   auto now = settings_.clock ? settings_.clock() : std::chrono::system_clock::now();
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count();

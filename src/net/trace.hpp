@@ -31,10 +31,11 @@
 // noted.
 //
 // traced_transport wraps the session's transport (decorator): reads and writes go through
-// unchanged and are recorded; a failing trace never fails the session (errors are logged
-// once and tracing of that destination stops). Drivers that look for the concrete transport
-// (TCP for STLS, TLS for channel bindings) use traced_transport::unwrap(); after STLS they
-// put the new TLS transport inside with replace_inner().
+// unchanged, server bytes are recorded as they are written and client lines as the engine
+// reports them (it is the engine's pop3::line_observer); a failing trace never fails the
+// session (errors are logged once and tracing of that destination stops). It answers tls()
+// and tcp_socket() for the transport inside; after STLS the driver puts the new TLS
+// transport inside with replace_inner().
 //
 // Threading: a trace_sink is shared by all sessions and threads (a mutex, and one write(2)
 // per batch of lines with O_APPEND, so lines of different sessions and processes never
@@ -162,8 +163,6 @@ class traced_transport final : public transport, public pop3::line_observer {
   transport& inner() noexcept { return *inner_; }
   // Puts `t` in place of the wrapped transport (after STLS); the old one is returned.
   std::unique_ptr<transport> replace_inner(std::unique_ptr<transport> t) noexcept;
-  // The transport under any traced_transport wrappers (itself if not wrapped).
-  static transport* unwrap(transport* t) noexcept;
 
   // The telemetry file's path once opened ("" if none), for tests and logs.
   const std::string& telemetry_path() const noexcept { return telemetry_path_; }
