@@ -566,6 +566,13 @@ asio::awaitable<void> session_runner::open_maildrop() {
       co_return;
     }
     ctl_->login_deadline = std::chrono::steady_clock::time_point::max();
+    if (traced_ != nullptr) {
+      // The process that takes over traces the rest of the session; what this one would
+      // relay it cannot follow (it reads no more client lines through the engine).
+      std::unique_ptr<transport> inner = traced_->replace_inner(nullptr);
+      ctl_->stream = std::move(inner);  // the wrapper goes, writing what it holds
+      traced_ = nullptr;
+    }
     handoff h{account_, engine_.login_method(), engine_.take_unprocessed_input(), *ctl_, id_};
     co_await services_.handoff->take_over(h);
     reason_ = "handoff";

@@ -161,7 +161,8 @@ class traced_transport final : public transport, public pop3::line_observer {
   void set_user(std::string_view user) noexcept;
 
   transport& inner() noexcept { return *inner_; }
-  // Puts `t` in place of the wrapped transport (after STLS); the old one is returned.
+  // Puts `t` in place of the wrapped transport (after STLS; null when the driver drops the
+  // wrapper at a privilege-separation hand-off); the old one is returned.
   std::unique_ptr<transport> replace_inner(std::unique_ptr<transport> t) noexcept;
 
   // The telemetry file's path once opened ("" if none), for tests and logs.
