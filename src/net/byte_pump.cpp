@@ -3,17 +3,22 @@
 namespace postern::net {
 
 asio::awaitable<result<pop3::body_stream::status>> byte_pump::fill(pop3::body_stream& body) {
-  if (slow_reads_ || large_) {
+  using clock = std::chrono::steady_clock;
+  if (placement_.slow) {
     result<pop3::body_stream::status> r = error(errc::temporary, "not read");
-    auto read = [&] { r = body.fill(); };
+    clock::duration took{};
+    auto read = [&] {  // timed on the worker: the wait for a free worker is not the store's
+      const auto start = clock::now();
+      r = body.fill();
+      took = clock::now() - start;
+    };
     co_await run_blocking(workers_, read);
+    placement_.observe(took);
     co_return r;
   }
-  const auto start = std::chrono::steady_clock::now();
+  const auto start = clock::now();
   auto r = body.fill();
-  if (std::chrono::steady_clock::now() - start > slow_fill) {
-    slow_reads_ = true;
-  }
+  placement_.observe(clock::now() - start);
   co_return r;
 }
 

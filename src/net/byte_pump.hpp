@@ -2,18 +2,17 @@
 // reads the message through a pop3::body_stream (which dot-stuffs it into a stream_buffer)
 // and writes the buffer to the transport, block by block, until the terminator is out.
 //
-// Where the reads run (docs/architecture.md, "Where message reads run"):
-//  - a message larger than one read of the buffer (`large`): every block on the worker pool,
-//    where a slow disk or network file system stalls no other session; the hop costs little
-//    next to streaming such a message;
-//  - a smaller message: on the session's I/O thread, with no thread hop, while reads are fast
-//    (from the page cache a block is read and encoded in well under a millisecond). A block
-//    that took longer than slow_fill (the disk answered) marks the session's reads as slow
-//    (`slow_reads`, owned by the caller and kept for the session): from then on every block,
-//    and the opening of every later message of the session, run on the worker pool.
+// Where the reads run (docs/architecture.md, "Where message reads run"): on the session's I/O
+// thread while reads are fast, which they are when the message is in the page cache (a block
+// is read and encoded in well under a millisecond), so the common case costs no thread hop.
+// A block that took longer than slow_fill (the disk or a network file system answered) marks
+// the reads of the I/O thread as slow (read_placement, one per I/O thread: the store is slow
+// for all its sessions or for none): from then on every block, and the opening of every
+// message (the driver asks read_placement), runs on the worker pool, until fast_to_clear
+// blocks in a row were fast there.
 //
 // Not thread-safe; one pump per reply, used on the session's executor. The reader, buffer,
-// transport, pool and flag must outlive it.
+// transport, pool and placement must outlive it.
 #pragma once
 
 #include "net/transport.hpp"
@@ -49,11 +48,30 @@ asio::awaitable<void> run_blocking(asio::thread_pool& pool, F& f) {
       asio::use_awaitable);
 }
 
+// Where the message reads of one I/O thread run. Used on that thread only.
+struct read_placement {
+  // A block slower than this sends the reads to the worker pool.
+  static constexpr std::chrono::microseconds slow_fill{2000};
+  // Blocks in a row read fast on the pool that bring the reads back to the I/O thread.
+  static constexpr unsigned fast_to_clear = 8;
+
+  bool slow = false;  // reads run on the worker pool
+  unsigned fast_streak = 0;
+
+  // How long reading and encoding one block took (wherever it ran).
+  void observe(std::chrono::steady_clock::duration took) noexcept {
+    if (took > slow_fill) {
+      slow = true;
+      fast_streak = 0;
+    } else if (slow && ++fast_streak >= fast_to_clear) {
+      slow = false;
+      fast_streak = 0;
+    }
+  }
+};
+
 class byte_pump {
  public:
-  // A block fill slower than this moved the reads of the session to the worker pool.
-  static constexpr std::chrono::microseconds slow_fill{2000};
-
   enum class outcome {
     sent,          // the whole reply was written
     held,          // the whole reply is in the buffer, unsent (may_hold, and it fit)
@@ -61,10 +79,9 @@ class byte_pump {
     write_failed,  // the transport failed (write_error())
   };
 
-  // `large`: the message is larger than one read of `buffer`: every block is read on the pool.
   byte_pump(transport& out, pop3::stream_buffer& buffer, asio::thread_pool& workers,
-            bool& slow_reads, bool large) noexcept
-      : out_(out), buffer_(buffer), workers_(workers), slow_reads_(slow_reads), large_(large) {}
+            read_placement& placement) noexcept
+      : out_(out), buffer_(buffer), workers_(workers), placement_(placement) {}
 
   // Streams the reply of `reader` after whatever the buffer's output already holds (the
   // status line, held replies). `top_lines`: nullopt for RETR, n for TOP n. With `may_hold`,
@@ -80,14 +97,13 @@ class byte_pump {
   std::error_code write_error() const noexcept { return write_error_; }
 
  private:
-  // One block: on this thread, or on the pool for a large message or once reads are slow.
+  // One block: on this thread, or on the pool while reads are slow.
   asio::awaitable<result<pop3::body_stream::status>> fill(pop3::body_stream& body);
 
   transport& out_;
   pop3::stream_buffer& buffer_;
   asio::thread_pool& workers_;
-  bool& slow_reads_;
-  bool large_;
+  read_placement& placement_;
   std::uint64_t body_octets_ = 0;
   std::optional<error> read_error_;
   std::error_code write_error_;

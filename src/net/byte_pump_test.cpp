@@ -64,7 +64,7 @@ class fake_reader final : public store::message_reader {
     }
     if (slow_reads > 0) {
       --slow_reads;
-      std::this_thread::sleep_for(byte_pump::slow_fill * 2);
+      std::this_thread::sleep_for(read_placement::slow_fill * 2);
     }
     std::size_t n = std::min({buf.size(), data_.size() - pos_, sizes_[next_++ % sizes_.size()]});
     std::memcpy(buf.data(), data_.data() + pos_, n);
@@ -124,16 +124,15 @@ struct pump_run {
   std::string read_error;
 };
 
-pump_run pump(fake_transport& t, pop3::stream_buffer& sb, fake_reader& r, bool& slow,
-              std::optional<std::uint64_t> top = std::nullopt, bool may_hold = false,
-              bool large = false) {
+pump_run pump(fake_transport& t, pop3::stream_buffer& sb, fake_reader& r, read_placement& slow,
+              std::optional<std::uint64_t> top = std::nullopt, bool may_hold = false) {
   asio::io_context io;
   asio::thread_pool workers(1);
   pump_run out;
   asio::co_spawn(
       io,
       [&]() -> asio::awaitable<void> {
-        byte_pump p(t, sb, workers, slow, large);
+        byte_pump p(t, sb, workers, slow);
         out.outcome = co_await p.run(r, top, may_hold, [&] { ++out.touches; });
         out.body_octets = p.body_octets();
         if (p.read_error()) {
@@ -159,8 +158,9 @@ TEST(byte_pump, large_message_is_byte_exact_through_every_buffer_and_partial_wri
     ASSERT_TRUE(sb.append("+OK\r\n"));
     fake_transport t(s.piece);
     fake_reader r(msg, s.reads);
-    bool slow = false;
-    auto got = pump(t, sb, r, slow, std::nullopt, false, s.read == 4096);
+    read_placement slow;
+    slow.slow = s.read == 4096;  // this one on the worker pool
+    auto got = pump(t, sb, r, slow);
     EXPECT_EQ(got.outcome, byte_pump::outcome::sent) << s.read;
     ASSERT_EQ(t.written.size(), want.size()) << s.read;
     EXPECT_TRUE(t.written == want) << "read size " << s.read;
@@ -176,7 +176,7 @@ TEST(byte_pump, top_stops_after_its_lines) {
   pop3::stream_buffer sb(16);
   fake_transport t(3);
   fake_reader r(msg, {5});
-  bool slow = false;
+  read_placement slow;
   auto got = pump(t, sb, r, slow, 2);
   EXPECT_EQ(got.outcome, byte_pump::outcome::sent);
   EXPECT_EQ(t.written, reference(msg, 2));
@@ -188,7 +188,7 @@ TEST(byte_pump, small_reply_is_held_for_the_next_pipelined_one) {
   ASSERT_TRUE(sb.append("+OK\r\n"));
   fake_transport t(100);
   fake_reader r("hi\r\n");
-  bool slow = false;
+  read_placement slow;
   auto got = pump(t, sb, r, slow, std::nullopt, true);
   EXPECT_EQ(got.outcome, byte_pump::outcome::held);
   EXPECT_EQ(t.writes, 0u);
@@ -202,7 +202,7 @@ TEST(byte_pump, read_and_write_failures_stop_the_reply) {
     fake_transport t(1000);
     fake_reader r(msg, {4096});
     r.fail_at = 100000;
-    bool slow = false;
+    read_placement slow;
     auto got = pump(t, sb, r, slow);
     EXPECT_EQ(got.outcome, byte_pump::outcome::read_failed);
     EXPECT_NE(got.read_error.find("disk on fire"), std::string::npos);
@@ -213,50 +213,66 @@ TEST(byte_pump, read_and_write_failures_stop_the_reply) {
     fake_transport t(1000);
     t.fail_after = 50000;
     fake_reader r(msg, {4096});
-    bool slow = false;
+    read_placement slow;
     auto got = pump(t, sb, r, slow);
     EXPECT_EQ(got.outcome, byte_pump::outcome::write_failed);
     EXPECT_EQ(t.written, ("" + reference(msg)).substr(0, 50000));
   }
 }
 
-TEST(byte_pump, a_slow_read_moves_the_remaining_reads_to_the_worker_pool) {
+TEST(byte_pump, a_slow_read_moves_the_reads_to_the_worker_pool_until_they_are_fast) {
   const std::string msg = awkward_message();
-  pop3::stream_buffer sb(4096, 8192);
-  fake_transport t(4096);
-  fake_reader r(msg, {4096});
-  r.slow_reads = 1;  // the first read takes longer than slow_fill
-  bool slow = false;
-  auto got = pump(t, sb, r, slow);
-  EXPECT_EQ(got.outcome, byte_pump::outcome::sent);
-  EXPECT_TRUE(slow);
-  EXPECT_TRUE(t.written == reference(msg));
-  // The first block was read on the I/O thread, every later one on the worker.
-  ASSERT_GT(r.threads.size(), 3u);
   const auto io_thread = std::this_thread::get_id();
-  EXPECT_EQ(r.threads.front(), io_thread);
-  EXPECT_NE(r.threads.back(), io_thread);
-
-  // Fast reads stay on the I/O thread (unless this machine stalled the test thread for
-  // longer than slow_fill, which the flag then reports).
-  pop3::stream_buffer sb2(4096, 8192);
-  fake_transport t2(4096);
-  fake_reader r2(msg, {4096});
-  bool slow2 = false;
-  pump(t2, sb2, r2, slow2);
-  if (!slow2) {
-    EXPECT_TRUE(std::all_of(r2.threads.begin(), r2.threads.end(),
-                            [&](std::thread::id id) { return id == io_thread; }));
+  auto on_io = [&](std::thread::id id) { return id == io_thread; };
+  {
+    // One slow read: the blocks after it go to the worker until fast_to_clear of them were
+    // fast there, then come back.
+    pop3::stream_buffer sb(4096, 8192);
+    fake_transport t(4096);
+    fake_reader r(msg, {4096});
+    r.slow_reads = 1;
+    read_placement placement;
+    auto got = pump(t, sb, r, placement);
+    EXPECT_EQ(got.outcome, byte_pump::outcome::sent);
+    EXPECT_TRUE(t.written == reference(msg));
+    ASSERT_GT(r.threads.size(), 3u);
+    EXPECT_TRUE(on_io(r.threads.front()));
+    EXPECT_FALSE(on_io(r.threads[2]));  // the second block, two reads of 4096
+    EXPECT_TRUE(std::any_of(r.threads.begin(), r.threads.end(), on_io));
+    if (!placement.slow) {  // unless this machine stalled a later block
+      EXPECT_TRUE(on_io(r.threads.back()));
+    }
   }
-  // A large message is read on the worker from its first block.
-  pop3::stream_buffer sb3(4096, 8192);
-  fake_transport t3(4096);
-  fake_reader r3(msg, {4096});
-  bool slow3 = false;
-  pump(t3, sb3, r3, slow3, std::nullopt, false, true);
-  EXPECT_TRUE(t3.written == reference(msg));
-  EXPECT_TRUE(std::none_of(r3.threads.begin(), r3.threads.end(),
-                           [&](std::thread::id id) { return id == io_thread; }));
+  {
+    // Reads that stay slow stay on the worker, and the placement is kept for the next reply.
+    const std::string small(64 * 1024, 'x');
+    pop3::stream_buffer sb(4096, 8192);
+    fake_transport t(4096);
+    fake_reader r(small, {4096});
+    r.slow_reads = 1000;
+    read_placement placement;
+    pump(t, sb, r, placement);
+    EXPECT_TRUE(placement.slow);
+    EXPECT_TRUE(std::none_of(r.threads.begin() + 2, r.threads.end(), on_io));
+    fake_reader next(small, {4096});
+    pop3::stream_buffer sb2(4096, 8192);
+    fake_transport t2(4096);
+    pump(t2, sb2, next, placement);
+    EXPECT_FALSE(on_io(next.threads.front()));  // the next reply starts on the worker
+    EXPECT_TRUE(t2.written == reference(small));
+  }
+  {
+    // Fast reads stay on the I/O thread (unless this machine stalled the test thread for
+    // longer than slow_fill, which the placement then reports).
+    pop3::stream_buffer sb(4096, 8192);
+    fake_transport t(4096);
+    fake_reader r(msg, {4096});
+    read_placement placement;
+    pump(t, sb, r, placement);
+    if (!placement.slow && placement.fast_streak == 0) {
+      EXPECT_TRUE(std::all_of(r.threads.begin(), r.threads.end(), on_io));
+    }
+  }
 }
 
 }  // namespace

@@ -79,6 +79,14 @@ asio::awaitable<void> watchdog(std::shared_ptr<session_control> ctl) {
   return pool;
 }
 
+// Where this I/O thread's message reads run (see byte_pump). Not inlined, for the same reason
+// as thread_stream_buffers(); a reply's byte_pump keeps the reference across its suspensions,
+// which resume on the session's own I/O thread.
+[[gnu::noinline]] read_placement& thread_read_placement() {
+  thread_local read_placement placement;
+  return placement;
+}
+
 // A session's own input buffer, for transports that cannot read into the shared one (TLS,
 // stdin/stdout): made at the first read and kept.
 constexpr std::size_t own_input_size = 4096;
@@ -249,7 +257,6 @@ class session_runner {
   std::error_code ec_;
   bool running_ = true;
   std::unique_ptr<open_outcome> prefetched_;  // set by after_verify, taken by open_maildrop
-  bool slow_reads_ = false;  // see byte_pump
   // Whole replies of pipelined RETR/TOP not sent yet: while the client's next command is
   // already buffered, small replies gather here and go out in one write. Held only between
   // steps of the engine, never while the session waits for anything.
@@ -621,7 +628,7 @@ asio::awaitable<void> session_runner::retrieve() {
   const std::size_t index = engine_.retrieve_index();
   result<std::unique_ptr<store::message_reader>> reader = error(errc::temporary, "not opened");
   auto open = [&] { reader = drop_->open_message(index, !engine_.retrieve_is_top()); };
-  if (slow_reads_) {  // see byte_pump
+  if (thread_read_placement().slow) {  // see byte_pump
     co_await run_blocking(*env_.workers, open);
   } else {
     open();
@@ -663,8 +670,7 @@ asio::awaitable<void> session_runner::retrieve() {
   }
   // A whole reply that leaves room in the buffer waits for the next pipelined command's,
   // when that command is already here.
-  const bool large = drop_->messages()[index].size > sb.read_size();
-  byte_pump pump(*ctl_->stream, sb, *env_.workers, slow_reads_, large);
+  byte_pump pump(*ctl_->stream, sb, *env_.workers, thread_read_placement());
   const byte_pump::outcome sent = co_await pump.run(**reader, engine_.retrieve_top_lines(),
                                                     engine_.has_buffered_line(), [this] { touch(); });
   switch (sent) {
