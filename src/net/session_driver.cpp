@@ -1,10 +1,8 @@
 #include "net/session_driver.hpp"
 
-#include "auth/apop.hpp"
-#include "common/log.hpp"
+#include "net/byte_pump.hpp"
 #include "net/extensions.hpp"
 #include "pop3/body_stream.hpp"
-#include "store/maildir/maildir.hpp"
 
 #include <asio/co_spawn.hpp>
 #include <asio/detached.hpp>
@@ -13,8 +11,6 @@
 #include <asio/post.hpp>
 #include <asio/this_coro.hpp>
 #include <asio/use_awaitable.hpp>
-
-#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -26,19 +22,10 @@ namespace {
 
 constexpr auto use_tuple = asio::experimental::as_tuple(asio::use_awaitable);
 
-// Runs f() on the worker pool and resumes the calling coroutine on its own executor. f lives
-// in the caller's frame, which stays alive while the caller is suspended here.
-template <typename F>
-asio::awaitable<void> run_blocking(asio::thread_pool& pool, F& f) {
-  co_await asio::async_initiate<decltype(asio::use_awaitable), void()>(
-      [&pool, &f](auto handler) {
-        asio::post(pool, [&f, handler = std::move(handler)]() mutable {
-          f();
-          auto ex = asio::get_associated_executor(handler);
-          asio::dispatch(ex, std::move(handler));
-        });
-      },
-      asio::use_awaitable);
+// The observer of the mode, or one that records nothing.
+session_observer& observer_of(const session_env& env) {
+  static session_observer quiet;
+  return env.services.observer != nullptr ? *env.services.observer : quiet;
 }
 
 constexpr std::string_view login_timeout_reply = "-ERR Login timeout, disconnecting.\r\n";
@@ -92,6 +79,14 @@ asio::awaitable<void> watchdog(std::shared_ptr<session_control> ctl) {
   return pool;
 }
 
+// Where this I/O thread's message reads run (see byte_pump). Not inlined, for the same reason
+// as thread_stream_buffers(); a reply's byte_pump keeps the reference across its suspensions,
+// which resume on the session's own I/O thread.
+[[gnu::noinline]] read_placement& thread_read_placement() {
+  thread_local read_placement placement;
+  return placement;
+}
+
 // A session's own input buffer, for transports that cannot read into the shared one (TLS,
 // stdin/stdout): made at the first read and kept.
 constexpr std::size_t own_input_size = 4096;
@@ -105,62 +100,6 @@ pop3::open_status open_status_for(errc code) {
   }
 }
 
-// The maildrop of an authenticated user: the userdb's own mail location if it has one, else
-// the configured one, expanded.
-struct maildrop_place {
-  store::store_kind kind;
-  std::string path;
-  bool keep_index;
-  std::string root;  // store::location_root: nothing below it is resolved through a symlink
-};
-
-result<maildrop_place> maildrop_path(const auth::user_record& account, const session_env& env) {
-  const store::location_template* loc = &env.location;
-  store::location_template per_user;
-  if (!account.mail.empty()) {
-    auto parsed = store::parse_location(account.mail);
-    if (!parsed) {
-      return error(errc::permanent, "userdb mail location: " + parsed.err().message());
-    }
-    per_user = std::move(parsed).value();
-    loc = &per_user;
-  }
-  auto path = store::expand_location(*loc, {account.name, account.home});
-  if (!path) {
-    return std::move(path).err();
-  }
-  auto root = store::location_root(*loc, {account.name, account.home});
-  if (!root) {
-    return std::move(root).err();
-  }
-  return maildrop_place{loc->kind, std::move(path).value(), loc->keep_index,
-                        std::move(root).value()};
-}
-
-// A maildrop is opened with this process's ids (event mode: server.user; fork mode: the mail
-// owner the session process became): an account that names other ids is refused rather than
-// served as the wrong user. Errors: errc::denied, the reason for the log.
-result<void> check_mail_owner(const auth::user_record& account,
-                              const auth::mail_owner_rules& rules) {
-  const uid_t uid = ::geteuid();
-  const gid_t gid = ::getegid();
-  constexpr const char* hint =
-      " (server.user); one process serves only the mail of its own uid: serve system users with "
-      "server.process_model = \"fork\", or give the account this process's ids";
-  if (account.uid && *account.uid != uid) {
-    return error(errc::denied, "the passdb gives uid " + std::to_string(*account.uid) +
-                                   ", this process runs as uid " + std::to_string(uid) + hint);
-  }
-  if (account.gid && *account.gid != gid) {
-    return error(errc::denied, "the passdb gives gid " + std::to_string(*account.gid) +
-                                   ", this process runs as gid " + std::to_string(gid) + hint);
-  }
-  if (gid == 0) {
-    return error(errc::denied, "this process runs as gid 0 (root): set server.group");
-  }
-  return auth::check_mail_owner(uid, rules);
-}
-
 // The security facts of a connection that decide which logins it may offer.
 struct connection_security {
   bool tls = false;
@@ -168,9 +107,9 @@ struct connection_security {
   tls_transport* tls_stream = nullptr;
 };
 
-connection_security assess(const session_env& env, const connection_info& conn, transport* stream) {
+connection_security assess(const session_env& env, const connection_info& conn, transport& stream) {
   connection_security sec;
-  sec.tls_stream = dynamic_cast<tls_transport*>(stream);
+  sec.tls_stream = stream.tls();
   sec.tls = sec.tls_stream != nullptr;
   // A session on stdin/stdout that is not an IP socket is a local pipe or UNIX socket from a
   // master process: nobody on the network sees its bytes.
@@ -201,11 +140,7 @@ pop3::connection_policy policy_for(const session_env& env, const connection_secu
   pop3::connection_policy p;
   auto ch = channel_for(env, sec);
   p.user_pass_allowed = ch.plaintext_allowed;
-  if (env.remote_auth != nullptr) {
-    p.sasl_mechanisms = env.remote_auth->mechanisms_for(ch);
-  } else if (env.sasl != nullptr) {
-    p.sasl_mechanisms = env.sasl->mechanisms_for(ch);
-  }
+  p.sasl_mechanisms = env.services.auth->mechanisms_for(ch);
   return p;
 }
 
@@ -247,21 +182,6 @@ std::string new_session_id() {
   return id;
 }
 namespace {
-
-// Wraps the transport for tracing when the configuration asks for it; returns the wrapper.
-traced_transport* wrap_for_trace(session_control& ctl, const session_env& env, const std::string& id,
-                                 bool resumed) {
-  if (!trace_enabled(env.trace)) {
-    return nullptr;
-  }
-  trace_settings ts = env.trace;
-  ts.session_id = id;
-  ts.expect_greeting = !resumed;
-  auto wrapped = std::make_unique<traced_transport>(std::move(ctl.stream), std::move(ts));
-  traced_transport* traced = wrapped.get();
-  ctl.stream = std::move(wrapped);
-  return traced;
-}
 
 // One session's state, with a member coroutine per engine request. Only what lives for the
 // whole session is here; what a request needs while it runs lives in that request's own
@@ -305,20 +225,24 @@ class session_runner {
   asio::awaitable<void> xlist();
   asio::awaitable<void> xmit();
   void finish();
-  // What opening the maildrop gave; filled on a worker thread.
-  struct open_outcome {
-    result<std::unique_ptr<store::maildrop>> opened = error(errc::permanent, "no mail location");
-    bool delayed = false;
-    bool wrong_owner = false;  // refused by check_mail_owner: opened holds the reason
-  };
+  // For the observer: who this session is (the user once logged in).
+  session_facts facts() const noexcept { return {id_, remote_, user_}; }
   // On a worker thread: opens (and decorates) the maildrop of account_.
-  void open_blocking(open_outcome& out);
+  void open_blocking(open_outcome& out) { out = services_.maildrops->open(account_, id_); }
+  // The authenticator logs its own failures (fork mode's privileged side), or the observer.
+  void auth_failed(std::string_view method, std::string_view user, std::string_view reason) {
+    if (!services_.auth->logs_failures()) {
+      observer_.auth_failed(facts(), method, user, reason);
+    }
+  }
   // On the worker, after a credential check: adopts the account on success and, when open_now,
   // opens the maildrop into prefetched_ at once.
   void after_verify(auth::verify_result& vr, const std::string& login, bool open_now);
 
   std::shared_ptr<session_control> ctl_;
   const session_env& env_;
+  const session_services& services_;
+  session_observer& observer_;
   connection_info conn_;
   const std::string id_;
   const std::string& remote_;
@@ -349,18 +273,17 @@ class session_runner {
 // The engine's options for this connection. Not a coroutine, so its temporaries take no room
 // in any session frame.
 pop3::session_options options_for(const session_env& env, const connection_info& conn,
-                                  const connection_security& sec, transport* stream) {
+                                  const connection_security& sec, transport& stream,
+                                  pop3::line_observer* lines) {
   pop3::session_options opts = env.engine;
   auto policy = policy_for(env, sec);
   opts.user_pass_allowed = policy.user_pass_allowed;
   opts.sasl_mechanisms = std::move(policy.sasl_mechanisms);
-  opts.stls_offered = !sec.tls && env.stls && env.tls != nullptr &&
-                      dynamic_cast<tcp_transport*>(stream) != nullptr;
+  opts.lines = lines;
+  opts.stls_offered = !sec.tls && env.stls && env.tls != nullptr && stream.tcp_socket() != nullptr;
   opts.tls_required = !sec.tls && env.tls_required;
-  if (env.remote_auth != nullptr) {
-    opts.apop_timestamp = conn.resume ? std::string() : env.remote_auth->apop_timestamp();
-  } else if (env.apop) {
-    opts.apop_timestamp = auth::make_apop_timestamp(env.hostname);
+  if (!conn.resume) {
+    opts.apop_timestamp = env.services.auth->apop_timestamp();
   }
   if (conn.resume) {
     opts.resume_user = conn.resume->account.name;
@@ -374,13 +297,15 @@ session_runner::session_runner(std::shared_ptr<session_control> ctl, const sessi
                                traced_transport* traced)
     : ctl_(std::move(ctl)),
       env_(env),
+      services_(env.services),
+      observer_(observer_of(env)),
       conn_(std::move(conn)),
       id_(std::move(id)),
       remote_(conn_.remote),
       ex_(std::move(ex)),
       traced_(traced),
-      sec_(assess(env_, conn_, traced_transport::unwrap(ctl_->stream.get()))),
-      engine_(options_for(env_, conn_, sec_, traced_transport::unwrap(ctl_->stream.get()))) {
+      sec_(assess(env_, conn_, *ctl_->stream)),
+      engine_(options_for(env_, conn_, sec_, *ctl_->stream, traced)) {
   if (conn_.resume) {
     account_ = std::move(conn_.resume->account);
     engine_.feed(conn_.resume->input);
@@ -435,7 +360,7 @@ asio::awaitable<void> session_runner::begin_attempt(bool pay_penalty) {
   failure_at_ = received + penalty + env_.failure_delay;
   if (penalty.count() > 0) {
     penalised_ = true;
-    log::debug("auth penalty: rip={}, session=<{}>, delay={}ms", remote_, id_, penalty.count());
+    observer_.auth_penalised(facts(), penalty);
     asio::steady_timer delay(ex_, received + penalty);
     co_await delay.async_wait(use_tuple);
   }
@@ -453,8 +378,8 @@ asio::awaitable<void> session_runner::answer_failure(bool count) {
     asio::steady_timer delay(ex_, failure_at_);
     co_await delay.async_wait(use_tuple);
   } else if (env_.failure_delay.count() > 0) {
-    log::debug("auth check outlasted failure_delay by {}ms, answered at once (its time shows): rip={}, session=<{}>",
-               std::chrono::duration_cast<std::chrono::milliseconds>(now - failure_at_).count(), remote_, id_);
+    observer_.auth_check_slow(facts(),
+                              std::chrono::duration_cast<std::chrono::milliseconds>(now - failure_at_));
   }
 }
 
@@ -513,8 +438,8 @@ asio::awaitable<void> session_runner::run() {
           reason_ = "QUIT";
         } else if (engine_.too_many_failed_logins()) {
           reason_ = "too many failed logins";
-          if (env_.remote_auth == nullptr) {  // else the privileged process logged it
-            log::notice("too many failed logins: rip={}, session=<{}>", remote_, id_);
+          if (!services_.auth->logs_failures()) {
+            observer_.too_many_failed_logins(facts());
           }
         }
         running_ = false;
@@ -570,43 +495,25 @@ asio::awaitable<void> session_runner::authenticate() {
   secret_string password = engine_.take_password();
   auth::verify_result vr;
   co_await begin_attempt(true);
-  if (env_.remote_auth != nullptr) {  // the privileged process checks the name and logs
-    std::string digest(engine_.apop_digest());
-    bool apop = engine_.login_method() == "APOP";
-    auto verify = [&] {
-      vr = apop ? env_.remote_auth->verify_apop(login, digest)
-                : env_.remote_auth->verify_password(login, password);
-      after_verify(vr, login, false);
-    };
-    co_await run_blocking(*env_.workers, verify);
-  } else if (!store::is_safe_user_name(login)) {
-    vr.status = auth::verify_status::bad_credentials;
-    vr.reason = "user name not allowed";
-  } else if (engine_.login_method() == "APOP") {
-    std::string digest(engine_.apop_digest());
-    std::string stamp(engine_.apop_timestamp());
-    auto verify = [&] {
-      vr = auth::verify_apop(*env_.passdb, login, stamp, digest);
-      after_verify(vr, login, true);
-    };
-    co_await run_blocking(*env_.workers, verify);
-  } else {
-    auto verify = [&] {
-      vr = env_.passdb->verify(login, password);
-      after_verify(vr, login, true);
-    };
-    co_await run_blocking(*env_.workers, verify);
-  }
+  const bool apop = engine_.login_method() == "APOP";
+  std::string digest(engine_.apop_digest());
+  std::string stamp(engine_.apop_timestamp());
+  // The engine asks to open the maildrop right after a successful login: doing it on the
+  // same worker saves a second trip through the worker pool.
+  const bool open_now = services_.handoff == nullptr;
+  auto verify = [&] {
+    vr = apop ? services_.auth->verify_apop(login, stamp, digest)
+              : services_.auth->verify_password(login, password);
+    after_verify(vr, login, open_now);
+  };
+  co_await run_blocking(*env_.workers, verify);
   password.wipe();
   if (vr.status == auth::verify_status::ok) {  // account_ set by after_verify
     note_success();
     engine_.auth_done(pop3::auth_status::ok);
     co_return;
   }
-  if (env_.remote_auth == nullptr) {  // else the privileged process logged it
-    log::notice("auth failed: rip={}, session=<{}>, method={}, user=<{}>, reason={}", remote_, id_,
-                log::client(engine_.login_method()), log::client(login), vr.reason);
-  }
+  auth_failed(engine_.login_method(), login, vr.reason);
   co_await answer_failure(vr.status == auth::verify_status::bad_credentials);
   engine_.auth_done(vr.status == auth::verify_status::temporary
                         ? pop3::auth_status::temporary_failure
@@ -618,12 +525,12 @@ asio::awaitable<void> session_runner::start_tls() {
     running_ = false;
     co_return;
   }
-  auto* tcp = dynamic_cast<tcp_transport*>(traced_transport::unwrap(ctl_->stream.get()));
+  asio::ip::tcp::socket* tcp = ctl_->stream->tcp_socket();
   if (tcp == nullptr || env_.tls == nullptr) {
     engine_.tls_started(false, {});
     co_return;
   }
-  auto tls_owner = std::make_unique<tls_transport>(std::move(tcp->socket()), env_.tls->current());
+  auto tls_owner = std::make_unique<tls_transport>(std::move(*tcp), env_.tls->current());
   auto* tls = tls_owner.get();
   if (traced_ != nullptr) {
     traced_->replace_inner(std::move(tls_owner));
@@ -634,13 +541,12 @@ asio::awaitable<void> session_runner::start_tls() {
   std::string why = co_await tls->handshake();
   touch();
   if (!why.empty()) {
-    log::notice("TLS handshake failed: rip={}, session=<{}>, error={}", remote_, id_,
-                ctl_->timed_out ? std::string("timeout") : why);
+    observer_.tls_failed(facts(), ctl_->timed_out ? std::string("timeout") : why);
     engine_.tls_started(false, {});
     co_return;
   }
-  log::debug("STLS established: rip={}, session=<{}>, {}", remote_, id_, tls->description());
-  sec_ = assess(env_, conn_, traced_transport::unwrap(ctl_->stream.get()));
+  observer_.tls_established(facts(), true, tls->description());
+  sec_ = assess(env_, conn_, *ctl_->stream);
   engine_.tls_started(true, policy_for(env_, sec_));
 }
 
@@ -649,13 +555,9 @@ asio::awaitable<void> session_runner::sasl_step() {
   co_await begin_attempt(engine_.sasl_is_start());
   if (engine_.sasl_is_start()) {
     exchange_.reset();
-    auto started = env_.remote_auth ? env_.remote_auth->start_sasl(mech, channel_for(env_, sec_))
-                   : env_.sasl      ? env_.sasl->start(mech, channel_for(env_, sec_))
-                                    : result<std::unique_ptr<auth::sasl_exchange>>(
-                                          error(errc::not_found, "no SASL"));
+    auto started = services_.auth->start_sasl(mech, channel_for(env_, sec_));
     if (!started) {
-      log::notice("auth failed: rip={}, session=<{}>, method={}, user=<>, reason={}", remote_, id_,
-                  log::client(mech), started.err().message());
+      observer_.auth_failed(facts(), mech, "", started.err().message());
       co_await answer_failure(false);
       engine_.sasl_done(pop3::auth_status::bad_credentials);
       co_return;
@@ -684,58 +586,13 @@ asio::awaitable<void> session_runner::sasl_step() {
     case auth::sasl_status::temporary_failure: {
       std::string who(exchange_->authenticated_user());
       exchange_.reset();
-      if (env_.remote_auth == nullptr) {  // else the privileged process logged it
-        log::notice("auth failed: rip={}, session=<{}>, method={}, user=<{}>, reason={}", remote_,
-                    id_, log::client(mech), log::client(who), r.reason);
-      }
+      auth_failed(mech, who, r.reason);
       co_await answer_failure(r.status == auth::sasl_status::failure);
       engine_.sasl_done(r.status == auth::sasl_status::temporary_failure
                             ? pop3::auth_status::temporary_failure
                             : pop3::auth_status::bad_credentials);
       break;
     }
-  }
-}
-
-void session_runner::open_blocking(open_outcome& out) {
-  if (auto owner = check_mail_owner(account_, env_.owner_rules); !owner) {
-    out.opened = std::move(owner).err();
-    out.wrong_owner = true;
-    return;
-  }
-  auto path = maildrop_path(account_, env_);
-  if (!path) {
-    out.opened = error(path.err());
-    return;
-  }
-  if (env_.login_allowed && !env_.login_allowed(account_.name)) {
-    out.delayed = true;
-    return;
-  }
-  if (env_.before_open) {
-    env_.before_open(account_, path->kind, path->path, id_);
-  }
-  if (path->kind == store::store_kind::mbox) {
-    store::mbox::options opts = env_.mbox;
-    opts.use_index = path->keep_index;
-    if (env_.mbox_state_dir) {
-      // No home (for "~"): left empty, so that a shared spool is refused with a clear text.
-      if (auto state = store::expand_location(*env_.mbox_state_dir,
-                                              {account_.name, account_.home})) {
-        opts.state_dir = std::move(state).value();
-      }
-    }
-    out.opened = store::mbox::open(path->path, opts);
-  } else {
-    out.opened =
-        store::maildir::open(path->path, {.use_index = path->keep_index, .root = path->root});
-  }
-  if (out.opened && store::needs_decoration(env_.decoration)) {
-    store::decoration_options d = env_.decoration;
-    d.kind = path->kind;
-    d.path = path->path;
-    d.reuse_x_uidl = env_.mbox.use_x_uidl;
-    out.opened = store::decorate(std::move(out.opened).value(), std::move(d), &decorated_);
   }
 }
 
@@ -747,23 +604,28 @@ void session_runner::after_verify(auth::verify_result& vr, const std::string& lo
   if (account_.name.empty()) {
     account_.name = login;
   }
-  // The engine asks to open the maildrop right after a successful login: doing it here, on
-  // the same worker, saves a second trip through the worker pool.
-  if (open_now && !env_.on_authenticated) {
+  if (open_now) {
     prefetched_ = std::make_unique<open_outcome>();
     open_blocking(*prefetched_);
   }
 }
 
 asio::awaitable<void> session_runner::open_maildrop() {
-  if (env_.on_authenticated) {
+  if (services_.handoff != nullptr) {
     if (const bool flushed = co_await flush(); !flushed) {
       running_ = false;
       co_return;
     }
     ctl_->login_deadline = std::chrono::steady_clock::time_point::max();
+    if (traced_ != nullptr) {
+      // The process that takes over traces the rest of the session; what this one would
+      // relay it cannot follow (it reads no more client lines through the engine).
+      std::unique_ptr<transport> inner = traced_->replace_inner(nullptr);
+      ctl_->stream = std::move(inner);  // the wrapper goes, writing what it holds
+      traced_ = nullptr;
+    }
     handoff h{account_, engine_.login_method(), engine_.take_unprocessed_input(), *ctl_, id_};
-    co_await env_.on_authenticated(h);
+    co_await services_.handoff->take_over(h);
     reason_ = "handoff";
     running_ = false;
     co_return;
@@ -778,50 +640,50 @@ asio::awaitable<void> session_runner::open_maildrop() {
   result<std::unique_ptr<store::maildrop>>& opened = outcome->opened;
   if (outcome->delayed) {
     engine_.open_done(pop3::open_status::login_delay);
-    log::notice("login refused, login delay: user=<{}>, rip={}, session=<{}>",
-                log::client(account_.name), remote_, id_);
+    observer_.login_refused(facts(), login_refusal::login_delay, account_.name, {});
     co_return;
   }
   if (opened) {
     ctl_->login_deadline = std::chrono::steady_clock::time_point::max();
     drop_ = std::move(opened).value();
+    decorated_ = outcome->decorated;
     user_ = account_.name;
     if (traced_ != nullptr) {
       traced_->set_user(account_.name);
     }
     engine_.open_done(pop3::open_status::ok, drop_->messages());
-    log::info("login: user=<{}>, method={}, rip={}, session=<{}>, messages={}",
-              log::client(user_), engine_.login_method(), remote_, id_, drop_->messages().size());
+    observer_.logged_in(facts(), engine_.login_method(), drop_->messages().size());
     co_return;
   }
   const auto& err = opened.err();
   if (outcome->wrong_owner) {
     // RFC 3206: [SYS/PERM], a problem of this server's setup that retrying cannot fix.
     engine_.open_done(pop3::open_status::permanent_failure);
-    log::error("login refused, mail owner not allowed: user=<{}>, rip={}, session=<{}>, reason={}",
-               log::client(account_.name), remote_, id_, err.message());
+    observer_.login_refused(facts(), login_refusal::mail_owner, account_.name, err.message());
     co_return;
   }
   engine_.open_done(open_status_for(err.code()));
-  if (err.code() == errc::in_use) {
-    log::notice("login refused, mailbox in use: user=<{}>, rip={}, session=<{}>",
-                log::client(account_.name), remote_, id_);
-  } else {
-    log::error("cannot open mailbox: user=<{}>, rip={}, session=<{}>, error={}",
-               log::client(account_.name), remote_, id_, err.message());
-  }
+  observer_.login_refused(
+      facts(), err.code() == errc::in_use ? login_refusal::in_use : login_refusal::open_failed,
+      account_.name, err.code() == errc::in_use ? std::string() : err.message());
 }
 
 asio::awaitable<void> session_runner::retrieve() {
-  auto reader = drop_->open_message(engine_.retrieve_index(), !engine_.retrieve_is_top());
+  const std::size_t index = engine_.retrieve_index();
+  result<std::unique_ptr<store::message_reader>> reader = error(errc::temporary, "not opened");
+  auto open = [&] { reader = drop_->open_message(index, !engine_.retrieve_is_top()); };
+  if (thread_read_placement().slow) {  // see byte_pump
+    co_await run_blocking(*env_.workers, open);
+  } else {
+    open();
+  }
   if (!reader) {
-    log::error("cannot read message: user=<{}>, session=<{}>, msg={}, error={}",
-               log::client(user_), id_, engine_.retrieve_index() + 1, reader.err().message());
+    observer_.mail_failed(facts(), mail_failure::open_message, index + 1, reader.err().message());
     engine_.retrieve_started(false, reader.err().code());
     co_return;
   }
   if (decorated_ != nullptr && engine_.retrieve_is_top()) {
-    decorated_->note_top(engine_.retrieve_index());
+    decorated_->note_top(index);
   }
   engine_.retrieve_started(true);
   // The status line, the body and the terminator of a small message go out in one
@@ -850,39 +712,26 @@ asio::awaitable<void> session_runner::retrieve() {
       co_return;
     }
   }
-  pop3::body_stream body(**reader, sb, engine_.retrieve_top_lines());
-  bool ok = true;
-  for (;;) {
-    auto filled = body.fill();
-    if (!filled) {
-      log::error("read failed mid-message: user=<{}>, session=<{}>, msg={}, error={}",
-                 log::client(user_), id_, engine_.retrieve_index() + 1, filled.err().message());
-      ok = false;
-      break;
-    }
-    // A whole reply that leaves room in the buffer waits for the next pipelined command's,
-    // when that command is already here.
-    if (*filled == pop3::body_stream::status::finished && engine_.has_buffered_line() &&
-        sb.output().size() < sb.batch_size()) {
+  // A whole reply that leaves room in the buffer waits for the next pipelined command's,
+  // when that command is already here.
+  byte_pump pump(*ctl_->stream, sb, *env_.workers, thread_read_placement());
+  const byte_pump::outcome sent = co_await pump.run(**reader, engine_.retrieve_top_lines(),
+                                                    engine_.has_buffered_line(), [this] { touch(); });
+  switch (sent) {
+    case byte_pump::outcome::held:
       held_.emplace(std::move(lease));
       break;
-    }
-    touch();
-    co_await ctl_->stream->write_all(asio::buffer(sb.output().data(), sb.output().size()), ec_);
-    sb.clear_output();
-    if (ec_) {
-      ok = false;
+    case byte_pump::outcome::sent:
       break;
-    }
-    if (*filled == pop3::body_stream::status::finished) {
-      break;
-    }
+    case byte_pump::outcome::read_failed:
+      observer_.mail_failed(facts(), mail_failure::read_message, index + 1,
+                            pump.read_error()->message());
+      [[fallthrough]];
+    case byte_pump::outcome::write_failed:
+      running_ = false;  // a partial reply cannot be taken back: drop the connection
+      co_return;
   }
-  if (!ok) {
-    running_ = false;  // a partial reply cannot be taken back: drop the connection
-    co_return;
-  }
-  engine_.retrieve_done(body.body_octets());
+  engine_.retrieve_done(pump.body_octets());
 }
 
 asio::awaitable<void> session_runner::commit() {
@@ -890,19 +739,17 @@ asio::awaitable<void> session_runner::commit() {
   auto commit = [&] { cr = drop_->commit(engine_.deletion_marks()); };
   co_await run_blocking(*env_.workers, commit);
   if (decorated_ != nullptr && decorated_->stamp_error()) {
-    log::error("expire stamps not saved: user=<{}>, session=<{}>, error={}", log::client(user_),
-               id_, decorated_->stamp_error()->message());
+    observer_.mail_failed(facts(), mail_failure::expire_stamps, 0,
+                          decorated_->stamp_error()->message());
   }
   if (cr) {
     committed_ = *cr;
     committed_ok_ = true;
     if (decorated_ != nullptr && decorated_->expired_deleted() > 0) {
-      log::info("expired: user=<{}>, session=<{}>, messages={}", log::client(user_), id_,
-                decorated_->expired_deleted());
+      observer_.expired(facts(), decorated_->expired_deleted());
     }
   } else {
-    log::error("commit failed: user=<{}>, session=<{}>, error={}", log::client(user_), id_,
-               cr.err().message());
+    observer_.mail_failed(facts(), mail_failure::commit, 0, cr.err().message());
   }
   // Release the maildrop lock before the client sees the reply, so that it can log in
   // again at once.
@@ -947,10 +794,9 @@ asio::awaitable<void> session_runner::xmit() {
   auto submit = [&] { sent = submit_message(env_.xmit_command, message); };
   co_await run_blocking(*env_.workers, submit);
   if (sent) {
-    log::info("xmit: user=<{}>, session=<{}>, size={}", log::client(user_), id_, message.size());
+    observer_.xmit_sent(facts(), message.size());
   } else {
-    log::error("xmit failed: user=<{}>, session=<{}>, error={}", log::client(user_), id_,
-               sent.err().message());
+    observer_.mail_failed(facts(), mail_failure::xmit, 0, sent.err().message());
   }
   engine_.xmit_done(sent.ok());
 }
@@ -981,12 +827,11 @@ void session_runner::finish() {
         left_bytes += m.size;
       }
     }
-    log::info("logout: user=<{}>, session=<{}>, reason={}, retr={}/{}, top={}/{}, del={}/{}, left={}/{}",
-              log::client(user_), id_, reason_, s.retr_count, s.retr_bytes, s.top_count, s.top_bytes,
-              committed_ok_ ? committed_.deleted : 0, committed_ok_ ? committed_.deleted_bytes : 0, left,
-              left_bytes);
+    observer_.logged_out(facts(), logout_facts{reason_, s, committed_ok_ ? committed_.deleted : 0,
+                                               committed_ok_ ? committed_.deleted_bytes : 0, left,
+                                               left_bytes});
   } else {
-    log::debug("disconnect: rip={}, session=<{}>, reason={}", remote_, id_, reason_);
+    observer_.disconnected(facts(), reason_);
   }
   drop_.reset();  // releases the maildrop lock
 }
@@ -1003,8 +848,9 @@ asio::awaitable<void> run_session(std::shared_ptr<session_control> ctl, const se
   ctl->deadline = capped(*ctl, start + env.idle_timeout);
   asio::co_spawn(ex, watchdog(ctl), asio::detached);
 
-  if (conn.implicit_tls && !conn.resume) {
-    auto* tls = static_cast<tls_transport*>(ctl->stream.get());
+  session_observer& observer = observer_of(env);
+  tls_transport* tls = conn.implicit_tls && !conn.resume ? ctl->stream->tls() : nullptr;
+  if (tls != nullptr) {
     // A handshake gets at most a minute, whatever the idle timeout.
     ctl->deadline = capped(*ctl, std::chrono::steady_clock::now() +
                                      std::min<std::chrono::milliseconds>(env.idle_timeout,
@@ -1012,16 +858,15 @@ asio::awaitable<void> run_session(std::shared_ptr<session_control> ctl, const se
     std::string why = co_await tls->handshake();
     ctl->deadline = capped(*ctl, std::chrono::steady_clock::now() + env.idle_timeout);
     if (!why.empty()) {
-      log::notice("TLS handshake failed: rip={}, session=<{}>, error={}", conn.remote, id,
-                  ctl->timed_out ? std::string("timeout") : why);
+      observer.tls_failed({id, conn.remote, {}}, ctl->timed_out ? std::string("timeout") : why);
       ctl->done = true;
       ctl->timer.cancel();
       ctl->stream->close();
       co_return;
     }
-    log::debug("TLS established: rip={}, session=<{}>, {}", conn.remote, id, tls->description());
+    observer.tls_established({id, conn.remote, {}}, false, tls->description());
   }
-  traced_transport* traced = wrap_for_trace(*ctl, env, id, conn.resume.has_value());
+  traced_transport* traced = observer.attach_trace(*ctl, id, conn.resume.has_value());
   // The runner lives on the heap: this frame stays small however the runner grows.
   auto runner = std::make_unique<session_runner>(std::move(ctl), env, std::move(conn), std::move(id),
                                                  std::move(ex), traced);

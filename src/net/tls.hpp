@@ -119,6 +119,7 @@ class tls_transport final : public transport {
   // the client's) within tls_close_notify_bound, then closes the socket; otherwise closes the
   // socket at once. Pending reads and writes complete with operation_aborted. Idempotent.
   void close() noexcept override;
+  tls_transport* tls() noexcept override { return this; }
 
   bool is_established() const noexcept;
   // "TLSv1.3 TLS_AES_256_GCM_SHA384"; empty before the handshake.

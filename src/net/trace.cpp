@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <ctime>
@@ -15,16 +16,6 @@ namespace postern::net {
 namespace {
 
 constexpr mode_t trace_mode = 0600;
-
-std::string upper(std::string_view s) {
-  std::string out(s);
-  for (auto& c : out) {
-    if (c >= 'a' && c <= 'z') {
-      c = static_cast<char>(c - 'a' + 'A');
-    }
-  }
-  return out;
-}
 
 void escape_into(std::string_view s, std::string& out) {
   static constexpr char hex[] = "0123456789ABCDEF";
@@ -38,49 +29,6 @@ void escape_into(std::string_view s, std::string& out) {
       out.push_back(hex[u & 0xF]);
     }
   }
-}
-
-// Splits "VERB rest" at the first space.
-std::pair<std::string_view, std::string_view> split_verb(std::string_view line) {
-  auto sp = line.find(' ');
-  if (sp == std::string_view::npos) {
-    return {line, {}};
-  }
-  return {line.substr(0, sp), line.substr(sp + 1)};
-}
-
-// The verbs the POP3 engine knows (pop3/command.cpp); the line of any other verb is not
-// written before login.
-bool known_verb(std::string_view verb) {
-  static constexpr std::string_view verbs[] = {"USER", "PASS", "APOP", "AUTH", "STLS", "CAPA",
-                                               "QUIT", "STAT", "LIST", "RETR", "DELE", "NOOP",
-                                               "RSET", "TOP",  "UIDL", "LAST", "XTND"};
-  for (auto v : verbs) {
-    if (v == verb) {
-      return true;
-    }
-  }
-  return false;
-}
-
-// A SASL mechanism name (RFC 4422: upper-case letters, digits, '-', '_', at most 20), in
-// either case but not mixed, so that base64 typed in its place is not taken for one.
-bool mechanism_like(std::string_view s) {
-  if (s.empty() || s.size() > 20) {
-    return false;
-  }
-  bool lower = false;
-  bool upper_seen = false;
-  for (char c : s) {
-    if (c >= 'a' && c <= 'z') {
-      lower = true;
-    } else if (c >= 'A' && c <= 'Z') {
-      upper_seen = true;
-    } else if (!((c >= '0' && c <= '9') || c == '-' || c == '_')) {
-      return false;
-    }
-  }
-  return !(lower && upper_seen);
 }
 
 std::string octets(std::uint64_t n, std::string_view what) {
@@ -161,25 +109,43 @@ void trace_sink::write(std::string_view text) noexcept {
 // ---------------------------------------------------------------------------------------
 // protocol_redactor
 
-protocol_redactor::protocol_redactor(bool expect_greeting) : logged_in_(!expect_greeting) {
+protocol_redactor::protocol_redactor(bool expect_greeting) {
   if (expect_greeting) {
     expected_.push_back(expect::single);
   }
 }
 
-void protocol_redactor::client_bytes(std::string_view data, std::vector<std::string>& out) {
-  feed(data, client_, true, out);
-}
-
 void protocol_redactor::server_bytes(std::string_view data, std::vector<std::string>& out) {
-  feed(data, server_, false, out);
+  while (!data.empty()) {
+    auto nl = data.find('\n');
+    std::string_view part = data.substr(0, nl);
+    if (server_.text.size() < trace_max_line + 1) {
+      server_.text.append(part.substr(0, trace_max_line + 1 - server_.text.size()));
+    }
+    server_.length += part.size();
+    if (!part.empty()) {
+      server_.last_cr = part.back() == '\r';
+    }
+    if (nl == std::string_view::npos) {
+      return;
+    }
+    data.remove_prefix(nl + 1);
+    // The line is complete: drop its CR (kept while the line was open: it may be data).
+    if (server_.last_cr) {
+      --server_.length;
+      if (server_.text.size() > server_.length) {
+        server_.text.resize(server_.length);
+      }
+    }
+    if (server_.text.size() > trace_max_line) {
+      server_.text.resize(trace_max_line);
+    }
+    server_line(server_, out);
+    server_.clear();
+  }
 }
 
 void protocol_redactor::finish(std::vector<std::string>& out) {
-  if (!client_.empty()) {
-    client_line(client_, out);
-    client_.clear();
-  }
   if (!server_.empty()) {
     server_line(server_, out);
     server_.clear();
@@ -194,136 +160,43 @@ void protocol_redactor::finish(std::vector<std::string>& out) {
   }
 }
 
-void protocol_redactor::feed(std::string_view data, line_buffer& buf, bool from_client,
-                             std::vector<std::string>& out) {
-  while (!data.empty()) {
-    auto nl = data.find('\n');
-    std::string_view part = data.substr(0, nl);
-    if (buf.text.size() < trace_max_line + 1) {
-      buf.text.append(part.substr(0, trace_max_line + 1 - buf.text.size()));
-    }
-    buf.length += part.size();
-    if (!part.empty()) {
-      buf.last_cr = part.back() == '\r';
-    }
-    if (nl == std::string_view::npos) {
-      return;
-    }
-    data.remove_prefix(nl + 1);
-    // The line is complete: drop its CR (kept while the line was open: it may be data).
-    if (buf.last_cr) {
-      --buf.length;
-      if (buf.text.size() > buf.length) {
-        buf.text.resize(buf.length);
-      }
-    }
-    if (buf.text.size() > trace_max_line) {
-      buf.text.resize(trace_max_line);
-    }
-    if (from_client) {
-      client_line(buf, out);
-    } else {
-      server_line(buf, out);
-    }
-    buf.clear();
-  }
-}
-
-void protocol_redactor::client_line(const line_buffer& line, std::vector<std::string>& out) {
-  const std::string_view text = line.text;
-  const bool cut = line.length > text.size();
-  auto plain = [&](std::string_view shown) {
-    std::string s = "C: ";
-    escape_into(shown, s);
-    if (cut) {
-      s += " [+" + std::to_string(line.length - text.size()) + " octets]";
-    }
-    out.push_back(std::move(s));
-  };
-  if (xmit_data_) {
-    if (text == "." && !cut) {
+void protocol_redactor::client_line(std::string_view line, const pop3::line_mark& mark,
+                                    std::vector<std::string>& out) {
+  expect_reply(mark.reply);
+  if (mark.kind == pop3::line_kind::message) {
+    if (line == ".") {
       out.push_back("C: " + octets(xmit_octets_, "message: "));
       out.push_back("C: .");
       xmit_data_ = false;
       xmit_octets_ = 0;
     } else {
-      xmit_octets_ += line.length + 2;
+      xmit_data_ = true;
+      xmit_octets_ += line.size() + 2;
     }
     return;
   }
-  if (sasl_) {
-    if (text == "*" && !cut) {
-      out.push_back("C: *");
-    } else {
-      out.push_back("C: [redacted]");
-    }
+  if (mark.kind == pop3::line_kind::discarded) {
+    out.push_back("C: [discarded]");
     return;
   }
-  auto [verb_text, args] = split_verb(text);
-  const std::string verb = upper(verb_text);
-  if (verb == "PASS") {
-    out.push_back(args.empty() && text.size() == 4 ? "C: PASS" : "C: PASS [redacted]");
-    expected_.push_back(expect::single);
-    return;
+  const std::size_t shown = std::min(mark.shown, line.size());
+  std::string s = "C: ";
+  escape_into(line.substr(0, std::min(shown, trace_max_line)), s);
+  if (shown < line.size()) {
+    s += shown == 0 ? "[redacted]" : " [redacted]";
+  } else if (shown > trace_max_line) {
+    s += " [+" + std::to_string(shown - trace_max_line) + " octets]";
   }
-  if (verb == "APOP") {
-    auto [user, digest] = split_verb(args);
-    std::string s = "C: APOP ";
-    escape_into(user, s);
-    if (!digest.empty() || cut) {
-      s += " [redacted]";
-    }
-    out.push_back(std::move(s));
-    expected_.push_back(expect::single);
-    return;
-  }
-  if (verb == "AUTH") {
-    if (args.empty()) {
-      out.push_back("C: AUTH");
-      expected_.push_back(expect::multi);
-      return;
-    }
-    auto [mech, initial] = split_verb(args);
-    std::string s = "C: AUTH ";
-    if (mechanism_like(mech)) {
-      escape_into(mech, s);
-    } else {
-      s += "[redacted]";
-    }
-    if (!initial.empty() || cut) {
-      s += " [redacted]";
-    }
-    out.push_back(std::move(s));
-    sasl_ = true;
-    expected_.push_back(expect::sasl);
-    return;
-  }
-  if (!known_verb(verb)) {
-    out.push_back("C: [redacted]");  // even after login: a SASL answer to a refused AUTH
-  } else if (logged_in_ || verb == "USER") {
-    plain(text);
-  } else {
-    out.push_back("C: " + verb + (args.empty() && !cut ? "" : " [redacted]"));
-  }
-  expect_reply_to(verb, args);
+  out.push_back(std::move(s));
 }
 
-void protocol_redactor::expect_reply_to(std::string_view verb, std::string_view args) {
-  if (verb == "RETR" || verb == "TOP") {
-    expected_.push_back(expect::body);
-  } else if (verb == "LIST" || verb == "UIDL") {
-    expected_.push_back(args.empty() ? expect::multi : expect::single);
-  } else if (verb == "CAPA") {
-    expected_.push_back(expect::multi);
-  } else if (verb == "STLS") {
-    expected_.push_back(expect::stls);
-  } else if (verb == "XTND") {
-    auto [sub, rest] = split_verb(args);
-    (void)rest;
-    std::string s = upper(sub);
-    expected_.push_back(s == "XMIT" ? expect::xmit : s == "XLIST" ? expect::multi : expect::single);
-  } else {
-    expected_.push_back(expect::single);
+void protocol_redactor::expect_reply(pop3::reply_shape shape) {
+  switch (shape) {
+    case pop3::reply_shape::single: expected_.push_back(expect::single); break;
+    case pop3::reply_shape::multi: expected_.push_back(expect::multi); break;
+    case pop3::reply_shape::body: expected_.push_back(expect::body); break;
+    case pop3::reply_shape::sasl: expected_.push_back(expect::sasl); break;
+    case pop3::reply_shape::none: break;
   }
 }
 
@@ -364,9 +237,6 @@ void protocol_redactor::server_line(const line_buffer& line, std::vector<std::st
   }
   plain(text);
   switch (e) {
-    case expect::sasl:
-      sasl_ = false;
-      break;
     case expect::multi:
       multi_ = ok ? multi::full : multi::none;
       break;
@@ -374,19 +244,7 @@ void protocol_redactor::server_line(const line_buffer& line, std::vector<std::st
       multi_ = ok ? multi::summary : multi::none;
       body_octets_ = 0;
       break;
-    case expect::xmit:
-      if (ok) {
-        xmit_data_ = true;
-        xmit_octets_ = 0;
-        expected_.push_front(expect::single);  // the reply once the message is in
-      }
-      break;
-    case expect::stls:
-      if (ok) {
-        expected_.clear();  // pipelined input before the handshake was discarded
-        sasl_ = false;
-      }
-      break;
+    case expect::sasl:
     case expect::single:
       break;
   }
@@ -420,25 +278,17 @@ traced_transport::~traced_transport() {
 
 asio::awaitable<std::size_t> traced_transport::read_some(asio::mutable_buffer buf,
                                                          std::error_code& ec) {
-  std::size_t n = co_await inner_->read_some(buf, ec);
-  if (n > 0) {
-    record(std::string_view(static_cast<const char*>(buf.data()), n), true);
-  }
-  co_return n;
+  co_return co_await inner_->read_some(buf, ec);
 }
 
 asio::awaitable<std::string_view> traced_transport::read_shared(std::error_code& ec) {
-  std::string_view data = co_await inner_->read_shared(ec);
-  if (!data.empty()) {
-    record(data, true);
-  }
-  co_return data;
+  co_return co_await inner_->read_shared(ec);
 }
 
 asio::awaitable<void> traced_transport::write_all(asio::const_buffer buf, std::error_code& ec) {
   co_await inner_->write_all(buf, ec);
   if (!ec) {
-    record(std::string_view(static_cast<const char*>(buf.data()), buf.size()), false);
+    record(std::string_view(static_cast<const char*>(buf.data()), buf.size()));
   }
 }
 
@@ -446,13 +296,6 @@ void traced_transport::close() noexcept { inner_->close(); }
 
 std::unique_ptr<transport> traced_transport::replace_inner(std::unique_ptr<transport> t) noexcept {
   std::swap(inner_, t);
-  return t;
-}
-
-transport* traced_transport::unwrap(transport* t) noexcept {
-  while (auto* tr = dynamic_cast<traced_transport*>(t)) {
-    t = tr->inner_.get();
-  }
   return t;
 }
 
@@ -469,17 +312,26 @@ std::string traced_transport::stamp() const {
   return buf;
 }
 
-void traced_transport::record(std::string_view data, bool from_client) noexcept {
+void traced_transport::record(std::string_view data) noexcept {
   if (disabled_) {
     return;
   }
   try {
     std::vector<std::string> lines;
-    if (from_client) {
-      redactor_.client_bytes(data, lines);
-    } else {
-      redactor_.server_bytes(data, lines);
-    }
+    redactor_.server_bytes(data, lines);
+    emit(lines);
+  } catch (...) {
+    disabled_ = true;  // out of memory or similar: the session goes on untraced
+  }
+}
+
+void traced_transport::client_line(std::string_view line, const pop3::line_mark& mark) {
+  if (disabled_) {
+    return;
+  }
+  try {
+    std::vector<std::string> lines;
+    redactor_.client_line(line, mark, lines);
     emit(lines);
   } catch (...) {
     disabled_ = true;  // out of memory or similar: the session goes on untraced
@@ -522,7 +374,6 @@ void traced_transport::emit(std::vector<std::string>& lines) noexcept {
 }
 
 void traced_transport::set_user(std::string_view user) noexcept {
-  redactor_.set_logged_in();
   if (user_known_ || disabled_) {
     return;
   }

@@ -10,31 +10,32 @@
 //    are held in memory (at most pre_login_buffer bytes) and written when the driver calls
 //    set_user(); a session that never logs in writes no telemetry.
 //
-// The line of a verb the engine does not know is written "[redacted]" whole, before and
-// after login (a mistyped "PAS secret", a SASL answer sent after the server refused the
-// AUTH, a password typed as a command). Before login (until set_logged_in()) a client line
-// is written only as far as it cannot hold a secret, whatever the redactor believes about
-// the exchange: of a known verb, the verb, then the arguments of USER, the user of APOP and
-// the mechanism of AUTH (when it looks like a mechanism name), the rest "[redacted]". This does not rest on following the
-// exchange (which a client can desynchronize), only on the engine's report of a login
-// (the driver's set_user() call). Having the engine mark each secret line would need the
-// pop3 session to report per line; the whitelist gives the same safety without that.
-// Redaction (never written anywhere): the argument of PASS; the digest of APOP; the initial
-// response of AUTH and every client line between an AUTH command and the server's final
-// +OK/-ERR (a line "*" that cancels is kept), and the server's "+ " challenges then (shown
-// as their size); the message a client sends after XTND XMIT (shown as its size). Message
-// bodies the server sends for RETR and TOP are summarized as "[N octets]" rather than
-// written: they are the user's mail, and a trace is for debugging the protocol. Other
+// What is written of a client line is what the POP3 engine marked as free of secrets
+// (pop3::line_mark): the engine reads every line, so it knows which bytes carry a secret, and
+// a client that mistypes a verb ("PAS secret", "PASS<TAB>secret"), types a password as a
+// command, or keeps sending SASL answers after a refused AUTH cannot lead the trace astray.
+// The engine marks: the argument of PASS, the digest of APOP, the initial response of AUTH
+// (and the mechanism too when it is not one the server names), every line read while a SASL
+// exchange is in progress but a cancelling "*", the whole line of a verb it does not know
+// (before and after login), and before login the arguments of every command but USER. The
+// redacted part is written "[redacted]". The message a client sends after XTND XMIT is
+// shown as its size; a line the engine's decoder dropped (too long, NUL) as "[discarded]".
+// Client lines are therefore written when the engine reads them, not when they arrive: input
+// the engine never reads (bytes pipelined before a STLS handshake, a partial line at EOF) is
+// not written. Server lines are written as they are sent; the engine's mark of each command
+// tells what its reply looks like: the server's "+ " SASL challenges are shown as their size,
+// message bodies the server sends for RETR and TOP are summarized as "[N octets]" rather
+// than written (they are the user's mail, and a trace is for debugging the protocol); other
 // multi-line replies (CAPA, LIST, UIDL, XTND XLIST, AUTH) are written in full. Bytes outside
 // printable ASCII are written as \xNN; a line longer than max_line is cut and its length
-// noted. After STLS the expectations are reset, so input a client pipelined before TLS (and
-// the engine discarded) cannot shift the redaction.
+// noted.
 //
 // traced_transport wraps the session's transport (decorator): reads and writes go through
-// unchanged and are recorded; a failing trace never fails the session (errors are logged
-// once and tracing of that destination stops). Drivers that look for the concrete transport
-// (TCP for STLS, TLS for channel bindings) use traced_transport::unwrap(); after STLS they
-// put the new TLS transport inside with replace_inner().
+// unchanged, server bytes are recorded as they are written and client lines as the engine
+// reports them (it is the engine's pop3::line_observer); a failing trace never fails the
+// session (errors are logged once and tracing of that destination stops). It answers tls()
+// and tcp_socket() for the transport inside; after STLS the driver puts the new TLS
+// transport inside with replace_inner().
 //
 // Threading: a trace_sink is shared by all sessions and threads (a mutex, and one write(2)
 // per batch of lines with O_APPEND, so lines of different sessions and processes never
@@ -44,6 +45,7 @@
 
 #include "common/result.hpp"
 #include "net/transport.hpp"
+#include "pop3/session.hpp"
 
 #include <chrono>
 #include <cstdint>
@@ -85,24 +87,23 @@ class trace_sink {
   bool failed_ = false;
 };
 
-// Turns the two byte streams of one session into redacted lines: "C: ..." and "S: ...".
+// Turns one session's client lines (as the engine marked them) and server bytes into
+// redacted lines: "C: ..." and "S: ...".
 class protocol_redactor {
  public:
   // `expect_greeting`: the first server line answers no command (false for a session that
   // resumes after a privilege-separated login).
   explicit protocol_redactor(bool expect_greeting = true);
 
-  // Feed bytes as they pass; complete lines are appended to `out`, without line ends.
-  void client_bytes(std::string_view data, std::vector<std::string>& out);
+  // A line the engine read (see pop3::line_observer), without its line end.
+  void client_line(std::string_view line, const pop3::line_mark& mark, std::vector<std::string>& out);
+  // Feed the server's bytes as they are sent; complete lines are appended to `out`.
   void server_bytes(std::string_view data, std::vector<std::string>& out);
-  // The end of the session: partial lines are flushed (redacted the same way).
+  // The end of the session: a partial server line and an unfinished message are flushed.
   void finish(std::vector<std::string>& out);
-  // The engine has accepted a login (traced_transport::set_user): client lines after it
-  // are written as sent (the TRANSACTION commands), apart from the redactions above.
-  void set_logged_in() noexcept { logged_in_ = true; }
 
  private:
-  enum class expect { single, multi, body, sasl, xmit, stls };
+  enum class expect { single, multi, body, sasl };
   struct line_buffer {
     std::string text;          // at most trace_max_line bytes
     std::uint64_t length = 0;  // the whole line's length (without CR LF once complete)
@@ -114,19 +115,14 @@ class protocol_redactor {
       last_cr = false;
     }
   };
-  void feed(std::string_view data, line_buffer& buf, bool from_client, std::vector<std::string>& out);
-  void client_line(const line_buffer& line, std::vector<std::string>& out);
   void server_line(const line_buffer& line, std::vector<std::string>& out);
-  void expect_reply_to(std::string_view verb, std::string_view args);
+  void expect_reply(pop3::reply_shape shape);
 
   std::deque<expect> expected_;
-  bool logged_in_;                 // see set_logged_in()
-  bool sasl_ = false;              // client lines are SASL responses
   bool xmit_data_ = false;         // client lines are an XTND XMIT message
   std::uint64_t xmit_octets_ = 0;
   enum class multi { none, full, summary } multi_ = multi::none;
   std::uint64_t body_octets_ = 0;
-  line_buffer client_;
   line_buffer server_;
 };
 
@@ -142,7 +138,9 @@ struct trace_settings {
 // True when `s` asks for any tracing (wrap the transport only then).
 bool trace_enabled(const trace_settings& s) noexcept;
 
-class traced_transport final : public transport {
+// The engine reports client lines to the traced_transport itself (pop3::session_options::lines):
+// reads pass through unrecorded.
+class traced_transport final : public transport, public pop3::line_observer {
  public:
   traced_transport(std::unique_ptr<transport> inner, trace_settings settings);
   ~traced_transport() override;
@@ -152,6 +150,10 @@ class traced_transport final : public transport {
   void close() noexcept override;
   bool reads_shared() const noexcept override { return inner_->reads_shared(); }
   asio::awaitable<std::string_view> read_shared(std::error_code& ec) override;
+  tls_transport* tls() noexcept override { return inner_->tls(); }
+  asio::ip::tcp::socket* tcp_socket() noexcept override { return inner_->tcp_socket(); }
+
+  void client_line(std::string_view line, const pop3::line_mark& mark) override;
 
   // The user logged in: opens the telemetry file when <telemetry_dir>/<user> is a directory
   // and writes the held pre-login lines to it. Without one, the held lines are dropped.
@@ -159,16 +161,15 @@ class traced_transport final : public transport {
   void set_user(std::string_view user) noexcept;
 
   transport& inner() noexcept { return *inner_; }
-  // Puts `t` in place of the wrapped transport (after STLS); the old one is returned.
+  // Puts `t` in place of the wrapped transport (after STLS; null when the driver drops the
+  // wrapper at a privilege-separation hand-off); the old one is returned.
   std::unique_ptr<transport> replace_inner(std::unique_ptr<transport> t) noexcept;
-  // The transport under any traced_transport wrappers (itself if not wrapped).
-  static transport* unwrap(transport* t) noexcept;
 
   // The telemetry file's path once opened ("" if none), for tests and logs.
   const std::string& telemetry_path() const noexcept { return telemetry_path_; }
 
  private:
-  void record(std::string_view data, bool from_client) noexcept;
+  void record(std::string_view data) noexcept;  // server bytes
   void emit(std::vector<std::string>& lines) noexcept;
   std::string stamp() const;
 

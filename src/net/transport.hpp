@@ -18,6 +18,8 @@
 
 namespace postern::net {
 
+class tls_transport;
+
 class transport {
  public:
   virtual ~transport() = default;
@@ -36,6 +38,14 @@ class transport {
   // and the return. The view is valid until the caller next suspends or reads. Returns an empty
   // view with `ec` set on EOF or error. Only when reads_shared().
   virtual asio::awaitable<std::string_view> read_shared(std::error_code& ec);
+
+  // What the connection is, asked of the transport instead of found by casting (a wrapper
+  // such as traced_transport answers for the transport inside it):
+  // the TLS session this transport runs over (channel bindings, client certificate), or null;
+  virtual tls_transport* tls() noexcept { return nullptr; }
+  bool is_tls() noexcept { return tls() != nullptr; }
+  // the socket of a plain TCP connection, which STLS may upgrade, or null.
+  virtual asio::ip::tcp::socket* tcp_socket() noexcept { return nullptr; }
 };
 
 // The calling thread's input buffer for read_shared(). Every session on the thread uses it in
@@ -51,6 +61,7 @@ class tcp_transport final : public transport {
   bool reads_shared() const noexcept override { return true; }
   asio::awaitable<std::string_view> read_shared(std::error_code& ec) override;
   asio::ip::tcp::socket& socket() noexcept { return socket_; }
+  asio::ip::tcp::socket* tcp_socket() noexcept override { return &socket_; }
 
  private:
   asio::ip::tcp::socket socket_;

@@ -81,6 +81,9 @@ step session::next() {
         return step::need_input;
       case line_decoder::status::too_long:
       case line_decoder::status::invalid:
+        mark({}, line_kind::discarded, 0,
+             xmit_receiving_ || sasl_phase_ != sasl_phase::none ? reply_shape::none
+                                                                : reply_shape::single);
         if (xmit_receiving_) {
           xmit_too_big_ = true;  // the message is refused when its end arrives
           break;
@@ -111,16 +114,91 @@ std::size_t session::max_line() const noexcept {
   return sasl_phase_ == sasl_phase::none ? limits::max_command_line : limits::max_auth_line;
 }
 
+void session::mark(std::string_view line, line_kind kind, std::size_t shown, reply_shape reply) {
+  if (opts_.lines != nullptr) {
+    opts_.lines->client_line(line, line_mark{kind, shown, reply});
+  }
+}
+
+std::size_t session::shown_of(const command& cmd, std::string_view line) const noexcept {
+  const std::size_t verb_only = cmd.verb.size();
+  // The end of argument `a` (a view into `line`) within `line`.
+  auto end_of = [&](std::string_view a) {
+    return static_cast<std::size_t>(a.data() + a.size() - line.data());
+  };
+  switch (cmd.kind) {
+    case command_kind::unknown:
+      // A mistyped PASS ("PAS secret", "PASS<TAB>secret"), a password typed as a command, a
+      // SASL answer sent after the AUTH was refused.
+      return 0;
+    case command_kind::pass:
+      return verb_only;
+    case command_kind::apop: {
+      std::string_view args[2];
+      return split_args(cmd.args, args, 2) >= 1 ? end_of(args[0]) : verb_only;
+    }
+    case command_kind::auth: {
+      if (cmd.args.empty()) {
+        return line.size();
+      }
+      std::string_view args[2];
+      if (split_args(cmd.args, args, 2) == 0) {
+        return verb_only;
+      }
+      // The mechanism only when it is one this server names: anything else may be an
+      // initial response typed in its place.
+      bool named = keyword_equals(args[0], "PLAIN") || keyword_equals(args[0], "LOGIN");
+      for (const auto& m : opts_.sasl_mechanisms) {
+        named = named || keyword_equals(args[0], m);
+      }
+      return named ? end_of(args[0]) : verb_only;
+    }
+    case command_kind::user:
+      return line.size();
+    default:
+      // Before login the arguments of other commands are not needed to follow the exchange.
+      return state_ == session_state::authorization && !cmd.args.empty() ? verb_only : line.size();
+  }
+}
+
+reply_shape session::reply_of(const command& cmd) const noexcept {
+  switch (cmd.kind) {
+    case command_kind::retr:
+    case command_kind::top:
+      return reply_shape::body;
+    case command_kind::list:
+    case command_kind::uidl:
+      return cmd.args.empty() ? reply_shape::multi : reply_shape::single;
+    case command_kind::capa:
+      return reply_shape::multi;
+    case command_kind::auth:
+      return cmd.args.empty() ? reply_shape::multi : reply_shape::sasl;
+    case command_kind::xtnd: {
+      std::string_view args[1];
+      return split_args(cmd.args, args, 1) >= 1 && keyword_equals(args[0], "XLIST")
+                 ? reply_shape::multi
+                 : reply_shape::single;
+    }
+    default:
+      return reply_shape::single;
+  }
+}
+
 void session::handle_line(std::string_view line) {
   if (xmit_receiving_) {
+    mark(line, line_kind::message, line.size(), line == "." ? reply_shape::single : reply_shape::none);
     handle_xmit_line(line);
     return;
   }
   if (sasl_phase_ != sasl_phase::none) {
+    mark(line, line_kind::sasl_response, line == "*" ? 1 : 0, reply_shape::none);
     handle_sasl_line(line);
     return;
   }
   command cmd = parse_command(line);
+  if (opts_.lines != nullptr) {
+    mark(line, line_kind::command, shown_of(cmd, line), reply_of(cmd));
+  }
   if (state_ == session_state::authorization) {
     handle_authorization(cmd);
   } else if (state_ == session_state::transaction) {

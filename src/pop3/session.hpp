@@ -49,7 +49,40 @@ enum class step {
 enum class auth_status { ok, bad_credentials, temporary_failure };
 enum class open_status { ok, in_use, temporary_failure, permanent_failure, login_delay };
 
+// What a record of the session (trace, telemetry) may show of one client line. The engine
+// reads every line, so it knows which bytes carry a secret; a reader of the raw bytes could
+// only guess (a client can mistype a verb or keep sending SASL answers after a refusal).
+enum class line_kind {
+  command,        // a command line (known or not)
+  sasl_response,  // a line read while a SASL exchange is in progress: a secret unless "*"
+  message,        // a line of an XTND XMIT message, "." included: mail, not protocol
+  discarded,      // too long or invalid, dropped by the line decoder: the text is not given
+};
+// How the engine answers a line, for a reader that follows the server's lines: `single` one
+// status line, `multi` a status line and, after +OK, a dot-terminated list, `body` the same
+// with a message (RETR, TOP), `sasl` "+ " challenges then one status line, `none` no reply of
+// its own (a SASL answer or a message line: the exchange's or message's reply counts).
+enum class reply_shape { single, multi, body, sasl, none };
+struct line_mark {
+  line_kind kind = line_kind::command;
+  // The first `shown` bytes of the line carry no secret; the rest may. 0: the whole line is
+  // secret (the line of an unknown verb, every SASL answer but "*", discarded lines).
+  std::size_t shown = 0;
+  reply_shape reply = reply_shape::single;
+};
+// Told of every client line the engine consumes, in order, before the engine acts on it. The
+// view is valid only during the call. Non-owning; must outlive the session.
+class line_observer {
+ public:
+  virtual void client_line(std::string_view line, const line_mark& mark) = 0;
+
+ protected:
+  ~line_observer() = default;
+};
+
 struct session_options {
+  // Null: lines are not reported (no trace).
+  line_observer* lines = nullptr;
   std::string greeting = "Postern ready.";
   std::string implementation = "Postern";  // CAPA IMPLEMENTATION value; empty: not listed
   std::uint32_t max_bad_commands = limits::default_max_bad_commands;
@@ -169,6 +202,11 @@ class session {
 
  private:
   void handle_line(std::string_view line);
+  // Reports `line` to opts_.lines, if any.
+  void mark(std::string_view line, line_kind kind, std::size_t shown, reply_shape reply);
+  // How much of a command line carries no secret, and how it is answered.
+  std::size_t shown_of(const command& cmd, std::string_view line) const noexcept;
+  reply_shape reply_of(const command& cmd) const noexcept;
   void handle_authorization(const command& cmd);
   void handle_transaction(const command& cmd);
   void reply_ok(std::string_view text = {});

@@ -647,5 +647,146 @@ TEST(session_features, xtnd_xmit_collects_and_limits) {
   EXPECT_NE(s.output().find("-ERR Message too large, not sent.\r\n+OK\r\n"), std::string::npos);
 }
 
+// ---------------------------------------------------------------------------------------
+// Secret marking: every line the engine reads is reported with what of it may be shown.
+
+struct recorded_line {
+  std::string line;
+  line_mark mark;
+  // What a record may show: the shown prefix (the rest is secret).
+  std::string shown() const { return line.substr(0, std::min(mark.shown, line.size())); }
+};
+
+struct line_recorder final : line_observer {
+  std::vector<recorded_line> lines;
+  void client_line(std::string_view line, const line_mark& mark) override {
+    lines.push_back({std::string(line), mark});
+  }
+  // True when no line's shown part contains `secret`.
+  bool hides(std::string_view secret) const {
+    for (const auto& l : lines) {
+      if (l.shown().find(secret) != std::string::npos) {
+        return false;
+      }
+    }
+    return true;
+  }
+};
+
+session_options marked_opts(line_recorder& rec) {
+  session_options o;
+  o.lines = &rec;
+  o.sasl_mechanisms = {"PLAIN", "LOGIN"};
+  return o;
+}
+
+TEST(session_marks, pass_argument_and_mistyped_pass_are_secret) {
+  line_recorder rec;
+  fake_driver d(marked_opts(rec));
+  d.run();
+  d.say("USER alice\r\nPAS sec1\r\nPASS\tsec2\r\npass  sec3\r\nNOOP sec4\r\nsec5\r\n");
+  ASSERT_EQ(rec.lines.size(), 6u);
+  EXPECT_EQ(rec.lines[0].shown(), "USER alice");
+  EXPECT_EQ(rec.lines[1].mark.shown, 0u);  // "PAS": not a verb the engine knows
+  EXPECT_EQ(rec.lines[2].mark.shown, 0u);  // PASS<TAB>secret: one unknown word
+  EXPECT_EQ(rec.lines[3].shown(), "pass");
+  EXPECT_EQ(rec.lines[4].shown(), "NOOP");  // before login: the verb only
+  EXPECT_EQ(rec.lines[5].mark.shown, 0u);  // a password typed as a command
+  for (const char* s : {"sec1", "sec2", "sec3", "sec4", "sec5"}) {
+    EXPECT_TRUE(rec.hides(s)) << s;
+  }
+  for (const auto& l : rec.lines) {
+    EXPECT_EQ(l.mark.kind, line_kind::command);
+    EXPECT_EQ(l.mark.reply, reply_shape::single);
+  }
+}
+
+TEST(session_marks, apop_digest_and_auth_initial_response_are_secret) {
+  line_recorder rec;
+  session_options o = marked_opts(rec);
+  o.apop_timestamp = "<1.2@h>";
+  fake_driver d(std::move(o));
+  d.run();
+  d.say("APOP alice c4c9334bac560ecc979e58001b3e22fa\r\n");
+  d.say("AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n");
+  d.say("AUTH AGFsaWNlAHNlY3JldA\r\n");
+  ASSERT_EQ(rec.lines.size(), 3u);
+  EXPECT_EQ(rec.lines[0].shown(), "APOP alice");
+  EXPECT_EQ(rec.lines[1].shown(), "AUTH PLAIN");
+  EXPECT_EQ(rec.lines[1].mark.reply, reply_shape::sasl);
+  EXPECT_EQ(rec.lines[2].shown(), "AUTH");  // not a mechanism: maybe a response
+  EXPECT_TRUE(rec.hides("c4c9334b"));
+  EXPECT_TRUE(rec.hides("AGFsaWNl"));
+}
+
+TEST(session_marks, every_sasl_continuation_is_secret_but_cancel) {
+  line_recorder rec;
+  fake_driver d(marked_opts(rec));
+  d.run();
+  d.say("AUTH LOGIN\r\n");  // the fake mechanism challenges an empty start
+  d.say("good\r\n");        // -> challenge "Y2g="
+  d.say("*\r\n");
+  d.say("AUTH PLAIN\r\n");
+  d.say(std::string(limits::max_auth_line + 10, 'A') + "\r\n");  // too long: discarded
+  ASSERT_EQ(rec.lines.size(), 5u);
+  EXPECT_EQ(rec.lines[0].shown(), "AUTH LOGIN");
+  EXPECT_EQ(rec.lines[1].mark.kind, line_kind::sasl_response);
+  EXPECT_EQ(rec.lines[1].mark.shown, 0u);
+  EXPECT_EQ(rec.lines[1].mark.reply, reply_shape::none);
+  EXPECT_EQ(rec.lines[2].mark.kind, line_kind::sasl_response);
+  EXPECT_EQ(rec.lines[2].shown(), "*");
+  EXPECT_EQ(rec.lines[4].mark.kind, line_kind::discarded);
+  EXPECT_EQ(rec.lines[4].mark.reply, reply_shape::none);
+  EXPECT_TRUE(rec.hides("good"));
+}
+
+TEST(session_marks, base64_after_a_refused_auth_is_secret_before_and_after_login) {
+  line_recorder rec;
+  session_options o = marked_opts(rec);
+  o.user_pass_allowed = false;
+  o.sasl_mechanisms = {"CRAM-MD5"};
+  fake_driver d(std::move(o));
+  d.run();
+  // PLAIN refused for policy, then an unknown mechanism: the answers sent anyway.
+  EXPECT_NE(d.say("AUTH PLAIN\r\nAGFsaWNlAHNlY3JldA==\r\n").find("-ERR"), std::string::npos);
+  d.say("AUTH NOSUCH\r\nYWxpY2U=\r\nc2VjcmV0\r\n");
+  EXPECT_TRUE(rec.hides("AGFsaWNl"));
+  EXPECT_TRUE(rec.hides("YWxpY2U"));
+  EXPECT_TRUE(rec.hides("c2VjcmV0"));
+  EXPECT_EQ(rec.lines[0].shown(), "AUTH PLAIN");
+  EXPECT_EQ(rec.lines[2].shown(), "AUTH");
+
+  line_recorder after;
+  fake_driver in(marked_opts(after));
+  in.run();
+  in.say("USER alice\r\nPASS secret\r\n");
+  in.say("LIST 1\r\nRETR 1\r\nAUTH PLAIN\r\nAGFsaWNlAHNlY3JldA==\r\nsecret\r\n");
+  ASSERT_EQ(after.lines.size(), 7u);
+  EXPECT_EQ(after.lines[2].shown(), "LIST 1");  // after login commands are shown whole
+  EXPECT_EQ(after.lines[3].shown(), "RETR 1");
+  EXPECT_EQ(after.lines[3].mark.reply, reply_shape::body);
+  EXPECT_EQ(after.lines[5].mark.shown, 0u);
+  EXPECT_EQ(after.lines[6].mark.shown, 0u);
+  EXPECT_TRUE(after.hides("secret"));
+}
+
+TEST(session_marks, xmit_message_lines_are_marked_as_mail) {
+  line_recorder rec;
+  session_options o = marked_opts(rec);
+  o.xtnd_xmit = true;
+  fake_driver d(std::move(o));
+  d.run();
+  d.say("USER alice\r\nPASS secret\r\n");
+  d.say("XTND XMIT\r\nTo: x@y\r\n\r\nbody\r\n.\r\n");
+  ASSERT_EQ(rec.lines.size(), 7u);
+  EXPECT_EQ(rec.lines[2].mark.kind, line_kind::command);
+  for (std::size_t i = 3; i < 6; ++i) {
+    EXPECT_EQ(rec.lines[i].mark.kind, line_kind::message);
+    EXPECT_EQ(rec.lines[i].mark.reply, reply_shape::none);
+  }
+  EXPECT_EQ(rec.lines[6].line, ".");
+  EXPECT_EQ(rec.lines[6].mark.reply, reply_shape::single);
+}
+
 }  // namespace
 }  // namespace postern::pop3

@@ -119,7 +119,7 @@ char status_char(auth::verify_status s) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// P's side: the proxy the session driver calls (net::auth_proxy)
+// P's side: the authenticator the session driver calls (net::authenticator)
 
 class privileged_link;
 
@@ -139,7 +139,7 @@ class proxy_exchange final : public auth::sasl_exchange {
   std::string user_;
 };
 
-class privileged_link final : public net::auth_proxy {
+class privileged_link final : public net::authenticator {
  public:
   explicit privileged_link(int fd) : fd_(fd) {}
 
@@ -183,7 +183,9 @@ class privileged_link final : public net::auth_proxy {
     return auth_call(message(msg_type::password, {wire_user(user), std::string(password.view())}), user);
   }
 
-  auth::verify_result verify_apop(std::string_view user, std::string_view digest) override {
+  // S chose the timestamp of P's greeting and checks against its own copy.
+  auth::verify_result verify_apop(std::string_view user, std::string_view /*timestamp*/,
+                                  std::string_view digest) override {
     std::string wire_digest(digest.size() <= max_apop_digest ? digest : std::string_view());
     return auth_call(message(msg_type::apop, {wire_user(user), std::move(wire_digest)}), user);
   }
@@ -193,6 +195,9 @@ class privileged_link final : public net::auth_proxy {
     return std::unique_ptr<auth::sasl_exchange>(
         std::make_unique<proxy_exchange>(*this, std::string(mechanism), ch));
   }
+
+  // S logs every failure (once, on the privileged side).
+  bool logs_failures() const noexcept override { return true; }
 
   // One request and its reply of type `expected`. Thread-safe; blocks.
   result<message> call(const message& req, msg_type expected) {
@@ -335,6 +340,31 @@ asio::awaitable<void> relay(std::unique_ptr<net::transport> client, int fd) {
 // ---------------------------------------------------------------------------------------------
 // P: the pre-auth process
 
+// A login ends P's session: the client goes to the session process, through S's relay (TLS:
+// P keeps the TLS state and relays) or directly (plain: S takes the socket once P is gone).
+class preauth_handoff final : public net::login_handoff {
+ public:
+  preauth_handoff(privileged_link& link, int relay_fd) : link_(link), relay_fd_(relay_fd) {}
+  asio::awaitable<void> take_over(net::handoff& h) override {
+    auto stream = std::move(h.control.stream);
+    if (stream->is_tls()) {
+      if (!link_.send_handoff("R", std::move(h.input))) {
+        co_return;
+      }
+      co_await relay(std::move(stream), relay_fd_);
+      co_return;
+    }
+    // Plain: the transport is destroyed without close(), so the socket is closed here but
+    // never shut down.
+    (void)link_.send_handoff("P", std::move(h.input));
+    stream.reset();
+  }
+
+ private:
+  privileged_link& link_;
+  int relay_fd_;
+};
+
 [[noreturn]] void run_pre_auth(const supervisor_params& p, client& c, int ctl_fd, int relay_fd,
                                const std::string& id) {
   // Nothing of S's past may be inherited: signals back to their defaults.
@@ -362,27 +392,14 @@ asio::awaitable<void> relay(std::unique_ptr<net::transport> client, int fd) {
   asio::thread_pool workers(1);
   setrlimit(RLIMIT_NPROC, &zero);  // the worker thread exists; no more processes or threads
 
+  preauth_handoff handoff(link, relay_fd);
   net::session_env env = p.st->env;
-  env.passdb = nullptr;
-  env.sasl = nullptr;
-  env.remote_auth = &link;
+  env.services.auth = &link;
+  env.services.maildrops = nullptr;
+  env.services.handoff = &handoff;
   env.failure_delay = std::chrono::milliseconds(0);  // S delays failures (P could skip it)
   env.penalty = nullptr;                              // and applies the penalty
   env.workers = &workers;
-  env.on_authenticated = [&](net::handoff& h) -> asio::awaitable<void> {
-    auto stream = std::move(h.control.stream);
-    if (dynamic_cast<net::tls_transport*>(stream.get()) != nullptr) {
-      if (!link.send_handoff("R", std::move(h.input))) {
-        co_return;
-      }
-      co_await relay(std::move(stream), relay_fd);
-      co_return;
-    }
-    // Plain: S takes the connection over once this process has exited. The transport is
-    // destroyed without close(), so the socket is closed here but never shut down.
-    (void)link.send_handoff("P", std::move(h.input));
-    stream.reset();
-  };
 
   asio::io_context ctx{1};
   std::unique_ptr<net::transport> stream;
@@ -428,7 +445,7 @@ class supervisor {
   // Serves P until it hands the session over (returns the login) or goes away (nullopt).
   std::optional<std::pair<pending_login, message>> serve() {
     const auto& cfg = *p_.cfg;
-    std::string timestamp = cfg.apop ? auth::make_apop_timestamp(p_.st->env.hostname) : std::string();
+    std::string timestamp = cfg.apop ? auth::make_apop_timestamp(p_.st->login.hostname) : std::string();
     timestamp_ = timestamp;
     if (!send_message(ctl_, message(msg_type::welcome, {timestamp}))) {
       return std::nullopt;
@@ -1023,8 +1040,8 @@ int run_supervisor(const supervisor_params& p, client c) {
     return 0;
   }
   // The secrets go before anything runs as the user.
-  p.st->env.sasl = nullptr;
-  p.st->env.passdb = nullptr;
+  p.st->login.sasl = nullptr;
+  p.st->login.passdb = nullptr;
   p.st->sasl.reset();
   p.st->passdb.reset();
 
@@ -1061,7 +1078,7 @@ int run_supervisor(const supervisor_params& p, client c) {
   auto owner = resolve_mail_owner(pending.account, p.us->privileged_group);
   if (owner) {
     // Checked before the switch: never become root, the pre-auth uid or a uid outside the range.
-    auth::mail_owner_rules rules = p.st->env.owner_rules;
+    auth::mail_owner_rules rules = p.st->mail.owner_rules;
     rules.preauth_uid = p.login.uid;
     if (auto allowed = auth::check_mail_owner(owner->uid, rules); !allowed) {
       owner = std::move(allowed).err();
@@ -1094,11 +1111,9 @@ int run_supervisor(const supervisor_params& p, client c) {
 
   asio::io_context ctx{1};
   asio::thread_pool workers(1);
+  net::no_authenticator no_auth;  // the login happened in P; this process only resumes it
   net::session_env env = p.st->env;
-  env.passdb = nullptr;
-  env.sasl = nullptr;
-  env.remote_auth = nullptr;
-  env.on_authenticated = nullptr;
+  env.services.auth = &no_auth;
   env.tls = nullptr;
   env.stls = false;
   env.workers = &workers;

@@ -128,8 +128,8 @@ result<void> reopen_after_fork(const config& cfg, shared_state& st) {
 }
 
 void close_before_fork(shared_state& st) {
-  st.env.login_allowed = nullptr;
-  st.env.before_open = nullptr;
+  st.mail.login_allowed = nullptr;
+  st.mail.before_open = nullptr;
   st.stats.reset();
   st.bulletins.reset();
 }
@@ -142,7 +142,7 @@ result<void> prepare_seed_features(const config& cfg, shared_state& st) {
       st.env.engine.login_delay_capability = login_delay_capability(cfg.login_delay);
       auto* stats = st.stats.get();
       auto delay = cfg.login_delay;
-      st.env.login_allowed = [stats, delay](std::string_view user) {
+      st.mail.login_allowed = [stats, delay](std::string_view user) {
         auto r = stats->check_and_record(user, std::chrono::system_clock::now(), delay);
         if (!r) {
           log::error("login statistics: user=<{}>, error={}", log::client(user), r.err().message());
@@ -154,9 +154,9 @@ result<void> prepare_seed_features(const config& cfg, shared_state& st) {
   }
   store::expire_policy ex{cfg.expire_days, cfg.delete_expired};
   st.env.engine.expire_capability = store::expire_capability(ex);
-  st.env.decoration.expire = ex;
-  st.env.decoration.uidl_format = cfg.uidl_format;
-  st.env.decoration.dovecot_lock_session = cfg.dovecot_lock_session;
+  st.mail.decoration.expire = ex;
+  st.mail.decoration.uidl_format = cfg.uidl_format;
+  st.mail.decoration.dovecot_lock_session = cfg.dovecot_lock_session;
   if (!cfg.bulletin_source.empty()) {
     auto loc = store::parse_location(cfg.bulletin_source);
     if (!loc) {
@@ -173,9 +173,9 @@ result<void> prepare_seed_features(const config& cfg, shared_state& st) {
     if (cfg.bulletin_db.empty() || st.bulletins) {
       auto source = std::move(loc).value();
       auto* db = st.bulletins.get();
-      auto locking = st.env.mbox.locking;
-      auto quoting = st.env.mbox.from_quoting;
-      st.env.before_open = [source, db, locking, quoting](const auth::user_record& account,
+      auto locking = st.mail.mbox.locking;
+      auto quoting = st.mail.mbox.from_quoting;
+      st.mail.before_open = [source, db, locking, quoting](const auth::user_record& account,
                                                           store::store_kind kind,
                                                           const std::string& path,
                                                           std::string_view id) {
@@ -215,10 +215,10 @@ result<void> prepare_seed_features(const config& cfg, shared_state& st) {
     if (!sink) {
       log::warning("{}; running without the trace file", sink.err().message());
     } else {
-      st.env.trace.shared = std::move(sink).value();
+      st.observer.trace.shared = std::move(sink).value();
     }
   }
-  st.env.trace.telemetry_dir = cfg.telemetry_dir;
+  st.observer.trace.telemetry_dir = cfg.telemetry_dir;
   return ok_result();
 }
 
@@ -241,17 +241,17 @@ result<void> prepare_env(const config& cfg, const unix_settings& us, shared_stat
   if (!loc) {
     return error(errc::invalid, "mail.location: " + loc.err().message());
   }
-  st.env.location = std::move(loc).value();
-  st.env.owner_rules = mail_owner_rules_of(cfg);
-  auto& mb = st.env.mbox;
+  st.mail.location = std::move(loc).value();
+  st.mail.owner_rules = mail_owner_rules_of(cfg);
+  auto& mb = st.mail.mbox;
   mb.locking = mbox_locking_of(cfg);
-  st.env.mbox_state_dir.reset();
+  st.mail.mbox_state_dir.reset();
   if (!cfg.mbox_state_dir.empty()) {
     auto state = store::parse_location("mbox:" + cfg.mbox_state_dir);
     if (!state) {
       return error(errc::invalid, "mail.mbox_state_dir: " + state.err().message());
     }
-    st.env.mbox_state_dir = std::move(state).value();
+    st.mail.mbox_state_dir = std::move(state).value();
   }
   mb.from_quoting = cfg.mbox_quoting == "mboxrd"  ? store::mbox::quoting::mboxrd
                     : cfg.mbox_quoting == "none" ? store::mbox::quoting::none
@@ -265,7 +265,7 @@ result<void> prepare_env(const config& cfg, const unix_settings& us, shared_stat
   st.env.failure_delay = cfg.failure_delay;
   st.env.idle_timeout = cfg.idle_timeout;
   st.env.login_timeout = cfg.login_timeout;
-  st.env.hostname = cfg.gssapi_hostname.empty() ? local_hostname() : cfg.gssapi_hostname;
+  st.login.hostname = cfg.gssapi_hostname.empty() ? local_hostname() : cfg.gssapi_hostname;
   st.env.tls = std::move(tls);
   st.env.stls = st.env.tls != nullptr && cfg.tls != tls_mode::none;
   st.env.tls_required = st.env.tls != nullptr && cfg.tls == tls_mode::required;
@@ -276,12 +276,13 @@ result<void> prepare_env(const config& cfg, const unix_settings& us, shared_stat
       st.env.trusted_networks.push_back(*parsed);
     }
   }
-  st.env.apop = cfg.apop;
+  st.login.apop = cfg.apop;
   st.env.xmit_command = cfg.xmit_command;
   st.env.engine.xtnd_xlist = cfg.xtnd_xlist;
   st.env.engine.xtnd_xmit = cfg.xtnd_xmit;
   st.env.engine.xmit_max_size = cfg.xmit_max_size;
   st.env.external_user = cfg.external_user;
+  st.env.services = {&st.authenticator, &st.maildrops, nullptr, &st.observer};
   POSTERN_TRY(prepare_seed_features(cfg, st));
   if (us.tcp_wrappers) {
     net::access_settings as;
@@ -323,12 +324,12 @@ result<void> prepare_auth(const config& cfg, const unix_settings& us, shared_sta
     return std::move(pdb).err();
   }
   st.passdb = std::move(pdb).value();
-  st.env.passdb = st.passdb.get();
+  st.login.passdb = st.passdb.get();
   if (!cfg.mechanisms.empty()) {
     auth::sasl_settings ss;
     ss.mechanisms = cfg.mechanisms;
     ss.service = cfg.gssapi_service;
-    ss.hostname = st.env.hostname;
+    ss.hostname = st.login.hostname;
     ss.gssapi_keytab = cfg.gssapi_keytab;
     ss.external_user = cfg.external_user;
     ss.salt_key = st.scram_salt_key;
@@ -337,7 +338,7 @@ result<void> prepare_auth(const config& cfg, const unix_settings& us, shared_sta
       return error(errc::invalid, "auth.mechanisms: " + sasl.err().message());
     }
     st.sasl = std::move(sasl).value();
-    st.env.sasl = st.sasl.get();
+    st.login.sasl = st.sasl.get();
   }
   return {};
 }

@@ -32,7 +32,7 @@ struct shared_state {
   std::unique_ptr<auth::sasl_server> sasl;
   std::unique_ptr<asio::thread_pool> workers;
   std::unique_ptr<net::tcp_wrappers> access;
-  // Seed features (issue 6): owned here, reached through env's hooks and pointers.
+  // Seed features (issue 6): owned here, reached through mail's hooks and env's pointers.
   std::unique_ptr<login_stats> stats;        // null: no LOGIN-DELAY
   std::unique_ptr<bulletin_db> bulletins;    // null: ~/.popbull (or no bulletins)
   std::unique_ptr<net::acl> access_list;
@@ -42,7 +42,18 @@ struct shared_state {
   // The per-address auth penalty when this process owns it (inetd, fork mode); event mode's
   // daemon makes it before forking its workers and points env.penalty at it.
   std::unique_ptr<net::auth_penalty> penalty;
+  // The services handed to the sessions (env.services points at these). Never moved: the
+  // services refer to the settings beside them.
+  net::local_auth_settings login;        // passdb, SASL, APOP of this process
+  net::maildrop_settings mail;           // stores, owner rules, LOGIN-DELAY, bulletins, decoration
+  net::local_authenticator authenticator{login};
+  net::local_maildrops maildrops{mail};
+  net::log_observer observer;            // log lines, trace file and telemetry
   net::session_env env;
+
+  shared_state() = default;
+  shared_state(const shared_state&) = delete;
+  shared_state& operator=(const shared_state&) = delete;
 };
 
 // The auth penalty table of the config (null when auth.penalty_max = 0): an anonymous shared
@@ -86,8 +97,8 @@ store::lock::lock_options mbox_locking_of(const config& cfg);
 
 result<void> prepare_env(const config& cfg, const unix_settings& us, shared_state& st,
                          std::shared_ptr<net::tls_server_context> tls);
-// The password database (passwd-file or PAM) and the SASL server over it; sets env.passdb
-// and env.sasl. Loads secrets: in fork mode only the privileged per-connection process calls it.
+// The password database (passwd-file or PAM) and the SASL server over it; sets login.passdb
+// and login.sasl. Loads secrets: in fork mode only the privileged per-connection process calls it.
 result<void> prepare_auth(const config& cfg, const unix_settings& us, shared_state& st);
 // Just the password database named by cfg.passdb.
 result<std::unique_ptr<auth::passdb>> open_passdb(const config& cfg, const unix_settings& us);

@@ -9,7 +9,8 @@ import time
 import unittest
 
 from postern_harness import PosternTestCase, simple_message, wait_for
-from tls_fixtures import Pki, client_context, configure_tls, listener_ports, starttls
+from test_system_users import MSG1, SystemUsersBase
+from tls_fixtures import Pki, client_context, configure_tls, listener_ports, starttls, tls_connect
 
 ALICE_PW = "Al1ce-trace.pw"
 SECRETS = [f"Zq{i}sekrit" for i in range(12)]
@@ -113,6 +114,42 @@ class TraceRedactionTest(PosternTestCase):
         text = self.traced(1)
         self.assertNoSecret(text, s[:2] + [b64(f"\0alice\0{s[1]}")])
         self.assertIn("C: USER alice", text)
+
+
+class ForkModeTraceTest(SystemUsersBase):
+    """Fork mode with the trace on: the pre-auth process hands a TLS session (STLS or
+    implicit) to the relay, not the bare socket, although its transport is wrapped for
+    tracing; the trace holds no password."""
+
+    def test_tls_logins_with_the_trace_on(self):
+        name, _pw, _ = self.add_system_user(messages=(MSG1,))
+        trace = self.world.path("trace.log")
+        self.world.config["log"]["trace_file"] = trace
+        pki = Pki(self.world.dir)
+        n = configure_tls(self.world, pki, mode="ondemand", tls_listen=True)
+        srv = self.start(listeners=n)
+        plain, tls_ports = listener_ports(srv)
+        ctx = client_context(pki)
+        conn = starttls(self.world, srv.connect(port=plain[0]), ctx)
+        conn.login(name, "Pt-pass-1")
+        st, body = conn.cmd_multi("RETR 1")
+        self.assertOk(st)
+        self.assertIn(b"first body", body)
+        conn.quit()
+        conn2 = tls_connect(self.world, tls_ports[0], ctx)
+        conn2.login(name, "Pt-pass-1")
+        self.assertRegex(conn2.cmd("STAT"), r"^\+OK 1 ")
+        conn2.quit()
+
+        def read():
+            with open(trace, encoding="latin-1") as f:
+                text = f.read()
+            return text if text.count("C: QUIT") >= 2 else None
+        text = wait_for(read, what="2 sessions in the trace file")
+        self.assertNotIn("Pt-pass-1", text)
+        self.assertIn(f"C: USER {name}", text)
+        self.assertIn("C: PASS [redacted]", text)
+        self.assertNotIn("first body", text)
 
 
 if __name__ == "__main__":
