@@ -41,6 +41,7 @@
 
 #include <cstddef>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -57,6 +58,11 @@ inline constexpr std::size_t max_sasl_response = 16384;  // base64 characters
 // three or four client responses; SCRAM takes two, plus the empty answer to server-final,
 // which the engine consumes.
 inline constexpr std::size_t max_sasl_steps = 8;
+
+// Every mechanism name sasl_server::create() knows, upper case, in a fixed order: what the
+// configuration accepts for [auth] mechanisms (whether it is usable also depends on the build
+// of libgsasl and on the connection).
+std::span<const std::string_view> sasl_mechanism_names() noexcept;
 
 struct sasl_settings {
   // In the order CAPA lists them. Known: PLAIN, LOGIN, CRAM-MD5, SCRAM-SHA-1,

@@ -224,18 +224,6 @@ bool hex_decode(std::string_view in, std::string& out) {
   return true;
 }
 
-std::string hex_encode(std::string_view in) {
-  static constexpr char digits[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(in.size() * 2);
-  for (char c : in) {
-    auto b = static_cast<unsigned char>(c);
-    out.push_back(digits[b >> 4]);
-    out.push_back(digits[b & 15]);
-  }
-  return out;
-}
-
 bool decode(std::string_view in, encoding enc, std::string& out) {
   switch (enc) {
     case encoding::none: out.assign(in); return true;
@@ -742,16 +730,6 @@ result<void> generate_pbkdf2(std::string_view password, unsigned rounds, std::st
   return {};
 }
 
-std::string to_lower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) {
-    if (c >= 'A' && c <= 'Z') {
-      c = static_cast<char>(c - 'A' + 'a');
-    }
-  }
-  return out;
-}
-
 }  // namespace
 
 // -----------------------------------------------------------------------------------------
@@ -1036,7 +1014,7 @@ result<std::string> hash_password(std::string_view scheme, const secret_string& 
   out += entry->name;
   if (explicit_encoding) {
     out += '.';
-    out += to_lower(suffix);
+    out += ascii_to_lower(suffix);
   }
   out += '}';
   out += encode(raw.s, explicit_encoding.value_or(entry->default_encoding));

@@ -30,7 +30,4 @@ std::size_t split_args(std::string_view args, std::string_view* out, std::size_t
 
 const char* verb_name(command_kind kind) noexcept;
 
-// True when `word` equals `upper` (an upper-case ASCII keyword) ignoring ASCII case.
-bool keyword_equals(std::string_view word, std::string_view upper) noexcept;
-
 }  // namespace postern::pop3

@@ -1,4 +1,5 @@
 #include "pop3/dot_encoder.hpp"
+#include "common/line_ends.hpp"
 
 #include <gtest/gtest.h>
 

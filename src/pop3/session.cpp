@@ -1,5 +1,6 @@
 #include "pop3/session.hpp"
 
+#include "common/encoding.hpp"
 #include "common/parse.hpp"
 
 #include <fmt/format.h>
@@ -277,12 +278,7 @@ void session::start_auth(const command& cmd) {
     bad_command("Syntax: AUTH mechanism [initial-response]");
     return;
   }
-  std::string mech(args[0]);
-  for (auto& c : mech) {
-    if (c >= 'a' && c <= 'z') {
-      c = static_cast<char>(c - 'a' + 'A');
-    }
-  }
+  const std::string mech = ascii_to_upper(args[0]);
   bool usable = false;
   for (const auto& m : opts_.sasl_mechanisms) {
     usable = usable || m == mech;
@@ -612,7 +608,7 @@ void session::handle_transaction(const command& cmd) {
 void session::handle_xtnd(const command& cmd) {
   std::string_view args[3];
   std::size_t n = split_args(cmd.args, args, 3);
-  if (n >= 1 && n <= 3 && keyword_equals(args[0], "XLIST") && opts_.xtnd_xlist) {
+  if (n >= 1 && n <= 3 && ascii_iequals(args[0], "XLIST") && opts_.xtnd_xlist) {
     if (n < 2) {
       bad_command("Syntax: XTND XLIST header [message]");
       return;
@@ -642,7 +638,7 @@ void session::handle_xtnd(const command& cmd) {
     pending_ = step::xlist;
     return;
   }
-  if (n == 1 && keyword_equals(args[0], "XMIT") && opts_.xtnd_xmit) {
+  if (n == 1 && ascii_iequals(args[0], "XMIT") && opts_.xtnd_xmit) {
     reply_ok("Start sending the message, end with a line holding only \".\".");
     xmit_receiving_ = true;
     xmit_too_big_ = false;

@@ -1,5 +1,6 @@
 #include "store/dovecot_uidlist.hpp"
 
+#include "common/encoding.hpp"
 #include "common/parse.hpp"
 #include "common/unique_fd.hpp"
 #include "store/expire.hpp"
@@ -89,12 +90,8 @@ std::string random_guid() {
   if (RAND_bytes(b.data(), static_cast<int>(b.size())) != 1) {
     return {};  // Dovecot adds one itself when the header has none
   }
-  static constexpr std::string_view hex = "0123456789abcdef";
   std::string out;
-  for (unsigned char c : b) {
-    out += hex[c >> 4];
-    out += hex[c & 0xF];
-  }
+  append_hex(out, b);
   return out;
 }
 

@@ -14,7 +14,6 @@ namespace postern::store {
 namespace {
 
 constexpr std::size_t max_sendable_uidl = 255;
-constexpr std::string_view hex_digits = "0123456789abcdef";
 
 bool is_lwsp(char c) noexcept { return c == ' ' || c == '\t'; }
 
@@ -343,10 +342,7 @@ std::string header_md5_hex(std::string_view header) {
     return {};
   }
   std::string out;
-  for (unsigned int i = 0; i < len; ++i) {
-    out += hex_digits[md[i] >> 4];
-    out += hex_digits[md[i] & 0xF];
-  }
+  append_hex(out, {md.data(), len});
   return out;
 }
 

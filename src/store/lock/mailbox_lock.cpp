@@ -1,5 +1,6 @@
 #include "store/lock/mailbox_lock.hpp"
 
+#include "common/encoding.hpp"
 #include "common/log.hpp"
 
 #include <fcntl.h>
@@ -103,11 +104,7 @@ std::string temp_lock_name() {
     host[0] = '\0';
   }
   std::string out = ".lk" + std::to_string(::getpid()) + ".";
-  static constexpr char digits[] = "0123456789abcdef";
-  for (unsigned char c : rnd) {
-    out += digits[c >> 4];
-    out += digits[c & 0x0F];
-  }
+  append_hex(out, rnd);
   out += '.';
   for (const char* p = host.data(); *p != '\0' && *p != '.' && out.size() < 64; ++p) {
     const char c = *p;

@@ -1,6 +1,7 @@
 #include "store/maildir/maildir.hpp"
 
 #include "common/test_files.hpp"
+#include "common/line_ends.hpp"
 #include "pop3/dot_encoder.hpp"
 #include "store/maildir/index.hpp"
 

@@ -1,7 +1,9 @@
 #include "store/mbox/journal.hpp"
 
+#include "common/encoding.hpp"
 #include "common/log.hpp"
 #include "common/parse.hpp"
+#include "common/read_file.hpp"
 #include "common/unique_fd.hpp"
 
 #include <fcntl.h>
@@ -79,12 +81,8 @@ class sha256 {
     if (!ok_ || EVP_DigestFinal_ex(ctx_, md.data(), &len) != 1) {
       return error(errc::temporary, "mbox: SHA-256 digest unavailable");
     }
-    static constexpr char digits[] = "0123456789abcdef";
     std::string out;
-    for (unsigned int i = 0; i < len; ++i) {
-      out += digits[md[i] >> 4];
-      out += digits[md[i] & 0x0F];
-    }
+    append_hex(out, {md.data(), len});
     return out;
   }
 
@@ -97,47 +95,6 @@ result<std::string> digest_of(std::string_view text) {
   sha256 h;
   h.update(text.data(), text.size());
   return h.hex();
-}
-
-result<void> pread_full(int fd, char* buf, std::size_t n, std::uint64_t off,
-                        const std::string& what) {
-  while (n > 0) {
-    const ssize_t r = ::pread(fd, buf, n, static_cast<off_t>(off));
-    if (r < 0) {
-      const int err = errno;
-      if (err == EINTR) {
-        continue;
-      }
-      return io_error(err, "read " + what);
-    }
-    if (r == 0) {
-      return error(errc::temporary, "mbox: " + what + " is shorter than expected");
-    }
-    buf += r;
-    n -= static_cast<std::size_t>(r);
-    off += static_cast<std::uint64_t>(r);
-  }
-  return ok_result();
-}
-
-// Reads up to n bytes at offset 0; fewer only at the end of the file.
-result<std::size_t> pread_some_into(int fd, char* buf, std::size_t n, const std::string& what) {
-  std::size_t got = 0;
-  while (got < n) {
-    const ssize_t r = ::pread(fd, buf + got, n - got, static_cast<off_t>(got));
-    if (r < 0) {
-      const int err = errno;
-      if (err == EINTR) {
-        continue;
-      }
-      return io_error(err, "read " + what);
-    }
-    if (r == 0) {
-      break;
-    }
-    got += static_cast<std::size_t>(r);
-  }
-  return got;
 }
 
 result<void> pwrite_full(int fd, const char* buf, std::size_t n, std::uint64_t off,
@@ -247,7 +204,7 @@ class copier {
         n = static_cast<std::size_t>(
             std::min<std::uint64_t>(len, block_end_from(dst_off, block_bytes()) - dst_off));
       }
-      POSTERN_TRY(pread_full(src, buf_.data(), n, src_off, what));
+      POSTERN_TRY(pread_full(src, buf_.data(), n, src_off, "mbox", what));
       if (h != nullptr) {
         h->update(buf_.data(), n);
       }
@@ -271,7 +228,8 @@ class copier {
     std::vector<char> buf(block_bytes());
     for (std::uint64_t pos = start; pos < end;) {
       const std::uint64_t block_end = std::min<std::uint64_t>(end, block_end_from(pos, buf.size()));
-      POSTERN_TRY(pread_full(fd, buf.data(), static_cast<std::size_t>(block_end - pos), pos, what));
+      POSTERN_TRY(pread_full(fd, buf.data(), static_cast<std::size_t>(block_end - pos), pos,
+                             "mbox", what));
       for (std::uint64_t c = pos; c < block_end;) {
         const std::uint64_t c_end = std::min(block_end, (c / cell_size + 1) * cell_size);
         auto d = cell_digest(buf.data() + (c - pos), static_cast<std::size_t>(c_end - c));
@@ -301,8 +259,9 @@ class copier {
     for (std::uint64_t pos = start; pos < end;) {
       const std::uint64_t block_end = std::min<std::uint64_t>(end, block_end_from(pos, cur.size()));
       const auto n = static_cast<std::size_t>(block_end - pos);
-      POSTERN_TRY(pread_full(spool_fd, cur.data(), n, pos, what));
-      POSTERN_TRY(pread_full(payload_fd, want.data(), n, payload_off + (pos - start), what));
+      POSTERN_TRY(pread_full(spool_fd, cur.data(), n, pos, "mbox", what));
+      POSTERN_TRY(
+          pread_full(payload_fd, want.data(), n, payload_off + (pos - start), "mbox", what));
       for (std::uint64_t c = pos; c < block_end; ++k) {
         const std::uint64_t c_end = std::min(block_end, (c / cell_size + 1) * cell_size);
         const char* here = cur.data() + (c - pos);
@@ -330,7 +289,7 @@ class copier {
     sha256 h;
     while (len > 0) {
       const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(len, buf_.size()));
-      POSTERN_TRY(pread_full(fd, buf_.data(), n, off, what));
+      POSTERN_TRY(pread_full(fd, buf_.data(), n, off, "mbox", what));
       h.update(buf_.data(), n);
       off += n;
       len -= n;
@@ -853,7 +812,7 @@ result<std::string> check_journal(copier& cp, int jfd, const std::string& name,
   }
   cells.resize(static_cast<std::size_t>(cells_bytes));
   POSTERN_TRY(pread_full(jfd, cells.data(), cells.size(), journal_header_size + h.payload_size,
-                         name));
+                         "mbox", name));
   auto cd = digest_of(cells);
   if (!cd.ok()) {
     return std::move(cd).err();
@@ -936,7 +895,7 @@ result<recovery_outcome> recover_journal(int dir_fd, const side_files& names, in
   fault_point();
 
   std::array<char, journal_header_size> block{};
-  auto got = pread_some_into(jfd.get(), block.data(), block.size(), names.journal);
+  auto got = pread_upto(jfd.get(), block.data(), block.size(), 0, "mbox", names.journal);
   if (!got.ok()) {
     return std::move(got).err();
   }

@@ -1,6 +1,7 @@
 #include "store/mbox/mbox.hpp"
 
 #include "common/log.hpp"
+#include "common/read_file.hpp"
 #include "common/unique_fd.hpp"
 #include "store/mbox/index.hpp"
 #include "store/mbox/journal.hpp"
@@ -54,52 +55,10 @@ errc open_errc(int err) noexcept {
   }
 }
 
-result<void> pread_full(int fd, char* buf, std::size_t n, std::uint64_t off,
-                        const std::string& what) {
-  while (n > 0) {
-    const ssize_t r = ::pread(fd, buf, n, static_cast<off_t>(off));
-    if (r < 0) {
-      const int err = errno;
-      if (err == EINTR) {
-        continue;
-      }
-      return error::from_errno(err, "mbox: read " + what);
-    }
-    if (r == 0) {
-      return error(errc::temporary, "mbox: " + what + " shrank while in use");
-    }
-    buf += r;
-    n -= static_cast<std::size_t>(r);
-    off += static_cast<std::uint64_t>(r);
-  }
-  return ok_result();
-}
-
-// Reads up to n bytes at off into buf; fewer only at the end of the file.
-result<std::size_t> pread_upto(int fd, char* buf, std::size_t n, std::uint64_t off,
-                               const std::string& what) {
-  std::size_t got = 0;
-  while (got < n) {
-    const ssize_t r = ::pread(fd, buf + got, n - got, static_cast<off_t>(off + got));
-    if (r < 0) {
-      const int err = errno;
-      if (err == EINTR) {
-        continue;
-      }
-      return error::from_errno(err, "mbox: read " + what);
-    }
-    if (r == 0) {
-      break;
-    }
-    got += static_cast<std::size_t>(r);
-  }
-  return got;
-}
-
 // Reads up to n bytes at off; fewer only at the end of the file.
 result<std::string> pread_some(int fd, std::uint64_t off, std::size_t n, const std::string& what) {
   std::string out(n, '\0');
-  auto got = pread_upto(fd, out.data(), n, off, what);
+  auto got = pread_upto(fd, out.data(), n, off, "mbox", what);
   if (!got.ok()) {
     return std::move(got).err();
   }
@@ -143,7 +102,7 @@ result<scan_result> scan_file(int fd, std::uint64_t size, const parse_options& p
   std::uint64_t pos = start;
   while (pos < size) {
     const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), size - pos));
-    POSTERN_TRY(pread_full(fd, buf.data(), n, pos, what));
+    POSTERN_TRY(pread_full(fd, buf.data(), n, pos, "mbox", what));
     POSTERN_TRY(sc.feed(std::string_view(buf.data(), n)));
     pos += n;
   }
@@ -179,7 +138,7 @@ result<std::optional<std::size_t>> first_changed(int fd, std::span<const message
   std::uint64_t pos = begin;
   while (pos < end) {
     const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), end - pos));
-    auto got = pread_upto(fd, buf.data(), want, pos, what);
+    auto got = pread_upto(fd, buf.data(), want, pos, "mbox", what);
     if (!got.ok()) {
       return std::move(got).err();
     }
@@ -338,7 +297,7 @@ class mbox_reader final : public message_reader {
     }
     if (!unquote_) {
       const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), end_ - pos_));
-      POSTERN_TRY(pread_full(fd_.get(), buf.data(), n, pos_, display_));
+      POSTERN_TRY(pread_full(fd_.get(), buf.data(), n, pos_, "mbox", display_));
       pos_ += n;
       return n;
     }
@@ -360,7 +319,7 @@ class mbox_reader final : public message_reader {
         continue;
       }
       const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(raw_.size(), end_ - pos_));
-      POSTERN_TRY(pread_full(fd_.get(), raw_.data(), n, pos_, display_));
+      POSTERN_TRY(pread_full(fd_.get(), raw_.data(), n, pos_, "mbox", display_));
       pos_ += n;
       unquote_->filter(std::string_view(raw_.data(), n), out_);
     }
