@@ -66,13 +66,4 @@ std::size_t split_args(std::string_view args, std::string_view* out, std::size_t
   return n;
 }
 
-const char* verb_name(command_kind kind) noexcept {
-  for (const auto& [name, k] : verbs) {
-    if (k == kind) {
-      return name.data();
-    }
-  }
-  return "?";
-}
-
 }  // namespace postern::pop3

@@ -28,8 +28,4 @@ inline constexpr std::uint32_t default_max_bad_commands = 20;
 // (auth failed, N attempts)").
 inline constexpr std::uint32_t max_failed_logins = 10;
 
-// Chunk size for streaming a message: one read and one write per chunk, so a message of
-// any size is served in constant memory.
-inline constexpr std::size_t stream_chunk = 64 * 1024;
-
 }  // namespace postern::pop3::limits
