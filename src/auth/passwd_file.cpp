@@ -405,11 +405,7 @@ class passwd_file_db final : public passdb {
 
   verify_result verify(std::string_view user, const secret_string& password) override {
     std::string stale = refresh();
-    std::shared_ptr<const snapshot> snap;
-    {
-      std::shared_lock lock(mutex_);
-      snap = current_;
-    }
+    const std::shared_ptr<const snapshot> snap = current();
     verify_result out;
     out.status = verify_status::bad_credentials;
     const passwd_entry* entry = snap->table.find(user);
@@ -444,11 +440,7 @@ class passwd_file_db final : public passdb {
 
   lookup_result lookup(std::string_view user) override {
     std::string stale = refresh();
-    std::shared_ptr<const snapshot> snap;
-    {
-      std::shared_lock lock(mutex_);
-      snap = current_;
-    }
+    const std::shared_ptr<const snapshot> snap = current();
     lookup_result out;
     out.status = verify_status::bad_credentials;
     const passwd_entry* entry = snap->table.find(user);
@@ -472,6 +464,12 @@ class passwd_file_db final : public passdb {
   void reload() override { (void)refresh(); }
 
  private:
+  // The contents in use now; stays valid however often the file is re-read meanwhile.
+  std::shared_ptr<const snapshot> current() {
+    std::shared_lock lock(mutex_);
+    return current_;
+  }
+
   // Re-reads the file if it changed. Returns why the contents in use may be stale (for the
   // log), or an empty string.
   std::string refresh() {

@@ -23,4 +23,16 @@ inline std::uint64_t count_wire_octets(std::string_view chunk, bool& prev_cr) no
   return octets;
 }
 
+// The size a whole stored message has on the wire (RFC 1939 section 11, as mature servers
+// count): its bytes, a CR for every bare LF, and the line end pop3::dot_encoder adds to an
+// unterminated last line (CRLF, or only the LF after a final CR); no byte-stuffing, no ".CRLF".
+// The contract between the stores' listed sizes and the encoder, pinned by tests of both.
+inline std::uint64_t message_wire_octets(std::string_view stored) noexcept {
+  std::uint64_t octets = stored.size() + count_bare_lfs(stored, false);
+  if (!stored.empty() && stored.back() != '\n') {
+    octets += stored.back() == '\r' ? 1 : 2;
+  }
+  return octets;
+}
+
 }  // namespace postern

@@ -6,7 +6,7 @@
 #include "common/parse.hpp"
 #include "common/unique_fd.hpp"
 #include "store/maildir/index.hpp"
-#include "store/mapped_file.hpp"
+#include "common/mapped_file.hpp"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -1358,14 +1358,7 @@ class maildir_drop final : public maildrop {
   }
 
   result<commit_stats> commit(std::span<const bool> deleted) override {
-    if (committed_) {
-      return error(errc::invalid, "maildir: commit called twice");
-    }
-    if (deleted.size() != entries_.size()) {
-      return error(errc::invalid, "maildir: commit with " + std::to_string(deleted.size()) +
-                                      " marks for " + std::to_string(entries_.size()) +
-                                      " messages");
-    }
+    POSTERN_TRY(check_commit_call("maildir", committed_, deleted.size(), entries_.size()));
     if (!needs_update(deleted)) {
       // Nothing to remove or rename (the common QUIT of a session that only read mail that
       // was already seen): no directory is opened.

@@ -5,7 +5,7 @@
 #include "common/unique_fd.hpp"
 #include "store/mbox/index.hpp"
 #include "store/mbox/journal.hpp"
-#include "store/mapped_file.hpp"
+#include "common/mapped_file.hpp"
 
 #include <fcntl.h>
 #include <openssl/rand.h>
@@ -433,14 +433,7 @@ class mbox_drop final : public maildrop {
   }
 
   result<commit_stats> commit(std::span<const bool> deleted) override {
-    if (committed_) {
-      return error(errc::invalid, "mbox: commit called twice");
-    }
-    if (deleted.size() != spans_.size()) {
-      return error(errc::invalid, "mbox: commit with " + std::to_string(deleted.size()) +
-                                      " marks for " + std::to_string(spans_.size()) +
-                                      " messages");
-    }
+    POSTERN_TRY(check_commit_call("mbox", committed_, deleted.size(), spans_.size()));
     committed_ = true;
     commit_stats stats;
     std::optional<std::size_t> first;
