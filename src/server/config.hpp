@@ -9,6 +9,10 @@
 #include <string>
 #include <vector>
 
+namespace postern::store::mbox {
+class journal_faults;
+}
+
 namespace postern::server {
 
 enum class log_level { debug, info, notice, warning, error };
@@ -91,6 +95,10 @@ struct config {
   // Where an mbox spool in a directory others can write keeps its journal, index and session
   // lock ("~", %u, %n, %d, %h expanded per user); empty: such spools are refused.
   std::string mbox_state_dir = "~/.postern";
+  // Crash-test fault injection for mbox updates (store/mbox/journal.hpp): set only by a
+  // posternd built with POSTERN_TEST_HOOKS, from its environment; never from the file. Not
+  // owned; null in production.
+  store::mbox::journal_faults* mbox_faults = nullptr;
   std::chrono::seconds mbox_dotlock_stale_age{600};  // a dotlock older than this is broken
   // At daemon start (not --inetd), time allowed for completing the mbox updates that a crash
   // interrupted (server/startup_recovery.hpp); 0 = not at startup.

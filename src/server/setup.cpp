@@ -246,6 +246,7 @@ result<void> prepare_env(const config& cfg, const unix_settings& us, shared_stat
   st.env.owner_rules = mail_owner_rules_of(cfg);
   auto& mb = st.env.mbox;
   mb.locking = mbox_locking_of(cfg);
+  mb.faults = cfg.mbox_faults;
   st.env.mbox_state_dir.reset();
   if (!cfg.mbox_state_dir.empty()) {
     auto state = store::parse_location("mbox:" + cfg.mbox_state_dir);

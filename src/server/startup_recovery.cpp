@@ -72,6 +72,7 @@ void report(const context& ctx, log::level lvl, const std::string& line) {
 store::mbox::options mbox_options_of(const config& cfg) {
   store::mbox::options o;
   o.locking = mbox_locking_of(cfg);
+  o.faults = cfg.mbox_faults;
   return o;
 }
 

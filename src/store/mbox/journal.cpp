@@ -28,9 +28,10 @@ namespace postern::store::mbox {
 
 namespace {
 
-std::atomic<int> g_fault_countdown{0};
-std::atomic<std::size_t> g_copy_buffer{std::size_t{1} << 20};
 
+// The copy buffer of an update: big enough that a large spool is copied in few system calls,
+// small enough to be held by every session that commits at once.
+constexpr std::size_t default_copy_buffer = std::size_t{1} << 20;
 constexpr std::uint64_t prefix_window = 4096;
 constexpr auto touch_interval = std::chrono::seconds(30);
 constexpr mode_t journal_mode = 0600;
@@ -40,22 +41,6 @@ constexpr std::string_view magic = "postern-mbox-journal 2\n";
 // with its XXH3-128.
 constexpr std::uint64_t cell_size = 4096;
 constexpr std::size_t cell_digest_bytes = 16;
-
-std::function<void()>& fault_action() {
-  static std::function<void()> action;
-  return action;
-}
-
-void fault_point() {
-  if (g_fault_countdown.load(std::memory_order_relaxed) > 0 &&
-      g_fault_countdown.fetch_sub(1, std::memory_order_relaxed) == 1) {
-    if (fault_action()) {
-      fault_action()();
-      return;
-    }
-    ::_exit(fault_exit_code_for_test);
-  }
-}
 
 error io_error(int err, const std::string& what) {
   return error::from_errno(err, "mbox: " + what, errc::temporary);
@@ -184,10 +169,19 @@ result<std::string> cell_digest(const char* data, std::size_t n) {
 // touching the dotlock now and then and passing a fault point after every chunk.
 class copier {
  public:
-  explicit copier(lock::mailbox_lock* lock)
-      : buf_(std::max<std::size_t>(g_copy_buffer.load(), 1)),
+  copier(lock::mailbox_lock* lock, journal_faults* faults)
+      : buf_(faults != nullptr && faults->copy_buffer_bytes() > 0 ? faults->copy_buffer_bytes()
+                                                                  : default_copy_buffer),
         lock_(lock),
+        faults_(faults),
         last_touch_(std::chrono::steady_clock::now()) {}
+
+  // A point where a crash test may stop the process (journal.hpp, journal_faults).
+  void fault_point() {
+    if (faults_ != nullptr) {
+      faults_->passed_fault_point();
+    }
+  }
 
   // With `cell_aligned`, every write but the last ends on a cell boundary of dst (and is
   // at least a cell long), so that an interrupted copy leaves each cell wholly old or wholly
@@ -322,6 +316,7 @@ class copier {
 
   std::vector<char> buf_;
   lock::mailbox_lock* lock_;
+  journal_faults* faults_;  // null in production
   std::chrono::steady_clock::time_point last_touch_;
 };
 
@@ -342,9 +337,9 @@ result<void> finish_journal(const update_context& c) {
   if (::unlinkat(c.dir_fd, c.names.journal.c_str(), 0) != 0) {
     return io_error(errno, "remove " + c.names.journal);
   }
-  fault_point();
+  c.cp.fault_point();
   POSTERN_TRY(sync_dir(c.dir_fd));
-  fault_point();
+  c.cp.fault_point();
   return ok_result();
 }
 
@@ -377,9 +372,9 @@ result<void> truncate_and_finish(const update_context& c, const journal_header& 
   if (::ftruncate(c.spool_fd, static_cast<off_t>(h.new_size)) != 0) {
     return io_error(errno, "truncate " + c.display);
   }
-  fault_point();
+  c.cp.fault_point();
   POSTERN_TRY(sync_fd(c.spool_fd, c.display));
-  fault_point();
+  c.cp.fault_point();
   return finish_journal(c);
 }
 
@@ -389,9 +384,9 @@ result<void> apply_redo(const update_context& c, int journal_fd, journal_header 
                         unique_fd trunc_fd) {
   POSTERN_TRY(c.cp.copy(journal_fd, journal_header_size, c.spool_fd, h.start, h.payload_size,
                         nullptr, c.names.journal + " to " + c.display, true));
-  fault_point();
+  c.cp.fault_point();
   POSTERN_TRY(sync_fd(c.spool_fd, c.display));
-  fault_point();
+  c.cp.fault_point();
   if (!trunc_fd.valid()) {
     auto fd = create_preallocated(c.dir_fd, c.names.journal_trunc, journal_header_size);
     if (!fd.ok()) {
@@ -405,16 +400,16 @@ result<void> apply_redo(const update_context& c, int journal_fd, journal_header 
     return std::move(text).err();
   }
   POSTERN_TRY(pwrite_full(trunc_fd.get(), text->data(), text->size(), 0, c.names.journal_trunc));
-  fault_point();
+  c.cp.fault_point();
   POSTERN_TRY(sync_fd(trunc_fd.get(), c.names.journal_trunc));
-  fault_point();
+  c.cp.fault_point();
   if (::renameat(c.dir_fd, c.names.journal_trunc.c_str(), c.dir_fd, c.names.journal.c_str()) !=
       0) {
     return io_error(errno, "rename " + c.names.journal_trunc);
   }
-  fault_point();
+  c.cp.fault_point();
   POSTERN_TRY(sync_dir(c.dir_fd));
-  fault_point();
+  c.cp.fault_point();
   return truncate_and_finish(c, h);
 }
 
@@ -453,7 +448,7 @@ result<prepared> write_redo_journal(const update_context& c, journal_header h,
   if (!trunc.ok()) {
     return std::move(trunc).err();
   }
-  fault_point();
+  c.cp.fault_point();
   sha256 payload;
   std::uint64_t at = journal_header_size;
   for (const auto& src : sources) {
@@ -485,16 +480,16 @@ result<prepared> write_redo_journal(const update_context& c, journal_header h,
     return std::move(text).err();
   }
   POSTERN_TRY(pwrite_full(jnew->get(), text->data(), text->size(), 0, c.names.journal_new));
-  fault_point();
+  c.cp.fault_point();
   POSTERN_TRY(sync_fd(jnew->get(), c.names.journal_new));
-  fault_point();
+  c.cp.fault_point();
   if (::renameat(c.dir_fd, c.names.journal_new.c_str(), c.dir_fd, c.names.journal.c_str()) != 0) {
     return io_error(errno, "rename " + c.names.journal_new);
   }
   cleanup.armed = false;  // committed: from here on only recovery may remove it
-  fault_point();
+  c.cp.fault_point();
   POSTERN_TRY(sync_dir(c.dir_fd));
-  fault_point();
+  c.cp.fault_point();
   return prepared{std::move(*jnew), std::move(*trunc), std::move(h)};
 }
 
@@ -679,8 +674,8 @@ result<journal_header> parse_journal_header(std::string_view block) {
 
 result<void> run_update(int dir_fd, const side_files& names, int spool_fd,
                         const std::string& display, const update_plan& plan,
-                        lock::mailbox_lock* lock) {
-  copier cp(lock);
+                        lock::mailbox_lock* lock, journal_faults* faults) {
+  copier cp(lock, faults);
   const update_context c{dir_fd, names, spool_fd, display, cp};
 
   static constexpr std::string_view blank_line = "\n";
@@ -704,7 +699,7 @@ result<void> run_update(int dir_fd, const side_files& names, int spool_fd,
   if (plan.start + keep_bytes >= plan.old_size) {
     return error(errc::invalid, "mbox: update plan removes nothing");
   }
-  fault_point();
+  c.cp.fault_point();
 
   journal_header h;
   struct stat st{};
@@ -853,14 +848,16 @@ result<std::string> check_redo_target(const update_context& c, int jfd,
 }
 
 result<recovery_outcome> recover_journal(int dir_fd, const side_files& names, int spool_fd,
-                                         const std::string& display, lock::mailbox_lock* lock);
+                                         const std::string& display, lock::mailbox_lock* lock,
+                                         journal_faults* faults);
 
 }  // namespace
 
 result<recovery_outcome> recover(int dir_fd, const side_files& names, int spool_fd,
-                                 const std::string& display, lock::mailbox_lock* lock) {
+                                 const std::string& display, lock::mailbox_lock* lock,
+                                 journal_faults* faults) {
   const auto t0 = std::chrono::steady_clock::now();
-  auto r = recover_journal(dir_fd, names, spool_fd, display, lock);
+  auto r = recover_journal(dir_fd, names, spool_fd, display, lock, faults);
   if (r.ok() && *r == recovery_outcome::completed) {
     log::notice("mbox: {}: completed an update interrupted by a crash ({} ms)", display,
                 std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -874,10 +871,10 @@ namespace {
 
 result<recovery_outcome> recover_journal(int dir_fd, const side_files& names, int spool_fd,
                                          const std::string& display,
-                                         lock::mailbox_lock* lock) {
+                                         lock::mailbox_lock* lock, journal_faults* faults) {
   // A redo journal that was never renamed into place was never acted on.
   POSTERN_TRY(remove_if_there(dir_fd, names.journal_new));
-  copier cp(lock);
+  copier cp(lock, faults);
   const update_context c{dir_fd, names, spool_fd, display, cp};
   std::string why;
   auto opened = open_journal(dir_fd, names.journal, why);
@@ -892,7 +889,7 @@ result<recovery_outcome> recover_journal(int dir_fd, const side_files& names, in
     return set_aside(c, "not trusted: " + why);
   }
   const unique_fd jfd = std::move(**opened);
-  fault_point();
+  c.cp.fault_point();
 
   std::array<char, journal_header_size> block{};
   auto got = pread_upto(jfd.get(), block.data(), block.size(), 0, "mbox", names.journal);
@@ -946,7 +943,7 @@ result<recovery_outcome> recover_journal(int dir_fd, const side_files& names, in
       return set_aside(c, *target);
     }
     POSTERN_TRY(remove_if_there(dir_fd, names.journal_trunc));  // recreated when needed
-    fault_point();
+    c.cp.fault_point();
     if (size > h.old_size) {
       auto p = fold_appended(c, h, jfd.get(), journal_header_size, size);
       if (!p.ok()) {
@@ -979,7 +976,7 @@ result<recovery_outcome> recover_journal(int dir_fd, const side_files& names, in
     untruncated = *gap == h.gap_digest;
   }
   POSTERN_TRY(remove_if_there(dir_fd, names.journal_trunc));
-  fault_point();
+  c.cp.fault_point();
   if (!untruncated) {
     // Truncated already (nothing is cut here); anything past new_size came since.
     POSTERN_TRY(finish_journal(c));
@@ -999,13 +996,17 @@ result<recovery_outcome> recover_journal(int dir_fd, const side_files& names, in
 
 }  // namespace
 
-void set_fault_for_test(int step, std::function<void()> action) {
-  fault_action() = std::move(action);
-  g_fault_countdown.store(step < 0 ? 0 : step);
-}
+fault_countdown::fault_countdown(int step, std::size_t copy_buffer, std::function<void()> action)
+    : left_(step < 0 ? 0 : step), copy_buffer_(copy_buffer), action_(std::move(action)) {}
 
-void set_copy_buffer_for_test(std::size_t bytes) {
-  g_copy_buffer.store(bytes == 0 ? std::size_t{1} << 20 : bytes);
+void fault_countdown::passed_fault_point() {
+  if (left_ > 0 && --left_ == 0) {
+    if (action_) {
+      action_();
+      return;
+    }
+    ::_exit(fault_exit_code_for_test);
+  }
 }
 
 }  // namespace postern::store::mbox

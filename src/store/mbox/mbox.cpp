@@ -599,7 +599,8 @@ class mbox_drop final : public maildrop {
       }
       keep(scanned_size_, plan.old_size, needs_blank);
     }
-    POSTERN_TRY(run_update(dir_fd_.get(), names_, spool_fd_.get(), path_, plan, &*lock));
+    POSTERN_TRY(
+        run_update(dir_fd_.get(), names_, spool_fd_.get(), path_, plan, &*lock, opts_.faults));
     if (derivable && opts_.use_index && !untouched) {
       // The file was written since the listing (a delivery, or an edit): the messages the
       // update did not touch go into the new index only if they still have their identity.
@@ -1049,7 +1050,7 @@ result<unique_fd> session_for(places& p, const side_files& names, bool& nothing)
 // Completes or sets aside a pending journal, under the spool locks. Under a lock without
 // its dotlock (a full disk) a pending journal is left for a later open.
 result<recovery_outcome> recover_locked(const places& p, const side_files& names,
-                                        locked_spool& ls) {
+                                        locked_spool& ls, journal_faults* faults) {
   if (ls.spool.valid() && !ls.lock.complete()) {
     auto j = exists_at(p.state_fd.get(), names.journal, names.journal);
     if (!j.ok()) {
@@ -1062,7 +1063,7 @@ result<recovery_outcome> recover_locked(const places& p, const side_files& names
     return recovery_outcome::nothing;
   }
   return recover(p.state_fd.get(), names, ls.spool.valid() ? ls.spool.get() : -1, p.path,
-                 ls.spool.valid() ? &ls.lock : nullptr);
+                 ls.spool.valid() ? &ls.lock : nullptr, faults);
 }
 
 }  // namespace
@@ -1092,7 +1093,7 @@ result<std::unique_ptr<store::maildrop>> open(const std::string& path, const opt
   if (!ls.ok()) {
     return std::move(ls).err();
   }
-  auto rec = recover_locked(*p, names, *ls);
+  auto rec = recover_locked(*p, names, *ls, opts.faults);
   if (!rec.ok()) {
     return std::move(rec).err();
   }
@@ -1146,7 +1147,7 @@ result<recovery_report> recover_pending(const std::string& path, const options& 
   if (!ls.ok()) {
     return std::move(ls).err();
   }
-  auto rec = recover_locked(*p, names, *ls);
+  auto rec = recover_locked(*p, names, *ls, opts.faults);
   if (!rec.ok()) {
     return std::move(rec).err();
   }

@@ -104,6 +104,9 @@ struct options {
   // The state directory (absolute, expanded; [mail] mbox_state_dir) for a spool whose
   // directory is not the mail owner's alone; empty: such spools are refused.
   std::string state_dir;
+  // Crash-test fault injection for the journal (journal.hpp); null in production. Not owned:
+  // it must outlive every maildrop opened with these options.
+  journal_faults* faults = nullptr;
 };
 
 // Opens the mbox file at `path` (absolute), taking the session lock, recovering an
