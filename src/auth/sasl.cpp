@@ -811,7 +811,7 @@ class gsasl_exchange final : public exchange_base {
     const char* authid = gsasl_property_fast(sctx_, GSASL_AUTHID);
     std::string user = authid != nullptr ? authid : "";
     user_ = user;
-    iterations_ = 4096;
+    iterations_ = scram_default_iterations;
     salt_ = srv_.derived_salt(h, user);
     if (user.empty()) {
       reason_ = "empty authentication identity";
@@ -988,7 +988,7 @@ class gsasl_exchange final : public exchange_base {
   user_record user_record_;
   // SCRAM
   scram_source source_ = scram_source::none;
-  std::uint32_t iterations_ = 4096;
+  std::uint32_t iterations_ = scram_default_iterations;
   std::string salt_;
   wiped stored_key_;
   wiped server_key_;

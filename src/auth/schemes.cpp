@@ -445,7 +445,6 @@ constexpr std::size_t pbkdf2_key_size = 20;  // PBKDF2-HMAC-SHA1, as Dovecot
 constexpr std::uint32_t pbkdf2_default_rounds = 5000;
 constexpr std::uint32_t scram_min_iterations = 4096;  // RFC 5802 SHOULD; Dovecot's minimum
 constexpr std::uint32_t scram_max_iterations = INT_MAX;
-constexpr std::uint32_t scram_default_iterations = 4096;
 constexpr std::size_t salt_size = 16;
 constexpr unsigned bcrypt_default_cost = 10;
 

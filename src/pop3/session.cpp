@@ -10,7 +10,7 @@
 namespace postern::pop3 {
 
 session::session(session_options opts) : opts_(std::move(opts)) {
-  out_.reserve(256);
+  out_.reserve(limits::initial_reply_reserve);
   if (!opts_.resume_user.empty()) {
     user_ = opts_.resume_user;
     method_ = opts_.resume_method;
@@ -72,7 +72,7 @@ step session::next() {
       case line_decoder::status::need_more:
         in_.erase(0, in_pos_);
         in_pos_ = 0;
-        if (in_.empty() && in_.capacity() > 4096) {
+        if (in_.empty() && in_.capacity() > limits::idle_input_keep) {
           in_.shrink_to_fit();
         }
         if (eof_) {

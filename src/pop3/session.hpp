@@ -69,7 +69,7 @@ struct session_options {
   std::string expire_capability;
   bool xtnd_xlist = true;            // XTND XLIST (read-only, always safe)
   bool xtnd_xmit = false;            // XTND XMIT: submit a message (off by default)
-  std::uint64_t xmit_max_size = 10 * 1024 * 1024;
+  std::uint64_t xmit_max_size = limits::default_xmit_max_size;
 };
 
 // What changes on a connection once TLS is up (STLS): the driver recomputes it.

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "common/result.hpp"
+#include "pop3/limits.hpp"
 
 #include <chrono>
 #include <cstdint>
@@ -133,7 +134,7 @@ struct config {
   bool xtnd_xlist = true;
   bool xtnd_xmit = false;
   std::vector<std::string> xmit_command{"/usr/sbin/sendmail", "-t", "-i"};
-  std::uint32_t xmit_max_size = 10 * 1024 * 1024;
+  std::uint32_t xmit_max_size = pop3::limits::default_xmit_max_size;
   std::string uidl_format;                    // Dovecot's pop3_uidl_format; "" = native
   bool dovecot_lock_session = false;          // Dovecot's pop3_lock_session (Maildir)
   std::vector<std::string> acl;               // "allow NET" / "deny NET", first match wins

@@ -27,7 +27,7 @@ constexpr std::time_t stale_pid_check_secs = 2;
 constexpr std::size_t max_uidlist_size = 256u << 20;
 
 std::string local_hostname() {
-  std::array<char, 256> buf{};
+  std::array<char, 256> buf{};  // a host name is at most 255 bytes (POSIX HOST_NAME_MAX >= 255)
   if (::gethostname(buf.data(), buf.size() - 1) != 0) {
     return "localhost";
   }
@@ -40,7 +40,7 @@ std::optional<pid_t> local_pid_of(const std::string& lock_path) {
   if (!fd) {
     return std::nullopt;
   }
-  std::array<char, 512> buf{};
+  std::array<char, 512> buf{};  // "<pid>:<host>": a pid and a host name (at most 255) fit
   ssize_t n = ::read(fd.get(), buf.data(), buf.size() - 1);
   if (n <= 0) {
     return std::nullopt;

@@ -99,7 +99,7 @@ std::string temp_lock_name() {
       rnd[i] = static_cast<unsigned char>((t >> (8 * i)) ^ (n >> (8 * (i % 4))));
     }
   }
-  std::array<char, 256> host{};
+  std::array<char, 256> host{};  // a host name is at most 255 bytes
   if (::gethostname(host.data(), host.size() - 1) != 0) {
     host[0] = '\0';
   }
