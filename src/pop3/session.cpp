@@ -465,52 +465,13 @@ void session::handle_transaction(const command& cmd) {
         bad_commands_ = 0;
       }
       return;
-    case command_kind::stat: {
-      if (!expect_no_args(cmd)) {
-        return;
-      }
-      std::uint64_t count = 0, bytes = 0;
-      for (std::size_t i = 0; i < messages_.size(); ++i) {
-        if (!deleted_[i]) {
-          ++count;
-          bytes += messages_[i].size;
-        }
-      }
-      fmt::format_to(out, "+OK {} {}\r\n", count, bytes);
-      bad_commands_ = 0;
+    case command_kind::stat:
+      handle_stat(cmd);
       return;
-    }
     case command_kind::list:
-    case command_kind::uidl: {
-      const bool is_list = cmd.kind == command_kind::list;
-      if (!cmd.args.empty()) {
-        auto index = message_arg_only(cmd);
-        if (!index) {
-          return;
-        }
-        if (is_list) {
-          fmt::format_to(out, "+OK {} {}\r\n", *index + 1, messages_[*index].size);
-        } else {
-          fmt::format_to(out, "+OK {} {}\r\n", *index + 1, messages_[*index].uidl);
-        }
-        bad_commands_ = 0;
-        return;
-      }
-      out_.append(is_list ? "+OK scan listing follows\r\n" : "+OK unique-id listing follows\r\n");
-      for (std::size_t i = 0; i < messages_.size(); ++i) {
-        if (deleted_[i]) {
-          continue;
-        }
-        if (is_list) {
-          fmt::format_to(out, "{} {}\r\n", i + 1, messages_[i].size);
-        } else {
-          fmt::format_to(out, "{} {}\r\n", i + 1, messages_[i].uidl);
-        }
-      }
-      out_.append(".\r\n");
-      bad_commands_ = 0;
+    case command_kind::uidl:
+      handle_listing(cmd);
       return;
-    }
     case command_kind::retr: {
       auto index = message_arg_only(cmd);
       if (!index) {
@@ -521,27 +482,9 @@ void session::handle_transaction(const command& cmd) {
       pending_ = step::retrieve;
       return;
     }
-    case command_kind::top: {
-      std::string_view args[2];
-      std::size_t n = split_args(cmd.args, args, 2);
-      if (n != 2) {
-        bad_command(n > 2 ? "Too many arguments." : "TOP needs a message number and a line count.");
-        return;
-      }
-      auto lines = parse_u64(args[1]);
-      if (!lines) {
-        bad_command("Invalid line count.");
-        return;
-      }
-      auto index = message_arg(args[0]);
-      if (!index) {
-        return;
-      }
-      retrieve_index_ = *index;
-      top_lines_ = *lines;
-      pending_ = step::retrieve;
+    case command_kind::top:
+      handle_top(cmd);
       return;
-    }
     case command_kind::dele: {
       auto index = message_arg_only(cmd);
       if (!index) {
@@ -552,41 +495,18 @@ void session::handle_transaction(const command& cmd) {
       bad_commands_ = 0;
       return;
     }
-    case command_kind::rset: {
-      if (!expect_no_args(cmd)) {
-        return;
-      }
-      std::uint64_t count = messages_.size(), bytes = 0;
-      for (std::size_t i = 0; i < messages_.size(); ++i) {
-        deleted_[i] = false;
-        bytes += messages_[i].size;
-      }
-      last_accessed_ = 0;
-      fmt::format_to(out, "+OK Maildrop has {} messages ({} octets).\r\n", count, bytes);
-      bad_commands_ = 0;
+    case command_kind::rset:
+      handle_rset(cmd);
       return;
-    }
     case command_kind::last:
       if (expect_no_args(cmd)) {
         fmt::format_to(out, "+OK {}\r\n", last_accessed_);
         bad_commands_ = 0;
       }
       return;
-    case command_kind::quit: {
-      if (!expect_no_args(cmd)) {
-        return;
-      }
-      quit_received_ = true;
-      for (std::size_t i = 0; i < messages_.size(); ++i) {
-        if (deleted_[i]) {
-          ++stats_.marked_count;
-          stats_.marked_bytes += messages_[i].size;
-        }
-      }
-      state_ = session_state::update;
-      pending_ = step::commit;
+    case command_kind::quit:
+      handle_quit(cmd);
       return;
-    }
     case command_kind::xtnd:
       handle_xtnd(cmd);
       return;
@@ -603,6 +523,104 @@ void session::handle_transaction(const command& cmd) {
       bad_command("Unknown command.");
       return;
   }
+}
+
+void session::handle_stat(const command& cmd) {
+  auto out = std::back_inserter(out_);
+  if (!expect_no_args(cmd)) {
+    return;
+  }
+  std::uint64_t count = 0, bytes = 0;
+  for (std::size_t i = 0; i < messages_.size(); ++i) {
+    if (!deleted_[i]) {
+      ++count;
+      bytes += messages_[i].size;
+    }
+  }
+  fmt::format_to(out, "+OK {} {}\r\n", count, bytes);
+  bad_commands_ = 0;
+}
+
+void session::handle_listing(const command& cmd) {
+  auto out = std::back_inserter(out_);
+  const bool is_list = cmd.kind == command_kind::list;
+  if (!cmd.args.empty()) {
+    auto index = message_arg_only(cmd);
+    if (!index) {
+      return;
+    }
+    if (is_list) {
+      fmt::format_to(out, "+OK {} {}\r\n", *index + 1, messages_[*index].size);
+    } else {
+      fmt::format_to(out, "+OK {} {}\r\n", *index + 1, messages_[*index].uidl);
+    }
+    bad_commands_ = 0;
+    return;
+  }
+  out_.append(is_list ? "+OK scan listing follows\r\n" : "+OK unique-id listing follows\r\n");
+  for (std::size_t i = 0; i < messages_.size(); ++i) {
+    if (deleted_[i]) {
+      continue;
+    }
+    if (is_list) {
+      fmt::format_to(out, "{} {}\r\n", i + 1, messages_[i].size);
+    } else {
+      fmt::format_to(out, "{} {}\r\n", i + 1, messages_[i].uidl);
+    }
+  }
+  out_.append(".\r\n");
+  bad_commands_ = 0;
+}
+
+void session::handle_top(const command& cmd) {
+  std::string_view args[2];
+  std::size_t n = split_args(cmd.args, args, 2);
+  if (n != 2) {
+    bad_command(n > 2 ? "Too many arguments." : "TOP needs a message number and a line count.");
+    return;
+  }
+  auto lines = parse_u64(args[1]);
+  if (!lines) {
+    bad_command("Invalid line count.");
+    return;
+  }
+  auto index = message_arg(args[0]);
+  if (!index) {
+    return;
+  }
+  retrieve_index_ = *index;
+  top_lines_ = *lines;
+  pending_ = step::retrieve;
+}
+
+void session::handle_rset(const command& cmd) {
+  auto out = std::back_inserter(out_);
+  if (!expect_no_args(cmd)) {
+    return;
+  }
+  std::uint64_t count = messages_.size(), bytes = 0;
+  for (std::size_t i = 0; i < messages_.size(); ++i) {
+    deleted_[i] = false;
+    bytes += messages_[i].size;
+  }
+  last_accessed_ = 0;
+  fmt::format_to(out, "+OK Maildrop has {} messages ({} octets).\r\n", count, bytes);
+  bad_commands_ = 0;
+}
+
+void session::handle_quit(const command& cmd) {
+  if (!expect_no_args(cmd)) {
+    return;
+  }
+  quit_received_ = true;
+  for (std::size_t i = 0; i < messages_.size(); ++i) {
+    if (deleted_[i]) {
+      ++stats_.marked_count;
+      stats_.marked_bytes += messages_[i].size;
+    }
+  }
+  state_ = session_state::update;
+  pending_ = step::commit;
 }
 
 void session::handle_xtnd(const command& cmd) {

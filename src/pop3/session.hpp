@@ -171,6 +171,12 @@ class session {
   void handle_line(std::string_view line);
   void handle_authorization(const command& cmd);
   void handle_transaction(const command& cmd);
+  // TRANSACTION commands with more than a few lines of their own.
+  void handle_stat(const command& cmd);
+  void handle_listing(const command& cmd);  // LIST and UIDL
+  void handle_top(const command& cmd);
+  void handle_rset(const command& cmd);
+  void handle_quit(const command& cmd);
   void reply_ok(std::string_view text = {});
   void reply_err(std::string_view text);
   void bad_command(std::string_view text);

@@ -523,31 +523,13 @@ class mbox_drop final : public maildrop {
     return verify(first, spans_.size());
   }
 
-  result<void> update(std::span<const bool> deleted, std::size_t first) {
-    auto lock = lock::mailbox_lock::acquire(path_, spool_fd_.get(), opts_.locking);
-    if (!lock.ok()) {
-      return std::move(lock).err();
-    }
-    // An unfinished update cannot exist: open() recovered it and the session lock kept every
-    // other Postern out. Refuse rather than guess if one does.
-    auto pending = exists_at(dir_fd_.get(), names_.journal, names_.journal);
-    if (!pending.ok()) {
-      return std::move(pending).err();
-    }
-    if (*pending) {
-      return error(errc::temporary, "mbox: an unfinished update journal appeared for " + path_);
-    }
-    POSTERN_TRY(check_unchanged(first));
-    struct stat st{};
-    if (::fstat(spool_fd_.get(), &st) != 0) {
-      const int err = errno;
-      return error::from_errno(err, "mbox: stat " + path_);
-    }
-    update_plan plan;
-    plan.start = spans_[first].separator;
-    plan.old_size = static_cast<std::uint64_t>(st.st_size);
-    // No write at all since the listing: its messages before `first` are as listed.
-    const bool untouched = opened_stable_ && stamp_of(st) == opened_;
+  // Fills `plan` (start and old_size already set) with what the file keeps from the first
+  // deleted message on, putting back a blank line before a separator that would otherwise
+  // stop being one; mail delivered since the scan is kept whole. `derivable` says whether the
+  // new index can be derived from the listing, `moved` lists the kept messages after `first`
+  // for it. Errors: reading the head of the appended mail.
+  result<void> plan_update(std::span<const bool> deleted, std::size_t first, update_plan& plan,
+                           bool& derivable, std::vector<std::size_t>& moved) {
     const auto keep = [&plan](std::uint64_t from, std::uint64_t to, bool blank_line_before) {
       if (from == to) {
         return;
@@ -567,8 +549,7 @@ class mbox_drop final : public maildrop {
     // The messages of the new file, for the index: those before `first` stay where they are,
     // the kept ones after it move down. Not derived where a deletion can change more than
     // offsets: a UIDL that yielded to an earlier message's, or Content-Length boundaries.
-    bool derivable = !opts_.honour_content_length;
-    std::vector<std::size_t> moved;  // kept after `first`
+    derivable = !opts_.honour_content_length;
     for (std::size_t i = first + 1; i < spans_.size(); ++i) {
       if (deleted[i]) {
         joined = true;
@@ -599,6 +580,65 @@ class mbox_drop final : public maildrop {
       }
       keep(scanned_size_, plan.old_size, needs_blank);
     }
+    return ok_result();
+  }
+
+  // Rewrites spans_ for the file just updated: messages before `first` stay, the kept ones in
+  // `moved` move down to start at `start`; origin[k] is then the old number of spans_[first + k].
+  // The index contents of the new file, or nullopt when it cannot be described now.
+  std::optional<index_contents> shift_kept_spans(std::size_t first, std::uint64_t start,
+                                                 const std::vector<std::size_t>& moved,
+                                                 std::vector<std::size_t>& origin) {
+    std::size_t w = first;
+    std::uint64_t cursor = start;  // the end of the kept messages in the new file
+    origin.reserve(moved.size());
+    for (const std::size_t i : moved) {
+      message_span m = std::move(spans_[i]);
+      const std::uint64_t from = m.separator;
+      m.separator = cursor;
+      m.content = cursor + (m.content - from);
+      m.end = cursor + (m.end - from);
+      m.extent_end = cursor + (m.extent_end - from);
+      cursor = m.extent_end;
+      spans_[w++] = std::move(m);
+      origin.push_back(i);
+    }
+    spans_.resize(w);
+    auto described = describe(cursor);
+    if (!described.ok()) {
+      return std::nullopt;
+    }
+    return std::move(*described);
+  }
+
+  result<void> update(std::span<const bool> deleted, std::size_t first) {
+    auto lock = lock::mailbox_lock::acquire(path_, spool_fd_.get(), opts_.locking);
+    if (!lock.ok()) {
+      return std::move(lock).err();
+    }
+    // An unfinished update cannot exist: open() recovered it and the session lock kept every
+    // other Postern out. Refuse rather than guess if one does.
+    auto pending = exists_at(dir_fd_.get(), names_.journal, names_.journal);
+    if (!pending.ok()) {
+      return std::move(pending).err();
+    }
+    if (*pending) {
+      return error(errc::temporary, "mbox: an unfinished update journal appeared for " + path_);
+    }
+    POSTERN_TRY(check_unchanged(first));
+    struct stat st{};
+    if (::fstat(spool_fd_.get(), &st) != 0) {
+      const int err = errno;
+      return error::from_errno(err, "mbox: stat " + path_);
+    }
+    update_plan plan;
+    plan.start = spans_[first].separator;
+    plan.old_size = static_cast<std::uint64_t>(st.st_size);
+    // No write at all since the listing: its messages before `first` are as listed.
+    const bool untouched = opened_stable_ && stamp_of(st) == opened_;
+    bool derivable = false;
+    std::vector<std::size_t> moved;  // kept after `first`
+    POSTERN_TRY(plan_update(deleted, first, plan, derivable, moved));
     POSTERN_TRY(
         run_update(dir_fd_.get(), names_, spool_fd_.get(), path_, plan, &*lock, opts_.faults));
     if (derivable && opts_.use_index && !untouched) {
@@ -618,25 +658,7 @@ class mbox_drop final : public maildrop {
     std::optional<index_contents> idx;
     std::vector<std::size_t> origin;  // spans_[first + k] was message origin[k]
     if (derivable) {
-      std::size_t w = first;
-      std::uint64_t cursor = plan.start;  // the end of the kept messages in the new file
-      origin.reserve(moved.size());
-      for (const std::size_t i : moved) {
-        message_span m = std::move(spans_[i]);
-        const std::uint64_t from = m.separator;
-        m.separator = cursor;
-        m.content = cursor + (m.content - from);
-        m.end = cursor + (m.end - from);
-        m.extent_end = cursor + (m.extent_end - from);
-        cursor = m.extent_end;
-        spans_[w++] = std::move(m);
-        origin.push_back(i);
-      }
-      spans_.resize(w);
-      auto described = describe(cursor);
-      if (described.ok()) {
-        idx = std::move(*described);
-      }
+      idx = shift_kept_spans(first, plan.start, moved, origin);
     }
     POSTERN_TRY(lock->release());
     // A cache: failing to write it costs the next login a scan, nothing else.
