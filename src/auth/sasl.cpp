@@ -558,14 +558,13 @@ class login_exchange final : public exchange_base {
   state state_ = state::start;
 };
 
-thread_local std::string next_challenge_for_test;
-
 // ---------------------------------------------------------------------------------------
 // CRAM-MD5 (RFC 2195): challenge "<...@host>", response "user SP hex(HMAC-MD5(secret, challenge))".
 
 class cram_md5_exchange final : public exchange_base {
  public:
-  cram_md5_exchange(passdb& db, std::string hostname) : db_(db), hostname_(std::move(hostname)) {}
+  cram_md5_exchange(passdb& db, const sasl_settings& settings)
+      : db_(db), hostname_(settings.hostname), fixed_challenge_(settings.cram_md5_challenge_for_test) {}
 
  protected:
   sasl_step on_step(bool /*absent*/, std::string_view data) override {
@@ -573,8 +572,7 @@ class cram_md5_exchange final : public exchange_base {
       if (!data.empty()) {
         return failed("CRAM-MD5 takes no initial response");
       }
-      challenge_ = next_challenge_for_test.empty() ? make_apop_timestamp(hostname_)
-                                                   : std::exchange(next_challenge_for_test, {});
+      challenge_ = fixed_challenge_.empty() ? make_apop_timestamp(hostname_) : fixed_challenge_;
       return challenge(b64_encode(challenge_));
     }
     auto space = data.rfind(' ');
@@ -638,6 +636,7 @@ class cram_md5_exchange final : public exchange_base {
 
   passdb& db_;
   std::string hostname_;
+  std::string fixed_challenge_;  // sasl_settings::cram_md5_challenge_for_test
   std::string challenge_;
 };
 
@@ -1121,10 +1120,6 @@ result<std::unique_ptr<sasl_server>> sasl_server::create(passdb& db, sasl_settin
   return std::unique_ptr<sasl_server>(new sasl_server(std::move(p)));
 }
 
-void set_next_cram_md5_challenge_for_test(std::string challenge) {
-  next_challenge_for_test = std::move(challenge);
-}
-
 std::vector<std::string> sasl_server::mechanisms_for(const sasl_channel& ch) const {
   std::vector<std::string> out;
   for (std::size_t i = 0; i < impl_->kinds.size(); ++i) {
@@ -1151,7 +1146,7 @@ result<std::unique_ptr<sasl_exchange>> sasl_server::start(std::string_view mecha
       return std::unique_ptr<sasl_exchange>(std::make_unique<login_exchange>(impl_->db));
     case mech_kind::cram_md5:
       return std::unique_ptr<sasl_exchange>(
-          std::make_unique<cram_md5_exchange>(impl_->db, impl_->settings.hostname));
+          std::make_unique<cram_md5_exchange>(impl_->db, impl_->settings));
     default: break;
   }
   Gsasl_session* sctx = nullptr;

@@ -87,6 +87,9 @@ struct sasl_settings {
   // per-connection processes) must share one, or a salt that changes between connections
   // tells that a user does not exist.
   std::string salt_key;
+  // Tests only (to replay RFC 2195's example): every CRAM-MD5 challenge is this text instead
+  // of a fresh one. Empty, as it must stay in production: a fixed challenge can be replayed.
+  std::string cram_md5_challenge_for_test;
 };
 
 // What the transport knows about one connection.
@@ -165,9 +168,5 @@ class sasl_server {
   explicit sasl_server(std::unique_ptr<impl> p);
   std::unique_ptr<impl> impl_;
 };
-
-// Test hook: the next CRAM-MD5 challenge issued on the calling thread is `challenge` instead
-// of a fresh one (to replay RFC 2195's example). Never called outside tests.
-void set_next_cram_md5_challenge_for_test(std::string challenge);
 
 }  // namespace postern::auth

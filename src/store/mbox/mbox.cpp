@@ -26,7 +26,6 @@ namespace postern::store::mbox {
 
 namespace {
 
-thread_local open_source g_last_source = open_source::none;
 
 constexpr std::size_t scan_buffer_size = std::size_t{1} << 20;
 constexpr std::size_t read_buffer_size = std::size_t{64} * 1024;
@@ -762,6 +761,7 @@ bool same_inode(const struct stat& a, const struct stat& b) noexcept {
 struct known_result {
   index_contents index;  // index.scan: the messages of the file
   bool save = false;     // the index file should be (re)written with it
+  open_source source = open_source::none;  // how index.scan was found
 };
 
 // The messages of the spool (locked; `now` is its state), from the index when the
@@ -817,7 +817,7 @@ result<known_result> known_messages(int dir_fd, const side_files& names, int spo
       if (*same && unchanged) {
         out.index.scan = std::move(idx->scan);
         out.save = false;
-        g_last_source = open_source::index;
+        out.source = open_source::index;
         return out;
       }
       if (*same) {
@@ -869,7 +869,7 @@ result<known_result> known_messages(int dir_fd, const side_files& names, int spo
         out.index.scan.scanned_size = stamp.size;
         out.index.scan.tail_fingerprint = *fp;
         out.index.scan.digest_seed = idx->scan.digest_seed;
-        g_last_source = open_source::appended_scan;
+        out.source = open_source::appended_scan;
         return out;
       }
     }
@@ -879,7 +879,7 @@ result<known_result> known_messages(int dir_fd, const side_files& names, int spo
     return std::move(scanned).err();
   }
   out.index.scan = std::move(*scanned);
-  g_last_source = open_source::full_scan;
+  out.source = open_source::full_scan;
   return out;
 }
 
@@ -1090,10 +1090,11 @@ result<recovery_outcome> recover_locked(const places& p, const side_files& names
 
 }  // namespace
 
-open_source last_open_source_for_test() noexcept { return g_last_source; }
 
 result<std::unique_ptr<store::maildrop>> open(const std::string& path, const options& opts) {
-  g_last_source = open_source::none;
+  if (opts.opened_from != nullptr) {
+    *opts.opened_from = open_source::none;
+  }
   const auto empty = [] { return std::unique_ptr<store::maildrop>(std::make_unique<mbox_drop>()); };
   auto p = locate(path, opts);
   if (!p.ok()) {
@@ -1134,6 +1135,9 @@ result<std::unique_ptr<store::maildrop>> open(const std::string& path, const opt
   auto known = known_messages(state_fd, names, ls->spool.get(), *now, po, opts.use_index, path);
   if (!known.ok()) {
     return std::move(known).err();
+  }
+  if (opts.opened_from != nullptr) {
+    *opts.opened_from = known->source;
   }
   POSTERN_TRY(ls->lock.release());
   if (known->save) {
