@@ -564,7 +564,9 @@ class login_exchange final : public exchange_base {
 class cram_md5_exchange final : public exchange_base {
  public:
   cram_md5_exchange(passdb& db, const sasl_settings& settings)
-      : db_(db), hostname_(settings.hostname), fixed_challenge_(settings.cram_md5_challenge_for_test) {}
+      : db_(db),
+        hostname_(settings.hostname),
+        fixed_challenge_(settings.cram_md5_challenge_for_test) {}
 
  protected:
   sasl_step on_step(bool /*absent*/, std::string_view data) override {

@@ -1,7 +1,8 @@
 // mapped_file: a read-only mapping of a byte range of an open file, handed out in pieces
 // (message_reader::map_next). The pieces are populated before they are handed out, so
 // encoding them takes no page faults; a piece can still fault with SIGBUS if the file is
-// truncated meanwhile, so callers touch it only inside a mapped_access (common/mapped_access.hpp) scope.
+// truncated meanwhile, so callers touch it only inside a mapped_access scope
+// (common/mapped_access.hpp).
 #pragma once
 
 #include <cstddef>

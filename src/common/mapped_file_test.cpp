@@ -15,22 +15,7 @@
 namespace postern {
 namespace {
 
-// A message of `size` bytes with LF line ends, lines starting with dots and long lines.
-std::string sample_message(std::size_t size) {
-  std::string s;
-  s.reserve(size);
-  for (std::size_t line = 0; s.size() < size; ++line) {
-    if (line % 7 == 0) {
-      s += ".dot-stuffed line\n";
-    } else if (line % 11 == 0) {
-      s += std::string(5000, 'x') + "\r\n";
-    } else {
-      s += "Line " + std::to_string(line) + " of the message body\n";
-    }
-  }
-  s.resize(size);
-  return s;
-}
+using test::sample_message;
 
 unique_fd open_ro(const std::string& path) {
   unique_fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));

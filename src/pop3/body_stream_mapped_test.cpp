@@ -20,33 +20,13 @@
 namespace postern::pop3 {
 namespace {
 
-// A message of `size` bytes with LF line ends, lines starting with dots and long lines.
-std::string sample_message(std::size_t size) {
-  std::string s;
-  s.reserve(size);
-  for (std::size_t line = 0; s.size() < size; ++line) {
-    if (line % 7 == 0) {
-      s += ".dot-stuffed line\n";
-    } else if (line % 11 == 0) {
-      s += std::string(5000, 'x') + "\r\n";
-    } else {
-      s += "Line " + std::to_string(line) + " of the message body\n";
-    }
-  }
-  s.resize(size);
-  return s;
-}
-
-unique_fd open_ro(const std::string& path) {
-  unique_fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  EXPECT_TRUE(fd.valid());
-  return fd;
-}
+using test::sample_message;
 
 // A reader over a real file that offers the mapping, as the Maildir reader does.
 class mapping_reader final : public store::message_reader {
  public:
-  explicit mapping_reader(const std::string& path) : fd_(open_ro(path)) {}
+  explicit mapping_reader(const std::string& path)
+      : fd_(::open(path.c_str(), O_RDONLY | O_CLOEXEC)) {}
   result<std::size_t> read(std::span<char> buf) override {
     const ssize_t n = ::read(fd_.get(), buf.data(), buf.size());
     if (n < 0) {

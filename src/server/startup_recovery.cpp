@@ -493,7 +493,8 @@ void log_summary(const recovery_tally& t, long long ms) {
 // True when some user may have an mbox: the location is one, or the passdb can give
 // per-user locations (passwd-file's userdb_mail).
 bool mbox_possible(const config& cfg) {
-  return cfg.mail_location.rfind("mbox:", 0) == 0 || cfg.passdb.rfind(auth::passwd_file_prefix, 0) == 0;
+  return cfg.mail_location.rfind("mbox:", 0) == 0 ||
+         cfg.passdb.rfind(auth::passwd_file_prefix, 0) == 0;
 }
 
 [[noreturn]] void startup_child(const config& cfg, const unix_settings& us,
