@@ -20,8 +20,6 @@
 namespace postern::auth {
 namespace {
 
-constexpr char hex_digits[] = "0123456789abcdef";
-
 // MD5(a || b) into `out`; false if OpenSSL fails.
 bool md5_of(std::string_view a, std::string_view b, std::array<unsigned char, 16>& out) {
   std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
@@ -44,10 +42,7 @@ std::string make_apop_timestamp(std::string_view hostname, std::time_t now) {
     std::abort();  // no secure randomness: nothing sensible to send
   }
   std::string out = "<";
-  for (unsigned char b : rnd) {
-    out.push_back(hex_digits[b >> 4]);
-    out.push_back(hex_digits[b & 15]);
-  }
+  append_hex(out, rnd);
   out += '.';
   out += std::to_string(static_cast<long>(::getpid()));
   out += '.';
@@ -74,13 +69,7 @@ verify_result verify_apop(passdb& db, std::string_view user, std::string_view ti
   out.status = verify_status::bad_credentials;
 
   std::array<unsigned char, 16> claimed{};
-  bool well_formed = digest_hex.size() == 32;
-  for (std::size_t i = 0; well_formed && i < 16; ++i) {
-    int hi = hex_value(digest_hex[2 * i]);
-    int lo = hex_value(digest_hex[2 * i + 1]);
-    well_formed = hi >= 0 && lo >= 0;
-    claimed[i] = static_cast<unsigned char>(well_formed ? (hi << 4) | lo : 0);
-  }
+  const bool well_formed = decode_hex_digest(digest_hex, claimed);
 
   lookup_result found = db.lookup(user);
   if (found.status == verify_status::temporary) {

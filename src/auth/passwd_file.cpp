@@ -1,9 +1,9 @@
 #include "auth/passwd_file.hpp"
 
+#include "auth/system_users.hpp"
+
 #include <fcntl.h>
-#include <grp.h>
 #include <openssl/crypto.h>
-#include <pwd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -97,49 +97,38 @@ std::optional<line_error> parse_id(std::string_view field, bool is_user, Id& out
   if (field.empty() || field.find_first_of("0123456789") == 0) {
     return line_error{std::string("invalid ") + what, {}};
   }
-  std::string name(field);
-  long hint = sysconf(is_user ? _SC_GETPW_R_SIZE_MAX : _SC_GETGR_R_SIZE_MAX);
-  std::vector<char> buf(hint > 0 ? static_cast<std::size_t>(hint) : 16384);
-  for (;;) {
-    int rc = 0;
-    bool found = false;
-    Id id{};
-    if (is_user) {
-      struct passwd pw {};
-      struct passwd* res = nullptr;
-      rc = getpwnam_r(name.c_str(), &pw, buf.data(), buf.size(), &res);
-      found = rc == 0 && res != nullptr;
-      if (found) {
-        id = static_cast<Id>(pw.pw_uid);
-      }
+  const std::string name(field);
+  Id id{};
+  std::optional<error> failed;
+  if (is_user) {
+    auto account = find_system_user(name);
+    if (account) {
+      id = static_cast<Id>(account->uid);
     } else {
-      struct group gr {};
-      struct group* res = nullptr;
-      rc = getgrnam_r(name.c_str(), &gr, buf.data(), buf.size(), &res);
-      found = rc == 0 && res != nullptr;
-      if (found) {
-        id = static_cast<Id>(gr.gr_gid);
-      }
+      failed = std::move(account).err();
     }
-    if (rc == ERANGE && buf.size() < (1u << 20)) {
-      buf.resize(buf.size() * 2);
-      continue;
+  } else {
+    auto gid = find_group(name);
+    if (gid) {
+      id = static_cast<Id>(*gid);
+    } else {
+      failed = std::move(gid).err();
     }
-    if (rc != 0) {
-      return line_error{std::string("cannot look up ") + what + " name '" + name + "'",
-                        std::error_code(rc, std::generic_category())};
-    }
-    if (!found) {
-      return line_error{std::string("unknown ") + (is_user ? "user" : "group") + " name '" + name +
-                            "' in " + what,
-                        {}};
-    }
-    if (id == 0) {
-      return line_error{std::string(what) + " 0 (root) is not allowed", {}};
-    }
-    out = id;
-    return std::nullopt;
   }
+  if (failed && failed->code() == errc::not_found) {
+    return line_error{std::string("unknown ") + (is_user ? "user" : "group") + " name '" + name +
+                          "' in " + what,
+                      {}};
+  }
+  if (failed) {
+    return line_error{std::string("cannot look up ") + what + " name '" + name + "'",
+                      failed->cause()};
+  }
+  if (id == 0) {
+    return line_error{std::string(what) + " 0 (root) is not allowed", {}};
+  }
+  out = id;
+  return std::nullopt;
 }
 
 std::string_view refusal_for(std::string_view key) noexcept {
@@ -324,11 +313,8 @@ error load_error(const std::string& path, const std::string& what, int err = 0) 
 // "name (uid N)" or "uid N" when the uid has no name.
 std::string describe_uid(uid_t uid) {
   std::string out = "uid " + std::to_string(uid);
-  std::vector<char> buf(16384);
-  struct passwd pw {};
-  struct passwd* found = nullptr;
-  if (::getpwuid_r(uid, &pw, buf.data(), buf.size(), &found) == 0 && found != nullptr) {
-    return std::string(found->pw_name) + " (" + out + ")";
+  if (auto account = find_system_user(uid); account && !account->name.empty()) {
+    return account->name + " (" + out + ")";
   }
   return out;
 }
@@ -405,11 +391,7 @@ class passwd_file_db final : public passdb {
 
   verify_result verify(std::string_view user, const secret_string& password) override {
     std::string stale = refresh();
-    std::shared_ptr<const snapshot> snap;
-    {
-      std::shared_lock lock(mutex_);
-      snap = current_;
-    }
+    const std::shared_ptr<const snapshot> snap = current();
     verify_result out;
     out.status = verify_status::bad_credentials;
     const passwd_entry* entry = snap->table.find(user);
@@ -444,11 +426,7 @@ class passwd_file_db final : public passdb {
 
   lookup_result lookup(std::string_view user) override {
     std::string stale = refresh();
-    std::shared_ptr<const snapshot> snap;
-    {
-      std::shared_lock lock(mutex_);
-      snap = current_;
-    }
+    const std::shared_ptr<const snapshot> snap = current();
     lookup_result out;
     out.status = verify_status::bad_credentials;
     const passwd_entry* entry = snap->table.find(user);
@@ -472,6 +450,12 @@ class passwd_file_db final : public passdb {
   void reload() override { (void)refresh(); }
 
  private:
+  // The contents in use now; stays valid however often the file is re-read meanwhile.
+  std::shared_ptr<const snapshot> current() {
+    std::shared_lock lock(mutex_);
+    return current_;
+  }
+
   // Re-reads the file if it changed. Returns why the contents in use may be stale (for the
   // log), or an empty string.
   std::string refresh() {

@@ -64,6 +64,14 @@ constexpr mech_info mech_table[] = {
     {"GSSAPI", mech_kind::gssapi, true},
 };
 
+constexpr auto mech_names = [] {
+  std::array<std::string_view, std::size(mech_table)> out{};
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    out[i] = mech_table[i].name;
+  }
+  return out;
+}();
+
 const mech_info* find_mech(std::string_view upper_name) noexcept {
   for (const auto& m : mech_table) {
     if (m.name == upper_name) {
@@ -85,16 +93,6 @@ bool is_plus(mech_kind k) noexcept {
 scram_hash scram_hash_of(mech_kind k) noexcept {
   return k == mech_kind::scram_sha1 || k == mech_kind::scram_sha1_plus ? scram_hash::sha1
                                                                        : scram_hash::sha256;
-}
-
-std::string to_upper(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) {
-    if (c >= 'a' && c <= 'z') {
-      c = static_cast<char>(c - 'a' + 'A');
-    }
-  }
-  return out;
 }
 
 bool has_channel_binding(const sasl_channel& ch) noexcept {
@@ -177,17 +175,6 @@ bool b64_decode(std::string_view in, std::string& out) {
   }
   // Leftover bits must be zero (a canonical encoding).
   return bits == 0 || (acc & ((1u << bits) - 1)) == 0;
-}
-
-std::string hex_encode(std::string_view in) {
-  static constexpr char digits[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(in.size() * 2);
-  for (unsigned char c : in) {
-    out.push_back(digits[c >> 4]);
-    out.push_back(digits[c & 15]);
-  }
-  return out;
 }
 
 // A std::string for secret temporaries, wiped on destruction.
@@ -571,14 +558,15 @@ class login_exchange final : public exchange_base {
   state state_ = state::start;
 };
 
-thread_local std::string next_challenge_for_test;
-
 // ---------------------------------------------------------------------------------------
 // CRAM-MD5 (RFC 2195): challenge "<...@host>", response "user SP hex(HMAC-MD5(secret, challenge))".
 
 class cram_md5_exchange final : public exchange_base {
  public:
-  cram_md5_exchange(passdb& db, std::string hostname) : db_(db), hostname_(std::move(hostname)) {}
+  cram_md5_exchange(passdb& db, const sasl_settings& settings)
+      : db_(db),
+        hostname_(settings.hostname),
+        fixed_challenge_(settings.cram_md5_challenge_for_test) {}
 
  protected:
   sasl_step on_step(bool /*absent*/, std::string_view data) override {
@@ -586,8 +574,7 @@ class cram_md5_exchange final : public exchange_base {
       if (!data.empty()) {
         return failed("CRAM-MD5 takes no initial response");
       }
-      challenge_ = next_challenge_for_test.empty() ? make_apop_timestamp(hostname_)
-                                                   : std::exchange(next_challenge_for_test, {});
+      challenge_ = fixed_challenge_.empty() ? make_apop_timestamp(hostname_) : fixed_challenge_;
       return challenge(b64_encode(challenge_));
     }
     auto space = data.rfind(' ');
@@ -598,13 +585,7 @@ class cram_md5_exchange final : public exchange_base {
     std::string_view digest_hex = data.substr(space + 1);
     user_ = user;
     std::array<unsigned char, 16> claimed{};
-    bool well_formed = digest_hex.size() == 32;
-    for (std::size_t i = 0; well_formed && i < 16; ++i) {
-      int hi = hex_value(digest_hex[2 * i]);
-      int lo = hex_value(digest_hex[2 * i + 1]);
-      well_formed = hi >= 0 && lo >= 0;
-      claimed[i] = static_cast<unsigned char>(well_formed ? (hi << 4) | lo : 0);
-    }
+    const bool well_formed = decode_hex_digest(digest_hex, claimed);
 
     lookup_result found = db_.lookup(user);
     if (found.status == verify_status::temporary) {
@@ -657,6 +638,7 @@ class cram_md5_exchange final : public exchange_base {
 
   passdb& db_;
   std::string hostname_;
+  std::string fixed_challenge_;  // sasl_settings::cram_md5_challenge_for_test
   std::string challenge_;
 };
 
@@ -830,7 +812,7 @@ class gsasl_exchange final : public exchange_base {
     const char* authid = gsasl_property_fast(sctx_, GSASL_AUTHID);
     std::string user = authid != nullptr ? authid : "";
     user_ = user;
-    iterations_ = 4096;
+    iterations_ = scram_default_iterations;
     salt_ = srv_.derived_salt(h, user);
     if (user.empty()) {
       reason_ = "empty authentication identity";
@@ -1007,7 +989,7 @@ class gsasl_exchange final : public exchange_base {
   user_record user_record_;
   // SCRAM
   scram_source source_ = scram_source::none;
-  std::uint32_t iterations_ = 4096;
+  std::uint32_t iterations_ = scram_default_iterations;
   std::string salt_;
   wiped stored_key_;
   wiped server_key_;
@@ -1067,7 +1049,7 @@ result<std::unique_ptr<sasl_server>> sasl_server::create(passdb& db, sasl_settin
   sasl_settings& st = p->settings;
   bool any_gsasl = false;
   for (auto& name : st.mechanisms) {
-    name = to_upper(name);
+    name = ascii_to_upper(name);
     const mech_info* m = find_mech(name);
     if (m == nullptr) {
       return error(errc::invalid, "unknown SASL mechanism '" + name + "'");
@@ -1140,10 +1122,6 @@ result<std::unique_ptr<sasl_server>> sasl_server::create(passdb& db, sasl_settin
   return std::unique_ptr<sasl_server>(new sasl_server(std::move(p)));
 }
 
-void set_next_cram_md5_challenge_for_test(std::string challenge) {
-  next_challenge_for_test = std::move(challenge);
-}
-
 std::vector<std::string> sasl_server::mechanisms_for(const sasl_channel& ch) const {
   std::vector<std::string> out;
   for (std::size_t i = 0; i < impl_->kinds.size(); ++i) {
@@ -1154,9 +1132,11 @@ std::vector<std::string> sasl_server::mechanisms_for(const sasl_channel& ch) con
   return out;
 }
 
+std::span<const std::string_view> sasl_mechanism_names() noexcept { return mech_names; }
+
 result<std::unique_ptr<sasl_exchange>> sasl_server::start(std::string_view mechanism,
                                                           const sasl_channel& ch) const {
-  std::string name = to_upper(mechanism);
+  std::string name = ascii_to_upper(mechanism);
   const mech_info* m = find_mech(name);
   if (m == nullptr || !impl_->has(m->kind) || !usable_on(m->kind, ch)) {
     return error(errc::not_found, "SASL mechanism not available on this connection");
@@ -1168,7 +1148,7 @@ result<std::unique_ptr<sasl_exchange>> sasl_server::start(std::string_view mecha
       return std::unique_ptr<sasl_exchange>(std::make_unique<login_exchange>(impl_->db));
     case mech_kind::cram_md5:
       return std::unique_ptr<sasl_exchange>(
-          std::make_unique<cram_md5_exchange>(impl_->db, impl_->settings.hostname));
+          std::make_unique<cram_md5_exchange>(impl_->db, impl_->settings));
     default: break;
   }
   Gsasl_session* sctx = nullptr;

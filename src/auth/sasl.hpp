@@ -41,6 +41,7 @@
 
 #include <cstddef>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -57,6 +58,11 @@ inline constexpr std::size_t max_sasl_response = 16384;  // base64 characters
 // three or four client responses; SCRAM takes two, plus the empty answer to server-final,
 // which the engine consumes.
 inline constexpr std::size_t max_sasl_steps = 8;
+
+// Every mechanism name sasl_server::create() knows, upper case, in a fixed order: what the
+// configuration accepts for [auth] mechanisms (whether it is usable also depends on the build
+// of libgsasl and on the connection).
+std::span<const std::string_view> sasl_mechanism_names() noexcept;
 
 struct sasl_settings {
   // In the order CAPA lists them. Known: PLAIN, LOGIN, CRAM-MD5, SCRAM-SHA-1,
@@ -81,6 +87,9 @@ struct sasl_settings {
   // per-connection processes) must share one, or a salt that changes between connections
   // tells that a user does not exist.
   std::string salt_key;
+  // Tests only (to replay RFC 2195's example): every CRAM-MD5 challenge is this text instead
+  // of a fresh one. Empty, as it must stay in production: a fixed challenge can be replayed.
+  std::string cram_md5_challenge_for_test;
 };
 
 // What the transport knows about one connection.
@@ -159,9 +168,5 @@ class sasl_server {
   explicit sasl_server(std::unique_ptr<impl> p);
   std::unique_ptr<impl> impl_;
 };
-
-// Test hook: the next CRAM-MD5 challenge issued on the calling thread is `challenge` instead
-// of a fresh one (to replay RFC 2195's example). Never called outside tests.
-void set_next_cram_md5_challenge_for_test(std::string challenge);
 
 }  // namespace postern::auth

@@ -238,10 +238,12 @@ class SaslTest : public ::testing::Test {
     fs::remove_all(dir_, ec);
   }
 
-  std::unique_ptr<sasl_server> make_server(std::vector<std::string> mechs) {
+  std::unique_ptr<sasl_server> make_server(std::vector<std::string> mechs,
+                                           std::string cram_md5_challenge = {}) {
     sasl_settings s;
     s.mechanisms = std::move(mechs);
     s.hostname = "pop.example.org";
+    s.cram_md5_challenge_for_test = std::move(cram_md5_challenge);
     auto srv = sasl_server::create(*db_, std::move(s));
     EXPECT_TRUE(srv.ok()) << (srv.ok() ? "" : srv.err().message());
     return srv.ok() ? std::move(srv).value() : nullptr;
@@ -584,7 +586,7 @@ TEST_F(SaslTest, LoginUnknownUserAndEmptyName) {
 // CRAM-MD5
 
 TEST_F(SaslTest, CramMd5Rfc2195Example) {
-  set_next_cram_md5_challenge_for_test("<1896.697170952@postoffice.reston.mci.net>");
+  server_ = make_server({"CRAM-MD5"}, "<1896.697170952@postoffice.reston.mci.net>");
   auto x = start("CRAM-MD5");
   auto r = x->step("");
   ASSERT_EQ(r.status, sasl_status::challenge);

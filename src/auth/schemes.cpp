@@ -224,18 +224,6 @@ bool hex_decode(std::string_view in, std::string& out) {
   return true;
 }
 
-std::string hex_encode(std::string_view in) {
-  static constexpr char digits[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(in.size() * 2);
-  for (char c : in) {
-    auto b = static_cast<unsigned char>(c);
-    out.push_back(digits[b >> 4]);
-    out.push_back(digits[b & 15]);
-  }
-  return out;
-}
-
 bool decode(std::string_view in, encoding enc, std::string& out) {
   switch (enc) {
     case encoding::none: out.assign(in); return true;
@@ -457,7 +445,6 @@ constexpr std::size_t pbkdf2_key_size = 20;  // PBKDF2-HMAC-SHA1, as Dovecot
 constexpr std::uint32_t pbkdf2_default_rounds = 5000;
 constexpr std::uint32_t scram_min_iterations = 4096;  // RFC 5802 SHOULD; Dovecot's minimum
 constexpr std::uint32_t scram_max_iterations = INT_MAX;
-constexpr std::uint32_t scram_default_iterations = 4096;
 constexpr std::size_t salt_size = 16;
 constexpr unsigned bcrypt_default_cost = 10;
 
@@ -742,16 +729,6 @@ result<void> generate_pbkdf2(std::string_view password, unsigned rounds, std::st
   return {};
 }
 
-std::string to_lower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) {
-    if (c >= 'A' && c <= 'Z') {
-      c = static_cast<char>(c - 'A' + 'a');
-    }
-  }
-  return out;
-}
-
 }  // namespace
 
 // -----------------------------------------------------------------------------------------
@@ -789,6 +766,78 @@ std::optional<password_scheme> find_scheme(std::string_view name) noexcept {
   }
   return e->scheme;
 }
+
+namespace {
+
+// Checks a decoded secret of `scheme` (whose table entry is `entry`) for what would make every
+// login fail later: the wrong length, a NUL byte, a crypt(3) string libxcrypt does not know,
+// a salted digest without salt, a malformed PBKDF2 or SCRAM field list. Errors: errc::invalid,
+// naming `context_name`.
+result<void> check_secret_shape(password_scheme scheme, const scheme_entry& entry,
+                                const std::string& raw, const std::string& context_name) {
+  std::size_t required = entry.raw_size;
+  if (scheme == password_scheme::plain_md5) {
+    required = 16;
+  }
+  if (required != 0 && raw.size() != required) {
+    return error(errc::invalid, context_name + " secret has the wrong length");
+  }
+  if ((is_crypt_family(scheme) || scheme == password_scheme::pbkdf2 ||
+       scheme == password_scheme::scram_sha1 || scheme == password_scheme::scram_sha256) &&
+      raw.find('\0') != std::string::npos) {
+    return error(errc::invalid, context_name + " secret holds a NUL byte");
+  }
+  if (is_crypt_family(scheme) && !raw.starts_with('*') && !raw.starts_with('!')) {
+    // Catch typos when the file is loaded rather than at each login. "*" and "!..." are the
+    // usual locked-account markers: kept, they never match. Legacy (DES, MD5) and cheap
+    // settings are accepted, as Dovecot accepts them.
+    switch (crypt_checksalt(raw.c_str())) {
+      case CRYPT_SALT_INVALID:
+        return error(errc::invalid, context_name + " secret is not a hash crypt(3) recognises");
+      case CRYPT_SALT_METHOD_DISABLED:
+        return error(errc::invalid,
+                     context_name + " secret uses a hash method this libxcrypt has disabled");
+      default: break;
+    }
+  }
+  switch (scheme) {
+    case password_scheme::ssha:
+    case password_scheme::ssha256:
+    case password_scheme::ssha512:
+    case password_scheme::smd5: {
+      const EVP_MD* md = scheme == password_scheme::ssha      ? EVP_sha1()
+                         : scheme == password_scheme::ssha256 ? EVP_sha256()
+                         : scheme == password_scheme::ssha512 ? EVP_sha512()
+                                                              : EVP_md5();
+      if (!raw.empty() && raw.size() <= md_size(md)) {
+        return error(errc::invalid, context_name + " secret is too short to hold a salt");
+      }
+      break;
+    }
+    case password_scheme::pbkdf2: {
+      pbkdf2_fields f;
+      if (!raw.empty() && !parse_pbkdf2(raw, f)) {
+        return error(errc::invalid, "PBKDF2 secret is not $1$salt$rounds$40-hex-digits");
+      }
+      break;
+    }
+    case password_scheme::scram_sha1:
+    case password_scheme::scram_sha256: {
+      scram_secret s;
+      auto h = scheme == password_scheme::scram_sha1 ? scram_hash::sha1 : scram_hash::sha256;
+      if (!raw.empty() && !parse_scram(raw, h, s)) {
+        return error(
+            errc::invalid,
+            context_name + " secret is not iterations(>=4096),salt,StoredKey,ServerKey in base64");
+      }
+      break;
+    }
+    default: break;
+  }
+  return ok_result();
+}
+
+}  // namespace
 
 result<stored_password> parse_stored_password(std::string_view stored) {
   // Split off the scheme the way Dovecot does (password_get_scheme()).
@@ -853,65 +902,7 @@ result<stored_password> parse_stored_password(std::string_view stored) {
     }
   }
 
-  std::size_t required = entry->raw_size;
-  if (scheme == password_scheme::plain_md5) {
-    required = 16;
-  }
-  if (required != 0 && raw.s.size() != required) {
-    return error(errc::invalid, context_name + " secret has the wrong length");
-  }
-  if ((is_crypt_family(scheme) || scheme == password_scheme::pbkdf2 ||
-       scheme == password_scheme::scram_sha1 || scheme == password_scheme::scram_sha256) &&
-      raw.s.find('\0') != std::string::npos) {
-    return error(errc::invalid, context_name + " secret holds a NUL byte");
-  }
-  if (is_crypt_family(scheme) && !raw.s.starts_with('*') && !raw.s.starts_with('!')) {
-    // Catch typos when the file is loaded rather than at each login. "*" and "!..." are the
-    // usual locked-account markers: kept, they never match. Legacy (DES, MD5) and cheap
-    // settings are accepted, as Dovecot accepts them.
-    switch (crypt_checksalt(raw.s.c_str())) {
-      case CRYPT_SALT_INVALID:
-        return error(errc::invalid, context_name + " secret is not a hash crypt(3) recognises");
-      case CRYPT_SALT_METHOD_DISABLED:
-        return error(errc::invalid,
-                     context_name + " secret uses a hash method this libxcrypt has disabled");
-      default: break;
-    }
-  }
-  switch (scheme) {
-    case password_scheme::ssha:
-    case password_scheme::ssha256:
-    case password_scheme::ssha512:
-    case password_scheme::smd5: {
-      const EVP_MD* md = scheme == password_scheme::ssha      ? EVP_sha1()
-                         : scheme == password_scheme::ssha256 ? EVP_sha256()
-                         : scheme == password_scheme::ssha512 ? EVP_sha512()
-                                                              : EVP_md5();
-      if (!raw.s.empty() && raw.s.size() <= md_size(md)) {
-        return error(errc::invalid, context_name + " secret is too short to hold a salt");
-      }
-      break;
-    }
-    case password_scheme::pbkdf2: {
-      pbkdf2_fields f;
-      if (!raw.s.empty() && !parse_pbkdf2(raw.s, f)) {
-        return error(errc::invalid, "PBKDF2 secret is not $1$salt$rounds$40-hex-digits");
-      }
-      break;
-    }
-    case password_scheme::scram_sha1:
-    case password_scheme::scram_sha256: {
-      scram_secret s;
-      auto h = scheme == password_scheme::scram_sha1 ? scram_hash::sha1 : scram_hash::sha256;
-      if (!raw.s.empty() && !parse_scram(raw.s, h, s)) {
-        return error(
-            errc::invalid,
-            context_name + " secret is not iterations(>=4096),salt,StoredKey,ServerKey in base64");
-      }
-      break;
-    }
-    default: break;
-  }
+  POSTERN_TRY(check_secret_shape(scheme, *entry, raw.s, context_name));
   return stored_password(scheme, raw.s);
 }
 
@@ -1036,7 +1027,7 @@ result<std::string> hash_password(std::string_view scheme, const secret_string& 
   out += entry->name;
   if (explicit_encoding) {
     out += '.';
-    out += to_lower(suffix);
+    out += ascii_to_lower(suffix);
   }
   out += '}';
   out += encode(raw.s, explicit_encoding.value_or(entry->default_encoding));

@@ -102,6 +102,11 @@ result<bool> verify_password(const stored_password& stored, const secret_string&
 result<bool> verify_password(std::string_view stored, const secret_string& password);
 
 // Creates a new stored secret "{SCHEME}data" for `password`, like `doveadm pw -s SCHEME`.
+// The SCRAM iteration count of hashes generated without a cost, and of the answer SASL gives
+// for a user it cannot check (so that such a user looks like one hashed with the default):
+// RFC 5802's SHOULD and Dovecot's default.
+inline constexpr std::uint32_t scram_default_iterations = 4096;
+
 // `scheme` may carry an encoding suffix ("SSHA512.hex"); an empty `scheme` means SHA512-CRYPT.
 // Generated: SHA512-CRYPT, SHA256-CRYPT, BLF-CRYPT, YESCRYPT, CRYPT (libxcrypt's preferred
 // method, yescrypt on Debian), PLAIN/CLEAR/CLEARTEXT, SSHA, SSHA256, SSHA512, CRAM-MD5

@@ -10,15 +10,19 @@
 namespace postern::auth {
 namespace {
 
-// getpw*_r / getgr*_r with a buffer that grows on ERANGE, up to 1 MiB (a group with very many
-// members).
+// getpw*_r / getgr*_r buffers: 16 KiB holds any ordinary entry in one call; on ERANGE the
+// buffer doubles up to 1 MiB (a group with very many members), past which the lookup fails.
+constexpr std::size_t nss_buffer_initial = 16384;
+constexpr std::size_t nss_buffer_max = std::size_t{1} << 20;
+
+// getpw*_r / getgr*_r with a buffer that grows on ERANGE, up to nss_buffer_max.
 template <typename Entry, typename Call>
 result<bool> nss_call(Call call, Entry& entry, std::vector<char>& buf, std::string_view what) {
-  buf.resize(16384);
+  buf.resize(nss_buffer_initial);
   for (;;) {
     Entry* found = nullptr;
     int rc = call(&entry, buf.data(), buf.size(), &found);
-    if (rc == ERANGE && buf.size() < (1u << 20)) {
+    if (rc == ERANGE && buf.size() < nss_buffer_max) {
       buf.resize(buf.size() * 2);
       continue;
     }

@@ -3,6 +3,8 @@
 #include <cerrno>
 #include <unistd.h>
 
+#include <string>
+
 namespace postern {
 
 read_outcome read_to_end(int fd, std::size_t limit) {
@@ -26,6 +28,39 @@ read_outcome read_to_end(int fd, std::size_t limit) {
     }
     out.data.append(buf, static_cast<std::size_t>(n));
   }
+}
+
+result<std::size_t> pread_upto(int fd, char* buf, std::size_t n, std::uint64_t off,
+                               std::string_view who, std::string_view what) {
+  std::size_t got = 0;
+  while (got < n) {
+    const ssize_t r = ::pread(fd, buf + got, n - got, static_cast<off_t>(off + got));
+    if (r < 0) {
+      const int err = errno;
+      if (err == EINTR) {
+        continue;
+      }
+      return error::from_errno(err, std::string(who) + ": read " + std::string(what));
+    }
+    if (r == 0) {
+      break;
+    }
+    got += static_cast<std::size_t>(r);
+  }
+  return got;
+}
+
+result<void> pread_full(int fd, char* buf, std::size_t n, std::uint64_t off,
+                        std::string_view who, std::string_view what) {
+  auto got = pread_upto(fd, buf, n, off, who, what);
+  if (!got) {
+    return std::move(got).err();
+  }
+  if (*got < n) {
+    return error(errc::temporary,
+                 std::string(who) + ": " + std::string(what) + " shrank while in use");
+  }
+  return ok_result();
 }
 
 }  // namespace postern

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 
 #include <cerrno>
+#include <cstddef>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -92,6 +93,24 @@ inline std::filesystem::path source_path(std::string_view relative) {
     here = std::filesystem::current_path() / here;
   }
   return here.parent_path().parent_path().parent_path() / relative;
+}
+
+// A message of `size` bytes with LF line ends, lines starting with dots and long CRLF lines:
+// for tests of streaming and mapping large messages.
+inline std::string sample_message(std::size_t size) {
+  std::string s;
+  s.reserve(size);
+  for (std::size_t line = 0; s.size() < size; ++line) {
+    if (line % 7 == 0) {
+      s += ".dot-stuffed line\n";
+    } else if (line % 11 == 0) {
+      s += std::string(5000, 'x') + "\r\n";
+    } else {
+      s += "Line " + std::to_string(line) + " of the message body\n";
+    }
+  }
+  s.resize(size);
+  return s;
 }
 
 }  // namespace postern::test

@@ -1,5 +1,7 @@
 #include "net/extensions.hpp"
 
+#include "common/encoding.hpp"
+
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
@@ -13,22 +15,6 @@
 extern char** environ;
 
 namespace postern::net {
-namespace {
-
-bool iequal(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) {
-    return false;
-  }
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; };
-    if (lower(a[i]) != lower(b[i])) {
-      return false;
-    }
-  }
-  return true;
-}
-
-}  // namespace
 
 result<std::string> read_header_field(store::message_reader& reader, std::string_view name) {
   constexpr std::size_t max_header = 256 * 1024;
@@ -76,7 +62,7 @@ result<std::string> read_header_field(store::message_reader& reader, std::string
       break;
     }
     auto colon = line.find(':');
-    if (colon != std::string_view::npos && iequal(line.substr(0, colon), name)) {
+    if (colon != std::string_view::npos && ascii_iequals(line.substr(0, colon), name)) {
       found.assign(line);
       in_field = true;
     }

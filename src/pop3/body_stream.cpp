@@ -1,6 +1,6 @@
 #include "pop3/body_stream.hpp"
 
-#include "pop3/mapped_access.hpp"
+#include "common/mapped_access.hpp"
 
 #include <algorithm>
 #include <cstring>

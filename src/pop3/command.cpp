@@ -1,5 +1,7 @@
 #include "pop3/command.hpp"
 
+#include "common/encoding.hpp"
+
 #include <array>
 #include <utility>
 
@@ -20,22 +22,6 @@ constexpr std::array<std::pair<std::string_view, command_kind>, 17> verbs{{
 
 }  // namespace
 
-bool keyword_equals(std::string_view a, std::string_view upper) noexcept {
-  if (a.size() != upper.size()) {
-    return false;
-  }
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    char c = a[i];
-    if (c >= 'a' && c <= 'z') {
-      c = static_cast<char>(c - 'a' + 'A');
-    }
-    if (c != upper[i]) {
-      return false;
-    }
-  }
-  return true;
-}
-
 command parse_command(std::string_view line) noexcept {
   command cmd;
   auto sp = line.find(' ');
@@ -44,7 +30,7 @@ command parse_command(std::string_view line) noexcept {
     cmd.args = line.substr(sp + 1);
   }
   for (const auto& [name, kind] : verbs) {
-    if (keyword_equals(cmd.verb, name)) {
+    if (ascii_iequals(cmd.verb, name)) {
       cmd.kind = kind;
       break;
     }
@@ -78,15 +64,6 @@ std::size_t split_args(std::string_view args, std::string_view* out, std::size_t
     }
   }
   return n;
-}
-
-const char* verb_name(command_kind kind) noexcept {
-  for (const auto& [name, k] : verbs) {
-    if (k == kind) {
-      return name.data();
-    }
-  }
-  return "?";
 }
 
 }  // namespace postern::pop3

@@ -28,9 +28,4 @@ command parse_command(std::string_view line) noexcept;
 // or max + 1 if there are more, or 0 when an argument is empty (two spaces in a row).
 std::size_t split_args(std::string_view args, std::string_view* out, std::size_t max) noexcept;
 
-const char* verb_name(command_kind kind) noexcept;
-
-// True when `word` equals `upper` (an upper-case ASCII keyword) ignoring ASCII case.
-bool keyword_equals(std::string_view word, std::string_view upper) noexcept;
-
 }  // namespace postern::pop3

@@ -144,26 +144,4 @@ void dot_encoder::finish(std::string& out) {
   out.resize(old + finish_to(out.data() + old));
 }
 
-std::uint64_t count_wire_octets(std::string_view chunk, bool& prev_cr) noexcept {
-  std::uint64_t bare_lf = 0;
-  const char* p = chunk.data();
-  const char* end = p + chunk.size();
-  while (p < end) {
-    const void* lf = std::memchr(p, '\n', static_cast<std::size_t>(end - p));
-    if (lf == nullptr) {
-      break;
-    }
-    const char* at = static_cast<const char*>(lf);
-    bool cr_before = at > chunk.data() ? at[-1] == '\r' : prev_cr;
-    if (!cr_before) {
-      ++bare_lf;
-    }
-    p = at + 1;
-  }
-  if (!chunk.empty()) {
-    prev_cr = chunk.back() == '\r';
-  }
-  return chunk.size() + bare_lf;
-}
-
 }  // namespace postern::pop3

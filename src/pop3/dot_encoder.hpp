@@ -52,8 +52,4 @@ class dot_encoder {
   bool done_ = false;
 };
 
-// Octets a stored message takes on the wire before byte-stuffing: every LF not preceded by
-// CR counts as two. `prev_cr` carries across chunks (start with false).
-std::uint64_t count_wire_octets(std::string_view chunk, bool& prev_cr) noexcept;
-
 }  // namespace postern::pop3

@@ -28,8 +28,17 @@ inline constexpr std::uint32_t default_max_bad_commands = 20;
 // (auth failed, N attempts)").
 inline constexpr std::uint32_t max_failed_logins = 10;
 
-// Chunk size for streaming a message: one read and one write per chunk, so a message of
-// any size is served in constant memory.
-inline constexpr std::size_t stream_chunk = 64 * 1024;
+// XTND XMIT: the largest message a client may submit (config: pop3.xmit_max_size). The
+// message is held in memory until it is handed on, so the bound is what one session may pin.
+inline constexpr std::uint32_t default_xmit_max_size = 10 * 1024 * 1024;
+
+// The engine's reply buffer is reserved once at this size: the greeting and the one-line
+// replies (RFC 2449 section 4: at most 512 octets, nearly all far shorter) then never
+// allocate; multi-line listings grow it.
+inline constexpr std::size_t initial_reply_reserve = 256;
+
+// An input buffer emptied after holding more than this (a long AUTH line, a pipelined burst)
+// is released, so that an idle session keeps little memory; below it, it is kept for reuse.
+inline constexpr std::size_t idle_input_keep = 4096;
 
 }  // namespace postern::pop3::limits

@@ -29,8 +29,6 @@ class line_decoder {
   // lines of at most `max_line` bytes including the line end.
   result decode(std::string_view input, std::size_t max_line) noexcept;
 
-  bool is_discarding() const noexcept { return discarding_; }
-
  private:
   bool discarding_ = false;
 };

@@ -1,5 +1,6 @@
 #include "pop3/session.hpp"
 
+#include "common/encoding.hpp"
 #include "common/parse.hpp"
 
 #include <fmt/format.h>
@@ -9,7 +10,7 @@
 namespace postern::pop3 {
 
 session::session(session_options opts) : opts_(std::move(opts)) {
-  out_.reserve(256);
+  out_.reserve(limits::initial_reply_reserve);
   if (!opts_.resume_user.empty()) {
     user_ = opts_.resume_user;
     method_ = opts_.resume_method;
@@ -71,7 +72,7 @@ step session::next() {
       case line_decoder::status::need_more:
         in_.erase(0, in_pos_);
         in_pos_ = 0;
-        if (in_.empty() && in_.capacity() > 4096) {
+        if (in_.empty() && in_.capacity() > limits::idle_input_keep) {
           in_.shrink_to_fit();
         }
         if (eof_) {
@@ -147,9 +148,9 @@ std::size_t session::shown_of(const command& cmd, std::string_view line) const n
       }
       // The mechanism only when it is one this server names: anything else may be an
       // initial response typed in its place.
-      bool named = keyword_equals(args[0], "PLAIN") || keyword_equals(args[0], "LOGIN");
+      bool named = ascii_iequals(args[0], "PLAIN") || ascii_iequals(args[0], "LOGIN");
       for (const auto& m : opts_.sasl_mechanisms) {
-        named = named || keyword_equals(args[0], m);
+        named = named || ascii_iequals(args[0], m);
       }
       return named ? end_of(args[0]) : verb_only;
     }
@@ -175,7 +176,7 @@ reply_shape session::reply_of(const command& cmd) const noexcept {
       return cmd.args.empty() ? reply_shape::multi : reply_shape::sasl;
     case command_kind::xtnd: {
       std::string_view args[1];
-      return split_args(cmd.args, args, 1) >= 1 && keyword_equals(args[0], "XLIST")
+      return split_args(cmd.args, args, 1) >= 1 && ascii_iequals(args[0], "XLIST")
                  ? reply_shape::multi
                  : reply_shape::single;
     }
@@ -355,12 +356,7 @@ void session::start_auth(const command& cmd) {
     bad_command("Syntax: AUTH mechanism [initial-response]");
     return;
   }
-  std::string mech(args[0]);
-  for (auto& c : mech) {
-    if (c >= 'a' && c <= 'z') {
-      c = static_cast<char>(c - 'a' + 'A');
-    }
-  }
+  const std::string mech = ascii_to_upper(args[0]);
   bool usable = false;
   for (const auto& m : opts_.sasl_mechanisms) {
     usable = usable || m == mech;
@@ -547,52 +543,13 @@ void session::handle_transaction(const command& cmd) {
         bad_commands_ = 0;
       }
       return;
-    case command_kind::stat: {
-      if (!expect_no_args(cmd)) {
-        return;
-      }
-      std::uint64_t count = 0, bytes = 0;
-      for (std::size_t i = 0; i < messages_.size(); ++i) {
-        if (!deleted_[i]) {
-          ++count;
-          bytes += messages_[i].size;
-        }
-      }
-      fmt::format_to(out, "+OK {} {}\r\n", count, bytes);
-      bad_commands_ = 0;
+    case command_kind::stat:
+      handle_stat(cmd);
       return;
-    }
     case command_kind::list:
-    case command_kind::uidl: {
-      const bool is_list = cmd.kind == command_kind::list;
-      if (!cmd.args.empty()) {
-        auto index = message_arg_only(cmd);
-        if (!index) {
-          return;
-        }
-        if (is_list) {
-          fmt::format_to(out, "+OK {} {}\r\n", *index + 1, messages_[*index].size);
-        } else {
-          fmt::format_to(out, "+OK {} {}\r\n", *index + 1, messages_[*index].uidl);
-        }
-        bad_commands_ = 0;
-        return;
-      }
-      out_.append(is_list ? "+OK scan listing follows\r\n" : "+OK unique-id listing follows\r\n");
-      for (std::size_t i = 0; i < messages_.size(); ++i) {
-        if (deleted_[i]) {
-          continue;
-        }
-        if (is_list) {
-          fmt::format_to(out, "{} {}\r\n", i + 1, messages_[i].size);
-        } else {
-          fmt::format_to(out, "{} {}\r\n", i + 1, messages_[i].uidl);
-        }
-      }
-      out_.append(".\r\n");
-      bad_commands_ = 0;
+    case command_kind::uidl:
+      handle_listing(cmd);
       return;
-    }
     case command_kind::retr: {
       auto index = message_arg_only(cmd);
       if (!index) {
@@ -603,27 +560,9 @@ void session::handle_transaction(const command& cmd) {
       pending_ = step::retrieve;
       return;
     }
-    case command_kind::top: {
-      std::string_view args[2];
-      std::size_t n = split_args(cmd.args, args, 2);
-      if (n != 2) {
-        bad_command(n > 2 ? "Too many arguments." : "TOP needs a message number and a line count.");
-        return;
-      }
-      auto lines = parse_u64(args[1]);
-      if (!lines) {
-        bad_command("Invalid line count.");
-        return;
-      }
-      auto index = message_arg(args[0]);
-      if (!index) {
-        return;
-      }
-      retrieve_index_ = *index;
-      top_lines_ = *lines;
-      pending_ = step::retrieve;
+    case command_kind::top:
+      handle_top(cmd);
       return;
-    }
     case command_kind::dele: {
       auto index = message_arg_only(cmd);
       if (!index) {
@@ -634,41 +573,18 @@ void session::handle_transaction(const command& cmd) {
       bad_commands_ = 0;
       return;
     }
-    case command_kind::rset: {
-      if (!expect_no_args(cmd)) {
-        return;
-      }
-      std::uint64_t count = messages_.size(), bytes = 0;
-      for (std::size_t i = 0; i < messages_.size(); ++i) {
-        deleted_[i] = false;
-        bytes += messages_[i].size;
-      }
-      last_accessed_ = 0;
-      fmt::format_to(out, "+OK Maildrop has {} messages ({} octets).\r\n", count, bytes);
-      bad_commands_ = 0;
+    case command_kind::rset:
+      handle_rset(cmd);
       return;
-    }
     case command_kind::last:
       if (expect_no_args(cmd)) {
         fmt::format_to(out, "+OK {}\r\n", last_accessed_);
         bad_commands_ = 0;
       }
       return;
-    case command_kind::quit: {
-      if (!expect_no_args(cmd)) {
-        return;
-      }
-      quit_received_ = true;
-      for (std::size_t i = 0; i < messages_.size(); ++i) {
-        if (deleted_[i]) {
-          ++stats_.marked_count;
-          stats_.marked_bytes += messages_[i].size;
-        }
-      }
-      state_ = session_state::update;
-      pending_ = step::commit;
+    case command_kind::quit:
+      handle_quit(cmd);
       return;
-    }
     case command_kind::xtnd:
       handle_xtnd(cmd);
       return;
@@ -687,10 +603,108 @@ void session::handle_transaction(const command& cmd) {
   }
 }
 
+void session::handle_stat(const command& cmd) {
+  auto out = std::back_inserter(out_);
+  if (!expect_no_args(cmd)) {
+    return;
+  }
+  std::uint64_t count = 0, bytes = 0;
+  for (std::size_t i = 0; i < messages_.size(); ++i) {
+    if (!deleted_[i]) {
+      ++count;
+      bytes += messages_[i].size;
+    }
+  }
+  fmt::format_to(out, "+OK {} {}\r\n", count, bytes);
+  bad_commands_ = 0;
+}
+
+void session::handle_listing(const command& cmd) {
+  auto out = std::back_inserter(out_);
+  const bool is_list = cmd.kind == command_kind::list;
+  if (!cmd.args.empty()) {
+    auto index = message_arg_only(cmd);
+    if (!index) {
+      return;
+    }
+    if (is_list) {
+      fmt::format_to(out, "+OK {} {}\r\n", *index + 1, messages_[*index].size);
+    } else {
+      fmt::format_to(out, "+OK {} {}\r\n", *index + 1, messages_[*index].uidl);
+    }
+    bad_commands_ = 0;
+    return;
+  }
+  out_.append(is_list ? "+OK scan listing follows\r\n" : "+OK unique-id listing follows\r\n");
+  for (std::size_t i = 0; i < messages_.size(); ++i) {
+    if (deleted_[i]) {
+      continue;
+    }
+    if (is_list) {
+      fmt::format_to(out, "{} {}\r\n", i + 1, messages_[i].size);
+    } else {
+      fmt::format_to(out, "{} {}\r\n", i + 1, messages_[i].uidl);
+    }
+  }
+  out_.append(".\r\n");
+  bad_commands_ = 0;
+}
+
+void session::handle_top(const command& cmd) {
+  std::string_view args[2];
+  std::size_t n = split_args(cmd.args, args, 2);
+  if (n != 2) {
+    bad_command(n > 2 ? "Too many arguments." : "TOP needs a message number and a line count.");
+    return;
+  }
+  auto lines = parse_u64(args[1]);
+  if (!lines) {
+    bad_command("Invalid line count.");
+    return;
+  }
+  auto index = message_arg(args[0]);
+  if (!index) {
+    return;
+  }
+  retrieve_index_ = *index;
+  top_lines_ = *lines;
+  pending_ = step::retrieve;
+}
+
+void session::handle_rset(const command& cmd) {
+  auto out = std::back_inserter(out_);
+  if (!expect_no_args(cmd)) {
+    return;
+  }
+  std::uint64_t count = messages_.size(), bytes = 0;
+  for (std::size_t i = 0; i < messages_.size(); ++i) {
+    deleted_[i] = false;
+    bytes += messages_[i].size;
+  }
+  last_accessed_ = 0;
+  fmt::format_to(out, "+OK Maildrop has {} messages ({} octets).\r\n", count, bytes);
+  bad_commands_ = 0;
+}
+
+void session::handle_quit(const command& cmd) {
+  if (!expect_no_args(cmd)) {
+    return;
+  }
+  quit_received_ = true;
+  for (std::size_t i = 0; i < messages_.size(); ++i) {
+    if (deleted_[i]) {
+      ++stats_.marked_count;
+      stats_.marked_bytes += messages_[i].size;
+    }
+  }
+  state_ = session_state::update;
+  pending_ = step::commit;
+}
+
 void session::handle_xtnd(const command& cmd) {
   std::string_view args[3];
   std::size_t n = split_args(cmd.args, args, 3);
-  if (n >= 1 && n <= 3 && keyword_equals(args[0], "XLIST") && opts_.xtnd_xlist) {
+  if (n >= 1 && n <= 3 && ascii_iequals(args[0], "XLIST") && opts_.xtnd_xlist) {
     if (n < 2) {
       bad_command("Syntax: XTND XLIST header [message]");
       return;
@@ -720,7 +734,7 @@ void session::handle_xtnd(const command& cmd) {
     pending_ = step::xlist;
     return;
   }
-  if (n == 1 && keyword_equals(args[0], "XMIT") && opts_.xtnd_xmit) {
+  if (n == 1 && ascii_iequals(args[0], "XMIT") && opts_.xtnd_xmit) {
     reply_ok("Start sending the message, end with a line holding only \".\".");
     xmit_receiving_ = true;
     xmit_too_big_ = false;

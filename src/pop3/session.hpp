@@ -102,7 +102,7 @@ struct session_options {
   std::string expire_capability;
   bool xtnd_xlist = true;            // XTND XLIST (read-only, always safe)
   bool xtnd_xmit = false;            // XTND XMIT: submit a message (off by default)
-  std::uint64_t xmit_max_size = 10 * 1024 * 1024;
+  std::uint64_t xmit_max_size = limits::default_xmit_max_size;
 };
 
 // What changes on a connection once TLS is up (STLS): the driver recomputes it.
@@ -209,6 +209,12 @@ class session {
   reply_shape reply_of(const command& cmd) const noexcept;
   void handle_authorization(const command& cmd);
   void handle_transaction(const command& cmd);
+  // TRANSACTION commands with more than a few lines of their own.
+  void handle_stat(const command& cmd);
+  void handle_listing(const command& cmd);  // LIST and UIDL
+  void handle_top(const command& cmd);
+  void handle_rset(const command& cmd);
+  void handle_quit(const command& cmd);
   void reply_ok(std::string_view text = {});
   void reply_err(std::string_view text);
   void bad_command(std::string_view text);

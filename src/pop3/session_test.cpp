@@ -1,5 +1,6 @@
 #include "pop3/session.hpp"
 
+#include "common/line_ends.hpp"
 #include "pop3/dot_encoder.hpp"
 
 #include <gtest/gtest.h>

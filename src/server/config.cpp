@@ -13,7 +13,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cctype>
 #include <array>
 #include <cerrno>
 #include <cstdint>
@@ -25,6 +24,9 @@
 #include <string_view>
 #include <utility>
 
+#include "auth/passdb_spec.hpp"
+#include "auth/sasl.hpp"
+#include "common/encoding.hpp"
 #include "common/parse.hpp"
 #include "common/read_file.hpp"
 #include "common/unique_fd.hpp"
@@ -536,28 +538,23 @@ void set_passdb(const item& it, config& cfg) {
   if (!s) {
     return;
   }
-  constexpr std::string_view passwd_file = "passwd-file:";
-  if (*s == "pam") {
-    cfg.passdb = std::move(*s);
-    return;
-  }
-  if (s->rfind(passwd_file, 0) != 0) {
-    it.fail(quoted(*s) + " is not a known password database (supported: \"passwd-file:PATH\", \"pam\")");
-    return;
-  }
-  std::string_view path = std::string_view(*s).substr(passwd_file.size());
-  if (path.empty()) {
-    it.fail("passwd-file needs a path, e.g. \"passwd-file:/etc/postern/users\"");
-    return;
-  }
-  // The server changes directory and may chroot; a relative path would silently change meaning.
-  if (path.front() != '/') {
-    it.fail(quoted(*s) + ": the passwd-file path must be absolute");
-    return;
-  }
-  if (!std::all_of(path.begin(), path.end(),
-                   [](char c) { return static_cast<unsigned char>(c) >= 0x20 && c != 0x7F; })) {
-    it.fail("the passwd-file path must not contain control characters");
+  const auto parsed = auth::parse_passdb_spec(*s);
+  if (const auto* fault = std::get_if<auth::passdb_spec_fault>(&parsed)) {
+    switch (*fault) {
+      case auth::passdb_spec_fault::unknown_kind:
+        it.fail(quoted(*s) +
+                " is not a known password database (supported: \"passwd-file:PATH\", \"pam\")");
+        break;
+      case auth::passdb_spec_fault::missing_path:
+        it.fail("passwd-file needs a path, e.g. \"passwd-file:/etc/postern/users\"");
+        break;
+      case auth::passdb_spec_fault::relative_path:
+        it.fail(quoted(*s) + ": the passwd-file path must be absolute");
+        break;
+      case auth::passdb_spec_fault::control_character:
+        it.fail("the passwd-file path must not contain control characters");
+        break;
+    }
     return;
   }
   cfg.passdb = std::move(*s);
@@ -661,10 +658,6 @@ constexpr std::array<std::pair<std::string_view, tls_mode>, 4> tls_mode_names{{
     {"connection", tls_mode::connection},
 }};
 
-constexpr std::array<std::string_view, 9> known_mechanisms{
-    "PLAIN",    "LOGIN",    "CRAM-MD5", "SCRAM-SHA-1", "SCRAM-SHA-1-PLUS", "SCRAM-SHA-256",
-    "SCRAM-SHA-256-PLUS", "EXTERNAL", "GSSAPI"};
-
 void set_mechanisms(const item& it, config& cfg) {
   const auto* arr = it.node.as_array();
   if (arr == nullptr) {
@@ -679,9 +672,8 @@ void set_mechanisms(const item& it, config& cfg) {
       el_item.fail("expected an array of strings, found " + std::string(type_name(el)));
       return;
     }
-    std::string name = s->get();
-    std::transform(name.begin(), name.end(), name.begin(),
-                   [](unsigned char c) { return static_cast<char>(std::toupper(c)); });
+    std::string name = ascii_to_upper(s->get());
+    const auto known_mechanisms = auth::sasl_mechanism_names();
     if (std::find(known_mechanisms.begin(), known_mechanisms.end(), name) == known_mechanisms.end()) {
       std::string choices;
       for (auto m : known_mechanisms) {

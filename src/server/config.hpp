@@ -4,11 +4,16 @@
 
 #include "common/result.hpp"
 #include "net/listeners.hpp"
+#include "pop3/limits.hpp"
 
 #include <chrono>
 #include <cstdint>
 #include <string>
 #include <vector>
+
+namespace postern::store::mbox {
+class journal_faults;
+}
 
 namespace postern::server {
 
@@ -103,6 +108,10 @@ struct config {
   // Where an mbox spool in a directory others can write keeps its journal, index and session
   // lock ("~", %u, %n, %d, %h expanded per user); empty: such spools are refused.
   std::string mbox_state_dir = "~/.postern";
+  // Crash-test fault injection for mbox updates (store/mbox/journal.hpp): set only by a
+  // posternd built with POSTERN_TEST_HOOKS, from its environment; never from the file. Not
+  // owned; null in production.
+  store::mbox::journal_faults* mbox_faults = nullptr;
   std::chrono::seconds mbox_dotlock_stale_age{600};  // a dotlock older than this is broken
   // At daemon start (not --inetd), time allowed for completing the mbox updates that a crash
   // interrupted (server/startup_recovery.hpp); 0 = not at startup.
@@ -143,7 +152,7 @@ struct config {
   bool xtnd_xlist = true;
   bool xtnd_xmit = false;
   std::vector<std::string> xmit_command{"/usr/sbin/sendmail", "-t", "-i"};
-  std::uint32_t xmit_max_size = 10 * 1024 * 1024;
+  std::uint32_t xmit_max_size = pop3::limits::default_xmit_max_size;
   std::string uidl_format;                    // Dovecot's pop3_uidl_format; "" = native
   bool dovecot_lock_session = false;          // Dovecot's pop3_lock_session (Maildir)
   std::vector<std::string> acl;               // "allow NET" / "deny NET", first match wins

@@ -1,6 +1,7 @@
 #include "server/setup.hpp"
 
 #include "auth/pam.hpp"
+#include "auth/passdb_spec.hpp"
 #include "auth/passwd_file.hpp"
 #include "auth/system_users.hpp"
 #include "common/log.hpp"
@@ -59,22 +60,22 @@ result<std::shared_ptr<net::tls_server_context>> make_tls(const config& cfg) {
 }
 
 result<std::unique_ptr<auth::passdb>> open_passdb(const config& cfg, const unix_settings& us) {
-  std::string spec = cfg.passdb;
-  if (spec == "pam") {
+  const auto parsed = auth::parse_passdb_spec(cfg.passdb);
+  const auto* spec = std::get_if<auth::passdb_spec>(&parsed);
+  if (spec == nullptr) {
+    return error(errc::invalid, "auth.passdb: unsupported passdb '" + cfg.passdb + "'");
+  }
+  if (spec->kind == auth::passdb_kind::pam) {
     auth::pam_settings ps;
     ps.service = us.pam_service;
     ps.account_check = us.pam_account_check;
     return auth::open_pam_passdb(std::move(ps));
   }
-  constexpr std::string_view prefix = "passwd-file:";
-  if (spec.rfind(prefix, 0) != 0) {
-    return error(errc::invalid, "auth.passdb: unsupported passdb '" + spec + "'");
-  }
   auto owner = passdb_trusted_owner(cfg, us);
   if (!owner) {
     return std::move(owner).err();
   }
-  return auth::open_passwd_file(spec.substr(prefix.size()), *owner);
+  return auth::open_passwd_file(spec->path, *owner);
 }
 
 result<uid_t> passdb_trusted_owner(const config& cfg, const unix_settings& us) {
@@ -89,15 +90,16 @@ result<uid_t> passdb_trusted_owner(const config& cfg, const unix_settings& us) {
 }
 
 result<void> check_passdb_file(const config& cfg, const unix_settings& us) {
-  constexpr std::string_view prefix = "passwd-file:";
-  if (cfg.passdb.rfind(prefix, 0) != 0) {
+  const auto parsed = auth::parse_passdb_spec(cfg.passdb);
+  const auto* spec = std::get_if<auth::passdb_spec>(&parsed);
+  if (spec == nullptr || spec->kind != auth::passdb_kind::passwd_file) {
     return {};
   }
   auto owner = passdb_trusted_owner(cfg, us);
   if (!owner) {
     return std::move(owner).err();
   }
-  std::string path = cfg.passdb.substr(prefix.size());
+  const std::string& path = spec->path;
   POSTERN_TRY(auth::check_passwd_file_path(path, *owner));
   if (auto warning = auth::passwd_file_directory_warning(path, *owner); !warning.empty()) {
     log::warning("{}", warning);
@@ -245,6 +247,7 @@ result<void> prepare_env(const config& cfg, const unix_settings& us, shared_stat
   st.mail.owner_rules = mail_owner_rules_of(cfg);
   auto& mb = st.mail.mbox;
   mb.locking = mbox_locking_of(cfg);
+  mb.faults = cfg.mbox_faults;
   st.mail.mbox_state_dir.reset();
   if (!cfg.mbox_state_dir.empty()) {
     auto state = store::parse_location("mbox:" + cfg.mbox_state_dir);

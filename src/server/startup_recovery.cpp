@@ -1,5 +1,6 @@
 #include "server/startup_recovery.hpp"
 
+#include "auth/passdb_spec.hpp"
 #include "auth/passwd_file.hpp"
 #include "auth/system_users.hpp"
 #include "common/log.hpp"
@@ -71,6 +72,7 @@ void report(const context& ctx, log::level lvl, const std::string& line) {
 store::mbox::options mbox_options_of(const config& cfg) {
   store::mbox::options o;
   o.locking = mbox_locking_of(cfg);
+  o.faults = cfg.mbox_faults;
   return o;
 }
 
@@ -422,14 +424,15 @@ void recover_one(const context& ctx, const candidate& c, recovery_tally& t) {
 
 result<std::vector<auth::user_record>> all_users(const config& cfg, bool& cut,
                                                  clock::time_point deadline) {
-  constexpr std::string_view prefix = "passwd-file:";
-  if (cfg.passdb.rfind(prefix, 0) == 0) {
-    return passwd_file_users(cfg.passdb.substr(prefix.size()));
+  const auto parsed = auth::parse_passdb_spec(cfg.passdb);
+  const auto* spec = std::get_if<auth::passdb_spec>(&parsed);
+  if (spec == nullptr) {
+    return error(errc::invalid, "auth.passdb: unsupported passdb '" + cfg.passdb + "'");
   }
-  if (cfg.passdb == "pam") {
-    return system_users(deadline, cut);
+  if (spec->kind == auth::passdb_kind::passwd_file) {
+    return passwd_file_users(spec->path);
   }
-  return error(errc::invalid, "auth.passdb: unsupported passdb '" + cfg.passdb + "'");
+  return system_users(deadline, cut);
 }
 
 }  // namespace
@@ -490,7 +493,8 @@ void log_summary(const recovery_tally& t, long long ms) {
 // True when some user may have an mbox: the location is one, or the passdb can give
 // per-user locations (passwd-file's userdb_mail).
 bool mbox_possible(const config& cfg) {
-  return cfg.mail_location.rfind("mbox:", 0) == 0 || cfg.passdb.rfind("passwd-file:", 0) == 0;
+  return cfg.mail_location.rfind("mbox:", 0) == 0 ||
+         cfg.passdb.rfind(auth::passwd_file_prefix, 0) == 0;
 }
 
 [[noreturn]] void startup_child(const config& cfg, const unix_settings& us,

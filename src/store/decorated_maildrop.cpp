@@ -196,6 +196,28 @@ result<uidlist> decorated_maildrop::sync_dovecot_uids(const std::vector<std::str
   return synced;
 }
 
+result<void> decorated_maildrop::read_headers(std::vector<std::string>& headers,
+                                              std::vector<bool>& keep_native) {
+  for (std::size_t i = 0; i < infos_.size(); ++i) {
+    auto reader = inner_->open_message(i, false);
+    if (!reader && reader.err().code() == errc::not_found) {
+      // Removed by another client (an IMAP expunge) since the store listed it: it keeps
+      // its native UIDL, and reading it answers the store's permanent error.
+      keep_native[i] = true;
+      continue;
+    }
+    if (!reader) {
+      return std::move(reader).err();
+    }
+    auto h = read_header_section(**reader);
+    if (!h) {
+      return std::move(h).err();
+    }
+    headers[i] = std::move(h).value();
+  }
+  return ok_result();
+}
+
 result<void> decorated_maildrop::apply_uidl_format() {
   auto fmt = uidl_format::parse(opts_.uidl_format);
   if (!fmt) {
@@ -217,23 +239,7 @@ result<void> decorated_maildrop::apply_uidl_format() {
   const bool need_headers =
       fmt->uses('m') || (opts_.kind == store_kind::mbox && (numbered || opts_.reuse_x_uidl));
   if (need_headers) {
-    for (std::size_t i = 0; i < infos_.size(); ++i) {
-      auto reader = inner_->open_message(i, false);
-      if (!reader && reader.err().code() == errc::not_found) {
-        // Removed by another client (an IMAP expunge) since the store listed it: it keeps
-        // its native UIDL, and reading it answers the store's permanent error.
-        keep_native[i] = true;
-        continue;
-      }
-      if (!reader) {
-        return std::move(reader).err();
-      }
-      auto h = read_header_section(**reader);
-      if (!h) {
-        return std::move(h).err();
-      }
-      headers[i] = std::move(h).value();
-    }
+    POSTERN_TRY(read_headers(headers, keep_native));
   }
 
   bool assign_own = numbered;  // number new messages in postern-uidlist

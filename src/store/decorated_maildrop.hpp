@@ -99,6 +99,9 @@ class decorated_maildrop final : public maildrop {
  private:
   decorated_maildrop(std::unique_ptr<maildrop> inner, decoration_options opts);
   result<void> apply_uidl_format();
+  // The header section of every listed message into headers[i]; a message removed since the
+  // listing is marked in keep_native instead. Errors: from the store's reads.
+  result<void> read_headers(std::vector<std::string>& headers, std::vector<bool>& keep_native);
   result<uidlist> sync_dovecot_uids(const std::vector<std::string>& bases,
                                     const std::optional<uidlist>& own);
   result<std::optional<std::int64_t>> header_stamp(std::size_t index);

@@ -1,5 +1,6 @@
 #include "store/dovecot_uidlist.hpp"
 
+#include "common/encoding.hpp"
 #include "common/parse.hpp"
 #include "common/unique_fd.hpp"
 #include "store/expire.hpp"
@@ -26,7 +27,7 @@ constexpr std::time_t stale_pid_check_secs = 2;
 constexpr std::size_t max_uidlist_size = 256u << 20;
 
 std::string local_hostname() {
-  std::array<char, 256> buf{};
+  std::array<char, 256> buf{};  // a host name is at most 255 bytes (POSIX HOST_NAME_MAX >= 255)
   if (::gethostname(buf.data(), buf.size() - 1) != 0) {
     return "localhost";
   }
@@ -39,7 +40,7 @@ std::optional<pid_t> local_pid_of(const std::string& lock_path) {
   if (!fd) {
     return std::nullopt;
   }
-  std::array<char, 512> buf{};
+  std::array<char, 512> buf{};  // "<pid>:<host>": a pid and a host name (at most 255) fit
   ssize_t n = ::read(fd.get(), buf.data(), buf.size() - 1);
   if (n <= 0) {
     return std::nullopt;
@@ -89,12 +90,8 @@ std::string random_guid() {
   if (RAND_bytes(b.data(), static_cast<int>(b.size())) != 1) {
     return {};  // Dovecot adds one itself when the header has none
   }
-  static constexpr std::string_view hex = "0123456789abcdef";
   std::string out;
-  for (unsigned char c : b) {
-    out += hex[c >> 4];
-    out += hex[c & 0xF];
-  }
+  append_hex(out, b);
   return out;
 }
 

@@ -72,10 +72,14 @@ std::int64_t unix_seconds(std::chrono::system_clock::time_point t) noexcept;
 std::string side_file_path(store_kind kind, const std::string& maildrop_path,
                            std::string_view name);
 
+// The largest side file (expiry stamps) read into memory: some tens of bytes a message, so
+// 64 MiB is room for millions of messages; a larger file is refused, not read.
+inline constexpr std::size_t max_side_file = std::size_t{64} << 20;
+
 // Reads a whole side file. A missing file reads as nullopt. Errors: errc::temporary (I/O),
 // errc::permanent (not a regular file, permission denied), errc::invalid (over max_size).
 result<std::optional<std::string>> read_side_file(const std::string& path,
-                                                  std::size_t max_size = 64u << 20);
+                                                  std::size_t max_size = max_side_file);
 
 // Replaces `path` with `content` atomically: writes "<path>.tmp.<pid>" (mode 0600, and when
 // running as root, owned like `owner_reference` if that names an existing file), fsyncs it,

@@ -18,6 +18,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace postern::store {
@@ -47,7 +48,7 @@ class message_reader {
   // mapping (the default, and for small messages); use read(). It answers nullopt on the
   // first call or never, so a caller asks once and then keeps to one path. The mapped bytes
   // fault (SIGBUS) if the file is truncated meanwhile: touch them only inside a
-  // pop3::mapped_access scope, and treat a fault like a read error.
+  // mapped_access (common/mapped_access.hpp) scope, and treat a fault like a read error.
   virtual result<std::optional<std::span<const char>>> map_next(std::size_t max) {
     (void)max;
     return std::optional<std::span<const char>>{};
@@ -85,5 +86,20 @@ class maildrop {
   // intact. Called at most once.
   virtual result<commit_stats> commit(std::span<const bool> deleted) = 0;
 };
+
+// The caller errors every store's commit() refuses first: a second call, or a deletion list
+// whose size is not the number of messages. `store` names the store in the message.
+// Errors: errc::invalid (a bug in the caller; nothing was touched).
+inline result<void> check_commit_call(std::string_view store, bool committed, std::size_t marks,
+                                      std::size_t messages) {
+  if (committed) {
+    return error(errc::invalid, std::string(store) + ": commit called twice");
+  }
+  if (marks != messages) {
+    return error(errc::invalid, std::string(store) + ": commit with " + std::to_string(marks) +
+                                    " marks for " + std::to_string(messages) + " messages");
+  }
+  return ok_result();
+}
 
 }  // namespace postern::store

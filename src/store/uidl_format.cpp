@@ -14,7 +14,9 @@ namespace postern::store {
 namespace {
 
 constexpr std::size_t max_sendable_uidl = 255;
-constexpr std::string_view hex_digits = "0123456789abcdef";
+// The largest field width a format may give (Dovecot's %Nx): wider than any UIDL Postern
+// sends, so a width past it is a typo, refused at startup.
+constexpr unsigned max_uidl_width = 255;
 
 bool is_lwsp(char c) noexcept { return c == ' ' || c == '\t'; }
 
@@ -173,7 +175,7 @@ result<uidl_format> uidl_format::parse(std::string_view spec) {
     }
     while (j < spec.size() && spec[j] >= '0' && spec[j] <= '9') {
       p.width = p.width * 10 + static_cast<unsigned>(spec[j] - '0');
-      if (p.width > 255) {
+      if (p.width > max_uidl_width) {
         return error(errc::invalid, "uidl_format: width too large at byte " + std::to_string(i + 1));
       }
       ++j;
@@ -343,10 +345,7 @@ std::string header_md5_hex(std::string_view header) {
     return {};
   }
   std::string out;
-  for (unsigned int i = 0; i < len; ++i) {
-    out += hex_digits[md[i] >> 4];
-    out += hex_digits[md[i] & 0xF];
-  }
+  append_hex(out, {md.data(), len});
   return out;
 }
 

@@ -84,9 +84,15 @@ bool is_sendable_uidl(std::string_view s) noexcept;
 // ---------------------------------------------------------------------------------------
 // Headers
 
+// The most of a header section read for a UIDL format or an expiry stamp: real headers are a
+// few KiB (a long Received chain some tens); past this the header is cut, so a hostile
+// message costs a session at most this much memory.
+inline constexpr std::size_t max_header_section = 256 * 1024;
+
 // Reads a message's header section: everything up to and including the first empty line
 // (LF or CRLF), at most `limit` bytes (a longer header is cut there). Errors: from the reader.
-result<std::string> read_header_section(message_reader& reader, std::size_t limit = 256 * 1024);
+result<std::string> read_header_section(message_reader& reader,
+                                        std::size_t limit = max_header_section);
 
 // The first field named `name` (case-insensitive) in a header section: its value with the
 // one blank after the colon removed, continuation lines joined with their line ends dropped,

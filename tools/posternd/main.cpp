@@ -116,17 +116,22 @@ int hash_command(const std::string& scheme) {
   return 0;
 }
 
-// Test hooks for the integration tests of mbox crash recovery: the daemon exits (as if
-// killed) at the N-th fault point of an mbox update (store/mbox/journal.hpp). Compiled only
+// Test hooks for the integration tests of mbox crash recovery: with POSTERN_TEST_MBOX_FAULT=N
+// the daemon exits (as if killed) at the N-th fault point of an mbox update, with
+// POSTERN_TEST_MBOX_COPY_BUFFER=B its journal copies in B-byte pieces (store/mbox/journal.hpp).
+// The countdown goes into the configuration, which hands it to every mbox open. Compiled only
 // into test builds (POSTERN_TESTS=ON); a release binary ignores these variables.
-void apply_test_hooks() {
+void apply_test_hooks([[maybe_unused]] postern::server::config& cfg) {
 #ifdef POSTERN_TEST_HOOKS
-  if (const char* step = std::getenv("POSTERN_TEST_MBOX_FAULT")) {
-    postern::store::mbox::set_fault_for_test(std::atoi(step));
+  const char* step = std::getenv("POSTERN_TEST_MBOX_FAULT");
+  const char* bytes = std::getenv("POSTERN_TEST_MBOX_COPY_BUFFER");
+  if (step == nullptr && bytes == nullptr) {
+    return;
   }
-  if (const char* bytes = std::getenv("POSTERN_TEST_MBOX_COPY_BUFFER")) {
-    postern::store::mbox::set_copy_buffer_for_test(static_cast<std::size_t>(std::atol(bytes)));
-  }
+  static postern::store::mbox::fault_countdown faults(
+      step != nullptr ? std::atoi(step) : 0,
+      bytes != nullptr ? static_cast<std::size_t>(std::atol(bytes)) : 0);
+  cfg.mbox_faults = &faults;
 #endif
 }
 
@@ -180,6 +185,7 @@ int recover_command(const std::string& path, const postern::server::config& cfg)
   }
   mbox::options opts;
   opts.locking = postern::server::mbox_locking_of(cfg);
+  opts.faults = cfg.mbox_faults;
   if (!cfg.mbox_state_dir.empty()) {
     auto loc = postern::store::parse_location("mbox:" + cfg.mbox_state_dir);
     if (loc) {
@@ -231,7 +237,6 @@ int recover_all_command(const postern::server::config& cfg, bool fork_model) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  apply_test_hooks();
   CLI::App app{"posternd: the Postern POP3 server"};
   std::string config_path = "/etc/postern/postern.toml";
   bool foreground = false, inetd = false, check = false, version = false;
@@ -300,6 +305,7 @@ int main(int argc, char** argv) {
     // The configuration gives the locks and the state directory; without one (none given
     // and no default file), the defaults.
     postern::server::config defaults;
+    apply_test_hooks(defaults);
     if (app.count("--config") == 0 && ::access(config_path.c_str(), F_OK) != 0) {
       return recover_command(recover_path, defaults);
     }
@@ -308,6 +314,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "posternd: %s\n", rc.err().message().c_str());
       return 1;
     }
+    apply_test_hooks(*rc);
     return recover_command(recover_path, *rc);
   }
   auto cfg = postern::server::load_config(config_path);
@@ -315,6 +322,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "posternd: %s\n", cfg.err().message().c_str());
     return 1;
   }
+  apply_test_hooks(*cfg);
   if (recover_all) {
     return recover_all_command(*cfg, *daemon_opt || cfg->unix.model == postern::server::process_model::fork);
   }

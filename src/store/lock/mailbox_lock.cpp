@@ -1,5 +1,6 @@
 #include "store/lock/mailbox_lock.hpp"
 
+#include "common/encoding.hpp"
 #include "common/log.hpp"
 
 #include <fcntl.h>
@@ -98,16 +99,12 @@ std::string temp_lock_name() {
       rnd[i] = static_cast<unsigned char>((t >> (8 * i)) ^ (n >> (8 * (i % 4))));
     }
   }
-  std::array<char, 256> host{};
+  std::array<char, 256> host{};  // a host name is at most 255 bytes
   if (::gethostname(host.data(), host.size() - 1) != 0) {
     host[0] = '\0';
   }
   std::string out = ".lk" + std::to_string(::getpid()) + ".";
-  static constexpr char digits[] = "0123456789abcdef";
-  for (unsigned char c : rnd) {
-    out += digits[c >> 4];
-    out += digits[c & 0x0F];
-  }
+  append_hex(out, rnd);
   out += '.';
   for (const char* p = host.data(); *p != '\0' && *p != '.' && out.size() < 64; ++p) {
     const char c = *p;

@@ -1,14 +1,15 @@
 #include "store/maildir/maildir.hpp"
 
+#include "common/digest.hpp"
+#include "common/line_ends.hpp"
 #include "common/log.hpp"
 #include "common/parse.hpp"
 #include "common/unique_fd.hpp"
 #include "store/maildir/index.hpp"
-#include "store/mapped_file.hpp"
+#include "common/mapped_file.hpp"
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <openssl/evp.h>
 #include <sys/file.h>
 #include <linux/openat2.h>
 #include <sys/stat.h>
@@ -379,22 +380,6 @@ bool is_legal_uidl(std::string_view s) noexcept {
     }
   }
   return true;
-}
-
-result<std::string> sha1_hex(std::string_view data) {
-  std::array<unsigned char, EVP_MAX_MD_SIZE> md{};
-  unsigned int len = 0;
-  if (EVP_Digest(data.data(), data.size(), md.data(), &len, EVP_sha1(), nullptr) != 1) {
-    return error(errc::temporary, "maildir: SHA-1 digest unavailable");
-  }
-  static constexpr char digits[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(std::size_t{2} * len);
-  for (unsigned int i = 0; i < len; ++i) {
-    out += digits[md[i] >> 4];
-    out += digits[md[i] & 0x0F];
-  }
-  return out;
 }
 
 struct dir_item {
@@ -1373,14 +1358,7 @@ class maildir_drop final : public maildrop {
   }
 
   result<commit_stats> commit(std::span<const bool> deleted) override {
-    if (committed_) {
-      return error(errc::invalid, "maildir: commit called twice");
-    }
-    if (deleted.size() != entries_.size()) {
-      return error(errc::invalid, "maildir: commit with " + std::to_string(deleted.size()) +
-                                      " marks for " + std::to_string(entries_.size()) +
-                                      " messages");
-    }
+    POSTERN_TRY(check_commit_call("maildir", committed_, deleted.size(), entries_.size()));
     if (!needs_update(deleted)) {
       // Nothing to remove or rename (the common QUIT of a session that only read mail that
       // was already seen): no directory is opened.
@@ -1401,142 +1379,161 @@ class maildir_drop final : public maildrop {
     by_base_.reset();
     dirs_ = std::move(*opened);
     const scope_close close_dirs{dirs_};
-    commit_stats stats;
-    std::optional<error> first_error;
-    const auto note = [&first_error](error e) {
-      if (!first_error) {
-        first_error = std::move(e);
-      }
-    };
-    bool changed = false;
-    const auto left = [&stats](const entry& e) {
-      ++stats.left;
-      stats.left_bytes += e.size;
-    };
+    commit_progress progress;
 
     // Removals first: they are what the user asked for.
     for (std::size_t i = 0; i < entries_.size(); ++i) {
-      if (!deleted[i]) {
-        continue;
-      }
-      entry& e = entries_[i];
-      for (int attempt = 0;; ++attempt) {
-        auto r = unlink_entry(e);
-        if (r.ok()) {
-          changed = true;
-          ++stats.deleted;
-          stats.deleted_bytes += e.size;
-          break;
-        }
-        if (!is_errno(r.err(), ENOENT)) {
-          if (r.err().code() == errc::permanent) {
-            log::warning("{}: not removed", r.err().message());
-          }
-          note(std::move(r).err());
-          left(e);
-          break;
-        }
-        if (attempt == 0) {
-          auto found = relocate(e);
-          if (!found.ok()) {
-            note(std::move(found).err());
-            left(e);
-            break;
-          }
-          if (*found) {
-            continue;
-          }
-        }
-        // Removed by someone else: the message is gone, which is what was asked.
-        ++stats.deleted;
-        stats.deleted_bytes += e.size;
-        break;
+      if (deleted[i]) {
+        remove_at_commit(entries_[i], progress);
       }
     }
-
     // Kept messages: new/ -> cur/, and S for those retrieved in this session.
     for (std::size_t i = 0; i < entries_.size(); ++i) {
-      if (deleted[i]) {
-        continue;
-      }
-      entry& e = entries_[i];
-      if (!e.in_new && !e.retrieved && e.name.find(':') != std::string_view::npos) {
-        left(e);  // cur_name would keep the name: no string built for the common case
-        continue;
-      }
-      for (int attempt = 0;; ++attempt) {
-        const std::string target = cur_name(e.name, e.retrieved);
-        if (!e.in_new && target == e.name) {
-          left(e);
-          break;
-        }
-        auto r = check_file(e);
-        if (!r.ok() && r.err().code() == errc::permanent) {
-          log::warning("{}: not renamed", r.err().message());
-          left(e);
-          break;
-        }
-        if (r.ok()) {
-          r = rename_noreplace(dir_fds().of(e.in_new), e.name.data(), dir_fds().cur,
-                               target.c_str(), e.relative() + " to cur/" + target);
-        }
-        if (r.ok()) {
-          changed = true;
-          e.name = names_.add(target);
-          e.in_new = false;
-          left(e);
-          break;
-        }
-        if (is_errno(r.err(), EEXIST)) {
-          // A different file already has the target name (duplicate base names): leave this
-          // one as it is rather than risk either.
-          left(e);
-          break;
-        }
-        if (!is_errno(r.err(), ENOENT)) {
-          note(std::move(r).err());
-          left(e);
-          break;
-        }
-        if (attempt > 0) {
-          break;  // renamed again under our feet, or removed: not ours to count
-        }
-        auto found = relocate(e);
-        if (!found.ok()) {
-          note(std::move(found).err());
-          left(e);
-          break;
-        }
-        if (!*found) {
-          break;  // removed by someone else
-        }
+      if (!deleted[i]) {
+        keep_at_commit(entries_[i], progress);
       }
     }
-
-    if (changed) {
-      for (const bool in_new : {false, true}) {
-        if (::fsync(dir_fds().of(in_new)) != 0) {
-          const int err = errno;
-          if (err != EINVAL) {  // EINVAL: this file system cannot sync directories
-            note(error::from_errno(err, std::string("maildir: fsync ") + sub_name(in_new)));
-          }
-        }
-      }
+    if (progress.changed) {
+      sync_dirs_at_commit(progress);
     }
 
     if (index_dirty_) {
       save_index();
     }
-    if (first_error) {
-      error e = std::move(*first_error);
+    if (progress.first_error) {
+      error e = std::move(*progress.first_error);
       return error(errc::temporary, e.context() + " (commit of " + path_ + ")", e.cause());
     }
-    return stats;
+    return progress.stats;
   }
 
  private:
+  // What commit() has done so far: counts, the first error (the one reported), and whether
+  // any directory changed (then both are synced).
+  struct commit_progress {
+    commit_stats stats;
+    std::optional<error> first_error;
+    bool changed = false;
+
+    void note(error e) {
+      if (!first_error) {
+        first_error = std::move(e);
+      }
+    }
+    void left(const entry& e) {
+      ++stats.left;
+      stats.left_bytes += e.size;
+    }
+    void removed(const entry& e) {
+      ++stats.deleted;
+      stats.deleted_bytes += e.size;
+    }
+  };
+
+  // Removes a message marked deleted; one that moved (another client renamed it) is looked
+  // up once and removed where it is now.
+  void remove_at_commit(entry& e, commit_progress& p) {
+    for (int attempt = 0;; ++attempt) {
+      auto r = unlink_entry(e);
+      if (r.ok()) {
+        p.changed = true;
+        p.removed(e);
+        return;
+      }
+      if (!is_errno(r.err(), ENOENT)) {
+        if (r.err().code() == errc::permanent) {
+          log::warning("{}: not removed", r.err().message());
+        }
+        p.note(std::move(r).err());
+        p.left(e);
+        return;
+      }
+      if (attempt == 0) {
+        auto found = relocate(e);
+        if (!found.ok()) {
+          p.note(std::move(found).err());
+          p.left(e);
+          return;
+        }
+        if (*found) {
+          continue;
+        }
+      }
+      // Removed by someone else: the message is gone, which is what was asked.
+      p.removed(e);
+      return;
+    }
+  }
+
+  // Moves a kept message from new/ to cur/ and adds S when it was retrieved; one that moved
+  // meanwhile is looked up once.
+  void keep_at_commit(entry& e, commit_progress& p) {
+    if (!e.in_new && !e.retrieved && e.name.find(':') != std::string_view::npos) {
+      p.left(e);  // cur_name would keep the name: no string built for the common case
+      return;
+    }
+    for (int attempt = 0;; ++attempt) {
+      const std::string target = cur_name(e.name, e.retrieved);
+      if (!e.in_new && target == e.name) {
+        p.left(e);
+        return;
+      }
+      auto r = check_file(e);
+      if (!r.ok() && r.err().code() == errc::permanent) {
+        log::warning("{}: not renamed", r.err().message());
+        p.left(e);
+        return;
+      }
+      if (r.ok()) {
+        r = rename_noreplace(dir_fds().of(e.in_new), e.name.data(), dir_fds().cur,
+                             target.c_str(), e.relative() + " to cur/" + target);
+      }
+      if (r.ok()) {
+        p.changed = true;
+        e.name = names_.add(target);
+        e.in_new = false;
+        p.left(e);
+        return;
+      }
+      if (is_errno(r.err(), EEXIST)) {
+        // A different file already has the target name (duplicate base names): leave this
+        // one as it is rather than risk either.
+        p.left(e);
+        return;
+      }
+      if (!is_errno(r.err(), ENOENT)) {
+        p.note(std::move(r).err());
+        p.left(e);
+        return;
+      }
+      if (attempt > 0) {
+        return;  // renamed again under our feet, or removed: not ours to count
+      }
+      auto found = relocate(e);
+      if (!found.ok()) {
+        p.note(std::move(found).err());
+        p.left(e);
+        return;
+      }
+      if (!*found) {
+        return;  // removed by someone else
+      }
+    }
+  }
+
+  void sync_dirs_at_commit(commit_progress& p) {
+    for (const bool in_new : {false, true}) {
+      if (::fsync(dir_fds().of(in_new)) != 0) {
+        const int err = errno;
+        if (err != EINVAL) {  // EINVAL: this file system cannot sync directories
+          p.note(error::from_errno(err, std::string("maildir: fsync ") + sub_name(in_new)));
+        }
+      }
+    }
+  }
+
   // Whether commit has anything to do: a removal, or a kept message that must move to cur/
-  // or change its name there (the same test as commit's own loop below).
+  // or change its name there (the same test as keep_at_commit).
   bool needs_update(std::span<const bool> deleted) const {
     for (std::size_t i = 0; i < entries_.size(); ++i) {
       if (deleted[i]) {
@@ -1818,42 +1815,6 @@ std::string cur_name(std::string_view file_name, bool seen) {
   out += ":2,";
   out += new_flags;
   return out;
-}
-
-std::uint64_t count_bare_lfs(std::string_view chunk, bool after_cr) noexcept {
-  const auto* p = reinterpret_cast<const unsigned char*>(chunk.data());
-  const std::size_t n = chunk.size();
-  if (n == 0) {
-    return 0;
-  }
-  std::uint64_t bare = (p[0] == '\n' && !after_cr) ? 1 : 0;
-  std::size_t i = 1;
-#if defined(__SSE2__) && defined(__x86_64__)
-  // 16 bytes at a time: a byte is a bare LF when it is LF and the byte before it (loaded
-  // one position back) is not CR. Each such byte compares to 0xFF (-1); subtracting counts
-  // it in a per-byte counter, summed (SAD against zero) before any counter can pass 255.
-  const __m128i lf = _mm_set1_epi8('\n');
-  const __m128i cr = _mm_set1_epi8('\r');
-  const __m128i zero = _mm_setzero_si128();
-  while (n - i >= 16) {
-    const std::size_t blocks = std::min<std::size_t>((n - i) / 16, 255);
-    __m128i counts = zero;
-    for (std::size_t b = 0; b < blocks; ++b, i += 16) {
-      const __m128i cur = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
-      const __m128i prev = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i - 1));
-      const __m128i bare_lf =
-          _mm_andnot_si128(_mm_cmpeq_epi8(prev, cr), _mm_cmpeq_epi8(cur, lf));
-      counts = _mm_sub_epi8(counts, bare_lf);
-    }
-    const __m128i sums = _mm_sad_epu8(counts, zero);
-    bare += static_cast<std::uint64_t>(_mm_cvtsi128_si64(sums)) +
-            static_cast<std::uint64_t>(_mm_cvtsi128_si64(_mm_unpackhi_epi64(sums, sums)));
-  }
-#endif
-  for (; i < n; ++i) {
-    bare += (p[i] == '\n' && p[i - 1] != '\r') ? 1 : 0;
-  }
-  return bare;
 }
 
 result<std::string> uidl_for_base(std::string_view base) {

@@ -146,11 +146,6 @@ name_parts parse_name(std::string_view file_name) noexcept;
 // info that is not "2,..." (whose meaning Postern does not know).
 std::string cur_name(std::string_view file_name, bool seen);
 
-// The number of bare LFs (LF not preceded by CR) in `chunk`; `after_cr` says whether the
-// byte before the chunk (the end of the previous chunk of the same file) was a CR. A file's
-// wire size is its length plus its bare LFs. I/O-free; exposed for tests and fuzzing.
-std::uint64_t count_bare_lfs(std::string_view chunk, bool after_cr) noexcept;
-
 // The UIDL for a base name: the base itself when it is 1..70 octets of 0x21..0x7E, else the
 // lowercase hex SHA-1 of the base. Errors: errc::temporary if the digest is unavailable.
 result<std::string> uidl_for_base(std::string_view base);

@@ -1,7 +1,7 @@
 #include "store/maildir/maildir.hpp"
 
 #include "common/test_files.hpp"
-#include "pop3/dot_encoder.hpp"
+#include "common/line_ends.hpp"
 #include "store/maildir/index.hpp"
 
 #include <gtest/gtest.h>
@@ -1249,26 +1249,7 @@ TEST_F(maildir_index_test, relative_path_keeps_naming_the_same_maildir) {
 // ---------------------------------------------------------------------------------------
 // Trust: sizes verified at open_message, no symlink followed below the root, owners checked.
 
-// The octets RETR sends for a stored message, before byte-stuffing and without the ".CRLF"
-// terminator: what the dot encoder really produces.
-std::uint64_t encoded_octets(std::string_view stored) {
-  pop3::dot_encoder enc;
-  std::string out;
-  enc.encode(stored, out);
-  enc.finish(out);
-  out.resize(out.size() - 3);  // the ".CRLF" terminator
-  std::uint64_t stuffed = 0;
-  bool line_start = true;
-  for (std::size_t i = 0; i < out.size(); ++i) {
-    if (line_start && out[i] == '.') {
-      ++stuffed;
-      ++i;  // the doubled dot
-    }
-    line_start = out[i] == '\n';
-  }
-  return out.size() - stuffed;
-}
-
+// The encoder sends message_wire_octets (pop3/dot_encoder_test.cpp pins that side).
 TEST_F(maildir_index_test, wire_size_is_what_the_dot_encoder_sends) {
   const std::vector<std::string> bodies = {
       "",           "a\n",          "a",           "a\r",        "a\r\n",    "Subject: x\n\nno eol",
@@ -1284,14 +1265,14 @@ TEST_F(maildir_index_test, wire_size_is_what_the_dot_encoder_sends) {
     ASSERT_EQ(drop->messages().size(), bodies.size());
     for (std::size_t i = 0; i < bodies.size(); ++i) {
       SCOPED_TRACE(i);
-      EXPECT_EQ(drop->messages()[i].size, encoded_octets(bodies[i]));
+      EXPECT_EQ(drop->messages()[i].size, message_wire_octets(bodies[i]));
       auto reader = drop->open_message(i, false);
       ASSERT_TRUE(reader.ok()) << reader.err().message();
       EXPECT_EQ(read_all(**reader, 65536), bodies[i]);
     }
   }
   // The case of the issue: 33 octets stored without a final newline, 35 sent.
-  EXPECT_EQ(encoded_octets(std::string(32, 'x') + "y"), 35u);
+  EXPECT_EQ(message_wire_octets(std::string(32, 'x') + "y"), 35u);
 }
 
 // Rewrites `p` in place (same inode) with `content`.
@@ -1315,7 +1296,7 @@ TEST_F(maildir_index_test, message_rewritten_in_place_is_refused_once_then_liste
     // file is not what was sized, and refuses rather than send another byte count.
     auto drop = must_open();
     ASSERT_TRUE(drop);
-    EXPECT_EQ(drop->messages()[0].size, encoded_octets(small));
+    EXPECT_EQ(drop->messages()[0].size, message_wire_octets(small));
     auto r = drop->open_message(0, true);
     ASSERT_FALSE(r.ok());
     EXPECT_EQ(r.err().code(), errc::changed) << r.err().message();
@@ -1328,7 +1309,7 @@ TEST_F(maildir_index_test, message_rewritten_in_place_is_refused_once_then_liste
   // The session that saw it corrected the index: the next one lists and sends the truth.
   auto drop = must_open();
   ASSERT_TRUE(drop);
-  EXPECT_EQ(drop->messages()[0].size, encoded_octets(large));
+  EXPECT_EQ(drop->messages()[0].size, message_wire_octets(large));
   auto r = drop->open_message(0, true);
   ASSERT_TRUE(r.ok()) << r.err().message();
   EXPECT_EQ(read_all(**r, 4096), large);

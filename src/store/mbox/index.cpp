@@ -1,5 +1,6 @@
 #include "store/mbox/index.hpp"
 
+#include "common/encoding.hpp"
 #include "common/unique_fd.hpp"
 
 #include <fcntl.h>
@@ -347,13 +348,8 @@ result<index_contents> decode_index(std::string_view bytes) {
       if (!r.bytes(raw_uidl_size, raw)) {
         return bad("truncated UIDL");
       }
-      static constexpr char digits[] = "0123456789abcdef";
-      m.uidl.resize(hex_uidl_size);
-      for (std::size_t k = 0; k < raw_uidl_size; ++k) {
-        const auto b = static_cast<unsigned char>(raw[k]);
-        m.uidl[2 * k] = digits[b >> 4];
-        m.uidl[2 * k + 1] = digits[b & 0x0F];
-      }
+      m.uidl.clear();
+      append_hex(m.uidl, {reinterpret_cast<const unsigned char*>(raw.data()), raw_uidl_size});
     } else {
       std::uint64_t len = 0;
       std::string_view text;

@@ -289,9 +289,12 @@ class mbox_index_files : public ::testing::Test {
 
   // Opens, checks the source and that the listing is a full scan's, and closes.
   void open_and_check(const parse_options& po, open_source want, const std::string& data) {
-    auto m = open(box_, mbox_options(po));
+    open_source from = open_source::none;
+    options with_from = mbox_options(po);
+    with_from.opened_from = &from;
+    auto m = open(box_, with_from);
     ASSERT_TRUE(m.ok()) << m.err().message();
-    EXPECT_EQ(last_open_source_for_test(), want);
+    EXPECT_EQ(from, want);
     auto full = scan(data, po);
     ASSERT_TRUE(full.ok());
     const auto msgs = (*m)->messages();
@@ -342,9 +345,11 @@ TEST_F(mbox_index_files, without_an_index_every_open_scans_and_none_is_kept) {
   options no_index = mbox_options(parse_options{});
   no_index.use_index = false;
   for (int i = 0; i < 2; ++i) {
+    open_source from = open_source::none;
+    no_index.opened_from = &from;
     auto m = open(box_, no_index);
     ASSERT_TRUE(m.ok()) << m.err().message();
-    EXPECT_EQ(last_open_source_for_test(), open_source::full_scan);
+    EXPECT_EQ(from, open_source::full_scan);
     EXPECT_FALSE(index_now().has_value());
   }
 }
@@ -473,9 +478,12 @@ TEST_F(mbox_index_files, corrupt_foreign_or_mismatched_indexes_are_ignored) {
   ::unlink(index_path().c_str());
   write_file(dir_.path() + "/elsewhere", read_file(box_));
   ASSERT_EQ(::symlink("elsewhere", index_path().c_str()), 0);
-  auto m = open(box_, mbox_options({}));
+  open_source from = open_source::none;
+  options with_from = mbox_options({});
+  with_from.opened_from = &from;
+  auto m = open(box_, with_from);
   ASSERT_TRUE(m.ok());
-  EXPECT_EQ(last_open_source_for_test(), open_source::full_scan);
+  EXPECT_EQ(from, open_source::full_scan);
 }
 
 TEST_F(mbox_index_files, same_size_rewrite_with_restored_mtime_is_rescanned) {
@@ -517,9 +525,12 @@ TEST_F(mbox_index_files, hostile_index_is_caught_by_the_identity_checks_and_lose
     ASSERT_TRUE(save_index(dir.get(), side_files_for("user"), *idx).ok());
   }
   {
-    auto m = open(box_, mbox_options({}));
+    open_source from = open_source::none;
+    options with_from = mbox_options({});
+    with_from.opened_from = &from;
+    auto m = open(box_, with_from);
     ASSERT_TRUE(m.ok());
-    ASSERT_EQ(last_open_source_for_test(), open_source::index);
+    ASSERT_EQ(from, open_source::index);
     auto r = (*m)->open_message(2, false);
     ASSERT_FALSE(r.ok());
     EXPECT_EQ(r.err().code(), errc::temporary);
@@ -602,9 +613,12 @@ TEST_F(mbox_index_files, a_message_that_changed_under_a_session_removes_the_inde
   std::string data = list_posts(3);
   write_file(box_, data);
   open_and_check({}, open_source::full_scan, data);
-  auto m = open(box_, mbox_options({}));
+  open_source from = open_source::none;
+  options with_from = mbox_options({});
+  with_from.opened_from = &from;
+  auto m = open(box_, with_from);
   ASSERT_TRUE(m.ok());
-  ASSERT_EQ(last_open_source_for_test(), open_source::index);
+  ASSERT_EQ(from, open_source::index);
   data.replace(data.find("Text 2"), 6, "Text B");
   pwrite_at(box_, 0, data);
   auto r = (*m)->open_message(1, false);

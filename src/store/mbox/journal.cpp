@@ -1,7 +1,9 @@
 #include "store/mbox/journal.hpp"
 
+#include "common/encoding.hpp"
 #include "common/log.hpp"
 #include "common/parse.hpp"
+#include "common/read_file.hpp"
 #include "common/unique_fd.hpp"
 
 #include <fcntl.h>
@@ -26,9 +28,10 @@ namespace postern::store::mbox {
 
 namespace {
 
-std::atomic<int> g_fault_countdown{0};
-std::atomic<std::size_t> g_copy_buffer{std::size_t{1} << 20};
 
+// The copy buffer of an update: big enough that a large spool is copied in few system calls,
+// small enough to be held by every session that commits at once.
+constexpr std::size_t default_copy_buffer = std::size_t{1} << 20;
 constexpr std::uint64_t prefix_window = 4096;
 constexpr auto touch_interval = std::chrono::seconds(30);
 constexpr mode_t journal_mode = 0600;
@@ -38,22 +41,6 @@ constexpr std::string_view magic = "postern-mbox-journal 2\n";
 // with its XXH3-128.
 constexpr std::uint64_t cell_size = 4096;
 constexpr std::size_t cell_digest_bytes = 16;
-
-std::function<void()>& fault_action() {
-  static std::function<void()> action;
-  return action;
-}
-
-void fault_point() {
-  if (g_fault_countdown.load(std::memory_order_relaxed) > 0 &&
-      g_fault_countdown.fetch_sub(1, std::memory_order_relaxed) == 1) {
-    if (fault_action()) {
-      fault_action()();
-      return;
-    }
-    ::_exit(fault_exit_code_for_test);
-  }
-}
 
 error io_error(int err, const std::string& what) {
   return error::from_errno(err, "mbox: " + what, errc::temporary);
@@ -79,12 +66,8 @@ class sha256 {
     if (!ok_ || EVP_DigestFinal_ex(ctx_, md.data(), &len) != 1) {
       return error(errc::temporary, "mbox: SHA-256 digest unavailable");
     }
-    static constexpr char digits[] = "0123456789abcdef";
     std::string out;
-    for (unsigned int i = 0; i < len; ++i) {
-      out += digits[md[i] >> 4];
-      out += digits[md[i] & 0x0F];
-    }
+    append_hex(out, {md.data(), len});
     return out;
   }
 
@@ -97,47 +80,6 @@ result<std::string> digest_of(std::string_view text) {
   sha256 h;
   h.update(text.data(), text.size());
   return h.hex();
-}
-
-result<void> pread_full(int fd, char* buf, std::size_t n, std::uint64_t off,
-                        const std::string& what) {
-  while (n > 0) {
-    const ssize_t r = ::pread(fd, buf, n, static_cast<off_t>(off));
-    if (r < 0) {
-      const int err = errno;
-      if (err == EINTR) {
-        continue;
-      }
-      return io_error(err, "read " + what);
-    }
-    if (r == 0) {
-      return error(errc::temporary, "mbox: " + what + " is shorter than expected");
-    }
-    buf += r;
-    n -= static_cast<std::size_t>(r);
-    off += static_cast<std::uint64_t>(r);
-  }
-  return ok_result();
-}
-
-// Reads up to n bytes at offset 0; fewer only at the end of the file.
-result<std::size_t> pread_some_into(int fd, char* buf, std::size_t n, const std::string& what) {
-  std::size_t got = 0;
-  while (got < n) {
-    const ssize_t r = ::pread(fd, buf + got, n - got, static_cast<off_t>(got));
-    if (r < 0) {
-      const int err = errno;
-      if (err == EINTR) {
-        continue;
-      }
-      return io_error(err, "read " + what);
-    }
-    if (r == 0) {
-      break;
-    }
-    got += static_cast<std::size_t>(r);
-  }
-  return got;
 }
 
 result<void> pwrite_full(int fd, const char* buf, std::size_t n, std::uint64_t off,
@@ -227,10 +169,19 @@ result<std::string> cell_digest(const char* data, std::size_t n) {
 // touching the dotlock now and then and passing a fault point after every chunk.
 class copier {
  public:
-  explicit copier(lock::mailbox_lock* lock)
-      : buf_(std::max<std::size_t>(g_copy_buffer.load(), 1)),
+  copier(lock::mailbox_lock* lock, journal_faults* faults)
+      : buf_(faults != nullptr && faults->copy_buffer_bytes() > 0 ? faults->copy_buffer_bytes()
+                                                                  : default_copy_buffer),
         lock_(lock),
+        faults_(faults),
         last_touch_(std::chrono::steady_clock::now()) {}
+
+  // A point where a crash test may stop the process (journal.hpp, journal_faults).
+  void fault_point() {
+    if (faults_ != nullptr) {
+      faults_->passed_fault_point();
+    }
+  }
 
   // With `cell_aligned`, every write but the last ends on a cell boundary of dst (and is
   // at least a cell long), so that an interrupted copy leaves each cell wholly old or wholly
@@ -247,7 +198,7 @@ class copier {
         n = static_cast<std::size_t>(
             std::min<std::uint64_t>(len, block_end_from(dst_off, block_bytes()) - dst_off));
       }
-      POSTERN_TRY(pread_full(src, buf_.data(), n, src_off, what));
+      POSTERN_TRY(pread_full(src, buf_.data(), n, src_off, "mbox", what));
       if (h != nullptr) {
         h->update(buf_.data(), n);
       }
@@ -271,7 +222,8 @@ class copier {
     std::vector<char> buf(block_bytes());
     for (std::uint64_t pos = start; pos < end;) {
       const std::uint64_t block_end = std::min<std::uint64_t>(end, block_end_from(pos, buf.size()));
-      POSTERN_TRY(pread_full(fd, buf.data(), static_cast<std::size_t>(block_end - pos), pos, what));
+      POSTERN_TRY(pread_full(fd, buf.data(), static_cast<std::size_t>(block_end - pos), pos,
+                             "mbox", what));
       for (std::uint64_t c = pos; c < block_end;) {
         const std::uint64_t c_end = std::min(block_end, (c / cell_size + 1) * cell_size);
         auto d = cell_digest(buf.data() + (c - pos), static_cast<std::size_t>(c_end - c));
@@ -301,8 +253,9 @@ class copier {
     for (std::uint64_t pos = start; pos < end;) {
       const std::uint64_t block_end = std::min<std::uint64_t>(end, block_end_from(pos, cur.size()));
       const auto n = static_cast<std::size_t>(block_end - pos);
-      POSTERN_TRY(pread_full(spool_fd, cur.data(), n, pos, what));
-      POSTERN_TRY(pread_full(payload_fd, want.data(), n, payload_off + (pos - start), what));
+      POSTERN_TRY(pread_full(spool_fd, cur.data(), n, pos, "mbox", what));
+      POSTERN_TRY(
+          pread_full(payload_fd, want.data(), n, payload_off + (pos - start), "mbox", what));
       for (std::uint64_t c = pos; c < block_end; ++k) {
         const std::uint64_t c_end = std::min(block_end, (c / cell_size + 1) * cell_size);
         const char* here = cur.data() + (c - pos);
@@ -330,7 +283,7 @@ class copier {
     sha256 h;
     while (len > 0) {
       const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(len, buf_.size()));
-      POSTERN_TRY(pread_full(fd, buf_.data(), n, off, what));
+      POSTERN_TRY(pread_full(fd, buf_.data(), n, off, "mbox", what));
       h.update(buf_.data(), n);
       off += n;
       len -= n;
@@ -363,6 +316,7 @@ class copier {
 
   std::vector<char> buf_;
   lock::mailbox_lock* lock_;
+  journal_faults* faults_;  // null in production
   std::chrono::steady_clock::time_point last_touch_;
 };
 
@@ -383,9 +337,9 @@ result<void> finish_journal(const update_context& c) {
   if (::unlinkat(c.dir_fd, c.names.journal.c_str(), 0) != 0) {
     return io_error(errno, "remove " + c.names.journal);
   }
-  fault_point();
+  c.cp.fault_point();
   POSTERN_TRY(sync_dir(c.dir_fd));
-  fault_point();
+  c.cp.fault_point();
   return ok_result();
 }
 
@@ -418,9 +372,9 @@ result<void> truncate_and_finish(const update_context& c, const journal_header& 
   if (::ftruncate(c.spool_fd, static_cast<off_t>(h.new_size)) != 0) {
     return io_error(errno, "truncate " + c.display);
   }
-  fault_point();
+  c.cp.fault_point();
   POSTERN_TRY(sync_fd(c.spool_fd, c.display));
-  fault_point();
+  c.cp.fault_point();
   return finish_journal(c);
 }
 
@@ -430,9 +384,9 @@ result<void> apply_redo(const update_context& c, int journal_fd, journal_header 
                         unique_fd trunc_fd) {
   POSTERN_TRY(c.cp.copy(journal_fd, journal_header_size, c.spool_fd, h.start, h.payload_size,
                         nullptr, c.names.journal + " to " + c.display, true));
-  fault_point();
+  c.cp.fault_point();
   POSTERN_TRY(sync_fd(c.spool_fd, c.display));
-  fault_point();
+  c.cp.fault_point();
   if (!trunc_fd.valid()) {
     auto fd = create_preallocated(c.dir_fd, c.names.journal_trunc, journal_header_size);
     if (!fd.ok()) {
@@ -446,16 +400,16 @@ result<void> apply_redo(const update_context& c, int journal_fd, journal_header 
     return std::move(text).err();
   }
   POSTERN_TRY(pwrite_full(trunc_fd.get(), text->data(), text->size(), 0, c.names.journal_trunc));
-  fault_point();
+  c.cp.fault_point();
   POSTERN_TRY(sync_fd(trunc_fd.get(), c.names.journal_trunc));
-  fault_point();
+  c.cp.fault_point();
   if (::renameat(c.dir_fd, c.names.journal_trunc.c_str(), c.dir_fd, c.names.journal.c_str()) !=
       0) {
     return io_error(errno, "rename " + c.names.journal_trunc);
   }
-  fault_point();
+  c.cp.fault_point();
   POSTERN_TRY(sync_dir(c.dir_fd));
-  fault_point();
+  c.cp.fault_point();
   return truncate_and_finish(c, h);
 }
 
@@ -494,7 +448,7 @@ result<prepared> write_redo_journal(const update_context& c, journal_header h,
   if (!trunc.ok()) {
     return std::move(trunc).err();
   }
-  fault_point();
+  c.cp.fault_point();
   sha256 payload;
   std::uint64_t at = journal_header_size;
   for (const auto& src : sources) {
@@ -526,16 +480,16 @@ result<prepared> write_redo_journal(const update_context& c, journal_header h,
     return std::move(text).err();
   }
   POSTERN_TRY(pwrite_full(jnew->get(), text->data(), text->size(), 0, c.names.journal_new));
-  fault_point();
+  c.cp.fault_point();
   POSTERN_TRY(sync_fd(jnew->get(), c.names.journal_new));
-  fault_point();
+  c.cp.fault_point();
   if (::renameat(c.dir_fd, c.names.journal_new.c_str(), c.dir_fd, c.names.journal.c_str()) != 0) {
     return io_error(errno, "rename " + c.names.journal_new);
   }
   cleanup.armed = false;  // committed: from here on only recovery may remove it
-  fault_point();
+  c.cp.fault_point();
   POSTERN_TRY(sync_dir(c.dir_fd));
-  fault_point();
+  c.cp.fault_point();
   return prepared{std::move(*jnew), std::move(*trunc), std::move(h)};
 }
 
@@ -720,8 +674,8 @@ result<journal_header> parse_journal_header(std::string_view block) {
 
 result<void> run_update(int dir_fd, const side_files& names, int spool_fd,
                         const std::string& display, const update_plan& plan,
-                        lock::mailbox_lock* lock) {
-  copier cp(lock);
+                        lock::mailbox_lock* lock, journal_faults* faults) {
+  copier cp(lock, faults);
   const update_context c{dir_fd, names, spool_fd, display, cp};
 
   static constexpr std::string_view blank_line = "\n";
@@ -745,7 +699,7 @@ result<void> run_update(int dir_fd, const side_files& names, int spool_fd,
   if (plan.start + keep_bytes >= plan.old_size) {
     return error(errc::invalid, "mbox: update plan removes nothing");
   }
-  fault_point();
+  c.cp.fault_point();
 
   journal_header h;
   struct stat st{};
@@ -853,7 +807,7 @@ result<std::string> check_journal(copier& cp, int jfd, const std::string& name,
   }
   cells.resize(static_cast<std::size_t>(cells_bytes));
   POSTERN_TRY(pread_full(jfd, cells.data(), cells.size(), journal_header_size + h.payload_size,
-                         name));
+                         "mbox", name));
   auto cd = digest_of(cells);
   if (!cd.ok()) {
     return std::move(cd).err();
@@ -894,14 +848,16 @@ result<std::string> check_redo_target(const update_context& c, int jfd,
 }
 
 result<recovery_outcome> recover_journal(int dir_fd, const side_files& names, int spool_fd,
-                                         const std::string& display, lock::mailbox_lock* lock);
+                                         const std::string& display, lock::mailbox_lock* lock,
+                                         journal_faults* faults);
 
 }  // namespace
 
 result<recovery_outcome> recover(int dir_fd, const side_files& names, int spool_fd,
-                                 const std::string& display, lock::mailbox_lock* lock) {
+                                 const std::string& display, lock::mailbox_lock* lock,
+                                 journal_faults* faults) {
   const auto t0 = std::chrono::steady_clock::now();
-  auto r = recover_journal(dir_fd, names, spool_fd, display, lock);
+  auto r = recover_journal(dir_fd, names, spool_fd, display, lock, faults);
   if (r.ok() && *r == recovery_outcome::completed) {
     log::notice("mbox: {}: completed an update interrupted by a crash ({} ms)", display,
                 std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -915,10 +871,10 @@ namespace {
 
 result<recovery_outcome> recover_journal(int dir_fd, const side_files& names, int spool_fd,
                                          const std::string& display,
-                                         lock::mailbox_lock* lock) {
+                                         lock::mailbox_lock* lock, journal_faults* faults) {
   // A redo journal that was never renamed into place was never acted on.
   POSTERN_TRY(remove_if_there(dir_fd, names.journal_new));
-  copier cp(lock);
+  copier cp(lock, faults);
   const update_context c{dir_fd, names, spool_fd, display, cp};
   std::string why;
   auto opened = open_journal(dir_fd, names.journal, why);
@@ -933,10 +889,10 @@ result<recovery_outcome> recover_journal(int dir_fd, const side_files& names, in
     return set_aside(c, "not trusted: " + why);
   }
   const unique_fd jfd = std::move(**opened);
-  fault_point();
+  c.cp.fault_point();
 
   std::array<char, journal_header_size> block{};
-  auto got = pread_some_into(jfd.get(), block.data(), block.size(), names.journal);
+  auto got = pread_upto(jfd.get(), block.data(), block.size(), 0, "mbox", names.journal);
   if (!got.ok()) {
     return std::move(got).err();
   }
@@ -987,7 +943,7 @@ result<recovery_outcome> recover_journal(int dir_fd, const side_files& names, in
       return set_aside(c, *target);
     }
     POSTERN_TRY(remove_if_there(dir_fd, names.journal_trunc));  // recreated when needed
-    fault_point();
+    c.cp.fault_point();
     if (size > h.old_size) {
       auto p = fold_appended(c, h, jfd.get(), journal_header_size, size);
       if (!p.ok()) {
@@ -1020,7 +976,7 @@ result<recovery_outcome> recover_journal(int dir_fd, const side_files& names, in
     untruncated = *gap == h.gap_digest;
   }
   POSTERN_TRY(remove_if_there(dir_fd, names.journal_trunc));
-  fault_point();
+  c.cp.fault_point();
   if (!untruncated) {
     // Truncated already (nothing is cut here); anything past new_size came since.
     POSTERN_TRY(finish_journal(c));
@@ -1040,13 +996,17 @@ result<recovery_outcome> recover_journal(int dir_fd, const side_files& names, in
 
 }  // namespace
 
-void set_fault_for_test(int step, std::function<void()> action) {
-  fault_action() = std::move(action);
-  g_fault_countdown.store(step < 0 ? 0 : step);
-}
+fault_countdown::fault_countdown(int step, std::size_t copy_buffer, std::function<void()> action)
+    : left_(step < 0 ? 0 : step), copy_buffer_(copy_buffer), action_(std::move(action)) {}
 
-void set_copy_buffer_for_test(std::size_t bytes) {
-  g_copy_buffer.store(bytes == 0 ? std::size_t{1} << 20 : bytes);
+void fault_countdown::passed_fault_point() {
+  if (left_ > 0 && --left_ == 0) {
+    if (action_) {
+      action_();
+      return;
+    }
+    ::_exit(fault_exit_code_for_test);
+  }
 }
 
 }  // namespace postern::store::mbox

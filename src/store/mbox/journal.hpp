@@ -28,6 +28,7 @@
 #include "common/result.hpp"
 #include "store/lock/mailbox_lock.hpp"
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -95,13 +96,27 @@ struct update_plan {
   std::vector<plan_piece> keep;
 };
 
+// Fault injection for the crash tests, handed explicitly to run_update and recover (through
+// mbox::options::faults); production passes none (nullptr). Fault points sit between every
+// two externally visible steps of run_update and recover, and after every chunk copied.
+class journal_faults {
+ public:
+  virtual ~journal_faults() = default;
+  // Called at every fault point; it may end the process or throw to simulate a crash.
+  virtual void passed_fault_point() = 0;
+  // The copy buffer size to use instead of 1 MiB (small values make more fault points);
+  // 0: the default.
+  virtual std::size_t copy_buffer_bytes() const { return 0; }
+};
+
 // Runs the update on the spool `spool_fd` (open read-write, locked), with the side files in
-// `dir_fd`; `display` names the spool in errors. `lock` is touched during long copies. Errors: errc::temporary; when returned
+// `dir_fd`; `display` names the spool in errors. `lock` is touched during long copies;
+// `faults` is null but in crash tests. Errors: errc::temporary; when returned
 // before the commit point (disk full included) the spool is untouched and no journal is
 // left; after it, the journal stays and the next open completes the update.
 result<void> run_update(int dir_fd, const side_files& names, int spool_fd,
                         const std::string& display, const update_plan& plan,
-                        lock::mailbox_lock* lock);
+                        lock::mailbox_lock* lock, journal_faults* faults);
 
 enum class recovery_outcome {
   nothing,    // no journal
@@ -111,18 +126,29 @@ enum class recovery_outcome {
 
 // Cleans up after a crash: removes half-written journals and completes or sets aside a
 // committed one. `spool_fd` is -1 when the spool does not exist. `display` names the spool in
-// errors and logs. Errors: errc::temporary (I/O, disk full, a journal that cannot be renamed
-// aside; retry at the next open, nothing is lost).
+// errors and logs; `faults` as for run_update. Errors: errc::temporary (I/O, disk full, a
+// journal that cannot be renamed aside; retry at the next open, nothing is lost).
 result<recovery_outcome> recover(int dir_fd, const side_files& names, int spool_fd,
-                                 const std::string& display, lock::mailbox_lock* lock);
+                                 const std::string& display, lock::mailbox_lock* lock,
+                                 journal_faults* faults);
 
-// Test hooks. set_fault_for_test(n): the n-th fault point passed from now on calls
-// _exit(fault_exit_code_for_test), or runs `action` instead when one is given (n = 0
-// disables). Fault points sit between every two externally visible steps of run_update and
-// recover, and after every chunk copied. Not thread-safe: tests only.
+// A fault countdown that exits: the exit code, so a crash test tells it from a real failure.
 inline constexpr int fault_exit_code_for_test = 86;
-void set_fault_for_test(int step, std::function<void()> action = {});
-// The copy buffer size (default 1 MiB); small values make more fault points.
-void set_copy_buffer_for_test(std::size_t bytes);
+
+// The n-th fault point passed from construction on calls _exit(fault_exit_code_for_test), or
+// runs `action` instead when one is given (step 0: never). copy_buffer: journal_faults.
+// Not thread-safe: one per test or per test-hook process.
+class fault_countdown final : public journal_faults {
+ public:
+  explicit fault_countdown(int step, std::size_t copy_buffer = 0,
+                           std::function<void()> action = {});
+  void passed_fault_point() override;
+  std::size_t copy_buffer_bytes() const override { return copy_buffer_; }
+
+ private:
+  int left_;
+  std::size_t copy_buffer_;
+  std::function<void()> action_;
+};
 
 }  // namespace postern::store::mbox

@@ -1,10 +1,11 @@
 #include "store/mbox/mbox.hpp"
 
 #include "common/log.hpp"
+#include "common/read_file.hpp"
 #include "common/unique_fd.hpp"
 #include "store/mbox/index.hpp"
 #include "store/mbox/journal.hpp"
-#include "store/mapped_file.hpp"
+#include "common/mapped_file.hpp"
 
 #include <fcntl.h>
 #include <openssl/rand.h>
@@ -25,7 +26,6 @@ namespace postern::store::mbox {
 
 namespace {
 
-thread_local open_source g_last_source = open_source::none;
 
 constexpr std::size_t scan_buffer_size = std::size_t{1} << 20;
 constexpr std::size_t read_buffer_size = std::size_t{64} * 1024;
@@ -54,52 +54,10 @@ errc open_errc(int err) noexcept {
   }
 }
 
-result<void> pread_full(int fd, char* buf, std::size_t n, std::uint64_t off,
-                        const std::string& what) {
-  while (n > 0) {
-    const ssize_t r = ::pread(fd, buf, n, static_cast<off_t>(off));
-    if (r < 0) {
-      const int err = errno;
-      if (err == EINTR) {
-        continue;
-      }
-      return error::from_errno(err, "mbox: read " + what);
-    }
-    if (r == 0) {
-      return error(errc::temporary, "mbox: " + what + " shrank while in use");
-    }
-    buf += r;
-    n -= static_cast<std::size_t>(r);
-    off += static_cast<std::uint64_t>(r);
-  }
-  return ok_result();
-}
-
-// Reads up to n bytes at off into buf; fewer only at the end of the file.
-result<std::size_t> pread_upto(int fd, char* buf, std::size_t n, std::uint64_t off,
-                               const std::string& what) {
-  std::size_t got = 0;
-  while (got < n) {
-    const ssize_t r = ::pread(fd, buf + got, n - got, static_cast<off_t>(off + got));
-    if (r < 0) {
-      const int err = errno;
-      if (err == EINTR) {
-        continue;
-      }
-      return error::from_errno(err, "mbox: read " + what);
-    }
-    if (r == 0) {
-      break;
-    }
-    got += static_cast<std::size_t>(r);
-  }
-  return got;
-}
-
 // Reads up to n bytes at off; fewer only at the end of the file.
 result<std::string> pread_some(int fd, std::uint64_t off, std::size_t n, const std::string& what) {
   std::string out(n, '\0');
-  auto got = pread_upto(fd, out.data(), n, off, what);
+  auto got = pread_upto(fd, out.data(), n, off, "mbox", what);
   if (!got.ok()) {
     return std::move(got).err();
   }
@@ -143,7 +101,7 @@ result<scan_result> scan_file(int fd, std::uint64_t size, const parse_options& p
   std::uint64_t pos = start;
   while (pos < size) {
     const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), size - pos));
-    POSTERN_TRY(pread_full(fd, buf.data(), n, pos, what));
+    POSTERN_TRY(pread_full(fd, buf.data(), n, pos, "mbox", what));
     POSTERN_TRY(sc.feed(std::string_view(buf.data(), n)));
     pos += n;
   }
@@ -179,7 +137,7 @@ result<std::optional<std::size_t>> first_changed(int fd, std::span<const message
   std::uint64_t pos = begin;
   while (pos < end) {
     const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), end - pos));
-    auto got = pread_upto(fd, buf.data(), want, pos, what);
+    auto got = pread_upto(fd, buf.data(), want, pos, "mbox", what);
     if (!got.ok()) {
       return std::move(got).err();
     }
@@ -338,7 +296,7 @@ class mbox_reader final : public message_reader {
     }
     if (!unquote_) {
       const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), end_ - pos_));
-      POSTERN_TRY(pread_full(fd_.get(), buf.data(), n, pos_, display_));
+      POSTERN_TRY(pread_full(fd_.get(), buf.data(), n, pos_, "mbox", display_));
       pos_ += n;
       return n;
     }
@@ -360,7 +318,7 @@ class mbox_reader final : public message_reader {
         continue;
       }
       const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(raw_.size(), end_ - pos_));
-      POSTERN_TRY(pread_full(fd_.get(), raw_.data(), n, pos_, display_));
+      POSTERN_TRY(pread_full(fd_.get(), raw_.data(), n, pos_, "mbox", display_));
       pos_ += n;
       unquote_->filter(std::string_view(raw_.data(), n), out_);
     }
@@ -474,14 +432,7 @@ class mbox_drop final : public maildrop {
   }
 
   result<commit_stats> commit(std::span<const bool> deleted) override {
-    if (committed_) {
-      return error(errc::invalid, "mbox: commit called twice");
-    }
-    if (deleted.size() != spans_.size()) {
-      return error(errc::invalid, "mbox: commit with " + std::to_string(deleted.size()) +
-                                      " marks for " + std::to_string(spans_.size()) +
-                                      " messages");
-    }
+    POSTERN_TRY(check_commit_call("mbox", committed_, deleted.size(), spans_.size()));
     committed_ = true;
     commit_stats stats;
     std::optional<std::size_t> first;
@@ -571,31 +522,13 @@ class mbox_drop final : public maildrop {
     return verify(first, spans_.size());
   }
 
-  result<void> update(std::span<const bool> deleted, std::size_t first) {
-    auto lock = lock::mailbox_lock::acquire(path_, spool_fd_.get(), opts_.locking);
-    if (!lock.ok()) {
-      return std::move(lock).err();
-    }
-    // An unfinished update cannot exist: open() recovered it and the session lock kept every
-    // other Postern out. Refuse rather than guess if one does.
-    auto pending = exists_at(dir_fd_.get(), names_.journal, names_.journal);
-    if (!pending.ok()) {
-      return std::move(pending).err();
-    }
-    if (*pending) {
-      return error(errc::temporary, "mbox: an unfinished update journal appeared for " + path_);
-    }
-    POSTERN_TRY(check_unchanged(first));
-    struct stat st{};
-    if (::fstat(spool_fd_.get(), &st) != 0) {
-      const int err = errno;
-      return error::from_errno(err, "mbox: stat " + path_);
-    }
-    update_plan plan;
-    plan.start = spans_[first].separator;
-    plan.old_size = static_cast<std::uint64_t>(st.st_size);
-    // No write at all since the listing: its messages before `first` are as listed.
-    const bool untouched = opened_stable_ && stamp_of(st) == opened_;
+  // Fills `plan` (start and old_size already set) with what the file keeps from the first
+  // deleted message on, putting back a blank line before a separator that would otherwise
+  // stop being one; mail delivered since the scan is kept whole. `derivable` says whether the
+  // new index can be derived from the listing, `moved` lists the kept messages after `first`
+  // for it. Errors: reading the head of the appended mail.
+  result<void> plan_update(std::span<const bool> deleted, std::size_t first, update_plan& plan,
+                           bool& derivable, std::vector<std::size_t>& moved) {
     const auto keep = [&plan](std::uint64_t from, std::uint64_t to, bool blank_line_before) {
       if (from == to) {
         return;
@@ -615,8 +548,7 @@ class mbox_drop final : public maildrop {
     // The messages of the new file, for the index: those before `first` stay where they are,
     // the kept ones after it move down. Not derived where a deletion can change more than
     // offsets: a UIDL that yielded to an earlier message's, or Content-Length boundaries.
-    bool derivable = !opts_.honour_content_length;
-    std::vector<std::size_t> moved;  // kept after `first`
+    derivable = !opts_.honour_content_length;
     for (std::size_t i = first + 1; i < spans_.size(); ++i) {
       if (deleted[i]) {
         joined = true;
@@ -647,7 +579,67 @@ class mbox_drop final : public maildrop {
       }
       keep(scanned_size_, plan.old_size, needs_blank);
     }
-    POSTERN_TRY(run_update(dir_fd_.get(), names_, spool_fd_.get(), path_, plan, &*lock));
+    return ok_result();
+  }
+
+  // Rewrites spans_ for the file just updated: messages before `first` stay, the kept ones in
+  // `moved` move down to start at `start`; origin[k] is then the old number of spans_[first + k].
+  // The index contents of the new file, or nullopt when it cannot be described now.
+  std::optional<index_contents> shift_kept_spans(std::size_t first, std::uint64_t start,
+                                                 const std::vector<std::size_t>& moved,
+                                                 std::vector<std::size_t>& origin) {
+    std::size_t w = first;
+    std::uint64_t cursor = start;  // the end of the kept messages in the new file
+    origin.reserve(moved.size());
+    for (const std::size_t i : moved) {
+      message_span m = std::move(spans_[i]);
+      const std::uint64_t from = m.separator;
+      m.separator = cursor;
+      m.content = cursor + (m.content - from);
+      m.end = cursor + (m.end - from);
+      m.extent_end = cursor + (m.extent_end - from);
+      cursor = m.extent_end;
+      spans_[w++] = std::move(m);
+      origin.push_back(i);
+    }
+    spans_.resize(w);
+    auto described = describe(cursor);
+    if (!described.ok()) {
+      return std::nullopt;
+    }
+    return std::move(*described);
+  }
+
+  result<void> update(std::span<const bool> deleted, std::size_t first) {
+    auto lock = lock::mailbox_lock::acquire(path_, spool_fd_.get(), opts_.locking);
+    if (!lock.ok()) {
+      return std::move(lock).err();
+    }
+    // An unfinished update cannot exist: open() recovered it and the session lock kept every
+    // other Postern out. Refuse rather than guess if one does.
+    auto pending = exists_at(dir_fd_.get(), names_.journal, names_.journal);
+    if (!pending.ok()) {
+      return std::move(pending).err();
+    }
+    if (*pending) {
+      return error(errc::temporary, "mbox: an unfinished update journal appeared for " + path_);
+    }
+    POSTERN_TRY(check_unchanged(first));
+    struct stat st{};
+    if (::fstat(spool_fd_.get(), &st) != 0) {
+      const int err = errno;
+      return error::from_errno(err, "mbox: stat " + path_);
+    }
+    update_plan plan;
+    plan.start = spans_[first].separator;
+    plan.old_size = static_cast<std::uint64_t>(st.st_size);
+    // No write at all since the listing: its messages before `first` are as listed.
+    const bool untouched = opened_stable_ && stamp_of(st) == opened_;
+    bool derivable = false;
+    std::vector<std::size_t> moved;  // kept after `first`
+    POSTERN_TRY(plan_update(deleted, first, plan, derivable, moved));
+    POSTERN_TRY(
+        run_update(dir_fd_.get(), names_, spool_fd_.get(), path_, plan, &*lock, opts_.faults));
     if (derivable && opts_.use_index && !untouched) {
       // The file was written since the listing (a delivery, or an edit): the messages the
       // update did not touch go into the new index only if they still have their identity.
@@ -665,25 +657,7 @@ class mbox_drop final : public maildrop {
     std::optional<index_contents> idx;
     std::vector<std::size_t> origin;  // spans_[first + k] was message origin[k]
     if (derivable) {
-      std::size_t w = first;
-      std::uint64_t cursor = plan.start;  // the end of the kept messages in the new file
-      origin.reserve(moved.size());
-      for (const std::size_t i : moved) {
-        message_span m = std::move(spans_[i]);
-        const std::uint64_t from = m.separator;
-        m.separator = cursor;
-        m.content = cursor + (m.content - from);
-        m.end = cursor + (m.end - from);
-        m.extent_end = cursor + (m.extent_end - from);
-        cursor = m.extent_end;
-        spans_[w++] = std::move(m);
-        origin.push_back(i);
-      }
-      spans_.resize(w);
-      auto described = describe(cursor);
-      if (described.ok()) {
-        idx = std::move(*described);
-      }
+      idx = shift_kept_spans(first, plan.start, moved, origin);
     }
     POSTERN_TRY(lock->release());
     // A cache: failing to write it costs the next login a scan, nothing else.
@@ -787,6 +761,7 @@ bool same_inode(const struct stat& a, const struct stat& b) noexcept {
 struct known_result {
   index_contents index;  // index.scan: the messages of the file
   bool save = false;     // the index file should be (re)written with it
+  open_source source = open_source::none;  // how index.scan was found
 };
 
 // The messages of the spool (locked; `now` is its state), from the index when the
@@ -842,7 +817,7 @@ result<known_result> known_messages(int dir_fd, const side_files& names, int spo
       if (*same && unchanged) {
         out.index.scan = std::move(idx->scan);
         out.save = false;
-        g_last_source = open_source::index;
+        out.source = open_source::index;
         return out;
       }
       if (*same) {
@@ -894,7 +869,7 @@ result<known_result> known_messages(int dir_fd, const side_files& names, int spo
         out.index.scan.scanned_size = stamp.size;
         out.index.scan.tail_fingerprint = *fp;
         out.index.scan.digest_seed = idx->scan.digest_seed;
-        g_last_source = open_source::appended_scan;
+        out.source = open_source::appended_scan;
         return out;
       }
     }
@@ -904,7 +879,7 @@ result<known_result> known_messages(int dir_fd, const side_files& names, int spo
     return std::move(scanned).err();
   }
   out.index.scan = std::move(*scanned);
-  g_last_source = open_source::full_scan;
+  out.source = open_source::full_scan;
   return out;
 }
 
@@ -1097,7 +1072,7 @@ result<unique_fd> session_for(places& p, const side_files& names, bool& nothing)
 // Completes or sets aside a pending journal, under the spool locks. Under a lock without
 // its dotlock (a full disk) a pending journal is left for a later open.
 result<recovery_outcome> recover_locked(const places& p, const side_files& names,
-                                        locked_spool& ls) {
+                                        locked_spool& ls, journal_faults* faults) {
   if (ls.spool.valid() && !ls.lock.complete()) {
     auto j = exists_at(p.state_fd.get(), names.journal, names.journal);
     if (!j.ok()) {
@@ -1110,15 +1085,16 @@ result<recovery_outcome> recover_locked(const places& p, const side_files& names
     return recovery_outcome::nothing;
   }
   return recover(p.state_fd.get(), names, ls.spool.valid() ? ls.spool.get() : -1, p.path,
-                 ls.spool.valid() ? &ls.lock : nullptr);
+                 ls.spool.valid() ? &ls.lock : nullptr, faults);
 }
 
 }  // namespace
 
-open_source last_open_source_for_test() noexcept { return g_last_source; }
 
 result<std::unique_ptr<store::maildrop>> open(const std::string& path, const options& opts) {
-  g_last_source = open_source::none;
+  if (opts.opened_from != nullptr) {
+    *opts.opened_from = open_source::none;
+  }
   const auto empty = [] { return std::unique_ptr<store::maildrop>(std::make_unique<mbox_drop>()); };
   auto p = locate(path, opts);
   if (!p.ok()) {
@@ -1140,7 +1116,7 @@ result<std::unique_ptr<store::maildrop>> open(const std::string& path, const opt
   if (!ls.ok()) {
     return std::move(ls).err();
   }
-  auto rec = recover_locked(*p, names, *ls);
+  auto rec = recover_locked(*p, names, *ls, opts.faults);
   if (!rec.ok()) {
     return std::move(rec).err();
   }
@@ -1159,6 +1135,9 @@ result<std::unique_ptr<store::maildrop>> open(const std::string& path, const opt
   auto known = known_messages(state_fd, names, ls->spool.get(), *now, po, opts.use_index, path);
   if (!known.ok()) {
     return std::move(known).err();
+  }
+  if (opts.opened_from != nullptr) {
+    *opts.opened_from = known->source;
   }
   POSTERN_TRY(ls->lock.release());
   if (known->save) {
@@ -1194,7 +1173,7 @@ result<recovery_report> recover_pending(const std::string& path, const options& 
   if (!ls.ok()) {
     return std::move(ls).err();
   }
-  auto rec = recover_locked(*p, names, *ls);
+  auto rec = recover_locked(*p, names, *ls, opts.faults);
   if (!rec.ok()) {
     return std::move(rec).err();
   }

@@ -91,6 +91,10 @@
 
 namespace postern::store::mbox {
 
+// How open() found the messages: nothing to list, a full scan, the index, or the index and
+// a scan of the mail appended since.
+enum class open_source { none, full_scan, index, appended_scan };
+
 struct options {
   lock::lock_options locking;  // dotlock + fcntl, 30 s, stale after 10 min
   quoting from_quoting = quoting::mboxo;
@@ -104,6 +108,11 @@ struct options {
   // The state directory (absolute, expanded; [mail] mbox_state_dir) for a spool whose
   // directory is not the mail owner's alone; empty: such spools are refused.
   std::string state_dir;
+  // Crash-test fault injection for the journal (journal.hpp); null in production. Not owned:
+  // it must outlive every maildrop opened with these options.
+  journal_faults* faults = nullptr;
+  // Where open() writes how it found the messages (tests of the index); null: nowhere.
+  open_source* opened_from = nullptr;
 };
 
 // Opens the mbox file at `path` (absolute), taking the session lock, recovering an
@@ -128,9 +137,5 @@ struct recovery_report {
 // `posternd --recover` and for startup. Errors: as open().
 [[nodiscard]] result<recovery_report> recover_pending(const std::string& path,
                                                       const options& opts = {});
-
-// Test hook: how the last open() on this thread found the messages.
-enum class open_source { none, full_scan, index, appended_scan };
-open_source last_open_source_for_test() noexcept;
 
 }  // namespace postern::store::mbox

@@ -1,7 +1,7 @@
 #include "store/mbox/mbox.hpp"
 
 #include "common/test_files.hpp"
-#include "pop3/dot_encoder.hpp"
+#include "common/line_ends.hpp"
 #include "store/mbox/journal.hpp"
 #include "store/mbox/parser.hpp"
 
@@ -48,27 +48,9 @@ using test::read_file;
 using test::write_file;
 using test::append_file;
 
-// What the client receives for `content`, minus byte-stuffing and ".CRLF": must equal the
-// listed size.
-std::uint64_t encoder_size(std::string_view content) {
-  pop3::dot_encoder enc;
-  std::string out;
-  // Feed in odd-sized chunks to exercise the encoder's state too.
-  for (std::size_t i = 0; i < content.size(); i += 7) {
-    enc.encode(content.substr(i, 7), out);
-  }
-  enc.finish(out);
-  EXPECT_TRUE(out.ends_with(".\r\n"));
-  std::uint64_t stuffed = 0;
-  bool line_start = true;
-  for (std::size_t i = 0; i + 3 < out.size(); ++i) {
-    if (line_start && out[i] == '.') {
-      ++stuffed;
-    }
-    line_start = out[i] == '\n';
-  }
-  return out.size() - 3 - stuffed;
-}
+// What the client receives for `content`, minus byte-stuffing and ".CRLF", must equal the
+// listed size: message_wire_octets (pop3/dot_encoder_test.cpp pins the encoder to it).
+std::uint64_t encoder_size(std::string_view content) { return message_wire_octets(content); }
 
 // The content of each message as a client gets it (unquoted), from an in-memory scan.
 std::vector<std::string> served(std::string_view data, const scan_result& r, quoting q) {
@@ -589,14 +571,22 @@ TEST(mbox_journal, header_round_trip_and_damage) {
 
 class mbox_files : public ::testing::Test {
  protected:
-  void SetUp() override {
-    set_fault_for_test(0);
-    set_copy_buffer_for_test(0);
-    box_ = dir_.path() + "/user";
+  void SetUp() override { box_ = dir_.path() + "/user"; }
+
+  // The journal's fault injection (journal.hpp), handed to every open through opts(): the
+  // step-th fault point from now on exits the process (or runs `action`).
+  void set_fault(int step, std::function<void()> action = {}) {
+    faults_ = fault_countdown(step, copy_buffer_, std::move(action));
   }
-  void TearDown() override {
-    set_fault_for_test(0);
-    set_copy_buffer_for_test(0);
+  // The journal's copy buffer from now on; small values make more fault points.
+  void set_copy_buffer(std::size_t bytes) {
+    copy_buffer_ = bytes;
+    faults_ = fault_countdown(0, bytes);
+  }
+  options opts() {
+    options o = fast_options();
+    o.faults = &faults_;
+    return o;
   }
 
   std::string sample(int n) {
@@ -609,7 +599,8 @@ class mbox_files : public ::testing::Test {
     return out;
   }
 
-  std::unique_ptr<maildrop> open_ok(const options& o = fast_options()) {
+  std::unique_ptr<maildrop> open_ok() { return open_ok(opts()); }
+  std::unique_ptr<maildrop> open_ok(const options& o) {
     auto m = open(box_, o);
     EXPECT_TRUE(m.ok()) << m.err().message();
     return m.ok() ? std::move(*m) : nullptr;
@@ -634,6 +625,8 @@ class mbox_files : public ::testing::Test {
 
   temp_dir dir_;
   std::string box_;
+  std::size_t copy_buffer_ = 0;
+  fault_countdown faults_{0};
 };
 
 TEST_F(mbox_files, missing_file_or_directory_is_empty_and_creates_nothing) {
@@ -643,11 +636,11 @@ TEST_F(mbox_files, missing_file_or_directory_is_empty_and_creates_nothing) {
   auto stats = m->commit({});
   ASSERT_TRUE(stats.ok());
   EXPECT_TRUE(fs::is_empty(dir_.path()));
-  auto gone = open(dir_.path() + "/no/such/dir/user", fast_options());
+  auto gone = open(dir_.path() + "/no/such/dir/user", opts());
   ASSERT_TRUE(gone.ok());
   EXPECT_TRUE((*gone)->messages().empty());
-  EXPECT_FALSE(open("relative/path", fast_options()).ok());
-  EXPECT_FALSE(open("", fast_options()).ok());
+  EXPECT_FALSE(open("relative/path", opts()).ok());
+  EXPECT_FALSE(open("", opts()).ok());
 }
 
 TEST_F(mbox_files, empty_file_is_empty_maildrop) {
@@ -674,7 +667,7 @@ TEST_F(mbox_files, second_session_is_in_use_and_spool_lock_is_not_held_meanwhile
   write_file(box_, sample(2));
   auto a = open_ok();
   ASSERT_TRUE(a);
-  auto b = open(box_, fast_options());
+  auto b = open(box_, opts());
   ASSERT_FALSE(b.ok());
   EXPECT_EQ(b.err().code(), errc::in_use);
   // Delivery is not blocked while a session is open: no dotlock, no fcntl lock.
@@ -691,7 +684,7 @@ TEST_F(mbox_files, second_session_is_in_use_and_spool_lock_is_not_held_meanwhile
   ::waitpid(child, &status, 0);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
   a.reset();
-  EXPECT_TRUE(open(box_, fast_options()).ok());
+  EXPECT_TRUE(open(box_, opts()).ok());
 }
 
 TEST_F(mbox_files, uidls_stable_across_sessions_and_deletions) {
@@ -721,7 +714,7 @@ TEST_F(mbox_files, x_uidl_wins_only_when_turned_on) {
   const auto l = listing_now();
   ASSERT_EQ(l.uidls.size(), 2u);
   EXPECT_NE(l.uidls[0], "3f2a1b");
-  options on = fast_options();
+  options on = opts();
   on.use_x_uidl = true;
   auto m = open_ok(on);
   ASSERT_TRUE(m);
@@ -1030,7 +1023,7 @@ TEST_F(mbox_files, stale_dotlock_is_broken_and_live_one_respected) {
   m.reset();
   // A live one (ours, as an MDA in this process would hold it): open waits, then in_use.
   write_file(box_ + ".lock", std::to_string(::getpid()) + "\n");
-  auto busy = open(box_, fast_options());
+  auto busy = open(box_, opts());
   ASSERT_FALSE(busy.ok());
   EXPECT_EQ(busy.err().code(), errc::in_use);
   fs::remove(box_ + ".lock");
@@ -1140,7 +1133,7 @@ TEST_F(mbox_files, content_length_and_quoting_options_on_files) {
   const std::string data = "From a Mon Jan  1 00:00:00 2024\nContent-Length: " +
                            std::to_string(body.size()) + "\n\n" + body + "\n" + sample(1);
   write_file(box_, data);
-  options o = fast_options();
+  options o = opts();
   o.honour_content_length = true;
   {
     auto m = open_ok(o);
@@ -1184,11 +1177,11 @@ TEST_F(mbox_files, obsolete_journals_are_set_aside) {
       fs::remove(e.path());
     }
     write_file(box_, original);
-    set_copy_buffer_for_test(64);
+    set_copy_buffer(64);
     const pid_t pid = ::fork();
     if (pid == 0) {
-      set_fault_for_test(12);  // past the commit point, inside the rewrite
-      auto m = open(box_, fast_options());
+      set_fault(12);  // past the commit point, inside the rewrite
+      auto m = open(box_, opts());
       std::unique_ptr<bool[]> d(new bool[4]());
       d[1] = true;
       ::_exit(m.ok() && (*m)->commit(std::span<const bool>(d.get(), 4)).ok() ? 0 : 1);
@@ -1237,7 +1230,7 @@ class mbox_crash : public mbox_files {
   bool crashed_at(int step, const std::function<int()>& work) {
     const pid_t pid = ::fork();
     if (pid == 0) {
-      set_fault_for_test(step);
+      set_fault(step);
       ::_exit(work());
     }
     int status = 0;
@@ -1249,7 +1242,7 @@ class mbox_crash : public mbox_files {
   }
 
   int commit_child(const std::vector<bool>& del) {
-    auto m = open(box_, fast_options());
+    auto m = open(box_, opts());
     if (!m.ok()) {
       return 10;
     }
@@ -1258,7 +1251,7 @@ class mbox_crash : public mbox_files {
     return (*m)->commit(std::span<const bool>(d.get(), del.size())).ok() ? 0 : 11;
   }
 
-  int open_child() { return open(box_, fast_options()).ok() ? 0 : 12; }
+  int open_child() { return open(box_, opts()).ok() ? 0 : 12; }
 
   static std::multiset<std::string> as_set(const std::vector<std::string>& v) {
     return {v.begin(), v.end()};
@@ -1266,7 +1259,7 @@ class mbox_crash : public mbox_files {
 };
 
 TEST_F(mbox_crash, crash_at_every_step_of_commit) {
-  set_copy_buffer_for_test(256);
+  set_copy_buffer(256);
   const std::string original = "prefix junk\n\n" + sample(6);
   const std::vector<bool> del = {false, true, false, true, false, false};
   write_file(box_, original);
@@ -1304,7 +1297,7 @@ TEST_F(mbox_crash, crash_at_every_step_of_commit) {
 }
 
 TEST_F(mbox_crash, crash_then_mail_delivered_before_recovery) {
-  set_copy_buffer_for_test(256);
+  set_copy_buffer(256);
   const std::string original = sample(5);
   const std::vector<bool> del = {true, false, false, true, false};
   const std::string late = msg("late@example.org", "late", "delivered after the crash") + "\n";
@@ -1344,7 +1337,7 @@ TEST_F(mbox_crash, crash_then_mail_delivered_before_recovery) {
 // A delivery agent that ignores our locks appends at every step of the update: its mail
 // must survive (the truncation folds it in first).
 TEST_F(mbox_crash, lockless_append_at_every_step) {
-  set_copy_buffer_for_test(256);
+  set_copy_buffer(256);
   const std::string original = sample(5);
   const std::vector<bool> del = {false, true, false, true, false};
   const std::string late = msg("rude@example.org", "rude", "appended without locking") + "\n";
@@ -1362,14 +1355,14 @@ TEST_F(mbox_crash, lockless_append_at_every_step) {
     bool appended = false;
     auto m = open_ok();
     ASSERT_TRUE(m);
-    set_fault_for_test(step, [&] {
+    set_fault(step, [&] {
       append_file(box_, late);
       appended = true;
     });
     std::unique_ptr<bool[]> d(new bool[del.size()]);
     std::copy(del.begin(), del.end(), d.get());
     ASSERT_TRUE(m->commit(std::span<const bool>(d.get(), del.size())).ok()) << "step " << step;
-    set_fault_for_test(0);
+    set_fault(0);
     m.reset();
     if (!appended) {
       break;  // past the last fault point
@@ -1387,7 +1380,7 @@ TEST_F(mbox_crash, lockless_append_at_every_step) {
 }
 
 TEST_F(mbox_crash, crash_during_recovery_too) {
-  set_copy_buffer_for_test(512);
+  set_copy_buffer(512);
   const std::string original = sample(4);
   const std::vector<bool> del = {false, true, false, false};
   const std::string late = msg("late@example.org", "late", "delivered between crashes") + "\n";
@@ -1454,8 +1447,8 @@ TEST_F(mbox_files, large_message_is_mapped_unless_it_needs_unquoting) {
   }
   body += ">From quoted\n" + body;
   write_file(box_, msg("a@example.org", "one", "x") + msg("b@example.org", "big", body));
-  for (const quoting q : {quoting::none, fast_options().from_quoting}) {
-    options o = fast_options();
+  for (const quoting q : {quoting::none, opts().from_quoting}) {
+    options o = opts();
     o.from_quoting = q;
     auto m = open_ok(o);
     ASSERT_TRUE(m);
@@ -1550,7 +1543,7 @@ int obsolete_journals(const std::string& dir) {
 // mutt and the delivery wrote: the deleted message stays deleted, the new one whole, the
 // Status header kept, nothing appended.
 TEST_F(mbox_crash, foreign_edits_after_a_crash_are_never_overwritten) {
-  set_copy_buffer_for_test(256);
+  set_copy_buffer(256);
   std::string original;
   for (int i = 1; i <= 6; ++i) {
     original += msg("list@example.org", "m" + std::to_string(i),
@@ -1591,7 +1584,7 @@ TEST_F(mbox_crash, foreign_edits_after_a_crash_are_never_overwritten) {
 // Without foreign edits, every crash point still completes (the cell checks accept a
 // partly rewritten file), also when the rewrite was cut inside a 4 KiB page.
 TEST_F(mbox_crash, partly_rewritten_pages_are_recognised) {
-  set_copy_buffer_for_test(1000);  // not a multiple of the 4 KiB cells
+  set_copy_buffer(1000);  // not a multiple of the 4 KiB cells
   std::string original;
   for (int i = 1; i <= 8; ++i) {
     original += msg("s@example.org", "p" + std::to_string(i), std::string(3000, 'x')) + "\n";
@@ -1678,7 +1671,7 @@ TEST_F(mbox_files, shared_directory_keeps_state_elsewhere) {
   ASSERT_EQ(::chmod(spool_dir.c_str(), 01777), 0);
   const std::string box = spool_dir + "/user";
   write_file(box, sample(3));
-  options o = fast_options();
+  options o = opts();
   auto refused = open(box, o);
   ASSERT_FALSE(refused.ok());
   EXPECT_EQ(refused.err().code(), errc::permanent);
@@ -1728,7 +1721,7 @@ TEST_F(mbox_files, spool_of_another_owner_is_refused) {
   }
   write_file(box_, sample(2));
   ASSERT_EQ(::chown(box_.c_str(), 65534, 65534), 0);
-  auto m = open(box_, fast_options());
+  auto m = open(box_, opts());
   ASSERT_FALSE(m.ok());
   EXPECT_EQ(m.err().code(), errc::permanent);
   EXPECT_NE(m.err().message().find("uid 65534"), std::string::npos) << m.err().message();
@@ -1736,19 +1729,19 @@ TEST_F(mbox_files, spool_of_another_owner_is_refused) {
 
 // recover_pending completes an interrupted update without a session.
 TEST_F(mbox_crash, recover_pending_completes_an_update) {
-  set_copy_buffer_for_test(64);
+  set_copy_buffer(64);
   write_file(box_, sample(4));
   const auto old_state = listing_now();
   ASSERT_TRUE(crashed_at(14, [&] { return commit_child({false, true, false, false}); }));
   ASSERT_TRUE(journal_pending(dir_.path()));
-  auto r = recover_pending(box_, fast_options());
+  auto r = recover_pending(box_, opts());
   ASSERT_TRUE(r.ok()) << r.err().message();
   EXPECT_EQ(r->outcome, recovery_outcome::completed);
   EXPECT_FALSE(journal_pending(dir_.path()));
   const auto now = listing_now();
   ASSERT_EQ(now.contents.size(), 3u);
   EXPECT_EQ(now.contents[1], old_state.contents[2]);
-  auto again = recover_pending(box_, fast_options());
+  auto again = recover_pending(box_, opts());
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(again->outcome, recovery_outcome::nothing);
 }

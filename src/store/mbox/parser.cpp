@@ -1,6 +1,8 @@
 #include "store/mbox/parser.hpp"
 
-#include <openssl/evp.h>
+#include "common/digest.hpp"
+#include "common/encoding.hpp"
+
 #include <xxhash.h>
 
 #include <algorithm>
@@ -20,8 +22,6 @@ constexpr std::size_t tail_window = 64;
 constexpr std::string_view uidl_domain = "postern-mbox-uidl-1\n";
 
 bool is_digit(char c) noexcept { return c >= '0' && c <= '9'; }
-
-char lower(char c) noexcept { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
 
 std::string_view trim(std::string_view s) noexcept {
   const auto blank = [](char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; };
@@ -47,13 +47,9 @@ std::string_view strip_line_end(std::string_view s) noexcept {
 // "Name: value" with Name compared case-insensitively to `lower_name`; the value trimmed.
 std::optional<std::string_view> header_value(std::string_view line,
                                              std::string_view lower_name) noexcept {
-  if (line.size() <= lower_name.size() || line[lower_name.size()] != ':') {
+  if (line.size() <= lower_name.size() || line[lower_name.size()] != ':' ||
+      !ascii_iequals(line.substr(0, lower_name.size()), lower_name)) {
     return std::nullopt;
-  }
-  for (std::size_t i = 0; i < lower_name.size(); ++i) {
-    if (lower(line[i]) != lower_name[i]) {
-      return std::nullopt;
-    }
   }
   return trim(line.substr(lower_name.size() + 1));
 }
@@ -95,22 +91,6 @@ bool date_at(std::string_view s, std::size_t i) noexcept {
   }
   return j + 5 <= s.size() && is_digit(s[j]) && is_digit(s[j + 1]) && s[j + 2] == ':' &&
          is_digit(s[j + 3]) && is_digit(s[j + 4]);
-}
-
-result<std::string> sha1_hex(std::string_view data) {
-  std::array<unsigned char, EVP_MAX_MD_SIZE> md{};
-  unsigned int len = 0;
-  if (EVP_Digest(data.data(), data.size(), md.data(), &len, EVP_sha1(), nullptr) != 1) {
-    return error(errc::temporary, "mbox: SHA-1 digest unavailable");
-  }
-  static constexpr char digits[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(std::size_t{2} * len);
-  for (unsigned int i = 0; i < len; ++i) {
-    out += digits[md[i] >> 4];
-    out += digits[md[i] & 0x0F];
-  }
-  return out;
 }
 
 struct line_view {
@@ -477,7 +457,7 @@ struct scanner::impl {
     if (line.empty()) {
       return;
     }
-    const char c = lower(line[0]);
+    const char c = ascii_lower(line[0]);
     if (c == 'c' && !content_length) {
       if (auto v = header_value(line, "content-length")) {
         std::uint64_t n = 0;

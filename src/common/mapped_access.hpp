@@ -14,7 +14,7 @@
 
 #include <cstddef>
 
-namespace postern::pop3 {
+namespace postern {
 
 class mapped_access {
  public:
@@ -27,4 +27,4 @@ class mapped_access {
   bool faulted() const noexcept;
 };
 
-}  // namespace postern::pop3
+}  // namespace postern

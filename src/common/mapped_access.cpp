@@ -1,4 +1,4 @@
-#include "pop3/mapped_access.hpp"
+#include "common/mapped_access.hpp"
 
 #include <atomic>
 #include <csignal>
@@ -7,7 +7,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-namespace postern::pop3 {
+namespace postern {
 namespace {
 
 // Plain data with constant initialization: safe to use from the signal handler.
@@ -92,4 +92,4 @@ bool mapped_access::faulted() const noexcept {
   return t_range.faulted != 0;
 }
 
-}  // namespace postern::pop3
+}  // namespace postern

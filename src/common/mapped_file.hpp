@@ -1,7 +1,8 @@
 // mapped_file: a read-only mapping of a byte range of an open file, handed out in pieces
 // (message_reader::map_next). The pieces are populated before they are handed out, so
 // encoding them takes no page faults; a piece can still fault with SIGBUS if the file is
-// truncated meanwhile, so callers touch it only inside a pop3::mapped_access scope.
+// truncated meanwhile, so callers touch it only inside a mapped_access scope
+// (common/mapped_access.hpp).
 #pragma once
 
 #include <cstddef>
@@ -9,7 +10,7 @@
 #include <memory>
 #include <span>
 
-namespace postern::store {
+namespace postern {
 
 class mapped_file {
  public:
@@ -39,4 +40,4 @@ class mapped_file {
   std::uint64_t pos_ = 0;
 };
 
-}  // namespace postern::store
+}  // namespace postern

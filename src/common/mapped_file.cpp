@@ -1,11 +1,11 @@
-#include "store/mapped_file.hpp"
+#include "common/mapped_file.hpp"
 
 #include <algorithm>
 #include <limits>
 #include <sys/mman.h>
 #include <unistd.h>
 
-namespace postern::store {
+namespace postern {
 
 std::unique_ptr<mapped_file> mapped_file::map(int fd, std::uint64_t offset, std::uint64_t length) {
   if (length < min_mapped_size) {
@@ -47,4 +47,4 @@ std::span<const char> mapped_file::next(std::size_t max) noexcept {
   return {first, n};
 }
 
-}  // namespace postern::store
+}  // namespace postern
