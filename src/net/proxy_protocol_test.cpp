@@ -230,6 +230,24 @@ TEST(proxy_protocol, v2_malformed) {
   }
 }
 
+// Bytes HAProxy 2.6 sent with send-proxy-v2-ssl: a TLS client's connection, and the LOCAL
+// header of its health check (which still carries an SSL TLV, client bits 0).
+TEST(proxy_protocol, v2_as_haproxy_sends_it) {
+  const std::string client = sig + std::string("\x21\x11\x00\x1e\x7f\x00\x00\x02\x7f\x00\x00\x01"
+                                               "\x8d\xa9\xdf\x71\x20\x00\x0f\x01\x00\x00\x00\x00"
+                                               "\x21\x00\x07TLSv1.3", 34);
+  const parse_result r = done(client, "STAT\r\n");
+  EXPECT_EQ(r.value.source.address().to_string(), "127.0.0.2");
+  EXPECT_EQ(r.value.source.port(), 0x8da9);
+  EXPECT_EQ(r.value.destination.port(), 0xdf71);
+  EXPECT_TRUE(r.value.client_tls);
+  EXPECT_EQ(r.value.tls_version, "TLSv1.3");
+  const std::string check = sig + std::string("\x20\x00\x00\x08\x20\x00\x05\x00\x00\x00\x00\x00", 12);
+  const parse_result c = done(check, "QUIT\r\n");
+  EXPECT_TRUE(c.value.local);
+  EXPECT_FALSE(c.value.client_tls);
+}
+
 TEST(proxy_protocol, v2_longest_accepted_header) {
   const std::string body = inet4_block() + tlv(0x04, std::string(max_v2_header - 16 - 12 - 3, 0));
   EXPECT_EQ(done(v2(0x21, 0x11, body)).consumed, max_v2_header);

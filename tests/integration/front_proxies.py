@@ -235,9 +235,11 @@ class NginxMail(FrontProcess):
 
 class FakeBackend:
     """A listening socket that records the bytes of each connection (what a front end sends
-    before the client's own bytes), greeting like POP3 and answering QUIT (health checks)."""
+    before the client's own bytes), greeting like POP3 and answering QUIT (health checks).
+    answer_lines: also answer +OK to every other line but a "PROXY " one (nginx's login)."""
 
-    def __init__(self, world):
+    def __init__(self, world, answer_lines=False):
+        self.answer_lines = answer_lines
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -263,6 +265,7 @@ class FakeBackend:
             index = len(self.received)
             self.received.append(b"")
         conn.settimeout(scaled(5))
+        answered = 0
         try:
             conn.sendall(b"+OK fake\r\n")
             while True:
@@ -271,9 +274,14 @@ class FakeBackend:
                     break
                 with self.lock:
                     self.received[index] += data
-                if b"QUIT\r\n" in self.received[index]:
+                    got = self.received[index]
+                if b"QUIT\r\n" in got:
                     conn.sendall(b"+OK bye\r\n")
                     break
+                lines = [x for x in got.split(b"\r\n")[:-1] if not x.startswith(b"PROXY ")]
+                if self.answer_lines and len(lines) > answered:
+                    conn.sendall(b"+OK\r\n" * (len(lines) - answered))
+                    answered = len(lines)
         except OSError:
             pass
         finally:
