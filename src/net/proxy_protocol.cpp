@@ -164,27 +164,24 @@ parse_result parse_v1_line(std::string_view line, std::size_t consumed) {
 }
 
 parse_result parse_v1(std::string_view data) {
-  const std::size_t lf = data.substr(0, max_v1_header).find('\n');
-  if (lf == std::string_view::npos) {
-    if (data.size() >= max_v1_header) {
-      return invalid("PROXY v1: no CRLF within 107 bytes");
-    }
-    const std::size_t cr = data.find('\r');
-    if (cr != std::string_view::npos && cr + 1 != data.size()) {
-      return invalid("PROXY v1: CR not followed by LF");
-    }
-    return need_more();
-  }
-  if (lf == 0 || data[lf - 1] != '\r') {
-    return invalid("PROXY v1: line not ended by CRLF");
-  }
-  const std::string_view line = data.substr(v1_prefix.size(), lf - 1 - v1_prefix.size());
-  for (char c : line) {
-    if (c < 0x20 || c > 0x7e) {
+  const std::string_view head = data.substr(0, max_v1_header);
+  const std::size_t lf = head.find('\n');
+  const std::string_view line = head.substr(0, lf);  // up to, not including, the LF
+  // Printable ASCII up to the CR before the LF, so garbage is refused before 107 bytes came.
+  for (std::size_t i = 0; i < line.size(); ++i) {
+    const char c = line[i];
+    if ((c < 0x20 || c > 0x7e) && !(c == '\r' && i + 1 == line.size())) {
       return invalid("PROXY v1: control character in the line");
     }
   }
-  return parse_v1_line(line, lf + 1);
+  if (lf == std::string_view::npos) {
+    return data.size() >= max_v1_header ? invalid("PROXY v1: no CRLF within 107 bytes")
+                                        : need_more();
+  }
+  if (line.empty() || line.back() != '\r') {
+    return invalid("PROXY v1: line not ended by CRLF");
+  }
+  return parse_v1_line(line.substr(v1_prefix.size(), line.size() - 1 - v1_prefix.size()), lf + 1);
 }
 
 // ---- v2 ----

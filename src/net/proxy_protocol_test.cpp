@@ -154,6 +154,12 @@ TEST(proxy_protocol, v1_malformed) {
   }
 }
 
+TEST(proxy_protocol, v1_garbage_is_refused_before_the_line_ends) {
+  expect_invalid(std::string("PROXY TCP4 \x16\x03", 13));
+  expect_invalid("PROXY TCP4 1.2.3.4\r5");
+  EXPECT_EQ(parse("PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r").status, parse_status::need_more);
+}
+
 TEST(proxy_protocol, v2_inet_with_tlvs) {
   const std::string h = v2(0x21, 0x11,
                            inet4_block() + tlv(0x01, "pop3") + tlv(0x02, "mail.example.org") +
