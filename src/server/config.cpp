@@ -353,6 +353,10 @@ std::optional<listener_config> parse_listener(const item& it, const toml::table&
       }
       ok = ok && s && (*s == "none" || *s == "implicit");
       out.implicit_tls = s && *s == "implicit";
+    } else if (k.str() == "proxy_protocol") {
+      auto b = get_bool(field);
+      ok = ok && b.has_value();
+      out.proxy_protocol = b.value_or(false);
     } else if (k.str() == "name") {
       auto s = get_string(field);
       if (s && !is_fd_name(*s)) {
@@ -361,7 +365,7 @@ std::optional<listener_config> parse_listener(const item& it, const toml::table&
       ok = ok && s && is_fd_name(*s);
       out.name = s ? *s : "";
     } else {
-      field.fail("unknown key; a [[server.listener]] has address, tls and name");
+      field.fail("unknown key; a [[server.listener]] has address, tls, proxy_protocol and name");
       ok = false;
     }
   }
@@ -681,7 +685,7 @@ void set_mechanisms(const item& it, config& cfg) {
   cfg.mechanisms = std::move(out);
 }
 
-void set_trusted_networks(const item& it, config& cfg) {
+void set_network_list(const item& it, std::vector<std::string>& target) {
   const auto* arr = it.node.as_array();
   if (arr == nullptr) {
     it.fail_type("an array of networks such as [\"10.0.0.0/8\", \"::1/128\"]");
@@ -701,8 +705,11 @@ void set_trusted_networks(const item& it, config& cfg) {
     }
     out.push_back(s->get());
   }
-  cfg.trusted_networks = std::move(out);
+  target = std::move(out);
 }
+
+void set_trusted_networks(const item& it, config& cfg) { set_network_list(it, cfg.trusted_networks); }
+void set_proxy_trusted_networks(const item& it, config& cfg) { set_network_list(it, cfg.proxy_trusted_networks); }
 
 void set_tls_version(const item& it, config& cfg) {
   auto s = get_string(it);
@@ -1012,6 +1019,7 @@ const auto key_rules = std::to_array<key_rule>({
     {"server", "greeting", set_greeting},
     {"server", "tls_listen", set_tls_listen},
     {"server", "listener", set_listeners},
+    {"server", "proxy_trusted_networks", set_proxy_trusted_networks},
     {"server", "process_model", set_process_model},
     {"server", "max_children",
      [](const item& it, config& c) {
@@ -1372,6 +1380,11 @@ result<void> check_listeners(const config& cfg, const std::string& name) {
       return error(errc::invalid, name + ": " + format_listen({spec.host, spec.port}) +
                                       " is listed twice among server.listen, server.tls_listen and [[server.listener]]");
     }
+    if (spec.options.proxy_protocol && cfg.proxy_trusted_networks.empty()) {
+      return error(errc::invalid, name + ": [[server.listener]] " + format_listen({spec.host, spec.port}) +
+                                      " has proxy_protocol = true but server.proxy_trusted_networks is empty: "
+                                      "list the front ends' addresses there");
+    }
     if (!spec.name.empty() && !names.insert(spec.name).second) {
       return error(errc::invalid, name + ": [[server.listener]] name \"" + spec.name + "\" is used twice");
     }
@@ -1523,6 +1536,11 @@ std::string format_config(const config& cfg) {
   }
   tls_listen += "]";
   line("tls_listen", tls_listen);
+  std::string proxy_nets = "[";
+  for (std::size_t i = 0; i < cfg.proxy_trusted_networks.size(); ++i) {
+    proxy_nets += (i == 0 ? "" : ", ") + toml_string(cfg.proxy_trusted_networks[i]);
+  }
+  line("proxy_trusted_networks", proxy_nets + "]");
   line("process_model", toml_string(cfg.unix.model == process_model::fork ? "fork" : "event"));
   line("max_children", number(cfg.unix.max_children));
   line("min_connection_interval", format_duration(cfg.unix.min_connection_interval));
@@ -1630,6 +1648,7 @@ std::string format_config(const config& cfg) {
     out += "\n[[server.listener]]\n";
     line("address", toml_string(format_listen(l.address)));
     line("tls", l.implicit_tls ? "\"implicit\"" : "\"none\"");
+    line("proxy_protocol", l.proxy_protocol ? "true" : "false");
     if (!l.name.empty()) {
       line("name", toml_string(l.name));
     }
