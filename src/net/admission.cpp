@@ -5,6 +5,8 @@
 #include "net/proxy_protocol.hpp"
 #include "pop3/limits.hpp"
 
+#include <sys/socket.h>
+
 #include <algorithm>
 #include <chrono>
 
@@ -90,6 +92,10 @@ bool proxy_peer_trusted(const std::vector<network>& trusted, const asio::ip::add
   return std::any_of(trusted.begin(), trusted.end(), [&](const network& n) { return contains(n, peer); });
 }
 
+// A refused PROXY connection is closed with a FIN before the close: bytes it sent stay
+// unread, and a close alone would answer them with a reset.
+void end_refused(int fd) { ::shutdown(fd, SHUT_WR); }
+
 std::optional<client_origin> origin_from(const result<proxy::header>& h, const asio::ip::address& peer) {
   if (!h) {
     log::warning("connection refused: rip={}, reason={}, error={}", peer.to_string(),
@@ -109,20 +115,30 @@ constexpr std::chrono::milliseconds header_timeout = pop3::limits::proxy_header_
 asio::awaitable<std::optional<client_origin>> async_proxy_step(asio::ip::tcp::socket& socket,
                                                                const asio::ip::address& peer,
                                                                const std::vector<network>& trusted) {
+  std::optional<client_origin> origin;
   if (!proxy_peer_trusted(trusted, peer)) {
     log_refusal(peer, refusal_reason::proxy_untrusted);
-    co_return std::nullopt;
+  } else {
+    auto h = co_await proxy::async_read_header(socket, header_timeout);
+    origin = origin_from(h, peer);
   }
-  auto h = co_await proxy::async_read_header(socket, header_timeout);
-  co_return origin_from(h, peer);
+  if (!origin) {
+    end_refused(socket.native_handle());
+  }
+  co_return origin;
 }
 
 std::optional<client_origin> proxy_step(int fd, const asio::ip::address& peer, const std::vector<network>& trusted) {
+  std::optional<client_origin> origin;
   if (!proxy_peer_trusted(trusted, peer)) {
     log_refusal(peer, refusal_reason::proxy_untrusted);
-    return std::nullopt;
+  } else {
+    origin = origin_from(proxy::read_header(fd, header_timeout), peer);
   }
-  return origin_from(proxy::read_header(fd, header_timeout), peer);
+  if (!origin) {
+    end_refused(fd);
+  }
+  return origin;
 }
 
 }  // namespace postern::net

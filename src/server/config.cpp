@@ -319,7 +319,7 @@ void set_listen_list(const item& it, std::vector<listen_address>& out_list, bool
   }
 }
 
-void set_listen(const item& it, config& cfg) { set_listen_list(it, cfg.listen, false); }
+void set_listen(const item& it, config& cfg) { set_listen_list(it, cfg.listen, true); }
 
 // FileDescriptorName= allows up to 255 printable ASCII characters other than ':'.
 bool is_fd_name(std::string_view s) {
@@ -1320,6 +1320,11 @@ void check_root(checker& chk, const toml::table& root, config& cfg) {
     if (name == "server" && tbl->contains("listener") && !tbl->contains("listen")) {
       cfg.listen.clear();  // [[server.listener]] replaces the default listen addresses
     }
+    const auto* listen = name == "server" ? tbl->get("listen") : nullptr;
+    if (listen != nullptr && cfg.listen.empty() && cfg.tls_listen.empty() && cfg.listeners.empty()) {
+      chk.fail(listen->source(), "server.listen",
+               "must list at least one address (or set tls_listen or a [[server.listener]])");
+    }
   }
 }
 
@@ -1375,7 +1380,11 @@ std::string format_duration(std::chrono::milliseconds d) {
 result<void> check_listeners(const config& cfg, const std::string& name) {
   std::set<std::pair<std::string, std::uint16_t>> seen;
   std::set<std::string> names;
-  for (const auto& spec : listener_specs(cfg)) {
+  auto specs = listener_specs(cfg);
+  if (specs.empty()) {
+    return error(errc::invalid, name + ": no listener: set server.listen, server.tls_listen or a [[server.listener]]");
+  }
+  for (const auto& spec : specs) {
     if (spec.port != 0 && !seen.emplace(spec.host, spec.port).second) {
       return error(errc::invalid, name + ": " + format_listen({spec.host, spec.port}) +
                                       " is listed twice among server.listen, server.tls_listen and [[server.listener]]");
@@ -1516,9 +1525,7 @@ std::string format_config(const config& cfg) {
     listen += (i == 0 ? "" : ", ") + toml_string(format_listen(cfg.listen[i]));
   }
   listen += "]";
-  if (!cfg.listen.empty()) {
-    line("listen", listen);
-  }
+  line("listen", listen);
   line("user", toml_string(cfg.user));
   line("group", toml_string(cfg.group));
   line("max_connections", number(cfg.max_connections));

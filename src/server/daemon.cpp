@@ -144,10 +144,93 @@ int startup_failure(const error& e) {
   return 1;
 }
 
+// One io_worker per I/O thread, each with acceptors for its own sockets.
+result<std::vector<std::unique_ptr<io_worker>>> make_io_workers(process_sockets sockets) {
+  std::vector<std::unique_ptr<io_worker>> workers;
+  for (auto& thread : sockets) {
+    auto w = std::make_unique<io_worker>();
+    for (auto& bs : thread) {
+      asio::ip::tcp::acceptor acc(w->ctx);
+      std::error_code ec;
+      acc.assign(bs.family == AF_INET6 ? asio::ip::tcp::v6() : asio::ip::tcp::v4(), bs.fd.get(), ec);
+      if (ec) {
+        return error(errc::permanent, "cannot use a listening socket", ec);
+      }
+      (void)bs.fd.release();  // the acceptor owns it now
+      w->listeners.push_back({std::move(acc), bs.options});
+    }
+    workers.push_back(std::move(w));
+  }
+  return workers;
+}
+
+// The signals of one event-mode process, handled on I/O thread 0: SIGHUP reloads the passwd
+// file and the TLS certificate; SIGTERM and SIGINT close every acceptor and session, after
+// which each io_context runs out of work and its thread ends.
+class event_signals {
+ public:
+  event_signals(std::vector<std::unique_ptr<io_worker>>& workers, shared_state& st, const net::connection_counter& counter)
+      : workers_(workers), st_(st), counter_(counter), stop_(workers[0]->ctx, SIGTERM, SIGINT),
+        hup_(workers[0]->ctx, SIGHUP) {}
+
+  void arm() {
+    hup_.async_wait([this](const std::error_code& ec, int) { on_hup(ec); });
+    stop_.async_wait([this](const std::error_code& ec, int signo) { on_stop(ec, signo); });
+  }
+
+ private:
+  void on_hup(const std::error_code& ec) {
+    if (ec) {
+      return;
+    }
+    if (st_.passdb) {
+      st_.passdb->reload();  // an untrusted or malformed file: logged, previous contents kept
+    }
+    reload_tls(st_.env.tls.get());
+    hup_.async_wait([this](const std::error_code& next, int) { on_hup(next); });
+  }
+
+  void on_stop(const std::error_code& ec, int signo) {
+    if (ec) {
+      return;
+    }
+    log::info("signal {} received: shutting down, {} sessions open", signo, counter_.active());
+    std::error_code ignored;
+    hup_.cancel(ignored);
+    for (auto& w : workers_) {
+      asio::post(w->ctx, [&w = *w] {
+        for (auto& l : w.listeners) {
+          std::error_code ignored_close;
+          l.acceptor.close(ignored_close);
+        }
+        w.registry.stop_all();
+      });
+    }
+  }
+
+  std::vector<std::unique_ptr<io_worker>>& workers_;
+  shared_state& st_;
+  const net::connection_counter& counter_;
+  asio::signal_set stop_;
+  asio::signal_set hup_;
+};
+
+// Runs every I/O thread (thread 0 on the calling thread) until all have run out of work.
+void run_io_threads(std::vector<std::unique_ptr<io_worker>>& workers) {
+  std::vector<std::thread> threads;
+  for (std::size_t i = 1; i < workers.size(); ++i) {
+    threads.emplace_back([&w = *workers[i]] { w.ctx.run(); });
+  }
+  workers[0]->ctx.run();
+  for (auto& t : threads) {
+    t.join();
+  }
+}
+
 // The event loop of one process: its I/O threads serve `sockets` until SIGTERM or SIGINT.
 // Expects SIGTERM, SIGINT and SIGHUP blocked (`deferred`); unblocks them once the handlers
 // exist. Runs with privileges already dropped. `counting`: this process's connection counter
-// and pacer. Returns `setup_failure` when the shared state cannot be built.
+// (required) and pacer. Returns `setup_failure` when the shared state cannot be built.
 int run_event_loop(const config& cfg, std::shared_ptr<net::tls_server_context> tls, process_sockets sockets,
                    const net::admission_policy& counting, const sigset_t& deferred, int setup_failure,
                    const std::string& scram_salt_key) {
@@ -158,75 +241,84 @@ int run_event_loop(const config& cfg, std::shared_ptr<net::tls_server_context> t
     std::fprintf(stderr, "posternd: %s\n", r.err().message().c_str());
     return setup_failure;
   }
-  front_end fe{admission_policy_of(counting, st), proxy_networks(cfg), &st.env};
-  std::vector<std::unique_ptr<io_worker>> workers;
-  for (auto& thread : sockets) {
-    auto w = std::make_unique<io_worker>();
-    for (auto& bs : thread) {
-      asio::ip::tcp::acceptor acc(w->ctx);
-      std::error_code ec;
-      int fd = bs.fd.release();
-      acc.assign(bs.family == AF_INET6 ? asio::ip::tcp::v6() : asio::ip::tcp::v4(), fd, ec);
-      if (ec) {
-        ::close(fd);
-        log::error("cannot use a listening socket: {}", ec.message());
-        return setup_failure;
-      }
-      w->listeners.push_back({std::move(acc), bs.options});
-    }
-    workers.push_back(std::move(w));
+  auto workers = make_io_workers(std::move(sockets));
+  if (!workers) {
+    log::error("{}", workers.err().message());
+    return setup_failure;
   }
-  for (auto& w : workers) {
+  front_end fe{admission_policy_of(counting, st), proxy_networks(cfg), &st.env};
+  for (auto& w : *workers) {
     for (auto& l : w->listeners) {
       asio::co_spawn(w->ctx, accept_loop(l, *w, fe), asio::detached);
     }
   }
-
-  // Thread 0 owns the signal sets. After SIGTERM every acceptor and session closes and the
-  // signal waits are cancelled, so each io_context runs out of work and its thread ends.
-  asio::signal_set signals(workers[0]->ctx, SIGTERM, SIGINT);
-  asio::signal_set hup(workers[0]->ctx, SIGHUP);
-  std::function<void(const std::error_code&, int)> on_hup = [&](const std::error_code& ec, int) {
-    if (ec) {
-      return;
-    }
-    if (st.passdb) {
-      st.passdb->reload();  // an untrusted or malformed file: logged, previous contents kept
-    }
-    reload_tls(st.env.tls.get());
-    hup.async_wait(on_hup);
-  };
-  hup.async_wait(on_hup);
-  signals.async_wait([&](const std::error_code& ec, int signo) {
-    if (ec) {
-      return;
-    }
-    log::info("signal {} received: shutting down, {} sessions open", signo, counting.counter->active());
-    std::error_code ignored;
-    hup.cancel(ignored);
-    for (auto& w : workers) {
-      asio::post(w->ctx, [&w = *w] {
-        for (auto& l : w.listeners) {
-          std::error_code ignored_close;
-          l.acceptor.close(ignored_close);
-        }
-        w.registry.stop_all();
-      });
-    }
-  });
-
+  event_signals signals(*workers, st, *counting.counter);
+  signals.arm();
   pthread_sigmask(SIG_UNBLOCK, &deferred, nullptr);
-  std::vector<std::thread> threads;
-  for (std::size_t i = 1; i < workers.size(); ++i) {
-    threads.emplace_back([&w = *workers[i]] { w.ctx.run(); });
-  }
-  workers[0]->ctx.run();
-  for (auto& t : threads) {
-    t.join();
-  }
+  run_io_threads(*workers);
   st.workers->join();
   log::info("stopped");
   return 0;
+}
+
+// How many processes and I/O threads event mode runs.
+struct daemon_shape {
+  unsigned cores = 1;
+  std::uint32_t processes = 1;
+  std::uint32_t threads = 1;
+};
+
+// Checks that need the shape: min_connection_interval needs one process; warns when the
+// descriptor limit cannot hold max_connections (after raising it as far as allowed).
+result<void> check_shape(const config& cfg, const daemon_shape& shape) {
+  if (shape.processes > 1 && cfg.unix.min_connection_interval.count() > 0) {
+    return error(errc::invalid, "server.min_connection_interval is enforced by one process only: it cannot be "
+                                "combined with server.processes = " + std::to_string(shape.processes) +
+                                " (set processes = 1, or remove min_connection_interval)");
+  }
+  // Idle sessions cost descriptors: take every one the hard limit allows.
+  if (auto limit = raise_descriptor_limit(); !limit) {
+    log::warning("{}", limit.err().message());
+  } else if (auto warning = descriptor_warning(cfg.max_connections, shape.processes, *limit); !warning.empty()) {
+    log::warning("{}", warning);
+  }
+  return {};
+}
+
+// Several processes: forks the workers, each serving its share of `all`, and supervises them.
+// The counts every worker checks live in memory they all share.
+int run_workers(const config& cfg, std::shared_ptr<net::tls_server_context> tls, all_sockets& all,
+                const daemon_shape& shape, const sigset_t& deferred) {
+  auto shared = shared_limits::create(shape.processes, cfg.max_connections, cfg.max_connections_per_ip);
+  if (!shared) {
+    return startup_failure(shared.err());
+  }
+  // Every worker must show an unknown SCRAM user the same salt, whichever one answers.
+  auto salt_key = make_salt_key();
+  if (!salt_key) {
+    return startup_failure(salt_key.err());
+  }
+  sigset_t master_set = deferred;
+  sigaddset(&master_set, SIGCHLD);
+  pthread_sigmask(SIG_BLOCK, &master_set, nullptr);
+  log::info("event mode: {} worker processes, {} I/O threads each", shape.processes, shape.threads);
+  supervisor_hooks hooks;
+  hooks.run_worker = [&](std::uint32_t slot) {
+    // Keep only this worker's sockets: the others belong to the other workers.
+    process_sockets mine = std::move(all[slot]);
+    all.clear();
+    config worker_cfg = cfg;
+    worker_cfg.threads = shape.threads;
+    if (worker_cfg.worker_threads == 0) {
+      worker_cfg.worker_threads = std::max(2u, 2 * shape.cores / shape.processes);
+    }
+    shared_limits::worker_counter counter(*shared, slot);
+    net::admission_policy counting{&counter};
+    return run_event_loop(worker_cfg, tls, std::move(mine), counting, deferred, worker_setup_failed, *salt_key);
+  };
+  hooks.worker_gone = [&](std::uint32_t slot) { shared->release_slot(slot); };
+  hooks.close_listeners = [&] { all.clear(); };
+  return supervise_workers(shape.processes, cfg.unix.shutdown_grace, hooks);
 }
 
 }  // namespace
@@ -239,30 +331,18 @@ int run_daemon(const config& cfg) {
   // processes the master waits for them (and SIGCHLD) with sigtimedwait.
   sigset_t deferred;
   sigemptyset(&deferred);
-  sigaddset(&deferred, SIGTERM);
-  sigaddset(&deferred, SIGINT);
-  sigaddset(&deferred, SIGHUP);
-  sigset_t master_set = deferred;
-  sigaddset(&master_set, SIGCHLD);
+  for (int s : {SIGTERM, SIGINT, SIGHUP}) {
+    sigaddset(&deferred, s);
+  }
   pthread_sigmask(SIG_BLOCK, &deferred, nullptr);
 
-  unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-  const std::uint32_t processes = effective_processes(cfg.processes, cores);
-  const std::uint32_t n_threads = threads_per_process(cfg.threads, processes, cores);
-
-  if (processes > 1 && cfg.unix.min_connection_interval.count() > 0) {
-    return startup_failure(error(
-        errc::invalid, "server.min_connection_interval is enforced by one process only: it cannot be "
-                       "combined with server.processes = " + std::to_string(processes) +
-                       " (set processes = 1, or remove min_connection_interval)"));
+  daemon_shape shape;
+  shape.cores = std::max(1u, std::thread::hardware_concurrency());
+  shape.processes = effective_processes(cfg.processes, shape.cores);
+  shape.threads = threads_per_process(cfg.threads, shape.processes, shape.cores);
+  if (auto r = check_shape(cfg, shape); !r) {
+    return startup_failure(r.err());
   }
-  // Idle sessions cost descriptors: take every one the hard limit allows.
-  if (auto limit = raise_descriptor_limit(); !limit) {
-    log::warning("{}", limit.err().message());
-  } else if (auto warning = descriptor_warning(cfg.max_connections, processes, *limit); !warning.empty()) {
-    log::warning("{}", warning);
-  }
-
   auto tls = make_tls(cfg);
   if (!tls) {
     return startup_failure(tls.err());
@@ -270,7 +350,7 @@ int run_daemon(const config& cfg) {
   if (*tls) {
     log::info("TLS certificate: {}", (*tls)->certificate_info());
   }
-  auto sockets = bind_listeners(cfg, processes, n_threads);
+  auto sockets = bind_listeners(cfg, shape.processes, shape.threads);
   if (!sockets) {
     return startup_failure(sockets.err());
   }
@@ -286,46 +366,13 @@ int run_daemon(const config& cfg) {
   if (auto r = check_running_identity(cfg); !r) {
     return startup_failure(r.err());
   }
-
-  if (processes == 1) {
-    net::source_limits local(cfg.max_connections, cfg.max_connections_per_ip);
-    net::connection_pacer pacer(cfg.unix.min_connection_interval);
-    net::admission_policy counting{&local, false, &pacer};
-    return run_event_loop(cfg, std::move(tls).value(), std::move(sockets->front()), counting, deferred, 1, {});
+  if (shape.processes > 1) {
+    return run_workers(cfg, std::move(tls).value(), *sockets, shape, deferred);
   }
-
-  // Several processes: the counts every worker checks live in memory they all share.
-  auto shared = shared_limits::create(processes, cfg.max_connections, cfg.max_connections_per_ip);
-  if (!shared) {
-    return startup_failure(shared.err());
-  }
-  // Every worker must show an unknown SCRAM user the same salt, whichever one answers.
-  auto salt_key = make_salt_key();
-  if (!salt_key) {
-    return startup_failure(salt_key.err());
-  }
-  pthread_sigmask(SIG_BLOCK, &master_set, nullptr);
-  log::info("event mode: {} worker processes, {} I/O threads each", processes, n_threads);
-  auto tls_context = std::move(tls).value();
-  all_sockets& all = *sockets;
-  supervisor_hooks hooks;
-  hooks.run_worker = [&](std::uint32_t slot) {
-    // Keep only this worker's sockets: the others belong to the other workers.
-    process_sockets mine = std::move(all[slot]);
-    all.clear();
-    config worker_cfg = cfg;
-    worker_cfg.threads = n_threads;
-    if (worker_cfg.worker_threads == 0) {
-      worker_cfg.worker_threads = std::max(2u, 2 * cores / processes);
-    }
-    shared_limits::worker_counter counter(*shared, slot);
-    net::admission_policy counting{&counter};
-    return run_event_loop(worker_cfg, tls_context, std::move(mine), counting, deferred, worker_setup_failed,
-                          *salt_key);
-  };
-  hooks.worker_gone = [&](std::uint32_t slot) { shared->release_slot(slot); };
-  hooks.close_listeners = [&] { all.clear(); };
-  return supervise_workers(processes, cfg.unix.shutdown_grace, hooks);
+  net::source_limits local(cfg.max_connections, cfg.max_connections_per_ip);
+  net::connection_pacer pacer(cfg.unix.min_connection_interval);
+  return run_event_loop(cfg, std::move(tls).value(), std::move(sockets->front()), {&local, false, &pacer},
+                        deferred, 1, {});
 }
 
 int run_inetd(const config& cfg) {
