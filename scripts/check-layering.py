@@ -27,13 +27,8 @@ INTERFACE_HEADERS = {
     "pop3": {"store/maildrop.hpp", "auth/passdb.hpp"},
 }
 
-# TEMPORARY EXCEPTIONS, to be deleted when the store tests no longer use the pop3 encoder
-# (issue 11, `cleanup`): file -> headers it may include against the arrows.
-EXCEPTIONS = {
-    "store/mapped_file_test.cpp": {"pop3/body_stream.hpp", "pop3/dot_encoder.hpp", "pop3/mapped_access.hpp"},
-    "store/maildir/maildir_test.cpp": {"pop3/dot_encoder.hpp"},
-    "store/mbox/mbox_test.cpp": {"pop3/dot_encoder.hpp"},
-}
+# Files allowed to include against the arrows: none. (file -> headers, should one ever need it.)
+EXCEPTIONS: dict[str, set[str]] = {}
 
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"')
 

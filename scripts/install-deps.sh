@@ -60,3 +60,18 @@ echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+
+# Debian starts the services of haproxy and nginx on install. The tests run their own
+# instances (own configs, ports and pid files) and never use these, so a service this run
+# installed is stopped and disabled again (only on a machine booted with systemd).
+services=()
+for p in "${missing[@]}"; do
+  case "$p" in
+    haproxy) services+=(haproxy) ;;
+    nginx-light) services+=(nginx) ;;
+  esac
+done
+if ((${#services[@]} > 0)) && [[ -d /run/systemd/system ]]; then
+  echo "install-deps: stopping and disabling the system services ${services[*]}"
+  $SUDO systemctl disable --now "${services[@]}" || true
+fi

@@ -1,6 +1,7 @@
 #include "net/listeners.hpp"
 
 #include "common/log.hpp"
+#include "net/source_limits.hpp"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -173,6 +174,57 @@ result<std::vector<std::vector<listening_socket>>> open_listeners(const std::vec
   for (const auto& spec : specs) {
     if (!spec.name.empty() && std::find(names.begin(), names.end(), spec.name) == names.end()) {
       log::warning("systemd passed no socket named '{}': that listener is not served", spec.name);
+    }
+  }
+  return out;
+}
+
+namespace {
+
+asio::ip::address address_of(const sockaddr_storage& ss) {
+  if (ss.ss_family == AF_INET) {
+    asio::ip::address_v4::bytes_type b;
+    std::memcpy(b.data(), &reinterpret_cast<const sockaddr_in*>(&ss)->sin_addr, b.size());
+    return asio::ip::address_v4(b);
+  }
+  asio::ip::address_v6::bytes_type b;
+  std::memcpy(b.data(), &reinterpret_cast<const sockaddr_in6*>(&ss)->sin6_addr, b.size());
+  return canonical_address(asio::ip::address_v6(b));
+}
+
+std::uint16_t port_of(const sockaddr_storage& ss) {
+  return ntohs(ss.ss_family == AF_INET6 ? reinterpret_cast<const sockaddr_in6*>(&ss)->sin6_port
+                                        : reinterpret_cast<const sockaddr_in*>(&ss)->sin_port);
+}
+
+}  // namespace
+
+stdin_connection inspect_stdin(const std::vector<listener_spec>& specs, const listener_options& plain) {
+  stdin_connection out;
+  out.options = plain;
+  sockaddr_storage peer{};
+  socklen_t len = sizeof peer;
+  if (::getpeername(STDIN_FILENO, reinterpret_cast<sockaddr*>(&peer), &len) != 0 ||
+      (peer.ss_family != AF_INET && peer.ss_family != AF_INET6)) {
+    return out;
+  }
+  out.is_tcp = true;
+  out.v6 = peer.ss_family == AF_INET6;
+  out.peer = address_of(peer);
+  auto local = local_address(STDIN_FILENO);
+  if (!local) {
+    return out;
+  }
+  auto local_addr = address_of(*local);
+  for (const auto& spec : specs) {
+    std::error_code ec;
+    auto host = asio::ip::make_address(spec.host, ec);
+    if (ec || spec.port != port_of(*local)) {
+      continue;
+    }
+    if (host.is_unspecified() || canonical_address(host) == local_addr) {
+      out.options = spec.options;
+      break;
     }
   }
   return out;

@@ -9,6 +9,8 @@
 #include "common/result.hpp"
 #include "common/unique_fd.hpp"
 
+#include <asio/ip/address.hpp>
+
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -58,5 +60,18 @@ result<std::vector<std::vector<listening_socket>>> open_listeners(const std::vec
                                                                   std::vector<inherited_listener> inherited,
                                                                   const listener_options& plain,
                                                                   std::size_t copies, int backlog);
+
+// inetd mode's listener source: the one connection on stdin.
+struct stdin_connection {
+  bool is_tcp = false;         // a TCP socket (else pipes or a UNIX socket: no address)
+  bool v6 = false;
+  asio::ip::address peer;      // canonical form; unspecified when not TCP
+  listener_options options;    // of the listener stdin was accepted on
+};
+
+// Looks at stdin: its peer, and the configured listener whose address and port it was
+// accepted on (a wildcard host matches any address) for its options; `plain` when none
+// matches. Two syscalls (getpeername, getsockname), once per process.
+stdin_connection inspect_stdin(const std::vector<listener_spec>& specs, const listener_options& plain);
 
 }  // namespace postern::net

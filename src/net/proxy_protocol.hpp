@@ -51,6 +51,10 @@ struct parse_result {
 // header, or a malformed one.
 parse_result parse(std::string_view data);
 
+// CRC32C (Castagnoli), as PP2_TYPE_CRC32C uses it; `crc` is the value of the bytes before
+// (0 to start). crc32c(0, "123456789") == 0xE3069283.
+std::uint32_t crc32c(std::uint32_t crc, std::string_view data);
+
 // Reads one header from a connected socket within `timeout`, consuming exactly its bytes.
 // errc::invalid: no header or a malformed one; errc::temporary: timeout or connection error.
 asio::awaitable<result<header>> async_read_header(asio::ip::tcp::socket& socket,

@@ -117,7 +117,7 @@ connection_security assess(const session_env& env, const connection_info& conn, 
                  (env.loopback_is_secure && conn.address.is_loopback()) ||
                  std::any_of(env.trusted_networks.begin(), env.trusted_networks.end(),
                              [&](const network& n) { return contains(n, conn.address); });
-  sec.secure = sec.tls || trusted;
+  sec.secure = sec.tls || conn.client_tls || trusted;
   return sec;
 }
 
@@ -281,7 +281,7 @@ pop3::session_options options_for(const session_env& env, const connection_info&
   opts.sasl_mechanisms = std::move(policy.sasl_mechanisms);
   opts.lines = lines;
   opts.stls_offered = !sec.tls && env.stls && env.tls != nullptr && stream.tcp_socket() != nullptr;
-  opts.tls_required = !sec.tls && env.tls_required;
+  opts.tls_required = !sec.tls && !conn.client_tls && env.tls_required;
   if (!conn.resume) {
     opts.apop_timestamp = env.services.auth->apop_timestamp();
   }

@@ -1,6 +1,7 @@
 // Protocol limits, each with its reason. Config may override the ones marked so.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 
@@ -40,5 +41,10 @@ inline constexpr std::size_t initial_reply_reserve = 256;
 // An input buffer emptied after holding more than this (a long AUTH line, a pipelined burst)
 // is released, so that an idle session keeps little memory; below it, it is kept for reuse.
 inline constexpr std::size_t idle_input_keep = 4096;
+
+// A PROXY listener waits this long for the front end's header before it closes the
+// connection (Dovecot's haproxy_timeout is 3s too). HAProxy and nginx send the header with the
+// connection's first segment, so a longer wait only lets a silent peer hold a slot.
+inline constexpr std::chrono::seconds proxy_header_timeout{3};
 
 }  // namespace postern::pop3::limits

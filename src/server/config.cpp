@@ -322,7 +322,7 @@ void set_listen_list(const item& it, std::vector<listen_address>& out_list, bool
   }
 }
 
-void set_listen(const item& it, config& cfg) { set_listen_list(it, cfg.listen, false); }
+void set_listen(const item& it, config& cfg) { set_listen_list(it, cfg.listen, true); }
 
 // FileDescriptorName= allows up to 255 printable ASCII characters other than ':'.
 bool is_fd_name(std::string_view s) {
@@ -356,6 +356,10 @@ std::optional<listener_config> parse_listener(const item& it, const toml::table&
       }
       ok = ok && s && (*s == "none" || *s == "implicit");
       out.implicit_tls = s && *s == "implicit";
+    } else if (k.str() == "proxy_protocol") {
+      auto b = get_bool(field);
+      ok = ok && b.has_value();
+      out.proxy_protocol = b.value_or(false);
     } else if (k.str() == "name") {
       auto s = get_string(field);
       if (s && !is_fd_name(*s)) {
@@ -364,7 +368,7 @@ std::optional<listener_config> parse_listener(const item& it, const toml::table&
       ok = ok && s && is_fd_name(*s);
       out.name = s ? *s : "";
     } else {
-      field.fail("unknown key; a [[server.listener]] has address, tls and name");
+      field.fail("unknown key; a [[server.listener]] has address, tls, proxy_protocol and name");
       ok = false;
     }
   }
@@ -719,6 +723,7 @@ void set_penalty_exempt_networks(const item& it, config& cfg) {
   set_network_list(it, cfg.penalty_exempt_networks);
 }
 void set_penalty_file(const item& it, config& cfg) { set_path(it, cfg.penalty_file); }
+void set_proxy_trusted_networks(const item& it, config& cfg) { set_network_list(it, cfg.proxy_trusted_networks); }
 
 void set_tls_version(const item& it, config& cfg) {
   auto s = get_string(it);
@@ -1028,6 +1033,7 @@ const auto key_rules = std::to_array<key_rule>({
     {"server", "greeting", set_greeting},
     {"server", "tls_listen", set_tls_listen},
     {"server", "listener", set_listeners},
+    {"server", "proxy_trusted_networks", set_proxy_trusted_networks},
     {"server", "process_model", set_process_model},
     {"server", "max_children",
      [](const item& it, config& c) {
@@ -1332,6 +1338,11 @@ void check_root(checker& chk, const toml::table& root, config& cfg) {
     if (name == "server" && tbl->contains("listener") && !tbl->contains("listen")) {
       cfg.listen.clear();  // [[server.listener]] replaces the default listen addresses
     }
+    const auto* listen = name == "server" ? tbl->get("listen") : nullptr;
+    if (listen != nullptr && cfg.listen.empty() && cfg.tls_listen.empty() && cfg.listeners.empty()) {
+      chk.fail(listen->source(), "server.listen",
+               "must list at least one address (or set tls_listen or a [[server.listener]])");
+    }
   }
 }
 
@@ -1387,10 +1398,19 @@ std::string format_duration(std::chrono::milliseconds d) {
 result<void> check_listeners(const config& cfg, const std::string& name) {
   std::set<std::pair<std::string, std::uint16_t>> seen;
   std::set<std::string> names;
-  for (const auto& spec : listener_specs(cfg)) {
+  auto specs = listener_specs(cfg);
+  if (specs.empty()) {
+    return error(errc::invalid, name + ": no listener: set server.listen, server.tls_listen or a [[server.listener]]");
+  }
+  for (const auto& spec : specs) {
     if (spec.port != 0 && !seen.emplace(spec.host, spec.port).second) {
       return error(errc::invalid, name + ": " + format_listen({spec.host, spec.port}) +
                                       " is listed twice among server.listen, server.tls_listen and [[server.listener]]");
+    }
+    if (spec.options.proxy_protocol && cfg.proxy_trusted_networks.empty()) {
+      return error(errc::invalid, name + ": [[server.listener]] " + format_listen({spec.host, spec.port}) +
+                                      " has proxy_protocol = true but server.proxy_trusted_networks is empty: "
+                                      "list the front ends' addresses there");
     }
     if (!spec.name.empty() && !names.insert(spec.name).second) {
       return error(errc::invalid, name + ": [[server.listener]] name \"" + spec.name + "\" is used twice");
@@ -1530,9 +1550,7 @@ std::string format_config(const config& cfg) {
     listen += (i == 0 ? "" : ", ") + toml_string(format_listen(cfg.listen[i]));
   }
   listen += "]";
-  if (!cfg.listen.empty()) {
-    line("listen", listen);
-  }
+  line("listen", listen);
   line("user", toml_string(cfg.user));
   line("group", toml_string(cfg.group));
   line("max_connections", number(cfg.max_connections));
@@ -1550,6 +1568,11 @@ std::string format_config(const config& cfg) {
   }
   tls_listen += "]";
   line("tls_listen", tls_listen);
+  std::string proxy_nets = "[";
+  for (std::size_t i = 0; i < cfg.proxy_trusted_networks.size(); ++i) {
+    proxy_nets += (i == 0 ? "" : ", ") + toml_string(cfg.proxy_trusted_networks[i]);
+  }
+  line("proxy_trusted_networks", proxy_nets + "]");
   line("process_model", toml_string(cfg.unix.model == process_model::fork ? "fork" : "event"));
   line("max_children", number(cfg.unix.max_children));
   line("min_connection_interval", format_duration(cfg.unix.min_connection_interval));
@@ -1665,6 +1688,7 @@ std::string format_config(const config& cfg) {
     out += "\n[[server.listener]]\n";
     line("address", toml_string(format_listen(l.address)));
     line("tls", l.implicit_tls ? "\"implicit\"" : "\"none\"");
+    line("proxy_protocol", l.proxy_protocol ? "true" : "false");
     if (!l.name.empty()) {
       line("name", toml_string(l.name));
     }

@@ -86,6 +86,8 @@ struct config {
   // [[server.listener]]: listeners with their own settings. When present without `listen`,
   // the default `listen` addresses are not bound.
   std::vector<listener_config> listeners;
+  // The front ends allowed to send a PROXY header (CIDRs); a PROXY listener refuses others.
+  std::vector<std::string> proxy_trusted_networks;
 
   // [tls]
   std::string tls_cert;

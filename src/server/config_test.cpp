@@ -416,7 +416,8 @@ TEST(config, errors_name_file_line_and_key) {
        "\"[::1]:110\"], got a string"},
       {"[server]\nlisten = [110]\n",
        "t.toml:2: server.listen: expected an array of strings, found an integer"},
-      {"[server]\nlisten = []\n", "t.toml:2: server.listen: must list at least one address"},
+      {"[server]\nlisten = []\n",
+       "t.toml:2: server.listen: must list at least one address (or set tls_listen or a [[server.listener]])"},
       {"[log]\nlevel = 1\n", "t.toml:2: log.level: expected a string, got an integer"},
       {"[auth]\nfailure_delay = 1979-05-27\n",
        "t.toml:2: auth.failure_delay: expected an integer (seconds) or a string such as \"500ms\", "

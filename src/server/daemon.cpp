@@ -1,7 +1,9 @@
 #include "server/daemon.hpp"
 
 #include "common/log.hpp"
+#include "net/admission.hpp"
 #include "net/session_driver.hpp"
+#include "net/transports.hpp"
 #include "net/source_limits.hpp"
 #include "server/privileges.hpp"
 #include "server/setup.hpp"
@@ -41,11 +43,10 @@ namespace {
 
 constexpr auto use_tuple = asio::experimental::as_tuple(asio::use_awaitable);
 
-// One I/O thread: its io_context, its acceptors (one per listen address, SO_REUSEPORT) and
-// the sessions it runs.
+// One I/O thread: its io_context, its acceptors (one per listener) and the sessions it runs.
 struct listener {
   asio::ip::tcp::acceptor acceptor;
-  bool implicit_tls = false;
+  net::listener_options options;
 };
 
 struct io_worker {
@@ -60,82 +61,52 @@ using thread_sockets = std::vector<net::listening_socket>;  // one per listener
 using process_sockets = std::vector<thread_sockets>;        // one per I/O thread
 using all_sockets = std::vector<process_sockets>;           // one per process
 
-// The connection limits of this process: in-process with one process, the shared table of
-// every worker with several.
-struct connection_limits {
-  net::source_limits* local = nullptr;
-  shared_limits* shared = nullptr;
-  std::uint32_t slot = 0;
-  net::connection_pacer* pacer = nullptr;  // server.min_connection_interval; null: off
-
-  std::uint32_t active() const { return local ? local->active() : shared->active(slot); }
+// What every connection of this process goes through between accept() and its session.
+struct front_end {
+  net::admission_policy policy;
+  std::vector<net::network> proxy_trusted;  // server.proxy_trusted_networks
+  const net::session_env* env = nullptr;
 };
 
 asio::awaitable<void> refuse(asio::ip::tcp::socket sock, std::string_view line) {
-  co_await asio::async_write(sock, asio::buffer(line), use_tuple);
+  if (!line.empty()) {
+    co_await asio::async_write(sock, asio::buffer(line), use_tuple);
+  }
   std::error_code ignored;
   sock.shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
 }
 
+// The accept pipeline of event mode: [PROXY header] -> admission -> transport -> session.
 // `peer` is the address accept() returned (no getpeername() per connection).
 asio::awaitable<void> serve_connection(asio::ip::tcp::socket sock, asio::ip::tcp::endpoint peer,
-                                       io_worker& w, bool implicit_tls, connection_limits& limits,
-                                       const net::session_env& env) {
-  std::error_code ec;
-  auto addr = net::canonical_address(peer.address());
-  // Held until the session ends; exactly one of them counts this connection.
-  std::optional<net::source_limits::slot> local_slot;
-  std::optional<shared_limits::slot> shared_slot;
-  bool refused = false;
-  bool refused_total = false;
-  if (limits.local != nullptr) {
-    net::source_limits::refusal why{};
-    local_slot = limits.local->try_acquire(addr, why);
-    refused = !local_slot;
-    refused_total = why == net::source_limits::refusal::total;
-  } else {
-    shared_limits::refusal why{};
-    shared_slot = limits.shared->try_acquire(limits.slot, addr, why);
-    refused = !shared_slot;
-    refused_total = why == shared_limits::refusal::total;
+                                       io_worker& w, net::listener_options options, const front_end& fe) {
+  net::client_origin origin{net::canonical_address(peer.address()), false};
+  if (options.proxy_protocol) {
+    auto from_header = co_await net::async_proxy_step(sock, origin.address, fe.proxy_trusted);
+    if (!from_header) {
+      co_return;  // logged; closed without a byte
+    }
+    origin = *from_header;
+  }
+  net::counted_connection counted;  // held until the session ends
+  auto refused = net::admit(fe.policy, origin.address, counted);
+  if (!refused && fe.policy.wrappers != nullptr) {
+    refused = co_await net::async_admit_wrappers(fe.policy, *fe.env->workers, origin.address);
   }
   if (refused) {
-    log::warning("connection refused: rip={}, reason={}", addr.to_string(),
-                 refused_total ? "max_connections" : "max_connections_per_ip");
-    co_await refuse(std::move(sock), "-ERR [SYS/TEMP] Too many connections, try again later.\r\n");
+    net::log_refusal(origin.address, *refused);
+    co_await refuse(std::move(sock), net::refusal_reply(*refused));
     co_return;
   }
-  if (limits.pacer != nullptr && !limits.pacer->admit(addr, std::chrono::steady_clock::now())) {
-    log::warning("connection refused: rip={}, reason=min_connection_interval", addr.to_string());
-    co_await refuse(std::move(sock), "-ERR [SYS/TEMP] Too many connections, try again later.\r\n");
-    co_return;
-  }
-  if (env.access_list != nullptr && !env.access_list->allows(addr)) {
-    log::warning("connection refused: rip={}, reason=acl", addr.to_string());
-    co_await refuse(std::move(sock), "-ERR [SYS/PERM] Access denied.\r\n");
-    co_return;
-  }
-  if (env.access != nullptr && !co_await net::async_allowed(*env.access, *env.workers, addr)) {
-    log::warning("connection refused: rip={}, reason=tcp_wrappers", addr.to_string());
-    co_await refuse(std::move(sock), "-ERR [SYS/PERM] Access denied.\r\n");
-    co_return;
-  }
-  sock.set_option(asio::ip::tcp::no_delay(true), ec);
-  std::unique_ptr<net::transport> stream;
-  if (implicit_tls) {
-    stream = std::make_unique<net::tls_transport>(std::move(sock), env.tls->current());
-  } else {
-    stream = std::make_unique<net::tcp_transport>(std::move(sock));
-  }
+  auto stream = net::make_transport(std::move(sock), options.implicit_tls, fe.env->tls.get());
   auto ctl = std::make_shared<net::session_control>(std::move(stream), w.ctx.get_executor());
   // A named value, not a braced temporary: GCC 12 destroys braced temporaries inside a
   // co_await expression twice.
-  net::connection_info info{addr.to_string(), addr, implicit_tls};
-  co_await guarded_session(ctl, env, std::move(info), &w.registry);
+  net::connection_info info{origin.address.to_string(), origin.address, options.implicit_tls, origin.client_tls};
+  co_await guarded_session(ctl, *fe.env, std::move(info), &w.registry);
 }
 
-asio::awaitable<void> accept_loop(listener& l, io_worker& w, connection_limits& limits,
-                                  const net::session_env& env) {
+asio::awaitable<void> accept_loop(listener& l, io_worker& w, const front_end& fe) {
   auto& acc = l.acceptor;
   asio::ip::tcp::endpoint peer;
   for (;;) {
@@ -150,8 +121,7 @@ asio::awaitable<void> accept_loop(listener& l, io_worker& w, connection_limits& 
       co_await pause.async_wait(use_tuple);
       continue;
     }
-    asio::co_spawn(w.ctx, serve_connection(std::move(sock), peer, w, l.implicit_tls, limits, env),
-                   asio::detached);
+    asio::co_spawn(w.ctx, serve_connection(std::move(sock), peer, w, l.options, fe), asio::detached);
   }
 }
 
@@ -175,12 +145,101 @@ int startup_failure(const error& e) {
   return 1;
 }
 
+// One io_worker per I/O thread, each with acceptors for its own sockets.
+result<std::vector<std::unique_ptr<io_worker>>> make_io_workers(process_sockets sockets) {
+  std::vector<std::unique_ptr<io_worker>> workers;
+  for (auto& thread : sockets) {
+    auto w = std::make_unique<io_worker>();
+    for (auto& bs : thread) {
+      asio::ip::tcp::acceptor acc(w->ctx);
+      std::error_code ec;
+      acc.assign(bs.family == AF_INET6 ? asio::ip::tcp::v6() : asio::ip::tcp::v4(), bs.fd.get(), ec);
+      if (ec) {
+        return error(errc::permanent, "cannot use a listening socket", ec);
+      }
+      (void)bs.fd.release();  // the acceptor owns it now
+      w->listeners.push_back({std::move(acc), bs.options});
+    }
+    workers.push_back(std::move(w));
+  }
+  return workers;
+}
+
+// The signals of one event-mode process, handled on I/O thread 0: SIGHUP reloads the passwd
+// file and the TLS certificate; SIGTERM and SIGINT close every acceptor and session, after
+// which each io_context runs out of work and its thread ends.
+class event_signals {
+ public:
+  event_signals(std::vector<std::unique_ptr<io_worker>>& workers, shared_state& st, const net::connection_counter& counter,
+                systemd::loop_watchdog& watchdog)
+      : workers_(workers), st_(st), counter_(counter), watchdog_(watchdog), stop_(workers[0]->ctx, SIGTERM, SIGINT),
+        hup_(workers[0]->ctx, SIGHUP) {}
+
+  void arm() {
+    hup_.async_wait([this](const std::error_code& ec, int) { on_hup(ec); });
+    stop_.async_wait([this](const std::error_code& ec, int signo) { on_stop(ec, signo); });
+  }
+
+ private:
+  void on_hup(const std::error_code& ec) {
+    if (ec) {
+      return;
+    }
+    systemd::notify_reloading();
+    if (st_.passdb) {
+      st_.passdb->reload();  // an untrusted or malformed file: logged, previous contents kept
+    }
+    reload_tls(st_.env.tls.get());
+    systemd::notify_ready();
+    hup_.async_wait([this](const std::error_code& next, int) { on_hup(next); });
+  }
+
+  void on_stop(const std::error_code& ec, int signo) {
+    if (ec) {
+      return;
+    }
+    systemd::notify_stopping();
+    watchdog_.stop();
+    log::info("signal {} received: shutting down, {} sessions open", signo, counter_.active());
+    std::error_code ignored;
+    hup_.cancel(ignored);
+    for (auto& w : workers_) {
+      asio::post(w->ctx, [&w = *w] {
+        for (auto& l : w.listeners) {
+          std::error_code ignored_close;
+          l.acceptor.close(ignored_close);
+        }
+        w.registry.stop_all();
+      });
+    }
+  }
+
+  std::vector<std::unique_ptr<io_worker>>& workers_;
+  shared_state& st_;
+  const net::connection_counter& counter_;
+  systemd::loop_watchdog& watchdog_;
+  asio::signal_set stop_;
+  asio::signal_set hup_;
+};
+
+// Runs every I/O thread (thread 0 on the calling thread) until all have run out of work.
+void run_io_threads(std::vector<std::unique_ptr<io_worker>>& workers) {
+  std::vector<std::thread> threads;
+  for (std::size_t i = 1; i < workers.size(); ++i) {
+    threads.emplace_back([&w = *workers[i]] { w.ctx.run(); });
+  }
+  workers[0]->ctx.run();
+  for (auto& t : threads) {
+    t.join();
+  }
+}
+
 // The event loop of one process: its I/O threads serve `sockets` until SIGTERM or SIGINT.
 // Expects SIGTERM, SIGINT and SIGHUP blocked (`deferred`); unblocks them once the handlers
-// exist. Runs with privileges already dropped. Returns `setup_failure` when the shared state
-// cannot be built.
+// exist. Runs with privileges already dropped. `counting`: this process's connection counter
+// (required) and pacer. Returns `setup_failure` when the shared state cannot be built.
 int run_event_loop(const config& cfg, std::shared_ptr<net::tls_server_context> tls, process_sockets sockets,
-                   connection_limits& limits, const sigset_t& deferred, int setup_failure,
+                   const net::admission_policy& counting, const sigset_t& deferred, int setup_failure,
                    const std::string& scram_salt_key, net::auth_penalty* penalty) {
   shared_state st;
   st.scram_salt_key = scram_salt_key;
@@ -190,94 +249,93 @@ int run_event_loop(const config& cfg, std::shared_ptr<net::tls_server_context> t
     return setup_failure;
   }
   st.env.penalty = penalty;
-  std::vector<std::unique_ptr<io_worker>> workers;
-  for (auto& thread : sockets) {
-    auto w = std::make_unique<io_worker>();
-    for (auto& bs : thread) {
-      asio::ip::tcp::acceptor acc(w->ctx);
-      std::error_code ec;
-      int fd = bs.fd.release();
-      acc.assign(bs.family == AF_INET6 ? asio::ip::tcp::v6() : asio::ip::tcp::v4(), fd, ec);
-      if (ec) {
-        ::close(fd);
-        log::error("cannot use a listening socket: {}", ec.message());
-        return setup_failure;
-      }
-      w->listeners.push_back({std::move(acc), bs.options.implicit_tls});
-    }
-    workers.push_back(std::move(w));
+  auto workers = make_io_workers(std::move(sockets));
+  if (!workers) {
+    log::error("{}", workers.err().message());
+    return setup_failure;
   }
-  for (auto& w : workers) {
+  front_end fe{admission_policy_of(counting, st), proxy_networks(cfg), &st.env};
+  for (auto& w : *workers) {
     for (auto& l : w->listeners) {
-      asio::co_spawn(w->ctx, accept_loop(l, *w, limits, st.env), asio::detached);
+      asio::co_spawn(w->ctx, accept_loop(l, *w, fe), asio::detached);
     }
   }
-
   // With one process this is the unit's main process: it pings while every I/O thread runs
   // (in a worker, forked, the watchdog does nothing; the master pings).
-  systemd::loop_watchdog watchdog(workers[0]->ctx);
-  for (auto& w : workers) {
+  systemd::loop_watchdog watchdog((*workers)[0]->ctx);
+  for (auto& w : *workers) {
     watchdog.watch(w->ctx);
   }
-  // Thread 0 owns the signal sets. After SIGTERM every acceptor and session closes and the
-  // signal waits are cancelled, so each io_context runs out of work and its thread ends.
-  asio::signal_set signals(workers[0]->ctx, SIGTERM, SIGINT);
-  asio::signal_set hup(workers[0]->ctx, SIGHUP);
-  std::function<void(const std::error_code&, int)> on_hup = [&](const std::error_code& ec, int) {
-    if (ec) {
-      return;
-    }
-    systemd::notify_reloading();
-    if (st.passdb) {
-      st.passdb->reload();  // an untrusted or malformed file: logged, previous contents kept
-    }
-    if (st.env.tls) {
-      if (auto r = st.env.tls->reload(); r) {
-        log::info("SIGHUP: TLS certificate and key reloaded: {}", st.env.tls->certificate_info());
-      } else {
-        log::error("SIGHUP: TLS reload failed, keeping the old certificate: {}", r.err().message());
-      }
-    } else {
-      log::info("SIGHUP: nothing to reload (the passwd-file is re-read when it changes)");
-    }
-    systemd::notify_ready();
-    hup.async_wait(on_hup);
-  };
-  hup.async_wait(on_hup);
-  signals.async_wait([&](const std::error_code& ec, int signo) {
-    if (ec) {
-      return;
-    }
-    systemd::notify_stopping();
-    watchdog.stop();
-    log::info("signal {} received: shutting down, {} sessions open", signo, limits.active());
-    std::error_code ignored;
-    hup.cancel(ignored);
-    for (auto& w : workers) {
-      asio::post(w->ctx, [&w = *w] {
-        for (auto& l : w.listeners) {
-          std::error_code ignored_close;
-          l.acceptor.close(ignored_close);
-        }
-        w.registry.stop_all();
-      });
-    }
-  });
-
+  event_signals signals(*workers, st, *counting.counter, watchdog);
+  signals.arm();
   pthread_sigmask(SIG_UNBLOCK, &deferred, nullptr);
   watchdog.start();
   systemd::notify_ready("serving POP3");
-  std::vector<std::thread> threads;
-  for (std::size_t i = 1; i < workers.size(); ++i) {
-    threads.emplace_back([&w = *workers[i]] { w.ctx.run(); });
-  }
-  workers[0]->ctx.run();
-  for (auto& t : threads) {
-    t.join();
-  }
+  run_io_threads(*workers);
   st.workers->join();
   log::info("stopped");
   return 0;
+}
+
+// How many processes and I/O threads event mode runs.
+struct daemon_shape {
+  unsigned cores = 1;
+  std::uint32_t processes = 1;
+  std::uint32_t threads = 1;
+};
+
+// Checks that need the shape: min_connection_interval needs one process; warns when the
+// descriptor limit cannot hold max_connections (after raising it as far as allowed).
+result<void> check_shape(const config& cfg, const daemon_shape& shape) {
+  if (shape.processes > 1 && cfg.unix.min_connection_interval.count() > 0) {
+    return error(errc::invalid, "server.min_connection_interval is enforced by one process only: it cannot be "
+                                "combined with server.processes = " + std::to_string(shape.processes) +
+                                " (set processes = 1, or remove min_connection_interval)");
+  }
+  // Idle sessions cost descriptors: take every one the hard limit allows.
+  if (auto limit = raise_descriptor_limit(); !limit) {
+    log::warning("{}", limit.err().message());
+  } else if (auto warning = descriptor_warning(cfg.max_connections, shape.processes, *limit); !warning.empty()) {
+    log::warning("{}", warning);
+  }
+  return {};
+}
+
+// Several processes: forks the workers, each serving its share of `all`, and supervises them.
+// The counts every worker checks live in memory they all share.
+int run_workers(const config& cfg, std::shared_ptr<net::tls_server_context> tls, all_sockets& all,
+                const daemon_shape& shape, const sigset_t& deferred, net::auth_penalty* penalty) {
+  auto shared = shared_limits::create(shape.processes, cfg.max_connections, cfg.max_connections_per_ip);
+  if (!shared) {
+    return startup_failure(shared.err());
+  }
+  // Every worker must show an unknown SCRAM user the same salt, whichever one answers.
+  auto salt_key = make_salt_key();
+  if (!salt_key) {
+    return startup_failure(salt_key.err());
+  }
+  sigset_t master_set = deferred;
+  sigaddset(&master_set, SIGCHLD);
+  pthread_sigmask(SIG_BLOCK, &master_set, nullptr);
+  log::info("event mode: {} worker processes, {} I/O threads each", shape.processes, shape.threads);
+  supervisor_hooks hooks;
+  hooks.run_worker = [&](std::uint32_t slot) {
+    // Keep only this worker's sockets: the others belong to the other workers.
+    process_sockets mine = std::move(all[slot]);
+    all.clear();
+    config worker_cfg = cfg;
+    worker_cfg.threads = shape.threads;
+    if (worker_cfg.worker_threads == 0) {
+      worker_cfg.worker_threads = std::max(2u, 2 * shape.cores / shape.processes);
+    }
+    shared_limits::worker_counter counter(*shared, slot);
+    net::admission_policy counting{&counter};
+    return run_event_loop(worker_cfg, tls, std::move(mine), counting, deferred, worker_setup_failed, *salt_key,
+                          penalty);
+  };
+  hooks.worker_gone = [&](std::uint32_t slot) { shared->release_slot(slot); };
+  hooks.close_listeners = [&] { all.clear(); };
+  return supervise_workers(shape.processes, cfg.unix.shutdown_grace, hooks);
 }
 
 }  // namespace
@@ -290,30 +348,18 @@ int run_daemon(const config& cfg) {
   // processes the master waits for them (and SIGCHLD) with sigtimedwait.
   sigset_t deferred;
   sigemptyset(&deferred);
-  sigaddset(&deferred, SIGTERM);
-  sigaddset(&deferred, SIGINT);
-  sigaddset(&deferred, SIGHUP);
-  sigset_t master_set = deferred;
-  sigaddset(&master_set, SIGCHLD);
+  for (int s : {SIGTERM, SIGINT, SIGHUP}) {
+    sigaddset(&deferred, s);
+  }
   pthread_sigmask(SIG_BLOCK, &deferred, nullptr);
 
-  unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-  const std::uint32_t processes = effective_processes(cfg.processes, cores);
-  const std::uint32_t n_threads = threads_per_process(cfg.threads, processes, cores);
-
-  if (processes > 1 && cfg.unix.min_connection_interval.count() > 0) {
-    return startup_failure(error(
-        errc::invalid, "server.min_connection_interval is enforced by one process only: it cannot be "
-                       "combined with server.processes = " + std::to_string(processes) +
-                       " (set processes = 1, or remove min_connection_interval)"));
+  daemon_shape shape;
+  shape.cores = std::max(1u, std::thread::hardware_concurrency());
+  shape.processes = effective_processes(cfg.processes, shape.cores);
+  shape.threads = threads_per_process(cfg.threads, shape.processes, shape.cores);
+  if (auto r = check_shape(cfg, shape); !r) {
+    return startup_failure(r.err());
   }
-  // Idle sessions cost descriptors: take every one the hard limit allows.
-  if (auto limit = raise_descriptor_limit(); !limit) {
-    log::warning("{}", limit.err().message());
-  } else if (auto warning = descriptor_warning(cfg.max_connections, processes, *limit); !warning.empty()) {
-    log::warning("{}", warning);
-  }
-
   auto tls = make_tls(cfg);
   if (!tls) {
     return startup_failure(tls.err());
@@ -321,7 +367,7 @@ int run_daemon(const config& cfg) {
   if (*tls) {
     log::info("TLS certificate: {}", (*tls)->certificate_info());
   }
-  auto sockets = bind_listeners(cfg, processes, n_threads);
+  auto sockets = bind_listeners(cfg, shape.processes, shape.threads);
   if (!sockets) {
     return startup_failure(sockets.err());
   }
@@ -337,51 +383,18 @@ int run_daemon(const config& cfg) {
   if (auto r = check_running_identity(cfg); !r) {
     return startup_failure(r.err());
   }
-
   // The auth penalty is shared by every worker process: mapped before they are forked.
   auto penalty = make_auth_penalty(cfg, false);
   if (!penalty) {
     return startup_failure(penalty.err());
   }
-  if (processes == 1) {
-    net::source_limits local(cfg.max_connections, cfg.max_connections_per_ip);
-    net::connection_pacer pacer(cfg.unix.min_connection_interval);
-    connection_limits limits{&local, nullptr, 0, &pacer};
-    return run_event_loop(cfg, std::move(tls).value(), std::move(sockets->front()), limits, deferred, 1, {},
-                          penalty->get());
+  if (shape.processes > 1) {
+    return run_workers(cfg, std::move(tls).value(), *sockets, shape, deferred, penalty->get());
   }
-
-  // Several processes: the counts every worker checks live in memory they all share.
-  auto shared = shared_limits::create(processes, cfg.max_connections, cfg.max_connections_per_ip);
-  if (!shared) {
-    return startup_failure(shared.err());
-  }
-  // Every worker must show an unknown SCRAM user the same salt, whichever one answers.
-  auto salt_key = make_salt_key();
-  if (!salt_key) {
-    return startup_failure(salt_key.err());
-  }
-  pthread_sigmask(SIG_BLOCK, &master_set, nullptr);
-  log::info("event mode: {} worker processes, {} I/O threads each", processes, n_threads);
-  auto tls_context = std::move(tls).value();
-  all_sockets& all = *sockets;
-  supervisor_hooks hooks;
-  hooks.run_worker = [&](std::uint32_t slot) {
-    // Keep only this worker's sockets: the others belong to the other workers.
-    process_sockets mine = std::move(all[slot]);
-    all.clear();
-    config worker_cfg = cfg;
-    worker_cfg.threads = n_threads;
-    if (worker_cfg.worker_threads == 0) {
-      worker_cfg.worker_threads = std::max(2u, 2 * cores / processes);
-    }
-    connection_limits limits{nullptr, &*shared, slot};
-    return run_event_loop(worker_cfg, tls_context, std::move(mine), limits, deferred, worker_setup_failed,
-                          *salt_key, penalty->get());
-  };
-  hooks.worker_gone = [&](std::uint32_t slot) { shared->release_slot(slot); };
-  hooks.close_listeners = [&] { all.clear(); };
-  return supervise_workers(processes, cfg.unix.shutdown_grace, hooks);
+  net::source_limits local(cfg.max_connections, cfg.max_connections_per_ip);
+  net::connection_pacer pacer(cfg.unix.min_connection_interval);
+  return run_event_loop(cfg, std::move(tls).value(), std::move(sockets->front()), {&local, false, &pacer},
+                        deferred, 1, {}, penalty->get());
 }
 
 int run_inetd(const config& cfg) {
@@ -412,87 +425,31 @@ int run_inetd(const config& cfg) {
     log::error("{}", r.err().message());
     return 1;
   }
-  std::string remote = "local";
-  asio::ip::address remote_addr;
-  sockaddr_storage ss{};
-  socklen_t len = sizeof ss;
-  if (getpeername(STDIN_FILENO, reinterpret_cast<sockaddr*>(&ss), &len) == 0) {
-    char text[INET6_ADDRSTRLEN] = {};
-    if (ss.ss_family == AF_INET) {
-      inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(&ss)->sin_addr, text, sizeof text);
-      remote = text;
-      remote_addr = asio::ip::make_address_v4(text);
-    } else if (ss.ss_family == AF_INET6) {
-      asio::ip::address_v6::bytes_type b;
-      std::memcpy(b.data(), &reinterpret_cast<sockaddr_in6*>(&ss)->sin6_addr, b.size());
-      remote_addr = net::canonical_address(asio::ip::address_v6(b));
-      remote = remote_addr.to_string();
-    }
+  auto client = admit_stdin(cfg, admission_policy_of({}, st));
+  if (!client) {
+    st.workers->join();
+    return 0;
   }
-  // One process per connection: the penalty lives in a file between them (none for a
-  // non-IP stdin, which has no address to penalise).
-  if (!remote_addr.is_unspecified()) {
-    auto penalty = make_auth_penalty(cfg, true);
-    if (!penalty) {
-      log::error("{}", penalty.err().message());
-      st.workers->join();
-      return 1;
-    }
-    st.penalty = std::move(penalty).value();
+  if (client->conn.is_tcp) {
+    st.penalty = inetd_penalty(cfg);
     st.env.penalty = st.penalty.get();
-  }
-  if (st.env.access_list != nullptr && !remote_addr.is_unspecified() &&
-      !st.env.access_list->allows(remote_addr)) {
-    log::warning("connection refused: rip={}, reason=acl", remote);
-    constexpr std::string_view denied = "-ERR [SYS/PERM] Access denied.\r\n";
-    (void)!::write(STDOUT_FILENO, denied.data(), denied.size());
-    st.workers->join();
-    return 0;
-  }
-  if (st.env.access != nullptr && !remote_addr.is_unspecified() && !st.env.access->allowed(remote_addr)) {
-    log::warning("connection refused: rip={}, reason=tcp_wrappers", remote);
-    constexpr std::string_view denied = "-ERR [SYS/PERM] Access denied.\r\n";
-    (void)!::write(STDOUT_FILENO, denied.data(), denied.size());
-    st.workers->join();
-    return 0;
   }
   asio::io_context ctx{1};
   // A TCP socket from inetd is driven as one (so STLS and implicit TLS work); anything else
   // (pipes from a master process or a test) as a pair of descriptors.
-  std::unique_ptr<net::transport> stream;
-  bool implicit_tls = false;
-  if (!remote_addr.is_unspecified()) {
-    int fd = dup(STDIN_FILENO);
-    if (fd < 0) {
-      log::error("inetd mode: cannot use stdin");
-      return 1;
-    }
-    asio::ip::tcp::socket sock(ctx);
-    std::error_code ec;
-    sock.assign(ss.ss_family == AF_INET ? asio::ip::tcp::v4() : asio::ip::tcp::v6(), fd, ec);
-    if (ec) {
-      close(fd);
-      log::error("inetd mode: cannot use stdin as a socket: {}", ec.message());
-      return 1;
-    }
-    sock.set_option(asio::ip::tcp::no_delay(true), ec);
-    implicit_tls = st.env.tls != nullptr && cfg.tls == tls_mode::connection;
-    if (implicit_tls) {
-      stream = std::make_unique<net::tls_transport>(std::move(sock), st.env.tls->current());
-    } else {
-      stream = std::make_unique<net::tcp_transport>(std::move(sock));
-    }
-  } else {
-    int in_fd = dup(STDIN_FILENO);
-    int out_fd = dup(STDOUT_FILENO);
-    if (in_fd < 0 || out_fd < 0) {
-      log::error("inetd mode: cannot use stdin/stdout");
-      return 1;
-    }
-    stream = std::make_unique<net::stdio_transport>(asio::posix::stream_descriptor(ctx, in_fd),
-                                                    asio::posix::stream_descriptor(ctx, out_fd));
+  const bool implicit_tls = client->conn.is_tcp && client->conn.options.implicit_tls && st.env.tls != nullptr;
+  auto stream = client->conn.is_tcp
+                    ? net::make_transport(ctx.get_executor(), unique_fd(::dup(STDIN_FILENO)), client->conn.v6,
+                                          implicit_tls, st.env.tls.get())
+                    : net::make_stdio_transport(ctx.get_executor(), unique_fd(::dup(STDIN_FILENO)),
+                                                unique_fd(::dup(STDOUT_FILENO)));
+  if (!stream) {
+    log::error("inetd mode: cannot use stdin/stdout: {}", stream.err().message());
+    return 1;
   }
-  auto ctl = std::make_shared<net::session_control>(std::move(stream), ctx.get_executor());
+  const auto& addr = client->origin.address;
+  std::string remote = client->conn.is_tcp ? addr.to_string() : "local";
+  auto ctl = std::make_shared<net::session_control>(std::move(stream).value(), ctx.get_executor());
   asio::signal_set signals(ctx, SIGTERM, SIGINT);
   signals.async_wait([&](const std::error_code& ec, int) {
     if (!ec) {
@@ -501,7 +458,7 @@ int run_inetd(const config& cfg) {
   });
   asio::co_spawn(ctx,
                  [&]() -> asio::awaitable<void> {
-                   net::connection_info info{remote, remote_addr, implicit_tls};
+                   net::connection_info info{remote, addr, implicit_tls, client->origin.client_tls};
                    co_await guarded_session(ctl, st.env, std::move(info), nullptr);
                    signals.cancel();
                  },

@@ -633,7 +633,6 @@ result<std::string> prepare_demo(const std::string& dir, std::uint16_t port) {
     POSTERN_TRY(give_to(root / "mail", *run_as));
     // The server, running as `run_as`, must reach users and mail/ (both its own) inside this
     // root-owned directory: search permission only, so nobody can list it.
-    std::error_code ec;
     fs::permissions(root, fs::perms::owner_all | fs::perms::group_exec | fs::perms::others_exec,
                     ec);
     if (ec) {

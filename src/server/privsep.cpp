@@ -4,6 +4,7 @@
 #include "auth/system_users.hpp"
 #include "common/log.hpp"
 #include "net/tls.hpp"
+#include "net/transports.hpp"
 #include "store/location.hpp"
 
 #include <asio/co_spawn.hpp>
@@ -402,27 +403,13 @@ class preauth_handoff final : public net::login_handoff {
   env.workers = &workers;
 
   asio::io_context ctx{1};
-  std::unique_ptr<net::transport> stream;
-  if (c.is_tcp) {
-    asio::ip::tcp::socket sock(ctx);
-    std::error_code ec;
-    sock.assign(c.address.is_v4() ? asio::ip::tcp::v4() : asio::ip::tcp::v6(), c.in.release(), ec);
-    if (ec) {
-      _exit(1);
-    }
-    sock.set_option(asio::ip::tcp::no_delay(true), ec);
-    if (c.implicit_tls) {
-      stream = std::make_unique<net::tls_transport>(std::move(sock), env.tls->current());
-    } else {
-      stream = std::make_unique<net::tcp_transport>(std::move(sock));
-    }
-  } else {
-    int out = c.out ? c.out.release() : dup(c.in.get());
-    stream = std::make_unique<net::stdio_transport>(asio::posix::stream_descriptor(ctx, c.in.release()),
-                                                    asio::posix::stream_descriptor(ctx, out));
+  auto stream = c.is_tcp ? net::make_transport(ctx.get_executor(), std::move(c.in), c.v6, c.implicit_tls, env.tls.get())
+                         : net::make_stdio_transport(ctx.get_executor(), std::move(c.in), std::move(c.out));
+  if (!stream) {
+    _exit(1);
   }
-  auto ctl = std::make_shared<net::session_control>(std::move(stream), ctx.get_executor());
-  net::connection_info info{c.remote, c.address, c.implicit_tls};
+  auto ctl = std::make_shared<net::session_control>(std::move(stream).value(), ctx.get_executor());
+  net::connection_info info{c.remote, c.address, c.implicit_tls, c.client_tls};
   asio::co_spawn(ctx, guarded_session(ctl, env, std::move(info), nullptr, id), asio::detached);
   ctx.run();
   workers.join();
@@ -1008,35 +995,151 @@ result<void> ensure_empty_root(const std::string& dir) {
 // -------------------------------------------------------------------------------------------------
 // The supervisor
 
-int run_supervisor(const supervisor_params& p, client c) {
-  std::string id = net::new_session_id();
+namespace {
+
+// The pre-auth process P and S's ends of its two channels: control (SEQPACKET) and relay.
+struct pre_auth_process {
+  pid_t pid = -1;
+  unique_fd ctl;
+  unique_fd relay;
+};
+
+result<pre_auth_process> start_pre_auth(const supervisor_params& p, client& c, const std::string& id) {
   int ctl[2];
   int rel[2];
   if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, ctl) != 0 ||
       ::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, rel) != 0) {
-    log::error("socketpair failed: {}", std::strerror(errno));
-    return 1;
+    return error::from_errno(errno, "socketpair");
   }
   unique_fd ctl_s(ctl[0]), ctl_p(ctl[1]), rel_s(rel[0]), rel_p(rel[1]);
   pid_t child = ::fork();
   if (child < 0) {
-    log::error("fork failed: {}", std::strerror(errno));
-    write_line(c.out ? c.out.get() : c.in.get(), "-ERR [SYS/TEMP] Server busy, try again later.\r\n");
-    return 1;
+    return error::from_errno(errno, "fork");
   }
   if (child == 0) {
     ctl_s.reset();
     rel_s.reset();
     run_pre_auth(p, c, ctl_p.get(), rel_p.get(), id);
   }
-  ctl_p.reset();
-  rel_p.reset();
+  return pre_auth_process{child, std::move(ctl_s), std::move(rel_s)};
+}
 
-  supervisor sup(p, c, ctl_s.get(), id);
+// The descriptors the session process talks to the client through after P's handoff: P
+// itself in relay mode ("R": P keeps the client and its TLS), else the client's own socket
+// once P is gone ("P"). Empty `in`: a handoff that cannot be.
+struct session_channel {
+  unique_fd in;
+  unique_fd out;
+  bool relay = false;
+};
+
+session_channel take_channel(client& c, pre_auth_process& pa, const std::string& mode, const std::string& id) {
+  session_channel ch;
+  ch.relay = mode == "R";
+  if (mode != "R" && mode != "P") {
+    log::warning("privileged process: bad handoff mode, session=<{}>", id);
+    return ch;
+  }
+  if (c.implicit_tls && !ch.relay) {
+    log::warning("privileged process: plain handoff on a TLS connection, session=<{}>", id);
+    return ch;
+  }
+  if (ch.relay) {
+    c.in.reset();
+    c.out.reset();
+    ch.in.reset(::dup(pa.relay.get()));
+    ch.out = std::move(pa.relay);
+    return ch;
+  }
+  // P must be gone before this process touches the socket: it exits right after the
+  // handoff, and is killed if it does not.
+  reap(pa.pid, std::chrono::milliseconds(2000));
+  pa.pid = -1;
+  pa.relay.reset();
+  ch.in = std::move(c.in);
+  ch.out = std::move(c.out);
+  return ch;
+}
+
+// Switches to the mail owner of `account`, checked first: never root, the pre-auth uid or a
+// uid outside the allowed range. Logs and answers the client itself when it cannot.
+result<identity> become_owner(const supervisor_params& p, const client& c, const auth::user_record& account,
+                              int reply_fd, const std::string& id) {
+  auto owner = resolve_mail_owner(account, p.us->privileged_group);
+  if (owner) {
+    auth::mail_owner_rules rules = p.st->mail.owner_rules;
+    rules.preauth_uid = p.login.uid;
+    if (auto allowed = auth::check_mail_owner(owner->uid, rules); !allowed) {
+      owner = std::move(allowed).err();
+    }
+  }
+  result<void> switched = owner ? become(*owner, "") : result<void>(owner.err());
+  if (!switched) {
+    log::error("login refused, cannot become the mail owner: user=<{}>, rip={}, session=<{}>, error={}",
+               log::client(account.name), c.remote, id, switched.err().message());
+    write_line(reply_fd, switched.err().code() == errc::denied
+                             ? "-ERR [SYS/PERM] This account may not read mail here.\r\n"
+                             : "-ERR [SYS/TEMP] Unable to open the mailbox, try again later.\r\n");
+    return std::move(switched).err();
+  }
+  log::info("session process: pid={}, user=<{}>, uid={}, gid={}, groups={}, rip={}, session=<{}>",
+            getpid(), log::client(account.name), owner->uid, owner->gid, join_groups(owner->groups),
+            c.remote, id);
+  return owner;
+}
+
+// The session after the login, as the mail owner, until it ends.
+int run_owner_session(const supervisor_params& p, const client& c, session_channel ch, net::resume_state resume,
+                      const std::string& id) {
+  asio::io_context ctx{1};
+  asio::thread_pool workers(1);
+  net::no_authenticator no_auth;  // the login happened in P; this process only resumes it
+  net::session_env env = p.st->env;
+  env.services.auth = &no_auth;
+  env.tls = nullptr;
+  env.stls = false;
+  env.workers = &workers;
+  auto stream = !ch.relay && c.is_tcp
+                    ? net::make_transport(ctx.get_executor(), std::move(ch.in), c.v6, false, nullptr)
+                    : net::make_stdio_transport(ctx.get_executor(), std::move(ch.in), std::move(ch.out));
+  if (!stream) {
+    return 1;
+  }
+  auto ctl_block = std::make_shared<net::session_control>(std::move(stream).value(), ctx.get_executor());
+  asio::signal_set signals(ctx, SIGTERM, SIGINT);
+  signals.async_wait([&](const std::error_code& ec, int) {
+    if (!ec) {
+      ctl_block->stop(true);
+    }
+  });
+  net::connection_info info{c.remote, c.address, false, c.client_tls};
+  info.resume = std::move(resume);
+  asio::co_spawn(ctx,
+                 [&]() -> asio::awaitable<void> {
+                   co_await guarded_session(ctl_block, env, std::move(info), nullptr, id);
+                   signals.cancel();
+                 },
+                 asio::detached);
+  ctx.run();
+  workers.join();
+  return 0;
+}
+
+}  // namespace
+
+int run_supervisor(const supervisor_params& p, client c) {
+  std::string id = net::new_session_id();
+  auto pa = start_pre_auth(p, c, id);
+  if (!pa) {
+    log::error("{}", pa.err().message());
+    write_line(c.out ? c.out.get() : c.in.get(), "-ERR [SYS/TEMP] Server busy, try again later.\r\n");
+    return 1;
+  }
+  supervisor sup(p, c, pa->ctl.get(), id);
   auto login = sup.serve();
   if (!login) {
-    ctl_s.reset();  // P's next question fails; it ends its session
-    reap(child, std::chrono::milliseconds(2000));
+    pa->ctl.reset();  // P's next question fails; it ends its session
+    reap(pa->pid, std::chrono::milliseconds(2000));
     return 0;
   }
   // The secrets go before anything runs as the user.
@@ -1046,112 +1149,30 @@ int run_supervisor(const supervisor_params& p, client c) {
   p.st->passdb.reset();
 
   auto& [pending, handoff] = *login;
-  bool relay_mode = handoff.fields[0] == "R";
-  if (handoff.fields[0] != "R" && handoff.fields[0] != "P") {
-    log::warning("privileged process: bad handoff mode, session=<{}>", id);
-    reap(child, std::chrono::milliseconds(0));
+  auto ch = take_channel(c, *pa, handoff.fields[0], id);
+  if (!ch.in) {
+    reap(pa->pid, std::chrono::milliseconds(0));
     return 1;
   }
-  if (c.implicit_tls && !relay_mode) {
-    log::warning("privileged process: plain handoff on a TLS connection, session=<{}>", id);
-    reap(child, std::chrono::milliseconds(0));
-    return 1;
-  }
-  unique_fd session_in, session_out;
-  if (relay_mode) {
-    // P keeps the client (and its TLS); this process talks to P.
-    c.in.reset();
-    c.out.reset();
-    session_in.reset(::dup(rel_s.get()));
-    session_out = std::move(rel_s);
-  } else {
-    // P must be gone before this process touches the socket: it exits right after the
-    // handoff, and is killed if it does not.
-    reap(child, std::chrono::milliseconds(2000));
-    child = -1;
-    rel_s.reset();
-    session_in = std::move(c.in);
-    session_out = std::move(c.out);
-  }
-  ctl_s.reset();
-
-  auto owner = resolve_mail_owner(pending.account, p.us->privileged_group);
+  pa->ctl.reset();
+  auto owner = become_owner(p, c, pending.account, ch.out ? ch.out.get() : ch.in.get(), id);
+  int status = 0;
   if (owner) {
-    // Checked before the switch: never become root, the pre-auth uid or a uid outside the range.
-    auth::mail_owner_rules rules = p.st->mail.owner_rules;
-    rules.preauth_uid = p.login.uid;
-    if (auto allowed = auth::check_mail_owner(owner->uid, rules); !allowed) {
-      owner = std::move(allowed).err();
+    if (p.st->penalty != nullptr) {  // the user's session has no business with it
+      p.st->penalty->detach();
     }
-  }
-  result<void> switched = owner ? become(*owner, "") : result<void>(owner.err());
-  int reply_fd = session_out ? session_out.get() : session_in.get();
-  if (!switched) {
-    log::error("login refused, cannot become the mail owner: user=<{}>, rip={}, session=<{}>, error={}",
-               log::client(pending.account.name), c.remote, id, switched.err().message());
-    write_line(reply_fd, switched.err().code() == errc::denied
-                             ? "-ERR [SYS/PERM] This account may not read mail here.\r\n"
-                             : "-ERR [SYS/TEMP] Unable to open the mailbox, try again later.\r\n");
-    if (child > 0) {
-      session_in.reset();
-      session_out.reset();
-      reap(child, std::chrono::milliseconds(2000));
+    if (pending.account.home.empty()) {
+      pending.account.home = owner->home;
     }
-    return 0;
-  }
-  if (p.st->penalty != nullptr) {  // the user's session has no business with it
-    p.st->penalty->detach();
-  }
-  if (pending.account.home.empty()) {
-    pending.account.home = owner->home;
-  }
-  log::info("session process: pid={}, user=<{}>, uid={}, gid={}, groups={}, rip={}, session=<{}>",
-            getpid(), log::client(pending.account.name), owner->uid, owner->gid,
-            join_groups(owner->groups), c.remote, id);
-
-  asio::io_context ctx{1};
-  asio::thread_pool workers(1);
-  net::no_authenticator no_auth;  // the login happened in P; this process only resumes it
-  net::session_env env = p.st->env;
-  env.services.auth = &no_auth;
-  env.tls = nullptr;
-  env.stls = false;
-  env.workers = &workers;
-  std::unique_ptr<net::transport> stream;
-  if (!relay_mode && c.is_tcp) {
-    asio::ip::tcp::socket sock(ctx);
-    std::error_code ec;
-    sock.assign(c.address.is_v4() ? asio::ip::tcp::v4() : asio::ip::tcp::v6(), session_in.release(), ec);
-    if (ec) {
-      return 1;
-    }
-    stream = std::make_unique<net::tcp_transport>(std::move(sock));
+    status = run_owner_session(p, c, std::move(ch),
+                               net::resume_state{std::move(pending.account), pending.method, handoff.fields[1]}, id);
   } else {
-    int out = session_out ? session_out.release() : ::dup(session_in.get());
-    stream = std::make_unique<net::stdio_transport>(asio::posix::stream_descriptor(ctx, session_in.release()),
-                                                    asio::posix::stream_descriptor(ctx, out));
+    ch = {};  // P sees the client gone
   }
-  auto ctl_block = std::make_shared<net::session_control>(std::move(stream), ctx.get_executor());
-  asio::signal_set signals(ctx, SIGTERM, SIGINT);
-  signals.async_wait([&](const std::error_code& ec, int) {
-    if (!ec) {
-      ctl_block->stop(true);
-    }
-  });
-  net::connection_info info{c.remote, c.address, false};
-  info.resume = net::resume_state{std::move(pending.account), pending.method, handoff.fields[1]};
-  asio::co_spawn(ctx,
-                 [&]() -> asio::awaitable<void> {
-                   co_await guarded_session(ctl_block, env, std::move(info), nullptr, id);
-                   signals.cancel();
-                 },
-                 asio::detached);
-  ctx.run();
-  workers.join();
-  if (child > 0) {
-    reap(child, std::chrono::milliseconds(2000));
+  if (pa->pid > 0) {
+    reap(pa->pid, std::chrono::milliseconds(2000));
   }
-  return 0;
+  return status;
 }
 
 }  // namespace postern::server::privsep

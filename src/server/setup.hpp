@@ -10,6 +10,7 @@
 #include "auth/passdb.hpp"
 #include "auth/sasl.hpp"
 #include "net/access_control.hpp"
+#include "net/admission.hpp"
 #include "net/listeners.hpp"
 #include "net/session_driver.hpp"
 #include "store/lock/mailbox_lock.hpp"
@@ -60,6 +61,9 @@ struct shared_state {
 // mapping to be made before fork(), or, `in_file`, auth.penalty_file (--inetd: one process per
 // connection). Errors name the key and say how to fix or turn it off.
 result<std::unique_ptr<net::auth_penalty>> make_auth_penalty(const config& cfg, bool in_file);
+// --inetd's table (auth.penalty_file) for a client with an IP address; null when the penalty
+// is off, or when the file cannot be used (logged: the connection is served without it).
+std::unique_ptr<net::auth_penalty> inetd_penalty(const config& cfg);
 
 // 32 random bytes for shared_state::scram_salt_key.
 result<std::string> make_salt_key();
@@ -114,6 +118,29 @@ result<void> check_passdb_file(const config& cfg, const unix_settings& us);
 // sockets systemd passed (socket activation) when there are any, else the configured
 // listeners bound with server.listen_backlog.
 result<std::vector<std::vector<net::listening_socket>>> open_listeners(const config& cfg, std::size_t copies);
+
+// The admission policy of a process: `counting`'s counter and pacer, with the ACL and TCP
+// wrappers of `st` (prepare_env).
+net::admission_policy admission_policy_of(const net::admission_policy& counting, const shared_state& st);
+
+// server.proxy_trusted_networks, parsed (the config checked them).
+std::vector<net::network> proxy_networks(const config& cfg);
+
+// inetd mode's accept pipeline before the transport, for event and fork mode alike: stdin's
+// listener (net::inspect_stdin), its PROXY step, and admission by `policy` (ACL, TCP
+// wrappers; no counting: one connection per process). nullopt: refused, logged and answered.
+struct stdin_client {
+  net::stdin_connection conn;
+  net::client_origin origin;   // unspecified address when stdin is not TCP
+};
+std::optional<stdin_client> admit_stdin(const config& cfg, const net::admission_policy& policy);
+
+// The plain listeners' options (`listen`): implicit TLS under tls.mode = "connection".
+net::listener_options plain_listener_options(const config& cfg);
+
+// SIGHUP: reloads the TLS certificate and key (new connections get them) and logs the
+// outcome; a failed reload keeps the old ones. Null: nothing to reload.
+void reload_tls(net::tls_server_context* tls);
 
 // Runs a session and logs anything that escapes it; the session closes only itself.
 // `registry` may be null. `id` empty: a new session id is made.

@@ -139,138 +139,166 @@ pid_t start_worker(std::uint32_t slot, worker_state& w, const supervisor_hooks& 
 
 }  // namespace
 
-int supervise_workers(std::uint32_t processes, std::chrono::seconds grace, const supervisor_hooks& hooks) {
-  std::vector<worker_state> workers(processes);
-  bool stopping = false;
-  int exit_status = 0;
-  // time_point::max(): not armed.
-  steady::time_point kill_at = steady::time_point::max();
+namespace {
 
-  auto live = [&] {
+// The master's loop: one signal (or timer) at a time, read with sigtimedwait.
+class worker_supervisor {
+ public:
+  worker_supervisor(std::uint32_t processes, std::chrono::seconds grace, const supervisor_hooks& hooks)
+      : workers_(processes), grace_(grace), hooks_(hooks) {
+    sigemptyset(&waited_);
+    for (int s : {SIGTERM, SIGINT, SIGHUP, SIGCHLD}) {
+      sigaddset(&waited_, s);
+    }
+  }
+
+  int run() {
+    for (std::uint32_t i = 0; i < workers_.size() && !stopping_; ++i) {
+      if (start_worker(i, workers_[i], hooks_) < 0) {
+        log::error("cannot start worker {}: {}", i + 1, std::strerror(errno));
+        begin_stop(1);
+      }
+    }
+    if (!stopping_) {
+      systemd::notify_ready("serving POP3 with " + std::to_string(workers_.size()) + " worker processes");
+    }
+    while (!(stopping_ && live() == 0)) {
+      on_signal(next_signal());
+      watchdog_.tick();
+      kill_if_overdue();
+      restart_due();
+    }
+    log::info("stopped");
+    return exit_status_;
+  }
+
+ private:
+  std::size_t live() const {
     return static_cast<std::size_t>(
-        std::count_if(workers.begin(), workers.end(), [](const worker_state& w) { return w.pid > 0; }));
-  };
-  auto signal_all = [&](int signo) {
-    for (const auto& w : workers) {
+        std::count_if(workers_.begin(), workers_.end(), [](const worker_state& w) { return w.pid > 0; }));
+  }
+
+  void signal_all(int signo) const {
+    for (const auto& w : workers_) {
       if (w.pid > 0) {
         kill(w.pid, signo);
       }
     }
-  };
-  auto begin_stop = [&](int status) {
-    if (stopping) {
-      return;
-    }
-    stopping = true;
-    exit_status = status;
-    if (hooks.close_listeners) {
-      hooks.close_listeners();
-    }
-    signal_all(SIGTERM);
-    kill_at = steady::now() + grace;
-    for (auto& w : workers) {
-      w.restart_at.reset();
-    }
-  };
-
-  for (std::uint32_t i = 0; i < processes && !stopping; ++i) {
-    if (start_worker(i, workers[i], hooks) < 0) {
-      log::error("cannot start worker {}: {}", i + 1, std::strerror(errno));
-      begin_stop(1);
-    }
   }
 
-  if (!stopping) {
-    systemd::notify_ready("serving POP3 with " + std::to_string(processes) + " worker processes");
-  }
-  // The master's loop pings the watchdog (a worker's own loop does not reach systemd).
-  systemd::watchdog_clock watchdog;
-
-  sigset_t waited;
-  sigemptyset(&waited);
-  sigaddset(&waited, SIGTERM);
-  sigaddset(&waited, SIGINT);
-  sigaddset(&waited, SIGHUP);
-  sigaddset(&waited, SIGCHLD);
-
-  while (!(stopping && live() == 0)) {
-    // Sleep until a signal, the next restart or the end of the grace period.
-    steady::time_point wake = std::min(kill_at, watchdog.next());
-    for (const auto& w : workers) {
+  // Sleeps until a signal, the next restart or the end of the grace period; 0 on a timeout.
+  int next_signal() {
+    steady::time_point wake = std::min(kill_at_, watchdog_.next());
+    for (const auto& w : workers_) {
       if (w.restart_at && *w.restart_at < wake) {
         wake = *w.restart_at;
       }
     }
     siginfo_t info{};
-    int signo;
-    if (wake != steady::time_point::max()) {
-      auto left = std::max(steady::duration::zero(), wake - steady::now());
-      auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(left).count();
-      timespec ts{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
-      signo = sigtimedwait(&waited, &info, &ts);
-    } else {
-      signo = sigwaitinfo(&waited, &info);
+    if (wake == steady::time_point::max()) {
+      return sigwaitinfo(&waited_, &info);
     }
-    watchdog.tick();
+    auto left = std::max(steady::duration::zero(), wake - steady::now());
+    auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(left).count();
+    timespec ts{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
+    return sigtimedwait(&waited_, &info, &ts);
+  }
+
+  void on_signal(int signo) {
     if (signo == SIGTERM || signo == SIGINT) {
       systemd::notify_stopping();
       log::info("signal {} received: stopping {} workers", signo, live());
       begin_stop(0);
-    } else if (signo == SIGHUP) {
-      if (!stopping) {
-        systemd::notify_reloading();
-        log::info("SIGHUP: reloading {} workers", live());
-        signal_all(SIGHUP);
-        systemd::notify_ready();
-      }
+    } else if (signo == SIGHUP && !stopping_) {
+      systemd::notify_reloading();
+      log::info("SIGHUP: reloading {} workers", live());
+      signal_all(SIGHUP);
+      systemd::notify_ready();
     } else if (signo == SIGCHLD) {
       int status = 0;
       pid_t pid;
       while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-        auto it = std::find_if(workers.begin(), workers.end(), [&](const worker_state& w) { return w.pid == pid; });
-        if (it == workers.end()) {
-          continue;
-        }
-        auto slot = static_cast<std::uint32_t>(it - workers.begin());
-        it->pid = 0;
-        if (hooks.worker_gone) {
-          hooks.worker_gone(slot);
-        }
-        if (stopping) {
-          log::info("worker {} (pid {}) {}", slot + 1, pid, describe_exit(status));
-          continue;
-        }
-        if (WIFEXITED(status) && WEXITSTATUS(status) == worker_setup_failed && it->starts == 1) {
-          log::error("worker {} (pid {}) could not start; stopping", slot + 1, pid);
-          begin_stop(1);
-          continue;
-        }
-        auto delay = it->backoff.next_delay(steady::now() - it->started);
-        log::error("worker {} (pid {}) {} unexpectedly; restarting it{}", slot + 1, pid,
-                   describe_exit(status),
-                   delay.count() == 0 ? std::string()
-                                      : " in " + std::to_string(delay.count() / 1000) + "s (it keeps dying)");
-        it->restart_at = steady::now() + delay;
-      }
-    }
-    auto now = steady::now();
-    if (stopping && now >= kill_at && live() > 0) {
-      log::warning("{} workers still running {}s after SIGTERM: killing them", live(), grace.count());
-      signal_all(SIGKILL);
-      kill_at = steady::time_point::max();
-    }
-    for (std::uint32_t i = 0; i < processes && !stopping; ++i) {
-      auto& w = workers[i];
-      if (w.pid == 0 && w.restart_at && now >= *w.restart_at) {
-        if (start_worker(i, w, hooks) < 0) {
-          log::error("cannot restart worker {}: {}; trying again", i + 1, std::strerror(errno));
-          w.restart_at = now + std::chrono::seconds(1);
-        }
+        on_exit(pid, status);
       }
     }
   }
-  log::info("stopped");
-  return exit_status;
+
+  void on_exit(pid_t pid, int status) {
+    auto it = std::find_if(workers_.begin(), workers_.end(), [&](const worker_state& w) { return w.pid == pid; });
+    if (it == workers_.end()) {
+      return;
+    }
+    auto slot = static_cast<std::uint32_t>(it - workers_.begin());
+    it->pid = 0;
+    if (hooks_.worker_gone) {
+      hooks_.worker_gone(slot);
+    }
+    if (stopping_) {
+      log::info("worker {} (pid {}) {}", slot + 1, pid, describe_exit(status));
+      return;
+    }
+    if (WIFEXITED(status) && WEXITSTATUS(status) == worker_setup_failed && it->starts == 1) {
+      log::error("worker {} (pid {}) could not start; stopping", slot + 1, pid);
+      begin_stop(1);
+      return;
+    }
+    auto delay = it->backoff.next_delay(steady::now() - it->started);
+    log::error("worker {} (pid {}) {} unexpectedly; restarting it{}", slot + 1, pid, describe_exit(status),
+               delay.count() == 0 ? std::string()
+                                  : " in " + std::to_string(delay.count() / 1000) + "s (it keeps dying)");
+    it->restart_at = steady::now() + delay;
+  }
+
+  void begin_stop(int status) {
+    if (stopping_) {
+      return;
+    }
+    stopping_ = true;
+    exit_status_ = status;
+    if (hooks_.close_listeners) {
+      hooks_.close_listeners();
+    }
+    signal_all(SIGTERM);
+    kill_at_ = steady::now() + grace_;
+    for (auto& w : workers_) {
+      w.restart_at.reset();
+    }
+  }
+
+  void kill_if_overdue() {
+    if (stopping_ && steady::now() >= kill_at_ && live() > 0) {
+      log::warning("{} workers still running {}s after SIGTERM: killing them", live(), grace_.count());
+      signal_all(SIGKILL);
+      kill_at_ = steady::time_point::max();
+    }
+  }
+
+  void restart_due() {
+    auto now = steady::now();
+    for (std::uint32_t i = 0; i < workers_.size() && !stopping_; ++i) {
+      auto& w = workers_[i];
+      if (w.pid == 0 && w.restart_at && now >= *w.restart_at && start_worker(i, w, hooks_) < 0) {
+        log::error("cannot restart worker {}: {}; trying again", i + 1, std::strerror(errno));
+        w.restart_at = now + std::chrono::seconds(1);
+      }
+    }
+  }
+
+  std::vector<worker_state> workers_;
+  const std::chrono::seconds grace_;
+  const supervisor_hooks& hooks_;
+  sigset_t waited_{};
+  // The master's loop pings the watchdog (a worker's own loop does not reach systemd).
+  systemd::watchdog_clock watchdog_;
+  bool stopping_ = false;
+  int exit_status_ = 0;
+  steady::time_point kill_at_ = steady::time_point::max();  // max(): not armed
+};
+
+}  // namespace
+
+int supervise_workers(std::uint32_t processes, std::chrono::seconds grace, const supervisor_hooks& hooks) {
+  return worker_supervisor(processes, grace, hooks).run();
 }
 
 }  // namespace postern::server
