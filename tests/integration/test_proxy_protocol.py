@@ -157,7 +157,7 @@ class ProxyProtocol(PosternTestCase):
         self.box = self.world.add_user("alice", PASSWORD, [
             Msg(simple_message("first")), Msg(BODY, "cur", "S")])
         server = self.world.config["server"]
-        server["listen"] = []
+        server.pop("listen", None)  # the [[server.listener]] table is the only listener
         server["proxy_trusted_networks"] = list(trusted)
         if secure_policy:  # loopback alone is not secure: only TLS (or the SSL TLV) is
             self.world.config["auth"].update(disable_plaintext_auth=True,
