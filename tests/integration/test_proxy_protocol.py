@@ -22,8 +22,8 @@ import struct
 import unittest
 
 import front_proxies as fp
-from postern_harness import (Msg, PosternTestCase, scaled, simple_message, toml_text, wait_for,
-                             wire_body)
+from postern_harness import (Msg, Pop3Conn, PosternTestCase, dot_stuff, scaled, simple_message,
+                             toml_text, wait_for, wire_body)
 from tls_fixtures import Pki
 
 CLIENT = "127.0.0.2"  # the real client; the front ends listen and connect from 127.0.0.1
@@ -152,8 +152,9 @@ class FrontEndBytes(PosternTestCase):
 class ProxyProtocol(PosternTestCase):
     """posternd behind real front ends."""
 
-    def start_postern(self, trusted=("127.0.0.1/32",), secure_policy=False):
-        """posternd with one listener, PROXY protocol on, trusting `trusted`; returns it."""
+    def start_postern(self, trusted=("127.0.0.1/32",), secure_policy=False, tls=None):
+        """posternd with one listener, PROXY protocol on, trusting `trusted`; returns it.
+        tls: the listener's `tls` ("implicit"), with [tls] already in world.config."""
         self.box = self.world.add_user("alice", PASSWORD, [
             Msg(simple_message("first")), Msg(BODY, "cur", "S")])
         server = self.world.config["server"]
@@ -163,7 +164,8 @@ class ProxyProtocol(PosternTestCase):
             self.world.config["auth"].update(disable_plaintext_auth=True,
                                              loopback_is_secure=False)
         text = toml_text(self.world.config) + (
-            '[[server.listener]]\naddress = "127.0.0.1:0"\nproxy_protocol = true\n')
+            '[[server.listener]]\naddress = "127.0.0.1:0"\nproxy_protocol = true\n'
+            + (f'tls = "{tls}"\n' if tls else ""))
         self.srv = self.world.start(self.world.write_config(text), listeners=1)
         return self.srv
 
@@ -231,6 +233,8 @@ class ProxyProtocol(PosternTestCase):
         self.assertNotIn("[error]", ngx.error_log())
 
     def test_untrusted_or_headerless_connections_are_closed(self):
+        # The header below names 192.0.2.9, neither loopback nor TLS: allow USER/PASS anyway.
+        self.world.config["auth"]["disable_plaintext_auth"] = False
         self.start_postern(trusted=("127.0.0.1/32",))
         # From 127.0.0.2, not trusted: closed before any byte is answered.
         with socket.create_connection(("127.0.0.1", self.srv.port), timeout=scaled(5),
@@ -256,6 +260,31 @@ class ProxyProtocol(PosternTestCase):
             self.assertTrue(f.readline().startswith(b"+OK"))
         self.assert_logged_in_from("192.0.2.9")
         self.assertNotIn("rip=127.0.0.2, session", self.srv.log())
+
+    def test_header_and_client_hello_in_one_segment(self):
+        """Implicit TLS behind a TCP pass-through front end: the ClientHello follows the header
+        in the same segment and must be left for the TLS handshake."""
+        pki = Pki(self.world.dir)
+        self.world.config["tls"] = {"cert": pki.server_cert, "key": pki.server_key}
+        self.start_postern(tls="implicit")
+        raw = socket.create_connection(("127.0.0.1", self.srv.port), timeout=scaled(10))
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+        raw.sendall(b"PROXY TCP6 2001:db8::7 2001:db8::1 40001 995\r\n")
+        conn = client_context(pki).wrap_socket(raw, server_hostname="localhost",
+                                               do_handshake_on_connect=False)
+        conn.setblocking(False)
+        with self.assertRaises(ssl.SSLWantReadError):
+            conn.do_handshake()  # writes the ClientHello behind the header, still corked
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)  # both leave in one segment
+        conn.setblocking(True)
+        conn.settimeout(scaled(10))
+        conn.do_handshake()
+        pop = Pop3Conn(sock=conn)
+        pop.read_greeting()
+        pop.login("alice", PASSWORD)
+        self.assertEqual(pop.cmd_multi("RETR 2")[1], dot_stuff(wire_body(BODY)))
+        pop.quit()
+        self.assert_logged_in_from("2001:db8::7")
 
 
 if __name__ == "__main__":
