@@ -178,7 +178,7 @@ connection_security assess(const session_env& env, const connection_info& conn, 
                  (env.loopback_is_secure && conn.address.is_loopback()) ||
                  std::any_of(env.trusted_networks.begin(), env.trusted_networks.end(),
                              [&](const network& n) { return contains(n, conn.address); });
-  sec.secure = sec.tls || trusted;
+  sec.secure = sec.tls || conn.client_tls || trusted;
   return sec;
 }
 
@@ -349,7 +349,7 @@ pop3::session_options options_for(const session_env& env, const connection_info&
   opts.sasl_mechanisms = std::move(policy.sasl_mechanisms);
   opts.stls_offered = !sec.tls && env.stls && env.tls != nullptr &&
                       dynamic_cast<tcp_transport*>(stream) != nullptr;
-  opts.tls_required = !sec.tls && env.tls_required;
+  opts.tls_required = !sec.tls && !conn.client_tls && env.tls_required;
   if (env.remote_auth != nullptr) {
     opts.apop_timestamp = conn.resume ? std::string() : env.remote_auth->apop_timestamp();
   } else if (env.apop) {

@@ -125,6 +125,7 @@ struct connection_info {
   std::string remote;            // as logged
   asio::ip::address address;     // unspecified for a non-IP stdin
   bool implicit_tls = false;     // the transport is a tls_transport awaiting its handshake
+  bool client_tls = false;       // a PROXY v2 SSL TLV: the client spoke TLS to the front end
   std::optional<resume_state> resume;  // set: the login already happened in another process
 };
 

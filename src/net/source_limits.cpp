@@ -40,21 +40,28 @@ bool connection_pacer::admit(const asio::ip::address& addr, std::chrono::steady_
   return true;
 }
 
-std::optional<source_limits::slot> source_limits::try_acquire(const asio::ip::address& addr,
-                                                              refusal& why) {
+bool source_limits::acquire(const asio::ip::address& addr, refusal& why) {
   std::lock_guard lock(mu_);
   if (max_total_ > 0 && total_ >= max_total_) {
     why = refusal::total;
-    return std::nullopt;
+    return false;
   }
   auto& count = per_source_[addr];
   if (max_per_source_ > 0 && count >= max_per_source_) {
     why = refusal::per_source;
-    return std::nullopt;
+    return false;
   }
   ++count;
   ++total_;
   why = refusal::none;
+  return true;
+}
+
+std::optional<source_limits::slot> source_limits::try_acquire(const asio::ip::address& addr,
+                                                              refusal& why) {
+  if (!acquire(addr, why)) {
+    return std::nullopt;
+  }
   return slot(this, addr);
 }
 

@@ -15,7 +15,48 @@
 
 namespace postern::net {
 
-class source_limits {
+// Counts connections for the limits: in-process (source_limits) or shared between worker
+// processes (server/shared_limits). 0 limits mean "no limit".
+class connection_counter {
+ public:
+  enum class refusal { none, total, per_source };
+  virtual ~connection_counter() = default;
+  // Counts a connection from `addr`, or says which limit refused it (and counts nothing).
+  virtual bool acquire(const asio::ip::address& addr, refusal& why) = 0;
+  virtual void release(const asio::ip::address& addr) noexcept = 0;
+  virtual std::uint32_t active() const = 0;
+};
+
+// A connection counted by a connection_counter; destroying it releases the count.
+class counted_connection {
+ public:
+  counted_connection() = default;
+  counted_connection(connection_counter* owner, const asio::ip::address& addr) : owner_(owner), addr_(addr) {}
+  counted_connection(const counted_connection&) = delete;
+  counted_connection& operator=(const counted_connection&) = delete;
+  counted_connection(counted_connection&& o) noexcept : owner_(std::exchange(o.owner_, nullptr)), addr_(o.addr_) {}
+  counted_connection& operator=(counted_connection&& o) noexcept {
+    if (this != &o) {
+      reset();
+      owner_ = std::exchange(o.owner_, nullptr);
+      addr_ = o.addr_;
+    }
+    return *this;
+  }
+  ~counted_connection() { reset(); }
+  void reset() noexcept {
+    if (owner_ != nullptr) {
+      std::exchange(owner_, nullptr)->release(addr_);
+    }
+  }
+
+ private:
+  connection_counter* owner_ = nullptr;
+  asio::ip::address addr_;
+};
+
+// The in-process connection_counter (event mode with one process, fork mode's master).
+class source_limits final : public connection_counter {
  public:
   source_limits(std::uint32_t max_total, std::uint32_t max_per_source)
       : max_total_(max_total), max_per_source_(max_per_source) {}
@@ -43,12 +84,14 @@ class source_limits {
     asio::ip::address addr_;
   };
 
-  enum class refusal { none, total, per_source };
+  using refusal = connection_counter::refusal;
+
+  bool acquire(const asio::ip::address& addr, refusal& why) override;
+  void release(const asio::ip::address& addr) noexcept override;
+  std::uint32_t active() const override;
 
   // Takes a slot for a connection from `addr`, or says which limit refused it.
   std::optional<slot> try_acquire(const asio::ip::address& addr, refusal& why);
-
-  std::uint32_t active() const;
 
   static std::size_t hash_address(const asio::ip::address& a) noexcept;
 
@@ -56,8 +99,6 @@ class source_limits {
   struct addr_hash {
     std::size_t operator()(const asio::ip::address& a) const noexcept;
   };
-  void release(const asio::ip::address& addr) noexcept;
-
   const std::uint32_t max_total_;
   const std::uint32_t max_per_source_;
   mutable std::mutex mu_;

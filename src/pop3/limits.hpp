@@ -1,6 +1,7 @@
 // Protocol limits, each with its reason. Config may override the ones marked so.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 
@@ -31,5 +32,10 @@ inline constexpr std::uint32_t max_failed_logins = 10;
 // Chunk size for streaming a message: one read and one write per chunk, so a message of
 // any size is served in constant memory.
 inline constexpr std::size_t stream_chunk = 64 * 1024;
+
+// A PROXY listener waits this long for the front end's header before it closes the
+// connection (Dovecot's haproxy_timeout is 3s too). HAProxy and nginx send the header with the
+// connection's first segment, so a longer wait only lets a silent peer hold a slot.
+inline constexpr std::chrono::seconds proxy_header_timeout{3};
 
 }  // namespace postern::pop3::limits

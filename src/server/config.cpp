@@ -321,6 +321,81 @@ void set_listen_list(const item& it, std::vector<listen_address>& out_list, bool
 
 void set_listen(const item& it, config& cfg) { set_listen_list(it, cfg.listen, false); }
 
+// FileDescriptorName= allows up to 255 printable ASCII characters other than ':'.
+bool is_fd_name(std::string_view s) {
+  return !s.empty() && s.size() <= 255 && is_printable_ascii(s) && s.find(':') == std::string_view::npos;
+}
+
+std::optional<listener_config> parse_listener(const item& it, const toml::table& tbl) {
+  listener_config out;
+  bool ok = true;
+  bool has_address = false;
+  for (auto&& [k, v] : tbl) {
+    item field{it.chk, v, it.key + "." + std::string(k.str())};
+    if (k.str() == "address") {
+      auto s = get_string(field);
+      if (!s) {
+        ok = false;
+        continue;
+      }
+      auto addr = parse_listen(*s);
+      if (!addr) {
+        field.fail(addr.err().context());
+        ok = false;
+        continue;
+      }
+      has_address = true;
+      out.address = *addr;
+    } else if (k.str() == "tls") {
+      auto s = get_string(field);
+      if (s && *s != "none" && *s != "implicit") {
+        field.fail("expected \"none\" or \"implicit\"");
+      }
+      ok = ok && s && (*s == "none" || *s == "implicit");
+      out.implicit_tls = s && *s == "implicit";
+    } else if (k.str() == "proxy_protocol") {
+      auto b = get_bool(field);
+      ok = ok && b.has_value();
+      out.proxy_protocol = b.value_or(false);
+    } else if (k.str() == "name") {
+      auto s = get_string(field);
+      if (s && !is_fd_name(*s)) {
+        field.fail("expected a systemd FileDescriptorName (printable ASCII without ':', at most 255)");
+      }
+      ok = ok && s && is_fd_name(*s);
+      out.name = s ? *s : "";
+    } else {
+      field.fail("unknown key; a [[server.listener]] has address, tls, proxy_protocol and name");
+      ok = false;
+    }
+  }
+  if (!has_address && ok) {
+    it.fail("a [[server.listener]] needs an address, e.g. address = \"0.0.0.0:110\"");
+    ok = false;
+  }
+  return ok ? std::optional<listener_config>(std::move(out)) : std::nullopt;
+}
+
+void set_listeners(const item& it, config& cfg) {
+  const auto* arr = it.node.as_array();
+  if (arr == nullptr || arr->empty() || !arr->is_array_of_tables()) {
+    it.fail_type("one or more [[server.listener]] tables");
+    return;
+  }
+  std::vector<listener_config> out;
+  bool ok = true;
+  for (const toml::node& el : *arr) {
+    auto l = parse_listener(item{it.chk, el, it.key}, *el.as_table());
+    ok = ok && l.has_value();
+    if (l) {
+      out.push_back(std::move(*l));
+    }
+  }
+  if (ok) {
+    cfg.listeners = std::move(out);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Other values
 
@@ -610,7 +685,7 @@ void set_mechanisms(const item& it, config& cfg) {
   cfg.mechanisms = std::move(out);
 }
 
-void set_trusted_networks(const item& it, config& cfg) {
+void set_network_list(const item& it, std::vector<std::string>& target) {
   const auto* arr = it.node.as_array();
   if (arr == nullptr) {
     it.fail_type("an array of networks such as [\"10.0.0.0/8\", \"::1/128\"]");
@@ -630,8 +705,11 @@ void set_trusted_networks(const item& it, config& cfg) {
     }
     out.push_back(s->get());
   }
-  cfg.trusted_networks = std::move(out);
+  target = std::move(out);
 }
+
+void set_trusted_networks(const item& it, config& cfg) { set_network_list(it, cfg.trusted_networks); }
+void set_proxy_trusted_networks(const item& it, config& cfg) { set_network_list(it, cfg.proxy_trusted_networks); }
 
 void set_tls_version(const item& it, config& cfg) {
   auto s = get_string(it);
@@ -940,6 +1018,8 @@ const auto key_rules = std::to_array<key_rule>({
      }},
     {"server", "greeting", set_greeting},
     {"server", "tls_listen", set_tls_listen},
+    {"server", "listener", set_listeners},
+    {"server", "proxy_trusted_networks", set_proxy_trusted_networks},
     {"server", "process_model", set_process_model},
     {"server", "max_children",
      [](const item& it, config& c) {
@@ -1237,6 +1317,9 @@ void check_root(checker& chk, const toml::table& root, config& cfg) {
       continue;
     }
     check_table(chk, name, *tbl, cfg);
+    if (name == "server" && tbl->contains("listener") && !tbl->contains("listen")) {
+      cfg.listen.clear();  // [[server.listener]] replaces the default listen addresses
+    }
   }
 }
 
@@ -1287,15 +1370,43 @@ std::string format_duration(std::chrono::milliseconds d) {
   return "\"" + std::to_string(ms) + "ms\"";
 }
 
+// No address bound twice (SO_REUSEPORT would let both succeed and split the connections
+// between them) and no FileDescriptorName used twice.
+result<void> check_listeners(const config& cfg, const std::string& name) {
+  std::set<std::pair<std::string, std::uint16_t>> seen;
+  std::set<std::string> names;
+  for (const auto& spec : listener_specs(cfg)) {
+    if (spec.port != 0 && !seen.emplace(spec.host, spec.port).second) {
+      return error(errc::invalid, name + ": " + format_listen({spec.host, spec.port}) +
+                                      " is listed twice among server.listen, server.tls_listen and [[server.listener]]");
+    }
+    if (spec.options.proxy_protocol && cfg.proxy_trusted_networks.empty()) {
+      return error(errc::invalid, name + ": [[server.listener]] " + format_listen({spec.host, spec.port}) +
+                                      " has proxy_protocol = true but server.proxy_trusted_networks is empty: "
+                                      "list the front ends' addresses there");
+    }
+    if (!spec.name.empty() && !names.insert(spec.name).second) {
+      return error(errc::invalid, name + ": [[server.listener]] name \"" + spec.name + "\" is used twice");
+    }
+  }
+  return {};
+}
+
 // Checks that need more than one key.
 result<void> check_combinations(const config& cfg, const std::string& name) {
   auto fail = [&](const std::string& msg) { return error(errc::invalid, name + ": " + msg); };
   if (cfg.tls_cert.empty() != cfg.tls_key.empty()) {
     return fail("tls.cert and tls.key must be set together");
   }
+  POSTERN_TRY(check_listeners(cfg, name));
   if (cfg.tls_cert.empty()) {
     if (!cfg.tls_listen.empty()) {
       return fail("server.tls_listen needs tls.cert and tls.key");
+    }
+    for (const auto& l : cfg.listeners) {
+      if (l.implicit_tls) {
+        return fail("[[server.listener]] " + format_listen(l.address) + " with tls = \"implicit\" needs tls.cert and tls.key");
+      }
     }
     if (cfg.tls == tls_mode::required || cfg.tls == tls_mode::connection) {
       return fail(std::string("tls.mode = \"") + (cfg.tls == tls_mode::required ? "required" : "connection") +
@@ -1405,7 +1516,9 @@ std::string format_config(const config& cfg) {
     listen += (i == 0 ? "" : ", ") + toml_string(format_listen(cfg.listen[i]));
   }
   listen += "]";
-  line("listen", listen);
+  if (!cfg.listen.empty()) {
+    line("listen", listen);
+  }
   line("user", toml_string(cfg.user));
   line("group", toml_string(cfg.group));
   line("max_connections", number(cfg.max_connections));
@@ -1423,6 +1536,11 @@ std::string format_config(const config& cfg) {
   }
   tls_listen += "]";
   line("tls_listen", tls_listen);
+  std::string proxy_nets = "[";
+  for (std::size_t i = 0; i < cfg.proxy_trusted_networks.size(); ++i) {
+    proxy_nets += (i == 0 ? "" : ", ") + toml_string(cfg.proxy_trusted_networks[i]);
+  }
+  line("proxy_trusted_networks", proxy_nets + "]");
   line("process_model", toml_string(cfg.unix.model == process_model::fork ? "fork" : "event"));
   line("max_children", number(cfg.unix.max_children));
   line("min_connection_interval", format_duration(cfg.unix.min_connection_interval));
@@ -1526,6 +1644,31 @@ std::string format_config(const config& cfg) {
   line("syslog_ident", toml_string(cfg.syslog_ident));
   line("trace_file", toml_string(cfg.trace_file));
   line("telemetry_dir", toml_string(cfg.telemetry_dir));
+  for (const auto& l : cfg.listeners) {
+    out += "\n[[server.listener]]\n";
+    line("address", toml_string(format_listen(l.address)));
+    line("tls", l.implicit_tls ? "\"implicit\"" : "\"none\"");
+    line("proxy_protocol", l.proxy_protocol ? "true" : "false");
+    if (!l.name.empty()) {
+      line("name", toml_string(l.name));
+    }
+  }
+  return out;
+}
+
+std::vector<net::listener_spec> listener_specs(const config& cfg) {
+  std::vector<net::listener_spec> out;
+  net::listener_options plain;
+  plain.implicit_tls = cfg.tls == tls_mode::connection && !cfg.tls_cert.empty();
+  for (const auto& a : cfg.listen) {
+    out.push_back({a.host, a.port, plain, {}});
+  }
+  for (const auto& a : cfg.tls_listen) {
+    out.push_back({a.host, a.port, {true, false}, {}});
+  }
+  for (const auto& l : cfg.listeners) {
+    out.push_back({l.address.host, l.address.port, {l.implicit_tls, l.proxy_protocol}, l.name});
+  }
   return out;
 }
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "common/result.hpp"
+#include "net/listeners.hpp"
 
 #include <chrono>
 #include <cstdint>
@@ -50,6 +51,14 @@ struct listen_address {
   std::uint16_t port = 0;  // 0: the kernel picks one (tests); logged after bind
 };
 
+// A [[server.listener]] table.
+struct listener_config {
+  listen_address address;
+  bool implicit_tls = false;    // tls = "implicit" (default "none")
+  bool proxy_protocol = false;  // a PROXY header precedes the client's bytes
+  std::string name;             // the systemd FileDescriptorName this listener stands for
+};
+
 struct config {
   std::string source_path;  // the file this came from, for messages
 
@@ -69,6 +78,11 @@ struct config {
   bool implementation_capability = true;      // CAPA IMPLEMENTATION line
   std::string greeting = "Postern ready.";
   std::vector<listen_address> tls_listen;     // implicit TLS (pop3s) listeners
+  // [[server.listener]]: listeners with their own settings. When present without `listen`,
+  // the default `listen` addresses are not bound.
+  std::vector<listener_config> listeners;
+  // The front ends allowed to send a PROXY header (CIDRs); a PROXY listener refuses others.
+  std::vector<std::string> proxy_trusted_networks;
 
   // [tls]
   std::string tls_cert;
@@ -149,6 +163,10 @@ result<config> parse_config(std::string_view text, const std::string& name);
 
 // The effective configuration as TOML, every key shown (posternd --check-config).
 std::string format_config(const config& cfg);
+
+// Every configured listener: `listen` (implicit TLS when tls.mode = "connection"), then
+// `tls_listen`, then the [[server.listener]] tables.
+std::vector<net::listener_spec> listener_specs(const config& cfg);
 
 const char* to_string(log_level l) noexcept;
 

@@ -1633,5 +1633,60 @@ TEST(demo, refuses_a_directory_that_is_not_a_demo) {
   EXPECT_FALSE(prepare_demo("", 0).ok());
 }
 
+
+TEST(config, listener_tables) {
+  auto r = parse_config(
+      "[server]\ntls_listen = []\n[[server.listener]]\naddress = \"[::]:995\"\ntls = \"implicit\"\n"
+      "name = \"pop3s-public\"\n[[server.listener]]\naddress = \"127.0.0.1:110\"\n"
+      "[tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\n",
+      "t.toml");
+  ASSERT_TRUE(r.ok()) << r.err().message();
+  EXPECT_TRUE(r->listen.empty());  // the tables replace the default listen addresses
+  ASSERT_EQ(r->listeners.size(), 2u);
+  EXPECT_EQ(r->listeners[0].address.host, "::");
+  EXPECT_TRUE(r->listeners[0].implicit_tls);
+  EXPECT_EQ(r->listeners[0].name, "pop3s-public");
+  EXPECT_FALSE(r->listeners[1].implicit_tls);
+  auto specs = listener_specs(*r);
+  ASSERT_EQ(specs.size(), 2u);
+  EXPECT_EQ(specs[0].port, 995);
+  // Printed and read back, the same listeners.
+  auto again = parse_config(format_config(*r), "again.toml");
+  ASSERT_TRUE(again.ok()) << again.err().message();
+  EXPECT_TRUE(again->listen.empty());
+  ASSERT_EQ(again->listeners.size(), 2u);
+  EXPECT_EQ(again->listeners[0].name, "pop3s-public");
+
+  EXPECT_NE(error_of("[server]\n[[server.listener]]\ntls = \"implicit\"\n").find("needs an address"),
+            std::string::npos);
+  EXPECT_NE(error_of("[server]\n[[server.listener]]\naddress = \"*:110\"\ntls = \"yes\"\n")
+                .find("expected \"none\" or \"implicit\""),
+            std::string::npos);
+  EXPECT_NE(error_of("[server]\n[[server.listener]]\naddress = \"*:110\"\nport = 1\n").find("unknown key"),
+            std::string::npos);
+  EXPECT_NE(error_of("[server]\n[[server.listener]]\naddress = \"*:110\"\nname = \"a:b\"\n")
+                .find("FileDescriptorName"),
+            std::string::npos);
+  EXPECT_NE(error_of("[server]\nlisten = [\"0.0.0.0:110\"]\n[[server.listener]]\naddress = \"*:110\"\n")
+                .find("listed twice"),
+            std::string::npos);
+  EXPECT_NE(error_of("[server]\n[[server.listener]]\naddress = \"*:995\"\ntls = \"implicit\"\n")
+                .find("needs tls.cert and tls.key"),
+            std::string::npos);
+}
+
+TEST(config, inherited_socket_names) {
+  std::vector<net::listener_spec> specs{{"0.0.0.0", 2995, {true, false}, "secure"}};
+  net::listener_options plain{};
+  EXPECT_TRUE(net::options_for_name(specs, "secure", plain).implicit_tls);
+  EXPECT_TRUE(net::options_for_name(specs, "pop3s", plain).implicit_tls);
+  EXPECT_TRUE(net::options_for_name(specs, "pop3s-v6", plain).implicit_tls);
+  EXPECT_FALSE(net::options_for_name(specs, "pop3", plain).implicit_tls);
+  EXPECT_FALSE(net::options_for_name(specs, "unknown", plain).implicit_tls);
+  EXPECT_FALSE(net::options_for_name(specs, "pop3sx", plain).implicit_tls);
+  net::listener_options connection{true, false};
+  EXPECT_TRUE(net::options_for_name(specs, "pop3", connection).implicit_tls);
+}
+
 }  // namespace
 }  // namespace postern::server

@@ -1,7 +1,9 @@
 #include "server/daemon.hpp"
 
 #include "common/log.hpp"
+#include "net/admission.hpp"
 #include "net/session_driver.hpp"
+#include "net/transports.hpp"
 #include "net/source_limits.hpp"
 #include "server/privileges.hpp"
 #include "server/setup.hpp"
@@ -40,19 +42,10 @@ namespace {
 
 constexpr auto use_tuple = asio::experimental::as_tuple(asio::use_awaitable);
 
-std::string format_endpoint(const asio::ip::tcp::endpoint& ep) {
-  auto addr = net::canonical_address(ep.address());
-  if (addr.is_v6()) {
-    return "[" + addr.to_string() + "]:" + std::to_string(ep.port());
-  }
-  return addr.to_string() + ":" + std::to_string(ep.port());
-}
-
-// One I/O thread: its io_context, its acceptors (one per listen address, SO_REUSEPORT) and
-// the sessions it runs.
+// One I/O thread: its io_context, its acceptors (one per listener) and the sessions it runs.
 struct listener {
   asio::ip::tcp::acceptor acceptor;
-  bool implicit_tls = false;
+  net::listener_options options;
 };
 
 struct io_worker {
@@ -61,93 +54,58 @@ struct io_worker {
   net::session_registry registry;
 };
 
-// A listening socket bound before any io_context exists (in the master, before fork()), so
+// Listening sockets made before any io_context exists (in the master, before fork()), so
 // that each process builds its own epoll set around the sockets it serves.
-struct bound_socket {
-  unique_fd fd;
-  asio::ip::tcp protocol = asio::ip::tcp::v4();
-  bool implicit_tls = false;
-};
-using thread_sockets = std::vector<bound_socket>;        // one per listen address
-using process_sockets = std::vector<thread_sockets>;     // one per I/O thread
-using all_sockets = std::vector<process_sockets>;        // one per process
+using thread_sockets = std::vector<net::listening_socket>;  // one per listener
+using process_sockets = std::vector<thread_sockets>;        // one per I/O thread
+using all_sockets = std::vector<process_sockets>;           // one per process
 
-// The connection limits of this process: in-process with one process, the shared table of
-// every worker with several.
-struct connection_limits {
-  net::source_limits* local = nullptr;
-  shared_limits* shared = nullptr;
-  std::uint32_t slot = 0;
-  net::connection_pacer* pacer = nullptr;  // server.min_connection_interval; null: off
-
-  std::uint32_t active() const { return local ? local->active() : shared->active(slot); }
+// What every connection of this process goes through between accept() and its session.
+struct front_end {
+  net::admission_policy policy;
+  std::vector<net::network> proxy_trusted;  // server.proxy_trusted_networks
+  const net::session_env* env = nullptr;
 };
 
 asio::awaitable<void> refuse(asio::ip::tcp::socket sock, std::string_view line) {
-  co_await asio::async_write(sock, asio::buffer(line), use_tuple);
+  if (!line.empty()) {
+    co_await asio::async_write(sock, asio::buffer(line), use_tuple);
+  }
   std::error_code ignored;
   sock.shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
 }
 
+// The accept pipeline of event mode: [PROXY header] -> admission -> transport -> session.
 // `peer` is the address accept() returned (no getpeername() per connection).
 asio::awaitable<void> serve_connection(asio::ip::tcp::socket sock, asio::ip::tcp::endpoint peer,
-                                       io_worker& w, bool implicit_tls, connection_limits& limits,
-                                       const net::session_env& env) {
-  std::error_code ec;
-  auto addr = net::canonical_address(peer.address());
-  // Held until the session ends; exactly one of them counts this connection.
-  std::optional<net::source_limits::slot> local_slot;
-  std::optional<shared_limits::slot> shared_slot;
-  bool refused = false;
-  bool refused_total = false;
-  if (limits.local != nullptr) {
-    net::source_limits::refusal why{};
-    local_slot = limits.local->try_acquire(addr, why);
-    refused = !local_slot;
-    refused_total = why == net::source_limits::refusal::total;
-  } else {
-    shared_limits::refusal why{};
-    shared_slot = limits.shared->try_acquire(limits.slot, addr, why);
-    refused = !shared_slot;
-    refused_total = why == shared_limits::refusal::total;
+                                       io_worker& w, net::listener_options options, const front_end& fe) {
+  net::client_origin origin{net::canonical_address(peer.address()), false};
+  if (options.proxy_protocol) {
+    auto from_header = co_await net::async_proxy_step(sock, origin.address, fe.proxy_trusted);
+    if (!from_header) {
+      co_return;  // logged; closed without a byte
+    }
+    origin = *from_header;
+  }
+  net::counted_connection counted;  // held until the session ends
+  auto refused = net::admit(fe.policy, origin.address, counted);
+  if (!refused && fe.policy.wrappers != nullptr) {
+    refused = co_await net::async_admit_wrappers(fe.policy, *fe.env->workers, origin.address);
   }
   if (refused) {
-    log::warning("connection refused: rip={}, reason={}", addr.to_string(),
-                 refused_total ? "max_connections" : "max_connections_per_ip");
-    co_await refuse(std::move(sock), "-ERR [SYS/TEMP] Too many connections, try again later.\r\n");
+    net::log_refusal(origin.address, *refused);
+    co_await refuse(std::move(sock), net::refusal_reply(*refused));
     co_return;
   }
-  if (limits.pacer != nullptr && !limits.pacer->admit(addr, std::chrono::steady_clock::now())) {
-    log::warning("connection refused: rip={}, reason=min_connection_interval", addr.to_string());
-    co_await refuse(std::move(sock), "-ERR [SYS/TEMP] Too many connections, try again later.\r\n");
-    co_return;
-  }
-  if (env.access_list != nullptr && !env.access_list->allows(addr)) {
-    log::warning("connection refused: rip={}, reason=acl", addr.to_string());
-    co_await refuse(std::move(sock), "-ERR [SYS/PERM] Access denied.\r\n");
-    co_return;
-  }
-  if (env.access != nullptr && !co_await net::async_allowed(*env.access, *env.workers, addr)) {
-    log::warning("connection refused: rip={}, reason=tcp_wrappers", addr.to_string());
-    co_await refuse(std::move(sock), "-ERR [SYS/PERM] Access denied.\r\n");
-    co_return;
-  }
-  sock.set_option(asio::ip::tcp::no_delay(true), ec);
-  std::unique_ptr<net::transport> stream;
-  if (implicit_tls) {
-    stream = std::make_unique<net::tls_transport>(std::move(sock), env.tls->current());
-  } else {
-    stream = std::make_unique<net::tcp_transport>(std::move(sock));
-  }
+  auto stream = net::make_transport(std::move(sock), options.implicit_tls, fe.env->tls.get());
   auto ctl = std::make_shared<net::session_control>(std::move(stream), w.ctx.get_executor());
   // A named value, not a braced temporary: GCC 12 destroys braced temporaries inside a
   // co_await expression twice.
-  net::connection_info info{addr.to_string(), addr, implicit_tls};
-  co_await guarded_session(ctl, env, std::move(info), &w.registry);
+  net::connection_info info{origin.address.to_string(), origin.address, options.implicit_tls, origin.client_tls};
+  co_await guarded_session(ctl, *fe.env, std::move(info), &w.registry);
 }
 
-asio::awaitable<void> accept_loop(listener& l, io_worker& w, connection_limits& limits,
-                                  const net::session_env& env) {
+asio::awaitable<void> accept_loop(listener& l, io_worker& w, const front_end& fe) {
   auto& acc = l.acceptor;
   asio::ip::tcp::endpoint peer;
   for (;;) {
@@ -162,70 +120,21 @@ asio::awaitable<void> accept_loop(listener& l, io_worker& w, connection_limits& 
       co_await pause.async_wait(use_tuple);
       continue;
     }
-    asio::co_spawn(w.ctx, serve_connection(std::move(sock), peer, w, l.implicit_tls, limits, env),
-                   asio::detached);
+    asio::co_spawn(w.ctx, serve_connection(std::move(sock), peer, w, l.options, fe), asio::detached);
   }
-}
-
-// Binds every address of `list` once per I/O thread of every process, all in one
-// SO_REUSEPORT group per address: the kernel spreads connections over them.
-result<void> bind_list(const std::vector<listen_address>& list, bool implicit_tls, int backlog,
-                       all_sockets& out) {
-  for (const auto& la : list) {
-    std::error_code ec;
-    auto addr = asio::ip::make_address(la.host, ec);
-    if (ec) {
-      return error(errc::invalid, "server.listen: bad address '" + la.host + "'");
-    }
-    std::uint16_t port = la.port;
-    for (auto& process : out) {
-      for (auto& thread : process) {
-        asio::ip::tcp::endpoint ep(addr, port);
-        auto fail = [&](int err) {
-          return error(errc::permanent, "cannot listen on " + format_endpoint(ep),
-                       std::error_code(err, std::generic_category()));
-        };
-        unique_fd fd(::socket(ep.protocol().family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
-        if (!fd) {
-          return fail(errno);
-        }
-        int one = 1;
-        if (setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
-            (addr.is_v6() && setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) != 0) ||
-            setsockopt(fd.get(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
-          return fail(errno);
-        }
-        if (::bind(fd.get(), ep.data(), static_cast<socklen_t>(ep.size())) != 0 ||
-            ::listen(fd.get(), backlog) != 0) {
-          return fail(errno);
-        }
-        if (port == 0) {
-          // The other threads and processes join the port the kernel chose.
-          sockaddr_storage ss{};
-          socklen_t len = sizeof ss;
-          if (getsockname(fd.get(), reinterpret_cast<sockaddr*>(&ss), &len) != 0) {
-            return fail(errno);
-          }
-          port = ntohs(ss.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port
-                                                : reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
-        }
-        thread.push_back({std::move(fd), ep.protocol(), implicit_tls});
-      }
-    }
-    log::info("listening on {}{}", format_endpoint({addr, port}), implicit_tls ? " (tls)" : "");
-  }
-  return {};
 }
 
 result<all_sockets> bind_listeners(const config& cfg, std::uint32_t processes, std::uint32_t threads) {
-  all_sockets out(processes);
-  for (auto& p : out) {
-    p.resize(threads);
+  auto sets = open_listeners(cfg, std::size_t{processes} * threads);
+  if (!sets) {
+    return std::move(sets).err();
   }
-  // server.listen_backlog, per listening socket (one per address, I/O thread and process).
-  const int backlog = static_cast<int>(cfg.unix.listen_backlog);
-  POSTERN_TRY(bind_list(cfg.listen, cfg.tls == tls_mode::connection && !cfg.tls_cert.empty(), backlog, out));
-  POSTERN_TRY(bind_list(cfg.tls_listen, true, backlog, out));
+  all_sockets out(processes);
+  for (std::uint32_t p = 0; p < processes; ++p) {
+    for (std::uint32_t t = 0; t < threads; ++t) {
+      out[p].push_back(std::move((*sets)[std::size_t{p} * threads + t]));
+    }
+  }
   return out;
 }
 
@@ -237,10 +146,10 @@ int startup_failure(const error& e) {
 
 // The event loop of one process: its I/O threads serve `sockets` until SIGTERM or SIGINT.
 // Expects SIGTERM, SIGINT and SIGHUP blocked (`deferred`); unblocks them once the handlers
-// exist. Runs with privileges already dropped. Returns `setup_failure` when the shared state
-// cannot be built.
+// exist. Runs with privileges already dropped. `counting`: this process's connection counter
+// and pacer. Returns `setup_failure` when the shared state cannot be built.
 int run_event_loop(const config& cfg, std::shared_ptr<net::tls_server_context> tls, process_sockets sockets,
-                   connection_limits& limits, const sigset_t& deferred, int setup_failure,
+                   const net::admission_policy& counting, const sigset_t& deferred, int setup_failure,
                    const std::string& scram_salt_key) {
   shared_state st;
   st.scram_salt_key = scram_salt_key;
@@ -249,6 +158,7 @@ int run_event_loop(const config& cfg, std::shared_ptr<net::tls_server_context> t
     std::fprintf(stderr, "posternd: %s\n", r.err().message().c_str());
     return setup_failure;
   }
+  front_end fe{admission_policy_of(counting, st), proxy_networks(cfg), &st.env};
   std::vector<std::unique_ptr<io_worker>> workers;
   for (auto& thread : sockets) {
     auto w = std::make_unique<io_worker>();
@@ -256,19 +166,19 @@ int run_event_loop(const config& cfg, std::shared_ptr<net::tls_server_context> t
       asio::ip::tcp::acceptor acc(w->ctx);
       std::error_code ec;
       int fd = bs.fd.release();
-      acc.assign(bs.protocol, fd, ec);
+      acc.assign(bs.family == AF_INET6 ? asio::ip::tcp::v6() : asio::ip::tcp::v4(), fd, ec);
       if (ec) {
         ::close(fd);
         log::error("cannot use a listening socket: {}", ec.message());
         return setup_failure;
       }
-      w->listeners.push_back({std::move(acc), bs.implicit_tls});
+      w->listeners.push_back({std::move(acc), bs.options});
     }
     workers.push_back(std::move(w));
   }
   for (auto& w : workers) {
     for (auto& l : w->listeners) {
-      asio::co_spawn(w->ctx, accept_loop(l, *w, limits, st.env), asio::detached);
+      asio::co_spawn(w->ctx, accept_loop(l, *w, fe), asio::detached);
     }
   }
 
@@ -283,15 +193,7 @@ int run_event_loop(const config& cfg, std::shared_ptr<net::tls_server_context> t
     if (st.passdb) {
       st.passdb->reload();  // an untrusted or malformed file: logged, previous contents kept
     }
-    if (st.env.tls) {
-      if (auto r = st.env.tls->reload(); r) {
-        log::info("SIGHUP: TLS certificate and key reloaded: {}", st.env.tls->certificate_info());
-      } else {
-        log::error("SIGHUP: TLS reload failed, keeping the old certificate: {}", r.err().message());
-      }
-    } else {
-      log::info("SIGHUP: nothing to reload (the passwd-file is re-read when it changes)");
-    }
+    reload_tls(st.env.tls.get());
     hup.async_wait(on_hup);
   };
   hup.async_wait(on_hup);
@@ -299,7 +201,7 @@ int run_event_loop(const config& cfg, std::shared_ptr<net::tls_server_context> t
     if (ec) {
       return;
     }
-    log::info("signal {} received: shutting down, {} sessions open", signo, limits.active());
+    log::info("signal {} received: shutting down, {} sessions open", signo, counting.counter->active());
     std::error_code ignored;
     hup.cancel(ignored);
     for (auto& w : workers) {
@@ -388,8 +290,8 @@ int run_daemon(const config& cfg) {
   if (processes == 1) {
     net::source_limits local(cfg.max_connections, cfg.max_connections_per_ip);
     net::connection_pacer pacer(cfg.unix.min_connection_interval);
-    connection_limits limits{&local, nullptr, 0, &pacer};
-    return run_event_loop(cfg, std::move(tls).value(), std::move(sockets->front()), limits, deferred, 1, {});
+    net::admission_policy counting{&local, false, &pacer};
+    return run_event_loop(cfg, std::move(tls).value(), std::move(sockets->front()), counting, deferred, 1, {});
   }
 
   // Several processes: the counts every worker checks live in memory they all share.
@@ -416,8 +318,9 @@ int run_daemon(const config& cfg) {
     if (worker_cfg.worker_threads == 0) {
       worker_cfg.worker_threads = std::max(2u, 2 * cores / processes);
     }
-    connection_limits limits{nullptr, &*shared, slot};
-    return run_event_loop(worker_cfg, tls_context, std::move(mine), limits, deferred, worker_setup_failed,
+    shared_limits::worker_counter counter(*shared, slot);
+    net::admission_policy counting{&counter};
+    return run_event_loop(worker_cfg, tls_context, std::move(mine), counting, deferred, worker_setup_failed,
                           *salt_key);
   };
   hooks.worker_gone = [&](std::uint32_t slot) { shared->release_slot(slot); };
@@ -453,75 +356,27 @@ int run_inetd(const config& cfg) {
     log::error("{}", r.err().message());
     return 1;
   }
-  std::string remote = "local";
-  asio::ip::address remote_addr;
-  sockaddr_storage ss{};
-  socklen_t len = sizeof ss;
-  if (getpeername(STDIN_FILENO, reinterpret_cast<sockaddr*>(&ss), &len) == 0) {
-    char text[INET6_ADDRSTRLEN] = {};
-    if (ss.ss_family == AF_INET) {
-      inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(&ss)->sin_addr, text, sizeof text);
-      remote = text;
-      remote_addr = asio::ip::make_address_v4(text);
-    } else if (ss.ss_family == AF_INET6) {
-      asio::ip::address_v6::bytes_type b;
-      std::memcpy(b.data(), &reinterpret_cast<sockaddr_in6*>(&ss)->sin6_addr, b.size());
-      remote_addr = net::canonical_address(asio::ip::address_v6(b));
-      remote = remote_addr.to_string();
-    }
-  }
-  if (st.env.access_list != nullptr && !remote_addr.is_unspecified() &&
-      !st.env.access_list->allows(remote_addr)) {
-    log::warning("connection refused: rip={}, reason=acl", remote);
-    constexpr std::string_view denied = "-ERR [SYS/PERM] Access denied.\r\n";
-    (void)!::write(STDOUT_FILENO, denied.data(), denied.size());
-    st.workers->join();
-    return 0;
-  }
-  if (st.env.access != nullptr && !remote_addr.is_unspecified() && !st.env.access->allowed(remote_addr)) {
-    log::warning("connection refused: rip={}, reason=tcp_wrappers", remote);
-    constexpr std::string_view denied = "-ERR [SYS/PERM] Access denied.\r\n";
-    (void)!::write(STDOUT_FILENO, denied.data(), denied.size());
+  auto client = admit_stdin(cfg, admission_policy_of({}, st));
+  if (!client) {
     st.workers->join();
     return 0;
   }
   asio::io_context ctx{1};
   // A TCP socket from inetd is driven as one (so STLS and implicit TLS work); anything else
   // (pipes from a master process or a test) as a pair of descriptors.
-  std::unique_ptr<net::transport> stream;
-  bool implicit_tls = false;
-  if (!remote_addr.is_unspecified()) {
-    int fd = dup(STDIN_FILENO);
-    if (fd < 0) {
-      log::error("inetd mode: cannot use stdin");
-      return 1;
-    }
-    asio::ip::tcp::socket sock(ctx);
-    std::error_code ec;
-    sock.assign(ss.ss_family == AF_INET ? asio::ip::tcp::v4() : asio::ip::tcp::v6(), fd, ec);
-    if (ec) {
-      close(fd);
-      log::error("inetd mode: cannot use stdin as a socket: {}", ec.message());
-      return 1;
-    }
-    sock.set_option(asio::ip::tcp::no_delay(true), ec);
-    implicit_tls = st.env.tls != nullptr && cfg.tls == tls_mode::connection;
-    if (implicit_tls) {
-      stream = std::make_unique<net::tls_transport>(std::move(sock), st.env.tls->current());
-    } else {
-      stream = std::make_unique<net::tcp_transport>(std::move(sock));
-    }
-  } else {
-    int in_fd = dup(STDIN_FILENO);
-    int out_fd = dup(STDOUT_FILENO);
-    if (in_fd < 0 || out_fd < 0) {
-      log::error("inetd mode: cannot use stdin/stdout");
-      return 1;
-    }
-    stream = std::make_unique<net::stdio_transport>(asio::posix::stream_descriptor(ctx, in_fd),
-                                                    asio::posix::stream_descriptor(ctx, out_fd));
+  const bool implicit_tls = client->conn.is_tcp && client->conn.options.implicit_tls && st.env.tls != nullptr;
+  auto stream = client->conn.is_tcp
+                    ? net::make_transport(ctx.get_executor(), unique_fd(::dup(STDIN_FILENO)), client->conn.v6,
+                                          implicit_tls, st.env.tls.get())
+                    : net::make_stdio_transport(ctx.get_executor(), unique_fd(::dup(STDIN_FILENO)),
+                                                unique_fd(::dup(STDOUT_FILENO)));
+  if (!stream) {
+    log::error("inetd mode: cannot use stdin/stdout: {}", stream.err().message());
+    return 1;
   }
-  auto ctl = std::make_shared<net::session_control>(std::move(stream), ctx.get_executor());
+  const auto& addr = client->origin.address;
+  std::string remote = client->conn.is_tcp ? addr.to_string() : "local";
+  auto ctl = std::make_shared<net::session_control>(std::move(stream).value(), ctx.get_executor());
   asio::signal_set signals(ctx, SIGTERM, SIGINT);
   signals.async_wait([&](const std::error_code& ec, int) {
     if (!ec) {
@@ -530,7 +385,7 @@ int run_inetd(const config& cfg) {
   });
   asio::co_spawn(ctx,
                  [&]() -> asio::awaitable<void> {
-                   net::connection_info info{remote, remote_addr, implicit_tls};
+                   net::connection_info info{remote, addr, implicit_tls, client->origin.client_tls};
                    co_await guarded_session(ctl, st.env, std::move(info), nullptr);
                    signals.cancel();
                  },

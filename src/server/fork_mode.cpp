@@ -1,6 +1,7 @@
 #include "server/fork_mode.hpp"
 
 #include "common/log.hpp"
+#include "net/admission.hpp"
 #include "net/source_limits.hpp"
 #include "server/privsep.hpp"
 #include "server/setup.hpp"
@@ -13,6 +14,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -30,48 +32,13 @@ namespace {
 
 constexpr const char* default_chroot = "/run/postern/empty";
 
-int signal_pipe[2] = {-1, -1};
-
-void on_signal(int signo) {
-  int saved = errno;
-  unsigned char b = static_cast<unsigned char>(signo);
-  (void)!::write(signal_pipe[1], &b, 1);
-  errno = saved;
-}
-
 int startup_error(const std::string& msg) {
   log::error("{}", msg);
   std::fprintf(stderr, "posternd: %s\n", msg.c_str());
   return 1;
 }
 
-struct bound_listener {
-  int fd = -1;
-  bool implicit_tls = false;
-};
-
-std::string format_sockaddr(const sockaddr_storage& ss, bool with_port) {
-  char text[INET6_ADDRSTRLEN] = {};
-  std::uint16_t port = 0;
-  std::string host;
-  if (ss.ss_family == AF_INET) {
-    const auto* sin = reinterpret_cast<const sockaddr_in*>(&ss);
-    inet_ntop(AF_INET, &sin->sin_addr, text, sizeof text);
-    port = ntohs(sin->sin_port);
-    host = text;
-  } else {
-    const auto* sin6 = reinterpret_cast<const sockaddr_in6*>(&ss);
-    asio::ip::address_v6::bytes_type b;
-    std::memcpy(b.data(), &sin6->sin6_addr, b.size());
-    auto a = net::canonical_address(asio::ip::address_v6(b));
-    port = ntohs(sin6->sin6_port);
-    host = a.to_string();
-    if (a.is_v6() && with_port) {
-      host = "[" + host + "]";
-    }
-  }
-  return with_port ? host + ":" + std::to_string(port) : host;
-}
+using bound_listener = net::listening_socket;
 
 asio::ip::address address_of(const sockaddr_storage& ss) {
   if (ss.ss_family == AF_INET) {
@@ -83,56 +50,6 @@ asio::ip::address address_of(const sockaddr_storage& ss) {
   std::memcpy(b.data(), &reinterpret_cast<const sockaddr_in6*>(&ss)->sin6_addr, b.size());
   return net::canonical_address(asio::ip::address_v6(b));
 }
-
-result<void> bind_one(const listen_address& la, bool implicit_tls, const unix_settings& us,
-                      std::vector<bound_listener>& out) {
-  sockaddr_storage ss{};
-  socklen_t len = 0;
-  bool v6 = la.host.find(':') != std::string::npos;
-  if (v6) {
-    auto* sin6 = reinterpret_cast<sockaddr_in6*>(&ss);
-    sin6->sin6_family = AF_INET6;
-    sin6->sin6_port = htons(la.port);
-    if (inet_pton(AF_INET6, la.host.c_str(), &sin6->sin6_addr) != 1) {
-      return error(errc::invalid, "server.listen: bad address '" + la.host + "'");
-    }
-    len = sizeof(sockaddr_in6);
-  } else {
-    auto* sin = reinterpret_cast<sockaddr_in*>(&ss);
-    sin->sin_family = AF_INET;
-    sin->sin_port = htons(la.port);
-    if (inet_pton(AF_INET, la.host.c_str(), &sin->sin_addr) != 1) {
-      return error(errc::invalid, "server.listen: bad address '" + la.host + "'");
-    }
-    len = sizeof(sockaddr_in);
-  }
-  std::string where = v6 ? "[" + la.host + "]:" + std::to_string(la.port) : la.host + ":" + std::to_string(la.port);
-  unique_fd fd(::socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-  int one = 1;
-  if (!fd || ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
-      (v6 && ::setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) != 0) ||
-      ::bind(fd.get(), reinterpret_cast<sockaddr*>(&ss), len) != 0 ||
-      ::listen(fd.get(), static_cast<int>(us.listen_backlog)) != 0) {
-    return error(errc::permanent, "cannot listen on " + where,
-                 std::error_code(errno, std::generic_category()));
-  }
-  sockaddr_storage bound{};
-  socklen_t blen = sizeof bound;
-  ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&bound), &blen);
-  log::info("listening on {}{}", format_sockaddr(bound, true), implicit_tls ? " (tls)" : "");
-  out.push_back({fd.release(), implicit_tls});
-  return {};
-}
-
-// Per-source accounting of the master (single-threaded).
-struct source_state {
-  std::uint32_t active = 0;
-  std::chrono::steady_clock::time_point last_start{};
-};
-
-struct child_info {
-  asio::ip::address source;
-};
 
 // Everything the startup of both entry points shares: logging, TLS, the environment and the
 // pre-auth user and chroot.
@@ -181,52 +98,332 @@ result<void> common_startup(const config& cfg, const unix_settings& us, shared_s
   return {};
 }
 
+
+using steady = std::chrono::steady_clock;
+
+// The termination, reload and child signals of the master, blocked and read from a signalfd
+// in its poll() loop (no handler, no global pipe). Children get them back unblocked.
+class signal_reader {
+ public:
+  result<void> open() {
+    sigemptyset(&set_);
+    for (int s : {SIGTERM, SIGINT, SIGHUP, SIGCHLD}) {
+      sigaddset(&set_, s);
+    }
+    if (::sigprocmask(SIG_BLOCK, &set_, nullptr) != 0) {
+      return error::from_errno(errno, "sigprocmask", errc::permanent);
+    }
+    fd_.reset(::signalfd(-1, &set_, SFD_NONBLOCK | SFD_CLOEXEC));
+    if (!fd_) {
+      return error::from_errno(errno, "signalfd", errc::permanent);
+    }
+    return {};
+  }
+  int fd() const { return fd_.get(); }
+  // The next pending signal, 0 when none.
+  int next() {
+    signalfd_siginfo info{};
+    return ::read(fd_.get(), &info, sizeof info) == sizeof info ? static_cast<int>(info.ssi_signo) : 0;
+  }
+  // In a child: closes the descriptor and unblocks every signal.
+  void release_in_child() {
+    fd_.reset();
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+  }
+
+ private:
+  sigset_t set_{};
+  unique_fd fd_;
+};
+
+// One connection's process, as the master knows it.
+struct child_info {
+  net::counted_connection counted;  // held until the child is reaped
+  unique_fd admission;              // PROXY listeners: the child asks here for admission of
+                                    // the header's address; closed once answered
+};
+
+// The master of fork mode: accepts, admits and forks one supervisor per connection.
+class fork_master {
+ public:
+  fork_master(const config& cfg, const unix_settings& us, const privsep::supervisor_params& params,
+              std::vector<bound_listener> listeners)
+      : cfg_(cfg), us_(us), params_(params), listeners_(std::move(listeners)),
+        counter_(std::min(us.max_children, cfg.max_connections), cfg.max_connections_per_ip),
+        pacer_(us.min_connection_interval), proxy_trusted_(proxy_networks(cfg)) {
+    policy_ = admission_policy_of({&counter_, true, &pacer_}, *params.st);
+    policy_.wrappers = nullptr;  // TCP wrappers read files: each child checks them
+  }
+
+  result<void> start() { return signals_.open(); }
+  int run();
+
+ private:
+  void on_signal(int signo);
+  void reap();
+  void accept_from(const bound_listener& l);
+  void start_child(unique_fd conn, const sockaddr_storage& peer, const bound_listener& l,
+                   net::counted_connection counted);
+  void answer_admission(pid_t pid, child_info& child);
+  void begin_stop(int signo);
+  int poll_timeout();
+  [[noreturn]] void child_main(unique_fd conn, const sockaddr_storage& peer, net::listener_options options,
+                               unique_fd admission);
+
+  const config& cfg_;
+  const unix_settings& us_;
+  const privsep::supervisor_params& params_;
+  std::vector<bound_listener> listeners_;
+  signal_reader signals_;
+  net::source_limits counter_;
+  net::connection_pacer pacer_;
+  net::admission_policy policy_;
+  std::vector<net::network> proxy_trusted_;
+  std::map<pid_t, child_info> children_;
+  bool stopping_ = false;
+  steady::time_point stop_deadline_{};
+};
+
 void send_refusal(int fd, std::string_view line) {
-  (void)!::send(fd, line.data(), line.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+  if (!line.empty()) {
+    (void)!::send(fd, line.data(), line.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+  }
+}
+
+int fork_master::run() {
+  std::vector<pollfd> fds;
+  std::vector<pid_t> asking;  // the child of each admission descriptor in `fds`
+  while (!(stopping_ && children_.empty())) {
+    fds.clear();
+    asking.clear();
+    fds.push_back({signals_.fd(), POLLIN, 0});
+    for (const auto& l : listeners_) {
+      fds.push_back({l.fd.get(), POLLIN, 0});
+    }
+    for (const auto& [pid, child] : children_) {
+      if (child.admission) {
+        fds.push_back({child.admission.get(), POLLIN, 0});
+        asking.push_back(pid);
+      }
+    }
+    if (::poll(fds.data(), fds.size(), poll_timeout()) < 0 && errno != EINTR) {
+      log::error("poll failed: {}", std::strerror(errno));
+      break;
+    }
+    const std::size_t first_child = 1 + listeners_.size();
+    if (fds[0].revents & POLLIN) {
+      while (int signo = signals_.next()) {
+        on_signal(signo);
+      }
+    }
+    for (std::size_t i = 1; i < first_child && !stopping_; ++i) {
+      if (fds[i].revents & POLLIN) {
+        accept_from(listeners_[i - 1]);
+      }
+    }
+    for (std::size_t i = first_child; i < fds.size(); ++i) {
+      auto it = children_.find(asking[i - first_child]);
+      if (fds[i].revents != 0 && it != children_.end()) {
+        answer_admission(it->first, it->second);
+      }
+    }
+  }
+  log::info("stopped");
+  return 0;
+}
+
+void fork_master::on_signal(int signo) {
+  if (signo == SIGCHLD) {
+    reap();
+  } else if (signo == SIGHUP) {
+    reload_tls(params_.st->env.tls.get());
+  } else if (!stopping_) {
+    begin_stop(signo);
+  }
+}
+
+void fork_master::begin_stop(int signo) {
+  stopping_ = true;
+  log::info("signal {} received: shutting down, {} sessions open", signo, children_.size());
+  listeners_.clear();
+  for (auto& [pid, child] : children_) {
+    ::kill(-pid, SIGTERM);
+  }
+  stop_deadline_ = steady::now() + us_.shutdown_grace;
+}
+
+// -1 (no timeout) while serving; while stopping, at most 100 ms, and past the grace period
+// every remaining session is killed.
+int fork_master::poll_timeout() {
+  if (!stopping_) {
+    return -1;
+  }
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(stop_deadline_ - steady::now());
+  if (left.count() <= 0) {
+    log::warning("{} sessions still running after {}s: killing them", children_.size(), us_.shutdown_grace.count());
+    for (auto& [pid, child] : children_) {
+      ::kill(-pid, SIGKILL);
+      ::kill(pid, SIGKILL);
+    }
+    stop_deadline_ = steady::now() + std::chrono::seconds(5);
+    return 100;
+  }
+  return static_cast<int>(std::min<std::int64_t>(left.count(), 100));
+}
+
+void fork_master::reap() {
+  int status = 0;
+  pid_t pid;
+  while ((pid = ::waitpid(-1, &status, WNOHANG)) > 0) {
+    if (children_.erase(pid) == 0) {
+      continue;  // an orphaned grandchild
+    }
+    if (WIFSIGNALED(status)) {
+      log::notice("session process {} ended by signal {}", pid, WTERMSIG(status));
+    } else {
+      log::debug("session process {} exited with status {}", pid, WEXITSTATUS(status));
+    }
+  }
+}
+
+void fork_master::accept_from(const bound_listener& l) {
+  for (int burst = 0; burst < 64; ++burst) {
+    sockaddr_storage peer{};
+    socklen_t plen = sizeof peer;
+    unique_fd conn(::accept4(l.fd.get(), reinterpret_cast<sockaddr*>(&peer), &plen, SOCK_CLOEXEC | SOCK_NONBLOCK));
+    if (!conn) {
+      if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED) {
+        log::warning("accept failed: {}", std::strerror(errno));
+      }
+      return;
+    }
+    auto addr = address_of(peer);
+    net::counted_connection counted;
+    std::optional<net::refusal_reason> refused;
+    if (!l.options.proxy_protocol) {
+      refused = net::admit(policy_, addr, counted);
+    } else if (children_.size() >= std::min(us_.max_children, cfg_.max_connections)) {
+      refused = net::refusal_reason::max_children;  // the header's address is admitted later
+    }
+    if (refused) {
+      net::log_refusal(addr, *refused);
+      send_refusal(conn.get(), net::refusal_reply(*refused));
+      continue;
+    }
+    start_child(std::move(conn), peer, l, std::move(counted));
+  }
+}
+
+void fork_master::start_child(unique_fd conn, const sockaddr_storage& peer, const bound_listener& l,
+                              net::counted_connection counted) {
+  int pair[2] = {-1, -1};
+  if (l.options.proxy_protocol && ::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) {
+    log::error("socketpair failed: {}", std::strerror(errno));
+    send_refusal(conn.get(), "-ERR [SYS/TEMP] Server busy, try again later.\r\n");
+    return;
+  }
+  unique_fd mine(pair[0]), theirs(pair[1]);
+  pid_t pid = ::fork();
+  if (pid < 0) {
+    log::error("fork failed: {}", std::strerror(errno));
+    send_refusal(conn.get(), "-ERR [SYS/TEMP] Server busy, try again later.\r\n");
+    return;
+  }
+  if (pid == 0) {
+    mine.reset();
+    child_main(std::move(conn), peer, l.options, std::move(theirs));
+  }
+  ::setpgid(pid, pid);  // also done by the child: whoever runs first
+  children_[pid] = {std::move(counted), std::move(mine)};
+  // On a PROXY listener the client's address is known once the child has read the header.
+  log::debug("connection: {}={}, pid={}, sessions={}", l.options.proxy_protocol ? "proxy" : "rip",
+             address_of(peer).to_string(), pid, children_.size());
+}
+
+// A child of a PROXY listener names the header's address ("ADDRESS\n"); the answer is one
+// byte: 0 admitted, else 1 + the refusal_reason (logged here, answered by the child).
+void fork_master::answer_admission(pid_t pid, child_info& child) {
+  char line[64] = {};
+  ssize_t n = ::read(child.admission.get(), line, sizeof line - 1);
+  std::error_code ec;
+  auto addr = n > 1 && line[n - 1] == '\n' ? asio::ip::make_address(std::string_view(line, n - 1), ec)
+                                          : asio::ip::address();
+  if (n <= 1 || ec) {
+    child.admission.reset();  // ended, or not a request: no admission, no count
+    return;
+  }
+  auto refused = net::admit(policy_, addr, child.counted);
+  unsigned char answer = refused ? static_cast<unsigned char>(1 + static_cast<int>(*refused)) : 0;
+  if (refused) {
+    net::log_refusal(addr, *refused);
+  } else {
+    log::debug("connection admitted: rip={}, pid={}", addr.to_string(), pid);
+  }
+  (void)!::send(child.admission.get(), &answer, 1, MSG_NOSIGNAL);
+  child.admission.reset();
+}
+
+// The PROXY step in a child: reads the header, and asks the master to admit its address.
+std::optional<net::client_origin> proxy_admission(int conn, const asio::ip::address& peer,
+                                                  const std::vector<net::network>& trusted, int admission) {
+  auto origin = net::proxy_step(conn, peer, trusted);
+  if (!origin) {
+    return std::nullopt;
+  }
+  std::string request = origin->address.to_string() + "\n";
+  unsigned char answer = 0xFF;
+  if (::write(admission, request.data(), request.size()) != static_cast<ssize_t>(request.size()) ||
+      ::read(admission, &answer, 1) != 1) {
+    return std::nullopt;  // the master is gone
+  }
+  if (answer != 0) {
+    send_refusal(conn, net::refusal_reply(static_cast<net::refusal_reason>(answer - 1)));
+    return std::nullopt;
+  }
+  return origin;
 }
 
 // The supervisor process for one accepted connection. Never returns.
-[[noreturn]] void child_main(const privsep::supervisor_params& params, std::vector<bound_listener>& listeners,
-                             int fd, const sockaddr_storage& peer, bool implicit_tls) {
+[[noreturn]] void fork_master::child_main(unique_fd conn, const sockaddr_storage& peer,
+                                          net::listener_options options, unique_fd admission) {
   ::setpgid(0, 0);
-  for (auto& l : listeners) {
-    ::close(l.fd);
-  }
-  ::close(signal_pipe[0]);
-  ::close(signal_pipe[1]);
-  std::signal(SIGTERM, SIG_DFL);
-  std::signal(SIGINT, SIG_DFL);
-  std::signal(SIGHUP, SIG_DFL);
-  std::signal(SIGCHLD, SIG_DFL);
-  sigset_t none;
-  sigemptyset(&none);
-  sigprocmask(SIG_SETMASK, &none, nullptr);
-  ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+  listeners_.clear();
+  signals_.release_in_child();
+  ::fcntl(conn.get(), F_SETFL, ::fcntl(conn.get(), F_GETFL) & ~O_NONBLOCK);
 
   privsep::client c;
-  c.in.reset(fd);
   c.is_tcp = true;
-  c.implicit_tls = implicit_tls;
+  c.v6 = peer.ss_family == AF_INET6;
+  c.implicit_tls = options.implicit_tls;
   c.address = address_of(peer);
-  c.remote = c.address.to_string();
-  if (params.st->access_list != nullptr && !params.st->access_list->allows(c.address)) {
-    log::warning("connection refused: rip={}, reason=acl", c.remote);
-    send_refusal(fd, "-ERR [SYS/PERM] Access denied.\r\n");
-    _exit(0);
+  if (options.proxy_protocol) {
+    auto origin = proxy_admission(conn.get(), c.address, proxy_trusted_, admission.get());
+    if (!origin) {
+      _exit(0);
+    }
+    c.address = origin->address;
+    c.client_tls = origin->client_tls;
   }
-  if (auto r = reopen_after_fork(*params.cfg, *params.st); !r) {
+  admission.reset();
+  c.remote = c.address.to_string();
+  if (auto r = reopen_after_fork(*params_.cfg, *params_.st); !r) {
     log::error("connection supervisor: {}", r.err().message());
-    send_refusal(fd, "-ERR [SYS/TEMP] Server error, try again later.\r\n");
+    send_refusal(conn.get(), "-ERR [SYS/TEMP] Server error, try again later.\r\n");
     _exit(1);
   }
-  if (params.st->access != nullptr && !params.st->access->allowed(c.address)) {
-    log::warning("connection refused: rip={}, reason=tcp_wrappers", c.remote);
-    send_refusal(fd, "-ERR [SYS/PERM] Access denied.\r\n");
+  net::admission_policy wrappers_only;
+  wrappers_only.wrappers = params_.st->access.get();
+  if (auto refused = net::admit_wrappers(wrappers_only, c.address)) {
+    net::log_refusal(c.address, *refused);
+    send_refusal(conn.get(), net::refusal_reply(*refused));
     _exit(0);
   }
   int one = 1;
-  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  _exit(privsep::run_supervisor(params, std::move(c)));
+  ::setsockopt(conn.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  c.in = std::move(conn);
+  _exit(privsep::run_supervisor(params_, std::move(c)));
 }
 
 }  // namespace
@@ -240,203 +437,23 @@ int run_fork_daemon(const config& cfg, const unix_settings& us) {
     return startup_error(r.err().message());
   }
   close_before_fork(st);  // each connection's supervisor opens its own (reopen_after_fork)
-  std::vector<bound_listener> listeners;
-  bool tls_on_plain = cfg.tls == tls_mode::connection && st.env.tls != nullptr;
-  for (const auto& la : cfg.listen) {
-    if (auto r = bind_one(la, tls_on_plain, us, listeners); !r) {
-      return startup_error(r.err().message());
-    }
-  }
-  for (const auto& la : cfg.tls_listen) {
-    if (auto r = bind_one(la, true, us, listeners); !r) {
-      return startup_error(r.err().message());
-    }
+  auto opened = open_listeners(cfg, 1);
+  if (!opened) {
+    return startup_error(opened.err().message());
   }
   // Bound but not accepting yet: connections wait in the backlog until it is done.
   run_startup_recovery(cfg, us);
-  if (::pipe2(signal_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
-    return startup_error("pipe failed");
-  }
   // Orphaned pre-auth processes (a supervisor killed mid-relay) are reaped here, not by init.
   ::prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
-  struct sigaction sa {};
-  sa.sa_handler = on_signal;
-  sigemptyset(&sa.sa_mask);
-  sa.sa_flags = SA_RESTART;
-  for (int s : {SIGTERM, SIGINT, SIGHUP, SIGCHLD}) {
-    sigaction(s, &sa, nullptr);
+  fork_master master(cfg, us, params, std::move(opened->front()));
+  if (auto r = master.start(); !r) {
+    return startup_error(r.err().message());
   }
-
-  const std::uint32_t max_total = std::min(us.max_children, cfg.max_connections);
-  const std::uint32_t max_per_source = cfg.max_connections_per_ip;
   log::info("fork mode: max_children={}, max_connections_per_ip={}, min_connection_interval={}ms, "
             "login_user={}, login_chroot={}",
-            max_total, max_per_source, us.min_connection_interval.count(), params.login.name,
-            params.login_chroot);
-  std::map<pid_t, child_info> children;
-  std::map<asio::ip::address, source_state> sources;
-  bool stopping = false;
-  std::chrono::steady_clock::time_point stop_deadline{};
-
-  auto reap_children = [&] {
-    for (;;) {
-      int status = 0;
-      pid_t pid = ::waitpid(-1, &status, WNOHANG);
-      if (pid <= 0) {
-        break;
-      }
-      auto it = children.find(pid);
-      if (it == children.end()) {
-        continue;  // an orphaned grandchild
-      }
-      auto src = sources.find(it->second.source);
-      if (src != sources.end() && src->second.active > 0) {
-        --src->second.active;
-      }
-      if (WIFSIGNALED(status)) {
-        log::notice("session process {} ended by signal {}", pid, WTERMSIG(status));
-      } else {
-        log::debug("session process {} exited with status {}", pid, WEXITSTATUS(status));
-      }
-      children.erase(it);
-    }
-  };
-
-  auto prune_sources = [&](std::chrono::steady_clock::time_point now) {
-    if (sources.size() < 1024) {
-      return;
-    }
-    for (auto it = sources.begin(); it != sources.end();) {
-      if (it->second.active == 0 && now - it->second.last_start >= us.min_connection_interval) {
-        it = sources.erase(it);
-      } else {
-        ++it;
-      }
-    }
-  };
-
-  auto handle_accept = [&](const bound_listener& l) {
-    for (int burst = 0; burst < 64; ++burst) {
-      sockaddr_storage peer{};
-      socklen_t plen = sizeof peer;
-      int fd = ::accept4(l.fd, reinterpret_cast<sockaddr*>(&peer), &plen, SOCK_CLOEXEC | SOCK_NONBLOCK);
-      if (fd < 0) {
-        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED) {
-          log::warning("accept failed: {}", std::strerror(errno));
-        }
-        return;
-      }
-      unique_fd conn(fd);
-      auto addr = address_of(peer);
-      auto now = std::chrono::steady_clock::now();
-      prune_sources(now);
-      auto& src = sources[addr];
-      const char* why = nullptr;
-      if (children.size() >= max_total) {
-        why = "max_children";
-      } else if (src.active >= max_per_source) {
-        why = "max_connections_per_ip";
-      } else if (us.min_connection_interval.count() > 0 && src.last_start != std::chrono::steady_clock::time_point{} &&
-                 now - src.last_start < us.min_connection_interval) {
-        why = "min_connection_interval";
-      }
-      if (why != nullptr) {
-        log::warning("connection refused: rip={}, reason={}", addr.to_string(), why);
-        send_refusal(fd, "-ERR [SYS/TEMP] Too many connections, try again later.\r\n");
-        continue;
-      }
-      pid_t pid = ::fork();
-      if (pid < 0) {
-        log::error("fork failed: {}", std::strerror(errno));
-        send_refusal(fd, "-ERR [SYS/TEMP] Server busy, try again later.\r\n");
-        continue;
-      }
-      if (pid == 0) {
-        child_main(params, listeners, conn.release(), peer, l.implicit_tls);
-      }
-      ::setpgid(pid, pid);  // also done by the child: whoever runs first
-      children[pid] = {addr};
-      ++src.active;
-      src.last_start = now;
-      log::debug("connection: rip={}, pid={}, sessions={}", addr.to_string(), pid, children.size());
-    }
-  };
-
-  std::vector<pollfd> fds;
-  for (;;) {
-    fds.clear();
-    fds.push_back({signal_pipe[0], POLLIN, 0});
-    if (!stopping) {
-      for (auto& l : listeners) {
-        fds.push_back({l.fd, POLLIN, 0});
-      }
-    }
-    int timeout = -1;
-    if (stopping) {
-      if (children.empty()) {
-        break;
-      }
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(stop_deadline -
-                                                                        std::chrono::steady_clock::now());
-      if (left.count() <= 0) {
-        log::warning("{} sessions still running after {}s: killing them", children.size(),
-                     us.shutdown_grace.count());
-        for (auto& [pid, info] : children) {
-          ::kill(-pid, SIGKILL);
-          ::kill(pid, SIGKILL);
-        }
-        stop_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-        left = std::chrono::milliseconds(100);
-      }
-      timeout = static_cast<int>(std::min<std::int64_t>(left.count(), 100));
-    }
-    int n = ::poll(fds.data(), fds.size(), timeout);
-    if (n < 0 && errno != EINTR) {
-      log::error("poll failed: {}", std::strerror(errno));
-      break;
-    }
-    if (fds[0].revents & POLLIN) {
-      unsigned char sigs[64];
-      ssize_t got = ::read(signal_pipe[0], sigs, sizeof sigs);
-      for (ssize_t i = 0; i < got; ++i) {
-        int s = sigs[i];
-        if (s == SIGCHLD) {
-          reap_children();
-        } else if (s == SIGHUP) {
-          if (st.env.tls) {
-            if (auto r = st.env.tls->reload(); r) {
-              log::info("SIGHUP: TLS certificate and key reloaded: {}", st.env.tls->certificate_info());
-            } else {
-              log::error("SIGHUP: TLS reload failed, keeping the old certificate: {}", r.err().message());
-            }
-          } else {
-            log::info("SIGHUP: nothing to reload");
-          }
-        } else if ((s == SIGTERM || s == SIGINT) && !stopping) {
-          stopping = true;
-          log::info("signal {} received: shutting down, {} sessions open", s, children.size());
-          for (auto& l : listeners) {
-            ::close(l.fd);
-          }
-          listeners.clear();
-          for (auto& [pid, info] : children) {
-            ::kill(-pid, SIGTERM);
-          }
-          stop_deadline = std::chrono::steady_clock::now() + us.shutdown_grace;
-        }
-      }
-    }
-    reap_children();
-    if (!stopping) {
-      for (std::size_t i = 1; i < fds.size(); ++i) {
-        if (fds[i].revents & POLLIN) {
-          handle_accept(listeners[i - 1]);
-        }
-      }
-    }
-  }
-  log::info("stopped");
-  return 0;
+            std::min(us.max_children, cfg.max_connections), cfg.max_connections_per_ip,
+            us.min_connection_interval.count(), params.login.name, params.login_chroot);
+  return master.run();
 }
 
 int run_privsep_inetd(const config& cfg, const unix_settings& us) {
@@ -448,19 +465,21 @@ int run_privsep_inetd(const config& cfg, const unix_settings& us) {
     log::error("{}", r.err().message());
     return 1;
   }
+  auto admitted = admit_stdin(cfg, admission_policy_of({}, st));
+  if (!admitted) {
+    return 0;
+  }
   privsep::client c;
-  sockaddr_storage ss{};
-  socklen_t len = sizeof ss;
   c.remote = "local";
-  if (::getpeername(STDIN_FILENO, reinterpret_cast<sockaddr*>(&ss), &len) == 0 &&
-      (ss.ss_family == AF_INET || ss.ss_family == AF_INET6)) {
-    c.address = address_of(ss);
-    c.remote = c.address.to_string();
+  c.in.reset(::dup(STDIN_FILENO));
+  if (admitted->conn.is_tcp) {
     c.is_tcp = true;
-    c.in.reset(::dup(STDIN_FILENO));
-    c.implicit_tls = st.env.tls != nullptr && cfg.tls == tls_mode::connection;
+    c.v6 = admitted->conn.v6;
+    c.address = admitted->origin.address;
+    c.client_tls = admitted->origin.client_tls;
+    c.remote = c.address.to_string();
+    c.implicit_tls = st.env.tls != nullptr && admitted->conn.options.implicit_tls;
   } else {
-    c.in.reset(::dup(STDIN_FILENO));
     c.out.reset(::dup(STDOUT_FILENO));
   }
   if (!c.in || (!c.is_tcp && !c.out)) {
@@ -474,16 +493,6 @@ int run_privsep_inetd(const config& cfg, const unix_settings& us) {
     ::dup2(devnull, STDIN_FILENO);
     ::dup2(devnull, STDOUT_FILENO);
     ::close(devnull);
-  }
-  if (c.is_tcp && st.access_list != nullptr && !st.access_list->allows(c.address)) {
-    log::warning("connection refused: rip={}, reason=acl", c.remote);
-    send_refusal(c.in.get(), "-ERR [SYS/PERM] Access denied.\r\n");
-    return 0;
-  }
-  if (c.is_tcp && st.access != nullptr && !st.access->allowed(c.address)) {
-    log::warning("connection refused: rip={}, reason=tcp_wrappers", c.remote);
-    send_refusal(c.in.get(), "-ERR [SYS/PERM] Access denied.\r\n");
-    return 0;
   }
   return privsep::run_supervisor(params, std::move(c));
 }

@@ -4,6 +4,7 @@
 #include "auth/system_users.hpp"
 #include "common/log.hpp"
 #include "net/tls.hpp"
+#include "net/transports.hpp"
 #include "store/location.hpp"
 
 #include <asio/co_spawn.hpp>
@@ -380,27 +381,13 @@ asio::awaitable<void> relay(std::unique_ptr<net::transport> client, int fd) {
   };
 
   asio::io_context ctx{1};
-  std::unique_ptr<net::transport> stream;
-  if (c.is_tcp) {
-    asio::ip::tcp::socket sock(ctx);
-    std::error_code ec;
-    sock.assign(c.address.is_v4() ? asio::ip::tcp::v4() : asio::ip::tcp::v6(), c.in.release(), ec);
-    if (ec) {
-      _exit(1);
-    }
-    sock.set_option(asio::ip::tcp::no_delay(true), ec);
-    if (c.implicit_tls) {
-      stream = std::make_unique<net::tls_transport>(std::move(sock), env.tls->current());
-    } else {
-      stream = std::make_unique<net::tcp_transport>(std::move(sock));
-    }
-  } else {
-    int out = c.out ? c.out.release() : dup(c.in.get());
-    stream = std::make_unique<net::stdio_transport>(asio::posix::stream_descriptor(ctx, c.in.release()),
-                                                    asio::posix::stream_descriptor(ctx, out));
+  auto stream = c.is_tcp ? net::make_transport(ctx.get_executor(), std::move(c.in), c.v6, c.implicit_tls, env.tls.get())
+                         : net::make_stdio_transport(ctx.get_executor(), std::move(c.in), std::move(c.out));
+  if (!stream) {
+    _exit(1);
   }
-  auto ctl = std::make_shared<net::session_control>(std::move(stream), ctx.get_executor());
-  net::connection_info info{c.remote, c.address, c.implicit_tls};
+  auto ctl = std::make_shared<net::session_control>(std::move(stream).value(), ctx.get_executor());
+  net::connection_info info{c.remote, c.address, c.implicit_tls, c.client_tls};
   asio::co_spawn(ctx, guarded_session(ctl, env, std::move(info), nullptr, id), asio::detached);
   ctx.run();
   workers.join();
@@ -1053,28 +1040,20 @@ int run_supervisor(const supervisor_params& p, client c) {
   env.tls = nullptr;
   env.stls = false;
   env.workers = &workers;
-  std::unique_ptr<net::transport> stream;
-  if (!relay_mode && c.is_tcp) {
-    asio::ip::tcp::socket sock(ctx);
-    std::error_code ec;
-    sock.assign(c.address.is_v4() ? asio::ip::tcp::v4() : asio::ip::tcp::v6(), session_in.release(), ec);
-    if (ec) {
-      return 1;
-    }
-    stream = std::make_unique<net::tcp_transport>(std::move(sock));
-  } else {
-    int out = session_out ? session_out.release() : ::dup(session_in.get());
-    stream = std::make_unique<net::stdio_transport>(asio::posix::stream_descriptor(ctx, session_in.release()),
-                                                    asio::posix::stream_descriptor(ctx, out));
+  auto stream = !relay_mode && c.is_tcp
+                    ? net::make_transport(ctx.get_executor(), std::move(session_in), c.v6, false, nullptr)
+                    : net::make_stdio_transport(ctx.get_executor(), std::move(session_in), std::move(session_out));
+  if (!stream) {
+    return 1;
   }
-  auto ctl_block = std::make_shared<net::session_control>(std::move(stream), ctx.get_executor());
+  auto ctl_block = std::make_shared<net::session_control>(std::move(stream).value(), ctx.get_executor());
   asio::signal_set signals(ctx, SIGTERM, SIGINT);
   signals.async_wait([&](const std::error_code& ec, int) {
     if (!ec) {
       ctl_block->stop(true);
     }
   });
-  net::connection_info info{c.remote, c.address, false};
+  net::connection_info info{c.remote, c.address, false, c.client_tls};
   info.resume = net::resume_state{std::move(pending.account), pending.method, handoff.fields[1]};
   asio::co_spawn(ctx,
                  [&]() -> asio::awaitable<void> {

@@ -140,9 +140,11 @@ struct client {
   unique_fd in;                 // the socket (or stdin for a non-socket inetd stdin)
   unique_fd out;                // invalid when `in` is a socket (used both ways)
   bool is_tcp = false;          // `in` is a TCP socket
+  bool v6 = false;              // `in` is an AF_INET6 socket
   bool implicit_tls = false;    // the listener speaks TLS from the first byte
+  bool client_tls = false;      // a PROXY v2 SSL TLV: the client spoke TLS to the front end
   std::string remote;           // as logged
-  asio::ip::address address;    // unspecified for a non-IP stdin
+  asio::ip::address address;    // the client (the PROXY header's source); unspecified for a non-IP stdin
 };
 
 struct supervisor_params {

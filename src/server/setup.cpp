@@ -4,9 +4,11 @@
 #include "auth/passwd_file.hpp"
 #include "auth/system_users.hpp"
 #include "common/log.hpp"
+#include "server/systemd.hpp"
 #include "store/expire.hpp"
 
 #include <sys/random.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -330,6 +332,81 @@ result<void> prepare_shared(const config& cfg, shared_state& st,
   st.workers = std::make_unique<asio::thread_pool>(cfg.worker_threads ? cfg.worker_threads : 2 * cores);
   st.env.workers = st.workers.get();
   return {};
+}
+
+result<std::vector<std::vector<net::listening_socket>>> open_listeners(const config& cfg, std::size_t copies) {
+  auto passed = systemd::take_listen_fds();
+  if (!passed) {
+    return std::move(passed).err();
+  }
+  std::vector<net::inherited_listener> inherited;
+  for (auto& p : *passed) {
+    inherited.push_back({std::move(p.fd), std::move(p.name)});
+  }
+  return net::open_listeners(listener_specs(cfg), std::move(inherited), plain_listener_options(cfg), copies,
+                             static_cast<int>(cfg.unix.listen_backlog));
+}
+
+net::listener_options plain_listener_options(const config& cfg) {
+  net::listener_options plain;
+  plain.implicit_tls = cfg.tls == tls_mode::connection && !cfg.tls_cert.empty();
+  return plain;
+}
+
+std::optional<stdin_client> admit_stdin(const config& cfg, const net::admission_policy& policy) {
+  stdin_client c{net::inspect_stdin(listener_specs(cfg), plain_listener_options(cfg)), {}};
+  if (!c.conn.is_tcp) {
+    return c;  // a pipe or UNIX socket from a local master: no address to check
+  }
+  c.origin.address = c.conn.peer;
+  if (c.conn.options.proxy_protocol) {
+    auto from_header = net::proxy_step(STDIN_FILENO, c.conn.peer, proxy_networks(cfg));
+    if (!from_header) {
+      return std::nullopt;  // logged; nothing sent
+    }
+    c.origin = *from_header;
+  }
+  net::counted_connection none;
+  auto refused = net::admit(policy, c.origin.address, none);
+  if (!refused) {
+    refused = net::admit_wrappers(policy, c.origin.address);
+  }
+  if (refused) {
+    net::log_refusal(c.origin.address, *refused);
+    auto reply = net::refusal_reply(*refused);
+    (void)!::send(STDIN_FILENO, reply.data(), reply.size(), MSG_NOSIGNAL);
+    return std::nullopt;
+  }
+  return c;
+}
+
+void reload_tls(net::tls_server_context* tls) {
+  if (tls == nullptr) {
+    log::info("SIGHUP: nothing to reload (no TLS certificate; the passwd-file is re-read when it changes)");
+    return;
+  }
+  if (auto r = tls->reload(); r) {
+    log::info("SIGHUP: TLS certificate and key reloaded: {}", tls->certificate_info());
+  } else {
+    log::error("SIGHUP: TLS reload failed, keeping the old certificate: {}", r.err().message());
+  }
+}
+
+net::admission_policy admission_policy_of(const net::admission_policy& counting, const shared_state& st) {
+  net::admission_policy p = counting;
+  p.access_list = st.access_list.get();
+  p.wrappers = st.access.get();
+  return p;
+}
+
+std::vector<net::network> proxy_networks(const config& cfg) {
+  std::vector<net::network> out;
+  for (const auto& n : cfg.proxy_trusted_networks) {
+    if (auto parsed = net::parse_network(n)) {
+      out.push_back(*parsed);
+    }
+  }
+  return out;
 }
 
 asio::awaitable<void> guarded_session(std::shared_ptr<net::session_control> ctl,

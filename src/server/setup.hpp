@@ -10,6 +10,8 @@
 #include "auth/passdb.hpp"
 #include "auth/sasl.hpp"
 #include "net/access_control.hpp"
+#include "net/admission.hpp"
+#include "net/listeners.hpp"
 #include "net/session_driver.hpp"
 #include "store/lock/mailbox_lock.hpp"
 #include "server/bulletins.hpp"
@@ -89,6 +91,34 @@ result<uid_t> passdb_trusted_owner(const config& cfg, const unix_settings& us);
 // The passwd-file trust check of posternd --check-config and of fork mode's start; nothing to
 // check for pam.
 result<void> check_passdb_file(const config& cfg, const unix_settings& us);
+
+// The listening sockets of the config, `copies` sets of them (net::open_listeners): the
+// sockets systemd passed (socket activation) when there are any, else the configured
+// listeners bound with server.listen_backlog.
+result<std::vector<std::vector<net::listening_socket>>> open_listeners(const config& cfg, std::size_t copies);
+
+// The admission policy of a process: `counting`'s counter and pacer, with the ACL and TCP
+// wrappers of `st` (prepare_env).
+net::admission_policy admission_policy_of(const net::admission_policy& counting, const shared_state& st);
+
+// server.proxy_trusted_networks, parsed (the config checked them).
+std::vector<net::network> proxy_networks(const config& cfg);
+
+// inetd mode's accept pipeline before the transport, for event and fork mode alike: stdin's
+// listener (net::inspect_stdin), its PROXY step, and admission by `policy` (ACL, TCP
+// wrappers; no counting: one connection per process). nullopt: refused, logged and answered.
+struct stdin_client {
+  net::stdin_connection conn;
+  net::client_origin origin;   // unspecified address when stdin is not TCP
+};
+std::optional<stdin_client> admit_stdin(const config& cfg, const net::admission_policy& policy);
+
+// The plain listeners' options (`listen`): implicit TLS under tls.mode = "connection".
+net::listener_options plain_listener_options(const config& cfg);
+
+// SIGHUP: reloads the TLS certificate and key (new connections get them) and logs the
+// outcome; a failed reload keeps the old ones. Null: nothing to reload.
+void reload_tls(net::tls_server_context* tls);
 
 // Runs a session and logs anything that escapes it; the session closes only itself.
 // `registry` may be null. `id` empty: a new session id is made.

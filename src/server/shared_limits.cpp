@@ -184,6 +184,28 @@ std::uint32_t shared_limits::count_in(std::uint32_t index, const unsigned char* 
 std::optional<shared_limits::slot> shared_limits::try_acquire(std::uint32_t index,
                                                               const asio::ip::address& addr,
                                                               refusal& why) {
+  if (!acquire(index, addr, why)) {
+    return std::nullopt;
+  }
+  return slot(this, index, addr);
+}
+
+bool shared_limits::worker_counter::acquire(const asio::ip::address& addr, net::connection_counter::refusal& why) {
+  shared_limits::refusal mine{};
+  bool ok = limits_->acquire(index_, addr, mine);
+  why = mine == shared_limits::refusal::total        ? net::connection_counter::refusal::total
+        : mine == shared_limits::refusal::per_source ? net::connection_counter::refusal::per_source
+                                                     : net::connection_counter::refusal::none;
+  return ok;
+}
+
+void shared_limits::worker_counter::release(const asio::ip::address& addr) noexcept {
+  limits_->release(index_, addr);
+}
+
+std::uint32_t shared_limits::worker_counter::active() const { return limits_->active(index_); }
+
+bool shared_limits::acquire(std::uint32_t index, const asio::ip::address& addr, refusal& why) {
   unsigned char key[16];
   to_key(addr, key);
   lock();
@@ -194,7 +216,7 @@ std::optional<shared_limits::slot> shared_limits::try_acquire(std::uint32_t inde
   if (max_total_ > 0 && total >= max_total_) {
     unlock();
     why = refusal::total;
-    return std::nullopt;
+    return false;
   }
   if (max_per_source_ > 0) {
     std::uint64_t from = 0;
@@ -204,7 +226,7 @@ std::optional<shared_limits::slot> shared_limits::try_acquire(std::uint32_t inde
     if (from >= max_per_source_) {
       unlock();
       why = refusal::per_source;
-      return std::nullopt;
+      return false;
     }
   }
   auto& mine = area(index);
@@ -225,7 +247,7 @@ std::optional<shared_limits::slot> shared_limits::try_acquire(std::uint32_t inde
   if (found == nullptr || (found->count == 0 && mine.used + 1 >= capacity_)) {
     unlock();
     why = refusal::total;
-    return std::nullopt;
+    return false;
   }
   if (found->count == 0) {
     std::memcpy(found->key, key, 16);
@@ -235,7 +257,7 @@ std::optional<shared_limits::slot> shared_limits::try_acquire(std::uint32_t inde
   ++mine.total;
   unlock();
   why = refusal::none;
-  return slot(this, index, addr);
+  return true;
 }
 
 void shared_limits::release(std::uint32_t index, const asio::ip::address& addr) noexcept {

@@ -13,6 +13,7 @@
 #pragma once
 
 #include "common/result.hpp"
+#include "net/source_limits.hpp"
 
 #include <asio/ip/address.hpp>
 
@@ -70,6 +71,19 @@ class shared_limits {
   // refused it.
   std::optional<slot> try_acquire(std::uint32_t index, const asio::ip::address& addr, refusal& why);
 
+  // The limits as one worker slot's net::connection_counter (the admission step's view).
+  class worker_counter final : public net::connection_counter {
+   public:
+    worker_counter(shared_limits& limits, std::uint32_t index) : limits_(&limits), index_(index) {}
+    bool acquire(const asio::ip::address& addr, net::connection_counter::refusal& why) override;
+    void release(const asio::ip::address& addr) noexcept override;
+    std::uint32_t active() const override;
+
+   private:
+    shared_limits* limits_;
+    std::uint32_t index_;
+  };
+
   // The master, after reaping the worker of slot `index`: forgets every count it held.
   void release_slot(std::uint32_t index) noexcept;
 
@@ -89,6 +103,7 @@ class shared_limits {
 
   shared_limits(void* base, std::size_t bytes, std::uint32_t slots, std::uint32_t capacity,
                 std::uint32_t max_total, std::uint32_t max_per_source) noexcept;
+  bool acquire(std::uint32_t index, const asio::ip::address& addr, refusal& why);
   void release(std::uint32_t index, const asio::ip::address& addr) noexcept;
   void lock() const noexcept;
   void unlock() const noexcept;

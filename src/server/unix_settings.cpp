@@ -101,8 +101,9 @@ result<void> apply_address_family(config& cfg, address_family family) {
   };
   filter(cfg.listen);
   filter(cfg.tls_listen);
-  if (cfg.listen.empty()) {
-    return error(errc::invalid, std::string("server.listen has no ") +
+  std::erase_if(cfg.listeners, [&](const listener_config& l) { return !keep(l.address); });
+  if (cfg.listen.empty() && cfg.tls_listen.empty() && cfg.listeners.empty()) {
+    return error(errc::invalid, std::string("server.listen, tls_listen and [[server.listener]] have no ") +
                                     (family == address_family::ipv6 ? "IPv6" : "IPv4") +
                                     " address for the chosen address family");
   }
