@@ -184,8 +184,17 @@ class ProxyProtocol(PosternTestCase):
         logins = self.srv.wait_events("login", user="alice")
         self.assertEqual(logins[-1]["rip"], address, logins[-1]["_line"])
 
+    def wait_checks(self, count):
+        """Waits until HAProxy's health checks made `count` sessions (greeting, QUIT)."""
+        checks = r"disconnect: rip=127\.0\.0\.1, session=<[^>]+>, reason=QUIT"
+        wait_for(lambda: len(re.findall(checks, self.srv.log())) >= count or None,
+                 timeout=scaled(15), what=f"{count} HAProxy health checks at posternd")
+
     def assert_no_errors(self):
-        bad = [line for line in self.srv.log().splitlines()
+        """No error, warning, refusal or failure logged since posternd listened."""
+        log = self.srv.log()
+        since = log[log.index("listening on"):]
+        bad = [line for line in since.splitlines()
                if re.search(r"\b(error|warning|refused|failed)\b", line, re.IGNORECASE)]
         self.assertEqual(bad, [], "posternd logged errors")
 
@@ -195,6 +204,9 @@ class ProxyProtocol(PosternTestCase):
         hap = fp.Haproxy(self.world, f"127.0.0.1:{self.srv.port}", pem, send_proxy="send-proxy")
         self.login_and_retr(POP3From("127.0.0.1", hap.port, CLIENT, scaled(10)))
         self.assert_logged_in_from(CLIENT)
+        # The v1 checks name HAProxy's own connection (TCP4 127.0.0.1): ordinary sessions.
+        self.wait_checks(2)
+        self.assert_no_errors()
 
     def test_haproxy_send_proxy_v2_and_health_checks(self):
         self.start_postern()
@@ -204,8 +216,7 @@ class ProxyProtocol(PosternTestCase):
         self.assert_logged_in_from(CLIENT)
         # Each backend's check (plain: LOCAL, TLS: LOCAL with an SSL TLV) connected, read
         # the greeting and quit at least twice by now; none of it is an error.
-        wait_for(lambda: len(re.findall(r"rip=127\.0\.0\.1\b", self.srv.log())) >= 4
-                 or None, timeout=scaled(15), what="HAProxy's health checks at posternd")
+        self.wait_checks(4)
         self.assertNotIn("is DOWN", hap.output())
         self.assert_no_errors()
 
@@ -231,6 +242,14 @@ class ProxyProtocol(PosternTestCase):
         self.assert_logged_in_from(CLIENT)
         self.assertEqual(ngx.auth.requests[-1].get("Client-IP"), CLIENT)
         self.assertNotIn("[error]", ngx.error_log())
+        self.assert_no_errors()
+
+    def assert_closed_unanswered(self, sock):
+        """The server closes without sending a byte (a reset when our bytes were unread)."""
+        try:
+            self.assertEqual(sock.recv(100), b"")
+        except ConnectionResetError:
+            pass
 
     def test_untrusted_or_headerless_connections_are_closed(self):
         # The header below names 192.0.2.9, neither loopback nor TLS: allow USER/PASS anyway.
@@ -240,15 +259,17 @@ class ProxyProtocol(PosternTestCase):
         with socket.create_connection(("127.0.0.1", self.srv.port), timeout=scaled(5),
                                       source_address=(CLIENT, 0)) as s:
             s.sendall(b"PROXY TCP4 192.0.2.1 127.0.0.1 1234 110\r\nUSER alice\r\n")
-            self.assertEqual(s.recv(100), b"")
+            self.assert_closed_unanswered(s)
         # Trusted, but no header: closed without a greeting.
         with socket.create_connection(("127.0.0.1", self.srv.port), timeout=scaled(5)) as s:
             s.sendall(b"USER alice\r\n")
-            self.assertEqual(s.recv(100), b"")
+            self.assert_closed_unanswered(s)
         # Trusted, malformed header: closed too.
         with socket.create_connection(("127.0.0.1", self.srv.port), timeout=scaled(5)) as s:
             s.sendall(b"PROXY TCP4 256.0.0.1 127.0.0.1 1 2\r\n")
-            self.assertEqual(s.recv(100), b"")
+            self.assert_closed_unanswered(s)
+        self.srv.wait_log(r"connection refused: rip=127\.0\.0\.2, reason=proxy_untrusted")
+        self.srv.wait_log(r"connection refused: rip=127\.0\.0\.1, reason=proxy_header", count=2)
         # A good header from a trusted address: greeted, and the header's address is logged.
         with socket.create_connection(("127.0.0.1", self.srv.port), timeout=scaled(5)) as s:
             s.sendall(b"PROXY TCP4 192.0.2.9 127.0.0.1 1234 110\r\n")
@@ -275,7 +296,7 @@ class ProxyProtocol(PosternTestCase):
         conn.setblocking(False)
         with self.assertRaises(ssl.SSLWantReadError):
             conn.do_handshake()  # writes the ClientHello behind the header, still corked
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)  # both leave in one segment
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)  # both leave in one segment
         conn.setblocking(True)
         conn.settimeout(scaled(10))
         conn.do_handshake()
@@ -284,7 +305,17 @@ class ProxyProtocol(PosternTestCase):
         pop.login("alice", PASSWORD)
         self.assertEqual(pop.cmd_multi("RETR 2")[1], dot_stuff(wire_body(BODY)))
         pop.quit()
+        pop.close()
         self.assert_logged_in_from("2001:db8::7")
+
+
+class ProxyProtocolTwoProcesses(ProxyProtocol):
+    """The same with two event-mode processes (each accepts, reads the header and admits)."""
+
+    def setUp(self):
+        super().setUp()
+        self.world.config["server"]["processes"] = 2
+        self.world.config["server"]["threads"] = 1
 
 
 if __name__ == "__main__":
