@@ -89,7 +89,7 @@ def client_context(pki):
     return ctx
 
 
-@unittest.skipUnless(fp.have_haproxy() and fp.have_nginx_mail(), "haproxy or nginx mail missing")
+@unittest.skipUnless(fp.have_haproxy() and fp.have_nginx_mail(), "haproxy, nginx-light or libnginx-mod-mail missing (scripts/install-deps.sh)")
 class FrontEndBytes(PosternTestCase):
     """What the front ends send, seen by a fake backend (no posternd involved)."""
 
@@ -148,7 +148,7 @@ class FrontEndBytes(PosternTestCase):
         self.assertEqual(ngx.auth.requests[0].get("Client-IP"), CLIENT)
 
 
-@unittest.skipUnless(fp.have_haproxy() and fp.have_nginx_mail(), "haproxy or nginx mail missing")
+@unittest.skipUnless(fp.have_haproxy() and fp.have_nginx_mail(), "haproxy, nginx-light or libnginx-mod-mail missing (scripts/install-deps.sh)")
 class ProxyProtocol(PosternTestCase):
     """posternd behind real front ends."""
 
