@@ -213,8 +213,6 @@ class NginxMail(FrontProcess):
             f.write(fill_template(NGINX_TEMPLATE, {
                 "STATE_DIR": self.prefix, "POP3_BIND": f"127.0.0.1:{self.port}",
                 "AUTH_HTTP": f"127.0.0.1:{self.auth.port}/auth"}))
-        if world.owner is not None:
-            world.give(self.prefix, self.config_path)
         # -e: the error log before the config is read; -p: every relative path inside prefix.
         argv = [NGINX, "-e", os.path.join(self.prefix, "nginx-error.log"), "-p", self.prefix + "/",
                 "-c", self.config_path, "-g", "daemon off;"]

@@ -22,8 +22,8 @@ import struct
 import unittest
 
 import front_proxies as fp
-from postern_harness import (Msg, PosternTestCase, scaled, simple_message, toml_text, wait_for,
-                             wire_body)
+from postern_harness import (Msg, Pop3Conn, PosternTestCase, dot_stuff, scaled, simple_message,
+                             toml_text, wait_for, wire_body)
 from tls_fixtures import Pki
 
 CLIENT = "127.0.0.2"  # the real client; the front ends listen and connect from 127.0.0.1
@@ -89,7 +89,7 @@ def client_context(pki):
     return ctx
 
 
-@unittest.skipUnless(fp.have_haproxy() and fp.have_nginx_mail(), "haproxy or nginx mail missing")
+@unittest.skipUnless(fp.have_haproxy() and fp.have_nginx_mail(), "haproxy, nginx-light or libnginx-mod-mail missing (scripts/install-deps.sh)")
 class FrontEndBytes(PosternTestCase):
     """What the front ends send, seen by a fake backend (no posternd involved)."""
 
@@ -148,22 +148,24 @@ class FrontEndBytes(PosternTestCase):
         self.assertEqual(ngx.auth.requests[0].get("Client-IP"), CLIENT)
 
 
-@unittest.skipUnless(fp.have_haproxy() and fp.have_nginx_mail(), "haproxy or nginx mail missing")
+@unittest.skipUnless(fp.have_haproxy() and fp.have_nginx_mail(), "haproxy, nginx-light or libnginx-mod-mail missing (scripts/install-deps.sh)")
 class ProxyProtocol(PosternTestCase):
     """posternd behind real front ends."""
 
-    def start_postern(self, trusted=("127.0.0.1/32",), secure_policy=False):
-        """posternd with one listener, PROXY protocol on, trusting `trusted`; returns it."""
+    def start_postern(self, trusted=("127.0.0.1/32",), secure_policy=False, tls=None):
+        """posternd with one listener, PROXY protocol on, trusting `trusted`; returns it.
+        tls: the listener's `tls` ("implicit"), with [tls] already in world.config."""
         self.box = self.world.add_user("alice", PASSWORD, [
             Msg(simple_message("first")), Msg(BODY, "cur", "S")])
         server = self.world.config["server"]
-        server["listen"] = []
+        server.pop("listen", None)  # the [[server.listener]] table is the only listener
         server["proxy_trusted_networks"] = list(trusted)
         if secure_policy:  # loopback alone is not secure: only TLS (or the SSL TLV) is
             self.world.config["auth"].update(disable_plaintext_auth=True,
                                              loopback_is_secure=False)
         text = toml_text(self.world.config) + (
-            '[[server.listener]]\naddress = "127.0.0.1:0"\nproxy_protocol = true\n')
+            '[[server.listener]]\naddress = "127.0.0.1:0"\nproxy_protocol = true\n'
+            + (f'tls = "{tls}"\n' if tls else ""))
         self.srv = self.world.start(self.world.write_config(text), listeners=1)
         return self.srv
 
@@ -182,8 +184,17 @@ class ProxyProtocol(PosternTestCase):
         logins = self.srv.wait_events("login", user="alice")
         self.assertEqual(logins[-1]["rip"], address, logins[-1]["_line"])
 
+    def wait_checks(self, count):
+        """Waits until HAProxy's health checks made `count` sessions (greeting, QUIT)."""
+        checks = r"disconnect: rip=127\.0\.0\.1, session=<[^>]+>, reason=QUIT"
+        wait_for(lambda: len(re.findall(checks, self.srv.log())) >= count or None,
+                 timeout=scaled(15), what=f"{count} HAProxy health checks at posternd")
+
     def assert_no_errors(self):
-        bad = [line for line in self.srv.log().splitlines()
+        """No error, warning, refusal or failure logged since posternd listened."""
+        log = self.srv.log()
+        since = log[log.index("listening on"):]
+        bad = [line for line in since.splitlines()
                if re.search(r"\b(error|warning|refused|failed)\b", line, re.IGNORECASE)]
         self.assertEqual(bad, [], "posternd logged errors")
 
@@ -193,6 +204,9 @@ class ProxyProtocol(PosternTestCase):
         hap = fp.Haproxy(self.world, f"127.0.0.1:{self.srv.port}", pem, send_proxy="send-proxy")
         self.login_and_retr(POP3From("127.0.0.1", hap.port, CLIENT, scaled(10)))
         self.assert_logged_in_from(CLIENT)
+        # The v1 checks name HAProxy's own connection (TCP4 127.0.0.1): ordinary sessions.
+        self.wait_checks(2)
+        self.assert_no_errors()
 
     def test_haproxy_send_proxy_v2_and_health_checks(self):
         self.start_postern()
@@ -202,8 +216,7 @@ class ProxyProtocol(PosternTestCase):
         self.assert_logged_in_from(CLIENT)
         # Each backend's check (plain: LOCAL, TLS: LOCAL with an SSL TLV) connected, read
         # the greeting and quit at least twice by now; none of it is an error.
-        wait_for(lambda: len(re.findall(r"rip=127\.0\.0\.1\b", self.srv.log())) >= 4
-                 or None, timeout=scaled(15), what="HAProxy's health checks at posternd")
+        self.wait_checks(4)
         self.assertNotIn("is DOWN", hap.output())
         self.assert_no_errors()
 
@@ -229,22 +242,34 @@ class ProxyProtocol(PosternTestCase):
         self.assert_logged_in_from(CLIENT)
         self.assertEqual(ngx.auth.requests[-1].get("Client-IP"), CLIENT)
         self.assertNotIn("[error]", ngx.error_log())
+        self.assert_no_errors()
+
+    def assert_closed_unanswered(self, sock):
+        """The server closes without sending a byte (a reset when our bytes were unread)."""
+        try:
+            self.assertEqual(sock.recv(100), b"")
+        except ConnectionResetError:
+            pass
 
     def test_untrusted_or_headerless_connections_are_closed(self):
+        # The header below names 192.0.2.9, neither loopback nor TLS: allow USER/PASS anyway.
+        self.world.config["auth"]["disable_plaintext_auth"] = False
         self.start_postern(trusted=("127.0.0.1/32",))
         # From 127.0.0.2, not trusted: closed before any byte is answered.
         with socket.create_connection(("127.0.0.1", self.srv.port), timeout=scaled(5),
                                       source_address=(CLIENT, 0)) as s:
             s.sendall(b"PROXY TCP4 192.0.2.1 127.0.0.1 1234 110\r\nUSER alice\r\n")
-            self.assertEqual(s.recv(100), b"")
+            self.assert_closed_unanswered(s)
         # Trusted, but no header: closed without a greeting.
         with socket.create_connection(("127.0.0.1", self.srv.port), timeout=scaled(5)) as s:
             s.sendall(b"USER alice\r\n")
-            self.assertEqual(s.recv(100), b"")
+            self.assert_closed_unanswered(s)
         # Trusted, malformed header: closed too.
         with socket.create_connection(("127.0.0.1", self.srv.port), timeout=scaled(5)) as s:
             s.sendall(b"PROXY TCP4 256.0.0.1 127.0.0.1 1 2\r\n")
-            self.assertEqual(s.recv(100), b"")
+            self.assert_closed_unanswered(s)
+        self.srv.wait_log(r"connection refused: rip=127\.0\.0\.2, reason=proxy_untrusted")
+        self.srv.wait_log(r"connection refused: rip=127\.0\.0\.1, reason=proxy_header", count=2)
         # A good header from a trusted address: greeted, and the header's address is logged.
         with socket.create_connection(("127.0.0.1", self.srv.port), timeout=scaled(5)) as s:
             s.sendall(b"PROXY TCP4 192.0.2.9 127.0.0.1 1234 110\r\n")
@@ -256,6 +281,41 @@ class ProxyProtocol(PosternTestCase):
             self.assertTrue(f.readline().startswith(b"+OK"))
         self.assert_logged_in_from("192.0.2.9")
         self.assertNotIn("rip=127.0.0.2, session", self.srv.log())
+
+    def test_header_and_client_hello_in_one_segment(self):
+        """Implicit TLS behind a TCP pass-through front end: the ClientHello follows the header
+        in the same segment and must be left for the TLS handshake."""
+        pki = Pki(self.world.dir)
+        self.world.config["tls"] = {"cert": pki.server_cert, "key": pki.server_key}
+        self.start_postern(tls="implicit")
+        raw = socket.create_connection(("127.0.0.1", self.srv.port), timeout=scaled(10))
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+        raw.sendall(b"PROXY TCP6 2001:db8::7 2001:db8::1 40001 995\r\n")
+        conn = client_context(pki).wrap_socket(raw, server_hostname="localhost",
+                                               do_handshake_on_connect=False)
+        conn.setblocking(False)
+        with self.assertRaises(ssl.SSLWantReadError):
+            conn.do_handshake()  # writes the ClientHello behind the header, still corked
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)  # both leave in one segment
+        conn.setblocking(True)
+        conn.settimeout(scaled(10))
+        conn.do_handshake()
+        pop = Pop3Conn(sock=conn)
+        pop.read_greeting()
+        pop.login("alice", PASSWORD)
+        self.assertEqual(pop.cmd_multi("RETR 2")[1], dot_stuff(wire_body(BODY)))
+        pop.quit()
+        pop.close()
+        self.assert_logged_in_from("2001:db8::7")
+
+
+class ProxyProtocolTwoProcesses(ProxyProtocol):
+    """The same with two event-mode processes (each accepts, reads the header and admits)."""
+
+    def setUp(self):
+        super().setUp()
+        self.world.config["server"]["processes"] = 2
+        self.world.config["server"]["threads"] = 1
 
 
 if __name__ == "__main__":
