@@ -242,15 +242,22 @@ class InetdPenalty(InetdDialer, PenaltyScenario, PosternTestCase):
         self.assertEqual(st.st_mode & 0o777, 0o600)
         self.assertEqual(st.st_uid, os.geteuid())
 
-    def test_a_file_others_can_write_is_refused(self):
+    def test_a_file_others_can_write_is_not_used(self):
+        # Its contents are not believed (no mapping of it), and the connection is still
+        # served: an unusable penalty file costs the penalty across connections, not the mail.
         path = self.world.path("penalty")
         with open(path, "wb"):
             pass
         os.chmod(path, 0o666)
         conn, proc = self.spawn("127.0.0.1")
-        self.assertEqual(proc.wait(30), 1)
+        self.assertTrue(conn.read_greeting().startswith("+OK"), self.inetd_log())
+        self.assertTrue(conn.cmd("QUIT").startswith("+OK"))
+        self.assertEqual(proc.wait(30), 0)
         conn.close()
-        self.assertIn("must not be accessible to group or others", self.inetd_log())
+        log = self.inetd_log()
+        self.assertIn("auth penalty across connections off for this connection", log)
+        self.assertIn("must not be accessible to group or others", log)
+        self.assertEqual(os.path.getsize(path), 0, "the untrusted file was written to")
 
 
 class ForkModePenalty(InetdDialer, PenaltyScenario, SystemUsersBase):
