@@ -47,28 +47,7 @@ std::int64_t to_ms(auth_penalty::clock::time_point t) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
 }
 
-// IPv4 (and IPv4-mapped IPv6) as v4-mapped; other IPv6 cut to its /48.
-void to_key(const asio::ip::address& a, unsigned char* key) {
-  asio::ip::address_v6::bytes_type b;
-  if (a.is_v4()) {
-    b = asio::ip::make_address_v6(asio::ip::v4_mapped, a.to_v4()).to_bytes();
-  } else {
-    b = a.to_v6().to_bytes();
-    if (!a.to_v6().is_v4_mapped()) {
-      std::fill(b.begin() + 6, b.end(), 0);
-    }
-  }
-  std::memcpy(key, b.data(), 16);
-}
 
-std::uint64_t mix(std::uint64_t x) {
-  x ^= x >> 33;
-  x *= 0xff51afd7ed558ccdULL;
-  x ^= x >> 33;
-  x *= 0xc4ceb9fe1a85ec53ULL;
-  x ^= x >> 33;
-  return x;
-}
 
 void fill_seed(std::uint64_t* seed, const void* salt) {
   if (::getrandom(seed, 2 * sizeof(std::uint64_t), 0) != static_cast<ssize_t>(2 * sizeof(std::uint64_t))) {
@@ -238,10 +217,7 @@ bool auth_penalty::applies_to(const asio::ip::address& addr) const {
 
 auth_penalty::entry* auth_penalty::set_of(const unsigned char* key) const noexcept {
   const auto* h = static_cast<const header*>(base_);
-  std::uint64_t w0 = 0, w1 = 0;
-  std::memcpy(&w0, key, 8);
-  std::memcpy(&w1, key + 8, 8);
-  std::uint64_t hash = mix(mix(w0 ^ h->seed[0]) ^ (w1 + h->seed[1]));
+  std::uint64_t hash = keyed_hash(key, h->seed);
   auto* entries = reinterpret_cast<entry*>(static_cast<unsigned char*>(base_) + header_bytes);
   return entries + (hash & (sets - 1)) * ways;
 }
@@ -261,7 +237,7 @@ std::chrono::milliseconds auth_penalty::delay_for(const asio::ip::address& addr,
     return std::chrono::milliseconds(0);
   }
   unsigned char key[16];
-  to_key(addr, key);
+  address_key(addr, true, key);
   const std::int64_t now_ms = to_ms(now);
   const std::int64_t quiet = expiry(policy_).count();
   std::uint32_t failures = 0;
@@ -278,7 +254,7 @@ void auth_penalty::record_failure(const asio::ip::address& addr, clock::time_poi
     return;
   }
   unsigned char key[16];
-  to_key(addr, key);
+  address_key(addr, true, key);
   const std::int64_t now_ms = to_ms(now);
   const std::int64_t quiet = expiry(policy_).count();
   auto expired = [&](const entry& e) { return e.failures == 0 || e.last_ms > now_ms || now_ms - e.last_ms >= quiet; };
@@ -308,7 +284,7 @@ void auth_penalty::record_success(const asio::ip::address& addr) {
     return;
   }
   unsigned char key[16];
-  to_key(addr, key);
+  address_key(addr, true, key);
   lock();
   if (entry* e = find(key); e != nullptr) {
     e->failures = 0;

@@ -181,16 +181,6 @@ result<std::vector<std::vector<listening_socket>>> open_listeners(const std::vec
 
 namespace {
 
-asio::ip::address address_of(const sockaddr_storage& ss) {
-  if (ss.ss_family == AF_INET) {
-    asio::ip::address_v4::bytes_type b;
-    std::memcpy(b.data(), &reinterpret_cast<const sockaddr_in*>(&ss)->sin_addr, b.size());
-    return asio::ip::address_v4(b);
-  }
-  asio::ip::address_v6::bytes_type b;
-  std::memcpy(b.data(), &reinterpret_cast<const sockaddr_in6*>(&ss)->sin6_addr, b.size());
-  return canonical_address(asio::ip::address_v6(b));
-}
 
 std::uint16_t port_of(const sockaddr_storage& ss) {
   return ntohs(ss.ss_family == AF_INET6 ? reinterpret_cast<const sockaddr_in6*>(&ss)->sin6_port

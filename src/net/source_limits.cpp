@@ -86,11 +86,4 @@ std::uint32_t source_limits::active() const {
   return total_;
 }
 
-asio::ip::address canonical_address(const asio::ip::address& a) {
-  if (a.is_v6() && a.to_v6().is_v4_mapped()) {
-    return asio::ip::make_address_v4(asio::ip::v4_mapped, a.to_v6());
-  }
-  return a;
-}
-
 }  // namespace postern::net

@@ -4,6 +4,8 @@
 // RAII object: holding it counts the connection, destroying it releases the count.
 #pragma once
 
+#include "net/network.hpp"
+
 #include <asio/ip/address.hpp>
 
 #include <chrono>
@@ -126,8 +128,5 @@ class connection_pacer {
   std::unordered_map<asio::ip::address, std::chrono::steady_clock::time_point, addr_hash>
       last_start_;  // guarded by mu_
 };
-
-// The address as a client is known in logs: IPv4-mapped IPv6 addresses shown as IPv4.
-asio::ip::address canonical_address(const asio::ip::address& a);
 
 }  // namespace postern::net

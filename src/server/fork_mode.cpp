@@ -42,16 +42,6 @@ int startup_error(const std::string& msg) {
 
 using bound_listener = net::listening_socket;
 
-asio::ip::address address_of(const sockaddr_storage& ss) {
-  if (ss.ss_family == AF_INET) {
-    asio::ip::address_v4::bytes_type b;
-    std::memcpy(b.data(), &reinterpret_cast<const sockaddr_in*>(&ss)->sin_addr, b.size());
-    return asio::ip::address_v4(b);
-  }
-  asio::ip::address_v6::bytes_type b;
-  std::memcpy(b.data(), &reinterpret_cast<const sockaddr_in6*>(&ss)->sin6_addr, b.size());
-  return net::canonical_address(asio::ip::address_v6(b));
-}
 
 // Everything the startup of both entry points shares: logging, TLS, the environment and the
 // pre-auth user and chroot.
@@ -308,7 +298,7 @@ void fork_master::accept_from(const bound_listener& l) {
       }
       return;
     }
-    auto addr = address_of(peer);
+    auto addr = net::address_of(peer);
     net::counted_connection counted;
     std::optional<net::refusal_reason> refused;
     if (!l.options.proxy_protocol) {
@@ -348,7 +338,7 @@ void fork_master::start_child(unique_fd conn, const sockaddr_storage& peer, cons
   children_[pid] = {std::move(counted), std::move(mine)};
   // On a PROXY listener the client's address is known once the child has read the header.
   log::debug("connection: {}={}, pid={}, sessions={}", l.options.proxy_protocol ? "proxy" : "rip",
-             address_of(peer).to_string(), pid, children_.size());
+             net::address_of(peer).to_string(), pid, children_.size());
 }
 
 // A child of a PROXY listener names the header's address ("ADDRESS\n"); the answer is one
@@ -406,7 +396,7 @@ std::optional<net::client_origin> proxy_admission(int conn, const asio::ip::addr
   c.is_tcp = true;
   c.v6 = peer.ss_family == AF_INET6;
   c.implicit_tls = options.implicit_tls;
-  c.address = address_of(peer);
+  c.address = net::address_of(peer);
   if (options.proxy_protocol) {
     auto origin = proxy_admission(conn.get(), c.address, proxy_trusted_, admission.get());
     if (!origin) {

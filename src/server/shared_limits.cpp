@@ -1,5 +1,7 @@
 #include "server/shared_limits.hpp"
 
+#include "net/network.hpp"
+
 #include <pthread.h>
 #include <sys/mman.h>
 #include <sys/random.h>
@@ -47,31 +49,10 @@ std::size_t table_stride(std::uint32_t capacity, std::size_t entry_bytes) {
   return round_to_page(std::size_t{capacity} * entry_bytes);
 }
 
-void to_key(const asio::ip::address& a, unsigned char* key) {
-  asio::ip::address_v6::bytes_type b;
-  if (a.is_v4()) {
-    b = asio::ip::make_address_v6(asio::ip::v4_mapped, a.to_v4()).to_bytes();
-  } else {
-    b = a.to_v6().to_bytes();
-  }
-  std::memcpy(key, b.data(), 16);
-}
 
-std::uint64_t mix(std::uint64_t x) {
-  x ^= x >> 33;
-  x *= 0xff51afd7ed558ccdULL;
-  x ^= x >> 33;
-  x *= 0xc4ceb9fe1a85ec53ULL;
-  x ^= x >> 33;
-  return x;
-}
 
 std::uint32_t bucket_of(const unsigned char* key, const std::uint64_t* seed, std::uint32_t capacity) {
-  std::uint64_t w0 = 0, w1 = 0;
-  std::memcpy(&w0, key, 8);
-  std::memcpy(&w1, key + 8, 8);
-  std::uint64_t h = mix(w0 ^ seed[0]) ^ mix(w1 + seed[1] + 0x9e3779b97f4a7c15ULL);
-  return static_cast<std::uint32_t>(mix(h) & (capacity - 1));
+  return static_cast<std::uint32_t>(net::keyed_hash(key, seed) & (capacity - 1));
 }
 
 }  // namespace
@@ -207,7 +188,7 @@ std::uint32_t shared_limits::worker_counter::active() const { return limits_->ac
 
 bool shared_limits::acquire(std::uint32_t index, const asio::ip::address& addr, refusal& why) {
   unsigned char key[16];
-  to_key(addr, key);
+  net::address_key(addr, false, key);
   lock();
   std::uint64_t total = 0;
   for (std::uint32_t s = 0; s < slots_; ++s) {
@@ -262,7 +243,7 @@ bool shared_limits::acquire(std::uint32_t index, const asio::ip::address& addr, 
 
 void shared_limits::release(std::uint32_t index, const asio::ip::address& addr) noexcept {
   unsigned char key[16];
-  to_key(addr, key);
+  net::address_key(addr, false, key);
   lock();
   auto& mine = area(index);
   entry* t = table(index);
@@ -342,7 +323,7 @@ std::uint32_t shared_limits::active(std::uint32_t index) const {
 
 std::uint32_t shared_limits::active_from(const asio::ip::address& addr) const {
   unsigned char key[16];
-  to_key(addr, key);
+  net::address_key(addr, false, key);
   lock();
   std::uint64_t from = 0;
   for (std::uint32_t s = 0; s < slots_; ++s) {
