@@ -55,7 +55,7 @@ def main(argv):
         print("usage: run_file.py MODULE", file=sys.stderr)
         return 2
     module = argv[1]
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, os.getcwd())  # as `python3 -m unittest` does
     suite = unittest.defaultTestLoader.loadTestsFromName(module)
     runner = unittest.TextTestRunner(verbosity=2, resultclass=CountingResult)
     result = runner.run(suite)
