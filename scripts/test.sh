@@ -11,29 +11,36 @@ jobs=$(nproc)
 summary=()
 total_pass=0
 total_fail=0
+total_skip=0
+
+# Adds one suite's counts, printed by scripts/summarize-tests.py as its first line
+# "LABEL: P passed, F failed, S skipped" (skip reasons follow, indented), to the totals.
+add_counts() {
+  local text=$1 first
+  first=${text%%$'\n'*}
+  if [[ ! $first =~ :\ ([0-9]+)\ passed,\ ([0-9]+)\ failed,\ ([0-9]+)\ skipped$ ]]; then
+    total_fail=$((total_fail + 1))
+    summary+=("$text")
+    return
+  fi
+  total_pass=$((total_pass + BASH_REMATCH[1]))
+  total_fail=$((total_fail + BASH_REMATCH[2]))
+  total_skip=$((total_skip + BASH_REMATCH[3]))
+  summary+=("$text")
+}
 
 run_suite() {
   local dir=$1 label=$2; shift 2
   cmake -S . -B "$dir" -G Ninja "$@" >/dev/null
   cmake --build "$dir" -j "$jobs"
-  local log="$dir/ctest.log" rc=0
-  (cd "$dir" && ctest --output-on-failure -j "$jobs" --timeout 900) 2>&1 | tee "$log" || rc=$?
-  local line pass fail
-  line=$(grep -E '^[0-9]+% tests passed, [0-9]+ tests failed out of [0-9]+' "$log" | tail -n 1 || true)
-  if [[ -z "$line" ]]; then
-    echo "test.sh: $label: ctest printed no summary" >&2
-    total_fail=$((total_fail + 1))
-    summary+=("$label: no summary")
-    return
-  fi
-  fail=$(sed -E 's/.* ([0-9]+) tests failed out of ([0-9]+).*/\1/' <<<"$line")
-  local all
-  all=$(sed -E 's/.* tests failed out of ([0-9]+).*/\1/' <<<"$line")
-  pass=$((all - fail))
-  total_pass=$((total_pass + pass))
-  total_fail=$((total_fail + fail))
-  summary+=("$label: $pass passed, $fail failed")
-  if [[ $rc -ne 0 && $fail -eq 0 ]]; then
+  local log="$dir/ctest.log" rc=0 counts
+  rm -rf "$dir/it-results" "$dir/ctest.xml"
+  (cd "$dir" && ctest --output-on-failure -j "$jobs" --timeout 900 --output-junit ctest.xml) 2>&1 \
+    | tee "$log" || rc=$?
+  counts=$(python3 scripts/summarize-tests.py "$dir" "$label") || true
+  add_counts "$counts"
+  # ctest failed but no test case did: still a failure.
+  if [[ $rc -ne 0 && $counts =~ \ 0\ failed, ]]; then
     total_fail=$((total_fail + 1))
   fi
 }
@@ -43,5 +50,5 @@ run_suite build-asan "ASan+UBSan build" -DCMAKE_BUILD_TYPE=Debug -DPOSTERN_SANIT
 
 echo
 for s in "${summary[@]}"; do echo "$s"; done
-echo "total: $total_pass passed, $total_fail failed"
+echo "total: $total_pass passed, $total_fail failed, $total_skip skipped"
 [[ $total_fail -eq 0 ]]

@@ -68,6 +68,50 @@ def have_binary():
     return os.path.isfile(POSTERND) and os.access(POSTERND, os.X_OK)
 
 
+# CI=true (set by .ci/run): a test may not skip for want of a tool, user, path or privilege.
+IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+class MissingRequirement(AssertionError):
+    """A tool, user, path or privilege a test needs is missing in CI."""
+
+
+def require(condition, reason):
+    """Inside a test or setUp: go on when condition holds. Otherwise skip with reason, except in
+    CI, where the test fails: CI must run every test. For a skip that means the test has no
+    meaning here (a mode without the feature), call self.skipTest instead."""
+    if condition:
+        return
+    if IN_CI:
+        raise MissingRequirement(f"missing in CI: {reason}")
+    raise unittest.SkipTest(reason)
+
+
+def missing(reason):
+    """require(False, reason): skips, or fails in CI."""
+    require(False, reason)
+
+
+def requires(condition, reason):
+    """The decorator form of require() for a test method or a TestCase class."""
+    if condition:
+        return lambda obj: obj
+    if not IN_CI:
+        return unittest.skip(reason)
+
+    def fail(*_args, **_kwargs):
+        raise MissingRequirement(f"missing in CI: {reason}")
+
+    def decorate(obj):
+        if isinstance(obj, type):
+            for name in dir(obj):
+                if name.startswith("test") and callable(getattr(obj, name)):
+                    setattr(obj, name, fail)
+            return obj
+        return fail
+    return decorate
+
+
 def wait_for(predicate, timeout=None, what="condition", interval=0.005):
     """Polls predicate() until it returns a truthy value, which is returned.
 

@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import unittest
 
+from postern_harness import requires
 from postern_harness import (Msg, PosternTestCase, counts, octets, parse_listing, scaled,
                              simple_message, top_body, wire_body)
 
@@ -59,7 +60,7 @@ def client_form(content):
 
 
 def needs(tool):
-    return unittest.skipUnless(shutil.which(tool), f"{tool} is not installed")
+    return requires(shutil.which(tool), f"{tool} is not installed")
 
 
 class ClientBase(PosternTestCase):
@@ -332,7 +333,7 @@ def _nobody():
 
 
 @needs("getmail")
-@unittest.skipIf(IS_ROOT and _nobody() is None,
+@requires(not (IS_ROOT and _nobody() is None),
                  "getmail refuses Maildir delivery as root and there is no 'nobody' user")
 class Getmail(ClientBase):
     def getmail(self, delete, read_all=True):
@@ -427,7 +428,7 @@ def _strace_works():
         return False
 
 
-@unittest.skipUnless(_strace_works(), "strace missing or ptrace not permitted here")
+@requires(_strace_works(), "strace missing or ptrace not permitted here")
 class NoTrafficBeyondLoopback(ClientBase):
     """Each client, as configured above, connects to nothing but 127.0.0.1 (no DNS)."""
 
@@ -471,7 +472,7 @@ class NoTrafficBeyondLoopback(ClientBase):
         self.traced("mpop", lambda: Mpop.mpop(self, keep=True))
 
     @needs("getmail")
-    @unittest.skipIf(IS_ROOT and _nobody() is None, "no 'nobody' user for getmail as root")
+    @requires(not (IS_ROOT and _nobody() is None), "no 'nobody' user for getmail as root")
     def test_getmail(self):
         self.traced("getmail", lambda: Getmail.getmail(self, delete=False))
 

@@ -17,6 +17,7 @@ import threading
 import time
 import unittest
 
+from postern_harness import missing, requires
 from postern_harness import (DEFAULT_TIMEOUT, SANITIZE, Msg, PosternTestCase, counts, privileged,
                              dot_stuff, parse_listing, scaled, simple_message, wait_for,
                              wire_body)
@@ -424,7 +425,7 @@ def open_fds(pid):
     return len(fds_of(pid))
 
 
-@unittest.skipUnless(os.path.isdir("/proc/self/fd"), "needs Linux /proc")
+@requires(os.path.isdir("/proc/self/fd"), "needs Linux /proc")
 class Resources(Base):
     def test_no_descriptor_leak_across_session_kinds(self):
         bob = self.world.add_user("bob", PASSWORD, messages("bob", 2))
@@ -478,7 +479,7 @@ class Resources(Base):
         srv = self.world.start()
         pid = srv.proc.pid
         if proc_status(pid, "RssAnon") is None:
-            self.skipTest("kernel without RssAnon in /proc/PID/status")
+            missing("kernel without RssAnon in /proc/PID/status")
         conn = srv.session(bob)
         self.assertRegex(conn.cmd("STAT"), r"^\+OK 1 ")
         baseline = proc_status(pid, "RssAnon")

@@ -7,8 +7,8 @@ import poplib
 import pwd
 import socket
 import subprocess
-import unittest
 
+from postern_harness import requires
 from postern_harness import DEFAULT_TIMEOUT, POSTERND, PosternTestCase, wait_for
 
 IS_ROOT = os.geteuid() == 0
@@ -23,7 +23,7 @@ def free_port():
 class DemoAsRoot(PosternTestCase):
     world_as_root = True
 
-    @unittest.skipUnless(IS_ROOT, "the demo as root needs root")
+    @requires(IS_ROOT, "the demo as root needs root")
     def test_root_demo_runs_as_postern_and_serves_the_sample(self):
         try:
             pwd.getpwnam("postern")

@@ -26,6 +26,7 @@ import subprocess
 import time
 import unittest
 
+from postern_harness import requires
 from postern_harness import (DEFAULT_TIMEOUT, Msg, World, have_binary, privileged, scaled,
                              simple_message)
 
@@ -163,8 +164,8 @@ def close_process(proc):
             f.close()
 
 
-@unittest.skipUnless(have_binary(), "posternd not built")
-@unittest.skipUnless(HAVE_DOVECOT, "Dovecot is not installed (apt-get install dovecot-imapd "
+@requires(have_binary(), "posternd not built")
+@requires(HAVE_DOVECOT, "Dovecot is not installed (apt-get install dovecot-imapd "
                                    "dovecot-pop3d; scripts/install-deps.sh installs them)")
 class DovecotUids(unittest.TestCase):
     def setUp(self):

@@ -11,6 +11,7 @@ import socket
 import time
 import unittest
 
+from postern_harness import missing
 from postern_harness import POSTERND, Pop3Conn, ipv6_loopback_available, test_user, wait_for
 from test_system_users import MSG1, MSG2, SystemUsersBase, proc_status, ids, _getpw, _has_user
 import tls_fixtures
@@ -75,7 +76,7 @@ class ForkMode(SystemUsersBase):
 
     def test_ipv4_only_flag(self):
         if not ipv6_loopback_available():
-            self.skipTest("no IPv6 loopback")
+            missing("no IPv6 loopback")
         self.world.config["server"]["listen"] = ["127.0.0.1:0", "[::1]:0"]
         srv = self.start(listeners=1, args=("-4",))
         time.sleep(0.2)

@@ -9,6 +9,7 @@ import subprocess
 import time
 import unittest
 
+from postern_harness import requires
 from postern_harness import (Closed, PosternTestCase, Server, run_posternd, sanitizer_findings,
                              scaled)
 from test_system_users import SystemUsersBase
@@ -68,7 +69,7 @@ class PasswdFileTrust(PosternTestCase):
         os.chmod(self.world.passwd_path, 0o620)
         self.refused_at_start("chmod go-w")
 
-    @unittest.skipUnless(os.geteuid() == 0 or os.getuid() == 0, "needs root to chown")
+    @requires(os.geteuid() == 0 or os.getuid() == 0, "needs root to chown")
     def test_file_owned_by_another_user_is_refused_at_start(self):
         with self.world.as_root():
             os.chown(self.world.passwd_path, 65534, -1)

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import unittest
 
+from postern_harness import missing, requires
 from postern_harness import (HERE, PosternTestCase, ipv6_loopback_available, scaled,
                              wait_for)
 
@@ -49,7 +50,7 @@ class LogForgeryBase:
 
     def setUp(self):
         if shutil.which("fail2ban-regex") is None:
-            self.skipTest("fail2ban-regex not installed (Debian package fail2ban)")
+            missing("fail2ban-regex not installed (Debian package fail2ban)")
         super().setUp()
         w = self.world
         w.add_user("alice", PASSWORD)
@@ -181,7 +182,7 @@ class WorkerProcesses(LogForgeryBase, PosternTestCase):
         self.world.config["server"]["processes"] = 2
 
 
-@unittest.skipUnless(is_root(), "fork mode needs root")
+@requires(is_root(), "fork mode needs root")
 class ForkMode(LogForgeryBase, PosternTestCase):
     world_as_root = True  # fork mode starts as root and drops privileges per process
 

@@ -13,6 +13,7 @@ import re
 import subprocess
 import unittest
 
+from postern_harness import missing
 from postern_harness import (POSTERND, Pop3Conn, PosternTestCase, Server, _child_as_root,
                              privileged, scaled, toml_text, wait_for)
 from test_system_users import MSG1, SystemUsersBase, is_root
@@ -41,7 +42,7 @@ class RootStoreRefused(PosternTestCase):
 
     def setUp(self):
         if not is_root():
-            self.skipTest("needs root: the refused configuration is one started as root")
+            missing("needs root: the refused configuration is one started as root")
         super().setUp()
 
     def defect5_config(self, **server):

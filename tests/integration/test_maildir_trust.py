@@ -18,6 +18,7 @@ import poplib
 import shutil
 import unittest
 
+from postern_harness import requires
 from postern_harness import (DEFAULT_TIMEOUT, Msg, PosternTestCase, octets, simple_message,
                              wire_body)
 
@@ -231,7 +232,7 @@ class Symlinks(Base):
 
 
 class Owners(Base):
-    @unittest.skipUnless(os.geteuid() == 0, "needs root to give a file away")
+    @requires(os.geteuid() == 0, "needs root to give a file away")
     def test_file_owned_by_another_uid(self):
         mine = Msg(simple_message("mine"), "new")
         theirs = Msg(simple_message("theirs"), "new")

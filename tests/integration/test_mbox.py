@@ -19,6 +19,7 @@ import threading
 import time
 import unittest
 
+from postern_harness import missing, requires
 from postern_harness import PosternTestCase, parse_listing, scaled, wire_body
 from test_clients import client_form
 
@@ -29,7 +30,7 @@ IS_ROOT = os.geteuid() == 0
 
 
 def needs(tool):
-    return unittest.skipUnless(shutil.which(tool), f"{tool} is not installed")
+    return requires(shutil.which(tool), f"{tool} is not installed")
 
 
 def unquote_mboxo(stored):
@@ -629,7 +630,7 @@ class FullDisk(MboxBase):
         self.mnt = self.world.path("tmpfs")
         os.makedirs(self.mnt)
         if not _mount_tmpfs(self.world, self.mnt, "256k"):
-            self.skipTest("needs root and a mountable tmpfs")
+            missing("needs root and a mountable tmpfs")
         self.addCleanup(lambda: _umount(self.world, self.mnt))
         self.configure(self.mnt)
 

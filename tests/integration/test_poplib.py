@@ -7,6 +7,7 @@ b"\\r\\n".join(lines) + b"\\r\\n", which must equal the stored message with CRLF
 import poplib
 import unittest
 
+from postern_harness import requires
 from postern_harness import (DEFAULT_TIMEOUT, Msg, PosternTestCase, ipv6_loopback_available,
                              octets, simple_message, top_body, wire_body)
 
@@ -134,7 +135,7 @@ class Poplib(PoplibBase):
         self.assertEqual(p.stat()[0], 5)
 
 
-@unittest.skipUnless(ipv6_loopback_available(), "this host has no IPv6 loopback (::1)")
+@requires(ipv6_loopback_available(), "this host has no IPv6 loopback (::1)")
 class PoplibIPv6(PoplibBase):
     host = "::1"
 

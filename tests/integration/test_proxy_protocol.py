@@ -22,6 +22,7 @@ import struct
 import unittest
 
 import front_proxies as fp
+from postern_harness import requires
 from postern_harness import (Msg, Pop3Conn, PosternTestCase, dot_stuff, scaled, simple_message,
                              toml_text, wait_for, wire_body)
 from tls_fixtures import Pki
@@ -89,7 +90,7 @@ def client_context(pki):
     return ctx
 
 
-@unittest.skipUnless(fp.have_haproxy() and fp.have_nginx_mail(), "haproxy, nginx-light or libnginx-mod-mail missing (scripts/install-deps.sh)")
+@requires(fp.have_haproxy() and fp.have_nginx_mail(), "haproxy, nginx-light or libnginx-mod-mail missing (scripts/install-deps.sh)")
 class FrontEndBytes(PosternTestCase):
     """What the front ends send, seen by a fake backend (no posternd involved)."""
 
@@ -148,7 +149,7 @@ class FrontEndBytes(PosternTestCase):
         self.assertEqual(ngx.auth.requests[0].get("Client-IP"), CLIENT)
 
 
-@unittest.skipUnless(fp.have_haproxy() and fp.have_nginx_mail(), "haproxy, nginx-light or libnginx-mod-mail missing (scripts/install-deps.sh)")
+@requires(fp.have_haproxy() and fp.have_nginx_mail(), "haproxy, nginx-light or libnginx-mod-mail missing (scripts/install-deps.sh)")
 class ProxyProtocol(PosternTestCase):
     """posternd behind real front ends."""
 

@@ -30,6 +30,7 @@ import ssl
 import subprocess
 import unittest
 
+from postern_harness import missing, requires
 from postern_harness import (DEFAULT_TIMEOUT, POSTERND, Msg, PosternTestCase, Server,
                              openssl_passwd, scaled, simple_message)
 from tls_fixtures import (OPENSSL, SERVER_NAME, Pki, client_context, configure_tls,
@@ -57,7 +58,7 @@ def unb64(text):
 
 
 def needs(tool):
-    return unittest.skipUnless(shutil.which(tool), f"{tool} is not installed")
+    return requires(shutil.which(tool), f"{tool} is not installed")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -553,7 +554,7 @@ class ScramPlus(SaslBase):
         st, _ = self.scram(conn, client, mech="SCRAM-SHA-256-PLUS")
         self.assertErr(st)
 
-    @unittest.skipUnless(OPENSSL, "openssl is not installed")
+    @requires(OPENSSL, "openssl is not installed")
     def test_tls_exporter_over_tls13_through_s_client(self):
         for password, expect_ok in ((CAROL_PW, True), ("wrong", False)):
             proc = subprocess.Popen(
@@ -830,7 +831,7 @@ class Gssapi(SaslBase):
     def gss_client(self, mode="initial", authzid="", target="localhost"):
         exe = gssapi_python()
         if exe is None:
-            self.skipTest("no Python with the gssapi module (apt-get install python3-gssapi)")
+            missing("no Python with the gssapi module (apt-get install python3-gssapi)")
         res = subprocess.run([exe, "-c", GSSAPI_CLIENT, "127.0.0.1", str(self.plain_port),
                               "pop", target, authzid, mode],
                              capture_output=True, timeout=scaled(60), env=self.kdc.environ(),

@@ -76,6 +76,8 @@ class StartupBase(PosternTestCase):
             c = srv.connect()
             c.login(user, PASSWORD)
             self.assertOk(c.cmd(f"DELE {delete}"))
+            # The fault kills posternd inside the update: QUIT may get a reply, none or a reset.
+            # What counts is checked below: the exit status and the mailbox.
             try:
                 c.quit()
             except Exception:
@@ -293,7 +295,7 @@ class ForkModeStartup(SystemUsersBase):
                 self.assertFalse(st.startswith("+OK"), f"step {step}: the QUIT went through")
             except AssertionError:
                 raise
-            except Exception:
+            except Exception:  # no reply or a reset: the fault killed posternd
                 pass
             c.close()
             srv.stop()

@@ -12,6 +12,7 @@ in postern.toml (see docs/unix.md).
 """
 
 import base64
+import glob
 import grp
 import hashlib
 import os
@@ -23,6 +24,7 @@ import socket
 import subprocess
 import unittest
 
+from postern_harness import missing
 from postern_harness import (POSTERND, PosternTestCase, Pop3Conn, Server, toml_text, wait_for)
 
 PAM_DIR = "/etc/pam.d"
@@ -62,6 +64,19 @@ def ids(status, field):
     return [int(x) for x in status[field].split()]
 
 
+def pam_unix_path():
+    """Where pam_unix.so is, on any architecture: the multiarch directories
+    (/usr/lib/<triplet>/security, /lib/<triplet>/security) and the plain ones."""
+    patterns = ("/usr/lib/*/security/pam_unix.so", "/lib/*/security/pam_unix.so",
+                "/usr/lib/security/pam_unix.so", "/lib/security/pam_unix.so",
+                "/usr/lib64/security/pam_unix.so", "/lib64/security/pam_unix.so")
+    for pattern in patterns:
+        found = sorted(glob.glob(pattern))
+        if found:
+            return found[0]
+    return None
+
+
 class SystemUsersBase(PosternTestCase):
     """A World plus real system users, a PAM service and a mail spool directory."""
 
@@ -69,15 +84,12 @@ class SystemUsersBase(PosternTestCase):
 
     def setUp(self):
         if not is_root():
-            self.skipTest("needs root: creates system users and a PAM service")
+            missing("needs root: creates system users and a PAM service")
         for tool in ("useradd", "userdel", "chpasswd"):
             if shutil.which(tool) is None:
-                self.skipTest(f"{tool} not installed")
-        if not os.path.exists("/lib/x86_64-linux-gnu/security/pam_unix.so") and \
-                not any(os.path.exists(os.path.join(d, "pam_unix.so"))
-                        for d in ("/lib/security", "/usr/lib/security",
-                                  "/usr/lib/x86_64-linux-gnu/security")):
-            self.skipTest("pam_unix.so not installed")
+                missing(f"{tool} not installed")
+        if pam_unix_path() is None:
+            missing("pam_unix.so not installed (Debian package libpam-modules)")
         super().setUp()
         self.tag = secrets.token_hex(4)
         self.pam_service = f"pt-{self.tag}"

@@ -22,6 +22,7 @@ import time
 import unittest
 import poplib
 
+from postern_harness import requires
 from postern_harness import (DEFAULT_TIMEOUT, Msg, Pop3Conn, PosternTestCase, dot_stuff,
                              octets, parse_listing, scaled, simple_message, wait_for, wire_body)
 from tls_fixtures import (SERVER_NAME, Pki, client_context, configure_tls,
@@ -45,7 +46,7 @@ def tls_messages():
 
 
 def needs(tool):
-    return unittest.skipUnless(shutil.which(tool), f"{tool} is not installed")
+    return requires(shutil.which(tool), f"{tool} is not installed")
 
 
 # A log line that holds both "TLS handshake failed" and the client's address.
