@@ -57,10 +57,12 @@ struct read_placement {
 
   bool slow = false;  // reads run on the worker pool
   unsigned fast_streak = 0;
+  std::uint64_t moves = 0;  // times the reads moved to the pool (a slow store, or a stall)
 
   // How long reading and encoding one block took (wherever it ran).
   void observe(std::chrono::steady_clock::duration took) noexcept {
     if (took > slow_fill) {
+      moves += slow ? 0 : 1;
       slow = true;
       fast_streak = 0;
     } else if (slow && ++fast_streak >= fast_to_clear) {
