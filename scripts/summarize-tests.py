@@ -22,19 +22,37 @@ import xml.etree.ElementTree as ET
 IT_PREFIX = "integration."
 
 
+# How ctest marks a test that skipped itself (gtest_discover_tests sets SKIP_REGULAR_EXPRESSION,
+# so a GTEST_SKIP is reported this way); any other "not run" is a failure.
+CTEST_SKIPS = {"SKIP_REGULAR_EXPRESSION_MATCHED", "SKIP_RETURN_CODE"}
+
+
+def skip_reason(case):
+    """The reason a GoogleTest case gave for skipping itself: the line after '...: Skipped'."""
+    lines = (case.findtext("system-out") or "").splitlines()
+    for i, line in enumerate(lines[:-1]):
+        if line.endswith(": Skipped"):
+            return lines[i + 1].strip() or "no reason given"
+    return "no reason given"
+
+
 def ctest_entries(path):
-    """[(name, 'passed' | 'failed' | 'skipped')] of the JUnit file ctest wrote."""
+    """[(name, 'passed' | 'failed' | 'skipped', skip reason or None)] of ctest's JUnit file."""
     entries = []
     for case in ET.parse(path).getroot().iter("testcase"):
+        skip = case.find("skipped")
+        reason = None
         if case.find("failure") is not None or case.find("error") is not None:
             state = "failed"
-        elif case.find("skipped") is not None and case.get("status") == "disabled":
-            state = "skipped"
+        elif skip is not None and case.get("status") == "disabled":
+            state, reason = "skipped", "disabled"
+        elif skip is not None and skip.get("message") in CTEST_SKIPS:
+            state, reason = "skipped", skip_reason(case)
         elif case.get("status", "run") == "run":
             state = "passed"
         else:
             state = "failed"  # not run, timed out, crashed: ctest counts these as failed
-        entries.append((case.get("name"), state))
+        entries.append((case.get("name"), state, reason))
     return entries
 
 
@@ -52,11 +70,13 @@ def summarize(build_dir):
     reasons = collections.Counter()
     notes = []
     records = os.path.join(build_dir, "it-results")
-    for name, state in ctest_entries(os.path.join(build_dir, "ctest.xml")):
+    for name, state, skip_why in ctest_entries(os.path.join(build_dir, "ctest.xml")):
         if not name.startswith(IT_PREFIX):
             passed += state == "passed"
             failed += state == "failed"
             skipped += state == "skipped"
+            if skip_why is not None:
+                reasons[(name, skip_why)] += 1
             continue
         module = name[len(IT_PREFIX):]
         record = read_record(records, module)
