@@ -1,5 +1,6 @@
 #include "net/auth_penalty.hpp"
 
+#include "common/robust_mutex.hpp"
 #include "common/unique_fd.hpp"
 
 #include <fcntl.h>
@@ -129,12 +130,7 @@ result<auth_penalty> auth_penalty::create(penalty_policy policy) {
   auto* h = new (base) header;
   h->magic = file_magic;
   fill_seed(h->seed, base);
-  pthread_mutexattr_t attr;
-  pthread_mutexattr_init(&attr);
-  pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
-  pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
-  int rc = pthread_mutex_init(&h->mu, &attr);
-  pthread_mutexattr_destroy(&attr);
+  int rc = init_robust_shared_mutex(&h->mu);
   if (rc != 0) {
     ::munmap(base, mapping_bytes());
     return error::from_errno(rc, "auth penalty table: mutex");

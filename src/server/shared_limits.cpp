@@ -1,5 +1,6 @@
 #include "server/shared_limits.hpp"
 
+#include "common/robust_mutex.hpp"
 #include "net/network.hpp"
 
 #include <pthread.h>
@@ -78,12 +79,7 @@ result<shared_limits> shared_limits::create(std::uint32_t slots, std::uint32_t m
                              errc::temporary);
   }
   auto* h = new (base) header;
-  pthread_mutexattr_t attr;
-  pthread_mutexattr_init(&attr);
-  pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
-  pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
-  int rc = pthread_mutex_init(&h->mu, &attr);
-  pthread_mutexattr_destroy(&attr);
+  int rc = init_robust_shared_mutex(&h->mu);
   if (rc != 0) {
     ::munmap(base, bytes);
     return error::from_errno(rc, "shared connection limits: mutex", errc::temporary);
