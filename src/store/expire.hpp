@@ -98,7 +98,7 @@ class stamp_file {
   // at the next save). Errors: as read_side_file; the session must then not commit stamps
   // (it would lose the others), so the caller fails the open with -ERR [SYS/TEMP].
   static result<stamp_file> load(const std::string& path);
-  // The same, from text (for tests and fuzzing).
+  // The same, from text (for tests).
   static stamp_file parse(std::string_view text, std::string path = {});
 
   std::optional<std::int64_t> get(std::string_view uidl) const;
