@@ -27,6 +27,7 @@ test_pkgs=(
   fail2ban             # fail2ban-regex runs contrib/fail2ban on real logs: test_log_forgery.py
   haproxy nginx-light libnginx-mod-mail  # real PROXY-protocol front ends: test_proxy_protocol.py
   systemd              # systemd-analyze verify, systemd-socket-activate: test_systemd.py
+  clang libclang-rt-14-dev  # clang with libFuzzer and the sanitizer runtimes: scripts/fuzz.sh
 )
 
 want=("${build_pkgs[@]}")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds Postern and runs every test: unit tests and integration tests with real clients,
-# first against the optimized build, then against an AddressSanitizer + UBSan build.
+# first against the optimized build, then against an AddressSanitizer + UBSan build, then
+# each libFuzzer target for a bounded time (scripts/fuzz.sh; POSTERN_FUZZ_SECONDS per target).
 # Usage: scripts/test.sh            (installs missing Debian packages first when run as root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,6 +48,10 @@ run_suite() {
 
 run_suite build "optimized build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPOSTERN_TESTS=ON
 run_suite build-asan "ASan+UBSan build" -DCMAKE_BUILD_TYPE=Debug -DPOSTERN_SANITIZE=ON -DPOSTERN_TESTS=ON
+# libFuzzer targets, each for a bounded time (scripts/fuzz.sh); each target's run is one entry.
+scripts/fuzz.sh --counts build-fuzz/fuzz.counts || true
+read -r fuzz_pass fuzz_fail <build-fuzz/fuzz.counts
+add_counts "fuzz targets (${POSTERN_FUZZ_SECONDS:-30} s each): $fuzz_pass passed, $fuzz_fail failed, 0 skipped"
 
 echo
 for s in "${summary[@]}"; do echo "$s"; done

@@ -7,7 +7,8 @@
 // listing order, plus
 // the identity and timestamps of both directories and the file system's own time just
 // before they were listed. maildir.cpp decides when that record may be trusted; this module
-// only encodes and decodes it, without I/O, so the decoder can be unit-tested on bytes (no fuzz target yet).
+// only encodes and decodes it, without I/O, so the decoder is unit-tested and has
+// a fuzz target (fuzz/maildir_index_fuzz.cpp; runs and findings: docs/reliability.md).
 //
 // The file is untrusted input (anyone who can write the Maildir can write it, and a crash
 // can leave anything in it): decode_index checks every length, count and field, and a

@@ -126,7 +126,8 @@ struct open_options {
 [[nodiscard]] result<std::unique_ptr<store::maildrop>> open(const std::string& path,
                                                             const open_options& opts = {});
 
-// What a Maildir file name says about its message. I/O-free; exposed for tests.
+// What a Maildir file name says about its message. I/O-free; exposed for tests and
+// the fuzz target fuzz/maildir_name_fuzz.cpp.
 struct name_parts {
   std::string_view base;                 // up to the ':' info separator: the unique name
   std::optional<std::string_view> info;  // after ':', e.g. "2,FS"; nullopt without ':'

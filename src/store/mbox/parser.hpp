@@ -1,4 +1,5 @@
-// The mbox parser: I/O-free, so it is unit-tested on strings. It finds the
+// The mbox parser: I/O-free, so it is unit-tested on strings and has a fuzz target
+// (fuzz/mbox_parser_fuzz.cpp; runs and findings: docs/reliability.md). It finds the
 // messages of an mbox file in one sequential pass over its bytes, fed in chunks of any size,
 // and computes for each one its wire size and UIDL. docs/mbox.md gives the rules and why.
 //
