@@ -90,6 +90,28 @@ def large_messages():
     return [Msg(content, where, flags) for content, where, flags in _large_contents()]
 
 
+def fork_mode_mailbox(world, user, password, messages):
+    """A passwd-file user of a root World whose uid and gid are the test user's (fork mode
+    switches the session to them), with a Maildir they own."""
+    owner = test_user()
+    home = world.path("mail", user)
+    box = world.add_user(user, password, messages, home=home)
+    world.passwd_lines[-1] = (f"{user}:{{PLAIN}}{password}:{owner.pw_uid}:{owner.pw_gid}"
+                              f"::{home}::")
+    world.write_passwd()
+    for root, dirs, files in os.walk(home):
+        for p in [root] + [os.path.join(root, x) for x in dirs + files]:
+            os.lchown(p, owner.pw_uid, owner.pw_gid)
+    return box
+
+
+def fork_mode_config(world):
+    """[server] keys of fork mode with a chroot of the test's own."""
+    chroot = world.path("empty")
+    os.makedirs(chroot, mode=0o555, exist_ok=True)
+    world.config["server"].update({"process_model": "fork", "login_chroot": chroot})
+
+
 class LargeBase(PosternTestCase):
     """A World with the large messages; subclasses say how the server runs."""
 
@@ -185,26 +207,15 @@ class ForkMode(LargeBase):
         if os.geteuid() != 0:
             missing("fork mode needs root")
         super().setUp()
-        chroot = self.world.path("empty")
-        os.makedirs(chroot, mode=0o555)
         self.pki = tls_fixtures.Pki(self.world.dir)
         count = tls_fixtures.configure_tls(self.world, self.pki, mode="ondemand", tls_listen=True)
-        self.world.config["server"].update({"process_model": "fork", "login_chroot": chroot})
+        fork_mode_config(self.world)
         self.srv = self.world.start(listeners=count)
         self.plain, self.tls = tls_fixtures.listener_ports(self.srv)
         self.ctx = tls_fixtures.client_context(self.pki)
 
     def add_mailbox(self):
-        owner = test_user()
-        box = self.world.add_user("alice", PASSWORD, large_messages(),
-                                  home=self.world.path("mail", "alice"))
-        self.world.passwd_lines[-1] = (f"alice:{{PLAIN}}{PASSWORD}:{owner.pw_uid}:{owner.pw_gid}"
-                                       f"::{self.world.path('mail', 'alice')}::")
-        self.world.write_passwd()
-        for root, dirs, files in os.walk(self.world.path("mail", "alice")):
-            for p in [root] + [os.path.join(root, x) for x in dirs + files]:
-                os.lchown(p, owner.pw_uid, owner.pw_gid)
-        return box
+        return fork_mode_mailbox(self.world, "alice", PASSWORD, large_messages())
 
     def test_plain(self):
         self.retrieve_everything(self.srv.connect(port=self.plain[0]))
