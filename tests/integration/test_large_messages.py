@@ -16,8 +16,8 @@ with "needs root" through the harness's `missing`, as test_fork_mode.py does.
 import functools
 import os
 
-from postern_harness import (Msg, PosternTestCase, crlf, dot_stuff, missing, test_user, top_body,
-                             wait_for)
+from postern_harness import (Msg, PosternTestCase, crlf, dot_stuff, missing, parse_listing,
+                             test_user, top_body)
 import tls_fixtures
 
 PASSWORD = "Large-pw-1"
@@ -131,8 +131,8 @@ class LargeBase(PosternTestCase):
             conn.login("alice", PASSWORD)
         st, body = conn.cmd_multi("UIDL")
         self.assertOk(st)
-        listing = [line.split(" ") for line in body.decode().split("\r\n")[:-1]]
-        self.assertEqual(len(listing), len(self.box.messages))
+        listing = parse_listing(body)
+        self.assertEqual(sorted(u for _, u in listing), sorted(m.uidl for m in self.box.messages))
         for n, uidl in listing:
             content = self.box.by_uidl(uidl).content
             st = conn.cmd(f"LIST {n}")
