@@ -140,8 +140,9 @@ class WorkersReload(ReloadBase):
 
 
 class ChainAndClientCaReload(ReloadBase):
-    """`chain` and `client_ca` are read again too: the extra certificates sent and the CA
-    names requested from clients change with them."""
+    """`chain` and `client_ca` are read again too: the extra certificates sent, the CA names
+    requested from clients and the CA that client certificates (AUTH EXTERNAL) must verify
+    against change with them."""
 
     client_ca = True
 
@@ -152,6 +153,19 @@ class ChainAndClientCaReload(ReloadBase):
         self.second_client_ca, _ = self.pki.make_ca("client-ca-two", "Postern Client CA Two")
         tls_fixtures._replace_file(self.first_chain, self.chain)
         self.world.config["tls"]["chain"] = self.chain
+        self.world.config["auth"].update({"mechanisms": ["PLAIN", "LOGIN", "EXTERNAL"],
+                                          "external_user": "subject:CN"})
+        ca_two = (self.second_client_ca, self.pki.path("client-ca-two.key"))
+        self.second_client_cert = self.pki.issue("client-alice-two", "alice", "client", ca=ca_two)
+
+    def external_login(self, cert_and_key):
+        """AUTH EXTERNAL over pop3s with this client certificate: the status line."""
+        cert, key = cert_and_key
+        ctx = tls_fixtures.client_context(self.pki, cert=cert, key=key)
+        conn = tls_connect(self.world, self.tls[0], ctx)
+        st = conn.cmd("AUTH EXTERNAL =")
+        conn.quit()
+        return st
 
     def handshake_facts(self):
         res = s_client(self.tls[0], self.pki, quiet=False, extra=("-showcerts",))
@@ -165,6 +179,9 @@ class ChainAndClientCaReload(ReloadBase):
         self.assertTrue(any("Postern Chain One" in s for s in sent), sent)
         self.assertIn("Postern Client CA", names)
         self.assertNotIn("Postern Client CA Two", names)
+        first_client = (self.pki.client_cert, self.pki.client_key)
+        self.assertOk(self.external_login(first_client))
+        self.assertErr(self.external_login(self.second_client_cert))
         old = self.open_sessions()
 
         tls_fixtures._replace_file(self.second_chain, self.chain)
@@ -179,6 +196,9 @@ class ChainAndClientCaReload(ReloadBase):
         self.assertIn("Postern Client CA Two", names)
         for conn, user in old:
             self.retrieve_all(conn, user)
+        # Client certificates are verified against the new client_ca only.
+        self.assertOk(self.external_login(self.second_client_cert))
+        self.assertErr(self.external_login(first_client))
         self.new_session_works()
 
 
