@@ -1243,6 +1243,97 @@ const auto key_rules = std::to_array<key_rule>({
     {"log", "telemetry_dir", [](const item& it, config& c) { set_path(it, c.telemetry_dir); }},
 });
 
+// A non-default sample value of every key (config_keys), in format_config's form. The
+// [[server.listener]] sample is written inline; format_config prints it as a table.
+constexpr auto key_samples = std::to_array<std::pair<std::string_view, std::string_view>>({
+    {"server.listen", R"(["127.0.0.1:1110", "127.0.0.2:1110"])"},
+    {"server.user", R"("nobody")"},
+    {"server.group", R"("nogroup")"},
+    {"server.max_connections", "123"},
+    {"server.max_connections_per_ip", "7"},
+    {"server.idle_timeout", R"("15m")"},
+    {"server.login_timeout", R"("45s")"},
+    {"server.threads", "3"},
+    {"server.processes", "2"},
+    {"server.max_bad_commands", "5"},
+    {"server.implementation_capability", "false"},
+    {"server.greeting", R"("Sample ready.")"},
+    {"server.tls_listen", R"(["127.0.0.1:1995"])"},
+    {"server.listener",
+     R"([{address = "127.0.0.1:2110", tls = "implicit", proxy_protocol = true, name = "pop3s-sample"}])"},
+    {"server.proxy_trusted_networks", R"(["192.0.2.0/24"])"},
+    {"server.process_model", R"("fork")"},
+    {"server.max_children", "42"},
+    {"server.min_connection_interval", R"("250ms")"},
+    {"server.listen_backlog", "64"},
+    {"server.address_family", R"("ipv4")"},
+    {"server.login_user", R"("nobody")"},
+    {"server.login_chroot", R"("@DIR@/empty")"},
+    {"server.shutdown_grace", R"("20s")"},
+    {"server.tcp_wrappers", "true"},
+    {"server.tcp_wrappers_daemon", R"("pop3d")"},
+    {"server.hosts_allow", R"("@DIR@/hosts.allow")"},
+    {"server.hosts_deny", R"("@DIR@/hosts.deny")"},
+    {"mail.location", R"("mbox:@DIR@/spool/%u")"},
+    {"mail.mbox_locking", R"(["fcntl"])"},
+    {"mail.privileged_group", R"("nogroup")"},
+    {"mail.mbox_lock_timeout", R"("45s")"},
+    {"mail.mbox_quoting", R"("mboxrd")"},
+    {"mail.mbox_state_dir", R"("@DIR@/state/%u")"},
+    {"mail.mbox_dotlock_stale_age", R"("5m")"},
+    {"mail.mbox_startup_recovery_timeout", R"("0s")"},
+    {"mail.mbox_content_length", "true"},
+    {"mail.mbox_x_uidl", "true"},
+    {"auth.passdb", R"("passwd-file:@DIR@/users")"},
+    {"auth.pam_service", R"("pop3-sample")"},
+    {"auth.pam_account_check", "false"},
+    {"auth.failure_delay", R"("500ms")"},
+    {"auth.penalty_initial", R"("3s")"},
+    {"auth.penalty_max", R"("1m")"},
+    {"auth.penalty_exempt_networks", R"(["198.51.100.0/24"])"},
+    {"auth.penalty_file", R"("@DIR@/penalty")"},
+    {"auth.worker_threads", "3"},
+    {"auth.mechanisms", R"(["PLAIN", "SCRAM-SHA-256"])"},
+    {"auth.disable_plaintext_auth", "false"},
+    {"auth.loopback_is_secure", "false"},
+    {"auth.trusted_networks", R"(["203.0.113.0/24"])"},
+    {"auth.apop", "true"},
+    {"auth.gssapi_keytab", R"("@DIR@/krb5.keytab")"},
+    {"auth.gssapi_service", R"("pop3")"},
+    {"auth.gssapi_hostname", R"("mail.example.org")"},
+    {"auth.external_user", R"("san:email")"},
+    {"auth.first_valid_uid", "1000"},
+    {"auth.last_valid_uid", "60000"},
+    {"tls.cert", R"("@DIR@/cert.pem")"},
+    {"tls.key", R"("@DIR@/key.pem")"},
+    {"tls.chain", R"("@DIR@/chain.pem")"},
+    {"tls.mode", R"("required")"},
+    {"tls.min_version", R"("TLSv1.3")"},
+    {"tls.ciphers", R"("ECDHE-ECDSA-AES256-GCM-SHA384")"},
+    {"tls.ciphersuites", R"("TLS_AES_256_GCM_SHA384")"},
+    {"tls.groups", R"("X25519")"},
+    {"tls.client_ca", R"("@DIR@/client-ca.pem")"},
+    {"pop3.login_delay", R"("5m")"},
+    {"pop3.stat_file", R"("@DIR@/stats.sqlite")"},
+    {"pop3.expire", "30"},
+    {"pop3.delete_expired", "true"},
+    {"pop3.dovecot_lock_session", "true"},
+    {"pop3.bulletin_source", R"("maildir:@DIR@/bulletins")"},
+    {"pop3.bulletin_db", R"("@DIR@/bulletins.sqlite")"},
+    {"pop3.undelete", "true"},
+    {"pop3.xtnd_xlist", "false"},
+    {"pop3.xtnd_xmit", "true"},
+    {"pop3.xmit_command", R"(["/usr/sbin/sendmail", "-oi"])"},
+    {"pop3.xmit_max_size", "65536"},
+    {"pop3.uidl_format", R"("%08Xu%08Xv")"},
+    {"pop3.acl", R"(["deny 192.0.2.0/24", "allow any"])"},
+    {"log.level", R"("warning")"},
+    {"log.target", R"("stderr")"},
+    {"log.syslog_ident", R"("pop3-sample")"},
+    {"log.trace_file", R"("@DIR@/trace")"},
+    {"log.telemetry_dir", R"("@DIR@/telemetry")"},
+});
+
 std::size_t edit_distance(std::string_view a, std::string_view b) {
   std::vector<std::size_t> row(b.size() + 1);
   for (std::size_t j = 0; j <= b.size(); ++j) {
@@ -1692,6 +1783,22 @@ std::string format_config(const config& cfg) {
     if (!l.name.empty()) {
       line("name", toml_string(l.name));
     }
+  }
+  return out;
+}
+
+std::vector<config_key> config_keys() {
+  std::vector<config_key> out;
+  out.reserve(key_rules.size());
+  for (const auto& r : key_rules) {
+    std::string dotted = std::string(r.table) + "." + std::string(r.key);
+    std::string_view sample;
+    for (const auto& [name, value] : key_samples) {
+      if (name == dotted) {
+        sample = value;
+      }
+    }
+    out.push_back({r.table, r.key, sample});
   }
   return out;
 }

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace postern::store::mbox {
@@ -178,6 +179,19 @@ result<config> parse_config(std::string_view text, const std::string& name);
 
 // The effective configuration as TOML, every key shown (posternd --check-config).
 std::string format_config(const config& cfg);
+
+// One key the parser accepts, with a sample value for the --check-config round-trip tests.
+struct config_key {
+  std::string_view table;   // "server"
+  std::string_view key;     // "idle_timeout"; "listener" is the [[server.listener]] array
+  // A valid value other than the default, as TOML in the form format_config prints it;
+  // "@DIR@" stands for a directory the test provides. Empty: the key has no sample (an error
+  // the tests report).
+  std::string_view sample;
+};
+
+// Every key the parser accepts, in its key table's order (posternd --list-config-keys).
+std::vector<config_key> config_keys();
 
 // Every configured listener: `listen` (implicit TLS when tls.mode = "connection"), then
 // `tls_listen`, then the [[server.listener]] tables.

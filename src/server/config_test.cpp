@@ -1418,6 +1418,131 @@ TEST(config, contrib_example_is_valid_and_all_defaults) {
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// The key list (config_keys): every key printed back by format_config with its sample value
+
+std::string with_dir(std::string_view sample) {
+  std::string s(sample);
+  for (auto at = s.find("@DIR@"); at != std::string::npos; at = s.find("@DIR@")) {
+    s.replace(at, 5, "/srv/sample");
+  }
+  return s;
+}
+
+// A config text of `tables` (table -> key -> value), tables in the printed order.
+std::string toml_of(const std::vector<std::pair<std::string, std::vector<std::pair<std::string, std::string>>>>& tables) {
+  std::string out;
+  for (const auto& [table, keys] : tables) {
+    out += "[" + table + "]\n";
+    for (const auto& [k, v] : keys) {
+      out += k + " = " + v + "\n";
+    }
+  }
+  return out;
+}
+
+// The lines of `table` in format_config's output.
+std::string printed_table(const std::string& text, const std::string& table) {
+  auto head = text.find("[" + table + "]\n");
+  if (head == std::string::npos) {
+    return "";
+  }
+  auto end = text.find("\n[", head);
+  return text.substr(head, end == std::string::npos ? std::string::npos : end - head);
+}
+
+const std::string listener_printed =
+    "[[server.listener]]\naddress = \"127.0.0.1:2110\"\ntls = \"implicit\"\nproxy_protocol = true\n"
+    "name = \"pop3s-sample\"\n";
+
+// One key set to its sample, beside what other keys need: tls.cert and tls.key (the [tls]
+// keys), server.proxy_trusted_networks (a listener with proxy_protocol).
+std::string config_with(const config_key& k) {
+  std::vector<std::pair<std::string, std::vector<std::pair<std::string, std::string>>>> tables{
+      {"server", {{"proxy_trusted_networks", "[\"127.0.0.1\"]"}}},
+      {"tls", {{"cert", "\"/srv/sample/cert.pem\""}, {"key", "\"/srv/sample/key.pem\""}}}};
+  std::string value = with_dir(k.sample);
+  auto table = std::find_if(tables.begin(), tables.end(), [&](const auto& t) { return t.first == k.table; });
+  if (table == tables.end()) {
+    tables.push_back({std::string(k.table), {}});
+    table = tables.end() - 1;
+  }
+  auto& keys = table->second;
+  auto same = std::find_if(keys.begin(), keys.end(), [&](const auto& kv) { return kv.first == k.key; });
+  if (same != keys.end()) {
+    same->second = value;
+  } else {
+    keys.push_back({std::string(k.key), value});
+  }
+  return toml_of(tables);
+}
+
+TEST(config_keys, every_key_has_a_sample_and_tables_are_the_parsers) {
+  std::set<std::string> seen;
+  for (const auto& k : config_keys()) {
+    std::string dotted = std::string(k.table) + "." + std::string(k.key);
+    EXPECT_FALSE(k.sample.empty()) << dotted << " has no sample value in key_samples";
+    EXPECT_TRUE(seen.insert(dotted).second) << dotted << " listed twice";
+  }
+  EXPECT_GT(seen.size(), 80u);
+}
+
+TEST(config_keys, each_sample_is_printed_back_as_written) {
+  for (const auto& k : config_keys()) {
+    std::string text = config_with(k);
+    SCOPED_TRACE(text);
+    auto r = parse_config(text, "sample.toml");
+    ASSERT_TRUE(r.ok()) << r.err().message();
+    EXPECT_NE(format_config(config{}), format_config(*r)) << k.key << ": the sample is the default";
+    std::string printed = format_config(*r);
+    if (k.table == "server" && k.key == "listener") {
+      EXPECT_NE(printed.find("\n" + listener_printed), std::string::npos) << printed;
+    } else {
+      std::string line = std::string(k.key) + " = " + with_dir(k.sample) + "\n";
+      EXPECT_NE(("\n" + printed_table(printed, std::string(k.table))).find("\n" + line), std::string::npos)
+          << "[" << k.table << "] " << line << "not in\n" << printed;
+    }
+    auto back = parse_config(printed, "printed.toml");
+    ASSERT_TRUE(back.ok()) << back.err().message();
+    std::string again = format_config(*back);
+    EXPECT_EQ(again.substr(again.find("[server]")), printed.substr(printed.find("[server]")));
+  }
+}
+
+TEST(config_keys, all_samples_together_round_trip) {
+  std::vector<std::pair<std::string, std::vector<std::pair<std::string, std::string>>>> tables;
+  for (const auto& k : config_keys()) {
+    if (k.table == "server" && k.key == "process_model") {
+      continue;  // fork mode and server.processes > 1 exclude each other
+    }
+    if (tables.empty() || tables.back().first != k.table) {
+      tables.push_back({std::string(k.table), {}});
+    }
+    tables.back().second.push_back({std::string(k.key), with_dir(k.sample)});
+  }
+  std::string text = toml_of(tables);
+  SCOPED_TRACE(text);
+  auto r = parse_config(text, "all.toml");
+  ASSERT_TRUE(r.ok()) << r.err().message();
+  std::string printed = format_config(*r);
+  for (const auto& k : config_keys()) {
+    if (k.key == "process_model") {
+      continue;
+    }
+    if (k.key == "listener") {
+      EXPECT_NE(printed.find("\n" + listener_printed), std::string::npos);
+      continue;
+    }
+    std::string line = std::string(k.key) + " = " + with_dir(k.sample) + "\n";
+    EXPECT_NE(("\n" + printed_table(printed, std::string(k.table))).find("\n" + line), std::string::npos)
+        << "[" << k.table << "] " << line;
+  }
+  auto back = parse_config(printed, "printed.toml");
+  ASSERT_TRUE(back.ok()) << back.err().message();
+  std::string again = format_config(*back);
+  EXPECT_EQ(again.substr(again.find("[server]")), printed.substr(printed.find("[server]")));
+}
+
 TEST(config, format_escapes_control_characters) {
   config c;
   c.mail_location = "maildir:/tmp/a\tb\x01";

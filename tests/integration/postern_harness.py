@@ -26,6 +26,7 @@ instead). A test class that needs root throughout (system users, fork mode) sets
 `world_as_root = True`: its World stays root and sets no user.
 """
 
+import atexit
 import contextlib
 import fcntl
 import grp
@@ -856,6 +857,153 @@ def test_user():
         return pwd.getpwnam(TEST_USER)
 
 
+# ---------------------------------------------------------------------------------------------
+# Changes to the machine outside the test's directory: removed even when the run is cut short
+
+# Tests that create system users or files outside their temporary directory (/etc/pam.d)
+# record each one here before making it, and remove it (and its record) when done. What a run
+# could not remove (SIGKILL, a crash, a reboot) is removed by the next run: at import, every
+# record whose process is gone is undone. The records live in LEFTOVERS_DIR (kept across
+# reboots, as the users are), one file per change, holding the pid and boot of the test
+# process that made it, so parallel runs never undo each other's.
+LEFTOVERS_DIR = "/var/tmp/postern-it-leftovers"
+_made_here = {}  # (kind, name) -> record path, for this process
+
+
+def _boot_id():
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _record_path(kind, name):
+    return os.path.join(LEFTOVERS_DIR, f"{kind}:{name.replace('/', '%')}")
+
+
+def record_machine_change(kind, name):
+    """Records that this process is about to create `name` (kind "user" or "file"); undone
+    by forget_machine_change, at exit, on SIGTERM/SIGINT/SIGHUP, or by the next run."""
+    if not _may_undo(kind, name):
+        raise ValueError(f"not a change the harness can undo: {kind} {name!r}")
+    with _effective_root():
+        os.makedirs(LEFTOVERS_DIR, mode=0o700, exist_ok=True)
+        path = _record_path(kind, name)
+        with open(path, "w") as f:
+            f.write(f"{os.getpid()}\n{_boot_id()}\n{name}\n")
+    _made_here[(kind, name)] = path
+
+
+def forget_machine_change(kind, name):
+    """The change was undone: drops its record."""
+    path = _made_here.pop((kind, name), None) or _record_path(kind, name)
+    with _effective_root():
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def _may_undo(kind, name):
+    """Only users with plain names and files in /etc/pam.d are ever recorded or removed."""
+    if kind == "user":
+        return re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", name) is not None
+    return (kind == "file" and os.path.dirname(name) == "/etc/pam.d"
+            and re.fullmatch(r"[A-Za-z0-9._-]+", os.path.basename(name)) is not None
+            and os.path.basename(name) not in (".", ".."))
+
+
+def _undo(kind, name):
+    if not _may_undo(kind, name):
+        return
+    if kind == "user":
+        subprocess.run(["userdel", "-f", name], capture_output=True, timeout=60)
+        try:
+            grp.getgrnam(name)
+            subprocess.run(["groupdel", name], capture_output=True, timeout=60)
+        except KeyError:
+            pass
+    else:
+        try:
+            os.unlink(name)
+        except FileNotFoundError:
+            pass
+
+
+def remove_user(name):
+    """userdel (and groupdel) of a user recorded with record_machine_change, and its record."""
+    _undo("user", name)
+    forget_machine_change("user", name)
+
+
+def undo_machine_changes():
+    """Undoes every change this process recorded and has not undone (atexit, signals)."""
+    if not _made_here:
+        return
+    if os.getresuid()[2] == 0 and os.geteuid() != 0:
+        _regain_root()
+    for (kind, name) in list(_made_here):
+        try:
+            _undo(kind, name)
+        finally:
+            forget_machine_change(kind, name)
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_leftovers():
+    """Undoes the recorded changes of test processes that are gone (an earlier, killed run).
+    Returns [(kind, name)] undone."""
+    undone = []
+    try:
+        entries = os.listdir(LEFTOVERS_DIR)
+    except (FileNotFoundError, PermissionError):
+        return undone
+    for entry in entries:
+        path = os.path.join(LEFTOVERS_DIR, entry)
+        try:
+            with open(path) as f:
+                pid_text, boot, name = f.read().split("\n")[:3]
+            pid = int(pid_text)
+        except (OSError, ValueError):
+            continue
+        kind = entry.split(":", 1)[0]
+        if not _may_undo(kind, name) or (boot == _boot_id() and _pid_alive(pid)):
+            continue
+        _undo(kind, name)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        undone.append((kind, name))
+    return undone
+
+
+def _on_fatal_signal(signo, _frame):
+    undo_machine_changes()
+    signal.signal(signo, signal.SIG_DFL)
+    os.kill(os.getpid(), signo)
+
+
+if os.getuid() == 0:
+    atexit.register(undo_machine_changes)
+    for _sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(_sig) in (signal.SIG_DFL, None):
+            signal.signal(_sig, _on_fatal_signal)
+    # SIGINT raises KeyboardInterrupt, which ends the run through atexit. The default
+    # handler is kept so that unittest's own handling of ^C (if enabled) still works.
+    sweep_leftovers()
+
+
 class _ImportsAsRoot:
     """While a World runs as its owner, Python's own files may be out of its reach (a Python
     under /root, mode 0700): a module imported then (lazily, inside a test) is found and
@@ -1202,14 +1350,55 @@ class PosternTestCase(unittest.TestCase):
         if actual != expected:
             self.fail(f"{what} differ\n" + describe_difference(expected, actual))
 
+    def assertSameListing(self, actual, expected, what="listing"):
+        """LIST/UIDL listings (raw bodies, or lists of lines or pairs) are equal; on failure
+        the message shows the counts and the lines around the first difference only."""
+        if isinstance(actual, (bytes, bytearray)):
+            actual = parse_listing(actual)
+        if isinstance(expected, (bytes, bytearray)):
+            expected = parse_listing(expected)
+        actual, expected = list(actual), list(expected)
+        if actual != expected:
+            self.fail(f"{what} differs\n" + describe_listing_difference(expected, actual))
+
+
+def first_difference(a, b):
+    """Index of the first byte (or item) where a and b differ; min(len) if one is a prefix.
+    Compares halves (C speed), so a 1 MiB comparison takes microseconds, not a Python loop."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo], and they differ before hi
+    while hi - lo > 32:
+        mid = (lo + hi) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return next(k for k in range(lo, hi) if a[k] != b[k])
+
 
 def describe_difference(expected, actual):
-    n = min(len(expected), len(actual))
-    i = next((k for k in range(n) if expected[k] != actual[k]), n)
+    i = first_difference(expected, actual)
     lo = max(0, i - 60)
     return (f"lengths: expected {len(expected)}, actual {len(actual)}; first difference at "
             f"byte {i}\n expected[{lo}:{i + 60}] = {expected[lo:i + 60]!r}\n"
             f" actual  [{lo}:{i + 60}] = {actual[lo:i + 60]!r}")
+
+
+def describe_listing_difference(expected, actual, context=3):
+    """A short report of how two listings (lists of lines or (n, value) pairs) differ: the
+    counts and a few lines around the first difference, never the whole listings."""
+    i = first_difference(expected, actual)
+    lo = max(0, i - context)
+    lines = [f"{len(expected)} lines expected, {len(actual)} received; first difference at line "
+             f"{i + 1}"]
+    for k in range(lo, min(max(len(expected), len(actual)), i + context + 1)):
+        e = expected[k] if k < len(expected) else "(none)"
+        a = actual[k] if k < len(actual) else "(none)"
+        mark = "  " if e == a else "!!"
+        lines.append(f"{mark} line {k + 1}: expected {e!r}, received {a!r}")
+    return "\n".join(lines)
 
 
 def parse_listing(body):

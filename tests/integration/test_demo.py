@@ -8,7 +8,7 @@ import pwd
 import socket
 import subprocess
 
-from postern_harness import requires
+from postern_harness import record_machine_change, remove_user, requires
 from postern_harness import DEFAULT_TIMEOUT, POSTERND, PosternTestCase, wait_for
 
 IS_ROOT = os.geteuid() == 0
@@ -27,7 +27,9 @@ class DemoAsRoot(PosternTestCase):
     def test_root_demo_runs_as_postern_and_serves_the_sample(self):
         try:
             pwd.getpwnam("postern")
-        except KeyError:  # what scripts/demo.sh does
+        except KeyError:  # what scripts/demo.sh does; removed again after the test
+            record_machine_change("user", "postern")
+            self.addCleanup(remove_user, "postern")
             subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
                             "/usr/sbin/nologin", "postern"], check=True)
         demo_dir = self.world.path("demo")

@@ -181,8 +181,8 @@ class Clients(MboxBase):
                                                 sum(wire_size(m) for m in self.stored)))
             st, body = c.cmd_multi("LIST")
             self.assertOk(st)
-            self.assertEqual(parse_listing(body),
-                             [(i + 1, str(wire_size(m))) for i, m in enumerate(self.stored)])
+            self.assertSameListing(body, [(i + 1, str(wire_size(m)))
+                                          for i, m in enumerate(self.stored)], "LIST")
             st, body = c.cmd_multi("UIDL")
             self.assertOk(st)
             uidls = [u for _, u in parse_listing(body)]
@@ -196,7 +196,7 @@ class Clients(MboxBase):
         # UIDLs are stable across sessions.
         with self.session(self.srv) as c:
             st, body = c.cmd_multi("UIDL")
-            self.assertEqual([u for _, u in parse_listing(body)], uidls)
+            self.assertSameListing(body, list(enumerate(uidls, 1)), "UIDL in a later session")
             c.quit()
 
     @needs("curl")

@@ -24,7 +24,7 @@ import socket
 import subprocess
 import unittest
 
-from postern_harness import missing
+from postern_harness import forget_machine_change, missing, record_machine_change
 from postern_harness import (POSTERND, PosternTestCase, Pop3Conn, Server, toml_text, wait_for)
 
 PAM_DIR = "/etc/pam.d"
@@ -94,6 +94,7 @@ class SystemUsersBase(PosternTestCase):
         self.tag = secrets.token_hex(4)
         self.pam_service = f"pt-{self.tag}"
         path = os.path.join(PAM_DIR, self.pam_service)
+        record_machine_change("file", path)  # removed even if the run is cut short
         with open(path, "w") as f:
             f.write("auth required pam_unix.so\naccount required pam_unix.so\n")
         self.addCleanup(_remove, path)
@@ -120,8 +121,9 @@ class SystemUsersBase(PosternTestCase):
         home = os.path.join(self.homes, name)
         cmd = ["useradd", "-M", "-d", home, "-s", "/usr/sbin/nologin"]
         cmd += ["-o", "-u", "0", "-g", "0"] if uid0 else ["-U"]
-        subprocess.run(cmd + [name], check=True, capture_output=True, timeout=60)
+        record_machine_change("user", name)  # removed even if the run is cut short
         self.addCleanup(_userdel, name)
+        subprocess.run(cmd + [name], check=True, capture_output=True, timeout=60)
         if empty_password:
             subprocess.run(["passwd", "-d", name], check=True, capture_output=True, timeout=60)
         else:
@@ -187,6 +189,7 @@ def _remove(path):
         os.unlink(path)
     except FileNotFoundError:
         pass
+    forget_machine_change("file", path)
 
 
 def _userdel(name):
@@ -196,6 +199,7 @@ def _userdel(name):
         subprocess.run(["groupdel", name], capture_output=True, timeout=60)
     except KeyError:
         pass
+    forget_machine_change("user", name)
 
 
 MSG1 = b"From: a@example.org\nSubject: one\n\nfirst body\n"

@@ -247,6 +247,9 @@ int main(int argc, char** argv) {
   app.add_flag("-i,--inetd", inetd, "Serve one session on stdin/stdout (inetd, master process)");
   app.add_flag("--check-config", check, "Validate the configuration, print it and exit");
   app.add_flag("-V,--version", version, "Print the version and exit");
+  bool list_keys = false;
+  app.add_flag("--list-config-keys", list_keys,
+               "Print every configuration key as TABLE.KEY = SAMPLE (a valid non-default value) and exit");
   auto* demo = app.add_option("--demo", demo_dir,
                               "Create a demo setup in DIR (user demo, password demo) and serve it")
                    ->expected(0, 1)
@@ -279,6 +282,14 @@ int main(int argc, char** argv) {
 
   if (version) {
     std::printf("posternd %s\n", POSTERN_VERSION);
+    return 0;
+  }
+  if (list_keys) {
+    for (const auto& k : postern::server::config_keys()) {
+      std::printf("%.*s.%.*s = %.*s\n", static_cast<int>(k.table.size()), k.table.data(),
+                  static_cast<int>(k.key.size()), k.key.data(), static_cast<int>(k.sample.size()),
+                  k.sample.data());
+    }
     return 0;
   }
   if (*hash) {
