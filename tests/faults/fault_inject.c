@@ -34,6 +34,11 @@
    unlink unlinkat link linkat mkdir accept accept4 (the *64 forms count as their plain name).
    mmap rules see only file mappings (fd >= 0), never anonymous memory.
 
+   POSTERN_FAULTS_FILE=FILE reads the rules from FILE instead (';' or newlines between them),
+   and again whenever FILE changes (write a new one and rename it into place): the new rules
+   start counting at 0, so one running daemon serves a whole loop over fault points. A missing
+   or empty FILE means no rules.
+
    POSTERN_FAULTS_LOG=FILE appends one line per act and per counted call:
      fault pid=P rule=R call=C n=N action=A path=PATH
    (opened for each line, so it survives a daemon closing its descriptors; unwritable after a
@@ -90,11 +95,19 @@ struct rule {
   struct counter* count;
 };
 
-static struct rule rules_[max_rules];
-static int nrules_;
-static int active_;
-static struct counter private_counts_[max_rules];
+/* The rules in force: one of two tables, so that a reloaded rules file is parsed into the
+   other one and then switched to. */
+struct table {
+  struct rule rules[max_rules];
+  int n;
+};
+
+static struct table tables_[2];
+static struct table* current_;          /* NULL: no rules */
+static struct counter private_counts_[2][max_rules];
+static struct counter* shared_counts_;  /* [2][max_rules], MAP_SHARED */
 static char log_path_[max_path];
+static char rules_file_[max_path];
 static pthread_once_t once_ = PTHREAD_ONCE_INIT;
 
 /* ---- raw helpers: never through an interposed symbol ---------------------------------- */
@@ -341,11 +354,11 @@ static void parse_field(struct rule* r, const char* field, const char* whole) {
   }
 }
 
-static void parse_rule(const char* text) {
-  if (nrules_ == max_rules) {
+static void parse_rule(struct table* t, const char* text) {
+  if (t->n == max_rules) {
     die("too many rules", text);
   }
-  struct rule* r = &rules_[nrules_++];
+  struct rule* r = &t->rules[t->n++];
   memset(r, 0, sizeof *r);
   r->nth = 1;
   r->every = 1;
@@ -371,22 +384,16 @@ static int program_matches(const char* want) {
 
 static void reset_private_counts(void) { memset(private_counts_, 0, sizeof private_counts_); }
 
-static void init(void) {
-  const char* spec = getenv("POSTERN_FAULTS");
-  const char* prog = getenv("POSTERN_FAULTS_PROG");
-  const char* log = getenv("POSTERN_FAULTS_LOG");
-  if (spec == NULL || *spec == '\0' || (prog != NULL && *prog != '\0' && !program_matches(prog))) {
-    return;
-  }
-  if (log != NULL) {
-    strncpy(log_path_, log, sizeof log_path_ - 1);
-  }
-  /* Rules end at an unescaped ';'; the escapes stay for the split into fields. */
+/* Parses `spec` into table `which` (counters at 0). Rules end at an unescaped ';'; the escapes
+   stay for the split into fields. */
+static struct table* parse_table(int which, const char* spec) {
+  struct table* t = &tables_[which];
+  t->n = 0;
   char text[max_text * 2];
   const char* p = spec;
   while (*p != '\0') {
     size_t n = 0;
-    while (*p != '\0' && *p != ';') {
+    while (*p != '\0' && *p != ';' && *p != '\n') {
       if (*p == '\\' && p[1] != '\0' && n + 2 < sizeof text) {
         text[n++] = *p++;
       }
@@ -396,26 +403,103 @@ static void init(void) {
       ++p;
     }
     text[n] = '\0';
-    if (*p == ';') {
+    if (*p != '\0') {
       ++p;
     }
     if (n > 0) {
-      parse_rule(text);
+      parse_rule(t, text);
     }
   }
-  struct counter* shared = NULL;
-  for (int i = 0; i < nrules_; ++i) {
-    if (rules_[i].shared && shared == NULL) {
-      shared = (struct counter*)syscall(SYS_mmap, NULL, sizeof(struct counter) * max_rules,
-                                        PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-      if ((long)shared < 0 && (long)shared > -4096) {
-        die("cannot map shared counters", spec);
-      }
+  memset(private_counts_[which], 0, sizeof private_counts_[which]);
+  memset(&shared_counts_[which * max_rules], 0, sizeof(struct counter) * max_rules);
+  for (int i = 0; i < t->n; ++i) {
+    t->rules[i].count =
+        t->rules[i].shared ? &shared_counts_[which * max_rules + i] : &private_counts_[which][i];
+  }
+  return t->n > 0 ? t : NULL;
+}
+
+/* The rules file: reread when its inode, size or times change (a test renames a new one into
+   place); the new rules start with their counts at 0. One thread rereads at a time. */
+static struct {
+  uint64_t ino, size;
+  int64_t mtime_ns, ctime_ns;
+  int seen;
+} file_stamp_;
+static int reloading_;
+static int file_table_;
+
+static void reload_rules_file(void) {
+  struct stat st;
+  const int exists = syscall(SYS_newfstatat, AT_FDCWD, rules_file_, &st, 0) == 0;
+  const int64_t mt = exists ? (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec : 0;
+  const int64_t ct = exists ? (int64_t)st.st_ctim.tv_sec * 1000000000 + st.st_ctim.tv_nsec : 0;
+  if (file_stamp_.seen && file_stamp_.ino == (uint64_t)(exists ? st.st_ino : 0) &&
+      file_stamp_.size == (uint64_t)(exists ? st.st_size : 0) && file_stamp_.mtime_ns == mt &&
+      file_stamp_.ctime_ns == ct) {
+    return;
+  }
+  if (__atomic_test_and_set(&reloading_, __ATOMIC_ACQUIRE)) {
+    return;  /* another thread rereads it */
+  }
+  char spec[8192];
+  long n = 0;
+  if (exists) {
+    const long fd = syscall(SYS_openat, AT_FDCWD, rules_file_, O_RDONLY | O_CLOEXEC);
+    n = fd >= 0 ? syscall(SYS_read, (int)fd, spec, sizeof spec - 1) : -1;
+    if (fd >= 0) {
+      syscall(SYS_close, (int)fd);
     }
-    rules_[i].count = rules_[i].shared ? &shared[i] : &private_counts_[i];
+  }
+  spec[n > 0 ? n : 0] = '\0';
+  file_table_ = 1 - file_table_;
+  struct table* t = parse_table(file_table_, spec);
+  file_stamp_.ino = exists ? st.st_ino : 0;
+  file_stamp_.size = exists ? (uint64_t)st.st_size : 0;
+  file_stamp_.mtime_ns = mt;
+  file_stamp_.ctime_ns = ct;
+  file_stamp_.seen = 1;
+  __atomic_store_n(&current_, t, __ATOMIC_RELEASE);
+  __atomic_clear(&reloading_, __ATOMIC_RELEASE);
+}
+
+static void init(void) {
+  const char* spec = getenv("POSTERN_FAULTS");
+  const char* file = getenv("POSTERN_FAULTS_FILE");
+  const char* prog = getenv("POSTERN_FAULTS_PROG");
+  const char* log = getenv("POSTERN_FAULTS_LOG");
+  const int have_spec = spec != NULL && *spec != '\0';
+  const int have_file = file != NULL && *file != '\0';
+  if ((!have_spec && !have_file) || (prog != NULL && *prog != '\0' && !program_matches(prog))) {
+    return;
+  }
+  if (log != NULL) {
+    strncpy(log_path_, log, sizeof log_path_ - 1);
+  }
+  shared_counts_ = (struct counter*)syscall(SYS_mmap, NULL, sizeof(struct counter) * 2 * max_rules,
+                                            PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                                            -1, 0);
+  if ((long)shared_counts_ < 0 && (long)shared_counts_ > -4096) {
+    die("cannot map shared counters", "");
   }
   pthread_atfork(NULL, NULL, reset_private_counts);
-  __atomic_store_n(&active_, nrules_ > 0, __ATOMIC_RELEASE);
+  if (have_file) {
+    strncpy(rules_file_, file, sizeof rules_file_ - 1);
+    reload_rules_file();
+  } else {
+    __atomic_store_n(&current_, parse_table(0, spec), __ATOMIC_RELEASE);
+  }
+}
+
+/* The rules for this call (NULL: none), the rules file reread first when it changed. */
+static const struct table* rules_now(void) {
+  pthread_once(&once_, init);
+  if (rules_file_[0] != '\0') {
+    const int saved_errno = errno;
+    reload_rules_file();
+    errno = saved_errno;
+  }
+  return __atomic_load_n(&current_, __ATOMIC_ACQUIRE);
 }
 
 __attribute__((constructor)) static void load(void) { pthread_once(&once_, init); }
@@ -464,17 +548,17 @@ static int names_call(const struct rule* r, const char* name) {
   return 0;
 }
 
-/* The rule that acts on this call (its index), or -1. Counts every matching call. */
-static int decide(const struct call* c, char* path, size_t cap) {
-  pthread_once(&once_, init);
-  if (!__atomic_load_n(&active_, __ATOMIC_ACQUIRE)) {
-    return -1;
+/* The rule that acts on this call, or NULL. Counts every matching call. */
+static const struct rule* decide(const struct call* c, char* path, size_t cap) {
+  const struct table* t = rules_now();
+  if (t == NULL) {
+    return NULL;
   }
   const int saved_errno = errno;
   int have_path = 0;
-  int chosen = -1;
-  for (int i = 0; i < nrules_; ++i) {
-    struct rule* r = &rules_[i];
+  const struct rule* chosen = NULL;
+  for (int i = 0; i < t->n; ++i) {
+    const struct rule* r = &t->rules[i];
     if (!names_call(r, c->name)) {
       continue;
     }
@@ -502,7 +586,7 @@ static int decide(const struct call* c, char* path, size_t cap) {
       log_act(i, c, n, "count", path);
       continue;
     }
-    if (chosen >= 0 || n < r->nth || (n - r->nth) % r->every != 0) {
+    if (chosen != NULL || n < r->nth || (n - r->nth) % r->every != 0) {
       continue;
     }
     const uint64_t acted = __atomic_add_fetch(&r->count->acted, 1, __ATOMIC_ACQ_REL);
@@ -511,7 +595,7 @@ static int decide(const struct call* c, char* path, size_t cap) {
     }
     static const char* const names[] = {"fail", "short", "kill", "stop", "count"};
     log_act(i, c, n, names[r->action], path);
-    chosen = i;
+    chosen = r;
   }
   errno = saved_errno;
   return chosen;
@@ -520,11 +604,10 @@ static int decide(const struct call* c, char* path, size_t cap) {
 static void raise_now(int sig) { syscall(SYS_kill, syscall(SYS_getpid), sig); }
 
 /* Before the call: 1 when it must fail now (errno set), 0 to make it (maybe shortened). */
-static int before(int chosen) {
-  if (chosen < 0) {
+static int before(const struct rule* r) {
+  if (r == NULL) {
     return 0;
   }
-  const struct rule* r = &rules_[chosen];
   if ((r->action == act_kill || r->action == act_stop) && !r->after) {
     raise_now(r->action == act_kill ? SIGKILL : SIGSTOP);
     return 0;
@@ -536,20 +619,19 @@ static int before(int chosen) {
   return 0;
 }
 
-static void after(int chosen) {
-  if (chosen >= 0 && rules_[chosen].after &&
-      (rules_[chosen].action == act_kill || rules_[chosen].action == act_stop)) {
+static void after(const struct rule* r) {
+  if (r != NULL && r->after && (r->action == act_kill || r->action == act_stop)) {
     const int saved = errno;
-    raise_now(rules_[chosen].action == act_kill ? SIGKILL : SIGSTOP);
+    raise_now(r->action == act_kill ? SIGKILL : SIGSTOP);
     errno = saved;
   }
 }
 
-static size_t shortened(int chosen, size_t n) {
-  if (chosen < 0 || rules_[chosen].action != act_short) {
+static size_t shortened(const struct rule* r, size_t n) {
+  if (r == NULL || r->action != act_short) {
     return n;
   }
-  const long want = rules_[chosen].short_bytes;
+  const long want = r->short_bytes;
   if (want >= 0) {
     return (size_t)want < n ? (size_t)want : n;
   }
@@ -606,25 +688,23 @@ static void* real(enum sym s) {
   return f;
 }
 
-/* The rule acting on fd call `name` (decide()), -1 for none. */
-static int fd_decision(const char* name, int fd) {
+/* The rule acting on fd call `name` (decide()), NULL for none. */
+static const struct rule* fd_decision(const char* name, int fd) {
   char path[max_path];
   const struct call c = {name, fd, NULL, NULL};
   return decide(&c, path, sizeof path);
 }
 
 /* The same for a call on one or two paths, each relative to its directory fd. */
-static int path_decision(const char* name, int d1, const char* p1, int d2, const char* p2) {
-  pthread_once(&once_, init);
-  if (!__atomic_load_n(&active_, __ATOMIC_ACQUIRE)) {
-    return -1;
-  }
+static const struct rule* path_decision(const char* name, int d1, const char* p1, int d2,
+                                         const char* p2) {
+  const struct table* t = rules_now();
   int named = 0;
-  for (int i = 0; i < nrules_ && !named; ++i) {
-    named = names_call(&rules_[i], name);
+  for (int i = 0; t != NULL && i < t->n && !named; ++i) {
+    named = names_call(&t->rules[i], name);
   }
   if (!named) {
-    return -1;
+    return NULL;
   }
   char a[max_path], b[max_path], path[max_path * 2 + 8];
   at_path(d1, p1, a, sizeof a);
@@ -672,18 +752,18 @@ typedef int (*accept_fn)(int, struct sockaddr*, socklen_t*);
 typedef int (*accept4_fn)(int, struct sockaddr*, socklen_t*, int);
 
 static ssize_t do_rw(enum sym s, const char* name, int fd, void* buf, size_t n) {
-  const int chosen = fd_decision(name, fd);
+  const struct rule* const chosen = fd_decision(name, fd);
   AROUND(chosen, ssize_t, -1, ((rw_fn)real(s))(fd, buf, shortened(chosen, n)));
 }
 
 static ssize_t do_prw(enum sym s, const char* name, int fd, void* buf, size_t n, off_t off) {
-  const int chosen = fd_decision(name, fd);
+  const struct rule* const chosen = fd_decision(name, fd);
   AROUND(chosen, ssize_t, -1, ((prw_fn)real(s))(fd, buf, shortened(chosen, n), off));
 }
 
 static ssize_t do_vec(enum sym s, const char* name, int fd, const struct iovec* iov, int cnt,
                       int positioned, off_t off) {
-  const int chosen = fd_decision(name, fd);
+  const struct rule* const chosen = fd_decision(name, fd);
   struct iovec cut[max_iov];
   const size_t total = iov_total(iov, cnt);
   if (shortened(chosen, total) < total) {
@@ -695,12 +775,12 @@ static ssize_t do_vec(enum sym s, const char* name, int fd, const struct iovec* 
 }
 
 static ssize_t do_sr(enum sym s, int fd, void* buf, size_t n, int flags) {
-  const int chosen = fd_decision(sym_names_[s], fd);
+  const struct rule* const chosen = fd_decision(sym_names_[s], fd);
   AROUND(chosen, ssize_t, -1, ((sr_fn)real(s))(fd, buf, shortened(chosen, n), flags));
 }
 
 static ssize_t do_msg(enum sym s, int fd, struct msghdr* m, int flags) {
-  const int chosen = fd_decision(sym_names_[s], fd);
+  const struct rule* const chosen = fd_decision(sym_names_[s], fd);
   if (before(chosen)) {
     return -1;
   }
@@ -724,7 +804,7 @@ static ssize_t do_msg(enum sym s, int fd, struct msghdr* m, int flags) {
 }
 
 static int do_trunc(enum sym s, int fd, off_t len) {
-  const int chosen = fd_decision("ftruncate", fd);
+  const struct rule* const chosen = fd_decision("ftruncate", fd);
   AROUND(chosen, int, -1, ((trunc_fn)real(s))(fd, len));
 }
 
@@ -732,17 +812,17 @@ static void* do_mmap(enum sym s, void* addr, size_t len, int prot, int flags, in
   if (fd < 0 || (flags & MAP_ANONYMOUS) != 0) {
     return ((mmap_fn)real(s))(addr, len, prot, flags, fd, off);
   }
-  const int chosen = fd_decision("mmap", fd);
+  const struct rule* const chosen = fd_decision("mmap", fd);
   AROUND(chosen, void*, MAP_FAILED, ((mmap_fn)real(s))(addr, len, prot, flags, fd, off));
 }
 
 static int do_open(enum sym s, const char* path, int flags, mode_t mode) {
-  const int chosen = path_decision("open", AT_FDCWD, path, AT_FDCWD, NULL);
+  const struct rule* const chosen = path_decision("open", AT_FDCWD, path, AT_FDCWD, NULL);
   AROUND(chosen, int, -1, ((open_fn)real(s))(path, flags, mode));
 }
 
 static int do_openat(enum sym s, int dirfd, const char* path, int flags, mode_t mode) {
-  const int chosen = path_decision("openat", dirfd, path, AT_FDCWD, NULL);
+  const struct rule* const chosen = path_decision("openat", dirfd, path, AT_FDCWD, NULL);
   AROUND(chosen, int, -1, ((openat_fn)real(s))(dirfd, path, flags, mode));
 }
 
@@ -792,13 +872,13 @@ EXPORT ssize_t send(int fd, const void* buf, size_t n, int flags) {
 }
 EXPORT ssize_t sendto(int fd, const void* buf, size_t n, int flags, const struct sockaddr* a,
                       socklen_t alen) {
-  const int chosen = fd_decision("sendto", fd);
+  const struct rule* const chosen = fd_decision("sendto", fd);
   AROUND(chosen, ssize_t, -1,
          ((sto_fn)real(sym_sendto))(fd, buf, shortened(chosen, n), flags, a, alen));
 }
 EXPORT ssize_t recvfrom(int fd, void* buf, size_t n, int flags, struct sockaddr* a,
                         socklen_t* alen) {
-  const int chosen = fd_decision("recvfrom", fd);
+  const struct rule* const chosen = fd_decision("recvfrom", fd);
   AROUND(chosen, ssize_t, -1,
          ((rfrom_fn)real(sym_recvfrom))(fd, buf, shortened(chosen, n), flags, a, alen));
 }
@@ -809,11 +889,11 @@ EXPORT ssize_t sendmsg(int fd, const struct msghdr* m, int flags) {
   return do_msg(sym_sendmsg, fd, (struct msghdr*)m, flags);
 }
 EXPORT int fsync(int fd) {
-  const int chosen = fd_decision("fsync", fd);
+  const struct rule* const chosen = fd_decision("fsync", fd);
   AROUND(chosen, int, -1, ((fd_fn)real(sym_fsync))(fd));
 }
 EXPORT int fdatasync(int fd) {
-  const int chosen = fd_decision("fdatasync", fd);
+  const struct rule* const chosen = fd_decision("fdatasync", fd);
   AROUND(chosen, int, -1, ((fd_fn)real(sym_fdatasync))(fd));
 }
 EXPORT int ftruncate(int fd, off_t len) { return do_trunc(sym_ftruncate, fd, len); }
@@ -853,46 +933,46 @@ EXPORT int openat64(int dirfd, const char* path, int flags, ...) {
   return do_openat(sym_openat64, dirfd, path, flags, mode);
 }
 EXPORT int creat(const char* path, mode_t mode) {
-  const int chosen = path_decision("creat", AT_FDCWD, path, AT_FDCWD, NULL);
+  const struct rule* const chosen = path_decision("creat", AT_FDCWD, path, AT_FDCWD, NULL);
   AROUND(chosen, int, -1, ((creat_fn)real(sym_creat))(path, mode));
 }
 EXPORT int rename(const char* a, const char* b) {
-  const int chosen = path_decision("rename", AT_FDCWD, a, AT_FDCWD, b);
+  const struct rule* const chosen = path_decision("rename", AT_FDCWD, a, AT_FDCWD, b);
   AROUND(chosen, int, -1, ((two_fn)real(sym_rename))(a, b));
 }
 EXPORT int link(const char* a, const char* b) {
-  const int chosen = path_decision("link", AT_FDCWD, a, AT_FDCWD, b);
+  const struct rule* const chosen = path_decision("link", AT_FDCWD, a, AT_FDCWD, b);
   AROUND(chosen, int, -1, ((two_fn)real(sym_link))(a, b));
 }
 EXPORT int renameat(int d1, const char* a, int d2, const char* b) {
-  const int chosen = path_decision("renameat", d1, a, d2, b);
+  const struct rule* const chosen = path_decision("renameat", d1, a, d2, b);
   AROUND(chosen, int, -1, ((twoat_fn)real(sym_renameat))(d1, a, d2, b));
 }
 EXPORT int renameat2(int d1, const char* a, int d2, const char* b, unsigned flags) {
-  const int chosen = path_decision("renameat2", d1, a, d2, b);
+  const struct rule* const chosen = path_decision("renameat2", d1, a, d2, b);
   AROUND(chosen, int, -1, ((twoatf_fn)real(sym_renameat2))(d1, a, d2, b, flags));
 }
 EXPORT int linkat(int d1, const char* a, int d2, const char* b, int flags) {
-  const int chosen = path_decision("linkat", d1, a, d2, b);
+  const struct rule* const chosen = path_decision("linkat", d1, a, d2, b);
   AROUND(chosen, int, -1, ((linkat_fn)real(sym_linkat))(d1, a, d2, b, flags));
 }
 EXPORT int unlink(const char* path) {
-  const int chosen = path_decision("unlink", AT_FDCWD, path, AT_FDCWD, NULL);
+  const struct rule* const chosen = path_decision("unlink", AT_FDCWD, path, AT_FDCWD, NULL);
   AROUND(chosen, int, -1, ((one_fn)real(sym_unlink))(path));
 }
 EXPORT int unlinkat(int dirfd, const char* path, int flags) {
-  const int chosen = path_decision("unlinkat", dirfd, path, AT_FDCWD, NULL);
+  const struct rule* const chosen = path_decision("unlinkat", dirfd, path, AT_FDCWD, NULL);
   AROUND(chosen, int, -1, ((unlinkat_fn)real(sym_unlinkat))(dirfd, path, flags));
 }
 EXPORT int mkdir(const char* path, mode_t mode) {
-  const int chosen = path_decision("mkdir", AT_FDCWD, path, AT_FDCWD, NULL);
+  const struct rule* const chosen = path_decision("mkdir", AT_FDCWD, path, AT_FDCWD, NULL);
   AROUND(chosen, int, -1, ((mkdir_fn)real(sym_mkdir))(path, mode));
 }
 EXPORT int accept(int fd, struct sockaddr* a, socklen_t* alen) {
-  const int chosen = fd_decision("accept", fd);
+  const struct rule* const chosen = fd_decision("accept", fd);
   AROUND(chosen, int, -1, ((accept_fn)real(sym_accept))(fd, a, alen));
 }
 EXPORT int accept4(int fd, struct sockaddr* a, socklen_t* alen, int flags) {
-  const int chosen = fd_decision("accept4", fd);
+  const struct rule* const chosen = fd_decision("accept4", fd);
   AROUND(chosen, int, -1, ((accept4_fn)real(sym_accept4))(fd, a, alen, flags));
 }

@@ -10,6 +10,9 @@ at the top of that file and in docs/reliability.md ("Fault injection"). Typical 
     ...
     self.assertEqual(len(log.acts()), 1)        # the fault really happened
 
+With a RulesFile instead of the rules text, one running posternd takes new rules whenever the
+test sets them (counting from 0 again), so a loop over fault points needs no restart.
+
 fault_env() preloads the ASan runtime first when posternd is the sanitizer build, and limits the
 rules to posternd (not to programs it spawns). Counting the calls of a clean run
 (action=count) gives the range N = 1..count of a loop over fault points.
@@ -50,7 +53,7 @@ def require_library():
 
 
 def fault_env(rules, log=None, prog="posternd", binary=POSTERND):
-    """The environment that runs `binary` with `rules` (POSTERN_FAULTS text).
+    """The environment that runs `binary` with `rules` (POSTERN_FAULTS text, or a RulesFile).
 
     log: a FaultLog (or a path) receiving a line per act or counted call; prog: limit the rules
     to processes of that executable name (None: every process that loads the library)."""
@@ -59,7 +62,11 @@ def fault_env(rules, log=None, prog="posternd", binary=POSTERND):
     asan = asan_runtime(binary)
     if asan:
         preload.insert(0, asan)  # ASan wants its runtime first in the library list
-    env = {"LD_PRELOAD": " ".join(preload), "POSTERN_FAULTS": rules}
+    env = {"LD_PRELOAD": " ".join(preload)}
+    if isinstance(rules, RulesFile):
+        env["POSTERN_FAULTS_FILE"] = rules.path
+    else:
+        env["POSTERN_FAULTS"] = rules
     if log is not None:
         env["POSTERN_FAULTS_LOG"] = log.path if isinstance(log, FaultLog) else log
     if prog:
@@ -104,3 +111,22 @@ class FaultLog:
     def clear(self):
         with open(self.path, "w"):
             pass
+
+
+class RulesFile:
+    """POSTERN_FAULTS_FILE: rules a running process rereads when the file changes (its counts
+    start again at 0). set() replaces the file atomically; set("") removes every rule."""
+
+    _seq = [0]
+
+    def __init__(self, world, rules=""):
+        RulesFile._seq[0] += 1
+        self.path = world.path(f"fault-rules{RulesFile._seq[0]}")
+        self.set(rules)
+
+    def set(self, rules):
+        tmp = self.path + ".new"
+        with open(tmp, "w") as f:
+            f.write(rules)
+        os.chmod(tmp, 0o644)
+        os.rename(tmp, self.path)

@@ -11,7 +11,7 @@ import sys
 import textwrap
 import unittest
 
-from fault_injection import FaultLog, fault_env
+from fault_injection import FaultLog, RulesFile, fault_env
 from postern_harness import DEFAULT_TIMEOUT, PosternTestCase
 
 
@@ -20,16 +20,16 @@ class FaultLibrary(PosternTestCase):
 
     world_as_root = True  # the child is this Python, which the test user may not be able to run
 
-    def run_child(self, rules, code, log=None):
+    def run_child(self, rules, code, log=None, args=()):
         env = dict(os.environ)
         env.update(fault_env(rules, log, prog=None, binary=sys.executable))
         prelude = "import errno, mmap, os, socket, sys\nD = sys.argv[1]\n"
         return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code),
-                               self.world.dir], env=env, capture_output=True,
+                               self.world.dir, *args], env=env, capture_output=True,
                               timeout=DEFAULT_TIMEOUT, text=True)
 
-    def outcome(self, rules, code, log=None):
-        res = self.run_child(rules, code, log)
+    def outcome(self, rules, code, log=None, args=()):
+        res = self.run_child(rules, code, log, args)
         self.assertEqual(res.returncode, 0, res.stderr)
         return res.stdout.split()
 
@@ -171,6 +171,26 @@ class FaultLibrary(PosternTestCase):
         self.assertEqual([e["n"] for e in log.counted(rule=1)], [1, 2, 3, 4])
         self.assertEqual([(e["rule"], e["n"], e["action"]) for e in log.acts()], [(2, 3, "fail")])
         self.assertTrue(log.acts()[0]["path"].endswith("/data"), log.acts())
+
+    def test_rules_file_is_reread_when_it_changes(self):
+        rules = RulesFile(self.world, "fsync:nth=2")
+        out = self.outcome(rules, """
+            fd = os.open(D + "/data", os.O_WRONLY | os.O_CREAT, 0o600)
+            def attempt():
+                try:
+                    os.fsync(fd); return "ok"
+                except OSError as e:
+                    return errno.errorcode[e.errno]
+            print(attempt(), attempt(), attempt())
+            sys.stdout.flush()
+            path = sys.argv[2]
+            for text in ("fsync:errno=ENOSPC", "", "write:path~/nothing"):
+                with open(path + ".new", "w") as f:
+                    f.write(text)
+                os.rename(path + ".new", path)
+                print(attempt(), attempt())
+        """, args=(rules.path,))
+        self.assertEqual(out, ["ok", "EIO", "ok", "ENOSPC", "ok", "ok", "ok", "ok", "ok"])
 
     def test_malformed_rules_stop_the_process(self):
         for rules in ("fsync:nth=0", "nosuchcall", "write:errno=EWHAT", "write:action=explode",
