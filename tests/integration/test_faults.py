@@ -15,13 +15,11 @@ docs/reliability.md ("Fault injection") records the counts.
 """
 
 import os
-import shutil
+import re
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 import unittest
 
 from fault_injection import FaultLog, RulesFile, fault_env
@@ -253,10 +251,11 @@ class Session:
 class FaultLoop(PosternTestCase):
     """One posternd with a rules file; a mailbox restored before each run of the session."""
 
-    calls = ""        # the calls a loop faults, for subclasses
-    outcomes = None   # {(variant): counts} shared by the loops of a test, for the summary
+    scope = ""        # ":scope=tree": one count for all of posternd's processes
+    extra_config = None
 
     def start_server(self, extra_config=None):
+        extra_config = extra_config or self.extra_config
         self.rules = RulesFile(self.world)
         self.flog = FaultLog(self.world)
         if extra_config:
@@ -416,7 +415,7 @@ class FaultLoop(PosternTestCase):
     def count_points(self, calls, path, session_args, kind=""):
         self.restore()
         self.flog.clear()
-        self.rules.set(f"{calls}:path~{path}{kind}:action=count")
+        self.rules.set(f"{calls}:path~{path}{kind}{self.scope}:action=count")
         sess = Session()
         self.run_session(sess, **session_args)
         self.rules.set("")
@@ -452,7 +451,7 @@ class FaultLoop(PosternTestCase):
         for n in tried:
             self.restore()
             self.flog.clear()
-            rule = f"{calls}:path~{path}{kind}:nth={n}:{variant}"
+            rule = f"{calls}:path~{path}{kind}{self.scope}:nth={n}:{variant}"
             self.rules.set(rule)
             sess = Session()
             self.run_session(sess, **session_args)
@@ -792,3 +791,24 @@ class AcceptFaults(PosternTestCase):
 
     def test_connection_reset_before_accept(self):
         self.check_accept_fault("ECONNRESET")
+
+
+class WorkerProcessFaults(MaildirFaults):
+    """The Maildir EIO loop with two worker processes (server.processes = 2): the library is
+    inherited by the forked workers, and scope=tree counts the calls of all of them, so the
+    N-th call is the same whichever worker takes the session."""
+
+    scope = ":scope=tree"
+    extra_config = {"server": {"processes": 2}}
+
+    def tearDown(self):
+        # the sessions were served by both workers (the loops' hundred logins spread over them)
+        pids = set(re.findall(r"posternd\[(\d+)\]: info: login:", self.srv.log()))
+        self.assertGreaterEqual(len(pids), 2, "one worker served every session")
+        super().tearDown()
+
+    test_writes_failing_with_enospc = None
+    test_opens_failing_with_emfile = None
+    test_reads_and_writes_interrupted = None
+    test_short_reads_and_writes = None
+    test_retr_when_mapping_is_refused = None
