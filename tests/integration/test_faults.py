@@ -556,9 +556,9 @@ FROM_LINE = b"From sender@example.org Tue Nov 14 22:13:20 2023\n"
 
 
 class MboxFaults(RetrChecks, FaultLoop):
-    """mbox: the scan, the index, RETR (pread, and mmap for the 1.2 MB message), the QUIT
-    update through its journal (write, fsync, rename, apply, truncate), and the recovery of
-    an update cut short, which the next session runs."""
+    """mbox: the dotlock, the scan, the index, RETR (pread through the mboxo unquoting), the
+    QUIT update through its journal (write, fsync, rename, apply, truncate), and the recovery
+    of an update cut short after its commit point, which the next login runs."""
 
     store_calls = MaildirFaults.store_calls
 
