@@ -25,6 +25,7 @@ import unittest
 from fault_injection import FaultLog, RulesFile, fault_env
 from postern_harness import (DEFAULT_TIMEOUT, SANITIZE, Closed, Msg, PosternTestCase,
                              parse_listing, scaled, simple_message, wire_body)
+from test_system_users import MSG1, MSG2, SystemUsersBase
 
 
 class FaultLibrary(PosternTestCase):
@@ -861,3 +862,45 @@ class WorkerProcessFaults(MaildirFaults):
     test_reads_and_writes_interrupted = None
     test_short_reads_and_writes = None
     test_retr_when_mapping_is_refused = None
+
+
+class ForkModeFaults(SystemUsersBase):
+    """Fork mode (a process per session, system users, mbox spools): the library reaches the
+    session processes, each counts its own calls from 0 (scope=process), and a failed store
+    call there costs only that session."""
+
+    def test_each_session_process_counts_its_own_calls(self):
+        name, _, spool = self.add_system_user(messages=(MSG1, MSG2))
+        other, _, _ = self.add_system_user(messages=(MSG1,))
+        with open(spool, "rb") as f:
+            before = f.read()
+        log = FaultLog(self.world)
+        rules = RulesFile(self.world)
+        srv = self.world.start(self.write_unix(), env=fault_env(rules, log))
+        self.addCleanup(lambda: srv.stopped or srv.stop(check=False))
+        held = srv.connect()
+        held.login(other, "Pt-pass-1")
+        # The first write to the spool in each session process fails: the update of QUIT
+        # after its commit point, then the next session's finishing of it at login
+        rules.set(f"pwrite:path~{spool}:nth=1:times=0:errno=EIO")
+        conn = srv.connect()
+        conn.login(name, "Pt-pass-1")
+        self.assertOk(conn.cmd("DELE 1"))
+        self.assertErr(conn.cmd("QUIT"))
+        conn.close()
+        conn = srv.connect()
+        self.assertOk(conn.cmd(f"USER {name}"))
+        self.assertErr(conn.cmd("PASS Pt-pass-1"), "the journal could not be finished")
+        conn.close()
+        acts = log.acts()
+        self.assertEqual(len(acts), 2, log.entries())
+        self.assertNotEqual(acts[0]["pid"], acts[1]["pid"], "one process per session")
+        self.assertNotIn(srv.proc.pid, {a["pid"] for a in acts}, "not in the master")
+        rules.set("")
+        self.assertRegex(held.cmd("STAT"), r"^\+OK 1 ")
+        conn = srv.connect()
+        conn.login(name, "Pt-pass-1")
+        self.assertEqual(conn.cmd("STAT"), f"+OK 1 {len(wire_body(MSG2))}")
+        self.assertOk(conn.quit())
+        with open(spool, "rb") as f:
+            self.assertEqual(f.read(), before[before.index(b"From sender", 1):])
