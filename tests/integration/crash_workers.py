@@ -1,0 +1,257 @@
+"""The other programs of the crash trials (test_crash_trials.py), each run as its own process:
+a delivery agent and a mail reader working on the same maildrop as posternd.
+
+  python3 crash_workers.py mbox-deliver  SPOOL LOG SEED
+  python3 crash_workers.py mbox-edit     SPOOL LOG SEED
+  python3 crash_workers.py maildir-deliver MAILDIR LOG SEED
+  python3 crash_workers.py maildir-edit    MAILDIR LOG SEED
+
+Each loops until SIGTERM, which it obeys between two operations (never in the middle of one),
+so that the log it leaves says exactly what it did. Every completed operation is one JSON
+line in LOG, written before the locks are released:
+  {"op": "deliver", "id": ID, "content": BASE64}   a new message (mbox: without From_ line)
+  {"op": "edit", "id": ID, "content": BASE64}      the message's bytes changed (mbox)
+  {"op": "expunge", "id": ID}                      the message was removed
+  {"op": "flag", "id": ID}                         a Maildir file renamed with more flags
+
+The mbox programs follow the conventions posternd honours (docs/mbox.md): the dotlock
+SPOOL.lock made the liblockfile way (a unique file linked to the lock name, holding the pid),
+then a whole-file fcntl write lock. Like Postfix local (500 s) and liblockfile (5 min), they
+break a dotlock only by age, never because its pid is dead: after posternd is killed holding
+the dotlock, they wait until its next start (whose recovery breaks the dead process's lock)
+has completed the update. The mail reader rewrites the file the way mutt does: in place from
+the first changed message on, then truncated; it adds or changes a Status: header (which
+changes the message's length) or expunges a message. The Maildir delivery agent writes into
+tmp/ and links into new/ (qmail's way); the Maildir reader renames files as an IMAP server
+does when it sets flags (new/ to cur/, cur/ to cur/ with more flags) and now and then
+expunges one.
+"""
+
+import base64
+import fcntl
+import json
+import os
+import random
+import re
+import signal
+import socket
+import sys
+import time
+
+FROM_LINE = b"From crash@example.org Tue Nov 14 22:13:20 2023\n"
+MESSAGE_ID = re.compile(rb"(?mi)^Message-ID: <([^>]*)>")
+STALE_AGE = 500  # seconds, Postfix's
+
+stopping = False
+
+
+def on_term(_sig, _frame):
+    global stopping
+    stopping = True
+
+
+def message(rng, ident):
+    lines = b"".join(b"line %d of message %s, %s\n" % (i, ident.encode(), b"x" * rng.randrange(60))
+                     for i in range(rng.randrange(1, 60)))
+    return (b"From: crash@example.org\nTo: alice@example.org\nSubject: trial " + ident.encode()
+            + b"\nMessage-ID: <" + ident.encode() + b"@example.org>\n\n" + lines)
+
+
+class Log:
+    def __init__(self, path):
+        self.f = open(path, "a", buffering=1)
+
+    def write(self, **record):
+        if "content" in record:
+            record["content"] = base64.b64encode(record["content"]).decode()
+        self.f.write(json.dumps(record) + "\n")
+        self.f.flush()
+        os.fsync(self.f.fileno())
+
+
+def take_dotlock(spool):
+    """liblockfile's lockfile_create: a unique file, link() to SPOOL.lock, judged by lstat."""
+    lock = spool + ".lock"
+    tmp = f"{os.path.dirname(spool)}/.lk{os.getpid()}.{random.randrange(1 << 30)}.{socket.gethostname()}"
+    with open(tmp, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    try:
+        while not stopping:
+            try:
+                os.link(tmp, lock)
+            except FileExistsError:
+                pass
+            try:
+                if os.lstat(tmp).st_ino == os.lstat(lock).st_ino:
+                    return lock
+                if time.time() - os.lstat(lock).st_mtime > STALE_AGE:
+                    os.unlink(lock)
+            except FileNotFoundError:
+                continue
+            time.sleep(0.005)
+        return None
+    finally:
+        os.unlink(tmp)
+
+
+def locked(spool, fn):
+    """Runs fn(fd) under the dotlock and an fcntl write lock; False if stopped while waiting."""
+    lock = take_dotlock(spool)
+    if lock is None:
+        return False
+    try:
+        fd = os.open(spool, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            while True:
+                try:
+                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError:
+                    time.sleep(0.002)
+            fn(fd)
+        finally:
+            os.close(fd)
+    finally:
+        os.unlink(lock)
+    return True
+
+
+def split_mbox(data):
+    """[(offset, From_ line, content)] by docs/mbox.md's separator rule; the blank line before
+    a separator (or at the end) is the mbox's."""
+    out = []
+    pos = 0
+    starts = []
+    prev_blank = True
+    for line in data.splitlines(keepends=True):
+        if line.startswith(b"From ") and prev_blank:
+            starts.append(pos)
+        prev_blank = line in (b"\n", b"\r\n")
+        pos += len(line)
+    for k, s in enumerate(starts):
+        e = starts[k + 1] if k + 1 < len(starts) else len(data)
+        chunk = data[s:e]
+        nl = chunk.index(b"\n") + 1
+        content = chunk[nl:]
+        if content.endswith(b"\n\n"):
+            content = content[:-1]
+        out.append((s, chunk[:nl], content))
+    return out
+
+
+def ident_of(content):
+    m = MESSAGE_ID.search(content)
+    return m.group(1).decode().split("@")[0] if m else None
+
+
+def mbox_deliver(spool, log, rng, prefix):
+    n = 0
+    while not stopping:
+        n += 1
+        ident = f"{prefix}d{n}"
+        content = message(rng, ident)
+
+        def append(fd):
+            os.lseek(fd, 0, os.SEEK_END)
+            os.write(fd, FROM_LINE + content + b"\n")
+            os.fsync(fd)
+            log.write(op="deliver", id=ident, content=content)
+        locked(spool, append)
+        time.sleep(rng.uniform(0.01, 0.08))
+
+
+def mbox_edit(spool, log, rng, _prefix):
+    while not stopping:
+        def rewrite(fd):
+            size = os.fstat(fd).st_size
+            data = os.pread(fd, size, 0)
+            msgs = split_mbox(data)
+            if not msgs:
+                return
+            i = rng.randrange(len(msgs))
+            off, from_line, content = msgs[i]
+            ident = ident_of(content)
+            expunge = rng.random() < 0.15 and len(msgs) > 3
+            head, sep, body = content.partition(b"\n\n")
+            if b"\nStatus: RO" in head:
+                head = head.replace(b"\nStatus: RO", b"\nStatus: O", 1)
+            elif b"\nStatus: O" in head:
+                head = head.replace(b"\nStatus: O", b"\nStatus: RO", 1)
+            else:
+                head += b"\nStatus: O"
+            new = head + sep + body
+            rest = b"".join(f + c + b"\n" for _, f, c in msgs[i + 1:])
+            tail = (b"" if expunge else from_line + new + b"\n") + rest
+            os.pwrite(fd, tail, off)
+            os.ftruncate(fd, off + len(tail))
+            os.fsync(fd)
+            if expunge:
+                log.write(op="expunge", id=ident)
+            else:
+                log.write(op="edit", id=ident, content=new)
+        locked(spool, rewrite)
+        time.sleep(rng.uniform(0.005, 0.03))
+
+
+def maildir_deliver(root, log, rng, prefix):
+    n = 0
+    host = socket.gethostname()
+    while not stopping:
+        n += 1
+        ident = f"{prefix}d{n}"
+        content = message(rng, ident)
+        base = f"{int(time.time())}.M{n}P{os.getpid()}.{host}"
+        tmp = os.path.join(root, "tmp", base)
+        with open(tmp, "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, os.path.join(root, "new", base))
+        os.unlink(tmp)
+        log.write(op="deliver", id=base, content=content)
+        time.sleep(rng.uniform(0.01, 0.08))
+
+
+def maildir_edit(root, log, rng, _prefix):
+    while not stopping:
+        files = [(sub, n) for sub in ("new", "cur") for n in os.listdir(os.path.join(root, sub))]
+        if files:
+            sub, name = rng.choice(files)
+            base, _, flags = name.partition(":2,")
+            src = os.path.join(root, sub, name)
+            if rng.random() < 0.1 and len(files) > 3:
+                try:
+                    os.unlink(src)
+                    log.write(op="expunge", id=base)
+                except FileNotFoundError:
+                    pass
+            else:
+                flag = rng.choice("FRS")
+                new = "".join(sorted(set(flags + flag)))
+                try:
+                    os.rename(src, os.path.join(root, "cur", f"{base}:2,{new}"))
+                    log.write(op="flag", id=base)
+                except FileNotFoundError:
+                    pass  # renamed or removed by posternd meanwhile
+        time.sleep(rng.uniform(0.002, 0.02))
+
+
+ROLES = {"mbox-deliver": mbox_deliver, "mbox-edit": mbox_edit,
+         "maildir-deliver": maildir_deliver, "maildir-edit": maildir_edit}
+
+
+def run(role, target, log_path, seed):
+    """Runs one worker until SIGTERM (in this process)."""
+    global stopping
+    stopping = False
+    signal.signal(signal.SIGTERM, on_term)
+    rng = random.Random(seed)
+    log = Log(log_path)
+    try:
+        ROLES[role](target, log, rng, f"w{seed}")
+    finally:
+        log.f.close()
+
+
+if __name__ == "__main__":
+    run(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))

@@ -1,0 +1,363 @@
+"""kill -9 of the real posternd at chosen steps of every update, with a delivery agent and a
+mail reader working on the same maildrop (docs/reliability.md, "Crash trials").
+
+The kill is placed exactly: posternd runs with the LD_PRELOAD library built from
+tests/crash/kill_at.cpp, which counts the file-changing calls (write, pwrite, fsync, rename,
+unlink, ftruncate, link, fallocate, creating open) on the maildrop's files from the moment the
+test creates an "arm" file (just before QUIT, or before the start for a kill inside the
+recovery), and SIGKILLs the process at the Nth. Its trace says which call was the last, so each
+trial knows whether the update had passed its commit point. Trial k kills at call k (modulo
+the number of calls a QUIT makes, learnt by a first traced run), so every step is hit.
+
+While the session runs and while posternd is down and restarts, crash_workers.py processes
+deliver mail (mbox: under the dotlock and an fcntl lock, breaking a dotlock only by age as
+Postfix does; Maildir: tmp/ then new/) and edit the maildrop (mbox: mutt-like in-place rewrite
+under the same locks, changing a Status: header or expunging; Maildir: IMAP-like renames adding
+flags, expunges). After each trial, with the workers stopped, the maildrop must hold exactly
+the messages delivered, minus those deleted by a QUIT that got +OK and those the reader
+expunged, each once and with the bytes the last writer gave it; a QUIT that got no reply may
+have deleted its messages or not (mbox: all or none), whole. The server then lists and sends
+every message byte for byte, and every message keeps the UIDL it had.
+
+POSTERN_CRASH_TRIALS sets the number of trials per test (default: a bounded run for CI).
+"""
+
+import base64
+import collections
+import json
+import os
+import random
+import signal
+import sys
+import time
+
+from postern_harness import (POSTERND, SANITIZE, Closed, PosternTestCase, parse_listing,
+                             requires, scaled, wire_body)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+KILL_AT = os.environ.get("POSTERN_KILL_AT_LIB") or os.path.join(
+    os.path.dirname(os.path.abspath(POSTERND)), "libpostern_kill_at.so")
+TRIALS = int(os.environ.get("POSTERN_CRASH_TRIALS") or 0)
+PASSWORD = "Cr4sh-pw"
+USER = "alice"
+FROM_LINE = b"From crash@example.org Tue Nov 14 22:13:20 2023\n"
+COUNTED = "write,pwrite,fsync,rename,unlink,ftruncate,link,fallocate,open"
+
+sys.path.insert(0, HERE)
+import crash_workers  # noqa: E402  (the workers' parser and message format)
+
+
+def unstuff(body):
+    if body.startswith(b".."):
+        body = body[1:]
+    return body.replace(b"\r\n..", b"\r\n.")
+
+
+class Workers:
+    """The delivery agent and the mail reader, as forked processes (the test user may not be
+    able to execute this interpreter); stop() returns their records."""
+
+    def __init__(self, test, kind, target, seed):
+        self.pids = []
+        self.logs = []
+        for n, role in enumerate(("deliver", "edit")):
+            log = test.world.path(f"worker-{seed}-{role}.log")
+            self.logs.append(log)
+            pid = os.fork()
+            if pid == 0:
+                code = 0
+                try:
+                    crash_workers.run(f"{kind}-{role}", target, log, seed * 10 + n)
+                except BaseException:  # reported on stderr, seen as the exit status
+                    import traceback
+                    traceback.print_exc()
+                    code = 1
+                os._exit(code)
+            self.pids.append(pid)
+
+    def stop(self):
+        for pid in self.pids:
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + scaled(30)
+        failed = []
+        for pid in self.pids:
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    break
+                if time.monotonic() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    raise AssertionError("a crash worker did not stop (waiting on a lock?)")
+                time.sleep(0.005)
+            if status != 0:
+                failed.append(status)
+        self.pids = []
+        if failed:
+            raise AssertionError(f"a crash worker failed (status {failed}); see stderr")
+        records = []
+        for log in self.logs:
+            if os.path.exists(log):
+                with open(log) as f:
+                    records += [json.loads(line) for line in f if line.strip()]
+        return records
+
+
+class CrashBase(PosternTestCase):
+    kind = None  # "mbox" or "maildir"
+
+    def setUp(self):
+        super().setUp()
+        if not os.path.exists(KILL_AT):
+            self.fail(f"{KILL_AT} is missing: build the postern_kill_at target")
+        self.arm = self.world.path("kill-at.arm")
+        self.model = {}   # id -> bytes the maildrop must hold
+        self.uidls = {}   # id -> UIDL first served
+        self.stats = collections.Counter()
+        self.seed = 1
+
+    # -- posternd with the kill library
+    def start(self, n, trace, after=False, armed=False, config=None):
+        if armed:
+            open(self.arm, "w").close()
+        env = {"LD_PRELOAD": KILL_AT, "POSTERN_KILL_AT_CALLS": COUNTED,
+               "POSTERN_KILL_AT_PATH": self.watched, "POSTERN_KILL_AT_ARM": self.arm,
+               "POSTERN_KILL_AT_N": str(n), "POSTERN_KILL_AT_AFTER": "1" if after else "0",
+               "POSTERN_KILL_AT_TRACE": trace}
+        if SANITIZE:  # the library is loaded before the sanitizer runtime
+            env["ASAN_OPTIONS"] = ":".join(filter(None, [os.environ.get("ASAN_OPTIONS"),
+                                                        "verify_asan_link_order=0"]))
+        return self.world.start(config, env=env)
+
+    @staticmethod
+    def trace_of(path):
+        if not os.path.exists(path):
+            return [], None
+        with open(path) as f:
+            lines = [line.rstrip("\n") for line in f]
+        killed = next((line[5:] for line in lines if line.startswith("KILL ")), None)
+        return lines, killed
+
+    def quit_and_maybe_die(self, srv, conn):
+        """Sends QUIT with the kill armed; returns the reply, or None when the connection
+        closed without one (posternd died)."""
+        open(self.arm, "w").close()
+        conn.send(b"QUIT\r\n")
+        try:
+            reply = conn.status(timeout=scaled(30))
+        except Closed:
+            return None
+        return reply
+
+    def disarm(self):
+        if os.path.exists(self.arm):
+            os.unlink(self.arm)
+
+    def finish(self, srv):
+        """Waits for a posternd the library killed, or stops one it did not."""
+        if srv.alive():
+            time.sleep(0.05)  # a kill after the reply (the index write) may still come
+        if srv.alive():
+            srv.stop()
+            return False
+        srv.kill()  # reaps
+        self.assertEqual(srv.returncode, -signal.SIGKILL, srv.log()[-3000:])
+        return True
+
+    # -- the model
+    def apply(self, records):
+        for r in records:
+            if r["op"] in ("deliver", "edit"):
+                self.model[r["id"]] = base64.b64decode(r["content"])
+            elif r["op"] == "expunge":
+                self.model.pop(r["id"], None)
+            self.stats["worker " + r["op"]] += 1
+
+    def check_served(self, srv, what):
+        """Every message served byte for byte, with the UIDL it always had."""
+        conn = srv.connect()
+        conn.login(USER, PASSWORD)
+        st, body = conn.cmd_multi("UIDL")
+        self.assertOk(st)
+        listing = parse_listing(body)
+        self.assertEqual(len(listing), len(self.model), f"{what}: listing {listing}")
+        seen = set()
+        for n, uidl in listing:
+            st, payload = conn.cmd_multi(f"RETR {n}")
+            self.assertOk(st, f"{what}: RETR {n}")
+            ident = self.ident_of_served(unstuff(payload))
+            self.assertIn(ident, self.model, f"{what}: message {n} is none of the expected")
+            self.assertNotIn(ident, seen, f"{what}: {ident} served twice")
+            seen.add(ident)
+            self.assertRetrieved(payload, self.model[ident], f"{what}: {ident}")
+            first = self.uidls.setdefault(ident, uidl)
+            self.assertEqual(uidl, first, f"{what}: the UIDL of {ident} changed")
+        self.assertOk(conn.quit())
+
+
+class MboxCrash(CrashBase):
+    kind = "mbox"
+
+    def setUp(self):
+        super().setUp()
+        self.spool_dir = self.world.path("spool")
+        os.makedirs(self.spool_dir)
+        self.spool = os.path.join(self.spool_dir, USER)
+        self.watched = self.spool_dir + "/"
+        self.world.config["mail"] = {"location": f"mbox:{self.spool_dir}/%u",
+                                     "mbox_locking": ["dotlock", "fcntl"],
+                                     "mbox_lock_timeout": "60s"}
+        self.world.add_passwd_line(f"{USER}:{{PLAIN}}{PASSWORD}::::::")
+        rng = random.Random(5)
+        with open(self.spool, "wb") as f:
+            for i in range(10):
+                m = crash_workers.message(rng, f"init{i}")
+                self.model[f"init{i}"] = m
+                f.write(FROM_LINE + m + b"\n")
+
+    @staticmethod
+    def ident_of_served(payload):
+        return crash_workers.ident_of(payload.replace(b"\r\n", b"\n"))
+
+    def journal(self):
+        return os.path.join(self.spool_dir, f".{USER}.postern-journal")
+
+    def check_file(self, what):
+        with open(self.spool, "rb") as f:
+            data = f.read()
+        msgs = crash_workers.split_mbox(data)
+        self.assertTrue(not msgs or msgs[0][0] == 0, f"{what}: bytes before the first message")
+        found = collections.Counter()
+        for _, from_line, content in msgs:
+            self.assertEqual(from_line, FROM_LINE, f"{what}: torn separator")
+            ident = crash_workers.ident_of(content)
+            self.assertIn(ident, self.model, f"{what}: unknown or torn message {content[:300]!r}")
+            found[ident] += 1
+            self.assertSameBytes(content, self.model[ident], f"{what}: message {ident}")
+        self.assertEqual([k for k, v in found.items() if v > 1], [], f"{what}: duplicated")
+        self.assertEqual(set(self.model) - set(found), set(), f"{what}: lost")
+
+    def check_no_journal(self, what):
+        """After a login (the startup recovery looks only for committed journals; a `.new`
+        one, never committed, goes at the next login)."""
+        self.assertEqual([n for n in os.listdir(self.spool_dir) if "journal" in n], [],
+                         f"{what}: a journal is left")
+
+    def session(self, srv, rng):
+        """Logs in, reads a message, marks some; returns (conn, ids marked)."""
+        conn = srv.connect()
+        conn.login(USER, PASSWORD)
+        st, body = conn.cmd_multi("UIDL")
+        self.assertOk(st)
+        listing = parse_listing(body)
+        marked = set()
+        for n, _ in rng.sample(listing, min(len(listing) - 1, rng.randrange(1, 4))):
+            st, payload = conn.cmd_multi(f"RETR {n}")
+            if not st.startswith("+OK"):
+                self.stats["RETR -ERR (edited meanwhile)"] += 1
+                continue
+            ident = self.ident_of_served(unstuff(payload))
+            self.assertOk(conn.cmd(f"DELE {n}"))
+            marked.add(ident)
+        return conn, marked
+
+    def learn_calls(self, config=None):
+        """How many counted calls a QUIT with deletions makes, with nothing else running."""
+        trace = self.world.path("trace-learn")
+        srv = self.start(0, trace, config=config)
+        conn, marked = self.session(srv, random.Random(1))
+        self.assertTrue(self.quit_and_maybe_die(srv, conn).startswith("+OK"))
+        self.disarm()
+        srv.stop()
+        for ident in marked:
+            self.model.pop(ident)
+        lines, _ = self.trace_of(trace)
+        self.assertTrue(any(".postern-journal.new -> " in line for line in lines), lines)
+        return len(lines)
+
+    def trial(self, k, n, after, config=None):
+        self.seed += 1
+        rng = random.Random(self.seed)
+        trace = self.world.path(f"trace-{k}")
+        workers = Workers(self, "mbox", self.spool, self.seed)
+        try:
+            srv = self.start(n, trace, after=after, config=config)
+            conn, marked = self.session(srv, rng)
+            reply = self.quit_and_maybe_die(srv, conn)
+            self.disarm()
+            killed = self.finish(srv)
+            lines, last = self.trace_of(trace)
+            upto = lines[:lines.index("KILL " + last) + (1 if after else 0)] if last else lines
+            committed = any(".postern-journal.new -> " in line for line in upto)
+            journal_left = os.path.exists(self.journal())
+            srv = self.world.start(config)  # completes what the crash left, before serving
+            log = srv.wait_log(r"mbox recovery at startup: ")[0].string
+            records = workers.stop()
+        except BaseException:
+            workers.stop()
+            raise
+        self.apply(records)
+        what = f"trial {k} (kill at call {n}{' after' if after else ''}: {last}; reply {reply})"
+        present = {i for i in marked if i in self.model}
+        if reply is not None and reply.startswith("+OK"):
+            outcome = "acknowledged"
+            gone = True
+        elif reply is not None:
+            outcome = "refused"
+            gone = False
+        elif committed:
+            gone = True
+            if journal_left:
+                outcome = "rolled forward"
+                self.assertIn("completed the update a crash interrupted", log, what)
+            else:
+                outcome = "completed before the kill"
+        else:
+            gone = False
+            outcome = "rolled back"
+            self.assertNotIn("completed the update a crash interrupted", log, what)
+        if gone:
+            for i in present:
+                self.model.pop(i)
+        self.stats[outcome] += 1
+        self.stats["killed"] += killed
+        self.check_file(what)
+        self.check_served(srv, what)
+        self.check_no_journal(what)
+        srv.stop()
+        return outcome
+
+    def run_trials(self, count, config=None):
+        calls = self.learn_calls(config)
+        for k in range(count):
+            n = 1 + k % (calls + 2)
+            self.trial(k, n, after=(k // (calls + 2)) % 2 == 1, config=config)
+            if len(self.model) < 6:
+                self.refill()
+        print(f"\n  {count} trials, {calls} calls per QUIT: {dict(sorted(self.stats.items()))}",
+              end=" ")
+        return calls
+
+    def refill(self):
+        with open(self.spool, "ab") as f:
+            for _ in range(6):
+                self.seed += 1
+                ident = f"refill{self.seed}"
+                m = crash_workers.message(random.Random(self.seed), ident)
+                self.model[ident] = m
+                f.write(FROM_LINE + m + b"\n")
+
+    def test_kill_9_at_every_step_of_quit_rolls_back_or_forward(self):
+        calls = self.run_trials(TRIALS or 2 * 30)
+        # Both recovery paths ran through the real binary, each several times.
+        self.assertGreaterEqual(self.stats["rolled back"], 3, dict(self.stats))
+        self.assertGreaterEqual(self.stats["rolled forward"], 3, dict(self.stats))
+        self.assertGreater(calls, 10)
+
+    def test_kill_9_without_index(self):
+        self.world.config["mail"]["location"] = f"mbox:{self.spool_dir}/%u:INDEX=MEMORY"
+        config = self.world.write_config()
+        self.run_trials(TRIALS or 24, config=config)
+        self.assertGreaterEqual(self.stats["rolled back"], 2, dict(self.stats))
+        self.assertGreaterEqual(self.stats["rolled forward"], 2, dict(self.stats))
+        self.assertFalse(os.path.exists(os.path.join(self.spool_dir, f".{USER}.postern-index")))
