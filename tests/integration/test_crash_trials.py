@@ -117,11 +117,11 @@ class CrashBase(PosternTestCase):
         self.seed = 1
 
     # -- posternd with the kill library
-    def start(self, n, trace, after=False, armed=False, config=None):
+    def start(self, n, trace, after=False, armed=False, config=None, calls=COUNTED, path=None):
         if armed:
             open(self.arm, "w").close()
-        env = {"LD_PRELOAD": KILL_AT, "POSTERN_KILL_AT_CALLS": COUNTED,
-               "POSTERN_KILL_AT_PATH": self.watched, "POSTERN_KILL_AT_ARM": self.arm,
+        env = {"LD_PRELOAD": KILL_AT, "POSTERN_KILL_AT_CALLS": calls,
+               "POSTERN_KILL_AT_PATH": path or self.watched, "POSTERN_KILL_AT_ARM": self.arm,
                "POSTERN_KILL_AT_N": str(n), "POSTERN_KILL_AT_AFTER": "1" if after else "0",
                "POSTERN_KILL_AT_TRACE": trace}
         if SANITIZE:  # the library is loaded before the sanitizer runtime
@@ -361,3 +361,76 @@ class MboxCrash(CrashBase):
         self.assertGreaterEqual(self.stats["rolled back"], 2, dict(self.stats))
         self.assertGreaterEqual(self.stats["rolled forward"], 2, dict(self.stats))
         self.assertFalse(os.path.exists(os.path.join(self.spool_dir, f".{USER}.postern-index")))
+
+    def crash_after_commit(self, k, config=None):
+        """A QUIT killed right after its commit point (the rename of the new journal); the
+        workers keep running. Returns the ids it marked."""
+        for attempt in range(10):
+            srv = self.start(1, self.world.path(f"trace-commit-{k}-{attempt}"), after=True,
+                             config=config, calls="rename", path=".postern-journal.new")
+            conn, marked = self.session(srv, random.Random(self.seed * 100 + attempt))
+            reply = self.quit_and_maybe_die(srv, conn)
+            self.disarm()
+            if reply is None:
+                self.assertTrue(self.finish(srv))
+                self.assertTrue(os.path.exists(self.journal()), srv.log()[-3000:])
+                return marked
+            # The reader changed a message: RETR or the QUIT was refused, nothing deleted.
+            self.assertTrue(reply.startswith("-ERR") or not marked, reply)
+            self.finish(srv)
+        self.fail("every QUIT was refused")
+
+    def replay_trial(self, k, m, config=None):
+        """Kills the replay of a committed journal at its m-th counted call: in the startup
+        recovery (a child process), then in the login's recovery (the daemon); the start after
+        must complete it. Returns the number of kills."""
+        self.seed += 1
+        workers = Workers(self, "mbox", self.spool, self.seed)
+        trace = self.world.path(f"trace-replay-{k}")
+        try:
+            marked = self.crash_after_commit(k, config)
+            srv = self.start(m, trace, armed=True, config=config)
+            line = srv.wait_log(r"mbox recovery at startup: .*")[0].group(0)
+            try:
+                conn = srv.connect()
+                conn.login(USER, PASSWORD)
+                self.assertOk(conn.quit())
+            except Closed:
+                pass  # the login's recovery was killed
+            self.disarm()
+            self.finish(srv)
+            srv = self.world.start(config)
+            srv.wait_log(r"mbox recovery at startup: ")
+            records = workers.stop()
+        except BaseException:
+            workers.stop()
+            raise
+        self.apply(records)
+        lines, last = self.trace_of(trace)
+        kills = sum(1 for line in lines if line.startswith("KILL "))
+        what = f"replay trial {k} (kill at call {m} of the replay: {last})"
+        for i in marked:  # committed: every path ends in the new mailbox
+            self.model.pop(i, None)
+        self.check_file(what)
+        self.check_served(srv, what)
+        self.check_no_journal(what)
+        srv.stop()
+        if kills:  # the first kill is the startup recovery's, in its own process
+            self.assertIn("1 failed", line, what)
+        self.stats[f"replay killed {kills}x"] += 1
+        return len(lines), kills
+
+    def test_kill_9_during_the_replay_at_startup_and_at_login(self):
+        calls, _ = self.replay_trial(0, 0)  # learns how many calls a replay makes
+        self.assertGreater(calls, 3)
+        kills = 0
+        count = TRIALS or 12
+        for k in range(1, count + 1):
+            # Spread over the whole replay (cycling through every call in a long run).
+            m = 1 + ((k - 1) * max(1, calls // count) + (k - 1) // count) % (calls + 1)
+            kills += self.replay_trial(k, m)[1]
+            if len(self.model) < 6:
+                self.refill()
+        print(f"\n  {count} replay trials, {calls} calls per replay: "
+              f"{dict(sorted(self.stats.items()))}", end=" ")
+        self.assertGreaterEqual(kills, count // 2, dict(self.stats))
