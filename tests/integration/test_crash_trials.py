@@ -31,8 +31,8 @@ import signal
 import sys
 import time
 
-from postern_harness import (POSTERND, SANITIZE, Closed, PosternTestCase, parse_listing,
-                             requires, scaled, wire_body)
+from postern_harness import (POSTERND, SANITIZE, Closed, Msg, PosternTestCase, parse_listing,
+                             scaled)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 KILL_AT = os.environ.get("POSTERN_KILL_AT_LIB") or os.path.join(
@@ -113,6 +113,7 @@ class CrashBase(PosternTestCase):
         self.arm = self.world.path("kill-at.arm")
         self.model = {}   # id -> bytes the maildrop must hold
         self.uidls = {}   # id -> UIDL first served
+        self.delivered = {}  # Maildir: id -> the bytes delivered (never changed)
         self.stats = collections.Counter()
         self.seed = 1
 
@@ -169,6 +170,7 @@ class CrashBase(PosternTestCase):
         for r in records:
             if r["op"] in ("deliver", "edit"):
                 self.model[r["id"]] = base64.b64decode(r["content"])
+                self.delivered[r["id"]] = self.model[r["id"]]
             elif r["op"] == "expunge":
                 self.model.pop(r["id"], None)
             self.stats["worker " + r["op"]] += 1
@@ -185,7 +187,7 @@ class CrashBase(PosternTestCase):
         for n, uidl in listing:
             st, payload = conn.cmd_multi(f"RETR {n}")
             self.assertOk(st, f"{what}: RETR {n}")
-            ident = self.ident_of_served(unstuff(payload))
+            ident = self.ident_of_served(uidl, unstuff(payload))
             self.assertIn(ident, self.model, f"{what}: message {n} is none of the expected")
             self.assertNotIn(ident, seen, f"{what}: {ident} served twice")
             seen.add(ident)
@@ -216,7 +218,7 @@ class MboxCrash(CrashBase):
                 f.write(FROM_LINE + m + b"\n")
 
     @staticmethod
-    def ident_of_served(payload):
+    def ident_of_served(_uidl, payload):
         return crash_workers.ident_of(payload.replace(b"\r\n", b"\n"))
 
     def journal(self):
@@ -256,7 +258,7 @@ class MboxCrash(CrashBase):
             if not st.startswith("+OK"):
                 self.stats["RETR -ERR (edited meanwhile)"] += 1
                 continue
-            ident = self.ident_of_served(unstuff(payload))
+            ident = self.ident_of_served(None, unstuff(payload))
             self.assertOk(conn.cmd(f"DELE {n}"))
             marked.add(ident)
         return conn, marked
@@ -434,3 +436,121 @@ class MboxCrash(CrashBase):
         print(f"\n  {count} replay trials, {calls} calls per replay: "
               f"{dict(sorted(self.stats.items()))}", end=" ")
         self.assertGreaterEqual(kills, count // 2, dict(self.stats))
+
+
+class MaildirCrash(CrashBase):
+    kind = "maildir"
+
+    def setUp(self):
+        super().setUp()
+        rng = random.Random(7)
+        msgs = [Msg(crash_workers.message(rng, f"init{i}"), "new" if i % 2 else "cur")
+                for i in range(10)]
+        self.box = self.world.add_user(USER, PASSWORD, msgs)
+        self.watched = self.box.path + "/"
+        for m in msgs:
+            self.model[m.base] = m.content
+        self.delivered = dict(self.model)
+
+    @staticmethod
+    def ident_of_served(uidl, _payload):
+        return uidl  # the base name
+
+    def check_file(self, what):
+        state = self.box.state()  # fails on a message present twice
+        for base, (_, _, content) in state.items():
+            self.assertIn(base, self.model, f"{what}: unknown message {base}")
+            self.assertSameBytes(content, self.model[base], f"{what}: message {base}")
+        self.assertEqual(set(self.model) - set(state), set(), f"{what}: lost")
+        self.assertEqual(self.box.tmp_files(), [], f"{what}: files left in tmp/")
+
+    def trial(self, k, n, after, at_login):
+        self.seed += 1
+        rng = random.Random(self.seed)
+        trace = self.world.path(f"trace-{k}")
+        workers = Workers(self, "maildir", self.box.path, self.seed)
+        marked = set()
+        sent = []
+        reply = None
+        try:
+            srv = self.start(n, trace, after=after, armed=at_login)
+            try:
+                conn = srv.connect()
+                conn.login(USER, PASSWORD)
+                st, body = conn.cmd_multi("UIDL")
+                self.assertOk(st)
+                listing = parse_listing(body)
+                for num, uidl in rng.sample(listing, min(len(listing) - 1, rng.randrange(1, 5))):
+                    st, payload = conn.cmd_multi(f"RETR {num}")
+                    if not st.startswith("+OK"):
+                        self.stats["RETR -ERR (expunged meanwhile)"] += 1
+                        continue
+                    sent.append((uidl, payload))  # checked once the deliveries are known
+                    if rng.random() < 0.7:
+                        self.assertOk(conn.cmd(f"DELE {num}"))
+                        marked.add(uidl)
+                reply = self.quit_and_maybe_die(srv, conn)
+            except Closed:
+                self.assertTrue(at_login, "posternd died before QUIT")
+            self.disarm()
+            killed = self.finish(srv)
+            srv = self.world.start()
+            records = workers.stop()
+        except BaseException:
+            workers.stop()
+            raise
+        self.apply(records)
+        _, last = self.trace_of(trace)
+        what = f"trial {k} (kill at call {n}{' after' if after else ''}: {last}; reply {reply})"
+        for uidl, payload in sent:
+            self.assertRetrieved(payload, self.delivered[uidl], f"{what}: RETR of {uidl}")
+        if reply is not None and reply.startswith("+OK"):
+            outcome = "acknowledged"
+            for i in marked:
+                self.model.pop(i, None)
+        else:
+            # No reply (or -ERR, which a Maildir commit gives after deleting some): each marked
+            # message is gone or whole.
+            outcome = "killed at login" if at_login and not marked else (
+                "refused" if reply else "killed in QUIT")
+            now = self.box.state()
+            for i in marked:
+                if i not in now:
+                    self.model.pop(i, None)
+                    self.stats["deleted by the killed QUIT"] += 1
+        self.stats[outcome] += 1
+        self.stats["killed"] += killed
+        if last and "postern-pop3.index" in last:
+            self.stats["killed in the index write"] += 1
+        self.check_file(what)
+        self.check_served(srv, what)
+        srv.stop()
+
+    def learn_calls(self):
+        trace = self.world.path("trace-learn")
+        srv = self.start(0, trace)
+        conn = srv.connect()
+        conn.login(USER, PASSWORD)
+        for num in (1, 2):
+            st, _ = conn.cmd_multi(f"RETR {num}")
+            self.assertOk(st)
+        self.assertOk(conn.cmd("DELE 1"))
+        self.assertTrue(self.quit_and_maybe_die(srv, conn).startswith("+OK"))
+        self.disarm()
+        srv.stop()
+        self.model = self.box.contents()
+        lines, _ = self.trace_of(trace)
+        self.assertTrue(any(line.startswith("unlink ") for line in lines), lines)
+        return len(lines)
+
+    def test_kill_9_in_quit_and_in_the_index_write(self):
+        calls = self.learn_calls()
+        count = TRIALS or 40
+        for k in range(count):
+            n = 1 + k % (calls + 4)
+            self.trial(k, n, after=(k // (calls + 4)) % 2 == 1, at_login=k % 5 == 4)
+        print(f"\n  {count} trials, {calls} calls per QUIT: {dict(sorted(self.stats.items()))}",
+              end=" ")
+        self.assertGreaterEqual(self.stats["killed in QUIT"], count // 3, dict(self.stats))
+        self.assertGreater(self.stats["deleted by the killed QUIT"], 0, dict(self.stats))
+        self.assertGreater(self.stats["killed in the index write"], 0, dict(self.stats))
