@@ -6,8 +6,9 @@ a delivery agent and a mail reader working on the same maildrop as posternd.
   python3 crash_workers.py maildir-deliver MAILDIR LOG SEED
   python3 crash_workers.py maildir-edit    MAILDIR LOG SEED
 
-Each loops until SIGTERM, which it obeys between two operations (never in the middle of one),
-so that the log it leaves says exactly what it did. Every completed operation is one JSON
+Each does a few operations at random moments (a bounded number per run: paced()) and then
+waits for SIGTERM, which it obeys between two operations (never in the middle of one), so
+that the log it leaves says exactly what it did. Every completed operation is one JSON
 line in LOG, written before the locks are released:
   {"op": "deliver", "id": ID, "content": BASE64}   a new message (mbox: without From_ line)
   {"op": "edit", "id": ID, "content": BASE64}      the message's bytes changed (mbox)
@@ -162,9 +163,29 @@ def ident_of(content):
     return m.group(1).decode().split("@")[0] if m else None
 
 
+def pause(seconds):
+    """Sleeps, returning early (False) on SIGTERM."""
+    end = time.monotonic() + seconds
+    while not stopping and time.monotonic() < end:
+        time.sleep(min(0.01, max(0.0, end - time.monotonic())))
+    return not stopping
+
+
+def paced(rng, budget, low, high):
+    """Yields `budget` times, after a random pause in [low, high) seconds each time, then waits
+    for SIGTERM: a bounded amount of work per trial keeps the maildrop's size and the share of
+    QUITs refused for an edit steady however slow the machine is."""
+    for _ in range(budget):
+        if not pause(rng.uniform(low, high)):
+            return
+        yield
+    while not stopping:
+        time.sleep(0.01)
+
+
 def mbox_deliver(spool, log, rng, prefix):
     n = 0
-    while not stopping:
+    for _ in paced(rng, rng.randrange(1, 5), 0.02, 0.3):
         n += 1
         ident = f"{prefix}d{n}"
         content = message(rng, ident)
@@ -175,12 +196,11 @@ def mbox_deliver(spool, log, rng, prefix):
             os.fsync(fd)
             log.write(op="deliver", id=ident, content=content)
         locked(spool, append, break_dead=True)
-        time.sleep(rng.uniform(0.01, 0.08))
 
 
 def mbox_edit(spool, log, rng, _prefix):
     journal = os.path.join(os.path.dirname(spool), f".{os.path.basename(spool)}.postern-journal")
-    while not stopping:
+    for _ in paced(rng, rng.randrange(0, 3), 0.0, 0.4):
         def rewrite(fd):
             if os.path.exists(journal):
                 # posternd died in an update that its next start completes. A reader that
@@ -215,13 +235,12 @@ def mbox_edit(spool, log, rng, _prefix):
             else:
                 log.write(op="edit", id=ident, content=new)
         locked(spool, rewrite)
-        time.sleep(rng.uniform(0.005, 0.03))
 
 
 def maildir_deliver(root, log, rng, prefix):
     n = 0
     host = socket.gethostname()
-    while not stopping:
+    for _ in paced(rng, rng.randrange(1, 5), 0.02, 0.3):
         n += 1
         ident = f"{prefix}d{n}"
         content = message(rng, ident)
@@ -234,11 +253,10 @@ def maildir_deliver(root, log, rng, prefix):
         os.link(tmp, os.path.join(root, "new", base))
         os.unlink(tmp)
         log.write(op="deliver", id=base, content=content)
-        time.sleep(rng.uniform(0.01, 0.08))
 
 
 def maildir_edit(root, log, rng, _prefix):
-    while not stopping:
+    for _ in paced(rng, rng.randrange(5, 30), 0.002, 0.03):
         files = [(sub, n) for sub in ("new", "cur") for n in os.listdir(os.path.join(root, sub))]
         if files:
             sub, name = rng.choice(files)
@@ -258,7 +276,6 @@ def maildir_edit(root, log, rng, _prefix):
                     log.write(op="flag", id=base)
                 except FileNotFoundError:
                     pass  # renamed or removed by posternd meanwhile
-        time.sleep(rng.uniform(0.002, 0.02))
 
 
 ROLES = {"mbox-deliver": mbox_deliver, "mbox-edit": mbox_edit,
