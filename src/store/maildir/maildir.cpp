@@ -721,7 +721,8 @@ const entry* find_known(const known_sizes* known, std::string_view base) {
 
 // Builds the entry for one listed file; nullopt when it vanished before it could be sized.
 // The size comes from a trusted ",W=", else from the index when it knows the base name with
-// the same inode, else from reading the file.
+// the same inode and the stat it was sized with (an entry without one was sized from an
+// older name's ",W=" or could not be read), else from reading the file.
 result<std::optional<entry>> make_entry(const dirs& d, const dir_item& item,
                                         size_counter& counter, const known_sizes* known,
                                         name_arena& names) {
@@ -733,7 +734,8 @@ result<std::optional<entry>> make_entry(const dirs& d, const dir_item& item,
   e.ino = item.ino;
   if (auto w = trusted_wire_size(p)) {
     e.size = *w;
-  } else if (const entry* k = find_known(known, p.base); k != nullptr && k->ino == item.ino) {
+  } else if (const entry* k = find_known(known, p.base);
+             k != nullptr && k->ino == item.ino && k->stat_known) {
     e.size = k->size;
     e.file_size = k->file_size;
     e.ctime = k->ctime;
@@ -905,6 +907,10 @@ struct loaded_index {
   dir_stamp cur_dir;
   fs_time listed_at;
   std::vector<entry> entries;
+  // [in_new]: the directory has an entry whose size is not known to be right, one that could
+  // not be read to size it (no stat, no ",W="); such a directory is read again, and the
+  // file sized again, rather than taken from the index.
+  bool unverified[2] = {false, false};
 };
 
 std::optional<loaded_index> load_index(int root_fd, name_arena& names) {
@@ -953,6 +959,9 @@ std::optional<loaded_index> load_index(int root_fd, name_arena& names) {
                                  e.file_size = r.file_size;
                                  e.ctime = r.ctime;
                                  e.stat_known = r.stat_known;
+                                 if (!r.stat_known && !trusted_wire_size(parse_name(r.name))) {
+                                   out.unverified[r.in_new] = true;
+                                 }
                                  // Written in listing order, each file once: anything else
                                  // is not our file.
                                  if (!out.entries.empty() &&
@@ -1048,7 +1057,9 @@ bool same_listing(const std::vector<entry>& a, const std::vector<entry>& b) {
 // cur/ is read. A directory whose stamp matches a settled record (is_settled) is taken from
 // the index without being read; any other is read with readdir, and each file in it is
 // sized from ,W=, else from the index by base name and inode (Maildir programs never change
-// a file's content, only its name; open_message verifies the rest), else by reading it.
+// a file's content, only its name; open_message verifies the rest), else by reading it. A
+// size the index holds for a file that could not be read is never reused: that file is read
+// again (and its directory listed) at the next login.
 // `head` receives the stamps and time the index records for this listing (what a later
 // rewrite of the index, after open_message corrected an entry, must record again).
 result<std::vector<entry>> build_listing(int root_fd, const dirs& d, int lock_fd,
@@ -1073,7 +1084,8 @@ result<std::vector<entry>> build_listing(int root_fd, const dirs& d, int lock_fd
     stamps[in_new] = *stamp;
     if (idx) {
       const dir_stamp& recorded = in_new ? idx->new_dir : idx->cur_dir;
-      from_index[in_new] = recorded == *stamp && is_settled(recorded, idx->listed_at);
+      from_index[in_new] = recorded == *stamp && is_settled(recorded, idx->listed_at) &&
+                           !idx->unverified[in_new];
     }
     if (!from_index[in_new]) {
       POSTERN_TRY(scan_sub(d.of(in_new), in_new, items));
