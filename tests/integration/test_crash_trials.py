@@ -1,13 +1,13 @@
 """kill -9 of the real posternd at chosen steps of every update, with a delivery agent and a
 mail reader working on the same maildrop (docs/reliability.md, "Crash trials").
 
-The kill is placed exactly: posternd runs with the LD_PRELOAD library built from
-tests/crash/kill_at.cpp, which counts the file-changing calls (write, pwrite, fsync, rename,
-unlink, ftruncate, link, fallocate, creating open) on the maildrop's files from the moment the
-test creates an "arm" file (just before QUIT, or before the start for a kill inside the
-recovery), and SIGKILLs the process at the Nth. Its trace says which call was the last, so each
-trial knows whether the update had passed its commit point. Trial k kills at call k (modulo
-the number of calls a QUIT makes, learnt by a first traced run), so every step is hit.
+The kill is placed exactly: posternd runs with the fault library (tests/faults/fault_inject.c,
+fault_injection.py) reading its rules from a file that stays empty until the test arms it (just
+before QUIT, or before the start for a kill inside the recovery). Armed, it counts the calls
+that change files (write, pwrite, fsync, ftruncate, rename, unlink, link, open, ...) on the
+maildrop's paths and SIGKILLs the process at the Nth; its log says which calls were made, so
+each trial knows whether the update had passed its commit point. Trial k kills at call k
+(modulo the number of calls a QUIT makes, learnt by a first counted run), so every step is hit.
 
 While the session runs and while posternd is down and restarts, crash_workers.py processes
 deliver mail (mbox: under the dotlock and an fcntl lock, breaking a dotlock only by age as
@@ -31,12 +31,10 @@ import signal
 import sys
 import time
 
-from postern_harness import (POSTERND, SANITIZE, Closed, Msg, PosternTestCase, parse_listing,
-                             scaled)
+from fault_injection import FaultLog, RulesFile, fault_env, require_library
+from postern_harness import SANITIZE, Closed, Msg, PosternTestCase, parse_listing, scaled
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-KILL_AT = os.environ.get("POSTERN_KILL_AT_LIB") or os.path.join(
-    os.path.dirname(os.path.abspath(POSTERND)), "libpostern_kill_at.so")
 TRIALS = int(os.environ.get("POSTERN_CRASH_TRIALS") or 0)
 
 
@@ -46,7 +44,9 @@ def trials(default, sanitized):
 PASSWORD = "Cr4sh-pw"
 USER = "alice"
 FROM_LINE = b"From crash@example.org Tue Nov 14 22:13:20 2023\n"
-COUNTED = "write,pwrite,fsync,rename,unlink,ftruncate,link,fallocate,open"
+# Every call that changes a file or a directory, and the opens (creating files among them).
+COUNTED = ("write|writev|pwrite|pwritev|fsync|fdatasync|ftruncate|rename|renameat|renameat2|"
+           "unlink|unlinkat|link|linkat|open|openat|creat|mkdir")
 
 sys.path.insert(0, HERE)
 import crash_workers  # noqa: E402  (the workers' parser and message format)
@@ -113,9 +113,9 @@ class CrashBase(PosternTestCase):
 
     def setUp(self):
         super().setUp()
-        if not os.path.exists(KILL_AT):
-            self.fail(f"{KILL_AT} is missing: build the postern_kill_at target")
-        self.arm = self.world.path("kill-at.arm")
+        require_library()
+        self.rules = RulesFile(self.world)  # empty until armed: nothing counted
+        self.armed_rules = ""
         self.model = {}   # id -> bytes the maildrop must hold
         self.uidls = {}   # id -> UIDL first served
         self.delivered = {}  # Maildir: id -> the bytes delivered (never changed)
@@ -124,30 +124,43 @@ class CrashBase(PosternTestCase):
 
     # -- posternd with the kill library
     def start(self, n, trace, after=False, armed=False, config=None, calls=COUNTED, path=None):
-        if armed:
-            open(self.arm, "w").close()
-        env = {"LD_PRELOAD": KILL_AT, "POSTERN_KILL_AT_CALLS": calls,
-               "POSTERN_KILL_AT_PATH": path or self.watched, "POSTERN_KILL_AT_ARM": self.arm,
-               "POSTERN_KILL_AT_N": str(n), "POSTERN_KILL_AT_AFTER": "1" if after else "0",
-               "POSTERN_KILL_AT_TRACE": trace}
-        if SANITIZE:  # the library is loaded before the sanitizer runtime
-            env["ASAN_OPTIONS"] = ":".join(filter(None, [os.environ.get("ASAN_OPTIONS"),
-                                                        "verify_asan_link_order=0"]))
-        return self.world.start(config, env=env)
+        """posternd with the fault library: once armed, every call of `calls` on a path
+        containing `path` (default: the maildrop's) is counted in `trace` (a FaultLog), and the
+        n-th is killed (before it is made, or after); n = 0 only counts. Armed at once with
+        `armed`, else by quit_and_maybe_die(); each process counts from 0 (a forked child
+        too)."""
+        where = (path or self.watched).replace("\\", "\\\\").replace(":", "\\:")
+        rules = [f"{calls}:path~{where}:action=count"]
+        if n > 0:
+            rules.append(f"{calls}:path~{where}:nth={n}:action=kill:"
+                         f"when={'after' if after else 'before'}")
+        self.armed_rules = ";".join(rules)
+        self.rules.set(self.armed_rules if armed else "")
+        return self.world.start(config, env=fault_env(self.rules, trace))
+
+    def fault_log(self, name):
+        return FaultLog(self.world, name)
 
     @staticmethod
-    def trace_of(path):
-        if not os.path.exists(path):
-            return [], None
-        with open(path) as f:
-            lines = [line.rstrip("\n") for line in f]
-        killed = next((line[5:] for line in lines if line.startswith("KILL ")), None)
-        return lines, killed
+    def trace_of(trace, after=False):
+        """(the counted calls that were made, "call path" of the one killed or None); `after`:
+        the kill came after its call."""
+        made = []
+        killed = None
+        for e in trace.entries():
+            line = f"{e['call']} {e['path']}"
+            if e["action"] == "kill" and killed is None:
+                killed = line
+                if not after and made:
+                    made.pop()  # counted, then killed before it was made
+            elif e["action"] == "count":
+                made.append(line)
+        return made, killed
 
     def quit_and_maybe_die(self, srv, conn):
         """Sends QUIT with the kill armed; returns the reply, or None when the connection
         closed without one (posternd died)."""
-        open(self.arm, "w").close()
+        self.rules.set(self.armed_rules)
         conn.send(b"QUIT\r\n")
         try:
             reply = conn.status(timeout=scaled(30))
@@ -156,8 +169,7 @@ class CrashBase(PosternTestCase):
         return reply
 
     def disarm(self):
-        if os.path.exists(self.arm):
-            os.unlink(self.arm)
+        self.rules.set("")
 
     def finish(self, srv):
         """Waits for a posternd the library killed, or stops one it did not."""
@@ -271,7 +283,7 @@ class MboxCrash(CrashBase):
 
     def learn_calls(self, config=None):
         """How many counted calls a QUIT with deletions makes, with nothing else running."""
-        trace = self.world.path("trace-learn")
+        trace = self.fault_log("trace-learn")
         srv = self.start(0, trace, config=config)
         conn, marked = self.session(srv, random.Random(1))
         self.assertTrue(self.quit_and_maybe_die(srv, conn).startswith("+OK"))
@@ -286,7 +298,7 @@ class MboxCrash(CrashBase):
     def trial(self, k, n, after, config=None):
         self.seed += 1
         rng = random.Random(self.seed)
-        trace = self.world.path(f"trace-{k}")
+        trace = self.fault_log(f"trace-{k}")
         workers = Workers(self, "mbox", self.spool, self.seed)
         try:
             srv = self.start(n, trace, after=after, config=config)
@@ -294,9 +306,8 @@ class MboxCrash(CrashBase):
             reply = self.quit_and_maybe_die(srv, conn)
             self.disarm()
             killed = self.finish(srv)
-            lines, last = self.trace_of(trace)
-            upto = lines[:lines.index("KILL " + last) + (1 if after else 0)] if last else lines
-            committed = any(".postern-journal.new -> " in line for line in upto)
+            lines, last = self.trace_of(trace, after)
+            committed = any(".postern-journal.new -> " in line for line in lines)
             journal_left = os.path.exists(self.journal())
             srv = self.world.start(config)  # completes what the crash left, before serving
             log = srv.wait_log(r"mbox recovery at startup: ")[0].string
@@ -374,8 +385,8 @@ class MboxCrash(CrashBase):
         """A QUIT killed right after its commit point (the rename of the new journal); the
         workers keep running. Returns the ids it marked."""
         for attempt in range(10):
-            srv = self.start(1, self.world.path(f"trace-commit-{k}-{attempt}"), after=True,
-                             config=config, calls="rename", path=".postern-journal.new")
+            srv = self.start(1, self.fault_log(f"trace-commit-{k}-{attempt}"), after=True,
+                             config=config, calls="rename|renameat|renameat2", path=".postern-journal.new")
             conn, marked = self.session(srv, random.Random(self.seed * 100 + attempt))
             reply = self.quit_and_maybe_die(srv, conn)
             self.disarm()
@@ -394,7 +405,7 @@ class MboxCrash(CrashBase):
         must complete it. Returns the number of kills."""
         self.seed += 1
         workers = Workers(self, "mbox", self.spool, self.seed)
-        trace = self.world.path(f"trace-replay-{k}")
+        trace = self.fault_log(f"trace-replay-{k}")
         try:
             marked = self.crash_after_commit(k, config)
             srv = self.start(m, trace, armed=True, config=config)
@@ -415,7 +426,7 @@ class MboxCrash(CrashBase):
             raise
         self.apply(records)
         lines, last = self.trace_of(trace)
-        kills = sum(1 for line in lines if line.startswith("KILL "))
+        kills = sum(1 for e in trace.entries() if e["action"] == "kill")
         what = f"replay trial {k} (kill at call {m} of the replay: {last})"
         for i in marked:  # committed: every path ends in the new mailbox
             self.model.pop(i, None)
@@ -473,7 +484,7 @@ class MaildirCrash(CrashBase):
     def trial(self, k, n, after, at_login):
         self.seed += 1
         rng = random.Random(self.seed)
-        trace = self.world.path(f"trace-{k}")
+        trace = self.fault_log(f"trace-{k}")
         workers = Workers(self, "maildir", self.box.path, self.seed)
         marked = set()
         sent = []
@@ -507,7 +518,7 @@ class MaildirCrash(CrashBase):
             workers.stop()
             raise
         self.apply(records)
-        _, last = self.trace_of(trace)
+        _, last = self.trace_of(trace, after)
         what = f"trial {k} (kill at call {n}{' after' if after else ''}: {last}; reply {reply})"
         for uidl, payload in sent:
             self.assertRetrieved(payload, self.delivered[uidl], f"{what}: RETR of {uidl}")
@@ -534,7 +545,7 @@ class MaildirCrash(CrashBase):
         srv.stop()
 
     def learn_calls(self):
-        trace = self.world.path("trace-learn")
+        trace = self.fault_log("trace-learn")
         srv = self.start(0, trace)
         conn = srv.connect()
         conn.login(USER, PASSWORD)
@@ -547,7 +558,7 @@ class MaildirCrash(CrashBase):
         srv.stop()
         self.model = self.box.contents()
         lines, _ = self.trace_of(trace)
-        self.assertTrue(any(line.startswith("unlink ") for line in lines), lines)
+        self.assertTrue(any(line.startswith("unlink") for line in lines), lines)
         return len(lines)
 
     def test_kill_9_in_quit_and_in_the_index_write(self):
