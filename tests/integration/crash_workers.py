@@ -1,5 +1,6 @@
-"""The other programs of the crash trials (test_crash_trials.py), each run as its own process:
-a delivery agent and a mail reader working on the same maildrop as posternd.
+"""The other programs of the crash trials (test_crash_trials.py), each its own process (the
+test forks one per role and calls run()): a delivery agent and a mail reader working on the
+same maildrop as posternd. From a shell:
 
   python3 crash_workers.py mbox-deliver  SPOOL LOG SEED
   python3 crash_workers.py mbox-edit     SPOOL LOG SEED
@@ -23,12 +24,12 @@ Dovecot's LDA does: after posternd is killed holding it, it appends to the file 
 (only by age, 500 s as Postfix), and skips its turn while posternd's journal of an interrupted
 update exists (one that rewrote the torn file first would make the recovery set the journal
 aside, with kept messages possibly twice: the limit docs/mbox.md states). It rewrites the file
-the way mutt does: in place from
-the first changed message on, then truncated; it adds or changes a Status: header (which
-changes the message's length) or expunges a message. The Maildir delivery agent writes into
-tmp/ and links into new/ (qmail's way); the Maildir reader renames files as an IMAP server
-does when it sets flags (new/ to cur/, cur/ to cur/ with more flags) and now and then
-expunges one.
+the way mutt does: in place from the first changed message on, then truncated; it adds or
+changes a Status: header (which changes the message's length) or expunges a message.
+
+The Maildir delivery agent writes into tmp/ and links into new/ (qmail's way); the Maildir
+reader renames files as an IMAP server does when it sets flags (new/ to cur/, cur/ to cur/
+with more flags) and now and then expunges one.
 """
 
 import base64
@@ -90,7 +91,8 @@ def take_dotlock(spool, break_dead):
     A lock older than STALE_AGE is broken; with break_dead also one whose pid is dead (Dovecot's
     rule, which posternd shares)."""
     lock = spool + ".lock"
-    tmp = f"{os.path.dirname(spool)}/.lk{os.getpid()}.{random.randrange(1 << 30)}.{socket.gethostname()}"
+    tmp = (f"{os.path.dirname(spool)}/.lk{os.getpid()}.{random.randrange(1 << 30)}."
+           f"{socket.gethostname()}")
     with open(tmp, "w") as f:
         f.write(f"{os.getpid()}\n")
     try:
