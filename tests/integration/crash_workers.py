@@ -128,6 +128,8 @@ def locked(spool, fn, break_dead=False):
                     fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
                 except OSError:
+                    if stopping:
+                        return False
                     time.sleep(0.002)
             fn(fd)
         finally:

@@ -314,6 +314,13 @@ class MboxCrash(CrashBase):
             lines, last = self.trace_of(trace, after)
             committed = any(".postern-journal.new -> " in line for line in lines)
             journal_left = os.path.exists(self.journal())
+            if killed:
+                # The delivery agent may append to the file the crash left (it breaks the
+                # dead process's dotlock): after the commit point the replay must keep it.
+                size = os.path.getsize(self.spool)
+                time.sleep(rng.uniform(0, 0.2))
+                if journal_left and os.path.getsize(self.spool) > size:
+                    self.stats["mail appended to the torn file before the replay"] += 1
             srv = self.world.start(config)  # completes what the crash left, before serving
             log = srv.wait_log(r"mbox recovery at startup: ")[0].string
             records = workers.stop()
