@@ -312,8 +312,11 @@ result<dotlock> dotlock::acquire(const std::string& lock_path, steady_clock::tim
   const std::string tmp = temp_lock_name();
   const std::string tmp_display = dir + "/" + tmp;
 
-  const int raw = ::openat(dir_fd->get(), tmp.c_str(),
-                           O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, dotlock_mode);
+  int raw = -1;
+  do {
+    raw = ::openat(dir_fd->get(), tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
+                   dotlock_mode);
+  } while (raw < 0 && errno == EINTR);
   if (raw < 0) {
     const int err = errno;
     return error::from_errno(err, "lock: create " + tmp_display, create_errc(err));
@@ -418,22 +421,39 @@ result<dotlock> dotlock::acquire(const std::string& lock_path, steady_clock::tim
 
 namespace {
 
-// True if `path` is still the lock file we created: same inode and our pid inside (an inode
+enum class lock_check { ours, not_ours, unknown };
+
+// Whether `path` is still the lock file we created: same inode and our pid inside (an inode
 // number alone can be reused at once by a lock someone else created after breaking ours).
-bool still_ours(const std::string& path, dev_t dev, ino_t ino) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+// unknown: the file could not be opened or read (EMFILE, EIO), which says neither.
+lock_check check_ours(const std::string& path, dev_t dev, ino_t ino) {
+  int fd = -1;
+  do {
+    fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  } while (fd < 0 && errno == EINTR);
   if (fd < 0) {
-    return false;
+    return errno == ENOENT || errno == ELOOP ? lock_check::not_ours : lock_check::unknown;
   }
   const unique_fd owner(fd);
   struct stat st{};
-  if (::fstat(fd, &st) != 0 || st.st_dev != dev || st.st_ino != ino) {
-    return false;
+  if (::fstat(fd, &st) != 0) {
+    return lock_check::unknown;
+  }
+  if (st.st_dev != dev || st.st_ino != ino) {
+    return lock_check::not_ours;
   }
   std::array<char, max_pid_text + 1> buf{};
-  const ssize_t n = ::pread(fd, buf.data(), max_pid_text, 0);
+  ssize_t n = -1;
+  do {
+    n = ::pread(fd, buf.data(), max_pid_text, 0);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    return lock_check::unknown;
+  }
   return n > 0 && std::string_view(buf.data(), static_cast<std::size_t>(n)) ==
-                      std::to_string(::getpid()) + "\n";
+                      std::to_string(::getpid()) + "\n"
+             ? lock_check::ours
+             : lock_check::not_ours;
 }
 
 }  // namespace
@@ -442,8 +462,13 @@ result<void> dotlock::touch() {
   if (path_.empty()) {
     return ok_result();
   }
-  if (!still_ours(path_, dev_, ino_)) {
-    return error(errc::temporary, "lock: " + path_ + " was broken by another process");
+  switch (check_ours(path_, dev_, ino_)) {
+    case lock_check::ours:
+      break;
+    case lock_check::not_ours:
+      return error(errc::temporary, "lock: " + path_ + " was broken by another process");
+    case lock_check::unknown:
+      return error(errc::temporary, "lock: cannot read " + path_ + " to check that it is ours");
   }
   if (::utimensat(AT_FDCWD, path_.c_str(), nullptr, AT_SYMLINK_NOFOLLOW) != 0) {
     const int err = errno;
@@ -457,14 +482,29 @@ result<void> dotlock::release() {
     return ok_result();
   }
   const std::string path = std::exchange(path_, std::string());
-  if (!still_ours(path, dev_, ino_)) {
+  const lock_check check = check_ours(path, dev_, ino_);
+  // A lock file that cannot be read (EMFILE, EIO) is removed when its name still holds our
+  // inode: left in place, it would keep everyone out until it is stale.
+  struct stat st{};
+  if (check == lock_check::not_ours ||
+      (check == lock_check::unknown && (::lstat(path.c_str(), &st) != 0 ||
+                                        st.st_dev != dev_ || st.st_ino != ino_))) {
     return error(errc::temporary, "lock: " + path + " was broken or replaced while held");
   }
-  if (::unlink(path.c_str()) != 0) {
+  // One more attempt after a failed removal (EIO), if the file is still ours: a dotlock left
+  // behind keeps everyone out until it is stale (mbox_dotlock_stale_age).
+  for (int attempt = 0;; ++attempt) {
+    if (::unlink(path.c_str()) == 0) {
+      return ok_result();
+    }
     const int err = errno;
-    return error::from_errno(err, "lock: remove " + path);
+    if (err == ENOENT && attempt > 0) {
+      return ok_result();
+    }
+    if (attempt > 0 || check_ours(path, dev_, ino_) != lock_check::ours) {
+      return error::from_errno(err, "lock: remove " + path);
+    }
   }
-  return ok_result();
 }
 
 // -----------------------------------------------------------------------------------------

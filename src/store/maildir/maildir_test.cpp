@@ -954,6 +954,16 @@ class maildir_index_test : public maildir_test {
  protected:
   fs::path index_path() const { return md_ / std::string(index_file_name); }
 
+  // A record of a file that was read to size it (a stat is recorded), as open writes one.
+  static index_record sized(std::string_view name, std::uint64_t wire_size, std::uint64_t ino,
+                            bool in_new) {
+    index_record r{name, wire_size, ino, in_new};
+    r.file_size = 2;
+    r.ctime = fs_time{1, 0};
+    r.stat_known = true;
+    return r;
+  }
+
   // Writes an index recording `records` under the directories' current stamps, listed at
   // `listed_after` nanoseconds after the later of their mtimes and ctimes.
   void write_index_now(const std::vector<index_record>& records, std::int64_t listed_after) {
@@ -1013,11 +1023,24 @@ TEST_F(maildir_index_test, settled_record_is_used_without_listing) {
   const std::uint64_t ino = inode_of(md_ / "cur" / "1.a:2,");
   // A record that lists only 1.a, with a size no file has: taken as it is, the directories
   // were not read.
-  write_index_now({index_record{"1.a:2,", 99, ino, false}}, 1);
+  write_index_now({sized("1.a:2,", 99, ino, false)}, 1);
   auto drop = must_open();
   ASSERT_TRUE(drop);
   EXPECT_EQ(uidls(*drop), (std::vector<std::string>{"1.a"}));
   EXPECT_EQ(sizes(*drop), (std::vector<std::uint64_t>{99}));
+}
+
+TEST_F(maildir_index_test, size_of_a_file_that_could_not_be_read_is_not_reused) {
+  put("cur/1.a:2,", "a\n");
+  put("cur/2.b:2,", "b\n");
+  const std::uint64_t ino = inode_of(md_ / "cur" / "1.a:2,");
+  // A record without a stat and without ",W=": 1.a could not be read when it was listed
+  // (its file size stood in). Its directory is read and the file sized again.
+  write_index_now({index_record{"1.a:2,", 2, ino, false}}, 1);
+  auto drop = must_open();
+  ASSERT_TRUE(drop);
+  EXPECT_EQ(uidls(*drop), (std::vector<std::string>{"1.a", "2.b"}));
+  EXPECT_EQ(sizes(*drop), (std::vector<std::uint64_t>{3, 3}));
 }
 
 TEST_F(maildir_index_test, record_not_older_than_its_listing_is_not_trusted) {
@@ -1026,7 +1049,7 @@ TEST_F(maildir_index_test, record_not_older_than_its_listing_is_not_trusted) {
   const std::uint64_t ino = inode_of(md_ / "cur" / "1.a:2,");
   // Same stamps, but listed in the same clock tick as the last change: the directory is
   // read (2.b appears); 1.a's size still comes from the index (same base name and inode).
-  write_index_now({index_record{"1.a:2,", 99, ino, false}}, 0);
+  write_index_now({sized("1.a:2,", 99, ino, false)}, 0);
   auto drop = must_open();
   ASSERT_TRUE(drop);
   EXPECT_EQ(uidls(*drop), (std::vector<std::string>{"1.a", "2.b"}));
@@ -1038,8 +1061,8 @@ TEST_F(maildir_index_test, changed_directory_is_read_and_sizes_need_the_same_ino
   put("cur/2.b:2,", "b\n");
   const std::uint64_t ino1 = inode_of(md_ / "cur" / "1.a:2,");
   const std::uint64_t ino2 = inode_of(md_ / "cur" / "2.b:2,");
-  write_index_now({index_record{"1.a:2,S", 50, ino1, false},   // renamed since: same base
-                   index_record{"2.b:2,", 60, ino2 + 1, false}},  // another inode
+  write_index_now({sized("1.a:2,S", 50, ino1, false),   // renamed since: same base
+                   sized("2.b:2,", 60, ino2 + 1, false)},  // another inode
                   1);
   put("new/3.c", "c\n");  // a delivery: new/ changes
   // cur/ too: its recorded stamp is cleared so it does not match.

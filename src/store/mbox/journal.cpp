@@ -133,8 +133,11 @@ result<std::uint64_t> size_of(int fd, const std::string& what) {
 // that writing it later cannot fail for lack of space.
 result<unique_fd> create_preallocated(int dir_fd, const std::string& name, std::uint64_t bytes) {
   POSTERN_TRY(remove_if_there(dir_fd, name));
-  const int raw = ::openat(dir_fd, name.c_str(),
-                           O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, journal_mode);
+  int raw = -1;
+  do {
+    raw = ::openat(dir_fd, name.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
+                   journal_mode);
+  } while (raw < 0 && errno == EINTR);
   if (raw < 0) {
     return io_error(errno, "create " + name);
   }
@@ -751,7 +754,10 @@ namespace {
 // `why` says what is wrong with it and the caller sets it aside.
 result<std::optional<unique_fd>> open_journal(int dir_fd, const std::string& name,
                                               std::string& why) {
-  const int raw = ::openat(dir_fd, name.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+  int raw = -1;
+  do {
+    raw = ::openat(dir_fd, name.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+  } while (raw < 0 && errno == EINTR);
   if (raw < 0) {
     const int err = errno;
     if (err == ENOENT) {
