@@ -586,4 +586,37 @@ class MaildirCrash(CrashBase):
               end=" ")
         self.assertGreaterEqual(self.stats["killed in QUIT"], count // 3, dict(self.stats))
         self.assertGreater(self.stats["deleted by the killed QUIT"], 0, dict(self.stats))
-        self.assertGreater(self.stats["killed in the index write"], 0, dict(self.stats))
+
+    def test_kill_9_at_each_call_of_the_index_write_at_login(self):
+        """A login after a delivery rescans new/ and rewrites postern-pop3.index (through
+        postern-pop3.index.tmp): killed at each of those calls, the next login lists exactly
+        the Maildir."""
+        index = os.path.join(self.box.path, "postern-pop3.index")
+        srv = self.world.start()
+        self.check_served(srv, "first listing")  # writes the index
+        srv.stop()
+        self.assertTrue(os.path.exists(index))
+        killed_at = []
+        for n in range(1, 8):
+            self.seed += 1
+            m = self.box.deliver(crash_workers.message(random.Random(self.seed), f"late{n}"))
+            self.model[m.base] = self.delivered[m.base] = m.content
+            trace = self.fault_log(f"trace-index-{n}")
+            srv = self.start(n, trace, armed=True, path="postern-pop3.index")
+            try:
+                conn = srv.connect()
+                conn.login(USER, PASSWORD)
+                conn.quit()
+            except (Closed, AssertionError):
+                pass  # killed during the login (PASS got no reply)
+            self.disarm()
+            if self.finish(srv):
+                killed_at.append(self.trace_of(trace)[1])
+            srv = self.world.start()
+            self.check_file(f"index kill {n}")
+            self.check_served(srv, f"index kill {n}")
+            srv.stop()
+        print(f"\n  killed at: {killed_at}", end=" ")
+        self.assertTrue(any(k.startswith("write") for k in killed_at), killed_at)
+        self.assertTrue(any(k.startswith("rename") for k in killed_at), killed_at)
+        self.assertGreaterEqual(len(killed_at), 4, killed_at)
