@@ -469,6 +469,60 @@ class MboxCrash(CrashBase):
               f"{dict(sorted(self.stats.items()))}", end=" ")
         self.assertGreaterEqual(kills, count // 2, dict(self.stats))
 
+    def test_kill_9_of_a_worker_process_in_quit_is_completed_at_the_next_login(self):
+        """With worker processes the daemon outlives the killed worker: no startup recovery
+        runs, the next login (in the replacement worker or the other one) breaks the dead
+        worker's dotlock and completes or discards the update before it lists the mailbox."""
+        self.world.config["server"]["processes"] = 2
+        config = self.world.write_config()
+        calls = self.learn_calls(config)
+        srv = None
+        count = trials(2 * (calls + 2), calls + 2)
+        for k in range(count):
+            n = 1 + k % (calls + 2)
+            self.seed += 1
+            rng = random.Random(self.seed)
+            trace = self.fault_log(f"trace-worker-{k}")
+            workers = Workers(self, "mbox", self.spool, self.seed)
+            try:
+                srv = self.start(n, trace, config=config)
+                conn, marked = self.session(srv, rng)
+                reply = self.quit_and_maybe_die(srv, conn)
+                self.disarm()
+                lines, last = self.trace_of(trace)
+                committed = any(".postern-journal.new -> " in line for line in lines)
+                journal_left = os.path.exists(self.journal())
+                self.assertTrue(srv.alive(), "the master died with its worker")
+                records = workers.stop()
+            except BaseException:
+                workers.stop()
+                raise
+            self.apply(records)
+            what = f"worker trial {k} (kill at call {n}: {last}; reply {reply})"
+            if reply is None:
+                self.assertIsNotNone(last, what)
+                gone = committed
+                outcome = ("rolled forward at login" if journal_left else
+                           "completed before the kill") if committed else "rolled back"
+            else:
+                gone = reply.startswith("+OK")
+                outcome = "acknowledged" if gone else "refused"
+            if gone:
+                for i in marked:
+                    self.model.pop(i, None)
+            self.stats[outcome] += 1
+            self.check_served(srv, what)  # the login recovers first
+            if journal_left:
+                self.assertIn("completed an update interrupted by a crash", srv.log(), what)
+            self.check_file(what)
+            self.check_no_journal(what)
+            srv.stop()
+            if len(self.model) < 6:
+                self.refill()
+        print(f"\n  {count} worker trials: {dict(sorted(self.stats.items()))}", end=" ")
+        self.assertGreaterEqual(self.stats["rolled forward at login"], 2, dict(self.stats))
+        self.assertGreaterEqual(self.stats["rolled back"], 2, dict(self.stats))
+
 
 class MaildirCrash(CrashBase):
     kind = "maildir"
