@@ -10,14 +10,20 @@ each trial knows whether the update had passed its commit point. Trial k kills a
 (modulo the number of calls a QUIT makes, learnt by a first counted run), so every step is hit.
 
 While the session runs and while posternd is down and restarts, crash_workers.py processes
-deliver mail (mbox: under the dotlock and an fcntl lock, breaking a dotlock only by age as
-Postfix does; Maildir: tmp/ then new/) and edit the maildrop (mbox: mutt-like in-place rewrite
-under the same locks, changing a Status: header or expunging; Maildir: IMAP-like renames adding
-flags, expunges). After each trial, with the workers stopped, the maildrop must hold exactly
+deliver mail (mbox: under the dotlock and an fcntl lock, breaking a dead process's dotlock as
+Dovecot's LDA does, so mail lands in the file a crash left; Maildir: tmp/ then new/) and edit
+the maildrop (mbox: mutt-like in-place rewrite under the same locks, changing a Status: header
+or expunging; Maildir: IMAP-like renames adding flags, expunges). After each trial, with the workers stopped, the maildrop must hold exactly
 the messages delivered, minus those deleted by a QUIT that got +OK and those the reader
 expunged, each once and with the bytes the last writer gave it; a QUIT that got no reply may
 have deleted its messages or not (mbox: all or none), whole. The server then lists and sends
 every message byte for byte, and every message keeps the UIDL it had.
+
+Updates covered: the mbox QUIT with and without the index (the kill before the journal's
+commit point must roll back, after it the startup replay must roll forward: both are
+counted and asserted), the replay itself killed at startup and at login, a worker process
+killed in QUIT while the daemon runs on (the next login replays), the Maildir QUIT and the
+Maildir index write at login.
 
 POSTERN_CRASH_TRIALS sets the number of trials per test (default: a bounded run for CI).
 """
@@ -171,12 +177,16 @@ class CrashBase(PosternTestCase):
         self.rules.set("")
 
     def finish(self, srv):
-        """Waits for a posternd the library killed, or stops one it did not."""
+        """Waits for a posternd the library killed, or stops one it did not; True if killed.
+        A kill may still come after the QUIT reply (the index write) or even during the
+        SIGTERM shutdown (a session finishing its update): that is a kill too."""
         if srv.alive():
-            time.sleep(0.05)  # a kill after the reply (the index write) may still come
+            time.sleep(scaled(0.05))
         if srv.alive():
-            srv.stop()
-            return False
+            rc = srv.stop(check=False)
+            if rc != -signal.SIGKILL:
+                srv.check_exit(rc)
+                return False
         srv.kill()  # reaps
         self.assertEqual(srv.returncode, -signal.SIGKILL, srv.log()[-3000:])
         return True
