@@ -420,7 +420,9 @@ static struct table* parse_table(int which, const char* spec) {
 }
 
 /* The rules file: reread when its inode, size or times change (a test renames a new one into
-   place); the new rules start with their counts at 0. One thread rereads at a time. */
+   place); the new rules start with their counts at 0. One thread rereads at a time, into the
+   table not in force; a thread still deciding on the table of two changes ago could see it
+   rewritten, so tests change the rules while the process is between sessions. */
 static struct {
   uint64_t ino, size;
   int64_t mtime_ns, ctime_ns;

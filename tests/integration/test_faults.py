@@ -25,6 +25,7 @@ import unittest
 from fault_injection import FaultLog, RulesFile, fault_env
 from postern_harness import (DEFAULT_TIMEOUT, SANITIZE, Closed, Msg, PosternTestCase,
                              parse_listing, scaled, simple_message, wire_body)
+from test_system_users import MSG1, MSG2, SystemUsersBase
 
 
 class FaultLibrary(PosternTestCase):
@@ -283,7 +284,7 @@ class FaultLoop(PosternTestCase):
         raise NotImplementedError
 
     # -- the session
-    def run_session(self, sess, deletes=(1, 3), retr=(2, 4)):
+    def run_session(self, sess, deletes=(1, 3), retr=(2, 4), listed=None):
         """LIST, UIDL, RETR, DELE, QUIT as alice; every reply recorded, every body checked."""
         try:
             conn = self.srv.connect(greet=False, timeout=scaled(20))
@@ -306,7 +307,8 @@ class FaultLoop(PosternTestCase):
                 self.assertClearReply(st, cmd)
                 if body is not None:
                     listing[cmd] = parse_listing(body)
-            expected_uidls = [self.uidl_of[k] for k, _ in self.expected]
+            listed = [k for k, _ in self.expected] if listed is None else listed
+            expected_uidls = [self.uidl_of[k] for k in listed]
             if "UIDL" in listing:
                 self.assertEqual([u for _, u in listing["UIDL"]], expected_uidls,
                                  "UIDL listing")
@@ -644,6 +646,54 @@ class MboxFaults(RetrChecks, FaultLoop):
     def test_short_reads_and_writes(self):
         self.fault_points("read|pread|write|pwrite", self.path, "action=short", transient=True)
 
+    # -- the recovery of a committed update
+    def leave_committed_journal(self):
+        """A QUIT whose update fails at its first write to the spool, after the commit
+        point: the journal stays for the next login to finish."""
+        self.restore()
+        self.rules.set(f"pwrite:path~{self.spool}:nth=1:errno=EIO")
+        sess = Session()
+        self.run_session(sess, retr=())
+        self.rules.set("")
+        self.assertTrue(sess.quit_sent and not sess.quit_ok, sess.summary())
+        self.assertIsNone(self.settled_on_disk(), "no journal left by the failed update")
+
+    def test_recovery_failing_with_eio(self):
+        """Each call of the login that finishes the update fails once: that login may fail,
+        but the update is never lost or applied twice, and a later login completes it."""
+        calls = self.store_calls
+        kept = ["m2", "m4", "m5"]  # what a finished update leaves (DELE 1 and 3)
+        self.leave_committed_journal()
+        self.flog.clear()
+        self.rules.set(f"{calls}:path~{self.path}:action=count")
+        sess = Session()
+        self.run_session(sess, deletes=(), retr=(), listed=kept)
+        self.rules.set("")
+        self.assertTrue(sess.quit_ok, sess.summary())
+        points = len(self.flog.counted())
+        tried = range(1, points + 1, STRIDE)
+        outcomes = {"login +OK": 0, "login -ERR": 0}
+        for n in tried:
+            self.leave_committed_journal()
+            rule = f"{calls}:path~{self.path}:nth={n}:errno=EIO"
+            self.flog.clear()
+            self.rules.set(rule)
+            sess = Session()
+            self.run_session(sess, deletes=(), retr=(), listed=kept)
+            self.rules.set("")
+            acts = self.flog.acts()
+            label = f"{rule} ({acts[0]['call']} {acts[0]['path']})" if acts else rule
+            outcomes["login +OK" if sess.quit_sent else "login -ERR"] += 1
+            try:
+                # The update was committed: it is finished, by this login or the next
+                done = Session()
+                done.quit_sent = done.quit_ok = True
+                self.check_after(done, label)
+            except AssertionError as e:
+                raise AssertionError(f"after {label}: {sess.summary()}\n{e}") from None
+        sys.stderr.write(f"\n  recovery {calls} errno=EIO: points {points}, tried "
+                         f"{len(tried)}: {outcomes}\n")
+
 
 class MaildirSizingRegression(PosternTestCase):
     """A message that could not be read to size it at login is listed with its file size for
@@ -812,3 +862,45 @@ class WorkerProcessFaults(MaildirFaults):
     test_reads_and_writes_interrupted = None
     test_short_reads_and_writes = None
     test_retr_when_mapping_is_refused = None
+
+
+class ForkModeFaults(SystemUsersBase):
+    """Fork mode (a process per session, system users, mbox spools): the library reaches the
+    session processes, each counts its own calls from 0 (scope=process), and a failed store
+    call there costs only that session."""
+
+    def test_each_session_process_counts_its_own_calls(self):
+        name, _, spool = self.add_system_user(messages=(MSG1, MSG2))
+        other, _, _ = self.add_system_user(messages=(MSG1,))
+        with open(spool, "rb") as f:
+            before = f.read()
+        log = FaultLog(self.world)
+        rules = RulesFile(self.world)
+        srv = self.world.start(self.write_unix(), env=fault_env(rules, log))
+        self.addCleanup(lambda: srv.stopped or srv.stop(check=False))
+        held = srv.connect()
+        held.login(other, "Pt-pass-1")
+        # The first write to the spool in each session process fails: the update of QUIT
+        # after its commit point, then the next session's finishing of it at login
+        rules.set(f"pwrite:path~{spool}:nth=1:times=0:errno=EIO")
+        conn = srv.connect()
+        conn.login(name, "Pt-pass-1")
+        self.assertOk(conn.cmd("DELE 1"))
+        self.assertErr(conn.cmd("QUIT"))
+        conn.close()
+        conn = srv.connect()
+        self.assertOk(conn.cmd(f"USER {name}"))
+        self.assertErr(conn.cmd("PASS Pt-pass-1"), "the journal could not be finished")
+        conn.close()
+        acts = log.acts()
+        self.assertEqual(len(acts), 2, log.entries())
+        self.assertNotEqual(acts[0]["pid"], acts[1]["pid"], "one process per session")
+        self.assertNotIn(srv.proc.pid, {a["pid"] for a in acts}, "not in the master")
+        rules.set("")
+        self.assertRegex(held.cmd("STAT"), r"^\+OK 1 ")
+        conn = srv.connect()
+        conn.login(name, "Pt-pass-1")
+        self.assertEqual(conn.cmd("STAT"), f"+OK 1 {len(wire_body(MSG2))}")
+        self.assertOk(conn.quit())
+        with open(spool, "rb") as f:
+            self.assertEqual(f.read(), before[before.index(b"From sender", 1):])
