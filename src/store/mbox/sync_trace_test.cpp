@@ -5,6 +5,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <cstdio>  // renameat, declared noexcept (__THROW)
 #include <mutex>
 #include <utility>
 
@@ -49,7 +50,7 @@ extern "C" int fsync(int fd) {
   return static_cast<int>(::syscall(SYS_fsync, fd));
 }
 
-extern "C" int renameat(int old_dir, const char* from, int new_dir, const char* to) {
+extern "C" int renameat(int old_dir, const char* from, int new_dir, const char* to) noexcept {
   postern::test::sync_trace_record({postern::test::sync_event::kind::rename, 0, from, to});
   return static_cast<int>(::syscall(SYS_renameat2, old_dir, from, new_dir, to, 0));
 }
