@@ -25,6 +25,7 @@ import argparse
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -126,16 +127,24 @@ def run_bounded(cmd, cwd, env, deadline, log):
     left = deadline - time.monotonic()
     if left <= 0:
         return None, ""
+    # Its own process group, so that a timeout ends the servers a test started as well.
+    p = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, errors="replace",
+                         start_new_session=True)
     try:
-        p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
-                           errors="replace", timeout=left, start_new_session=True)
-    except subprocess.TimeoutExpired as e:
-        out = e.stdout or ""
-        log.write(out if isinstance(out, str) else out.decode(errors="replace"))
+        out, _ = p.communicate(timeout=left)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, _ = p.communicate()
+        log.write(out + f"\n[timed out after {left:.0f} s]\n")
         return None, ""
-    log.write(p.stdout + p.stderr)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    log.write(out)
     log.flush()
-    return p.returncode, p.stdout + p.stderr
+    return p.returncode, out
 
 
 def run_tests(m, scratch, env, deadline, log):
