@@ -1295,6 +1295,25 @@ TEST(config, format_round_trips) {
   }
 }
 
+// Each boolean key of [pop3] is printed as it was set, both ways (a formatter that printed a
+// constant would pass a round trip of the defaults).
+TEST(config, format_prints_each_pop3_boolean_as_set) {
+  for (const char* key : {"delete_expired", "dovecot_lock_session", "undelete", "xtnd_xlist",
+                          "xtnd_xmit"}) {
+    for (const char* value : {"true", "false"}) {
+      const std::string line = std::string(key) + " = " + value;
+      auto c = parse_config("[pop3]\n" + line + "\n", "bools.toml");
+      ASSERT_TRUE(c.ok()) << line << ": " << c.err().message();
+      const std::string text = format_config(*c);
+      const auto pop3 = text.find("\n[pop3]\n");
+      ASSERT_NE(pop3, std::string::npos) << text;
+      const auto next = text.find("\n[", pop3 + 1);
+      EXPECT_NE(text.substr(pop3, next - pop3).find("\n" + line + "\n"), std::string::npos)
+          << line << " missing from:\n" << text;
+    }
+  }
+}
+
 TEST(config, format_round_trips_tls_auth_and_mbox_keys) {
   config base;
   base.source_path = "/etc/postern/postern.toml";

@@ -295,9 +295,7 @@ class DovecotUids(unittest.TestCase):
             self.dovecot.imap_expunge(uids["m1"])
             st = c.cmd("RETR 1")
             self.assertTrue(st.startswith("-ERR"), st)
-            if "[SYS/TEMP]" in st:
-                self.skipTest("the Maildir store still maps a vanished message to a temporary "
-                              "error (changed on the maildir branch of issue 10)")
+            self.assertNotIn("[SYS/TEMP]", st, "a vanished message is a permanent error")
             st, _ = c.cmd_multi("RETR 2")
             self.assertTrue(st.startswith("+OK"), st)
             self.assertTrue(c.quit().startswith("+OK"))

@@ -125,6 +125,52 @@ class ForkMode(SystemUsersBase):
         self.assertRegex(conn2.cmd("STAT"), r"^\+OK 1 ")
         conn2.quit()
 
+    def test_tls_relay_is_byte_exact_for_a_message_larger_than_every_buffer(self):
+        # 300 KB: many full 16 KiB reads of the relay from the session process, and more than
+        # the session's 128 KiB read and 256 KiB output buffers. Lines of varying length, some
+        # starting with '.', so that a lost, doubled or moved byte anywhere shows.
+        lines = [(b"." if i % 7 == 0 else b"") + (b"%06d " % i) + b"x" * (i % 97)
+                 for i in range(6000)]
+        body = b"\n".join(lines) + b"\n"
+        msg = b"From: big@example.org\nSubject: big\n\n" + body
+        self.assertGreater(len(msg), 300_000)
+        name, _, _ = self.add_system_user(messages=(msg,))
+        pki = tls_fixtures.Pki(self.world.dir)
+        n = tls_fixtures.configure_tls(self.world, pki, mode="ondemand", tls_listen=True)
+        srv = self.start(listeners=n)
+        _, tls_ports = tls_fixtures.listener_ports(srv)
+        conn = tls_fixtures.tls_connect(self.world, tls_ports[0], tls_fixtures.client_context(pki))
+        conn.login(name, "Pt-pass-1")
+        crlf = msg.replace(b"\n", b"\r\n")
+        want = crlf.replace(b"\r\n.", b"\r\n..")
+        self.assertEqual(conn.cmd("LIST 1"), f"+OK 1 {len(crlf)}")
+        st, got = conn.cmd_multi("RETR 1")
+        self.assertOk(st)
+        self.assertEqual(len(got), len(want))
+        if got != want:
+            at = next(i for i in range(len(want)) if got[i] != want[i])
+            self.fail(f"RETR differs from octet {at}: {got[at:at + 40]!r} != {want[at:at + 40]!r}")
+        conn.quit()
+
+    def test_sighup_reloads_the_tls_certificate_in_the_master(self):
+        name, _, _ = self.add_system_user(messages=(MSG1,))
+        pki = tls_fixtures.Pki(self.world.dir)
+        n = tls_fixtures.configure_tls(self.world, pki, mode="ondemand", tls_listen=True)
+        srv = self.start(listeners=n)
+        plain, tls_ports = tls_fixtures.listener_ports(srv)
+        a = tls_fixtures.file_fingerprint(pki.a_cert)
+        b = tls_fixtures.file_fingerprint(pki.b_cert)
+        self.assertEqual(tls_fixtures.peer_fingerprint(tls_ports[0], pki), a)
+        pki.install(pki.b_cert, pki.b_key)
+        srv.signal(signal.SIGHUP)
+        wait_for(lambda: tls_fixtures.peer_fingerprint(tls_ports[0], pki) == b,
+                 what="the new certificate on new pop3s connections")
+        self.assertEqual(tls_fixtures.peer_fingerprint(plain[0], pki, starttls_first=True), b)
+        conn = tls_fixtures.tls_connect(self.world, tls_ports[0], tls_fixtures.client_context(pki))
+        conn.login(name, "Pt-pass-1")
+        self.assertRegex(conn.cmd("STAT"), r"^\+OK 1 ")
+        conn.quit()
+
 
 class TcpWrappers(SystemUsersBase):
     def tables(self, allow, deny):

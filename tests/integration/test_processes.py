@@ -45,9 +45,47 @@ def socket_count(pid):
         for fd in os.listdir(f"/proc/{pid}/fd"):
             try:
                 n += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
-            except OSError:
+            except OSError:  # closed since listdir: no longer held
                 pass
     return n
+
+
+def session_owners(conns, pids):
+    """For each connection of `conns`, which of `pids` holds the server's end of it (None
+    if none does): the server-side TCP socket (local = the server's port, remote = the
+    client's) of /proc/net/tcp{,6}, by inode, among the processes' descriptors."""
+    inode_of = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            next(f)
+            for row in f:
+                fields = row.split()
+                local, remote = (int(a.rsplit(":", 1)[1], 16) for a in fields[1:3])
+                inode_of[(local, remote)] = fields[9]
+    holder = {}
+    with privileged():
+        for pid in pids:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                except OSError:  # closed since listdir: no longer held
+                    continue
+                if link.startswith("socket:["):
+                    holder[link[len("socket:["):-1]] = pid
+    return [holder.get(inode_of.get((c.sock.getpeername()[1], c.sock.getsockname()[1])))
+            for c in conns]
+
+
+def answers(conn):
+    """Whether the session still answers: NOOP gets +OK (logged in) or -ERR (NOOP is not a
+    command before login); EOF or a reset means the session is gone."""
+    try:
+        st = conn.cmd("NOOP")
+    except (Closed, OSError):
+        return False
+    if not st.startswith(("+OK", "-ERR")):
+        raise AssertionError(f"NOOP: {st!r}")
+    return True
 
 
 def busiest(pids):
@@ -116,21 +154,21 @@ class Workers(ProcessesBase):
         conns = [self.srv.session(self.box) for _ in range(1)]
         # Idle sessions spread over the workers (no login: the maildrop allows one session).
         idle = [self.srv.connect() for _ in range(15)]
+        sessions = idle + conns
+        owners = session_owners(sessions, self.workers)
+        self.assertNotIn(None, owners, "a session held by no worker")
         victim = busiest(self.workers)
+        self.assertIn(victim, owners)
+        self.assertGreater(len(set(owners)), 1, f"every session on one worker: {owners}")
         os.kill(victim, signal.SIGKILL)
         self.srv.wait_log(rf"worker \d+ \(pid {victim}\) killed by signal 9 unexpectedly; restarting")
         fresh = wait_for(lambda: (c := children(self.master)) and len(c) == self.processes
                          and victim not in c and c, what="a replacement worker")
         self.assertEqual(len(set(fresh) & set(self.workers)), self.processes - 1)
-        survivors = 0
-        for c in idle + conns:
-            try:
-                # Any reply will do: NOOP before login is an -ERR, but an answer.
-                if c.cmd("NOOP").startswith(("+OK", "-ERR")):
-                    survivors += 1
-            except (Closed, OSError):
-                pass
-        self.assertGreater(survivors, 0, "every session ended with one worker")
+        # Every session of another worker answers; every session of the killed one is gone.
+        alive = [answers(c) for c in sessions]
+        self.assertEqual(alive, [owner != victim for owner in owners],
+                         f"sessions by worker {owners}, killed {victim}")
         # Service continues on every worker, the replacement included.
         for c in conns:
             c.close()
@@ -214,20 +252,21 @@ class ScramAcrossWorkers(ProcessesBase):
     def test_unknown_user_gets_one_salt_from_every_worker(self):
         # A salt that depended on the worker would tell an unknown user from a real one.
         first = base64.b64encode(b"n,,n=nobody,r=0123456789abcdef").decode()
-        salts = set()
-        before = set(session_pids(self.srv.log()))
-        for _ in range(12):
+        salts = {}  # worker pid -> the (salt, iterations) it sent
+        # Connections until every worker has answered one (the kernel picks the worker from
+        # the addresses: 60 tries leave a worker unasked with a chance of about 1e-10).
+        for _ in range(60):
             conn = self.srv.connect()
+            [worker] = session_owners([conn], self.workers)
             st = conn.cmd(f"AUTH SCRAM-SHA-256 {first}")
             self.assertTrue(st.startswith("+ "), st)
             attrs = dict(p.split("=", 1) for p in base64.b64decode(st[2:]).decode().split(","))
-            salts.add((attrs["s"], attrs["i"]))
+            salts.setdefault(worker, set()).add((attrs["s"], attrs["i"]))
             conn.close()
-        self.assertEqual(len(salts), 1, salts)
-        # And the connections did reach more than one worker.
-        for _ in range(12):
-            self.full_session()
-        self.assertGreater(len(session_pids(self.srv.log()) - before), 1)
+            if len(salts) == len(self.workers):
+                break
+        self.assertEqual(sorted(salts), sorted(self.workers), "a worker was never asked")
+        self.assertEqual(len(set().union(*salts.values())), 1, salts)
 
 
 class SetupFailure(PosternTestCase):
@@ -268,19 +307,16 @@ class PerSourceLimitAcrossWorkers(ProcessesBase):
         held.append(wait_for(self.try_connect, what="the slot of a closed session"))
         self.assertTrue(self.refused())
         # Kill a worker: the master forgets what it held.
+        owners = session_owners(held, self.workers)
         victim = busiest(self.workers)
+        self.assertIn(victim, owners)
         os.kill(victim, signal.SIGKILL)
         self.srv.wait_log(rf"\(pid {victim}\) killed by signal 9")
         wait_for(lambda: (c := children(self.master)) and len(c) == self.processes and victim not in c,
                  what="a replacement worker")
-        live = []
-        for c in held:
-            try:
-                if c.cmd("NOOP").startswith(("+OK", "-ERR")):  # -ERR: not logged in, alive
-                    live.append(c)
-            except (Closed, OSError):
-                pass
-        self.assertLess(len(live), 4, "the killed worker held none of the sessions")
+        live = [c for c in held if answers(c)]
+        self.assertEqual(len(live), sum(owner != victim for owner in owners),
+                         f"sessions by worker {owners}, killed {victim}")
         more = [wait_for(self.try_connect, what="a slot released for the dead worker")
                 for _ in range(4 - len(live))]
         self.assertEqual(len(live) + len(more), 4)

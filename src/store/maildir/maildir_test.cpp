@@ -404,6 +404,33 @@ TEST_F(maildir_test, message_starting_with_dot_is_stored_and_read_raw) {
   EXPECT_EQ(read_all(**reader), "");  // stays at end
 }
 
+// The wire size is counted in reads of at most 1 MiB: a CRLF split by a read boundary (the
+// CR ends one read, the LF starts the next) is one line end, not a CR and a bare LF. The
+// same CRLF elsewhere, and a bare LF at the boundary, for contrast.
+TEST_F(maildir_test, wire_size_of_a_crlf_split_by_a_read_boundary) {
+  constexpr std::size_t read_size = std::size_t{1} << 20;
+  for (const std::size_t lf_at : {read_size, read_size - 1, read_size + 1}) {
+    std::string content(read_size + 4096, 'x');
+    for (std::size_t i = 999; i < content.size(); i += 1000) {
+      content[i] = '\n';  // bare LF line ends: each is counted as one more octet
+    }
+    content[lf_at - 1] = '\r';
+    content[lf_at] = '\n';
+    content.back() = '\n';
+    std::uint64_t bare = 0;
+    for (std::size_t i = 0; i < content.size(); ++i) {
+      bare += content[i] == '\n' && (i == 0 || content[i - 1] != '\r') ? 1 : 0;
+    }
+    const std::string name = "cur/" + std::to_string(lf_at) + ".big:2,S";
+    put(name, content);
+    auto drop = must_open();
+    fs::remove(md_ / name);  // each round lists one message
+    ASSERT_TRUE(drop);
+    ASSERT_EQ(drop->messages().size(), 1U);
+    EXPECT_EQ(drop->messages()[0].size, content.size() + bare) << "LF at " << lf_at;
+  }
+}
+
 TEST_F(maildir_test, reads_in_chunks_of_any_size) {
   std::string content;
   for (int i = 0; i < 5000; ++i) {

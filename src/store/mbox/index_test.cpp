@@ -543,6 +543,26 @@ TEST_F(mbox_index_files, hostile_index_is_caught_by_the_identity_checks_and_lose
   open_and_check({}, open_source::full_scan, data);
 }
 
+// The file's stamp alone never makes an index trusted: one that matches the stamp but fails
+// the spot check (here its tail fingerprint, as after a same-size edit whose timestamps were
+// restored) is scanned again, and its forged UIDL is never listed.
+TEST_F(mbox_index_files, index_failing_the_spot_check_is_not_used_although_the_stamp_matches) {
+  const std::string data = msg("a@b", "1", "one") + "\n" + msg("c@d", "2", "two");
+  write_file(box_, data);
+  wait_for_file_system_tick(dir_.path(), box_);
+  open_and_check({}, open_source::full_scan, data);
+  auto idx = index_now();
+  ASSERT_TRUE(idx.has_value());
+  idx->scan.tail_fingerprint ^= 1;
+  idx->scan.messages[0].uidl = "forged-uidl";
+  {
+    const unique_fd dir(::open(dir_.path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    ASSERT_TRUE(save_index(dir.get(), side_files_for("user"), *idx).ok());
+  }
+  ASSERT_TRUE(index_now().has_value());  // the forged index is well formed
+  open_and_check({}, open_source::full_scan, data);
+}
+
 // Five list posts: one sender, one second, one footer (defect 2 of issue 10).
 std::string list_posts(int n) {
   std::string data;

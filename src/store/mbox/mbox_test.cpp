@@ -4,6 +4,7 @@
 #include "common/line_ends.hpp"
 #include "store/mbox/journal.hpp"
 #include "store/mbox/parser.hpp"
+#include "store/mbox/sync_trace_test.hpp"
 
 #include <gtest/gtest.h>
 
@@ -1728,6 +1729,69 @@ TEST_F(mbox_files, spool_of_another_owner_is_refused) {
 }
 
 // recover_pending completes an interrupted update without a session.
+// Durability order (docs/mbox.md): the rewritten bytes are synced into the spool before the
+// trunc journal that records them as in place is renamed over the redo journal; otherwise a
+// power cut after the rename could leave a journal that no longer redoes a half-written
+// spool. Returns how many such renames `trace` holds; fails for one without that sync.
+ino_t file_ino(const std::string& path) {
+  struct stat st{};
+  return ::stat(path.c_str(), &st) == 0 ? st.st_ino : 0;
+}
+
+int expect_spool_synced_before_trunc_rename(const std::vector<test::sync_event>& trace,
+                                            ino_t spool, const side_files& names,
+                                            const std::string& what) {
+  int renames = 0;
+  bool synced = false;  // since the trace began or the last rename
+  for (const auto& e : trace) {
+    if (e.what == test::sync_event::kind::fsync) {
+      synced = synced || e.ino == spool;
+      continue;
+    }
+    if (e.from == names.journal_trunc && e.to == names.journal) {
+      ++renames;
+      EXPECT_TRUE(synced) << what << ": trunc journal renamed before the spool was synced";
+    }
+    synced = false;
+  }
+  return renames;
+}
+
+TEST_F(mbox_crash, commit_syncs_the_spool_before_the_trunc_journal) {
+  write_file(box_, sample(5));
+  auto m = open_ok();
+  ASSERT_TRUE(m);
+  const bool del[] = {false, true, false, true, false};
+  test::sync_trace_start();
+  const bool ok = m->commit(del).ok();
+  const auto trace = test::sync_trace_stop();
+  ASSERT_TRUE(ok);
+  EXPECT_EQ(expect_spool_synced_before_trunc_rename(trace, file_ino(box_),
+                                                   side_files_for("user"), "commit"),
+            1);
+}
+
+// The same order when recovery replays a redo journal left by a crash at any step.
+TEST_F(mbox_crash, replay_syncs_the_spool_before_the_trunc_journal) {
+  set_copy_buffer(64);
+  const std::string original = sample(4);
+  int replays = 0;
+  for (int step = 1; step < 200; ++step) {
+    write_file(box_, original);
+    if (!crashed_at(step, [&] { return commit_child({false, true, false, false}); })) {
+      break;
+    }
+    test::sync_trace_start();
+    auto r = recover_pending(box_, opts());
+    const auto trace = test::sync_trace_stop();
+    ASSERT_TRUE(r.ok()) << r.err().message();
+    replays += expect_spool_synced_before_trunc_rename(trace, file_ino(box_),
+                                                       side_files_for("user"),
+                                                       "replay after step " + std::to_string(step));
+  }
+  EXPECT_GT(replays, 0) << "no crash left a redo journal to replay";
+}
+
 TEST_F(mbox_crash, recover_pending_completes_an_update) {
   set_copy_buffer(64);
   write_file(box_, sample(4));
