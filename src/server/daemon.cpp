@@ -292,8 +292,9 @@ result<void> check_shape(const config& cfg, const daemon_shape& shape) {
                                 "combined with server.processes = " + std::to_string(shape.processes) +
                                 " (set processes = 1, or remove min_connection_interval)");
   }
-  // Idle sessions cost descriptors: take every one the hard limit allows.
-  if (auto limit = raise_descriptor_limit(); !limit) {
+  // Idle sessions cost descriptors: take every one the hard limit allows, and started as
+  // root, raise the hard limit to what max_connections needs.
+  if (auto limit = raise_descriptor_limit(descriptors_wanted(cfg.max_connections, shape.processes)); !limit) {
     log::warning("{}", limit.err().message());
   } else if (auto warning = descriptor_warning(cfg.max_connections, shape.processes, *limit); !warning.empty()) {
     log::warning("{}", warning);

@@ -1,0 +1,157 @@
+"""Load and abuse against the real posternd with its default limits (docs/reliability.md,
+"Load and abuse").
+
+Each test starts posternd with the defaults of max_connections, max_connections_per_ip,
+idle_timeout, login_timeout, max_bad_commands, failure_delay and the per-address penalty,
+measures a legitimate client's login + RETR of a 100 KB message on the idle server (median),
+runs one abuse scenario from many loopback source addresses (tests/integration/load_driver.py,
+a process of its own), and asserts while it runs:
+
+- the legitimate client's median latency stays within 2x of the idle median (measured in the
+  same run, on the same server);
+- the abuse got what the defaults promise (every connection held, floods turned away, no
+  guess succeeded);
+
+and afterwards that the server still serves and its descriptor count is back to what it was
+before the scenario.
+
+Sizes (CI default; the figures in docs/reliability.md were made with the larger ones):
+  POSTERN_LOAD_CONNECTIONS  authenticated connections held (2000; 10000 in the docs)
+  POSTERN_LOAD_SLOW         slow clients (400; 1000 in the docs)
+  POSTERN_LOAD_SECONDS      how long each flood runs while the latency is measured (5)
+"""
+
+import os
+import time
+
+from postern_harness import PosternTestCase, scaled
+from load_support import (Driver, Legit, add_users, big_message, env_int, fd_count,
+                          use_defaults, wait_fds)
+
+CONNECTIONS = env_int("POSTERN_LOAD_CONNECTIONS", 2000)
+SLOW = env_int("POSTERN_LOAD_SLOW", 400)
+SECONDS = env_int("POSTERN_LOAD_SECONDS", 5)
+SAMPLES = 15  # legit sessions per median
+MESSAGE_SIZE = 100 * 1024
+
+
+class LoadTest(PosternTestCase):
+
+    def setUp(self):
+        super().setUp()
+        use_defaults(self.world)
+
+    def start(self, users=0, user_messages=()):
+        """posternd with default limits, `users` load users, the legitimate user and the
+        guessing victim; returns (server, legit, baseline descriptor count)."""
+        add_users(self.world, "load", users, messages=user_messages)
+        legit_box = add_users(self.world, "legit", 1, password="legit-pass",
+                              messages=[big_message(MESSAGE_SIZE)])[0]
+        add_users(self.world, "victim", 1, password="not-guessable-8c1e")
+        srv = self.world.start()
+        legit = Legit(srv, legit_box)
+        legit.once()  # warm: the first session opens what later ones reuse
+        return srv, legit, fd_count(srv.proc.pid)
+
+    def idle_median(self, legit):
+        return legit.median(SAMPLES)
+
+    def assert_latency(self, idle, loaded, what):
+        print(f"\n[{what}: legit login+RETR median idle {idle * 1000:.1f} ms, "
+              f"loaded {loaded * 1000:.1f} ms ({loaded / idle:.2f}x)]", flush=True)
+        self.assertLessEqual(loaded, 2 * idle,
+                             f"{what}: legitimate client's median {loaded * 1000:.1f} ms is more "
+                             f"than twice the idle server's {idle * 1000:.1f} ms")
+
+    def after(self, srv, legit, baseline, what):
+        """The server still serves, and its descriptors return to the baseline."""
+        legit.once()
+        wait_fds(srv.proc.pid, baseline, scaled(30))
+        self.assertTrue(srv.alive(), f"posternd died after {what}")
+
+    def test_held_authenticated_connections_leave_legit_latency_within_twice_idle(self):
+        srv, legit, baseline = self.start(users=CONNECTIONS - 1)
+        idle = self.idle_median(legit)
+        driver = Driver(self.world, srv.port, "hold", count=CONNECTIONS - 1, first_octet=1,
+                        per_source=40)
+        ready = driver.wait_ready(scaled(120))
+        self.assertEqual(ready.get("held"), CONNECTIONS - 1, f"not every connection held: {ready}")
+        loaded = legit.median(SAMPLES)
+        self.assert_latency(idle, loaded, f"{CONNECTIONS - 1} held sessions")
+        held_fds = fd_count(srv.proc.pid)
+        done = driver.stop(scaled(60))
+        self.assertEqual(done.get("alive_at_end"), CONNECTIONS - 1, f"sessions lost: {done}")
+        print(f"[descriptors: {baseline} idle, {held_fds} with {CONNECTIONS - 1} sessions]")
+        self.after(srv, legit, baseline, "held connections")
+
+    def test_slow_clients_leave_legit_latency_within_twice_idle(self):
+        half = SLOW // 2
+        srv, legit, baseline = self.start(users=half, user_messages=[big_message(1 << 20, "slow")])
+        idle = self.idle_median(legit)
+        driver = Driver(self.world, srv.port, "slow", count=SLOW, first_octet=2, per_source=40,
+                        interval=2)
+        ready = driver.wait_ready(scaled(120))
+        self.assertEqual(ready.get("stalled_retr"), half, f"stalled RETRs: {ready}")
+        self.assertEqual(ready.get("trickling"), SLOW - half, f"tricklers: {ready}")
+        loaded = legit.median(SAMPLES)
+        self.assert_latency(idle, loaded, f"{SLOW} slow clients")
+        done = driver.stop(scaled(60))
+        self.assertFalse(done.get("login_refused") or done.get("connect_error"), done)
+        self.after(srv, legit, baseline, "slow clients")
+
+    def test_pipelined_flood_is_throttled_and_legit_latency_within_twice_idle(self):
+        srv, legit, baseline = self.start(users=4)
+        idle = self.idle_median(legit)
+        driver = Driver(self.world, srv.port, "pipeline", count=4, first_octet=3, megabytes=16,
+                        interval=2)
+        driver.wait_ready(scaled(30))
+        loaded = legit.median(SAMPLES)
+        self.assert_latency(idle, loaded, "pipelined flood")
+        done = driver.stop(scaled(60))
+        # Nobody reads the answers, so the server must stop reading commands (back-pressure)
+        # instead of buffering answers to megabytes of them; pre-auth, the bad commands end the
+        # connection.
+        self.assertEqual(done.get("authed_send_blocked"), 4, f"authenticated floods: {done}")
+        self.assertLess(done.get("authed_bytes_sent", 0), 4 * (16 << 20), done)
+        self.assertTrue(done.get("preauth_closed_by_server") or done.get("preauth_send_blocked"),
+                        f"pre-auth flood: {done}")
+        self.after(srv, legit, baseline, "pipelined flood")
+
+    def test_connection_flood_leaves_legit_latency_within_twice_idle(self):
+        srv, legit, baseline = self.start()
+        idle = self.idle_median(legit)
+        driver = Driver(self.world, srv.port, "connflood", count=32, first_octet=4)
+        driver.wait_ready(scaled(30))
+        loaded = self.loaded_for(legit, SECONDS)
+        done = driver.stop(scaled(60))
+        print(f"[connection flood: {done}]")
+        self.assertGreater(done.get("connections", 0), 1000, done)
+        self.assert_latency(idle, loaded, "connection flood")
+        self.after(srv, legit, baseline, "connection flood")
+
+    def test_guessing_from_many_addresses_fails_and_legit_latency_within_twice_idle(self):
+        srv, legit, baseline = self.start()
+        idle = self.idle_median(legit)
+        driver = Driver(self.world, srv.port, "guess", count=500, first_octet=5, victim="victim0")
+        driver.wait_ready(scaled(30))
+        loaded = self.loaded_for(legit, SECONDS)
+        done = driver.stop(scaled(60))
+        print(f"[guessing: {done}]")
+        self.assertGreater(done.get("guesses", 0), 0, done)
+        self.assertFalse(done.get("guessed_right"), done)
+        self.assert_latency(idle, loaded, "guessing from 500 addresses")
+        self.after(srv, legit, baseline, "guessing")
+
+    def loaded_for(self, legit, seconds):
+        """The legit median over at least SAMPLES sessions and `seconds` of the scenario."""
+        times = []
+        end = time.monotonic() + seconds
+        while len(times) < SAMPLES or time.monotonic() < end:
+            times.append(legit.once())
+        times.sort()
+        return times[len(times) // 2]
+
+
+if __name__ == "__main__":
+    import unittest
+    unittest.main()
