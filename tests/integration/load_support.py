@@ -89,10 +89,36 @@ class Legit:
 
 
 def fd_count(pid):
-    """Open descriptors of posternd (a process that dropped privileges is not dumpable: its
-    /proc/PID/fd belongs to root)."""
+    """Open descriptors of posternd and its worker processes, if any (a process that dropped
+    privileges is not dumpable: its /proc/PID/fd belongs to root)."""
     with privileged():
-        return len(os.listdir(f"/proc/{pid}/fd"))
+        n = len(os.listdir(f"/proc/{pid}/fd"))
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                children = f.read().split()
+        except OSError:
+            children = []
+        for child in children:
+            try:
+                n += len(os.listdir(f"/proc/{child}/fd"))
+            except OSError:
+                pass
+        return n
+
+
+def describe_fds(pid):
+    """What posternd's descriptors point at, and its TCP connections (for failure messages)."""
+    with privileged():
+        d = f"/proc/{pid}/fd"
+        links = []
+        for name in sorted(os.listdir(d), key=int):
+            try:
+                links.append(f"{name} -> {os.readlink(os.path.join(d, name))}")
+            except OSError:
+                pass
+    ss = subprocess.run(["ss", "-tanpi"], capture_output=True, text=True).stdout
+    mine = [line for line in ss.splitlines() if f"pid={pid}," in line]
+    return "\n".join(links + mine)
 
 
 def rss_kib(pid):
@@ -147,11 +173,14 @@ class Driver:
             self.proc.wait()
 
 
-def wait_fds(pid, baseline, timeout, slack=0):
-    """Waits until posternd's descriptor count is back to baseline (+slack)."""
-    return wait_for(lambda: fd_count(pid) <= baseline + slack, timeout,
-                    what=f"posternd's descriptors back to {baseline}+{slack} "
-                         f"(now {fd_count(pid)})")
+def wait_fds(pid, baseline, timeout, what="the scenario"):
+    """Waits until posternd's descriptor count is back to baseline."""
+    try:
+        wait_for(lambda: fd_count(pid) <= baseline, timeout)
+    except AssertionError:
+        raise AssertionError(f"posternd's descriptors not back to {baseline} after {what} "
+                             f"within {timeout:.0f}s (now {fd_count(pid)}):\n"
+                             + describe_fds(pid)) from None
 
 
 def sanitized():

@@ -28,7 +28,7 @@ import time
 
 from postern_harness import (SANITIZE, Closed, PosternTestCase, require, scaled, simple_message,
                              wait_for)
-from load_support import add_users, big_message, env_int, fd_count, rss_kib
+from load_support import add_users, big_message, env_int, fd_count, rss_kib, wait_fds
 
 SESSIONS = env_int("POSTERN_SOAK_SESSIONS", 2000 if SANITIZE else 6000)
 ROUNDS = 20
@@ -46,10 +46,23 @@ def asan_options():
     return ":".join(x for x in (base, "detect_leaks=1", "quarantine_size_mb=16") if x)
 
 
+def settled_fd_count(pid):
+    """The descriptor count once it has stayed the same for half a second."""
+    last = [fd_count(pid), time.monotonic()]
+
+    def settled():
+        n = fd_count(pid)
+        if n != last[0]:
+            last[:] = [n, time.monotonic()]
+        return n if time.monotonic() - last[1] >= 0.5 else None
+    return wait_for(settled, scaled(20), what="posternd's descriptor count to settle")
+
+
 class LeakSoakTest(PosternTestCase):
 
     def setUp(self):
         super().setUp()
+        self.in_use = 0
         self.world.config["log"].pop("level", None)  # info: tens of thousands of sessions
 
     def start(self, env=None):
@@ -63,7 +76,7 @@ class LeakSoakTest(PosternTestCase):
             simple_message("first"), big_message(300 * 1024, "big")])
         srv = self.start()
         pid = srv.proc.pid
-        baseline = fd_count(pid)
+        baseline = None  # after the first round: the server opens some things lazily
         per_round = max(1, SESSIONS // ROUNDS)
         warm = max(1, ROUNDS // 4)
         rss = []
@@ -74,14 +87,15 @@ class LeakSoakTest(PosternTestCase):
                 box.deliver(simple_message(f"round {r}", body_lines=[f"line {k}" for k in range(rng.randrange(1, 200))]))
             jobs = [(rng.choice(boxes), rng.randrange(6), rng.randrange(1 << 30)) for _ in range(per_round)]
             self.run_batch(srv, jobs, counts, lock)
-            wait_for(lambda: fd_count(pid) == baseline, scaled(20),
-                     what=f"posternd's descriptors back to {baseline} after round {r} "
-                          f"(now {fd_count(pid)})")
+            if baseline is None:
+                baseline = settled_fd_count(pid)
+            wait_fds(pid, baseline, scaled(20), f"round {r}")
             rss.append(rss_kib(pid))
         after_warm = rss[warm - 1]
         growth = max(rss[warm:]) - after_warm
         print(f"\n[soak: {per_round * ROUNDS} sessions {counts}; descriptors {baseline} "
-              f"throughout; RSS KiB per round {rss}; growth after warm-up {growth} KiB]",
+              f"after every round; RSS KiB per round {rss}; growth after warm-up {growth} KiB; "
+              f"{self.in_use} logins answered [IN-USE] right after a drop and tried again]",
               flush=True)
         self.assertEqual(counts.get("error", 0), 0, counts)
         self.assertLessEqual(growth, MEMORY_BOUND_KIB,
@@ -89,19 +103,17 @@ class LeakSoakTest(PosternTestCase):
         srv.stop(check=True)  # exit 0 and no sanitizer report (LeakSanitizer) in its stderr
 
     def run_batch(self, srv, jobs, counts, lock):
-        it = iter(jobs)
-
-        def worker():
-            while True:
+        """Runs jobs from THREADS threads; a user's sessions all go to one thread, so that no
+        two of them overlap (the second would be refused as [IN-USE])."""
+        def worker(t):
+            for box, kind, seed in jobs:
+                if int(box.user[len("soak"):]) % THREADS != t:
+                    continue
+                name = self.session(srv, box, kind, seed)
                 with lock:
-                    job = next(it, None)
-                if job is None:
-                    return
-                kind = self.session(srv, *job)
-                with lock:
-                    counts[kind] = counts.get(kind, 0) + 1
+                    counts[name] = counts.get(name, 0) + 1
 
-        threads = [threading.Thread(target=worker) for _ in range(THREADS)]
+        threads = [threading.Thread(target=worker, args=(t,)) for t in range(THREADS)]
         for t in threads:
             t.start()
         for t in threads:
@@ -112,8 +124,12 @@ class LeakSoakTest(PosternTestCase):
         reason printed when the server answered what it should not have."""
         try:
             conn = srv.connect(timeout=scaled(20))
+        except (AssertionError, OSError) as e:
+            print(f"\n[soak connect for {box.user}: {e}]", flush=True)
+            return "error"
+        try:
             if kind == 0:  # read everything, delete one, QUIT commits
-                conn.login(box.user, box.password)
+                self.login(conn, box)
                 st, listing = conn.cmd_multi("LIST")
                 n = len(listing.split(b"\r\n")) - 1
                 conn.cmd_multi("UIDL")
@@ -124,13 +140,13 @@ class LeakSoakTest(PosternTestCase):
                 conn.quit()
                 name = "read_delete_quit"
             elif kind == 1:  # read, then drop the connection without QUIT
-                conn.login(box.user, box.password)
+                self.login(conn, box)
                 conn.cmd_multi("TOP 1 5")
                 conn.cmd_multi("RETR 1")
                 conn.cmd("DELE 1")
                 name = "drop_without_quit"
             elif kind == 2:  # drop in the middle of a large RETR
-                conn.login(box.user, box.password)
+                self.login(conn, box)
                 conn.send(b"RETR 2\r\n")
                 conn.read_line()
                 name = "drop_mid_retr"
@@ -146,15 +162,33 @@ class LeakSoakTest(PosternTestCase):
                 conn.send(b"XYZZY\r\n\x00\xff\r\nCAPA\r\n")
                 conn.read_line()
                 conn.read_line()
-                conn.read_body() if conn.status().startswith("+OK") else None
+                if conn.status().startswith("+OK"):
+                    conn.read_body()
                 name = "junk"
             else:
                 name = "leave_at_once"
-            conn.close()
             return name
         except (AssertionError, Closed, OSError) as e:
             print(f"\n[soak session kind {kind} for {box.user}: {e}]", flush=True)
             return "error"
+        finally:
+            conn.close()
+
+    def login(self, conn, box):
+        """USER/PASS. This thread's previous session of the user may have dropped its
+        connection a moment ago, and the server releases the maildrop once it sees that: until
+        then the answer is [IN-USE], and the login is tried again."""
+        deadline = time.monotonic() + scaled(5)
+        conn.cmd(f"USER {box.user}")
+        while True:
+            st = conn.cmd(f"PASS {box.password}")
+            if st.startswith("+OK"):
+                return
+            if "[IN-USE]" not in st or time.monotonic() > deadline:
+                raise AssertionError(f"PASS for {box.user}: {st}")
+            self.in_use += 1
+            time.sleep(0.01)
+            conn.cmd(f"USER {box.user}")
 
     def test_leak_report_reaches_the_log(self):
         """The soak's leak check can fail: a server that leaks (here a library preloaded into

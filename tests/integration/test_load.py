@@ -19,6 +19,7 @@ Sizes (CI default; the figures in docs/reliability.md were made with the larger 
   POSTERN_LOAD_CONNECTIONS  authenticated connections held (2000; 10000 in the docs)
   POSTERN_LOAD_SLOW         slow clients (400; 1000 in the docs)
   POSTERN_LOAD_SECONDS      how long each flood runs while the latency is measured (5)
+  POSTERN_LOAD_PROCESSES    server.processes (unset: the default, 1)
 """
 
 import statistics
@@ -31,6 +32,9 @@ from load_support import (Driver, Legit, add_users, big_message, env_int, fd_cou
 CONNECTIONS = env_int("POSTERN_LOAD_CONNECTIONS", 2000)
 SLOW = env_int("POSTERN_LOAD_SLOW", 400)
 SECONDS = env_int("POSTERN_LOAD_SECONDS", 5)
+# Only for the figures of a machine whose hard RLIMIT_NOFILE cannot hold 2 x 10,000 session
+# descriptors in one process (docs/reliability.md); unset, server.processes keeps its default.
+PROCESSES = env_int("POSTERN_LOAD_PROCESSES", 0)
 SAMPLES = 15  # legit sessions per median
 MESSAGE_SIZE = 100 * 1024
 
@@ -40,6 +44,8 @@ class LoadTest(PosternTestCase):
     def setUp(self):
         super().setUp()
         use_defaults(self.world)
+        if PROCESSES:
+            self.world.config["server"]["processes"] = PROCESSES
 
     def start(self, users=0, user_messages=()):
         """posternd with default limits, `users` load users, the legitimate user and the
