@@ -88,7 +88,7 @@ asio::awaitable<void> serve_connection(asio::ip::tcp::socket sock, asio::ip::tcp
     }
     origin = *from_header;
   }
-  net::counted_connection counted;  // held until the session ends
+  net::counted_connection counted;  // the session's control holds it until the session ends
   auto refused = net::admit(fe.policy, origin.address, counted);
   if (!refused && fe.policy.wrappers != nullptr) {
     refused = co_await net::async_admit_wrappers(fe.policy, *fe.env->workers, origin.address);
@@ -100,6 +100,7 @@ asio::awaitable<void> serve_connection(asio::ip::tcp::socket sock, asio::ip::tcp
   }
   auto stream = net::make_transport(std::move(sock), options.implicit_tls, fe.env->tls.get());
   auto ctl = std::make_shared<net::session_control>(std::move(stream), w.ctx.get_executor());
+  ctl->counted = std::move(counted);
   // A named value, not a braced temporary: GCC 12 destroys braced temporaries inside a
   // co_await expression twice.
   net::connection_info info{origin.address.to_string(), origin.address, options.implicit_tls, origin.client_tls};

@@ -221,7 +221,9 @@ class Driver:
 
         await asyncio.gather(*(limited(self.stalled_retr(i)) for i in range(half)))
         trick = [asyncio.ensure_future(self.trickle(half + i)) for i in range(self.a.count - half)]
-        await asyncio.sleep(self.a.interval)  # every trickler has started
+        while (self.c.get("trickling", 0) + self.c.get("connect_error", 0) +
+               self.c.get("trickle_closed_by_server", 0) < len(trick)):
+            await asyncio.sleep(0.05)  # until every trickler is greeted (or failed)
         self.ready()
         await self.stop.wait()
         await asyncio.gather(*trick)

@@ -159,6 +159,15 @@ class LoadTest(PosternTestCase):
         self.assert_latency(idle, self.idle_times(legit), loaded, "guessing from 500 addresses")
         self.after(srv, legit, baseline, "guessing")
 
+    def test_reconnecting_right_after_quit_is_never_refused(self):
+        """Regression: the session freed its place in max_connections and its maildrop lock
+        only after closing the connection, so a client that logged in again as soon as it
+        saw the close could be turned away ("Too many connections" at the limit, [IN-USE])."""
+        self.world.config["server"]["max_connections"] = 1
+        srv, legit, _ = self.start()
+        for _ in range(300):
+            legit.once()  # asserts +OK greeting, login and RETR
+
     def loaded_for(self, legit, seconds):
         """The legit median over at least SAMPLES sessions and `seconds` of the scenario."""
         times = []
