@@ -13,8 +13,10 @@ Scenarios (--scenario):
   hold       --count N connections, connection i logs in as USER_PREFIX + i and stays idle.
   slow       --count N: half trickle "USER x\\r\\n" one byte every --interval seconds before
              login; half log in, send RETR 1 (a large message) and never read.
-  pipeline   --count N clients log in and send --megabytes of commands each without
-             reading an answer; pre-auth, one more sends garbage lines the same way.
+  pipeline   --count N clients log in and send --megabytes of --commands each without
+             reading an answer; pre-auth, one more sends garbage lines the same way. Ready
+             when every one of them is stopped (blocked for --interval seconds, closed by the
+             server, or done).
   connflood  --count N concurrent loops connect, (every other time) read the greeting, close.
   guess      --count N concurrent loops, each from its own address, try USER victim /
              PASS wrong-guess over and over.
@@ -242,7 +244,7 @@ class Driver:
             if err is not None:
                 self.c.add("login_refused")
                 return
-            chunk = b"STAT\r\nLIST\r\nUIDL\r\nNOOP\r\nTOP 1 0\r\n"
+            chunk = self.a.commands.encode().replace(b",", b"\r\n") + b"\r\n"
         block = chunk * (65536 // len(chunk))
         total = self.a.megabytes << 20
         sent = 0
@@ -260,11 +262,15 @@ class Driver:
         self.c.add(f"{key}_bytes_sent", sent)
 
     async def pipeline(self):
+        """Ready once every flood has been stopped: by back-pressure (the server no longer
+        reads), by the server closing it, or by reaching --megabytes."""
         tasks = [asyncio.ensure_future(self.pipe_one(i, False)) for i in range(self.a.count)]
         tasks.append(asyncio.ensure_future(self.pipe_one(self.a.count, True)))
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        errors = [repr(r) for r in results if isinstance(r, BaseException)]
+        if errors:
+            self.c["errors"] = errors
         self.ready()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self.c["pipeline_finished"] = 1
         await self.stop.wait()
 
     # -- connflood
@@ -367,6 +373,8 @@ def main():
     p.add_argument("--victim", default="victim")
     p.add_argument("--interval", type=float, default=3.0)
     p.add_argument("--megabytes", type=int, default=8)
+    p.add_argument("--commands", default="STAT,LIST,UIDL,NOOP,TOP 1 0",
+                   help="pipeline: the commands an authenticated flood repeats")
     a = p.parse_args()
     raise_nofile(a.count + 64)
     async def go():
