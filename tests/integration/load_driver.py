@@ -17,7 +17,8 @@ Scenarios (--scenario):
              reading an answer; pre-auth, one more sends garbage lines the same way. Ready
              when every one of them is stopped (blocked for --interval seconds, closed by the
              server, or done).
-  connflood  --count N concurrent loops connect, (every other time) read the greeting, close.
+  connflood  --count N concurrent loops connect, (every other time) read the greeting, close,
+             as fast as they can or --rate connections per second in all.
   guess      --count N concurrent loops, each from its own address, try USER victim /
              PASS wrong-guess over and over.
 
@@ -276,7 +277,15 @@ class Driver:
     # -- connflood
     async def flood_loop(self, k):
         n = 0
+        # --rate: connections per second over all loops (0: as fast as possible).
+        period = self.a.count / self.a.rate if self.a.rate > 0 else 0
+        next_at = time.monotonic()
         while not self.stop.is_set():
+            if period:
+                next_at += period
+                delay = next_at - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
             src = source(self.a.first_octet, (k * 7919 + n) % (254 * 200))
             n += 1
             try:
@@ -373,6 +382,8 @@ def main():
     p.add_argument("--victim", default="victim")
     p.add_argument("--interval", type=float, default=3.0)
     p.add_argument("--megabytes", type=int, default=8)
+    p.add_argument("--rate", type=float, default=0,
+                   help="connflood: connections per second in all (0: as fast as possible)")
     p.add_argument("--commands", default="STAT,LIST,UIDL,NOOP,TOP 1 0",
                    help="pipeline: the commands an authenticated flood repeats")
     a = p.parse_args()

@@ -20,6 +20,7 @@ Sizes (CI default; the figures in docs/reliability.md were made with the larger 
   POSTERN_LOAD_SLOW         slow clients (400; 1000 in the docs)
   POSTERN_LOAD_SECONDS      how long each flood runs while the latency is measured (5)
   POSTERN_LOAD_FLOOD_LOOPS  connections the connection flood keeps in flight (16; ASan 4)
+  POSTERN_LOAD_FLOOD_RATE   its connections per second, 0 = unpaced (1500; ASan 300)
   POSTERN_LOAD_PROCESSES    server.processes (unset: the default, 1)
 """
 
@@ -37,10 +38,13 @@ SECONDS = env_int("POSTERN_LOAD_SECONDS", 5)
 # descriptors in one process (docs/reliability.md); unset, server.processes keeps its default.
 PROCESSES = env_int("POSTERN_LOAD_PROCESSES", 0)
 SAMPLES = 15
-# Connections the flood keeps in flight: each is opened and closed again as fast as the
-# driver can. A flood that takes all of the server's CPU slows every client alike; the ASan
-# build is about five times slower, so its flood is smaller.
-FLOOD_LOOPS = env_int("POSTERN_LOAD_FLOOD_LOOPS", 4 if SANITIZE else 16)  # legit sessions per median
+# Connections the flood keeps in flight, each opened and closed again at once, and how many
+# it makes per second in all (0: as fast as the driver can). On CI's two cores an unpaced
+# flood puts the driver, the server and the legitimate client on the same CPUs, and then
+# measures the scheduler more than the server: CI paces it (the figures in
+# docs/reliability.md include unpaced runs). The ASan build is about five times slower.
+FLOOD_LOOPS = env_int("POSTERN_LOAD_FLOOD_LOOPS", 4 if SANITIZE else 16)
+FLOOD_RATE = env_int("POSTERN_LOAD_FLOOD_RATE", 300 if SANITIZE else 1500)  # legit sessions per median
 MESSAGE_SIZE = 100 * 1024
 
 
@@ -71,9 +75,9 @@ class LoadTest(PosternTestCase):
         """The idle median pools the samples taken before the scenario and after it ended:
         the machine's own load drifts (CI runs other work beside), and both sides see it.
 
-        cpu_bound: a flood that keeps the server's CPU busy. In the ASan build (about five
-        times slower) such a flood saturates the server on CI's two cores, and the bound is
-        not asserted there, only printed (docs/reliability.md, "Load and abuse")."""
+        cpu_bound: the pipelined flood, which keeps the server busy reading its buffered
+        commands for seconds in the ASan build (about five times slower), where the bound is
+        printed, not asserted: the unfixed finding of docs/reliability.md, "Load and abuse"."""
         idle = statistics.median(idle_before + idle_after)
         asserted = not (cpu_bound and SANITIZE)
         print(f"\n[{what}: legit login+RETR median idle {idle * 1000:.1f} ms, "
@@ -159,15 +163,15 @@ class LoadTest(PosternTestCase):
     def test_connection_flood_leaves_legit_latency_within_twice_idle(self):
         srv, legit, baseline = self.start()
         idle = self.idle_times(legit)
-        driver = Driver(self.world, srv.port, "connflood", count=FLOOD_LOOPS, first_octet=4)
+        driver = Driver(self.world, srv.port, "connflood", count=FLOOD_LOOPS, first_octet=4,
+                        rate=FLOOD_RATE)
         driver.wait_ready(scaled(30))
         loaded = self.loaded_for(legit, SECONDS)
         done = driver.stop(scaled(60))
-        print(f"[connection flood, {FLOOD_LOOPS} loops: {done}]")
+        print(f"[connection flood, {FLOOD_LOOPS} loops, rate {FLOOD_RATE or 'unpaced'}: {done}]")
         self.assertGreater(done.get("connections", 0), 100 * SECONDS, done)
         wait_fds(srv.proc.pid, baseline, scaled(30))
-        self.assert_latency(idle, self.idle_times(legit), loaded, "connection flood",
-                            cpu_bound=True)
+        self.assert_latency(idle, self.idle_times(legit), loaded, "connection flood")
         self.after(srv, legit, baseline, "connection flood")
 
     def test_guessing_from_many_addresses_fails_and_legit_latency_within_twice_idle(self):
