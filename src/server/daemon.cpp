@@ -105,6 +105,7 @@ asio::awaitable<void> serve_connection(asio::ip::tcp::socket sock, asio::ip::tcp
   // co_await expression twice.
   net::connection_info info{origin.address.to_string(), origin.address, options.implicit_tls, origin.client_tls};
   co_await guarded_session(ctl, *fe.env, std::move(info), &w.registry);
+  ctl->counted.reset();  // already done unless the session failed with an exception
 }
 
 asio::awaitable<void> accept_loop(listener& l, io_worker& w, const front_end& fe) {
