@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from postern_harness import (DEFAULT_TIMEOUT, Msg, Mailbox, SANITIZE, _child_as_root,
+from postern_harness import (DEFAULT_TIMEOUT, Msg, Mailbox, _child_as_root,
                              dot_stuff, privileged, wait_for, wire_body)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -187,7 +187,3 @@ def wait_fds(pid, baseline, timeout, what="the scenario"):
         raise AssertionError(f"posternd's descriptors not back to {baseline} after {what} "
                              f"within {timeout:.0f}s (now {fd_count(pid)}):\n"
                              + describe_fds(pid)) from None
-
-
-def sanitized():
-    return SANITIZE

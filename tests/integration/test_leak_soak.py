@@ -20,9 +20,7 @@ deliberate leak.
 import os
 import random
 import shutil
-import socket
 import subprocess
-import tempfile
 import threading
 import time
 
