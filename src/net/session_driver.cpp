@@ -812,28 +812,30 @@ void session_runner::finish() {
   } else if (ctl_->shutting_down) {
     reason_ = "shutdown";
   }
+  std::uint64_t left = 0, left_bytes = 0;
+  if (!drop_) {
+    left = committed_.left;
+    left_bytes = committed_.left_bytes;
+  } else {
+    for (const auto& m : drop_->messages()) {
+      ++left;
+      left_bytes += m.size;
+    }
+  }
+  // A client that sees the close may connect and log in again at once: the maildrop lock and
+  // the connection's place in the limits go first.
+  drop_.reset();
+  ctl_->counted.reset();
   if (ctl_->stream) {  // a handoff may have taken the transport
     ctl_->stream->close();
   }
   if (!user_.empty()) {
-    const auto& s = engine_.stats();
-    std::uint64_t left = 0, left_bytes = 0;
-    if (!drop_) {
-      left = committed_.left;
-      left_bytes = committed_.left_bytes;
-    } else {
-      for (const auto& m : drop_->messages()) {
-        ++left;
-        left_bytes += m.size;
-      }
-    }
-    observer_.logged_out(facts(), logout_facts{reason_, s, committed_ok_ ? committed_.deleted : 0,
+    observer_.logged_out(facts(), logout_facts{reason_, engine_.stats(), committed_ok_ ? committed_.deleted : 0,
                                                committed_ok_ ? committed_.deleted_bytes : 0, left,
                                                left_bytes});
   } else {
     observer_.disconnected(facts(), reason_);
   }
-  drop_.reset();  // releases the maildrop lock
 }
 
 }  // namespace

@@ -16,6 +16,7 @@
 #include "net/network.hpp"
 #include "net/services.hpp"
 #include "net/session_observer.hpp"
+#include "net/source_limits.hpp"
 #include "net/tls.hpp"
 #include "net/transport.hpp"
 #include "pop3/session.hpp"
@@ -96,6 +97,9 @@ struct session_control {
   void stop(bool for_shutdown) noexcept;
 
   std::unique_ptr<transport> stream;
+  // The connection's place in max_connections / max_connections_per_ip (event mode), freed
+  // when the session ends, before the stream closes.
+  counted_connection counted;
   asio::steady_timer timer;
   std::chrono::steady_clock::time_point deadline;
   // Until the login: no deadline (touch or handshake) goes past this one.

@@ -88,7 +88,7 @@ asio::awaitable<void> serve_connection(asio::ip::tcp::socket sock, asio::ip::tcp
     }
     origin = *from_header;
   }
-  net::counted_connection counted;  // held until the session ends
+  net::counted_connection counted;  // the session's control holds it until the session ends
   auto refused = net::admit(fe.policy, origin.address, counted);
   if (!refused && fe.policy.wrappers != nullptr) {
     refused = co_await net::async_admit_wrappers(fe.policy, *fe.env->workers, origin.address);
@@ -100,10 +100,12 @@ asio::awaitable<void> serve_connection(asio::ip::tcp::socket sock, asio::ip::tcp
   }
   auto stream = net::make_transport(std::move(sock), options.implicit_tls, fe.env->tls.get());
   auto ctl = std::make_shared<net::session_control>(std::move(stream), w.ctx.get_executor());
+  ctl->counted = std::move(counted);
   // A named value, not a braced temporary: GCC 12 destroys braced temporaries inside a
   // co_await expression twice.
   net::connection_info info{origin.address.to_string(), origin.address, options.implicit_tls, origin.client_tls};
   co_await guarded_session(ctl, *fe.env, std::move(info), &w.registry);
+  ctl->counted.reset();  // already done unless the session failed with an exception
 }
 
 asio::awaitable<void> accept_loop(listener& l, io_worker& w, const front_end& fe) {
@@ -292,8 +294,9 @@ result<void> check_shape(const config& cfg, const daemon_shape& shape) {
                                 "combined with server.processes = " + std::to_string(shape.processes) +
                                 " (set processes = 1, or remove min_connection_interval)");
   }
-  // Idle sessions cost descriptors: take every one the hard limit allows.
-  if (auto limit = raise_descriptor_limit(); !limit) {
+  // Idle sessions cost descriptors: take every one the hard limit allows, and started as
+  // root, raise the hard limit to what max_connections needs.
+  if (auto limit = raise_descriptor_limit(descriptors_wanted(cfg.max_connections, shape.processes)); !limit) {
     log::warning("{}", limit.err().message());
   } else if (auto warning = descriptor_warning(cfg.max_connections, shape.processes, *limit); !warning.empty()) {
     log::warning("{}", warning);

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <vector>
 
@@ -27,10 +28,41 @@ std::uint32_t threads_per_process(std::uint32_t threads, std::uint32_t processes
   return std::max(1u, std::max(1u, cpus) / std::max(1u, processes));
 }
 
-result<std::uint64_t> raise_descriptor_limit() {
+namespace {
+
+// The kernel's ceiling for RLIMIT_NOFILE (fs.nr_open); 1048576, its default, when unreadable.
+std::uint64_t nr_open() {
+  std::uint64_t value = 1024 * 1024;
+  if (FILE* f = std::fopen("/proc/sys/fs/nr_open", "re")) {
+    unsigned long long v = 0;
+    if (std::fscanf(f, "%llu", &v) == 1 && v > 0) {
+      value = v;
+    }
+    std::fclose(f);
+  }
+  return value;
+}
+
+}  // namespace
+
+std::uint64_t descriptors_wanted(std::uint32_t max_connections, std::uint32_t processes) {
+  std::uint64_t n = std::max(1u, processes);
+  return (2ull * max_connections + n - 1) / n + descriptor_reserve;
+}
+
+result<std::uint64_t> raise_descriptor_limit(std::uint64_t wanted) {
   rlimit rl{};
   if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
     return error::from_errno(errno, "getrlimit(RLIMIT_NOFILE)");
+  }
+  if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < wanted) {
+    rlimit higher{};
+    higher.rlim_max = static_cast<rlim_t>(std::min(wanted, nr_open()));
+    higher.rlim_cur = higher.rlim_max;
+    // Not root (EPERM): the hard limit stays, and descriptor_warning says what to do.
+    if (higher.rlim_max > rl.rlim_max && setrlimit(RLIMIT_NOFILE, &higher) == 0) {
+      rl = higher;
+    }
   }
   if (rl.rlim_cur != rl.rlim_max) {
     rlimit raised = rl;

@@ -25,8 +25,11 @@ std::uint32_t effective_processes(std::uint32_t processes, unsigned cpus);
 std::uint32_t threads_per_process(std::uint32_t threads, std::uint32_t processes, unsigned cpus);
 
 // Raises the soft RLIMIT_NOFILE to the hard limit (descriptors are what an idle session
-// costs) and returns the limit now in effect.
-result<std::uint64_t> raise_descriptor_limit();
+// costs) and returns the limit now in effect. When the hard limit is below `wanted` it first
+// tries to raise the hard limit to `wanted` (capped at /proc/sys/fs/nr_open): allowed to root
+// (CAP_SYS_RESOURCE), which posternd is at this point when started as root; refused
+// otherwise, and then the old hard limit stays.
+result<std::uint64_t> raise_descriptor_limit(std::uint64_t wanted = 0);
 
 // Descriptors each process keeps for itself (listening sockets, log, pipes, epoll and eventfds
 // of its threads, files the passdb and TLS reload open): a limit of exactly 2 * max_connections
@@ -37,6 +40,11 @@ constexpr std::uint64_t descriptor_reserve = 64;
 // socket and the maildrop lock) cannot fit in `processes` processes of `limit` descriptors
 // less descriptor_reserve each; empty otherwise.
 std::string descriptor_warning(std::uint32_t max_connections, std::uint32_t processes, std::uint64_t limit);
+
+// The RLIMIT_NOFILE each of `processes` processes needs for `max_connections` sessions: its
+// share of two descriptors per session plus descriptor_reserve (the least limit for which
+// descriptor_warning is empty).
+std::uint64_t descriptors_wanted(std::uint32_t max_connections, std::uint32_t processes);
 
 // When to restart a worker that ended without being asked to. A worker that ran for a while
 // is restarted at once; one that keeps dying soon after it starts waits 1s, 2s, 4s, ... up to

@@ -3,6 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <sys/resource.h>
+#include <sys/wait.h>
+#include <cerrno>
+#include <unistd.h>
 
 namespace postern::server {
 namespace {
@@ -44,6 +47,45 @@ TEST(Workers, RaiseDescriptorLimit) {
   ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &after), 0);
   EXPECT_EQ(after.rlim_cur, after.rlim_max);
   EXPECT_EQ(after.rlim_max, before.rlim_max);
+}
+
+TEST(Workers, DescriptorsWantedIsTheLeastLimitWithoutWarning) {
+  EXPECT_EQ(descriptors_wanted(10'000, 1), 20'064u);
+  EXPECT_EQ(descriptors_wanted(10'001, 3), 6'668u + 64u);
+  for (std::uint32_t processes : {1u, 2u, 3u, 7u}) {
+    auto wanted = descriptors_wanted(10'001, processes);
+    EXPECT_TRUE(descriptor_warning(10'001, processes, wanted).empty()) << processes;
+    EXPECT_FALSE(descriptor_warning(10'001, processes, wanted - 1).empty()) << processes;
+  }
+}
+
+// The hard limit is raised to what is wanted when the process may (root with
+// CAP_SYS_RESOURCE), and kept only when raising it is refused. In a child, so that this
+// process's limits stay as they were.
+TEST(Workers, RaiseDescriptorLimitRaisesTheHardLimitWhenAllowed) {
+  rlimit before{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &before), 0);
+  if (before.rlim_max == RLIM_INFINITY || before.rlim_max + 1000 > 1024 * 1024) {
+    GTEST_SKIP() << "hard RLIMIT_NOFILE too large to test raising it";
+  }
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    auto r = raise_descriptor_limit(before.rlim_max + 1000);
+    rlimit after{};
+    getrlimit(RLIMIT_NOFILE, &after);
+    bool ok = r && after.rlim_cur == after.rlim_max && *r == after.rlim_cur;
+    if (after.rlim_max == before.rlim_max) {
+      rlimit higher{before.rlim_max + 1000, before.rlim_max + 1000};
+      ok = ok && setrlimit(RLIMIT_NOFILE, &higher) != 0 && errno == EPERM;
+    } else {
+      ok = ok && after.rlim_max == before.rlim_max + 1000;
+    }
+    _exit(ok ? 0 : 1);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "euid " << geteuid();
 }
 
 TEST(Workers, RestartBackoff) {
