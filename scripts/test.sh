@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds Postern and runs every test: unit tests and integration tests with real clients,
 # first against the optimized build, then against an AddressSanitizer + UBSan build, then
-# each libFuzzer target for a bounded time (scripts/fuzz.sh; POSTERN_FUZZ_SECONDS per target).
+# each libFuzzer target for a bounded time (scripts/fuzz.sh; POSTERN_FUZZ_SECONDS per target),
+# then a ThreadSanitizer build of the unit tests and event-mode integration tests (scripts/tsan.sh).
 # Usage: scripts/test.sh            (installs missing Debian packages first when run as root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,6 +53,9 @@ run_suite build-asan "ASan+UBSan build" -DCMAKE_BUILD_TYPE=Debug -DPOSTERN_SANIT
 scripts/fuzz.sh --counts build-fuzz/fuzz.counts || true
 read -r fuzz_pass fuzz_fail <build-fuzz/fuzz.counts
 add_counts "fuzz targets (${POSTERN_FUZZ_SECONDS:-30} s each): $fuzz_pass passed, $fuzz_fail failed, 0 skipped"
+# ThreadSanitizer build: unit tests and event-mode integration files (scripts/tsan.sh).
+scripts/tsan.sh --counts build-tsan/tsan.counts || true
+add_counts "$(cat build-tsan/tsan.counts)"
 
 echo
 for s in "${summary[@]}"; do echo "$s"; done

@@ -53,7 +53,7 @@ TIME_SCALE = float(os.environ.get("POSTERN_TIME_SCALE") or (5.0 if SANITIZE else
 KEEP_TMP = os.environ.get("POSTERN_KEEP_TMP", "") not in ("", "0")
 
 # Substrings that mean a sanitizer (or UBSan) reported something: never acceptable in a log.
-SANITIZER_MARKERS = ("AddressSanitizer", "LeakSanitizer", "runtime error:")
+SANITIZER_MARKERS = ("AddressSanitizer", "LeakSanitizer", "ThreadSanitizer", "runtime error:")
 
 
 def scaled(seconds):
