@@ -21,6 +21,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -160,6 +161,11 @@ class fork_master {
  private:
   void on_signal(int signo);
   void reap();
+  // Children whose session has not freed its place yet (child_info::slot).
+  std::size_t live_children() const {
+    return static_cast<std::size_t>(std::count_if(children_.begin(), children_.end(),
+                                                  [](const auto& c) { return c.second.slot.valid(); }));
+  }
   void accept_from(const bound_listener& l);
   void start_child(unique_fd conn, const sockaddr_storage& peer, const bound_listener& l,
                    net::counted_connection counted);
@@ -319,7 +325,7 @@ void fork_master::accept_from(const bound_listener& l) {
     std::optional<net::refusal_reason> refused;
     if (!l.options.proxy_protocol) {
       refused = net::admit(policy_, addr, counted);
-    } else if (children_.size() >= std::min(us_.max_children, cfg_.max_connections)) {
+    } else if (live_children() >= std::min(us_.max_children, cfg_.max_connections)) {
       refused = net::refusal_reason::max_children;  // the header's address is admitted later
     }
     if (refused) {
