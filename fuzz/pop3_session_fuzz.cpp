@@ -4,7 +4,8 @@
 // after that the input interleaves answer choices, chunk sizes and client bytes.
 // Properties: no crash; every request is answered and the engine either waits for input or
 // closes within a bounded number of steps; whatever it sends is whole CRLF-terminated lines;
-// deletion marks cover exactly the listed messages; after close it stays closed.
+// deletion marks cover exactly the listed messages; after close it stays closed; a yield
+// comes only while a whole command is buffered.
 #include "fuzz/fuzz_check.hpp"
 #include "pop3/dot_encoder.hpp"
 #include "pop3/session.hpp"
@@ -106,6 +107,7 @@ void answer(session& s, step st, cursor& c) {
       s.xmit_done((b & 1) != 0);
       break;
     case step::need_input:
+    case step::yield:
     case step::close:
       break;
   }
@@ -129,6 +131,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (st == step::close) {
       FUZZ_CHECK(s.next() == step::close);
       break;
+    }
+    if (st == step::yield) {
+      FUZZ_CHECK(s.has_buffered_line());  // only while commands wait
+      continue;
     }
     if (st != step::need_input) {
       answer(s, st, c);

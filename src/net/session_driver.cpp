@@ -224,6 +224,9 @@ class session_runner {
   asio::awaitable<void> commit();
   asio::awaitable<void> xlist();
   asio::awaitable<void> xmit();
+  // step::yield: lets the other sessions of this thread run before the next batch of
+  // pipelined commands, sending the replies first once they are large.
+  asio::awaitable<void> yield_turn();
   void finish();
   // For the observer: who this session is (the user once logged in).
   session_facts facts() const noexcept { return {id_, remote_, user_}; }
@@ -396,7 +399,8 @@ asio::awaitable<void> session_runner::run() {
   while (running_) {
     const pop3::step next = engine_.next();
     // Held replies wait only for the next RETR/TOP; every other request, which may take a
-    // while or need the client's answer, sends them first (need_input and close flush).
+    // while or need the client's answer, sends them first (need_input and close flush), and
+    // so does a yield: the buffer is never held while other sessions run.
     if (held_ && next != pop3::step::retrieve && next != pop3::step::need_input &&
         next != pop3::step::close) {
       if (const bool sent = co_await send_held(); !sent) {
@@ -431,6 +435,9 @@ asio::awaitable<void> session_runner::run() {
         break;
       case pop3::step::xmit:
         co_await xmit();
+        break;
+      case pop3::step::yield:
+        co_await yield_turn();
         break;
       case pop3::step::close:
         co_await flush();
@@ -799,6 +806,19 @@ asio::awaitable<void> session_runner::xmit() {
     observer_.mail_failed(facts(), mail_failure::xmit, 0, sent.err().message());
   }
   engine_.xmit_done(sent.ok());
+}
+
+asio::awaitable<void> session_runner::yield_turn() {
+  // Held RETR replies were sent before this step (see run()). Below the bound the replies
+  // wait for the next batch's, so that a pipelining client still gets them in few writes; a
+  // client that reads nothing then stops the session at the write, not its memory.
+  if (engine_.output().size() >= pop3::limits::max_output_per_turn) {
+    if (const bool flushed = co_await flush(); !flushed) {
+      running_ = false;
+      co_return;
+    }
+  }
+  co_await asio::post(ex_, asio::use_awaitable);
 }
 
 void session_runner::finish() {

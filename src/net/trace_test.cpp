@@ -75,6 +75,8 @@ void traced_exchange::run() {
       case pop3::step::need_input:
       case pop3::step::close:
         return;
+      case pop3::step::yield:
+        break;
       case pop3::step::authenticate:
         engine_.auth_done(engine_.take_password().view() == "good" ? pop3::auth_status::ok
                                                                    : pop3::auth_status::bad_credentials);

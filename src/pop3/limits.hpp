@@ -33,6 +33,19 @@ inline constexpr std::uint32_t max_failed_logins = 10;
 // message is held in memory until it is handed on, so the bound is what one session may pin.
 inline constexpr std::uint32_t default_xmit_max_size = 10 * 1024 * 1024;
 
+// A client may pipeline thousands of commands into one read (a 64 KiB read holds about 10,000
+// NOOPs). The engine answers at most this many lines in a row, then returns step::yield and
+// the driver lets the other sessions of its thread run before the next batch, so that one
+// client's burst delays the others by one batch at a time, not by the whole read. A client
+// that keeps a few commands outstanding never reaches it; the price for a flood is one trip
+// through the event loop per batch.
+inline constexpr std::size_t max_lines_per_turn = 64;
+
+// The same for reply bytes: once a turn's replies reach this size (long LIST/UIDL listings of a
+// large maildrop), the engine yields and the driver sends them before the next batch. Memory
+// per session stays at about this plus one reply however many commands a read brought.
+inline constexpr std::size_t max_output_per_turn = 64 * 1024;
+
 // The engine's reply buffer is reserved once at this size: the greeting and the one-line
 // replies (RFC 2449 section 4: at most 512 octets, nearly all far shorter) then never
 // allocate; multi-line listings grow it.

@@ -66,10 +66,19 @@ step session::next() {
       state_ = session_state::closed;
       return step::close;
     }
+    if ((turn_lines_ >= limits::max_lines_per_turn || out_.size() >= limits::max_output_per_turn) &&
+        has_buffered_line()) {
+      turn_lines_ = 0;
+      return step::yield;
+    }
     auto r = decoder_.decode(std::string_view(in_).substr(in_pos_), max_line());
     in_pos_ += r.consumed;
+    if (r.st != line_decoder::status::need_more) {
+      ++turn_lines_;
+    }
     switch (r.st) {
       case line_decoder::status::need_more:
+        turn_lines_ = 0;
         in_.erase(0, in_pos_);
         in_pos_ = 0;
         if (in_.empty() && in_.capacity() > limits::idle_input_keep) {

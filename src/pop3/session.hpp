@@ -6,7 +6,9 @@
 // commit_done) before calling next() again; until then next() returns the same step. The
 // engine holds no sockets, threads, clocks or files: delays, timeouts and I/O are the
 // driver's. Pipelined commands are answered strictly in order, since a pending request stops
-// command processing.
+// command processing. However many are buffered, next() answers at most
+// limits::max_lines_per_turn lines (or limits::max_output_per_turn bytes of replies) before it
+// returns step::yield, so that one client's pipelined burst does not hold the driver's thread.
 //
 // Not thread-safe: one driver owns one session. Views returned by accessors stay valid until
 // the next call of a non-const member.
@@ -43,6 +45,9 @@ enum class step {
   commit,         // apply deletion_marks() to the maildrop, then commit_done()
   xlist,          // collect header xlist_header() of xlist_messages(), then xlist_done()
   xmit,           // submit xmit_message() through the local mail submission, then xmit_done()
+  yield,          // more buffered commands wait, but this turn's share is done: output() so
+                  // far is valid; let other sessions run (sending output() when it is large),
+                  // then call next() again
   close,          // send output(), then close the connection
 };
 
@@ -236,6 +241,8 @@ class session {
   line_decoder decoder_;
   std::string in_;
   std::size_t in_pos_ = 0;
+  // Lines consumed since next() last returned need_input or yield (see limits::max_lines_per_turn).
+  std::size_t turn_lines_ = 0;
   std::string out_;
   bool eof_ = false;
   bool close_ = false;

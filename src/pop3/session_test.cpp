@@ -27,6 +27,7 @@ struct fake_driver {
   bool closed = false;
   bool tls_ok = true;
   int tls_handshakes = 0;
+  int yields = 0;
   std::vector<std::string> sasl_log;
   std::string sasl_final = "Zmlu";
   session s;
@@ -117,6 +118,9 @@ struct fake_driver {
           break;
         case step::xmit:
           s.xmit_done(true);
+          break;
+        case step::yield:
+          ++yields;
           break;
         case step::commit: {
           auto marks = s.deletion_marks();
@@ -319,6 +323,99 @@ TEST_F(logged_in, pipelined_commands_answered_in_order) {
   }
   EXPECT_EQ(sent, whole);
   EXPECT_NE(whole.find("+OK Message 1 deleted.\r\n+OK\r\n+OK Logging out.\r\n"), std::string::npos);
+}
+
+// The replies of `commands` sent one at a time, after the same login as logged_in's.
+std::string unpipelined_replies(const std::vector<std::string>& commands) {
+  fake_driver one;
+  one.run();
+  one.say("USER alice\r\nPASS secret\r\n");
+  std::string sent;
+  for (const auto& c : commands) {
+    sent += one.say(c);
+  }
+  EXPECT_EQ(one.yields, 0);
+  return sent;
+}
+
+TEST_F(logged_in, yields_after_max_lines_per_turn_with_the_same_replies) {
+  // N + 1 cheap commands of several kinds, one of them a RETR (a request step inside the turn).
+  const std::vector<std::string> kinds = {"NOOP\r\n", "STAT\r\n", "LIST 1\r\n", "UIDL\r\n",
+                                          "XYZZY\r\n", "RETR 2\r\n"};
+  std::vector<std::string> commands;
+  std::string all;
+  for (std::size_t i = 0; i <= limits::max_lines_per_turn; ++i) {
+    commands.push_back(kinds[i % kinds.size()]);
+    all += commands.back();
+  }
+  // Under max_bad_commands: the unknown commands must not end the session.
+  ASSERT_LT(limits::max_lines_per_turn / kinds.size() + 1, limits::default_max_bad_commands);
+  const std::string expected = unpipelined_replies(commands);
+  const std::string first_n =
+      unpipelined_replies({commands.begin(), commands.end() - 1});
+
+  d.s.feed(all);
+  std::string sent;
+  step st = step::need_input;
+  for (;;) {  // the fake driver's loop, stopping at the yield
+    st = d.s.next();
+    sent += d.s.output();
+    d.s.output().clear();
+    if (st != step::retrieve) {
+      break;
+    }
+    d.s.retrieve_started(true);
+    sent += d.s.output();
+    d.s.output().clear();
+    dot_encoder enc(d.s.retrieve_top_lines());
+    std::string body;
+    enc.encode(d.bodies[d.s.retrieve_index()], body);
+    enc.finish(body);
+    sent += body;
+    d.s.retrieve_done(body.size());
+  }
+  ASSERT_EQ(st, step::yield);
+  EXPECT_EQ(sent, first_n);  // exactly N commands answered, whole replies
+  EXPECT_TRUE(d.s.has_buffered_line());
+  sent += d.run();  // the last command, then need_input
+  EXPECT_FALSE(d.closed);
+  EXPECT_EQ(d.yields, 0);
+  EXPECT_EQ(sent, expected);
+}
+
+TEST_F(logged_in, exactly_max_lines_per_turn_commands_need_no_yield) {
+  std::string all;
+  for (std::size_t i = 0; i < limits::max_lines_per_turn; ++i) {
+    all += "NOOP\r\n";
+  }
+  d.s.feed(all);
+  EXPECT_EQ(d.s.next(), step::need_input);
+  d.s.output().clear();
+  // The count starts again after need_input: another full batch needs no yield either.
+  d.s.feed(all);
+  EXPECT_EQ(d.s.next(), step::need_input);
+}
+
+TEST(session, yields_once_a_turn_holds_max_output_per_turn_of_replies) {
+  fake_driver big;
+  for (std::size_t i = 0; big.infos.size() < 1500; ++i) {
+    big.infos.push_back({1000 + i, "a-long-unique-id-" + std::to_string(i)});
+  }
+  big.run();
+  big.say("USER alice\r\nPASS secret\r\n");
+  const std::string one = big.say("UIDL\r\n");
+  ASSERT_LT(one.size(), limits::max_output_per_turn);
+  const std::size_t per_turn = limits::max_output_per_turn / one.size() + 1;
+  std::string all;
+  for (std::size_t i = 0; i <= per_turn; ++i) {
+    all += "UIDL\r\n";
+  }
+  big.s.feed(all);
+  ASSERT_EQ(big.s.next(), step::yield);
+  EXPECT_EQ(big.s.output().size(), per_turn * one.size());
+  big.s.output().clear();
+  EXPECT_EQ(big.s.next(), step::need_input);
+  EXPECT_EQ(big.s.output(), one);
 }
 
 TEST_F(logged_in, has_buffered_line_tells_whether_a_command_is_waiting) {

@@ -21,6 +21,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -133,9 +134,13 @@ class signal_reader {
 
 // One connection's process, as the master knows it.
 struct child_info {
-  net::counted_connection counted;  // held until the child is reaped
+  net::counted_connection counted;  // held until the session frees it (slot) or the child is reaped
   unique_fd admission;              // PROXY listeners: the child asks here for admission of
                                     // the header's address; closed once answered
+  // The read end of a pipe whose write end only the child's supervisor holds
+  // (privsep::client::slot). It closes that end when its session ends, before the client's
+  // socket: a client that reconnects as soon as it sees the close finds the place free.
+  unique_fd slot;
 };
 
 // The master of fork mode: accepts, admits and forks one supervisor per connection.
@@ -156,6 +161,11 @@ class fork_master {
  private:
   void on_signal(int signo);
   void reap();
+  // Children whose session has not freed its place yet (child_info::slot).
+  std::size_t live_children() const {
+    return static_cast<std::size_t>(std::count_if(children_.begin(), children_.end(),
+                                                  [](const auto& c) { return c.second.slot.valid(); }));
+  }
   void accept_from(const bound_listener& l);
   void start_child(unique_fd conn, const sockaddr_storage& peer, const bound_listener& l,
                    net::counted_connection counted);
@@ -163,7 +173,7 @@ class fork_master {
   void begin_stop(int signo);
   int poll_timeout();
   [[noreturn]] void child_main(unique_fd conn, const sockaddr_storage& peer, net::listener_options options,
-                               unique_fd admission);
+                               unique_fd admission, unique_fd slot);
 
   const config& cfg_;
   const unix_settings& us_;
@@ -188,41 +198,53 @@ void send_refusal(int fd, std::string_view line) {
 
 int fork_master::run() {
   std::vector<pollfd> fds;
-  std::vector<pid_t> asking;  // the child of each admission descriptor in `fds`
+  // The child of each child descriptor in `fds`, and whether it is the slot (else admission).
+  std::vector<std::pair<pid_t, bool>> asking;
   systemd::notify_ready("serving POP3, one process per session");
   while (!(stopping_ && children_.empty())) {
     fds.clear();
     asking.clear();
     fds.push_back({signals_.fd(), POLLIN, 0});
-    for (const auto& l : listeners_) {
-      fds.push_back({l.fd.get(), POLLIN, 0});
-    }
     for (const auto& [pid, child] : children_) {
       if (child.admission) {
         fds.push_back({child.admission.get(), POLLIN, 0});
-        asking.push_back(pid);
+        asking.emplace_back(pid, false);
       }
+      if (child.slot) {
+        fds.push_back({child.slot.get(), 0, 0});  // POLLHUP once the session freed its place
+        asking.emplace_back(pid, true);
+      }
+    }
+    const std::size_t first_listener = fds.size();
+    for (const auto& l : listeners_) {
+      fds.push_back({l.fd.get(), POLLIN, 0});
     }
     if (::poll(fds.data(), fds.size(), watchdog_.poll_timeout(poll_timeout())) < 0 && errno != EINTR) {
       log::error("poll failed: {}", std::strerror(errno));
       break;
     }
     watchdog_.tick();
-    const std::size_t first_child = 1 + listeners_.size();
     if (fds[0].revents & POLLIN) {
       while (int signo = signals_.next()) {
         on_signal(signo);
       }
     }
-    for (std::size_t i = 1; i < first_child && !stopping_; ++i) {
-      if (fds[i].revents & POLLIN) {
-        accept_from(listeners_[i - 1]);
+    // Ended sessions free their places before new connections are admitted.
+    for (std::size_t i = 1; i < first_listener; ++i) {
+      auto it = children_.find(asking[i - 1].first);
+      if (fds[i].revents == 0 || it == children_.end()) {
+        continue;
+      }
+      if (asking[i - 1].second) {
+        it->second.counted.reset();
+        it->second.slot.reset();
+      } else {
+        answer_admission(it->first, it->second);
       }
     }
-    for (std::size_t i = first_child; i < fds.size(); ++i) {
-      auto it = children_.find(asking[i - first_child]);
-      if (fds[i].revents != 0 && it != children_.end()) {
-        answer_admission(it->first, it->second);
+    for (std::size_t i = first_listener; i < fds.size() && !stopping_; ++i) {
+      if (fds[i].revents & POLLIN) {
+        accept_from(listeners_[i - first_listener]);
       }
     }
   }
@@ -303,7 +325,7 @@ void fork_master::accept_from(const bound_listener& l) {
     std::optional<net::refusal_reason> refused;
     if (!l.options.proxy_protocol) {
       refused = net::admit(policy_, addr, counted);
-    } else if (children_.size() >= std::min(us_.max_children, cfg_.max_connections)) {
+    } else if (live_children() >= std::min(us_.max_children, cfg_.max_connections)) {
       refused = net::refusal_reason::max_children;  // the header's address is admitted later
     }
     if (refused) {
@@ -324,6 +346,13 @@ void fork_master::start_child(unique_fd conn, const sockaddr_storage& peer, cons
     return;
   }
   unique_fd mine(pair[0]), theirs(pair[1]);
+  int slot_pipe[2] = {-1, -1};
+  if (::pipe2(slot_pipe, O_CLOEXEC) != 0) {
+    log::error("pipe failed: {}", std::strerror(errno));
+    send_refusal(conn.get(), "-ERR [SYS/TEMP] Server busy, try again later.\r\n");
+    return;
+  }
+  unique_fd slot_mine(slot_pipe[0]), slot_theirs(slot_pipe[1]);
   pid_t pid = ::fork();
   if (pid < 0) {
     log::error("fork failed: {}", std::strerror(errno));
@@ -332,10 +361,11 @@ void fork_master::start_child(unique_fd conn, const sockaddr_storage& peer, cons
   }
   if (pid == 0) {
     mine.reset();
-    child_main(std::move(conn), peer, l.options, std::move(theirs));
+    slot_mine.reset();
+    child_main(std::move(conn), peer, l.options, std::move(theirs), std::move(slot_theirs));
   }
   ::setpgid(pid, pid);  // also done by the child: whoever runs first
-  children_[pid] = {std::move(counted), std::move(mine)};
+  children_[pid] = {std::move(counted), std::move(mine), std::move(slot_mine)};
   // On a PROXY listener the client's address is known once the child has read the header.
   log::debug("connection: {}={}, pid={}, sessions={}", l.options.proxy_protocol ? "proxy" : "rip",
              net::address_of(peer).to_string(), pid, children_.size());
@@ -386,9 +416,11 @@ std::optional<net::client_origin> proxy_admission(int conn, const asio::ip::addr
 
 // The supervisor process for one accepted connection. Never returns.
 [[noreturn]] void fork_master::child_main(unique_fd conn, const sockaddr_storage& peer,
-                                          net::listener_options options, unique_fd admission) {
+                                          net::listener_options options, unique_fd admission,
+                                          unique_fd slot) {
   ::setpgid(0, 0);
   listeners_.clear();
+  children_.clear();  // the master's ends for the other children
   signals_.release_in_child();
   ::fcntl(conn.get(), F_SETFL, ::fcntl(conn.get(), F_GETFL) & ~O_NONBLOCK);
 
@@ -422,6 +454,7 @@ std::optional<net::client_origin> proxy_admission(int conn, const asio::ip::addr
   int one = 1;
   ::setsockopt(conn.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   c.in = std::move(conn);
+  c.slot = std::move(slot);
   _exit(privsep::run_supervisor(params_, std::move(c)));
 }
 

@@ -368,7 +368,9 @@ class preauth_handoff final : public net::login_handoff {
 
 [[noreturn]] void run_pre_auth(const supervisor_params& p, client& c, int ctl_fd, int relay_fd,
                                const std::string& id) {
-  // Nothing of S's past may be inherited: signals back to their defaults.
+  // Nothing of S's past may be inherited: signals back to their defaults, and the master's
+  // count is S's to free (client::slot).
+  c.slot.reset();
   std::signal(SIGTERM, SIG_DFL);
   std::signal(SIGINT, SIG_DFL);
   std::signal(SIGHUP, SIG_DFL);
@@ -1089,8 +1091,22 @@ result<identity> become_owner(const supervisor_params& p, const client& c, const
 }
 
 // The session after the login, as the mail owner, until it ends.
-int run_owner_session(const supervisor_params& p, const client& c, session_channel ch, net::resume_state resume,
+// Fork mode: frees the master's count of the connection (client::slot) when the session
+// releases its session_control::counted, which happens before the client's socket closes.
+class slot_counter final : public net::connection_counter {
+ public:
+  explicit slot_counter(unique_fd& slot) : slot_(slot) {}
+  bool acquire(const asio::ip::address&, refusal&) override { return true; }
+  void release(const asio::ip::address&) noexcept override { slot_.reset(); }
+  std::uint32_t active() const override { return slot_ ? 1 : 0; }
+
+ private:
+  unique_fd& slot_;
+};
+
+int run_owner_session(const supervisor_params& p, client& c, session_channel ch, net::resume_state resume,
                       const std::string& id) {
+  slot_counter slot(c.slot);  // first: outlives every copy of ctl_block (ctx holds some)
   asio::io_context ctx{1};
   asio::thread_pool workers(1);
   net::no_authenticator no_auth;  // the login happened in P; this process only resumes it
@@ -1106,6 +1122,7 @@ int run_owner_session(const supervisor_params& p, const client& c, session_chann
     return 1;
   }
   auto ctl_block = std::make_shared<net::session_control>(std::move(stream).value(), ctx.get_executor());
+  ctl_block->counted = net::counted_connection(&slot, c.address);
   asio::signal_set signals(ctx, SIGTERM, SIGINT);
   signals.async_wait([&](const std::error_code& ec, int) {
     if (!ec) {
@@ -1138,6 +1155,8 @@ int run_supervisor(const supervisor_params& p, client c) {
   supervisor sup(p, c, pa->ctl.get(), id);
   auto login = sup.serve();
   if (!login) {
+    c.slot.reset();  // no session as the user: the place goes before the client's socket
+                     // (closed when this returns)
     pa->ctl.reset();  // P's next question fails; it ends its session
     reap(pa->pid, std::chrono::milliseconds(2000));
     return 0;

@@ -145,6 +145,10 @@ struct client {
   bool client_tls = false;      // a PROXY v2 SSL TLV: the client spoke TLS to the front end
   std::string remote;           // as logged
   asio::ip::address address;    // the client (the PROXY header's source); unspecified for a non-IP stdin
+  // Fork mode: the master counts this connection (max_connections, max_connections_per_ip,
+  // max_children) until this descriptor's every copy is closed or the process is reaped. The
+  // supervisor closes it when the session ends, before the client's socket. Invalid: --inetd.
+  unique_fd slot;
 };
 
 struct supervisor_params {

@@ -14,9 +14,10 @@ Scenarios (--scenario):
   slow       --count N: half trickle "USER x\\r\\n" one byte every --interval seconds before
              login; half log in, send RETR 1 (a large message) and never read.
   pipeline   --count N clients log in and send --megabytes of --commands each without
-             reading an answer; pre-auth, one more sends garbage lines the same way. Ready
-             when every one of them is stopped (blocked for --interval seconds, closed by the
-             server, or done).
+             reading an answer; pre-auth, one more sends garbage lines the same way. Reports
+             {"event": "flooding"} once every login has been answered (the floods start), and
+             is ready when every one of them is stopped (blocked for --interval seconds, closed
+             by the server, or done).
   connflood  --count N concurrent loops connect, (every other time) read the greeting, close,
              as fast as they can or --rate connections per second in all.
   guess      --count N concurrent loops, each from its own address, try USER victim /
@@ -111,6 +112,7 @@ class Driver:
         self.c = Counters()
         self.stop = asyncio.Event()
         self.socks = []
+        self.logins_answered = 0
 
     async def login(self, s, user, password):
         r = LineReader(s, self.loop)
@@ -242,6 +244,9 @@ class Driver:
             chunk = b"XYZZY " + b"a" * 40 + b"\r\n"
         else:
             _, err = await self.login(s, f"{self.a.user_prefix}{i}", self.a.password)
+            self.logins_answered += 1
+            if self.logins_answered == self.a.count:
+                emit("flooding", self.c)
             if err is not None:
                 self.c.add("login_refused")
                 return

@@ -43,6 +43,22 @@ class ForkMode(SystemUsersBase):
         self.refused(srv, "max_connections_per_ip")
         a.quit()
 
+    def test_reconnecting_right_after_quit_is_never_refused(self):
+        """The fork-mode twin of test_load's: with max_connections = 1, a client that logs in
+        again as soon as it has seen the close after QUIT is never turned away ("Too many
+        connections" while the master still counts the ended session, [IN-USE] while the
+        spool is still locked)."""
+        self.world.config["server"]["max_connections"] = 1
+        name, _, _ = self.add_system_user(messages=[MSG1])
+        srv = self.start()
+        for i in range(50):  # the old master refused the second or third
+            conn = srv.connect(greet=False)
+            greeting = conn.read_greeting()
+            self.assertTrue(greeting.startswith("+OK"), f"session {i}: {greeting!r}")
+            conn.login(name, "Pt-pass-1")  # asserts +OK, so [IN-USE] fails here
+            conn.quit()  # waits for the close
+            conn.close()
+
     def test_acl_refuses_in_the_supervisor(self):
         self.world.config.setdefault("pop3", {})["acl"] = ["deny 127.0.0.0/8", "allow any"]
         srv = self.start()

@@ -75,11 +75,12 @@ class LoadTest(PosternTestCase):
         """The idle median pools the samples taken before the scenario and after it ended:
         the machine's own load drifts (CI runs other work beside), and both sides see it.
 
-        cpu_bound: a flood whose cost is the server's CPU: the pipelined flood, which keeps
+        cpu_bound: a flood whose cost is the server's CPU: the pipelined flood, which kept
         the ASan build (about five times slower) reading its buffered commands for seconds
-        (the unfixed finding of docs/reliability.md, "Load and abuse"), and the connection
-        flood, whose ratio in the ASan build swung from 0.9x to 4.4x between runs on a
-        loaded two-core machine. In the ASan build their bound is printed, not asserted."""
+        before the engine yielded between batches (not yet measured in the ASan build since),
+        and the connection flood, whose ratio in the ASan build swung from 0.9x to 4.4x
+        between runs on a loaded two-core machine. In the ASan build their bound is printed,
+        not asserted."""
         idle = statistics.median(idle_before + idle_after)
         asserted = not (cpu_bound and SANITIZE)
         print(f"\n[{what}: legit login+RETR median idle {idle * 1000:.1f} ms, "
@@ -132,15 +133,26 @@ class LoadTest(PosternTestCase):
         self.after(srv, legit, baseline, "slow clients")
 
     def test_pipelined_flood_is_throttled_and_legit_latency_within_twice_idle(self):
-        """The latency is measured once the floods are held by back-pressure. While they are
-        still being read (the first second or so), the legitimate client is slower: see
-        docs/reliability.md, "Load and abuse"."""
+        """The latency is measured twice: over the first second from the floods' start,
+        while the server still reads and answers megabytes of buffered commands (the engine
+        yields every pop3::limits::max_lines_per_turn commands, so the legitimate client is not
+        held behind a whole read's worth), and once back-pressure holds them. The reading
+        lasts only a few hundred milliseconds here, so the first sessions' median and maximum
+        are printed as well (docs/reliability.md, "Load and abuse")."""
         srv, legit, baseline = self.start(users=4, user_messages=[simple_message("flood")])
         idle = self.idle_times(legit)
         rss_before = rss_kib(srv.proc.pid)
         driver = Driver(self.world, srv.port, "pipeline", count=4, first_octet=3, megabytes=16,
                         interval=2)
+        flooding = driver.wait_ready(scaled(60))
+        self.assertEqual(flooding.get("event"), "flooding", flooding)
+        first = []
+        loaded_reading = self.loaded_for(legit, 1, first)
+        print(f"\n[pipelined flood, first {SAMPLES} sessions from its start: median "
+              f"{statistics.median(first[:SAMPLES]) * 1000:.1f} ms, "
+              f"max {max(first[:SAMPLES]) * 1000:.1f} ms]", flush=True)
         ready = driver.wait_ready(scaled(60))
+        self.assertEqual(ready.get("event"), "ready", ready)
         self.assertFalse(ready.get("errors"), ready)
         loaded = self.loaded_for(legit, 0)
         rss_held = rss_kib(srv.proc.pid)
@@ -151,8 +163,10 @@ class LoadTest(PosternTestCase):
         done = driver.stop(scaled(60))
         wait_fds(srv.proc.pid, baseline, scaled(30))
         print(f"\n[{done}]")
-        self.assert_latency(idle, self.idle_times(legit), loaded, "pipelined flood",
+        idle_after = self.idle_times(legit)
+        self.assert_latency(idle, idle_after, loaded_reading, "pipelined flood, first second",
                             cpu_bound=True)
+        self.assert_latency(idle, idle_after, loaded, "pipelined flood, held", cpu_bound=True)
         # Nobody reads the answers, so the server must stop reading commands (back-pressure)
         # instead of buffering answers to megabytes of them; pre-auth, the bad commands end the
         # connection.
@@ -200,13 +214,14 @@ class LoadTest(PosternTestCase):
         for _ in range(300):
             legit.once()  # asserts +OK greeting, login and RETR
 
-    def loaded_for(self, legit, seconds):
-        """The legit median over at least SAMPLES sessions and `seconds` of the scenario."""
-        times = []
+    def loaded_for(self, legit, seconds, times=None):
+        """The legit median over at least SAMPLES sessions and `seconds` of the scenario;
+        `times`, if given, receives every session's time in the order they ran."""
+        times = [] if times is None else times
         end = time.monotonic() + seconds
         while len(times) < SAMPLES or time.monotonic() < end:
             times.append(legit.once())
-        times.sort()
+        times = sorted(times)
         return times[len(times) // 2]
 
 
