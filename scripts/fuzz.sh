@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets of fuzz/ with clang (POSTERN_FUZZ=ON: coverage, ASan and UBSan)
 # in a build directory of their own and runs each for a bounded time, starting from its
-# checked-in seed corpus. A target fails on a crash, a failed property, a leak, a timeout of
-# one input, an out-of-memory or any sanitizer report; the input that did it is kept as
+# checked-in seed corpus, with its dictionary (fuzz/dict/<target>.dict). A target fails on a
+# crash, a failed property, a leak, a timeout of one input, an out-of-memory or any sanitizer
+# report; the input that did it is kept as
 # <build dir>/artifacts/<target>-crash-... (copy it into fuzz/corpus/<target>/ once fixed).
 # Usage: scripts/fuzz.sh [--time SECONDS] [--build-dir DIR] [--counts FILE] [TARGET...]
 #   --time       seconds per target (default 30, or $POSTERN_FUZZ_SECONDS)
@@ -48,9 +49,11 @@ for t in "${targets[@]}"; do
   mkdir -p "$work"
   log="$dir/fuzz-$t.log"
   rc=0
+  dict=()
+  [[ ! -f "fuzz/dict/$t.dict" ]] || dict=(-dict="fuzz/dict/$t.dict")
   # New inputs go to the work corpus; the checked-in seeds are only read.
   "$dir/fuzz_$t" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
-    -artifact_prefix="$dir/artifacts/$t-" "$work" "fuzz/corpus/$t" \
+    "${dict[@]}" -artifact_prefix="$dir/artifacts/$t-" "$work" "fuzz/corpus/$t" \
     >"$log" 2>&1 || rc=$?
   execs=$(sed -nE 's/^stat::number_of_executed_units: *([0-9]+).*/\1/p' "$log" | tail -n 1)
   cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+' "$log" | tail -n 1 || true)
