@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Writes the seed corpora of the sasl and sasl_scram fuzz targets (fuzz/corpus/sasl*/):
-one exchange per file, in the input format each target's header comment describes. Rerun
-after changing that format: python3 fuzz/make_sasl_seeds.py"""
+"""Writes the seed corpora of the fuzz targets that log in (fuzz/corpus/sasl/, sasl_scram/,
+and the seed-* files of pop3_session/): one exchange or session per file, in the input
+format each target's header comment describes. Rerun after changing that format:
+python3 fuzz/make_login_seeds.py"""
 import base64
 import hashlib
 import hmac
@@ -126,3 +127,39 @@ t = {
 }
 for k, v in t.items():
     write("sasl_scram", k, v)
+
+# pop3_session: option byte, mode byte, count n, client bytes, n answer choices.
+# Option bits: 1 no USER/PASS, 2 STLS, 4 TLS required, 8 SASL, 16 APOP, 32 XMIT, 64 XLIST,
+# 128 LOGIN-DELAY/EXPIRE. Mode: bits 0-2 max bad commands - 1, bits 3-4 feeding (0 chunks,
+# 1 whole, 2 byte by byte), 32 resumed for alice, 64 line observer.
+# Answer choices (chunk sizes take some too, unless fed whole or byte by byte): authenticate
+# 3 = real check; open 0 = ok (0x28: empty maildrop, 0x50: handoff, then ok); sasl 3 = a real
+# exchange (whose further steps take a choice each, unused); retrieve 1 = served, 0 = failed;
+# commit 1 = ok.
+WHOLE, BYTES, RESUMED, OBS = 8, 16, 32, 64
+
+
+def session(opt, mode, client, choices=b""):
+    return bytes([opt, mode, len(choices)]) + client + choices
+
+
+apop = hashlib.md5(b"<1.2@fuzz>alice-Pa55").hexdigest().encode()
+p = {
+    "user-pass-real": session(0, WHOLE | OBS, b"CAPA\r\nUSER alice\r\nPASS alice-Pa55\r\nSTAT\r\nLIST\r\nUIDL 1\r\nRETR 1\r\nTOP 3 0\r\nDELE 2\r\nQUIT\r\n", b"\x03\x00\x01\x01\x01"),
+    "user-pass-wrong": session(0, BYTES | OBS, b"USER alice\r\nPASS alice-Pa56\r\nUSER tim\r\nPASS tim-Pa55\r\nQUIT\r\n", b"\x03"),
+    "user-pass-handoff": session(0, WHOLE | OBS, b"USER carol\r\nPASS carol-Pa55\r\nLIST\r\nRETR 2\r\nQUIT\r\n", b"\x03\x50\x01\x01"),
+    "apop-real": session(16, WHOLE | OBS, b"APOP alice " + apop + b"\r\nSTAT\r\nRSET\r\nQUIT\r\n", b"\x03\x00\x01"),
+    "auth-plain-real": session(8, WHOLE | OBS, b"AUTH PLAIN " + base64.b64encode(b"\0alice\0alice-Pa55") + b"\r\nSTAT\r\nQUIT\r\n", b"\x03\x28\x01"),
+    "auth-plain-continued": session(8, BYTES | OBS, b"AUTH PLAIN\r\n" + base64.b64encode(b"\0bob\0bob-Pa55") + b"\r\nQUIT\r\n", b"\x03\x03\x00"),
+    "auth-login-real": session(8, WHOLE | OBS, b"AUTH LOGIN\r\n" + base64.b64encode(b"dave") + b"\r\n" + base64.b64encode(b"dave-Pa55") + b"\r\nLIST\r\nQUIT\r\n", b"\x03\x03\x03\x00\x01"),
+    "auth-cram-real": session(8, WHOLE | OBS, b"AUTH CRAM-MD5\r\n" + base64.b64encode(cram(b"alice", b"alice-Pa55")) + b"\r\nQUIT\r\n", b"\x03\x03\x00"),
+    "auth-scram-real": session(8, WHOLE | OBS, b"AUTH SCRAM-SHA-256 " + base64.b64encode(b"n,,n=carol,r=abcdef") + b"\r\n" + base64.b64encode(b"c=biws,r=abcdef,p=AAAA") + b"\r\nQUIT\r\n", b"\x03"),
+    "auth-cancel": session(8, WHOLE | OBS, b"AUTH PLAIN\r\n*\r\nAUTH LOGIN\r\n*\r\nQUIT\r\n", b"\x03\x05"),
+    "auth-scripted-final": session(8, WHOLE, b"AUTH SCRAM-SHA-256 =\r\nabc\r\n\r\nQUIT\r\n", b"\x00\x09\x00"),
+    "resumed": session(0, WHOLE | RESUMED | OBS, b"STAT\r\nXTND XLIST Subject\r\nQUIT\r\n", b"\x00\x03"),
+    "xmit": session(32 | 64, WHOLE, b"USER alice\r\nPASS alice-Pa55\r\nXTND XMIT\r\nSubject: x\r\n\r\n..dot\r\n.\r\nXTND XLIST X-A 1\r\nQUIT\r\n", b"\x03\x00\x01\x03"),
+    "stls": session(2 | 4, OBS, b"CAPA\r\nUSER a\r\nSTLS\r\nCAPA\r\nUSER alice\r\nPASS alice-Pa55\r\nQUIT\r\n", b"\x07\x03\x00"),
+    "bad-commands": session(0, 2 | BYTES | OBS, b"FOO\r\nPAS secret\r\n" + b"x" * 300 + b"\r\n\x00\r\nQUIT\r\n", b""),
+}
+for k, v in p.items():
+    write("pop3_session", k, v)
