@@ -271,7 +271,9 @@ void client_mode(run& r, cursor& c, std::uint8_t opt, std::string_view mech) {
                       (who.user->stored.starts_with("{PLAIN}") ||
                        who.user->stored.starts_with(sha1 ? "{SCRAM-SHA-1}" : "{SCRAM-SHA-256}"));
   const bool name_plain = who.name.find_first_of(",=") == std::string::npos;
-  const bool clean = who.right_password && !tamper_nonce && !tamper_proof && !with_ext &&
+  const bool fits = b64(first).size() <= auth::max_sasl_response &&
+                    b64(final).size() <= auth::max_sasl_response;
+  const bool clean = fits && who.right_password && !tamper_nonce && !tamper_proof && !with_ext &&
                      (authzid.empty() || authzid == who.name) && printable_nonce(nonce);
   if (r.succeeded) {
     const fuzz_user* u = find_fuzz_user(r.last.user.name);
