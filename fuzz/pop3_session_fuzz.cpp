@@ -119,6 +119,7 @@ struct driver {
   std::string_view client;  // the whole of the client's bytes, for the login checks
   std::unique_ptr<auth::sasl_exchange> exchange;
   bool handed_off = false;
+  std::string account;  // the user a real SASL exchange logged in
   std::size_t listed = 0;  // messages of the maildrop opened
 
   std::uint8_t choice() {
@@ -159,6 +160,7 @@ struct driver {
   void sasl_step(std::uint8_t b) {
     if (s->sasl_is_start()) {
       exchange.reset();
+      account.clear();
       if (b % 4 == 3) {
         auth::sasl_channel ch;
         auto started = sasl().start(s->sasl_mechanism(), ch);
@@ -182,6 +184,7 @@ struct driver {
       case auth::sasl_status::challenge: s->sasl_challenge(r.server_data_b64); return;
       case auth::sasl_status::success:
         FUZZ_CHECK(fz::find_fuzz_user(r.user.name) != nullptr);
+        account = r.user.name;
         exchange.reset();
         s->sasl_done(auth_status::ok, r.server_data_b64);
         return;
@@ -195,10 +198,14 @@ struct driver {
     }
   }
 
-  // The privilege-separation handoff: a session process resumes for the user at the open.
+  // The privilege-separation handoff: a session process resumes for the user at the open
+  // (the driver names the account the login found; AUTH leaves login_user() empty).
   void hand_off() {
     session_options o = opts;
-    o.resume_user = std::string(s->login_user());
+    o.resume_user = s->login_user().empty() ? account : std::string(s->login_user());
+    if (o.resume_user.empty()) {
+      o.resume_user = "alice";  // a scripted SASL success names nobody
+    }
     o.resume_method = std::string(s->login_method());
     std::string rest = s->take_unprocessed_input();
     s = std::make_unique<session>(std::move(o));
