@@ -186,9 +186,11 @@ void client_mode(run& r, cursor& c, std::uint8_t opt, std::string_view mech) {
     who.name = std::string(field(0));
     who.user = find_fuzz_user(who.name);
   }
-  who.password = field(1).empty() && who.user != nullptr ? who.user->password : std::string(field(1));
+  who.password =
+      field(1).empty() && who.user != nullptr ? who.user->password : std::string(field(1));
   who.right_password = who.user != nullptr && fuzz_password_ok(*who.user, who.password);
-  const std::string nonce(field(2).empty() ? std::string_view("fyko+d2lbbFgONRv9qkxdawL") : field(2));
+  const std::string nonce(field(2).empty() ? std::string_view("fyko+d2lbbFgONRv9qkxdawL")
+                                           : field(2));
   const std::string authzid(field(3));
 
   // gs2 header: flags bits 0-1 choose n, y, p=tls-exporter, p=tls-unique.
@@ -198,19 +200,20 @@ void client_mode(run& r, cursor& c, std::uint8_t opt, std::string_view mech) {
   const bool tamper_nonce = (flags & 8) != 0;   // client-final names another nonce
   const bool tamper_proof = (flags & 16) != 0;  // flip a bit of the proof
   const bool with_ext = (flags & 32) != 0;      // an extension attribute in client-final
-  const bool escape_name = (flags & 64) != 0;   // send the name as it is, without escapes
+  const bool raw_name = (flags & 64) != 0;   // send the name as it is, without escapes
 
   std::string sname;
   for (char ch : who.name) {
-    if (!escape_name && ch == ',') {
+    if (!raw_name && ch == ',') {
       sname += "=2C";
-    } else if (!escape_name && ch == '=') {
+    } else if (!raw_name && ch == '=') {
       sname += "=3D";
     } else {
       sname += ch;
     }
   }
-  const std::string gs2 = std::string(cb_flag) + "," + (authzid.empty() ? "" : "a=" + authzid) + ",";
+  const std::string gs2 =
+      std::string(cb_flag) + "," + (authzid.empty() ? "" : "a=" + authzid) + ",";
   const std::string first_bare = "n=" + sname + ",r=" + nonce;
   const std::string first = gs2 + first_bare;
   if ((opt & 64) != 0) {
@@ -233,7 +236,8 @@ void client_mode(run& r, cursor& c, std::uint8_t opt, std::string_view mech) {
         combined->size() > nonce.size() && salt && !salt->empty() && iter)) {
     // A client nonce with a comma or an unprintable byte, or a name sent with its commas
     // unescaped, may be taken apart differently.
-    FUZZ_CHECK(!printable_nonce(nonce) || (escape_name && who.name.find(',') != std::string::npos));
+    FUZZ_CHECK(!printable_nonce(nonce) ||
+               (raw_name && who.name.find(',') != std::string::npos));
     return;
   }
   const int iterations = std::atoi(iter->c_str());
