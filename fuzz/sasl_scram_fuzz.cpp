@@ -270,8 +270,8 @@ void client_mode(run& r, cursor& c, std::uint8_t opt, std::string_view mech) {
   r.send(b64(final), final);
 
   // What a correct server must decide.
-  const bool cb_ok = plus ? cb_flag == "p=tls-exporter" && (opt & 4) != 0 && !tamper_cb
-                          : cb_flag == "n";
+  const bool cb_ok = !tamper_cb && (plus ? cb_flag == "p=tls-exporter" && (opt & 4) != 0
+                                         : cb_flag == "n");
   const bool usable = who.user != nullptr &&
                       (who.user->stored.starts_with("{PLAIN}") ||
                        who.user->stored.starts_with(sha1 ? "{SCRAM-SHA-1}" : "{SCRAM-SHA-256}"));
