@@ -1,24 +1,28 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets of fuzz/ with clang (POSTERN_FUZZ=ON: coverage, ASan and UBSan)
 # in a build directory of their own and runs each for a bounded time, starting from its
-# checked-in seed corpus. A target fails on a crash, a failed property, a leak, a timeout of
-# one input, an out-of-memory or any sanitizer report; the input that did it is kept as
+# checked-in seed corpus, with its dictionary (fuzz/dict/<target>.dict). A target fails on a
+# crash, a failed property, a leak, a timeout of one input, an out-of-memory or any sanitizer
+# report; the input that did it is kept as
 # <build dir>/artifacts/<target>-crash-... (copy it into fuzz/corpus/<target>/ once fixed).
-# Usage: scripts/fuzz.sh [--time SECONDS] [--build-dir DIR] [--counts FILE] [TARGET...]
-#   --time       seconds per target (default 30, or $POSTERN_FUZZ_SECONDS)
+# Usage: scripts/fuzz.sh [--time SECONDS] [--jobs N] [--build-dir DIR] [--counts FILE] [TARGET...]
+#   --time       seconds per target (default 45, or $POSTERN_FUZZ_SECONDS)
+#   --jobs       targets fuzzed at once, one core each (default nproc, or $POSTERN_FUZZ_JOBS)
 #   --counts     write "PASSED FAILED" to FILE (for scripts/test.sh's summary)
 #   TARGET       e.g. mbox_parser (default: every fuzz/*_fuzz.cpp)
 # The last line is "fuzz: N passed, N failed"; the exit status is 0 only if none failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-secs=${POSTERN_FUZZ_SECONDS:-30}
+secs=${POSTERN_FUZZ_SECONDS:-45}
+jobs=${POSTERN_FUZZ_JOBS:-$(nproc)}
 dir=build-fuzz
 counts=
 targets=()
 while (($#)); do
   case "$1" in
     --time) secs=$2; shift 2 ;;
+    --jobs) jobs=$2; shift 2 ;;
     --build-dir) dir=$2; shift 2 ;;
     --counts) counts=$2; shift 2 ;;
     -*) echo "fuzz.sh: unknown option $1" >&2; exit 2 ;;
@@ -41,20 +45,37 @@ cmake --build "$dir" -j "$(nproc)" --target "${targets[@]/#/fuzz_}"
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 mkdir -p "$dir/artifacts"
+
+# Runs target $1; its exit status goes to $dir/fuzz-$1.rc.
+run_target() {
+  local t=$1 rc=0 dict=()
+  mkdir -p "$dir/corpus/$t"
+  [[ ! -f "fuzz/dict/$t.dict" ]] || dict=(-dict="fuzz/dict/$t.dict")
+  # New inputs go to the work corpus; the checked-in seeds are only read.
+  "$dir/fuzz_$t" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+    "${dict[@]}" -artifact_prefix="$dir/artifacts/$t-" "$dir/corpus/$t" "fuzz/corpus/$t" \
+    >"$dir/fuzz-$t.log" 2>&1 || rc=$?
+  echo "$rc" >"$dir/fuzz-$t.rc"
+}
+
+# Each fuzzer is one process on one core: run as many at once as there are jobs.
+for t in "${targets[@]}"; do
+  rm -f "$dir/fuzz-$t.rc"
+  while (($(jobs -rp | wc -l) >= jobs)); do
+    wait -n || true
+  done
+  run_target "$t" &
+done
+wait || true
+
 passed=0
 failed=0
 for t in "${targets[@]}"; do
-  work="$dir/corpus/$t"
-  mkdir -p "$work"
   log="$dir/fuzz-$t.log"
-  rc=0
-  # New inputs go to the work corpus; the checked-in seeds are only read.
-  "$dir/fuzz_$t" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
-    -artifact_prefix="$dir/artifacts/$t-" "$work" "fuzz/corpus/$t" \
-    >"$log" 2>&1 || rc=$?
+  rc=$(cat "$dir/fuzz-$t.rc" 2>/dev/null || echo missing)
   execs=$(sed -nE 's/^stat::number_of_executed_units: *([0-9]+).*/\1/p' "$log" | tail -n 1)
   cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+' "$log" | tail -n 1 || true)
-  if [[ $rc -eq 0 ]]; then
+  if [[ $rc == 0 ]]; then
     passed=$((passed + 1))
     echo "fuzz $t: passed, ${execs:-?} executions in $secs s ($cov)"
   else

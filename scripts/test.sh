@@ -52,7 +52,7 @@ run_suite build-asan "ASan+UBSan build" -DCMAKE_BUILD_TYPE=Debug -DPOSTERN_SANIT
 # libFuzzer targets, each for a bounded time (scripts/fuzz.sh); each target's run is one entry.
 scripts/fuzz.sh --counts build-fuzz/fuzz.counts || true
 read -r fuzz_pass fuzz_fail <build-fuzz/fuzz.counts
-add_counts "fuzz targets (${POSTERN_FUZZ_SECONDS:-30} s each): $fuzz_pass passed, $fuzz_fail failed, 0 skipped"
+add_counts "fuzz targets (${POSTERN_FUZZ_SECONDS:-45} s each): $fuzz_pass passed, $fuzz_fail failed, 0 skipped"
 # ThreadSanitizer build: unit tests and event-mode integration files (scripts/tsan.sh).
 scripts/tsan.sh --counts build-tsan/tsan.counts || true
 add_counts "$(cat build-tsan/tsan.counts)"
