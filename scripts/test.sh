@@ -52,6 +52,10 @@ run_suite build-asan "ASan+UBSan build" -DCMAKE_BUILD_TYPE=Debug -DPOSTERN_SANIT
 scripts/fuzz.sh --counts build-fuzz/fuzz.counts || true
 read -r fuzz_pass fuzz_fail <build-fuzz/fuzz.counts
 add_counts "fuzz targets (${POSTERN_FUZZ_SECONDS:-30} s each): $fuzz_pass passed, $fuzz_fail failed, 0 skipped"
+# Static analysis: clang-tidy, cppcheck and clang-format (scripts/lint.sh); each tool is one entry.
+scripts/lint.sh --counts build-lint/lint.counts || true
+read -r lint_pass lint_fail <build-lint/lint.counts || { lint_pass=0; lint_fail=1; }
+add_counts "static analysis (clang-tidy, cppcheck, clang-format): $lint_pass passed, $lint_fail failed, 0 skipped"
 
 echo
 for s in "${summary[@]}"; do echo "$s"; done
