@@ -51,14 +51,17 @@ fi
 step "clang-tidy ($((SECONDS - start)) s)" "$n"
 
 # cppcheck: warnings, performance and portability (errors always), on every file of the
-# project, unit tests included.
+# project, unit tests included. missingReturn is off: cppcheck 2.10 does not know coroutines
+# and reports every co_return as a missing return (GCC's -Wreturn-type, in -Wall, checks it).
+# A false positive elsewhere is suppressed where it occurs, with its reason
+# ("// cppcheck-suppress ID ; why").
 start=$SECONDS
 rm -f "$dir/cppcheck.log"
 rc=0
 cppcheck --project="$dir/compile_commands.json" -j "$jobs" --quiet \
   --enable=warning,performance,portability --inline-suppr \
-  --suppress=missingIncludeSystem --suppress=unmatchedSuppression \
-  --file-filter="$root/src/*" --file-filter="$root/tools/*" --file-filter="$root/fuzz/*" \
+  --suppress=missingIncludeSystem --suppress=unmatchedSuppression --suppress=missingReturn \
+  --file-filter="src/*" --file-filter="tools/*" --file-filter="fuzz/*" \
   --template='{file}:{line}:{column}: {severity}: {message} [{id}]' \
   --output-file="$dir/cppcheck.log" || rc=$?
 n=$( (grep -E '^[^ ]+:[0-9]+:[0-9]+: ' "$dir/cppcheck.log" || true) | sort -u | tee "$dir/cppcheck.findings" | wc -l)
