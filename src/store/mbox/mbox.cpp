@@ -369,7 +369,7 @@ class mbox_drop final : public maildrop {
             const file_stamp& opened, bool stable)
       : path_(std::move(path)),
         base_(std::move(base)),
-        opts_(opts),
+        opts_(std::move(opts)),
         names_(side_files_for(base_)),
         spool_dir_fd_(std::move(spool_dir)),
         dir_fd_(std::move(state_dir)),
