@@ -98,6 +98,7 @@ asio::awaitable<void> serve_connection(asio::ip::tcp::socket sock, asio::ip::tcp
     co_await refuse(std::move(sock), net::refusal_reply(*refused));
     co_return;
   }
+  // cppcheck-suppress accessMoved ; cppcheck 2.10 does not know that co_return leaves
   auto stream = net::make_transport(std::move(sock), options.implicit_tls, fe.env->tls.get());
   auto ctl = std::make_shared<net::session_control>(std::move(stream), w.ctx.get_executor());
   // A named value, not a braced temporary: GCC 12 destroys braced temporaries inside a
@@ -133,6 +134,7 @@ result<all_sockets> bind_listeners(const config& cfg, std::uint32_t processes, s
   all_sockets out(processes);
   for (std::uint32_t p = 0; p < processes; ++p) {
     for (std::uint32_t t = 0; t < threads; ++t) {
+      // cppcheck-suppress ignoredReturnValue ; cppcheck 2.10 misreads this std::move
       out[p].push_back(std::move((*sets)[std::size_t{p} * threads + t]));
     }
   }
