@@ -176,6 +176,7 @@ result<std::vector<auth::user_record>> passwd_file_users(const std::string& path
 std::vector<auth::user_record> system_users(clock::time_point deadline, bool& cut) {
   std::vector<auth::user_record> out;
   ::setpwent();
+  // cppcheck-suppress getpwentCalled ; startup recovery runs in a process without other threads
   while (const struct passwd* pw = ::getpwent()) {
     if (clock::now() >= deadline) {
       cut = true;

@@ -143,6 +143,7 @@ bool become_owner_of(const std::string& path, std::string& user, std::string& ho
     std::perror(("posternd: --recover: " + path).c_str());
     return false;
   }
+  // cppcheck-suppress getpwuidCalled ; --recover runs in one thread
   const struct passwd* pw = ::getpwuid(st.st_uid);
   if (pw == nullptr) {
     std::fprintf(stderr, "posternd: --recover: uid %u of %s has no password entry\n",
