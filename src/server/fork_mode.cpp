@@ -26,6 +26,7 @@
 #include <cstdio>
 #include <cstring>
 #include <map>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -204,7 +205,7 @@ int fork_master::run() {
       }
     }
     if (::poll(fds.data(), fds.size(), watchdog_.poll_timeout(poll_timeout())) < 0 && errno != EINTR) {
-      log::error("poll failed: {}", std::strerror(errno));
+      log::error("poll failed: {}", std::generic_category().message(errno));
       break;
     }
     watchdog_.tick();
@@ -294,7 +295,7 @@ void fork_master::accept_from(const bound_listener& l) {
     unique_fd conn(::accept4(l.fd.get(), reinterpret_cast<sockaddr*>(&peer), &plen, SOCK_CLOEXEC | SOCK_NONBLOCK));
     if (!conn) {
       if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED) {
-        log::warning("accept failed: {}", std::strerror(errno));
+        log::warning("accept failed: {}", std::generic_category().message(errno));
       }
       return;
     }
@@ -319,14 +320,14 @@ void fork_master::start_child(unique_fd conn, const sockaddr_storage& peer, cons
                               net::counted_connection counted) {
   int pair[2] = {-1, -1};
   if (l.options.proxy_protocol && ::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) {
-    log::error("socketpair failed: {}", std::strerror(errno));
+    log::error("socketpair failed: {}", std::generic_category().message(errno));
     send_refusal(conn.get(), "-ERR [SYS/TEMP] Server busy, try again later.\r\n");
     return;
   }
   unique_fd mine(pair[0]), theirs(pair[1]);
   pid_t pid = ::fork();
   if (pid < 0) {
-    log::error("fork failed: {}", std::strerror(errno));
+    log::error("fork failed: {}", std::generic_category().message(errno));
     send_refusal(conn.get(), "-ERR [SYS/TEMP] Server busy, try again later.\r\n");
     return;
   }

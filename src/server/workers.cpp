@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <system_error>
 #include <vector>
 
 namespace postern::server {
@@ -155,7 +156,7 @@ class worker_supervisor {
   int run() {
     for (std::uint32_t i = 0; i < workers_.size() && !stopping_; ++i) {
       if (start_worker(i, workers_[i], hooks_) < 0) {
-        log::error("cannot start worker {}: {}", i + 1, std::strerror(errno));
+        log::error("cannot start worker {}: {}", i + 1, std::generic_category().message(errno));
         begin_stop(1);
       }
     }
@@ -278,7 +279,7 @@ class worker_supervisor {
     for (std::uint32_t i = 0; i < workers_.size() && !stopping_; ++i) {
       auto& w = workers_[i];
       if (w.pid == 0 && w.restart_at && now >= *w.restart_at && start_worker(i, w, hooks_) < 0) {
-        log::error("cannot restart worker {}: {}; trying again", i + 1, std::strerror(errno));
+        log::error("cannot restart worker {}: {}; trying again", i + 1, std::generic_category().message(errno));
         w.restart_at = now + std::chrono::seconds(1);
       }
     }

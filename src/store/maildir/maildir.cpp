@@ -26,6 +26,7 @@
 #include <climits>
 #include <cstring>
 #include <cstdio>  // renameat2, RENAME_NOREPLACE (glibc >= 2.28)
+#include <system_error>
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
@@ -632,7 +633,7 @@ class size_counter {
     out.wire_size = st.st_size > 0 ? static_cast<std::uint64_t>(st.st_size) : 0;
     log::warning("maildir: cannot read {} to size it ({}); listed with its file size, {} "
                  "octets, and RETR of it fails while it stays unreadable",
-                 relative_path(in_new, name), std::strerror(err), out.wire_size);
+                 relative_path(in_new, name), std::generic_category().message(err), out.wire_size);
     return std::optional<sized_file>(out);
   }
 

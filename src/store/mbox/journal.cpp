@@ -22,6 +22,7 @@
 #include <ctime>
 #include <functional>
 #include <optional>
+#include <system_error>
 #include <vector>
 
 namespace postern::store::mbox {
@@ -543,7 +544,7 @@ result<recovery_outcome> set_aside(const update_context& c, const std::string& w
   if (::renameat(c.dir_fd, c.names.journal.c_str(), c.dir_fd, aside.c_str()) != 0) {
     const int err = errno;
     log::error("mbox: {}: unfinished update journal {} not applied ({}) and not set aside: {}",
-               c.display, c.names.journal, why, std::strerror(err));
+               c.display, c.names.journal, why, std::generic_category().message(err));
     return io_error(err, "rename " + c.names.journal + " aside");
   }
   POSTERN_TRY(remove_if_there(c.dir_fd, c.names.journal_trunc));
@@ -759,7 +760,7 @@ result<std::optional<unique_fd>> open_journal(int dir_fd, const std::string& nam
     }
     if (err == ELOOP || err == EACCES || err == ENXIO || err == EPERM) {
       why = err == ELOOP ? "it is a symbolic link" : "it cannot be opened: " +
-                                                        std::string(std::strerror(err));
+                                                        std::string(std::generic_category().message(err));
       return std::optional<unique_fd>(unique_fd());
     }
     return io_error(err, "open " + name);
