@@ -533,7 +533,7 @@ std::string aside_name(const std::string& journal) {
   std::array<char, 64> buf{};
   const std::size_t n = std::strftime(buf.data(), buf.size(), "%Y%m%dT%H%M%S", &tm);
   std::array<char, 16> ns{};
-  std::snprintf(ns.data(), ns.size(), ".%09ldZ", static_cast<long>(ts.tv_nsec));
+  (void)std::snprintf(ns.data(), ns.size(), ".%09ldZ", static_cast<long>(ts.tv_nsec));
   return journal + ".obsolete-" + std::string(buf.data(), n) + ns.data();
 }
 
