@@ -344,7 +344,7 @@ int run_workers(const config& cfg, std::shared_ptr<net::tls_server_context> tls,
 
 int run_daemon(const config& cfg) {
   init_logging(cfg);
-  std::signal(SIGPIPE, SIG_IGN);
+  (void)std::signal(SIGPIPE, SIG_IGN);  // cannot fail for a valid signal and SIG_IGN
   // SIGTERM, SIGINT and SIGHUP wait (blocked, pending) until their handlers exist: a signal
   // that arrives right after "listening on" must stop or reload, not kill. With several
   // processes the master waits for them (and SIGCHLD) with sigtimedwait.
@@ -401,7 +401,7 @@ int run_daemon(const config& cfg) {
 
 int run_inetd(const config& cfg) {
   init_logging(cfg);
-  std::signal(SIGPIPE, SIG_IGN);
+  (void)std::signal(SIGPIPE, SIG_IGN);
   if (cfg.unix.min_connection_interval.count() > 0) {
     log::error("server.min_connection_interval cannot apply to --inetd (one connection per "
                "process; the inetd superserver paces connections): remove it from this config");

@@ -430,7 +430,7 @@ std::optional<net::client_origin> proxy_admission(int conn, const asio::ip::addr
 
 int run_fork_daemon(const config& cfg, const unix_settings& us) {
   init_logging(cfg);
-  std::signal(SIGPIPE, SIG_IGN);
+  (void)std::signal(SIGPIPE, SIG_IGN);
   shared_state st;
   privsep::supervisor_params params;
   if (auto r = common_startup(cfg, us, st, params); !r) {
@@ -464,7 +464,7 @@ int run_fork_daemon(const config& cfg, const unix_settings& us) {
 
 int run_privsep_inetd(const config& cfg, const unix_settings& us) {
   init_logging(cfg);
-  std::signal(SIGPIPE, SIG_IGN);
+  (void)std::signal(SIGPIPE, SIG_IGN);
   shared_state st;
   privsep::supervisor_params params;
   if (auto r = common_startup(cfg, us, st, params); !r) {

@@ -395,7 +395,7 @@ int run_null_server(const options& o, std::uint64_t messages, std::uint64_t mess
   sigemptyset(&sa.sa_mask);
   ::sigaction(SIGINT, &sa, nullptr);
   ::sigaction(SIGTERM, &sa, nullptr);
-  ::signal(SIGPIPE, SIG_IGN);
+  (void)::signal(SIGPIPE, SIG_IGN);
   fmt::print("postern-bench serve: no-work POP3 server on {}:{}, {} messages of {} octets{}\n",
              target->address().to_string(), target->port(), messages, c.message.size(),
              processes > 1 ? fmt::format(", {} processes", processes) : std::string());
