@@ -104,8 +104,10 @@ class signal_reader {
     for (int s : {SIGTERM, SIGINT, SIGHUP, SIGCHLD}) {
       sigaddset(&set_, s);
     }
-    if (::sigprocmask(SIG_BLOCK, &set_, nullptr) != 0) {
-      return error::from_errno(errno, "sigprocmask", errc::permanent);
+    // pthread_sigmask: sigprocmask is unspecified in a process with threads. It returns the
+    // error instead of setting errno.
+    if (const int rc = ::pthread_sigmask(SIG_BLOCK, &set_, nullptr); rc != 0) {
+      return error::from_errno(rc, "pthread_sigmask", errc::permanent);
     }
     fd_.reset(::signalfd(-1, &set_, SFD_NONBLOCK | SFD_CLOEXEC));
     if (!fd_) {
@@ -124,7 +126,7 @@ class signal_reader {
     fd_.reset();
     sigset_t none;
     sigemptyset(&none);
-    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    ::pthread_sigmask(SIG_SETMASK, &none, nullptr);
   }
 
  private:

@@ -121,7 +121,7 @@ pid_t start_worker(std::uint32_t slot, worker_state& w, const supervisor_hooks& 
     sigset_t chld;
     sigemptyset(&chld);
     sigaddset(&chld, SIGCHLD);
-    sigprocmask(SIG_UNBLOCK, &chld, nullptr);
+    pthread_sigmask(SIG_UNBLOCK, &chld, nullptr);
     int status = 1;
     try {
       status = hooks.run_worker(slot);
