@@ -943,13 +943,13 @@ void run_idle_forked(const options& o, result& out, idle_result& r, std::uint64_
     int up[2];
     int down[2];
     if (::pipe2(up, O_CLOEXEC) != 0 || ::pipe2(down, O_CLOEXEC) != 0) {
-      throw std::runtime_error("pipe: " + std::string(std::generic_category().message(errno)));
+      throw std::runtime_error("pipe: " + std::generic_category().message(errno));
     }
     std::fflush(stdout);
     std::fflush(stderr);
     const pid_t pid = ::fork();
     if (pid < 0) {
-      throw std::runtime_error("fork: " + std::string(std::generic_category().message(errno)));
+      throw std::runtime_error("fork: " + std::generic_category().message(errno));
     }
     if (pid == 0) {
       ::sigaction(SIGINT, &old_int, nullptr);

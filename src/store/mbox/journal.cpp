@@ -760,7 +760,7 @@ result<std::optional<unique_fd>> open_journal(int dir_fd, const std::string& nam
     }
     if (err == ELOOP || err == EACCES || err == ENXIO || err == EPERM) {
       why = err == ELOOP ? "it is a symbolic link" : "it cannot be opened: " +
-                                                        std::string(std::generic_category().message(err));
+                                                        std::generic_category().message(err);
       return std::optional<unique_fd>(unique_fd());
     }
     return io_error(err, "open " + name);
