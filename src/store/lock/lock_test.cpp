@@ -433,7 +433,8 @@ TEST(mailbox_lock, fcntl_and_flock_conflict_with_other_processes) {
   temp_dir d;
   const std::string box = d.path() + "/user";
   write_file(box, "From a\n\n");
-  const int fd = ::open(box.c_str(), O_RDWR | O_CLOEXEC);
+  const unique_fd owned(::open(box.c_str(), O_RDWR | O_CLOEXEC));  // closed however the test ends
+  const int fd = owned.get();
   ASSERT_GE(fd, 0);
   for (const std::string kind : {"fcntl", "flock"}) {
     SCOPED_TRACE(kind);
@@ -456,7 +457,6 @@ TEST(mailbox_lock, fcntl_and_flock_conflict_with_other_processes) {
     kernel_lock_holder after(box, kind);
     EXPECT_TRUE(after.ok());
   }
-  ::close(fd);
 }
 
 TEST(mailbox_lock, fcntl_survives_closing_another_descriptor) {
