@@ -559,11 +559,12 @@ asio::awaitable<void> retr_client(client_env& e, stats& st, std::uint64_t index)
 // Counts down outstanding coroutines; wait() returns when the count reaches zero.
 class wait_group {
  public:
-  explicit wait_group(asio::any_io_executor ex) : timer_(std::move(ex)) {
+  explicit wait_group(const asio::any_io_executor& ex) : timer_(ex) {
     timer_.expires_at(bench_clock::time_point::max());
   }
   void add(std::size_t n) noexcept { pending_ += n; }
-  void done() noexcept {
+  // May throw what Asio's timer cancel() throws (asio::system_error).
+  void done() {
     if (--pending_ == 0) {
       timer_.cancel();
     }
