@@ -378,6 +378,7 @@ bool register_acceptor_keytab(const std::string& path) {
       }
     }
   }
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): at startup, before other threads exist (above)
   return ::setenv("KRB5_KTNAME", ("FILE:" + path).c_str(), 1) == 0;
 }
 
