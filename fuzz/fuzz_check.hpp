@@ -11,7 +11,7 @@
 #define FUZZ_CHECK(cond)                                                            \
   do {                                                                              \
     if (!(cond)) {                                                                  \
-      std::fprintf(stderr, "%s:%d: property failed: %s\n", __FILE__, __LINE__, #cond); \
+      (void)std::fprintf(stderr, "%s:%d: property failed: %s\n", __FILE__, __LINE__, #cond); \
       std::abort();                                                                 \
     }                                                                               \
   } while (0)

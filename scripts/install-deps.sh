@@ -28,6 +28,7 @@ test_pkgs=(
   haproxy nginx-light libnginx-mod-mail  # real PROXY-protocol front ends: test_proxy_protocol.py
   systemd              # systemd-analyze verify, systemd-socket-activate: test_systemd.py
   clang libclang-rt-14-dev  # clang with libFuzzer and the sanitizer runtimes: scripts/fuzz.sh
+  clang-tidy-14 clang-format-14 cppcheck  # static analysis: scripts/lint.sh, scripts/format.sh
 )
 
 want=("${build_pkgs[@]}")

@@ -56,6 +56,10 @@ add_counts "fuzz targets (${POSTERN_FUZZ_SECONDS:-45} s each): $fuzz_pass passed
 # ThreadSanitizer build: unit tests and event-mode integration files (scripts/tsan.sh).
 scripts/tsan.sh --counts build-tsan/tsan.counts || true
 add_counts "$(cat build-tsan/tsan.counts)"
+# Static analysis: clang-tidy, cppcheck and clang-format (scripts/lint.sh); each tool is one entry.
+scripts/lint.sh --counts build-lint/lint.counts || true
+read -r lint_pass lint_fail <build-lint/lint.counts || { lint_pass=0; lint_fail=1; }
+add_counts "static analysis (clang-tidy, cppcheck, clang-format): $lint_pass passed, $lint_fail failed, 0 skipped"
 
 echo
 for s in "${summary[@]}"; do echo "$s"; done

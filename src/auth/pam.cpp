@@ -131,7 +131,7 @@ class pam_passdb final : public passdb {
     return true;
   }
 
-  outcome transaction(std::string user, const secret_string* password, bool authenticate) {
+  outcome transaction(const std::string& user, const secret_string* password, bool authenticate) {
     std::unique_lock<std::mutex> lock(mu_, std::defer_lock);
     if (s_.serialize) {
       lock.lock();

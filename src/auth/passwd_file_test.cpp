@@ -598,6 +598,7 @@ TEST(PasswdFileParse, PamPwdfileSuffixes) {
 }
 
 TEST(PasswdFileParse, NamesInUidAndGid) {
+  // cppcheck-suppress getpwnamCalled ; the test runs in one thread
   struct passwd* daemon_user = getpwnam("daemon");
   if (daemon_user == nullptr) {
     GTEST_SKIP() << "no 'daemon' user here";

@@ -66,8 +66,9 @@ constexpr mech_info mech_table[] = {
 
 constexpr auto mech_names = [] {
   std::array<std::string_view, std::size(mech_table)> out{};
-  for (std::size_t i = 0; i < out.size(); ++i) {
-    out[i] = mech_table[i].name;
+  std::size_t i = 0;
+  for (const auto& m : mech_table) {
+    out[i++] = m.name;
   }
   return out;
 }();
@@ -377,6 +378,7 @@ bool register_acceptor_keytab(const std::string& path) {
       }
     }
   }
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): at startup, before other threads exist (above)
   return ::setenv("KRB5_KTNAME", ("FILE:" + path).c_str(), 1) == 0;
 }
 

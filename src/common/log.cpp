@@ -12,7 +12,12 @@ namespace {
 
 std::atomic<int> min_level{static_cast<int>(level::info)};
 std::atomic<bool> use_syslog{false};
-std::string ident_name = "posternd";
+// The program name in every line and for syslog (init()). Constructed on first use, where an
+// exception could be caught, not before main.
+std::string& ident_name() {
+  static std::string name = "posternd";
+  return name;
+}
 
 const char* level_name(level l) noexcept {
   switch (l) {
@@ -40,10 +45,10 @@ int syslog_priority(level l) noexcept {
 
 void init(bool target_syslog, level min, const std::string& ident) {
   min_level = static_cast<int>(min);
-  ident_name = ident;
+  ident_name() = ident;
   use_syslog = target_syslog;
   if (target_syslog) {
-    openlog(ident_name.c_str(), LOG_PID | LOG_NDELAY, LOG_MAIL);
+    openlog(ident_name().c_str(), LOG_PID | LOG_NDELAY, LOG_MAIL);
   }
 }
 
@@ -99,7 +104,7 @@ void write(level l, std::string_view message) {
   gmtime_r(&ts.tv_sec, &utc);
   auto line = fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z {}[{}]: {}: {}\n",
                           utc.tm_year + 1900, utc.tm_mon + 1, utc.tm_mday, utc.tm_hour, utc.tm_min,
-                          utc.tm_sec, ts.tv_nsec / 1000000, ident_name, current_pid(), level_name(l),
+                          utc.tm_sec, ts.tv_nsec / 1000000, ident_name(), current_pid(), level_name(l),
                           message);
   std::string_view rest = line;
   while (!rest.empty()) {

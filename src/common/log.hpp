@@ -33,23 +33,33 @@ std::string safe(std::string_view text);
 
 template <typename... Args>
 void debug(fmt::format_string<Args...> f, Args&&... args) {
-  if (enabled(level::debug)) write(level::debug, fmt::format(f, std::forward<Args>(args)...));
+  if (enabled(level::debug)) {
+    write(level::debug, fmt::format(f, std::forward<Args>(args)...));
+  }
 }
 template <typename... Args>
 void info(fmt::format_string<Args...> f, Args&&... args) {
-  if (enabled(level::info)) write(level::info, fmt::format(f, std::forward<Args>(args)...));
+  if (enabled(level::info)) {
+    write(level::info, fmt::format(f, std::forward<Args>(args)...));
+  }
 }
 template <typename... Args>
 void notice(fmt::format_string<Args...> f, Args&&... args) {
-  if (enabled(level::notice)) write(level::notice, fmt::format(f, std::forward<Args>(args)...));
+  if (enabled(level::notice)) {
+    write(level::notice, fmt::format(f, std::forward<Args>(args)...));
+  }
 }
 template <typename... Args>
 void warning(fmt::format_string<Args...> f, Args&&... args) {
-  if (enabled(level::warning)) write(level::warning, fmt::format(f, std::forward<Args>(args)...));
+  if (enabled(level::warning)) {
+    write(level::warning, fmt::format(f, std::forward<Args>(args)...));
+  }
 }
 template <typename... Args>
 void error(fmt::format_string<Args...> f, Args&&... args) {
-  if (enabled(level::error)) write(level::error, fmt::format(f, std::forward<Args>(args)...));
+  if (enabled(level::error)) {
+    write(level::error, fmt::format(f, std::forward<Args>(args)...));
+  }
 }
 
 }  // namespace postern::log

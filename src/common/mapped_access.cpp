@@ -25,11 +25,12 @@ void on_sigbus(int sig, siginfo_t* info, void* context) {
   guarded_range& r = t_range;
   const auto addr = reinterpret_cast<std::uintptr_t>(info->si_addr);
   if (r.begin != r.end && addr >= r.begin && addr < r.end) {
-    const std::uintptr_t page = addr & g_page_mask;
-    void* p = ::mmap(reinterpret_cast<void*>(page), ~g_page_mask + 1, PROT_READ,
+    char* page = static_cast<char*>(info->si_addr) - (addr & ~g_page_mask);
+    void* p = ::mmap(page, ~g_page_mask + 1, PROT_READ,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
     if (p != MAP_FAILED) {
       r.faulted = 1;
+      // cppcheck-suppress memleak ; MAP_FIXED replaced a page of the guarded mapping, unmapped with it
       return;  // the access is retried and reads zeros
     }
   }

@@ -38,9 +38,8 @@ std::span<const char> mapped_file::next(std::size_t max) noexcept {
     // Maps the piece's pages in one call instead of a fault per few pages. It fails (EFAULT)
     // when the file has shrunk: the access guard then sees the fault.
     const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
-    const auto from = reinterpret_cast<std::uintptr_t>(first) & ~(page - 1);
-    const auto to = reinterpret_cast<std::uintptr_t>(first) + n;
-    ::madvise(reinterpret_cast<void*>(from), to - from, MADV_POPULATE_READ);
+    const auto offset = reinterpret_cast<std::uintptr_t>(first) & (page - 1);
+    ::madvise(first - offset, offset + n, MADV_POPULATE_READ);
 #endif
   }
   pos_ += n;

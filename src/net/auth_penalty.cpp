@@ -163,6 +163,7 @@ result<auth_penalty> auth_penalty::open_file(const std::string& path, penalty_po
   return auth_penalty(base, fd.release(), std::move(policy));
 }
 
+// cppcheck-suppress passedByValue ; it is moved: cppcheck 2.10 misses moves in a noexcept constructor
 auth_penalty::auth_penalty(void* base, int fd, penalty_policy policy) noexcept
     : base_(base), fd_(fd), policy_(std::move(policy)) {}
 

@@ -36,7 +36,7 @@ class counted_connection {
   counted_connection(connection_counter* owner, const asio::ip::address& addr) : owner_(owner), addr_(addr) {}
   counted_connection(const counted_connection&) = delete;
   counted_connection& operator=(const counted_connection&) = delete;
-  counted_connection(counted_connection&& o) noexcept : owner_(std::exchange(o.owner_, nullptr)), addr_(o.addr_) {}
+  counted_connection(counted_connection&& o) noexcept : owner_(std::exchange(o.owner_, nullptr)), addr_(std::move(o.addr_)) {}
   counted_connection& operator=(counted_connection&& o) noexcept {
     if (this != &o) {
       reset();
@@ -69,7 +69,7 @@ class source_limits final : public connection_counter {
     slot(source_limits* owner, asio::ip::address addr) : owner_(owner), addr_(std::move(addr)) {}
     slot(const slot&) = delete;
     slot& operator=(const slot&) = delete;
-    slot(slot&& o) noexcept : owner_(std::exchange(o.owner_, nullptr)), addr_(o.addr_) {}
+    slot(slot&& o) noexcept : owner_(std::exchange(o.owner_, nullptr)), addr_(std::move(o.addr_)) {}
     slot& operator=(slot&& o) noexcept {
       if (this != &o) {
         release();

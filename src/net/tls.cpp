@@ -343,7 +343,7 @@ result<tls_server_context::loaded> tls_server_context::load(const tls_settings& 
   } catch (const std::exception& e) {
     return error(errc::temporary, std::string("tls: ") + e.what());
   }
-  ctx.release();  // owned by the asio context now
+  static_cast<void>(ctx.release());  // owned by the asio context now
   return l;
 }
 

@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cstring>
 #include <ctime>
+#include <system_error>
 
 namespace postern::net {
 namespace {
@@ -100,7 +101,7 @@ void trace_sink::write(std::string_view text) noexcept {
     int err = errno;
     failed_ = true;
     try {
-      log::warning("trace file {}: {}; tracing stopped", path_, std::strerror(err));
+      log::warning("trace file {}: {}; tracing stopped", path_, std::generic_category().message(err));
     } catch (...) {
     }
   }
@@ -306,7 +307,7 @@ std::string traced_transport::stamp() const {
   std::tm tm{};
   ::gmtime_r(&secs, &tm);
   char buf[80];
-  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+  (void)std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
                 static_cast<int>(ms % 1000));
   return buf;
@@ -392,7 +393,7 @@ void traced_transport::set_user(std::string_view user) noexcept {
     const std::string path = dir + "/" + file_name_for(settings_.session_id);
     int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, trace_mode);
     if (fd < 0) {
-      log::warning("telemetry file {}: {}", path, std::strerror(errno));
+      log::warning("telemetry file {}: {}", path, std::generic_category().message(errno));
       return;
     }
     telemetry_fd_ = fd;

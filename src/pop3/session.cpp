@@ -365,7 +365,7 @@ void session::start_auth(const command& cmd) {
     bad_command("Syntax: AUTH mechanism [initial-response]");
     return;
   }
-  const std::string mech = ascii_to_upper(args[0]);
+  std::string mech = ascii_to_upper(args[0]);
   bool usable = false;
   for (const auto& m : opts_.sasl_mechanisms) {
     usable = usable || m == mech;

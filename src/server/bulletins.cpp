@@ -284,7 +284,7 @@ result<void> deliver_to_maildir(const bulletin& b, const std::string& path,
   // The number (zero-padded) keeps bulletins delivered in the same second in order, since
   // the Maildir store sorts by the leading time and then by name.
   char number[24];
-  std::snprintf(number, sizeof number, "%010llu", static_cast<unsigned long long>(b.number));
+  (void)std::snprintf(number, sizeof number, "%010llu", static_cast<unsigned long long>(b.number));
   const std::string name = std::to_string(store::unix_seconds(now)) + ".B" + number + "_" +
                            b.key + std::string(name_suffix);
   const std::string tmp = path + "/tmp/" + name;
@@ -586,7 +586,7 @@ std::string asctime_utc(std::chrono::system_clock::time_point t) {
   static constexpr const char* months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
                                            "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
   char buf[64];
-  std::snprintf(buf, sizeof buf, "%s %s %2d %02d:%02d:%02d %d", days[tm.tm_wday % 7],
+  (void)std::snprintf(buf, sizeof buf, "%s %s %2d %02d:%02d:%02d %d", days[tm.tm_wday % 7],
                 months[tm.tm_mon % 12], tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
                 tm.tm_year + 1900);
   return buf;

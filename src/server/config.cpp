@@ -993,7 +993,7 @@ constexpr std::array<std::string_view, 6> table_names{"server", "mail", "auth", 
     }                                                 \
   }
 
-const auto key_rules = std::to_array<key_rule>({
+constexpr auto key_rules = std::to_array<key_rule>({
     {"server", "listen", set_listen},
     {"server", "user", [](const item& it, config& c) { set_account(it, c.user); }},
     {"server", "group", [](const item& it, config& c) { set_account(it, c.group); }},

@@ -1715,7 +1715,9 @@ TEST(demo, prepares_a_loadable_config_and_maildrop) {
     if (subject_at != std::string::npos) {
       saw_utf8 = true;
       std::string value = h.substr(subject_at + 10);
-      value = value.substr(0, value.find("\n", value.find("?=")));
+      if (const auto end = value.find('\n', value.find("?=")); end != std::string::npos) {
+        value.resize(end);
+      }
       EXPECT_EQ(decode_b_words(value), "Grüße aus Zürich ☕ – Café am Freitag?");
     }
   }

@@ -98,6 +98,7 @@ asio::awaitable<void> serve_connection(asio::ip::tcp::socket sock, asio::ip::tcp
     co_await refuse(std::move(sock), net::refusal_reply(*refused));
     co_return;
   }
+  // cppcheck-suppress accessMoved ; cppcheck 2.10 does not know that co_return leaves
   auto stream = net::make_transport(std::move(sock), options.implicit_tls, fe.env->tls.get());
   auto ctl = std::make_shared<net::session_control>(std::move(stream), w.ctx.get_executor());
   ctl->counted = std::move(counted);
@@ -135,6 +136,7 @@ result<all_sockets> bind_listeners(const config& cfg, std::uint32_t processes, s
   all_sockets out(processes);
   for (std::uint32_t p = 0; p < processes; ++p) {
     for (std::uint32_t t = 0; t < threads; ++t) {
+      // cppcheck-suppress ignoredReturnValue ; cppcheck 2.10 misreads this std::move
       out[p].push_back(std::move((*sets)[std::size_t{p} * threads + t]));
     }
   }
@@ -345,7 +347,7 @@ int run_workers(const config& cfg, std::shared_ptr<net::tls_server_context> tls,
 
 int run_daemon(const config& cfg) {
   init_logging(cfg);
-  std::signal(SIGPIPE, SIG_IGN);
+  (void)std::signal(SIGPIPE, SIG_IGN);  // cannot fail for a valid signal and SIG_IGN
   // SIGTERM, SIGINT and SIGHUP wait (blocked, pending) until their handlers exist: a signal
   // that arrives right after "listening on" must stop or reload, not kill. With several
   // processes the master waits for them (and SIGCHLD) with sigtimedwait.
@@ -402,7 +404,7 @@ int run_daemon(const config& cfg) {
 
 int run_inetd(const config& cfg) {
   init_logging(cfg);
-  std::signal(SIGPIPE, SIG_IGN);
+  (void)std::signal(SIGPIPE, SIG_IGN);
   if (cfg.unix.min_connection_interval.count() > 0) {
     log::error("server.min_connection_interval cannot apply to --inetd (one connection per "
                "process; the inetd superserver paces connections): remove it from this config");

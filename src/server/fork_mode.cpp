@@ -27,6 +27,7 @@
 #include <cstdio>
 #include <cstring>
 #include <map>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -104,8 +105,10 @@ class signal_reader {
     for (int s : {SIGTERM, SIGINT, SIGHUP, SIGCHLD}) {
       sigaddset(&set_, s);
     }
-    if (::sigprocmask(SIG_BLOCK, &set_, nullptr) != 0) {
-      return error::from_errno(errno, "sigprocmask", errc::permanent);
+    // pthread_sigmask: sigprocmask is unspecified in a process with threads. It returns the
+    // error instead of setting errno.
+    if (const int rc = ::pthread_sigmask(SIG_BLOCK, &set_, nullptr); rc != 0) {
+      return error::from_errno(rc, "pthread_sigmask", errc::permanent);
     }
     fd_.reset(::signalfd(-1, &set_, SFD_NONBLOCK | SFD_CLOEXEC));
     if (!fd_) {
@@ -124,7 +127,7 @@ class signal_reader {
     fd_.reset();
     sigset_t none;
     sigemptyset(&none);
-    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    ::pthread_sigmask(SIG_SETMASK, &none, nullptr);
   }
 
  private:
@@ -220,7 +223,7 @@ int fork_master::run() {
       fds.push_back({l.fd.get(), POLLIN, 0});
     }
     if (::poll(fds.data(), fds.size(), watchdog_.poll_timeout(poll_timeout())) < 0 && errno != EINTR) {
-      log::error("poll failed: {}", std::strerror(errno));
+      log::error("poll failed: {}", std::generic_category().message(errno));
       break;
     }
     watchdog_.tick();
@@ -316,7 +319,7 @@ void fork_master::accept_from(const bound_listener& l) {
     unique_fd conn(::accept4(l.fd.get(), reinterpret_cast<sockaddr*>(&peer), &plen, SOCK_CLOEXEC | SOCK_NONBLOCK));
     if (!conn) {
       if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED) {
-        log::warning("accept failed: {}", std::strerror(errno));
+        log::warning("accept failed: {}", std::generic_category().message(errno));
       }
       return;
     }
@@ -341,7 +344,7 @@ void fork_master::start_child(unique_fd conn, const sockaddr_storage& peer, cons
                               net::counted_connection counted) {
   int pair[2] = {-1, -1};
   if (l.options.proxy_protocol && ::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) {
-    log::error("socketpair failed: {}", std::strerror(errno));
+    log::error("socketpair failed: {}", std::generic_category().message(errno));
     send_refusal(conn.get(), "-ERR [SYS/TEMP] Server busy, try again later.\r\n");
     return;
   }
@@ -355,7 +358,7 @@ void fork_master::start_child(unique_fd conn, const sockaddr_storage& peer, cons
   unique_fd slot_mine(slot_pipe[0]), slot_theirs(slot_pipe[1]);
   pid_t pid = ::fork();
   if (pid < 0) {
-    log::error("fork failed: {}", std::strerror(errno));
+    log::error("fork failed: {}", std::generic_category().message(errno));
     send_refusal(conn.get(), "-ERR [SYS/TEMP] Server busy, try again later.\r\n");
     return;
   }
@@ -462,7 +465,7 @@ std::optional<net::client_origin> proxy_admission(int conn, const asio::ip::addr
 
 int run_fork_daemon(const config& cfg, const unix_settings& us) {
   init_logging(cfg);
-  std::signal(SIGPIPE, SIG_IGN);
+  (void)std::signal(SIGPIPE, SIG_IGN);
   shared_state st;
   privsep::supervisor_params params;
   if (auto r = common_startup(cfg, us, st, params); !r) {
@@ -496,7 +499,7 @@ int run_fork_daemon(const config& cfg, const unix_settings& us) {
 
 int run_privsep_inetd(const config& cfg, const unix_settings& us) {
   init_logging(cfg);
-  std::signal(SIGPIPE, SIG_IGN);
+  (void)std::signal(SIGPIPE, SIG_IGN);
   shared_state st;
   privsep::supervisor_params params;
   if (auto r = common_startup(cfg, us, st, params); !r) {

@@ -371,10 +371,10 @@ class preauth_handoff final : public net::login_handoff {
   // Nothing of S's past may be inherited: signals back to their defaults, and the master's
   // count is S's to free (client::slot).
   c.slot.reset();
-  std::signal(SIGTERM, SIG_DFL);
-  std::signal(SIGINT, SIG_DFL);
-  std::signal(SIGHUP, SIG_DFL);
-  std::signal(SIGPIPE, SIG_IGN);
+  (void)std::signal(SIGTERM, SIG_DFL);
+  (void)std::signal(SIGINT, SIG_DFL);
+  (void)std::signal(SIGHUP, SIG_DFL);
+  (void)std::signal(SIGPIPE, SIG_IGN);
   // The penalty table is S's to keep: this process must not be able to clear it.
   if (p.st->penalty != nullptr) {
     p.st->penalty->detach();

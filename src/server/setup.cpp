@@ -312,6 +312,7 @@ result<std::unique_ptr<net::auth_penalty>> make_auth_penalty(const config& cfg, 
     }
   }
   auto table = in_file ? net::auth_penalty::open_file(cfg.penalty_file, std::move(policy))
+                       // cppcheck-suppress accessMoved ; only one branch of ?: runs
                        : net::auth_penalty::create(std::move(policy));
   if (!table) {
     std::string hint = in_file ? " (--inetd keeps the penalty in this file: create its directory, owned by the "

@@ -45,7 +45,7 @@ class shared_limits {
     slot(const slot&) = delete;
     slot& operator=(const slot&) = delete;
     slot(slot&& o) noexcept
-        : owner_(std::exchange(o.owner_, nullptr)), index_(o.index_), addr_(o.addr_) {}
+        : owner_(std::exchange(o.owner_, nullptr)), index_(o.index_), addr_(std::move(o.addr_)) {}
     slot& operator=(slot&& o) noexcept {
       if (this != &o) {
         release();

@@ -172,10 +172,14 @@ result<std::vector<auth::user_record>> passwd_file_users(const std::string& path
   return out;
 }
 
-// Every system user (getpwent) but uid 0, until `deadline` (`cut` then set).
+// Every system user (getpwent) but uid 0, until `deadline` (`cut` then set). The password
+// database's enumeration is process-wide state: startup recovery runs in a process without
+// other threads (startup_recovery.hpp), so nothing else enumerates it meanwhile.
+// NOLINTBEGIN(concurrency-mt-unsafe): one thread, see above
 std::vector<auth::user_record> system_users(clock::time_point deadline, bool& cut) {
   std::vector<auth::user_record> out;
   ::setpwent();
+  // cppcheck-suppress getpwentCalled ; startup recovery runs in a process without other threads
   while (const struct passwd* pw = ::getpwent()) {
     if (clock::now() >= deadline) {
       cut = true;
@@ -194,6 +198,7 @@ std::vector<auth::user_record> system_users(clock::time_point deadline, bool& cu
   ::endpwent();
   return out;
 }
+// NOLINTEND(concurrency-mt-unsafe)
 
 // The mail owner of `r`, or an error saying why its mailbox is not recovered here.
 result<privsep::identity> owner_of(const context& ctx, const auth::user_record& r) {

@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <system_error>
 #include <vector>
 
 namespace postern::server {
@@ -152,7 +153,7 @@ pid_t start_worker(std::uint32_t slot, worker_state& w, const supervisor_hooks& 
     sigset_t chld;
     sigemptyset(&chld);
     sigaddset(&chld, SIGCHLD);
-    sigprocmask(SIG_UNBLOCK, &chld, nullptr);
+    pthread_sigmask(SIG_UNBLOCK, &chld, nullptr);
     int status = 1;
     try {
       status = hooks.run_worker(slot);
@@ -187,7 +188,7 @@ class worker_supervisor {
   int run() {
     for (std::uint32_t i = 0; i < workers_.size() && !stopping_; ++i) {
       if (start_worker(i, workers_[i], hooks_) < 0) {
-        log::error("cannot start worker {}: {}", i + 1, std::strerror(errno));
+        log::error("cannot start worker {}: {}", i + 1, std::generic_category().message(errno));
         begin_stop(1);
       }
     }
@@ -310,7 +311,7 @@ class worker_supervisor {
     for (std::uint32_t i = 0; i < workers_.size() && !stopping_; ++i) {
       auto& w = workers_[i];
       if (w.pid == 0 && w.restart_at && now >= *w.restart_at && start_worker(i, w, hooks_) < 0) {
-        log::error("cannot restart worker {}: {}; trying again", i + 1, std::strerror(errno));
+        log::error("cannot restart worker {}: {}; trying again", i + 1, std::generic_category().message(errno));
         w.restart_at = now + std::chrono::seconds(1);
       }
     }

@@ -108,8 +108,7 @@ void rename_duplicates(std::vector<message_info>& infos) {
     }
     for (unsigned n = 2;; ++n) {
       std::string candidate = m.uidl + "-" + std::to_string(n);
-      if (used.count(candidate) == 0) {
-        used.insert(candidate);
+      if (used.insert(candidate).second) {
         seen.insert(candidate);
         m.uidl = std::move(candidate);
         break;

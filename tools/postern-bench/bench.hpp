@@ -169,16 +169,17 @@ class run_control {
   void record(op o, bench_clock::time_point start, bench_clock::time_point end) noexcept;
   // One unit of work (a session, a RETR) finished now, well or not. In --count mode the window
   // closes after that many attempts, so a server that fails every time cannot keep a
-  // counted run going forever.
-  void complete_unit() noexcept;
-  void unit_failed() noexcept;
+  // counted run going forever. These and client_finished() may throw what Asio's timer
+  // cancel() throws (asio::system_error).
+  void complete_unit();
+  void unit_failed();
   // Counts a failure (in any phase) and keeps a detailed warning for the first few.
   void count_error(fault f, std::string_view detail = {});
   void warn(std::string message);
 
   // Clients call these as they start and finish; the run ends when the last has finished.
   void client_started() noexcept { ++active_clients_; }
-  void client_finished() noexcept;
+  void client_finished();
 
   // Starts the phase clock and the sweeper. Scenarios without a window (idle, bigbox) call
   // begin_unwindowed() instead and finish() when they are done.
@@ -200,7 +201,7 @@ class run_control {
   void watch_signals();
   void open_window();
   void close_window();
-  void wake() noexcept;  // lets the controller see a phase change at once
+  void wake();  // lets the controller see a phase change at once
 
   asio::io_context& io_;
   const options& opts_;

@@ -18,6 +18,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
 
+#include <cstdio>
 #include <exception>
 #include <map>
 
@@ -68,9 +69,7 @@ void add_common_options(CLI::App& app, options& o) {
   app.add_flag("-q,--quiet", o.quiet, "text output without the warning details");
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+int run_main(int argc, char** argv) {
   options o;
   CLI::App app{"postern-bench: load generator for POP3 servers on loopback"};
   app.require_subcommand(1);
@@ -207,4 +206,19 @@ int main(int argc, char** argv) {
     print_json(o, r);
   }
   return r.st.error_total() == 0 ? 0 : 1;
+}
+
+}  // namespace
+
+// Whatever escapes (the option table's construction included) is reported, not left to
+// std::terminate.
+int main(int argc, char** argv) {
+  try {
+    return run_main(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "postern-bench: %s\n", e.what());
+  } catch (...) {
+    std::fprintf(stderr, "postern-bench: unknown exception\n");
+  }
+  return 2;
 }

@@ -111,9 +111,9 @@ bool listing::has_unique_uids(std::vector<std::string_view>& scratch) const {
   return std::adjacent_find(scratch.begin(), scratch.end()) == scratch.end();
 }
 
-pop3_connection::pop3_connection(asio::any_io_executor ex, connection_registry& registry,
+pop3_connection::pop3_connection(const asio::any_io_executor& ex, connection_registry& registry,
                                  std::size_t buffer_size)
-    : socket_(std::move(ex)),
+    : socket_(ex),
       buf_(new char[std::max<std::size_t>(buffer_size, 1024)]),
       capacity_(std::max<std::size_t>(buffer_size, 1024)),
       registry_(registry) {

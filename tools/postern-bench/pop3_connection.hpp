@@ -157,7 +157,7 @@ class pop3_connection {
   // buffer_size: the read buffer, which also bounds the longest reply line (at least 1 KiB).
   // It is allocated once and kept across reset(): a client reuses one connection object for
   // every session it runs.
-  pop3_connection(asio::any_io_executor ex, connection_registry& registry,
+  pop3_connection(const asio::any_io_executor& ex, connection_registry& registry,
                   std::size_t buffer_size);
   ~pop3_connection();
   pop3_connection(const pop3_connection&) = delete;

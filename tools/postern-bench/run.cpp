@@ -83,14 +83,14 @@ void run_control::record(op o, bench_clock::time_point start,
   }
 }
 
-void run_control::complete_unit() noexcept {
+void run_control::complete_unit() {
   if (measuring_) {
     ++st_.completed;
     unit_failed();
   }
 }
 
-void run_control::unit_failed() noexcept {
+void run_control::unit_failed() {
   if (!measuring_) {
     return;
   }
@@ -123,7 +123,7 @@ void run_control::warn(std::string message) {
   }
 }
 
-void run_control::client_finished() noexcept {
+void run_control::client_finished() {
   if (--active_clients_ > 0 || unwindowed_) {
     return;
   }
@@ -154,7 +154,7 @@ void run_control::close_window() {
   wake();
 }
 
-void run_control::wake() noexcept {
+void run_control::wake() {
   if (timer_) {
     timer_->cancel();
   }

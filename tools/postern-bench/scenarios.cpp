@@ -17,6 +17,7 @@
 #include <cstring>
 #include <exception>
 #include <memory>
+#include <system_error>
 
 namespace postern::bench {
 namespace {
@@ -558,11 +559,12 @@ asio::awaitable<void> retr_client(client_env& e, stats& st, std::uint64_t index)
 // Counts down outstanding coroutines; wait() returns when the count reaches zero.
 class wait_group {
  public:
-  explicit wait_group(asio::any_io_executor ex) : timer_(std::move(ex)) {
+  explicit wait_group(const asio::any_io_executor& ex) : timer_(ex) {
     timer_.expires_at(bench_clock::time_point::max());
   }
   void add(std::size_t n) noexcept { pending_ += n; }
-  void done() noexcept {
+  // May throw what Asio's timer cancel() throws (asio::system_error).
+  void done() {
     if (--pending_ == 0) {
       timer_.cancel();
     }
@@ -942,13 +944,13 @@ void run_idle_forked(const options& o, result& out, idle_result& r, std::uint64_
     int up[2];
     int down[2];
     if (::pipe2(up, O_CLOEXEC) != 0 || ::pipe2(down, O_CLOEXEC) != 0) {
-      throw std::runtime_error("pipe: " + std::string(std::strerror(errno)));
+      throw std::runtime_error("pipe: " + std::generic_category().message(errno));
     }
     std::fflush(stdout);
     std::fflush(stderr);
     const pid_t pid = ::fork();
     if (pid < 0) {
-      throw std::runtime_error("fork: " + std::string(std::strerror(errno)));
+      throw std::runtime_error("fork: " + std::generic_category().message(errno));
     }
     if (pid == 0) {
       ::sigaction(SIGINT, &old_int, nullptr);

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <system_error>
 #include <vector>
 
 namespace postern::bench {
@@ -65,7 +66,7 @@ std::string pin_to_cpu(int cpu) {
   }
   CPU_SET(cpu, &set);
   if (::sched_setaffinity(0, sizeof set, &set) != 0) {
-    return std::strerror(errno);
+    return std::generic_category().message(errno);
   }
   return {};
 }

@@ -1,6 +1,7 @@
 // posternd: the Postern POP3 server. Wiring only: parse the command line, load the
 // configuration, hand over to a process mode.
 #include "auth/schemes.hpp"
+#include "common/parse.hpp"
 #include "common/secret_string.hpp"
 #include "server/config.hpp"
 #include "server/daemon.hpp"
@@ -23,8 +24,11 @@
 #include <termios.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <climits>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <iostream>
 #include <vector>
 
@@ -128,9 +132,13 @@ void apply_test_hooks([[maybe_unused]] postern::server::config& cfg) {
   if (step == nullptr && bytes == nullptr) {
     return;
   }
+  // Digits only; anything else counts as 0 (off), as before.
+  const auto number = [](const char* text) {
+    return text != nullptr ? postern::parse_u64(text).value_or(0) : 0;
+  };
   static postern::store::mbox::fault_countdown faults(
-      step != nullptr ? std::atoi(step) : 0,
-      bytes != nullptr ? static_cast<std::size_t>(std::atol(bytes)) : 0);
+      static_cast<int>(std::min<std::uint64_t>(number(step), INT_MAX)),
+      static_cast<std::size_t>(number(bytes)));
   cfg.mbox_faults = &faults;
 #endif
 }
@@ -143,7 +151,8 @@ bool become_owner_of(const std::string& path, std::string& user, std::string& ho
     std::perror(("posternd: --recover: " + path).c_str());
     return false;
   }
-  const struct passwd* pw = ::getpwuid(st.st_uid);
+  // cppcheck-suppress getpwuidCalled ; --recover runs in one thread
+  const struct passwd* pw = ::getpwuid(st.st_uid);  // NOLINT(concurrency-mt-unsafe): one thread
   if (pw == nullptr) {
     std::fprintf(stderr, "posternd: --recover: uid %u of %s has no password entry\n",
                  static_cast<unsigned>(st.st_uid), path.c_str());
@@ -236,7 +245,7 @@ int recover_all_command(const postern::server::config& cfg, bool fork_model) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+static int run_main(int argc, char** argv) {
   CLI::App app{"posternd: the Postern POP3 server"};
   std::string config_path = "/etc/postern/postern.toml";
   bool foreground = false, inetd = false, check = false, version = false;
@@ -396,4 +405,16 @@ int main(int argc, char** argv) {
     return postern::server::run_fork_daemon(*cfg, us);
   }
   return postern::server::run_daemon(*cfg);
+}
+
+// STYLE: main catches what startup throws, prints one line and exits non-zero.
+int main(int argc, char** argv) {
+  try {
+    return run_main(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "posternd: %s\n", e.what());
+  } catch (...) {
+    std::fprintf(stderr, "posternd: unknown exception\n");
+  }
+  return 1;
 }

@@ -17,6 +17,7 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <system_error>
 #include <thread>
 #include <utility>
 
@@ -692,7 +693,7 @@ result<unique_fd> take_session_lock(int dir_fd, const std::string& name,
       if (err != ELOOP && err != EACCES && err != ENXIO && err != EISDIR) {
         return error::from_errno(err, "lock: open " + display, create_errc(err));
       }
-      problem = err == ELOOP ? std::string("a symbolic link") : std::string(std::strerror(err));
+      problem = err == ELOOP ? std::string("a symbolic link") : std::generic_category().message(err);
     }
     // Planted or damaged: never used. Set aside (renamed, so a symlink is not followed and
     // another user's flock on it holds nothing of ours) and created afresh, once.
@@ -701,7 +702,7 @@ result<unique_fd> take_session_lock(int dir_fd, const std::string& name,
                               std::to_string(::getpid());
     if (attempt > 0 || ::renameat(dir_fd, name.c_str(), dir_fd, aside.c_str()) != 0) {
       log::error("lock: {} is {}; not used", display, problem);
-      return error(errc::permanent, "lock: " + display + " is " + problem);
+      return error(errc::permanent, fmt::format("lock: {} is {}", display, problem));
     }
     log::error("lock: {} was {}; renamed to {}", display, problem, aside);
   }

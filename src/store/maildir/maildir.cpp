@@ -26,6 +26,7 @@
 #include <climits>
 #include <cstring>
 #include <cstdio>  // renameat2, RENAME_NOREPLACE (glibc >= 2.28)
+#include <system_error>
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
@@ -320,7 +321,7 @@ result<unique_fd> take_lock(int root_fd, const std::string& path) {
                                errc::in_use);
     }
     if (err != EINTR) {
-      return error::from_errno(err, "maildir: lock " + path + '/' + lock_name);
+      return error::from_errno(err, fmt::format("maildir: lock {}/{}", path, lock_name));
     }
   }
 }
@@ -632,7 +633,7 @@ class size_counter {
     out.wire_size = st.st_size > 0 ? static_cast<std::uint64_t>(st.st_size) : 0;
     log::warning("maildir: cannot read {} to size it ({}); listed with its file size, {} "
                  "octets, and RETR of it fails while it stays unreadable",
-                 relative_path(in_new, name), std::strerror(err), out.wire_size);
+                 relative_path(in_new, name), std::generic_category().message(err), out.wire_size);
     return std::optional<sized_file>(out);
   }
 
@@ -755,7 +756,7 @@ result<std::optional<entry>> make_entry(const dirs& d, const dir_item& item,
     e.stat_known = (*size)->stat.known;
   }
   e.name = names.add(item.name);
-  return std::optional<entry>(std::move(e));
+  return std::optional<entry>(e);
 }
 
 bool listing_order(const entry& a, const entry& b) {
@@ -802,7 +803,7 @@ result<void> prune_vanished_duplicates(const dirs& d, std::vector<entry>& entrie
     for (std::size_t i = 0; i < entries.size(); ++i) {
       if (!drop[i]) {
         if (out != i) {
-          entries[out] = std::move(entries[i]);
+          entries[out] = entries[i];
         }
         ++out;
       }
@@ -968,7 +969,7 @@ std::optional<loaded_index> load_index(int root_fd, name_arena& names) {
                                      !listing_order(out.entries.back(), e)) {
                                    return false;
                                  }
-                                 out.entries.push_back(std::move(e));
+                                 out.entries.push_back(e);
                                  return true;
                                });
   if (!ok) {
@@ -1116,7 +1117,7 @@ result<std::vector<entry>> build_listing(int root_fd, const dirs& d, int lock_fd
         return std::move(e).err();
       }
       if (*e) {
-        entries.push_back(std::move(**e));
+        entries.push_back(**e);
       } else {
         missing.push_back(std::move(item));
       }
@@ -1131,7 +1132,7 @@ result<std::vector<entry>> build_listing(int root_fd, const dirs& d, int lock_fd
     const auto middle = static_cast<std::ptrdiff_t>(entries.size());
     for (auto& e : idx->entries) {
       if (from_index[e.in_new]) {
-        entries.push_back(std::move(e));
+        entries.push_back(e);
       }
     }
     std::inplace_merge(entries.begin(), entries.begin() + middle, entries.end(),
@@ -1162,7 +1163,7 @@ result<std::vector<entry>> build_listing(int root_fd, const dirs& d, int lock_fd
       }
       if (*e) {
         listed.insert((*e)->relative());
-        entries.push_back(std::move(**e));
+        entries.push_back(**e);
       }
     }
     std::sort(entries.begin(), entries.end(), listing_order);

@@ -495,11 +495,12 @@ TEST_F(mbox_index_files, same_size_rewrite_with_restored_mtime_is_rescanned) {
   ASSERT_EQ(::stat(box_.c_str(), &before), 0);
   std::string changed = data;
   changed[changed.find("one")] = 'O';
-  const int fd = ::open(box_.c_str(), O_WRONLY);
-  ASSERT_EQ(::pwrite(fd, changed.data(), changed.size(), 0), static_cast<ssize_t>(changed.size()));
+  unique_fd fd(::open(box_.c_str(), O_WRONLY));
+  ASSERT_EQ(::pwrite(fd.get(), changed.data(), changed.size(), 0),
+            static_cast<ssize_t>(changed.size()));
   const timespec times[2] = {before.st_atim, before.st_mtim};
-  ASSERT_EQ(::futimens(fd, times), 0);
-  ::close(fd);
+  ASSERT_EQ(::futimens(fd.get(), times), 0);
+  fd.reset();
   open_and_check({}, open_source::full_scan, changed);
 }
 

@@ -22,6 +22,7 @@
 #include <ctime>
 #include <functional>
 #include <optional>
+#include <system_error>
 #include <vector>
 
 namespace postern::store::mbox {
@@ -535,7 +536,7 @@ std::string aside_name(const std::string& journal) {
   std::array<char, 64> buf{};
   const std::size_t n = std::strftime(buf.data(), buf.size(), "%Y%m%dT%H%M%S", &tm);
   std::array<char, 16> ns{};
-  std::snprintf(ns.data(), ns.size(), ".%09ldZ", static_cast<long>(ts.tv_nsec));
+  (void)std::snprintf(ns.data(), ns.size(), ".%09ldZ", static_cast<long>(ts.tv_nsec));
   return journal + ".obsolete-" + std::string(buf.data(), n) + ns.data();
 }
 
@@ -546,7 +547,7 @@ result<recovery_outcome> set_aside(const update_context& c, const std::string& w
   if (::renameat(c.dir_fd, c.names.journal.c_str(), c.dir_fd, aside.c_str()) != 0) {
     const int err = errno;
     log::error("mbox: {}: unfinished update journal {} not applied ({}) and not set aside: {}",
-               c.display, c.names.journal, why, std::strerror(err));
+               c.display, c.names.journal, why, std::generic_category().message(err));
     return io_error(err, "rename " + c.names.journal + " aside");
   }
   POSTERN_TRY(remove_if_there(c.dir_fd, c.names.journal_trunc));
@@ -765,7 +766,7 @@ result<std::optional<unique_fd>> open_journal(int dir_fd, const std::string& nam
     }
     if (err == ELOOP || err == EACCES || err == ENXIO || err == EPERM) {
       why = err == ELOOP ? "it is a symbolic link" : "it cannot be opened: " +
-                                                        std::string(std::strerror(err));
+                                                        std::generic_category().message(err);
       return std::optional<unique_fd>(unique_fd());
     }
     return io_error(err, "open " + name);

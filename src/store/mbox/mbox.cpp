@@ -365,11 +365,12 @@ class mbox_drop final : public maildrop {
   // a state directory of the mail owner's when the spool's is shared). `opened`: the spool's
   // stamp when it was listed; `stable`: no later write can keep it.
   mbox_drop(std::string path, std::string base, options opts, unique_fd spool_dir,
+            // cppcheck-suppress passedByValue ; its messages are moved: cppcheck 2.10 misses it
             unique_fd state_dir, unique_fd session, unique_fd spool, scan_result scan,
             const file_stamp& opened, bool stable)
       : path_(std::move(path)),
         base_(std::move(base)),
-        opts_(opts),
+        opts_(std::move(opts)),
         names_(side_files_for(base_)),
         spool_dir_fd_(std::move(spool_dir)),
         dir_fd_(std::move(state_dir)),

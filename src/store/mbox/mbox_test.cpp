@@ -2,6 +2,7 @@
 
 #include "common/test_files.hpp"
 #include "common/line_ends.hpp"
+#include "common/unique_fd.hpp"
 #include "store/mbox/journal.hpp"
 #include "store/mbox/parser.hpp"
 #include "store/mbox/sync_trace_test.hpp"
@@ -1683,8 +1684,8 @@ TEST_F(mbox_files, shared_directory_keeps_state_elsewhere) {
   write_file(spool_dir + "/.user.postern-journal", std::string(3000, 'z'));
   ASSERT_EQ(::mkfifo((spool_dir + "/.user.postern-index").c_str(), 0666), 0);
   write_file(spool_dir + "/.user.postern-session", "");
-  const int held = ::open((spool_dir + "/.user.postern-session").c_str(), O_RDWR);
-  ASSERT_EQ(::flock(held, LOCK_EX), 0);
+  unique_fd held(::open((spool_dir + "/.user.postern-session").c_str(), O_RDWR));
+  ASSERT_EQ(::flock(held.get(), LOCK_EX), 0);
   o.state_dir = dir_.path() + "/state";
   {
     auto m = open(box, o);
@@ -1695,7 +1696,7 @@ TEST_F(mbox_files, shared_directory_keeps_state_elsewhere) {
     d[0] = true;
     ASSERT_TRUE((*m)->commit(std::span<const bool>(d.get(), 3)).ok());
   }
-  ::close(held);
+  held.reset();
   struct stat st{};
   ASSERT_EQ(::stat(o.state_dir.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0700u);
