@@ -115,7 +115,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     said += wire;
     const auth::sasl_step r = x->step(wire);
     ++steps;
-    check_step(r, *x, said + '\n' + decoded);
+    std::string context = said;
+    context += '\n';
+    context += decoded;
+    check_step(r, *x, context);
     if (finished) {
       FUZZ_CHECK(r.status == auth::sasl_status::failure);
     } else if (r.status == auth::sasl_status::success) {

@@ -351,7 +351,7 @@ void fork_master::start_child(unique_fd conn, const sockaddr_storage& peer, cons
   unique_fd mine(pair[0]), theirs(pair[1]);
   int slot_pipe[2] = {-1, -1};
   if (::pipe2(slot_pipe, O_CLOEXEC) != 0) {
-    log::error("pipe failed: {}", std::strerror(errno));
+    log::error("pipe failed: {}", std::generic_category().message(errno));
     send_refusal(conn.get(), "-ERR [SYS/TEMP] Server busy, try again later.\r\n");
     return;
   }

@@ -1,15 +1,19 @@
 #include "server/workers.hpp"
 
 #include "common/log.hpp"
+#include "common/read_file.hpp"
+#include "common/unique_fd.hpp"
 #include "server/systemd.hpp"
 
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -34,12 +38,16 @@ namespace {
 // The kernel's ceiling for RLIMIT_NOFILE (fs.nr_open); 1048576, its default, when unreadable.
 std::uint64_t nr_open() {
   std::uint64_t value = 1024 * 1024;
-  if (FILE* f = std::fopen("/proc/sys/fs/nr_open", "re")) {
-    unsigned long long v = 0;
-    if (std::fscanf(f, "%llu", &v) == 1 && v > 0) {
-      value = v;
-    }
-    std::fclose(f);
+  const unique_fd fd(::open("/proc/sys/fs/nr_open", O_RDONLY | O_CLOEXEC));
+  if (!fd) {
+    return value;
+  }
+  const read_outcome got = read_to_end(fd.get(), 32);
+  std::uint64_t v = 0;
+  const char* end = got.data.data() + got.data.size();
+  const auto [ptr, ec] = std::from_chars(got.data.data(), end, v);
+  if (got.err == 0 && ec == std::errc{} && ptr != got.data.data() && v > 0) {
+    value = v;
   }
   return value;
 }
