@@ -79,8 +79,7 @@ inline void check_step(const auth::sasl_step& r, const auth::sasl_exchange& x,
     FUZZ_CHECK(data.has_value());
     check_no_secret(*data, client_said);
   }
-  if (r.status == auth::sasl_status::failure ||
-      r.status == auth::sasl_status::temporary_failure) {
+  if (r.status == auth::sasl_status::failure || r.status == auth::sasl_status::temporary_failure) {
     FUZZ_CHECK(!r.reason.empty());
   }
   if (r.status == auth::sasl_status::success) {

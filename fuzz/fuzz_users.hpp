@@ -37,10 +37,10 @@ inline const std::vector<fuzz_user>& fuzz_users() {
         {"carol", "carol-Pa55", hashed("SCRAM-SHA-256", "carol-Pa55"), k::normal},
         {"dave", "dave-Pa55", hashed("SCRAM-SHA-1", "dave-Pa55"), k::normal},
         {"erin", "erin-Pa55", hashed("SSHA256", "erin-Pa55"), k::normal},
-        {"frank", "frank-Pa55", "{PLAIN}frank-Pa55", k::refused},         // nologin
-        {"tim", "tim-Pa55", "{PLAIN}tim-Pa55", k::backend_down},          // temporary
-        {"locked", "", "{CRYPT}*", k::normal},                            // never matches
-        {"nosecret", "", "", k::normal},                                  // lookup: no secret
+        {"frank", "frank-Pa55", "{PLAIN}frank-Pa55", k::refused},  // nologin
+        {"tim", "tim-Pa55", "{PLAIN}tim-Pa55", k::backend_down},   // temporary
+        {"locked", "", "{CRYPT}*", k::normal},                     // never matches
+        {"nosecret", "", "", k::normal},                           // lookup: no secret
         // Malformed stored secrets: what a refusal says must not show them.
         {"badscram", "", "{SCRAM-SHA-256}4096,c2VjcmV0LXNhbHQ=,not-a-key-XYZZY", k::normal},
         {"badcram", "", "{CRAM-MD5}secret-not-hex-PLUGH", k::normal},

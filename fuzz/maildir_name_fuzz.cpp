@@ -33,7 +33,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (cur != name) {  // a name that changes ends in ":2," and sorted, unique flags
     FUZZ_CHECK(q.info->starts_with("2,"));
     const std::string_view flags = q.info->substr(2);
-    FUZZ_CHECK(std::adjacent_find(flags.begin(), flags.end(), std::greater_equal<>()) == flags.end());
+    FUZZ_CHECK(std::adjacent_find(flags.begin(), flags.end(), std::greater_equal<>()) ==
+               flags.end());
     FUZZ_CHECK(!seen || flags.find('S') != std::string_view::npos);
   }
 

@@ -54,7 +54,8 @@ int main(int argc, char** argv) {
   m.listed_at = {1700000004, 123456789};
   write(root + "/maildir_index/seed-empty", maildir::encode_index(m).substr(0, 8 + 8 + 112 + 24));
   m.records = {
-      maildir::index_record{"1700000000.M1P2.host:2,S", 1934, 77, false, 1900, {1700000005, 42}, true},
+      maildir::index_record{
+          "1700000000.M1P2.host:2,S", 1934, 77, false, 1900, {1700000005, 42}, true},
       maildir::index_record{"1700000001.M2P2.host,S=10,W=12", 12, 78, true},
   };
   const std::string idx = maildir::encode_index(m);
@@ -71,7 +72,8 @@ int main(int argc, char** argv) {
     const std::string d(64, 'a');
     h.prefix_digest = h.gap_digest = h.payload_digest = h.cells_digest = d;
     const std::string text = *mbox::format_journal_header(h);
-    write(root + "/mbox_journal/seed-" + std::string(st == mbox::journal_header::state::redo ? "redo" : "trunc"),
+    write(root + "/mbox_journal/seed-" +
+              std::string(st == mbox::journal_header::state::redo ? "redo" : "trunc"),
           text.substr(0, text.rfind("check ")));
   }
   return 0;

@@ -21,7 +21,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::size_t chunk = 1 + c.byte() % 97;
   const std::string_view in = c.rest();
   mbox::parse_options po;
-  po.from_quoting = opt % 3 == 0 ? mbox::quoting::mboxo
+  po.from_quoting = opt % 3 == 0   ? mbox::quoting::mboxo
                     : opt % 3 == 1 ? mbox::quoting::mboxrd
                                    : mbox::quoting::none;
   po.honour_content_length = (opt & 4) != 0;
@@ -40,7 +40,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                (i + 1 < r->messages.size() ? r->messages[i + 1].separator : in.size()));
     FUZZ_CHECK(mbox::is_legal_uidl(m.uidl));
     FUZZ_CHECK(uidls.insert(m.uidl).second);
-    FUZZ_CHECK(m.digest == mbox::digest_of(in.substr(m.separator, m.extent_end - m.separator), seed));
+    FUZZ_CHECK(m.digest ==
+               mbox::digest_of(in.substr(m.separator, m.extent_end - m.separator), seed));
     mbox::unquoter u(m.unquote ? po.from_quoting : mbox::quoting::none);
     std::string served;
     for (std::uint64_t p = m.content; p < m.end; p += chunk) {
@@ -50,9 +51,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     FUZZ_CHECK(m.size == postern::message_wire_octets(served));
   }
 
-  mbox::scanner s(po, in.size(), [in](std::uint64_t off, std::size_t n) -> result<std::string> {
-    return std::string(in.substr(std::min<std::uint64_t>(off, in.size()), n));
-  }, {}, seed);
+  mbox::scanner s(
+      po, in.size(),
+      [in](std::uint64_t off, std::size_t n) -> result<std::string> {
+        return std::string(in.substr(std::min<std::uint64_t>(off, in.size()), n));
+      },
+      {}, seed);
   for (std::size_t p = 0; p < in.size(); p += chunk) {
     FUZZ_CHECK(s.feed(in.substr(p, chunk)).ok());
   }

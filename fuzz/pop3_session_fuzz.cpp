@@ -121,7 +121,7 @@ struct driver {
   std::string_view client;  // the whole of the client's bytes, for the login checks
   std::unique_ptr<auth::sasl_exchange> exchange;
   bool handed_off = false;
-  std::string account;  // the user a real SASL exchange logged in
+  std::string account;     // the user a real SASL exchange logged in
   std::size_t listed = 0;  // messages of the maildrop opened
 
   std::uint8_t choice() {
@@ -135,8 +135,7 @@ struct driver {
   void check_real_login(std::string_view user) const {
     const fz::fuzz_user* u = fz::find_fuzz_user(user);
     FUZZ_CHECK(u != nullptr && u->what == fz::fuzz_user::kind::normal);
-    FUZZ_CHECK(client.find(u->password) != std::string_view::npos ||
-               s->login_method() != "USER");
+    FUZZ_CHECK(client.find(u->password) != std::string_view::npos || s->login_method() != "USER");
   }
 
   void authenticate(std::uint8_t b) {
@@ -154,9 +153,9 @@ struct driver {
     if (v.status == auth::verify_status::ok) {
       check_real_login(s->login_user());
     }
-    s->auth_done(v.status == auth::verify_status::ok            ? auth_status::ok
+    s->auth_done(v.status == auth::verify_status::ok          ? auth_status::ok
                  : v.status == auth::verify_status::temporary ? auth_status::temporary_failure
-                                                                : auth_status::bad_credentials);
+                                                              : auth_status::bad_credentials);
   }
 
   void sasl_step(std::uint8_t b) {
@@ -183,7 +182,9 @@ struct driver {
     }
     const auth::sasl_step r = exchange->step(s->sasl_response());
     switch (r.status) {
-      case auth::sasl_status::challenge: s->sasl_challenge(r.server_data_b64); return;
+      case auth::sasl_status::challenge:
+        s->sasl_challenge(r.server_data_b64);
+        return;
       case auth::sasl_status::success:
         FUZZ_CHECK(fz::find_fuzz_user(r.user.name) != nullptr);
         account = r.user.name;
@@ -245,8 +246,12 @@ struct driver {
   void answer(step st) {
     const std::uint8_t b = choice();
     switch (st) {
-      case step::authenticate: authenticate(b); break;
-      case step::open_maildrop: open_maildrop(b); break;
+      case step::authenticate:
+        authenticate(b);
+        break;
+      case step::open_maildrop:
+        open_maildrop(b);
+        break;
       case step::start_tls: {
         connection_policy p;
         p.user_pass_allowed = (b & 2) != 0;
@@ -256,8 +261,12 @@ struct driver {
         s->tls_started((b & 1) != 0, p);
         break;
       }
-      case step::sasl: sasl_step(b); break;
-      case step::retrieve: retrieve(b); break;
+      case step::sasl:
+        sasl_step(b);
+        break;
+      case step::retrieve:
+        retrieve(b);
+        break;
       case step::commit:
         FUZZ_CHECK(s->deletion_marks().size() == listed);
         s->commit_done((b & 1) != 0);
@@ -269,10 +278,13 @@ struct driver {
         s->xlist_done((b & 1) != 0, std::vector<std::string>(s->xlist_messages().size(),
                                                              (b & 2) != 0 ? "X-A: b" : ""));
         break;
-      case step::xmit: s->xmit_done((b & 1) != 0); break;
+      case step::xmit:
+        s->xmit_done((b & 1) != 0);
+        break;
       case step::need_input:
       case step::yield:
-      case step::close: break;
+      case step::close:
+        break;
     }
   }
 };

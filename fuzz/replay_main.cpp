@@ -2,9 +2,9 @@
 // each file) named on the command line is passed once to LLVMFuzzerTestOneInput. Built in
 // every test build, so the corpora run as ordinary ctest cases (fuzz_replay.<target>) under
 // GCC and under ASan+UBSan; a failed property aborts, which fails the test.
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -22,7 +22,8 @@ int run_file(const std::filesystem::path& p) {
     std::fprintf(stderr, "fuzz replay: cannot read %s\n", p.c_str());
     return 1;
   }
-  const std::vector<char> bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  const std::vector<char> bytes{std::istreambuf_iterator<char>(in),
+                                std::istreambuf_iterator<char>()};
   // A copy of exactly the file's size, so ASan sees a read past the end of the input.
   std::vector<std::uint8_t> exact(bytes.begin(), bytes.end());
   LLVMFuzzerTestOneInput(exact.empty() ? nullptr : exact.data(), exact.size());

@@ -48,8 +48,8 @@ std::string cram_md5_hex(std::string_view password) {
   unsigned char out[16];
   unsigned int len = 0;
   HMAC(EVP_md5(), password.data(), static_cast<int>(password.size()),
-       reinterpret_cast<const unsigned char*>(fixed_challenge.data()), fixed_challenge.size(),
-       out, &len);
+       reinterpret_cast<const unsigned char*>(fixed_challenge.data()), fixed_challenge.size(), out,
+       &len);
   return hex_encode({reinterpret_cast<const char*>(out), len});
 }
 

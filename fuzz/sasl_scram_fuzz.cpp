@@ -201,7 +201,7 @@ void client_mode(run& r, cursor& c, std::uint8_t opt, std::string_view mech) {
   const bool tamper_nonce = (flags & 8) != 0;   // client-final names another nonce
   const bool tamper_proof = (flags & 16) != 0;  // flip a bit of the proof
   const bool with_ext = (flags & 32) != 0;      // an extension attribute in client-final
-  const bool raw_name = (flags & 64) != 0;   // send the name as it is, without escapes
+  const bool raw_name = (flags & 64) != 0;      // send the name as it is, without escapes
 
   std::string sname;
   for (char ch : who.name) {
@@ -272,14 +272,14 @@ void client_mode(run& r, cursor& c, std::uint8_t opt, std::string_view mech) {
   r.send(b64(final), final);
 
   // What a correct server must decide.
-  const bool cb_ok = !tamper_cb && (plus ? cb_flag == "p=tls-exporter" && (opt & 4) != 0
-                                         : cb_flag == "n");
+  const bool cb_ok =
+      !tamper_cb && (plus ? cb_flag == "p=tls-exporter" && (opt & 4) != 0 : cb_flag == "n");
   const bool usable = who.user != nullptr &&
                       (who.user->stored.starts_with("{PLAIN}") ||
                        who.user->stored.starts_with(sha1 ? "{SCRAM-SHA-1}" : "{SCRAM-SHA-256}"));
   const bool name_plain = who.name.find_first_of(",=") == std::string::npos;
-  const bool fits = b64(first).size() <= auth::max_sasl_response &&
-                    b64(final).size() <= auth::max_sasl_response;
+  const bool fits =
+      b64(first).size() <= auth::max_sasl_response && b64(final).size() <= auth::max_sasl_response;
   const bool clean = fits && who.right_password && !tamper_nonce && !tamper_proof && !with_ext &&
                      (authzid.empty() || authzid == who.name) && printable_nonce(nonce);
   if (r.succeeded) {

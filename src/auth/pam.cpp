@@ -26,7 +26,8 @@ int converse(int n, const pam_message** msg, pam_response** resp, void* appdata)
     return PAM_CONV_ERR;
   }
   auto* data = static_cast<conversation_data*>(appdata);
-  auto* out = static_cast<pam_response*>(std::calloc(static_cast<std::size_t>(n), sizeof(pam_response)));
+  auto* out =
+      static_cast<pam_response*>(std::calloc(static_cast<std::size_t>(n), sizeof(pam_response)));
   if (out == nullptr) {
     return PAM_BUF_ERR;
   }

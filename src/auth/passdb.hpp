@@ -17,11 +17,11 @@
 namespace postern::auth {
 
 struct user_record {
-  std::string name;           // canonical login name
-  std::optional<uid_t> uid;   // from the database, if it says
+  std::string name;          // canonical login name
+  std::optional<uid_t> uid;  // from the database, if it says
   std::optional<gid_t> gid;
-  std::string home;           // may be empty
-  std::string mail;           // per-user mail location override (userdb_mail=...), or empty
+  std::string home;  // may be empty
+  std::string mail;  // per-user mail location override (userdb_mail=...), or empty
   std::map<std::string, std::string> extra;  // other extra fields, verbatim
 };
 
@@ -33,8 +33,8 @@ enum class verify_status {
 
 struct verify_result {
   verify_status status = verify_status::bad_credentials;
-  user_record user;       // filled when status == ok
-  std::string reason;     // for the log only (never contains the password)
+  user_record user;    // filled when status == ok
+  std::string reason;  // for the log only (never contains the password)
 };
 
 // What a database knows about a user, without a password check: for the mechanisms that
@@ -42,13 +42,13 @@ struct verify_result {
 // prove the identity by other means (EXTERNAL, GSSAPI).
 struct lookup_result {
   verify_status status = verify_status::bad_credentials;
-  user_record user;                    // filled when status == ok
+  user_record user;  // filled when status == ok
   // The stored secret exactly as the database holds it ("{SCHEME}data", or bare crypt data),
   // for parse_stored_password(). nullopt when the user has no usable secret (a database that
   // cannot reveal it, such as PAM). A secret that never matches (a locked crypt string "*" or
   // "!...") is returned as it is: it locks out the password mechanisms only.
   std::optional<secret_string> stored;
-  std::string reason;                  // for the log only (never holds the secret)
+  std::string reason;  // for the log only (never holds the secret)
 };
 
 class passdb {

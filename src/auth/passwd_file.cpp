@@ -69,8 +69,10 @@ bool is_slow_scheme(password_scheme s) noexcept {
     case password_scheme::yescrypt:
     case password_scheme::pbkdf2:
     case password_scheme::scram_sha1:
-    case password_scheme::scram_sha256: return true;
-    default: return false;
+    case password_scheme::scram_sha256:
+      return true;
+    default:
+      return false;
   }
 }
 
@@ -116,9 +118,9 @@ std::optional<line_error> parse_id(std::string_view field, bool is_user, Id& out
     }
   }
   if (failed && failed->code() == errc::not_found) {
-    return line_error{std::string("unknown ") + (is_user ? "user" : "group") + " name '" + name +
-                          "' in " + what,
-                      {}};
+    return line_error{
+        std::string("unknown ") + (is_user ? "user" : "group") + " name '" + name + "' in " + what,
+        {}};
   }
   if (failed) {
     return line_error{std::string("cannot look up ") + what + " name '" + name + "'",
@@ -334,7 +336,8 @@ std::string directory_of(const std::string& path) {
 }
 
 // Reads and parses the file. The identity recorded is the one of the descriptor read.
-result<std::shared_ptr<const snapshot>> load_snapshot(const std::string& path, uid_t trusted_owner) {
+result<std::shared_ptr<const snapshot>> load_snapshot(const std::string& path,
+                                                      uid_t trusted_owner) {
   unique_fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
   if (!fd) {
     return load_error(path, "cannot open", errno);
@@ -577,8 +580,8 @@ result<std::unique_ptr<passdb>> open_passwd_file(std::string path, uid_t trusted
   if (auto warning = passwd_file_directory_warning(path, trusted_owner); !warning.empty()) {
     log::warning("{}", warning);
   }
-  return std::unique_ptr<passdb>(std::make_unique<passwd_file_db>(std::move(path), trusted_owner,
-                                                                  std::move(loaded).value()));
+  return std::unique_ptr<passdb>(
+      std::make_unique<passwd_file_db>(std::move(path), trusted_owner, std::move(loaded).value()));
 }
 
 result<std::unique_ptr<passdb>> open_passwd_file(std::string path) {
@@ -587,12 +590,13 @@ result<std::unique_ptr<passdb>> open_passwd_file(std::string path) {
 
 result<void> check_passwd_file_trust(const std::string& path, const struct stat& st,
                                      uid_t trusted_owner) {
-  std::string allowed = trusted_owner == 0 ? std::string("root")
-                                           : "root or " + describe_uid(trusted_owner);
+  std::string allowed =
+      trusted_owner == 0 ? std::string("root") : "root or " + describe_uid(trusted_owner);
   if (st.st_uid != 0 && st.st_uid != trusted_owner) {
     return load_error(path, "refused: owned by " + describe_uid(st.st_uid) + ", mode " +
-                                octal_mode(st.st_mode) + "; a file that grants logins must be owned by " +
-                                allowed + " (the user the server runs as): chown it");
+                                octal_mode(st.st_mode) +
+                                "; a file that grants logins must be owned by " + allowed +
+                                " (the user the server runs as): chown it");
   }
   if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
     return load_error(path, "refused: mode " + octal_mode(st.st_mode) + ", owned by " +
@@ -614,8 +618,8 @@ std::string passwd_file_directory_warning(const std::string& path, uid_t trusted
   if (!foreign && !shared) {
     return {};
   }
-  return "passwd-file " + path + ": its directory " + dir + " (owned by " + describe_uid(st.st_uid) +
-         ", mode " + octal_mode(st.st_mode) +
+  return "passwd-file " + path + ": its directory " + dir + " (owned by " +
+         describe_uid(st.st_uid) + ", mode " + octal_mode(st.st_mode) +
          ") lets others replace the file; make it owned by root and not writable by group or "
          "others";
 }

@@ -103,11 +103,15 @@ bool has_channel_binding(const sasl_channel& ch) noexcept {
 bool usable_on(mech_kind k, const sasl_channel& ch) noexcept {
   switch (k) {
     case mech_kind::plain:
-    case mech_kind::login: return ch.plaintext_allowed;
+    case mech_kind::login:
+      return ch.plaintext_allowed;
     case mech_kind::scram_sha1_plus:
-    case mech_kind::scram_sha256_plus: return has_channel_binding(ch);
-    case mech_kind::external: return ch.client_cert_verified && !ch.client_cert_identity.empty();
-    default: return true;
+    case mech_kind::scram_sha256_plus:
+      return has_channel_binding(ch);
+    case mech_kind::external:
+      return ch.client_cert_verified && !ch.client_cert_identity.empty();
+    default:
+      return true;
   }
 }
 
@@ -370,8 +374,8 @@ bool register_acceptor_keytab(const std::string& path) {
     if (handle == nullptr) {
       continue;
     }
-    for (const char* sym : {"krb5_gss_register_acceptor_identity",
-                            "gsskrb5_register_acceptor_identity"}) {
+    for (const char* sym :
+         {"krb5_gss_register_acceptor_identity", "gsskrb5_register_acceptor_identity"}) {
       if (void* f = ::dlsym(handle, sym)) {
         // Kept loaded for the life of the process, like libgssglue keeps it.
         return reinterpret_cast<register_fn>(f)(path.c_str()) == 0;
@@ -481,9 +485,12 @@ class exchange_base : public sasl_exchange {
 
 sasl_step from_verify(verify_result v, std::string_view user) {
   switch (v.status) {
-    case verify_status::ok: return succeeded(with_name(std::move(v.user), user));
-    case verify_status::temporary: return failed(std::move(v.reason), true);
-    case verify_status::bad_credentials: break;
+    case verify_status::ok:
+      return succeeded(with_name(std::move(v.user), user));
+    case verify_status::temporary:
+      return failed(std::move(v.reason), true);
+    case verify_status::bad_credentials:
+      break;
   }
   return failed(v.reason.empty() ? std::string("authentication failed") : std::move(v.reason));
 }
@@ -649,7 +656,10 @@ class cram_md5_exchange final : public exchange_base {
 
 // Properties that may hold secrets, wiped in place before libgsasl frees them.
 constexpr Gsasl_property secret_properties[] = {
-    GSASL_PASSWORD, GSASL_SCRAM_SALTED_PASSWORD, GSASL_SCRAM_SERVERKEY, GSASL_SCRAM_STOREDKEY,
+    GSASL_PASSWORD,
+    GSASL_SCRAM_SALTED_PASSWORD,
+    GSASL_SCRAM_SERVERKEY,
+    GSASL_SCRAM_STOREDKEY,
 };
 
 struct gsasl_free_deleter {
@@ -703,7 +713,8 @@ class gsasl_exchange final : public exchange_base {
         return kind_ == mech_kind::external ? validate_external() : GSASL_AUTHENTICATION_ERROR;
       case GSASL_VALIDATE_GSSAPI:
         return kind_ == mech_kind::gssapi ? validate_gssapi() : GSASL_AUTHENTICATION_ERROR;
-      default: return GSASL_NO_CALLBACK;
+      default:
+        return GSASL_NO_CALLBACK;
     }
   }
 
@@ -727,9 +738,9 @@ class gsasl_exchange final : public exchange_base {
         user_ = id;
       }
     }
-    std::string out_b64 =
-        (rc == GSASL_OK || rc == GSASL_NEEDS_MORE) && out ? b64_encode({out.get(), out_len})
-                                                          : std::string();
+    std::string out_b64 = (rc == GSASL_OK || rc == GSASL_NEEDS_MORE) && out
+                              ? b64_encode({out.get(), out_len})
+                              : std::string();
     if (rc == GSASL_NEEDS_MORE) {
       return challenge(std::move(out_b64));
     }
@@ -853,8 +864,8 @@ class gsasl_exchange final : public exchange_base {
       password_.s = std::string(parsed->data());
     } else {
       std::string_view wanted = h == scram_hash::sha1 ? "SCRAM-SHA-1" : "SCRAM-SHA-256";
-      reason_ = "no " + std::string(wanted) + " or plaintext secret for " +
-                std::string(mech_label());
+      reason_ =
+          "no " + std::string(wanted) + " or plaintext secret for " + std::string(mech_label());
       return;
     }
     user_record_ = with_name(std::move(found.user), user);
@@ -893,7 +904,8 @@ class gsasl_exchange final : public exchange_base {
           gsasl_property_set(sctx_, prop, stand_in.s.c_str());
         }
         return GSASL_OK;
-      default: return GSASL_NO_CALLBACK;
+      default:
+        return GSASL_NO_CALLBACK;
     }
   }
 
@@ -1017,8 +1029,8 @@ result<void> gssapi_self_test(Gsasl* ctx, const sasl_settings& s, const std::str
   Gsasl_session* sctx = nullptr;
   int rc = gsasl_server_start(ctx, "GSSAPI", &sctx);
   if (rc != GSASL_OK) {
-    return error(errc::invalid, std::string("GNU SASL cannot start GSSAPI (") +
-                                    gsasl_strerror_name(rc) + ")");
+    return error(errc::invalid,
+                 std::string("GNU SASL cannot start GSSAPI (") + gsasl_strerror_name(rc) + ")");
   }
   gsasl_property_set(sctx, GSASL_SERVICE, s.service.c_str());
   gsasl_property_set(sctx, GSASL_HOSTNAME, s.hostname.c_str());
@@ -1086,8 +1098,8 @@ result<std::unique_ptr<sasl_server>> sasl_server::create(passdb& db, sasl_settin
     for (std::size_t i = 0; i < p->kinds.size(); ++i) {
       if (find_mech(st.mechanisms[i])->via_gsasl &&
           gsasl_server_support_p(p->ctx, st.mechanisms[i].c_str()) == 0) {
-        return error(errc::invalid, "this GNU SASL library has no server side for " +
-                                        st.mechanisms[i]);
+        return error(errc::invalid,
+                     "this GNU SASL library has no server side for " + st.mechanisms[i]);
       }
     }
   }
@@ -1104,8 +1116,8 @@ result<std::unique_ptr<sasl_server>> sasl_server::create(passdb& db, sasl_settin
     std::string principal = st.service + "/" + st.hostname;
     if (!st.realm.empty()) {
       if (realms->count(st.realm) == 0) {
-        return error(errc::invalid, "GSSAPI keytab " + path + " holds no key for " + principal +
-                                        "@" + st.realm);
+        return error(errc::invalid,
+                     "GSSAPI keytab " + path + " holds no key for " + principal + "@" + st.realm);
       }
       p->gssapi_realm = st.realm;
     } else if (realms->empty()) {
@@ -1151,7 +1163,8 @@ result<std::unique_ptr<sasl_exchange>> sasl_server::start(std::string_view mecha
     case mech_kind::cram_md5:
       return std::unique_ptr<sasl_exchange>(
           std::make_unique<cram_md5_exchange>(impl_->db, impl_->settings));
-    default: break;
+    default:
+      break;
   }
   Gsasl_session* sctx = nullptr;
   int rc = 0;

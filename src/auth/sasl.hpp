@@ -94,10 +94,10 @@ struct sasl_settings {
 
 // What the transport knows about one connection.
 struct sasl_channel {
-  bool secure = false;             // TLS, or a network the admin trusts
-  bool plaintext_allowed = true;   // PLAIN and LOGIN may be offered (the plaintext policy)
-  std::string tls_exporter;        // RFC 9266 tls-exporter: 32 raw bytes, or "" when unsafe/absent
-  std::string tls_unique;          // RFC 5929 tls-unique: the raw Finished message, or ""
+  bool secure = false;            // TLS, or a network the admin trusts
+  bool plaintext_allowed = true;  // PLAIN and LOGIN may be offered (the plaintext policy)
+  std::string tls_exporter;       // RFC 9266 tls-exporter: 32 raw bytes, or "" when unsafe/absent
+  std::string tls_unique;         // RFC 5929 tls-unique: the raw Finished message, or ""
   bool client_cert_verified = false;
   std::string client_cert_identity;  // already mapped by the TLS layer per external_user
 };

@@ -120,8 +120,8 @@ bool is_msg_id(std::string_view s, std::string_view host, std::string_view time 
   }
   std::string_view t = body.substr(dot2 + 1);
   return all_of(body.substr(0, 32), "0123456789abcdef") &&
-         all_of(body.substr(dot1 + 1, dot2 - dot1 - 1), "0123456789") &&
-         all_of(t, "0123456789") && (time.empty() || t == time);
+         all_of(body.substr(dot1 + 1, dot2 - dot1 - 1), "0123456789") && all_of(t, "0123456789") &&
+         (time.empty() || t == time);
 }
 
 // An RFC 5802 client.
@@ -196,9 +196,14 @@ constexpr std::string_view carol_pw = "carol-Pa55";  // {SCRAM-SHA-256}
 constexpr std::string_view dave_pw = "dave-Pa55";    // {SCRAM-SHA-1}
 constexpr std::string_view erin_pw = "erin-Pa55";    // {SHA512-CRYPT}
 
-const std::vector<std::string> all_mechanisms = {
-    "PLAIN",         "LOGIN",   "CRAM-MD5",  "SCRAM-SHA-1", "SCRAM-SHA-1-PLUS",
-    "SCRAM-SHA-256", "SCRAM-SHA-256-PLUS", "EXTERNAL"};
+const std::vector<std::string> all_mechanisms = {"PLAIN",
+                                                 "LOGIN",
+                                                 "CRAM-MD5",
+                                                 "SCRAM-SHA-1",
+                                                 "SCRAM-SHA-1-PLUS",
+                                                 "SCRAM-SHA-256",
+                                                 "SCRAM-SHA-256-PLUS",
+                                                 "EXTERNAL"};
 
 std::string hashed(std::string_view scheme, std::string_view password) {
   auto h = hash_password(scheme, secret_string(password));
@@ -220,11 +225,11 @@ class SaslTest : public ::testing::Test {
       << "dave:" << hashed("SCRAM-SHA-1", dave_pw) << "::::::\n"
       << "erin:" << hashed("SHA512-CRYPT", erin_pw) << "::::::\n"
       << "frank:{PLAIN}frank-Pa55::::::nologin\n"
-      << "gina:::::::\n"                                // empty password field
-      << "certuser:{CRYPT}*::::::\n"                    // certificate/Kerberos only
-      << "tim:{PLAIN}tanstaaftanstaaf::::::\n"          // RFC 2195
-      << "mrose:{PLAIN}tanstaaf::::::\n"                // RFC 1939
-      << "user:{PLAIN}pencil::::/home/user::\n";        // RFC 7677's user
+      << "gina:::::::\n"                          // empty password field
+      << "certuser:{CRYPT}*::::::\n"              // certificate/Kerberos only
+      << "tim:{PLAIN}tanstaaftanstaaf::::::\n"    // RFC 2195
+      << "mrose:{PLAIN}tanstaaf::::::\n"          // RFC 1939
+      << "user:{PLAIN}pencil::::/home/user::\n";  // RFC 7677's user
     f.close();
     auto db = open_passwd_file((dir_ / "users").string());
     ASSERT_TRUE(db.ok()) << db.err().message();
@@ -299,9 +304,8 @@ sasl_channel tls13_channel() {
 // Server construction and mechanism lists
 
 TEST_F(SaslTest, CreateRejectsUnknownAndRepeatedMechanisms) {
-  for (auto bad : std::vector<std::vector<std::string>>{{"PLAIN", "DIGEST-MD5"},
-                                                         {"NTLM"},
-                                                         {"PLAIN", "plain"}}) {
+  for (auto bad : std::vector<std::vector<std::string>>{
+           {"PLAIN", "DIGEST-MD5"}, {"NTLM"}, {"PLAIN", "plain"}}) {
     sasl_settings s;
     s.mechanisms = bad;
     auto srv = sasl_server::create(*db_, s);
@@ -406,15 +410,14 @@ TEST_F(SaslTest, MechanismsForFollowsTheConnection) {
             (std::vector<std::string>{"CRAM-MD5", "SCRAM-SHA-1", "SCRAM-SHA-256"}));
 
   sasl_channel loopback;  // plaintext allowed, no TLS
-  EXPECT_EQ(server_->mechanisms_for(loopback),
-            (std::vector<std::string>{"PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-1",
-                                      "SCRAM-SHA-256"}));
+  EXPECT_EQ(
+      server_->mechanisms_for(loopback),
+      (std::vector<std::string>{"PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-1", "SCRAM-SHA-256"}));
 
   sasl_channel tls = tls13_channel();
   EXPECT_EQ(server_->mechanisms_for(tls),
             (std::vector<std::string>{"PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-1",
-                                      "SCRAM-SHA-1-PLUS", "SCRAM-SHA-256",
-                                      "SCRAM-SHA-256-PLUS"}));
+                                      "SCRAM-SHA-1-PLUS", "SCRAM-SHA-256", "SCRAM-SHA-256-PLUS"}));
 
   tls.client_cert_verified = true;  // verified, but no identity: still no EXTERNAL
   EXPECT_EQ(server_->mechanisms_for(tls).size(), 7u);
@@ -425,8 +428,8 @@ TEST_F(SaslTest, MechanismsForFollowsTheConnection) {
 TEST_F(SaslTest, StartRefusesMechanismsNotUsableHere) {
   sasl_channel no_plain;
   no_plain.plaintext_allowed = false;
-  for (auto mech : {"PLAIN", "LOGIN", "SCRAM-SHA-256-PLUS", "EXTERNAL", "GSSAPI", "DIGEST-MD5",
-                    "X"}) {
+  for (auto mech :
+       {"PLAIN", "LOGIN", "SCRAM-SHA-256-PLUS", "EXTERNAL", "GSSAPI", "DIGEST-MD5", "X"}) {
     auto x = server_->start(mech, no_plain);
     ASSERT_FALSE(x.ok()) << mech;
     EXPECT_EQ(x.err().code(), errc::not_found);
@@ -694,10 +697,10 @@ TEST_F(SaslTest, ScramSaltIsStableForKnownAndUnknownUsers) {
     EXPECT_FALSE(attr(sf, 's').empty()) << sf;
     return attr(sf, 's') + "/" + attr(sf, 'i');
   };
-  EXPECT_EQ(salt_of("nobody"), salt_of("nobody"));   // looks like a stored salt
-  EXPECT_EQ(salt_of("alice"), salt_of("alice"));     // derived from {PLAIN}
+  EXPECT_EQ(salt_of("nobody"), salt_of("nobody"));  // looks like a stored salt
+  EXPECT_EQ(salt_of("alice"), salt_of("alice"));    // derived from {PLAIN}
   EXPECT_NE(salt_of("nobody"), salt_of("nobody2"));
-  EXPECT_EQ(salt_of("carol"), salt_of("carol"));     // stored
+  EXPECT_EQ(salt_of("carol"), salt_of("carol"));  // stored
 }
 
 TEST_F(SaslTest, ScramFailures) {
@@ -880,9 +883,9 @@ TEST_F(SaslTest, PasswdFileLookup) {
   EXPECT_EQ(r.status, verify_status::ok);
   EXPECT_EQ(r.stored->view(), "{CRYPT}*");
 
-  for (auto [user, reason] : {std::pair{"nobody", "unknown user"},
-                              std::pair{"frank", "login disabled (nologin)"},
-                              std::pair{"gina", "no password set for user"}}) {
+  for (auto [user, reason] :
+       {std::pair{"nobody", "unknown user"}, std::pair{"frank", "login disabled (nologin)"},
+        std::pair{"gina", "no password set for user"}}) {
     r = db_->lookup(user);
     EXPECT_EQ(r.status, verify_status::bad_credentials) << user;
     EXPECT_EQ(r.reason, reason);

@@ -107,8 +107,10 @@ bool is_crypt_family(password_scheme s) noexcept {
     case password_scheme::sha256_crypt:
     case password_scheme::sha512_crypt:
     case password_scheme::blf_crypt:
-    case password_scheme::yescrypt: return true;
-    default: return false;
+    case password_scheme::yescrypt:
+      return true;
+    default:
+      return false;
   }
 }
 
@@ -226,18 +228,25 @@ bool hex_decode(std::string_view in, std::string& out) {
 
 bool decode(std::string_view in, encoding enc, std::string& out) {
   switch (enc) {
-    case encoding::none: out.assign(in); return true;
-    case encoding::base64: return base64_decode(in, out);
-    case encoding::hex: return hex_decode(in, out);
+    case encoding::none:
+      out.assign(in);
+      return true;
+    case encoding::base64:
+      return base64_decode(in, out);
+    case encoding::hex:
+      return hex_decode(in, out);
   }
   return false;
 }
 
 std::string encode(std::string_view raw, encoding enc) {
   switch (enc) {
-    case encoding::none: return std::string(raw);
-    case encoding::base64: return base64_encode(raw);
-    case encoding::hex: return hex_encode(raw);
+    case encoding::none:
+      return std::string(raw);
+    case encoding::base64:
+      return base64_encode(raw);
+    case encoding::hex:
+      return hex_encode(raw);
   }
   return {};
 }
@@ -736,25 +745,44 @@ result<void> generate_pbkdf2(std::string_view password, unsigned rounds, std::st
 
 std::string_view scheme_name(password_scheme scheme) noexcept {
   switch (scheme) {
-    case password_scheme::plain: return "PLAIN";
-    case password_scheme::crypt: return "CRYPT";
-    case password_scheme::md5_crypt: return "MD5-CRYPT";
-    case password_scheme::sha256_crypt: return "SHA256-CRYPT";
-    case password_scheme::sha512_crypt: return "SHA512-CRYPT";
-    case password_scheme::blf_crypt: return "BLF-CRYPT";
-    case password_scheme::yescrypt: return "YESCRYPT";
-    case password_scheme::sha1: return "SHA";
-    case password_scheme::sha256: return "SHA256";
-    case password_scheme::sha512: return "SHA512";
-    case password_scheme::ssha: return "SSHA";
-    case password_scheme::ssha256: return "SSHA256";
-    case password_scheme::ssha512: return "SSHA512";
-    case password_scheme::smd5: return "SMD5";
-    case password_scheme::plain_md5: return "PLAIN-MD5";
-    case password_scheme::pbkdf2: return "PBKDF2";
-    case password_scheme::cram_md5: return "CRAM-MD5";
-    case password_scheme::scram_sha1: return "SCRAM-SHA-1";
-    case password_scheme::scram_sha256: return "SCRAM-SHA-256";
+    case password_scheme::plain:
+      return "PLAIN";
+    case password_scheme::crypt:
+      return "CRYPT";
+    case password_scheme::md5_crypt:
+      return "MD5-CRYPT";
+    case password_scheme::sha256_crypt:
+      return "SHA256-CRYPT";
+    case password_scheme::sha512_crypt:
+      return "SHA512-CRYPT";
+    case password_scheme::blf_crypt:
+      return "BLF-CRYPT";
+    case password_scheme::yescrypt:
+      return "YESCRYPT";
+    case password_scheme::sha1:
+      return "SHA";
+    case password_scheme::sha256:
+      return "SHA256";
+    case password_scheme::sha512:
+      return "SHA512";
+    case password_scheme::ssha:
+      return "SSHA";
+    case password_scheme::ssha256:
+      return "SSHA256";
+    case password_scheme::ssha512:
+      return "SSHA512";
+    case password_scheme::smd5:
+      return "SMD5";
+    case password_scheme::plain_md5:
+      return "PLAIN-MD5";
+    case password_scheme::pbkdf2:
+      return "PBKDF2";
+    case password_scheme::cram_md5:
+      return "CRAM-MD5";
+    case password_scheme::scram_sha1:
+      return "SCRAM-SHA-1";
+    case password_scheme::scram_sha256:
+      return "SCRAM-SHA-256";
   }
   return "UNKNOWN";
 }
@@ -797,7 +825,8 @@ result<void> check_secret_shape(password_scheme scheme, const scheme_entry& entr
       case CRYPT_SALT_METHOD_DISABLED:
         return error(errc::invalid,
                      context_name + " secret uses a hash method this libxcrypt has disabled");
-      default: break;
+      default:
+        break;
     }
   }
   switch (scheme) {
@@ -832,7 +861,8 @@ result<void> check_secret_shape(password_scheme scheme, const scheme_entry& entr
       }
       break;
     }
-    default: break;
+    default:
+      break;
   }
   return ok_result();
 }
@@ -913,25 +943,39 @@ result<bool> verify_password(const stored_password& stored, const secret_string&
     return false;
   }
   switch (stored.scheme()) {
-    case password_scheme::plain: return verify_plain(raw, pw);
+    case password_scheme::plain:
+      return verify_plain(raw, pw);
     case password_scheme::crypt:
     case password_scheme::md5_crypt:
     case password_scheme::sha256_crypt:
     case password_scheme::sha512_crypt:
     case password_scheme::blf_crypt:
-    case password_scheme::yescrypt: return verify_crypt(stored, password);
-    case password_scheme::sha1: return verify_digest(EVP_sha1(), raw, pw);
-    case password_scheme::sha256: return verify_digest(EVP_sha256(), raw, pw);
-    case password_scheme::sha512: return verify_digest(EVP_sha512(), raw, pw);
-    case password_scheme::plain_md5: return verify_digest(EVP_md5(), raw, pw);
-    case password_scheme::ssha: return verify_salted(EVP_sha1(), raw, pw);
-    case password_scheme::ssha256: return verify_salted(EVP_sha256(), raw, pw);
-    case password_scheme::ssha512: return verify_salted(EVP_sha512(), raw, pw);
-    case password_scheme::smd5: return verify_salted(EVP_md5(), raw, pw);
-    case password_scheme::pbkdf2: return verify_pbkdf2(raw, pw);
-    case password_scheme::cram_md5: return verify_cram_md5(raw, pw);
-    case password_scheme::scram_sha1: return verify_scram(scram_hash::sha1, raw, pw);
-    case password_scheme::scram_sha256: return verify_scram(scram_hash::sha256, raw, pw);
+    case password_scheme::yescrypt:
+      return verify_crypt(stored, password);
+    case password_scheme::sha1:
+      return verify_digest(EVP_sha1(), raw, pw);
+    case password_scheme::sha256:
+      return verify_digest(EVP_sha256(), raw, pw);
+    case password_scheme::sha512:
+      return verify_digest(EVP_sha512(), raw, pw);
+    case password_scheme::plain_md5:
+      return verify_digest(EVP_md5(), raw, pw);
+    case password_scheme::ssha:
+      return verify_salted(EVP_sha1(), raw, pw);
+    case password_scheme::ssha256:
+      return verify_salted(EVP_sha256(), raw, pw);
+    case password_scheme::ssha512:
+      return verify_salted(EVP_sha512(), raw, pw);
+    case password_scheme::smd5:
+      return verify_salted(EVP_md5(), raw, pw);
+    case password_scheme::pbkdf2:
+      return verify_pbkdf2(raw, pw);
+    case password_scheme::cram_md5:
+      return verify_cram_md5(raw, pw);
+    case password_scheme::scram_sha1:
+      return verify_scram(scram_hash::sha1, raw, pw);
+    case password_scheme::scram_sha256:
+      return verify_scram(scram_hash::sha256, raw, pw);
   }
   return error(errc::invalid, "unhandled password scheme");
 }
@@ -993,13 +1037,21 @@ result<std::string> hash_password(std::string_view scheme, const secret_string& 
         // $2y$ rather than libxcrypt's $2b$: the spelling Dovecot's own bcrypt writes.
         made = generate_crypt("$2y$", rounds == 0 ? bcrypt_default_cost : rounds, password, raw.s);
         break;
-      case password_scheme::yescrypt: made = generate_crypt("$y$", rounds, password, raw.s); break;
+      case password_scheme::yescrypt:
+        made = generate_crypt("$y$", rounds, password, raw.s);
+        break;
       case password_scheme::crypt:
         made = generate_crypt(nullptr, rounds, password, raw.s);  // libxcrypt's preferred method
         break;
-      case password_scheme::ssha: made = generate_salted(EVP_sha1(), pw, raw.s); break;
-      case password_scheme::ssha256: made = generate_salted(EVP_sha256(), pw, raw.s); break;
-      case password_scheme::ssha512: made = generate_salted(EVP_sha512(), pw, raw.s); break;
+      case password_scheme::ssha:
+        made = generate_salted(EVP_sha1(), pw, raw.s);
+        break;
+      case password_scheme::ssha256:
+        made = generate_salted(EVP_sha256(), pw, raw.s);
+        break;
+      case password_scheme::ssha512:
+        made = generate_salted(EVP_sha512(), pw, raw.s);
+        break;
       case password_scheme::cram_md5: {
         wiped_bytes<32> context;
         if (make_cram_context(pw, context)) {
@@ -1016,8 +1068,11 @@ result<std::string> hash_password(std::string_view scheme, const secret_string& 
       case password_scheme::scram_sha256:
         made = generate_scram(scram_hash::sha256, pw, rounds, raw.s);
         break;
-      case password_scheme::pbkdf2: made = generate_pbkdf2(pw, rounds, raw.s); break;
-      default: break;
+      case password_scheme::pbkdf2:
+        made = generate_pbkdf2(pw, rounds, raw.s);
+        break;
+      default:
+        break;
     }
   }
   if (!made) {

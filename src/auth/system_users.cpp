@@ -64,9 +64,9 @@ result<system_account> find_system_user(std::string_view name) {
   std::string n(name);
   passwd pw{};
   std::vector<char> buf;
-  auto found = nss_call<passwd>(
-      [&](passwd* e, char* b, std::size_t len, passwd** out) { return getpwnam_r(n.c_str(), e, b, len, out); },
-      pw, buf, "getpwnam");
+  auto found = nss_call<passwd>([&](passwd* e, char* b, std::size_t len,
+                                    passwd** out) { return getpwnam_r(n.c_str(), e, b, len, out); },
+                                pw, buf, "getpwnam");
   if (!found) {
     return std::move(found).err();
   }
@@ -79,9 +79,9 @@ result<system_account> find_system_user(std::string_view name) {
 result<system_account> find_system_user(uid_t uid) {
   passwd pw{};
   std::vector<char> buf;
-  auto found = nss_call<passwd>(
-      [&](passwd* e, char* b, std::size_t len, passwd** out) { return getpwuid_r(uid, e, b, len, out); },
-      pw, buf, "getpwuid");
+  auto found = nss_call<passwd>([&](passwd* e, char* b, std::size_t len,
+                                    passwd** out) { return getpwuid_r(uid, e, b, len, out); },
+                                pw, buf, "getpwuid");
   if (!found) {
     return std::move(found).err();
   }
@@ -167,11 +167,13 @@ result<void> check_mail_owner(uid_t uid, const mail_owner_rules& rules) {
     return refuse(who + " (root) may never own mail: give the account an unprivileged uid");
   }
   if (rules.preauth_uid && uid == *rules.preauth_uid) {
-    return refuse(who + " is the uid of the pre-auth processes (server.login_user): give the "
-                        "account a uid of its own, or set server.login_user to another user");
+    return refuse(who +
+                  " is the uid of the pre-auth processes (server.login_user): give the "
+                  "account a uid of its own, or set server.login_user to another user");
   }
   if (uid == nobody_uid) {
-    return refuse(who + " (nobody) is shared by unrelated services: give the account a uid of its own");
+    return refuse(who +
+                  " (nobody) is shared by unrelated services: give the account a uid of its own");
   }
   if (uid < rules.first_valid_uid) {
     return refuse(who + " is below auth.first_valid_uid (" + std::to_string(rules.first_valid_uid) +

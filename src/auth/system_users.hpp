@@ -23,9 +23,9 @@
 namespace postern::auth {
 
 struct system_account {
-  std::string name;   // as the database spells it
+  std::string name;  // as the database spells it
   uid_t uid = 0;
-  gid_t gid = 0;      // primary group
+  gid_t gid = 0;  // primary group
   std::string home;
 };
 

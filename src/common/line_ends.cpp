@@ -29,8 +29,7 @@ std::uint64_t count_bare_lfs(std::string_view chunk, bool after_cr) noexcept {
     for (std::size_t b = 0; b < blocks; ++b, i += 16) {
       const __m128i cur = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
       const __m128i prev = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i - 1));
-      const __m128i bare_lf =
-          _mm_andnot_si128(_mm_cmpeq_epi8(prev, cr), _mm_cmpeq_epi8(cur, lf));
+      const __m128i bare_lf = _mm_andnot_si128(_mm_cmpeq_epi8(prev, cr), _mm_cmpeq_epi8(cur, lf));
       counts = _mm_sub_epi8(counts, bare_lf);
     }
     const __m128i sums = _mm_sad_epu8(counts, zero);

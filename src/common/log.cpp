@@ -21,22 +21,32 @@ std::string& ident_name() {
 
 const char* level_name(level l) noexcept {
   switch (l) {
-    case level::debug: return "debug";
-    case level::info: return "info";
-    case level::notice: return "notice";
-    case level::warning: return "warning";
-    case level::error: return "error";
+    case level::debug:
+      return "debug";
+    case level::info:
+      return "info";
+    case level::notice:
+      return "notice";
+    case level::warning:
+      return "warning";
+    case level::error:
+      return "error";
   }
   return "?";
 }
 
 int syslog_priority(level l) noexcept {
   switch (l) {
-    case level::debug: return LOG_DEBUG;
-    case level::info: return LOG_INFO;
-    case level::notice: return LOG_NOTICE;
-    case level::warning: return LOG_WARNING;
-    case level::error: return LOG_ERR;
+    case level::debug:
+      return LOG_DEBUG;
+    case level::info:
+      return LOG_INFO;
+    case level::notice:
+      return LOG_NOTICE;
+    case level::warning:
+      return LOG_WARNING;
+    case level::error:
+      return LOG_ERR;
   }
   return LOG_INFO;
 }
@@ -74,7 +84,9 @@ pid_t current_pid() noexcept {
 
 }  // namespace
 
-bool enabled(level l) noexcept { return static_cast<int>(l) >= min_level.load(std::memory_order_relaxed); }
+bool enabled(level l) noexcept {
+  return static_cast<int>(l) >= min_level.load(std::memory_order_relaxed);
+}
 
 void write(level l, std::string_view message) {
   // One event, one line: a control byte that reached a message unescaped (in an error text,
@@ -102,10 +114,10 @@ void write(level l, std::string_view message) {
   clock_gettime(CLOCK_REALTIME, &ts);
   tm utc{};
   gmtime_r(&ts.tv_sec, &utc);
-  auto line = fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z {}[{}]: {}: {}\n",
-                          utc.tm_year + 1900, utc.tm_mon + 1, utc.tm_mday, utc.tm_hour, utc.tm_min,
-                          utc.tm_sec, ts.tv_nsec / 1000000, ident_name(), current_pid(), level_name(l),
-                          message);
+  auto line =
+      fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z {}[{}]: {}: {}\n", utc.tm_year + 1900,
+                  utc.tm_mon + 1, utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec,
+                  ts.tv_nsec / 1000000, ident_name(), current_pid(), level_name(l), message);
   std::string_view rest = line;
   while (!rest.empty()) {
     ssize_t n = ::write(STDERR_FILENO, rest.data(), rest.size());

@@ -1,11 +1,11 @@
 #include "common/mapped_access.hpp"
 
+#include <sys/mman.h>
+#include <unistd.h>
 #include <atomic>
 #include <csignal>
 #include <cstdint>
 #include <mutex>
-#include <sys/mman.h>
-#include <unistd.h>
 
 namespace postern {
 namespace {
@@ -18,7 +18,7 @@ struct guarded_range {
 };
 constinit thread_local guarded_range t_range{0, 0, 0};
 
-struct sigaction g_previous{};
+struct sigaction g_previous {};
 std::uintptr_t g_page_mask = 0;
 
 void on_sigbus(int sig, siginfo_t* info, void* context) {
@@ -26,8 +26,8 @@ void on_sigbus(int sig, siginfo_t* info, void* context) {
   const auto addr = reinterpret_cast<std::uintptr_t>(info->si_addr);
   if (r.begin != r.end && addr >= r.begin && addr < r.end) {
     char* page = static_cast<char*>(info->si_addr) - (addr & ~g_page_mask);
-    void* p = ::mmap(page, ~g_page_mask + 1, PROT_READ,
-                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+    void* p =
+        ::mmap(page, ~g_page_mask + 1, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
     if (p != MAP_FAILED) {
       r.faulted = 1;
       // cppcheck-suppress memleak ; MAP_FIXED replaced a page of the guarded mapping, unmapped with it
@@ -44,7 +44,7 @@ void on_sigbus(int sig, siginfo_t* info, void* context) {
     return;
   }
   // Not ours: restore the default action; the access faults again and ends the process.
-  struct sigaction dfl{};
+  struct sigaction dfl {};
   dfl.sa_handler = SIG_DFL;
   sigemptyset(&dfl.sa_mask);
   ::sigaction(SIGBUS, &dfl, nullptr);
@@ -54,7 +54,7 @@ void install_handler() {
   static std::once_flag once;
   std::call_once(once, [] {
     g_page_mask = ~(static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE)) - 1);
-    struct sigaction sa{};
+    struct sigaction sa {};
     sa.sa_sigaction = on_sigbus;
     sa.sa_flags = SA_SIGINFO | SA_NODEFER;
     sigemptyset(&sa.sa_mask);

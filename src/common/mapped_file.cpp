@@ -1,9 +1,9 @@
 #include "common/mapped_file.hpp"
 
-#include <algorithm>
-#include <limits>
 #include <sys/mman.h>
 #include <unistd.h>
+#include <algorithm>
+#include <limits>
 
 namespace postern {
 

@@ -1,8 +1,8 @@
 #include "common/mapped_file.hpp"
 
+#include "common/mapped_access.hpp"
 #include "common/test_files.hpp"
 #include "common/unique_fd.hpp"
-#include "common/mapped_access.hpp"
 
 #include <gtest/gtest.h>
 

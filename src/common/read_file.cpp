@@ -1,7 +1,7 @@
 #include "common/read_file.hpp"
 
-#include <cerrno>
 #include <unistd.h>
+#include <cerrno>
 
 #include <string>
 
@@ -50,8 +50,8 @@ result<std::size_t> pread_upto(int fd, char* buf, std::size_t n, std::uint64_t o
   return got;
 }
 
-result<void> pread_full(int fd, char* buf, std::size_t n, std::uint64_t off,
-                        std::string_view who, std::string_view what) {
+result<void> pread_full(int fd, char* buf, std::size_t n, std::uint64_t off, std::string_view who,
+                        std::string_view what) {
   auto got = pread_upto(fd, buf, n, off, who, what);
   if (!got) {
     return std::move(got).err();

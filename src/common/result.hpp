@@ -17,14 +17,14 @@ namespace postern {
 // How the failure should be treated by whoever handles it.
 enum class errc {
   ok = 0,
-  temporary,      // environment failure that may pass: disk, lock timeout, backend down
-  permanent,      // environment failure that will not pass by retrying: bad path, corrupt
-  in_use,         // the resource is held by someone else (maildrop lock)
-  not_found,      // the named thing does not exist
-  invalid,        // malformed input (config value, file content)
-  denied,         // credentials or permissions refused
-  changed,        // the thing changed since it was listed (a message rewritten by another
-                  // program): the listing given is stale for it until the next open
+  temporary,  // environment failure that may pass: disk, lock timeout, backend down
+  permanent,  // environment failure that will not pass by retrying: bad path, corrupt
+  in_use,     // the resource is held by someone else (maildrop lock)
+  not_found,  // the named thing does not exist
+  invalid,    // malformed input (config value, file content)
+  denied,     // credentials or permissions refused
+  changed,    // the thing changed since it was listed (a message rewritten by another
+              // program): the listing given is stale for it until the next open
 };
 
 const char* to_string(errc code) noexcept;
@@ -60,16 +60,31 @@ class [[nodiscard]] result {
   bool ok() const noexcept { return v_.index() == 0; }
   explicit operator bool() const noexcept { return ok(); }
 
-  T& value() & { assert(ok()); return std::get<0>(v_); }
-  const T& value() const& { assert(ok()); return std::get<0>(v_); }
-  T&& value() && { assert(ok()); return std::get<0>(std::move(v_)); }
+  T& value() & {
+    assert(ok());
+    return std::get<0>(v_);
+  }
+  const T& value() const& {
+    assert(ok());
+    return std::get<0>(v_);
+  }
+  T&& value() && {
+    assert(ok());
+    return std::get<0>(std::move(v_));
+  }
   T* operator->() { return &value(); }
   const T* operator->() const { return &value(); }
   T& operator*() & { return value(); }
   const T& operator*() const& { return value(); }
 
-  const error& err() const& { assert(!ok()); return std::get<1>(v_); }
-  error&& err() && { assert(!ok()); return std::get<1>(std::move(v_)); }
+  const error& err() const& {
+    assert(!ok());
+    return std::get<1>(v_);
+  }
+  error&& err() && {
+    assert(!ok());
+    return std::get<1>(std::move(v_));
+  }
 
  private:
   std::variant<T, error> v_;
@@ -83,8 +98,14 @@ class [[nodiscard]] result<void> {
 
   bool ok() const noexcept { return ok_; }
   explicit operator bool() const noexcept { return ok_; }
-  const error& err() const& { assert(!ok_); return err_; }
-  error&& err() && { assert(!ok_); return std::move(err_); }
+  const error& err() const& {
+    assert(!ok_);
+    return err_;
+  }
+  error&& err() && {
+    assert(!ok_);
+    return std::move(err_);
+  }
 
  private:
   error err_;
@@ -96,10 +117,10 @@ inline result<void> ok_result() { return {}; }
 }  // namespace postern
 
 // Propagates an error result in one line: POSTERN_TRY(do_thing());
-#define POSTERN_TRY(expr)                         \
-  do {                                            \
-    auto postern_try_r_ = (expr);                 \
-    if (!postern_try_r_.ok()) {                   \
-      return std::move(postern_try_r_).err();     \
-    }                                             \
+#define POSTERN_TRY(expr)                     \
+  do {                                        \
+    auto postern_try_r_ = (expr);             \
+    if (!postern_try_r_.ok()) {               \
+      return std::move(postern_try_r_).err(); \
+    }                                         \
   } while (0)

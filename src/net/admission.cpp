@@ -14,14 +14,22 @@ namespace postern::net {
 
 std::string_view reason_name(refusal_reason r) {
   switch (r) {
-    case refusal_reason::max_connections: return "max_connections";
-    case refusal_reason::max_children: return "max_children";
-    case refusal_reason::max_connections_per_ip: return "max_connections_per_ip";
-    case refusal_reason::min_connection_interval: return "min_connection_interval";
-    case refusal_reason::acl: return "acl";
-    case refusal_reason::tcp_wrappers: return "tcp_wrappers";
-    case refusal_reason::proxy_untrusted: return "proxy_untrusted";
-    case refusal_reason::proxy_header: return "proxy_header";
+    case refusal_reason::max_connections:
+      return "max_connections";
+    case refusal_reason::max_children:
+      return "max_children";
+    case refusal_reason::max_connections_per_ip:
+      return "max_connections_per_ip";
+    case refusal_reason::min_connection_interval:
+      return "min_connection_interval";
+    case refusal_reason::acl:
+      return "acl";
+    case refusal_reason::tcp_wrappers:
+      return "tcp_wrappers";
+    case refusal_reason::proxy_untrusted:
+      return "proxy_untrusted";
+    case refusal_reason::proxy_header:
+      return "proxy_header";
   }
   return "refused";
 }
@@ -51,7 +59,8 @@ std::optional<refusal_reason> admit(const admission_policy& p, const asio::ip::a
       if (why == connection_counter::refusal::per_source) {
         return refusal_reason::max_connections_per_ip;
       }
-      return p.total_is_max_children ? refusal_reason::max_children : refusal_reason::max_connections;
+      return p.total_is_max_children ? refusal_reason::max_children
+                                     : refusal_reason::max_connections;
     }
     counted = counted_connection(p.counter, addr);
   }
@@ -66,7 +75,8 @@ std::optional<refusal_reason> admit(const admission_policy& p, const asio::ip::a
   return std::nullopt;
 }
 
-std::optional<refusal_reason> admit_wrappers(const admission_policy& p, const asio::ip::address& addr) {
+std::optional<refusal_reason> admit_wrappers(const admission_policy& p,
+                                             const asio::ip::address& addr) {
   if (p.wrappers != nullptr && !p.wrappers->allowed(addr)) {
     return refusal_reason::tcp_wrappers;
   }
@@ -89,14 +99,16 @@ asio::awaitable<std::optional<refusal_reason>> async_admit_wrappers(const admiss
 namespace {
 
 bool proxy_peer_trusted(const std::vector<network>& trusted, const asio::ip::address& peer) {
-  return std::any_of(trusted.begin(), trusted.end(), [&](const network& n) { return contains(n, peer); });
+  return std::any_of(trusted.begin(), trusted.end(),
+                     [&](const network& n) { return contains(n, peer); });
 }
 
 // A refused PROXY connection is closed with a FIN before the close: bytes it sent stay
 // unread, and a close alone would answer them with a reset.
 void end_refused(int fd) { ::shutdown(fd, SHUT_WR); }
 
-std::optional<client_origin> origin_from(const result<proxy::header>& h, const asio::ip::address& peer) {
+std::optional<client_origin> origin_from(const result<proxy::header>& h,
+                                         const asio::ip::address& peer) {
   if (!h) {
     log::warning("connection refused: rip={}, reason={}, error={}", peer.to_string(),
                  reason_name(refusal_reason::proxy_header), h.err().message());
@@ -112,9 +124,9 @@ constexpr std::chrono::milliseconds header_timeout = pop3::limits::proxy_header_
 
 }  // namespace
 
-asio::awaitable<std::optional<client_origin>> async_proxy_step(asio::ip::tcp::socket& socket,
-                                                               const asio::ip::address& peer,
-                                                               const std::vector<network>& trusted) {
+asio::awaitable<std::optional<client_origin>> async_proxy_step(
+    asio::ip::tcp::socket& socket, const asio::ip::address& peer,
+    const std::vector<network>& trusted) {
   std::optional<client_origin> origin;
   if (!proxy_peer_trusted(trusted, peer)) {
     log_refusal(peer, refusal_reason::proxy_untrusted);
@@ -128,7 +140,8 @@ asio::awaitable<std::optional<client_origin>> async_proxy_step(asio::ip::tcp::so
   co_return origin;
 }
 
-std::optional<client_origin> proxy_step(int fd, const asio::ip::address& peer, const std::vector<network>& trusted) {
+std::optional<client_origin> proxy_step(int fd, const asio::ip::address& peer,
+                                        const std::vector<network>& trusted) {
   std::optional<client_origin> origin;
   if (!proxy_peer_trusted(trusted, peer)) {
     log_refusal(peer, refusal_reason::proxy_untrusted);

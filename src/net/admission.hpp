@@ -29,13 +29,13 @@ class tcp_wrappers;
 
 enum class refusal_reason {
   max_connections,
-  max_children,             // fork mode's name for its total limit
+  max_children,  // fork mode's name for its total limit
   max_connections_per_ip,
   min_connection_interval,
   acl,
   tcp_wrappers,
-  proxy_untrusted,          // a PROXY listener's peer outside server.proxy_trusted_networks
-  proxy_header,             // a trusted peer sent no PROXY header, or a malformed one, in time
+  proxy_untrusted,  // a PROXY listener's peer outside server.proxy_trusted_networks
+  proxy_header,     // a trusted peer sent no PROXY header, or a malformed one, in time
 };
 
 // The reason= of the log line.
@@ -61,15 +61,16 @@ std::optional<refusal_reason> admit(const admission_policy& p, const asio::ip::a
 
 // TCP wrappers, which read files: the blocking form is for a process serving one connection
 // (fork and inetd modes), the async form runs them on `pool`. Call only when p.wrappers is set.
-std::optional<refusal_reason> admit_wrappers(const admission_policy& p, const asio::ip::address& addr);
+std::optional<refusal_reason> admit_wrappers(const admission_policy& p,
+                                             const asio::ip::address& addr);
 asio::awaitable<std::optional<refusal_reason>> async_admit_wrappers(const admission_policy& p,
                                                                     asio::thread_pool& pool,
                                                                     asio::ip::address addr);
 
 // Where a connection comes from, as every later step sees it.
 struct client_origin {
-  asio::ip::address address;   // the PROXY header's source, else the peer (canonical form)
-  bool client_tls = false;     // a PROXY v2 SSL TLV: the client spoke TLS to the front end
+  asio::ip::address address;  // the PROXY header's source, else the peer (canonical form)
+  bool client_tls = false;    // a PROXY v2 SSL TLV: the client spoke TLS to the front end
 };
 
 // The PROXY step of a PROXY listener, between the listener and admission: refuses a peer
@@ -81,6 +82,7 @@ asio::awaitable<std::optional<client_origin>> async_proxy_step(asio::ip::tcp::so
                                                                const asio::ip::address& peer,
                                                                const std::vector<network>& trusted);
 // The same on a connected descriptor (fork and inetd modes); blocks at most the timeout.
-std::optional<client_origin> proxy_step(int fd, const asio::ip::address& peer, const std::vector<network>& trusted);
+std::optional<client_origin> proxy_step(int fd, const asio::ip::address& peer,
+                                        const std::vector<network>& trusted);
 
 }  // namespace postern::net

@@ -74,7 +74,9 @@ struct proxy_pair {
     ::close(fds[0]);
     ::close(fds[1]);
   }
-  void send(const std::string& s) { ASSERT_EQ(::write(fds[1], s.data(), s.size()), static_cast<ssize_t>(s.size())); }
+  void send(const std::string& s) {
+    ASSERT_EQ(::write(fds[1], s.data(), s.size()), static_cast<ssize_t>(s.size()));
+  }
   int fds[2] = {-1, -1};
 };
 
@@ -88,7 +90,8 @@ TEST(ProxyStep, TrustedHeaderNamesTheClient) {
   EXPECT_FALSE(origin->client_tls);
   char rest[16] = {};
   // MSG_DONTWAIT: a step that read too much fails here instead of blocking the test.
-  EXPECT_EQ(::recv(pp.fds[0], rest, sizeof rest, MSG_DONTWAIT), 8);  // the client's bytes stay unread
+  EXPECT_EQ(::recv(pp.fds[0], rest, sizeof rest, MSG_DONTWAIT),
+            8);  // the client's bytes stay unread
   EXPECT_STREQ(rest, "USER x\r\n");
 }
 

@@ -48,10 +48,9 @@ std::int64_t to_ms(auth_penalty::clock::time_point t) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
 }
 
-
-
 void fill_seed(std::uint64_t* seed, const void* salt) {
-  if (::getrandom(seed, 2 * sizeof(std::uint64_t), 0) != static_cast<ssize_t>(2 * sizeof(std::uint64_t))) {
+  if (::getrandom(seed, 2 * sizeof(std::uint64_t), 0) !=
+      static_cast<ssize_t>(2 * sizeof(std::uint64_t))) {
     seed[0] = reinterpret_cast<std::uintptr_t>(salt) ^ 0x243f6a8885a308d3ULL;
     seed[1] = static_cast<std::uint64_t>(::getpid()) * 0x9e3779b97f4a7c15ULL;
   }
@@ -63,14 +62,17 @@ result<void> check_file(int fd, const std::string& path) {
     return error::from_errno(errno, "auth.penalty_file: " + path);
   }
   if (!S_ISREG(st.st_mode) || st.st_nlink != 1) {
-    return error(errc::denied, "auth.penalty_file: " + path + " must be a regular file with one link");
+    return error(errc::denied,
+                 "auth.penalty_file: " + path + " must be a regular file with one link");
   }
   if (st.st_uid != ::geteuid()) {
-    return error(errc::denied, "auth.penalty_file: " + path + " is owned by uid " + std::to_string(st.st_uid) +
-                                   ", not by uid " + std::to_string(::geteuid()) + " that runs the server");
+    return error(errc::denied, "auth.penalty_file: " + path + " is owned by uid " +
+                                   std::to_string(st.st_uid) + ", not by uid " +
+                                   std::to_string(::geteuid()) + " that runs the server");
   }
   if ((st.st_mode & 077) != 0) {
-    return error(errc::denied, "auth.penalty_file: " + path + " must not be accessible to group or others (chmod 600)");
+    return error(errc::denied, "auth.penalty_file: " + path +
+                                   " must not be accessible to group or others (chmod 600)");
   }
   return {};
 }
@@ -83,7 +85,8 @@ result<void> format_file(int fd, const std::string& path) {
   }
   std::uint64_t magic = 0;
   bool ours = static_cast<std::size_t>(st.st_size) == mapping_bytes() &&
-              ::pread(fd, &magic, sizeof magic, 0) == static_cast<ssize_t>(sizeof magic) && magic == file_magic;
+              ::pread(fd, &magic, sizeof magic, 0) == static_cast<ssize_t>(sizeof magic) &&
+              magic == file_magic;
   if (ours) {
     return {};
   }
@@ -100,7 +103,8 @@ result<void> format_file(int fd, const std::string& path) {
 
 }  // namespace
 
-std::chrono::milliseconds auth_penalty::delay_after(const penalty_policy& p, std::uint32_t failures) {
+std::chrono::milliseconds auth_penalty::delay_after(const penalty_policy& p,
+                                                    std::uint32_t failures) {
   if (failures == 0 || p.max.count() <= 0) {
     return std::chrono::milliseconds(0);
   }
@@ -122,8 +126,10 @@ std::chrono::milliseconds auth_penalty::expiry(const penalty_policy& p) {
 }
 
 result<auth_penalty> auth_penalty::create(penalty_policy policy) {
-  static_assert(sizeof(entry) == 32 && sizeof(header) <= header_bytes, "mapping_bytes() assumes this layout");
-  void* base = ::mmap(nullptr, mapping_bytes(), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  static_assert(sizeof(entry) == 32 && sizeof(header) <= header_bytes,
+                "mapping_bytes() assumes this layout");
+  void* base =
+      ::mmap(nullptr, mapping_bytes(), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   if (base == MAP_FAILED) {
     return error::from_errno(errno, "auth penalty table: mmap");
   }
@@ -150,8 +156,9 @@ result<auth_penalty> auth_penalty::open_file(const std::string& path, penalty_po
     return error::from_errno(errno, "auth.penalty_file: " + path + ": flock");
   }
   auto formatted = format_file(fd.get(), path);
-  void* base = formatted ? ::mmap(nullptr, mapping_bytes(), PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0)
-                         : MAP_FAILED;
+  void* base =
+      formatted ? ::mmap(nullptr, mapping_bytes(), PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0)
+                : MAP_FAILED;
   int map_errno = errno;
   ::flock(fd.get(), LOCK_UN);
   if (!formatted) {
@@ -168,7 +175,9 @@ auth_penalty::auth_penalty(void* base, int fd, penalty_policy policy) noexcept
     : base_(base), fd_(fd), policy_(std::move(policy)) {}
 
 auth_penalty::auth_penalty(auth_penalty&& o) noexcept
-    : base_(std::exchange(o.base_, nullptr)), fd_(std::exchange(o.fd_, -1)), policy_(std::move(o.policy_)) {}
+    : base_(std::exchange(o.base_, nullptr)),
+      fd_(std::exchange(o.fd_, -1)),
+      policy_(std::move(o.policy_)) {}
 
 auth_penalty::~auth_penalty() { detach(); }
 
@@ -229,7 +238,8 @@ auth_penalty::entry* auth_penalty::find(const unsigned char* key) const noexcept
   return nullptr;
 }
 
-std::chrono::milliseconds auth_penalty::delay_for(const asio::ip::address& addr, clock::time_point now) const {
+std::chrono::milliseconds auth_penalty::delay_for(const asio::ip::address& addr,
+                                                  clock::time_point now) const {
   if (!applies_to(addr)) {
     return std::chrono::milliseconds(0);
   }
@@ -239,7 +249,8 @@ std::chrono::milliseconds auth_penalty::delay_for(const asio::ip::address& addr,
   const std::int64_t quiet = expiry(policy_).count();
   std::uint32_t failures = 0;
   lock();
-  if (const entry* e = find(key); e != nullptr && e->last_ms <= now_ms && now_ms - e->last_ms < quiet) {
+  if (const entry* e = find(key);
+      e != nullptr && e->last_ms <= now_ms && now_ms - e->last_ms < quiet) {
     failures = e->failures;
   }
   unlock();
@@ -254,7 +265,9 @@ void auth_penalty::record_failure(const asio::ip::address& addr, clock::time_poi
   address_key(addr, true, key);
   const std::int64_t now_ms = to_ms(now);
   const std::int64_t quiet = expiry(policy_).count();
-  auto expired = [&](const entry& e) { return e.failures == 0 || e.last_ms > now_ms || now_ms - e.last_ms >= quiet; };
+  auto expired = [&](const entry& e) {
+    return e.failures == 0 || e.last_ms > now_ms || now_ms - e.last_ms >= quiet;
+  };
   lock();
   entry* e = find(key);
   if (e == nullptr) {

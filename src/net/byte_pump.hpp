@@ -91,8 +91,9 @@ class byte_pump {
   // go out with the next pipelined reply. `before_write()` is called before every write (the
   // driver moves its idle deadline).
   template <typename BeforeWrite>
-  asio::awaitable<outcome> run(store::message_reader& reader, std::optional<std::uint64_t> top_lines,
-                               bool may_hold, BeforeWrite before_write);
+  asio::awaitable<outcome> run(store::message_reader& reader,
+                               std::optional<std::uint64_t> top_lines, bool may_hold,
+                               BeforeWrite before_write);
 
   std::uint64_t body_octets() const noexcept { return body_octets_; }
   const std::optional<error>& read_error() const noexcept { return read_error_; }

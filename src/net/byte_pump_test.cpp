@@ -2,11 +2,11 @@
 
 #include "pop3/dot_encoder.hpp"
 
+#include <gtest/gtest.h>
 #include <asio/co_spawn.hpp>
 #include <asio/detached.hpp>
 #include <asio/io_context.hpp>
 #include <asio/this_coro.hpp>
-#include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cstring>
@@ -99,12 +99,24 @@ std::string awkward_message() {
   std::mt19937 rng(7);
   while (m.size() < (1u << 20)) {
     switch (rng() % 6) {
-      case 0: m += ".leading dot\r\n"; break;
-      case 1: m += "bare lf\n"; break;
-      case 2: m += "lone cr\rhere\r\n"; break;
-      case 3: m += std::string(rng() % 3000, 'x') + "\r\n"; break;
-      case 4: m += "..\r\n.\r\n"; break;
-      default: m += "plain line of text\r\n"; break;
+      case 0:
+        m += ".leading dot\r\n";
+        break;
+      case 1:
+        m += "bare lf\n";
+        break;
+      case 2:
+        m += "lone cr\rhere\r\n";
+        break;
+      case 3:
+        m += std::string(rng() % 3000, 'x') + "\r\n";
+        break;
+      case 4:
+        m += "..\r\n.\r\n";
+        break;
+      default:
+        m += "plain line of text\r\n";
+        break;
     }
   }
   for (std::size_t at : {std::size_t{16}, std::size_t{4096}, std::size_t{128 * 1024}}) {

@@ -149,7 +149,8 @@ result<void> submit_message(const std::vector<std::string>& argv, std::string_vi
     return error(errc::temporary, argv[0] + " did not read the whole message");
   }
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    return error(errc::temporary, argv[0] + " failed with status " + std::to_string(WEXITSTATUS(status)));
+    return error(errc::temporary,
+                 argv[0] + " failed with status " + std::to_string(WEXITSTATUS(status)));
   }
   return {};
 }

@@ -91,7 +91,8 @@ const char* describe(const listener_options& o) {
   return o.proxy_protocol ? " (proxy protocol)" : "";
 }
 
-result<void> bind_spec(const listener_spec& spec, int backlog, std::vector<std::vector<listening_socket>>& out) {
+result<void> bind_spec(const listener_spec& spec, int backlog,
+                       std::vector<std::vector<listening_socket>>& out) {
   std::uint16_t port = spec.port;
   std::string where;
   for (auto& consumer : out) {
@@ -114,18 +115,21 @@ result<void> bind_spec(const listener_spec& spec, int backlog, std::vector<std::
 }
 
 result<void> share_inherited(const std::vector<listener_spec>& specs, inherited_listener in,
-                             const listener_options& plain, std::vector<std::vector<listening_socket>>& out) {
+                             const listener_options& plain,
+                             std::vector<std::vector<listening_socket>>& out) {
   auto bound = local_address(in.fd.get());
   if (!bound) {
     return std::move(bound).err();
   }
   if (bound->ss_family != AF_INET && bound->ss_family != AF_INET6) {
-    return error(errc::invalid, "the socket systemd passed as '" + in.name + "' is not a TCP socket");
+    return error(errc::invalid,
+                 "the socket systemd passed as '" + in.name + "' is not a TCP socket");
   }
   int flags = ::fcntl(in.fd.get(), F_GETFL);
   if (flags < 0 || ::fcntl(in.fd.get(), F_SETFL, flags | O_NONBLOCK) != 0 ||
       ::fcntl(in.fd.get(), F_SETFD, FD_CLOEXEC) != 0) {
-    return error::from_errno(errno, "fcntl on the socket systemd passed as '" + in.name + "'", errc::permanent);
+    return error::from_errno(errno, "fcntl on the socket systemd passed as '" + in.name + "'",
+                             errc::permanent);
   }
   auto options = options_for_name(specs, in.name, plain);
   std::string where = format_sockaddr(*bound);
@@ -155,10 +159,9 @@ listener_options options_for_name(const std::vector<listener_spec>& specs, const
   return plain;
 }
 
-result<std::vector<std::vector<listening_socket>>> open_listeners(const std::vector<listener_spec>& specs,
-                                                                  std::vector<inherited_listener> inherited,
-                                                                  const listener_options& plain,
-                                                                  std::size_t copies, int backlog) {
+result<std::vector<std::vector<listening_socket>>> open_listeners(
+    const std::vector<listener_spec>& specs, std::vector<inherited_listener> inherited,
+    const listener_options& plain, std::size_t copies, int backlog) {
   std::vector<std::vector<listening_socket>> out(copies);
   if (inherited.empty()) {
     for (const auto& spec : specs) {
@@ -181,7 +184,6 @@ result<std::vector<std::vector<listening_socket>>> open_listeners(const std::vec
 
 namespace {
 
-
 std::uint16_t port_of(const sockaddr_storage& ss) {
   return ntohs(ss.ss_family == AF_INET6 ? reinterpret_cast<const sockaddr_in6*>(&ss)->sin6_port
                                         : reinterpret_cast<const sockaddr_in*>(&ss)->sin_port);
@@ -189,7 +191,8 @@ std::uint16_t port_of(const sockaddr_storage& ss) {
 
 }  // namespace
 
-stdin_connection inspect_stdin(const std::vector<listener_spec>& specs, const listener_options& plain) {
+stdin_connection inspect_stdin(const std::vector<listener_spec>& specs,
+                               const listener_options& plain) {
   stdin_connection out;
   out.options = plain;
   sockaddr_storage peer{};

@@ -244,8 +244,12 @@ parse_result parse_tlvs(std::string_view whole, std::size_t offset, parse_result
     }
     const std::string_view value = tlvs.substr(3, len);
     switch (p[0]) {
-      case pp2_type_alpn: r.value.alpn = tlv_text(value); break;
-      case pp2_type_authority: r.value.authority = tlv_text(value); break;
+      case pp2_type_alpn:
+        r.value.alpn = tlv_text(value);
+        break;
+      case pp2_type_authority:
+        r.value.authority = tlv_text(value);
+        break;
       case pp2_type_ssl:
         if (!parse_ssl_tlv(value, r.value)) {
           return invalid("PROXY v2: malformed SSL TLV");
@@ -266,7 +270,8 @@ parse_result parse_tlvs(std::string_view whole, std::size_t offset, parse_result
         }
         break;
       }
-      default: break;  // NOOP, UNIQUE_ID, NETNS and unknown types are skipped
+      default:
+        break;  // NOOP, UNIQUE_ID, NETNS and unknown types are skipped
     }
     tlvs.remove_prefix(3 + len);
   }
@@ -493,8 +498,8 @@ result<header> read_header(int fd, std::chrono::milliseconds timeout) {
     if (*got) {
       return std::move(**got);
     }
-    const auto left = std::chrono::ceil<std::chrono::milliseconds>(
-        deadline - std::chrono::steady_clock::now());
+    const auto left =
+        std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) {
       return timed_out();
     }

@@ -31,19 +31,20 @@ struct header {
   asio::ip::tcp::endpoint source;       // the client, as the front end saw it
   asio::ip::tcp::endpoint destination;  // the address the client connected to
   // v2 TLVs.
-  bool client_tls = false;   // PP2_TYPE_SSL with PP2_CLIENT_SSL: the client spoke TLS to the front end
-  std::string tls_version;   // PP2_SUBTYPE_SSL_VERSION, e.g. "TLSv1.3" ("" if not sent)
-  std::string alpn;          // PP2_TYPE_ALPN
-  std::string authority;     // PP2_TYPE_AUTHORITY (the SNI host name the client asked for)
+  bool client_tls =
+      false;  // PP2_TYPE_SSL with PP2_CLIENT_SSL: the client spoke TLS to the front end
+  std::string tls_version;  // PP2_SUBTYPE_SSL_VERSION, e.g. "TLSv1.3" ("" if not sent)
+  std::string alpn;         // PP2_TYPE_ALPN
+  std::string authority;    // PP2_TYPE_AUTHORITY (the SNI host name the client asked for)
 };
 
 enum class parse_status { need_more, done, invalid };
 
 struct parse_result {
   parse_status status = parse_status::need_more;
-  std::size_t consumed = 0;   // bytes of the header (done only)
-  header value;               // done only
-  std::string error;          // invalid only: why, for the log (no client bytes copied raw)
+  std::size_t consumed = 0;  // bytes of the header (done only)
+  header value;              // done only
+  std::string error;         // invalid only: why, for the log (no client bytes copied raw)
 };
 
 // Parses the header at the start of `data`. need_more: the bytes so far are a valid prefix

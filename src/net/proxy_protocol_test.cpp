@@ -36,8 +36,8 @@ std::string tlv(std::uint8_t type, const std::string& value) {
 
 // A v2 header: version/command byte, family/protocol byte, address block and TLVs.
 std::string v2(unsigned char ver_cmd, unsigned char fam, const std::string& body) {
-  return sig + std::string{static_cast<char>(ver_cmd), static_cast<char>(fam)} +
-         be16(body.size()) + body;
+  return sig + std::string{static_cast<char>(ver_cmd), static_cast<char>(fam)} + be16(body.size()) +
+         body;
 }
 
 std::string inet4_block() {
@@ -47,8 +47,16 @@ std::string inet4_block() {
 
 std::string inet6_block() {
   std::string src(16, '\0'), dst(16, '\0');
-  src[0] = '\x20'; src[1] = '\x01'; src[2] = '\x0d'; src[3] = '\xb8'; src[15] = '\x05';
-  dst[0] = '\x20'; dst[1] = '\x01'; dst[2] = '\x0d'; dst[3] = '\xb8'; dst[15] = '\x01';
+  src[0] = '\x20';
+  src[1] = '\x01';
+  src[2] = '\x0d';
+  src[3] = '\xb8';
+  src[15] = '\x05';
+  dst[0] = '\x20';
+  dst[1] = '\x01';
+  dst[2] = '\x0d';
+  dst[3] = '\xb8';
+  dst[15] = '\x01';
   return src + dst + be16(5555) + be16(995);
 }
 
@@ -161,10 +169,10 @@ TEST(proxy_protocol, v1_garbage_is_refused_before_the_line_ends) {
 }
 
 TEST(proxy_protocol, v2_inet_with_tlvs) {
-  const std::string h = v2(0x21, 0x11,
-                           inet4_block() + tlv(0x01, "pop3") + tlv(0x02, "mail.example.org") +
-                               tlv(0x04, std::string(7, '\0')) + tlv(0xe0, "custom") +
-                               ssl_tlv(0x01, "TLSv1.3"));
+  const std::string h =
+      v2(0x21, 0x11,
+         inet4_block() + tlv(0x01, "pop3") + tlv(0x02, "mail.example.org") +
+             tlv(0x04, std::string(7, '\0')) + tlv(0xe0, "custom") + ssl_tlv(0x01, "TLSv1.3"));
   const parse_result r = done(h, "\x16\x03\x01");
   EXPECT_EQ(r.value.version, 2);
   EXPECT_FALSE(r.value.local);
@@ -214,21 +222,24 @@ TEST(proxy_protocol, v2_malformed) {
   for (const std::string& h : std::vector<std::string>{
            bad_crc,
            crc_other_byte,
-           v2(0x21, 0x11, inet4_block() + tlv(0x03, "abc")),              // CRC of 3 bytes
-           v2(0x11, 0x11, inet4_block()),                                 // version 1 binary
-           v2(0x31, 0x11, inet4_block()),                                 // version 3
-           v2(0x22, 0x11, inet4_block()),                                 // command 2
-           v2(0x21, 0x11, inet4_block().substr(0, 11)),                   // short block
-           v2(0x21, 0x21, inet4_block()),                                 // INET6 of 12 bytes
-           v2(0x21, 0x31, std::string(100, 'x')),                         // short UNIX block
-           v2(0x21, 0x12, inet4_block()),                                 // DGRAM
-           v2(0x21, 0x10, inet4_block()),                                 // protocol UNSPEC
-           v2(0x21, 0x41, inet4_block()),                                 // family 4
-           v2(0x21, 0x13, inet4_block()),                                 // protocol 3
-           v2(0x21, 0x11, inet4_block() + "\x01\x00"),                    // TLV of 2 bytes
-           v2(0x21, 0x11, inet4_block() + "\x01\x00\x05" + "pop"),        // TLV overruns
-           v2(0x21, 0x11, inet4_block() + tlv(0x20, "\x01\x00")),         // SSL too short
-           v2(0x21, 0x11, inet4_block() + tlv(0x20, std::string("\x01\0\0\0\0\x21\0\x09" "TLS", 11))),
+           v2(0x21, 0x11, inet4_block() + tlv(0x03, "abc")),        // CRC of 3 bytes
+           v2(0x11, 0x11, inet4_block()),                           // version 1 binary
+           v2(0x31, 0x11, inet4_block()),                           // version 3
+           v2(0x22, 0x11, inet4_block()),                           // command 2
+           v2(0x21, 0x11, inet4_block().substr(0, 11)),             // short block
+           v2(0x21, 0x21, inet4_block()),                           // INET6 of 12 bytes
+           v2(0x21, 0x31, std::string(100, 'x')),                   // short UNIX block
+           v2(0x21, 0x12, inet4_block()),                           // DGRAM
+           v2(0x21, 0x10, inet4_block()),                           // protocol UNSPEC
+           v2(0x21, 0x41, inet4_block()),                           // family 4
+           v2(0x21, 0x13, inet4_block()),                           // protocol 3
+           v2(0x21, 0x11, inet4_block() + "\x01\x00"),              // TLV of 2 bytes
+           v2(0x21, 0x11, inet4_block() + "\x01\x00\x05" + "pop"),  // TLV overruns
+           v2(0x21, 0x11, inet4_block() + tlv(0x20, "\x01\x00")),   // SSL too short
+           v2(0x21, 0x11,
+              inet4_block() + tlv(0x20, std::string("\x01\0\0\0\0\x21\0\x09"
+                                                    "TLS",
+                                                    11))),
            big_len,
            sig.substr(0, 11) + "X",
        }) {
@@ -239,16 +250,19 @@ TEST(proxy_protocol, v2_malformed) {
 // Bytes HAProxy 2.6 sent with send-proxy-v2-ssl: a TLS client's connection, and the LOCAL
 // header of its health check (which still carries an SSL TLV, client bits 0).
 TEST(proxy_protocol, v2_as_haproxy_sends_it) {
-  const std::string client = sig + std::string("\x21\x11\x00\x1e\x7f\x00\x00\x02\x7f\x00\x00\x01"
-                                               "\x8d\xa9\xdf\x71\x20\x00\x0f\x01\x00\x00\x00\x00"
-                                               "\x21\x00\x07TLSv1.3", 34);
+  const std::string client = sig + std::string(
+                                       "\x21\x11\x00\x1e\x7f\x00\x00\x02\x7f\x00\x00\x01"
+                                       "\x8d\xa9\xdf\x71\x20\x00\x0f\x01\x00\x00\x00\x00"
+                                       "\x21\x00\x07TLSv1.3",
+                                       34);
   const parse_result r = done(client, "STAT\r\n");
   EXPECT_EQ(r.value.source.address().to_string(), "127.0.0.2");
   EXPECT_EQ(r.value.source.port(), 0x8da9);
   EXPECT_EQ(r.value.destination.port(), 0xdf71);
   EXPECT_TRUE(r.value.client_tls);
   EXPECT_EQ(r.value.tls_version, "TLSv1.3");
-  const std::string check = sig + std::string("\x20\x00\x00\x08\x20\x00\x05\x00\x00\x00\x00\x00", 12);
+  const std::string check =
+      sig + std::string("\x20\x00\x00\x08\x20\x00\x05\x00\x00\x00\x00\x00", 12);
   const parse_result c = done(check, "QUIT\r\n");
   EXPECT_TRUE(c.value.local);
   EXPECT_FALSE(c.value.client_tls);
@@ -271,7 +285,8 @@ TEST(proxy_protocol, every_prefix_of_a_valid_header_needs_more) {
   for (const std::string& h : valid) {
     for (std::size_t n = 0; n < h.size(); ++n) {
       const parse_result r = parse(std::string_view(h).substr(0, n));
-      EXPECT_EQ(r.status, parse_status::need_more) << n << " bytes of " << testing::PrintToString(h);
+      EXPECT_EQ(r.status, parse_status::need_more)
+          << n << " bytes of " << testing::PrintToString(h);
     }
     done(h);
   }
@@ -291,10 +306,18 @@ TEST(proxy_protocol, random_mutations_never_overread) {
     for (int e = 0; e < edits; ++e) {
       const std::size_t at = rng() % (h.size() + 1);
       switch (rng() % 4) {
-        case 0: if (at < h.size()) h[at] = static_cast<char>(rng()); break;
-        case 1: h.insert(at, 1, static_cast<char>(rng())); break;
-        case 2: if (at < h.size()) h.erase(at, 1); break;
-        default: h.resize(at); break;
+        case 0:
+          if (at < h.size()) h[at] = static_cast<char>(rng());
+          break;
+        case 1:
+          h.insert(at, 1, static_cast<char>(rng()));
+          break;
+        case 2:
+          if (at < h.size()) h.erase(at, 1);
+          break;
+        default:
+          h.resize(at);
+          break;
       }
     }
     const parse_result r = parse(h);
@@ -326,13 +349,15 @@ struct socket_pair {
   }
 };
 
-result<header> async_read(socket_pair& p, std::chrono::milliseconds timeout,
-                          const std::vector<std::pair<std::chrono::milliseconds, std::string>>&
-                              later = {}) {
+result<header> async_read(
+    socket_pair& p, std::chrono::milliseconds timeout,
+    const std::vector<std::pair<std::chrono::milliseconds, std::string>>& later = {}) {
   std::optional<result<header>> out;
   asio::co_spawn(
       p.io,
-      [&]() -> asio::awaitable<void> { out.emplace(co_await async_read_header(p.server, timeout)); },
+      [&]() -> asio::awaitable<void> {
+        out.emplace(co_await async_read_header(p.server, timeout));
+      },
       [](std::exception_ptr e) { EXPECT_FALSE(e); });
   std::thread writer([&] {
     for (const auto& [delay, bytes] : later) {
@@ -359,8 +384,9 @@ TEST(proxy_reader, async_reads_exactly_the_header) {
 TEST(proxy_reader, async_header_split_across_segments) {
   socket_pair p;
   const std::string h = "PROXY TCP4 192.0.2.7 198.51.100.1 40000 110\r\n";
-  auto r = async_read(p, 3s, {{20ms, h.substr(0, 3)}, {50ms, h.substr(3, 20)},
-                              {50ms, h.substr(23) + "USER a\r\n"}});
+  auto r = async_read(
+      p, 3s,
+      {{20ms, h.substr(0, 3)}, {50ms, h.substr(3, 20)}, {50ms, h.substr(23) + "USER a\r\n"}});
   ASSERT_TRUE(r.ok()) << r.err().message();
   EXPECT_EQ(r->source.address().to_string(), "192.0.2.7");
   EXPECT_EQ(p.rest(), "USER a\r\n");

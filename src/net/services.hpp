@@ -47,7 +47,8 @@ class authenticator {
   // The SASL mechanisms usable on a connection with these security facts, in CAPA order.
   virtual std::vector<std::string> mechanisms_for(const auth::sasl_channel& ch) = 0;
   // Blocking. `timestamp` is the one this session's greeting carried.
-  virtual auth::verify_result verify_password(std::string_view user, const secret_string& password) = 0;
+  virtual auth::verify_result verify_password(std::string_view user,
+                                              const secret_string& password) = 0;
   virtual auth::verify_result verify_apop(std::string_view user, std::string_view timestamp,
                                           std::string_view digest) = 0;
   // Errors: the mechanism is not usable here (the reason is logged).
@@ -63,7 +64,7 @@ struct local_auth_settings {
   auth::passdb* passdb = nullptr;
   auth::sasl_server* sasl = nullptr;  // null: no SASL mechanisms
   bool apop = false;
-  std::string hostname;               // for APOP timestamps
+  std::string hostname;  // for APOP timestamps
 };
 
 class local_authenticator final : public authenticator {
@@ -74,7 +75,8 @@ class local_authenticator final : public authenticator {
   std::vector<std::string> mechanisms_for(const auth::sasl_channel& ch) override;
   // A user name the stores cannot use safely (store::is_safe_user_name) fails as bad
   // credentials without asking the passdb.
-  auth::verify_result verify_password(std::string_view user, const secret_string& password) override;
+  auth::verify_result verify_password(std::string_view user,
+                                      const secret_string& password) override;
   auth::verify_result verify_apop(std::string_view user, std::string_view timestamp,
                                   std::string_view digest) override;
   result<std::unique_ptr<auth::sasl_exchange>> start_sasl(std::string_view mechanism,
@@ -144,11 +146,11 @@ class local_maildrops final : public maildrop_opener {
 // process once the credentials are accepted.
 struct handoff {
   const auth::user_record& account;
-  std::string_view method;      // USER, APOP or the SASL mechanism, for the login log line
-  std::string input;            // client bytes received but not yet processed (pipelining)
-  session_control& control;     // the client transport (plain or TLS); the hand-off may take
-                                // control.stream (leave it null) so the driver does not
-                                // shut the connection down
+  std::string_view method;   // USER, APOP or the SASL mechanism, for the login log line
+  std::string input;         // client bytes received but not yet processed (pipelining)
+  session_control& control;  // the client transport (plain or TLS); the hand-off may take
+                             // control.stream (leave it null) so the driver does not
+                             // shut the connection down
   std::string_view session_id;
 };
 

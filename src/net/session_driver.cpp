@@ -93,17 +93,20 @@ constexpr std::size_t own_input_size = 4096;
 
 pop3::open_status open_status_for(errc code) {
   switch (code) {
-    case errc::in_use: return pop3::open_status::in_use;
+    case errc::in_use:
+      return pop3::open_status::in_use;
     case errc::temporary:
-    case errc::not_found: return pop3::open_status::temporary_failure;
-    default: return pop3::open_status::permanent_failure;
+    case errc::not_found:
+      return pop3::open_status::temporary_failure;
+    default:
+      return pop3::open_status::permanent_failure;
   }
 }
 
 // The security facts of a connection that decide which logins it may offer.
 struct connection_security {
   bool tls = false;
-  bool secure = false;             // TLS, or a trusted path (loopback, trusted network)
+  bool secure = false;  // TLS, or a trusted path (loopback, trusted network)
   tls_transport* tls_stream = nullptr;
 };
 
@@ -201,9 +204,9 @@ class session_runner {
   }
   // A handshake gets at most a minute, whatever the idle timeout.
   void handshake_deadline() noexcept {
-    ctl_->deadline = capped(*ctl_, std::chrono::steady_clock::now() +
-                                       std::min<std::chrono::milliseconds>(env_.idle_timeout,
-                                                                           std::chrono::seconds(60)));
+    ctl_->deadline = capped(
+        *ctl_, std::chrono::steady_clock::now() + std::min<std::chrono::milliseconds>(
+                                                      env_.idle_timeout, std::chrono::seconds(60)));
   }
   asio::awaitable<bool> flush();
   // Sends the held replies (see held_), if any; false when the write failed.
@@ -256,8 +259,8 @@ class session_runner {
   std::unique_ptr<auth::sasl_exchange> exchange_;
   std::unique_ptr<store::maildrop> drop_;
   store::decorated_maildrop* decorated_ = nullptr;  // drop_, when decorated (note_top, logs)
-  auth::user_record account_;  // set by a successful authentication
-  std::string user_;           // set once the maildrop is open, for logs
+  auth::user_record account_;                       // set by a successful authentication
+  std::string user_;                                // set once the maildrop is open, for logs
   const char* reason_ = "disconnected";
   std::chrono::steady_clock::time_point failure_at_{};  // see begin_attempt
   bool penalised_ = false;  // this address had a penalty or failed here: a success resets it
@@ -381,8 +384,8 @@ asio::awaitable<void> session_runner::answer_failure(bool count) {
     asio::steady_timer delay(ex_, failure_at_);
     co_await delay.async_wait(use_tuple);
   } else if (env_.failure_delay.count() > 0) {
-    observer_.auth_check_slow(facts(),
-                              std::chrono::duration_cast<std::chrono::milliseconds>(now - failure_at_));
+    observer_.auth_check_slow(
+        facts(), std::chrono::duration_cast<std::chrono::milliseconds>(now - failure_at_));
   }
 }
 
@@ -603,7 +606,8 @@ asio::awaitable<void> session_runner::sasl_step() {
   }
 }
 
-void session_runner::after_verify(auth::verify_result& vr, const std::string& login, bool open_now) {
+void session_runner::after_verify(auth::verify_result& vr, const std::string& login,
+                                  bool open_now) {
   if (vr.status != auth::verify_status::ok) {
     return;
   }
@@ -722,8 +726,8 @@ asio::awaitable<void> session_runner::retrieve() {
   // A whole reply that leaves room in the buffer waits for the next pipelined command's,
   // when that command is already here.
   byte_pump pump(*ctl_->stream, sb, *env_.workers, thread_read_placement());
-  const byte_pump::outcome sent = co_await pump.run(**reader, engine_.retrieve_top_lines(),
-                                                    engine_.has_buffered_line(), [this] { touch(); });
+  const byte_pump::outcome sent = co_await pump.run(
+      **reader, engine_.retrieve_top_lines(), engine_.has_buffered_line(), [this] { touch(); });
   switch (sent) {
     case byte_pump::outcome::held:
       held_.emplace(std::move(lease));
@@ -850,9 +854,9 @@ void session_runner::finish() {
     ctl_->stream->close();
   }
   if (!user_.empty()) {
-    observer_.logged_out(facts(), logout_facts{reason_, engine_.stats(), committed_ok_ ? committed_.deleted : 0,
-                                               committed_ok_ ? committed_.deleted_bytes : 0, left,
-                                               left_bytes});
+    observer_.logged_out(
+        facts(), logout_facts{reason_, engine_.stats(), committed_ok_ ? committed_.deleted : 0,
+                              committed_ok_ ? committed_.deleted_bytes : 0, left, left_bytes});
   } else {
     observer_.disconnected(facts(), reason_);
   }
@@ -874,9 +878,9 @@ asio::awaitable<void> run_session(std::shared_ptr<session_control> ctl, const se
   tls_transport* tls = conn.implicit_tls && !conn.resume ? ctl->stream->tls() : nullptr;
   if (tls != nullptr) {
     // A handshake gets at most a minute, whatever the idle timeout.
-    ctl->deadline = capped(*ctl, std::chrono::steady_clock::now() +
-                                     std::min<std::chrono::milliseconds>(env.idle_timeout,
-                                                                         std::chrono::seconds(60)));
+    ctl->deadline = capped(
+        *ctl, std::chrono::steady_clock::now() +
+                  std::min<std::chrono::milliseconds>(env.idle_timeout, std::chrono::seconds(60)));
     std::string why = co_await tls->handshake();
     ctl->deadline = capped(*ctl, std::chrono::steady_clock::now() + env.idle_timeout);
     if (!why.empty()) {
@@ -890,8 +894,8 @@ asio::awaitable<void> run_session(std::shared_ptr<session_control> ctl, const se
   }
   traced_transport* traced = observer.attach_trace(*ctl, id, conn.resume.has_value());
   // The runner lives on the heap: this frame stays small however the runner grows.
-  auto runner = std::make_unique<session_runner>(std::move(ctl), env, std::move(conn), std::move(id),
-                                                 std::move(ex), traced);
+  auto runner = std::make_unique<session_runner>(std::move(ctl), env, std::move(conn),
+                                                 std::move(id), std::move(ex), traced);
   co_await runner->run();
 }
 

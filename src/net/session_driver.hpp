@@ -27,8 +27,8 @@
 
 #include <chrono>
 #include <list>
-#include <optional>
 #include <memory>
+#include <optional>
 #include <string>
 
 namespace postern::net {
@@ -39,11 +39,11 @@ class tcp_wrappers;
 // The services of the mode that runs the session (net/services.hpp, net/session_observer.hpp).
 // Non-owning; they outlive every session.
 struct session_services {
-  authenticator* auth = nullptr;           // required
-  maildrop_opener* maildrops = nullptr;    // required unless handoff is set
+  authenticator* auth = nullptr;         // required
+  maildrop_opener* maildrops = nullptr;  // required unless handoff is set
   // Fork mode's pre-auth process: a login is handed off instead of opening the maildrop.
   login_handoff* handoff = nullptr;
-  session_observer* observer = nullptr;    // null: nothing is logged or traced
+  session_observer* observer = nullptr;  // null: nothing is logged or traced
 };
 
 // Shared, read-only for the life of the server (tls_server_context is itself thread-safe):
@@ -51,26 +51,26 @@ struct session_services {
 struct session_env {
   session_services services;
   asio::thread_pool* workers = nullptr;
-  pop3::session_options engine;            // the per-connection fields are filled per session
+  pop3::session_options engine;  // the per-connection fields are filled per session
   // A failed login is answered this long after its command arrived (plus the penalty).
   std::chrono::milliseconds failure_delay{2000};
-  auth_penalty* penalty = nullptr;         // null: no per-address penalty
+  auth_penalty* penalty = nullptr;  // null: no per-address penalty
   std::chrono::milliseconds idle_timeout{600000};
   // A client not logged in this long after connecting is answered login_timeout_reply and
   // disconnected, whatever it sends meanwhile; 0 = off. Not applied to a resumed session.
   std::chrono::milliseconds login_timeout{60000};
 
   std::shared_ptr<tls_server_context> tls;  // null: no TLS configured
-  bool stls = false;                       // STLS offered on plain connections
-  bool tls_required = false;               // tls mode "required"
+  bool stls = false;                        // STLS offered on plain connections
+  bool tls_required = false;                // tls mode "required"
   bool disable_plaintext_auth = true;
   bool loopback_is_secure = true;
-  std::vector<network> trusted_networks;   // count as secure (TLS-terminating front ends)
+  std::vector<network> trusted_networks;  // count as secure (TLS-terminating front ends)
   std::string external_user = "subject:CN";
-  std::vector<std::string> xmit_command;   // XTND XMIT submission program and arguments
+  std::vector<std::string> xmit_command;  // XTND XMIT submission program and arguments
   // Checked by the listeners before a session starts; the driver does not look at them.
-  const acl* access_list = nullptr;        // [pop3] acl
-  const tcp_wrappers* access = nullptr;    // hosts.allow/deny
+  const acl* access_list = nullptr;      // [pop3] acl
+  const tcp_wrappers* access = nullptr;  // hosts.allow/deny
 };
 
 // A session process taking over after a privilege-separated login.
@@ -82,10 +82,10 @@ struct resume_state {
 
 // How the client reached us.
 struct connection_info {
-  std::string remote;            // as logged
-  asio::ip::address address;     // unspecified for a non-IP stdin
-  bool implicit_tls = false;     // the transport is a tls_transport awaiting its handshake
-  bool client_tls = false;       // a PROXY v2 SSL TLV: the client spoke TLS to the front end
+  std::string remote;                  // as logged
+  asio::ip::address address;           // unspecified for a non-IP stdin
+  bool implicit_tls = false;           // the transport is a tls_transport awaiting its handshake
+  bool client_tls = false;             // a PROXY v2 SSL TLV: the client spoke TLS to the front end
   std::optional<resume_state> resume;  // set: the login already happened in another process
 };
 
@@ -103,7 +103,8 @@ struct session_control {
   asio::steady_timer timer;
   std::chrono::steady_clock::time_point deadline;
   // Until the login: no deadline (touch or handshake) goes past this one.
-  std::chrono::steady_clock::time_point login_deadline = std::chrono::steady_clock::time_point::max();
+  std::chrono::steady_clock::time_point login_deadline =
+      std::chrono::steady_clock::time_point::max();
   bool done = false;
   bool timed_out = false;
   bool login_timed_out = false;  // timed_out at login_deadline
@@ -115,7 +116,9 @@ struct session_control {
 class session_registry {
  public:
   using handle = std::list<std::weak_ptr<session_control>>::iterator;
-  handle add(const std::shared_ptr<session_control>& s) { return sessions_.insert(sessions_.end(), s); }
+  handle add(const std::shared_ptr<session_control>& s) {
+    return sessions_.insert(sessions_.end(), s);
+  }
   void remove(handle h) { sessions_.erase(h); }
   void stop_all() noexcept;
   std::size_t size() const noexcept { return sessions_.size(); }

@@ -23,7 +23,8 @@ traced_transport* log_observer::attach_trace(session_control& ctl, std::string_v
   return traced;
 }
 
-void log_observer::tls_established(const session_facts& s, bool stls, std::string_view description) {
+void log_observer::tls_established(const session_facts& s, bool stls,
+                                   std::string_view description) {
   log::debug("{} established: rip={}, session=<{}>, {}", stls ? "STLS" : "TLS", s.remote, s.id,
              description);
 }
@@ -47,12 +48,14 @@ void log_observer::auth_penalised(const session_facts& s, std::chrono::milliseco
 }
 
 void log_observer::auth_check_slow(const session_facts& s, std::chrono::milliseconds overrun) {
-  log::debug("auth check outlasted failure_delay by {}ms, answered at once (its time shows): "
-             "rip={}, session=<{}>",
-             overrun.count(), s.remote, s.id);
+  log::debug(
+      "auth check outlasted failure_delay by {}ms, answered at once (its time shows): "
+      "rip={}, session=<{}>",
+      overrun.count(), s.remote, s.id);
 }
 
-void log_observer::logged_in(const session_facts& s, std::string_view method, std::size_t messages) {
+void log_observer::logged_in(const session_facts& s, std::string_view method,
+                             std::size_t messages) {
   log::info("login: user=<{}>, method={}, rip={}, session=<{}>, messages={}", log::client(s.user),
             method, s.remote, s.id, messages);
 }
@@ -65,16 +68,17 @@ void log_observer::login_refused(const session_facts& s, login_refusal why, std:
                   s.remote, s.id);
       break;
     case login_refusal::mail_owner:
-      log::error("login refused, mail owner not allowed: user=<{}>, rip={}, session=<{}>, reason={}",
-                 log::client(user), s.remote, s.id, detail);
+      log::error(
+          "login refused, mail owner not allowed: user=<{}>, rip={}, session=<{}>, reason={}",
+          log::client(user), s.remote, s.id, detail);
       break;
     case login_refusal::in_use:
       log::notice("login refused, mailbox in use: user=<{}>, rip={}, session=<{}>",
                   log::client(user), s.remote, s.id);
       break;
     case login_refusal::open_failed:
-      log::error("cannot open mailbox: user=<{}>, rip={}, session=<{}>, error={}", log::client(user),
-                 s.remote, s.id, detail);
+      log::error("cannot open mailbox: user=<{}>, rip={}, session=<{}>, error={}",
+                 log::client(user), s.remote, s.id, detail);
       break;
   }
 }
@@ -99,7 +103,8 @@ void log_observer::mail_failed(const session_facts& s, mail_failure what, std::s
                  s.id, detail);
       break;
     case mail_failure::xmit:
-      log::error("xmit failed: user=<{}>, session=<{}>, error={}", log::client(s.user), s.id, detail);
+      log::error("xmit failed: user=<{}>, session=<{}>, error={}", log::client(s.user), s.id,
+                 detail);
       break;
   }
 }
@@ -113,9 +118,10 @@ void log_observer::xmit_sent(const session_facts& s, std::size_t size) {
 }
 
 void log_observer::logged_out(const session_facts& s, const logout_facts& f) {
-  log::info("logout: user=<{}>, session=<{}>, reason={}, retr={}/{}, top={}/{}, del={}/{}, left={}/{}",
-            log::client(s.user), s.id, f.reason, f.stats.retr_count, f.stats.retr_bytes,
-            f.stats.top_count, f.stats.top_bytes, f.deleted, f.deleted_bytes, f.left, f.left_bytes);
+  log::info(
+      "logout: user=<{}>, session=<{}>, reason={}, retr={}/{}, top={}/{}, del={}/{}, left={}/{}",
+      log::client(s.user), s.id, f.reason, f.stats.retr_count, f.stats.retr_bytes,
+      f.stats.top_count, f.stats.top_bytes, f.deleted, f.deleted_bytes, f.left, f.left_bytes);
 }
 
 void log_observer::disconnected(const session_facts& s, std::string_view reason) {

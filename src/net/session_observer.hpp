@@ -12,8 +12,8 @@
 #include "net/trace.hpp"
 #include "pop3/session.hpp"
 
-#include <cstdint>
 #include <chrono>
+#include <cstdint>
 #include <string_view>
 
 namespace postern::net {

@@ -22,7 +22,8 @@ std::size_t connection_pacer::addr_hash::operator()(const asio::ip::address& a) 
   return source_limits::hash_address(a);
 }
 
-bool connection_pacer::admit(const asio::ip::address& addr, std::chrono::steady_clock::time_point now) {
+bool connection_pacer::admit(const asio::ip::address& addr,
+                             std::chrono::steady_clock::time_point now) {
   if (interval_.count() <= 0) {
     return true;
   }

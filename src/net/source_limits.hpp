@@ -33,10 +33,12 @@ class connection_counter {
 class counted_connection {
  public:
   counted_connection() = default;
-  counted_connection(connection_counter* owner, const asio::ip::address& addr) : owner_(owner), addr_(addr) {}
+  counted_connection(connection_counter* owner, const asio::ip::address& addr)
+      : owner_(owner), addr_(addr) {}
   counted_connection(const counted_connection&) = delete;
   counted_connection& operator=(const counted_connection&) = delete;
-  counted_connection(counted_connection&& o) noexcept : owner_(std::exchange(o.owner_, nullptr)), addr_(std::move(o.addr_)) {}
+  counted_connection(counted_connection&& o) noexcept
+      : owner_(std::exchange(o.owner_, nullptr)), addr_(std::move(o.addr_)) {}
   counted_connection& operator=(counted_connection&& o) noexcept {
     if (this != &o) {
       reset();
@@ -104,7 +106,7 @@ class source_limits final : public connection_counter {
   const std::uint32_t max_total_;
   const std::uint32_t max_per_source_;
   mutable std::mutex mu_;
-  std::uint32_t total_ = 0;                                           // guarded by mu_
+  std::uint32_t total_ = 0;                                                     // guarded by mu_
   std::unordered_map<asio::ip::address, std::uint32_t, addr_hash> per_source_;  // guarded by mu_
 };
 

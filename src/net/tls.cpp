@@ -189,21 +189,27 @@ result<pkey_ptr> read_private_key(const std::string& path) {
   }
   pkey_ptr key(PEM_read_bio_PrivateKey(bio.get(), nullptr, no_passphrase, nullptr));
   if (!key) {
-    return error(errc::permanent, "tls.key " + quoted(path) +
-                                      ": cannot read an unencrypted PEM private key: " +
-                                      openssl_errors());
+    return error(errc::permanent,
+                 "tls.key " + quoted(path) +
+                     ": cannot read an unencrypted PEM private key: " + openssl_errors());
   }
   return key;
 }
 
 const char* version_name(int v) {
   switch (v) {
-    case SSL3_VERSION: return "SSLv3";
-    case TLS1_VERSION: return "TLSv1";
-    case TLS1_1_VERSION: return "TLSv1.1";
-    case TLS1_2_VERSION: return "TLSv1.2";
-    case TLS1_3_VERSION: return "TLSv1.3";
-    default: return "an unknown version";
+    case SSL3_VERSION:
+      return "SSLv3";
+    case TLS1_VERSION:
+      return "TLSv1";
+    case TLS1_1_VERSION:
+      return "TLSv1.1";
+    case TLS1_2_VERSION:
+      return "TLSv1.2";
+    case TLS1_3_VERSION:
+      return "TLSv1.3";
+    default:
+      return "an unknown version";
   }
 }
 
@@ -316,8 +322,8 @@ result<tls_server_context::loaded> tls_server_context::load(const tls_settings& 
     }
     STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(s.client_ca.c_str());
     if (names == nullptr) {
-      return error(errc::permanent, "tls.client_ca " + quoted(s.client_ca) +
-                                        ": no CA names: " + openssl_errors());
+      return error(errc::permanent,
+                   "tls.client_ca " + quoted(s.client_ca) + ": no CA names: " + openssl_errors());
     }
     SSL_CTX_set_client_CA_list(c, names);  // takes ownership
     // Request, not require: the session decides what an absent or bad certificate means.
@@ -410,8 +416,8 @@ tls_transport::tls_transport(asio::ip::tcp::socket socket, std::shared_ptr<asio:
         X509_STORE_CTX* x = vc.native_handle();
         try {
           s->client_cert_problem =
-              std::string(X509_verify_cert_error_string(X509_STORE_CTX_get_error(x))) +
-              " (depth " + std::to_string(X509_STORE_CTX_get_error_depth(x)) + ")";
+              std::string(X509_verify_cert_error_string(X509_STORE_CTX_get_error(x))) + " (depth " +
+              std::to_string(X509_STORE_CTX_get_error_depth(x)) + ")";
         } catch (...) {
           // no memory for the text: the failure itself is recorded
         }
@@ -466,7 +472,8 @@ asio::awaitable<std::string> tls_transport::handshake() {
         case SSL_R_NO_APPLICATION_PROTOCOL:
           reason += ", client offered ALPN without \"pop3\"";
           break;
-        default: break;
+        default:
+          break;
       }
     }
   } else {

@@ -77,8 +77,8 @@ result<std::shared_ptr<trace_sink>> trace_sink::open(const std::string& path) {
   int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, trace_mode);
   if (fd < 0) {
     int err = errno;
-    errc code = (err == EACCES || err == EPERM || err == ENOENT || err == ENOTDIR ||
-                 err == ELOOP || err == EISDIR || err == EROFS)
+    errc code = (err == EACCES || err == EPERM || err == ENOENT || err == ENOTDIR || err == ELOOP ||
+                 err == EISDIR || err == EROFS)
                     ? errc::permanent
                     : errc::temporary;
     return error::from_errno(err, "trace file " + path, code);
@@ -101,7 +101,8 @@ void trace_sink::write(std::string_view text) noexcept {
     int err = errno;
     failed_ = true;
     try {
-      log::warning("trace file {}: {}; tracing stopped", path_, std::generic_category().message(err));
+      log::warning("trace file {}: {}; tracing stopped", path_,
+                   std::generic_category().message(err));
     } catch (...) {
     }
   }
@@ -193,11 +194,20 @@ void protocol_redactor::client_line(std::string_view line, const pop3::line_mark
 
 void protocol_redactor::expect_reply(pop3::reply_shape shape) {
   switch (shape) {
-    case pop3::reply_shape::single: expected_.push_back(expect::single); break;
-    case pop3::reply_shape::multi: expected_.push_back(expect::multi); break;
-    case pop3::reply_shape::body: expected_.push_back(expect::body); break;
-    case pop3::reply_shape::sasl: expected_.push_back(expect::sasl); break;
-    case pop3::reply_shape::none: break;
+    case pop3::reply_shape::single:
+      expected_.push_back(expect::single);
+      break;
+    case pop3::reply_shape::multi:
+      expected_.push_back(expect::multi);
+      break;
+    case pop3::reply_shape::body:
+      expected_.push_back(expect::body);
+      break;
+    case pop3::reply_shape::sasl:
+      expected_.push_back(expect::sasl);
+      break;
+    case pop3::reply_shape::none:
+      break;
   }
 }
 
@@ -308,8 +318,8 @@ std::string traced_transport::stamp() const {
   ::gmtime_r(&secs, &tm);
   char buf[80];
   (void)std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                static_cast<int>(ms % 1000));
+                      tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                      static_cast<int>(ms % 1000));
   return buf;
 }
 
@@ -386,12 +396,13 @@ void traced_transport::set_user(std::string_view user) noexcept {
   }
   try {
     const std::string dir = settings_.telemetry_dir + "/" + std::string(user);
-    struct stat st{};
+    struct stat st {};
     if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
       return;  // telemetry only for users whose directory exists
     }
     const std::string path = dir + "/" + file_name_for(settings_.session_id);
-    int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, trace_mode);
+    int fd =
+        ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, trace_mode);
     if (fd < 0) {
       log::warning("telemetry file {}: {}", path, std::generic_category().message(errno));
       return;

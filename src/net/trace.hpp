@@ -96,7 +96,8 @@ class protocol_redactor {
   explicit protocol_redactor(bool expect_greeting = true);
 
   // A line the engine read (see pop3::line_observer), without its line end.
-  void client_line(std::string_view line, const pop3::line_mark& mark, std::vector<std::string>& out);
+  void client_line(std::string_view line, const pop3::line_mark& mark,
+                   std::vector<std::string>& out);
   // Feed the server's bytes as they are sent; complete lines are appended to `out`.
   void server_bytes(std::string_view data, std::vector<std::string>& out);
   // The end of the session: a partial server line and an unfinished message are flushed.
@@ -119,7 +120,7 @@ class protocol_redactor {
   void expect_reply(pop3::reply_shape shape);
 
   std::deque<expect> expected_;
-  bool xmit_data_ = false;         // client lines are an XTND XMIT message
+  bool xmit_data_ = false;  // client lines are an XTND XMIT message
   std::uint64_t xmit_octets_ = 0;
   enum class multi { none, full, summary } multi_ = multi::none;
   std::uint64_t body_octets_ = 0;
@@ -130,7 +131,7 @@ struct trace_settings {
   std::shared_ptr<trace_sink> shared;  // [log] trace_file; null = none
   std::string telemetry_dir;           // [log] telemetry_dir; "" = none
   std::string session_id;
-  bool expect_greeting = true;         // see protocol_redactor
+  bool expect_greeting = true;  // see protocol_redactor
   // Clock for the line timestamps; null = system_clock::now.
   std::function<std::chrono::system_clock::time_point()> clock;
 };
@@ -179,9 +180,9 @@ class traced_transport final : public transport, public pop3::line_observer {
   int telemetry_fd_ = -1;
   std::string telemetry_path_;
   bool user_known_ = false;
-  std::string pre_login_;          // formatted lines held for telemetry
+  std::string pre_login_;  // formatted lines held for telemetry
   std::uint64_t pre_login_dropped_ = 0;
-  bool disabled_ = false;          // an unexpected failure: stop tracing this session
+  bool disabled_ = false;  // an unexpected failure: stop tracing this session
 };
 
 }  // namespace postern::net

@@ -1,9 +1,9 @@
 #include "net/trace.hpp"
 
+#include <gtest/gtest.h>
 #include <asio/co_spawn.hpp>
 #include <asio/detached.hpp>
 #include <asio/io_context.hpp>
-#include <gtest/gtest.h>
 
 #include <sys/stat.h>
 #include <unistd.h>
@@ -78,8 +78,9 @@ void traced_exchange::run() {
       case pop3::step::yield:
         break;
       case pop3::step::authenticate:
-        engine_.auth_done(engine_.take_password().view() == "good" ? pop3::auth_status::ok
-                                                                   : pop3::auth_status::bad_credentials);
+        engine_.auth_done(engine_.take_password().view() == "good"
+                              ? pop3::auth_status::ok
+                              : pop3::auth_status::bad_credentials);
         break;
       case pop3::step::open_maildrop:
         engine_.open_done(pop3::open_status::ok, infos_);
@@ -89,7 +90,7 @@ void traced_exchange::run() {
           engine_.sasl_challenge("VXNlcm5hbWU6");
         } else {
           engine_.sasl_done(engine_.sasl_response() == "b2s=" ? pop3::auth_status::ok
-                                                             : pop3::auth_status::bad_credentials);
+                                                              : pop3::auth_status::bad_credentials);
         }
         break;
       case pop3::step::retrieve:
@@ -105,8 +106,8 @@ void traced_exchange::run() {
         engine_.commit_done(true);
         break;
       case pop3::step::xlist:
-        engine_.xlist_done(true, std::vector<std::string>(engine_.xlist_messages().size(),
-                                                          "Subject: hi"));
+        engine_.xlist_done(
+            true, std::vector<std::string>(engine_.xlist_messages().size(), "Subject: hi"));
         break;
       case pop3::step::xmit:
         engine_.xmit_done(true);
@@ -144,7 +145,8 @@ TEST(protocol_redactor, user_pass_session_whole_and_byte_by_byte) {
   };
   for (std::size_t chunk : {0u, 1u, 2u, 5u}) {
     traced_exchange x;
-    for (const char* line : {"USER alice\r\n", "PASS good\r\n", "RETR 1\r\n", "LIST\r\n", "QUIT\r\n"}) {
+    for (const char* line :
+         {"USER alice\r\n", "PASS good\r\n", "RETR 1\r\n", "LIST\r\n", "QUIT\r\n"}) {
       x.say(line, chunk);
     }
     auto out = x.finish();
@@ -203,11 +205,24 @@ TEST(protocol_redactor, pipelined_commands_keep_their_replies_apart) {
   traced_exchange x;
   auto out = x.say("USER a\r\nPASS good\r\nTOP 1 0\r\nUIDL\r\nLIST 1\r\nRETR 3\r\n").finish();
   const std::vector<std::string> expected = {
-      "S: +OK Postern ready.", "C: USER a",    "C: PASS [redacted]", "S: +OK",
-      "C: TOP 1 0",            "S: +OK Logged in.",                  "S: +OK",
-      "S: [message body: 27 octets]",          "S: .",       "C: UIDL",
-      "C: LIST 1",             "C: RETR 3",    "S: +OK unique-id listing follows", "S: 1 u1",
-      "S: 2 u2",               "S: .",         "S: +OK 1 27", "S: -ERR No such message.",
+      "S: +OK Postern ready.",
+      "C: USER a",
+      "C: PASS [redacted]",
+      "S: +OK",
+      "C: TOP 1 0",
+      "S: +OK Logged in.",
+      "S: +OK",
+      "S: [message body: 27 octets]",
+      "S: .",
+      "C: UIDL",
+      "C: LIST 1",
+      "C: RETR 3",
+      "S: +OK unique-id listing follows",
+      "S: 1 u1",
+      "S: 2 u2",
+      "S: .",
+      "S: +OK 1 27",
+      "S: -ERR No such message.",
   };
   EXPECT_EQ(out, expected) << joined(out);
 }
@@ -233,7 +248,8 @@ TEST(protocol_redactor, lines_after_stls_follow_the_engine) {
   pop3::session_options o;
   o.stls_offered = true;
   traced_exchange x(std::move(o));
-  auto out = x.say("STLS\r\nCAPA\r\n").say("USER a\r\nPAS hunter2\r\nPASS good\r\nRETR 2\r\n", 3).finish();
+  auto out =
+      x.say("STLS\r\nCAPA\r\n").say("USER a\r\nPAS hunter2\r\nPASS good\r\nRETR 2\r\n", 3).finish();
   const std::string all = joined(out);
   EXPECT_EQ(all.find("CAPA"), std::string::npos) << all;
   EXPECT_EQ(all.find("hunter2"), std::string::npos) << all;
@@ -308,7 +324,10 @@ TEST(protocol_redactor, transaction_commands_stay_readable_after_login) {
   EXPECT_EQ(out[out.size() - 3], "C: NOOP x") << joined(out);
   // AUTH after login is refused; the answer a client sends anyway is not written.
   traced_exchange y;
-  auto after = y.say("USER a\r\nPASS good\r\n").say("AUTH PLAIN\r\n").say("AGFsaWNlAHNlY3JldA==\r\n").finish();
+  auto after = y.say("USER a\r\nPASS good\r\n")
+                   .say("AUTH PLAIN\r\n")
+                   .say("AGFsaWNlAHNlY3JldA==\r\n")
+                   .finish();
   EXPECT_EQ(after[after.size() - 2], "C: [redacted]") << joined(after);
   EXPECT_EQ(joined(after).find("AGFsaWNl"), std::string::npos) << joined(after);
 }
@@ -433,7 +452,7 @@ TEST(traced_transport, shared_file_and_telemetry_only_for_users_with_a_directory
   EXPECT_NE(shared.find("ab+c/d C: QUIT now\n"), std::string::npos) << shared;
   const std::string tele = slurp(t / "telemetry/alice/ab-c_d");
   EXPECT_EQ(tele, shared);  // the pre-login lines were kept and flushed at set_user
-  struct stat st{};
+  struct stat st {};
   ASSERT_EQ(::stat((t / "trace.log").c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0600u);
 

@@ -29,7 +29,8 @@ asio::awaitable<std::string_view> transport::read_shared(std::error_code& ec) {
   co_return std::string_view{};
 }
 
-asio::awaitable<std::size_t> tcp_transport::read_some(asio::mutable_buffer buf, std::error_code& ec) {
+asio::awaitable<std::size_t> tcp_transport::read_some(asio::mutable_buffer buf,
+                                                      std::error_code& ec) {
   auto [e, n] = co_await socket_.async_read_some(buf, use_tuple);
   ec = e;
   co_return n;
@@ -98,7 +99,8 @@ void tcp_transport::close() noexcept {
   socket_.close(ignored);
 }
 
-asio::awaitable<std::size_t> stdio_transport::read_some(asio::mutable_buffer buf, std::error_code& ec) {
+asio::awaitable<std::size_t> stdio_transport::read_some(asio::mutable_buffer buf,
+                                                        std::error_code& ec) {
   auto [e, n] = co_await in_.async_read_some(buf, use_tuple);
   ec = e;
   co_return n;

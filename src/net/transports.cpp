@@ -16,8 +16,9 @@ std::unique_ptr<transport> make_transport(asio::ip::tcp::socket socket, bool imp
   return std::make_unique<tcp_transport>(std::move(socket));
 }
 
-result<std::unique_ptr<transport>> make_transport(const asio::any_io_executor& ex, unique_fd fd, bool v6,
-                                                  bool implicit_tls, const tls_server_context* tls) {
+result<std::unique_ptr<transport>> make_transport(const asio::any_io_executor& ex, unique_fd fd,
+                                                  bool v6, bool implicit_tls,
+                                                  const tls_server_context* tls) {
   asio::ip::tcp::socket socket(ex);
   std::error_code ec;
   socket.assign(v6 ? asio::ip::tcp::v6() : asio::ip::tcp::v4(), fd.get(), ec);
@@ -28,16 +29,17 @@ result<std::unique_ptr<transport>> make_transport(const asio::any_io_executor& e
   return make_transport(std::move(socket), implicit_tls, tls);
 }
 
-result<std::unique_ptr<transport>> make_stdio_transport(const asio::any_io_executor& ex, unique_fd in,
-                                                        unique_fd out) {
+result<std::unique_ptr<transport>> make_stdio_transport(const asio::any_io_executor& ex,
+                                                        unique_fd in, unique_fd out) {
   if (!out) {
     out.reset(::dup(in.get()));
     if (!out) {
       return error::from_errno(errno, "dup");
     }
   }
-  return std::unique_ptr<transport>(std::make_unique<stdio_transport>(
-      asio::posix::stream_descriptor(ex, in.release()), asio::posix::stream_descriptor(ex, out.release())));
+  return std::unique_ptr<transport>(
+      std::make_unique<stdio_transport>(asio::posix::stream_descriptor(ex, in.release()),
+                                        asio::posix::stream_descriptor(ex, out.release())));
 }
 
 }  // namespace postern::net

@@ -21,12 +21,13 @@ std::unique_ptr<transport> make_transport(asio::ip::tcp::socket socket, bool imp
                                           const tls_server_context* tls);
 
 // The same for a connected TCP socket given as a descriptor (fork and inetd modes).
-result<std::unique_ptr<transport>> make_transport(const asio::any_io_executor& ex, unique_fd fd, bool v6,
-                                                  bool implicit_tls, const tls_server_context* tls);
+result<std::unique_ptr<transport>> make_transport(const asio::any_io_executor& ex, unique_fd fd,
+                                                  bool v6, bool implicit_tls,
+                                                  const tls_server_context* tls);
 
 // Input and output descriptors that are not a TCP socket (pipes, a UNIX socket): `out`
 // invalid means `in` is used both ways.
-result<std::unique_ptr<transport>> make_stdio_transport(const asio::any_io_executor& ex, unique_fd in,
-                                                        unique_fd out);
+result<std::unique_ptr<transport>> make_stdio_transport(const asio::any_io_executor& ex,
+                                                        unique_fd in, unique_fd out);
 
 }  // namespace postern::net

@@ -18,8 +18,8 @@ stream_buffer::stream_buffer(std::size_t read_size, std::size_t batch_size)
 
 bool stream_buffer::append(std::string_view bytes) noexcept {
   // Keep room for a read of half the read size, as fill() needs.
-  const std::size_t room_after = dot_encoder::max_encoded_size(read_size_ / 2) +
-                                 dot_encoder::max_finish_size;
+  const std::size_t room_after =
+      dot_encoder::max_encoded_size(read_size_ / 2) + dot_encoder::max_finish_size;
   if (bytes.size() > out_cap_ - out_len_ || out_cap_ - out_len_ - bytes.size() < room_after) {
     return false;
   }

@@ -47,7 +47,8 @@ std::string reference(const std::string& msg, std::optional<std::uint64_t> lines
 
 // Streams the whole reply, collecting every write the driver would make.
 std::vector<std::string> stream(stream_buffer& buf, fake_reader& reader,
-                                std::optional<std::uint64_t> lines, std::uint64_t* octets = nullptr) {
+                                std::optional<std::uint64_t> lines,
+                                std::uint64_t* octets = nullptr) {
   std::vector<std::string> writes;
   body_stream body(reader, buf, lines);
   for (;;) {
@@ -124,7 +125,8 @@ TEST(body_stream, dot_and_crlf_on_every_read_boundary) {
   // every small size: every boundary position falls on every kind of byte.
   std::string msg;
   for (int len = 0; len < 40; ++len) {
-    msg += std::string(static_cast<std::size_t>(len % 3), '.') + std::string(static_cast<std::size_t>(len), 'x');
+    msg += std::string(static_cast<std::size_t>(len % 3), '.') +
+           std::string(static_cast<std::size_t>(len), 'x');
     msg += (len % 2 == 0) ? "\r\n" : "\n";
     if (len % 9 == 0) {
       msg += "\r";
@@ -135,7 +137,8 @@ TEST(body_stream, dot_and_crlf_on_every_read_boundary) {
     for (std::size_t max_read = 1; max_read < 12; ++max_read) {
       stream_buffer buf(read_size);
       fake_reader reader(msg, max_read);
-      EXPECT_EQ(joined(stream(buf, reader, std::nullopt)), expected) << read_size << "/" << max_read;
+      EXPECT_EQ(joined(stream(buf, reader, std::nullopt)), expected)
+          << read_size << "/" << max_read;
     }
   }
 }

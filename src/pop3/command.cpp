@@ -9,14 +9,22 @@ namespace postern::pop3 {
 namespace {
 
 constexpr std::array<std::pair<std::string_view, command_kind>, 17> verbs{{
-    {"USER", command_kind::user}, {"PASS", command_kind::pass},
-    {"APOP", command_kind::apop}, {"AUTH", command_kind::auth},
-    {"STLS", command_kind::stls}, {"CAPA", command_kind::capa},
-    {"QUIT", command_kind::quit}, {"STAT", command_kind::stat},
-    {"LIST", command_kind::list}, {"RETR", command_kind::retr},
-    {"DELE", command_kind::dele}, {"NOOP", command_kind::noop},
-    {"RSET", command_kind::rset}, {"TOP", command_kind::top},
-    {"UIDL", command_kind::uidl}, {"LAST", command_kind::last},
+    {"USER", command_kind::user},
+    {"PASS", command_kind::pass},
+    {"APOP", command_kind::apop},
+    {"AUTH", command_kind::auth},
+    {"STLS", command_kind::stls},
+    {"CAPA", command_kind::capa},
+    {"QUIT", command_kind::quit},
+    {"STAT", command_kind::stat},
+    {"LIST", command_kind::list},
+    {"RETR", command_kind::retr},
+    {"DELE", command_kind::dele},
+    {"NOOP", command_kind::noop},
+    {"RSET", command_kind::rset},
+    {"TOP", command_kind::top},
+    {"UIDL", command_kind::uidl},
+    {"LAST", command_kind::last},
     {"XTND", command_kind::xtnd},
 }};
 

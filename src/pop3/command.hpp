@@ -6,8 +6,22 @@
 namespace postern::pop3 {
 
 enum class command_kind {
-  user, pass, apop, auth, stls, capa, quit,
-  stat, list, retr, dele, noop, rset, top, uidl, last,
+  user,
+  pass,
+  apop,
+  auth,
+  stls,
+  capa,
+  quit,
+  stat,
+  list,
+  retr,
+  dele,
+  noop,
+  rset,
+  top,
+  uidl,
+  last,
   xtnd,  // Qualcomm extensions: XTND XLIST, XTND XMIT
   unknown,
 };

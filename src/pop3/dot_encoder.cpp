@@ -93,7 +93,8 @@ std::size_t dot_encoder::encode_to(std::string_view in, char* out) noexcept {
       }
       at_line_start_ = false;
     }
-    const auto* lf = static_cast<const char*>(std::memchr(p, '\n', static_cast<std::size_t>(end - p)));
+    const auto* lf =
+        static_cast<const char*>(std::memchr(p, '\n', static_cast<std::size_t>(end - p)));
     const char* stop = lf != nullptr ? lf : end;
     if (stop > p) {
       const auto len = static_cast<std::size_t>(stop - p);

@@ -46,9 +46,9 @@ class dot_encoder {
 
   std::optional<std::uint64_t> body_lines_left_;
   bool at_line_start_ = true;
-  bool prev_cr_ = false;          // the last byte passed was a CR
+  bool prev_cr_ = false;  // the last byte passed was a CR
   bool in_headers_ = true;
-  std::uint64_t line_len_ = 0;    // bytes of the current line so far
+  std::uint64_t line_len_ = 0;  // bytes of the current line so far
   bool done_ = false;
 };
 

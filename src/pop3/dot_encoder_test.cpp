@@ -42,7 +42,8 @@ INSTANTIATE_TEST_SUITE_P(
     cases, dot_encoder_table,
     ::testing::Values(
         encoder_case{"lf_to_crlf", "A: b\n\nbody\n", std::nullopt, "A: b\r\n\r\nbody\r\n.\r\n"},
-        encoder_case{"crlf_kept", "A: b\r\n\r\nbody\r\n", std::nullopt, "A: b\r\n\r\nbody\r\n.\r\n"},
+        encoder_case{"crlf_kept", "A: b\r\n\r\nbody\r\n", std::nullopt,
+                     "A: b\r\n\r\nbody\r\n.\r\n"},
         encoder_case{"dot_stuffing", "A: b\n\n.\n..x\n.y\nz.\n", std::nullopt,
                      "A: b\r\n\r\n..\r\n...x\r\n..y\r\nz.\r\n.\r\n"},
         encoder_case{"no_final_newline", "A: b\n\nlast", std::nullopt, "A: b\r\n\r\nlast\r\n.\r\n"},
@@ -69,7 +70,6 @@ TEST(count_wire_octets, matches_encoder_for_all_chunkings) {
   }
 }
 
-
 // Boundaries that used to be easy to get wrong when a chunk ends in the middle of a line ending
 // or just before a line that starts with '.'.
 TEST(dot_encoder, chunk_boundaries) {
@@ -77,16 +77,16 @@ TEST(dot_encoder, chunk_boundaries) {
     std::string first, second, expected;
   };
   const split_case cases[] = {
-      {"a\r", "\nb\n", "a\r\nb\r\n.\r\n"},          // CR ends a chunk, its LF starts the next
-      {"a\r", "b\n", "a\rb\r\n.\r\n"},                // a bare CR at the end of a chunk
-      {"a\n", ".b\n", "a\r\n..b\r\n.\r\n"},          // '.' right after a chunk boundary
-      {"a\n.", "b\n", "a\r\n..b\r\n.\r\n"},          // '.' the last byte of a chunk
-      {"a\n.", ".\n", "a\r\n...\r\n.\r\n"},          // ".." split in two
-      {"a", "\n", "a\r\n.\r\n"},                        // LF alone in a chunk
-      {"\n", "\n", "\r\n\r\n.\r\n"},                     // empty lines
-      {".", "", "..\r\n.\r\n"},                          // a lone '.' with no newline
-      {"a\r", "", "a\r\n.\r\n"},                        // ends in a bare CR
-      {"ab", "c", "abc\r\n.\r\n"},                        // unterminated across chunks
+      {"a\r", "\nb\n", "a\r\nb\r\n.\r\n"},   // CR ends a chunk, its LF starts the next
+      {"a\r", "b\n", "a\rb\r\n.\r\n"},       // a bare CR at the end of a chunk
+      {"a\n", ".b\n", "a\r\n..b\r\n.\r\n"},  // '.' right after a chunk boundary
+      {"a\n.", "b\n", "a\r\n..b\r\n.\r\n"},  // '.' the last byte of a chunk
+      {"a\n.", ".\n", "a\r\n...\r\n.\r\n"},  // ".." split in two
+      {"a", "\n", "a\r\n.\r\n"},             // LF alone in a chunk
+      {"\n", "\n", "\r\n\r\n.\r\n"},         // empty lines
+      {".", "", "..\r\n.\r\n"},              // a lone '.' with no newline
+      {"a\r", "", "a\r\n.\r\n"},             // ends in a bare CR
+      {"ab", "c", "abc\r\n.\r\n"},           // unterminated across chunks
   };
   for (const auto& c : cases) {
     dot_encoder enc;
@@ -100,7 +100,8 @@ TEST(dot_encoder, chunk_boundaries) {
 
 TEST(dot_encoder, encode_to_stays_within_max_size) {
   // The worst cases for growth: every line "." or empty with bare LF.
-  for (const std::string& msg : {std::string(1000, '\n'), std::string(".\n.\n.\n.\n"), std::string("\n.\n..")}) {
+  for (const std::string& msg :
+       {std::string(1000, '\n'), std::string(".\n.\n.\n.\n"), std::string("\n.\n..")}) {
     dot_encoder enc;
     std::string out(dot_encoder::max_encoded_size(msg.size()) + dot_encoder::max_finish_size, '#');
     std::size_t n = enc.encode_to(msg, out.data());
@@ -117,9 +118,21 @@ TEST(dot_encoder, encode_to_stays_within_max_size) {
 // encoder must send exactly that many octets, plus the stuffing dots and ".CRLF".
 TEST(dot_encoder, sends_message_wire_octets) {
   const std::vector<std::string> bodies = {
-      "",           "a\n",          "a",           "a\r",        "a\r\n",    "Subject: x\n\nno eol",
-      "x\n\n",      ".dot\n.",      "a\nb\r\nc",   "\n",         "\r",       "a\r\r",
-      "line\n\r\n", std::string(70000, 'y'),   std::string(70000, '\n') + "z",
+      "",
+      "a\n",
+      "a",
+      "a\r",
+      "a\r\n",
+      "Subject: x\n\nno eol",
+      "x\n\n",
+      ".dot\n.",
+      "a\nb\r\nc",
+      "\n",
+      "\r",
+      "a\r\r",
+      "line\n\r\n",
+      std::string(70000, 'y'),
+      std::string(70000, '\n') + "z",
       std::string(32, 'x') + "y",
   };
   for (const std::string& msg : bodies) {

@@ -21,7 +21,7 @@ class line_decoder {
   };
   struct result {
     status st = status::need_more;
-    std::string_view line;  // valid while the caller's buffer is unchanged
+    std::string_view line;     // valid while the caller's buffer is unchanged
     std::size_t consumed = 0;  // bytes of the input the caller must drop
   };
 

@@ -27,10 +27,17 @@ std::vector<std::string> decode_all(const std::string& input, std::size_t max_li
       continue;
     }
     switch (r.st) {
-      case line_decoder::status::line: events.push_back("L:" + std::string(r.line)); break;
-      case line_decoder::status::too_long: events.push_back("TOO_LONG"); break;
-      case line_decoder::status::invalid: events.push_back("INVALID"); break;
-      default: break;
+      case line_decoder::status::line:
+        events.push_back("L:" + std::string(r.line));
+        break;
+      case line_decoder::status::too_long:
+        events.push_back("TOO_LONG");
+        break;
+      case line_decoder::status::invalid:
+        events.push_back("INVALID");
+        break;
+      default:
+        break;
     }
     buf.erase(0, r.consumed);
   }
@@ -64,8 +71,8 @@ INSTANTIATE_TEST_SUITE_P(
         decoder_case{"nul", std::string("US\0ER\r\nNOOP\r\n", 13), 255, {"INVALID", "L:NOOP"}},
         decoder_case{"exact_limit", std::string(8, 'a') + "\r\n", 10, {"L:aaaaaaaa"}},
         decoder_case{"one_over", std::string(9, 'a') + "\r\n", 10, {"TOO_LONG"}},
-        decoder_case{"long_then_ok", std::string(1000, 'x') + "\r\nNOOP\r\n", 10,
-                     {"TOO_LONG", "L:NOOP"}},
+        decoder_case{
+            "long_then_ok", std::string(1000, 'x') + "\r\nNOOP\r\n", 10, {"TOO_LONG", "L:NOOP"}},
         decoder_case{"long_unterminated", std::string(1000, 'x'), 10, {}}),
     [](const auto& param_info) { return param_info.param.name; });
 

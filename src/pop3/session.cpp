@@ -196,7 +196,8 @@ reply_shape session::reply_of(const command& cmd) const noexcept {
 
 void session::handle_line(std::string_view line) {
   if (xmit_receiving_) {
-    mark(line, line_kind::message, line.size(), line == "." ? reply_shape::single : reply_shape::none);
+    mark(line, line_kind::message, line.size(),
+         line == "." ? reply_shape::single : reply_shape::none);
     handle_xmit_line(line);
     return;
   }
@@ -823,8 +824,9 @@ void session::retrieve_started(bool ok, errc why) {
         reply_err("Message was deleted by another program.");
         break;
       case errc::changed:
-        reply_err("Message was changed by another program since it was listed; "
-                  "log in again to read it.");
+        reply_err(
+            "Message was changed by another program since it was listed; "
+            "log in again to read it.");
         break;
       case errc::permanent:
       case errc::denied:

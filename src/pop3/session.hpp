@@ -95,7 +95,7 @@ struct session_options {
   bool stls_offered = false;      // STLS available (a plain connection with TLS configured)
   bool tls_required = false;      // before TLS only CAPA, STLS and QUIT (tls mode "required")
   std::vector<std::string> sasl_mechanisms;  // usable on this connection, in CAPA order
-  std::string apop_timestamp;     // non-empty: APOP on, and the greeting carries it
+  std::string apop_timestamp;                // non-empty: APOP on, and the greeting carries it
   // Privilege separation: a session process that takes over after another process checked
   // the credentials starts here, with no greeting, at step::open_maildrop for this user; its
   // reply to the maildrop open answers the client's PASS/APOP/AUTH.
@@ -105,8 +105,8 @@ struct session_options {
   // empty: not listed.
   std::string login_delay_capability;
   std::string expire_capability;
-  bool xtnd_xlist = true;            // XTND XLIST (read-only, always safe)
-  bool xtnd_xmit = false;            // XTND XMIT: submit a message (off by default)
+  bool xtnd_xlist = true;  // XTND XLIST (read-only, always safe)
+  bool xtnd_xmit = false;  // XTND XMIT: submit a message (off by default)
   std::uint64_t xmit_max_size = limits::default_xmit_max_size;
 };
 
@@ -139,9 +139,7 @@ class session {
   // True when the input already holds the end of a line not yet processed: next() will act
   // on it without waiting for the client. The driver uses it to gather the replies of
   // pipelined commands into fewer writes.
-  bool has_buffered_line() const noexcept {
-    return in_.find('\n', in_pos_) != std::string::npos;
-  }
+  bool has_buffered_line() const noexcept { return in_.find('\n', in_pos_) != std::string::npos; }
 
   session_state state() const noexcept { return state_; }
   const session_stats& stats() const noexcept { return stats_; }
@@ -254,7 +252,11 @@ class session {
   std::string method_;
   secret_string password_;
   std::string apop_digest_;
-  enum class sasl_phase { none, awaiting_response, awaiting_final_ack } sasl_phase_ = sasl_phase::none;
+  enum class sasl_phase {
+    none,
+    awaiting_response,
+    awaiting_final_ack
+  } sasl_phase_ = sasl_phase::none;
   secret_string sasl_response_;  // base64 credentials for PLAIN and LOGIN
   bool sasl_start_ = false;
   bool tls_active_ = false;

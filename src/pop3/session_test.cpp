@@ -65,8 +65,9 @@ struct fake_driver {
             s.auth_done(auth_status::temporary_failure);
           } else {
             auto it = users.find(user);
-            s.auth_done(it != users.end() && it->second == pw.view() ? auth_status::ok
-                                                                     : auth_status::bad_credentials);
+            s.auth_done(it != users.end() && it->second == pw.view()
+                            ? auth_status::ok
+                            : auth_status::bad_credentials);
           }
           break;
         }
@@ -100,8 +101,9 @@ struct fake_driver {
         case step::sasl: {
           // A fake PLAIN-like mechanism: the first response must be "good", then one
           // challenge "Y2g=" is answered with "ok" and the exchange ends with final data "Zmlu".
-          sasl_log.push_back((s.sasl_is_start() ? "start:" : "cont:") + std::string(s.sasl_mechanism()) +
-                             ":" + std::string(s.sasl_response()));
+          sasl_log.push_back((s.sasl_is_start() ? "start:" : "cont:") +
+                             std::string(s.sasl_mechanism()) + ":" +
+                             std::string(s.sasl_response()));
           if (s.sasl_is_start() && s.sasl_response().empty()) {
             s.sasl_challenge("");
           } else if (s.sasl_response() == "good") {
@@ -153,9 +155,9 @@ TEST(session, login_and_stat) {
   EXPECT_EQ(d.say("USER alice\r\n"), "+OK\r\n");
   EXPECT_EQ(d.say("PASS secret\r\n"), "+OK Logged in.\r\n");
   EXPECT_EQ(d.s.state(), session_state::transaction);
-  EXPECT_EQ(d.say("STAT\r\n"), "+OK 3 " +
-                                   std::to_string(d.infos[0].size + d.infos[1].size + d.infos[2].size) +
-                                   "\r\n");
+  EXPECT_EQ(
+      d.say("STAT\r\n"),
+      "+OK 3 " + std::to_string(d.infos[0].size + d.infos[1].size + d.infos[2].size) + "\r\n");
 }
 
 TEST(session, password_with_spaces_kept_verbatim) {
@@ -189,7 +191,8 @@ TEST(session, temporary_failure_and_in_use_codes) {
   d.broken.clear();
   d.locked.insert("alice");
   d.say("USER alice\r\n");
-  EXPECT_EQ(d.say("PASS secret\r\n"), "-ERR [IN-USE] Mailbox is locked by another POP3 session.\r\n");
+  EXPECT_EQ(d.say("PASS secret\r\n"),
+            "-ERR [IN-USE] Mailbox is locked by another POP3 session.\r\n");
 }
 
 TEST(session, capa_lists_exactly_what_works) {
@@ -220,12 +223,14 @@ TEST_F(logged_in, list_and_uidl) {
                       std::to_string(d.infos[1].size) + "\r\n3 " + std::to_string(d.infos[2].size) +
                       "\r\n.\r\n");
   EXPECT_EQ(d.say("LIST 2\r\n"), "+OK 2 " + std::to_string(d.infos[1].size) + "\r\n");
-  EXPECT_EQ(d.say("UIDL\r\n"), "+OK unique-id listing follows\r\n1 uid-1\r\n2 uid-2\r\n3 uid-3\r\n.\r\n");
+  EXPECT_EQ(d.say("UIDL\r\n"),
+            "+OK unique-id listing follows\r\n1 uid-1\r\n2 uid-2\r\n3 uid-3\r\n.\r\n");
   EXPECT_EQ(d.say("uidl 3\r\n"), "+OK 3 uid-3\r\n");
 }
 
 TEST_F(logged_in, retr_stuffs_and_counts) {
-  EXPECT_EQ(d.say("RETR 2\r\n"), "+OK 36 octets\r\nSubject: two\r\n\r\n..dot\r\nline2\r\nline3\r\n.\r\n");
+  EXPECT_EQ(d.say("RETR 2\r\n"),
+            "+OK 36 octets\r\nSubject: two\r\n\r\n..dot\r\nline2\r\nline3\r\n.\r\n");
   EXPECT_EQ(d.say("RETR 3\r\n"), "+OK 22 octets\r\nSubject: three\r\n\r\nbody\r\n.\r\n");
   EXPECT_EQ(d.say("LAST\r\n"), "+OK 3\r\n");
   EXPECT_EQ(d.s.stats().retr_count, 2u);
@@ -234,7 +239,8 @@ TEST_F(logged_in, retr_stuffs_and_counts) {
 TEST_F(logged_in, top) {
   EXPECT_EQ(d.say("TOP 2 0\r\n"), "+OK\r\nSubject: two\r\n\r\n.\r\n");
   EXPECT_EQ(d.say("TOP 2 1\r\n"), "+OK\r\nSubject: two\r\n\r\n..dot\r\n.\r\n");
-  EXPECT_EQ(d.say("TOP 2 99999999999\r\n"), "+OK\r\nSubject: two\r\n\r\n..dot\r\nline2\r\nline3\r\n.\r\n");
+  EXPECT_EQ(d.say("TOP 2 99999999999\r\n"),
+            "+OK\r\nSubject: two\r\n\r\n..dot\r\nline2\r\nline3\r\n.\r\n");
   EXPECT_EQ(d.say("TOP 2\r\n"), "-ERR TOP needs a message number and a line count.\r\n");
   EXPECT_EQ(d.say("TOP 2 -1\r\n"), "-ERR Invalid line count.\r\n");
   EXPECT_EQ(d.say("TOP 2 1 1\r\n"), "-ERR Too many arguments.\r\n");
@@ -254,25 +260,23 @@ TEST_P(bad_args, answered_err_and_session_survives) {
 
 INSTANTIATE_TEST_SUITE_P(
     table, bad_args,
-    ::testing::Values(bad_arg_case{"RETR 0", "No such message."},
-                      bad_arg_case{"RETR 4", "No such message."},
-                      bad_arg_case{"RETR -1", "Invalid message number."},
-                      bad_arg_case{"RETR +1", "Invalid message number."},
-                      bad_arg_case{"RETR abc", "Invalid message number."},
-                      bad_arg_case{"RETR 1x", "Invalid message number."},
-                      bad_arg_case{"RETR 99999999999999999999", "Invalid message number."},
-                      bad_arg_case{"RETR 18446744073709551615", "No such message."},
-                      bad_arg_case{"RETR", "Missing or empty argument."},
-                      bad_arg_case{"RETR 1 2", "Too many arguments."},
-                      bad_arg_case{"RETR  1", "Missing or empty argument."},
-                      bad_arg_case{"LIST 0", "No such message."},
-                      bad_arg_case{"UIDL x", "Invalid message number."},
-                      bad_arg_case{"DELE 7", "No such message."},
-                      bad_arg_case{"STAT 1", "Too many arguments."},
-                      bad_arg_case{"USER bob", "Already logged in."},
-                      bad_arg_case{"STLS", "STLS is not allowed after login."},
-                      bad_arg_case{"XYZZY", "Unknown command."},
-                      bad_arg_case{"", "Unknown command."}));
+    ::testing::Values(
+        bad_arg_case{"RETR 0", "No such message."}, bad_arg_case{"RETR 4", "No such message."},
+        bad_arg_case{"RETR -1", "Invalid message number."},
+        bad_arg_case{"RETR +1", "Invalid message number."},
+        bad_arg_case{"RETR abc", "Invalid message number."},
+        bad_arg_case{"RETR 1x", "Invalid message number."},
+        bad_arg_case{"RETR 99999999999999999999", "Invalid message number."},
+        bad_arg_case{"RETR 18446744073709551615", "No such message."},
+        bad_arg_case{"RETR", "Missing or empty argument."},
+        bad_arg_case{"RETR 1 2", "Too many arguments."},
+        bad_arg_case{"RETR  1", "Missing or empty argument."},
+        bad_arg_case{"LIST 0", "No such message."},
+        bad_arg_case{"UIDL x", "Invalid message number."},
+        bad_arg_case{"DELE 7", "No such message."}, bad_arg_case{"STAT 1", "Too many arguments."},
+        bad_arg_case{"USER bob", "Already logged in."},
+        bad_arg_case{"STLS", "STLS is not allowed after login."},
+        bad_arg_case{"XYZZY", "Unknown command."}, bad_arg_case{"", "Unknown command."}));
 
 TEST_F(logged_in, dele_hides_message_and_rset_restores) {
   EXPECT_EQ(d.say("DELE 1\r\n"), "+OK Message 1 deleted.\r\n");
@@ -280,7 +284,8 @@ TEST_F(logged_in, dele_hides_message_and_rset_restores) {
   EXPECT_EQ(d.say("RETR 1\r\n"), "-ERR Message is deleted.\r\n");
   EXPECT_EQ(d.say("LIST 1\r\n"), "-ERR Message is deleted.\r\n");
   EXPECT_EQ(d.say("UIDL\r\n"), "+OK unique-id listing follows\r\n2 uid-2\r\n3 uid-3\r\n.\r\n");
-  EXPECT_EQ(d.say("STAT\r\n"), "+OK 2 " + std::to_string(d.infos[1].size + d.infos[2].size) + "\r\n");
+  EXPECT_EQ(d.say("STAT\r\n"),
+            "+OK 2 " + std::to_string(d.infos[1].size + d.infos[2].size) + "\r\n");
   EXPECT_EQ(d.say("RSET\r\n").substr(0, 20), "+OK Maildrop has 3 m");
   EXPECT_EQ(d.say("STAT\r\n").substr(0, 6), "+OK 3 ");
 }
@@ -311,9 +316,7 @@ TEST_F(logged_in, eof_commits_nothing) {
 TEST_F(logged_in, pipelined_commands_answered_in_order) {
   std::string all = "STAT\r\nLIST 1\r\nTOP 1 0\r\nDELE 1\r\nNOOP\r\nQUIT\r\n";
   std::string whole;
-  {
-    whole = d.say(all);
-  }
+  { whole = d.say(all); }
   fake_driver bytewise;
   bytewise.run();
   bytewise.say("USER alice\r\nPASS secret\r\n");
@@ -340,8 +343,8 @@ std::string unpipelined_replies(const std::vector<std::string>& commands) {
 
 TEST_F(logged_in, yields_after_max_lines_per_turn_with_the_same_replies) {
   // N + 1 cheap commands of several kinds, one of them a RETR (a request step inside the turn).
-  const std::vector<std::string> kinds = {"NOOP\r\n", "STAT\r\n", "LIST 1\r\n", "UIDL\r\n",
-                                          "XYZZY\r\n", "RETR 2\r\n"};
+  const std::vector<std::string> kinds = {"NOOP\r\n", "STAT\r\n",  "LIST 1\r\n",
+                                          "UIDL\r\n", "XYZZY\r\n", "RETR 2\r\n"};
   std::vector<std::string> commands;
   std::string all;
   for (std::size_t i = 0; i <= limits::max_lines_per_turn; ++i) {
@@ -351,8 +354,7 @@ TEST_F(logged_in, yields_after_max_lines_per_turn_with_the_same_replies) {
   // Under max_bad_commands: the unknown commands must not end the session.
   ASSERT_LT(limits::max_lines_per_turn / kinds.size() + 1, limits::default_max_bad_commands);
   const std::string expected = unpipelined_replies(commands);
-  const std::string first_n =
-      unpipelined_replies({commands.begin(), commands.end() - 1});
+  const std::string first_n = unpipelined_replies({commands.begin(), commands.end() - 1});
 
   d.s.feed(all);
   std::string sent;
@@ -477,7 +479,8 @@ TEST(session, too_many_bad_commands_disconnects) {
   d.say("A\r\n");
   d.say("B\r\n");
   EXPECT_FALSE(d.closed);
-  EXPECT_EQ(d.say("C\r\n"), "-ERR Unknown command.\r\n-ERR Too many bad commands, closing connection.\r\n");
+  EXPECT_EQ(d.say("C\r\n"),
+            "-ERR Unknown command.\r\n-ERR Too many bad commands, closing connection.\r\n");
   EXPECT_TRUE(d.closed);
 }
 
@@ -491,8 +494,9 @@ TEST(session, too_many_failed_logins_disconnects) {
   }
   EXPECT_FALSE(d.closed);
   d.say("USER alice\r\n");
-  EXPECT_EQ(d.say("PASS nope\r\n"),
-            "-ERR [AUTH] Authentication failed. Disconnected for too many authentication failures.\r\n");
+  EXPECT_EQ(
+      d.say("PASS nope\r\n"),
+      "-ERR [AUTH] Authentication failed. Disconnected for too many authentication failures.\r\n");
   EXPECT_TRUE(d.s.too_many_failed_logins());
   EXPECT_TRUE(d.closed);
 }
@@ -645,7 +649,8 @@ TEST(session_apop, greeting_and_login) {
 TEST(session_apop, not_available_without_timestamp) {
   fake_driver d;
   d.run();
-  EXPECT_EQ(d.say("APOP alice c4c9334bac560ecc979e58001b3e22fb\r\n"), "-ERR APOP is not available.\r\n");
+  EXPECT_EQ(d.say("APOP alice c4c9334bac560ecc979e58001b3e22fb\r\n"),
+            "-ERR APOP is not available.\r\n");
 }
 
 }  // namespace
@@ -661,7 +666,8 @@ TEST(session_resume, starts_authenticated_without_greeting) {
   fake_driver d(o);
   d.s.feed("STAT\r\n");
   EXPECT_EQ(d.run(), "+OK Logged in.\r\n+OK 3 " +
-                         std::to_string(d.infos[0].size + d.infos[1].size + d.infos[2].size) + "\r\n");
+                         std::to_string(d.infos[0].size + d.infos[1].size + d.infos[2].size) +
+                         "\r\n");
   EXPECT_EQ(d.s.login_method(), "USER");
 }
 
@@ -789,7 +795,7 @@ TEST(session_marks, pass_argument_and_mistyped_pass_are_secret) {
   EXPECT_EQ(rec.lines[2].mark.shown, 0u);  // PASS<TAB>secret: one unknown word
   EXPECT_EQ(rec.lines[3].shown(), "pass");
   EXPECT_EQ(rec.lines[4].shown(), "NOOP");  // before login: the verb only
-  EXPECT_EQ(rec.lines[5].mark.shown, 0u);  // a password typed as a command
+  EXPECT_EQ(rec.lines[5].mark.shown, 0u);   // a password typed as a command
   for (const char* s : {"sec1", "sec2", "sec3", "sec4", "sec5"}) {
     EXPECT_TRUE(rec.hides(s)) << s;
   }

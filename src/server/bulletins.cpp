@@ -141,7 +141,7 @@ result<std::vector<std::string>> list_sub(const std::string& root, const char* s
 
 result<std::vector<bulletin>> read_maildir_source(const std::string& path, std::uint64_t after) {
   struct item {
-    std::string rel;   // "cur/name"
+    std::string rel;  // "cur/name"
     std::string base;
     std::optional<std::uint64_t> ts;
   };
@@ -168,8 +168,8 @@ result<std::vector<bulletin>> read_maildir_source(const std::string& path, std::
   });
   std::vector<bulletin> out;
   for (std::size_t i = after; i < items.size(); ++i) {
-    auto content = read_file(AT_FDCWD, path + "/" + items[i].rel, path + "/" + items[i].rel,
-                             max_source_mbox);
+    auto content =
+        read_file(AT_FDCWD, path + "/" + items[i].rel, path + "/" + items[i].rel, max_source_mbox);
     if (!content) {
       if (content.err().code() == errc::not_found) {
         // Renamed by a reader (new/ -> cur/) since we listed: the next login sees it.
@@ -177,7 +177,8 @@ result<std::vector<bulletin>> read_maildir_source(const std::string& path, std::
       }
       return std::move(content).err();
     }
-    out.push_back(bulletin{i + 1, key_for("maildir\n" + items[i].base), std::move(content).value()});
+    out.push_back(
+        bulletin{i + 1, key_for("maildir\n" + items[i].base), std::move(content).value()});
   }
   return out;
 }
@@ -234,7 +235,7 @@ result<void> ensure_maildir(const std::string& path) {
       continue;
     }
     int err = errno;
-    struct stat st{};
+    struct stat st {};
     if (err == EEXIST || (::stat(d.c_str(), &st) == 0 && S_ISDIR(st.st_mode))) {
       continue;
     }
@@ -273,7 +274,7 @@ void chown_like(int fd, const std::string& reference) {
   if (::geteuid() != 0) {
     return;
   }
-  struct stat st{};
+  struct stat st {};
   if (::stat(reference.c_str(), &st) == 0 && (st.st_uid != 0 || st.st_gid != 0)) {
     (void)::fchown(fd, st.st_uid, st.st_gid);  // best effort: root-owned mail still reads
   }
@@ -285,8 +286,8 @@ result<void> deliver_to_maildir(const bulletin& b, const std::string& path,
   // the Maildir store sorts by the leading time and then by name.
   char number[24];
   (void)std::snprintf(number, sizeof number, "%010llu", static_cast<unsigned long long>(b.number));
-  const std::string name = std::to_string(store::unix_seconds(now)) + ".B" + number + "_" +
-                           b.key + std::string(name_suffix);
+  const std::string name = std::to_string(store::unix_seconds(now)) + ".B" + number + "_" + b.key +
+                           std::string(name_suffix);
   const std::string tmp = path + "/tmp/" + name;
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, message_mode);
   if (fd < 0) {
@@ -371,7 +372,7 @@ result<bool> deliver_to_mbox(const bulletin& b, const bulletin_settings& s, cons
     POSTERN_TRY(lock->release());
     return false;
   }
-  struct stat st{};
+  struct stat st {};
   if (::fstat(fd, &st) != 0) {
     int err = errno;
     return error::from_errno(err, "bulletins: stat " + path);
@@ -509,9 +510,10 @@ result<std::optional<std::uint64_t>> bulletin_db::last(std::string_view user) {
 
 result<void> bulletin_db::set_last(std::string_view user, std::uint64_t number) {
   std::lock_guard<std::mutex> lock(db_->mutex());
-  auto put = prepare_statement(*db_,
-                     "INSERT INTO bulletins (user, last_bulletin) VALUES (?1, ?2) "
-                     "ON CONFLICT(user) DO UPDATE SET last_bulletin = excluded.last_bulletin");
+  auto put =
+      prepare_statement(*db_,
+                        "INSERT INTO bulletins (user, last_bulletin) VALUES (?1, ?2) "
+                        "ON CONFLICT(user) DO UPDATE SET last_bulletin = excluded.last_bulletin");
   if (!put) {
     return std::move(put).err();
   }
@@ -542,7 +544,8 @@ result<std::size_t> deliver_bulletins(const bulletin_settings& settings,
   if (!last) {
     return std::move(last).err();
   }
-  auto pending = read_bulletins(settings.source_kind, settings.source_path, *last, settings.quoting);
+  auto pending =
+      read_bulletins(settings.source_kind, settings.source_path, *last, settings.quoting);
   if (!pending) {
     return std::move(pending).err();
   }
@@ -587,8 +590,8 @@ std::string asctime_utc(std::chrono::system_clock::time_point t) {
                                            "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
   char buf[64];
   (void)std::snprintf(buf, sizeof buf, "%s %s %2d %02d:%02d:%02d %d", days[tm.tm_wday % 7],
-                months[tm.tm_mon % 12], tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                tm.tm_year + 1900);
+                      months[tm.tm_mon % 12], tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                      tm.tm_year + 1900);
   return buf;
 }
 

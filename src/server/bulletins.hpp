@@ -74,16 +74,15 @@ struct bulletin {
 // written by an administrator, and an mbox append is seen whole or not at all by the next
 // login). Errors: errc::temporary/permanent for I/O; errc::invalid for an mbox larger than
 // 64 MiB (bulletins are meant to be few and small).
-result<std::vector<bulletin>> read_bulletins(store::store_kind kind, const std::string& path,
-                                             std::uint64_t after,
-                                             store::mbox::quoting source_quoting =
-                                                 store::mbox::quoting::mboxo);
+result<std::vector<bulletin>> read_bulletins(
+    store::store_kind kind, const std::string& path, std::uint64_t after,
+    store::mbox::quoting source_quoting = store::mbox::quoting::mboxo);
 
 struct bulletin_settings {
   store::store_kind source_kind = store::store_kind::mbox;
-  std::string source_path;           // expanded bulletin_source
-  bulletin_db* db = nullptr;         // null: ~/.popbull only
-  store::lock::lock_options locking; // for an mbox target (the [mail] mbox_* settings)
+  std::string source_path;            // expanded bulletin_source
+  bulletin_db* db = nullptr;          // null: ~/.popbull only
+  store::lock::lock_options locking;  // for an mbox target (the [mail] mbox_* settings)
   store::mbox::quoting quoting = store::mbox::quoting::mboxo;  // mbox source and target
   // Clock for Maildir names and From_ lines; null = system_clock::now.
   std::function<std::chrono::system_clock::time_point()> clock;
@@ -91,9 +90,9 @@ struct bulletin_settings {
 
 struct bulletin_target {
   store::store_kind kind = store::store_kind::maildir;
-  std::string path;   // the user's maildrop, as the session will open it
-  std::string user;   // the login name (the database key)
-  std::string home;   // for ~/.popbull; "" = none
+  std::string path;  // the user's maildrop, as the session will open it
+  std::string user;  // the login name (the database key)
+  std::string home;  // for ~/.popbull; "" = none
 };
 
 // Delivers the bulletins the user has not had yet; returns how many were delivered now

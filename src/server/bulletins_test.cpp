@@ -25,8 +25,8 @@ using tp = std::chrono::system_clock::time_point;
 struct temp_dir : test::temp_dir {
   temp_dir() : test::temp_dir("postern-bulletins") {}
 };
-using test::read_file;
 using test::append_file;
+using test::read_file;
 
 // Writes the file, creating the directories above it first.
 void write_file(const std::string& path, std::string_view content) {
@@ -94,8 +94,8 @@ TEST_F(bulletins_fixture, no_source_no_bulletins) {
 }
 
 TEST_F(bulletins_fixture, mbox_source_into_maildir_exactly_once) {
-  write_file(settings_.source_path, bulletin_entry("B1", "Greetings.\n>From quoted\n") +
-                                        bulletin_entry("B2"));
+  write_file(settings_.source_path,
+             bulletin_entry("B1", "Greetings.\n>From quoted\n") + bulletin_entry("B2"));
   EXPECT_EQ(deliver(), 2u);
   EXPECT_EQ(deliver(), 0u);  // the next login: nothing new
   EXPECT_EQ(subjects_in_maildir(target_.path), (std::vector<std::string>{"B1", "B2"}));
@@ -127,8 +127,8 @@ TEST_F(bulletins_fixture, crash_between_delivery_and_record_never_delivers_twice
   EXPECT_EQ(db_->last("alice").value(), 2u);
   std::size_t files = 0;
   for (const char* sub : {"/new", "/cur"}) {
-    files += static_cast<std::size_t>(std::distance(fs::directory_iterator(target_.path + sub),
-                                                    fs::directory_iterator()));
+    files += static_cast<std::size_t>(
+        std::distance(fs::directory_iterator(target_.path + sub), fs::directory_iterator()));
   }
   EXPECT_EQ(files, 2u);
   EXPECT_TRUE(fs::is_empty(target_.path + "/tmp"));
@@ -211,8 +211,8 @@ TEST_F(bulletins_fixture, popbull_without_database) {
 }
 
 TEST_F(bulletins_fixture, database_takes_precedence_over_popbull) {
-  write_file(settings_.source_path, bulletin_entry("B1") + bulletin_entry("B2") +
-                                        bulletin_entry("B3"));
+  write_file(settings_.source_path,
+             bulletin_entry("B1") + bulletin_entry("B2") + bulletin_entry("B3"));
   write_file(target_.home + "/.popbull", "1\n");
   EXPECT_EQ(deliver(), 2u);  // no row yet: ~/.popbull says 1
   EXPECT_EQ(db_->last("alice").value(), 3u);

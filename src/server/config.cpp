@@ -80,16 +80,26 @@ class checker {
 
 std::string_view type_name(const toml::node& n) noexcept {
   switch (n.type()) {
-    case toml::node_type::table: return "a table";
-    case toml::node_type::array: return "an array";
-    case toml::node_type::string: return "a string";
-    case toml::node_type::integer: return "an integer";
-    case toml::node_type::floating_point: return "a floating-point number";
-    case toml::node_type::boolean: return "a boolean";
-    case toml::node_type::date: return "a date";
-    case toml::node_type::time: return "a time";
-    case toml::node_type::date_time: return "a date-time";
-    case toml::node_type::none: break;
+    case toml::node_type::table:
+      return "a table";
+    case toml::node_type::array:
+      return "an array";
+    case toml::node_type::string:
+      return "a string";
+    case toml::node_type::integer:
+      return "an integer";
+    case toml::node_type::floating_point:
+      return "a floating-point number";
+    case toml::node_type::boolean:
+      return "a boolean";
+    case toml::node_type::date:
+      return "a date";
+    case toml::node_type::time:
+      return "a time";
+    case toml::node_type::date_time:
+      return "a date-time";
+    case toml::node_type::none:
+      break;
   }
   return "nothing";
 }
@@ -326,7 +336,8 @@ void set_listen(const item& it, config& cfg) { set_listen_list(it, cfg.listen, t
 
 // FileDescriptorName= allows up to 255 printable ASCII characters other than ':'.
 bool is_fd_name(std::string_view s) {
-  return !s.empty() && s.size() <= 255 && is_printable_ascii(s) && s.find(':') == std::string_view::npos;
+  return !s.empty() && s.size() <= 255 && is_printable_ascii(s) &&
+         s.find(':') == std::string_view::npos;
 }
 
 std::optional<listener_config> parse_listener(const item& it, const toml::table& tbl) {
@@ -363,7 +374,8 @@ std::optional<listener_config> parse_listener(const item& it, const toml::table&
     } else if (k.str() == "name") {
       auto s = get_string(field);
       if (s && !is_fd_name(*s)) {
-        field.fail("expected a systemd FileDescriptorName (printable ASCII without ':', at most 255)");
+        field.fail(
+            "expected a systemd FileDescriptorName (printable ASCII without ':', at most 255)");
       }
       ok = ok && s && is_fd_name(*s);
       out.name = s ? *s : "";
@@ -483,8 +495,12 @@ void set_penalty_duration(const item& it, std::chrono::milliseconds& out, bool z
   }
 }
 
-void set_penalty_initial(const item& it, config& cfg) { set_penalty_duration(it, cfg.penalty_initial, false); }
-void set_penalty_max(const item& it, config& cfg) { set_penalty_duration(it, cfg.penalty_max, true); }
+void set_penalty_initial(const item& it, config& cfg) {
+  set_penalty_duration(it, cfg.penalty_initial, false);
+}
+void set_penalty_max(const item& it, config& cfg) {
+  set_penalty_duration(it, cfg.penalty_max, true);
+}
 
 void set_greeting(const item& it, config& cfg) {
   auto s = get_string(it);
@@ -529,8 +545,7 @@ void set_mbox_state_dir(const item& it, config& cfg) {
   if (!s->empty()) {
     auto loc = store::parse_location("mbox:" + *s);
     if (!loc || loc->path != *s) {
-      it.fail(quoted(*s) + ": " +
-              (loc ? std::string("':' is not allowed") : loc.err().message()));
+      it.fail(quoted(*s) + ": " + (loc ? std::string("':' is not allowed") : loc.err().message()));
       return;
     }
   }
@@ -678,7 +693,8 @@ void set_mechanisms(const item& it, config& cfg) {
     }
     std::string name = ascii_to_upper(s->get());
     const auto known_mechanisms = auth::sasl_mechanism_names();
-    if (std::find(known_mechanisms.begin(), known_mechanisms.end(), name) == known_mechanisms.end()) {
+    if (std::find(known_mechanisms.begin(), known_mechanisms.end(), name) ==
+        known_mechanisms.end()) {
       std::string choices;
       for (auto m : known_mechanisms) {
         choices += (choices.empty() ? "" : ", ") + std::string(m);
@@ -710,7 +726,8 @@ void set_network_list(const item& it, std::vector<std::string>& list) {
       return;
     }
     if (!net::parse_network(s->get())) {
-      el_item.fail(quoted(s->get()) + " is not a numeric network (ADDRESS/PREFIX, e.g. \"192.0.2.0/24\")");
+      el_item.fail(quoted(s->get()) +
+                   " is not a numeric network (ADDRESS/PREFIX, e.g. \"192.0.2.0/24\")");
       return;
     }
     out.push_back(s->get());
@@ -718,12 +735,16 @@ void set_network_list(const item& it, std::vector<std::string>& list) {
   list = std::move(out);
 }
 
-void set_trusted_networks(const item& it, config& cfg) { set_network_list(it, cfg.trusted_networks); }
+void set_trusted_networks(const item& it, config& cfg) {
+  set_network_list(it, cfg.trusted_networks);
+}
 void set_penalty_exempt_networks(const item& it, config& cfg) {
   set_network_list(it, cfg.penalty_exempt_networks);
 }
 void set_penalty_file(const item& it, config& cfg) { set_path(it, cfg.penalty_file); }
-void set_proxy_trusted_networks(const item& it, config& cfg) { set_network_list(it, cfg.proxy_trusted_networks); }
+void set_proxy_trusted_networks(const item& it, config& cfg) {
+  set_network_list(it, cfg.proxy_trusted_networks);
+}
 
 void set_tls_version(const item& it, config& cfg) {
   auto s = get_string(it);
@@ -855,8 +876,7 @@ void set_acl(const item& it, config& cfg) {
     auto sp = r.find(' ');
     std::string verb = r.substr(0, sp);
     std::string what = sp == std::string::npos ? "" : r.substr(sp + 1);
-    if ((verb != "allow" && verb != "deny") ||
-        (what != "any" && !net::parse_network(what))) {
+    if ((verb != "allow" && verb != "deny") || (what != "any" && !net::parse_network(what))) {
       it.fail(quoted(r) + " is not \"allow NETWORK\", \"deny NETWORK\" or \"allow/deny any\"");
       return;
     }
@@ -890,7 +910,8 @@ void set_uidl_format(const item& it, config& cfg) {
       }
     }
     if (j >= s->size() || std::string_view("vumfg%").find((*s)[j]) == std::string_view::npos) {
-      it.fail(quoted(*s) + ": unknown variable; use %v, %u, %m, %f, %g (with optional width and X)");
+      it.fail(quoted(*s) +
+              ": unknown variable; use %v, %u, %m, %f, %g (with optional width and X)");
       return;
     }
     i = j;
@@ -982,15 +1003,16 @@ struct key_rule {
   setter set;
 };
 
-constexpr std::array<std::string_view, 6> table_names{"server", "mail", "auth", "tls", "pop3", "log"};
+constexpr std::array<std::string_view, 6> table_names{"server", "mail", "auth",
+                                                      "tls",    "pop3", "log"};
 
-#define POSTERN_BOOL_KEY(table, name)                 \
-  {                                                   \
-    table, #name, [](const item& it, config& c) {     \
-      if (auto v = get_bool(it)) {                    \
-        c.name = *v;                                  \
-      }                                               \
-    }                                                 \
+#define POSTERN_BOOL_KEY(table, name)             \
+  {                                               \
+    table, #name, [](const item& it, config& c) { \
+      if (auto v = get_bool(it)) {                \
+        c.name = *v;                              \
+      }                                           \
+    }                                             \
   }
 
 constexpr auto key_rules = std::to_array<key_rule>({
@@ -1414,8 +1436,9 @@ void check_root(checker& chk, const toml::table& root, config& cfg) {
         chk.fail(k.source(), name,
                  "unknown table; the tables are [server], [mail], [auth], [tls], [pop3] and [log]");
       } else {
-        chk.fail(k.source(), name,
-                 "unknown top-level key; settings go inside [server], [mail], [auth], [tls], [pop3] or [log]");
+        chk.fail(
+            k.source(), name,
+            "unknown top-level key; settings go inside [server], [mail], [auth], [tls], [pop3] or [log]");
       }
       continue;
     }
@@ -1430,7 +1453,8 @@ void check_root(checker& chk, const toml::table& root, config& cfg) {
       cfg.listen.clear();  // [[server.listener]] replaces the default listen addresses
     }
     const auto* listen = name == "server" ? tbl->get("listen") : nullptr;
-    if (listen != nullptr && cfg.listen.empty() && cfg.tls_listen.empty() && cfg.listeners.empty()) {
+    if (listen != nullptr && cfg.listen.empty() && cfg.tls_listen.empty() &&
+        cfg.listeners.empty()) {
       chk.fail(listen->source(), "server.listen",
                "must list at least one address (or set tls_listen or a [[server.listener]])");
     }
@@ -1447,13 +1471,27 @@ std::string toml_string(std::string_view s) {
   for (char c : s) {
     auto u = static_cast<unsigned char>(c);
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\b': out += "\\b"; break;
-      case '\t': out += "\\t"; break;
-      case '\n': out += "\\n"; break;
-      case '\f': out += "\\f"; break;
-      case '\r': out += "\\r"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\b':
+        out += "\\b";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\f':
+        out += "\\f";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
       default:
         if (u < 0x20 || u == 0x7F) {
           static constexpr char hex[] = "0123456789ABCDEF";
@@ -1491,20 +1529,26 @@ result<void> check_listeners(const config& cfg, const std::string& name) {
   std::set<std::string> names;
   auto specs = listener_specs(cfg);
   if (specs.empty()) {
-    return error(errc::invalid, name + ": no listener: set server.listen, server.tls_listen or a [[server.listener]]");
+    return error(
+        errc::invalid,
+        name + ": no listener: set server.listen, server.tls_listen or a [[server.listener]]");
   }
   for (const auto& spec : specs) {
     if (spec.port != 0 && !seen.emplace(spec.host, spec.port).second) {
-      return error(errc::invalid, name + ": " + format_listen({spec.host, spec.port}) +
-                                      " is listed twice among server.listen, server.tls_listen and [[server.listener]]");
+      return error(
+          errc::invalid,
+          name + ": " + format_listen({spec.host, spec.port}) +
+              " is listed twice among server.listen, server.tls_listen and [[server.listener]]");
     }
     if (spec.options.proxy_protocol && cfg.proxy_trusted_networks.empty()) {
-      return error(errc::invalid, name + ": [[server.listener]] " + format_listen({spec.host, spec.port}) +
-                                      " has proxy_protocol = true but server.proxy_trusted_networks is empty: "
-                                      "list the front ends' addresses there");
+      return error(errc::invalid,
+                   name + ": [[server.listener]] " + format_listen({spec.host, spec.port}) +
+                       " has proxy_protocol = true but server.proxy_trusted_networks is empty: "
+                       "list the front ends' addresses there");
     }
     if (!spec.name.empty() && !names.insert(spec.name).second) {
-      return error(errc::invalid, name + ": [[server.listener]] name \"" + spec.name + "\" is used twice");
+      return error(errc::invalid,
+                   name + ": [[server.listener]] name \"" + spec.name + "\" is used twice");
     }
   }
   return {};
@@ -1523,11 +1567,13 @@ result<void> check_combinations(const config& cfg, const std::string& name) {
     }
     for (const auto& l : cfg.listeners) {
       if (l.implicit_tls) {
-        return fail("[[server.listener]] " + format_listen(l.address) + " with tls = \"implicit\" needs tls.cert and tls.key");
+        return fail("[[server.listener]] " + format_listen(l.address) +
+                    " with tls = \"implicit\" needs tls.cert and tls.key");
       }
     }
     if (cfg.tls == tls_mode::required || cfg.tls == tls_mode::connection) {
-      return fail(std::string("tls.mode = \"") + (cfg.tls == tls_mode::required ? "required" : "connection") +
+      return fail(std::string("tls.mode = \"") +
+                  (cfg.tls == tls_mode::required ? "required" : "connection") +
                   "\" needs tls.cert and tls.key");
     }
     if (!cfg.tls_client_ca.empty() || !cfg.tls_chain.empty()) {
@@ -1535,23 +1581,29 @@ result<void> check_combinations(const config& cfg, const std::string& name) {
     }
   }
   if (cfg.processes != 1 && cfg.unix.model == process_model::fork) {
-    return fail("server.processes applies to event mode only; fork mode (server.process_model = "
-                "\"fork\") runs one process per session, limited by server.max_children");
+    return fail(
+        "server.processes applies to event mode only; fork mode (server.process_model = "
+        "\"fork\") runs one process per session, limited by server.max_children");
   }
   if (cfg.last_valid_uid != 0 && cfg.last_valid_uid < cfg.first_valid_uid) {
-    return fail("auth.last_valid_uid (" + std::to_string(cfg.last_valid_uid) + ") is below auth.first_valid_uid (" +
-                std::to_string(cfg.first_valid_uid) + "): no uid could own mail (0 = no upper limit)");
+    return fail("auth.last_valid_uid (" + std::to_string(cfg.last_valid_uid) +
+                ") is below auth.first_valid_uid (" + std::to_string(cfg.first_valid_uid) +
+                "): no uid could own mail (0 = no upper limit)");
   }
   if (cfg.penalty_max.count() != 0 && cfg.penalty_max < cfg.penalty_initial) {
-    return fail("auth.penalty_max (" + format_duration(cfg.penalty_max) + ") is below auth.penalty_initial (" +
-                format_duration(cfg.penalty_initial) + "); set penalty_max = 0 to turn the penalty off");
+    return fail("auth.penalty_max (" + format_duration(cfg.penalty_max) +
+                ") is below auth.penalty_initial (" + format_duration(cfg.penalty_initial) +
+                "); set penalty_max = 0 to turn the penalty off");
   }
   if (cfg.penalty_max.count() != 0 && cfg.penalty_file.empty()) {
-    return fail("auth.penalty_file must name a file (--inetd keeps the penalty there), or set auth.penalty_max = 0");
+    return fail(
+        "auth.penalty_file must name a file (--inetd keeps the penalty there), or set auth.penalty_max = 0");
   }
-  bool has_external = std::find(cfg.mechanisms.begin(), cfg.mechanisms.end(), "EXTERNAL") != cfg.mechanisms.end();
+  bool has_external =
+      std::find(cfg.mechanisms.begin(), cfg.mechanisms.end(), "EXTERNAL") != cfg.mechanisms.end();
   if (has_external && cfg.tls_client_ca.empty()) {
-    return fail("auth.mechanisms lists EXTERNAL, which needs tls.client_ca to verify client certificates");
+    return fail(
+        "auth.mechanisms lists EXTERNAL, which needs tls.client_ca to verify client certificates");
   }
   return {};
 }

@@ -193,7 +193,8 @@ TEST(config, every_key_is_read) {
       {"[server]\nidle_timeout = \"1s\"", [](const config& c) { EXPECT_EQ(c.idle_timeout, 1s); }},
       {"[server]\nidle_timeout = \"24h\"", [](const config& c) { EXPECT_EQ(c.idle_timeout, 24h); }},
       {"[server]\nlogin_timeout = 0", [](const config& c) { EXPECT_EQ(c.login_timeout, 0s); }},
-      {"[server]\nlogin_timeout = \"2m\"", [](const config& c) { EXPECT_EQ(c.login_timeout, 120s); }},
+      {"[server]\nlogin_timeout = \"2m\"",
+       [](const config& c) { EXPECT_EQ(c.login_timeout, 120s); }},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.text);
@@ -461,7 +462,8 @@ TEST(config, errors_name_file_line_and_key) {
        "t.toml: auth.penalty_max (\"15s\") is below auth.penalty_initial (\"20s\"); set penalty_max = 0 to turn the penalty off"},
       {"[auth]\npenalty_exempt_networks = [\"10.0.0.1/8\"]\n",
        "t.toml:2: auth.penalty_exempt_networks: \"10.0.0.1/8\" is not a numeric network (ADDRESS/PREFIX, e.g. \"192.0.2.0/24\")"},
-      {"[auth]\npenalty_file = \"run/x\"\n", "t.toml:2: auth.penalty_file: \"run/x\": the path must be absolute"},
+      {"[auth]\npenalty_file = \"run/x\"\n",
+       "t.toml:2: auth.penalty_file: \"run/x\": the path must be absolute"},
       {"[auth]\nfailure_delay = \"60001ms\"\n",
        "t.toml:2: auth.failure_delay: must be at most 60 seconds"},
       // Strings.
@@ -1298,8 +1300,8 @@ TEST(config, format_round_trips) {
 // Each boolean key of [pop3] is printed as it was set, both ways (a formatter that printed a
 // constant would pass a round trip of the defaults).
 TEST(config, format_prints_each_pop3_boolean_as_set) {
-  for (const char* key : {"delete_expired", "dovecot_lock_session", "undelete", "xtnd_xlist",
-                          "xtnd_xmit"}) {
+  for (const char* key :
+       {"delete_expired", "dovecot_lock_session", "undelete", "xtnd_xlist", "xtnd_xmit"}) {
     for (const char* value : {"true", "false"}) {
       const std::string line = std::string(key) + " = " + value;
       auto c = parse_config("[pop3]\n" + line + "\n", "bools.toml");
@@ -1309,7 +1311,8 @@ TEST(config, format_prints_each_pop3_boolean_as_set) {
       ASSERT_NE(pop3, std::string::npos) << text;
       const auto next = text.find("\n[", pop3 + 1);
       EXPECT_NE(text.substr(pop3, next - pop3).find("\n" + line + "\n"), std::string::npos)
-          << line << " missing from:\n" << text;
+          << line << " missing from:\n"
+          << text;
     }
   }
 }
@@ -1449,7 +1452,9 @@ std::string with_dir(std::string_view sample) {
 }
 
 // A config text of `tables` (table -> key -> value), tables in the printed order.
-std::string toml_of(const std::vector<std::pair<std::string, std::vector<std::pair<std::string, std::string>>>>& tables) {
+std::string toml_of(
+    const std::vector<std::pair<std::string, std::vector<std::pair<std::string, std::string>>>>&
+        tables) {
   std::string out;
   for (const auto& [table, keys] : tables) {
     out += "[" + table + "]\n";
@@ -1481,13 +1486,15 @@ std::string config_with(const config_key& k) {
       {"server", {{"proxy_trusted_networks", "[\"127.0.0.1\"]"}}},
       {"tls", {{"cert", "\"/srv/sample/cert.pem\""}, {"key", "\"/srv/sample/key.pem\""}}}};
   std::string value = with_dir(k.sample);
-  auto table = std::find_if(tables.begin(), tables.end(), [&](const auto& t) { return t.first == k.table; });
+  auto table =
+      std::find_if(tables.begin(), tables.end(), [&](const auto& t) { return t.first == k.table; });
   if (table == tables.end()) {
     tables.push_back({std::string(k.table), {}});
     table = tables.end() - 1;
   }
   auto& keys = table->second;
-  auto same = std::find_if(keys.begin(), keys.end(), [&](const auto& kv) { return kv.first == k.key; });
+  auto same =
+      std::find_if(keys.begin(), keys.end(), [&](const auto& kv) { return kv.first == k.key; });
   if (same != keys.end()) {
     same->second = value;
   } else {
@@ -1518,8 +1525,10 @@ TEST(config_keys, each_sample_is_printed_back_as_written) {
       EXPECT_NE(printed.find("\n" + listener_printed), std::string::npos) << printed;
     } else {
       std::string line = std::string(k.key) + " = " + with_dir(k.sample) + "\n";
-      EXPECT_NE(("\n" + printed_table(printed, std::string(k.table))).find("\n" + line), std::string::npos)
-          << "[" << k.table << "] " << line << "not in\n" << printed;
+      EXPECT_NE(("\n" + printed_table(printed, std::string(k.table))).find("\n" + line),
+                std::string::npos)
+          << "[" << k.table << "] " << line << "not in\n"
+          << printed;
     }
     auto back = parse_config(printed, "printed.toml");
     ASSERT_TRUE(back.ok()) << back.err().message();
@@ -1553,7 +1562,8 @@ TEST(config_keys, all_samples_together_round_trip) {
       continue;
     }
     std::string line = std::string(k.key) + " = " + with_dir(k.sample) + "\n";
-    EXPECT_NE(("\n" + printed_table(printed, std::string(k.table))).find("\n" + line), std::string::npos)
+    EXPECT_NE(("\n" + printed_table(printed, std::string(k.table))).find("\n" + line),
+              std::string::npos)
         << "[" << k.table << "] " << line;
   }
   auto back = parse_config(printed, "printed.toml");
@@ -1799,7 +1809,6 @@ TEST(demo, refuses_a_directory_that_is_not_a_demo) {
   EXPECT_FALSE(prepare_demo("", 0).ok());
 }
 
-
 TEST(config, listener_tables) {
   auto r = parse_config(
       "[server]\ntls_listen = []\n[[server.listener]]\naddress = \"[::]:995\"\ntls = \"implicit\"\n"
@@ -1823,19 +1832,22 @@ TEST(config, listener_tables) {
   ASSERT_EQ(again->listeners.size(), 2u);
   EXPECT_EQ(again->listeners[0].name, "pop3s-public");
 
-  EXPECT_NE(error_of("[server]\n[[server.listener]]\ntls = \"implicit\"\n").find("needs an address"),
-            std::string::npos);
+  EXPECT_NE(
+      error_of("[server]\n[[server.listener]]\ntls = \"implicit\"\n").find("needs an address"),
+      std::string::npos);
   EXPECT_NE(error_of("[server]\n[[server.listener]]\naddress = \"*:110\"\ntls = \"yes\"\n")
                 .find("expected \"none\" or \"implicit\""),
             std::string::npos);
-  EXPECT_NE(error_of("[server]\n[[server.listener]]\naddress = \"*:110\"\nport = 1\n").find("unknown key"),
+  EXPECT_NE(error_of("[server]\n[[server.listener]]\naddress = \"*:110\"\nport = 1\n")
+                .find("unknown key"),
             std::string::npos);
   EXPECT_NE(error_of("[server]\n[[server.listener]]\naddress = \"*:110\"\nname = \"a:b\"\n")
                 .find("FileDescriptorName"),
             std::string::npos);
-  EXPECT_NE(error_of("[server]\nlisten = [\"0.0.0.0:110\"]\n[[server.listener]]\naddress = \"*:110\"\n")
-                .find("listed twice"),
-            std::string::npos);
+  EXPECT_NE(
+      error_of("[server]\nlisten = [\"0.0.0.0:110\"]\n[[server.listener]]\naddress = \"*:110\"\n")
+          .find("listed twice"),
+      std::string::npos);
   EXPECT_NE(error_of("[server]\n[[server.listener]]\naddress = \"*:995\"\ntls = \"implicit\"\n")
                 .find("needs tls.cert and tls.key"),
             std::string::npos);

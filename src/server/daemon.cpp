@@ -1,10 +1,11 @@
 #include "server/daemon.hpp"
 
 #include "common/log.hpp"
+#include "common/unique_fd.hpp"
 #include "net/admission.hpp"
 #include "net/session_driver.hpp"
-#include "net/transports.hpp"
 #include "net/source_limits.hpp"
+#include "net/transports.hpp"
 #include "server/privileges.hpp"
 #include "server/setup.hpp"
 #include "server/shared_limits.hpp"
@@ -12,7 +13,6 @@
 #include "server/systemd.hpp"
 #include "server/unix_settings.hpp"
 #include "server/workers.hpp"
-#include "common/unique_fd.hpp"
 
 #include <asio/co_spawn.hpp>
 #include <asio/detached.hpp>
@@ -32,10 +32,10 @@
 #include <unistd.h>
 
 #include <csignal>
+#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <optional>
-#include <cstdio>
 #include <thread>
 
 namespace postern::server {
@@ -79,7 +79,8 @@ asio::awaitable<void> refuse(asio::ip::tcp::socket sock, std::string_view line) 
 // The accept pipeline of event mode: [PROXY header] -> admission -> transport -> session.
 // `peer` is the address accept() returned (no getpeername() per connection).
 asio::awaitable<void> serve_connection(asio::ip::tcp::socket sock, asio::ip::tcp::endpoint peer,
-                                       io_worker& w, net::listener_options options, const front_end& fe) {
+                                       io_worker& w, net::listener_options options,
+                                       const front_end& fe) {
   net::client_origin origin{net::canonical_address(peer.address()), false};
   if (options.proxy_protocol) {
     auto from_header = co_await net::async_proxy_step(sock, origin.address, fe.proxy_trusted);
@@ -104,7 +105,8 @@ asio::awaitable<void> serve_connection(asio::ip::tcp::socket sock, asio::ip::tcp
   ctl->counted = std::move(counted);
   // A named value, not a braced temporary: GCC 12 destroys braced temporaries inside a
   // co_await expression twice.
-  net::connection_info info{origin.address.to_string(), origin.address, options.implicit_tls, origin.client_tls};
+  net::connection_info info{origin.address.to_string(), origin.address, options.implicit_tls,
+                            origin.client_tls};
   co_await guarded_session(ctl, *fe.env, std::move(info), &w.registry);
   ctl->counted.reset();  // already done unless the session failed with an exception
 }
@@ -124,11 +126,13 @@ asio::awaitable<void> accept_loop(listener& l, io_worker& w, const front_end& fe
       co_await pause.async_wait(use_tuple);
       continue;
     }
-    asio::co_spawn(w.ctx, serve_connection(std::move(sock), peer, w, l.options, fe), asio::detached);
+    asio::co_spawn(w.ctx, serve_connection(std::move(sock), peer, w, l.options, fe),
+                   asio::detached);
   }
 }
 
-result<all_sockets> bind_listeners(const config& cfg, std::uint32_t processes, std::uint32_t threads) {
+result<all_sockets> bind_listeners(const config& cfg, std::uint32_t processes,
+                                   std::uint32_t threads) {
   auto sets = open_listeners(cfg, std::size_t{processes} * threads);
   if (!sets) {
     return std::move(sets).err();
@@ -157,7 +161,8 @@ result<std::vector<std::unique_ptr<io_worker>>> make_io_workers(process_sockets 
     for (auto& bs : thread) {
       asio::ip::tcp::acceptor acc(w->ctx);
       std::error_code ec;
-      acc.assign(bs.family == AF_INET6 ? asio::ip::tcp::v6() : asio::ip::tcp::v4(), bs.fd.get(), ec);
+      acc.assign(bs.family == AF_INET6 ? asio::ip::tcp::v6() : asio::ip::tcp::v4(), bs.fd.get(),
+                 ec);
       if (ec) {
         return error(errc::permanent, "cannot use a listening socket", ec);
       }
@@ -174,9 +179,13 @@ result<std::vector<std::unique_ptr<io_worker>>> make_io_workers(process_sockets 
 // which each io_context runs out of work and its thread ends.
 class event_signals {
  public:
-  event_signals(std::vector<std::unique_ptr<io_worker>>& workers, shared_state& st, const net::connection_counter& counter,
-                systemd::loop_watchdog& watchdog)
-      : workers_(workers), st_(st), counter_(counter), watchdog_(watchdog), stop_(workers[0]->ctx, SIGTERM, SIGINT),
+  event_signals(std::vector<std::unique_ptr<io_worker>>& workers, shared_state& st,
+                const net::connection_counter& counter, systemd::loop_watchdog& watchdog)
+      : workers_(workers),
+        st_(st),
+        counter_(counter),
+        watchdog_(watchdog),
+        stop_(workers[0]->ctx, SIGTERM, SIGINT),
         hup_(workers[0]->ctx, SIGHUP) {}
 
   void arm() {
@@ -242,9 +251,10 @@ void run_io_threads(std::vector<std::unique_ptr<io_worker>>& workers) {
 // Expects SIGTERM, SIGINT and SIGHUP blocked (`deferred`); unblocks them once the handlers
 // exist. Runs with privileges already dropped. `counting`: this process's connection counter
 // (required) and pacer. Returns `setup_failure` when the shared state cannot be built.
-int run_event_loop(const config& cfg, std::shared_ptr<net::tls_server_context> tls, process_sockets sockets,
-                   const net::admission_policy& counting, const sigset_t& deferred, int setup_failure,
-                   const std::string& scram_salt_key, net::auth_penalty* penalty) {
+int run_event_loop(const config& cfg, std::shared_ptr<net::tls_server_context> tls,
+                   process_sockets sockets, const net::admission_policy& counting,
+                   const sigset_t& deferred, int setup_failure, const std::string& scram_salt_key,
+                   net::auth_penalty* penalty) {
   shared_state st;
   st.scram_salt_key = scram_salt_key;
   if (auto r = prepare_shared(cfg, st, std::move(tls)); !r) {
@@ -292,15 +302,19 @@ struct daemon_shape {
 // descriptor limit cannot hold max_connections (after raising it as far as allowed).
 result<void> check_shape(const config& cfg, const daemon_shape& shape) {
   if (shape.processes > 1 && cfg.unix.min_connection_interval.count() > 0) {
-    return error(errc::invalid, "server.min_connection_interval is enforced by one process only: it cannot be "
-                                "combined with server.processes = " + std::to_string(shape.processes) +
-                                " (set processes = 1, or remove min_connection_interval)");
+    return error(errc::invalid,
+                 "server.min_connection_interval is enforced by one process only: it cannot be "
+                 "combined with server.processes = " +
+                     std::to_string(shape.processes) +
+                     " (set processes = 1, or remove min_connection_interval)");
   }
   // Idle sessions cost descriptors: take every one the hard limit allows, and started as
   // root, raise the hard limit to what max_connections needs.
-  if (auto limit = raise_descriptor_limit(descriptors_wanted(cfg.max_connections, shape.processes)); !limit) {
+  if (auto limit = raise_descriptor_limit(descriptors_wanted(cfg.max_connections, shape.processes));
+      !limit) {
     log::warning("{}", limit.err().message());
-  } else if (auto warning = descriptor_warning(cfg.max_connections, shape.processes, *limit); !warning.empty()) {
+  } else if (auto warning = descriptor_warning(cfg.max_connections, shape.processes, *limit);
+             !warning.empty()) {
     log::warning("{}", warning);
   }
   return {};
@@ -310,7 +324,8 @@ result<void> check_shape(const config& cfg, const daemon_shape& shape) {
 // The counts every worker checks live in memory they all share.
 int run_workers(const config& cfg, std::shared_ptr<net::tls_server_context> tls, all_sockets& all,
                 const daemon_shape& shape, const sigset_t& deferred, net::auth_penalty* penalty) {
-  auto shared = shared_limits::create(shape.processes, cfg.max_connections, cfg.max_connections_per_ip);
+  auto shared =
+      shared_limits::create(shape.processes, cfg.max_connections, cfg.max_connections_per_ip);
   if (!shared) {
     return startup_failure(shared.err());
   }
@@ -335,8 +350,8 @@ int run_workers(const config& cfg, std::shared_ptr<net::tls_server_context> tls,
     }
     shared_limits::worker_counter counter(*shared, slot);
     net::admission_policy counting{&counter};
-    return run_event_loop(worker_cfg, tls, std::move(mine), counting, deferred, worker_setup_failed, *salt_key,
-                          penalty);
+    return run_event_loop(worker_cfg, tls, std::move(mine), counting, deferred, worker_setup_failed,
+                          *salt_key, penalty);
   };
   hooks.worker_gone = [&](std::uint32_t slot) { shared->release_slot(slot); };
   hooks.close_listeners = [&] { all.clear(); };
@@ -398,16 +413,17 @@ int run_daemon(const config& cfg) {
   }
   net::source_limits local(cfg.max_connections, cfg.max_connections_per_ip);
   net::connection_pacer pacer(cfg.unix.min_connection_interval);
-  return run_event_loop(cfg, std::move(tls).value(), std::move(sockets->front()), {&local, false, &pacer},
-                        deferred, 1, {}, penalty->get());
+  return run_event_loop(cfg, std::move(tls).value(), std::move(sockets->front()),
+                        {&local, false, &pacer}, deferred, 1, {}, penalty->get());
 }
 
 int run_inetd(const config& cfg) {
   init_logging(cfg);
   (void)std::signal(SIGPIPE, SIG_IGN);
   if (cfg.unix.min_connection_interval.count() > 0) {
-    log::error("server.min_connection_interval cannot apply to --inetd (one connection per "
-               "process; the inetd superserver paces connections): remove it from this config");
+    log::error(
+        "server.min_connection_interval cannot apply to --inetd (one connection per "
+        "process; the inetd superserver paces connections): remove it from this config");
     return 1;
   }
   auto tls = make_tls(cfg);
@@ -442,10 +458,11 @@ int run_inetd(const config& cfg) {
   asio::io_context ctx{1};
   // A TCP socket from inetd is driven as one (so STLS and implicit TLS work); anything else
   // (pipes from a master process or a test) as a pair of descriptors.
-  const bool implicit_tls = client->conn.is_tcp && client->conn.options.implicit_tls && st.env.tls != nullptr;
+  const bool implicit_tls =
+      client->conn.is_tcp && client->conn.options.implicit_tls && st.env.tls != nullptr;
   auto stream = client->conn.is_tcp
-                    ? net::make_transport(ctx.get_executor(), unique_fd(::dup(STDIN_FILENO)), client->conn.v6,
-                                          implicit_tls, st.env.tls.get())
+                    ? net::make_transport(ctx.get_executor(), unique_fd(::dup(STDIN_FILENO)),
+                                          client->conn.v6, implicit_tls, st.env.tls.get())
                     : net::make_stdio_transport(ctx.get_executor(), unique_fd(::dup(STDIN_FILENO)),
                                                 unique_fd(::dup(STDOUT_FILENO)));
   if (!stream) {
@@ -461,13 +478,14 @@ int run_inetd(const config& cfg) {
       ctl->stop(true);
     }
   });
-  asio::co_spawn(ctx,
-                 [&]() -> asio::awaitable<void> {
-                   net::connection_info info{remote, addr, implicit_tls, client->origin.client_tls};
-                   co_await guarded_session(ctl, st.env, std::move(info), nullptr);
-                   signals.cancel();
-                 },
-                 asio::detached);
+  asio::co_spawn(
+      ctx,
+      [&]() -> asio::awaitable<void> {
+        net::connection_info info{remote, addr, implicit_tls, client->origin.client_tls};
+        co_await guarded_session(ctl, st.env, std::move(info), nullptr);
+        signals.cancel();
+      },
+      asio::detached);
   ctx.run();
   st.workers->join();
   return 0;

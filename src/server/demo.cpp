@@ -224,9 +224,9 @@ std::string rfc5322_date(std::time_t t, int offset_minutes) {
   int off = offset_minutes < 0 ? -offset_minutes : offset_minutes;
   char buf[64];
   (void)std::snprintf(buf, sizeof buf, "%s, %d %s %04d %02d:%02d:%02d %c%02d%02d",
-                days[static_cast<std::size_t>(tm.tm_wday)], tm.tm_mday,
-                months[static_cast<std::size_t>(tm.tm_mon)], tm.tm_year + 1900, tm.tm_hour,
-                tm.tm_min, tm.tm_sec, offset_minutes < 0 ? '-' : '+', off / 60, off % 60);
+                      days[static_cast<std::size_t>(tm.tm_wday)], tm.tm_mday,
+                      months[static_cast<std::size_t>(tm.tm_mon)], tm.tm_year + 1900, tm.tm_hour,
+                      tm.tm_min, tm.tm_sec, offset_minutes < 0 ? '-' : '+', off / 60, off % 60);
   return buf;
 }
 
@@ -262,9 +262,10 @@ std::string generate_readings_csv() {
       auto temp = 1800 + static_cast<int>(rng.below(700));     // 18.00 .. 24.99 C
       auto hum = 350 + static_cast<int>(rng.below(300));       // 35.0 .. 64.9 %
       auto press = 99800 + static_cast<int>(rng.below(3000));  // 998.00 .. 1027.99 hPa
-      (void)std::snprintf(row, sizeof row, "%04d-%02d-%02dT%02d:%02d:%02dZ,s%02d,%d.%02d,%d.%d,%d.%02d\n",
-                    tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                    sensor, temp / 100, temp % 100, hum / 10, hum % 10, press / 100, press % 100);
+      (void)std::snprintf(
+          row, sizeof row, "%04d-%02d-%02dT%02d:%02d:%02dZ,s%02d,%d.%02d,%d.%d,%d.%02d\n",
+          tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, sensor,
+          temp / 100, temp % 100, hum / 10, hum % 10, press / 100, press % 100);
       csv += row;
     }
     t += 300;

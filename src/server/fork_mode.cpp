@@ -44,7 +44,6 @@ int startup_error(const std::string& msg) {
 
 using bound_listener = net::listening_socket;
 
-
 // Everything the startup of both entry points shares: logging, TLS, the environment and the
 // pre-auth user and chroot.
 result<void> common_startup(const config& cfg, const unix_settings& us, shared_state& st,
@@ -62,12 +61,14 @@ result<void> common_startup(const config& cfg, const unix_settings& us, shared_s
   }
   POSTERN_TRY(prepare_env(cfg, us, st, std::move(tls).value()));
   if (std::find(cfg.mechanisms.begin(), cfg.mechanisms.end(), "EXTERNAL") != cfg.mechanisms.end()) {
-    log::warning("auth.mechanisms: EXTERNAL is not offered in fork mode (the client certificate "
-                 "is checked by the unprivileged process, whose word does not count)");
+    log::warning(
+        "auth.mechanisms: EXTERNAL is not offered in fork mode (the client certificate "
+        "is checked by the unprivileged process, whose word does not count)");
   }
   if (!cfg.user.empty()) {
-    log::warning("server.user is ignored in fork mode: the master stays root; sessions run as "
-                 "their mail owner and pre-auth processes as server.login_user");
+    log::warning(
+        "server.user is ignored in fork mode: the master stays root; sessions run as "
+        "their mail owner and pre-auth processes as server.login_user");
   }
   auto login = privsep::resolve_login_user(us.login_user);
   if (!login) {
@@ -92,7 +93,6 @@ result<void> common_startup(const config& cfg, const unix_settings& us, shared_s
   params.login_chroot = chroot_dir;
   return {};
 }
-
 
 using steady = std::chrono::steady_clock;
 
@@ -120,7 +120,8 @@ class signal_reader {
   // The next pending signal, 0 when none.
   int next() {
     signalfd_siginfo info{};
-    return ::read(fd_.get(), &info, sizeof info) == sizeof info ? static_cast<int>(info.ssi_signo) : 0;
+    return ::read(fd_.get(), &info, sizeof info) == sizeof info ? static_cast<int>(info.ssi_signo)
+                                                                : 0;
   }
   // In a child: closes the descriptor and unblocks every signal.
   void release_in_child() {
@@ -151,9 +152,13 @@ class fork_master {
  public:
   fork_master(const config& cfg, const unix_settings& us, const privsep::supervisor_params& params,
               std::vector<bound_listener> listeners)
-      : cfg_(cfg), us_(us), params_(params), listeners_(std::move(listeners)),
+      : cfg_(cfg),
+        us_(us),
+        params_(params),
+        listeners_(std::move(listeners)),
         counter_(std::min(us.max_children, cfg.max_connections), cfg.max_connections_per_ip),
-        pacer_(us.min_connection_interval), proxy_trusted_(proxy_networks(cfg)) {
+        pacer_(us.min_connection_interval),
+        proxy_trusted_(proxy_networks(cfg)) {
     policy_ = admission_policy_of({&counter_, true, &pacer_}, *params.st);
     policy_.wrappers = nullptr;  // TCP wrappers read files: each child checks them
   }
@@ -166,8 +171,8 @@ class fork_master {
   void reap();
   // Children whose session has not freed its place yet (child_info::slot).
   std::size_t live_children() const {
-    return static_cast<std::size_t>(std::count_if(children_.begin(), children_.end(),
-                                                  [](const auto& c) { return c.second.slot.valid(); }));
+    return static_cast<std::size_t>(std::count_if(
+        children_.begin(), children_.end(), [](const auto& c) { return c.second.slot.valid(); }));
   }
   void accept_from(const bound_listener& l);
   void start_child(unique_fd conn, const sockaddr_storage& peer, const bound_listener& l,
@@ -175,8 +180,8 @@ class fork_master {
   void answer_admission(pid_t pid, child_info& child);
   void begin_stop(int signo);
   int poll_timeout();
-  [[noreturn]] void child_main(unique_fd conn, const sockaddr_storage& peer, net::listener_options options,
-                               unique_fd admission, unique_fd slot);
+  [[noreturn]] void child_main(unique_fd conn, const sockaddr_storage& peer,
+                               net::listener_options options, unique_fd admission, unique_fd slot);
 
   const config& cfg_;
   const unix_settings& us_;
@@ -222,7 +227,8 @@ int fork_master::run() {
     for (const auto& l : listeners_) {
       fds.push_back({l.fd.get(), POLLIN, 0});
     }
-    if (::poll(fds.data(), fds.size(), watchdog_.poll_timeout(poll_timeout())) < 0 && errno != EINTR) {
+    if (::poll(fds.data(), fds.size(), watchdog_.poll_timeout(poll_timeout())) < 0 &&
+        errno != EINTR) {
       log::error("poll failed: {}", std::generic_category().message(errno));
       break;
     }
@@ -286,7 +292,8 @@ int fork_master::poll_timeout() {
   }
   auto left = std::chrono::duration_cast<std::chrono::milliseconds>(stop_deadline_ - steady::now());
   if (left.count() <= 0) {
-    log::warning("{} sessions still running after {}s: killing them", children_.size(), us_.shutdown_grace.count());
+    log::warning("{} sessions still running after {}s: killing them", children_.size(),
+                 us_.shutdown_grace.count());
     for (auto& [pid, child] : children_) {
       ::kill(-pid, SIGKILL);
       ::kill(pid, SIGKILL);
@@ -316,7 +323,8 @@ void fork_master::accept_from(const bound_listener& l) {
   for (int burst = 0; burst < 64; ++burst) {
     sockaddr_storage peer{};
     socklen_t plen = sizeof peer;
-    unique_fd conn(::accept4(l.fd.get(), reinterpret_cast<sockaddr*>(&peer), &plen, SOCK_CLOEXEC | SOCK_NONBLOCK));
+    unique_fd conn(::accept4(l.fd.get(), reinterpret_cast<sockaddr*>(&peer), &plen,
+                             SOCK_CLOEXEC | SOCK_NONBLOCK));
     if (!conn) {
       if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED) {
         log::warning("accept failed: {}", std::generic_category().message(errno));
@@ -380,8 +388,9 @@ void fork_master::answer_admission(pid_t pid, child_info& child) {
   char line[64] = {};
   ssize_t n = ::read(child.admission.get(), line, sizeof line - 1);
   std::error_code ec;
-  auto addr = n > 1 && line[n - 1] == '\n' ? asio::ip::make_address(std::string_view(line, n - 1), ec)
-                                          : asio::ip::address();
+  auto addr = n > 1 && line[n - 1] == '\n'
+                  ? asio::ip::make_address(std::string_view(line, n - 1), ec)
+                  : asio::ip::address();
   if (n <= 1 || ec) {
     child.admission.reset();  // ended, or not a request: no admission, no count
     return;
@@ -399,7 +408,8 @@ void fork_master::answer_admission(pid_t pid, child_info& child) {
 
 // The PROXY step in a child: reads the header, and asks the master to admit its address.
 std::optional<net::client_origin> proxy_admission(int conn, const asio::ip::address& peer,
-                                                  const std::vector<net::network>& trusted, int admission) {
+                                                  const std::vector<net::network>& trusted,
+                                                  int admission) {
   auto origin = net::proxy_step(conn, peer, trusted);
   if (!origin) {
     return std::nullopt;
@@ -490,10 +500,11 @@ int run_fork_daemon(const config& cfg, const unix_settings& us) {
   if (auto r = master.start(); !r) {
     return startup_error(r.err().message());
   }
-  log::info("fork mode: max_children={}, max_connections_per_ip={}, min_connection_interval={}ms, "
-            "login_user={}, login_chroot={}",
-            std::min(us.max_children, cfg.max_connections), cfg.max_connections_per_ip,
-            us.min_connection_interval.count(), params.login.name, params.login_chroot);
+  log::info(
+      "fork mode: max_children={}, max_connections_per_ip={}, min_connection_interval={}ms, "
+      "login_user={}, login_chroot={}",
+      std::min(us.max_children, cfg.max_connections), cfg.max_connections_per_ip,
+      us.min_connection_interval.count(), params.login.name, params.login_chroot);
   return master.run();
 }
 

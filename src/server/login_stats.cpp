@@ -54,7 +54,7 @@ result<void> make_parents(const std::string& path) {
       continue;
     }
     int err = errno;
-    struct stat st{};
+    struct stat st {};
     if (err == EEXIST || (::stat(dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode))) {
       continue;
     }
@@ -67,8 +67,8 @@ result<void> make_parents(const std::string& path) {
 // the umask) and its -wal/-shm files never expose the data.
 result<void> create_private_file(const std::string& path) {
   for (;;) {
-    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
-                    db_file_mode);
+    int fd =
+        ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, db_file_mode);
     if (fd >= 0) {
       ::close(fd);
       return ok_result();
@@ -140,9 +140,9 @@ result<std::unique_ptr<state_db>> state_db::open(const std::string& path,
   POSTERN_TRY(make_parents(path));
   POSTERN_TRY(create_private_file(path));
   sqlite3* raw = nullptr;
-  int rc = sqlite3_open_v2(path.c_str(), &raw,
-                           SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_NOFOLLOW,
-                           nullptr);
+  int rc =
+      sqlite3_open_v2(path.c_str(), &raw,
+                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_NOFOLLOW, nullptr);
   std::unique_ptr<state_db> db(new state_db(raw, path));
   if (rc != SQLITE_OK) {
     return db->last_error("open");
@@ -246,8 +246,8 @@ result<bool> login_stats::check_and_record(std::string_view user,
     }
   }
   auto put = prepare_statement(*db_,
-                     "INSERT INTO login_stats (user, last_login) VALUES (?1, ?2) "
-                     "ON CONFLICT(user) DO UPDATE SET last_login = excluded.last_login");
+                               "INSERT INTO login_stats (user, last_login) VALUES (?1, ?2) "
+                               "ON CONFLICT(user) DO UPDATE SET last_login = excluded.last_login");
   if (!put) {
     return std::move(put).err();
   }

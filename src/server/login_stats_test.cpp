@@ -1,7 +1,7 @@
 #include "server/login_stats.hpp"
 
-#include "common/test_files.hpp"
 #include <gtest/gtest.h>
+#include "common/test_files.hpp"
 
 #include <sys/stat.h>
 #include <unistd.h>
@@ -26,7 +26,7 @@ struct temp_dir : test::temp_dir {
 };
 
 mode_t mode_of(const std::string& p) {
-  struct stat st{};
+  struct stat st {};
   EXPECT_EQ(::stat(p.c_str(), &st), 0) << p;
   return st.st_mode & 07777;
 }
@@ -56,15 +56,14 @@ TEST(login_stats, delay_is_enforced_from_the_last_successful_login) {
     bool allowed;
   };
   const std::vector<row> rows = {
-      {"alice", 1000, true},    // first login
-      {"alice", 1001, false},   // 1 s later
-      {"alice", 1059, false},   // 59 s: still too soon (not recorded, so still from 1000)
-      {"bob", 1059, true},      // other users are independent
-      {"alice", 1060, true},    // exactly the delay: allowed
-      {"alice", 1119, false},   // measured from 1060 now
-      {"alice", 1120, true},
-      {"alice", 500, true},     // clock went back: never a lock-out; recorded
-      {"alice", 520, false},    // ...and measured from there
+      {"alice", 1000, true},   // first login
+      {"alice", 1001, false},  // 1 s later
+      {"alice", 1059, false},  // 59 s: still too soon (not recorded, so still from 1000)
+      {"bob", 1059, true},     // other users are independent
+      {"alice", 1060, true},   // exactly the delay: allowed
+      {"alice", 1119, false},  // measured from 1060 now
+      {"alice", 1120, true},  {"alice", 500, true},  // clock went back: never a lock-out; recorded
+      {"alice", 520, false},                         // ...and measured from there
   };
   for (const auto& r : rows) {
     auto ok = st.check_and_record(r.user, at(r.now), seconds(60));
@@ -147,7 +146,10 @@ TEST(login_stats, exactly_one_of_many_concurrent_logins_wins) {
 TEST(login_stats, unusable_path_fails_to_open_and_open_or_warn_returns_null) {
   temp_dir t;
   // A regular file where a directory should be.
-  { std::FILE* f = std::fopen((t / "file").c_str(), "w"); std::fclose(f); }
+  {
+    std::FILE* f = std::fopen((t / "file").c_str(), "w");
+    std::fclose(f);
+  }
   auto s = login_stats::open(t / "file/stats.db");
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.err().code(), errc::permanent);

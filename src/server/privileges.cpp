@@ -24,7 +24,7 @@ result<void> drop_privileges(const std::string& user, const std::string& group) 
   gid_t gid = pw.pw_gid;
   if (!group.empty()) {
     std::vector<char> gbuf(16384);
-    struct group gr{};
+    struct group gr {};
     struct group* grp = nullptr;
     rc = getgrnam_r(group.c_str(), &gr, gbuf.data(), gbuf.size(), &grp);
     if (rc != 0 || grp == nullptr) {
@@ -36,7 +36,8 @@ result<void> drop_privileges(const std::string& user, const std::string& group) 
     if (geteuid() == uid) {
       return {};
     }
-    return error(errc::permanent, "server.user is '" + user + "' but the server is not started as root");
+    return error(errc::permanent,
+                 "server.user is '" + user + "' but the server is not started as root");
   }
   if (initgroups(user.c_str(), gid) != 0) {
     return error::from_errno(errno, "initgroups(" + user + ")", errc::permanent);

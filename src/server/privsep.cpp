@@ -72,7 +72,9 @@ void put_u32(std::string& out, std::uint32_t v) {
 }
 
 std::uint32_t get_u32(std::string_view s, std::size_t at) {
-  auto b = [&](std::size_t i) { return static_cast<std::uint32_t>(static_cast<unsigned char>(s[at + i])); };
+  auto b = [&](std::size_t i) {
+    return static_cast<std::uint32_t>(static_cast<unsigned char>(s[at + i]));
+  };
   return b(0) << 24 | b(1) << 16 | b(2) << 8 | b(3);
 }
 
@@ -112,9 +114,12 @@ void channel_fields(const auth::sasl_channel& ch, std::vector<std::string>& out)
 
 char status_char(auth::verify_status s) {
   switch (s) {
-    case auth::verify_status::ok: return 'O';
-    case auth::verify_status::temporary: return 'T';
-    case auth::verify_status::bad_credentials: break;
+    case auth::verify_status::ok:
+      return 'O';
+    case auth::verify_status::temporary:
+      return 'T';
+    case auth::verify_status::bad_credentials:
+      break;
   }
   return 'B';
 }
@@ -180,8 +185,10 @@ class privileged_link final : public net::authenticator {
   // Every attempt goes to S, which checks the name, logs the failure and delays it. A name too
   // long for the wire is sent empty: S refuses it like any other name not allowed (and an
   // overlong APOP digest as malformed).
-  auth::verify_result verify_password(std::string_view user, const secret_string& password) override {
-    return auth_call(message(msg_type::password, {wire_user(user), std::string(password.view())}), user);
+  auth::verify_result verify_password(std::string_view user,
+                                      const secret_string& password) override {
+    return auth_call(message(msg_type::password, {wire_user(user), std::string(password.view())}),
+                     user);
   }
 
   // S chose the timestamp of P's greeting and checks against its own copy.
@@ -233,7 +240,7 @@ class privileged_link final : public net::authenticator {
       return vr;
     }
     const std::string& st = rep->fields[0];
-    vr.status = st == "O" ? auth::verify_status::ok
+    vr.status = st == "O"   ? auth::verify_status::ok
                 : st == "T" ? auth::verify_status::temporary
                             : auth::verify_status::bad_credentials;
     vr.reason = "refused by the privileged process";
@@ -385,8 +392,8 @@ class preauth_handoff final : public net::login_handoff {
   }
   // No RLIMIT_FSIZE: stderr may be a log file. The chroot leaves no file to open anyway.
   rlimit zero{0, 0};
-  log::info("pre-auth process: pid={}, user=<{}>, uid={}, chroot={}, rip={}, session=<{}>", getpid(),
-            p.login.name, p.login.uid, p.login_chroot, c.remote, id);
+  log::info("pre-auth process: pid={}, user=<{}>, uid={}, chroot={}, rip={}, session=<{}>",
+            getpid(), p.login.name, p.login.uid, p.login_chroot, c.remote, id);
 
   privileged_link link(ctl_fd);
   if (!link.read_welcome()) {
@@ -401,12 +408,14 @@ class preauth_handoff final : public net::login_handoff {
   env.services.maildrops = nullptr;
   env.services.handoff = &handoff;
   env.failure_delay = std::chrono::milliseconds(0);  // S delays failures (P could skip it)
-  env.penalty = nullptr;                              // and applies the penalty
+  env.penalty = nullptr;                             // and applies the penalty
   env.workers = &workers;
 
   asio::io_context ctx{1};
-  auto stream = c.is_tcp ? net::make_transport(ctx.get_executor(), std::move(c.in), c.v6, c.implicit_tls, env.tls.get())
-                         : net::make_stdio_transport(ctx.get_executor(), std::move(c.in), std::move(c.out));
+  auto stream =
+      c.is_tcp ? net::make_transport(ctx.get_executor(), std::move(c.in), c.v6, c.implicit_tls,
+                                     env.tls.get())
+               : net::make_stdio_transport(ctx.get_executor(), std::move(c.in), std::move(c.out));
   if (!stream) {
     _exit(1);
   }
@@ -434,7 +443,8 @@ class supervisor {
   // Serves P until it hands the session over (returns the login) or goes away (nullopt).
   std::optional<std::pair<pending_login, message>> serve() {
     const auto& cfg = *p_.cfg;
-    std::string timestamp = cfg.apop ? auth::make_apop_timestamp(p_.st->login.hostname) : std::string();
+    std::string timestamp =
+        cfg.apop ? auth::make_apop_timestamp(p_.st->login.hostname) : std::string();
     timestamp_ = timestamp;
     if (!send_message(ctl_, message(msg_type::welcome, {timestamp}))) {
       return std::nullopt;
@@ -452,8 +462,9 @@ class supervisor {
       auto req = recv_message(ctl_, timeout_ms);
       if (!req) {
         if (req.err().code() != errc::not_found) {
-          log::warning("privileged process: pre-auth process sent {}: session=<{}>",
-                       req.err().code() == errc::temporary ? "nothing in time" : "a malformed message", id_);
+          log::warning(
+              "privileged process: pre-auth process sent {}: session=<{}>",
+              req.err().code() == errc::temporary ? "nothing in time" : "a malformed message", id_);
         }
         return std::nullopt;
       }
@@ -467,8 +478,9 @@ class supervisor {
       login_.reset();
       std::optional<message> reply = answer(*req);
       if (!reply) {
-        log::warning("privileged process: unexpected request {} from the pre-auth process, session=<{}>",
-                     static_cast<int>(req->type), id_);
+        log::warning(
+            "privileged process: unexpected request {} from the pre-auth process, session=<{}>",
+            static_cast<int>(req->type), id_);
         return std::nullopt;
       }
       if (!send_message(ctl_, *reply)) {
@@ -534,7 +546,8 @@ class supervisor {
           }
           mech_ = req.fields[0];
           if (auth_broken_ || p_.st->sasl == nullptr) {
-            return sasl_reply(auth::sasl_status::temporary_failure, "", "", "password database unavailable");
+            return sasl_reply(auth::sasl_status::temporary_failure, "", "",
+                              "password database unavailable");
           }
           auto started = p_.st->sasl->start(mech_, *ch);
           if (!started) {  // a refused mechanism: answered late, but no guess to count
@@ -622,8 +635,8 @@ class supervisor {
   void failed(const std::string& user, const std::string& method, const std::string& reason,
               bool bad_credentials) {
     ++failures_;
-    log::notice("auth failed: rip={}, session=<{}>, method={}, user=<{}>, reason={}", c_.remote, id_,
-                log::client(method), log::client(user), reason);
+    log::notice("auth failed: rip={}, session=<{}>, method={}, user=<{}>, reason={}", c_.remote,
+                id_, log::client(method), log::client(user), reason);
     const auto now = std::chrono::steady_clock::now();
     if (bad_credentials && p_.st->penalty != nullptr) {
       p_.st->penalty->record_failure(c_.address, now);
@@ -632,8 +645,10 @@ class supervisor {
     if (now < failure_at_) {
       std::this_thread::sleep_until(failure_at_);
     } else if (p_.cfg->failure_delay.count() > 0) {
-      log::debug("auth check outlasted failure_delay by {}ms, answered at once (its time shows): rip={}, session=<{}>",
-                 std::chrono::duration_cast<std::chrono::milliseconds>(now - failure_at_).count(), c_.remote, id_);
+      log::debug(
+          "auth check outlasted failure_delay by {}ms, answered at once (its time shows): rip={}, session=<{}>",
+          std::chrono::duration_cast<std::chrono::milliseconds>(now - failure_at_).count(),
+          c_.remote, id_);
     }
   }
 
@@ -832,7 +847,8 @@ result<message> recv_message(int fd, int timeout_ms) {
 // -------------------------------------------------------------------------------------------------
 // Identities
 
-result<identity> resolve_mail_owner(const auth::user_record& r, const std::string& privileged_group) {
+result<identity> resolve_mail_owner(const auth::user_record& r,
+                                    const std::string& privileged_group) {
   identity id;
   id.name = r.name;
   std::optional<auth::system_account> sys;
@@ -988,8 +1004,9 @@ result<void> ensure_empty_root(const std::string& dir) {
     return error::from_errno(errno, "server.login_chroot: " + dir, errc::permanent);
   }
   if (!S_ISDIR(st.st_mode) || st.st_uid != 0 || (st.st_mode & 022) != 0) {
-    return error(errc::permanent, "server.login_chroot: " + dir +
-                                      " must be a directory owned by root and writable by nobody else");
+    return error(errc::permanent,
+                 "server.login_chroot: " + dir +
+                     " must be a directory owned by root and writable by nobody else");
   }
   return {};
 }
@@ -1006,7 +1023,8 @@ struct pre_auth_process {
   unique_fd relay;
 };
 
-result<pre_auth_process> start_pre_auth(const supervisor_params& p, client& c, const std::string& id) {
+result<pre_auth_process> start_pre_auth(const supervisor_params& p, client& c,
+                                        const std::string& id) {
   int ctl[2];
   int rel[2];
   if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, ctl) != 0 ||
@@ -1035,7 +1053,8 @@ struct session_channel {
   bool relay = false;
 };
 
-session_channel take_channel(client& c, pre_auth_process& pa, const std::string& mode, const std::string& id) {
+session_channel take_channel(client& c, pre_auth_process& pa, const std::string& mode,
+                             const std::string& id) {
   session_channel ch;
   ch.relay = mode == "R";
   if (mode != "R" && mode != "P") {
@@ -1065,8 +1084,9 @@ session_channel take_channel(client& c, pre_auth_process& pa, const std::string&
 
 // Switches to the mail owner of `account`, checked first: never root, the pre-auth uid or a
 // uid outside the allowed range. Logs and answers the client itself when it cannot.
-result<identity> become_owner(const supervisor_params& p, const client& c, const auth::user_record& account,
-                              int reply_fd, const std::string& id) {
+result<identity> become_owner(const supervisor_params& p, const client& c,
+                              const auth::user_record& account, int reply_fd,
+                              const std::string& id) {
   auto owner = resolve_mail_owner(account, p.us->privileged_group);
   if (owner) {
     auth::mail_owner_rules rules = p.st->mail.owner_rules;
@@ -1077,8 +1097,9 @@ result<identity> become_owner(const supervisor_params& p, const client& c, const
   }
   result<void> switched = owner ? become(*owner, "") : result<void>(owner.err());
   if (!switched) {
-    log::error("login refused, cannot become the mail owner: user=<{}>, rip={}, session=<{}>, error={}",
-               log::client(account.name), c.remote, id, switched.err().message());
+    log::error(
+        "login refused, cannot become the mail owner: user=<{}>, rip={}, session=<{}>, error={}",
+        log::client(account.name), c.remote, id, switched.err().message());
     write_line(reply_fd, switched.err().code() == errc::denied
                              ? "-ERR [SYS/PERM] This account may not read mail here.\r\n"
                              : "-ERR [SYS/TEMP] Unable to open the mailbox, try again later.\r\n");
@@ -1104,8 +1125,8 @@ class slot_counter final : public net::connection_counter {
   unique_fd& slot_;
 };
 
-int run_owner_session(const supervisor_params& p, client& c, session_channel ch, net::resume_state resume,
-                      const std::string& id) {
+int run_owner_session(const supervisor_params& p, client& c, session_channel ch,
+                      net::resume_state resume, const std::string& id) {
   slot_counter slot(c.slot);  // first: outlives every copy of ctl_block (ctx holds some)
   asio::io_context ctx{1};
   asio::thread_pool workers(1);
@@ -1115,13 +1136,15 @@ int run_owner_session(const supervisor_params& p, client& c, session_channel ch,
   env.tls = nullptr;
   env.stls = false;
   env.workers = &workers;
-  auto stream = !ch.relay && c.is_tcp
-                    ? net::make_transport(ctx.get_executor(), std::move(ch.in), c.v6, false, nullptr)
-                    : net::make_stdio_transport(ctx.get_executor(), std::move(ch.in), std::move(ch.out));
+  auto stream =
+      !ch.relay && c.is_tcp
+          ? net::make_transport(ctx.get_executor(), std::move(ch.in), c.v6, false, nullptr)
+          : net::make_stdio_transport(ctx.get_executor(), std::move(ch.in), std::move(ch.out));
   if (!stream) {
     return 1;
   }
-  auto ctl_block = std::make_shared<net::session_control>(std::move(stream).value(), ctx.get_executor());
+  auto ctl_block =
+      std::make_shared<net::session_control>(std::move(stream).value(), ctx.get_executor());
   ctl_block->counted = net::counted_connection(&slot, c.address);
   asio::signal_set signals(ctx, SIGTERM, SIGINT);
   signals.async_wait([&](const std::error_code& ec, int) {
@@ -1131,12 +1154,13 @@ int run_owner_session(const supervisor_params& p, client& c, session_channel ch,
   });
   net::connection_info info{c.remote, c.address, false, c.client_tls};
   info.resume = std::move(resume);
-  asio::co_spawn(ctx,
-                 [&]() -> asio::awaitable<void> {
-                   co_await guarded_session(ctl_block, env, std::move(info), nullptr, id);
-                   signals.cancel();
-                 },
-                 asio::detached);
+  asio::co_spawn(
+      ctx,
+      [&]() -> asio::awaitable<void> {
+        co_await guarded_session(ctl_block, env, std::move(info), nullptr, id);
+        signals.cancel();
+      },
+      asio::detached);
   ctx.run();
   workers.join();
   return 0;
@@ -1149,14 +1173,15 @@ int run_supervisor(const supervisor_params& p, client c) {
   auto pa = start_pre_auth(p, c, id);
   if (!pa) {
     log::error("{}", pa.err().message());
-    write_line(c.out ? c.out.get() : c.in.get(), "-ERR [SYS/TEMP] Server busy, try again later.\r\n");
+    write_line(c.out ? c.out.get() : c.in.get(),
+               "-ERR [SYS/TEMP] Server busy, try again later.\r\n");
     return 1;
   }
   supervisor sup(p, c, pa->ctl.get(), id);
   auto login = sup.serve();
   if (!login) {
-    c.slot.reset();  // no session as the user: the place goes before the client's socket
-                     // (closed when this returns)
+    c.slot.reset();   // no session as the user: the place goes before the client's socket
+                      // (closed when this returns)
     pa->ctl.reset();  // P's next question fails; it ends its session
     reap(pa->pid, std::chrono::milliseconds(2000));
     return 0;
@@ -1183,8 +1208,9 @@ int run_supervisor(const supervisor_params& p, client c) {
     if (pending.account.home.empty()) {
       pending.account.home = owner->home;
     }
-    status = run_owner_session(p, c, std::move(ch),
-                               net::resume_state{std::move(pending.account), pending.method, handoff.fields[1]}, id);
+    status = run_owner_session(
+        p, c, std::move(ch),
+        net::resume_state{std::move(pending.account), pending.method, handoff.fields[1]}, id);
   } else {
     ch = {};  // P sees the client gone
   }

@@ -50,13 +50,13 @@
 namespace postern::server::privsep {
 
 enum class msg_type : std::uint8_t {
-  welcome = 1,           // S->P  apop_timestamp
-  mechanisms = 2,        // P->S  secure, plaintext_allowed, tls_exporter, tls_unique
-  password = 3,          // P->S  user, password
-  apop = 4,              // P->S  user, digest
-  sasl_start = 5,        // P->S  mechanism, secure, plaintext_allowed, tls_exporter, tls_unique, response
-  sasl_step = 6,         // P->S  response
-  handoff = 7,           // P->S  mode ("P" plain: P exits; "R" relay: P relays TLS), input
+  welcome = 1,     // S->P  apop_timestamp
+  mechanisms = 2,  // P->S  secure, plaintext_allowed, tls_exporter, tls_unique
+  password = 3,    // P->S  user, password
+  apop = 4,        // P->S  user, digest
+  sasl_start = 5,  // P->S  mechanism, secure, plaintext_allowed, tls_exporter, tls_unique, response
+  sasl_step = 6,   // P->S  response
+  handoff = 7,     // P->S  mode ("P" plain: P exits; "R" relay: P relays TLS), input
   mechanisms_reply = 8,  // S->P  space-separated mechanism list
   auth_reply = 9,        // S->P  status ("O" ok, "B" bad credentials, "T" temporary), user
   sasl_reply = 10,       // S->P  status ("C" challenge, "O", "B", "T"), data (base64), user
@@ -66,7 +66,7 @@ inline constexpr std::size_t max_fields = 6;
 inline constexpr std::size_t max_message = 96 * 1024;
 inline constexpr std::size_t max_user = 255;
 inline constexpr std::size_t max_password = 4096;
-inline constexpr std::size_t max_input = 64 * 1024;   // unprocessed client bytes at handoff
+inline constexpr std::size_t max_input = 64 * 1024;  // unprocessed client bytes at handoff
 inline constexpr std::size_t max_sasl_data = 64 * 1024;
 // A pre-auth process asking more than this many questions is not a POP3 session.
 inline constexpr std::size_t max_requests = 256;
@@ -120,7 +120,8 @@ struct identity {
 // (Dovecot's mail_privileged_group: dotlocks in /var/mail), never group 0. Errors:
 // errc::denied for uid 0 or gid 0, errc::not_found for an unknown user, errc::temporary for
 // NSS failures.
-result<identity> resolve_mail_owner(const auth::user_record& r, const std::string& privileged_group);
+result<identity> resolve_mail_owner(const auth::user_record& r,
+                                    const std::string& privileged_group);
 
 // The unprivileged login user (server.login_user; "" = "postern" if it exists, else "nobody").
 result<identity> resolve_login_user(const std::string& configured);
@@ -137,14 +138,15 @@ result<void> ensure_empty_root(const std::string& dir);
 
 // The client of one connection as the supervisor gets it.
 struct client {
-  unique_fd in;                 // the socket (or stdin for a non-socket inetd stdin)
-  unique_fd out;                // invalid when `in` is a socket (used both ways)
-  bool is_tcp = false;          // `in` is a TCP socket
-  bool v6 = false;              // `in` is an AF_INET6 socket
-  bool implicit_tls = false;    // the listener speaks TLS from the first byte
-  bool client_tls = false;      // a PROXY v2 SSL TLV: the client spoke TLS to the front end
-  std::string remote;           // as logged
-  asio::ip::address address;    // the client (the PROXY header's source); unspecified for a non-IP stdin
+  unique_fd in;               // the socket (or stdin for a non-socket inetd stdin)
+  unique_fd out;              // invalid when `in` is a socket (used both ways)
+  bool is_tcp = false;        // `in` is a TCP socket
+  bool v6 = false;            // `in` is an AF_INET6 socket
+  bool implicit_tls = false;  // the listener speaks TLS from the first byte
+  bool client_tls = false;    // a PROXY v2 SSL TLV: the client spoke TLS to the front end
+  std::string remote;         // as logged
+  asio::ip::address
+      address;  // the client (the PROXY header's source); unspecified for a non-IP stdin
   // Fork mode: the master counts this connection (max_connections, max_connections_per_ip,
   // max_children) until this descriptor's every copy is closed or the process is reaped. The
   // supervisor closes it when the session ends, before the client's socket. Invalid: --inetd.
@@ -154,9 +156,9 @@ struct client {
 struct supervisor_params {
   const config* cfg = nullptr;
   const unix_settings* us = nullptr;
-  shared_state* st = nullptr;    // prepare_env() done; no passdb, SASL or workers yet
-  identity login;                // resolved at startup
-  std::string login_chroot;      // ensured at startup
+  shared_state* st = nullptr;  // prepare_env() done; no passdb, SASL or workers yet
+  identity login;              // resolved at startup
+  std::string login_chroot;    // ensured at startup
 };
 
 // The supervisor S for one connection (this process becomes it: a fork-mode child, or the

@@ -34,8 +34,9 @@ TEST(PrivsepCodec, RoundTripsEveryType) {
   msgs.emplace_back(msg_type::mechanisms, std::vector<std::string>{"1", "0", "", ""});
   msgs.emplace_back(msg_type::password, std::vector<std::string>{"alice", std::string("p\0w", 3)});
   msgs.emplace_back(msg_type::apop, std::vector<std::string>{"bob", std::string(32, 'a')});
-  msgs.emplace_back(msg_type::sasl_start,
-                    std::vector<std::string>{"PLAIN", "1", "1", std::string(32, 'x'), "", "AGEAYg=="});
+  msgs.emplace_back(
+      msg_type::sasl_start,
+      std::vector<std::string>{"PLAIN", "1", "1", std::string(32, 'x'), "", "AGEAYg=="});
   msgs.emplace_back(msg_type::sasl_step, std::vector<std::string>{""});
   msgs.emplace_back(msg_type::handoff, std::vector<std::string>{"P", "STAT\r\n"});
   msgs.emplace_back(msg_type::mechanisms_reply, std::vector<std::string>{"PLAIN LOGIN"});
@@ -147,10 +148,12 @@ TEST(MailOwner, RangeRootNobodyAndPreauthUid) {
   r.first_valid_uid = 1000;
   r.last_valid_uid = 2000;
   EXPECT_TRUE(auth::check_mail_owner(2000, r).ok());
-  EXPECT_NE(auth::check_mail_owner(2001, r).err().message().find("above auth.last_valid_uid (2000)"),
-            std::string::npos);
+  EXPECT_NE(
+      auth::check_mail_owner(2001, r).err().message().find("above auth.last_valid_uid (2000)"),
+      std::string::npos);
   r.preauth_uid = 1500;
-  EXPECT_NE(auth::check_mail_owner(1500, r).err().message().find("server.login_user"), std::string::npos);
+  EXPECT_NE(auth::check_mail_owner(1500, r).err().message().find("server.login_user"),
+            std::string::npos);
   EXPECT_TRUE(auth::check_mail_owner(1501, r).ok());
 }
 

@@ -21,11 +21,16 @@ namespace {
 
 log::level to_log_level(log_level l) {
   switch (l) {
-    case log_level::debug: return log::level::debug;
-    case log_level::info: return log::level::info;
-    case log_level::notice: return log::level::notice;
-    case log_level::warning: return log::level::warning;
-    case log_level::error: return log::level::error;
+    case log_level::debug:
+      return log::level::debug;
+    case log_level::info:
+      return log::level::info;
+    case log_level::notice:
+      return log::level::notice;
+    case log_level::warning:
+      return log::level::warning;
+    case log_level::error:
+      return log::level::error;
   }
   return log::level::info;
 }
@@ -125,7 +130,7 @@ result<std::string> make_salt_key() {
 }
 
 result<void> reopen_after_fork(const config& cfg, shared_state& st) {
-  (void)st.stats.release();      // abandoned on purpose: see the header
+  (void)st.stats.release();  // abandoned on purpose: see the header
   (void)st.bulletins.release();
   return prepare_seed_features(cfg, st);
 }
@@ -178,10 +183,9 @@ result<void> prepare_seed_features(const config& cfg, shared_state& st) {
       auto* db = st.bulletins.get();
       auto locking = st.mail.mbox.locking;
       auto quoting = st.mail.mbox.from_quoting;
-      st.mail.before_open = [source, db, locking, quoting](const auth::user_record& account,
-                                                          store::store_kind kind,
-                                                          const std::string& path,
-                                                          std::string_view id) {
+      st.mail.before_open = [source, db, locking, quoting](
+                                const auth::user_record& account, store::store_kind kind,
+                                const std::string& path, std::string_view id) {
         auto src = store::expand_location(source, {account.name, account.home});
         if (!src) {
           log::error("bulletins: user=<{}>, session=<{}>, error={}", log::client(account.name), id,
@@ -257,7 +261,7 @@ result<void> prepare_env(const config& cfg, const unix_settings& us, shared_stat
     }
     st.mail.mbox_state_dir = std::move(state).value();
   }
-  mb.from_quoting = cfg.mbox_quoting == "mboxrd"  ? store::mbox::quoting::mboxrd
+  mb.from_quoting = cfg.mbox_quoting == "mboxrd" ? store::mbox::quoting::mboxrd
                     : cfg.mbox_quoting == "none" ? store::mbox::quoting::none
                                                  : store::mbox::quoting::mboxo;
   mb.honour_content_length = cfg.mbox_content_length;
@@ -315,9 +319,10 @@ result<std::unique_ptr<net::auth_penalty>> make_auth_penalty(const config& cfg, 
                        // cppcheck-suppress accessMoved ; only one branch of ?: runs
                        : net::auth_penalty::create(std::move(policy));
   if (!table) {
-    std::string hint = in_file ? " (--inetd keeps the penalty in this file: create its directory, owned by the "
-                                 "user the server runs as, or set auth.penalty_max = 0 to turn the penalty off)"
-                               : "";
+    std::string hint =
+        in_file ? " (--inetd keeps the penalty in this file: create its directory, owned by the "
+                  "user the server runs as, or set auth.penalty_max = 0 to turn the penalty off)"
+                : "";
     return error(table.err().code(), table.err().message() + hint);
   }
   return std::make_unique<net::auth_penalty>(std::move(table).value());
@@ -328,7 +333,8 @@ result<std::unique_ptr<net::auth_penalty>> make_auth_penalty(const config& cfg, 
 std::unique_ptr<net::auth_penalty> inetd_penalty(const config& cfg) {
   auto penalty = make_auth_penalty(cfg, true);
   if (!penalty) {
-    log::warning("auth penalty across connections off for this connection: {}", penalty.err().message());
+    log::warning("auth penalty across connections off for this connection: {}",
+                 penalty.err().message());
     return nullptr;
   }
   return std::move(penalty).value();
@@ -368,12 +374,14 @@ result<void> prepare_shared(const config& cfg, shared_state& st,
   POSTERN_TRY(prepare_env(cfg, *us, st, std::move(tls)));
   POSTERN_TRY(prepare_auth(cfg, *us, st));
   unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-  st.workers = std::make_unique<asio::thread_pool>(cfg.worker_threads ? cfg.worker_threads : 2 * cores);
+  st.workers =
+      std::make_unique<asio::thread_pool>(cfg.worker_threads ? cfg.worker_threads : 2 * cores);
   st.env.workers = st.workers.get();
   return {};
 }
 
-result<std::vector<std::vector<net::listening_socket>>> open_listeners(const config& cfg, std::size_t copies) {
+result<std::vector<std::vector<net::listening_socket>>> open_listeners(const config& cfg,
+                                                                       std::size_t copies) {
   auto passed = systemd::take_listen_fds();
   if (!passed) {
     return std::move(passed).err();
@@ -382,8 +390,8 @@ result<std::vector<std::vector<net::listening_socket>>> open_listeners(const con
   for (auto& p : *passed) {
     inherited.push_back({std::move(p.fd), std::move(p.name)});
   }
-  return net::open_listeners(listener_specs(cfg), std::move(inherited), plain_listener_options(cfg), copies,
-                             static_cast<int>(cfg.unix.listen_backlog));
+  return net::open_listeners(listener_specs(cfg), std::move(inherited), plain_listener_options(cfg),
+                             copies, static_cast<int>(cfg.unix.listen_backlog));
 }
 
 net::listener_options plain_listener_options(const config& cfg) {
@@ -421,7 +429,8 @@ std::optional<stdin_client> admit_stdin(const config& cfg, const net::admission_
 
 void reload_tls(net::tls_server_context* tls) {
   if (tls == nullptr) {
-    log::info("SIGHUP: nothing to reload (no TLS certificate; the passwd-file is re-read when it changes)");
+    log::info(
+        "SIGHUP: nothing to reload (no TLS certificate; the passwd-file is re-read when it changes)");
     return;
   }
   if (auto r = tls->reload(); r) {
@@ -431,7 +440,8 @@ void reload_tls(net::tls_server_context* tls) {
   }
 }
 
-net::admission_policy admission_policy_of(const net::admission_policy& counting, const shared_state& st) {
+net::admission_policy admission_policy_of(const net::admission_policy& counting,
+                                          const shared_state& st) {
   net::admission_policy p = counting;
   p.access_list = st.access_list.get();
   p.wrappers = st.access.get();

@@ -13,11 +13,11 @@
 #include "net/admission.hpp"
 #include "net/listeners.hpp"
 #include "net/session_driver.hpp"
-#include "store/lock/mailbox_lock.hpp"
 #include "server/bulletins.hpp"
 #include "server/config.hpp"
 #include "server/login_stats.hpp"
 #include "server/unix_settings.hpp"
+#include "store/lock/mailbox_lock.hpp"
 
 #include <asio/awaitable.hpp>
 #include <asio/thread_pool.hpp>
@@ -34,8 +34,8 @@ struct shared_state {
   std::unique_ptr<asio::thread_pool> workers;
   std::unique_ptr<net::tcp_wrappers> access;
   // Seed features (issue 6): owned here, reached through mail's hooks and env's pointers.
-  std::unique_ptr<login_stats> stats;        // null: no LOGIN-DELAY
-  std::unique_ptr<bulletin_db> bulletins;    // null: ~/.popbull (or no bulletins)
+  std::unique_ptr<login_stats> stats;      // null: no LOGIN-DELAY
+  std::unique_ptr<bulletin_db> bulletins;  // null: ~/.popbull (or no bulletins)
   std::unique_ptr<net::acl> access_list;
   // Made once before the first fork() (make_salt_key) so that every process shows an unknown
   // SCRAM user the same salt; "" = each SASL server makes its own.
@@ -45,11 +45,11 @@ struct shared_state {
   std::unique_ptr<net::auth_penalty> penalty;
   // The services handed to the sessions (env.services points at these). Never moved: the
   // services refer to the settings beside them.
-  net::local_auth_settings login;        // passdb, SASL, APOP of this process
-  net::maildrop_settings mail;           // stores, owner rules, LOGIN-DELAY, bulletins, decoration
+  net::local_auth_settings login;  // passdb, SASL, APOP of this process
+  net::maildrop_settings mail;     // stores, owner rules, LOGIN-DELAY, bulletins, decoration
   net::local_authenticator authenticator{login};
   net::local_maildrops maildrops{mail};
-  net::log_observer observer;            // log lines, trace file and telemetry
+  net::log_observer observer;  // log lines, trace file and telemetry
   net::session_env env;
 
   shared_state() = default;
@@ -117,11 +117,13 @@ result<void> check_passdb_file(const config& cfg, const unix_settings& us);
 // The listening sockets of the config, `copies` sets of them (net::open_listeners): the
 // sockets systemd passed (socket activation) when there are any, else the configured
 // listeners bound with server.listen_backlog.
-result<std::vector<std::vector<net::listening_socket>>> open_listeners(const config& cfg, std::size_t copies);
+result<std::vector<std::vector<net::listening_socket>>> open_listeners(const config& cfg,
+                                                                       std::size_t copies);
 
 // The admission policy of a process: `counting`'s counter and pacer, with the ACL and TCP
 // wrappers of `st` (prepare_env).
-net::admission_policy admission_policy_of(const net::admission_policy& counting, const shared_state& st);
+net::admission_policy admission_policy_of(const net::admission_policy& counting,
+                                          const shared_state& st);
 
 // server.proxy_trusted_networks, parsed (the config checked them).
 std::vector<net::network> proxy_networks(const config& cfg);
@@ -131,7 +133,7 @@ std::vector<net::network> proxy_networks(const config& cfg);
 // wrappers; no counting: one connection per process). nullopt: refused, logged and answered.
 struct stdin_client {
   net::stdin_connection conn;
-  net::client_origin origin;   // unspecified address when stdin is not TCP
+  net::client_origin origin;  // unspecified address when stdin is not TCP
 };
 std::optional<stdin_client> admit_stdin(const config& cfg, const net::admission_policy& policy);
 

@@ -50,9 +50,8 @@ std::size_t table_stride(std::uint32_t capacity, std::size_t entry_bytes) {
   return round_to_page(std::size_t{capacity} * entry_bytes);
 }
 
-
-
-std::uint32_t bucket_of(const unsigned char* key, const std::uint64_t* seed, std::uint32_t capacity) {
+std::uint32_t bucket_of(const unsigned char* key, const std::uint64_t* seed,
+                        std::uint32_t capacity) {
   return static_cast<std::uint32_t>(net::keyed_hash(key, seed) & (capacity - 1));
 }
 
@@ -72,11 +71,12 @@ result<shared_limits> shared_limits::create(std::uint32_t slots, std::uint32_t m
                       std::size_t{slots} * table_stride(capacity, sizeof(entry));
   // Pages are touched only where addresses hash to: a large table costs address space, not
   // memory.
-  void* base = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE,
-                      -1, 0);
+  void* base = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                      MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (base == MAP_FAILED) {
-    return error::from_errno(errno, "shared connection limits: mmap of " + std::to_string(bytes) + " bytes",
-                             errc::temporary);
+    return error::from_errno(
+        errno, "shared connection limits: mmap of " + std::to_string(bytes) + " bytes",
+        errc::temporary);
   }
   auto* h = new (base) header;
   int rc = init_robust_shared_mutex(&h->mu);
@@ -92,8 +92,9 @@ result<shared_limits> shared_limits::create(std::uint32_t slots, std::uint32_t m
   return shared_limits(base, bytes, slots, capacity, max_total, max_per_source);
 }
 
-shared_limits::shared_limits(void* base, std::size_t bytes, std::uint32_t slots, std::uint32_t capacity,
-                             std::uint32_t max_total, std::uint32_t max_per_source) noexcept
+shared_limits::shared_limits(void* base, std::size_t bytes, std::uint32_t slots,
+                             std::uint32_t capacity, std::uint32_t max_total,
+                             std::uint32_t max_per_source) noexcept
     : base_(base),
       bytes_(bytes),
       slots_(slots),
@@ -131,7 +132,8 @@ void shared_limits::unlock() const noexcept {
 }
 
 shared_limits::slot_area& shared_limits::area(std::uint32_t index) const noexcept {
-  auto* p = static_cast<unsigned char*>(base_) + header_bytes + std::size_t{index} * sizeof(slot_area);
+  auto* p =
+      static_cast<unsigned char*>(base_) + header_bytes + std::size_t{index} * sizeof(slot_area);
   return *reinterpret_cast<slot_area*>(p);
 }
 
@@ -141,7 +143,8 @@ shared_limits::entry* shared_limits::table(std::uint32_t index) const noexcept {
   return reinterpret_cast<entry*>(p);
 }
 
-std::uint32_t shared_limits::count_in(std::uint32_t index, const unsigned char* key) const noexcept {
+std::uint32_t shared_limits::count_in(std::uint32_t index,
+                                      const unsigned char* key) const noexcept {
   const auto* h = static_cast<const header*>(base_);
   const entry* t = table(index);
   std::uint32_t i = bucket_of(key, h->seed, capacity_);
@@ -167,7 +170,8 @@ std::optional<shared_limits::slot> shared_limits::try_acquire(std::uint32_t inde
   return slot(this, index, addr);
 }
 
-bool shared_limits::worker_counter::acquire(const asio::ip::address& addr, net::connection_counter::refusal& why) {
+bool shared_limits::worker_counter::acquire(const asio::ip::address& addr,
+                                            net::connection_counter::refusal& why) {
   shared_limits::refusal mine{};
   bool ok = limits_->acquire(index_, addr, mine);
   why = mine == shared_limits::refusal::total        ? net::connection_counter::refusal::total

@@ -111,7 +111,8 @@ TEST(SharedLimits, ManyAddressesAddAndRemove) {
     auto addr = asio::ip::make_address_v4(0x0a000000u + i * 7919u);
     auto n = lim.active_from(addr);
     sum += n;
-    auto expected = std::count_if(held.begin(), held.end(), [&](const auto& h) { return h.first == addr; });
+    auto expected =
+        std::count_if(held.begin(), held.end(), [&](const auto& h) { return h.first == addr; });
     ASSERT_EQ(n, static_cast<std::uint32_t>(expected)) << addr.to_string();
     if (n == 2) {
       EXPECT_FALSE(lim.try_acquire(0, addr, why));

@@ -86,8 +86,9 @@ result<privsep::identity> event_owner(const config& cfg) {
     return id;
   }
   if (cfg.user.empty()) {
-    return error(errc::invalid, "server.user is not set: event mode has no mail owner to "
-                                "recover mailboxes as");
+    return error(errc::invalid,
+                 "server.user is not set: event mode has no mail owner to "
+                 "recover mailboxes as");
   }
   auto account = auth::find_system_user(cfg.user);
   if (!account) {
@@ -228,7 +229,7 @@ bool journal_pending(const std::string& path, uid_t uid, const std::string& stat
   const std::size_t slash = path.rfind('/');
   const std::string dir = slash == 0 ? "/" : path.substr(0, slash);
   const std::string name = "." + path.substr(slash + 1) + ".postern-journal";
-  struct stat st{};
+  struct stat st {};
   if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
     return false;
   }
@@ -315,7 +316,7 @@ enum class child_outcome { completed, set_aside, nothing, failed, timed_out };
   } else {
     answer = r->outcome == store::mbox::recovery_outcome::completed  ? "C"
              : r->outcome == store::mbox::recovery_outcome::obsolete ? "O"
-                                                                      : "N";
+                                                                     : "N";
   }
   (void)!::write(out, answer.data(), answer.size());
   _exit(0);
@@ -325,7 +326,8 @@ enum class child_outcome { completed, set_aside, nothing, failed, timed_out };
 bool read_answer(int fd, clock::time_point deadline, std::string& out) {
   char buf[1024];
   for (;;) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock::now());
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock::now());
     if (left.count() <= 0) {
       return false;
     }
@@ -385,44 +387,60 @@ child_outcome run_child(const context& ctx, const candidate& c, std::string& why
     return child_outcome::failed;
   }
   switch (answer[0]) {
-    case 'C': return child_outcome::completed;
-    case 'O': return child_outcome::set_aside;
-    case 'N': return child_outcome::nothing;
-    default: why = answer.substr(1); return child_outcome::failed;
+    case 'C':
+      return child_outcome::completed;
+    case 'O':
+      return child_outcome::set_aside;
+    case 'N':
+      return child_outcome::nothing;
+    default:
+      why = answer.substr(1);
+      return child_outcome::failed;
   }
 }
 
 void recover_one(const context& ctx, const candidate& c, recovery_tally& t) {
-  const std::string who = c.path + " (user " + log::safe(c.user) + ", uid " +
-                          std::to_string(c.owner.uid) + ")";
+  const std::string who =
+      c.path + " (user " + log::safe(c.user) + ", uid " + std::to_string(c.owner.uid) + ")";
   const auto started = clock::now();
   std::string why;
   const child_outcome o = run_child(ctx, c, why);
-  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - started).count();
+  const auto ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - started).count();
   switch (o) {
     case child_outcome::completed:
       ++t.completed;
-      report(ctx, log::level::notice, "mbox recovery: " + who + ": completed the update a crash "
-                                      "interrupted (" + std::to_string(ms) + " ms)");
+      report(ctx, log::level::notice,
+             "mbox recovery: " + who +
+                 ": completed the update a crash "
+                 "interrupted (" +
+                 std::to_string(ms) + " ms)");
       break;
     case child_outcome::set_aside:
       ++t.set_aside;
-      report(ctx, log::level::warning, "mbox recovery: " + who + ": the unfinished update did "
-                                       "not match the mailbox: its journal was set aside, the "
-                                       "mailbox is as it was");
+      report(ctx, log::level::warning,
+             "mbox recovery: " + who +
+                 ": the unfinished update did "
+                 "not match the mailbox: its journal was set aside, the "
+                 "mailbox is as it was");
       break;
     case child_outcome::nothing:
       report(ctx, log::level::info, "mbox recovery: " + who + ": no unfinished update any more");
       break;
     case child_outcome::failed:
       ++t.failed;
-      report(ctx, log::level::warning, "mbox recovery: " + who + ": failed, left for the next "
-                                       "login: " + why);
+      report(ctx, log::level::warning,
+             "mbox recovery: " + who +
+                 ": failed, left for the next "
+                 "login: " +
+                 why);
       break;
     case child_outcome::timed_out:
       ++t.left;
-      report(ctx, log::level::warning, "mbox recovery: " + who + ": stopped at the time limit, "
-                                       "left for the next login");
+      report(ctx, log::level::warning,
+             "mbox recovery: " + who +
+                 ": stopped at the time limit, "
+                 "left for the next login");
       break;
   }
 }
@@ -471,9 +489,10 @@ result<recovery_tally> recover_pending_mailboxes(const config& cfg, const unix_s
   for (const auto& c : found) {
     if (clock::now() >= deadline) {
       ++t.left;
-      report(*ctx, log::level::warning, "mbox recovery: " + c.path + " (user " + log::safe(c.user) +
-                                            "): not reached within the time limit, left for the "
-                                            "next login");
+      report(*ctx, log::level::warning,
+             "mbox recovery: " + c.path + " (user " + log::safe(c.user) +
+                 "): not reached within the time limit, left for the "
+                 "next login");
       continue;
     }
     recover_one(*ctx, c, t);
@@ -485,14 +504,15 @@ namespace {
 
 void log_summary(const recovery_tally& t, long long ms) {
   if (t.pending == 0 && !t.enumeration_cut) {
-    log::info("mbox recovery at startup: no unfinished update ({} users checked in {} ms)",
-              t.users, ms);
+    log::info("mbox recovery at startup: no unfinished update ({} users checked in {} ms)", t.users,
+              ms);
     return;
   }
-  log::notice("mbox recovery at startup: {} unfinished updates found among {} users{}: {} "
-              "completed, {} set aside, {} failed, {} left for the next login ({} ms)",
-              t.pending, t.users, t.enumeration_cut ? " (the time limit ended the search)" : "",
-              t.completed, t.set_aside, t.failed, t.left, ms);
+  log::notice(
+      "mbox recovery at startup: {} unfinished updates found among {} users{}: {} "
+      "completed, {} set aside, {} failed, {} left for the next login ({} ms)",
+      t.pending, t.users, t.enumeration_cut ? " (the time limit ended the search)" : "",
+      t.completed, t.set_aside, t.failed, t.left, ms);
 }
 
 // True when some user may have an mbox: the location is one, or the passdb can give
@@ -510,7 +530,8 @@ bool mbox_possible(const config& cfg) {
     log::error("mbox recovery at startup: {}", t.err().message());
     _exit(1);
   }
-  log_summary(*t, std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - started).count());
+  log_summary(
+      *t, std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - started).count());
   _exit(0);
 }
 
@@ -523,8 +544,9 @@ void run_startup_recovery(const config& cfg, const unix_settings& us) {
   const auto deadline = clock::now() + cfg.mbox_startup_recovery_timeout;
   const pid_t pid = ::fork();
   if (pid < 0) {
-    log::warning("mbox recovery at startup: fork failed; pending journals are completed at "
-                 "the next login");
+    log::warning(
+        "mbox recovery at startup: fork failed; pending journals are completed at "
+        "the next login");
     return;
   }
   if (pid == 0) {
@@ -541,8 +563,9 @@ void run_startup_recovery(const config& cfg, const unix_settings& us) {
     if (clock::now() >= hard) {
       ::kill(pid, SIGKILL);
       ::waitpid(pid, &status, 0);
-      log::warning("mbox recovery at startup: stopped after the time limit; what is left is "
-                   "completed at the next login");
+      log::warning(
+          "mbox recovery at startup: stopped after the time limit; what is left is "
+          "completed at the next login");
       return;
     }
     ::usleep(5000);

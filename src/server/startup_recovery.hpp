@@ -25,12 +25,12 @@
 namespace postern::server {
 
 struct recovery_tally {
-  std::size_t users = 0;      // accounts looked at
-  std::size_t pending = 0;    // mailboxes with a journal
-  std::size_t completed = 0;  // interrupted updates completed
-  std::size_t set_aside = 0;  // journals that did not match their mailbox (logged by the store)
-  std::size_t failed = 0;     // recovery failed (logged): left for the next login
-  std::size_t left = 0;       // not reached within the time limit: left for the next login
+  std::size_t users = 0;         // accounts looked at
+  std::size_t pending = 0;       // mailboxes with a journal
+  std::size_t completed = 0;     // interrupted updates completed
+  std::size_t set_aside = 0;     // journals that did not match their mailbox (logged by the store)
+  std::size_t failed = 0;        // recovery failed (logged): left for the next login
+  std::size_t left = 0;          // not reached within the time limit: left for the next login
   bool enumeration_cut = false;  // the time limit ended the search for users
 };
 

@@ -60,8 +60,8 @@ result<std::vector<inherited_socket>> take_listen_fds() {
       return error::from_errno(-r, "systemd socket " + s.name, errc::invalid);
     }
     if (r == 0) {
-      return error(errc::invalid, "systemd passed descriptor " + std::to_string(s.fd.get()) +
-                                      " (" + s.name + ") that is not a listening stream socket");
+      return error(errc::invalid, "systemd passed descriptor " + std::to_string(s.fd.get()) + " (" +
+                                      s.name + ") that is not a listening stream socket");
     }
   }
   return out;
@@ -135,7 +135,8 @@ void watchdog_clock::tick(clock::time_point now) {
   next_ = now + period_;
 }
 
-loop_watchdog::loop_watchdog(asio::io_context& home) : timer_(home), interval_(watchdog_interval()) {}
+loop_watchdog::loop_watchdog(asio::io_context& home)
+    : timer_(home), interval_(watchdog_interval()) {}
 
 void loop_watchdog::watch(asio::io_context& ctx) { loops_.push_back(&ctx); }
 

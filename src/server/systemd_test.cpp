@@ -1,7 +1,7 @@
 #include "server/systemd.hpp"
 
-#include <asio/executor_work_guard.hpp>
 #include <gtest/gtest.h>
+#include <asio/executor_work_guard.hpp>
 
 #include <sys/socket.h>
 #include <sys/un.h>

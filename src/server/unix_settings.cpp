@@ -33,18 +33,22 @@ constexpr const char* fork_hint =
 
 result<void> check_identity(const config& cfg, uid_t uid, gid_t gid) {
   if (uid == 0) {
-    return error(errc::invalid,
-                 std::string(cfg.user.empty() ? "server.user is not set and the server is started as root"
-                                              : "server.user is root") +
-                     ": event mode would open, read and change every maildrop as root; set server.user "
-                     "to the unprivileged user that owns the mail" + fork_hint);
+    return error(
+        errc::invalid,
+        std::string(cfg.user.empty() ? "server.user is not set and the server is started as root"
+                                     : "server.user is root") +
+            ": event mode would open, read and change every maildrop as root; set server.user "
+            "to the unprivileged user that owns the mail" +
+            fork_hint);
   }
   if (gid == 0) {
-    return error(errc::invalid, "server.group: the server would run with gid 0 (root); set server.group "
-                                "to the group of the mail owner");
+    return error(errc::invalid,
+                 "server.group: the server would run with gid 0 (root); set server.group "
+                 "to the group of the mail owner");
   }
   if (auto ok = auth::check_mail_owner(uid, mail_owner_rules_of(cfg)); !ok) {
-    return error(errc::invalid, "server.user: event mode runs every session as uid " + std::to_string(uid) +
+    return error(errc::invalid, "server.user: event mode runs every session as uid " +
+                                    std::to_string(uid) +
                                     ", which may not own mail: " + ok.err().message() + fork_hint);
   }
   return {};
@@ -96,16 +100,18 @@ result<void> apply_address_family(config& cfg, address_family family) {
     return family == address_family::ipv6 ? v6 : !v6;
   };
   auto filter = [&](std::vector<listen_address>& list) {
-    list.erase(std::remove_if(list.begin(), list.end(), [&](const listen_address& a) { return !keep(a); }),
-               list.end());
+    list.erase(
+        std::remove_if(list.begin(), list.end(), [&](const listen_address& a) { return !keep(a); }),
+        list.end());
   };
   filter(cfg.listen);
   filter(cfg.tls_listen);
   std::erase_if(cfg.listeners, [&](const listener_config& l) { return !keep(l.address); });
   if (cfg.listen.empty() && cfg.tls_listen.empty() && cfg.listeners.empty()) {
-    return error(errc::invalid, std::string("server.listen, tls_listen and [[server.listener]] have no ") +
-                                    (family == address_family::ipv6 ? "IPv6" : "IPv4") +
-                                    " address for the chosen address family");
+    return error(errc::invalid,
+                 std::string("server.listen, tls_listen and [[server.listener]] have no ") +
+                     (family == address_family::ipv6 ? "IPv6" : "IPv4") +
+                     " address for the chosen address family");
   }
   return {};
 }

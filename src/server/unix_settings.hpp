@@ -28,7 +28,6 @@ result<void> check_store_identity(const config& cfg, const unix_settings& us);
 // The same rule for the identity this process has now (after drop_privileges()).
 result<void> check_running_identity(const config& cfg);
 
-
 // Keeps only the listen addresses of `family` in cfg.listen and cfg.tls_listen. Errors
 // (errc::invalid) when no plain listener is left.
 result<void> apply_address_family(config& cfg, address_family family);

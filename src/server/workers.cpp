@@ -5,16 +5,16 @@
 #include "common/unique_fd.hpp"
 #include "server/systemd.hpp"
 
+#include <fcntl.h>
+#include <signal.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
-#include <fcntl.h>
-#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <charconv>
 #include <cerrno>
+#include <charconv>
 #include <cstdio>
 #include <cstring>
 #include <system_error>
@@ -84,7 +84,8 @@ result<std::uint64_t> raise_descriptor_limit(std::uint64_t wanted) {
   return rl.rlim_cur == RLIM_INFINITY ? UINT64_MAX : static_cast<std::uint64_t>(rl.rlim_cur);
 }
 
-std::string descriptor_warning(std::uint32_t max_connections, std::uint32_t processes, std::uint64_t limit) {
+std::string descriptor_warning(std::uint32_t max_connections, std::uint32_t processes,
+                               std::uint64_t limit) {
   // Every session holds its socket and, once logged in, its maildrop lock; each process also
   // keeps some for itself (listeners, log, pipes, its event loop).
   std::uint64_t needed = 2ull * max_connections;
@@ -102,10 +103,12 @@ std::string descriptor_warning(std::uint32_t max_connections, std::uint32_t proc
          std::to_string(processes) + (processes == 1 ? " process" : " processes") +
          " with RLIMIT_NOFILE = " + std::to_string(limit) + " (" +
          std::to_string(descriptor_reserve) + " kept by each process for itself) have " +
-         std::to_string(available) + "; raise the hard limit (LimitNOFILE=, ulimit -Hn) to at least " +
+         std::to_string(available) +
+         "; raise the hard limit (LimitNOFILE=, ulimit -Hn) to at least " +
          std::to_string((needed + std::max(1u, processes) - 1) / std::max(1u, processes) +
                         descriptor_reserve) +
-         (enough == 0 ? std::string() : " or set server.processes to at least " + std::to_string(enough));
+         (enough == 0 ? std::string()
+                      : " or set server.processes to at least " + std::to_string(enough));
 }
 
 std::chrono::milliseconds restart_backoff::next_delay(std::chrono::steady_clock::duration uptime) {
@@ -185,7 +188,8 @@ namespace {
 // The master's loop: one signal (or timer) at a time, read with sigtimedwait.
 class worker_supervisor {
  public:
-  worker_supervisor(std::uint32_t processes, std::chrono::seconds grace, const supervisor_hooks& hooks)
+  worker_supervisor(std::uint32_t processes, std::chrono::seconds grace,
+                    const supervisor_hooks& hooks)
       : workers_(processes), grace_(grace), hooks_(hooks) {
     sigemptyset(&waited_);
     for (int s : {SIGTERM, SIGINT, SIGHUP, SIGCHLD}) {
@@ -201,7 +205,8 @@ class worker_supervisor {
       }
     }
     if (!stopping_) {
-      systemd::notify_ready("serving POP3 with " + std::to_string(workers_.size()) + " worker processes");
+      systemd::notify_ready("serving POP3 with " + std::to_string(workers_.size()) +
+                            " worker processes");
     }
     while (!(stopping_ && live() == 0)) {
       on_signal(next_signal());
@@ -215,8 +220,8 @@ class worker_supervisor {
 
  private:
   std::size_t live() const {
-    return static_cast<std::size_t>(
-        std::count_if(workers_.begin(), workers_.end(), [](const worker_state& w) { return w.pid > 0; }));
+    return static_cast<std::size_t>(std::count_if(workers_.begin(), workers_.end(),
+                                                  [](const worker_state& w) { return w.pid > 0; }));
   }
 
   void signal_all(int signo) const {
@@ -265,7 +270,8 @@ class worker_supervisor {
   }
 
   void on_exit(pid_t pid, int status) {
-    auto it = std::find_if(workers_.begin(), workers_.end(), [&](const worker_state& w) { return w.pid == pid; });
+    auto it = std::find_if(workers_.begin(), workers_.end(),
+                           [&](const worker_state& w) { return w.pid == pid; });
     if (it == workers_.end()) {
       return;
     }
@@ -284,9 +290,10 @@ class worker_supervisor {
       return;
     }
     auto delay = it->backoff.next_delay(steady::now() - it->started);
-    log::error("worker {} (pid {}) {} unexpectedly; restarting it{}", slot + 1, pid, describe_exit(status),
-               delay.count() == 0 ? std::string()
-                                  : " in " + std::to_string(delay.count() / 1000) + "s (it keeps dying)");
+    log::error(
+        "worker {} (pid {}) {} unexpectedly; restarting it{}", slot + 1, pid, describe_exit(status),
+        delay.count() == 0 ? std::string()
+                           : " in " + std::to_string(delay.count() / 1000) + "s (it keeps dying)");
     it->restart_at = steady::now() + delay;
   }
 
@@ -308,7 +315,8 @@ class worker_supervisor {
 
   void kill_if_overdue() {
     if (stopping_ && steady::now() >= kill_at_ && live() > 0) {
-      log::warning("{} workers still running {}s after SIGTERM: killing them", live(), grace_.count());
+      log::warning("{} workers still running {}s after SIGTERM: killing them", live(),
+                   grace_.count());
       signal_all(SIGKILL);
       kill_at_ = steady::time_point::max();
     }
@@ -319,7 +327,8 @@ class worker_supervisor {
     for (std::uint32_t i = 0; i < workers_.size() && !stopping_; ++i) {
       auto& w = workers_[i];
       if (w.pid == 0 && w.restart_at && now >= *w.restart_at && start_worker(i, w, hooks_) < 0) {
-        log::error("cannot restart worker {}: {}; trying again", i + 1, std::generic_category().message(errno));
+        log::error("cannot restart worker {}: {}; trying again", i + 1,
+                   std::generic_category().message(errno));
         w.restart_at = now + std::chrono::seconds(1);
       }
     }
@@ -338,7 +347,8 @@ class worker_supervisor {
 
 }  // namespace
 
-int supervise_workers(std::uint32_t processes, std::chrono::seconds grace, const supervisor_hooks& hooks) {
+int supervise_workers(std::uint32_t processes, std::chrono::seconds grace,
+                      const supervisor_hooks& hooks) {
   return worker_supervisor(processes, grace, hooks).run();
 }
 

@@ -39,7 +39,8 @@ constexpr std::uint64_t descriptor_reserve = 64;
 // A warning, with the numbers, when `max_connections` sessions (two descriptors each: the
 // socket and the maildrop lock) cannot fit in `processes` processes of `limit` descriptors
 // less descriptor_reserve each; empty otherwise.
-std::string descriptor_warning(std::uint32_t max_connections, std::uint32_t processes, std::uint64_t limit);
+std::string descriptor_warning(std::uint32_t max_connections, std::uint32_t processes,
+                               std::uint64_t limit);
 
 // The RLIMIT_NOFILE each of `processes` processes needs for `max_connections` sessions: its
 // share of two descriptors per session plus descriptor_reserve (the least limit for which
@@ -79,6 +80,7 @@ struct supervisor_hooks {
 // SIGTERM, SIGINT, SIGHUP and SIGCHLD to be blocked in the calling (single-threaded) process;
 // workers start with SIGCHLD unblocked and the others still blocked. `grace`: after SIGTERM,
 // workers still running then are killed. Returns the master's exit status.
-int supervise_workers(std::uint32_t processes, std::chrono::seconds grace, const supervisor_hooks& hooks);
+int supervise_workers(std::uint32_t processes, std::chrono::seconds grace,
+                      const supervisor_hooks& hooks);
 
 }  // namespace postern::server

@@ -4,8 +4,8 @@
 
 #include <sys/resource.h>
 #include <sys/wait.h>
-#include <cerrno>
 #include <unistd.h>
+#include <cerrno>
 
 namespace postern::server {
 namespace {

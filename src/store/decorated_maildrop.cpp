@@ -182,8 +182,7 @@ result<uidlist> decorated_maildrop::sync_dovecot_uids(const std::vector<std::str
     return std::move(lock).err();
   }
   const auto new_validity = static_cast<std::uint32_t>(unix_seconds(now()) & 0xFFFFFFFFu);
-  auto synced =
-      sync_dovecot_uidlist(*lock, opts_.path, bases, own ? &*own : nullptr, new_validity);
+  auto synced = sync_dovecot_uidlist(*lock, opts_.path, bases, own ? &*own : nullptr, new_validity);
   lock->release();
   if (synced && own) {
     const std::string own_path = side_file_path(opts_.kind, opts_.path, uidlist_side_name);
@@ -228,8 +227,7 @@ result<void> decorated_maildrop::apply_uidl_format() {
   if (!own) {
     return std::move(own).err();
   }
-  const auto fallback_validity =
-      static_cast<std::uint32_t>(unix_seconds(now()) & 0xFFFFFFFFu);
+  const auto fallback_validity = static_cast<std::uint32_t>(unix_seconds(now()) & 0xFFFFFFFFu);
   std::vector<std::string> keys(infos_.size());  // uidlist key per message; "" = none
   std::vector<std::string> headers(infos_.size());
   std::vector<bool> keep_native(infos_.size(), false);
@@ -267,8 +265,7 @@ result<void> decorated_maildrop::apply_uidl_format() {
       own->reset();
       assign_own = false;
     } else {
-      auto loaded =
-          load_uidlist(opts_.path + "/" + std::string(dovecot_uidlist_name), false);
+      auto loaded = load_uidlist(opts_.path + "/" + std::string(dovecot_uidlist_name), false);
       if (!loaded) {
         return std::move(loaded).err();
       }
@@ -429,8 +426,7 @@ result<commit_stats> decorated_maildrop::commit(std::span<const bool> deleted) {
   return r;
 }
 
-result<std::unique_ptr<maildrop>> decorate(std::unique_ptr<maildrop> inner,
-                                           decoration_options opts,
+result<std::unique_ptr<maildrop>> decorate(std::unique_ptr<maildrop> inner, decoration_options opts,
                                            decorated_maildrop** decorated) {
   if (decorated != nullptr) {
     *decorated = nullptr;

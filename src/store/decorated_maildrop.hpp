@@ -44,12 +44,12 @@ namespace postern::store {
 
 struct decoration_options {
   store_kind kind = store_kind::maildir;
-  std::string path;             // the maildrop's path, as the store opened it
-  std::string uidl_format;      // [pop3] uidl_format; "" = the store's native UIDLs
+  std::string path;         // the maildrop's path, as the store opened it
+  std::string uidl_format;  // [pop3] uidl_format; "" = the store's native UIDLs
   // mbox with uidl_format: a valid X-UIDL header (qpopper, UW) keeps its value (Dovecot's
   // pop3_reuse_xuidl); wire it from the mbox store's X-UIDL setting.
   bool reuse_x_uidl = true;
-  expire_policy expire;         // [pop3] expire / delete_expired
+  expire_policy expire;  // [pop3] expire / delete_expired
   // [pop3] dovecot_lock_session (Maildir only): hold Dovecot's POP3 session lock
   // (dovecot-pop3-session.lock) for the whole session, as Dovecot's POP3 does with
   // pop3_lock_session = yes.
@@ -122,8 +122,7 @@ class decorated_maildrop final : public maildrop {
 
 // Opens nothing: wraps `inner` when needs_decoration(opts), else returns it unchanged.
 // `decorated` is set to the wrapper (for note_top) or null.
-result<std::unique_ptr<maildrop>> decorate(std::unique_ptr<maildrop> inner,
-                                           decoration_options opts,
+result<std::unique_ptr<maildrop>> decorate(std::unique_ptr<maildrop> inner, decoration_options opts,
                                            decorated_maildrop** decorated = nullptr);
 
 }  // namespace postern::store

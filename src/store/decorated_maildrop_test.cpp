@@ -114,10 +114,12 @@ TEST_F(maildir_fixture, dovecot_uidlist_reproduces_dovecot_uidls) {
   store("new", "1700000009.M9P1.host", message("new-since"));
   write_file(box_ + "/dovecot-uidlist",
              "3 V1275660208 N25022 G3085f01b7f11094c501100008c4a11c1\n"
-             "7 :" + long_base + "\n"
-             "8 :1700000002.M2P1.host:2,\n"
-             "9 Pmigrated-uidl-9 :1700000003.M3P1.host\n"
-             "10 P :1700000004.M4P1.host\n");
+             "7 :" +
+                 long_base +
+                 "\n"
+                 "8 :1700000002.M2P1.host:2,\n"
+                 "9 Pmigrated-uidl-9 :1700000003.M3P1.host\n"
+                 "10 P :1700000004.M4P1.host\n");
   auto d = open_decorated(opts("%08Xu%08Xv"));
   ASSERT_NE(d, nullptr);
   auto u = uidls_by_subject(*d);
@@ -130,11 +132,13 @@ TEST_F(maildir_fixture, dovecot_uidlist_reproduces_dovecot_uidls) {
   // line is kept as it was.
   EXPECT_EQ(read_file(box_ + "/dovecot-uidlist"),
             "3 V1275660208 N25023 G3085f01b7f11094c501100008c4a11c1\n"
-            "7 :" + long_base + "\n"
-            "8 :1700000002.M2P1.host:2,\n"
-            "9 Pmigrated-uidl-9 :1700000003.M3P1.host\n"
-            "10 P :1700000004.M4P1.host\n"
-            "25022 :1700000009.M9P1.host\n");
+            "7 :" +
+                long_base +
+                "\n"
+                "8 :1700000002.M2P1.host:2,\n"
+                "9 Pmigrated-uidl-9 :1700000003.M3P1.host\n"
+                "10 P :1700000004.M4P1.host\n"
+                "25022 :1700000009.M9P1.host\n");
   EXPECT_FALSE(fs::exists(box_ + "/postern-uidlist"));
 }
 
@@ -261,10 +265,13 @@ TEST_F(maildir_fixture, expire_n_days_deletes_old_stamps_and_keeps_the_rest) {
   store("new", "1700000003.M3P1.host", message("never-retrieved"));
   store("new", "1700000004.M4P1.host", message("retrieved-now"));
   const std::int64_t now_s = 1700000000;
-  write_file(box_ + "/postern-expire",
-             "1700000001.M1P1.host " + std::to_string(now_s - 3 * day) + "\n"
-             "1700000002.M2P1.host " + std::to_string(now_s - 3 * day + 1) + "\n"
-             "vanished.message " + std::to_string(now_s - 100 * day) + "\n");
+  write_file(box_ + "/postern-expire", "1700000001.M1P1.host " + std::to_string(now_s - 3 * day) +
+                                           "\n"
+                                           "1700000002.M2P1.host " +
+                                           std::to_string(now_s - 3 * day + 1) +
+                                           "\n"
+                                           "vanished.message " +
+                                           std::to_string(now_s - 100 * day) + "\n");
   auto d = open_decorated(opts({}, {3, true}));
   ASSERT_NE(d, nullptr);
   ASSERT_TRUE(d->open_message(3, true).ok());
@@ -318,7 +325,8 @@ TEST_F(maildir_fixture, header_stamps_are_not_read_in_a_maildir) {
   auto r = d->commit(marks);
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->deleted, 0u);  // expires 5 days after this first retrieval instead
-  EXPECT_EQ(read_file(box_ + "/postern-expire"), "1700000001.M1P1.host " + std::to_string(now_s) + "\n");
+  EXPECT_EQ(read_file(box_ + "/postern-expire"),
+            "1700000001.M1P1.host " + std::to_string(now_s) + "\n");
 }
 
 TEST_F(maildir_fixture, unreadable_stamp_file_fails_the_open) {
@@ -388,7 +396,7 @@ TEST_F(mbox_fixture, dovecot_x_uid_headers_and_x_uidl_reuse) {
   ASSERT_EQ(d->messages().size(), 4u);
   EXPECT_EQ(d->messages()[0].uidl, "0000000546683587");  // 1181234567 = 0x46683587
   EXPECT_EQ(d->messages()[1].uidl, "0000000746683587");
-  EXPECT_EQ(d->messages()[2].uidl, "qp-123");             // X-UIDL reused
+  EXPECT_EQ(d->messages()[2].uidl, "qp-123");            // X-UIDL reused
   EXPECT_EQ(d->messages()[3].uidl, "0000000846683587");  // after X-IMAPbase's last uid
   EXPECT_TRUE(fs::exists(dir_ / ".alice.postern-uidlist"));
   d.reset();
@@ -427,8 +435,9 @@ TEST_F(mbox_fixture, expire_with_header_stamp_and_side_file_next_to_the_spool) {
 
 TEST_F(mbox_fixture, retrieval_keeps_an_older_header_stamp) {
   const std::int64_t now_s = 1700000000;
-  write_file(box_, entry("old-header", "X-Expire-Timestamp: " + std::to_string(now_s - 10 * day) + "\n") +
-                       entry("new-header", "X-Expire-Timestamp: " + std::to_string(now_s - day) + "\n"));
+  write_file(box_,
+             entry("old-header", "X-Expire-Timestamp: " + std::to_string(now_s - 10 * day) + "\n") +
+                 entry("new-header", "X-Expire-Timestamp: " + std::to_string(now_s - day) + "\n"));
   auto d = open_decorated(opts({}, {5, true}));
   ASSERT_NE(d, nullptr);
   ASSERT_TRUE(d->open_message(1, true).ok());  // retrieved again: keeps the older stamp

@@ -257,8 +257,8 @@ result<dovecot_dotlock> dovecot_dotlock::acquire(const std::string& lock_path,
   for (;;) {
     // Readable by the mail owner's Dovecot when Postern runs as root: Dovecot judges a lock
     // with a readable live pid as held, one without by its age only.
-    unique_fd fd(::open(lock_path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
-                        0644));
+    unique_fd fd(
+        ::open(lock_path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644));
     if (fd) {
       if (::write(fd.get(), content.data(), content.size()) !=
           static_cast<ssize_t>(content.size())) {
@@ -379,8 +379,9 @@ result<std::size_t> extend_uidlist(uidlist& l, const std::vector<std::string>& b
       uid = it->second;
     }
     if (uid >= UINT32_MAX - 1) {
-      return error(errc::permanent, "dovecot-uidlist: the UID space is exhausted (Dovecot "
-                                    "resets UIDVALIDITY then: let Dovecot open the mailbox)");
+      return error(errc::permanent,
+                   "dovecot-uidlist: the UID space is exhausted (Dovecot "
+                   "resets UIDVALIDITY then: let Dovecot open the mailbox)");
     }
     uidlist_record r;
     r.uid = uid;

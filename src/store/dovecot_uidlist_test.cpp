@@ -58,22 +58,22 @@ TEST(parse_dovecot_uidlist, keeps_every_field_for_the_rewrite) {
 
 TEST(parse_dovecot_uidlist, refuses_what_dovecot_would_call_broken) {
   const char* bad[] = {
-      "",                                           // empty
-      "3 V1 N5\n2 :a\n",                            // fine apart from ... (control below)
-      "3 V1 N5\n2 :a",                              // last line cut short
-      "3 V0 N5\n",                                  // uidvalidity 0
-      "3 V1 N5 Gnothex\n",                          // bad mailbox GUID
-      "3 V1 N5\n2 :a\n2 :b\n",                      // UIDs not ordered
-      "3 V1 N5\n3 :a\n2 :b\n",                      // UIDs not ordered
-      "3 V1 N5\n0 :a\n",                            // UID 0
-      "3 V1 N5\nx :a\n",                            // not a number
-      "3 V1 N5\n2 a\n",                             // no ':'
-      "3 V1 N5\n2 g1 :a\n",                         // field key not A-Z
-      "3 V1 N5\n2 :a/b\n",                          // a '/' in the name
-      "3 V1 N5\n2 :a:2,S\n3 :a:2,\n",               // one base name twice
-      "3 V1 N5\n\n",                                // empty line
-      "1 5 3\n3 a\n",                               // version 1: UID >= next uid
-      "4 V1 N5\n",                                  // unknown version
+      "",                              // empty
+      "3 V1 N5\n2 :a\n",               // fine apart from ... (control below)
+      "3 V1 N5\n2 :a",                 // last line cut short
+      "3 V0 N5\n",                     // uidvalidity 0
+      "3 V1 N5 Gnothex\n",             // bad mailbox GUID
+      "3 V1 N5\n2 :a\n2 :b\n",         // UIDs not ordered
+      "3 V1 N5\n3 :a\n2 :b\n",         // UIDs not ordered
+      "3 V1 N5\n0 :a\n",               // UID 0
+      "3 V1 N5\nx :a\n",               // not a number
+      "3 V1 N5\n2 a\n",                // no ':'
+      "3 V1 N5\n2 g1 :a\n",            // field key not A-Z
+      "3 V1 N5\n2 :a/b\n",             // a '/' in the name
+      "3 V1 N5\n2 :a:2,S\n3 :a:2,\n",  // one base name twice
+      "3 V1 N5\n\n",                   // empty line
+      "1 5 3\n3 a\n",                  // version 1: UID >= next uid
+      "4 V1 N5\n",                     // unknown version
   };
   for (std::size_t i = 0; i < std::size(bad); ++i) {
     auto l = parse_dovecot_uidlist(bad[i]);

@@ -134,7 +134,7 @@ result<std::optional<std::string>> read_side_file(const std::string& path, std::
     return error::from_errno(err, "open " + path, classify(err));
   }
   unique_fd owner(fd);
-  struct stat st{};
+  struct stat st {};
   if (::fstat(fd, &st) != 0) {
     int err = errno;
     return error::from_errno(err, "stat " + path);
@@ -156,8 +156,8 @@ result<void> replace_side_file(const std::string& path, std::string_view content
                                const std::string& owner_reference) {
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
   ::unlink(tmp.c_str());  // a leftover of a crashed process with our pid
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
-                  side_file_mode);
+  int fd =
+      ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, side_file_mode);
   if (fd < 0) {
     int err = errno;
     return error::from_errno(err, "create " + tmp, classify(err));
@@ -175,7 +175,7 @@ result<void> replace_side_file(const std::string& path, std::string_view content
   } remove_tmp{tmp, keep};
 
   if (!owner_reference.empty() && ::geteuid() == 0) {
-    struct stat ref{};
+    struct stat ref {};
     if (::stat(owner_reference.c_str(), &ref) == 0 && (ref.st_uid != 0 || ref.st_gid != 0)) {
       if (::fchown(fd, ref.st_uid, ref.st_gid) != 0) {
         int err = errno;

@@ -1,7 +1,7 @@
 #include "store/expire.hpp"
 
-#include "common/test_files.hpp"
 #include <gtest/gtest.h>
+#include "common/test_files.hpp"
 
 #include <sys/stat.h>
 #include <unistd.h>
@@ -43,14 +43,14 @@ TEST(is_expired, table) {
   };
   const std::int64_t day = 86400;
   const std::vector<row> rows = {
-      {1000, 1000, 0, true},                    // expire 0: every stamped message
-      {5000, 1000, 0, true},                    // even one stamped "in the future"
+      {1000, 1000, 0, true},  // expire 0: every stamped message
+      {5000, 1000, 0, true},  // even one stamped "in the future"
       {1000, 1000 + day - 1, 1, false},
-      {1000, 1000 + day, 1, true},              // exactly n days
+      {1000, 1000 + day, 1, true},  // exactly n days
       {1000, 1000 + 30 * day, 30, true},
       {1000, 1000 + 30 * day - 1, 30, false},
-      {5000, 1000, 3, false},                   // future stamp (clock skew): not expired
-      {1000, 1000 + 1000 * day, -1, false},     // NEVER
+      {5000, 1000, 3, false},                // future stamp (clock skew): not expired
+      {1000, 1000 + 1000 * day, -1, false},  // NEVER
   };
   for (const auto& r : rows) {
     EXPECT_EQ(is_expired(r.stamp, r.now, r.days), r.expired)
@@ -62,8 +62,8 @@ TEST(parse_expire_timestamp, table) {
   EXPECT_EQ(parse_expire_timestamp("1700000000"), 1700000000);
   EXPECT_EQ(parse_expire_timestamp(" 1700000000 \r\n"), 1700000000);
   EXPECT_EQ(parse_expire_timestamp("\t42"), 42);
-  for (const char* bad : {"", " ", "-5", "+5", "12a", "1.5", "1 2", "99999999999999999999",
-                          "18446744073709551615"}) {
+  for (const char* bad :
+       {"", " ", "-5", "+5", "12a", "1.5", "1 2", "99999999999999999999", "18446744073709551615"}) {
     EXPECT_FALSE(parse_expire_timestamp(bad).has_value()) << bad;
   }
 }
@@ -108,7 +108,7 @@ TEST(stamp_file, load_save_roundtrip_atomic_and_private) {
   f->set("other", 5);
   ASSERT_TRUE(f->save().ok());
   EXPECT_EQ(read_file(path), "1700000001.M1P1.host 1700000100\nother 5\n");
-  struct stat st{};
+  struct stat st {};
   ASSERT_EQ(::stat(path.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0600u);
   // No temporary file left behind.

@@ -160,8 +160,8 @@ result<uidl_format> uidl_format::parse(std::string_view spec) {
     char c = spec[i];
     auto u = static_cast<unsigned char>(c);
     if (u <= 0x20 || u >= 0x7F) {
-      return error(errc::invalid, "uidl_format: byte " + std::to_string(i + 1) +
-                                      " is not printable ASCII");
+      return error(errc::invalid,
+                   "uidl_format: byte " + std::to_string(i + 1) + " is not printable ASCII");
     }
     if (c != '%') {
       literal.push_back(c);
@@ -176,7 +176,8 @@ result<uidl_format> uidl_format::parse(std::string_view spec) {
     while (j < spec.size() && spec[j] >= '0' && spec[j] <= '9') {
       p.width = p.width * 10 + static_cast<unsigned>(spec[j] - '0');
       if (p.width > max_uidl_width) {
-        return error(errc::invalid, "uidl_format: width too large at byte " + std::to_string(i + 1));
+        return error(errc::invalid,
+                     "uidl_format: width too large at byte " + std::to_string(i + 1));
       }
       ++j;
     }
@@ -208,7 +209,8 @@ result<uidl_format> uidl_format::parse(std::string_view spec) {
 }
 
 bool uidl_format::uses(char var) const noexcept {
-  return std::any_of(pieces_.begin(), pieces_.end(), [var](const piece& p) { return p.var == var; });
+  return std::any_of(pieces_.begin(), pieces_.end(),
+                     [var](const piece& p) { return p.var == var; });
 }
 
 std::string uidl_format::expand(const uidl_vars& vars) const {
@@ -220,13 +222,26 @@ std::string uidl_format::expand(const uidl_vars& vars) const {
     }
     std::string value;
     switch (p.var) {
-      case 'u': value = vars.uid ? std::to_string(*vars.uid) : std::string(); break;
-      case 'v': value = vars.uidvalidity ? std::to_string(*vars.uidvalidity) : std::string(); break;
-      case 'm': value = vars.md5; break;
-      case 'f': value = vars.filename; break;
-      case 'g': value = vars.guid; break;
-      case '%': value = "%"; break;
-      default: break;
+      case 'u':
+        value = vars.uid ? std::to_string(*vars.uid) : std::string();
+        break;
+      case 'v':
+        value = vars.uidvalidity ? std::to_string(*vars.uidvalidity) : std::string();
+        break;
+      case 'm':
+        value = vars.md5;
+        break;
+      case 'f':
+        value = vars.filename;
+        break;
+      case 'g':
+        value = vars.guid;
+        break;
+      case '%':
+        value = "%";
+        break;
+      default:
+        break;
     }
     if (p.hex) {
       value = hex_of_text(value);
@@ -374,10 +389,17 @@ result<uidlist> parse_uidlist(std::string_view text) {
   } else if (l.version == 3) {
     for (auto f : fields) {
       switch (f[0]) {
-        case 'V': l.uidvalidity = parse_u32(f.substr(1)).value_or(0); break;
-        case 'N': l.next_uid = parse_u32(f.substr(1)).value_or(0); break;
-        case 'G': l.mailbox_guid = std::string(f.substr(1)); break;
-        default: break;  // other header extensions are kept by Dovecot; we need none
+        case 'V':
+          l.uidvalidity = parse_u32(f.substr(1)).value_or(0);
+          break;
+        case 'N':
+          l.next_uid = parse_u32(f.substr(1)).value_or(0);
+          break;
+        case 'G':
+          l.mailbox_guid = std::string(f.substr(1));
+          break;
+        default:
+          break;  // other header extensions are kept by Dovecot; we need none
       }
     }
   } else {

@@ -65,7 +65,7 @@ class uidl_format {
 
  private:
   struct piece {
-    char var = 0;          // 0: literal text
+    char var = 0;  // 0: literal text
     std::string literal;
     bool zero_pad = false;
     unsigned width = 0;
@@ -111,8 +111,8 @@ std::string header_md5_hex(std::string_view header);
 
 struct uidlist_record {
   std::uint32_t uid = 0;
-  std::string key;        // the base file name (up to ':') for Maildir; native UIDL for mbox
-  std::string guid;       // 'G' field; "" if none
+  std::string key;   // the base file name (up to ':') for Maildir; native UIDL for mbox
+  std::string guid;  // 'G' field; "" if none
   std::optional<std::string> pop3_uidl;  // 'P' field ("" = the base file name)
   // Verbatim, from parse_dovecot_uidlist only: the record's fields between the UID and the
   // ':' ("G... P... X..."), and its file name. format_uidlist writes these when set.

@@ -40,7 +40,7 @@ TEST(uidl_format, expansion_table) {
       {"%v.%u", "1000.42"},
       {"%Xu", "2a"},
       {"%08Xu", "0000002a"},
-      {"%8u", "42"},            // width without 0 truncates, never pads (Dovecot)
+      {"%8u", "42"},  // width without 0 truncates, never pads (Dovecot)
       {"%1u", "4"},
       {"%04u", "0042"},
       {"%m", "0123456789abcdef0123456789abcdef"},
@@ -50,7 +50,7 @@ TEST(uidl_format, expansion_table) {
       {"%%u", "%u"},
       {"a%%b", "a%b"},
       {"x-%u-%v-y", "x-42-1000-y"},
-      {"%Xm", "0"},             // X of a non-number is 0, as in Dovecot
+      {"%Xm", "0"},  // X of a non-number is 0, as in Dovecot
   };
   for (const auto& r : rows) {
     auto f = uidl_format::parse(r.spec);
@@ -63,8 +63,8 @@ TEST(uidl_format, expansion_table) {
 }
 
 TEST(uidl_format, refuses_bad_specs) {
-  for (const char* bad : {"", "%", "%q", "%08", "%X", "a b", "%08Xz", "tab\there", "%x u",
-                          "%999u"}) {
+  for (const char* bad :
+       {"", "%", "%q", "%08", "%X", "a b", "%08Xz", "tab\there", "%x u", "%999u"}) {
     EXPECT_FALSE(uidl_format::parse(bad).ok()) << bad;
   }
 }
@@ -261,8 +261,7 @@ TEST(uid_assigner, fresh_list_records_its_uidvalidity) {
 TEST(mbox_uidlist_from_headers, x_imapbase_and_x_uid) {
   std::vector<std::string> uidls = {"u1", "u2", "u3", "u4"};
   std::vector<std::string> headers = {
-      "X-IMAPbase: 1181234567 0000000004\nX-UID: 1\nSubject: a\n\n",
-      "X-UID: 3\n\n",
+      "X-IMAPbase: 1181234567 0000000004\nX-UID: 1\nSubject: a\n\n", "X-UID: 3\n\n",
       "Subject: new, no X-UID\n\n",
       "X-UID: 2\n\n",  // not ascending: ignored (Dovecot renumbers it)
   };

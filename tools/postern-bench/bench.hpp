@@ -21,9 +21,9 @@ namespace postern::bench {
 
 // The operations whose latency is measured; each has a stable name used as a JSON key.
 enum class op : std::uint8_t {
-  connect,     // TCP connect until the greeting (pop3s: until the handshake starts)
-  tls,         // TLS handshake (pop3s right after connect, STLS after the STLS reply)
-  stls,        // the STLS command
+  connect,  // TCP connect until the greeting (pop3s: until the handshake starts)
+  tls,      // TLS handshake (pop3s right after connect, STLS after the STLS reply)
+  stls,     // the STLS command
   user,
   pass,
   login_stat,  // connect until the STAT reply: what a user waits before mail can flow
@@ -31,10 +31,10 @@ enum class op : std::uint8_t {
   uidl,
   list,
   retr,
-  dele,        // all DELE commands of a session together
+  dele,  // all DELE commands of a session together
   noop,
-  quit,        // QUIT until its +OK (the server commits deletions before answering)
-  session,     // a whole session: connect until the QUIT reply
+  quit,     // QUIT until its +OK (the server commits deletions before answering)
+  session,  // a whole session: connect until the QUIT reply
   count_
 };
 inline constexpr std::size_t op_count = static_cast<std::size_t>(op::count_);
@@ -57,7 +57,7 @@ struct options {
   std::optional<std::uint64_t> count;
   double warmup_s = 1;
   double timeout_s = 10;
-  std::uint64_t message = 1;  // retr: 0 cycles through every message
+  std::uint64_t message = 1;   // retr: 0 cycles through every message
   std::uint64_t pipeline = 1;  // retr: RETRs outstanding at once (above 1 only with PIPELINING)
   std::optional<int> cpu;
   unsigned source_ips = 0;  // 0: automatic (idle with many sessions)
@@ -65,8 +65,8 @@ struct options {
   std::string label;
   bool quiet = false;
   tls_mode tls = tls_mode::none;
-  std::optional<int> server_pid;  // idle
-  bool server_children = true;    // idle: add the PSS of the server's descendants
+  std::optional<int> server_pid;   // idle
+  bool server_children = true;     // idle: add the PSS of the server's descendants
   std::uint64_t concurrency = 64;  // idle: sessions being set up at once
   std::uint64_t delete_last = 0;   // bigbox: DELE the last k messages in the last iteration
   std::uint64_t processes = 0;     // idle: client processes (0: as many as RLIMIT_NOFILE needs)
@@ -98,8 +98,8 @@ class user_set {
 struct stats {
   std::array<histogram, op_count> latency;
   std::array<std::uint64_t, fault_count> errors{};
-  std::uint64_t completed = 0;       // units of work done in the window (sessions, RETRs, ...)
-  std::uint64_t payload_octets = 0;  // RETR octets received in the window (unstuffed, CRLF)
+  std::uint64_t completed = 0;        // units of work done in the window (sessions, RETRs, ...)
+  std::uint64_t payload_octets = 0;   // RETR octets received in the window (unstuffed, CRLF)
   std::vector<std::string> warnings;  // the first few, with details
   std::uint64_t warnings_dropped = 0;
   // retr: the most RETRs any client kept outstanding at once: --pipeline, or 1 when the server

@@ -33,7 +33,8 @@ class body_scanner {
     const char* s = p;  // start of the unscanned part of the current line
     while (s < end) {
       switch (state_) {
-        case state::done: return static_cast<std::size_t>(s - p);
+        case state::done:
+          return static_cast<std::size_t>(s - p);
         case state::line_start:
           if (*s == '.') {
             state_ = state::dot;
@@ -63,7 +64,8 @@ class body_scanner {
           ++octets_;  // the CR is the line's first octet
           prev_cr_ = true;
           break;
-        case state::mid_line: break;
+        case state::mid_line:
+          break;
       }
       // Inside a line: the hot loop, from line to line within the chunk.
       const char* const run = s;  // octets from here on are counted when the run ends

@@ -121,8 +121,8 @@ TEST(BodyScanner, DotStuffingIsUndoneAcrossEveryBoundary) {
 
 TEST(BodyScanner, BareLineFeedsAreFound) {
   expect_same("a\nb\r\n.\r\n");
-  expect_same("\n.\r\n");     // an empty line without CR
-  expect_same("a\r\n.\n");    // a terminator without CR
+  expect_same("\n.\r\n");   // an empty line without CR
+  expect_same("a\r\n.\n");  // a terminator without CR
   expect_same("ab\r\r\n\r\n.\r\n");
   EXPECT_TRUE(scan("a\nb\r\n.\r\n", 2).bare_lf);
   EXPECT_FALSE(scan("a\r\nb\r\n.\r\n", 1).bare_lf);
@@ -189,7 +189,7 @@ void clean_random_bodies(int rounds) {
 
 void all_random_bodies() {
   clean_random_bodies(2000);
-  random_bodies("ab.\r\n", 40, 3000);         // short lines, dots and CRs everywhere
+  random_bodies("ab.\r\n", 40, 3000);           // short lines, dots and CRs everywhere
   random_bodies("abcdefghij.\r\n", 400, 1000);  // longer lines, several per chunk
   random_bodies("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.\r\n", 900,
                 1000);  // lines around the 32-octet steps of the vector loop

@@ -94,7 +94,8 @@ class histogram {
     if (v < (1u << linear_bits)) {
       return static_cast<std::size_t>(v);
     }
-    const int e = static_cast<int>(std::bit_width(v)) - linear_bits;  // >= 1; v >> e lies in [64, 128)
+    const int e =
+        static_cast<int>(std::bit_width(v)) - linear_bits;  // >= 1; v >> e lies in [64, 128)
     return static_cast<std::size_t>(e) * 64 + static_cast<std::size_t>(v >> e);
   }
 

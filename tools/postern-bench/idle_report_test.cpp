@@ -44,8 +44,7 @@ TEST(IdleReport, RoundTrip) {
     EXPECT_EQ(out.st.latency[i].count(), in.st.latency[i].count()) << i;
     EXPECT_EQ(out.st.latency[i].max_ns(), in.st.latency[i].max_ns()) << i;
     EXPECT_DOUBLE_EQ(out.st.latency[i].percentile_ns(0.5), in.st.latency[i].percentile_ns(0.5));
-    EXPECT_DOUBLE_EQ(out.st.latency[i].percentile_ns(0.99),
-                     in.st.latency[i].percentile_ns(0.99));
+    EXPECT_DOUBLE_EQ(out.st.latency[i].percentile_ns(0.99), in.st.latency[i].percentile_ns(0.99));
   }
   ASSERT_EQ(out.st.warnings.size(), 2u);
   EXPECT_EQ(out.st.warnings[0], in.st.warnings[0]);

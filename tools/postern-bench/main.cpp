@@ -15,8 +15,8 @@
 #include "bench.hpp"
 #include "system.hpp"
 
-#include <CLI/CLI.hpp>
 #include <fmt/core.h>
+#include <CLI/CLI.hpp>
 
 #include <cstdio>
 #include <exception>
@@ -63,8 +63,8 @@ void add_common_options(CLI::App& app, options& o) {
                                                {"json", output_format::json},
                                                {"both", output_format::both}}))
       ->option_text("text|json|both");
-  app.add_flag_callback("--json", [&o] { o.format = output_format::json; },
-                        "same as --output json");
+  app.add_flag_callback(
+      "--json", [&o] { o.format = output_format::json; }, "same as --output json");
   app.add_option("--label", o.label, "a name carried into the output, e.g. the server's");
   app.add_flag("-q,--quiet", o.quiet, "text output without the warning details");
 }
@@ -81,7 +81,8 @@ int run_main(int argc, char** argv) {
   auto* retr = app.add_subcommand("retr", "clients RETR one message, or all in turn; MB/s");
   retr->add_option("-m,--message", o.message, "message number to RETR; 0 cycles through all")
       ->capture_default_str();
-  retr->add_flag_callback("--cycle", [&o] { o.message = 0; }, "same as --message 0");
+  retr->add_flag_callback(
+      "--cycle", [&o] { o.message = 0; }, "same as --message 0");
   retr->add_option("--pipeline", o.pipeline,
                    "RETRs each client keeps outstanding (RFC 2449 PIPELINING); only when the "
                    "server's CAPA lists PIPELINING, else one at a time")
@@ -90,14 +91,15 @@ int run_main(int argc, char** argv) {
   auto* idle = app.add_subcommand(
       "idle", "open --clients authenticated sessions and hold them; server PSS per session");
   idle->add_option("--server-pid", o.server_pid, "read this process's PSS before and after");
-  idle->add_flag_callback("--no-children", [&o] { o.server_children = false; },
-                          "PSS of --server-pid alone, without its descendants");
+  idle->add_flag_callback(
+      "--no-children", [&o] { o.server_children = false; },
+      "PSS of --server-pid alone, without its descendants");
   idle->add_option("--concurrency", o.concurrency, "sessions being opened at once")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   idle->add_option("--processes", o.processes,
-                    "client processes holding the sessions (default: as many as the "
-                    "open-file limit needs), each from its own source addresses")
+                   "client processes holding the sessions (default: as many as the "
+                   "open-file limit needs), each from its own source addresses")
       ->check(CLI::PositiveNumber);
   idle->add_option("--hold", o.duration_s, "seconds to hold the sessions (same as --duration)")
       ->check(CLI::PositiveNumber);
@@ -107,14 +109,15 @@ int run_main(int argc, char** argv) {
                      "in the last iteration, DELE the last k messages before QUIT");
   auto* tls = app.add_subcommand("tls", "full sessions over TLS (pop3s or STLS); sessions/s");
   tls->add_option("--mode", o.tls, "pop3s (TLS from the start) or stls")
-      ->transform(CLI::CheckedTransformer(std::map<std::string, tls_mode>{
-          {"pop3s", tls_mode::pop3s}, {"stls", tls_mode::stls}}))
+      ->transform(CLI::CheckedTransformer(
+          std::map<std::string, tls_mode>{{"pop3s", tls_mode::pop3s}, {"stls", tls_mode::stls}}))
       ->option_text("pop3s|stls");
   std::uint64_t null_messages = 10;
   std::uint64_t null_size = 4096;
-  auto* serve = app.add_subcommand(
-      "serve", "be a POP3 server that does no work (messages in memory, any login): the "
-               "ceiling of what the machine and this client allow");
+  auto* serve =
+      app.add_subcommand("serve",
+                         "be a POP3 server that does no work (messages in memory, any login): the "
+                         "ceiling of what the machine and this client allow");
   serve->add_option("--messages", null_messages, "messages in every maildrop")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
@@ -122,9 +125,10 @@ int run_main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   std::uint64_t null_processes = 1;
-  serve->add_option("--processes", null_processes,
-                    "worker processes, each with its own SO_REUSEPORT listener and descriptor "
-                    "limit (for holding more idle sessions than one process can)")
+  serve
+      ->add_option("--processes", null_processes,
+                   "worker processes, each with its own SO_REUSEPORT listener and descriptor "
+                   "limit (for holding more idle sessions than one process can)")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   for (auto* sub : {session, retr, idle, bigbox, tls, serve}) {
@@ -189,10 +193,18 @@ int run_main(int argc, char** argv) {
   try {
     switch (o.kind) {
       case scenario::session:
-      case scenario::tls: run_session(o, r); break;
-      case scenario::retr: run_retr(o, r); break;
-      case scenario::idle: run_idle(o, r); break;
-      case scenario::bigbox: run_bigbox(o, r); break;
+      case scenario::tls:
+        run_session(o, r);
+        break;
+      case scenario::retr:
+        run_retr(o, r);
+        break;
+      case scenario::idle:
+        run_idle(o, r);
+        break;
+      case scenario::bigbox:
+        run_bigbox(o, r);
+        break;
     }
   } catch (const std::exception& e) {
     fmt::print(stderr, "postern-bench: {}\n", e.what());

@@ -112,8 +112,8 @@ struct connection {
   std::array<char, max_line> in{};
   std::vector<iovec> out;     // pieces of the replies to one batch of commands
   std::size_t out_first = 0;  // out[out_first, out.size()) is still to be written
-  bool quit = false;      // close once the reply is out; QUIT ends the batch
-  bool want_out = false;  // EPOLLOUT is registered
+  bool quit = false;          // close once the reply is out; QUIT ends the batch
+  bool want_out = false;      // EPOLLOUT is registered
   bool pending() const noexcept { return out_first < out.size(); }
 };
 
@@ -124,7 +124,8 @@ class null_server {
   int run() {
     epoll_ = ::epoll_create1(EPOLL_CLOEXEC);
     if (epoll_ < 0) {
-      fmt::print(stderr, "postern-bench serve: epoll_create1: {}\n", std::generic_category().message(errno));
+      fmt::print(stderr, "postern-bench serve: epoll_create1: {}\n",
+                 std::generic_category().message(errno));
       return 2;
     }
     epoll_event ev{};
@@ -138,7 +139,8 @@ class null_server {
         if (errno == EINTR) {
           continue;
         }
-        fmt::print(stderr, "postern-bench serve: epoll_wait: {}\n", std::generic_category().message(errno));
+        fmt::print(stderr, "postern-bench serve: epoll_wait: {}\n",
+                   std::generic_category().message(errno));
         return 2;
       }
       for (int i = 0; i < n; ++i) {
@@ -185,8 +187,7 @@ class null_server {
   }
 
   // Adds a reply to the batch being built.
-  void reply(connection& c, std::string_view a, std::string_view b = {},
-             std::string_view d = {}) {
+  void reply(connection& c, std::string_view a, std::string_view b = {}, std::string_view d = {}) {
     for (const std::string_view piece : {a, b, d}) {
       if (!piece.empty()) {
         c.out.push_back({const_cast<char*>(piece.data()), piece.size()});
@@ -266,8 +267,8 @@ class null_server {
     std::size_t used = 0;
     while (!c.pending()) {
       while (!c.quit && c.out.size() + 3 <= max_pieces) {
-        const auto* lf = static_cast<const char*>(
-            std::memchr(c.in.data() + used, '\n', c.in_len - used));
+        const auto* lf =
+            static_cast<const char*>(std::memchr(c.in.data() + used, '\n', c.in_len - used));
         if (lf == nullptr) {
           break;
         }
@@ -303,12 +304,16 @@ class null_server {
       case verb("USER"):
       case verb("PASS"):
       case verb("NOOP"):
-      case verb("RSET"): reply(c, ok_reply); return;
+      case verb("RSET"):
+        reply(c, ok_reply);
+        return;
       case verb("QUIT"):
         c.quit = true;
         reply(c, ok_reply);
         return;
-      case verb("STAT"): reply(c, c_.stat_reply); return;
+      case verb("STAT"):
+        reply(c, c_.stat_reply);
+        return;
       case verb("LIST"):
         reply(c, line.size() == 4 ? std::string_view(c_.list_reply) : err_reply);
         return;
@@ -322,9 +327,15 @@ class null_server {
           reply(c, err_reply);
         }
         return;
-      case verb("DELE"): reply(c, message_number(arg, c_) ? ok_reply : err_reply); return;
-      case verb("CAPA"): reply(c, c_.capa_reply); return;
-      default: reply(c, err_reply); return;
+      case verb("DELE"):
+        reply(c, message_number(arg, c_) ? ok_reply : err_reply);
+        return;
+      case verb("CAPA"):
+        reply(c, c_.capa_reply);
+        return;
+      default:
+        reply(c, err_reply);
+        return;
     }
   }
 

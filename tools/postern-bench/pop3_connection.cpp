@@ -9,8 +9,8 @@
 
 #include <algorithm>
 #include <array>
-#include <charconv>
 #include <cerrno>
+#include <charconv>
 #include <cstring>
 
 namespace postern::bench {
@@ -20,11 +20,30 @@ constexpr auto use_tuple = asio::experimental::as_tuple(asio::use_awaitable);
 constexpr std::string_view capa_wire = "CAPA\r\n";
 
 constexpr std::array<std::string_view, fault_count> fault_names = {
-    "none",         "connect_refused", "connect",        "timeout",         "eof",
-    "reset",        "io",              "tls",            "greeting",        "in_use",
-    "auth",         "sys_temp",        "sys_perm",       "err_reply",       "protocol",
-    "line_too_long", "bare_lf",        "octet_mismatch", "size_mismatch",   "count_mismatch",
-    "bad_uidl",     "empty_maildrop",  "data_after_quit", "stls_injection",
+    "none",
+    "connect_refused",
+    "connect",
+    "timeout",
+    "eof",
+    "reset",
+    "io",
+    "tls",
+    "greeting",
+    "in_use",
+    "auth",
+    "sys_temp",
+    "sys_perm",
+    "err_reply",
+    "protocol",
+    "line_too_long",
+    "bare_lf",
+    "octet_mismatch",
+    "size_mismatch",
+    "count_mismatch",
+    "bad_uidl",
+    "empty_maildrop",
+    "data_after_quit",
+    "stls_injection",
 };
 
 bool iequals(std::string_view a, std::string_view b) noexcept {
@@ -80,9 +99,7 @@ bool is_valid_uid(std::string_view uid) noexcept {
 
 }  // namespace
 
-std::string_view fault_name(fault f) noexcept {
-  return fault_names[static_cast<std::size_t>(f)];
-}
+std::string_view fault_name(fault f) noexcept { return fault_names[static_cast<std::size_t>(f)]; }
 
 std::size_t connection_registry::sweep(bench_clock::time_point now) noexcept {
   std::size_t closed = 0;
@@ -229,9 +246,9 @@ asio::awaitable<bool> pop3_connection::connect(const tcp::endpoint& to,
   int so_error = 0;
   socklen_t len = sizeof so_error;
   if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &so_error, &len) != 0 || so_error != 0) {
-    co_return fail(timed_out_                       ? fault::timeout
+    co_return fail(timed_out_                 ? fault::timeout
                    : so_error == ECONNREFUSED ? fault::connect_refused
-                                                : fault::connect);
+                                              : fault::connect);
   }
   co_return true;
 }
@@ -354,9 +371,12 @@ asio::awaitable<bool> pop3_connection::read_status() {
   for (;;) {
     std::string_view line;
     switch (take_line(line)) {
-      case line_status::line: co_return parse_status(line);
-      case line_status::bad: co_return false;
-      case line_status::need_more: break;
+      case line_status::line:
+        co_return parse_status(line);
+      case line_status::bad:
+        co_return false;
+      case line_status::need_more:
+        break;
     }
     if (const bool ok = co_await fill(); !ok) {
       co_return false;

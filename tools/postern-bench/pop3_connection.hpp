@@ -106,7 +106,7 @@ class listing {
  public:
   struct entry {
     std::uint64_t number = 0;
-    std::uint64_t size = 0;         // LIST only
+    std::uint64_t size = 0;        // LIST only
     std::uint32_t uid_offset = 0;  // UIDL only: where the unique-id starts in the pool
     std::uint32_t uid_length = 0;
   };
@@ -123,7 +123,9 @@ class listing {
   std::string_view uid(const entry& e) const noexcept {
     return std::string_view(uids_).substr(e.uid_offset, e.uid_length);
   }
-  void add_size(std::uint64_t number, std::uint64_t size) { entries_.push_back({number, size, 0, 0}); }
+  void add_size(std::uint64_t number, std::uint64_t size) {
+    entries_.push_back({number, size, 0, 0});
+  }
   void add_uid(std::uint64_t number, std::string_view uid) {
     entries_.push_back({number, 0, static_cast<std::uint32_t>(uids_.size()),
                         static_cast<std::uint32_t>(uid.size())});

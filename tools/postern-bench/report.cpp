@@ -20,11 +20,21 @@ std::string json_string(std::string_view s) {
   for (const char ch : s) {
     const auto c = static_cast<unsigned char>(ch);
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
         if (c < 0x20 || c >= 0x7f) {
           out += fmt::format("\\u{:04x}", c);  // bytes, not text: keep the line ASCII
@@ -54,10 +64,14 @@ double cpu_busy_pct(const result& r) {
 std::string unit_name(scenario s) {
   switch (s) {
     case scenario::session:
-    case scenario::tls: return "sessions";
-    case scenario::retr: return "RETRs";
-    case scenario::idle: return "sessions opened";
-    case scenario::bigbox: return "iterations";
+    case scenario::tls:
+      return "sessions";
+    case scenario::retr:
+      return "RETRs";
+    case scenario::idle:
+      return "sessions opened";
+    case scenario::bigbox:
+      return "iterations";
   }
   return "units";
 }
@@ -105,25 +119,29 @@ void print_text(const options& o, const result& r) {
   }
   if (o.kind == scenario::retr && o.pipeline > 1 && st.pipeline_depth > 0) {
     if (st.pipeline_depth >= o.pipeline) {
-      fmt::print("  pipeline    {} RETRs outstanding per client (latency: each reply's own "
-                 "wait, from its sending or the previous reply's end)\n",
-                 o.pipeline);
+      fmt::print(
+          "  pipeline    {} RETRs outstanding per client (latency: each reply's own "
+          "wait, from its sending or the previous reply's end)\n",
+          o.pipeline);
     } else {
-      fmt::print("  pipeline    none: {} requested, but the server does not advertise "
-                 "PIPELINING, so one RETR at a time\n",
-                 o.pipeline);
+      fmt::print(
+          "  pipeline    none: {} requested, but the server does not advertise "
+          "PIPELINING, so one RETR at a time\n",
+          o.pipeline);
     }
   }
   if (r.idle) {
     const idle_result& i = *r.idle;
-    fmt::print("  sessions    {} requested, {} authenticated in {:.2f} s ({:.0f}/s), {} still "
-               "answering NOOP after {:.1f} s held\n",
-               i.requested, i.established, i.setup_s,
-               per_second(static_cast<double>(i.established), i.setup_s), i.alive, i.hold_s);
+    fmt::print(
+        "  sessions    {} requested, {} authenticated in {:.2f} s ({:.0f}/s), {} still "
+        "answering NOOP after {:.1f} s held\n",
+        i.requested, i.established, i.setup_s,
+        per_second(static_cast<double>(i.established), i.setup_s), i.alive, i.hold_s);
     if (i.client_processes > 1) {
-      fmt::print("  clients     {} processes, each from its own source "
-                 "addresses\n",
-                 i.client_processes);
+      fmt::print(
+          "  clients     {} processes, each from its own source "
+          "addresses\n",
+          i.client_processes);
     }
     if (i.limit_by_fds != 0) {
       fmt::print("  limited     by RLIMIT_NOFILE to {} sessions per process\n", i.limit_by_fds);
@@ -137,8 +155,8 @@ void print_text(const options& o, const result& r) {
     }
   }
   if (!r.bigbox.empty()) {
-    fmt::print("  {:>4} {:>9} {:>12} {:>13} {:>9} {:>9} {:>13} {:>9}\n", "#", "messages",
-               "octets", "login+STAT ms", "UIDL ms", "LIST ms", "DELE ms", "QUIT ms");
+    fmt::print("  {:>4} {:>9} {:>12} {:>13} {:>9} {:>9} {:>13} {:>9}\n", "#", "messages", "octets",
+               "login+STAT ms", "UIDL ms", "LIST ms", "DELE ms", "QUIT ms");
     for (std::size_t k = 0; k < r.bigbox.size(); ++k) {
       const auto& b = r.bigbox[k];
       const std::string dele =
@@ -175,12 +193,13 @@ void print_text(const options& o, const result& r) {
                op_name(static_cast<op>(k)), h.count(), h.percentile_ns(0.5) / 1e6,
                h.percentile_ns(0.99) / 1e6, static_cast<double>(h.max_ns()) / 1e6);
   }
-  fmt::print("  client CPU  user {:.2f} s + system {:.2f} s = {:.0f}% of one core\n",
-             r.cpu_user_s, r.cpu_sys_s, cpu_busy_pct(r));
-  if (cpu_busy_pct(r) > 90 && (o.kind == scenario::session || o.kind == scenario::tls ||
-                               o.kind == scenario::retr)) {
-    fmt::print("  note        the client was nearly saturated: the server may be faster than "
-               "measured\n");
+  fmt::print("  client CPU  user {:.2f} s + system {:.2f} s = {:.0f}% of one core\n", r.cpu_user_s,
+             r.cpu_sys_s, cpu_busy_pct(r));
+  if (cpu_busy_pct(r) > 90 &&
+      (o.kind == scenario::session || o.kind == scenario::tls || o.kind == scenario::retr)) {
+    fmt::print(
+        "  note        the client was nearly saturated: the server may be faster than "
+        "measured\n");
   }
   for (const auto& w : st.warnings) {
     if (!o.quiet) {
@@ -205,8 +224,8 @@ void print_json(const options& o, const result& r) {
   j += fmt::format(",\"clients\":{},\"users\":{},\"warmup_s\":{},\"window_s\":{}", r.clients,
                    r.users, num(o.warmup_s, 3), num(r.window_s, 4));
   if (o.kind == scenario::retr) {
-    j += fmt::format(",\"message\":{},\"pipeline_requested\":{},\"pipeline_depth\":{}",
-                     o.message, o.pipeline, st.pipeline_depth);
+    j += fmt::format(",\"message\":{},\"pipeline_requested\":{},\"pipeline_depth\":{}", o.message,
+                     o.pipeline, st.pipeline_depth);
   }
   const double mb = megabytes(static_cast<double>(st.payload_octets));
   j += fmt::format(",\"completed\":{},\"per_s\":{},\"payload_octets\":{},\"mb_per_s\":{}",
@@ -234,15 +253,16 @@ void print_json(const options& o, const result& r) {
   j += "}";
   if (r.idle) {
     const idle_result& i = *r.idle;
-    j += fmt::format(",\"idle\":{{\"requested\":{},\"established\":{},\"alive\":{},"
-                     "\"setup_s\":{},\"hold_s\":{},\"fd_limited\":{},\"client_processes\":{}",
-                     i.requested, i.established, i.alive, num(i.setup_s), num(i.hold_s),
-                     i.limit_by_fds, i.client_processes);
+    j += fmt::format(
+        ",\"idle\":{{\"requested\":{},\"established\":{},\"alive\":{},"
+        "\"setup_s\":{},\"hold_s\":{},\"fd_limited\":{},\"client_processes\":{}",
+        i.requested, i.established, i.alive, num(i.setup_s), num(i.hold_s), i.limit_by_fds,
+        i.client_processes);
     if (i.pss_before_kib && i.pss_after_kib) {
-      j += fmt::format(",\"pss_before_kib\":{},\"pss_after_kib\":{},\"processes_before\":{},"
-                       "\"processes_after\":{}",
-                       *i.pss_before_kib, *i.pss_after_kib, i.processes_before,
-                       i.processes_after);
+      j += fmt::format(
+          ",\"pss_before_kib\":{},\"pss_after_kib\":{},\"processes_before\":{},"
+          "\"processes_after\":{}",
+          *i.pss_before_kib, *i.pss_after_kib, i.processes_before, i.processes_after);
       if (auto k = kib_per_session(i)) {
         j += fmt::format(",\"kib_per_session\":{}", num(*k, 2));
       }
@@ -253,11 +273,11 @@ void print_json(const options& o, const result& r) {
     j += ",\"iterations\":[";
     for (std::size_t k = 0; k < r.bigbox.size(); ++k) {
       const auto& b = r.bigbox[k];
-      j += fmt::format("{}{{\"messages\":{},\"octets\":{},\"login_stat_ms\":{},\"uidl_ms\":{},"
-                       "\"list_ms\":{},\"deleted\":{},\"dele_ms\":{},\"quit_ms\":{}}}",
-                       k == 0 ? "" : ",", b.messages, b.octets, num(b.login_stat_ms),
-                       num(b.uidl_ms), num(b.list_ms), b.deleted, num(b.dele_ms),
-                       num(b.quit_ms));
+      j += fmt::format(
+          "{}{{\"messages\":{},\"octets\":{},\"login_stat_ms\":{},\"uidl_ms\":{},"
+          "\"list_ms\":{},\"deleted\":{},\"dele_ms\":{},\"quit_ms\":{}}}",
+          k == 0 ? "" : ",", b.messages, b.octets, num(b.login_stat_ms), num(b.uidl_ms),
+          num(b.list_ms), b.deleted, num(b.dele_ms), num(b.quit_ms));
     }
     j += "]";
   }

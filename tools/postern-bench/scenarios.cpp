@@ -12,8 +12,8 @@
 #include <fmt/core.h>
 
 #include <algorithm>
-#include <csignal>
 #include <charconv>
+#include <csignal>
 #include <cstring>
 #include <exception>
 #include <memory>
@@ -24,9 +24,9 @@ namespace {
 
 constexpr auto use_tuple = asio::experimental::as_tuple(asio::use_awaitable);
 
-constexpr std::size_t small_buffer = 16 * 1024;   // sessions: replies and small messages
+constexpr std::size_t small_buffer = 16 * 1024;    // sessions: replies and small messages
 constexpr std::size_t large_buffer = 1024 * 1024;  // RETR throughput and huge listings
-constexpr std::size_t idle_buffer = 1024;         // held sessions: status lines only
+constexpr std::size_t idle_buffer = 1024;          // held sessions: status lines only
 // Connections per source address. Linux's ephemeral range holds about 28,000 ports, and
 // connect() takes the even half of it first, searching port by port: past about half full,
 // every new connection scans longer (quadratic setup time). 5,000 keeps the search short.
@@ -132,8 +132,8 @@ std::vector<asio::ip::address> source_addresses(const options& o, const tcp::end
 // Records connect, tls, stls, user, pass, stat and login_stat from t, which comes in as the
 // session's start and goes out as the time of the STAT reply: one clock read per operation.
 asio::awaitable<bool> login(client_env& e, pop3_connection& c, std::uint64_t user,
-                            asio::ip::address source, bench_clock::time_point& t,
-                            stat_reply& stat, session_trace& trace) {
+                            asio::ip::address source, bench_clock::time_point& t, stat_reply& stat,
+                            session_trace& trace) {
   run_control& run = e.run;
   const auto t0 = t;
   // Records the operation that just ended and gives the next one its own deadline.
@@ -226,9 +226,8 @@ asio::awaitable<bool> quit(client_env& e, pop3_connection& c, session_trace& tra
 // Returns false with a fault on I/O or reply failures; a size disagreement is counted here
 // (with details) and sets `clean` to false, and the session goes on.
 asio::awaitable<bool> receive_retr(client_env& e, stats& st, pop3_connection& c, std::uint64_t n,
-                                   const std::uint64_t* listed, session_trace& trace,
-                                   bool& clean, bench_clock::time_point since,
-                                   bench_clock::time_point& end) {
+                                   const std::uint64_t* listed, session_trace& trace, bool& clean,
+                                   bench_clock::time_point since, bench_clock::time_point& end) {
   if (const bool ok = co_await c.reply(fault::err_reply); !ok) {
     co_return false;
   }
@@ -242,20 +241,20 @@ asio::awaitable<bool> receive_retr(client_env& e, stats& st, pop3_connection& c,
   e.run.record(op::retr, since, end);
   if (body.bare_lf) {
     clean = false;
-    e.run.count_error(fault::bare_lf, fmt::format("{} RETR {}: a line ended in a bare LF",
-                                                  trace.user, n));
+    e.run.count_error(fault::bare_lf,
+                      fmt::format("{} RETR {}: a line ended in a bare LF", trace.user, n));
   }
   if (has_declared && declared != body.octets) {
     clean = false;
     e.run.count_error(fault::octet_mismatch,
-                      fmt::format("{} RETR {}: the server said {} octets and sent {}",
-                                  trace.user, n, declared, body.octets));
+                      fmt::format("{} RETR {}: the server said {} octets and sent {}", trace.user,
+                                  n, declared, body.octets));
   }
   if (listed != nullptr && *listed != body.octets) {
     clean = false;
     e.run.count_error(fault::size_mismatch,
-                      fmt::format("{} RETR {}: LIST said {} octets, RETR sent {}", trace.user,
-                                  n, *listed, body.octets));
+                      fmt::format("{} RETR {}: LIST said {} octets, RETR sent {}", trace.user, n,
+                                  *listed, body.octets));
   }
   co_return true;
 }
@@ -283,10 +282,9 @@ asio::awaitable<bool> retrieve(client_env& e, stats& st, pop3_connection& c, std
 // ---------------------------------------------------------------------------------------------
 // session and tls: clients loop over full sessions.
 
-asio::awaitable<bool> full_session(client_env& e, stats& st, pop3_connection& c,
-                                   std::uint64_t user, asio::ip::address source,
-                                   listing& uids, std::vector<std::string_view>& scratch,
-                                   session_trace& trace) {
+asio::awaitable<bool> full_session(client_env& e, stats& st, pop3_connection& c, std::uint64_t user,
+                                   asio::ip::address source, listing& uids,
+                                   std::vector<std::string_view>& scratch, session_trace& trace) {
   const auto t0 = bench_clock::now();
   auto t = t0;
   stat_reply stat;
@@ -348,8 +346,8 @@ asio::awaitable<void> session_client(client_env& e, stats& st, std::uint64_t ind
       const std::uint64_t user = (index + round * e.clients) % e.users.size();
       session_trace trace;
       c.reset();
-      const bool ok = co_await full_session(e, st, c, user, e.source_for(index + round), uids,
-                                            scratch, trace);
+      const bool ok =
+          co_await full_session(e, st, c, user, e.source_for(index + round), uids, scratch, trace);
       if (ok) {
         c.close();
         e.run.complete_unit();
@@ -428,8 +426,8 @@ asio::awaitable<bool> retr_pipelined(client_env& e, stats& st, pop3_connection& 
     trace.step = "RETR (pipelined)";
     c.arm(since, e.run.timeout());
     bench_clock::time_point end;
-    if (const bool ok = co_await receive_retr(e, st, c, f.message->number, &f.message->size,
-                                              trace, clean, since, end);
+    if (const bool ok = co_await receive_retr(e, st, c, f.message->number, &f.message->size, trace,
+                                              clean, since, end);
         !ok) {
       co_return false;
     }
@@ -454,12 +452,14 @@ asio::awaitable<bool> pipeline_depth(client_env& e, stats& st, pop3_connection& 
     if (pipelining) {
       depth = static_cast<std::size_t>(e.o.pipeline);
     } else if (st.pipeline_depth != 1) {
-      e.run.warn(fmt::format("the server's CAPA does not list PIPELINING: one RETR at a time, "
-                             "not {}",
-                             e.o.pipeline));
+      e.run.warn(
+          fmt::format("the server's CAPA does not list PIPELINING: one RETR at a time, "
+                      "not {}",
+                      e.o.pipeline));
     }
   }
-  st.pipeline_depth = st.pipeline_depth == 0 ? depth : std::min<std::uint64_t>(st.pipeline_depth, depth);
+  st.pipeline_depth =
+      st.pipeline_depth == 0 ? depth : std::min<std::uint64_t>(st.pipeline_depth, depth);
   co_return true;
 }
 
@@ -497,8 +497,7 @@ asio::awaitable<void> retr_client(client_env& e, stats& st, std::uint64_t index)
           e.run.count_error(fault::count_mismatch,
                             fmt::format("{}: STAT said {} messages ({} octets), LIST listed {} "
                                         "({} octets)",
-                                        trace.user, stat.messages, stat.octets, sizes.size(),
-                                        sum));
+                                        trace.user, stat.messages, stat.octets, sizes.size(), sum));
           break;
         }
         if (sizes.empty() || (e.o.message != 0 && e.o.message > sizes.size())) {
@@ -622,9 +621,10 @@ asio::awaitable<void> idle_opener(idle_state& s, wait_group& wg) {
         count_failure(e.run, *c, trace);
         if (++s.failures_in_a_row >= s.give_up_after && !s.gave_up) {
           s.gave_up = true;
-          e.run.warn(fmt::format("stopped opening sessions after {} failures in a row, with "
-                                 "{} sessions open",
-                                 s.failures_in_a_row, e.run.connections().size()));
+          e.run.warn(
+              fmt::format("stopped opening sessions after {} failures in a row, with "
+                          "{} sessions open",
+                          s.failures_in_a_row, e.run.connections().size()));
         }
       }
     }
@@ -793,8 +793,7 @@ std::optional<tcp::endpoint> parse_target(const options& o, std::string& error) 
     return std::nullopt;
   }
   if (!addr.is_loopback()) {
-    error = fmt::format("--host {}: only loopback targets (127.0.0.0/8, ::1) are allowed",
-                        o.host);
+    error = fmt::format("--host {}: only loopback targets (127.0.0.0/8, ::1) are allowed", o.host);
     return std::nullopt;
   }
   std::uint16_t port = o.port;
@@ -817,9 +816,10 @@ void run_session(const options& o, result& out) {
   const std::uint64_t clients = clients_or(o, 32);
   prepared p(o, out, clients, small_buffer);
   if (p.users.size() < clients || p.users.size() % clients != 0) {
-    p.run.warn(fmt::format("{} users for {} clients: clients may share a maildrop and get "
-                           "[IN-USE]; use a multiple of the client count",
-                           p.users.size(), clients));
+    p.run.warn(
+        fmt::format("{} users for {} clients: clients may share a maildrop and get "
+                    "[IN-USE]; use a multiple of the client count",
+                    p.users.size(), clients));
   }
   for (std::uint64_t i = 0; i < clients; ++i) {
     p.run.client_started();
@@ -857,14 +857,16 @@ void run_idle_share(const options& o, result& out, idle_result& r, std::uint64_t
     p.env.sources = *sources;
   }
   if (r.limit_by_fds != 0) {
-    p.run.warn(fmt::format("RLIMIT_NOFILE allows {} sessions per process: holding {}, not {} "
-                           "(--processes spreads them over more)",
-                           r.limit_by_fds, count, r.requested));
+    p.run.warn(
+        fmt::format("RLIMIT_NOFILE allows {} sessions per process: holding {}, not {} "
+                    "(--processes spreads them over more)",
+                    r.limit_by_fds, count, r.requested));
   }
   if (link == nullptr && p.users.size() < count) {
-    p.run.warn(fmt::format("{} users for {} sessions: servers that lock maildrops answer "
-                           "[IN-USE] to the extra ones",
-                           p.users.size(), count));
+    p.run.warn(
+        fmt::format("{} users for {} sessions: servers that lock maildrops answer "
+                    "[IN-USE] to the extra ones",
+                    p.users.size(), count));
   }
   if (o.server_pid && link == nullptr) {
     if (auto pss = read_pss(*o.server_pid, o.server_children)) {
@@ -927,7 +929,8 @@ void run_idle_forked(const options& o, result& out, idle_result& r, std::uint64_
   struct sigaction sa {};
   sa.sa_handler = note_parent_signal;  // no SA_RESTART: a signal interrupts the waits below
   sigemptyset(&sa.sa_mask);
-  struct sigaction old_int {}, old_term {};
+  struct sigaction old_int {
+  }, old_term{};
   ::sigaction(SIGINT, &sa, &old_int);
   ::sigaction(SIGTERM, &sa, &old_term);
   for (std::uint64_t k = 0; k < processes; ++k) {
@@ -935,8 +938,8 @@ void run_idle_forked(const options& o, result& out, idle_result& r, std::uint64_
     // Own source addresses for every child, one per 25,000 of its sessions.
     std::vector<asio::ip::address> sources;
     if (target->address().is_v4()) {
-      const auto n = std::max<std::uint64_t>(
-          1, (count + connections_per_source - 1) / connections_per_source);
+      const auto n =
+          std::max<std::uint64_t>(1, (count + connections_per_source - 1) / connections_per_source);
       for (std::uint64_t i = 0; i < n && next_address < 255; ++i) {
         sources.emplace_back(asio::ip::address_v4((127u << 24) | next_address++));
       }
@@ -1008,7 +1011,8 @@ void run_idle_forked(const options& o, result& out, idle_result& r, std::uint64_
   auto child_failed = [&](std::uint64_t k, const char* what) {
     ++st.errors[static_cast<std::size_t>(fault::io)];
     if (st.warnings.size() < 20) {
-      st.warnings.push_back(fmt::format("client process {} (pid {}): {}", k, children[k].pid, what));
+      st.warnings.push_back(
+          fmt::format("client process {} (pid {}): {}", k, children[k].pid, what));
     }
   };
   // Setup: every child opens its sessions.
@@ -1055,7 +1059,8 @@ void run_idle_forked(const options& o, result& out, idle_result& r, std::uint64_
       r.pss_after_kib = pss->kib;
       r.processes_after = pss->processes;
     } else {
-      st.warnings.push_back(fmt::format("cannot read the PSS of pid {} after the hold", *o.server_pid));
+      st.warnings.push_back(
+          fmt::format("cannot read the PSS of pid {} after the hold", *o.server_pid));
     }
   }
   // Release: closing the control pipes is the word.
@@ -1183,11 +1188,11 @@ asio::awaitable<void> bigbox_main(client_env& e, std::vector<bigbox_iteration>& 
           sum += l.size;
         }
         if (uids.size() != stat.messages || sizes.size() != stat.messages || sum != stat.octets) {
-          e.run.count_error(fault::count_mismatch,
-                            fmt::format("STAT said {} messages ({} octets), UIDL listed {}, "
-                                        "LIST {} ({} octets)",
-                                        stat.messages, stat.octets, uids.size(), sizes.size(),
-                                        sum));
+          e.run.count_error(
+              fault::count_mismatch,
+              fmt::format("STAT said {} messages ({} octets), UIDL listed {}, "
+                          "LIST {} ({} octets)",
+                          stat.messages, stat.octets, uids.size(), sizes.size(), sum));
         }
         if (!uids.has_unique_uids(scratch)) {
           e.run.count_error(fault::bad_uidl, "UIDL repeated a unique-id");

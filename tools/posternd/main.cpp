@@ -146,7 +146,7 @@ void apply_test_hooks([[maybe_unused]] postern::server::config& cfg) {
 // As root, becomes the owner of `path` (its groups, plus the group of its directory, which
 // dotlocks need in a root:mail 2775 spool). Fills `user` and `home` from the password file.
 bool become_owner_of(const std::string& path, std::string& user, std::string& home) {
-  struct stat st{};
+  struct stat st {};
   if (::lstat(path.c_str(), &st) != 0) {
     std::perror(("posternd: --recover: " + path).c_str());
     return false;
@@ -163,7 +163,7 @@ bool become_owner_of(const std::string& path, std::string& user, std::string& ho
   if (::geteuid() != 0 || st.st_uid == 0) {
     return true;
   }
-  struct stat dir{};
+  struct stat dir {};
   const std::string parent = path.substr(0, path.rfind('/') == 0 ? 1 : path.rfind('/'));
   int n = 64;
   std::vector<gid_t> groups(static_cast<std::size_t>(n));
@@ -237,9 +237,10 @@ int recover_all_command(const postern::server::config& cfg, bool fork_model) {
     std::fprintf(stderr, "posternd: --recover-all: %s\n", t.err().message().c_str());
     return 1;
   }
-  std::printf("%zu users checked, %zu unfinished updates: %zu completed, %zu set aside, %zu "
-              "failed\n",
-              t->users, t->pending, t->completed, t->set_aside, t->failed);
+  std::printf(
+      "%zu users checked, %zu unfinished updates: %zu completed, %zu set aside, %zu "
+      "failed\n",
+      t->users, t->pending, t->completed, t->set_aside, t->failed);
   return t->failed == 0 ? 0 : 1;
 }
 
@@ -257,13 +258,15 @@ static int run_main(int argc, char** argv) {
   app.add_flag("--check-config", check, "Validate the configuration, print it and exit");
   app.add_flag("-V,--version", version, "Print the version and exit");
   bool list_keys = false;
-  app.add_flag("--list-config-keys", list_keys,
-               "Print every configuration key as TABLE.KEY = SAMPLE (a valid non-default value) and exit");
+  app.add_flag(
+      "--list-config-keys", list_keys,
+      "Print every configuration key as TABLE.KEY = SAMPLE (a valid non-default value) and exit");
   auto* demo = app.add_option("--demo", demo_dir,
                               "Create a demo setup in DIR (user demo, password demo) and serve it")
                    ->expected(0, 1)
                    ->default_str("postern-demo");
-  app.add_option("--demo-port", demo_port, "Port of the demo server on 127.0.0.1")->capture_default_str();
+  app.add_option("--demo-port", demo_port, "Port of the demo server on 127.0.0.1")
+      ->capture_default_str();
   std::string hash_scheme;
   auto* hash = app.add_option("--hash", hash_scheme,
                               "Hash a password read from stdin for a passwd-file (SHA512-CRYPT, "
@@ -271,10 +274,11 @@ static int run_main(int argc, char** argv) {
                    ->expected(0, 1)
                    ->default_str("SHA512-CRYPT");
   std::uint32_t daemon_children = 0;
-  auto* daemon_opt = app.add_option("--daemon", daemon_children,
-                                    "Fork mode (system users, privilege separation), at most N sessions "
-                                    "at once (like Mailutils' --daemon[=N])")
-                         ->expected(0, 1);
+  auto* daemon_opt =
+      app.add_option("--daemon", daemon_children,
+                     "Fork mode (system users, privilege separation), at most N sessions "
+                     "at once (like Mailutils' --daemon[=N])")
+          ->expected(0, 1);
   std::string recover_path;
   auto* recover_opt = app.add_option("--recover", recover_path,
                                      "Complete an interrupted update of the mbox PATH (as its "
@@ -344,7 +348,8 @@ static int run_main(int argc, char** argv) {
   }
   apply_test_hooks(*cfg);
   if (recover_all) {
-    return recover_all_command(*cfg, *daemon_opt || cfg->unix.model == postern::server::process_model::fork);
+    return recover_all_command(
+        *cfg, *daemon_opt || cfg->unix.model == postern::server::process_model::fork);
   }
   auto unix_settings = postern::server::unix_settings_from(*cfg);
   if (!unix_settings) {
@@ -370,7 +375,8 @@ static int run_main(int argc, char** argv) {
     return 2;
   }
   if (only_v4 || only_v6) {
-    us.family = only_v4 ? postern::server::address_family::ipv4 : postern::server::address_family::ipv6;
+    us.family =
+        only_v4 ? postern::server::address_family::ipv4 : postern::server::address_family::ipv6;
   }
   if (auto r = postern::server::apply_address_family(*cfg, us.family); !r) {
     std::fprintf(stderr, "posternd: %s\n", r.err().message().c_str());
@@ -389,8 +395,9 @@ static int run_main(int argc, char** argv) {
     return 0;
   }
   if (inetd) {
-    return us.model == postern::server::process_model::fork ? postern::server::run_privsep_inetd(*cfg, us)
-                                                            : postern::server::run_inetd(*cfg);
+    return us.model == postern::server::process_model::fork
+               ? postern::server::run_privsep_inetd(*cfg, us)
+               : postern::server::run_inetd(*cfg);
   }
   // Started by systemd (sockets or a notify socket): the service manager tracks this process,
   // and LISTEN_PID names it, so it must not detach.

@@ -1,7 +1,7 @@
 #include "store/lock/mailbox_lock.hpp"
 
-#include "common/test_files.hpp"
 #include <gtest/gtest.h>
+#include "common/test_files.hpp"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -239,7 +239,7 @@ TEST(mailbox_lock, full_disk_reads_without_dotlock_only_when_allowed) {
   const pid_t child = ::fork();
   if (child == 0) {
     const int cfd = ::open(box.c_str(), O_RDWR);
-    struct flock fl{};
+    struct flock fl {};
     fl.l_type = F_WRLCK;
     fl.l_whence = SEEK_SET;
     ::_exit(::fcntl(cfd, F_SETLK, &fl) == 0 ? 1 : 0);
@@ -391,7 +391,7 @@ class kernel_lock_holder {
       const int fd = ::open(path.c_str(), O_RDWR);
       bool ok = fd >= 0;
       if (ok && kind == "fcntl") {
-        struct flock fl{};
+        struct flock fl {};
         fl.l_type = F_WRLCK;
         fl.l_whence = SEEK_SET;
         ok = ::fcntl(fd, F_SETLK, &fl) == 0;  // classic POSIX lock, as MDAs take it
@@ -505,7 +505,7 @@ TEST(session_lock, exclusive_within_and_across_processes_and_never_stale) {
   const int dir = ::open(d.path().c_str(), O_RDONLY | O_DIRECTORY);
   auto a = take_session_lock(dir, ".user.postern-session", "session");
   ASSERT_TRUE(a.ok()) << a.err().message();
-  struct stat st{};
+  struct stat st {};
   ASSERT_EQ(::stat((d.path() + "/.user.postern-session").c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0600u);
   auto b = take_session_lock(dir, ".user.postern-session", "session");
@@ -569,7 +569,7 @@ TEST(session_lock, planted_files_are_set_aside_not_used) {
     }
     auto s = take_session_lock(dir.get(), name, path);
     ASSERT_TRUE(s.ok()) << s.err().message();
-    struct stat st{};
+    struct stat st {};
     ASSERT_EQ(::lstat(path.c_str(), &st), 0);
     EXPECT_TRUE(S_ISREG(st.st_mode));
     EXPECT_EQ(st.st_mode & 077, 0u);

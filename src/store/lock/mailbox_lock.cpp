@@ -166,7 +166,7 @@ enum class verdict { gone, busy, broken };
 result<verdict> break_if_stale(int dir_fd, const std::string& name, const std::string& display,
                                const struct timespec& fs_now, std::chrono::seconds stale_age,
                                bool check_pid) {
-  struct stat judged{};
+  struct stat judged {};
   pid_t pid = 0;
   const int fd = ::openat(dir_fd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
   if (fd >= 0) {
@@ -206,8 +206,8 @@ result<verdict> break_if_stale(int dir_fd, const std::string& name, const std::s
   // whatever pid it holds (pid 1 or any live process included), or holding the pid of a
   // process that no longer exists on this host.
   const auto age = std::chrono::seconds(fs_now.tv_sec - judged.st_mtim.tv_sec);
-  const bool foreign = !S_ISREG(judged.st_mode) ||
-                       (judged.st_uid != ::geteuid() && judged.st_uid != 0);
+  const bool foreign =
+      !S_ISREG(judged.st_mode) || (judged.st_uid != ::geteuid() && judged.st_uid != 0);
   bool stale = foreign || age > stale_age;
   if (!stale && check_pid && pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH) {
     stale = true;  // EPERM: alive, someone else's
@@ -216,7 +216,7 @@ result<verdict> break_if_stale(int dir_fd, const std::string& name, const std::s
     return verdict::busy;
   }
   // Break it only if it is still the very file we judged.
-  struct stat now_st{};
+  struct stat now_st {};
   if (::fstatat(dir_fd, name.c_str(), &now_st, AT_SYMLINK_NOFOLLOW) != 0) {
     const int err = errno;
     if (err == ENOENT) {
@@ -232,9 +232,9 @@ result<verdict> break_if_stale(int dir_fd, const std::string& name, const std::s
     if (err == ENOENT) {
       return verdict::gone;
     }
-    return error::from_errno(err, "lock: remove stale " + display + " (uid " +
-                                      std::to_string(judged.st_uid) + ")",
-                             create_errc(err));
+    return error::from_errno(
+        err, "lock: remove stale " + display + " (uid " + std::to_string(judged.st_uid) + ")",
+        create_errc(err));
   }
   log::notice("lock: broke stale {} (uid {}, pid {}, {} s old{})", display, judged.st_uid, pid,
               age.count(), foreign ? ", not a regular file of ours or root's" : "");
@@ -266,8 +266,8 @@ result<lock_methods> parse_lock_methods(std::string_view list) {
       slot = &m.flock;
     }
     if (slot == nullptr) {
-      return error(errc::invalid, "unknown lock method \"" + std::string(word) +
-                                      "\" (dotlock, fcntl or flock)");
+      return error(errc::invalid,
+                   "unknown lock method \"" + std::string(word) + "\" (dotlock, fcntl or flock)");
     }
     if (*slot) {
       return error(errc::invalid, "lock method \"" + std::string(word) + "\" given twice");
@@ -340,13 +340,13 @@ result<dotlock> dotlock::acquire(const std::string& lock_path, steady_clock::tim
       if (err == EPERM || err == EOPNOTSUPP || err == EMLINK) {
         // A file system without hard links: O_EXCL creation (atomic on local file systems
         // and NFSv3+).
-        const int lfd = ::openat(dir_fd->get(), name.c_str(),
-                                 O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
-                                 dotlock_mode);
+        const int lfd =
+            ::openat(dir_fd->get(), name.c_str(),
+                     O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, dotlock_mode);
         if (lfd >= 0) {
           unique_fd lock_fd(lfd);
           auto w = write_all(lfd, pid_text, lock_path);
-          struct stat st{};
+          struct stat st {};
           if (!w.ok() || ::fstat(lfd, &st) != 0) {
             ::unlinkat(dir_fd->get(), name.c_str(), 0);
             if (!w.ok()) {
@@ -374,8 +374,8 @@ result<dotlock> dotlock::acquire(const std::string& lock_path, steady_clock::tim
       }
     }
 
-    struct stat tmp_st{};
-    struct stat lock_st{};
+    struct stat tmp_st {};
+    struct stat lock_st {};
     if (::fstat(tmp_fd.get(), &tmp_st) != 0) {
       const int err = errno;
       return error::from_errno(err, "lock: stat " + tmp_display);
@@ -394,8 +394,7 @@ result<dotlock> dotlock::acquire(const std::string& lock_path, steady_clock::tim
         const int err = errno;
         return error::from_errno(err, "lock: touch " + tmp_display);
       }
-      auto v = break_if_stale(dir_fd->get(), name, lock_path, tmp_st.st_mtim, stale_age,
-                              check_pid);
+      auto v = break_if_stale(dir_fd->get(), name, lock_path, tmp_st.st_mtim, stale_age, check_pid);
       if (!v.ok()) {
         return std::move(v).err();
       }
@@ -436,7 +435,7 @@ lock_check check_ours(const std::string& path, dev_t dev, ino_t ino) {
     return errno == ENOENT || errno == ELOOP ? lock_check::not_ours : lock_check::unknown;
   }
   const unique_fd owner(fd);
-  struct stat st{};
+  struct stat st {};
   if (::fstat(fd, &st) != 0) {
     return lock_check::unknown;
   }
@@ -486,10 +485,10 @@ result<void> dotlock::release() {
   const lock_check check = check_ours(path, dev_, ino_);
   // A lock file that cannot be read (EMFILE, EIO) is removed when its name still holds our
   // inode: left in place, it would keep everyone out until it is stale.
-  struct stat st{};
+  struct stat st {};
   if (check == lock_check::not_ours ||
-      (check == lock_check::unknown && (::lstat(path.c_str(), &st) != 0 ||
-                                        st.st_dev != dev_ || st.st_ino != ino_))) {
+      (check == lock_check::unknown &&
+       (::lstat(path.c_str(), &st) != 0 || st.st_dev != dev_ || st.st_ino != ino_))) {
     return error(errc::temporary, "lock: " + path + " was broken or replaced while held");
   }
   // One more attempt after a failed removal (EIO), if the file is still ours: a dotlock left
@@ -552,14 +551,15 @@ result<mailbox_lock> mailbox_lock::acquire(const std::string& path, int fd,
   out.fd_ = fd;
   out.held_ = true;
   if (opts.methods.dotlock) {
-    auto d = dotlock::acquire(path + ".lock", deadline, opts.dotlock_stale_age,
-                              opts.dotlock_check_pid);
+    auto d =
+        dotlock::acquire(path + ".lock", deadline, opts.dotlock_stale_age, opts.dotlock_check_pid);
     if (d.ok()) {
       out.dot_ = std::move(*d);
     } else if (opts.read_without_dotlock_when_full && is_full_disk(d.err())) {
-      log::warning("{}; reading {} under kernel locks only (no update is made without the "
-                   "dotlock)",
-                   d.err().message(), path);
+      log::warning(
+          "{}; reading {} under kernel locks only (no update is made without the "
+          "dotlock)",
+          d.err().message(), path);
       out.dotlock_skipped_ = true;
     } else {
       out.held_ = false;
@@ -570,7 +570,7 @@ result<mailbox_lock> mailbox_lock::acquire(const std::string& path, int fd,
     milliseconds delay = first_poll_delay;
     bool ofd = true;
     for (;;) {
-      struct flock fl{};
+      struct flock fl {};
       fl.l_type = F_WRLCK;
       fl.l_whence = SEEK_SET;
       fl.l_start = 0;
@@ -633,7 +633,7 @@ result<void> mailbox_lock::release() {
     flock_ = false;
   }
   if (fcntl_) {
-    struct flock fl{};
+    struct flock fl {};
     fl.l_type = F_UNLCK;
     fl.l_whence = SEEK_SET;
     fl.l_start = 0;
@@ -670,13 +670,13 @@ result<unique_fd> take_session_lock(int dir_fd, const std::string& name,
                                     const std::string& display) {
   unique_fd fd;
   for (int attempt = 0;; ++attempt) {
-    const int raw = ::openat(dir_fd, name.c_str(),
-                             O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK,
-                             session_lock_mode);
+    const int raw =
+        ::openat(dir_fd, name.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK,
+                 session_lock_mode);
     std::string problem;
     if (raw >= 0) {
       fd.reset(raw);
-      struct stat st{};
+      struct stat st {};
       if (::fstat(fd.get(), &st) != 0) {
         const int err = errno;
         return error::from_errno(err, "lock: stat " + display);
@@ -693,13 +693,14 @@ result<unique_fd> take_session_lock(int dir_fd, const std::string& name,
       if (err != ELOOP && err != EACCES && err != ENXIO && err != EISDIR) {
         return error::from_errno(err, "lock: open " + display, create_errc(err));
       }
-      problem = err == ELOOP ? std::string("a symbolic link") : std::generic_category().message(err);
+      problem =
+          err == ELOOP ? std::string("a symbolic link") : std::generic_category().message(err);
     }
     // Planted or damaged: never used. Set aside (renamed, so a symlink is not followed and
     // another user's flock on it holds nothing of ours) and created afresh, once.
     fd.reset();
-    const std::string aside = name + ".aside-" + std::to_string(::time(nullptr)) + "-" +
-                              std::to_string(::getpid());
+    const std::string aside =
+        name + ".aside-" + std::to_string(::time(nullptr)) + "-" + std::to_string(::getpid());
     if (attempt > 0 || ::renameat(dir_fd, name.c_str(), dir_fd, aside.c_str()) != 0) {
       log::error("lock: {} is {}; not used", display, problem);
       return error(errc::permanent, fmt::format("lock: {} is {}", display, problem));

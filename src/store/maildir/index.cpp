@@ -27,7 +27,6 @@ std::uint64_t load_u64(const unsigned char* p) noexcept {
          static_cast<std::uint64_t>(p[6]) << 48 | static_cast<std::uint64_t>(p[7]) << 56;
 }
 
-
 }  // namespace
 
 // XXH64 with seed 0, from libxxhash: the trailer only has to catch torn or damaged files
@@ -236,8 +235,8 @@ bool decode_index(std::string_view bytes, index_contents& head,
     if (!c.get_u64(r.wire_size) || r.wire_size > max_index_wire_size || !c.get_u64(r.ino) ||
         !c.get_u64(r.file_size) || r.file_size > r.wire_size || !c.get_u64(ctime_sec) ||
         !c.get_u32(ctime_nsec) || ctime_nsec >= static_cast<std::uint64_t>(ns_per_sec) ||
-        !c.get_u8(flags) || (flags & ~(flag_new | flag_stat)) != 0 ||
-        !c.get_u16(name_size) || !c.get_bytes(name_size, r.name) || !is_valid_name(r.name)) {
+        !c.get_u8(flags) || (flags & ~(flag_new | flag_stat)) != 0 || !c.get_u16(name_size) ||
+        !c.get_bytes(name_size, r.name) || !is_valid_name(r.name)) {
       return false;
     }
     r.in_new = (flags & flag_new) != 0;

@@ -20,8 +20,8 @@ index_contents sample() {
   c.cur_dir = dir_stamp{1, 3, 8192, fs_time{1700000002, 0}, fs_time{1700000003, 7}};
   c.listed_at = fs_time{1700000004, 123456789};
   c.records = {
-      index_record{"1700000000.M1P2.host:2,S", 1934, 77, false, 1900,
-                   fs_time{1700000005, 42}, true},
+      index_record{"1700000000.M1P2.host:2,S", 1934, 77, false, 1900, fs_time{1700000005, 42},
+                   true},
       index_record{"1700000001.M2P2.host", 0, 78, true},
       index_record{std::string_view("x"), max_index_wire_size, ~std::uint64_t{0}, false},
   };

@@ -3,15 +3,15 @@
 #include "common/digest.hpp"
 #include "common/line_ends.hpp"
 #include "common/log.hpp"
+#include "common/mapped_file.hpp"
 #include "common/parse.hpp"
 #include "common/unique_fd.hpp"
 #include "store/maildir/index.hpp"
-#include "common/mapped_file.hpp"
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <sys/file.h>
 #include <linux/openat2.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -24,8 +24,8 @@
 #include <array>
 #include <cerrno>
 #include <climits>
-#include <cstring>
 #include <cstdio>  // renameat2, RENAME_NOREPLACE (glibc >= 2.28)
+#include <cstring>
 #include <system_error>
 #include <unordered_map>
 #include <unordered_set>
@@ -162,7 +162,7 @@ result<place> make_place(const std::string& path, const std::string& trusted_roo
 // store runs with the mail owner's uid. A directory or file of someone else's in a
 // maildrop is never read, renamed or removed.
 result<void> check_owner(int fd, const std::string& what) {
-  struct stat st{};
+  struct stat st {};
   if (::fstat(fd, &st) != 0) {
     const int err = errno;
     return error::from_errno(err, "maildir: stat " + what);
@@ -187,7 +187,7 @@ result<unique_fd> open_dir_nofollow(int dir_fd, const char* name, const std::str
     if (err == EINTR) {
       continue;
     }
-    struct stat st{};
+    struct stat st {};
     if ((err == ELOOP || err == ENOTDIR) &&
         ::fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode)) {
       return error::from_errno(err, "maildir: " + what + " is a symbolic link (never followed)",
@@ -206,7 +206,7 @@ result<void> make_dir_at(int dir_fd, const std::string& path, std::string_view w
   if (err == EEXIST) {
     return ok_result();
   }
-  struct stat st{};
+  struct stat st {};
   if (::fstatat(dir_fd, path.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode)) {
     return ok_result();
   }
@@ -296,13 +296,13 @@ int open_beneath(int dir_fd, const std::string& rel, int flags) {
 // Opens and locks the session lock file; see the header for why flock.
 result<unique_fd> take_lock(int root_fd, const std::string& path) {
   const std::string lock_name(lock_file_name);
-  auto fd = open_at(root_fd, lock_name.c_str(),
-                    O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, lock_mode,
-                    path + "/" + lock_name, open_errc);
+  auto fd =
+      open_at(root_fd, lock_name.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK,
+              lock_mode, path + "/" + lock_name, open_errc);
   if (!fd.ok()) {
     return fd;
   }
-  struct stat st{};
+  struct stat st {};
   if (::fstat(fd->get(), &st) != 0) {
     const int err = errno;
     return error::from_errno(err, "maildir: stat " + path + "/" + lock_name);
@@ -337,7 +337,7 @@ result<void> rename_noreplace(int from_dir, const char* from, int to_dir, const 
   }
   int err = errno;
   if (err == EINVAL || err == ENOSYS) {
-    struct stat st{};
+    struct stat st {};
     if (::fstatat(to_dir, to, &st, AT_SYMLINK_NOFOLLOW) == 0) {
       err = EEXIST;
     } else {
@@ -426,7 +426,7 @@ result<void> scan_sub(int sub_fd, bool in_new, std::vector<dir_item>& out) {
     }
     bool regular = ent->d_type == DT_REG;
     if (ent->d_type == DT_UNKNOWN) {
-      struct stat st{};
+      struct stat st {};
       if (::fstatat(::dirfd(dir.get()), ent->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
         const int err = errno;
         if (err == ENOENT) {
@@ -468,8 +468,7 @@ result<base_index> index_by_base(const dirs& d) {
 // Checks what opening the message file `rel` (cur/NAME or new/NAME) returned, `raw` (errno
 // when negative): a regular file owned by `euid`; `st` receives its fstat. A file that fails
 // the checks is errc::permanent and is never read.
-result<unique_fd> checked_message_fd(int raw, const std::string& rel, uid_t euid,
-                                     struct stat& st) {
+result<unique_fd> checked_message_fd(int raw, const std::string& rel, uid_t euid, struct stat& st) {
   if (raw < 0) {
     const int err = errno;
     if (err == ELOOP || err == EXDEV) {
@@ -576,8 +575,7 @@ class size_counter {
   // the listing: it is listed with its file size as its wire size and without a known stat,
   // so open_message counts it again (and fails there while it stays unreadable), and a
   // warning names it.
-  result<std::optional<sized_file>> wire_size(int dir_fd, const std::string& name,
-                                              bool in_new) {
+  result<std::optional<sized_file>> wire_size(int dir_fd, const std::string& name, bool in_new) {
     int fd_raw = -1;
     for (;;) {
       fd_raw = ::openat(dir_fd, name.c_str(), message_open_flags | noatime_, 0);
@@ -601,7 +599,7 @@ class size_counter {
       return error::from_errno(err, "maildir: open " + relative_path(in_new, name));
     }
     const unique_fd fd(fd_raw);
-    struct stat st{};
+    struct stat st {};
     if (::fstat(fd.get(), &st) != 0) {
       const int err = errno;
       return error::from_errno(err, "maildir: stat " + relative_path(in_new, name));
@@ -624,16 +622,17 @@ class size_counter {
  private:
   static result<std::optional<sized_file>> unreadable(int dir_fd, const std::string& name,
                                                       bool in_new, int err) {
-    struct stat st{};
+    struct stat st {};
     if (::fstatat(dir_fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode)) {
       return std::optional<sized_file>();
     }
     sized_file out;
     out.stat.ino = static_cast<std::uint64_t>(st.st_ino);
     out.wire_size = st.st_size > 0 ? static_cast<std::uint64_t>(st.st_size) : 0;
-    log::warning("maildir: cannot read {} to size it ({}); listed with its file size, {} "
-                 "octets, and RETR of it fails while it stays unreadable",
-                 relative_path(in_new, name), std::generic_category().message(err), out.wire_size);
+    log::warning(
+        "maildir: cannot read {} to size it ({}); listed with its file size, {} "
+        "octets, and RETR of it fails while it stays unreadable",
+        relative_path(in_new, name), std::generic_category().message(err), out.wire_size);
     return std::optional<sized_file>(out);
   }
 
@@ -724,9 +723,8 @@ const entry* find_known(const known_sizes* known, std::string_view base) {
 // The size comes from a trusted ",W=", else from the index when it knows the base name with
 // the same inode and the stat it was sized with (an entry without one was sized from an
 // older name's ",W=" or could not be read), else from reading the file.
-result<std::optional<entry>> make_entry(const dirs& d, const dir_item& item,
-                                        size_counter& counter, const known_sizes* known,
-                                        name_arena& names) {
+result<std::optional<entry>> make_entry(const dirs& d, const dir_item& item, size_counter& counter,
+                                        const known_sizes* known, name_arena& names) {
   const name_parts p = parse_name(item.name);
   entry e;
   e.base_len = p.base.size();
@@ -788,7 +786,7 @@ result<void> prune_vanished_duplicates(const dirs& d, std::vector<entry>& entrie
     if (!shared) {
       continue;
     }
-    struct stat st{};
+    struct stat st {};
     if (::fstatat(d.of(e.in_new), e.name.data(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
       const int err = errno;
       if (err != ENOENT) {
@@ -827,7 +825,7 @@ dir_stamp stamp_of(const struct stat& st) noexcept {
 }
 
 result<dir_stamp> stamp_fd(int fd, bool in_new) {
-  struct stat st{};
+  struct stat st {};
   if (::fstat(fd, &st) != 0) {
     const int err = errno;
     return error::from_errno(err, std::string("maildir: stat ") + sub_name(in_new));
@@ -842,7 +840,7 @@ std::optional<fs_time> file_system_now(int lock_fd) noexcept {
   if (::futimens(lock_fd, nullptr) != 0) {
     return std::nullopt;
   }
-  struct stat st{};
+  struct stat st {};
   if (::fstat(lock_fd, &st) != 0) {
     return std::nullopt;
   }
@@ -922,10 +920,9 @@ std::optional<loaded_index> load_index(int root_fd, name_arena& names) {
     return std::nullopt;
   }
   const unique_fd fd(fd_raw);
-  struct stat st{};
+  struct stat st {};
   if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != ::geteuid() ||
-      st.st_size <= 0 ||
-      static_cast<std::uint64_t>(st.st_size) > max_index_file_size) {
+      st.st_size <= 0 || static_cast<std::uint64_t>(st.st_size) > max_index_file_size) {
     return std::nullopt;
   }
   const auto size = static_cast<std::size_t>(st.st_size);
@@ -949,29 +946,28 @@ std::optional<loaded_index> load_index(int root_fd, name_arena& names) {
   index_contents head;
   // About 50 octets a record: reserve so the entries are not copied as they grow.
   out.entries.reserve(std::min(size / 48, max_index_reserve));
-  const bool ok = decode_index(std::string_view(bytes.get(), size), head,
-                               [&out, &names](const index_record& r) {
-                                 entry e;
-                                 e.name = names.add(r.name);
-                                 base_and_timestamp(r.name, e.base_len, e.timestamp);
-                                 e.in_new = r.in_new;
-                                 e.size = r.wire_size;
-                                 e.ino = r.ino;
-                                 e.file_size = r.file_size;
-                                 e.ctime = r.ctime;
-                                 e.stat_known = r.stat_known;
-                                 if (!r.stat_known && !trusted_wire_size(parse_name(r.name))) {
-                                   out.unverified[r.in_new] = true;
-                                 }
-                                 // Written in listing order, each file once: anything else
-                                 // is not our file.
-                                 if (!out.entries.empty() &&
-                                     !listing_order(out.entries.back(), e)) {
-                                   return false;
-                                 }
-                                 out.entries.push_back(e);
-                                 return true;
-                               });
+  const bool ok = decode_index(
+      std::string_view(bytes.get(), size), head, [&out, &names](const index_record& r) {
+        entry e;
+        e.name = names.add(r.name);
+        base_and_timestamp(r.name, e.base_len, e.timestamp);
+        e.in_new = r.in_new;
+        e.size = r.wire_size;
+        e.ino = r.ino;
+        e.file_size = r.file_size;
+        e.ctime = r.ctime;
+        e.stat_known = r.stat_known;
+        if (!r.stat_known && !trusted_wire_size(parse_name(r.name))) {
+          out.unverified[r.in_new] = true;
+        }
+        // Written in listing order, each file once: anything else
+        // is not our file.
+        if (!out.entries.empty() && !listing_order(out.entries.back(), e)) {
+          return false;
+        }
+        out.entries.push_back(e);
+        return true;
+      });
   if (!ok) {
     return std::nullopt;
   }
@@ -1063,9 +1059,8 @@ bool same_listing(const std::vector<entry>& a, const std::vector<entry>& b) {
 // again (and its directory listed) at the next login.
 // `head` receives the stamps and time the index records for this listing (what a later
 // rewrite of the index, after open_message corrected an entry, must record again).
-result<std::vector<entry>> build_listing(int root_fd, const dirs& d, int lock_fd,
-                                         name_arena& names, bool use_index,
-                                         index_contents& head) {
+result<std::vector<entry>> build_listing(int root_fd, const dirs& d, int lock_fd, name_arena& names,
+                                         bool use_index, index_contents& head) {
   const std::optional<fs_time> now = file_system_now(lock_fd);
   std::optional<loaded_index> idx;
   if (use_index) {
@@ -1085,8 +1080,8 @@ result<std::vector<entry>> build_listing(int root_fd, const dirs& d, int lock_fd
     stamps[in_new] = *stamp;
     if (idx) {
       const dir_stamp& recorded = in_new ? idx->new_dir : idx->cur_dir;
-      from_index[in_new] = recorded == *stamp && is_settled(recorded, idx->listed_at) &&
-                           !idx->unverified[in_new];
+      from_index[in_new] =
+          recorded == *stamp && is_settled(recorded, idx->listed_at) && !idx->unverified[in_new];
     }
     if (!from_index[in_new]) {
       POSTERN_TRY(scan_sub(d.of(in_new), in_new, items));
@@ -1135,8 +1130,7 @@ result<std::vector<entry>> build_listing(int root_fd, const dirs& d, int lock_fd
         entries.push_back(e);
       }
     }
-    std::inplace_merge(entries.begin(), entries.begin() + middle, entries.end(),
-                       listing_order);
+    std::inplace_merge(entries.begin(), entries.begin() + middle, entries.end(), listing_order);
   }
 
   POSTERN_TRY(prune_vanished_duplicates(d, entries));
@@ -1179,8 +1173,8 @@ result<std::vector<entry>> build_listing(int root_fd, const dirs& d, int lock_fd
     head.new_dir = stamps[1];
     head.cur_dir = stamps[0];
     head.listed_at = now.value_or(fs_time{});
-    const bool settled = now && is_settled(stamps[0], head.listed_at) &&
-                         is_settled(stamps[1], head.listed_at);
+    const bool settled =
+        now && is_settled(stamps[0], head.listed_at) && is_settled(stamps[1], head.listed_at);
     // (When one directory came from the index its entries were moved out of idx above.)
     const bool partial = from_index[0] || from_index[1];
     if (settled || !idx || partial || !same_listing(entries, idx->entries)) {
@@ -1333,15 +1327,14 @@ class maildir_drop final : public maildrop {
 
   std::span<const message_info> messages() const override { return infos_; }
 
-  result<std::unique_ptr<message_reader>> open_message(std::size_t index,
-                                                       bool retrieved) override {
+  result<std::unique_ptr<message_reader>> open_message(std::size_t index, bool retrieved) override {
     if (index >= entries_.size()) {
       return error(errc::invalid, "maildir: no message " + std::to_string(index + 1));
     }
     entry& e = entries_[index];
     by_base_.reset();  // state may have changed since any earlier scan
     for (int attempt = 0;; ++attempt) {
-      struct stat st{};
+      struct stat st {};
       auto fd = open_file(e, st);
       if (fd.ok()) {
         POSTERN_TRY(verify(index, e, fd->get(), st));
@@ -1356,16 +1349,14 @@ class maildir_drop final : public maildrop {
         return std::move(fd).err();
       }
       if (attempt > 0) {
-        return error(errc::not_found, "maildir: " + e.relative() + " vanished",
-                     fd.err().cause());
+        return error(errc::not_found, "maildir: " + e.relative() + " vanished", fd.err().cause());
       }
       auto found = relocate(e);
       if (!found.ok()) {
         return std::move(found).err();
       }
       if (!*found) {
-        return error(errc::not_found, "maildir: " + e.relative() + " vanished",
-                     fd.err().cause());
+        return error(errc::not_found, "maildir: " + e.relative() + " vanished", fd.err().cause());
       }
     }
   }
@@ -1498,8 +1489,8 @@ class maildir_drop final : public maildrop {
         return;
       }
       if (r.ok()) {
-        r = rename_noreplace(dir_fds().of(e.in_new), e.name.data(), dir_fds().cur,
-                             target.c_str(), e.relative() + " to cur/" + target);
+        r = rename_noreplace(dir_fds().of(e.in_new), e.name.data(), dir_fds().cur, target.c_str(),
+                             e.relative() + " to cur/" + target);
       }
       if (r.ok()) {
         p.changed = true;
@@ -1592,8 +1583,8 @@ class maildir_drop final : public maildrop {
       beneath += c;
       beneath += '/';
     }
-    return checked_message_fd(open_beneath(root_fd.get(), beneath + rel, message_open_flags),
-                              rel, euid_, st);
+    return checked_message_fd(open_beneath(root_fd.get(), beneath + rel, message_open_flags), rel,
+                              euid_, st);
   }
 
   // Checks the opened file of message `index` against what the listing recorded, so RETR
@@ -1606,8 +1597,8 @@ class maildir_drop final : public maildrop {
   // the session.
   result<void> verify(std::size_t index, entry& e, int fd, const struct stat& st) {
     const file_stat now = file_stat_of(st);
-    const bool same = e.stat_known && e.ino == now.ino && e.file_size == now.size &&
-                      e.ctime == now.ctime;
+    const bool same =
+        e.stat_known && e.ino == now.ino && e.file_size == now.size && e.ctime == now.ctime;
     if (!same && !e.stat_known && plausible_name_size(e, now.size)) {
       return check_listed(index, e);  // sized from ",W=", which the file agrees with
     }
@@ -1617,9 +1608,10 @@ class maildir_drop final : public maildrop {
         return std::move(counted).err();
       }
       if (*counted != e.size) {
-        log::warning("maildir: {}/{} changed since it was indexed ({} octets recorded, {} now); "
-                     "index corrected",
-                     path_, e.relative(), e.size, *counted);
+        log::warning(
+            "maildir: {}/{} changed since it was indexed ({} octets recorded, {} now); "
+            "index corrected",
+            path_, e.relative(), e.size, *counted);
       }
       e.size = *counted;
       e.ino = now.ino;
@@ -1670,7 +1662,7 @@ class maildir_drop final : public maildrop {
   // Before a removal or rename: the file must (still) be a regular file owned by the mail
   // owner. errc::permanent when it is not; an ENOENT error when it is gone.
   result<void> check_file(const entry& e) const {
-    struct stat st{};
+    struct stat st {};
     if (::fstatat(dir_fds().of(e.in_new), e.name.data(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
       const int err = errno;
       return error::from_errno(err, "maildir: stat " + e.relative());
@@ -1715,8 +1707,7 @@ class maildir_drop final : public maildrop {
     }
     for (;;) {
       const auto it = by_base_->find(std::string(e.base()));
-      if (it != by_base_->end() &&
-          (it->second.name != e.name || it->second.in_new != e.in_new)) {
+      if (it != by_base_->end() && (it->second.name != e.name || it->second.in_new != e.in_new)) {
         e.name = names_.add(it->second.name);
         e.in_new = it->second.in_new;
         return true;
@@ -1747,9 +1738,9 @@ class maildir_drop final : public maildrop {
   }
 
   place place_;
-  std::string path_;   // place_.path: the Maildir, for messages
-  unique_fd lock_fd_;  // holds the session lock for the object's life
-  name_arena names_;   // every entry's name; declared before entries_, destroyed after
+  std::string path_;               // place_.path: the Maildir, for messages
+  unique_fd lock_fd_;              // holds the session lock for the object's life
+  name_arena names_;               // every entry's name; declared before entries_, destroyed after
   std::optional<open_dirs> dirs_;  // open only while commit runs
   std::vector<entry> entries_;
   std::vector<message_info> infos_;
@@ -1867,8 +1858,7 @@ result<std::unique_ptr<store::maildrop>> open(const std::string& path, const ope
   }
   name_arena names;
   index_contents head;
-  auto entries =
-      build_listing(d->root.get(), d->view(), lock->get(), names, opts.use_index, head);
+  auto entries = build_listing(d->root.get(), d->view(), lock->get(), names, opts.use_index, head);
   if (!entries.ok()) {
     error e = std::move(entries).err();
     return error(e.code(), e.context() + " in " + path, e.cause());
@@ -1882,8 +1872,8 @@ result<std::unique_ptr<store::maildrop>> open(const std::string& path, const ope
     index_head = std::move(head);
   }
   return std::unique_ptr<store::maildrop>(std::make_unique<maildir_drop>(
-      std::move(*where), std::move(*lock), std::move(names), std::move(*entries),
-      std::move(*infos), std::move(index_head)));
+      std::move(*where), std::move(*lock), std::move(names), std::move(*entries), std::move(*infos),
+      std::move(index_head)));
 }
 
 }  // namespace postern::store::maildir

@@ -129,8 +129,8 @@ struct open_options {
 // What a Maildir file name says about its message. I/O-free; exposed for tests and
 // the fuzz target fuzz/maildir_name_fuzz.cpp.
 struct name_parts {
-  std::string_view base;                 // up to the ':' info separator: the unique name
-  std::optional<std::string_view> info;  // after ':', e.g. "2,FS"; nullopt without ':'
+  std::string_view base;                       // up to the ':' info separator: the unique name
+  std::optional<std::string_view> info;        // after ':', e.g. "2,FS"; nullopt without ':'
   std::optional<std::uint64_t> timestamp;      // the leading "SECONDS." of the base
   std::optional<std::uint64_t> wire_size;      // Dovecot ",W=<n>": size with CRLF line ends
   std::optional<std::uint64_t> physical_size;  // Dovecot ",S=<n>": size of the file

@@ -1,7 +1,7 @@
 #include "store/maildir/maildir.hpp"
 
-#include "common/test_files.hpp"
 #include "common/line_ends.hpp"
+#include "common/test_files.hpp"
 #include "store/maildir/index.hpp"
 
 #include <gtest/gtest.h>
@@ -45,21 +45,21 @@ TEST(parse_name, table) {
   const std::vector<row> rows = {
       {"1700000000.M1P2.host", "1700000000.M1P2.host", std::nullopt, 1700000000, {}, {}},
       {"1700000000.M1P2.host:2,S", "1700000000.M1P2.host", "2,S", 1700000000, {}, {}},
-      {"1700000000.M1P2.host,S=120,W=124:2,", "1700000000.M1P2.host,S=120,W=124", "2,",
-       1700000000, 124, 120},
+      {"1700000000.M1P2.host,S=120,W=124:2,", "1700000000.M1P2.host,S=120,W=124", "2,", 1700000000,
+       124, 120},
       {"1.x,W=5,S=4", "1.x,W=5,S=4", std::nullopt, 1, 5, 4},
       {"1.x,W=0", "1.x,W=0", std::nullopt, 1, 0, {}},
-      {"1.x,W=12a,S=10", "1.x,W=12a,S=10", std::nullopt, 1, {}, 10},     // malformed W
-      {"1.x,W=,S=10", "1.x,W=,S=10", std::nullopt, 1, {}, 10},          // empty W
-      {"1.x,W=+5", "1.x,W=+5", std::nullopt, 1, {}, {}},                // sign
-      {"1.x,W= 5", "1.x,W= 5", std::nullopt, 1, {}, {}},                // space
-      {"1.x,W=5,W=5", "1.x,W=5,W=5", std::nullopt, 1, {}, {}},          // repeated
+      {"1.x,W=12a,S=10", "1.x,W=12a,S=10", std::nullopt, 1, {}, 10},  // malformed W
+      {"1.x,W=,S=10", "1.x,W=,S=10", std::nullopt, 1, {}, 10},        // empty W
+      {"1.x,W=+5", "1.x,W=+5", std::nullopt, 1, {}, {}},              // sign
+      {"1.x,W= 5", "1.x,W= 5", std::nullopt, 1, {}, {}},              // space
+      {"1.x,W=5,W=5", "1.x,W=5,W=5", std::nullopt, 1, {}, {}},        // repeated
       {"1.x,W=99999999999999999999", "1.x,W=99999999999999999999", std::nullopt, 1, {}, {}},
-      {"1.x,w=5", "1.x,w=5", std::nullopt, 1, {}, {}},                  // case matters
+      {"1.x,w=5", "1.x,w=5", std::nullopt, 1, {}, {}},  // case matters
       {"1.x,XW=5", "1.x,XW=5", std::nullopt, 1, {}, {}},
-      {"1.x:2,W=5", "1.x", "2,W=5", 1, {}, {}},                         // fields are in the base
+      {"1.x:2,W=5", "1.x", "2,W=5", 1, {}, {}},  // fields are in the base
       {"abc.def", "abc.def", std::nullopt, {}, {}, {}},
-      {"123", "123", std::nullopt, {}, {}, {}},                         // no "SECONDS."
+      {"123", "123", std::nullopt, {}, {}, {}},  // no "SECONDS."
       {".123.x", ".123.x", std::nullopt, {}, {}, {}},
       {"12a.x", "12a.x", std::nullopt, {}, {}, {}},
       {"-1.x", "-1.x", std::nullopt, {}, {}, {}},
@@ -95,10 +95,10 @@ TEST(cur_name, table) {
       {"1.x:2,DFRT", true, "1.x:2,DFRST"},
       {"1.x:2,S", true, "1.x:2,S"},
       {"1.x:2,RS", true, "1.x:2,RS"},
-      {"1.x:2,a", true, "1.x:2,Sa"},        // keywords (lower case) sort after
-      {"1.x:2,TF", false, "1.x:2,TF"},      // untouched when nothing is added
-      {"1.x:2,TFF", true, "1.x:2,FST"},     // rewritten sorted, without repeats
-      {"1.x:1,foo", true, "1.x:1,foo"},     // unknown info semantics: left alone
+      {"1.x:2,a", true, "1.x:2,Sa"},     // keywords (lower case) sort after
+      {"1.x:2,TF", false, "1.x:2,TF"},   // untouched when nothing is added
+      {"1.x:2,TFF", true, "1.x:2,FST"},  // rewritten sorted, without repeats
+      {"1.x:1,foo", true, "1.x:1,foo"},  // unknown info semantics: left alone
       {"1.x:", true, "1.x:"},
   };
   for (const auto& r : rows) {
@@ -240,7 +240,7 @@ class maildir_test : public testing::Test {
 };
 
 mode_t mode_of(const fs::path& p) {
-  struct stat st{};
+  struct stat st {};
   EXPECT_EQ(::lstat(p.c_str(), &st), 0) << p;
   return st.st_mode & 07777;
 }
@@ -310,8 +310,8 @@ TEST_F(maildir_test, listing_order_and_what_is_skipped) {
   auto drop = must_open();
   ASSERT_TRUE(drop);
   const std::vector<std::string> want = {
-      "9.m.host",          "10.m.host",          "999.z.host",  "1700000001.0.host",
-      "1700000001.a.host", "1700000002.b.host", "abc.def",     "noprefix",
+      "9.m.host",          "10.m.host",         "999.z.host", "1700000001.0.host",
+      "1700000001.a.host", "1700000002.b.host", "abc.def",    "noprefix",
   };
   EXPECT_EQ(uidls(*drop), want);
   for (const auto& m : drop->messages()) {
@@ -323,10 +323,10 @@ TEST_F(maildir_test, wire_size_from_w_field_without_reading) {
   // The contents disagree with W= on purpose: only W= can produce these sizes.
   put("new/1700000000.M1P1.host,W=1234", "tiny\n");
   put("cur/1700000001.M1P1.host,S=500,W=512:2,S", "short\n");
-  put("new/1700000002.M1P1.host,S=10,W=0", "a\n");          // W < S: read the file
-  put("new/1700000003.M1P1.host,S=10,W=21", "b\n");         // W > 2*S: read the file
-  put("new/1700000004.M1P1.host,W=12x", "c\n");            // malformed: read the file
-  put("new/1700000005.M1P1.host,S=99", "d\n");             // S alone: read the file
+  put("new/1700000002.M1P1.host,S=10,W=0", "a\n");   // W < S: read the file
+  put("new/1700000003.M1P1.host,S=10,W=21", "b\n");  // W > 2*S: read the file
+  put("new/1700000004.M1P1.host,W=12x", "c\n");      // malformed: read the file
+  put("new/1700000005.M1P1.host,S=99", "d\n");       // S alone: read the file
   auto drop = must_open();
   ASSERT_TRUE(drop);
   const auto msgs = drop->messages();
@@ -626,10 +626,10 @@ TEST_F(maildir_test, symlinked_lock_file_is_refused) {
 }
 
 TEST_F(maildir_test, commit_deletes_only_marked_messages) {
-  put("cur/1.a:2,S", "a\n");     // 3
-  put("cur/2.b:2,", "bb\r\n");   // 4
-  put("new/3.c", "ccc\n");       // 5
-  put("new/4.d", "dddd\n");      // 6
+  put("cur/1.a:2,S", "a\n");    // 3
+  put("cur/2.b:2,", "bb\r\n");  // 4
+  put("new/3.c", "ccc\n");      // 5
+  put("new/4.d", "dddd\n");     // 6
   auto drop = must_open();
   ASSERT_TRUE(drop);
   ASSERT_EQ(drop->messages().size(), 4U);
@@ -683,8 +683,7 @@ TEST_F(maildir_test, commit_moves_new_to_cur_with_s_only_when_retrieved) {
   auto stats = commit(*drop, marks(4, {}));
   ASSERT_TRUE(stats.ok()) << stats.err().message();
   EXPECT_EQ(stats->left, 4U);
-  EXPECT_EQ(names_in("cur"), (std::vector<std::string>{"1.retr:2,S", "2.top:2,",
-                                                       "3.untouched:2,",
+  EXPECT_EQ(names_in("cur"), (std::vector<std::string>{"1.retr:2,S", "2.top:2,", "3.untouched:2,",
                                                        "4.retr-then-top:2,S"}));
   EXPECT_TRUE(names_in("new").empty());
 }
@@ -915,7 +914,7 @@ TEST(count_bare_lfs, long_inputs_past_the_per_byte_counters) {
   std::string s;
   for (int i = 0; i < 2000; ++i) {
     s += "\n\n\r\nabc\n\rxyz0123\r";  // 3 bare LFs, then a CR
-    s += "\n";                            // LF after that CR: not bare
+    s += "\n";                        // LF after that CR: not bare
   }
   EXPECT_EQ(count_bare_lfs(s, false), naive_bare_lfs(s, false));
   EXPECT_EQ(count_bare_lfs(s, false), 2000u * 3);
@@ -947,7 +946,7 @@ using test::read_file;
 using test::write_file;
 
 dir_stamp stamp_path(const fs::path& p) {
-  struct stat st{};
+  struct stat st {};
   EXPECT_EQ(::stat(p.c_str(), &st), 0) << p;
   return dir_stamp{static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino),
                    static_cast<std::uint64_t>(st.st_size),
@@ -956,7 +955,7 @@ dir_stamp stamp_path(const fs::path& p) {
 }
 
 std::uint64_t inode_of(const fs::path& p) {
-  struct stat st{};
+  struct stat st {};
   EXPECT_EQ(::stat(p.c_str(), &st), 0) << p;
   return static_cast<std::uint64_t>(st.st_ino);
 }
@@ -1088,7 +1087,7 @@ TEST_F(maildir_index_test, changed_directory_is_read_and_sizes_need_the_same_ino
   put("cur/2.b:2,", "b\n");
   const std::uint64_t ino1 = inode_of(md_ / "cur" / "1.a:2,");
   const std::uint64_t ino2 = inode_of(md_ / "cur" / "2.b:2,");
-  write_index_now({sized("1.a:2,S", 50, ino1, false),   // renamed since: same base
+  write_index_now({sized("1.a:2,S", 50, ino1, false),      // renamed since: same base
                    sized("2.b:2,", 60, ino2 + 1, false)},  // another inode
                   1);
   put("new/3.c", "c\n");  // a delivery: new/ changes
@@ -1195,18 +1194,17 @@ TEST_F(maildir_index_test, commit_then_reopen_lists_what_is_left) {
 }
 
 TEST_F(maildir_index_test, commit_keeps_cur_names_and_completes_a_missing_info) {
-  put("cur/1.a:2,F", "a\n");   // kept as it is
-  put("cur/2.b", "b\n");       // no info: gains ":2,"
-  put("cur/3.c:1,x", "c\n");   // an info Postern does not know: left alone
-  put("cur/4.d:2,", "d\n");    // retrieved: gains S
+  put("cur/1.a:2,F", "a\n");  // kept as it is
+  put("cur/2.b", "b\n");      // no info: gains ":2,"
+  put("cur/3.c:1,x", "c\n");  // an info Postern does not know: left alone
+  put("cur/4.d:2,", "d\n");   // retrieved: gains S
   auto drop = must_open();
   ASSERT_TRUE(drop);
   ASSERT_TRUE(drop->open_message(3, true).ok());
   auto r = commit(*drop, marks(4, {}));
   ASSERT_TRUE(r.ok()) << r.err().message();
   EXPECT_EQ(r->left, 4u);
-  EXPECT_EQ(names_in("cur"),
-            (std::vector<std::string>{"1.a:2,F", "2.b:2,", "3.c:1,x", "4.d:2,S"}));
+  EXPECT_EQ(names_in("cur"), (std::vector<std::string>{"1.a:2,F", "2.b:2,", "3.c:1,x", "4.d:2,S"}));
 }
 
 TEST_F(maildir_index_test, corrupt_or_hostile_index_files_are_ignored) {
@@ -1302,9 +1300,21 @@ TEST_F(maildir_index_test, relative_path_keeps_naming_the_same_maildir) {
 // The encoder sends message_wire_octets (pop3/dot_encoder_test.cpp pins that side).
 TEST_F(maildir_index_test, wire_size_is_what_the_dot_encoder_sends) {
   const std::vector<std::string> bodies = {
-      "",           "a\n",          "a",           "a\r",        "a\r\n",    "Subject: x\n\nno eol",
-      "x\n\n",      ".dot\n.",      "a\nb\r\nc",   "\n",         "\r",       "a\r\r",
-      "line\n\r\n", std::string(70000, 'y'),   std::string(70000, '\n') + "z",
+      "",
+      "a\n",
+      "a",
+      "a\r",
+      "a\r\n",
+      "Subject: x\n\nno eol",
+      "x\n\n",
+      ".dot\n.",
+      "a\nb\r\nc",
+      "\n",
+      "\r",
+      "a\r\r",
+      "line\n\r\n",
+      std::string(70000, 'y'),
+      std::string(70000, '\n') + "z",
   };
   for (std::size_t i = 0; i < bodies.size(); ++i) {
     put("cur/" + std::to_string(100 + i) + ".m:2,S", bodies[i]);
@@ -1333,8 +1343,8 @@ void rewrite_in_place(const fs::path& p, std::string_view content) {
 
 TEST_F(maildir_index_test, message_rewritten_in_place_is_refused_once_then_listed_right) {
   const std::string small = "Subject: a\n\n" + std::string(266, 'a') + "\n";
-  const std::string large = "Subject: a\n\n" + std::string(300, 'b') + "\n" +
-                            std::string(280, 'c') + "\n";
+  const std::string large =
+      "Subject: a\n\n" + std::string(300, 'b') + "\n" + std::string(280, 'c') + "\n";
   put("cur/1.a:2,S", small);
   put("cur/2.b:2,S", "b\n");
   const std::uint64_t ino = inode_of(md_ / "cur" / "1.a:2,S");
@@ -1419,8 +1429,8 @@ TEST_F(maildir_index_test, renamed_file_with_the_same_content_is_served_and_reve
 }
 
 TEST_F(maildir_test, w_field_that_the_file_contradicts_is_counted_at_open_message) {
-  put("new/1.a,S=2,W=3", "a\n");     // right
-  put("new/2.b,S=5,W=6", "bb\n");    // S= disagrees with the file: counted, size 4 != 6
+  put("new/1.a,S=2,W=3", "a\n");   // right
+  put("new/2.b,S=5,W=6", "bb\n");  // S= disagrees with the file: counted, size 4 != 6
   auto drop = must_open();
   ASSERT_TRUE(drop);
   EXPECT_TRUE(drop->open_message(0, true).ok());

@@ -378,7 +378,7 @@ std::optional<index_contents> load_index(int dir_fd, const side_files& names) {
     return std::nullopt;
   }
   const unique_fd owned(fd);
-  struct stat st{};
+  struct stat st {};
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != ::geteuid() ||
       (st.st_mode & (S_IWGRP | S_IWOTH)) != 0 || st.st_size <= 0 ||
       static_cast<std::uint64_t>(st.st_size) > max_index_bytes) {

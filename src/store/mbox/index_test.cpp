@@ -15,8 +15,8 @@
 
 #include <algorithm>
 #include <array>
-#include <cstdio>
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -38,9 +38,9 @@ using namespace std::string_literals;
 struct temp_dir : test::temp_dir {
   temp_dir() : test::temp_dir("postern-mbox-index") {}
 };
+using test::append_file;
 using test::read_file;
 using test::write_file;
-using test::append_file;
 
 fs::path fixture_dir() { return test::source_path("tests/fixtures/mbox"); }
 
@@ -62,8 +62,7 @@ std::vector<std::pair<std::string, std::string>> inputs() {
       {"undated body From", "From a\nS: 1\n\nhello\nFrom here on it is body\n"},
       {"dated, no blank", "From a\nS: 1\n\nhello\nFrom b@c Tue Feb 13 10:20:30 2024\nS: 2\n\ny\n"},
       {"quoting", "From a\n\n>From x\n>>From y\n> From z\n>Fromage\n"},
-      {"content-length",
-       "From a\nContent-Length: 16\n\nx\n\nFrom inner\ny\n\nFrom b\n\nz\n"},
+      {"content-length", "From a\nContent-Length: 16\n\nx\n\nFrom inner\ny\n\nFrom b\n\nz\n"},
       {"duplicates", msg("a@b", "same", "body") + "\n" + msg("a@b", "same", "body") + "\n" +
                          msg("c@d", "other", "x")},
       {"x-uidl dup", "From a\nX-UIDL: u1\n\nx\n\nFrom b\nX-UIDL: u1\n\ny\n\nFrom c\n\nz\n"},
@@ -150,8 +149,8 @@ void wait_for_file_system_tick(const std::string& dir, const std::string& file) 
   const std::string probe = dir + "/.probe";
   for (int i = 0; i < 3000; ++i) {
     write_file(probe, "x");
-    struct stat p{};
-    struct stat f{};
+    struct stat p {};
+    struct stat f {};
     ASSERT_EQ(::stat(probe.c_str(), &p), 0);
     ASSERT_EQ(::stat(file.c_str(), &f), 0);
     const auto later = [](const timespec& a, const timespec& b) {
@@ -266,7 +265,11 @@ TEST(mbox_index, hostile_sealed_files_are_rejected) {
          b[144] = ' ';
          b[145] = 'b';
        }},
-      {"non-minimal varint", [](std::string& b) { b.insert(112, "\x87"); b[113] = 0; }},
+      {"non-minimal varint",
+       [](std::string& b) {
+         b.insert(112, "\x87");
+         b[113] = 0;
+       }},
       {"trailing bytes", [](std::string& b) { b += "zz"; }},
   };
   for (const auto& [name, mutate] : cases) {
@@ -367,8 +370,7 @@ TEST_F(mbox_index_files, appended_mail_scans_only_the_new_part) {
         const auto prefix = scan(data.substr(0, split), po);
         const bool resumable = !prefix->messages.empty() && !po.honour_content_length &&
                                prefix->messages.front().separator == 0;
-        open_and_check(po, resumable ? open_source::appended_scan : open_source::full_scan,
-                       data);
+        open_and_check(po, resumable ? open_source::appended_scan : open_source::full_scan, data);
       }
     }
   }
@@ -421,12 +423,12 @@ TEST_F(mbox_index_files, commit_writes_the_index_of_the_new_file) {
             auto want = scan(std::string_view(now).substr(0, idx->scan.scanned_size), po,
                              idx->scan.digest_seed);
             expect_same_scan(idx->scan, *want);
-            const bool resumable = !idx->scan.messages.empty() &&
-                                   idx->scan.messages.front().separator == 0;
+            const bool resumable =
+                !idx->scan.messages.empty() && idx->scan.messages.front().separator == 0;
             const auto src = idx->scan.scanned_size < now.size()
                                  ? (resumable ? open_source::appended_scan : open_source::full_scan)
-                             : idx->stable                      ? open_source::index
-                                                                : open_source::full_scan;
+                             : idx->stable ? open_source::index
+                                           : open_source::full_scan;
             open_and_check(po, src, now);
           } else {
             open_and_check(po, open_source::full_scan, now);
@@ -443,7 +445,7 @@ TEST_F(mbox_index_files, login_right_after_a_change_still_writes_a_stable_index)
   const std::string data = msg("a@b", "1", "one") + "\n" + msg("c@d", "2", "two");
   for (int round = 0; round < 5; ++round) {
     write_file(box_, data);
-    struct stat st{};
+    struct stat st {};
     ASSERT_EQ(::stat(box_.c_str(), &st), 0);
     if (st.st_mtim.tv_nsec == 0) {
       GTEST_SKIP() << "timestamps in whole seconds here";
@@ -491,7 +493,7 @@ TEST_F(mbox_index_files, same_size_rewrite_with_restored_mtime_is_rescanned) {
   write_file(box_, data);
   wait_for_file_system_tick(dir_.path(), box_);
   open_and_check({}, open_source::full_scan, data);
-  struct stat before{};
+  struct stat before {};
   ASSERT_EQ(::stat(box_.c_str(), &before), 0);
   std::string changed = data;
   changed[changed.find("one")] = 'O';
@@ -539,7 +541,7 @@ TEST_F(mbox_index_files, hostile_index_is_caught_by_the_identity_checks_and_lose
     auto c = (*m)->commit(std::span<const bool>(del, 5));
     EXPECT_FALSE(c.ok());
   }
-  EXPECT_EQ(read_file(box_), data);  // nothing lost, nothing changed
+  EXPECT_EQ(read_file(box_), data);       // nothing lost, nothing changed
   EXPECT_FALSE(index_now().has_value());  // and the next login scans
   open_and_check({}, open_source::full_scan, data);
 }
@@ -568,9 +570,11 @@ TEST_F(mbox_index_files, index_failing_the_spot_check_is_not_used_although_the_s
 std::string list_posts(int n) {
   std::string data;
   for (int i = 1; i <= n; ++i) {
-    data += "From list@example.org Mon Jan  1 00:00:00 2024\nStatus: O\nX-Status: \n"
-            "Subject: post " + std::string(static_cast<std::size_t>(i), '+') +
-            "\n\nText " + std::to_string(i) + "\n-- \nthe list footer\n\n";
+    data +=
+        "From list@example.org Mon Jan  1 00:00:00 2024\nStatus: O\nX-Status: \n"
+        "Subject: post " +
+        std::string(static_cast<std::size_t>(i), '+') + "\n\nText " + std::to_string(i) +
+        "\n-- \nthe list footer\n\n";
   }
   return data;
 }

@@ -29,7 +29,6 @@ namespace postern::store::mbox {
 
 namespace {
 
-
 // The copy buffer of an update: big enough that a large spool is copied in few system calls,
 // small enough to be held by every session that commits at once.
 constexpr std::size_t default_copy_buffer = std::size_t{1} << 20;
@@ -123,7 +122,7 @@ result<void> remove_if_there(int dir_fd, const std::string& name) {
 }
 
 result<std::uint64_t> size_of(int fd, const std::string& what) {
-  struct stat st{};
+  struct stat st {};
   if (::fstat(fd, &st) != 0) {
     return io_error(errno, "stat " + what);
   }
@@ -226,8 +225,8 @@ class copier {
     std::vector<char> buf(block_bytes());
     for (std::uint64_t pos = start; pos < end;) {
       const std::uint64_t block_end = std::min<std::uint64_t>(end, block_end_from(pos, buf.size()));
-      POSTERN_TRY(pread_full(fd, buf.data(), static_cast<std::size_t>(block_end - pos), pos,
-                             "mbox", what));
+      POSTERN_TRY(
+          pread_full(fd, buf.data(), static_cast<std::size_t>(block_end - pos), pos, "mbox", what));
       for (std::uint64_t c = pos; c < block_end;) {
         const std::uint64_t c_end = std::min(block_end, (c / cell_size + 1) * cell_size);
         auto d = cell_digest(buf.data() + (c - pos), static_cast<std::size_t>(c_end - c));
@@ -362,7 +361,7 @@ result<prepared> fold_appended(const update_context& c, const journal_header& h,
 // agent appended without taking our locks would be cut off by the truncation: if the file
 // grew, that mail is folded into a new redo journal first, as recovery does.
 result<void> truncate_and_finish(const update_context& c, const journal_header& h) {
-  struct stat st{};
+  struct stat st {};
   if (::fstat(c.spool_fd, &st) != 0) {
     return io_error(errno, "stat " + c.display);
   }
@@ -407,8 +406,7 @@ result<void> apply_redo(const update_context& c, int journal_fd, journal_header 
   c.cp.fault_point();
   POSTERN_TRY(sync_fd(trunc_fd.get(), c.names.journal_trunc));
   c.cp.fault_point();
-  if (::renameat(c.dir_fd, c.names.journal_trunc.c_str(), c.dir_fd, c.names.journal.c_str()) !=
-      0) {
+  if (::renameat(c.dir_fd, c.names.journal_trunc.c_str(), c.dir_fd, c.names.journal.c_str()) != 0) {
     return io_error(errno, "rename " + c.names.journal_trunc);
   }
   c.cp.fault_point();
@@ -429,8 +427,7 @@ struct source {
 // it by renaming it over the journal name. Before the rename the half-written files are
 // removed on error; the spool is never touched here.
 result<prepared> write_redo_journal(const update_context& c, journal_header h,
-                                    const std::vector<source>& sources,
-                                    const std::string& cells) {
+                                    const std::vector<source>& sources, const std::string& cells) {
   struct remover {
     int dir;
     const side_files& names;
@@ -529,9 +526,9 @@ bool parse_hex_digest(std::string_view v) noexcept {
 
 // "<journal>.obsolete-<UTC time>.<nanoseconds>Z": a name no other journal has.
 std::string aside_name(const std::string& journal) {
-  struct timespec ts{};
+  struct timespec ts {};
   ::clock_gettime(CLOCK_REALTIME, &ts);
-  struct tm tm{};
+  struct tm tm {};
   ::gmtime_r(&ts.tv_sec, &tm);
   std::array<char, 64> buf{};
   const std::size_t n = std::strftime(buf.data(), buf.size(), "%Y%m%dT%H%M%S", &tm);
@@ -552,9 +549,10 @@ result<recovery_outcome> set_aside(const update_context& c, const std::string& w
   }
   POSTERN_TRY(remove_if_there(c.dir_fd, c.names.journal_trunc));
   POSTERN_TRY(sync_dir(c.dir_fd));
-  log::error("mbox: {}: unfinished update not applied ({}); its journal is kept as {}; the "
-             "mailbox is served as it is",
-             c.display, why, aside);
+  log::error(
+      "mbox: {}: unfinished update not applied ({}); its journal is kept as {}; the "
+      "mailbox is served as it is",
+      c.display, why, aside);
   return recovery_outcome::obsolete;
 }
 
@@ -706,7 +704,7 @@ result<void> run_update(int dir_fd, const side_files& names, int spool_fd,
   c.cp.fault_point();
 
   journal_header h;
-  struct stat st{};
+  struct stat st {};
   if (::fstat(spool_fd, &st) != 0) {
     return io_error(errno, "stat " + display);
   }
@@ -715,8 +713,8 @@ result<void> run_update(int dir_fd, const side_files& names, int spool_fd,
   h.old_size = plan.old_size;
   h.payload_size = keep_bytes;
   h.new_size = plan.start + keep_bytes;
-  auto prefix = cp.digest(spool_fd, prefix_offset(h.start), h.start - prefix_offset(h.start),
-                          display);
+  auto prefix =
+      cp.digest(spool_fd, prefix_offset(h.start), h.start - prefix_offset(h.start), display);
   if (!prefix.ok()) {
     return std::move(prefix).err();
   }
@@ -739,12 +737,13 @@ result<void> run_update(int dir_fd, const side_files& names, int spool_fd,
   // locks may see T partly written over the old bytes.
   const auto committed = std::chrono::steady_clock::now();
   POSTERN_TRY(apply_redo(c, p->journal.get(), p->header, std::move(p->trunc)));
-  log::debug("mbox: {}: update committed and applied: {} bytes rewritten from offset {} in "
-             "{} ms",
-             display, h.payload_size, h.start,
-             std::chrono::duration_cast<std::chrono::milliseconds>(
-                 std::chrono::steady_clock::now() - committed)
-                 .count());
+  log::debug(
+      "mbox: {}: update committed and applied: {} bytes rewritten from offset {} in "
+      "{} ms",
+      display, h.payload_size, h.start,
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
+                                                            committed)
+          .count());
   return ok_result();
 }
 
@@ -765,14 +764,14 @@ result<std::optional<unique_fd>> open_journal(int dir_fd, const std::string& nam
       return std::optional<unique_fd>();
     }
     if (err == ELOOP || err == EACCES || err == ENXIO || err == EPERM) {
-      why = err == ELOOP ? "it is a symbolic link" : "it cannot be opened: " +
-                                                        std::generic_category().message(err);
+      why = err == ELOOP ? "it is a symbolic link"
+                         : "it cannot be opened: " + std::generic_category().message(err);
       return std::optional<unique_fd>(unique_fd());
     }
     return io_error(err, "open " + name);
   }
   unique_fd fd(raw);
-  struct stat st{};
+  struct stat st {};
   if (::fstat(fd.get(), &st) != 0) {
     return io_error(errno, "stat " + name);
   }
@@ -829,9 +828,8 @@ result<std::string> check_journal(copier& cp, int jfd, const std::string& name,
 // update expected: [start, new_size) cell by cell the old bytes or the payload (partly
 // rewritten), [new_size, old_size) the old bytes, and the 4 KiB before `start` unchanged.
 // Returns why not (empty: it may).
-result<std::string> check_redo_target(const update_context& c, int jfd,
-                                      const journal_header& h, std::string_view cells,
-                                      std::uint64_t size) {
+result<std::string> check_redo_target(const update_context& c, int jfd, const journal_header& h,
+                                      std::string_view cells, std::uint64_t size) {
   if (size < h.old_size) {
     return std::string("the mailbox was truncated");
   }
@@ -842,8 +840,8 @@ result<std::string> check_redo_target(const update_context& c, int jfd,
   if (*gap != h.gap_digest) {
     return std::string("the mailbox was changed after the rewritten part");
   }
-  auto foreign = c.cp.first_foreign_cell(c.spool_fd, jfd, journal_header_size, h.start,
-                                         h.new_size, cells, c.display);
+  auto foreign = c.cp.first_foreign_cell(c.spool_fd, jfd, journal_header_size, h.start, h.new_size,
+                                         cells, c.display);
   if (!foreign.ok()) {
     return std::move(foreign).err();
   }
@@ -866,10 +864,10 @@ result<recovery_outcome> recover(int dir_fd, const side_files& names, int spool_
   const auto t0 = std::chrono::steady_clock::now();
   auto r = recover_journal(dir_fd, names, spool_fd, display, lock, faults);
   if (r.ok() && *r == recovery_outcome::completed) {
-    log::notice("mbox: {}: completed an update interrupted by a crash ({} ms)", display,
-                std::chrono::duration_cast<std::chrono::milliseconds>(
-                    std::chrono::steady_clock::now() - t0)
-                    .count());
+    log::notice(
+        "mbox: {}: completed an update interrupted by a crash ({} ms)", display,
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
+            .count());
   }
   return r;
 }
@@ -877,8 +875,8 @@ result<recovery_outcome> recover(int dir_fd, const side_files& names, int spool_
 namespace {
 
 result<recovery_outcome> recover_journal(int dir_fd, const side_files& names, int spool_fd,
-                                         const std::string& display,
-                                         lock::mailbox_lock* lock, journal_faults* faults) {
+                                         const std::string& display, lock::mailbox_lock* lock,
+                                         journal_faults* faults) {
   // A redo journal that was never renamed into place was never acted on.
   POSTERN_TRY(remove_if_there(dir_fd, names.journal_new));
   copier cp(lock, faults);
@@ -921,7 +919,7 @@ result<recovery_outcome> recover_journal(int dir_fd, const side_files& names, in
   if (spool_fd < 0) {
     return set_aside(c, "the mailbox no longer exists");
   }
-  struct stat st{};
+  struct stat st {};
   if (::fstat(spool_fd, &st) != 0) {
     return io_error(errno, "stat " + display);
   }
@@ -932,8 +930,8 @@ result<recovery_outcome> recover_journal(int dir_fd, const side_files& names, in
   if (size < h.start) {
     return set_aside(c, "the mailbox was truncated");
   }
-  auto prefix = cp.digest(spool_fd, prefix_offset(h.start), h.start - prefix_offset(h.start),
-                          display);
+  auto prefix =
+      cp.digest(spool_fd, prefix_offset(h.start), h.start - prefix_offset(h.start), display);
   if (!prefix.ok()) {
     return std::move(prefix).err();
   }

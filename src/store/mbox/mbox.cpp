@@ -1,11 +1,11 @@
 #include "store/mbox/mbox.hpp"
 
 #include "common/log.hpp"
+#include "common/mapped_file.hpp"
 #include "common/read_file.hpp"
 #include "common/unique_fd.hpp"
 #include "store/mbox/index.hpp"
 #include "store/mbox/journal.hpp"
-#include "common/mapped_file.hpp"
 
 #include <fcntl.h>
 #include <openssl/rand.h>
@@ -25,7 +25,6 @@
 namespace postern::store::mbox {
 
 namespace {
-
 
 constexpr std::size_t scan_buffer_size = std::size_t{1} << 20;
 constexpr std::size_t read_buffer_size = std::size_t{64} * 1024;
@@ -67,7 +66,7 @@ result<std::string> pread_some(int fd, std::uint64_t off, std::size_t n, const s
 
 result<bool> exists_at(int dir_fd, const std::string& name, const std::string& what,
                        struct stat* st_out = nullptr) {
-  struct stat st{};
+  struct stat st {};
   if (::fstatat(dir_fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
     if (st_out != nullptr) {
       *st_out = st;
@@ -83,19 +82,18 @@ result<bool> exists_at(int dir_fd, const std::string& name, const std::string& w
 
 // One sequential pass over the bytes [from.offset, size).
 result<scan_result> scan_file(int fd, std::uint64_t size, const parse_options& po,
-                              const std::string& what, std::uint64_t seed,
-                              resume_point from = {}) {
+                              const std::string& what, std::uint64_t seed, resume_point from = {}) {
   const std::uint64_t start = from.offset;
-  scanner sc(po, size,
-             [fd, size, &what](std::uint64_t off, std::size_t n) -> result<std::string> {
-               if (off >= size) {
-                 return std::string();
-               }
-               return pread_some(fd, off,
-                                 static_cast<std::size_t>(std::min<std::uint64_t>(n, size - off)),
-                                 what);
-             },
-             std::move(from), seed);
+  scanner sc(
+      po, size,
+      [fd, size, &what](std::uint64_t off, std::size_t n) -> result<std::string> {
+        if (off >= size) {
+          return std::string();
+        }
+        return pread_some(fd, off, static_cast<std::size_t>(std::min<std::uint64_t>(n, size - off)),
+                          what);
+      },
+      std::move(from), seed);
   std::vector<char> buf(static_cast<std::size_t>(
       std::min<std::uint64_t>(scan_buffer_size, std::max<std::uint64_t>(size - start, 1))));
   std::uint64_t pos = start;
@@ -123,8 +121,8 @@ std::uint64_t random_seed() noexcept {
 // ends inside one counts as a difference), or nullopt when all match. One sequential read
 // of their extents, which tile [spans[b].separator, spans[e - 1].extent_end).
 result<std::optional<std::size_t>> first_changed(int fd, std::span<const message_span> spans,
-                                                 std::size_t b, std::size_t e,
-                                                 std::uint64_t seed, const std::string& what) {
+                                                 std::size_t b, std::size_t e, std::uint64_t seed,
+                                                 const std::string& what) {
   if (b >= e) {
     return std::optional<std::size_t>{};
   }
@@ -232,7 +230,7 @@ bool before(std::int64_t s, std::int64_t ns, const struct timespec& t) noexcept 
 // it, rather than with the system clock, is exact whatever the file system's timestamp
 // granularity (a second on some NFS servers, two on FAT, a clock tick on Linux).
 std::optional<struct timespec> file_system_now(int session_fd) noexcept {
-  struct stat st{};
+  struct stat st {};
   if (::futimens(session_fd, nullptr) != 0 || ::fstat(session_fd, &st) != 0) {
     return std::nullopt;
   }
@@ -258,7 +256,7 @@ result<current_stamp> read_stamp(int session_fd, int spool_fd, const std::string
   current_stamp out;
   for (int attempt = 0;; ++attempt) {
     const std::optional<struct timespec> now = file_system_now(session_fd);
-    struct stat st{};
+    struct stat st {};
     if (::fstat(spool_fd, &st) != 0) {
       const int err = errno;
       return error::from_errno(err, "mbox: stat " + path);
@@ -281,8 +279,7 @@ bool same_options(const parse_options& a, const parse_options& b) noexcept {
 
 class mbox_reader final : public message_reader {
  public:
-  mbox_reader(unique_fd fd, std::uint64_t begin, std::uint64_t end, quoting q,
-              std::string display)
+  mbox_reader(unique_fd fd, std::uint64_t begin, std::uint64_t end, quoting q, std::string display)
       : fd_(std::move(fd)), pos_(begin), end_(end), display_(std::move(display)) {
     if (q != quoting::none) {
       unquote_.emplace(q);
@@ -481,17 +478,18 @@ class mbox_drop final : public maildrop {
       return ok_result();
     }
     changed_ = true;
-    log::warning("mbox: {}: message {} differs from the listing (changed by another program); "
-                 "the session deletes nothing and the next login rescans",
-                 log::safe(path_), **changed + 1);
+    log::warning(
+        "mbox: {}: message {} differs from the listing (changed by another program); "
+        "the session deletes nothing and the next login rescans",
+        log::safe(path_), **changed + 1);
     static_cast<void>(remove_index(dir_fd_.get(), names_));
     return changed_error();
   }
 
   // The scanned part must still be what we scanned, at least where the update relies on it.
   result<void> check_unchanged(std::size_t first) {
-    struct stat named{};
-    struct stat ours{};
+    struct stat named {};
+    struct stat ours {};
     if (::fstatat(spool_dir_fd_.get(), base_.c_str(), &named, AT_SYMLINK_NOFOLLOW) != 0) {
       const int err = errno;
       return error::from_errno(err, "mbox: " + path_ + " vanished");
@@ -507,15 +505,17 @@ class mbox_drop final : public maildrop {
       return error(errc::temporary, "mbox: " + path_ + " shrank since it was opened");
     }
     const std::uint64_t tail = std::min(scanned_size_, tail_window);
-    auto bytes = pread_some(spool_fd_.get(), scanned_size_ - tail, static_cast<std::size_t>(tail),
-                            path_);
+    auto bytes =
+        pread_some(spool_fd_.get(), scanned_size_ - tail, static_cast<std::size_t>(tail), path_);
     if (!bytes.ok()) {
       return std::move(bytes).err();
     }
     if (fingerprint(*bytes) != tail_fingerprint_) {
       changed_ = true;
-      log::warning("mbox: {}: the end of the listed messages changed (by another program); "
-                   "nothing deleted, the next login rescans", log::safe(path_));
+      log::warning(
+          "mbox: {}: the end of the listed messages changed (by another program); "
+          "nothing deleted, the next login rescans",
+          log::safe(path_));
       static_cast<void>(remove_index(dir_fd_.get(), names_));
       return changed_error();
     }
@@ -626,7 +626,7 @@ class mbox_drop final : public maildrop {
       return error(errc::temporary, "mbox: an unfinished update journal appeared for " + path_);
     }
     POSTERN_TRY(check_unchanged(first));
-    struct stat st{};
+    struct stat st {};
     if (::fstat(spool_fd_.get(), &st) != 0) {
       const int err = errno;
       return error::from_errno(err, "mbox: stat " + path_);
@@ -646,8 +646,10 @@ class mbox_drop final : public maildrop {
       // update did not touch go into the new index only if they still have their identity.
       auto changed = first_changed(spool_fd_.get(), spans_, 0, first, digest_seed_, path_);
       if (!changed.ok() || *changed) {
-        log::notice("mbox: {}: a message before the first deleted one changed during the "
-                    "session; the index is removed, the next login scans", log::safe(path_));
+        log::notice(
+            "mbox: {}: a message before the first deleted one changed during the "
+            "session; the index is removed, the next login scans",
+            log::safe(path_));
         derivable = false;
       }
     }
@@ -708,7 +710,7 @@ class mbox_drop final : public maildrop {
   options opts_;
   side_files names_;
   unique_fd spool_dir_fd_;
-  unique_fd dir_fd_;  // the side files' directory
+  unique_fd dir_fd_;      // the side files' directory
   unique_fd session_fd_;  // holds the session lock for the object's life
   unique_fd spool_fd_;
   std::uint64_t scanned_size_ = 0;
@@ -728,7 +730,7 @@ result<unique_fd> open_spool(int dir_fd, const std::string& base, const std::str
     const int fd = ::openat(dir_fd, base.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
     if (fd >= 0) {
       unique_fd out(fd);
-      struct stat st{};
+      struct stat st {};
       if (::fstat(fd, &st) != 0) {
         const int err = errno;
         return error::from_errno(err, "mbox: stat " + path);
@@ -738,9 +740,10 @@ result<unique_fd> open_spool(int dir_fd, const std::string& base, const std::str
       }
       if (st.st_uid != ::geteuid()) {
         return error(errc::permanent, "mbox: " + path + " belongs to uid " +
-                                          std::to_string(st.st_uid) + ", not to the mail "
-                                          "owner (uid " + std::to_string(::geteuid()) +
-                                          "): not served");
+                                          std::to_string(st.st_uid) +
+                                          ", not to the mail "
+                                          "owner (uid " +
+                                          std::to_string(::geteuid()) + "): not served");
       }
       return out;
     }
@@ -760,8 +763,8 @@ bool same_inode(const struct stat& a, const struct stat& b) noexcept {
 }
 
 struct known_result {
-  index_contents index;  // index.scan: the messages of the file
-  bool save = false;     // the index file should be (re)written with it
+  index_contents index;                    // index.scan: the messages of the file
+  bool save = false;                       // the index file should be (re)written with it
   open_source source = open_source::none;  // how index.scan was found
 };
 
@@ -783,8 +786,8 @@ result<known_result> known_messages(int dir_fd, const side_files& names, int spo
   }
   if (idx && same_options(idx->opts, po) && idx->stamp.dev == stamp.dev &&
       idx->stamp.ino == stamp.ino) {
-    const bool unchanged = idx->stamp == stamp && idx->stable &&
-                           idx->scan.scanned_size == stamp.size;
+    const bool unchanged =
+        idx->stamp == stamp && idx->stable && idx->scan.scanned_size == stamp.size;
     // Mail appended since: every message but the last one ends as it did (a Content-Length
     // could reach into the new bytes, so not with honour_content_length). Bytes before the
     // first message could have gained a From_ line, so not with such a prefix either.
@@ -797,21 +800,25 @@ result<known_result> known_messages(int dir_fd, const side_files& names, int spo
         return std::move(same).err();
       }
       if (!*same) {
-        log::notice("mbox: {}: the index does not match the mailbox (rewritten by another "
-                    "program); scanning it again", log::safe(path));
+        log::notice(
+            "mbox: {}: the index does not match the mailbox (rewritten by another "
+            "program); scanning it again",
+            log::safe(path));
       }
       if (*same && grown) {
         // The old region must be as indexed: every message but the last (which is scanned
         // again) still has its identity. Otherwise a same-length edit or two swapped
         // messages would keep stale sizes and UIDLs.
-        auto changed = first_changed(spool_fd, idx->scan.messages, 0,
-                                     idx->scan.messages.size() - 1, idx->scan.digest_seed, path);
+        auto changed = first_changed(spool_fd, idx->scan.messages, 0, idx->scan.messages.size() - 1,
+                                     idx->scan.digest_seed, path);
         if (!changed.ok()) {
           return std::move(changed).err();
         }
         if (*changed) {
-          log::notice("mbox: {}: message {} differs from the index (changed by another "
-                      "program); scanning the mailbox again", log::safe(path), **changed + 1);
+          log::notice(
+              "mbox: {}: message {} differs from the index (changed by another "
+              "program); scanning the mailbox again",
+              log::safe(path), **changed + 1);
           *same = false;
         }
       }
@@ -897,9 +904,10 @@ struct places {
 };
 
 std::string shared_dir_text(const places& p) {
-  return "mbox: " + p.dir + " is not the mail owner's alone (owned by another user or "
-         "writable by group or others), so the journal, index and session lock of " + p.path +
-         " are kept in a state directory of the mail owner's";
+  return "mbox: " + p.dir +
+         " is not the mail owner's alone (owned by another user or "
+         "writable by group or others), so the journal, index and session lock of " +
+         p.path + " are kept in a state directory of the mail owner's";
 }
 
 // Opens the state directory `p.state_dir` (creating it, mode 0700, when `create`): it must be
@@ -909,7 +917,7 @@ result<void> open_state_dir(places& p, bool create) {
     const int fd = ::open(p.state_dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (fd >= 0) {
       unique_fd out(fd);
-      struct stat st{};
+      struct stat st {};
       if (::fstat(fd, &st) != 0) {
         const int err = errno;
         return error::from_errno(err, "mbox: stat " + p.state_dir);
@@ -917,11 +925,9 @@ result<void> open_state_dir(places& p, bool create) {
       if (st.st_uid != ::geteuid() || (st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
         return error(errc::permanent,
                      shared_dir_text(p) + ", but " + p.state_dir + " is " +
-                         (st.st_uid != ::geteuid()
-                              ? "owned by uid " + std::to_string(st.st_uid)
-                              : std::string("writable by group or others")) +
-                         " (it must belong to uid " + std::to_string(::geteuid()) +
-                         ", mode 0700)");
+                         (st.st_uid != ::geteuid() ? "owned by uid " + std::to_string(st.st_uid)
+                                                   : std::string("writable by group or others")) +
+                         " (it must belong to uid " + std::to_string(::geteuid()) + ", mode 0700)");
       }
       p.state_fd = std::move(out);
       return ok_result();
@@ -931,16 +937,14 @@ result<void> open_state_dir(places& p, bool create) {
       if (err == ENOENT) {
         return ok_result();  // no state yet: nothing to recover
       }
-      return error::from_errno(err, shared_dir_text(p) + ", but " + p.state_dir +
-                                        " cannot be opened",
-                               open_errc(err) == errc::permanent || err == ENOTDIR
-                                   ? errc::permanent
-                                   : errc::temporary);
+      return error::from_errno(
+          err, shared_dir_text(p) + ", but " + p.state_dir + " cannot be opened",
+          open_errc(err) == errc::permanent || err == ENOTDIR ? errc::permanent : errc::temporary);
     }
     if (::mkdir(p.state_dir.c_str(), 0700) != 0 && errno != EEXIST) {
       const int merr = errno;
-      return error::from_errno(merr, shared_dir_text(p) + ", but " + p.state_dir +
-                                         " cannot be created",
+      return error::from_errno(merr,
+                               shared_dir_text(p) + ", but " + p.state_dir + " cannot be created",
                                open_errc(merr));
     }
   }
@@ -975,7 +979,7 @@ result<places> locate(const std::string& path, const options& opts) {
       return error::from_errno(err, "mbox: open directory " + p.dir, open_errc(err));
     }
   }
-  struct stat st{};
+  struct stat st {};
   if (::fstat(p.dir_fd.get(), &st) != 0) {
     const int err = errno;
     return error::from_errno(err, "mbox: stat " + p.dir);
@@ -992,9 +996,10 @@ result<places> locate(const std::string& path, const options& opts) {
     return p;
   }
   if (opts.state_dir.empty()) {
-    return error(errc::permanent, shared_dir_text(p) + ": set [mail] mbox_state_dir (the "
-                                                       "default \"~/.postern\" needs a home "
-                                                       "directory)");
+    return error(errc::permanent, shared_dir_text(p) +
+                                      ": set [mail] mbox_state_dir (the "
+                                      "default \"~/.postern\" needs a home "
+                                      "directory)");
   }
   p.state_dir = opts.state_dir;
   POSTERN_TRY(open_state_dir(p, false));
@@ -1021,8 +1026,8 @@ result<locked_spool> open_and_lock(const places& p, const lock::lock_options& lo
     if (!l.ok()) {
       return std::move(l).err();
     }
-    struct stat named{};
-    struct stat ours{};
+    struct stat named {};
+    struct stat ours {};
     if (::fstat(fd->get(), &ours) != 0) {
       const int err = errno;
       return error::from_errno(err, "mbox: stat " + p.path);
@@ -1072,16 +1077,17 @@ result<unique_fd> session_for(places& p, const side_files& names, bool& nothing)
 
 // Completes or sets aside a pending journal, under the spool locks. Under a lock without
 // its dotlock (a full disk) a pending journal is left for a later open.
-result<recovery_outcome> recover_locked(const places& p, const side_files& names,
-                                        locked_spool& ls, journal_faults* faults) {
+result<recovery_outcome> recover_locked(const places& p, const side_files& names, locked_spool& ls,
+                                        journal_faults* faults) {
   if (ls.spool.valid() && !ls.lock.complete()) {
     auto j = exists_at(p.state_fd.get(), names.journal, names.journal);
     if (!j.ok()) {
       return std::move(j).err();
     }
     if (*j) {
-      return error(errc::temporary, "mbox: " + p.path + " has an unfinished update, which is "
-                                    "not completed without its dotlock (disk full)");
+      return error(errc::temporary, "mbox: " + p.path +
+                                        " has an unfinished update, which is "
+                                        "not completed without its dotlock (disk full)");
     }
     return recovery_outcome::nothing;
   }
@@ -1090,7 +1096,6 @@ result<recovery_outcome> recover_locked(const places& p, const side_files& names
 }
 
 }  // namespace
-
 
 result<std::unique_ptr<store::maildrop>> open(const std::string& path, const options& opts) {
   if (opts.opened_from != nullptr) {
@@ -1149,8 +1154,7 @@ result<std::unique_ptr<store::maildrop>> open(const std::string& path, const opt
   }
   return std::unique_ptr<store::maildrop>(std::make_unique<mbox_drop>(
       path, p->base, opts, std::move(p->dir_fd), std::move(p->state_fd), std::move(*session),
-      std::move(ls->spool), std::move(known->index.scan), known->index.stamp,
-      known->index.stable));
+      std::move(ls->spool), std::move(known->index.scan), known->index.stamp, known->index.stable));
 }
 
 result<recovery_report> recover_pending(const std::string& path, const options& opts) {

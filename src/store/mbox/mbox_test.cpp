@@ -1,7 +1,7 @@
 #include "store/mbox/mbox.hpp"
 
-#include "common/test_files.hpp"
 #include "common/line_ends.hpp"
+#include "common/test_files.hpp"
 #include "common/unique_fd.hpp"
 #include "store/mbox/journal.hpp"
 #include "store/mbox/parser.hpp"
@@ -27,8 +27,8 @@
 #include <set>
 #include <stdexcept>
 #include <string>
-#include <unordered_set>
 #include <string_view>
+#include <unordered_set>
 #include <vector>
 
 extern char** environ;
@@ -46,9 +46,9 @@ using namespace std::string_literals;
 struct temp_dir : test::temp_dir {
   temp_dir() : test::temp_dir("postern-mbox") {}
 };
+using test::append_file;
 using test::read_file;
 using test::write_file;
-using test::append_file;
 
 // What the client receives for `content`, minus byte-stuffing and ".CRLF", must equal the
 // listed size: message_wire_octets (pop3/dot_encoder_test.cpp pins the encoder to it).
@@ -132,38 +132,51 @@ std::vector<parse_row> parse_rows() {
   return {
       {"empty file", "", {}},
       {"only garbage", "no separator here\nnor here\n", {}},
-      {"one message", "From a@b Mon Jan  1 00:00:00 2024\nSubject: x\n\nhello\n",
+      {"one message",
+       "From a@b Mon Jan  1 00:00:00 2024\nSubject: x\n\nhello\n",
        {"Subject: x\n\nhello\n"}},
       {"two messages, blank line before separator belongs to the mbox",
-       "From a\nS: 1\n\nb1\n\nFrom b\nS: 2\n\nb2\n\n", {"S: 1\n\nb1\n", "S: 2\n\nb2\n"}},
-      {"only one blank line is the mbox's", "From a\n\nb1\n\n\n\nFrom b\n\nb2\n",
+       "From a\nS: 1\n\nb1\n\nFrom b\nS: 2\n\nb2\n\n",
+       {"S: 1\n\nb1\n", "S: 2\n\nb2\n"}},
+      {"only one blank line is the mbox's",
+       "From a\n\nb1\n\n\n\nFrom b\n\nb2\n",
        {"\nb1\n\n\n", "\nb2\n"}},
-      {"CRLF line ends", "From a\r\nS: 1\r\n\r\nb1\r\n\r\nFrom b\r\nS: 2\r\n\r\nb2\r\n\r\n",
+      {"CRLF line ends",
+       "From a\r\nS: 1\r\n\r\nb1\r\n\r\nFrom b\r\nS: 2\r\n\r\nb2\r\n\r\n",
        {"S: 1\r\n\r\nb1\r\n", "S: 2\r\n\r\nb2\r\n"}},
-      {"mixed line ends", "From a\nS: 1\r\n\nb1\r\n\r\nFrom b\r\nS: 2\n\r\nb2\n",
+      {"mixed line ends",
+       "From a\nS: 1\r\n\nb1\r\n\r\nFrom b\r\nS: 2\n\r\nb2\n",
        {"S: 1\r\n\nb1\r\n", "S: 2\n\r\nb2\n"}},
       {"no final newline", "From a\nS: 1\n\nlast line", {"S: 1\n\nlast line"}},
       {"no final newline after CR", "From a\nS: 1\n\nlast\r", {"S: 1\n\nlast\r"}},
-      {"From_ line without line end at the end", "From a\nS: 1\n\nx\n\nFrom b",
+      {"From_ line without line end at the end",
+       "From a\nS: 1\n\nx\n\nFrom b",
        {"S: 1\n\nx\n", ""}},
       {"empty message between two", "From a\n\nFrom b\nS: 2\n\nx\n", {"", "S: 2\n\nx\n"}},
       {"garbage prefix is skipped", "junk\nmore junk\nFrom a\nS: 1\n\nx\n", {"S: 1\n\nx\n"}},
       {"garbage prefix, first From_ line after a non-blank line",
-       "junk\nFrom a\nS: 1\n\nx\n", {"S: 1\n\nx\n"}},
+       "junk\nFrom a\nS: 1\n\nx\n",
+       {"S: 1\n\nx\n"}},
       {"body From line without a date after text is not a separator",
-       "From a\nS: 1\n\nhello\nFrom here on it is body\n", {"S: 1\n\nhello\nFrom here on it is body\n"}},
+       "From a\nS: 1\n\nhello\nFrom here on it is body\n",
+       {"S: 1\n\nhello\nFrom here on it is body\n"}},
       {"From_ line with a date after text is a separator (missing blank line)",
        "From a\nS: 1\n\nhello\nFrom b@c Tue Feb 13 10:20:30 2024\nS: 2\n\ny\n",
        {"S: 1\n\nhello\n", "S: 2\n\ny\n"}},
       {"From line after a blank line is a separator",
-       "From a\nS: 1\n\nhello\n\nFrom here\n", {"S: 1\n\nhello\n", ""}},
-      {"mboxo unquotes one level", "From a\n\n>From x\n>>From y\n> From z\n>Fromage\n",
+       "From a\nS: 1\n\nhello\n\nFrom here\n",
+       {"S: 1\n\nhello\n", ""}},
+      {"mboxo unquotes one level",
+       "From a\n\n>From x\n>>From y\n> From z\n>Fromage\n",
        {"\nFrom x\n>>From y\n> From z\n>Fromage\n"}},
       {"mboxrd unquotes one level of any depth",
        "From a\n\n>From x\n>>From y\n>>>From z\n> From w\n>>Fro\n",
-       {"\nFrom x\n>From y\n>>From z\n> From w\n>>Fro\n"}, quoting::mboxrd},
-      {"quoting none serves as stored", "From a\n\n>From x\n>>From y\n",
-       {"\n>From x\n>>From y\n"}, quoting::none},
+       {"\nFrom x\n>From y\n>>From z\n> From w\n>>Fro\n"},
+       quoting::mboxrd},
+      {"quoting none serves as stored",
+       "From a\n\n>From x\n>>From y\n",
+       {"\n>From x\n>>From y\n"},
+       quoting::none},
       {"quoted From at the very end without newline", "From a\n\n>From x", {"\nFrom x"}},
       {"partial quoted From at the end", "From a\n\n>Fro", {"\n>Fro"}, quoting::mboxrd},
       {"quoted From in CRLF", "From a\r\n\r\n>From x\r\n", {"\r\nFrom x\r\n"}},
@@ -173,23 +186,39 @@ std::vector<parse_row> parse_rows() {
        {"Content-Length: 14\n\nx\n", "y\n", "\nz\n"}},
       {"Content-Length honoured when on and exact",
        "From a\nContent-Length: 16\n\nx\n\nFrom inner\ny\n\nFrom b\n\nz\n",
-       {"Content-Length: 16\n\nx\n\nFrom inner\ny\n", "\nz\n"}, quoting::mboxo, true},
+       {"Content-Length: 16\n\nx\n\nFrom inner\ny\n", "\nz\n"},
+       quoting::mboxo,
+       true},
       {"Content-Length to the end of file",
        "From a\nContent-Length: 16\n\nx\n\nFrom inner\ny\n",
-       {"Content-Length: 16\n\nx\n\nFrom inner\ny\n"}, quoting::mboxo, true},
+       {"Content-Length: 16\n\nx\n\nFrom inner\ny\n"},
+       quoting::mboxo,
+       true},
       {"Content-Length pointing nowhere is ignored",
        "From a\nContent-Length: 5\n\nx\n\nFrom inner\ny\n",
-       {"Content-Length: 5\n\nx\n", "y\n"}, quoting::mboxo, true},
-      {"Content-Length too large is ignored", "From a\nContent-Length: 999\n\nx\n",
-       {"Content-Length: 999\n\nx\n"}, quoting::mboxo, true},
+       {"Content-Length: 5\n\nx\n", "y\n"},
+       quoting::mboxo,
+       true},
+      {"Content-Length too large is ignored",
+       "From a\nContent-Length: 999\n\nx\n",
+       {"Content-Length: 999\n\nx\n"},
+       quoting::mboxo,
+       true},
       {"Content-Length delimited messages are not unquoted",
        "From a\n>From h\nContent-Length: 8\n\n>From x\n\nFrom b\n\n>From y\n",
-       {">From h\nContent-Length: 8\n\n>From x\n", "\nFrom y\n"}, quoting::mboxo, true},
-      {"Content-Length 0", "From a\nContent-Length: 0\n\n\nFrom b\n\nz\n",
-       {"Content-Length: 0\n\n", "\nz\n"}, quoting::mboxo, true},
+       {">From h\nContent-Length: 8\n\n>From x\n", "\nFrom y\n"},
+       quoting::mboxo,
+       true},
+      {"Content-Length 0",
+       "From a\nContent-Length: 0\n\n\nFrom b\n\nz\n",
+       {"Content-Length: 0\n\n", "\nz\n"},
+       quoting::mboxo,
+       true},
       {"Content-Length with CRLF boundary",
        "From a\r\nContent-Length: 3\r\n\r\nx\r\n\r\nFrom b\r\n\r\nz\r\n",
-       {"Content-Length: 3\r\n\r\nx\r\n", "\r\nz\r\n"}, quoting::mboxo, true},
+       {"Content-Length: 3\r\n\r\nx\r\n", "\r\nz\r\n"},
+       quoting::mboxo,
+       true},
       {"NUL bytes and 8-bit data pass", "From a\n\n\0\xff\xfe\n"s, {"\n\0\xff\xfe\n"s}},
   };
 }
@@ -249,11 +278,11 @@ TEST(mbox_parser, table) {
 TEST(mbox_parser, long_lines_and_long_quote_runs) {
   // A line longer than line_head_bytes, and '>' runs right at the bound shared by the
   // scanner and the unquoter: sizes must always match what is served.
-  for (std::size_t run : {std::size_t{1}, std::size_t{2}, line_head_bytes - 6, line_head_bytes - 5, line_head_bytes - 4,
-                          line_head_bytes, line_head_bytes + 10}) {
+  for (std::size_t run : {std::size_t{1}, std::size_t{2}, line_head_bytes - 6, line_head_bytes - 5,
+                          line_head_bytes - 4, line_head_bytes, line_head_bytes + 10}) {
     SCOPED_TRACE(run);
-    const std::string data = "From a\n\n" + std::string(run, '>') + "From x\n" +
-                             std::string(5000, 'y') + "\n";
+    const std::string data =
+        "From a\n\n" + std::string(run, '>') + "From x\n" + std::string(5000, 'y') + "\n";
     for (quoting q : {quoting::mboxo, quoting::mboxrd}) {
       parse_options po;
       po.from_quoting = q;
@@ -273,9 +302,23 @@ TEST(mbox_parser, long_lines_and_long_quote_runs) {
 // chunking of the input changes nothing.
 TEST(mbox_parser, randomized_invariants) {
   const std::vector<std::string> pieces = {
-      "From a Mon Jan  1 00:00:00 2024", "From b", "From ", ">From x", ">>From y", ">Fro",
-      "Content-Length: 0", "Content-Length: 7", "Content-Length: 12", "X-UIDL: u1",
-      "Message-ID: <m@x>", ".", "..", "text", "", ">", "\r",
+      "From a Mon Jan  1 00:00:00 2024",
+      "From b",
+      "From ",
+      ">From x",
+      ">>From y",
+      ">Fro",
+      "Content-Length: 0",
+      "Content-Length: 7",
+      "Content-Length: 12",
+      "X-UIDL: u1",
+      "Message-ID: <m@x>",
+      ".",
+      "..",
+      "text",
+      "",
+      ">",
+      "\r",
   };
   std::uint64_t seed = 12345;
   const auto next = [&seed] {
@@ -293,7 +336,8 @@ TEST(mbox_parser, randomized_invariants) {
     }
     for (quoting q : {quoting::mboxo, quoting::mboxrd, quoting::none}) {
       for (bool cl : {false, true}) {
-        SCOPED_TRACE(::testing::Message() << "round " << round << " data " << ::testing::PrintToString(data));
+        SCOPED_TRACE(::testing::Message()
+                     << "round " << round << " data " << ::testing::PrintToString(data));
         parse_options po;
         po.from_quoting = q;
         po.honour_content_length = cl;
@@ -417,9 +461,9 @@ TEST(mbox_parser, identical_messages_take_consecutive_suffixes) {
   parse_options x_uidl;
   x_uidl.use_x_uidl = true;
   const std::string third = r->messages[2].uidl;
-  auto moved = scan("From x Mon Jan  1 00:00:00 2024\nX-UIDL: " + third + "\n\nx\n\n" + dup + dup +
-                        dup + dup,
-                    x_uidl);
+  auto moved = scan(
+      "From x Mon Jan  1 00:00:00 2024\nX-UIDL: " + third + "\n\nx\n\n" + dup + dup + dup + dup,
+      x_uidl);
   ASSERT_TRUE(moved.ok());
   ASSERT_EQ(moved->messages.size(), 5u);
   EXPECT_EQ(moved->messages[0].uidl, third);
@@ -467,8 +511,7 @@ TEST(mbox_parser, identity_is_the_digest_of_the_whole_extent) {
     }
     auto r = scan(edited, {});
     ASSERT_TRUE(r.ok());
-    if (r->messages.size() == base->messages.size() &&
-        r->messages[1].extent_end == m2.extent_end) {
+    if (r->messages.size() == base->messages.size() && r->messages[1].extent_end == m2.extent_end) {
       EXPECT_NE(r->messages[1].digest, m2.digest) << "edit at " << at;
     }
   }
@@ -677,7 +720,7 @@ TEST_F(mbox_files, second_session_is_in_use_and_spool_lock_is_not_held_meanwhile
   const pid_t child = ::fork();
   if (child == 0) {
     const int fd = ::open(box_.c_str(), O_RDWR);
-    struct flock fl{};
+    struct flock fl {};
     fl.l_type = F_WRLCK;
     fl.l_whence = SEEK_SET;
     ::_exit(fd >= 0 && ::fcntl(fd, F_SETLK, &fl) == 0 ? 0 : 1);
@@ -765,9 +808,15 @@ TEST_F(mbox_files, commit_deletes_exactly_the_marked_messages_byte_for_byte) {
 }
 
 TEST_F(mbox_files, randomized_commits_keep_exactly_the_unmarked_messages) {
-  const std::vector<std::string> pieces = {
-      "From a Mon Jan  1 00:00:00 2024", ">From x", ">>From y", "From here", "text", "", ".",
-      "Subject: s", "\r"};
+  const std::vector<std::string> pieces = {"From a Mon Jan  1 00:00:00 2024",
+                                           ">From x",
+                                           ">>From y",
+                                           "From here",
+                                           "text",
+                                           "",
+                                           ".",
+                                           "Subject: s",
+                                           "\r"};
   std::uint64_t seed = 777;
   const auto next = [&seed] {
     seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
@@ -844,12 +893,12 @@ TEST_F(mbox_files, deletion_keeps_undated_separators_separating) {
 
 TEST_F(mbox_files, commit_with_nothing_deleted_writes_nothing) {
   write_file(box_, sample(2));
-  struct stat before{};
+  struct stat before {};
   ASSERT_EQ(::stat(box_.c_str(), &before), 0);
   auto m = open_ok();
   const bool del[] = {false, false};
   ASSERT_TRUE(m->commit(del).ok());
-  struct stat after{};
+  struct stat after {};
   ASSERT_EQ(::stat(box_.c_str(), &after), 0);
   EXPECT_EQ(before.st_mtim.tv_nsec, after.st_mtim.tv_nsec);
   EXPECT_EQ(before.st_mtim.tv_sec, after.st_mtim.tv_sec);
@@ -995,12 +1044,12 @@ TEST_F(mbox_files, owner_group_and_mode_preserved) {
   // The owner must be the mail owner (the session's uid); the group may be any.
   ASSERT_EQ(::chown(box_.c_str(), ::geteuid(), 4343), 0);
   ASSERT_EQ(::chmod(box_.c_str(), 0640), 0);
-  struct stat before{};
+  struct stat before {};
   ASSERT_EQ(::stat(box_.c_str(), &before), 0);
   auto m = open_ok();
   const bool del[] = {false, true, false};
   ASSERT_TRUE(m->commit(del).ok());
-  struct stat after{};
+  struct stat after {};
   ASSERT_EQ(::stat(box_.c_str(), &after), 0);
   EXPECT_EQ(after.st_uid, ::geteuid());
   EXPECT_EQ(after.st_gid, 4343u);
@@ -1052,12 +1101,11 @@ TEST_F(mbox_files, dotlockfile_holding_the_lock_blocks_the_update) {
   ASSERT_TRUE(m);
   // "dotlockfile -l -p LOCK sleep 3": holds the lock (with its own pid) while sleep runs.
   const std::string lock = box_ + ".lock";
-  std::vector<const char*> argv = {bin, "-l", "-r", "0", "-p", lock.c_str(), "sleep", "3",
-                                   nullptr};
+  std::vector<const char*> argv = {bin, "-l", "-r", "0", "-p", lock.c_str(), "sleep", "3", nullptr};
   pid_t pid = 0;
-  ASSERT_EQ(::posix_spawn(&pid, bin, nullptr, nullptr, const_cast<char* const*>(argv.data()),
-                          environ),
-            0);
+  ASSERT_EQ(
+      ::posix_spawn(&pid, bin, nullptr, nullptr, const_cast<char* const*>(argv.data()), environ),
+      0);
   for (int i = 0; i < 2000 && !fs::exists(lock); ++i) {
     ::usleep(1000);
   }
@@ -1088,8 +1136,8 @@ TEST_F(mbox_files, full_disk_leaves_the_original_intact) {
   box_ = mnt + "/user";
   std::string data;
   for (int i = 0; i < 10; ++i) {
-    data += msg("s" + std::to_string(i), "big" + std::to_string(i), std::string(3800, 'a' + i)) +
-            "\n";
+    data +=
+        msg("s" + std::to_string(i), "big" + std::to_string(i), std::string(3800, 'a' + i)) + "\n";
   }
   write_file(box_, data);
   ASSERT_EQ(read_file(box_), data);
@@ -1132,8 +1180,9 @@ TEST_F(mbox_files, leftover_half_written_journals_are_removed) {
 
 TEST_F(mbox_files, content_length_and_quoting_options_on_files) {
   const std::string body = "x\n\nFrom inner\n>From quoted\n";
-  const std::string data = "From a Mon Jan  1 00:00:00 2024\nContent-Length: " +
-                           std::to_string(body.size()) + "\n\n" + body + "\n" + sample(1);
+  const std::string data =
+      "From a Mon Jan  1 00:00:00 2024\nContent-Length: " + std::to_string(body.size()) + "\n\n" +
+      body + "\n" + sample(1);
   write_file(box_, data);
   options o = opts();
   o.honour_content_length = true;
@@ -1373,8 +1422,7 @@ TEST_F(mbox_crash, lockless_append_at_every_step) {
     ASSERT_FALSE(now.contents.empty());
     EXPECT_NE(now.contents.back().find("appended without locking"), std::string::npos)
         << "step " << step;
-    EXPECT_EQ(std::vector<std::string>(now.contents.begin(), now.contents.end() - 1),
-              new_contents)
+    EXPECT_EQ(std::vector<std::string>(now.contents.begin(), now.contents.end() - 1), new_contents)
         << "step " << step;
     EXPECT_FALSE(journal_files_left());
   }
@@ -1488,9 +1536,9 @@ TEST_F(mbox_files, fixtures) {
     GTEST_SKIP() << "fixtures not found at " << dir;
   }
   const std::map<std::string, std::size_t> want = {
-      {"debian-spool.mbox", 3},  {"crlf.mbox", 2},         {"garbage-prefix.mbox", 2},
-      {"no-final-newline.mbox", 2}, {"x-uidl.mbox", 2},    {"unquoted-from-in-body.mbox", 2},
-      {"content-length.mbox", 3}, {"empty.mbox", 0},
+      {"debian-spool.mbox", 3},     {"crlf.mbox", 2},   {"garbage-prefix.mbox", 2},
+      {"no-final-newline.mbox", 2}, {"x-uidl.mbox", 2}, {"unquoted-from-in-body.mbox", 2},
+      {"content-length.mbox", 3},   {"empty.mbox", 0},
   };
   for (const auto& [name, count] : want) {
     SCOPED_TRACE(name);
@@ -1528,9 +1576,7 @@ std::string mutt_edit(std::string data, const std::string& gone, const std::stri
   return data;
 }
 
-bool journal_pending(const std::string& dir) {
-  return fs::exists(dir + "/.user.postern-journal");
-}
+bool journal_pending(const std::string& dir) { return fs::exists(dir + "/.user.postern-journal"); }
 
 int obsolete_journals(const std::string& dir) {
   int n = 0;
@@ -1549,12 +1595,12 @@ TEST_F(mbox_crash, foreign_edits_after_a_crash_are_never_overwritten) {
   std::string original;
   for (int i = 1; i <= 6; ++i) {
     original += msg("list@example.org", "m" + std::to_string(i),
-                    std::string(600, static_cast<char>('a' + i)) + "\nfooter") + "\n";
+                    std::string(600, static_cast<char>('a' + i)) + "\nfooter") +
+                "\n";
   }
   const std::vector<bool> del = {false, true, false, false, false, false};
   const std::string late =
-      msg("late@example.org", "late", "delivered after the crash " + std::string(3000, 'L')) +
-      "\n";
+      msg("late@example.org", "late", "delivered after the crash " + std::string(3000, 'L')) + "\n";
   int pending = 0;
   int step = 1;
   for (; step < 2000; ++step) {
@@ -1636,7 +1682,7 @@ TEST_F(mbox_files, untrusted_journals_are_set_aside) {
       // A well-formed journal for another file: start 0, payload replacing everything.
       journal_header h;
       h.st = journal_header::state::redo;
-      struct stat st{};
+      struct stat st {};
       ::stat(box_.c_str(), &st);
       h.ino = st.st_ino;
       h.start = 0;
@@ -1697,7 +1743,7 @@ TEST_F(mbox_files, shared_directory_keeps_state_elsewhere) {
     ASSERT_TRUE((*m)->commit(std::span<const bool>(d.get(), 3)).ok());
   }
   held.reset();
-  struct stat st{};
+  struct stat st {};
   ASSERT_EQ(::stat(o.state_dir.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0700u);
   EXPECT_TRUE(fs::exists(o.state_dir + "/.user.postern-session"));
@@ -1735,13 +1781,12 @@ TEST_F(mbox_files, spool_of_another_owner_is_refused) {
 // power cut after the rename could leave a journal that no longer redoes a half-written
 // spool. Returns how many such renames `trace` holds; fails for one without that sync.
 ino_t file_ino(const std::string& path) {
-  struct stat st{};
+  struct stat st {};
   return ::stat(path.c_str(), &st) == 0 ? st.st_ino : 0;
 }
 
-int expect_spool_synced_before_trunc_rename(const std::vector<test::sync_event>& trace,
-                                            ino_t spool, const side_files& names,
-                                            const std::string& what) {
+int expect_spool_synced_before_trunc_rename(const std::vector<test::sync_event>& trace, ino_t spool,
+                                            const side_files& names, const std::string& what) {
   int renames = 0;
   bool synced = false;  // since the trace began or the last rename
   for (const auto& e : trace) {
@@ -1767,8 +1812,8 @@ TEST_F(mbox_crash, commit_syncs_the_spool_before_the_trunc_journal) {
   const bool ok = m->commit(del).ok();
   const auto trace = test::sync_trace_stop();
   ASSERT_TRUE(ok);
-  EXPECT_EQ(expect_spool_synced_before_trunc_rename(trace, file_ino(box_),
-                                                   side_files_for("user"), "commit"),
+  EXPECT_EQ(expect_spool_synced_before_trunc_rename(trace, file_ino(box_), side_files_for("user"),
+                                                    "commit"),
             1);
 }
 
@@ -1786,9 +1831,8 @@ TEST_F(mbox_crash, replay_syncs_the_spool_before_the_trunc_journal) {
     auto r = recover_pending(box_, opts());
     const auto trace = test::sync_trace_stop();
     ASSERT_TRUE(r.ok()) << r.err().message();
-    replays += expect_spool_synced_before_trunc_rename(trace, file_ino(box_),
-                                                       side_files_for("user"),
-                                                       "replay after step " + std::to_string(step));
+    replays += expect_spool_synced_before_trunc_rename(
+        trace, file_ino(box_), side_files_for("user"), "replay after step " + std::to_string(step));
   }
   EXPECT_GT(replays, 0) << "no crash left a redo journal to replay";
 }

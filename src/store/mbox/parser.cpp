@@ -67,7 +67,7 @@ bool one_of(std::string_view s, const std::array<std::string_view, 12>& names,
 // "Www Mmm dd hh:mm" at position i (day of month may be space-padded or one digit).
 bool date_at(std::string_view s, std::size_t i) noexcept {
   static constexpr std::array<std::string_view, 12> days = {"Mon", "Tue", "Wed", "Thu",
-                                                           "Fri", "Sat", "Sun"};
+                                                            "Fri", "Sat", "Sun"};
   static constexpr std::array<std::string_view, 12> months = {
       "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
   if (i + 8 > s.size() || !one_of(s.substr(i, 3), days, 7) || s[i + 3] != ' ' ||
@@ -95,11 +95,11 @@ bool date_at(std::string_view s, std::size_t i) noexcept {
 
 struct line_view {
   std::uint64_t start = 0;
-  std::uint64_t len = 0;   // with its line end
-  std::string_view head;   // the first min(len, line_head_bytes) bytes
+  std::uint64_t len = 0;  // with its line end
+  std::string_view head;  // the first min(len, line_head_bytes) bytes
   bool has_lf = false;
-  bool crlf = false;       // ends with CR LF
-  char last = '\0';        // the last byte (len > 0)
+  bool crlf = false;  // ends with CR LF
+  char last = '\0';   // the last byte (len > 0)
 };
 
 }  // namespace
@@ -383,8 +383,7 @@ struct scanner::impl {
       case state::body:
         break;
     }
-    if (from && !(cl_active && l.start < cl_end) &&
-        (last_blank || looks_like_from_line(l.head))) {
+    if (from && !(cl_active && l.start < cl_end) && (last_blank || looks_like_from_line(l.head))) {
       POSTERN_TRY(close_message(l.start));
       start_message(l);
       return ok_result();

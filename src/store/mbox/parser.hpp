@@ -108,14 +108,14 @@ class digester {
 content_digest digest_of(std::string_view bytes, std::uint64_t seed) noexcept;
 
 struct message_span {
-  std::uint64_t separator = 0;    // offset of the From_ line
-  std::uint64_t content = 0;      // first byte after the From_ line
-  std::uint64_t end = 0;          // end of the content (exclusive)
-  std::uint64_t extent_end = 0;   // next separator, or the end of the scanned bytes
-  std::uint64_t size = 0;         // octets on the wire
+  std::uint64_t separator = 0;         // offset of the From_ line
+  std::uint64_t content = 0;           // first byte after the From_ line
+  std::uint64_t end = 0;               // end of the content (exclusive)
+  std::uint64_t extent_end = 0;        // next separator, or the end of the scanned bytes
+  std::uint64_t size = 0;              // octets on the wire
   std::uint64_t from_line_length = 0;  // the From_ line with its line end
   std::uint64_t from_fingerprint = 0;  // fingerprint() of its first fingerprint_bytes
-  bool unquote = true;            // the reader unquotes ">From " lines (see quoting)
+  bool unquote = true;                 // the reader unquotes ">From " lines (see quoting)
   // The From_ line carries a delivery date, so it separates after any line; without one it
   // separates only at the start of the file or after a blank line.
   bool dated_separator = false;
@@ -156,8 +156,8 @@ class scanner {
   // `from.offset` (0 by default) to total_size, and offsets in the result are absolute.
   // digest_seed: the seed of the messages' digests (a random one per listing, kept in the
   // index, so that no sender can prepare two messages with one identity).
-  scanner(const parse_options& opts, std::uint64_t total_size, peek_fn peek,
-          resume_point from = {}, std::uint64_t digest_seed = 0);
+  scanner(const parse_options& opts, std::uint64_t total_size, peek_fn peek, resume_point from = {},
+          std::uint64_t digest_seed = 0);
   ~scanner();
   scanner(const scanner&) = delete;
   scanner& operator=(const scanner&) = delete;
@@ -190,9 +190,9 @@ class unquoter {
 
   quoting q_;
   bool at_line_start_ = true;
-  bool checking_ = false;        // deciding whether this line is a quoted From line
-  std::size_t gt_run_ = 0;       // '>' at the line start (the first one is held back)
-  std::size_t matched_ = 0;      // bytes of "From " matched after them
+  bool checking_ = false;    // deciding whether this line is a quoted From line
+  std::size_t gt_run_ = 0;   // '>' at the line start (the first one is held back)
+  std::size_t matched_ = 0;  // bytes of "From " matched after them
 };
 
 // True if the line (head of it) is a quoted From line that `q` unquotes.

@@ -42,7 +42,7 @@ void sync_trace_record(sync_event e) {
 // These definitions take the place of the C library's in this test binary only (the
 // executable's symbols come first); each call goes to the kernel unchanged.
 extern "C" int fsync(int fd) {
-  struct stat st{};
+  struct stat st {};
   if (::fstat(fd, &st) == 0) {
     postern::test::sync_trace_record(
         {postern::test::sync_event::kind::fsync, st.st_ino, std::string(), std::string()});
