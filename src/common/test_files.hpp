@@ -14,6 +14,7 @@
 #include <string_view>
 #include <system_error>
 #include <utility>
+#include <vector>
 
 namespace postern::test {
 
@@ -111,6 +112,30 @@ inline std::string sample_message(std::size_t size) {
   }
   s.resize(size);
   return s;
+}
+
+// Message bodies that end and mix line ends in every way the wire size must count (no final
+// newline, lone CR, CR LF, runs of empty lines, a dot line, large ones). The dot encoder's and
+// the stores' tests both check their sizes with these.
+inline std::vector<std::string> line_end_samples() {
+  return {
+      "",
+      "a\n",
+      "a",
+      "a\r",
+      "a\r\n",
+      "Subject: x\n\nno eol",
+      "x\n\n",
+      ".dot\n.",
+      "a\nb\r\nc",
+      "\n",
+      "\r",
+      "a\r\r",
+      "line\n\r\n",
+      std::string(70000, 'y'),
+      std::string(70000, '\n') + "z",
+      std::string(32, 'x') + "y",
+  };
 }
 
 }  // namespace postern::test

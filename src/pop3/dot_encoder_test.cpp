@@ -1,5 +1,6 @@
 #include "pop3/dot_encoder.hpp"
 #include "common/line_ends.hpp"
+#include "common/test_files.hpp"
 
 #include <gtest/gtest.h>
 
@@ -117,24 +118,7 @@ TEST(dot_encoder, encode_to_stays_within_max_size) {
 // The stores list message_wire_octets() as a message's size (their tests pin that side): the
 // encoder must send exactly that many octets, plus the stuffing dots and ".CRLF".
 TEST(dot_encoder, sends_message_wire_octets) {
-  const std::vector<std::string> bodies = {
-      "",
-      "a\n",
-      "a",
-      "a\r",
-      "a\r\n",
-      "Subject: x\n\nno eol",
-      "x\n\n",
-      ".dot\n.",
-      "a\nb\r\nc",
-      "\n",
-      "\r",
-      "a\r\r",
-      "line\n\r\n",
-      std::string(70000, 'y'),
-      std::string(70000, '\n') + "z",
-      std::string(32, 'x') + "y",
-  };
+  const std::vector<std::string> bodies = test::line_end_samples();
   for (const std::string& msg : bodies) {
     const std::string out = encode(msg, std::nullopt, 7);
     std::size_t stuffed = 0;

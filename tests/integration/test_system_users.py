@@ -24,7 +24,7 @@ import socket
 import subprocess
 import unittest
 
-from postern_harness import forget_machine_change, missing, record_machine_change
+from postern_harness import forget_machine_change, missing, record_machine_change, remove_user
 from postern_harness import (POSTERND, PosternTestCase, Pop3Conn, Server, toml_text, wait_for)
 
 PAM_DIR = "/etc/pam.d"
@@ -122,7 +122,7 @@ class SystemUsersBase(PosternTestCase):
         cmd = ["useradd", "-M", "-d", home, "-s", "/usr/sbin/nologin"]
         cmd += ["-o", "-u", "0", "-g", "0"] if uid0 else ["-U"]
         record_machine_change("user", name)  # removed even if the run is cut short
-        self.addCleanup(_userdel, name)
+        self.addCleanup(remove_user, name)
         subprocess.run(cmd + [name], check=True, capture_output=True, timeout=60)
         if empty_password:
             subprocess.run(["passwd", "-d", name], check=True, capture_output=True, timeout=60)
@@ -192,14 +192,6 @@ def _remove(path):
     forget_machine_change("file", path)
 
 
-def _userdel(name):
-    subprocess.run(["userdel", "-f", name], capture_output=True, timeout=60)
-    try:
-        grp.getgrnam(name)
-        subprocess.run(["groupdel", name], capture_output=True, timeout=60)
-    except KeyError:
-        pass
-    forget_machine_change("user", name)
 
 
 MSG1 = b"From: a@example.org\nSubject: one\n\nfirst body\n"

@@ -1299,23 +1299,7 @@ TEST_F(maildir_index_test, relative_path_keeps_naming_the_same_maildir) {
 
 // The encoder sends message_wire_octets (pop3/dot_encoder_test.cpp pins that side).
 TEST_F(maildir_index_test, wire_size_is_what_the_dot_encoder_sends) {
-  const std::vector<std::string> bodies = {
-      "",
-      "a\n",
-      "a",
-      "a\r",
-      "a\r\n",
-      "Subject: x\n\nno eol",
-      "x\n\n",
-      ".dot\n.",
-      "a\nb\r\nc",
-      "\n",
-      "\r",
-      "a\r\r",
-      "line\n\r\n",
-      std::string(70000, 'y'),
-      std::string(70000, '\n') + "z",
-  };
+  const std::vector<std::string> bodies = test::line_end_samples();
   for (std::size_t i = 0; i < bodies.size(); ++i) {
     put("cur/" + std::to_string(100 + i) + ".m:2,S", bodies[i]);
   }
