@@ -201,13 +201,17 @@ class CrashBase(PosternTestCase):
                 self.model.pop(r["id"], None)
             self.stats["worker " + r["op"]] += 1
 
-    def check_served(self, srv, what):
-        """Every message served byte for byte, with the UIDL it always had."""
+    def login_and_list(self, srv):
+        """Logs in as the test user; returns the connection and its parsed UIDL listing."""
         conn = srv.connect()
         conn.login(USER, PASSWORD)
         st, body = conn.cmd_multi("UIDL")
         self.assertOk(st)
-        listing = parse_listing(body)
+        return conn, parse_listing(body)
+
+    def check_served(self, srv, what):
+        """Every message served byte for byte, with the UIDL it always had."""
+        conn, listing = self.login_and_list(srv)
         self.assertEqual(len(listing), len(self.model), f"{what}: listing {listing}")
         seen = set()
         for n, uidl in listing:
@@ -279,11 +283,7 @@ class MboxCrash(CrashBase):
 
     def session(self, srv, rng):
         """Logs in, reads a message, marks some; returns (conn, ids marked)."""
-        conn = srv.connect()
-        conn.login(USER, PASSWORD)
-        st, body = conn.cmd_multi("UIDL")
-        self.assertOk(st)
-        listing = parse_listing(body)
+        conn, listing = self.login_and_list(srv)
         marked = set()
         want = rng.randrange(1, 4) + (3 if len(listing) > 30 else 0)  # keeps the size steady
         for n, _ in rng.sample(listing, min(len(listing) - 1, want)):
@@ -571,11 +571,7 @@ class MaildirCrash(CrashBase):
         try:
             srv = self.start(n, trace, after=after, armed=at_login)
             try:
-                conn = srv.connect()
-                conn.login(USER, PASSWORD)
-                st, body = conn.cmd_multi("UIDL")
-                self.assertOk(st)
-                listing = parse_listing(body)
+                conn, listing = self.login_and_list(srv)
                 want = rng.randrange(1, 5) + (3 if len(listing) > 30 else 0)
                 for num, uidl in rng.sample(listing, min(len(listing) - 1, want)):
                     st, payload = conn.cmd_multi(f"RETR {num}")

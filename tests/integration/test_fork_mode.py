@@ -116,11 +116,15 @@ class ForkMode(SystemUsersBase):
             self.assertEqual(f.read(), before)
         self.assertIn("stopped", srv.log())
 
-    def test_tls_session_is_relayed_by_the_preauth_process(self):
-        name, pw, _ = self.add_system_user(messages=(MSG1,))
+    def start_with_tls(self):
+        """Fork mode with STLS on demand on a plain listener and a pop3s listener."""
         pki = tls_fixtures.Pki(self.world.dir)
         n = tls_fixtures.configure_tls(self.world, pki, mode="ondemand", tls_listen=True)
-        srv = self.start(listeners=n)
+        return pki, self.start(listeners=n)
+
+    def test_tls_session_is_relayed_by_the_preauth_process(self):
+        name, pw, _ = self.add_system_user(messages=(MSG1,))
+        pki, srv = self.start_with_tls()
         plain, tls_ports = tls_fixtures.listener_ports(srv)
         ctx = tls_fixtures.client_context(pki)
         # STLS on the plain port, then implicit TLS.
@@ -151,9 +155,7 @@ class ForkMode(SystemUsersBase):
         msg = b"From: big@example.org\nSubject: big\n\n" + body
         self.assertGreater(len(msg), 300_000)
         name, _, _ = self.add_system_user(messages=(msg,))
-        pki = tls_fixtures.Pki(self.world.dir)
-        n = tls_fixtures.configure_tls(self.world, pki, mode="ondemand", tls_listen=True)
-        srv = self.start(listeners=n)
+        pki, srv = self.start_with_tls()
         _, tls_ports = tls_fixtures.listener_ports(srv)
         conn = tls_fixtures.tls_connect(self.world, tls_ports[0], tls_fixtures.client_context(pki))
         conn.login(name, "Pt-pass-1")
@@ -170,9 +172,7 @@ class ForkMode(SystemUsersBase):
 
     def test_sighup_reloads_the_tls_certificate_in_the_master(self):
         name, _, _ = self.add_system_user(messages=(MSG1,))
-        pki = tls_fixtures.Pki(self.world.dir)
-        n = tls_fixtures.configure_tls(self.world, pki, mode="ondemand", tls_listen=True)
-        srv = self.start(listeners=n)
+        pki, srv = self.start_with_tls()
         plain, tls_ports = tls_fixtures.listener_ports(srv)
         a = tls_fixtures.file_fingerprint(pki.a_cert)
         b = tls_fixtures.file_fingerprint(pki.b_cert)
